@@ -1,0 +1,1 @@
+"""The `voxaug` command: one module per sub-command, combined in `main.py`."""

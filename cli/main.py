@@ -1,0 +1,33 @@
+"""The `voxaug` command line. `python -m voxaug` runs the same app."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from voxaug.cli import plot, predict, synth, train
+from voxaug.cli.common import DEBUG_ENV
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Speaker identification: synthesise data, train with augmentation, predict, embed and identify.",
+)
+
+
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+app.command("synth")(synth.synth)
+app.command("train")(train.train)
+app.command("predict")(predict.predict)
+app.command("plot")(plot.plot)
+
+
+def main() -> None:
+    app()

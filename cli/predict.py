@@ -1,0 +1,44 @@
+"""`voxaug predict --ckpt CKPT DATA --out submission.csv`: the homework's Kaggle file."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from voxaug.checkpoint import load_model
+from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file
+from voxaug.data.sources import open_source
+from voxaug.data.store import PackedStore
+from voxaug.device import resolve_device
+from voxaug.inference import run_model
+from voxaug.safeio import atomic_write_text
+
+
+@clean_errors
+def predict(
+    data: Path = typer.Argument(..., help="HW4 folder with testdata.json (or <speaker>/ clip folders)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (RUN/best.pt)."),
+    out: Path = typer.Option(..., "--out", help="CSV to write: Id,Category."),
+    device: str = DeviceOption,
+    cache_dir: Path = CacheOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Classify every utterance of testdata.json, in its order, on whole utterances."""
+    existing_file(ckpt, "checkpoint")
+    torch_device = resolve_device(device)
+    loaded = load_model(ckpt, torch_device)
+    source = open_source(data, loaded.frontend, split="test")
+    store = PackedStore.open(source, cache_dir, progress=not quiet)
+    _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)
+    predicted = logits.argmax(dim=1).tolist()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Id", "Category"])
+    for key, label in zip(store.keys, predicted):
+        writer.writerow([key, loaded.speakers[label]])
+    atomic_write_text(out, buffer.getvalue())
+    typer.echo(f"wrote {len(predicted)} predictions to {out}")

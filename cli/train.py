@@ -1,0 +1,63 @@
+"""`voxaug train DATA --out RUN`: train a speaker classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from voxaug.augment.pipeline import DEFAULT_AUGMENT, parse_names
+from voxaug.cli.common import CacheOption, QuietOption, clean_errors
+from voxaug.config import PRESETS, resolve_config
+from voxaug.train import Trainer
+
+
+@clean_errors
+def train(
+    data: Path = typer.Argument(..., help="Dataset: HW4 folder (mapping.json, metadata.json, uttr-*.pt) or <speaker>/ clip folders."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.jsonl, best.pt, last.pt, curves.png."),
+    preset: str = typer.Option("cpu", help=f"Size preset: {', '.join(PRESETS)}."),
+    config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields ([model] and [augment] tables)."),
+    augment: str = typer.Option(None, help=f"Comma list of augmentations, or 'none'. Default: {DEFAULT_AUGMENT}."),
+    steps: int = typer.Option(None, help="Optimizer steps."),
+    batch: int = typer.Option(None, help="Batch size."),
+    lr: float = typer.Option(None, help="Peak learning rate (AdamW)."),
+    warmup: int = typer.Option(None, help="Linear warm-up steps before cosine decay."),
+    segment: int = typer.Option(None, help="Training segment length in frames."),
+    eval_every: int = typer.Option(None, help="Evaluate (clean train and validation accuracy) every N steps."),
+    val_fraction: float = typer.Option(None, help="Fraction of each speaker's utterances held out for validation."),
+    seed: int = typer.Option(None, help="Seed for the split, sampling, augmentation and initialisation."),
+    device: str = typer.Option(None, help="auto (CUDA with mixed precision if present, else CPU), cpu or cuda."),
+    model: str = typer.Option(None, "--model", help="conformer or transformer-mean (the homework's sample)."),
+    d_model: int = typer.Option(None, help="Model width."),
+    layers: int = typer.Option(None, help="Encoder layers."),
+    heads: int = typer.Option(None, help="Attention heads."),
+    embedding_dim: int = typer.Option(None, help="Speaker embedding size."),
+    scale: float = typer.Option(None, help="AM-Softmax scale s."),
+    margin: float = typer.Option(None, help="AM-Softmax margin m."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from last.pt (optimizer, schedule, RNG and sampler state)."),
+    cache_dir: Path = CacheOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Train Conformer + masked attentive pooling + AM-Softmax (or the baseline) on DATA."""
+    augment_names = parse_names(augment) if augment is not None else None
+    overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, segment=segment, eval_every=eval_every,
+                     val_fraction=val_fraction, seed=seed, device=device)
+    model_overrides = {k: v for k, v in dict(kind=model, d_model=d_model, num_layers=layers, num_heads=heads,
+                                             embedding_dim=embedding_dim, scale=scale, margin=margin).items() if v is not None}
+    augment_overrides = {"names": augment_names} if augment_names is not None else {}
+    if resume and (out / "config.json").exists():
+        resolved = Trainer.config_from_run(out, steps=steps, device=device)
+    else:
+        resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides)
+    trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet)
+    summary = trainer.fit(resume=resume)
+    best = "n/a" if summary.best_val_acc is None else f"{summary.best_val_acc:.4f} at step {summary.best_step}"
+    val = "n/a" if summary.val_acc is None else f"{summary.val_acc:.4f}"
+    gap = "n/a" if summary.gap is None else f"{summary.gap:+.4f}"
+    typer.echo(
+        f"done: {summary.steps} steps in {summary.elapsed_s:.0f}s | augment: {','.join(trainer.pipeline.names) or 'none'}\n"
+        f"  clean train acc {summary.train_acc:.4f} | val acc {val} | gap (train - val) {gap}\n"
+        f"  best val acc {best} -> {out / 'best.pt'}"
+        + (f"\n  skipped {summary.skipped_steps} steps with a non-finite loss" if summary.skipped_steps else "")
+    )

@@ -1,0 +1,65 @@
+"""The interface every batch augmentation implements, and the registry that finds them by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class TrainBatch:
+    """A training batch as augmentations see it.
+
+    ``labels`` and ``weights`` are (B, K): each example's loss is ``sum_k weights[:, k] * L(labels[:, k])``.
+    Without mixing K = 1 and the weight is 1.
+    """
+
+    features: torch.Tensor  # (B, T, n_mels)
+    lengths: torch.Tensor  # (B,)
+    labels: torch.Tensor  # (B, K)
+    weights: torch.Tensor  # (B, K)
+
+    @classmethod
+    def from_labels(cls, features: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> "TrainBatch":
+        labels = labels.view(-1, 1)
+        return cls(features, lengths, labels, torch.ones(labels.shape, dtype=features.dtype, device=features.device))
+
+    def dominant_labels(self) -> torch.Tensor:
+        """The label with the largest weight per example (what accuracy on a mixed batch counts)."""
+        return self.labels.gather(1, self.weights.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+class BatchAugmentation(ABC):
+    """One augmentation of a training batch on the training device, vectorised over examples.
+
+    Randomness comes only from the ``generator`` passed in, so runs are reproducible and resumable.
+    """
+
+    name: ClassVar[str]
+    order: ClassVar[int]
+
+    @abstractmethod
+    def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
+        """Return the augmented batch; shapes of features and lengths are kept unless documented."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+AUGMENTATIONS: dict[str, type[BatchAugmentation]] = {}
+
+
+def register_augmentation(cls: type[BatchAugmentation]) -> type[BatchAugmentation]:
+    """Class decorator: make ``cls`` available to ``--augment`` under ``cls.name``."""
+    AUGMENTATIONS[cls.name] = cls
+    return cls
+
+
+def total_loss(model: Any, logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+    """Mean over the batch of the weighted per-target losses (the margin applies per target)."""
+    per_example = sum(batch.weights[:, k] * model.loss(logits, batch.labels[:, k]) for k in range(batch.labels.shape[1]))
+    return per_example.mean()

@@ -1,0 +1,61 @@
+"""Checkpoints hold only tensors and plain values, are written atomically and read with weights_only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from voxaug.config import TrainConfig
+from voxaug.errors import VoxaugError, file_error
+from voxaug.features import FrontendConfig
+from voxaug.model import build_model
+from voxaug.safeio import atomic_torch_save, safe_torch_load
+
+CHECKPOINT_FORMAT = "voxaug-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("format", "version", "config", "frontend", "speakers", "model", "step")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state})
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and sanity-check a checkpoint; anything that is not one of ours is refused by name."""
+    state = safe_torch_load(path, "checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise file_error(path, "not a voxaug checkpoint")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise file_error(path, f"checkpoint lacks {', '.join(missing)}")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise file_error(path, f"checkpoint format version {state['version']} is not supported (expected {CHECKPOINT_VERSION})")
+    return state
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what is needed to featurise and label its inputs."""
+
+    model: nn.Module
+    config: TrainConfig
+    frontend: FrontendConfig
+    speakers: list[str]
+    path: Path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    state = load_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+        frontend = FrontendConfig.from_dict(state["frontend"])
+        model = build_model(config.model)
+        model.load_state_dict(state["model"])
+    except (VoxaugError, RuntimeError, TypeError, KeyError) as exc:
+        raise file_error(path, f"checkpoint does not match its own configuration ({str(exc).splitlines()[0]})") from exc
+    model.to(device).eval()
+    return LoadedModel(model, config, frontend, list(state["speakers"]), Path(path))

@@ -1,0 +1,151 @@
+"""Training configuration: one dataclass, presets by name, overrides from TOML and the command line.
+
+Precedence is preset < TOML file < command line. Unknown keys are refused, never ignored.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from voxaug.errors import VoxaugError, file_error
+from voxaug.model import ModelConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs besides its data; written to ``RUN/config.json`` and every checkpoint."""
+
+    preset: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: dict[str, Any] = field(default_factory=dict)
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 200
+    grad_clip: float = 5.0
+    segment: int = 128
+    eval_every: int = 250
+    val_fraction: float = 0.1
+    train_eval_utterances: int = 400
+    max_bad_steps: int = 20
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        self.model.validate()
+        for name in ("steps", "batch", "segment", "eval_every", "train_eval_utterances", "max_bad_steps"):
+            if getattr(self, name) <= 0:
+                raise VoxaugError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise VoxaugError(f"--warmup must be >= 0, got {self.warmup}")
+        if not self.lr > 0:
+            raise VoxaugError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            raise VoxaugError(f"need weight_decay >= 0 and grad_clip > 0, got {self.weight_decay}, {self.grad_clip}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise VoxaugError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.device not in DEVICES:
+            raise VoxaugError(f"--device {self.device!r} is not known; accepted: {', '.join(DEVICES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        values = dict(values)
+        model = ModelConfig.from_dict(values.pop("model", {}))
+        _refuse_unknown(values, cls, "config")
+        return cls(model=model, **values)
+
+
+def _refuse_unknown(values: dict, kind: type, where: str) -> None:
+    known = {f.name for f in fields(kind)}
+    unknown = set(values) - known
+    if unknown:
+        raise VoxaugError(f"{where}: unknown keys {sorted(unknown)}; accepted: {sorted(known)}")
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {}
+
+
+def register_preset(function: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
+    """Register a preset under its function's name (underscores become hyphens)."""
+    PRESETS[function.__name__.replace("_", "-")] = function
+    return function
+
+
+@register_preset
+def cpu() -> TrainConfig:
+    """Small Conformer that trains in minutes on 2 CPU cores (the demo and benchmark preset)."""
+    return TrainConfig(preset="cpu")
+
+
+@register_preset
+def strong() -> TrainConfig:
+    """The homework's strong baseline size: Conformer, 4 heads, 6 layers, lr 5e-4, warm-up 2000."""
+    model = ModelConfig(d_model=80, num_heads=4, ffn_dim=256, num_layers=6, kernel_size=31, dropout=0.1)
+    return TrainConfig(preset="strong", model=model, steps=70000, lr=5e-4, warmup=2000, eval_every=2000)
+
+
+@register_preset
+def boss() -> TrainConfig:
+    """The homework's boss baseline size: d_model 300, 6 heads, 8 layers, dropout 0.15, lr 1e-3, warm-up 5000."""
+    model = ModelConfig(d_model=300, num_heads=6, ffn_dim=1200, num_layers=8, kernel_size=31, dropout=0.15)
+    return TrainConfig(preset="boss", model=model, steps=70000, lr=1e-3, warmup=5000, eval_every=2000)
+
+
+@register_preset
+def baseline() -> TrainConfig:
+    """The homework's sample code: one TransformerEncoder layer, mean pooling, linear head, cross-entropy."""
+    model = ModelConfig(kind="transformer-mean", d_model=80, num_heads=2, ffn_dim=256, num_layers=1, dropout=0.1)
+    return TrainConfig(preset="baseline", model=model, lr=1e-3, warmup=1000)
+
+
+def create_config(preset: str) -> TrainConfig:
+    if preset not in PRESETS:
+        raise VoxaugError(f"--preset {preset!r} is not known; accepted: {', '.join(PRESETS)}")
+    return PRESETS[preset]()
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "config file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise file_error(path, f"malformed TOML ({exc})") from exc
+
+
+def resolve_config(
+    preset: str,
+    toml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    augment_overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Preset, then the TOML file's keys (``[model]`` and ``[augment]`` tables), then CLI values."""
+    file_values = load_toml(toml_path) if toml_path else {}
+    preset = (overrides or {}).get("preset") or file_values.get("preset") or preset
+    config = create_config(preset)
+    base = config.to_dict()
+    model_values = {**base.pop("model"), **file_values.pop("model", {}), **(model_overrides or {})}
+    augment_values = {**base.pop("augment"), **file_values.pop("augment", {}), **(augment_overrides or {})}
+    if toml_path:
+        try:
+            _refuse_unknown(file_values, TrainConfig, str(toml_path))
+            ModelConfig.from_dict(model_values)
+        except VoxaugError as exc:
+            raise VoxaugError(str(exc)) from exc
+    merged = {**base, **file_values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    merged["model"] = model_values
+    merged["augment"] = augment_values
+    merged["preset"] = preset
+    config = TrainConfig.from_dict(merged)
+    return config

@@ -1,0 +1,210 @@
+"""Dataset sources. Each lists its utterances and loads one utterance's features; the packed store
+and every command build on that, so a new source only has to implement this interface."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from voxaug.audio import AUDIO_SUFFIXES, read_audio
+from voxaug.data.validate import check_features, load_feature_file
+from voxaug.errors import VoxaugError, file_error
+from voxaug.features import FrontendConfig, log_mel
+from voxaug.safeio import read_json
+
+FEATURE_SUFFIX = ".pt"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance: ``key`` as the dataset names it (the CSV Id), its file, speaker and group.
+
+    ``group`` is the recording session (VoxCeleb's video) where known, so a split can keep it whole.
+    """
+
+    key: str
+    path: Path
+    speaker: str | None
+    group: str | None = None
+
+
+class DatasetSource(Protocol):
+    root: Path
+    name: str
+    n_mels: int
+    speakers: list[str]
+    utterances: list[Utterance]
+
+    def load(self, utterance: Utterance) -> torch.Tensor:
+        """Features (frames, n_mels) of one utterance, validated."""
+
+    def fingerprint(self) -> str:
+        """Changes whenever a file the source reads changes (sizes and mtimes)."""
+
+
+def _stat_fingerprint(paths: list[Path], extra: str = "") -> str:
+    digest = hashlib.sha1(extra.encode())
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            digest.update(f"{path}|missing\n".encode())
+            continue
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def resolve_inside(root: Path, relative: object, listed_in: Path) -> Path:
+    """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and symlinks that escape it."""
+    if not isinstance(relative, str) or not relative:
+        raise file_error(listed_in, f"feature_path must be a non-empty string, got {relative!r}")
+    if os.path.isabs(relative):
+        raise file_error(listed_in, f"feature_path {relative!r} is absolute; paths must be relative to the dataset folder")
+    resolved = (root / relative).resolve()
+    root_resolved = root.resolve()
+    if resolved != root_resolved and root_resolved not in resolved.parents:
+        raise file_error(listed_in, f"feature_path {relative!r} points outside the dataset folder {root}")
+    return resolved
+
+
+class HW4Source:
+    """The homework layout: mapping.json, metadata.json (or testdata.json) and uttr-*.pt tensors."""
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        if split not in ("train", "test"):
+            raise VoxaugError(f"HW4 split must be 'train' or 'test', got {split!r}")
+        self.root = Path(root)
+        self.split = split
+        self.name = f"hw4-{split}"
+        mapping_path = self.root / "mapping.json"
+        mapping = read_json(mapping_path, "mapping.json")
+        speaker2id = mapping.get("speaker2id") if isinstance(mapping, dict) else None
+        if not isinstance(speaker2id, dict) or not speaker2id:
+            raise file_error(mapping_path, "expected an object with a non-empty 'speaker2id' table")
+        ids = sorted(speaker2id.values()) if all(isinstance(v, int) for v in speaker2id.values()) else None
+        if ids != list(range(len(speaker2id))):
+            raise file_error(mapping_path, "'speaker2id' must map each speaker to a distinct id 0..N-1")
+        self.speakers = [""] * len(speaker2id)
+        for speaker, index in speaker2id.items():
+            self.speakers[index] = speaker
+        self.index_files = [mapping_path]
+        if split == "train":
+            self.utterances, self.n_mels = self._read_metadata(speaker2id)
+        else:
+            self.utterances, self.n_mels = self._read_testdata()
+
+    def _read_n_mels(self, table: dict, path: Path) -> int:
+        n_mels = table.get("n_mels")
+        if not isinstance(n_mels, int) or n_mels <= 0:
+            raise file_error(path, f"'n_mels' must be a positive integer, got {n_mels!r}")
+        return n_mels
+
+    def _read_metadata(self, speaker2id: dict) -> tuple[list[Utterance], int]:
+        path = self.root / "metadata.json"
+        self.index_files.append(path)
+        metadata = read_json(path, "metadata.json")
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("speakers"), dict):
+            raise file_error(path, "expected an object with 'n_mels' and a 'speakers' table")
+        n_mels = self._read_n_mels(metadata, path)
+        utterances = []
+        for speaker, entries in metadata["speakers"].items():
+            if speaker not in speaker2id:
+                raise file_error(path, f"speaker {speaker!r} is not in mapping.json")
+            if not isinstance(entries, list):
+                raise file_error(path, f"speaker {speaker!r}: expected a list of utterances")
+            for entry in entries:
+                feature_path = entry.get("feature_path") if isinstance(entry, dict) else None
+                resolved = resolve_inside(self.root, feature_path, path)
+                utterances.append(Utterance(feature_path, resolved, speaker))
+        if not utterances:
+            raise file_error(path, "lists no utterances")
+        return utterances, n_mels
+
+    def _read_testdata(self) -> tuple[list[Utterance], int]:
+        path = self.root / "testdata.json"
+        self.index_files.append(path)
+        testdata = read_json(path, "testdata.json")
+        if not isinstance(testdata, dict) or not isinstance(testdata.get("utterances"), list):
+            raise file_error(path, "expected an object with 'n_mels' and an 'utterances' list")
+        n_mels = self._read_n_mels(testdata, path)
+        utterances = []
+        for entry in testdata["utterances"]:
+            feature_path = entry.get("feature_path") if isinstance(entry, dict) else None
+            utterances.append(Utterance(feature_path, resolve_inside(self.root, feature_path, path), None))
+        if not utterances:
+            raise file_error(path, "lists no utterances")
+        return utterances, n_mels
+
+    def load(self, utterance: Utterance) -> torch.Tensor:
+        return load_feature_file(utterance.path, self.n_mels)
+
+    def fingerprint(self) -> str:
+        return _stat_fingerprint(self.index_files + [u.path for u in self.utterances], self.name)
+
+
+class ClipFolderSource:
+    """``ROOT/<speaker>/**/*.{pt,wav,flac}``: feature tensors or audio, featurised by ``frontend``.
+
+    The speaker is the first folder level and the group (video) the second, as in VoxCeleb.
+    """
+
+    def __init__(self, root: str | Path, frontend: FrontendConfig = FrontendConfig()) -> None:
+        self.root = Path(root)
+        self.frontend = frontend
+        self.n_mels = frontend.n_mels
+        self.name = "folder"
+        if not self.root.is_dir():
+            raise file_error(self.root, "dataset folder not found")
+        suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
+        utterances = []
+        for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for path in sorted(speaker_dir.rglob("*")):
+                if path.suffix.lower() not in suffixes or not path.is_file():
+                    continue
+                relative = path.relative_to(self.root)
+                group = relative.parts[1] if len(relative.parts) > 2 else None
+                utterances.append(Utterance(relative.as_posix(), path, speaker_dir.name, group))
+        if not utterances:
+            raise file_error(self.root, f"no clips found: expected ROOT/<speaker>/**/*{{{','.join(suffixes)}}}")
+        self.utterances = utterances
+        self.speakers = sorted({u.speaker for u in utterances})
+
+    def load(self, utterance: Utterance) -> torch.Tensor:
+        return load_clip(utterance.path, self.frontend)
+
+    def fingerprint(self) -> str:
+        return _stat_fingerprint([u.path for u in self.utterances], f"{self.name}|{self.frontend}")
+
+
+def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
+    """A clip as features: a `.pt` tensor is validated, an audio file is read and featurised."""
+    path = Path(path)
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return check_features(log_mel(read_audio(path, frontend.sample_rate), frontend), path, frontend.n_mels)
+    if path.suffix.lower() == FEATURE_SUFFIX:
+        return load_feature_file(path, frontend.n_mels)
+    raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+
+
+def open_source(path: str | Path, frontend: FrontendConfig | None = None, split: str = "train") -> DatasetSource:
+    """Pick the source for ``path``: the HW4 layout when it has mapping.json, else a clip folder.
+
+    ``frontend`` is the checkpoint's when there is one; an HW4 set must then have the same n_mels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise file_error(path, "dataset not found")
+    if not path.is_dir():
+        raise file_error(path, "expected a dataset folder (HW4 layout or <speaker>/ clip folders)")
+    if (path / "mapping.json").exists():
+        source = HW4Source(path, split)
+        if frontend is not None and source.n_mels != frontend.n_mels:
+            raise file_error(path / ("metadata.json" if split == "train" else "testdata.json"),
+                             f"n_mels is {source.n_mels} but the model expects {frontend.n_mels}")
+        return source
+    return ClipFolderSource(path, frontend or FrontendConfig())

@@ -1,0 +1,55 @@
+"""Train/validation split: stratified by speaker, seeded, keeping recording groups whole when possible."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from voxaug.errors import VoxaugError
+
+
+def stratified_split(
+    labels: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    groups: list[str | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): about ``val_fraction`` of each speaker's utterances go to validation.
+
+    Where a speaker has several groups (videos), whole groups are moved so that clips sharing a
+    channel never sit on both sides. A speaker with a single utterance stays in training.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise VoxaugError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    by_speaker: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels.tolist()):
+        by_speaker[label].append(index)
+    train, val = [], []
+    for label in sorted(by_speaker):
+        members = by_speaker[label]
+        want = int(round(val_fraction * len(members)))
+        if val_fraction > 0 and len(members) >= 2:
+            want = min(max(want, 1), len(members) - 1)
+        chosen = _choose_val(members, want, rng, groups)
+        val.extend(chosen)
+        train.extend(i for i in members if i not in chosen)
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+
+
+def _choose_val(members: list[int], want: int, rng: np.random.Generator, groups: list[str | None] | None) -> set[int]:
+    if want == 0:
+        return set()
+    by_group: dict[str | None, list[int]] = defaultdict(list)
+    for index in members:
+        by_group[groups[index] if groups else None].append(index)
+    if len(by_group) > 1 and None not in by_group:
+        chosen: set[int] = set()
+        order = rng.permutation(sorted(by_group, key=str))
+        for group in order[:-1]:
+            if len(chosen) >= want:
+                break
+            chosen.update(by_group[group])
+        return chosen
+    return {members[i] for i in rng.permutation(len(members))[:want].tolist()}

@@ -1,0 +1,141 @@
+"""The packed feature store: all features of a source in one memory-mapped float32 array plus an
+index of offsets, lengths and labels. Built once, reused while the source's files are unchanged,
+so training slices batches from memory instead of calling `torch.load` per utterance per step."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from voxaug.data.sources import DatasetSource
+from voxaug.errors import VoxaugError
+from voxaug.safeio import atomic_output, atomic_write_json, read_json
+
+STORE_VERSION = 1
+FEATURES_FILE = "features.f32"
+INDEX_FILE = "index.json"
+
+
+def default_cache_dir() -> Path:
+    """``$VOXAUG_CACHE`` if set, else ``~/.cache/voxaug``."""
+    return Path(os.environ.get("VOXAUG_CACHE") or Path.home() / ".cache" / "voxaug")
+
+
+@dataclass
+class PackedStore:
+    """Features of every utterance of a source, row-concatenated in one (total_frames, n_mels) memmap."""
+
+    folder: Path
+    features: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+    keys: list[str]
+    speakers: list[str]
+    groups: list[str | None]
+    n_mels: int
+    rebuilt: bool = False
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def utterance(self, index: int) -> torch.Tensor:
+        """Whole utterance ``index`` as a (frames, n_mels) tensor (a copy, safe to modify)."""
+        start = int(self.offsets[index])
+        return torch.from_numpy(np.array(self.features[start : start + int(self.lengths[index])]))
+
+    def segment(self, index: int, start: int, length: int) -> torch.Tensor:
+        begin = int(self.offsets[index]) + start
+        return torch.from_numpy(np.array(self.features[begin : begin + length]))
+
+    @classmethod
+    def open(
+        cls,
+        source: DatasetSource,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        loader: Callable | None = None,
+    ) -> "PackedStore":
+        """Open the store for ``source``, building it first when missing or stale."""
+        folder = store_folder(source, cache_dir)
+        fingerprint = source.fingerprint()
+        index_path = folder / INDEX_FILE
+        if index_path.exists():
+            try:
+                index = read_json(index_path, "store index")
+            except VoxaugError:
+                index = None
+            if isinstance(index, dict) and index.get("fingerprint") == fingerprint and index.get("version") == STORE_VERSION:
+                return cls._from_index(folder, index, rebuilt=False)
+        index = build_store(source, folder, fingerprint, progress=progress, loader=loader)
+        return cls._from_index(folder, index, rebuilt=True)
+
+    @classmethod
+    def _from_index(cls, folder: Path, index: dict, rebuilt: bool) -> "PackedStore":
+        lengths = np.asarray(index["lengths"], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        total, n_mels = int(lengths.sum()), int(index["n_mels"])
+        features = np.memmap(folder / FEATURES_FILE, dtype=np.float32, mode="r", shape=(total, n_mels))
+        return cls(
+            folder=folder,
+            features=features,
+            offsets=offsets,
+            lengths=lengths,
+            labels=np.asarray(index["labels"], dtype=np.int64),
+            keys=list(index["keys"]),
+            speakers=list(index["speakers"]),
+            groups=list(index["groups"]),
+            n_mels=n_mels,
+            rebuilt=rebuilt,
+        )
+
+
+def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
+    """One cache folder per dataset location and kind, so different sources never collide."""
+    identity = f"{Path(source.root).resolve()}|{source.name}"
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / f"{Path(source.root).name}-{source.name}-{digest}"
+
+
+def build_store(
+    source: DatasetSource,
+    folder: Path,
+    fingerprint: str,
+    progress: bool = True,
+    loader: Callable | None = None,
+) -> dict:
+    """Load every utterance once (validating it), append it to the features file, then write the index.
+
+    The index is written last and atomically: its presence means the store is complete.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INDEX_FILE).unlink(missing_ok=True)
+    speaker_ids = {name: i for i, name in enumerate(source.speakers)}
+    load = loader or source.load
+    lengths, labels = [], []
+    bar = tqdm(source.utterances, desc=f"packing {source.root}", unit="utt", disable=not progress, leave=False)
+    with atomic_output(folder / FEATURES_FILE, "wb") as handle:
+        for utterance in bar:
+            features = load(utterance).numpy().astype(np.float32, copy=False)
+            handle.write(np.ascontiguousarray(features).tobytes())
+            lengths.append(int(features.shape[0]))
+            labels.append(speaker_ids[utterance.speaker] if utterance.speaker is not None else -1)
+    index = {
+        "version": STORE_VERSION,
+        "fingerprint": fingerprint,
+        "n_mels": source.n_mels,
+        "speakers": list(source.speakers),
+        "keys": [u.key for u in source.utterances],
+        "groups": [u.group for u in source.utterances],
+        "lengths": lengths,
+        "labels": labels,
+    }
+    atomic_write_json(folder / INDEX_FILE, index)
+    return index

@@ -1,0 +1,33 @@
+"""Checks that a loaded feature tensor is what the model expects, with errors naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from voxaug.errors import file_error
+from voxaug.safeio import safe_torch_load
+
+
+def check_features(features: object, path: str | Path, n_mels: int) -> torch.Tensor:
+    """Return ``features`` as a float32 (frames, n_mels) tensor or raise naming ``path`` and the problem."""
+    if not isinstance(features, torch.Tensor):
+        raise file_error(path, f"expected one float tensor of shape (frames, {n_mels}), found {type(features).__name__}")
+    if not features.is_floating_point():
+        raise file_error(path, f"expected a float tensor, found dtype {features.dtype}")
+    if features.dim() != 2:
+        raise file_error(path, f"expected a 2-D tensor (frames, {n_mels}), found shape {tuple(features.shape)}")
+    if features.shape[1] != n_mels:
+        raise file_error(path, f"expected {n_mels} mel bins, found {features.shape[1]} (shape {tuple(features.shape)})")
+    if features.shape[0] == 0:
+        raise file_error(path, "feature tensor is empty (0 frames)")
+    features = features.to(torch.float32)
+    if not torch.isfinite(features).all():
+        raise file_error(path, "features hold NaN or Inf values")
+    return features.contiguous()
+
+
+def load_feature_file(path: str | Path, n_mels: int) -> torch.Tensor:
+    """Load one `.pt` feature tensor safely (weights_only) and validate it."""
+    return check_features(safe_torch_load(path, "feature file"), path, n_mels)

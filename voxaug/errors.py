@@ -1,0 +1,17 @@
+"""The one exception type the CLI turns into a single clean error line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VoxaugError(Exception):
+    """A user-facing problem: bad input, a missing file, an option out of range.
+
+    The CLI prints ``error: <message>`` and exits non-zero, with no traceback unless ``--debug``.
+    """
+
+
+def file_error(path: str | Path, problem: str) -> VoxaugError:
+    """An error that names the file first, so every message reads ``<file>: <problem>``."""
+    return VoxaugError(f"{path}: {problem}")

@@ -1,0 +1,51 @@
+"""Batched whole-utterance inference from a packed store: embeddings and logits in input order."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from voxaug.data.batching import whole_batches
+from voxaug.data.store import PackedStore
+
+
+def autocast_for(device: torch.device) -> torch.autocast:
+    """Mixed precision on CUDA, plain float32 on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def run_model(
+    model: nn.Module,
+    store: PackedStore,
+    indices: np.ndarray,
+    device: torch.device,
+    max_frames: int = 40000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (N, E) and logits (N, C) for ``indices``, in that order, on the CPU in float32."""
+    was_training = model.training
+    model.eval()
+    indices = np.asarray(indices, dtype=np.int64)
+    position = {int(index): row for row, index in enumerate(indices)}
+    embeddings = logits = None
+    for batch in whole_batches(store, indices, max_frames=max_frames):
+        with autocast_for(device):
+            batch_embeddings, batch_logits = model(batch.features.to(device), batch.lengths.to(device))
+        if embeddings is None:
+            embeddings = torch.empty(len(indices), batch_embeddings.shape[1])
+            logits = torch.empty(len(indices), batch_logits.shape[1])
+        rows = torch.tensor([position[int(i)] for i in batch.indices])
+        embeddings[rows] = batch_embeddings.float().cpu()
+        logits[rows] = batch_logits.float().cpu()
+    model.train(was_training)
+    return embeddings, logits
+
+
+def accuracy(model: nn.Module, store: PackedStore, indices: np.ndarray, device: torch.device) -> float | None:
+    """Top-1 accuracy of the classifier on whole utterances (no augmentation); None for no utterances."""
+    if len(indices) == 0:
+        return None
+    _, logits = run_model(model, store, indices, device)
+    labels = torch.as_tensor(store.labels[np.asarray(indices)])
+    return float((logits.argmax(dim=1) == labels).float().mean())

@@ -1,0 +1,201 @@
+"""Speaker models: Conformer + masked self-attentive pooling + embedding + AM-Softmax, and the
+homework's TransformerEncoder + mean-pooling baseline. Both return (embeddings, logits) and own
+their loss, so the trainer, mixup and the embedding exporter treat them alike."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchaudio.models import Conformer
+
+from voxaug.errors import VoxaugError
+
+MODEL_KINDS = ("conformer", "transformer-mean")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture settings; a preset fills them, the command line or a TOML config overrides them."""
+
+    kind: str = "conformer"
+    n_mels: int = 40
+    d_model: int = 96
+    num_heads: int = 4
+    ffn_dim: int = 192
+    num_layers: int = 2
+    kernel_size: int = 15
+    dropout: float = 0.1
+    embedding_dim: int = 192
+    scale: float = 30.0
+    margin: float = 0.2
+    num_classes: int = 0
+
+    def validate(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise VoxaugError(f"--model {self.kind!r} is not known; accepted: {', '.join(MODEL_KINDS)}")
+        for name in ("n_mels", "d_model", "num_heads", "ffn_dim", "num_layers", "embedding_dim"):
+            if getattr(self, name) <= 0:
+                raise VoxaugError(f"model: {name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.num_heads:
+            raise VoxaugError(f"model: d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
+        if self.kernel_size % 2 == 0 or self.kernel_size <= 0:
+            raise VoxaugError(f"model: kernel_size must be a positive odd number, got {self.kernel_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise VoxaugError(f"model: dropout must be in [0, 1), got {self.dropout}")
+        if self.scale <= 0 or not 0.0 <= self.margin < 1.0:
+            raise VoxaugError(f"model: need scale > 0 and 0 <= margin < 1, got scale {self.scale}, margin {self.margin}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise VoxaugError(f"model config: unknown keys {sorted(unknown)}; accepted: {sorted(known)}")
+        return cls(**values)
+
+
+def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, T) boolean mask, True on padded frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+class MaskedAttentivePooling(nn.Module):
+    """Self-attentive pooling: a softmax over frames of a learned score, padded frames weighted 0."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        scores = self.score(frames).squeeze(-1)  # (B, T)
+        scores = scores.masked_fill(padding_mask(lengths, frames.shape[1]), float("-inf"))
+        weights = torch.softmax(scores.float(), dim=1).to(frames.dtype)  # (B, T)
+        return torch.bmm(weights.unsqueeze(1), frames).squeeze(1)  # (B, D)
+
+
+class AMSoftmaxHead(nn.Module):
+    """Additive-margin softmax: logits are ``scale * cos`` against L2-normalised class weights.
+
+    The margin is subtracted from the target's cosine only in the loss, so logits stay usable
+    as class scores at inference.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float, margin: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.xavier_uniform_(self.weight)
+        self.scale, self.margin = scale, margin
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+        return self.scale * cosine  # (B, C)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-example loss: cross-entropy after taking ``scale * margin`` off the target logit."""
+        target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+        return F.cross_entropy(logits - self.scale * self.margin * target, labels, reduction="none")
+
+
+class SoftmaxHead(nn.Module):
+    """Plain linear classifier with cross-entropy, as in the homework's sample code."""
+
+    def __init__(self, embedding_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.linear(embeddings).float()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, reduction="none")
+
+
+class ConformerSpeakerNet(nn.Module):
+    """Linear(n_mels->d) -> Conformer(real lengths) -> masked attentive pooling -> Linear+BN embedding.
+
+    The Conformer's depthwise convolution would otherwise see padded frames; a pre-hook zeroes
+    them first, so in eval mode an utterance gets the same embedding alone or padded in a batch.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.input_proj = nn.Linear(config.n_mels, config.d_model)
+        self.encoder = Conformer(
+            input_dim=config.d_model,
+            num_heads=config.num_heads,
+            ffn_dim=config.ffn_dim,
+            num_layers=config.num_layers,
+            depthwise_conv_kernel_size=config.kernel_size,
+            dropout=config.dropout,
+        )
+        self.pooling = MaskedAttentivePooling(config.d_model)
+        self.embedding = nn.Sequential(nn.Linear(config.d_model, config.embedding_dim), nn.BatchNorm1d(config.embedding_dim))
+        self.head = AMSoftmaxHead(config.embedding_dim, config.num_classes, config.scale, config.margin)
+        self._keep_frames: torch.Tensor | None = None
+        for layer in self.encoder.conformer_layers:
+            layer.conv_module.sequential[2].register_forward_pre_hook(self._zero_padding)
+
+    def _zero_padding(self, module: nn.Module, inputs: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+        (x,) = inputs  # (B, C, T)
+        return (x * self._keep_frames[:, None, :].to(x.dtype),) if self._keep_frames is not None else inputs
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels), (B,) -> un-normalised embeddings (B, embedding_dim)."""
+        x = self.input_proj(features)  # (B, T, d)
+        self._keep_frames = ~padding_mask(lengths, x.shape[1])
+        try:
+            x, _ = self.encoder(x, lengths)  # (B, T, d)
+        finally:
+            self._keep_frames = None
+        return self.embedding(self.pooling(x, lengths))  # (B, E)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.embed(features, lengths)
+        return embeddings, self.head(embeddings)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.head.loss(logits, labels)
+
+
+class TransformerMeanNet(nn.Module):
+    """The homework's sample: Linear -> TransformerEncoder -> mean over (real) frames -> linear head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.input_proj = nn.Linear(config.n_mels, config.d_model)
+        layer = nn.TransformerEncoderLayer(
+            d_model=config.d_model, nhead=config.num_heads, dim_feedforward=config.ffn_dim,
+            dropout=config.dropout, batch_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=config.num_layers, enable_nested_tensor=False)
+        self.embedding = nn.Linear(config.d_model, config.embedding_dim)
+        self.head = SoftmaxHead(config.embedding_dim, config.num_classes)
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pad = padding_mask(lengths, features.shape[1])
+        x = self.encoder(self.input_proj(features), src_key_padding_mask=pad)  # (B, T, d)
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        pooled = (x * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, d)
+        return self.embedding(pooled)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.embed(features, lengths)
+        return embeddings, self.head(embeddings)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.head.loss(logits, labels)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    config.validate()
+    if config.num_classes <= 0:
+        raise VoxaugError("model: the dataset has no speakers to classify")
+    return ConformerSpeakerNet(config) if config.kind == "conformer" else TransformerMeanNet(config)

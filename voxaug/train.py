@@ -1,0 +1,283 @@
+"""The training loop: random segments from the packed store, batch augmentations, AdamW with
+warm-up and cosine decay, periodic clean evaluation, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from voxaug.augment import TrainBatch, build_pipeline, total_loss
+from voxaug.checkpoint import load_checkpoint, save_checkpoint
+from voxaug.config import TrainConfig
+from voxaug.data.batching import SegmentSampler
+from voxaug.data.sources import open_source
+from voxaug.data.split import stratified_split
+from voxaug.data.store import PackedStore
+from voxaug.device import resolve_device
+from voxaug.errors import VoxaugError, file_error
+from voxaug.features import FrontendConfig
+from voxaug.inference import accuracy, autocast_for
+from voxaug.model import build_model
+from voxaug.plot import plot_runs, read_metrics
+from voxaug.safeio import atomic_write_json, atomic_write_text, read_json
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    steps: int
+    best_val_acc: float | None
+    best_step: int
+    train_acc: float
+    val_acc: float | None
+    elapsed_s: float
+    skipped_steps: int
+
+    @property
+    def gap(self) -> float | None:
+        return None if self.val_acc is None else self.train_acc - self.val_acc
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to zero at ``steps``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Owns one run: its data, model, optimizer, sampler, augmentations and run folder."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: str | Path,
+        run_dir: str | Path,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        frontend: FrontendConfig | None = None,
+    ) -> None:
+        config.validate()
+        self.pipeline = build_pipeline(config.augment.get("names", []), config.augment)
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.data = Path(data)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+
+        source = open_source(self.data, frontend)
+        self.frontend = frontend or FrontendConfig(n_mels=source.n_mels)
+        self.store = PackedStore.open(source, cache_dir, progress=progress)
+        self.speakers = self.store.speakers
+        self.train_indices, self.val_indices = stratified_split(
+            self.store.labels, config.val_fraction, config.seed, self.store.groups
+        )
+        eval_rng = np.random.default_rng(config.seed + 1)
+        count = min(config.train_eval_utterances, len(self.train_indices))
+        self.train_eval_indices = np.sort(eval_rng.choice(self.train_indices, size=count, replace=False))
+
+        config.model.n_mels = self.store.n_mels
+        config.model.num_classes = len(self.speakers)
+        self.model = build_model(config.model).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.sampler = SegmentSampler(self.store, self.train_indices, config.batch, config.segment, config.seed)
+        self.augment_generator = torch.Generator(device=self.device).manual_seed(config.seed + 2)
+        self.step = 0
+        self.best_val_acc: float | None = None
+        self.best_step = 0
+        self.elapsed_before = 0.0
+        self.bad_in_row = 0
+        self.skipped_steps = 0
+
+    # ---- state -------------------------------------------------------------------------------
+    def state(self, include_optimizer: bool = True) -> dict:
+        state = {
+            "config": self.config.to_dict(),
+            "frontend": self.frontend.to_dict(),
+            "speakers": list(self.speakers),
+            "model": self.model.state_dict(),
+            "step": self.step,
+            "best_val_acc": self.best_val_acc,
+            "best_step": self.best_step,
+            "elapsed_s": self.elapsed_before + (time.perf_counter() - self.started),
+            "skipped_steps": self.skipped_steps,
+            "data": str(self.data),
+        }
+        if include_optimizer:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                sampler=self.sampler.state_dict(),
+                augment_generator=self.augment_generator.get_state(),
+                rng=rng_state(),
+            )
+        return state
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if "optimizer" not in state:
+            raise file_error(path, "checkpoint has no optimizer state; resume from last.pt")
+        saved = TrainConfig.from_dict(state["config"])
+        mismatched = [
+            key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction")
+            if getattr(saved, key) != getattr(self.config, key)
+        ]
+        if mismatched:
+            raise file_error(path, f"cannot resume with a different {', '.join(mismatched)}; use the run's config.json")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.augment_generator.set_state(state["augment_generator"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    # ---- one step ----------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float] | None:
+        """One optimizer step; returns (loss, batch accuracy) or None when the loss was not finite."""
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.config)
+        batch = self.sampler.next_batch().to(self.device)
+        augmented = self.pipeline(TrainBatch.from_labels(batch.features, batch.lengths, batch.labels), self.augment_generator)
+        with autocast_for(self.device):
+            _, logits = self.model(augmented.features, augmented.lengths)
+            loss = total_loss(self.model, logits, augmented)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.bad_in_row += 1
+            self.skipped_steps += 1
+            if self.bad_in_row >= self.config.max_bad_steps:
+                raise VoxaugError(
+                    f"training stopped at step {self.step}: the loss was NaN/Inf for {self.bad_in_row} steps in a row "
+                    f"(lower --lr, check the data for extreme values; limit: max_bad_steps={self.config.max_bad_steps})"
+                )
+            return None
+        self.bad_in_row = 0
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        batch_acc = float((logits.argmax(dim=1) == augmented.dominant_labels()).float().mean())
+        return float(loss.detach()), batch_acc
+
+    # ---- evaluation and saving -----------------------------------------------------------------
+    def evaluate(self, mean_loss: float | None) -> dict:
+        train_acc = accuracy(self.model, self.store, self.train_eval_indices, self.device)
+        val_acc = accuracy(self.model, self.store, self.val_indices, self.device)
+        row = {
+            "step": self.step,
+            "loss": mean_loss,
+            "train_acc": train_acc,
+            "val_acc": val_acc,
+            "lr": lr_at(max(0, self.step - 1), self.config),
+            "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.started, 3),
+        }
+        improved = val_acc is not None and (self.best_val_acc is None or val_acc > self.best_val_acc)
+        if improved or (val_acc is None and self.best_step == 0):
+            self.best_val_acc, self.best_step = val_acc, self.step
+            save_checkpoint(self.run_dir / "best.pt", self.state(include_optimizer=False))
+        save_checkpoint(self.run_dir / "last.pt", self.state())
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(row) + "\n")
+        plot_runs([self.run_dir], self.run_dir / "curves.png")
+        return row
+
+    def write_config(self) -> None:
+        """The resolved config, plus (under ``run``) what this run derived from it."""
+        run = {"data": str(self.data), "frontend": self.frontend.to_dict(), "augmentations": repr(self.pipeline),
+               "device": str(self.device), "world_size": 1, "train_utterances": len(self.train_indices),
+               "val_utterances": len(self.val_indices), "speakers": len(self.speakers)}
+        atomic_write_json(self.run_dir / "config.json", {**self.config.to_dict(), "run": run})
+
+    @staticmethod
+    def config_from_run(run_dir: Path, steps: int | None = None, device: str | None = None) -> TrainConfig:
+        """The config a run was started with, for --resume; only steps and device may change."""
+        values = read_json(Path(run_dir) / "config.json", "run config")
+        if not isinstance(values, dict):
+            raise file_error(Path(run_dir) / "config.json", "expected a JSON object")
+        values.pop("run", None)
+        config = TrainConfig.from_dict(values)
+        config.steps = steps or config.steps
+        config.device = device or config.device
+        return config
+
+    def _truncate_metrics(self) -> None:
+        """After a resume, drop log lines written after the checkpoint (a crash between the two)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            atomic_write_json_lines(path, rows)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainSummary:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        last = self.run_dir / "last.pt"
+        self.started = time.perf_counter()
+        if resume:
+            if not last.exists():
+                raise file_error(last, "nothing to resume: no last.pt in the run folder")
+            self.resume(last)
+            self._truncate_metrics()
+        elif last.exists():
+            raise file_error(self.run_dir, "already holds a run (last.pt); pass --resume to continue it or choose another --out")
+        self.write_config()
+        losses: list[float] = []
+        row: dict = {}
+        bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        while self.step < self.config.steps:
+            result = self.train_step()
+            self.step += 1
+            bar.update(1)
+            if result is not None:
+                losses.append(result[0])
+                bar.set_postfix(loss=f"{result[0]:.3f}", batch_acc=f"{result[1]:.2f}", refresh=False)
+            if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
+                row = self.evaluate(float(np.mean(losses)) if losses else None)
+                losses = []
+                bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
+        bar.close()
+        if not row:
+            row = read_metrics(self.run_dir)[-1]
+        return TrainSummary(
+            run_dir=self.run_dir, steps=self.step, best_val_acc=self.best_val_acc, best_step=self.best_step,
+            train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
+            elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
+        )
+
+
+def atomic_write_json_lines(path: Path, lines: list[str]) -> None:
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
