@@ -163,9 +163,7 @@ class ClipFolderSource:
         suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
         utterances = []
         for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in sorted(speaker_dir.rglob("*")):
-                if path.suffix.lower() not in suffixes or not path.is_file():
-                    continue
+            for path in _one_file_per_clip(speaker_dir, suffixes):
                 relative = path.relative_to(self.root)
                 group = relative.parts[1] if len(relative.parts) > 2 else None
                 utterances.append(Utterance(relative.as_posix(), path, speaker_dir.name, group))
@@ -179,6 +177,19 @@ class ClipFolderSource:
 
     def fingerprint(self) -> str:
         return _stat_fingerprint([u.path for u in self.utterances], f"{self.name}|{self.frontend}")
+
+
+def _one_file_per_clip(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Clip files under ``folder``; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth` writes
+    them), the `.pt` features are used, so each clip counts once."""
+    chosen: dict[Path, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        stem = path.with_suffix("")
+        if stem not in chosen or path.suffix.lower() == FEATURE_SUFFIX:
+            chosen[stem] = path
+    return [chosen[stem] for stem in sorted(chosen)]
 
 
 def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:

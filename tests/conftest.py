@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny synthetic corpus and a briefly trained checkpoint, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from voxaug.config import resolve_config
+from voxaug.synth import SynthConfig, generate
+from voxaug.train import Trainer
+
+TINY_SYNTH = SynthConfig(speakers=6, utterances=12, unseen=2, enroll_per_unseen=3, test_per_unseen=3,
+                         min_seconds=0.8, max_seconds=1.4, seed=7)
+TINY_MODEL = {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 1, "kernel_size": 7, "embedding_dim": 32}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test packs into a private cache and runs single-threaded for determinism and speed."""
+    monkeypatch.setenv("VOXAUG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory) -> Path:
+    """6 speakers x 12 utterances (HW4 layout) plus 2 unseen speakers, about 1 s each."""
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, TINY_SYNTH, progress=False)
+    return out
+
+
+def tiny_config(**overrides):
+    values = {"steps": 60, "batch": 16, "lr": 3e-3, "warmup": 10, "segment": 64, "eval_every": 30,
+              "train_eval_utterances": 40, "seed": 0, "device": "cpu"}
+    values.update(overrides.pop("train", {}))
+    augment = overrides.pop("augment", {"names": []})
+    return resolve_config("cpu", overrides=values, model_overrides={**TINY_MODEL, **overrides}, augment_overrides=augment)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_synth, tmp_path_factory) -> Path:
+    """A run folder with best.pt/last.pt from a short training on ``tiny_synth``."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    run = tmp_path_factory.mktemp("run") / "run"
+    torch.set_num_threads(1)
+    Trainer(tiny_config(train={"steps": 120, "eval_every": 60}), tiny_synth, run, cache_dir=cache, progress=False).fit()
+    return run
