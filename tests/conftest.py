@@ -11,7 +11,7 @@ from voxaug.config import resolve_config
 from voxaug.synth import SynthConfig, generate
 from voxaug.train import Trainer
 
-TINY_SYNTH = SynthConfig(speakers=6, utterances=12, unseen=2, enroll_per_unseen=3, test_per_unseen=3,
+TINY_SYNTH = SynthConfig(speakers=5, utterances=20, unseen=2, enroll_per_unseen=3, test_per_unseen=3,
                          min_seconds=0.8, max_seconds=1.4, seed=7)
 TINY_MODEL = {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 1, "kernel_size": 7, "embedding_dim": 32}
 
@@ -33,7 +33,7 @@ def tiny_synth(tmp_path_factory) -> Path:
 
 def tiny_config(**overrides):
     values = {"steps": 60, "batch": 16, "lr": 3e-3, "warmup": 10, "segment": 64, "eval_every": 30,
-              "train_eval_utterances": 40, "seed": 0, "device": "cpu"}
+              "train_eval_utterances": 40, "val_fraction": 0.2, "seed": 0, "device": "cpu"}
     values.update(overrides.pop("train", {}))
     augment = overrides.pop("augment", {"names": []})
     return resolve_config("cpu", overrides=values, model_overrides={**TINY_MODEL, **overrides}, augment_overrides=augment)
@@ -45,5 +45,5 @@ def trained_run(tiny_synth, tmp_path_factory) -> Path:
     cache = tmp_path_factory.getbasetemp() / "cache"
     run = tmp_path_factory.mktemp("run") / "run"
     torch.set_num_threads(1)
-    Trainer(tiny_config(train={"steps": 120, "eval_every": 60}), tiny_synth, run, cache_dir=cache, progress=False).fit()
+    Trainer(tiny_config(train={"steps": 150, "eval_every": 75}), tiny_synth, run, cache_dir=cache, progress=False).fit()
     return run

@@ -82,13 +82,13 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        detail = str(exc)
+        if "GLOBAL" in detail or "Unsupported global" in detail:
             raise file_error(
                 path, f"refused: the {what} holds pickled objects other than tensors and plain values "
-                "(it could run code on load)"
+                "(loading it could run code)"
             ) from exc
-        raise file_error(path, f"not a readable {what} ({first})") from exc
+        raise file_error(path, f"not a readable {what} (corrupt or not a torch file)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError,
             TypeError, UnicodeDecodeError, IndexError, OverflowError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

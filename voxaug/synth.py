@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,9 +37,9 @@ SYNTH_N_FFT, SYNTH_HOP = 512, 128
 
 @dataclass
 class SynthConfig:
-    speakers: int = 50
-    utterances: int = 40
-    unseen: int = 8
+    speakers: int = 100
+    utterances: int = 20
+    unseen: int = 10
     enroll_per_unseen: int = 4
     test_per_unseen: int = 6
     test_fraction: float = 0.1
@@ -77,10 +77,16 @@ class Voice:
     def draw(cls, g: torch.Generator) -> "Voice":
         u = lambda lo, hi: float(lo + (hi - lo) * torch.rand((), generator=g))  # noqa: E731
         return cls(
-            f0=u(85, 250), f0_range=u(1.0, 4.0), vocal_tract=u(0.82, 1.2), tilt=u(-1.2, 0.4),
-            breathiness=u(0.02, 0.35), bandwidth=u(0.7, 1.5), rate=u(0.8, 1.25),
+            f0=u(95, 210), f0_range=u(1.0, 4.0), vocal_tract=u(0.88, 1.12), tilt=u(-1.0, 0.2),
+            breathiness=u(0.05, 0.3), bandwidth=u(0.8, 1.3), rate=u(0.85, 1.2),
             vowel_habits=1 + 0.06 * (2 * torch.rand(len(VOWELS), 3, generator=g) - 1),
         )
+
+    def for_utterance(self, g: torch.Generator) -> "Voice":
+        """The same speaker on a given day: pitch, vocal effort (tilt) and rate drift per utterance."""
+        u = lambda lo, hi: float(lo + (hi - lo) * torch.rand((), generator=g))  # noqa: E731
+        return replace(self, f0=self.f0 * 2 ** (u(-2.5, 2.5) / 12), tilt=self.tilt + u(-0.25, 0.25),
+                       rate=self.rate * u(0.85, 1.15), breathiness=self.breathiness * u(0.7, 1.3))
 
 
 @dataclass
@@ -94,11 +100,11 @@ class Session:
 
     @classmethod
     def draw(cls, g: torch.Generator) -> "Session":
-        knots = 10 ** ((torch.rand(8, generator=g) * 2 - 1) * 9 / 20)  # up to +-9 dB
+        knots = 10 ** ((torch.rand(8, generator=g) * 2 - 1) * 10 / 20)  # up to +-10 dB
         eq = torch.nn.functional.interpolate(knots[None, None], size=SYNTH_N_FFT // 2 + 1, mode="linear",
                                              align_corners=True)[0, 0]
         u = lambda lo, hi: float(lo + (hi - lo) * torch.rand((), generator=g))  # noqa: E731
-        return cls(eq=eq, rt60=u(0.0, 0.6), snr_db=u(3, 30), noise_tilt=u(-1.0, 0.0))
+        return cls(eq=eq, rt60=u(0.0, 0.7), snr_db=u(0, 25), noise_tilt=u(-1.0, 0.0))
 
 
 def _generator(*parts: object) -> torch.Generator:
@@ -147,6 +153,7 @@ def _frame_tracks(voice: Voice, seconds: float, g: torch.Generator) -> dict[str,
 
 def synthesise(voice: Voice, session: Session, seconds: float, g: torch.Generator) -> torch.Tensor:
     """One utterance's waveform at 16 kHz, float32, peak-normalised with a random gain."""
+    voice = voice.for_utterance(g)
     tracks = _frame_tracks(voice, seconds, g)
     frames = tracks["f0"].shape[0]
     samples = (frames - 1) * SYNTH_HOP

@@ -1,0 +1,131 @@
+"""The HW4 reader: exact layout, missing mel_len, class ids from mapping.json, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from hw4_factory import make_hw4, rewrite_metadata
+from voxaug.data.sources import HW4Source, open_source
+from voxaug.data.split import stratified_split
+from voxaug.data.store import PackedStore
+from voxaug.errors import VoxaugError
+
+
+def test_reads_layout_and_class_ids(tmp_path):
+    root = make_hw4(tmp_path / "d")
+    source = HW4Source(root)
+    assert source.speakers == ["id10000", "id10001", "id10002"]
+    assert source.n_mels == 40
+    assert len(source.utterances) == 12
+    store = PackedStore.open(source, tmp_path / "cache", progress=False)
+    labels = {store.keys[i]: int(store.labels[i]) for i in range(len(store))}
+    assert labels["uttr-0000.pt"] == 0 and labels["uttr-0203.pt"] == 2
+    first = torch.load(root / "uttr-0101.pt", weights_only=True)
+    assert torch.equal(store.utterance(store.keys.index("uttr-0101.pt")), first)
+
+
+def test_missing_mel_len_takes_length_from_tensor(tmp_path):
+    root = make_hw4(tmp_path / "d", with_mel_len=False)
+    store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    for index, key in enumerate(store.keys):
+        assert store.lengths[index] == torch.load(root / key, weights_only=True).shape[0]
+
+
+def test_test_split_keeps_testdata_order(tmp_path):
+    root = make_hw4(tmp_path / "d")
+    source = HW4Source(root, split="test")
+    order = [u["feature_path"] for u in json.loads((root / "testdata.json").read_text())["utterances"]]
+    assert [u.key for u in source.utterances] == order
+    assert all(u.speaker is None for u in source.utterances)
+
+
+def test_split_is_stratified_and_seeded():
+    labels = torch.arange(10).repeat_interleave(20).numpy()
+    train, val = stratified_split(labels, 0.1, seed=3)
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 200
+    assert all((labels[val] == s).sum() == 2 for s in range(10))
+    again = stratified_split(labels, 0.1, seed=3)
+    assert (again[1] == val).all()
+    assert not (stratified_split(labels, 0.1, seed=4)[1] == val).all()
+
+
+def test_split_keeps_groups_whole():
+    labels = torch.zeros(12, dtype=torch.long).numpy()
+    groups = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    train, val = stratified_split(labels, 0.3, seed=0, groups=groups)
+    val_groups = {groups[i] for i in val}
+    assert not val_groups & {groups[i] for i in train}
+
+
+def _bad(tmp_path, breaker):
+    root = make_hw4(tmp_path / "d")
+    breaker(root)
+    with pytest.raises(VoxaugError) as info:
+        source = open_source(root)
+        PackedStore.open(source, tmp_path / "cache", progress=False)
+    return str(info.value)
+
+
+def _set_first_feature(root, value):
+    torch.save(value, root / "uttr-0000.pt")
+
+
+BAD_INPUTS = [
+    ("missing metadata", lambda r: (r / "metadata.json").unlink(), ["metadata.json", "not found"]),
+    ("malformed metadata", lambda r: (r / "metadata.json").write_text("{not json"), ["metadata.json", "malformed JSON"]),
+    ("malformed mapping", lambda r: (r / "mapping.json").write_text("[1, 2"), ["mapping.json", "malformed JSON"]),
+    ("mapping without speaker2id", lambda r: (r / "mapping.json").write_text("{}"), ["mapping.json", "speaker2id"]),
+    ("missing feature file", lambda r: (r / "uttr-0000.pt").unlink(), ["uttr-0000.pt", "not found"]),
+    ("unreadable feature file", lambda r: (r / "uttr-0000.pt").write_bytes(b"garbage bytes"), ["uttr-0000.pt", "not a readable"]),
+    ("empty file", lambda r: (r / "uttr-0000.pt").write_bytes(b""), ["uttr-0000.pt", "empty"]),
+    ("not a tensor", lambda r: _set_first_feature(r, {"a": 1}), ["uttr-0000.pt", "found dict"]),
+    ("1-D tensor", lambda r: _set_first_feature(r, torch.zeros(40)), ["uttr-0000.pt", "2-D"]),
+    ("integer tensor", lambda r: _set_first_feature(r, torch.zeros(5, 40, dtype=torch.long)), ["uttr-0000.pt", "float"]),
+    ("wrong n_mels", lambda r: _set_first_feature(r, torch.zeros(5, 80)), ["uttr-0000.pt", "40 mel bins, found 80"]),
+    ("zero frames", lambda r: _set_first_feature(r, torch.zeros(0, 40)), ["uttr-0000.pt", "0 frames"]),
+    ("NaN", lambda r: _set_first_feature(r, torch.full((5, 40), float("nan"))), ["uttr-0000.pt", "NaN"]),
+    ("Inf", lambda r: _set_first_feature(r, torch.full((5, 40), float("inf"))), ["uttr-0000.pt", "Inf"]),
+    ("path escapes with ..", lambda r: rewrite_metadata(r, lambda m: m["speakers"]["id10000"][0].update(feature_path="../x.pt")),
+     ["metadata.json", "outside the dataset folder"]),
+    ("absolute path", lambda r: rewrite_metadata(r, lambda m: m["speakers"]["id10000"][0].update(feature_path="/etc/passwd")),
+     ["metadata.json", "absolute"]),
+    ("unknown speaker", lambda r: rewrite_metadata(r, lambda m: m["speakers"].update(nobody=[])), ["metadata.json", "nobody"]),
+]
+
+
+@pytest.mark.parametrize("name,breaker,expected", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gives_one_clear_line(tmp_path, name, breaker, expected):
+    message = _bad(tmp_path, breaker)
+    assert "\n" not in message
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_symlink_out_of_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside.pt"
+    torch.save(torch.zeros(5, 40), outside)
+
+    def breaker(root):
+        os.symlink(outside, root / "link.pt")
+        rewrite_metadata(root, lambda m: m["speakers"]["id10000"][0].update(feature_path="link.pt"))
+
+    assert "outside the dataset folder" in _bad(tmp_path, breaker)
+
+
+def test_pickled_code_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    def breaker(root):
+        torch.save({"x": Exploit()}, root / "uttr-0000.pt")
+
+    message = _bad(tmp_path, breaker)
+    assert "uttr-0000.pt" in message and "refused" in message
+    assert not marker.exists()

@@ -1,0 +1,78 @@
+"""Model pieces: masked pooling ignores padding, AM-Softmax puts the margin on the target only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from voxaug.config import PRESETS, create_config
+from voxaug.model import AMSoftmaxHead, MaskedAttentivePooling, ModelConfig, build_model
+
+SMALL = dict(d_model=32, num_heads=2, ffn_dim=64, num_layers=2, kernel_size=7, embedding_dim=24, num_classes=5)
+
+
+def test_pooling_gives_padding_zero_weight():
+    torch.manual_seed(0)
+    pooling = MaskedAttentivePooling(8)
+    frames = torch.randn(1, 5, 8)
+    padded = torch.cat([frames, 1e3 * torch.randn(1, 7, 8)], dim=1)
+    alone = pooling(frames, torch.tensor([5]))
+    with_padding = pooling(padded, torch.tensor([5]))
+    assert torch.allclose(alone, with_padding, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["conformer", "transformer-mean"])
+def test_padding_changes_nothing_in_eval(kind):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, **SMALL)).eval()
+    short = torch.randn(1, 30, 40)
+    batch = torch.zeros(2, 55, 40)
+    batch[0, :30] = short[0]
+    batch[0, 30:] = 50.0  # garbage in padding must not leak
+    batch[1] = torch.randn(55, 40)
+    with torch.no_grad():
+        alone, alone_logits = model(short, torch.tensor([30]))
+        padded, padded_logits = model(batch, torch.tensor([30, 55]))
+    assert torch.allclose(alone[0], padded[0], atol=1e-4)
+    assert torch.allclose(alone_logits[0], padded_logits[0], atol=1e-3)
+
+
+def test_model_returns_embeddings_and_logits():
+    model = build_model(ModelConfig(**SMALL))
+    embeddings, logits = model(torch.randn(3, 20, 40), torch.tensor([20, 10, 5]))
+    assert embeddings.shape == (3, 24) and logits.shape == (3, 5)
+
+
+def test_am_softmax_margin_on_target_only_and_weights_normalised():
+    head = AMSoftmaxHead(4, 3, scale=30.0, margin=0.2)
+    with torch.no_grad():
+        head.weight.mul_(torch.tensor([[5.0], [0.1], [2.0]]))
+    embeddings = torch.randn(6, 4)
+    logits = head(embeddings)
+    expected = 30.0 * F.normalize(embeddings, dim=1) @ F.normalize(head.weight, dim=1).t()
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert logits.abs().max() <= 30.0 + 1e-4
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    manual = F.cross_entropy(logits - 30.0 * 0.2 * F.one_hot(labels, 3), labels, reduction="none")
+    assert torch.allclose(head.loss(logits, labels), manual)
+    assert (head.loss(logits, labels) > F.cross_entropy(logits, labels, reduction="none")).all()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_and_runs(preset):
+    config = create_config(preset)
+    config.model.num_classes = 4
+    if config.model.d_model > 128:
+        config.model.num_layers = 1
+    model = build_model(config.model)
+    _, logits = model(torch.randn(2, 16, 40), torch.tensor([16, 9]))
+    assert logits.shape == (2, 4)
+
+
+def test_homework_sizes():
+    strong, boss = create_config("strong"), create_config("boss")
+    assert (strong.model.num_heads, strong.model.num_layers, strong.lr, strong.warmup) == (4, 6, 5e-4, 2000)
+    assert (boss.model.d_model, boss.model.num_heads, boss.model.num_layers, boss.model.dropout) == (300, 6, 8, 0.15)
+    assert (boss.lr, boss.warmup) == (1e-3, 5000)
+    assert create_config("baseline").model.kind == "transformer-mean"

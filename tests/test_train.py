@@ -1,0 +1,82 @@
+"""The trainer: learns, logs what it promises, refuses to clobber a run, and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from voxaug.checkpoint import load_checkpoint
+from voxaug.errors import VoxaugError
+from voxaug.train import Trainer, lr_at
+
+
+def test_short_run_beats_chance_and_writes_the_run_folder(trained_run):
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [75, 150]
+    assert set(rows[0]) >= {"step", "loss", "train_acc", "val_acc", "lr", "elapsed_s"}
+    chance = 1 / 5
+    assert rows[-1]["val_acc"] >= 3 * chance
+    assert rows[-1]["train_acc"] >= 3 * chance
+    for name in ("config.json", "best.pt", "last.pt", "curves.png"):
+        assert (trained_run / name).stat().st_size > 0
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["steps"] == 150 and config["run"]["speakers"] == 5
+    best = load_checkpoint(trained_run / "best.pt")
+    assert best["frontend"]["n_mels"] == 40 and len(best["speakers"]) == 5
+    assert "optimizer" not in best and "optimizer" in load_checkpoint(trained_run / "last.pt")
+
+
+def test_refuses_to_overwrite_an_existing_run(trained_run, tiny_synth):
+    before = (trained_run / "last.pt").read_bytes()
+    with pytest.raises(VoxaugError, match="already holds a run"):
+        Trainer(tiny_config(), tiny_synth, trained_run, progress=False).fit()
+    assert (trained_run / "last.pt").read_bytes() == before
+
+
+def test_resume_reaches_the_same_weights(tiny_synth, tmp_path, monkeypatch):
+    config = tiny_config(train={"steps": 40, "eval_every": 20})
+    Trainer(config, tiny_synth, tmp_path / "straight", progress=False).fit()
+
+    original_step = Trainer.train_step
+
+    def interrupted_step(self):
+        if self.step == 27:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(train={"steps": 40, "eval_every": 20}), tiny_synth, tmp_path / "resumed", progress=False).fit()
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 20
+    Trainer(Trainer.config_from_run(tmp_path / "resumed"), tiny_synth, tmp_path / "resumed", progress=False).fit(resume=True)
+
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert straight["step"] == resumed["step"] == 40
+    rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [20, 40]
+
+
+def test_resume_without_last_checkpoint_is_refused(tiny_synth, tmp_path):
+    with pytest.raises(VoxaugError, match="nothing to resume"):
+        Trainer(tiny_config(), tiny_synth, tmp_path / "empty", progress=False).fit(resume=True)
+
+
+def test_schedule_warms_up_then_decays():
+    config = tiny_config(train={"steps": 100, "warmup": 10, "lr": 1.0})
+    rates = [lr_at(step, config) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:])) and rates[-1] < 0.01
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_synth, tmp_path):
+    trainer = Trainer(tiny_config(train={"steps": 30, "max_bad_steps": 3}), tiny_synth, tmp_path / "nan", progress=False)
+    trainer.model.input_proj.weight.data.fill_(float("nan"))
+    with pytest.raises(VoxaugError, match="NaN/Inf for 3 steps in a row"):
+        trainer.fit()
