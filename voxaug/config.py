@@ -23,14 +23,14 @@ class TrainConfig:
     preset: str = "cpu"
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: dict[str, Any] = field(default_factory=dict)
-    steps: int = 3000
+    steps: int = 2000
     batch: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 200
     grad_clip: float = 5.0
     segment: int = 128
-    eval_every: int = 250
+    eval_every: int = 200
     val_fraction: float = 0.1
     train_eval_utterances: int = 400
     max_bad_steps: int = 20
@@ -69,6 +69,18 @@ def _refuse_unknown(values: dict, kind: type, where: str) -> None:
     unknown = set(values) - known
     if unknown:
         raise VoxaugError(f"{where}: unknown keys {sorted(unknown)}; accepted: {sorted(known)}")
+
+
+def _merge_tables(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win key by key, one level deep, so ``--mixup-alpha`` keeps the TOML's other mixup keys."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if not isinstance(layer, dict):
+            raise VoxaugError(f"[augment] must be a table, got {layer!r}")
+        for key, value in layer.items():
+            both_tables = isinstance(value, dict) and isinstance(merged.get(key), dict)
+            merged[key] = {**merged[key], **value} if both_tables else value
+    return merged
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {}
@@ -136,7 +148,7 @@ def resolve_config(
     config = create_config(preset)
     base = config.to_dict()
     model_values = {**base.pop("model"), **file_values.pop("model", {}), **(model_overrides or {})}
-    augment_values = {**base.pop("augment"), **file_values.pop("augment", {}), **(augment_overrides or {})}
+    augment_values = _merge_tables(base.pop("augment"), file_values.pop("augment", {}), augment_overrides or {})
     if toml_path:
         try:
             _refuse_unknown(file_values, TrainConfig, str(toml_path))
