@@ -9,6 +9,8 @@ from typing import Callable, TypeVar
 
 import typer
 
+from voxaug.audio import AUDIO_SUFFIXES
+from voxaug.data.sources import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.errors import VoxaugError
 
 F = TypeVar("F", bound=Callable)
@@ -58,3 +60,17 @@ def existing_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise VoxaugError(f"{path}: expected a {what} file, found a folder")
     return path
+
+
+def expand_clips(paths: list[Path]) -> list[Path]:
+    """Clip arguments as files: a folder stands for every clip under it (one file per clip)."""
+    clips: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = one_file_per_clip(path, (FEATURE_SUFFIX,) + AUDIO_SUFFIXES)
+            if not found:
+                raise VoxaugError(f"{path}: folder holds no clips (.pt, .wav, .flac)")
+            clips += found
+        else:
+            clips.append(path)
+    return clips

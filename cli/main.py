@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from voxaug.cli import plot, predict, synth, train
+from voxaug.cli import embed, enroll, evaluate, identify, plot, predict, synth, train
 from voxaug.cli.common import DEBUG_ENV
 
 app = typer.Typer(
@@ -27,6 +27,10 @@ app.command("synth")(synth.synth)
 app.command("train")(train.train)
 app.command("predict")(predict.predict)
 app.command("plot")(plot.plot)
+app.command("embed")(embed.embed)
+app.command("enroll")(enroll.enroll)
+app.command("identify")(identify.identify)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def main() -> None:

@@ -7,14 +7,22 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import clean_errors
-from voxaug.plot import plot_runs
+from voxaug.plot import plot_runs, read_metrics
 
 
 @clean_errors
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run folders (each with metrics.jsonl)."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
+    labels: str = typer.Option(None, "--labels", help="Comma list of legend names, one per run (default: folder names)."),
 ) -> None:
-    """Plot clean train accuracy (solid) against validation accuracy (dashed) for each run."""
-    plot_runs(runs, out)
+    """Overlay runs: clean train accuracy (solid) against validation accuracy (dashed), and the gap between them."""
+    names = [label.strip() for label in labels.split(",")] if labels is not None else None
+    plot_runs(runs, out, names)
+    for run in runs:
+        rows = read_metrics(run)
+        last = rows[-1] if rows else {}
+        if last.get("val_acc") is not None:
+            typer.echo(f"{run}: step {last['step']} train {last['train_acc']:.3f} val {last['val_acc']:.3f} "
+                       f"gap {last['train_acc'] - last['val_acc']:+.3f}")
     typer.echo(f"wrote {out}")

@@ -163,7 +163,7 @@ class ClipFolderSource:
         suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
         utterances = []
         for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in _one_file_per_clip(speaker_dir, suffixes):
+            for path in one_file_per_clip(speaker_dir, suffixes):
                 relative = path.relative_to(self.root)
                 group = relative.parts[1] if len(relative.parts) > 2 else None
                 utterances.append(Utterance(relative.as_posix(), path, speaker_dir.name, group))
@@ -179,7 +179,7 @@ class ClipFolderSource:
         return _stat_fingerprint([u.path for u in self.utterances], f"{self.name}|{self.frontend}")
 
 
-def _one_file_per_clip(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def one_file_per_clip(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Clip files under ``folder``; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth` writes
     them), the `.pt` features are used, so each clip counts once."""
     chosen: dict[Path, Path] = {}

@@ -1,0 +1,1 @@
+"""Speaker embeddings from a trained checkpoint: export, FAISS speaker index, identification, scoring."""

@@ -1,0 +1,147 @@
+"""`voxaug evaluate`: closed-set accuracy by softmax and by cosine, accuracy on enrolled speakers never
+trained on, verification EER/minDCF, and a 2-D map of the embedding space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from voxaug.checkpoint import LoadedModel  # noqa: E402
+from voxaug.data.sources import ClipFolderSource, load_clip  # noqa: E402
+from voxaug.data.split import stratified_split  # noqa: E402
+from voxaug.data.store import PackedStore  # noqa: E402
+from voxaug.embeddings.extract import embed_store, embed_tensors  # noqa: E402
+from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf  # noqa: E402
+from voxaug.errors import VoxaugError, file_error  # noqa: E402
+from voxaug.safeio import atomic_output  # noqa: E402
+
+
+@dataclass
+class LabelledEmbeddings:
+    embeddings: np.ndarray  # (N, E) unit rows
+    labels: np.ndarray  # (N,) speaker names
+
+
+def centroids(data: LabelledEmbeddings) -> tuple[list[str], np.ndarray]:
+    """Speakers and their renormalised mean embeddings."""
+    names = sorted(set(data.labels.tolist()))
+    means = np.stack([data.embeddings[data.labels == name].mean(axis=0) for name in names])
+    return names, means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def centroid_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings) -> float:
+    names, means = centroids(reference)
+    predicted = np.array(names)[(test.embeddings @ means.T).argmax(axis=1)]
+    return float((predicted == test.labels).mean())
+
+
+def knn_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings, k: int = 5) -> float:
+    """Majority vote among the k most similar reference embeddings (ties: the most similar)."""
+    similarity = test.embeddings @ reference.embeddings.T
+    nearest = np.argsort(-similarity, axis=1)[:, :k]
+    correct = 0
+    for row, neighbours in enumerate(nearest):
+        votes: dict[str, int] = {}
+        for label in reference.labels[neighbours]:
+            votes[label] = votes.get(label, 0) + 1
+        winner = max(votes, key=lambda label: (votes[label], -list(reference.labels[neighbours]).index(label)))
+        correct += winner == test.labels[row]
+    return float(correct / len(test.labels))
+
+
+def embed_folder(loaded: LoadedModel, folder: Path, device: torch.device, cache_dir: Path | None,
+                 progress: bool) -> LabelledEmbeddings:
+    source = ClipFolderSource(folder, loaded.frontend)
+    store = PackedStore.open(source, cache_dir, progress=progress)
+    embedded = embed_store(loaded.model, store, np.arange(len(store)), device, progress=progress)
+    return LabelledEmbeddings(embedded.embeddings, np.array([store.speakers[i] for i in store.labels]))
+
+
+def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
+    """Trial lines ``LABEL CLIP1 CLIP2`` (LABEL 1 = same speaker, 0 = different; paths relative to DATA)."""
+    if not path.is_file():
+        raise file_error(path, "trials file not found")
+    trials = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 3 or parts[0] not in ("0", "1"):
+            raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got {line!r}")
+        trials.append((parts[0] == "1", root / parts[1], root / parts[2]))
+    if not trials:
+        raise file_error(path, "holds no trials")
+    return trials
+
+
+def score_trials(loaded: LoadedModel, trials: list[tuple[bool, Path, Path]], device: torch.device) -> dict:
+    clips = sorted({p for _, a, b in trials for p in (a, b)})
+    embedded = embed_tensors(loaded.model, [load_clip(c, loaded.frontend) for c in clips], device)
+    row = {clip: i for i, clip in enumerate(clips)}
+    scores = np.array([embedded.embeddings[row[a]] @ embedded.embeddings[row[b]] for _, a, b in trials])
+    return eer_and_min_dcf(scores, np.array([same for same, _, _ in trials]))
+
+
+def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int) -> dict:
+    first, second = all_pairs(data.labels, max_pairs, seed)
+    scores = np.einsum("ij,ij->i", data.embeddings[first], data.embeddings[second])
+    return eer_and_min_dcf(scores, data.labels[first] == data.labels[second])
+
+
+def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str, seed: int) -> None:
+    """Scatter of embeddings in 2-D (PCA or t-SNE), coloured by speaker, marker by group."""
+    stacked = np.concatenate([g.embeddings for g in groups.values()])
+    if method == "tsne":
+        points = TSNE(n_components=2, init="pca", random_state=seed,
+                      perplexity=min(30.0, max(2.0, (len(stacked) - 1) / 3))).fit_transform(stacked)
+    elif method == "pca":
+        points = PCA(n_components=2, random_state=seed).fit_transform(stacked)
+    else:
+        raise VoxaugError(f"--map {method!r} is not known; accepted: pca, tsne")
+    figure, axis = plt.subplots(figsize=(7, 6))
+    start = 0
+    for marker, (name, group) in zip("o^sD", groups.items()):
+        part = points[start : start + len(group.labels)]
+        start += len(group.labels)
+        speakers = sorted(set(group.labels.tolist()))
+        colours = np.array([speakers.index(s) for s in group.labels])
+        axis.scatter(part[:, 0], part[:, 1], c=colours, cmap="tab20", s=12, marker=marker, label=name, alpha=0.8)
+    axis.legend(fontsize=8)
+    axis.set_title(f"speaker embeddings ({method.upper()}), coloured by speaker")
+    figure.tight_layout()
+    with atomic_output(out, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    plt.close(figure)
+
+
+def closed_set(loaded: LoadedModel, store: PackedStore, device: torch.device, progress: bool
+               ) -> tuple[dict, LabelledEmbeddings, LabelledEmbeddings]:
+    """Accuracy on the run's own validation split, with the training split as the cosine reference."""
+    config = loaded.config
+    train, val = stratified_split(store.labels, config.val_fraction, config.seed, store.groups)
+    if len(val) == 0:
+        raise VoxaugError("no validation utterances: the run was trained with --val-fraction 0")
+    names = np.array(store.speakers)
+    embedded = embed_store(loaded.model, store, np.concatenate([train, val]), device, progress=progress)
+    reference = LabelledEmbeddings(embedded.embeddings[: len(train)], names[store.labels[train]])
+    held_out = LabelledEmbeddings(embedded.embeddings[len(train):], names[store.labels[val]])
+    softmax_pred = names[embedded.probabilities[len(train):].argmax(axis=1)]
+    cosine_names, means = centroids(reference)
+    cosine_pred = np.array(cosine_names)[(held_out.embeddings @ means.T).argmax(axis=1)]
+    report = {
+        "val_utterances": int(len(val)),
+        "softmax_accuracy": float((softmax_pred == held_out.labels).mean()),
+        "cosine_centroid_accuracy": float((cosine_pred == held_out.labels).mean()),
+        "cosine_knn_accuracy": knn_accuracy(reference, held_out),
+        "softmax_cosine_agreement": float((softmax_pred == cosine_pred).mean()),
+    }
+    return report, reference, held_out

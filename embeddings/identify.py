@@ -1,0 +1,89 @@
+"""Identify clips: cosine top-k over the speaker index, with the softmax classifier's answer beside it.
+
+An ``Identifier`` loads the checkpoint and the index once; each clip then costs one forward pass and
+one FAISS search, which is what keeps identification in a warm process to milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from voxaug.checkpoint import LoadedModel, load_model
+from voxaug.data.sources import load_clip
+from voxaug.embeddings.extract import check_length, embed_tensors
+from voxaug.embeddings.index import SpeakerIndex, sidecar_path
+from voxaug.errors import VoxaugError, file_error
+from voxaug.safeio import sha256_file
+
+UNKNOWN = "unknown"
+
+
+def checkpoint_record(path: str | Path) -> dict:
+    """What an index's sidecar remembers of the checkpoint that made its embeddings."""
+    return {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+
+
+def check_checkpoint(index: SpeakerIndex, index_path: Path, loaded: LoadedModel, digest: str) -> None:
+    """Refuse a checkpoint other than the index's own, or of another embedding size."""
+    expected = index.checkpoint.get("sha256")
+    if expected and expected != digest:
+        raise file_error(
+            loaded.path, f"checkpoint does not match the index {index_path} (SHA-256 {digest[:12]}…, the sidecar "
+            f"{sidecar_path(index_path)} expects {expected[:12]}… from {index.checkpoint.get('path')}); "
+            "embeddings of different models are not comparable"
+        )
+    if loaded.config.model.embedding_dim != index.dim:
+        raise file_error(loaded.path, f"embedding dimension {loaded.config.model.embedding_dim} does not match "
+                                      f"the index's {index.dim}")
+
+
+@dataclass
+class Identification:
+    clip: str
+    top: list[tuple[str, float]]
+    softmax_speaker: str
+    softmax_prob: float
+    decision: str
+
+    def to_json(self) -> dict:
+        return {
+            "clip": self.clip,
+            "top": [{"speaker": s, "score": round(score, 6)} for s, score in self.top],
+            "softmax": {"speaker": self.softmax_speaker, "prob": round(self.softmax_prob, 6)},
+            "decision": self.decision,
+        }
+
+
+class Identifier:
+    def __init__(self, index_path: str | Path, ckpt: str | Path | None = None, device: torch.device | str = "cpu") -> None:
+        self.index_path = Path(index_path)
+        self.index = SpeakerIndex.load(self.index_path)
+        ckpt = Path(ckpt) if ckpt else Path(self.index.checkpoint.get("path", ""))
+        if not str(ckpt) or not ckpt.is_file():
+            raise file_error(ckpt, "checkpoint not found (the index's sidecar names it; pass --ckpt to point elsewhere)")
+        self.device = torch.device(device)
+        self.loaded = load_model(ckpt, self.device)
+        check_checkpoint(self.index, self.index_path, self.loaded, sha256_file(ckpt))
+        self.faiss = self.index.faiss_index()
+
+    def identify_features(self, features: torch.Tensor, name: str, top_k: int = 5, threshold: float = 0.5) -> Identification:
+        check_length(features, name)
+        embedded = embed_tensors(self.loaded.model, [features], self.device)
+        top = self.index.search(embedded.embeddings, top_k, self.faiss)[0]
+        probs = torch.from_numpy(embedded.probabilities[0])
+        best = int(probs.argmax())
+        decision = top[0][0] if top and top[0][1] >= threshold else UNKNOWN
+        return Identification(name, top, self.loaded.speakers[best], float(probs[best]), decision)
+
+    def identify(self, clip: str | Path, top_k: int = 5, threshold: float = 0.5) -> Identification:
+        features = load_clip(clip, self.loaded.frontend)
+        return self.identify_features(features, str(clip), top_k, threshold)
+
+
+def check_threshold(threshold: float) -> float:
+    if not -1.0 <= threshold <= 1.0:
+        raise VoxaugError(f"--threshold is a cosine score in [-1, 1], got {threshold}")
+    return threshold

@@ -1,0 +1,39 @@
+"""Verification scores: equal error rate and minimum detection cost from scikit-learn's ROC."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from voxaug.errors import VoxaugError
+
+
+def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01) -> dict:
+    """EER, its threshold, and the normalised minDCF (C_miss = C_fa = 1) of same/different trials."""
+    scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
+    if same.all() or not same.any():
+        raise VoxaugError("verification needs both same-speaker and different-speaker trials")
+    fpr, tpr, thresholds = roc_curve(same, scores)
+    fnr = 1 - tpr
+    best = int(np.nanargmin(np.abs(fnr - fpr)))
+    eer = float((fnr[best] + fpr[best]) / 2)
+    dcf = p_target * fnr + (1 - p_target) * fpr
+    min_dcf = float(dcf.min() / min(p_target, 1 - p_target))
+    return {"eer": eer, "eer_threshold": float(thresholds[best]), "min_dcf": min_dcf, "p_target": p_target,
+            "trials": int(len(same)), "same_trials": int(same.sum())}
+
+
+def all_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j): all of them, or ``max_pairs`` sampled with all same-speaker pairs kept first."""
+    labels = np.asarray(labels)
+    first, second = np.triu_indices(len(labels), k=1)
+    if len(first) > max_pairs:
+        rng = np.random.default_rng(seed)
+        same = labels[first] == labels[second]
+        same_rows = np.flatnonzero(same)
+        if len(same_rows) > max_pairs // 2:
+            same_rows = rng.choice(same_rows, max_pairs // 2, replace=False)
+        other = rng.choice(np.flatnonzero(~same), max_pairs - len(same_rows), replace=False)
+        rows = np.sort(np.concatenate([same_rows, other]))
+        first, second = first[rows], second[rows]
+    return first, second
