@@ -1,0 +1,158 @@
+"""Embeddings, the speaker index and identification, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from voxaug.checkpoint import load_model
+from voxaug.cli.main import app
+from voxaug.embeddings.extract import embed_tensors, windows
+from voxaug.embeddings.index import SpeakerIndex
+from voxaug.errors import VoxaugError
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def built_index(trained_run, tiny_synth, tmp_path_factory):
+    """An index of the trained speakers (from `voxaug embed --index`) plus the unseen speakers enrolled."""
+    folder = tmp_path_factory.mktemp("index")
+    index = folder / "spk.faiss"
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", folder / "emb",
+                    "--index", index, "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    for speaker_dir in sorted((tiny_synth / "unseen" / "enroll").iterdir()):
+        result = invoke("enroll", "--index", index, "--speaker", speaker_dir.name, "--device", "cpu", speaker_dir)
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_embeddings_are_unit_norm_deterministic_and_listed(built_index, tiny_synth, trained_run, tmp_path):
+    embeddings = np.load(built_index / "emb" / "embeddings.npy")
+    assert embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    rows = (built_index / "emb" / "items.csv").read_text().splitlines()
+    assert rows[0] == "row,path,speaker" and len(rows) == len(embeddings) + 1
+    again = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "again", "--device", "cpu", "-q")
+    assert again.exit_code == 0
+    assert np.array_equal(np.load(tmp_path / "again" / "embeddings.npy"), embeddings)
+
+
+def test_windows_average_to_a_unit_vector(trained_run):
+    loaded = load_model(trained_run / "best.pt")
+    features = torch.randn(200, 40)
+    pieces = windows(features, 80, 50)
+    assert [w.shape[0] for w in pieces] == [80, 80, 80, 80]
+    assert torch.equal(pieces[2], features[100:180]) and torch.equal(pieces[-1], features[120:200])
+    whole = embed_tensors(loaded.model, [features], torch.device("cpu"))
+    windowed = embed_tensors(loaded.model, [features], torch.device("cpu"), window=80, hop=50)
+    assert np.isclose(np.linalg.norm(windowed.embeddings[0]), 1.0, atol=1e-5)
+    assert not np.allclose(whole.embeddings, windowed.embeddings)
+
+
+def test_centroid_update_on_append_and_remove():
+    index = SpeakerIndex(dim=3)
+    a = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    index.add("alice", a)
+    with pytest.raises(VoxaugError, match="already enrolled"):
+        index.add("alice", a)
+    index.add("alice", np.array([[0, 0, 1.0]]), append=True)
+    expected = np.array([1.0, 1.0, 1.0]) / np.sqrt(3)
+    assert np.allclose(index.vectors[index.labels.index("alice")], expected, atol=1e-6)
+    assert index.counts["alice"] == 3
+    index.add("bob", np.array([[0, 0, 1.0]]))
+    index.remove("alice")
+    assert index.labels == ["bob"] and index.speakers == ["bob"]
+    with pytest.raises(VoxaugError, match="not enrolled"):
+        index.remove("alice")
+
+
+def test_sidecar_round_trip(tmp_path):
+    index = SpeakerIndex(dim=4, checkpoint={"path": "x.pt", "sha256": "ab"}, frontend={"n_mels": 40})
+    index.add("s1", np.eye(4)[:2])
+    index.add("s2", np.eye(4)[2:])
+    index.save(tmp_path / "i.faiss")
+    loaded = SpeakerIndex.load(tmp_path / "i.faiss")
+    assert loaded.labels == index.labels and loaded.counts == index.counts
+    assert np.allclose(loaded.vectors, index.vectors) and loaded.checkpoint == index.checkpoint
+    sidecar = json.loads((tmp_path / "i.faiss.json").read_text())
+    assert {"version", "metric", "dimension", "labels", "counts", "checkpoint", "frontend"} <= set(sidecar)
+    assert loaded.search(np.eye(4)[:1], 2)[0][0][0] == "s1"
+
+
+def test_utterance_index_votes(tmp_path):
+    index = SpeakerIndex(dim=2, mode="utterance", hnsw=True)
+    index.add("a", np.array([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05]]))
+    index.add("b", np.array([[0.0, 1.0], [0.99, 0.01]]))
+    top = index.search(np.array([[1.0, 0.0]]), 2)[0]
+    assert top[0][0] == "a" and {s for s, _ in top} == {"a", "b"}
+
+
+def test_identify_json_schema_and_trained_speakers(built_index, tiny_synth):
+    truth = dict(line.split(",") for line in (tiny_synth / "test_labels.csv").read_text().splitlines()[1:])
+    clips = [tiny_synth / name for name in sorted(truth)]
+    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--top-k", "3", "--device", "cpu", *clips)
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.output.splitlines()]
+    assert len(answers) == len(clips)
+    for answer, clip in zip(answers, clips):
+        assert set(answer) == {"clip", "top", "softmax", "decision"}
+        assert len(answer["top"]) == 3 and set(answer["top"][0]) == {"speaker", "score"}
+        assert answer["top"][0]["score"] >= answer["top"][1]["score"] >= answer["top"][2]["score"]
+        assert set(answer["softmax"]) == {"speaker", "prob"} and 0 <= answer["softmax"]["prob"] <= 1
+        assert answer["clip"] == str(clip)
+    cosine = [a["top"][0]["speaker"] == truth[c.name] for a, c in zip(answers, clips)]
+    agree = [a["top"][0]["speaker"] == a["softmax"]["speaker"] for a in answers]
+    assert sum(cosine) / len(clips) >= 0.4  # 7 enrolled speakers: chance is 1/7
+    assert sum(agree) / len(clips) >= 0.5
+
+
+def test_threshold_gives_unknown(built_index, tiny_synth):
+    clip = sorted((tiny_synth / "unseen" / "test").glob("*/*.pt"))[0]
+    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "1.0", "--device", "cpu", clip)
+    assert json.loads(result.output)["decision"] == "unknown"
+
+
+def test_audio_and_pt_of_the_same_clip_agree(built_index, tiny_synth):
+    clip = sorted((tiny_synth / "unseen" / "test").glob("*/*.pt"))[0]
+    answers = []
+    for path in (clip, clip.with_suffix(".wav")):
+        result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--device", "cpu", path)
+        assert result.exit_code == 0, result.output
+        answers.append(json.loads(result.output))
+    assert answers[0]["decision"] == answers[1]["decision"]
+    assert [t["speaker"] for t in answers[0]["top"]] == [t["speaker"] for t in answers[1]["top"]]
+    assert answers[0]["top"][0]["score"] == pytest.approx(answers[1]["top"][0]["score"], abs=1e-3)
+
+
+def test_remove_through_the_cli(built_index, tmp_path):
+    index = tmp_path / "copy.faiss"
+    shutil.copy(built_index / "spk.faiss", index)
+    shutil.copy(built_index / "spk.faiss.json", f"{index}.json")
+    result = invoke("enroll", "--index", index, "--remove", "new000")
+    assert result.exit_code == 0, result.output
+    assert "new000" not in SpeakerIndex.load(index).speakers
+
+
+def test_evaluate_writes_a_report(trained_run, tiny_synth, tmp_path):
+    unseen = tiny_synth / "unseen"
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--enroll", unseen / "enroll",
+                    "--test", unseen / "test", "--out", tmp_path / "report", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    for key in ("softmax_accuracy", "cosine_centroid_accuracy", "cosine_knn_accuracy", "softmax_cosine_agreement"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["softmax_accuracy"] > 0.4
+    assert 0.0 <= report["verification"]["eer"] <= 0.5
+    assert report["unseen"]["speakers"] == 2
+    assert (tmp_path / "report" / "embeddings_map.png").stat().st_size > 0
