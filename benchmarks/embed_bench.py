@@ -1,0 +1,153 @@
+"""Embedding throughput (length-bucketed vs one by one), identify latency in a warm process with 600
+enrolled speakers, and FAISS search on random unit vectors: flat vs HNSW latency, HNSW recall@1.
+
+    python benchmarks/embed_bench.py [--quick] [--vectors N] [--json FILE]
+
+Prints measured numbers; nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from voxaug.checkpoint import save_checkpoint
+from voxaug.config import create_config
+from voxaug.embeddings.extract import embed_tensors
+from voxaug.embeddings.identify import Identifier, checkpoint_record
+from voxaug.embeddings.index import HNSW_NEIGHBOURS, SpeakerIndex
+from voxaug.features import FrontendConfig
+from voxaug.model import build_model
+
+
+def _cpu_model(classes: int) -> tuple[torch.nn.Module, dict]:
+    config = create_config("cpu")
+    config.model.num_classes = classes
+    torch.manual_seed(0)
+    model = build_model(config.model).eval()
+    return model, config.to_dict()
+
+
+def _utterances(count: int, seed: int = 0) -> list[torch.Tensor]:
+    """Homework-like lengths: 1.5 to 8 seconds of 40-bin frames."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(int(torch.randint(150, 800, (), generator=g)), 40, generator=g) for _ in range(count)]
+
+
+def embedding_throughput(count: int = 256) -> dict:
+    model, _ = _cpu_model(600)
+    device = torch.device("cpu")
+    tensors = _utterances(count)
+    embed_tensors(model, tensors[:4], device)
+    start = time.perf_counter()
+    embed_tensors(model, tensors, device)
+    bucketed = count / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for tensor in tensors:
+        embed_tensors(model, [tensor], device)
+    single = count / (time.perf_counter() - start)
+    return {"embed_utt_per_s": bucketed, "embed_one_by_one_utt_per_s": single, "embed_bucketing_speedup": bucketed / single}
+
+
+def identify_latency(speakers: int = 600, clips: int = 100) -> dict:
+    """p50/p99 of Identifier.identify on `.pt` clips, with the model and index already loaded."""
+    model, config = _cpu_model(speakers)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = tmp / "model.pt"
+        save_checkpoint(ckpt, {"config": config, "frontend": FrontendConfig().to_dict(),
+                               "speakers": [f"spk{i:04d}" for i in range(speakers)], "model": model.state_dict(), "step": 0})
+        index = SpeakerIndex(dim=config["model"]["embedding_dim"], checkpoint=checkpoint_record(ckpt),
+                             frontend=FrontendConfig().to_dict())
+        rng = np.random.default_rng(0)
+        for i in range(speakers):
+            index.add(f"spk{i:04d}", rng.standard_normal((3, index.dim)))
+        index.save(tmp / "spk.faiss")
+        paths = []
+        for i, tensor in enumerate(_utterances(clips, seed=1)):
+            paths.append(tmp / f"clip{i}.pt")
+            torch.save(tensor, paths[-1])
+        identifier = Identifier(tmp / "spk.faiss", ckpt)
+        identifier.identify(paths[0])
+        times = []
+        for path in paths:
+            start = time.perf_counter()
+            identifier.identify(path)
+            times.append((time.perf_counter() - start) * 1000)
+    return {"identify_ms_p50": float(np.percentile(times, 50)), "identify_ms_p99": float(np.percentile(times, 99)),
+            "identify_speakers": speakers}
+
+
+def faiss_search(vectors: int = 1_000_000, dim: int = 192, queries: int = 1000, ef_search: int = 128) -> dict:
+    """Per-query latency of exact inner product vs HNSW (single queries), and HNSW recall@1."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((vectors, dim), dtype=np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    query = base[rng.choice(vectors, queries, replace=False)] + 0.1 * rng.standard_normal((queries, dim), dtype=np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(base)
+    start = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(base)
+    build_s = time.perf_counter() - start
+
+    def per_query_ms(index: faiss.Index, count: int) -> tuple[float, np.ndarray]:
+        found, times = [], []
+        for row in query[:count]:
+            start = time.perf_counter()
+            _, ids = index.search(row[None], 1)
+            times.append((time.perf_counter() - start) * 1000)
+            found.append(ids[0, 0])
+        return statistics.median(times), np.array(found)
+
+    flat_ms, truth = per_query_ms(flat, min(queries, 200))
+    sweep = {}
+    for ef in sorted({64, ef_search, 256}):
+        hnsw.hnsw.efSearch = ef
+        ms, approx = per_query_ms(hnsw, min(queries, 200))
+        sweep[ef] = {"ms": ms, "recall_at_1": float((approx == truth).mean())}
+    chosen = sweep[ef_search]
+    return {"faiss_vectors": vectors, "faiss_flat_ms": flat_ms, "faiss_hnsw_ms": chosen["ms"],
+            "faiss_hnsw_speedup": flat_ms / chosen["ms"], "faiss_hnsw_recall_at_1": chosen["recall_at_1"],
+            "faiss_hnsw_build_s": build_s, "faiss_hnsw_ef_search": ef_search,
+            "faiss_hnsw_sweep": {str(k): v for k, v in sweep.items()}}
+
+
+def run(quick: bool = False, vectors: int | None = None) -> dict:
+    torch.set_num_threads(2)
+    result = embedding_throughput(64 if quick else 256)
+    result.update(identify_latency(clips=50 if quick else 200))
+    result.update(faiss_search(vectors or (100_000 if quick else 1_000_000)))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer utterances and 100,000 vectors")
+    parser.add_argument("--vectors", type=int)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    r = run(args.quick, args.vectors)
+    print(f"embedding (cpu preset): {r['embed_utt_per_s']:.1f} utt/s bucketed, {r['embed_one_by_one_utt_per_s']:.1f} "
+          f"utt/s one by one ({r['embed_bucketing_speedup']:.2f}x)")
+    print(f"identify, warm, {r['identify_speakers']} speakers: p50 {r['identify_ms_p50']:.1f} ms, p99 {r['identify_ms_p99']:.1f} ms")
+    print(f"FAISS {r['faiss_vectors']:,} x 192: flat {r['faiss_flat_ms']:.2f} ms/query, HNSW {r['faiss_hnsw_ms']:.3f} ms/query "
+          f"({r['faiss_hnsw_speedup']:.0f}x), recall@1 {r['faiss_hnsw_recall_at_1']:.3f} at efSearch "
+          f"{r['faiss_hnsw_ef_search']}, build {r['faiss_hnsw_build_s']:.0f} s")
+    for ef, point in r["faiss_hnsw_sweep"].items():
+        print(f"  efSearch {ef:>4}: {point['ms']:.3f} ms/query, recall@1 {point['recall_at_1']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2))
+
+
+if __name__ == "__main__":
+    main()
