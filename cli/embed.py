@@ -69,7 +69,8 @@ def embed(
     source = open_source(data, loaded.frontend)
     store = PackedStore.open(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
-    embedded = embed_store(loaded.model, store, np.arange(len(store)), torch_device, window, hop, progress=not quiet)
+    embedded = embed_store(loaded.model, store, np.arange(len(store)), torch_device, window, hop, max_batch=batch,
+                           progress=not quiet)
     speaker_index = build_index(embedded.embeddings, speakers, per, hnsw, ckpt, loaded.frontend.to_dict()) if index else None
     write_embeddings(out, embedded.embeddings, store.keys, speakers)
     typer.echo(f"wrote {len(store)} embeddings of dimension {embedded.embeddings.shape[1]} to {out / 'embeddings.npy'}")

@@ -42,7 +42,7 @@ def evaluate(
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     store = PackedStore.open(open_source(data, loaded.frontend), cache_dir, progress=not quiet)
-    report, _, held_out = closed_set(loaded, store, torch_device, progress=not quiet)
+    report, reference, held_out = closed_set(loaded, store, torch_device, progress=not quiet)
     groups = {"validation": held_out}
     if enroll is not None:
         enrolled = embed_folder(loaded, enroll, torch_device, cache_dir, not quiet)
@@ -59,7 +59,7 @@ def evaluate(
         groups["unseen test"] = tested
     seed = loaded.config.seed
     report["verification"] = score_trials(loaded, read_trials(trials, data), torch_device) if trials \
-        else score_pairs(held_out, max_pairs, seed)
+        else score_pairs(held_out, max_pairs, seed, reference)
     out.mkdir(parents=True, exist_ok=True)
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
     report["checkpoint"] = str(ckpt)

@@ -10,6 +10,7 @@ from voxaug.augment import AUGMENTATIONS
 from voxaug.augment.pipeline import DEFAULT_AUGMENT, build_pipeline, parse_names, resolve_names
 from voxaug.cli.common import CacheOption, QuietOption, clean_errors
 from voxaug.config import PRESETS, resolve_config
+from voxaug.errors import VoxaugError
 from voxaug.train import Trainer
 
 
@@ -22,14 +23,22 @@ def train(
     augment: str = typer.Option(
         None,
         help=f"Comma list of {', '.join(sorted(AUGMENTATIONS))}, or 'none'; applied in the fixed order crop, specaug, "
-        f"mixup, in training only. Default: {DEFAULT_AUGMENT} (best validation accuracy and smallest train-val gap "
-        "in benchmarks/overfit.py).",
+        f"mixup, in training only. Default: {DEFAULT_AUGMENT} (compare with --augment none: "
+        "benchmarks/overfit.py).",
     ),
     specaug_freq: int = typer.Option(None, help="specaug: widest frequency mask, in mel bands (default 6)."),
     specaug_time: float = typer.Option(None, help="specaug: widest time mask, frames if >= 1 or a fraction of the real length (default 0.1)."),
     mixup_alpha: float = typer.Option(None, help="mixup: lambda ~ Beta(alpha, alpha) (default 0.3)."),
     crop_min: int = typer.Option(None, help="crop: shortest crop in frames (default 64)."),
     crop_max: int = typer.Option(None, help="crop: longest crop in frames, capped by --segment (default 300)."),
+    noise_dir: Path = typer.Option(None, "--noise-dir", file_okay=False,
+                                   help="wave: folder of background-noise audio (e.g. MUSAN) mixed in at a random SNR (3-30 dB)."),
+    noise_p: float = typer.Option(None, help="wave: probability of adding background noise (default 0.5)."),
+    rir_dir: Path = typer.Option(None, "--rir-dir", file_okay=False,
+                                 help="wave: folder of room impulse responses to convolve with."),
+    rir_p: float = typer.Option(None, help="wave: probability of applying a room impulse response (default 0.5)."),
+    wave_snr_p: float = typer.Option(None, help="wave: probability of Gaussian noise at 5-40 dB SNR (default 0.5)."),
+    wave_gain_p: float = typer.Option(None, help="wave: probability of a -6..+6 dB gain (default 0.5)."),
     steps: int = typer.Option(None, help="Optimizer steps."),
     batch: int = typer.Option(None, help="Batch size."),
     lr: float = typer.Option(None, help="Peak learning rate (AdamW)."),
@@ -47,6 +56,10 @@ def train(
     scale: float = typer.Option(None, help="AM-Softmax scale s."),
     margin: float = typer.Option(None, help="AM-Softmax margin m."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from last.pt (optimizer, schedule, RNG and sampler state)."),
+    n_mels: int = typer.Option(None, "--n-mels", help="Front end: log-mel bins for audio data (default 40); saved in checkpoints."),
+    sample_rate: int = typer.Option(None, "--sample-rate", help="Front end: audio is resampled to this rate (default 16000)."),
+    workers: int = typer.Option(None, "--workers", help="Processes featurising (and with wave, augmenting) audio; default CPU cores - 1."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable audio file instead of skipping and counting it."),
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -57,12 +70,19 @@ def train(
     model_overrides = {k: v for k, v in dict(kind=model, d_model=d_model, num_layers=layers, num_heads=heads,
                                              embedding_dim=embedding_dim, scale=scale, margin=margin).items() if v is not None}
     augment_overrides = _augment_overrides(augment_names, specaug_freq, specaug_time, mixup_alpha, crop_min, crop_max)
+    wave_given = _wave_overrides(noise_dir, noise_p, rir_dir, rir_p, wave_snr_p, wave_gain_p)
+    if wave_given:
+        augment_overrides["wave"] = wave_given
+    frontend_overrides = _frontend_overrides(n_mels, sample_rate)
     if resume and (out / "config.json").exists():
         resolved = Trainer.config_from_run(out, steps=steps, device=device)
     else:
-        resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides)
+        resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides, frontend_overrides)
+    if resolved.augment.get("wave") and "wave" not in resolve_names(resolved.augment):
+        raise VoxaugError(f"{', '.join('--' + k.replace('_', '-') for k in resolved.augment['wave'])}: options of the "
+                          "'wave' augmentation, which --augment does not name; add wave (e.g. --augment wave,specaug)")
     build_pipeline(resolve_names(resolved.augment), resolved.augment)  # refuse bad strengths before reading data
-    trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet)
+    trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet, workers=workers, strict=strict)
     summary = trainer.fit(resume=resume)
     best = "n/a" if summary.best_val_acc is None else f"{summary.best_val_acc:.4f} at step {summary.best_step}"
     val = "n/a" if summary.val_acc is None else f"{summary.val_acc:.4f}"
@@ -72,6 +92,8 @@ def train(
         f"  clean train acc {summary.train_acc:.4f} | val acc {val} | gap (train - val) {gap}\n"
         f"  best val acc {best} -> {out / 'best.pt'}"
         + (f"\n  skipped {summary.skipped_steps} steps with a non-finite loss" if summary.skipped_steps else "")
+        + (f"\n  skipped {len(trainer.skipped_files)} unreadable audio files (listed above; --strict makes them an error)"
+           if trainer.skipped_files else "")
     )
 
 
@@ -97,3 +119,29 @@ def _augment_overrides(
         if given:
             overrides[name] = given
     return overrides
+
+
+def _wave_overrides(
+    noise_dir: Path | None,
+    noise_p: float | None,
+    rir_dir: Path | None,
+    rir_p: float | None,
+    snr_p: float | None,
+    gain_p: float | None,
+) -> dict:
+    """The ``augment.wave`` table the command line sets; folders are stored absolute, for --resume."""
+    values = {"noise_dir": str(noise_dir.resolve()) if noise_dir else None, "noise_p": noise_p,
+              "rir_dir": str(rir_dir.resolve()) if rir_dir else None, "rir_p": rir_p, "snr_p": snr_p, "gain_p": gain_p}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _frontend_overrides(n_mels: int | None, sample_rate: int | None) -> dict:
+    """The ``frontend`` table the command line sets; below 15.2 kHz the mel range ends at Nyquist."""
+    values: dict = {}
+    if n_mels is not None:
+        values["n_mels"] = n_mels
+    if sample_rate is not None:
+        values["sample_rate"] = sample_rate
+        if sample_rate / 2 < 7600:
+            values["f_max"] = sample_rate / 2
+    return values

@@ -91,10 +91,23 @@ def score_trials(loaded: LoadedModel, trials: list[tuple[bool, Path, Path]], dev
     return eer_and_min_dcf(scores, np.array([same for same, _, _ in trials]))
 
 
-def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int) -> dict:
+def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,
+                reference: LabelledEmbeddings | None = None) -> dict:
+    """Pairs within ``data``; when they hold no same-speaker pair (one validation utterance per speaker),
+    pairs of ``data`` against ``reference`` (the training split) instead."""
     first, second = all_pairs(data.labels, max_pairs, seed)
+    if reference is not None and not (data.labels[first] == data.labels[second]).any():
+        rng = np.random.default_rng(seed)
+        first = np.repeat(np.arange(len(data.labels)), len(reference.labels))
+        second = np.tile(np.arange(len(reference.labels)), len(data.labels))
+        if len(first) > max_pairs:
+            keep = np.sort(rng.choice(len(first), max_pairs, replace=False))
+            first, second = first[keep], second[keep]
+        scores = np.einsum("ij,ij->i", data.embeddings[first], reference.embeddings[second])
+        result = eer_and_min_dcf(scores, data.labels[first] == reference.labels[second])
+        return {**result, "pairs": "validation x training"}
     scores = np.einsum("ij,ij->i", data.embeddings[first], data.embeddings[second])
-    return eer_and_min_dcf(scores, data.labels[first] == data.labels[second])
+    return {**eer_and_min_dcf(scores, data.labels[first] == data.labels[second]), "pairs": "validation x validation"}
 
 
 def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str, seed: int) -> None:

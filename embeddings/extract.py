@@ -106,6 +106,7 @@ def embed_store(
     hop: int | None = None,
     chunk: int = 2048,
     max_frames: int = 40000,
+    max_batch: int = 64,
     progress: bool = True,
 ) -> Embedded:
     """Embeddings of ``indices`` of a packed store, in that order; utterances are read in length
@@ -117,7 +118,7 @@ def embed_store(
     for start in range(0, len(order), chunk):
         rows = order[start : start + chunk]
         result = embed_tensors(model, [store.utterance(int(indices[r])) for r in rows], device, window, hop,
-                               max_frames=max_frames)
+                               max_frames=max_frames, max_batch=max_batch)
         if embeddings is None:
             embeddings = np.empty((len(indices), result.embeddings.shape[1]), dtype=np.float32)
             probabilities = np.empty((len(indices), result.probabilities.shape[1]), dtype=np.float32)

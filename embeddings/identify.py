@@ -58,7 +58,12 @@ class Identification:
 
 
 class Identifier:
-    def __init__(self, index_path: str | Path, ckpt: str | Path | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, index_path: str | Path, ckpt: str | Path | None = None, device: torch.device | str = "cpu",
+                 cpu_threads: int | None = 1) -> None:
+        """``cpu_threads``: one clip is too small a job to split across OpenMP threads; on a busy machine
+        their spin-waits cost far more than they save. None keeps torch's setting."""
+        if cpu_threads is not None and torch.device(device).type == "cpu":
+            torch.set_num_threads(cpu_threads)
         self.index_path = Path(index_path)
         self.index = SpeakerIndex.load(self.index_path)
         ckpt = Path(ckpt) if ckpt else Path(self.index.checkpoint.get("path", ""))

@@ -190,8 +190,9 @@ class SpeakerIndex:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             raise file_error(path, "not a readable FAISS index") from exc
+        _check_sidecar_types(meta, side)
         dim, labels = meta["dimension"], meta["labels"]
-        if not isinstance(dim, int) or index.d != dim or index.ntotal != len(labels):
+        if index.d != dim or index.ntotal != len(labels):
             raise file_error(side, f"sidecar says {len(labels)} vectors of dimension {dim}, "
                                    f"the index holds {index.ntotal} of dimension {index.d}")
         vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, dim), dtype=np.float32)
@@ -199,6 +200,18 @@ class SpeakerIndex:
                    vectors=np.ascontiguousarray(vectors, dtype=np.float32), counts=dict(meta["counts"]),
                    mean_norms=dict(meta.get("mean_norms", {})), checkpoint=dict(meta["checkpoint"]),
                    frontend=dict(meta["frontend"]))
+
+
+def _check_sidecar_types(meta: dict, side: Path) -> None:
+    """Each sidecar field of the type the loader needs, so a hand-edited sidecar fails by name."""
+    expected = {"dimension": int, "labels": list, "counts": dict, "checkpoint": dict, "frontend": dict, "per": str}
+    for key, kind in expected.items():
+        if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
+            raise file_error(side, f"sidecar field {key!r} must be a {kind.__name__}, found {type(meta[key]).__name__}")
+    if meta["per"] not in MODES:
+        raise file_error(side, f"sidecar field 'per' is {meta['per']!r}; accepted: {', '.join(MODES)}")
+    if not all(isinstance(label, str) for label in meta["labels"]) or set(meta["labels"]) != set(meta["counts"]):
+        raise file_error(side, "sidecar 'labels' and 'counts' name different speakers")
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from voxaug.errors import VoxaugError, file_error
+from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -23,6 +24,7 @@ class TrainConfig:
     preset: str = "cpu"
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: dict[str, Any] = field(default_factory=dict)
+    frontend: dict[str, Any] = field(default_factory=dict)
     steps: int = 2000
     batch: int = 32
     lr: float = 2e-3
@@ -39,6 +41,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.model.validate()
+        if not isinstance(self.frontend, dict):
+            raise VoxaugError(f"[frontend] must be a table of front-end settings, got {self.frontend!r}")
+        FrontendConfig.from_dict(self.frontend)  # refuses unknown keys and bad values
         for name in ("steps", "batch", "segment", "eval_every", "train_eval_utterances", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise VoxaugError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -141,6 +146,7 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     model_overrides: dict[str, Any] | None = None,
     augment_overrides: dict[str, Any] | None = None,
+    frontend_overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
     """Preset, then the TOML file's keys (``[model]`` and ``[augment]`` tables), then CLI values."""
     file_values = load_toml(toml_path) if toml_path else {}
@@ -149,6 +155,7 @@ def resolve_config(
     base = config.to_dict()
     model_values = {**base.pop("model"), **file_values.pop("model", {}), **(model_overrides or {})}
     augment_values = _merge_tables(base.pop("augment"), file_values.pop("augment", {}), augment_overrides or {})
+    frontend_values = {**base.pop("frontend"), **file_values.pop("frontend", {}), **(frontend_overrides or {})}
     if toml_path:
         try:
             _refuse_unknown(file_values, TrainConfig, str(toml_path))
@@ -158,6 +165,7 @@ def resolve_config(
     merged = {**base, **file_values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     merged["model"] = model_values
     merged["augment"] = augment_values
+    merged["frontend"] = frontend_values
     merged["preset"] = preset
     config = TrainConfig.from_dict(merged)
     return config

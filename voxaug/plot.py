@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from voxaug.errors import file_error  # noqa: E402
+from voxaug.errors import VoxaugError, file_error  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
 
 
@@ -30,23 +30,45 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+def run_labels(run_dirs: list[str | Path]) -> list[str]:
+    """Each run's folder name, or parent/name where two runs share a folder name."""
+    names = [Path(r).name for r in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{Path(r).parent.name}/{Path(r).name}" for r in run_dirs]
+
+
 def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> None:
-    """Train accuracy (solid) and validation accuracy (dashed) of each run, one colour per run."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    """Left: train accuracy (solid) and validation accuracy (dashed) of each run, one colour per run.
+    Right: the gap (train - validation) of each run, the overfitting that augmentation should shrink."""
+    if labels is not None and len(labels) != len(run_dirs):
+        raise VoxaugError(f"--labels: got {len(labels)} labels for {len(run_dirs)} runs")
+    labels = labels or run_labels(run_dirs)
+    figure, (accuracy_axis, gap_axis) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     for number, run_dir in enumerate(run_dirs):
         rows = read_metrics(run_dir)
-        label = labels[number] if labels else Path(run_dir).name
         colour = f"C{number % 10}"
         steps = [r["step"] for r in rows]
-        axis.plot(steps, [r["train_acc"] for r in rows], color=colour, label=f"{label} train")
-        if any(r.get("val_acc") is not None for r in rows):
-            axis.plot(steps, [r.get("val_acc") for r in rows], color=colour, linestyle="--", label=f"{label} val")
-    axis.set_xlabel("step")
-    axis.set_ylabel("accuracy")
-    axis.set_ylim(0, 1.02)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    axis.set_title("clean train vs validation accuracy (the gap is overfitting)")
+        accuracy_axis.plot(steps, [r["train_acc"] for r in rows], color=colour, marker=".", label=f"{labels[number]} train")
+        validated = [r for r in rows if r.get("val_acc") is not None]
+        if validated:
+            accuracy_axis.plot([r["step"] for r in validated], [r["val_acc"] for r in validated], color=colour,
+                               linestyle="--", marker=".", label=f"{labels[number]} val")
+            gap_axis.plot([r["step"] for r in validated], [r["train_acc"] - r["val_acc"] for r in validated],
+                          color=colour, marker=".", label=f"{labels[number]} ({validated[-1]['train_acc'] - validated[-1]['val_acc']:+.3f})")
+    accuracy_axis.set_xlabel("step")
+    accuracy_axis.set_ylabel("accuracy")
+    accuracy_axis.set_ylim(0, 1.02)
+    accuracy_axis.grid(alpha=0.3)
+    accuracy_axis.legend(fontsize=8)
+    accuracy_axis.set_title("clean train (solid) vs validation (dashed) accuracy")
+    gap_axis.axhline(0, color="grey", linewidth=0.8)
+    gap_axis.set_xlabel("step")
+    gap_axis.set_ylabel("train - val accuracy")
+    gap_axis.grid(alpha=0.3)
+    if gap_axis.lines[1:]:
+        gap_axis.legend(fontsize=8, title="final gap", title_fontsize=8)
+    gap_axis.set_title("the gap (overfitting)")
     figure.tight_layout()
     with atomic_output(out, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)

@@ -14,12 +14,14 @@ import torch
 from tqdm import tqdm
 
 from voxaug.augment import TrainBatch, build_pipeline, total_loss
+from voxaug.augment.pipeline import resolve_names
 from voxaug.checkpoint import load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig
+from voxaug.data.audio_store import open_training_store, require_audio
 from voxaug.data.batching import SegmentSampler
 from voxaug.data.sources import open_source
 from voxaug.data.split import stratified_split
-from voxaug.data.store import PackedStore
+from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.device import resolve_device
 from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig
@@ -77,17 +79,26 @@ class Trainer:
         cache_dir: str | Path | None = None,
         progress: bool = True,
         frontend: FrontendConfig | None = None,
+        workers: int | None = None,
+        strict: bool = False,
     ) -> None:
+        """``workers``: featurising/augmenting processes for audio (default from the CPU count);
+        ``strict``: a bad audio file stops the run instead of being skipped and counted."""
         config.validate()
-        self.pipeline = build_pipeline(config.augment.get("names", []), config.augment)
+        config.augment = {**config.augment, "names": resolve_names(config.augment)}  # the default when none named
+        self.pipeline = build_pipeline(config.augment["names"], config.augment)
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.data = Path(data)
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
 
+        frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         source = open_source(self.data, frontend)
-        self.frontend = frontend or FrontendConfig(n_mels=source.n_mels)
-        self.store = PackedStore.open(source, cache_dir, progress=progress)
+        self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
+        wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
+        if wave is not None:
+            require_audio(source)  # before any featurising: `wave` needs waveforms
+        self.store, self.skipped_files = open_training_store(source, cache_dir, progress, workers, strict)
         self.speakers = self.store.speakers
         self.train_indices, self.val_indices = stratified_split(
             self.store.labels, config.val_fraction, config.seed, self.store.groups
@@ -104,7 +115,11 @@ class Trainer:
             fused=self.device.type == "cuda",
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        self.sampler = SegmentSampler(self.store, self.train_indices, config.batch, config.segment, config.seed)
+        if wave is not None:
+            self.sampler = WaveBatchSource(self.store, source.root, self.train_indices, config.batch, config.segment,
+                                           config.seed, self.frontend, wave, workers)
+        else:
+            self.sampler = SegmentSampler(self.store, self.train_indices, config.batch, config.segment, config.seed)
         self.augment_generator = torch.Generator(device=self.device).manual_seed(config.seed + 2)
         self.step = 0
         self.best_val_acc: float | None = None
@@ -215,7 +230,8 @@ class Trainer:
         """The resolved config, plus (under ``run``) what this run derived from it."""
         run = {"data": str(self.data), "frontend": self.frontend.to_dict(), "augmentations": repr(self.pipeline),
                "device": str(self.device), "world_size": 1, "train_utterances": len(self.train_indices),
-               "val_utterances": len(self.val_indices), "speakers": len(self.speakers)}
+               "val_utterances": len(self.val_indices), "speakers": len(self.speakers),
+               "skipped_files": len(self.skipped_files)}
         atomic_write_json(self.run_dir / "config.json", {**self.config.to_dict(), "run": run})
 
     @staticmethod
@@ -266,6 +282,8 @@ class Trainer:
                 losses = []
                 bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
         bar.close()
+        if hasattr(self.sampler, "close"):  # stop data workers (audio with `wave`)
+            self.sampler.close()
         if not row:
             row = read_metrics(self.run_dir)[-1]
         return TrainSummary(

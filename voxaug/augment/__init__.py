@@ -1,14 +1,26 @@
-"""Batch augmentations behind one interface, found by name through a registry."""
+"""Batch augmentations behind one interface, found by name through a registry.
+
+``--augment crop,specaug,mixup`` applies them in this fixed order (each class's ``order``); ``none`` turns
+them all off. They run on the training batch only, never in evaluation, embedding or prediction.
+"""
 
 from voxaug.augment.base import AUGMENTATIONS, BatchAugmentation, TrainBatch, register_augmentation, total_loss
-from voxaug.augment.pipeline import AugmentPipeline, build_pipeline
+from voxaug.augment.crop import RandomCrop
+from voxaug.augment.mixup import Mixup
+from voxaug.augment.specaug import SpecAugment
+from voxaug.augment.pipeline import DEFAULT_AUGMENT, AugmentPipeline, build_pipeline, parse_names
 
 __all__ = [
     "AUGMENTATIONS",
+    "DEFAULT_AUGMENT",
     "AugmentPipeline",
     "BatchAugmentation",
+    "Mixup",
+    "RandomCrop",
+    "SpecAugment",
     "TrainBatch",
     "build_pipeline",
+    "parse_names",
     "register_augmentation",
     "total_loss",
 ]

@@ -53,6 +53,16 @@ class BatchAugmentation(ABC):
 AUGMENTATIONS: dict[str, type[BatchAugmentation]] = {}
 
 
+def real_frames(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, T) boolean mask, True on each example's real frames and False on its padding."""
+    return torch.arange(frames, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) float32 draws from ``generator`` on ``device`` (the generator's device)."""
+    return torch.rand(shape, generator=generator, device=device)
+
+
 def register_augmentation(cls: type[BatchAugmentation]) -> type[BatchAugmentation]:
     """Class decorator: make ``cls`` available to ``--augment`` under ``cls.name``."""
     AUGMENTATIONS[cls.name] = cls

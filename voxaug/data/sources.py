@@ -196,7 +196,11 @@ def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
     """A clip as features: a `.pt` tensor is validated, an audio file is read and featurised."""
     path = Path(path)
     if path.suffix.lower() in AUDIO_SUFFIXES:
-        return check_features(log_mel(read_audio(path, frontend.sample_rate), frontend), path, frontend.n_mels)
+        waveform = read_audio(path, frontend.sample_rate)
+        if waveform.numel() <= frontend.n_fft // 2:
+            raise file_error(path, f"audio is {waveform.numel()} samples long; more than {frontend.n_fft // 2} "
+                                   f"({1000 * (frontend.n_fft // 2 + 1) / frontend.sample_rate:.0f} ms) are needed")
+        return check_features(log_mel(waveform, frontend), path, frontend.n_mels)
     if path.suffix.lower() == FEATURE_SUFFIX:
         return load_feature_file(path, frontend.n_mels)
     raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")

@@ -62,8 +62,13 @@ class PackedStore:
         cache_dir: str | Path | None = None,
         progress: bool = True,
         loader: Callable | None = None,
+        builder: Callable[..., dict] | None = None,
     ) -> "PackedStore":
-        """Open the store for ``source``, building it first when missing or stale."""
+        """Open the store for ``source``, building it first when missing or stale.
+
+        ``builder(source, folder, fingerprint, progress)`` replaces :func:`build_store` (e.g. the
+        parallel audio featuriser in ``voxaug.data.audio_store``) and returns the index it wrote.
+        """
         folder = store_folder(source, cache_dir)
         fingerprint = source.fingerprint()
         index_path = folder / INDEX_FILE
@@ -74,7 +79,10 @@ class PackedStore:
                 index = None
             if isinstance(index, dict) and index.get("fingerprint") == fingerprint and index.get("version") == STORE_VERSION:
                 return cls._from_index(folder, index, rebuilt=False)
-        index = build_store(source, folder, fingerprint, progress=progress, loader=loader)
+        if builder is not None:
+            index = builder(source, folder, fingerprint, progress)
+        else:
+            index = build_store(source, folder, fingerprint, progress=progress, loader=loader)
         return cls._from_index(folder, index, rebuilt=True)
 
     @classmethod

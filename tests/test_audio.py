@@ -1,0 +1,184 @@
+"""Audio folders as a data source: the VoxCeleb-style tree, resampling, mono mix, the front end's
+match with `voxaug synth`'s features, bad files (clear errors, skip-and-count, --strict)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+
+from voxaug.audio import read_audio
+from voxaug.data.audio_store import open_training_store
+from voxaug.data.sources import ClipFolderSource, load_clip, open_source
+from voxaug.data.split import stratified_split
+from voxaug.errors import VoxaugError
+from voxaug.features import FrontendConfig, frames_for, log_mel
+from voxaug.safeio import safe_torch_load
+from voxaug.synth import SynthConfig, generate
+
+WAV_SYNTH = SynthConfig(speakers=4, utterances=8, unseen=0, min_seconds=0.8, max_seconds=1.2, seed=3,
+                        write_training_audio=True)
+
+
+@pytest.fixture(scope="module")
+def wav_synth(tmp_path_factory) -> Path:
+    """`voxaug synth` output with the training audio as OUT/wav/<speaker>/session<k>/<n>.wav."""
+    out = tmp_path_factory.mktemp("wavsynth") / "data"
+    generate(out, WAV_SYNTH, progress=False)
+    return out
+
+
+def tone(seconds: float = 1.0, rate: int = 16000, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * np.sin(2 * np.pi * 3 * freq * t)).astype(np.float32)
+
+
+def test_tree_gives_speakers_from_the_first_level_and_videos_from_the_second(wav_synth):
+    source = open_source(wav_synth / "wav")
+    assert isinstance(source, ClipFolderSource)
+    assert source.speakers == [f"spk{i:03d}" for i in range(WAV_SYNTH.speakers)]
+    assert len(source.utterances) == WAV_SYNTH.speakers * WAV_SYNTH.utterances
+    for utterance in source.utterances:
+        assert utterance.path.suffix == ".wav"
+        assert utterance.key.split("/")[0] == utterance.speaker
+        assert utterance.group == utterance.path.parent.name and utterance.group.startswith("session")
+
+
+def test_validation_split_keeps_whole_videos_out_of_training(wav_synth, tmp_path):
+    store, skipped = open_training_store(open_source(wav_synth / "wav"), tmp_path / "cache", progress=False, workers=0)
+    assert skipped == [] and len(store) == WAV_SYNTH.speakers * WAV_SYNTH.utterances
+    train, val = stratified_split(store.labels, 0.25, seed=0, groups=store.groups)
+    assert len(val) > 0 and set(train).isdisjoint(val)
+    train_videos = {(store.speakers[store.labels[i]], store.groups[i]) for i in train}
+    val_videos = {(store.speakers[store.labels[i]], store.groups[i]) for i in val}
+    assert train_videos.isdisjoint(val_videos), "a video must not sit on both sides of the split"
+    for label in range(len(store.speakers)):
+        assert (store.labels[train] == label).any(), "every speaker keeps training data"
+
+
+def test_wav_tree_features_match_the_synth_pt_features(wav_synth):
+    """The front end on `voxaug synth --wav` audio gives the features synth wrote as uttr-*.pt."""
+    frontend = FrontendConfig()
+    for speaker, index in (("spk000", 0), ("spk002", 5)):
+        name = "uttr-" + hashlib.sha1(f"{WAV_SYNTH.seed}|{speaker}|{index}".encode()).hexdigest()[:24] + ".pt"
+        written = safe_torch_load(wav_synth / name, "features")
+        wav = next((wav_synth / "wav" / speaker).rglob(f"{index:05d}.wav"))
+        recomputed = load_clip(wav, frontend)
+        assert recomputed.shape == written.shape
+        torch.testing.assert_close(recomputed, written, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_a_file_at_another_rate_is_resampled_to_the_front_end_rate(tmp_path, rate):
+    reference = tone(1.0, 16000)
+    soundfile.write(tmp_path / "ref.wav", reference, 16000, subtype="FLOAT")
+    other = torchaudio.functional.resample(torch.from_numpy(reference), 16000, rate).numpy()
+    soundfile.write(tmp_path / "other.wav", other, rate, subtype="FLOAT")
+    waveform = read_audio(tmp_path / "other.wav", 16000)
+    assert abs(waveform.numel() - reference.size) <= 1
+    frontend = FrontendConfig()
+    features = load_clip(tmp_path / "other.wav", frontend)
+    assert features.shape == (frames_for(reference.size, frontend), 40) == load_clip(tmp_path / "ref.wav", frontend).shape
+
+
+def test_stereo_is_the_mean_of_its_channels(tmp_path):
+    left, right = tone(0.5, freq=300.0), tone(0.5, freq=700.0)
+    soundfile.write(tmp_path / "stereo.flac", np.stack([left, right], axis=1), 16000, subtype="PCM_24")
+    mono = read_audio(tmp_path / "stereo.flac", 16000)
+    np.testing.assert_allclose(mono.numpy(), (left + right) / 2, atol=1e-5)
+
+
+def test_front_end_settings_are_configurable(tmp_path):
+    soundfile.write(tmp_path / "a.wav", tone(0.5), 16000)
+    frontend = FrontendConfig(n_mels=64, hop_ms=20.0)
+    features = load_clip(tmp_path / "a.wav", frontend)
+    assert features.shape == (frames_for(8000, frontend), 64)
+    with pytest.raises(VoxaugError, match="n_mels"):
+        FrontendConfig(n_mels=0)
+
+
+def _bad_files(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "corrupt": folder / "corrupt.wav",
+        "empty": folder / "empty.wav",
+        "zero-length": folder / "zero.wav",
+        "silent": folder / "silent.flac",
+        "unsupported": folder / "clip.mp3",
+    }
+    files["corrupt"].write_bytes(b"RIFF\x24\x00\x00\x00WAVEnot really audio" + bytes(range(256)))
+    files["empty"].write_bytes(b"")
+    soundfile.write(files["zero-length"], np.zeros(0, dtype=np.float32), 16000)
+    soundfile.write(files["silent"], np.zeros(8000, dtype=np.float32), 16000)
+    files["unsupported"].write_bytes(b"ID3 fake mp3")
+    return files
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("corrupt", "not a readable audio file"), ("empty", "empty"), ("zero-length", "no samples"),
+    ("silent", "silent"), ("unsupported", "unsupported"),
+])
+def test_bad_audio_gives_one_clear_error_naming_the_file(tmp_path, kind, needle):
+    path = _bad_files(tmp_path)[kind]
+    with pytest.raises(VoxaugError) as caught:
+        load_clip(path, FrontendConfig())
+    message = str(caught.value)
+    assert message.startswith(str(path)) and needle in message and "\n" not in message
+
+
+def _tree_with_bad_files(wav_synth: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    for speaker in ("spk000", "spk001"):
+        shutil.copytree(wav_synth / "wav" / speaker, root / speaker)
+    bad = _bad_files(tmp_path / "bad")
+    shutil.copy(bad["corrupt"], root / "spk000" / "session0" / "99998.wav")
+    shutil.copy(bad["silent"], root / "spk001" / "99999.flac")
+    return root
+
+
+def test_bad_files_in_a_corpus_are_skipped_and_counted(wav_synth, tmp_path, capsys):
+    root = _tree_with_bad_files(wav_synth, tmp_path)
+    source = open_source(root)
+    store, skipped = open_training_store(source, tmp_path / "cache", progress=False, workers=0)
+    assert len(store) == len(source.utterances) - 2
+    assert sorted(s["key"] for s in skipped) == ["spk000/session0/99998.wav", "spk001/99999.flac"]
+    err = capsys.readouterr().err
+    assert "skipped 2 of" in err and "99998.wav" in err and "--strict" in err
+    assert "99998.wav" not in " ".join(store.keys)
+    with pytest.raises(VoxaugError, match="99998.wav|99999.flac"):  # a cached store with skips is refused too
+        open_training_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
+
+
+def test_strict_stops_at_the_first_bad_file(wav_synth, tmp_path):
+    source = open_source(_tree_with_bad_files(wav_synth, tmp_path))
+    with pytest.raises(VoxaugError, match=r"99998\.wav: not a readable audio file.*--strict"):
+        open_training_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
+
+
+def test_parallel_featurising_matches_in_process(wav_synth, tmp_path):
+    source = open_source(wav_synth / "wav")
+    serial, _ = open_training_store(source, tmp_path / "a", progress=False, workers=0)
+    parallel, _ = open_training_store(source, tmp_path / "b", progress=False, workers=2)
+    assert serial.keys == parallel.keys and (serial.lengths == parallel.lengths).all()
+    np.testing.assert_array_equal(np.asarray(serial.features), np.asarray(parallel.features))
+    torch.testing.assert_close(serial.utterance(3), log_mel(read_audio(source.utterances[3].path, 16000)))
+
+
+def test_frontend_table_in_toml_is_read_and_checked(tmp_path):
+    from voxaug.config import resolve_config
+
+    good = tmp_path / "good.toml"
+    good.write_text("[frontend]\nn_mels = 32\nhop_ms = 12.5\n")
+    config = resolve_config("cpu", good, frontend_overrides={"n_mels": 48})
+    assert config.frontend == {"n_mels": 48, "hop_ms": 12.5}  # the command line wins key by key
+    config.validate()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[frontend]\nmels = 32\n")
+    with pytest.raises(VoxaugError, match="unknown settings.*mels"):
+        resolve_config("cpu", bad).validate()

@@ -1,0 +1,89 @@
+"""`voxaug train --augment …` and the strength options: early clean refusals, saved strengths, the default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from voxaug.augment import AUGMENTATIONS
+from voxaug.augment.pipeline import DEFAULT_AUGMENT
+from voxaug.cli.main import app
+
+runner = CliRunner()
+TINY = ["--steps", "4", "--eval-every", "4", "--batch", "8", "--segment", "64", "--d-model", "32", "--layers", "1",
+        "--heads", "2", "--embedding-dim", "32", "--device", "cpu", "--quiet"]
+
+
+def output_of(result) -> str:
+    return result.output + (getattr(result, "stderr", "") or "")
+
+
+@pytest.mark.parametrize(
+    "arguments, needles",
+    [
+        (["--augment", "specaug,bogus"], ["bogus", *sorted(AUGMENTATIONS), "none"]),
+        (["--augment", "mixup", "--mixup-alpha", "-1"], ["-1", "mixup-alpha"]),
+        (["--specaug-freq", "-3"], ["-3", "specaug-freq"]),
+        (["--augment", "crop", "--crop-min", "200", "--crop-max", "100"], ["200", "100"]),
+    ],
+)
+def test_bad_augmentation_is_refused_before_reading_data(tmp_path, arguments, needles):
+    missing = tmp_path / "no-such-data"
+    result = runner.invoke(app, ["train", str(missing), "--out", str(tmp_path / "run"), *arguments])
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert "error:" in text and "Traceback" not in text
+    assert "no-such-data" not in text, "the augmentation must be refused before the data path is looked at"
+    for needle in needles:
+        assert needle in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_states_the_default_and_the_options():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = " ".join(output_of(result).split())
+    assert DEFAULT_AUGMENT in text
+    for option in ("--augment", "--specaug-freq", "--specaug-time", "--mixup-alpha", "--crop-min", "--crop-max"):
+        assert option in text
+
+
+def test_strengths_are_saved_in_config_json(tiny_synth, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(tiny_synth), "--out", str(run), *TINY, "--augment", "mixup,crop,specaug",
+                                 "--specaug-freq", "5", "--specaug-time", "12", "--mixup-alpha", "0.25",
+                                 "--crop-min", "32", "--crop-max", "48"])
+    assert result.exit_code == 0, output_of(result)
+    assert "augment: crop,specaug,mixup" in result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["augment"] == {"names": ["mixup", "crop", "specaug"], "specaug": {"freq_width": 5, "time_width": 12},
+                                 "mixup": {"alpha": 0.25}, "crop": {"min_frames": 32, "max_frames": 48}}
+    assert "RandomCrop(min_frames=32, max_frames=48)" in config["run"]["augmentations"]
+
+
+def test_no_augment_option_means_the_default_and_none_turns_it_off(tiny_synth, tmp_path):
+    default = runner.invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "d"), *TINY])
+    assert default.exit_code == 0, output_of(default)
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["augment"]["names"] == DEFAULT_AUGMENT.split(",")
+    off = runner.invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "n"), *TINY, "--augment", "none"])
+    assert off.exit_code == 0 and "augment: none" in off.output
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["augment"]["names"] == []
+
+
+def _fake_run(folder, rows):
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_plot_overlays_runs_with_labels_and_states_the_gap(tmp_path):
+    rows = [{"step": s, "loss": 1.0, "train_acc": t, "val_acc": v, "lr": 0.001} for s, t, v in ((10, 0.5, 0.4), (20, 0.99, 0.7))]
+    first = _fake_run(tmp_path / "a" / "run", rows)
+    second = _fake_run(tmp_path / "b" / "run", [{**r, "train_acc": r["val_acc"] + 0.05} for r in rows])
+    out = tmp_path / "compare.png"
+    result = runner.invoke(app, ["plot", str(first), str(second), "--labels", "none,specaug+mixup", "--out", str(out)])
+    assert result.exit_code == 0, output_of(result)
+    assert out.stat().st_size > 0 and "gap +0.290" in result.output and "gap +0.050" in result.output
+    wrong = runner.invoke(app, ["plot", str(first), str(second), "--labels", "only-one", "--out", str(out)])
+    assert wrong.exit_code == 2 and "2 runs" in output_of(wrong)

@@ -1,0 +1,180 @@
+"""`wave`: audiomentations before the front end, in the data workers, reproducible for any number
+of workers and across a resume, refused on precomputed features, never applied outside training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from typer.testing import CliRunner
+
+from voxaug.augment import TrainBatch, build_pipeline
+from voxaug.augment.pipeline import parse_names
+from voxaug.augment.wave import WaveAugmentation, example_seed
+from voxaug.checkpoint import load_checkpoint
+from voxaug.cli.main import app
+from voxaug.data.audio_store import open_training_store
+from voxaug.data.sources import load_clip, open_source
+from voxaug.data.wave_batches import WaveBatchSource
+from voxaug.errors import VoxaugError
+from voxaug.features import FrontendConfig
+from voxaug.synth import SynthConfig, generate
+from voxaug.train import Trainer
+
+from conftest import tiny_config
+
+runner = CliRunner()
+WAV_SYNTH = SynthConfig(speakers=4, utterances=8, unseen=0, min_seconds=0.8, max_seconds=1.2, seed=5,
+                        write_training_audio=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """`voxaug synth` output (HW4 `.pt` at the top, audio under wav/) plus a folder of noise wavs."""
+    out = tmp_path_factory.mktemp("wave") / "data"
+    generate(out, WAV_SYNTH, progress=False)
+    rng = np.random.default_rng(0)
+    (out / "noise").mkdir()
+    for index in range(3):
+        soundfile.write(out / "noise" / f"n{index}.wav", rng.normal(0, 0.1, 12000).astype(np.float32), 16000)
+    rir = out / "rir"
+    rir.mkdir()
+    decay = np.exp(-np.arange(800) / 120.0).astype(np.float32) * rng.normal(0, 1, 800).astype(np.float32)
+    decay[0] = 1.0
+    soundfile.write(rir / "room.wav", decay, 16000)
+    return out
+
+
+def noisy() -> WaveAugmentation:
+    return WaveAugmentation(snr_p=1.0, min_snr_db=10.0, max_snr_db=10.0, gain_p=0.0)
+
+
+def test_wave_is_accepted_by_augment_and_composes_with_feature_augmentations():
+    assert parse_names("wave,specaug,mixup") == ["wave", "specaug", "mixup"]
+    pipeline = build_pipeline("mixup,wave,specaug")
+    assert pipeline.names == ["wave", "specaug", "mixup"]
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"noise_p": 1.5}, "noise-p"),
+    ({"min_gain_db": 6.0, "max_gain_db": -6.0}, "gain"),
+    ({"noise_dir": "/no/such/noise"}, "--noise-dir: folder not found"),
+    ({"rir_dir": "EMPTY"}, "--rir-dir: holds no audio"),
+    ({"noise_dir": "CORRUPT"}, "bad.wav: --noise-dir: not a readable audio file"),
+])
+def test_bad_wave_settings_and_folders_are_refused(tmp_path, params, needle):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "bad.wav").write_bytes(b"RIFFnot audio at all")
+    params = {k: str(tmp_path / v.lower()) if v in ("EMPTY", "CORRUPT") else v for k, v in params.items()}
+    with pytest.raises(VoxaugError, match=needle.replace("-", r"\-")):
+        WaveAugmentation(**params)
+
+
+def test_the_chain_is_reproducible_per_example_seed_and_changes_the_waveform(corpus):
+    waveform = np.sin(np.arange(12000) / 7.0).astype(np.float32) * 0.5
+    augment = noisy()
+    first, again, other = (augment.apply(waveform, 16000, s) for s in (1, 1, 2))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other) and not np.array_equal(first, waveform)
+    snr = 10 * np.log10(np.mean(waveform ** 2) / np.mean((first - waveform) ** 2))
+    assert 8.5 < snr < 11.5
+    off = WaveAugmentation(snr_p=0.0, gain_p=0.0)
+    np.testing.assert_array_equal(off.apply(waveform, 16000, 1), waveform)
+    full = WaveAugmentation(noise_dir=str(corpus / "noise"), noise_p=1.0, rir_dir=str(corpus / "rir"), rir_p=1.0)
+    out = full.apply(waveform, 16000, 3)
+    assert out.shape == waveform.shape and np.isfinite(out).all() and not np.allclose(out, waveform)
+    assert example_seed(0, 1, 2) != example_seed(0, 2, 1)
+
+
+def test_wave_is_refused_on_precomputed_features(corpus, tmp_path):
+    pt_folder = tmp_path / "clips" / "alice"
+    pt_folder.mkdir(parents=True)
+    torch.save(torch.randn(50, 40), pt_folder / "a.pt")
+    for data in (corpus, tmp_path / "clips"):  # the HW4 layout and a .pt clip folder
+        config = tiny_config(augment={"names": ["wave", "specaug"]})
+        with pytest.raises(VoxaugError, match="wave needs an audio source"):
+            Trainer(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, workers=0)
+    assert not (tmp_path / "cache").exists(), "refused before any featurising"
+
+
+def _batches(source: WaveBatchSource, count: int) -> list[torch.Tensor]:
+    return [source.next_batch().features for _ in range(count)]
+
+
+def test_batches_do_not_depend_on_workers_and_resume_exactly(corpus, tmp_path):
+    store, _ = open_training_store(open_source(corpus / "wav"), tmp_path / "cache", progress=False, workers=0)
+    indices = np.arange(len(store))
+
+    def make(workers: int) -> WaveBatchSource:
+        return WaveBatchSource(store, corpus / "wav", indices, 8, 48, 0, FrontendConfig(), noisy(), workers)
+
+    serial, parallel = make(0), make(2)
+    expected = _batches(serial, 6)  # 6 x 8 > 32 utterances: crosses an epoch
+    for a, b in zip(expected, _batches(parallel, 4)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    state = parallel.state_dict()  # workers have prefetched past batch 4; the state must not count those
+    parallel.close()
+    resumed = make(1)
+    resumed.load_state_dict(state)
+    for a, b in zip(expected[4:], _batches(resumed, 2)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    resumed.close()
+
+
+def test_wave_changes_training_batches_only(corpus, tmp_path):
+    config = tiny_config(augment={"names": ["wave"], "wave": {"snr_p": 1.0, "min_snr_db": 5.0, "max_snr_db": 5.0}})
+    trainer = Trainer(config, corpus / "wav", tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, workers=0)
+    assert isinstance(trainer.sampler, WaveBatchSource)
+    clean = WaveBatchSource(trainer.store, corpus / "wav", trainer.train_indices, config.batch, config.segment,
+                            config.seed, trainer.frontend, None, 0)
+    augmented, plain = trainer.sampler.next_batch(), clean.next_batch()
+    assert torch.equal(augmented.indices, plain.indices) and torch.equal(augmented.lengths, plain.lengths)
+    assert not torch.allclose(augmented.features, plain.features)
+    batch = TrainBatch.from_labels(plain.features, plain.lengths, plain.labels)
+    assert torch.equal(trainer.pipeline(batch, trainer.augment_generator).features, plain.features)
+    for index in (0, len(trainer.store) - 1):  # evaluation and embedding read clean features
+        path = corpus / "wav" / trainer.store.keys[index]
+        torch.testing.assert_close(trainer.store.utterance(index), load_clip(path, trainer.frontend))
+
+
+def test_resumed_wave_run_matches_an_uninterrupted_one(corpus, tmp_path):
+    def config(steps: int):  # warm-up longer than the run: the learning rate doesn't depend on `steps`
+        return tiny_config(train={"steps": steps, "warmup": 10, "eval_every": 3, "batch": 8, "segment": 48},
+                           augment={"names": ["wave", "specaug"], "wave": {"noise_dir": str(corpus / "noise")}})
+
+    cache = tmp_path / "cache"
+    Trainer(config(6), corpus / "wav", tmp_path / "straight", cache_dir=cache, progress=False, workers=1).fit()
+    Trainer(config(3), corpus / "wav", tmp_path / "split", cache_dir=cache, progress=False, workers=1).fit()
+    Trainer(config(6), corpus / "wav", tmp_path / "split", cache_dir=cache, progress=False, workers=0).fit(resume=True)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, msg=name)
+
+
+def test_train_cli_from_an_audio_tree_with_wave_and_noise(corpus, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", str(corpus / "wav"), "--out", str(run), "--augment", "wave,specaug", "--noise-dir", str(corpus / "noise"),
+        "--noise-p", "0.8", "--n-mels", "32", "--workers", "1", "--steps", "4", "--eval-every", "4", "--batch", "8",
+        "--segment", "48", "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32",
+        "--device", "cpu", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "augment: wave,specaug" in result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["augment"]["wave"]["noise_dir"] == str((corpus / "noise").resolve())
+    assert saved["augment"]["wave"]["noise_p"] == 0.8
+    assert saved["frontend"]["n_mels"] == 32
+    assert load_checkpoint(run / "best.pt")["frontend"]["n_mels"] == 32
+
+
+def test_train_cli_refuses_wave_options_without_wave(corpus, tmp_path):
+    result = runner.invoke(app, ["train", str(corpus / "wav"), "--out", str(tmp_path / "run"), "--augment", "specaug",
+                                 "--noise-dir", str(corpus / "noise")])
+    assert result.exit_code == 2 and "--noise-dir" in result.output and "wave" in result.output

@@ -1,0 +1,140 @@
+"""`wave`: waveform augmentation with audiomentations, applied before the front end.
+
+The chain is Gaussian noise at a random SNR, gain, background noise from ``--noise-dir`` (e.g.
+MUSAN) and room impulse responses from ``--rir-dir``, each with its own probability. It runs in the
+data-loading workers (``voxaug.data.wave_batches``) on audio sources only, so the batch pipeline's
+``wave`` step is a pass-through that only carries the settings.
+
+Deliberately left out of the default chain: pitch shift, time stretch and other transforms that
+change the voice itself, because for speaker identification they change who is speaking.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+from voxaug.audio import AUDIO_SUFFIXES
+from voxaug.augment.base import BatchAugmentation, TrainBatch, register_augmentation
+from voxaug.errors import VoxaugError, file_error
+
+NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
+"""audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
+
+
+def audio_files_in(folder: str | Path, option: str) -> list[Path]:
+    """Every readable, non-empty ``.wav``/``.flac`` under ``folder``; errors name the folder or the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise file_error(folder, f"{option}: folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    for path in files:
+        try:
+            frames = soundfile.info(str(path)).frames
+        except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
+            raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
+        if frames <= 0:
+            raise file_error(path, f"{option}: audio file holds no samples")
+    return files
+
+
+def example_seed(seed: int, epoch: int, position: int) -> int:
+    """One 32-bit seed per training example, from (run seed, epoch, position in the epoch) only,
+    so the augmentation an example gets does not depend on the number of workers or on resuming."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
+def _check_probability(label: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise VoxaugError(f"{label} must be a probability in [0, 1], got {value!r}")
+
+
+def _check_range(label: str, low: float, high: float) -> None:
+    for value in (low, high):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise VoxaugError(f"{label} must be finite numbers, got {low!r}, {high!r}")
+    if low > high:
+        raise VoxaugError(f"{label}: minimum {low} exceeds maximum {high}")
+
+
+@register_augmentation
+class WaveAugmentation(BatchAugmentation):
+    """Settings of the waveform chain; applied per example in the data workers (``apply``), not here.
+
+    ``snr_*``: AddGaussianSNR; ``gain_*``: Gain (dB); ``noise_*``: AddBackgroundNoise from
+    ``noise_dir`` at an SNR in [noise_min_snr_db, noise_max_snr_db]; ``rir_*``: ApplyImpulseResponse
+    from ``rir_dir``. A folder left unset drops its transform.
+    """
+
+    name = "wave"
+    order = 0
+
+    def __init__(
+        self,
+        snr_p: float = 0.5,
+        min_snr_db: float = 5.0,
+        max_snr_db: float = 40.0,
+        gain_p: float = 0.5,
+        min_gain_db: float = -6.0,
+        max_gain_db: float = 6.0,
+        noise_dir: str | None = None,
+        noise_p: float = 0.5,
+        noise_min_snr_db: float = 3.0,
+        noise_max_snr_db: float = 30.0,
+        rir_dir: str | None = None,
+        rir_p: float = 0.5,
+    ) -> None:
+        for label, value in (("wave snr_p", snr_p), ("wave gain_p", gain_p), ("--noise-p (wave noise_p)", noise_p),
+                             ("--rir-p (wave rir_p)", rir_p)):
+            _check_probability(label, value)
+        _check_range("wave min_snr_db/max_snr_db", min_snr_db, max_snr_db)
+        _check_range("wave min_gain_db/max_gain_db", min_gain_db, max_gain_db)
+        _check_range("wave noise_min_snr_db/noise_max_snr_db", noise_min_snr_db, noise_max_snr_db)
+        self.snr_p, self.min_snr_db, self.max_snr_db = snr_p, min_snr_db, max_snr_db
+        self.gain_p, self.min_gain_db, self.max_gain_db = gain_p, min_gain_db, max_gain_db
+        self.noise_dir, self.noise_p = noise_dir, noise_p
+        self.noise_min_snr_db, self.noise_max_snr_db = noise_min_snr_db, noise_max_snr_db
+        self.rir_dir, self.rir_p = rir_dir, rir_p
+        self._noise_files = audio_files_in(noise_dir, "--noise-dir") if noise_dir is not None else []
+        self._rir_files = audio_files_in(rir_dir, "--rir-dir") if rir_dir is not None else []
+        self._chain: Any = None
+
+    def __call__(self, batch: TrainBatch, generator: Any) -> TrainBatch:
+        """Pass-through: the waveform was already augmented before the front end, in the workers."""
+        return batch
+
+    def chain(self) -> Any:
+        """The audiomentations ``Compose`` (built once per process, on first use)."""
+        if self._chain is None:
+            from audiomentations import AddBackgroundNoise, AddGaussianSNR, ApplyImpulseResponse, Compose, Gain
+
+            transforms = [
+                AddGaussianSNR(min_snr_db=self.min_snr_db, max_snr_db=self.max_snr_db, p=self.snr_p),
+                Gain(min_gain_db=self.min_gain_db, max_gain_db=self.max_gain_db, p=self.gain_p),
+            ]
+            if self._noise_files:
+                transforms.append(AddBackgroundNoise(
+                    sounds_path=[str(p) for p in self._noise_files], min_snr_db=self.noise_min_snr_db,
+                    max_snr_db=self.noise_max_snr_db, p=self.noise_p,
+                ))
+            if self._rir_files:
+                transforms.append(ApplyImpulseResponse(ir_path=[str(p) for p in self._rir_files], p=self.rir_p))
+            self._chain = Compose(transforms, p=1.0, shuffle=False)
+        return self._chain
+
+    def apply(self, waveform: np.ndarray, sample_rate: int, seed: int) -> np.ndarray:
+        """Augment one mono float32 waveform; the same ``seed`` always gives the same result.
+
+        audiomentations draws from Python's and numpy's global generators, so both are seeded here,
+        per example, inside the worker that runs it.
+        """
+        random.seed(seed)
+        np.random.seed(seed)
+        out = self.chain()(samples=np.ascontiguousarray(waveform, dtype=np.float32), sample_rate=sample_rate)
+        return np.nan_to_num(np.asarray(out, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
