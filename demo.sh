@@ -7,8 +7,13 @@ OUT=${1:-demo}
 STEPS=${STEPS:-1000}
 export VOXAUG_CACHE=${VOXAUG_CACHE:-$OUT/cache}
 
+echo "== 1. synthesise a corpus (training speakers + unseen speakers)"
 voxaug synth "$OUT/data" --seed 0
+
+echo "== 2. train the cpu preset with the default augmentation"
 voxaug train "$OUT/data" --out "$OUT/run" --steps "$STEPS" --eval-every 200 --seed 0
+
+echo "== 3. predict the homework CSV for testdata.json"
 voxaug predict "$OUT/data" --ckpt "$OUT/run/best.pt" --out "$OUT/submission.csv"
 python3 - "$OUT" <<'PY'
 import csv, sys
@@ -17,3 +22,17 @@ truth = dict(list(csv.reader(open(f"{out}/data/test_labels.csv")))[1:])
 rows = list(csv.reader(open(f"{out}/submission.csv")))[1:]
 print(f"test accuracy of {out}/submission.csv: {sum(truth[i] == c for i, c in rows) / len(rows):.3f} on {len(rows)} utterances")
 PY
+
+echo "== 4. export embeddings and a FAISS speaker index of the training speakers"
+voxaug embed --ckpt "$OUT/run/best.pt" "$OUT/data" --out "$OUT/embeddings" --index "$OUT/spk.faiss"
+
+echo "== 5. enrol the unseen speakers without retraining"
+for speaker_dir in "$OUT"/data/unseen/enroll/*/; do
+    voxaug enroll --index "$OUT/spk.faiss" --speaker "$(basename "$speaker_dir")" "$speaker_dir"
+done
+
+echo "== 6. identify one held-out clip of each of the first three unseen speakers"
+voxaug identify --index "$OUT/spk.faiss" --top-k 3 $(ls -d "$OUT"/data/unseen/test/*/ | head -3 | while read -r d; do ls "$d"*.pt | head -1; done)
+
+echo "== 7. evaluate: closed-set softmax vs cosine, unseen-speaker identification, verification EER"
+voxaug evaluate --ckpt "$OUT/run/best.pt" "$OUT/data" --enroll "$OUT/data/unseen/enroll" --test "$OUT/data/unseen/test" --out "$OUT/report"
