@@ -1,5 +1,6 @@
-"""Training throughput of voxaug's step against a plain loop of the homework's Boss code at the
-same model size and batch, and batch loading from the packed store against per-file torch.load.
+"""Training throughput of voxaug's step (its Trainer, default augmentation) against a plain loop of
+the homework's Boss code at the same model size and batch, timed interleaved, and batch loading from
+the packed store against per-file torch.load. ``benchmarks/bench.py`` imports these functions.
 
     python benchmarks/train_bench.py [--preset cpu] [--data DIR] [--steps N] [--json FILE]
 
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,13 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference_hw4 import Classifier, HW4Dataset, collate_batch  # noqa: E402
-from voxaug.augment import TrainBatch, build_pipeline, total_loss  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
 from voxaug.data.batching import SegmentSampler  # noqa: E402
-from voxaug.data.sources import open_source  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
-from voxaug.model import build_model  # noqa: E402
 from voxaug.synth import SynthConfig, generate  # noqa: E402
+from voxaug.train import Trainer  # noqa: E402
 
 
 def ensure_data(data: Path | None, workdir: Path) -> Path:
@@ -40,7 +40,7 @@ def ensure_data(data: Path | None, workdir: Path) -> Path:
     return out
 
 
-def _time_steps(step, steps: int, warmup: int = 3) -> float:
+def _time_steps(step: Callable[[], object], steps: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         step()
     times = []
@@ -51,32 +51,43 @@ def _time_steps(step, steps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def voxaug_step_seconds(store: PackedStore, preset: str, batch: int, steps: int, augment: str = "none") -> float:
-    """Median seconds of one voxaug training step (sampling, augmentation, forward, backward, AdamW)."""
+def interleaved_medians(steps: dict[str, Callable[[], object]], reps: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of each step function, called in turn rep by rep (A, B, A, B, ...) so that load
+    from other processes hits every variant alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(reps):
+        for label, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def make_trainer(data: Path, run_dir: Path, cache_dir: Path, preset: str = "cpu", batch: int | None = None) -> Trainer:
+    """voxaug's own Trainer on the CPU with the preset's settings and the default augmentation;
+    ``trainer.train_step`` is the step users run (nothing is written to ``run_dir`` before ``fit``)."""
     config = create_config(preset)
-    config.model.num_classes = len(store.speakers)
-    torch.manual_seed(0)
-    model = build_model(config.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    sampler = SegmentSampler(store, np.arange(len(store)), batch, config.segment, seed=0)
-    pipeline = build_pipeline(augment.split(",") if augment != "none" else [], config.augment)
-    generator = torch.Generator().manual_seed(0)
+    config.device = "cpu"
+    config.batch = batch or config.batch
+    return Trainer(config, data, run_dir, cache_dir=cache_dir, progress=False)
+
+
+def voxaug_step(trainer: Trainer) -> Callable[[], None]:
+    """One training step of ``trainer`` (sampling, augmentation, forward, backward, clipping, AdamW)."""
 
     def step() -> None:
-        b = sampler.next_batch()
-        augmented = pipeline(TrainBatch.from_labels(b.features, b.lengths, b.labels), generator)
-        _, logits = model(augmented.features, augmented.lengths)
-        loss = total_loss(model, logits, augmented)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        if trainer.train_step() is None:
+            raise RuntimeError("the benchmark's training loss was not finite")
 
-    return _time_steps(step, steps)
+    return step
 
 
-def reference_step_seconds(data: Path, preset: str, batch: int, steps: int, n_speakers: int) -> float:
-    """Median seconds of one step of the homework's loop (DataLoader of torch.load, Conformer, AdMSoftmax)."""
+def reference_step(data: Path, preset: str, batch: int, n_speakers: int) -> Callable[[], None]:
+    """One step of the homework's loop (DataLoader of torch.load, Conformer, AdMSoftmax, AdamW) at
+    the preset's model size, batch and segment length."""
     config = create_config(preset)
     m = config.model
     torch.manual_seed(0)
@@ -98,7 +109,23 @@ def reference_step_seconds(data: Path, preset: str, batch: int, steps: int, n_sp
         loss.backward()
         optimizer.step()
 
-    return _time_steps(step, steps)
+    return step
+
+
+def compare_training(data: Path, workdir: Path, preset: str = "cpu", batch: int | None = None,
+                     reps: int = 20) -> tuple[dict, Trainer]:
+    """voxaug's training step against the homework loop, interleaved; also returns the trainer (its store)."""
+    trainer = make_trainer(data, workdir / "run", workdir / "cache", preset, batch)
+    batch = trainer.config.batch
+    medians = interleaved_medians({"voxaug": voxaug_step(trainer),
+                                   "reference": reference_step(data, preset, batch, len(trainer.speakers))}, reps)
+    ours, reference = medians["voxaug"], medians["reference"]
+    result = {"preset": preset, "batch": batch, "segment": trainer.config.segment,
+              "augment": ",".join(trainer.pipeline.names) or "none", "train_reps": reps,
+              "train_step_s": ours, "reference_step_s": reference,
+              "train_utt_per_s": batch / ours, "reference_train_utt_per_s": batch / reference,
+              "train_speedup": reference / ours}
+    return result, trainer
 
 
 def loading_seconds(store: PackedStore, data: Path, batch: int, segment: int, repeats: int) -> tuple[float, float]:
@@ -117,19 +144,11 @@ def loading_seconds(store: PackedStore, data: Path, batch: int, segment: int, re
 def run(data: Path | None = None, preset: str = "cpu", batch: int = 32, steps: int = 20, quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = ensure_data(data, Path(tmp))
-        store = PackedStore.open(open_source(data), Path(tmp) / "cache", progress=False)
-        ours = voxaug_step_seconds(store, preset, batch, steps)
-        reference = reference_step_seconds(data, preset, batch, steps, len(store.speakers))
-        packed, per_file = loading_seconds(store, data, batch, create_config(preset).segment, 10 if quick else 50)
+        result, trainer = compare_training(data, Path(tmp), preset, batch, steps)
+        packed, per_file = loading_seconds(trainer.store, data, batch, trainer.config.segment, 10 if quick else 50)
     return {
-        "preset": preset,
-        "batch": batch,
+        **result,
         "threads": torch.get_num_threads(),
-        "train_step_s": ours,
-        "reference_step_s": reference,
-        "train_utt_per_s": batch / ours,
-        "reference_train_utt_per_s": batch / reference,
-        "train_speedup": reference / ours,
         "packed_batch_ms": packed * 1000,
         "torch_load_batch_ms": per_file * 1000,
         "packed_speedup": per_file / packed,
@@ -146,7 +165,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = run(args.data, args.preset, args.batch, 5 if args.quick else args.steps, args.quick)
-    print(f"training step, preset {result['preset']}, batch {result['batch']}, {result['threads']} threads")
+    print(f"training step, preset {result['preset']}, batch {result['batch']}, augment {result['augment']}, "
+          f"{result['threads']} threads, interleaved")
     print(f"  voxaug     {result['train_step_s'] * 1000:8.1f} ms/step  {result['train_utt_per_s']:8.1f} utt/s")
     print(f"  homework   {result['reference_step_s'] * 1000:8.1f} ms/step  {result['reference_train_utt_per_s']:8.1f} utt/s")
     print(f"  speed-up   {result['train_speedup']:.2f}x")

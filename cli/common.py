@@ -17,8 +17,18 @@ F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
 
 
+_debug_flag = False
+
+
+def set_debug(enabled: bool) -> None:
+    """Set by ``voxaug --debug`` for this invocation only (a test runner may invoke many in one process)."""
+    global _debug_flag
+    _debug_flag = enabled
+
+
 def debug_enabled() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    """``--debug`` on this invocation, or ``VOXAUG_DEBUG`` set to anything but empty or 0."""
+    return _debug_flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -41,6 +51,11 @@ def clean_errors(function: F) -> F:
             raise fail("interrupted", 130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except OSError as exc:  # the file system said no: name the file when the error does
+            if debug_enabled():
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc}") from None
         except Exception as exc:  # a bug, not bad input: still one line unless --debug
             if debug_enabled():
                 raise
@@ -59,6 +74,20 @@ def existing_file(path: Path, what: str) -> Path:
         raise VoxaugError(f"{path}: {what} not found")
     if not path.is_file():
         raise VoxaugError(f"{path}: expected a {what} file, found a folder")
+    return path
+
+
+def output_folder(path: Path, option: str) -> Path:
+    """Refuse, before any work, an output folder that is an existing file."""
+    if path.exists() and not path.is_dir():
+        raise VoxaugError(f"{path}: {option} is an existing file; expected a folder")
+    return path
+
+
+def output_file(path: Path, option: str) -> Path:
+    """Refuse, before any work, an output file that is an existing folder."""
+    if path.is_dir():
+        raise VoxaugError(f"{path}: {option} is an existing folder; expected a file name")
     return path
 
 

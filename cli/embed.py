@@ -1,4 +1,5 @@
-"""`voxaug embed --ckpt CKPT DATA --out DIR [--index FILE]`: unit-norm embeddings (+ a speaker index)."""
+"""`voxaug embed --ckpt CKPT DATA --out DIR [--index FILE]`: unit-norm embeddings (+ a speaker index);
+under `torchrun --nproc_per_node=N -m voxaug embed ...` the utterances are shared by N processes."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import numpy as np
 import typer
 
 from voxaug.checkpoint import load_model
-from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file
+from voxaug.cli.common import (
+    CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file, output_folder,
+)
 from voxaug.data.sources import open_source
 from voxaug.data.store import PackedStore
-from voxaug.device import resolve_device
-from voxaug.embeddings.extract import embed_store
+from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
+from voxaug.embeddings.extract import Embedded, embed_store
 from voxaug.embeddings.identify import checkpoint_record
-from voxaug.embeddings.index import SpeakerIndex
+from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_output, atomic_write_text
 
@@ -60,20 +63,48 @@ def embed(
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Export one L2-normalised float32 embedding per utterance, batched by length."""
+    """Export one L2-normalised float32 embedding per utterance, batched by length.
+
+    Under torchrun each process embeds its share of the length-sorted batches and rank 0 writes
+    embeddings.npy (rows in the dataset's order, the same numbers as one process) and the index.
+    """
     existing_file(ckpt, "checkpoint")
     if batch <= 0 or (hop is not None and hop <= 0):
         raise VoxaugError("--batch and --hop must be positive")
-    torch_device = resolve_device(device)
-    loaded = load_model(ckpt, torch_device)
-    source = open_source(data, loaded.frontend)
-    store = PackedStore.open(source, cache_dir, progress=not quiet)
-    speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
-    embedded = embed_store(loaded.model, store, np.arange(len(store)), torch_device, window, hop, max_batch=batch,
-                           progress=not quiet)
-    speaker_index = build_index(embedded.embeddings, speakers, per, hnsw, ckpt, loaded.frontend.to_dict()) if index else None
-    write_embeddings(out, embedded.embeddings, store.keys, speakers)
-    typer.echo(f"wrote {len(store)} embeddings of dimension {embedded.embeddings.shape[1]} to {out / 'embeddings.npy'}")
+    if per not in MODES:
+        raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
+    output_folder(out, "--out")
+    if index is not None:
+        output_file(index, "--index")
+    context = init_distributed(device)
+    clean = False
+    try:
+        loaded = load_model(ckpt, context.device)
+        source = open_source(data, loaded.frontend)
+        store = main_first(context, lambda: PackedStore.open(source, cache_dir, progress=not quiet and context.is_main))
+        speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
+        embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
+                               progress=not quiet, with_probabilities=False, context=context)
+        main_only(context, lambda: _write_outputs(embedded, store.keys, speakers, out, index, per, hnsw, ckpt,
+                                                  loaded.frontend.to_dict(), "windows" if window else "utterances"))
+        clean = True
+    except RankFailed:
+        return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
+    finally:
+        shutdown(context, clean)
+
+
+def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | None], out: Path, index: Path | None,
+                   per: str, hnsw: bool, ckpt: Path, frontend: dict, pieces: str) -> None:
+    """embeddings.npy, items.csv and the index (rank 0 only under torchrun), then say what was written."""
+    speaker_index = build_index(embedded.embeddings, speakers, per, hnsw, ckpt, frontend) if index else None
+    write_embeddings(out, embedded.embeddings, keys, speakers)
+    shared = ""
+    if embedded.per_rank is not None and len(embedded.per_rank) > 1:
+        shared = f" (on {len(embedded.per_rank)} processes: {' + '.join(map(str, embedded.per_rank))} {pieces})"
+    typer.echo(f"wrote {len(keys)} embeddings of dimension {embedded.embeddings.shape[1]} to "
+               f"{out / 'embeddings.npy'}{shared}")
     if speaker_index is not None:
-        speaker_index.save(index)
+        with index_lock(index):  # an `enroll` on the same index may be running
+            speaker_index.save(index)
         typer.echo(f"wrote a {per} index of {len(speaker_index.speakers)} speakers to {index} (+ {index}.json)")

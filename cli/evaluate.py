@@ -8,15 +8,15 @@ from pathlib import Path
 import typer
 
 from voxaug.checkpoint import load_model
-from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file
+from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_folder
 from voxaug.data.sources import open_source
 from voxaug.data.store import PackedStore
 from voxaug.device import resolve_device
 from voxaug.embeddings.evaluation import (
-    centroid_accuracy, closed_set, embed_folder, embedding_map, read_trials, score_pairs, score_trials,
+    MAP_METHODS, centroid_accuracy, closed_set, embed_folder, embedding_map, read_trials, score_pairs, score_trials,
 )
 from voxaug.errors import VoxaugError
-from voxaug.safeio import atomic_write_text
+from voxaug.safeio import atomic_write_text, ensure_folder
 
 
 @clean_errors
@@ -39,6 +39,10 @@ def evaluate(
         raise VoxaugError("--enroll and --test go together")
     if max_pairs <= 0:
         raise VoxaugError(f"--max-pairs must be positive, got {max_pairs}")
+    if map_method not in MAP_METHODS:
+        raise VoxaugError(f"--map {map_method!r} is not known; accepted: {', '.join(MAP_METHODS)}")
+    output_folder(out, "--out")
+    parsed_trials = read_trials(trials, data) if trials else None
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     store = PackedStore.open(open_source(data, loaded.frontend), cache_dir, progress=not quiet)
@@ -58,9 +62,9 @@ def evaluate(
         }
         groups["unseen test"] = tested
     seed = loaded.config.seed
-    report["verification"] = score_trials(loaded, read_trials(trials, data), torch_device) if trials \
+    report["verification"] = score_trials(loaded, parsed_trials, torch_device) if parsed_trials \
         else score_pairs(held_out, max_pairs, seed, reference)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "report folder")
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
     report["checkpoint"] = str(ckpt)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")

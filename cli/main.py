@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import typer
 
 from voxaug.cli import embed, enroll, evaluate, identify, plot, predict, synth, train
-from voxaug.cli.common import DEBUG_ENV
+from voxaug.cli.common import set_debug
 
 app = typer.Typer(
     add_completion=False,
@@ -18,9 +16,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors "
+                                                          "(or set VOXAUG_DEBUG=1).")) -> None:
+    set_debug(debug)
 
 
 app.command("synth")(synth.synth)

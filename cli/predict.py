@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from voxaug.checkpoint import load_model
-from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file
+from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
 from voxaug.data.sources import open_source
 from voxaug.data.store import PackedStore
 from voxaug.device import resolve_device
@@ -29,6 +29,7 @@ def predict(
 ) -> None:
     """Classify every utterance of testdata.json, in its order, on whole utterances."""
     existing_file(ckpt, "checkpoint")
+    output_file(out, "--out")
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     source = open_source(data, loaded.frontend, split="test")

@@ -1,4 +1,5 @@
-"""`voxaug train DATA --out RUN`: train a speaker classifier."""
+"""`voxaug train DATA --out RUN`: train a speaker classifier; under
+`torchrun --nproc_per_node=N -m voxaug train ...` with DistributedDataParallel on N processes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from voxaug.augment import AUGMENTATIONS
 from voxaug.augment.pipeline import DEFAULT_AUGMENT, build_pipeline, parse_names, resolve_names
 from voxaug.cli.common import CacheOption, QuietOption, clean_errors
 from voxaug.config import PRESETS, resolve_config
+from voxaug.distributed import RankFailed, init_distributed, shutdown
 from voxaug.errors import VoxaugError
 from voxaug.train import Trainer
 
@@ -55,7 +57,8 @@ def train(
     embedding_dim: int = typer.Option(None, help="Speaker embedding size."),
     scale: float = typer.Option(None, help="AM-Softmax scale s."),
     margin: float = typer.Option(None, help="AM-Softmax margin m."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN from last.pt (optimizer, schedule, RNG and sampler state)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from last.pt (optimizer, schedule, RNG and sampler state); "
+                                "under torchrun with the same number of processes."),
     n_mels: int = typer.Option(None, "--n-mels", help="Front end: log-mel bins for audio data (default 40); saved in checkpoints."),
     sample_rate: int = typer.Option(None, "--sample-rate", help="Front end: audio is resampled to this rate (default 16000)."),
     workers: int = typer.Option(None, "--workers", help="Processes featurising (and with wave, augmenting) audio; default CPU cores - 1."),
@@ -63,7 +66,11 @@ def train(
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Train Conformer + masked attentive pooling + AM-Softmax (or the baseline) on DATA."""
+    """Train Conformer + masked attentive pooling + AM-Softmax (or the baseline) on DATA.
+
+    Under torchrun every process trains on its own share of each epoch (--batch per process) and
+    only rank 0 writes RUN.
+    """
     augment_names = parse_names(augment) if augment is not None else None
     overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, segment=segment, eval_every=eval_every,
                      val_fraction=val_fraction, seed=seed, device=device)
@@ -82,13 +89,28 @@ def train(
         raise VoxaugError(f"{', '.join('--' + k.replace('_', '-') for k in resolved.augment['wave'])}: options of the "
                           "'wave' augmentation, which --augment does not name; add wave (e.g. --augment wave,specaug)")
     build_pipeline(resolve_names(resolved.augment), resolved.augment)  # refuse bad strengths before reading data
-    trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet, workers=workers, strict=strict)
-    summary = trainer.fit(resume=resume)
+    context = init_distributed(resolved.device)
+    clean = False
+    try:
+        if context.active and context.is_main:
+            typer.echo(f"DDP: world_size {context.world_size} ({context.backend}, {context.device.type}); "
+                       f"--batch {resolved.batch} per process, {resolved.batch * context.world_size} per step")
+        trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet, workers=workers, strict=strict,
+                          context=context)
+        summary = trainer.fit(resume=resume)
+        clean = True
+    except RankFailed:
+        return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
+    finally:
+        shutdown(context, clean)
+    if not context.is_main:
+        return
     best = "n/a" if summary.best_val_acc is None else f"{summary.best_val_acc:.4f} at step {summary.best_step}"
     val = "n/a" if summary.val_acc is None else f"{summary.val_acc:.4f}"
     gap = "n/a" if summary.gap is None else f"{summary.gap:+.4f}"
+    ranks = f" on {context.world_size} processes" if context.active else ""
     typer.echo(
-        f"done: {summary.steps} steps in {summary.elapsed_s:.0f}s | augment: {','.join(trainer.pipeline.names) or 'none'}\n"
+        f"done: {summary.steps} steps{ranks} in {summary.elapsed_s:.0f}s | augment: {','.join(trainer.pipeline.names) or 'none'}\n"
         f"  clean train acc {summary.train_acc:.4f} | val acc {val} | gap (train - val) {gap}\n"
         f"  best val acc {best} -> {out / 'best.pt'}"
         + (f"\n  skipped {summary.skipped_steps} steps with a non-finite loss" if summary.skipped_steps else "")

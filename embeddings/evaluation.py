@@ -16,13 +16,16 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 from voxaug.checkpoint import LoadedModel  # noqa: E402
-from voxaug.data.sources import ClipFolderSource, load_clip  # noqa: E402
+from voxaug.data.sources import ClipFolderSource, load_clip, resolve_inside  # noqa: E402
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.extract import embed_store, embed_tensors  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
+
+
+MAP_METHODS = ("pca", "tsne")
 
 
 @dataclass
@@ -77,7 +80,8 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
         parts = line.split()
         if len(parts) != 3 or parts[0] not in ("0", "1"):
             raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got {line!r}")
-        trials.append((parts[0] == "1", root / parts[1], root / parts[2]))
+        trials.append((parts[0] == "1", resolve_inside(root, parts[1], path, "clip"),
+                       resolve_inside(root, parts[2], path, "clip")))
     if not trials:
         raise file_error(path, "holds no trials")
     return trials
@@ -119,7 +123,7 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
     elif method == "pca":
         points = PCA(n_components=2, random_state=seed).fit_transform(stacked)
     else:
-        raise VoxaugError(f"--map {method!r} is not known; accepted: pca, tsne")
+        raise VoxaugError(f"--map {method!r} is not known; accepted: {', '.join(MAP_METHODS)}")
     figure, axis = plt.subplots(figsize=(7, 6))
     start = 0
     for marker, (name, group) in zip("o^sD", groups.items()):

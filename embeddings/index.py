@@ -10,8 +10,10 @@ embedding and answers by voting among the nearest neighbours.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -24,12 +26,17 @@ import faiss
 import numpy as np
 
 from voxaug.errors import VoxaugError, file_error
-from voxaug.safeio import atomic_output, read_json
+from voxaug.safeio import atomic_write_bytes, atomic_write_text, ensure_folder, fsync_dir, read_json
 
 INDEX_FORMAT = "voxaug-speaker-index"
 INDEX_VERSION = 1
 MODES = ("speaker", "utterance")
 HNSW_NEIGHBOURS = 32
+HNSW_EF_SEARCH = 128
+"""Candidates HNSW keeps while searching (FAISS defaults to 16); benchmarks/embed_bench.py measures recall against it."""
+FAISS_KINDS = (b"IxFI", b"IHNf")  # the FAISS headers of IndexFlatIP and IndexHNSWFlat, the only kinds written
+PENDING_SUFFIX = ".pending"
+LOCK_POLL_S = 0.05
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -60,6 +67,8 @@ class SpeakerIndex:
     mean_norms: dict[str, float] = field(default_factory=dict)
     checkpoint: dict = field(default_factory=dict)
     frontend: dict = field(default_factory=dict)
+    built: faiss.Index | None = field(default=None, repr=False, compare=False)
+    """The FAISS index over ``vectors`` as loaded or last built; kept so an HNSW graph is not rebuilt on every load."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -80,6 +89,8 @@ class SpeakerIndex:
         if speaker in self.counts and not append:
             raise VoxaugError(f"speaker {speaker!r} is already enrolled; pass --append to add clips to it")
         if self.mode == "utterance":
+            if self.built is not None:
+                self.built.add(embeddings)  # HNSW and flat both grow in place: no rebuild for new utterances
             self.vectors = np.concatenate([self.vectors, embeddings])
             self.labels += [speaker] * len(embeddings)
             self.counts[speaker] = self.counts.get(speaker, 0) + len(embeddings)
@@ -93,6 +104,7 @@ class SpeakerIndex:
             self._drop_rows([row])
         mean = total / count
         norm = float(np.linalg.norm(mean))
+        self.built = None
         self.vectors = np.concatenate([self.vectors, (mean / norm).astype(np.float32)[None]])
         self.labels.append(speaker)
         self.counts[speaker], self.mean_norms[speaker] = count, norm
@@ -105,17 +117,23 @@ class SpeakerIndex:
         self.mean_norms.pop(speaker, None)
 
     def _drop_rows(self, rows: list[int]) -> None:
+        self.built = None
         keep = np.setdiff1d(np.arange(len(self.labels)), rows)
         self.vectors = self.vectors[keep]
         self.labels = [self.labels[i] for i in keep]
 
     # ---- searching -------------------------------------------------------------------------
     def faiss_index(self) -> faiss.Index:
-        index = faiss.IndexHNSWFlat(self.dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT) if self.hnsw \
-            else faiss.IndexFlatIP(self.dim)
-        if len(self.vectors):
-            index.add(self.vectors)
-        return index
+        """The FAISS index over ``vectors``: the loaded or last built one, else built now (HNSW builds are slow)."""
+        if self.built is None:
+            index = faiss.IndexHNSWFlat(self.dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT) if self.hnsw \
+                else faiss.IndexFlatIP(self.dim)
+            if self.hnsw:
+                index.hnsw.efSearch = HNSW_EF_SEARCH
+            if len(self.vectors):
+                index.add(self.vectors)
+            self.built = index
+        return self.built
 
     def search(self, queries: np.ndarray, top_k: int, index: faiss.Index | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (speaker, cosine) per query. In utterance mode speakers are ranked by votes among the
@@ -145,9 +163,16 @@ class SpeakerIndex:
 
     # ---- storage ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write FILE and FILE.json, each atomically; the sidecar records FILE's hash and goes last."""
+        """Write FILE and FILE.json so that a crash at any moment leaves a loadable pair.
+
+        The FAISS bytes go first to ``.FILE.<sha256>.pending`` (atomically); the sidecar, which
+        records that hash, is the commit point; then the pending file is renamed over FILE. A reader
+        that finds FILE older than the sidecar uses the pending file the sidecar names. Call under
+        :func:`index_lock`: the last step removes pending files of other (interrupted) writes.
+        """
         path = Path(path)
         data = faiss.serialize_index(self.faiss_index()).tobytes()
+        digest = hashlib.sha256(data).hexdigest()
         sidecar = {
             "format": INDEX_FORMAT,
             "version": INDEX_VERSION,
@@ -160,17 +185,22 @@ class SpeakerIndex:
             "mean_norms": self.mean_norms,
             "checkpoint": self.checkpoint,
             "frontend": self.frontend,
-            "index_sha256": hashlib.sha256(data).hexdigest(),
+            "index_sha256": digest,
         }
-        with atomic_output(path, "wb") as handle:
-            handle.write(data)
-        with atomic_output(sidecar_path(path), "w") as handle:
-            handle.write(json.dumps(sidecar, indent=1) + "\n")
+        if sidecar_path(path).is_dir():
+            raise file_error(sidecar_path(path), "is a folder; the index's sidecar goes there")
+        pending = pending_path(path, digest)
+        atomic_write_bytes(pending, data)
+        atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
+        os.replace(pending, path)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*{PENDING_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+        fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: str | Path) -> "SpeakerIndex":
         path, side = Path(path), sidecar_path(path)
-        if not path.is_file():
+        if not path.is_file() and not side.is_file():
             raise file_error(path, "speaker index not found")
         if not side.is_file():
             raise file_error(side, "the index's sidecar is missing (it records labels, checkpoint and front end)")
@@ -183,23 +213,46 @@ class SpeakerIndex:
             raise file_error(side, f"sidecar lacks {', '.join(missing)}")
         if meta["version"] != INDEX_VERSION:
             raise file_error(side, f"sidecar version {meta['version']} is not supported (expected {INDEX_VERSION})")
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
-            raise file_error(path, "index does not match its sidecar (modified, corrupt or from another write)")
+        _check_sidecar_types(meta, side)
+        data = _committed_bytes(path, meta["index_sha256"])
+        if data[:4] not in FAISS_KINDS:
+            raise file_error(path, f"not a FAISS flat or HNSW index (starts with {data[:4]!r})")
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        except RuntimeError as exc:
+        except (RuntimeError, MemoryError) as exc:
             raise file_error(path, "not a readable FAISS index") from exc
-        _check_sidecar_types(meta, side)
         dim, labels = meta["dimension"], meta["labels"]
         if index.d != dim or index.ntotal != len(labels):
             raise file_error(side, f"sidecar says {len(labels)} vectors of dimension {dim}, "
                                    f"the index holds {index.ntotal} of dimension {index.d}")
         vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, dim), dtype=np.float32)
+        if not np.isfinite(vectors).all():
+            raise file_error(path, "index vectors hold NaN or Inf values")
         return cls(dim=dim, mode=meta["per"], hnsw=meta.get("faiss") == "IndexHNSWFlat", labels=list(labels),
                    vectors=np.ascontiguousarray(vectors, dtype=np.float32), counts=dict(meta["counts"]),
                    mean_norms=dict(meta.get("mean_norms", {})), checkpoint=dict(meta["checkpoint"]),
-                   frontend=dict(meta["frontend"]))
+                   frontend=dict(meta["frontend"]), built=index)
+
+
+def pending_path(path: str | Path, digest: str) -> Path:
+    """Where :meth:`SpeakerIndex.save` stages the FAISS bytes with SHA-256 ``digest``."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{digest}{PENDING_SUFFIX}"
+
+
+def _committed_bytes(path: Path, digest: object) -> bytes:
+    """The index bytes the sidecar's hash names: FILE, or the staged file of a write cut short."""
+    data = path.read_bytes() if path.is_file() else b""
+    if hashlib.sha256(data).hexdigest() == digest:
+        return data
+    staged = pending_path(path, str(digest)) if isinstance(digest, str) and digest.isalnum() else None
+    if staged is not None and staged.is_file():
+        data = staged.read_bytes()
+        if hashlib.sha256(data).hexdigest() == digest:
+            return data
+    if not path.is_file():
+        raise file_error(path, "speaker index not found (its sidecar is there)")
+    raise file_error(path, "index does not match its sidecar (modified, corrupt or from another write)")
 
 
 def _check_sidecar_types(meta: dict, side: Path) -> None:
@@ -216,20 +269,42 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
 
 @contextmanager
 def index_lock(path: str | Path, timeout_s: float = 60.0) -> Iterator[None]:
-    """Exclusive lock (FILE.lock) around a read-modify-write of an index; waits up to ``timeout_s``."""
+    """Exclusive lock around a read-modify-write of an index; waits up to ``timeout_s``.
+
+    The lock is ``flock`` on FILE.lock, which the holder removes on release. A waiter that wins
+    the lock on a file already removed (or replaced) tries again on the current one, so two
+    processes never both hold it. A lock file left by a killed process holds no lock and is reused.
+    """
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s >= 0):
+        raise VoxaugError(f"--lock-timeout must be a number of seconds >= 0, got {timeout_s}")
     lock_path = Path(f"{path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    ensure_folder(lock_path.parent, "index folder")
     deadline = time.monotonic() + timeout_s
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise file_error(path, f"index is locked by another voxaug process (waited {timeout_s:g} s; "
+                                       f"lock file {lock_path.name})") from None
+            time.sleep(LOCK_POLL_S)
+            continue
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise file_error(path, f"index is locked by another voxaug process (waited {timeout_s:.0f} s)") from None
-                time.sleep(0.1)
         yield
     finally:
+        lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not unlinked or replaced since it was opened)."""
+    try:
+        held, current = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)

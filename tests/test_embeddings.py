@@ -90,6 +90,24 @@ def test_sidecar_round_trip(tmp_path):
     assert loaded.search(np.eye(4)[:1], 2)[0][0][0] == "s1"
 
 
+def test_a_loaded_hnsw_index_is_searched_as_saved_not_rebuilt(tmp_path, monkeypatch):
+    index = SpeakerIndex(dim=4, mode="utterance", hnsw=True)
+    index.add("s1", np.eye(4)[:2])
+    index.add("s2", np.eye(4)[2:])
+    index.save(tmp_path / "i.faiss")
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the HNSW graph was rebuilt on load")
+
+    monkeypatch.setattr("voxaug.embeddings.index.faiss.IndexHNSWFlat", no_rebuild)
+    loaded = SpeakerIndex.load(tmp_path / "i.faiss")
+    assert loaded.faiss_index().hnsw.efSearch == 128
+    assert loaded.search(np.eye(4)[2:3], 1)[0][0][0] == "s2"
+    loaded.add("s3", np.array([[1.0, 1.0, 0.0, 0.0]]))  # new utterances grow the loaded graph in place
+    _, rows = loaded.faiss_index().search(np.array([[0.6, 0.8, 0.0, 0.0]], dtype=np.float32), 1)
+    assert loaded.faiss_index().ntotal == 5 and loaded.labels[rows[0][0]] == "s3"
+
+
 def test_utterance_index_votes(tmp_path):
     index = SpeakerIndex(dim=2, mode="utterance", hnsw=True)
     index.add("a", np.array([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05]]))

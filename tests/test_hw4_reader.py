@@ -80,7 +80,7 @@ BAD_INPUTS = [
     ("malformed mapping", lambda r: (r / "mapping.json").write_text("[1, 2"), ["mapping.json", "malformed JSON"]),
     ("mapping without speaker2id", lambda r: (r / "mapping.json").write_text("{}"), ["mapping.json", "speaker2id"]),
     ("missing feature file", lambda r: (r / "uttr-0000.pt").unlink(), ["uttr-0000.pt", "not found"]),
-    ("unreadable feature file", lambda r: (r / "uttr-0000.pt").write_bytes(b"garbage bytes"), ["uttr-0000.pt", "not a readable"]),
+    ("unreadable feature file", lambda r: (r / "uttr-0000.pt").write_bytes(b"garbage bytes"), ["uttr-0000.pt", "corrupt"]),
     ("empty file", lambda r: (r / "uttr-0000.pt").write_bytes(b""), ["uttr-0000.pt", "empty"]),
     ("not a tensor", lambda r: _set_first_feature(r, {"a": 1}), ["uttr-0000.pt", "found dict"]),
     ("1-D tensor", lambda r: _set_first_feature(r, torch.zeros(40)), ["uttr-0000.pt", "2-D"]),

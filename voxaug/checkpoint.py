@@ -21,6 +21,7 @@ REQUIRED_KEYS = ("format", "version", "config", "frontend", "speakers", "model",
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors and plain values only) atomically, tagged with the format and version."""
     atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state})
 
 
@@ -32,7 +33,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise file_error(path, f"checkpoint lacks {', '.join(missing)}")
-    if state["version"] != CHECKPOINT_VERSION:
+    if state["version"] != CHECKPOINT_VERSION or isinstance(state["version"], bool):
         raise file_error(path, f"checkpoint format version {state['version']} is not supported (expected {CHECKPOINT_VERSION})")
     return state
 
@@ -48,14 +49,32 @@ class LoadedModel:
     path: Path
 
 
+def _check_model_fields(state: dict[str, Any], path: str | Path) -> None:
+    """The fields inference needs, of the right types, with finite weights."""
+    for key, kind in (("config", dict), ("frontend", dict), ("model", dict), ("speakers", list)):
+        if not isinstance(state[key], kind):
+            raise file_error(path, f"checkpoint field {key!r} must be a {kind.__name__}, found {type(state[key]).__name__}")
+    if not all(isinstance(name, str) for name in state["speakers"]):
+        raise file_error(path, "checkpoint field 'speakers' must list speaker names")
+    for name, tensor in state["model"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise file_error(path, f"checkpoint weight {name!r} is not a tensor")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise file_error(path, f"checkpoint weight {name!r} holds NaN or Inf values")
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Build the checkpoint's model with its weights, in eval mode on ``device``."""
     state = load_checkpoint(path)
+    _check_model_fields(state, path)
     try:
         config = TrainConfig.from_dict(state["config"])
         frontend = FrontendConfig.from_dict(state["frontend"])
         model = build_model(config.model)
         model.load_state_dict(state["model"])
-    except (VoxaugError, RuntimeError, TypeError, KeyError) as exc:
+    except (VoxaugError, RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
         raise file_error(path, f"checkpoint does not match its own configuration ({str(exc).splitlines()[0]})") from exc
+    if len(state["speakers"]) != config.model.num_classes:
+        raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.num_classes} classes")
     model.to(device).eval()
     return LoadedModel(model, config, frontend, list(state["speakers"]), Path(path))

@@ -5,6 +5,7 @@ Precedence is preset < TOML file < command line. Unknown keys are refused, never
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,6 +50,10 @@ class TrainConfig:
                 raise VoxaugError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.warmup < 0:
             raise VoxaugError(f"--warmup must be >= 0, got {self.warmup}")
+        for name, value in (("--lr", self.lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip),
+                            ("--scale", self.model.scale), ("--margin", self.model.margin)):
+            if not math.isfinite(value):
+                raise VoxaugError(f"{name} must be a finite number, got {value}")
         if not self.lr > 0:
             raise VoxaugError(f"--lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip <= 0:
@@ -62,11 +67,33 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
+        """Build from plain values (config.json, a checkpoint, TOML); unknown keys and wrong types are refused."""
+        if not isinstance(values, dict):
+            raise VoxaugError(f"{where}: expected a table of settings, got {type(values).__name__}")
         values = dict(values)
-        model = ModelConfig.from_dict(values.pop("model", {}))
-        _refuse_unknown(values, cls, "config")
-        return cls(model=model, **values)
+        model_values = values.pop("model", {})
+        if not isinstance(model_values, dict):
+            raise VoxaugError(f"{where}: [model] must be a table, got {type(model_values).__name__}")
+        _refuse_unknown(values, cls, where)
+        check_types(values, cls, where)
+        check_types(model_values, ModelConfig, f"{where} [model]")
+        return cls(model=ModelConfig.from_dict(model_values), **values)
+
+
+SCALAR_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_types(values: dict, kind: type, where: str) -> None:
+    """Each scalar setting of the type its dataclass field declares (a TOML ``steps = "many"`` fails here)."""
+    declared = {f.name: f.type for f in fields(kind)}
+    for key, value in values.items():
+        accepted = SCALAR_TYPES.get(str(declared.get(key)))
+        if accepted is None:
+            continue
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise VoxaugError(f"{where}: {key} must be {'a' if accepted[-1] is not int else 'an'} "
+                              f"{accepted[-1].__name__}, got {value!r}")
 
 
 def _refuse_unknown(values: dict, kind: type, where: str) -> None:
@@ -150,6 +177,9 @@ def resolve_config(
 ) -> TrainConfig:
     """Preset, then the TOML file's keys (``[model]`` and ``[augment]`` tables), then CLI values."""
     file_values = load_toml(toml_path) if toml_path else {}
+    for table in ("model", "augment", "frontend"):
+        if not isinstance(file_values.get(table, {}), dict):
+            raise file_error(toml_path, f"[{table}] must be a table, got {file_values[table]!r}")
     preset = (overrides or {}).get("preset") or file_values.get("preset") or preset
     config = create_config(preset)
     base = config.to_dict()
@@ -159,6 +189,8 @@ def resolve_config(
     if toml_path:
         try:
             _refuse_unknown(file_values, TrainConfig, str(toml_path))
+            check_types(file_values, TrainConfig, str(toml_path))
+            check_types(model_values, ModelConfig, f"{toml_path} [model]")
             ModelConfig.from_dict(model_values)
         except VoxaugError as exc:
             raise VoxaugError(str(exc)) from exc

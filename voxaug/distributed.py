@@ -6,20 +6,37 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from voxaug.device import resolve_device
 from voxaug.errors import VoxaugError
 
+T = TypeVar("T")
+RANK_SEED_STRIDE = 1_000_003  # rank r's generators start at seed + r * stride: apart from the run's seed + 1, + 2
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random streams (augmentation, dropout); rank 0 keeps ``seed``."""
+    return seed + rank * RANK_SEED_STRIDE
+
+
+class RankFailed(VoxaugError):
+    """Raised on the other ranks when rank 0 failed (and already said why)."""
+
 
 @dataclass(frozen=True)
 class DistContext:
+    """This process's place in the run: rank, world size, its device; world size 1 without torchrun."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -29,9 +46,29 @@ class DistContext:
     def active(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def backend(self) -> str:
+        return dist.get_backend() if self.active else "none"
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def all_true(self, flag: bool) -> bool:
+        """True when ``flag`` is true on every rank: a decision all ranks then take together."""
+        if not self.active:
+            return flag
+        tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
+
+    def sums(self, values: list[float]) -> list[float]:
+        """Element-wise sums over ranks (e.g. correct answers and counts of a sharded evaluation)."""
+        if not self.active:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(tensor)
+        return [float(v) for v in tensor.tolist()]
 
     def mean(self, value: float) -> float:
         """Average a number over ranks."""
@@ -48,6 +85,21 @@ class DistContext:
         gathered: list[object] = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
+
+    def gather_to_main(self, value: object) -> list[object] | None:
+        """Every rank's ``value`` in rank order on rank 0 (None elsewhere): results only rank 0 writes."""
+        if not self.active:
+            return [value]
+        gathered: list[object] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (batch-norm running statistics) to every rank: DDP only does so
+        at the start of a forward, so after the last step each rank's statistics differ slightly."""
+        if self.active:
+            for buffer in module.buffers():
+                dist.broadcast(buffer.data, src=0)
 
     def broadcast_object(self, value: object) -> object:
         """Rank 0's ``value`` on every rank."""
@@ -68,6 +120,7 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     if world_size <= 1:
         return DistContext(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     if device.type == "cuda":
         if torch.cuda.device_count() <= local_rank:
             raise VoxaugError(f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible)")
@@ -75,10 +128,40 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
+                       local_world_size=local_world_size)
 
 
-def shutdown(context: DistContext) -> None:
+def main_only(context: DistContext, action: Callable[[], T]) -> T | None:
+    """Run ``action`` (writing outputs) on rank 0 only; the other ranks wait until it is done and
+    stop with :class:`RankFailed` if it failed, so none is left waiting in a later collective."""
+    if not context.active:
+        return action()
+    if context.is_main:
+        try:
+            result = action()
+        except BaseException as exc:
+            context.broadcast_object(str(exc) or type(exc).__name__)
+            raise
+        context.broadcast_object(None)
+        return result
+    failure = context.broadcast_object(None)
+    if failure is not None:
+        raise RankFailed(f"rank {context.rank}: stopping because rank 0 failed: {failure}")
+    return None
+
+
+def main_first(context: DistContext, action: Callable[[], T]) -> T:
+    """Run ``action`` on rank 0, then on the other ranks, e.g. rank 0 builds the packed store that
+    the others then find in the cache. A failure on rank 0 stops every rank (see :func:`main_only`)."""
+    result = main_only(context, action)
+    return result if context.is_main else action()
+
+
+def shutdown(context: DistContext, clean: bool = True) -> None:
+    """Leave the process group; after a clean run wait for every rank first (rank 0 may still be
+    writing), after an error leave at once (the other ranks may be stuck in a collective)."""
     if context.active and dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from voxaug.data.batching import whole_batches
+from voxaug.data.batching import frame_budget, whole_batches
 from voxaug.data.store import PackedStore
 
 
@@ -21,7 +21,7 @@ def run_model(
     store: PackedStore,
     indices: np.ndarray,
     device: torch.device,
-    max_frames: int = 40000,
+    max_frames: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (N, E) and logits (N, C) for ``indices``, in that order, on the CPU in float32."""
     was_training = model.training
@@ -29,7 +29,7 @@ def run_model(
     indices = np.asarray(indices, dtype=np.int64)
     position = {int(index): row for row, index in enumerate(indices)}
     embeddings = logits = None
-    for batch in whole_batches(store, indices, max_frames=max_frames):
+    for batch in whole_batches(store, indices, max_frames=max_frames or frame_budget(device)):
         with autocast_for(device):
             batch_embeddings, batch_logits = model(batch.features.to(device), batch.lengths.to(device))
         if embeddings is None:

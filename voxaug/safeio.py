@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,17 +17,87 @@ import torch
 from voxaug.errors import file_error
 
 
+TMP_SUFFIX = ".tmp"
+STALE_UNOWNED_S = 3600.0
+
+
+def ensure_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Create ``folder`` (and parents) or raise naming it, e.g. when a file already has that name."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise file_error(folder, f"{what} is an existing file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise file_error(folder, f"cannot create the {what} ({exc.strerror or exc})") from exc
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def clean_stale_temps(path: str | Path) -> list[Path]:
+    """Remove temp files of ``path`` left by writers that died (SIGKILL, power loss); return them.
+
+    Temp names are ``.NAME.PID.RANDOM.tmp``: one whose PID is no longer running is stale. One from
+    a live process (a concurrent writer) is left alone; one with no readable PID only after an hour.
+    """
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}."
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(TMP_SUFFIX)]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        parts = candidate.name[len(prefix) : -len(TMP_SUFFIX)].split(".")
+        try:
+            if len(parts) == 2 and parts[0].isdigit():
+                stale = int(parts[0]) != os.getpid() and not _pid_alive(int(parts[0]))
+            elif len(parts) == 1:  # an older ``.NAME.RANDOM.tmp`` with no PID
+                stale = time.time() - candidate.stat().st_mtime > STALE_UNOWNED_S
+            else:  # another file's temp (``.NAME.json.PID.RANDOM.tmp``)
+                continue
+            if stale:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            continue
+    return removed
+
+
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+NEW_FILE_MODE = 0o666 & ~_read_umask()  # what open() gives a new file; mkstemp's own 0o600 would hide outputs
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a torn one.
+    A crash at any moment leaves either the old file or the new one, never a torn one; temp files
+    of writers that were killed are removed on the next write of the same file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    ensure_folder(path.parent)
+    if path.is_dir():
+        raise file_error(path, "is a folder; expected a file name to write")
+    clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, mode) as handle:
+            os.fchmod(handle.fileno(), path.stat().st_mode & 0o7777 if path.exists() else NEW_FILE_MODE)
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -35,10 +106,11 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort where the file system refuses)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -86,6 +158,11 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
             raise file_error(
                 path, f"refused: the {what} holds pickled objects other than tensors and plain values "
                 "(loading it could run code)"
+            ) from exc
+        if "Weights only load failed" in detail:
+            raise file_error(
+                path, f"refused: the {what} holds pickle instructions a weights-only load does not accept "
+                "(corrupt, or built to run code)"
             ) from exc
         raise file_error(path, f"not a readable {what} (corrupt or not a torch file)") from exc
     except Exception as exc:  # torch.load raises many types on corrupt input (struct.error, KeyError, ...)

@@ -1,34 +1,48 @@
 """The training loop: random segments from the packed store, batch augmentations, AdamW with
-warm-up and cosine decay, periodic clean evaluation, atomic checkpoints and exact resume."""
+warm-up and cosine decay, periodic clean evaluation, atomic checkpoints and exact resume.
+
+Under torchrun the same loop runs on every rank with DistributedDataParallel: each rank draws its
+own share of the utterances and its own augmentation masks, evaluation is sharded and reduced,
+and only rank 0 writes the run folder."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
 from voxaug.checkpoint import load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig
-from voxaug.data.audio_store import open_training_store, require_audio
+from voxaug.data.audio_store import default_workers, open_training_store, require_audio
 from voxaug.data.batching import SegmentSampler
-from voxaug.data.sources import open_source
+from voxaug.data.sources import DatasetSource, open_source
+from voxaug.data.store import PackedStore
 from voxaug.data.split import stratified_split
 from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.device import resolve_device
+from voxaug.distributed import DistContext, main_first, main_only, rank_seed
 from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig
-from voxaug.inference import accuracy, autocast_for
+from voxaug.inference import accuracy, autocast_for, run_model
 from voxaug.model import build_model
 from voxaug.plot import plot_runs, read_metrics
 from voxaug.safeio import atomic_write_json, atomic_write_text, read_json
+
+TRACE_ENV = "VOXAUG_TRACE_BATCHES"
+TRACE_FILE = "batch_trace.jsonl"
 
 
 @dataclass
@@ -69,7 +83,11 @@ def set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """Owns one run: its data, model, optimizer, sampler, augmentations and run folder."""
+    """Owns one run: its data, model, optimizer, sampler, augmentations and run folder.
+
+    ``model`` is the plain module (what checkpoints hold); ``forward_model`` is what a training
+    step calls: the same module, or its DistributedDataParallel wrapper under torchrun.
+    """
 
     def __init__(
         self,
@@ -81,16 +99,20 @@ class Trainer:
         frontend: FrontendConfig | None = None,
         workers: int | None = None,
         strict: bool = False,
+        context: DistContext | None = None,
     ) -> None:
         """``workers``: featurising/augmenting processes for audio (default from the CPU count);
-        ``strict``: a bad audio file stops the run instead of being skipped and counted."""
+        ``strict``: a bad audio file stops the run instead of being skipped and counted;
+        ``context``: this process's rank under torchrun (``voxaug.distributed.init_distributed``)."""
         config.validate()
         config.augment = {**config.augment, "names": resolve_names(config.augment)}  # the default when none named
         self.pipeline = build_pipeline(config.augment["names"], config.augment)
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.dist = context or DistContext(device=resolve_device(config.device))
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress and self.dist.is_main
         self.data = Path(data)
-        self.device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
+        self.device = self.dist.device
+        self.trace_steps = _trace_steps()
+        torch.manual_seed(config.seed)  # the same on every rank: the same initial weights
 
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         source = open_source(self.data, frontend)
@@ -98,7 +120,8 @@ class Trainer:
         wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
         if wave is not None:
             require_audio(source)  # before any featurising: `wave` needs waveforms
-        self.store, self.skipped_files = open_training_store(source, cache_dir, progress, workers, strict)
+        self.store, self.skipped_files = main_first(  # rank 0 packs the store; the others then open it
+            self.dist, lambda: self._open_store(source, cache_dir, workers, strict))
         self.speakers = self.store.speakers
         self.train_indices, self.val_indices = stratified_split(
             self.store.labels, config.val_fraction, config.seed, self.store.groups
@@ -110,17 +133,26 @@ class Trainer:
         config.model.n_mels = self.store.n_mels
         config.model.num_classes = len(self.speakers)
         self.model = build_model(config.model).to(self.device)
+        self.forward_model: nn.Module = self.model
+        if self.dist.active:
+            torch.manual_seed(rank_seed(config.seed, self.dist.rank))  # dropout differs between ranks
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
             fused=self.device.type == "cuda",
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        rank, world = self.dist.rank, self.dist.world_size
         if wave is not None:
+            if workers is None and self.dist.active:  # the machine's cores are shared by its ranks
+                workers = default_workers() // self.dist.local_world_size
             self.sampler = WaveBatchSource(self.store, source.root, self.train_indices, config.batch, config.segment,
-                                           config.seed, self.frontend, wave, workers)
+                                           config.seed, self.frontend, wave, workers, rank=rank, world=world)
         else:
-            self.sampler = SegmentSampler(self.store, self.train_indices, config.batch, config.segment, config.seed)
-        self.augment_generator = torch.Generator(device=self.device).manual_seed(config.seed + 2)
+            self.sampler = SegmentSampler(self.store, self.train_indices, config.batch, config.segment, config.seed,
+                                          rank=rank, world=world)
+        self.augment_generator = torch.Generator(device=self.device).manual_seed(rank_seed(config.seed, rank) + 2)
         self.step = 0
         self.best_val_acc: float | None = None
         self.best_step = 0
@@ -128,8 +160,23 @@ class Trainer:
         self.bad_in_row = 0
         self.skipped_steps = 0
 
+    def _open_store(self, source: DatasetSource, cache_dir: str | Path | None, workers: int | None,
+                    strict: bool) -> tuple[PackedStore, list[dict]]:
+        """The packed store and the files skipped; ranks other than 0 open what rank 0 built and
+        stay quiet about skipped files (rank 0 has said it)."""
+        if self.dist.is_main:
+            return open_training_store(source, cache_dir, self.progress, workers, strict)
+        with contextlib.redirect_stderr(io.StringIO()):
+            return open_training_store(source, cache_dir, False, workers, strict)
+
     # ---- state -------------------------------------------------------------------------------
-    def state(self, include_optimizer: bool = True) -> dict:
+    def rank_state(self) -> dict:
+        """What differs between ranks: the sampler's share and position, augmentation and RNG streams."""
+        return {"sampler": self.sampler.state_dict(), "augment_generator": self.augment_generator.get_state(),
+                "rng": rng_state()}
+
+    def state(self, include_optimizer: bool = True, ranks: list | None = None) -> dict:
+        """The checkpoint; ``ranks`` (every rank's :meth:`rank_state`, gathered) is stored under DDP."""
         state = {
             "config": self.config.to_dict(),
             "frontend": self.frontend.to_dict(),
@@ -143,13 +190,9 @@ class Trainer:
             "data": str(self.data),
         }
         if include_optimizer:
-            state.update(
-                optimizer=self.optimizer.state_dict(),
-                scaler=self.scaler.state_dict(),
-                sampler=self.sampler.state_dict(),
-                augment_generator=self.augment_generator.get_state(),
-                rng=rng_state(),
-            )
+            state.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), **self.rank_state())
+            if self.dist.active:
+                state.update(world_size=self.dist.world_size, ranks=ranks)
         return state
 
     def resume(self, path: Path) -> None:
@@ -163,12 +206,19 @@ class Trainer:
         ]
         if mismatched:
             raise file_error(path, f"cannot resume with a different {', '.join(mismatched)}; use the run's config.json")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            launch = f"torchrun --nproc_per_node={saved_world} -m voxaug train" if saved_world > 1 else "voxaug train"
+            raise file_error(path, f"was written by a run on {saved_world} process(es), this one has "
+                                   f"{self.dist.world_size}; each rank's data share and random streams are saved "
+                                   f"per rank, so resume with the same count ({launch} ... --resume)")
+        mine = state["ranks"][self.dist.rank] if self.dist.active else state
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.augment_generator.set_state(state["augment_generator"])
-        set_rng_state(state["rng"])
+        self.sampler.load_state_dict(mine["sampler"])
+        self.augment_generator.set_state(mine["augment_generator"])
+        set_rng_state(mine["rng"])
         self.step = int(state["step"])
         self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
         self.elapsed_before = float(state["elapsed_s"])
@@ -181,12 +231,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.config)
         batch = self.sampler.next_batch().to(self.device)
+        self._trace(batch.indices)
         augmented = self.pipeline(TrainBatch.from_labels(batch.features, batch.lengths, batch.labels), self.augment_generator)
         with autocast_for(self.device):
-            _, logits = self.model(augmented.features, augmented.lengths)
+            _, logits = self.forward_model(augmented.features, augmented.lengths)
             loss = total_loss(self.model, logits, augmented)
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank skips, or none: DDP's all-reduce needs all
             self.bad_in_row += 1
             self.skipped_steps += 1
             if self.bad_in_row >= self.config.max_bad_steps:
@@ -205,31 +256,68 @@ class Trainer:
         return float(loss.detach()), batch_acc
 
     # ---- evaluation and saving -----------------------------------------------------------------
+    def _trace(self, indices: torch.Tensor) -> None:
+        """With ``VOXAUG_TRACE_BATCHES=N``, rank 0 appends the utterances every rank drew in each of
+        the first N steps to ``RUN/batch_trace.jsonl`` (one line per rank and step): a check that
+        ranks see different utterances."""
+        if self.step >= self.trace_steps:
+            return
+        gathered = self.dist.gather_to_main([self.store.keys[i] for i in indices.tolist()])
+        if self.dist.is_main:
+            with open(self.run_dir / TRACE_FILE, "a", encoding="utf-8") as trace:
+                for rank, keys in enumerate(gathered):
+                    trace.write(json.dumps({"step": self.step + 1, "rank": rank, "keys": keys}) + "\n")
+
+    def _accuracy(self, indices: np.ndarray) -> float | None:
+        """Clean top-1 accuracy on ``indices``; under DDP each rank scores every world-th one and
+        the counts are summed, so every rank gets the same number."""
+        if not self.dist.active:
+            return accuracy(self.model, self.store, indices, self.device)
+        if len(indices) == 0:
+            return None
+        share = np.asarray(indices)[self.dist.rank :: self.dist.world_size]
+        correct = 0
+        if len(share):
+            _, logits = run_model(self.model, self.store, share, self.device)
+            correct = int((logits.argmax(dim=1) == torch.as_tensor(self.store.labels[share])).sum())
+        correct_all, count = self.dist.sums([correct, len(share)])
+        return correct_all / count
+
     def evaluate(self, mean_loss: float | None) -> dict:
-        train_acc = accuracy(self.model, self.store, self.train_eval_indices, self.device)
-        val_acc = accuracy(self.model, self.store, self.val_indices, self.device)
+        """Clean accuracies, the loss averaged over ranks; rank 0 saves checkpoints, metrics and curves."""
+        self.dist.sync_buffers(self.model)  # every rank scores with rank 0's batch-norm statistics
+        train_acc = self._accuracy(self.train_eval_indices)
+        val_acc = self._accuracy(self.val_indices)
         row = {
             "step": self.step,
-            "loss": mean_loss,
+            "loss": None if mean_loss is None else self.dist.mean(mean_loss),
             "train_acc": train_acc,
             "val_acc": val_acc,
             "lr": lr_at(max(0, self.step - 1), self.config),
             "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.started, 3),
         }
         improved = val_acc is not None and (self.best_val_acc is None or val_acc > self.best_val_acc)
-        if improved or (val_acc is None and self.best_step == 0):
+        save_best = improved or (val_acc is None and self.best_step == 0)
+        if save_best:
             self.best_val_acc, self.best_step = val_acc, self.step
-            save_checkpoint(self.run_dir / "best.pt", self.state(include_optimizer=False))
-        save_checkpoint(self.run_dir / "last.pt", self.state())
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
-            log.write(json.dumps(row) + "\n")
-        plot_runs([self.run_dir], self.run_dir / "curves.png")
+        ranks = self.dist.gather_to_main(self.rank_state()) if self.dist.active else None
+
+        def save() -> None:
+            if save_best:
+                save_checkpoint(self.run_dir / "best.pt", self.state(include_optimizer=False))
+            save_checkpoint(self.run_dir / "last.pt", self.state(ranks=ranks))
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+                log.write(json.dumps(row) + "\n")
+            plot_runs([self.run_dir], self.run_dir / "curves.png")
+
+        main_only(self.dist, save)  # the other ranks wait for it: none runs ahead of what is saved
         return row
 
     def write_config(self) -> None:
         """The resolved config, plus (under ``run``) what this run derived from it."""
         run = {"data": str(self.data), "frontend": self.frontend.to_dict(), "augmentations": repr(self.pipeline),
-               "device": str(self.device), "world_size": 1, "train_utterances": len(self.train_indices),
+               "device": str(self.device), "world_size": self.dist.world_size,
+               "batch_per_step": self.config.batch * self.dist.world_size, "train_utterances": len(self.train_indices),
                "val_utterances": len(self.val_indices), "speakers": len(self.speakers),
                "skipped_files": len(self.skipped_files)}
         atomic_write_json(self.run_dir / "config.json", {**self.config.to_dict(), "run": run})
@@ -255,18 +343,27 @@ class Trainer:
             atomic_write_json_lines(path, rows)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainSummary:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _open_run(self, resume: bool) -> None:
+        """Check the run folder (rank 0 creates it) and, for ``resume``, load last.pt."""
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         last = self.run_dir / "last.pt"
-        self.started = time.perf_counter()
         if resume:
             if not last.exists():
                 raise file_error(last, "nothing to resume: no last.pt in the run folder")
             self.resume(last)
-            self._truncate_metrics()
         elif last.exists():
             raise file_error(self.run_dir, "already holds a run (last.pt); pass --resume to continue it or choose another --out")
+
+    def _start_log(self, resume: bool) -> None:
+        if resume:
+            self._truncate_metrics()
         self.write_config()
+
+    def fit(self, resume: bool = False) -> TrainSummary:
+        self.started = time.perf_counter()
+        main_first(self.dist, lambda: self._open_run(resume))  # every rank loads the same last.pt
+        main_only(self.dist, lambda: self._start_log(resume))
         losses: list[float] = []
         row: dict = {}
         bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
@@ -291,6 +388,16 @@ class Trainer:
             train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
             elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
         )
+
+
+def _trace_steps() -> int:
+    """``VOXAUG_TRACE_BATCHES``: how many first steps to trace (0 when unset)."""
+    value = os.environ.get(TRACE_ENV, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise VoxaugError(f"{TRACE_ENV}={value!r}: expected a number of steps")
+    return int(value)
 
 
 def atomic_write_json_lines(path: Path, lines: list[str]) -> None:

@@ -31,6 +31,20 @@ class Batch:
         )
 
 
+def check_shard(count: int, rank: int, world: int) -> None:
+    """Refuse a rank outside the world, or fewer training utterances than ranks."""
+    if not 0 <= rank < world:
+        raise VoxaugError(f"rank {rank} is outside a world of {world} processes")
+    if count < world:
+        raise VoxaugError(f"{count} training utterances cannot be shared by {world} processes; use fewer processes")
+
+
+def rank_share(permuted: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s share of an epoch's permutation: every ``world``-th item, all shares equally long."""
+    share = len(permuted) // world
+    return permuted[rank : share * world : world]
+
+
 def pad_batch(tensors: list[torch.Tensor], n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad a list of (T_i, n_mels) tensors into (B, max T, n_mels) plus lengths (B,)."""
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
@@ -45,7 +59,9 @@ class SegmentSampler:
 
     All randomness comes from one seeded ``torch.Generator`` whose state, with the permutation and
     cursor, is the sampler's state: a resumed run draws exactly the batches it would have drawn.
-    Under DDP each rank takes every ``world``-th item of the shared permutation.
+    Under DDP every rank draws the same permutation (same seed) and takes every ``world``-th item
+    of it, so ranks see different utterances; the last ``len % world`` items of an epoch are left
+    out so that every rank's share has the same length and the ranks' generators stay in step.
     """
 
     def __init__(
@@ -62,6 +78,7 @@ class SegmentSampler:
             raise VoxaugError("no training utterances left after the validation split")
         if batch_size <= 0 or segment <= 0:
             raise VoxaugError(f"batch size and segment must be positive, got {batch_size} and {segment}")
+        check_shard(len(indices), rank, world)
         self.store, self.indices = store, torch.as_tensor(indices, dtype=torch.long)
         self.batch_size, self.segment = batch_size, segment
         self.rank, self.world = rank, world
@@ -72,7 +89,7 @@ class SegmentSampler:
 
     def _new_order(self) -> torch.Tensor:
         permuted = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
-        return permuted[self.rank :: self.world] if len(permuted) >= self.world else permuted
+        return rank_share(permuted, self.rank, self.world)
 
     def next_batch(self) -> Batch:
         chosen, count = [], 0
@@ -104,22 +121,34 @@ class SegmentSampler:
         self.epoch, self.cursor, self.order = int(state["epoch"]), int(state["cursor"]), state["order"]
 
 
-def whole_batches(
-    store: PackedStore,
-    indices: np.ndarray,
-    max_frames: int = 40000,
-    max_batch: int = 64,
-) -> Iterator[Batch]:
-    """Whole utterances sorted by length and bucketed so that a batch holds at most ``max_frames``
-    padded frames: little padding, bounded memory. Yields batches in length order."""
-    indices = np.asarray(indices, dtype=np.int64)
-    order = indices[np.argsort(store.lengths[indices], kind="stable")]
+def frame_budget(device: torch.device) -> int:
+    """Padded frames per evaluation batch. On the CPU small batches are faster (attention memory
+    grows with T² per batch: 4,000 frames embed about twice as fast as 40,000); a GPU wants big ones."""
+    return 40000 if device.type == "cuda" else 4000
+
+
+def length_buckets(lengths: list[int] | np.ndarray, max_frames: int, max_batch: int = 64) -> Iterator[list[int]]:
+    """Positions of ``lengths`` sorted by length and cut into batches of at most ``max_batch`` items
+    and ``max_frames`` padded frames (a longer item gets a batch of its own): little padding, bounded memory."""
+    order = sorted(range(len(lengths)), key=lambda i: int(lengths[i]))
     start = 0
     while start < len(order):
         stop = start + 1
-        while stop < len(order) and stop - start < max_batch and (stop - start + 1) * store.lengths[order[stop]] <= max_frames:
+        while stop < len(order) and stop - start < max_batch and (stop - start + 1) * int(lengths[order[stop]]) <= max_frames:
             stop += 1
-        chunk = order[start:stop]
+        yield order[start:stop]
+        start = stop
+
+
+def whole_batches(
+    store: PackedStore,
+    indices: np.ndarray,
+    max_frames: int = 4000,
+    max_batch: int = 64,
+) -> Iterator[Batch]:
+    """Whole utterances in length order, batched by :func:`length_buckets`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    for positions in length_buckets(store.lengths[indices], max_frames, max_batch):
+        chunk = indices[positions]
         features, lengths = pad_batch([store.utterance(int(i)) for i in chunk], store.n_mels)
         yield Batch(features, lengths, torch.as_tensor(store.labels[chunk]), torch.as_tensor(chunk))
-        start = stop

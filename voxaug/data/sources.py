@@ -59,16 +59,16 @@ def _stat_fingerprint(paths: list[Path], extra: str = "") -> str:
     return digest.hexdigest()
 
 
-def resolve_inside(root: Path, relative: object, listed_in: Path) -> Path:
+def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "feature_path") -> Path:
     """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and symlinks that escape it."""
     if not isinstance(relative, str) or not relative:
-        raise file_error(listed_in, f"feature_path must be a non-empty string, got {relative!r}")
+        raise file_error(listed_in, f"{field} must be a non-empty string, got {relative!r}")
     if os.path.isabs(relative):
-        raise file_error(listed_in, f"feature_path {relative!r} is absolute; paths must be relative to the dataset folder")
+        raise file_error(listed_in, f"{field} {relative!r} is absolute; paths must be relative to the dataset folder")
     resolved = (root / relative).resolve()
     root_resolved = root.resolve()
     if resolved != root_resolved and root_resolved not in resolved.parents:
-        raise file_error(listed_in, f"feature_path {relative!r} points outside the dataset folder {root}")
+        raise file_error(listed_in, f"{field} {relative!r} points outside the dataset folder {root}")
     return resolved
 
 

@@ -78,7 +78,10 @@ class PackedStore:
             except VoxaugError:
                 index = None
             if isinstance(index, dict) and index.get("fingerprint") == fingerprint and index.get("version") == STORE_VERSION:
-                return cls._from_index(folder, index, rebuilt=False)
+                try:
+                    return cls._from_index(folder, index, rebuilt=False)
+                except (KeyError, TypeError, ValueError, OSError):
+                    pass  # a damaged cache (features file truncated or replaced): rebuild it from the source
         if builder is not None:
             index = builder(source, folder, fingerprint, progress)
         else:
@@ -90,6 +93,9 @@ class PackedStore:
         lengths = np.asarray(index["lengths"], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         total, n_mels = int(lengths.sum()), int(index["n_mels"])
+        expected = total * n_mels * np.dtype(np.float32).itemsize
+        if (folder / FEATURES_FILE).stat().st_size != expected or len(index["labels"]) != len(lengths):
+            raise ValueError(f"{folder / FEATURES_FILE}: size does not match {INDEX_FILE}")
         features = np.memmap(folder / FEATURES_FILE, dtype=np.float32, mode="r", shape=(total, n_mels))
         return cls(
             folder=folder,

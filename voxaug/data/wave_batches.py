@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from voxaug.audio import read_audio
 from voxaug.augment.wave import WaveAugmentation, example_seed
 from voxaug.data.audio_store import default_workers, single_thread_worker
-from voxaug.data.batching import Batch
+from voxaug.data.batching import Batch, check_shard, rank_share
 from voxaug.data.store import PackedStore
 from voxaug.errors import VoxaugError
 from voxaug.features import FrontendConfig, log_mel
@@ -85,6 +85,7 @@ class WaveBatchSource:
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
             raise VoxaugError(f"--workers must be >= 0, got {self.workers}")
+        check_shard(len(indices), rank, world)
         self.store, self.indices = store, torch.as_tensor(indices, dtype=torch.long)
         self.batch_size, self.segment = batch_size, segment
         self.rank, self.world = rank, world
@@ -99,9 +100,10 @@ class WaveBatchSource:
 
     # ---- planning (main process) ----------------------------------------------------------------
     def _new_order(self) -> torch.Tensor:
-        """This epoch's permutation; under DDP each rank takes every ``world``-th item of the shared one."""
+        """This epoch's permutation; under DDP each rank takes every ``world``-th item of the shared one
+        (shares of equal length, see :func:`~voxaug.data.batching.rank_share`)."""
         permuted = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
-        return permuted[self.rank :: self.world] if len(permuted) >= self.world else permuted
+        return rank_share(permuted, self.rank, self.world)
 
     def _planner_state(self) -> dict:
         # `order` is replaced each epoch, never changed in place, so sharing it is safe (and cheap)

@@ -1,0 +1,162 @@
+"""torchrun on CPU (gloo, 2 processes): DDP training writes one run from rank 0 while the ranks draw
+different utterances, resumes exactly, and sharded embedding writes what one process writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from voxaug.checkpoint import load_checkpoint, load_model
+from voxaug.cli.main import app
+from voxaug.data.batching import SegmentSampler, rank_share
+from voxaug.data.sources import open_source
+from voxaug.data.store import PackedStore
+from voxaug.errors import VoxaugError
+from voxaug.train import TRACE_ENV, TRACE_FILE
+
+from hw4_factory import make_hw4
+
+runner = CliRunner()
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxaug"]
+# warm-up longer than the run: the learning rate of a step does not depend on --steps, so a run
+# stopped at step 4 and resumed to 6 must match one run straight to 6
+TINY_DDP = ["--eval-every", "2", "--batch", "8", "--segment", "64", "--d-model", "32", "--layers", "1", "--heads", "2",
+            "--embedding-dim", "32", "--warmup", "100", "--lr", "0.01", "--augment", "specaug,mixup", "--device", "cpu"]
+
+
+def torchrun(*args: object, trace: int = 0) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=2 -m voxaug ARGS``, checked."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", TRACE_ENV: str(trace)}
+    result = subprocess.run([*TORCHRUN, *map(str, args)], capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def trace(run: Path) -> dict[tuple[int, int], list[str]]:
+    """(step, rank) -> the utterance keys that rank drew in that step."""
+    rows = [json.loads(line) for line in (run / TRACE_FILE).read_text().splitlines()]
+    table = {(row["step"], row["rank"]): row["keys"] for row in rows}
+    assert len(table) == len(rows), "a (step, rank) pair was traced twice"
+    return table
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_synth, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 4-step run on 2 processes, each step's batches traced."""
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    result = torchrun("train", tiny_synth, "--out", run, "--steps", 4, *TINY_DDP,
+                      "--cache-dir", tmp_path_factory.mktemp("ddp_cache"), trace=4)
+    return run, result
+
+
+def test_ddp_training_writes_one_run_from_rank_0(ddp_run):
+    run, result = ddp_run
+    assert sorted(p.name for p in run.iterdir()) == ["batch_trace.jsonl", "best.pt", "config.json", "curves.png",
+                                                      "last.pt", "metrics.jsonl"]
+    assert [row["step"] for row in metrics(run)] == [2, 4]  # one line per evaluation, not one per rank
+    assert result.stdout.count("DDP: world_size 2 (gloo, cpu)") == 1
+    assert result.stdout.count("done: 4 steps on 2 processes") == 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["world_size"] == 2 and config["run"]["batch_per_step"] == 16
+    last = load_checkpoint(run / "last.pt")
+    assert last["world_size"] == 2 and len(last["ranks"]) == 2
+    # the plain module's weights (no DDP "module." prefix): the checkpoint serves single-process commands
+    loaded = load_model(run / "best.pt")
+    assert not any(name.startswith("module.") for name in loaded.model.state_dict())
+
+
+def test_ddp_ranks_draw_different_utterances_and_masks(ddp_run):
+    run, _ = ddp_run
+    drawn = trace(run)
+    assert sorted(drawn) == [(step, rank) for step in (1, 2, 3, 4) for rank in (0, 1)]
+    for step in (1, 2, 3, 4):
+        assert len(drawn[step, 0]) == len(drawn[step, 1]) == 8
+    rank_0 = {key for step in (1, 2, 3, 4) for key in drawn[step, 0]}
+    rank_1 = {key for step in (1, 2, 3, 4) for key in drawn[step, 1]}
+    assert len(rank_0) == len(rank_1) == 32 and not rank_0 & rank_1  # 4 x 8 each, all within the first epoch
+    ranks = load_checkpoint(run / "last.pt")["ranks"]
+    assert not set(ranks[0]["sampler"]["order"].tolist()) & set(ranks[1]["sampler"]["order"].tolist())
+    assert not torch.equal(ranks[0]["augment_generator"], ranks[1]["augment_generator"])
+    assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
+
+
+def test_ddp_resume_matches_an_uninterrupted_run(ddp_run, tiny_synth, tmp_path):
+    run, _ = ddp_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    cache = tmp_path / "cache"
+    torchrun("train", tiny_synth, "--out", resumed, "--steps", 6, "--resume", "--cache-dir", cache, "--quiet", trace=6)
+    straight = tmp_path / "straight"
+    torchrun("train", tiny_synth, "--out", straight, "--steps", 6, *TINY_DDP, "--cache-dir", cache, "--quiet", trace=6)
+
+    def without_time(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
+    assert without_time(metrics(resumed)) == without_time(metrics(straight))
+    assert trace(resumed) == trace(straight)  # the same utterances on each rank, before and after the resume
+    a, b = load_checkpoint(resumed / "last.pt"), load_checkpoint(straight / "last.pt")
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][name], b["model"][name]) for name in a["model"])
+
+
+def test_single_process_resume_of_a_ddp_run_is_refused(ddp_run, tiny_synth, tmp_path):
+    run, _ = ddp_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = runner.invoke(app, ["train", str(tiny_synth), "--out", str(copy), "--steps", "6", "--resume", "--quiet"])
+    assert result.exit_code == 2
+    assert "was written by a run on 2 process(es)" in result.output and "--nproc_per_node=2" in result.output
+
+
+def test_ddp_embed_writes_the_single_process_output(ddp_run, tiny_synth, tmp_path):
+    run, _ = ddp_run
+    options = ["--ckpt", run / "best.pt", "--window", 48, "--hop", 32, "--batch", 8, "--per", "utterance",
+               "--device", "cpu", "-q"]
+    single = runner.invoke(app, [str(a) for a in ["embed", tiny_synth, "--out", tmp_path / "one", *options,
+                                                  "--index", tmp_path / "one" / "spk.faiss"]])
+    assert single.exit_code == 0, single.output
+    shared = torchrun("embed", tiny_synth, "--out", tmp_path / "two", *options,
+                      "--index", tmp_path / "two" / "spk.faiss", "--cache-dir", tmp_path / "cache")
+    for name in ("embeddings.npy", "items.csv", "spk.faiss", "spk.faiss.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["embeddings.npy", "items.csv", "spk.faiss",
+                                                                     "spk.faiss.json"]
+    assert shared.stdout.count("wrote ") == 2  # rank 0 only: embeddings and index
+    counts = re.search(r"wrote (\d+) embeddings .*\(on 2 processes: (\d+) \+ (\d+) windows", shared.stdout)
+    assert counts and int(counts[2]) > 0 and int(counts[3]) > 0, shared.stdout  # both ranks embedded windows
+    assert len(np.load(tmp_path / "two" / "embeddings.npy")) == int(counts[1])
+
+
+def test_sampler_ranks_share_each_epoch_without_overlap(tmp_path):
+    data = make_hw4(tmp_path / "hw4", speakers=3, per_speaker=5)  # 15 utterances: one left out per epoch for 2 ranks
+    store = PackedStore.open(open_source(data), tmp_path / "cache", progress=False)
+    indices = np.arange(len(store))
+    samplers = [SegmentSampler(store, indices, 4, 16, seed=3, rank=rank, world=2) for rank in (0, 1)]
+    seen = [[], []]
+    for _ in range(7):  # 28 draws per rank: a few epochs of 7
+        for rank, sampler in enumerate(samplers):
+            seen[rank].append(sampler.next_batch().indices.tolist())
+    for epoch in range(4):
+        first = [i for batch in seen[0] for i in batch][epoch * 7 : epoch * 7 + 7]
+        second = [i for batch in seen[1] for i in batch][epoch * 7 : epoch * 7 + 7]
+        assert not set(first) & set(second) and len(set(first) | set(second)) == 14
+    assert samplers[0].epoch == samplers[1].epoch
+    assert torch.equal(samplers[0].generator.get_state(), samplers[1].generator.get_state())  # in step
+    one = SegmentSampler(store, indices, 4, 16, seed=3)
+    assert torch.equal(rank_share(one.order, 0, 1), one.order)
+    with pytest.raises(VoxaugError, match="cannot be shared by 20 processes"):
+        SegmentSampler(store, indices, 4, 16, seed=3, rank=0, world=20)
