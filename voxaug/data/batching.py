@@ -31,6 +31,15 @@ class Batch:
         )
 
 
+def check_sampler(count: int, batch_size: int, segment: int, rank: int, world: int) -> None:
+    """Refuse what no training sampler can draw from: no utterances, a non-positive batch or segment."""
+    if count == 0:
+        raise VoxaugError("no training utterances left after the validation split")
+    if batch_size <= 0 or segment <= 0:
+        raise VoxaugError(f"batch size and segment must be positive, got {batch_size} and {segment}")
+    check_shard(count, rank, world)
+
+
 def check_shard(count: int, rank: int, world: int) -> None:
     """Refuse a rank outside the world, or fewer training utterances than ranks."""
     if not 0 <= rank < world:
@@ -74,11 +83,7 @@ class SegmentSampler:
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        if len(indices) == 0:
-            raise VoxaugError("no training utterances left after the validation split")
-        if batch_size <= 0 or segment <= 0:
-            raise VoxaugError(f"batch size and segment must be positive, got {batch_size} and {segment}")
-        check_shard(len(indices), rank, world)
+        check_sampler(len(indices), batch_size, segment, rank, world)
         self.store, self.indices = store, torch.as_tensor(indices, dtype=torch.long)
         self.batch_size, self.segment = batch_size, segment
         self.rank, self.world = rank, world

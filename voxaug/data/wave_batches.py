@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from voxaug.audio import read_audio
 from voxaug.augment.wave import WaveAugmentation, example_seed
 from voxaug.data.audio_store import default_workers, single_thread_worker
-from voxaug.data.batching import Batch, check_shard, rank_share
+from voxaug.data.batching import Batch, check_sampler, rank_share
 from voxaug.data.store import PackedStore
 from voxaug.errors import VoxaugError
 from voxaug.features import FrontendConfig, log_mel
@@ -78,14 +78,10 @@ class WaveBatchSource:
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        if len(indices) == 0:
-            raise VoxaugError("no training utterances left after the validation split")
-        if batch_size <= 0 or segment <= 0:
-            raise VoxaugError(f"batch size and segment must be positive, got {batch_size} and {segment}")
+        check_sampler(len(indices), batch_size, segment, rank, world)
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
             raise VoxaugError(f"--workers must be >= 0, got {self.workers}")
-        check_shard(len(indices), rank, world)
         self.store, self.indices = store, torch.as_tensor(indices, dtype=torch.long)
         self.batch_size, self.segment = batch_size, segment
         self.rank, self.world = rank, world
