@@ -69,8 +69,9 @@ def embed(
     embeddings.npy (rows in the dataset's order, the same numbers as one process) and the index.
     """
     existing_file(ckpt, "checkpoint")
-    if batch <= 0 or (hop is not None and hop <= 0):
-        raise VoxaugError("--batch and --hop must be positive")
+    for option, value in (("--batch", batch), ("--window", window), ("--hop", hop)):
+        if value is not None and value <= 0:
+            raise VoxaugError(f"{option} must be a positive number of {'utterances' if option == '--batch' else 'frames'}, got {value}")
     if per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
     output_folder(out, "--out")

@@ -37,6 +37,10 @@ def evaluate(
     existing_file(ckpt, "checkpoint")
     if (enroll is None) != (test is None):
         raise VoxaugError("--enroll and --test go together")
+    for option, folder in (("--enroll", enroll), ("--test", test)):
+        if folder is not None and not folder.is_dir():
+            raise VoxaugError(f"{folder}: {option} folder not found" if not folder.exists()
+                              else f"{folder}: {option} expects a folder of <speaker>/ clip folders, found a file")
     if max_pairs <= 0:
         raise VoxaugError(f"--max-pairs must be positive, got {max_pairs}")
     if map_method not in MAP_METHODS:

@@ -80,8 +80,11 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
         parts = line.split()
         if len(parts) != 3 or parts[0] not in ("0", "1"):
             raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got {line!r}")
-        trials.append((parts[0] == "1", resolve_inside(root, parts[1], path, "clip"),
-                       resolve_inside(root, parts[2], path, "clip")))
+        clips = [resolve_inside(root, part, path, "clip") for part in parts[1:]]
+        for part, clip in zip(parts[1:], clips):
+            if not clip.is_file():
+                raise file_error(path, f"line {number}: clip {part!r} not found in {root}")
+        trials.append((parts[0] == "1", clips[0], clips[1]))
     if not trials:
         raise file_error(path, "holds no trials")
     return trials

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,10 +18,12 @@ from hypothesis import strategies as st
 from voxaug.checkpoint import load_checkpoint
 from voxaug.data.validate import check_features
 from voxaug.errors import VoxaugError
-from voxaug.safeio import read_json, safe_torch_load
+from voxaug.embeddings.index import PENDING_SUFFIX, SpeakerIndex, index_lock
+from voxaug.safeio import TMP_SUFFIX, atomic_output, atomic_write_bytes, read_json, safe_torch_load
 
 TINY_ARGS = ["--d-model", "32", "--heads", "2", "--layers", "1", "--embedding-dim", "32", "--batch", "16",
              "--segment", "64", "--device", "cpu", "--seed", "0", "-q"]
+HOLD_S = 12.0
 
 
 def test_sigkill_mid_run_then_resume(tiny_synth, tmp_path):
@@ -92,3 +96,75 @@ def test_malicious_checkpoint_runs_nothing(tmp_path):
     else:
         raise AssertionError("a pickled callable was accepted")
     assert not marker.exists()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "best.pt"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as handle:
+            handle.write(b"half of the new")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    target = tmp_path / "embeddings.npy"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".embeddings.npy.{dead.pid}.x1{TMP_SUFFIX}"
+    live = tmp_path / f".embeddings.npy.{os.getppid()}.x2{TMP_SUFFIX}"
+    for path in (stale, live):
+        path.write_bytes(b"torn")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert not stale.exists() and live.exists()
+
+
+def test_index_write_cut_before_its_last_rename_loads_the_new_index(tmp_path, monkeypatch):
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    index.add("bob", np.eye(4)[1:2])
+    real_replace = os.replace
+
+    def crash_on_commit(source, target):
+        if str(source).endswith(PENDING_SUFFIX):
+            raise KeyboardInterrupt("killed between the sidecar and the index rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", crash_on_commit)
+    with pytest.raises(KeyboardInterrupt):
+        index.save(path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert SpeakerIndex.load(path).speakers == ["alice", "bob"]
+
+
+def _enroll_command(index, speaker, clips, lock_timeout="120"):
+    return [sys.executable, "-m", "voxaug", "enroll", "--index", str(index), "--speaker", speaker,
+            "--lock-timeout", lock_timeout, "--device", "cpu", *map(str, clips)]
+
+
+def test_concurrent_enrolments_wait_for_the_lock_and_both_land(trained_run, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    folders = sorted((tiny_synth / "unseen" / "enroll").iterdir())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(_enroll_command(index, "first", [folders[0]]) + ["--ckpt", str(trained_run / "best.pt")],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    with index_lock(index):
+        racers = [subprocess.Popen(_enroll_command(index, name, [folders[1]]), env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for name in ("second", "third")]
+        time.sleep(HOLD_S)  # longer than an enrolment takes: a racer that did not wait has finished by now
+        assert [racer.poll() for racer in racers] == [None, None], "an enrolment ran while the index was locked"
+        refused = subprocess.run(_enroll_command(index, "impatient", [folders[1]], lock_timeout="0"), env=env,
+                                 capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "index is locked by another voxaug process" in refused.stderr, refused.stderr
+    for racer in racers:
+        _, stderr = racer.communicate(timeout=120)
+        assert racer.returncode == 0, stderr
+    loaded = SpeakerIndex.load(index)
+    assert sorted(loaded.speakers) == ["first", "second", "third"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spk.faiss", "spk.faiss.json"]

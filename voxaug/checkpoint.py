@@ -63,6 +63,17 @@ def _check_model_fields(state: dict[str, Any], path: str | Path) -> None:
             raise file_error(path, f"checkpoint weight {name!r} holds NaN or Inf values")
 
 
+def weight_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What differs between a model's weights and a checkpoint's, in a few words ("" when they fit)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    resized = [f"{name} {tuple(found[name].shape)} vs {tuple(tensor.shape)}"
+               for name, tensor in expected.items() if name in found and found[name].shape != tensor.shape]
+    parts = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+             for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", resized)) if names]
+    return "; ".join(parts)
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the checkpoint's model with its weights, in eval mode on ``device``."""
     state = load_checkpoint(path)
@@ -71,9 +82,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         config = TrainConfig.from_dict(state["config"])
         frontend = FrontendConfig.from_dict(state["frontend"])
         model = build_model(config.model)
-        model.load_state_dict(state["model"])
-    except (VoxaugError, RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise file_error(path, f"checkpoint does not match its own configuration ({str(exc).splitlines()[0]})") from exc
+    except (VoxaugError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise file_error(path, f"checkpoint holds an unusable configuration ({str(exc).splitlines()[0]})") from exc
+    mismatch = weight_mismatch(model.state_dict(), state["model"])
+    if mismatch:
+        raise file_error(path, f"checkpoint weights do not match its own configuration ({mismatch})")
+    model.load_state_dict(state["model"])
     if len(state["speakers"]) != config.model.num_classes:
         raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.num_classes} classes")
     model.to(device).eval()

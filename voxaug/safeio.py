@@ -8,6 +8,7 @@ import os
 import pickle
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -166,8 +167,11 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
             ) from exc
         raise file_error(path, f"not a readable {what} (corrupt or not a torch file)") from exc
     except Exception as exc:  # torch.load raises many types on corrupt input (struct.error, KeyError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise file_error(path, f"not a readable {what} ({first[:200]})") from exc
+        detail = str(exc).strip()
+        if not zipfile.is_zipfile(path) or "central directory" in detail:
+            raise file_error(path, f"not a readable {what} (truncated or corrupt: not a complete torch archive)") from exc
+        first = detail.splitlines()[0] if detail else type(exc).__name__
+        raise file_error(path, f"not a readable {what} ({first[:160]})") from exc
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

@@ -206,6 +206,9 @@ class Trainer:
         ]
         if mismatched:
             raise file_error(path, f"cannot resume with a different {', '.join(mismatched)}; use the run's config.json")
+        if self.config.steps < int(state["step"]):
+            raise file_error(path, f"is at step {state['step']}, past --steps {self.config.steps}; "
+                                   f"pass --steps above {state['step']} to train further")
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size:
             launch = f"torchrun --nproc_per_node={saved_world} -m voxaug train" if saved_world > 1 else "voxaug train"

@@ -222,4 +222,8 @@ def open_source(path: str | Path, frontend: FrontendConfig | None = None, split:
             raise file_error(path / ("metadata.json" if split == "train" else "testdata.json"),
                              f"n_mels is {source.n_mels} but the model expects {frontend.n_mels}")
         return source
+    for listing in ("metadata.json", "testdata.json"):
+        if (path / listing).exists():
+            raise file_error(path / "mapping.json", f"not found, but {listing} is there: the HW4 layout needs "
+                                                    "mapping.json for its speaker ids")
     return ClipFolderSource(path, frontend or FrontendConfig())

@@ -1,0 +1,374 @@
+"""One table of bad inputs across train, predict, embed, enroll, identify and evaluate.
+
+Every row runs a command on a world of real outputs (a trained run, predictions, embeddings, a
+speaker index, an evaluation report) and asserts: a non-zero exit, one ``error:`` line that names
+the file or option and the problem, no traceback, no pickled code run, and every existing output
+byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from voxaug.checkpoint import load_checkpoint, save_checkpoint
+from voxaug.cli.main import app
+
+runner = CliRunner()
+MARKER = "pwned"
+
+
+@dataclass
+class World:
+    """The outputs bad inputs must not touch (``root``) and a scratch folder for the inputs (``bad``)."""
+
+    root: Path
+    data: Path
+
+    @property
+    def bad(self) -> Path:
+        return self.root / "bad"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def ckpt(self) -> Path:
+        return self.run / "best.pt"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "spk.faiss"
+
+
+def invoke(args: list) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output  # stdout and stderr, interleaved
+
+
+@pytest.fixture(scope="module")
+def world(trained_run, tiny_synth, tmp_path_factory) -> World:
+    w = World(tmp_path_factory.mktemp("world"), tiny_synth)
+    shutil.copytree(trained_run, w.run)
+    enroll = sorted((tiny_synth / "unseen" / "enroll").iterdir())[0]
+    for args in (["enroll", "--index", w.index, "--speaker", enroll.name, "--ckpt", w.ckpt, enroll],
+                 ["predict", "--ckpt", w.ckpt, tiny_synth, "--out", w.root / "pred.csv", "-q"],
+                 ["embed", "--ckpt", w.ckpt, tiny_synth, "--out", w.root / "emb", "-q"],
+                 ["evaluate", "--ckpt", w.ckpt, tiny_synth, "--out", w.root / "report", "--max-pairs", "200", "-q"]):
+        code, output = invoke([*args, "--device", "cpu"])
+        assert code == 0, output
+    w.bad.mkdir()
+    state = load_checkpoint(w.ckpt)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(w.bad / "other.pt", state)
+    return w
+
+
+def snapshot(w: World) -> dict[str, bytes]:
+    return {str(p.relative_to(w.root)): p.read_bytes() for p in sorted(w.root.rglob("*"))
+            if p.is_file() and w.bad not in p.parents}
+
+
+# ---- builders of bad inputs (each returns the path to pass) ------------------------------------
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def tensor(path: Path, value: object) -> Path:
+    torch.save(value, path)
+    return path
+
+
+class Exploit:
+    """Unpickling it would run ``touch MARKER`` in the working folder of the test."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.folder / MARKER}",))
+
+
+def dataset(w: World, name: str, edit: Callable[[Path], None]) -> Path:
+    """A copy of the training set (HW4 layout) broken by ``edit``."""
+    root = w.bad / name
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(w.data, root, ignore=shutil.ignore_patterns("unseen"))
+    edit(root)
+    return root
+
+
+def first_feature(root: Path) -> Path:
+    metadata = json.loads((root / "metadata.json").read_text())
+    return root / next(iter(metadata["speakers"].values()))[0]["feature_path"]
+
+
+def set_first_feature_path(root: Path, value: str) -> None:
+    metadata = json.loads((root / "metadata.json").read_text())
+    next(iter(metadata["speakers"].values()))[0]["feature_path"] = value
+    (root / "metadata.json").write_text(json.dumps(metadata))
+
+
+def checkpoint(w: World, name: str, edit: Callable[[dict], None]) -> Path:
+    state = load_checkpoint(w.ckpt)
+    edit(state)
+    save_checkpoint(w.bad / name, state)
+    return w.bad / name
+
+
+def nan_weight(state: dict) -> None:
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+
+
+def wider_model(state: dict) -> None:
+    state["config"]["model"]["d_model"] *= 2
+
+
+def index_copy(w: World, name: str, edit_index: Callable[[bytes], bytes] | None = None,
+               sidecar: Callable[[dict], dict | str] | None = None) -> Path:
+    path = w.bad / name
+    data = w.index.read_bytes()
+    path.write_bytes(edit_index(data) if edit_index else data)
+    meta = json.loads(Path(f"{w.index}.json").read_text())
+    meta = sidecar(meta) if sidecar else meta
+    if meta is not None:
+        Path(f"{path}.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    return path
+
+
+def with_key(meta: dict, **changes) -> dict:
+    return {**meta, **changes}
+
+
+def audio(path: Path, samples: np.ndarray) -> Path:
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    return path
+
+
+def run_copy(w: World, name: str, edit: Callable[[Path], None]) -> Path:
+    run = w.bad / name
+    if run.exists():
+        shutil.rmtree(run)
+    shutil.copytree(w.run, run)
+    edit(run)
+    return run
+
+
+def clip(w: World) -> Path:
+    return tensor(w.bad / "ok.pt", torch.randn(60, 40))
+
+
+def first_enrolled(w: World) -> str:
+    return json.loads(Path(f"{w.index}.json").read_text())["labels"][0]
+
+
+TRAIN = ["--steps", "4", "--batch", "8", "--segment", "32", "--d-model", "32", "--heads", "2", "--layers", "1",
+         "--embedding-dim", "32", "--device", "cpu", "-q"]
+
+
+def train(w: World, data: Path, *extra) -> list:
+    return ["train", data, "--out", w.bad / "new-run", *TRAIN, *extra]
+
+
+def identify(w: World, *clips, index: Path | None = None, extra: tuple = ()) -> list:
+    return ["identify", "--index", index or w.index, *extra, *clips, "--device", "cpu"]
+
+
+def enroll(w: World, *extra) -> list:
+    return ["enroll", "--index", w.index, *extra, "--device", "cpu"]
+
+
+def evaluate(w: World, *extra, ckpt: Path | None = None) -> list:
+    return ["evaluate", "--ckpt", ckpt or w.ckpt, w.data, "--out", w.root / "report", *extra, "--device", "cpu", "-q"]
+
+
+def predict(w: World, ckpt: Path, data: Path | None = None, out: Path | None = None) -> list:
+    return ["predict", "--ckpt", ckpt, data or w.data, "--out", out or w.root / "pred.csv", "--device", "cpu", "-q"]
+
+
+def embed(w: World, *extra, data: Path | None = None, ckpt: Path | None = None) -> list:
+    return ["embed", "--ckpt", ckpt or w.ckpt, data or w.data, "--out", w.root / "emb", *extra, "--device", "cpu", "-q"]
+
+
+# ---- the table: name -> (command, (file or option, problem)) -----------------------------------
+
+Case = tuple[Callable[[World], list], tuple[str, str]]
+CASES: dict[str, Case] = {
+    # train: dataset files, features, paths, options, run folder
+    "train: dataset folder missing": (lambda w: train(w, w.bad / "nodata"), ("nodata", "dataset not found")),
+    "train: metadata.json truncated": (
+        lambda w: train(w, dataset(w, "trunc-meta", lambda r: write(r / "metadata.json", (r / "metadata.json").read_text()[:40]))),
+        ("metadata.json", "malformed JSON")),
+    "train: mapping.json missing": (
+        lambda w: train(w, dataset(w, "no-map", lambda r: (r / "mapping.json").unlink())), ("mapping.json", "not found")),
+    "train: feature file empty": (
+        lambda w: train(w, dataset(w, "empty-feat", lambda r: write(first_feature(r), b""))), ("uttr-", "empty (0 bytes)")),
+    "train: feature holds NaN": (
+        lambda w: train(w, dataset(w, "nan-feat", lambda r: tensor(first_feature(r), torch.full((50, 40), float("nan"))))),
+        ("uttr-", "NaN or Inf")),
+    "train: feature of 80 mel bins": (
+        lambda w: train(w, dataset(w, "mels-feat", lambda r: tensor(first_feature(r), torch.zeros(50, 80)))),
+        ("uttr-", "expected 40 mel bins, found 80")),
+    "train: feature pickles code": (
+        lambda w: train(w, dataset(w, "evil-feat", lambda r: tensor(first_feature(r), {"x": Exploit(w.bad)}))),
+        ("uttr-", "refused")),
+    "train: feature_path with ..": (
+        lambda w: train(w, dataset(w, "dotdot", lambda r: set_first_feature_path(r, "../spk.faiss"))),
+        ("metadata.json", "outside the dataset folder")),
+    "train: absolute feature_path": (
+        lambda w: train(w, dataset(w, "absolute", lambda r: set_first_feature_path(r, str(w.ckpt)))),
+        ("metadata.json", "is absolute")),
+    "train: unknown augmentation": (lambda w: train(w, w.data, "--augment", "specaug,bogus"),
+                                    ("--augment", "unknown augmentation 'bogus'")),
+    "train: negative learning rate": (lambda w: train(w, w.data, "--lr", "-1"), ("--lr", "must be positive")),
+    "train: validation fraction 1.5": (lambda w: train(w, w.data, "--val-fraction", "1.5"), ("--val-fraction", "[0, 1)")),
+    "train: malformed TOML config": (lambda w: train(w, w.data, "--config", write(w.bad / "c.toml", "[train\nsteps=")),
+                                     ("c.toml", "malformed TOML")),
+    "train: existing run without --resume": (lambda w: ["train", w.data, "--out", w.run, *TRAIN],
+                                             ("run", "already holds a run")),
+    "train: --resume to fewer steps": (lambda w: ["train", w.data, "--out", w.run, "--resume", "--steps", "5", "-q"],
+                                       ("last.pt", "past --steps 5")),
+    "train: --resume from truncated last.pt": (
+        lambda w: ["train", w.data, "--resume", "-q", "--out",
+                   run_copy(w, "cut-run", lambda r: write(r / "last.pt", (r / "last.pt").read_bytes()[:5000]))],
+        ("last.pt", "truncated or corrupt")),
+    # predict: checkpoints
+    "predict: checkpoint missing": (lambda w: predict(w, w.bad / "nope.pt"), ("nope.pt", "checkpoint not found")),
+    "predict: checkpoint empty": (lambda w: predict(w, write(w.bad / "zero.pt", b"")), ("zero.pt", "empty (0 bytes)")),
+    "predict: checkpoint truncated": (lambda w: predict(w, write(w.bad / "cut.pt", w.ckpt.read_bytes()[:-4096])),
+                                      ("cut.pt", "truncated or corrupt")),
+    "predict: not a voxaug checkpoint": (lambda w: predict(w, tensor(w.bad / "dict.pt", {"a": torch.zeros(2)})),
+                                         ("dict.pt", "not a voxaug checkpoint")),
+    "predict: checkpoint pickles code": (
+        lambda w: predict(w, tensor(w.bad / "evil.pt", {"format": "voxaug-checkpoint", "x": Exploit(w.bad)})),
+        ("evil.pt", "refused")),
+    "predict: NaN weights": (lambda w: predict(w, checkpoint(w, "nanw.pt", nan_weight)), ("nanw.pt", "NaN or Inf")),
+    "predict: weights of another shape": (lambda w: predict(w, checkpoint(w, "wide.pt", wider_model)),
+                                          ("wide.pt", "do not match its own configuration")),
+    "predict: testdata.json malformed": (
+        lambda w: predict(w, w.ckpt, dataset(w, "bad-test", lambda r: write(r / "testdata.json", '{"utterances": [}'))),
+        ("testdata.json", "malformed JSON")),
+    "predict: --out is a folder": (lambda w: predict(w, w.ckpt, out=w.run), ("--out", "existing folder")),
+    # embed: options, data, outputs
+    "embed: --batch 0": (lambda w: embed(w, "--batch", "0"), ("--batch", "positive")),
+    "embed: --window 0": (lambda w: embed(w, "--window", "0"), ("--window", "positive")),
+    "embed: --per unknown": (lambda w: embed(w, "--per", "bogus"), ("--per 'bogus'", "accepted: speaker, utterance")),
+    "embed: --out is a file": (lambda w: ["embed", "--ckpt", w.ckpt, w.data, "--out", w.root / "pred.csv", "--device", "cpu"],
+                               ("--out", "existing file")),
+    "embed: checkpoint is a folder": (lambda w: embed(w, ckpt=w.run), ("run", "found a folder")),
+    "embed: Inf feature over existing embeddings": (
+        lambda w: embed(w, data=dataset(w, "inf-feat", lambda r: tensor(first_feature(r), torch.full((50, 40), float("inf"))))),
+        ("uttr-", "NaN or Inf")),
+    # enroll: index, checkpoint, clips, options
+    "enroll: speaker already enrolled": (lambda w: enroll(w, "--speaker", first_enrolled(w), clip(w)),
+                                         ("spk.faiss", "already enrolled")),
+    "enroll: Inf clip": (lambda w: enroll(w, "--speaker", "newbie", tensor(w.bad / "inf.pt", torch.full((50, 40), float("inf")))),
+                         ("inf.pt", "NaN or Inf")),
+    "enroll: another checkpoint": (lambda w: enroll(w, "--speaker", "newbie", "--ckpt", w.bad / "other.pt", clip(w)),
+                                   ("other.pt", "does not match the index")),
+    "enroll: new index without --ckpt": (
+        lambda w: ["enroll", "--index", w.bad / "new.faiss", "--speaker", "x", clip(w), "--device", "cpu"],
+        ("new.faiss", "pass --ckpt")),
+    "enroll: remove unknown speaker": (lambda w: enroll(w, "--remove", "nobody"), ("'nobody'", "not enrolled")),
+    "enroll: negative --lock-timeout": (lambda w: enroll(w, "--speaker", "x", "--lock-timeout", "-1", clip(w)),
+                                        ("--lock-timeout", ">= 0")),
+    "enroll: no clips": (lambda w: enroll(w, "--speaker", "x"), ("--speaker x", "no enrolment clips")),
+    "enroll: wav that is not audio": (lambda w: enroll(w, "--speaker", "x", write(w.bad / "junk.wav", b"RIFF0000WAVEjunk")),
+                                      ("junk.wav", "not a readable audio file")),
+    "enroll: empty flac": (lambda w: enroll(w, "--speaker", "x", write(w.bad / "empty.flac", b"")),
+                           ("empty.flac", "empty (0 bytes)")),
+    "enroll: NaN audio samples": (
+        lambda w: enroll(w, "--speaker", "x", audio(w.bad / "nan.wav", np.full(16000, np.nan, dtype=np.float32))),
+        ("nan.wav", "NaN or Inf")),
+    # identify: clips, index, sidecar, options
+    "identify: clip missing": (lambda w: identify(w, w.bad / "nope.pt"), ("nope.pt", "not found")),
+    "identify: clip of junk bytes": (lambda w: identify(w, write(w.bad / "junk.pt", b"junk")), ("junk.pt", "not a readable")),
+    "identify: clip of 80 mel bins": (lambda w: identify(w, tensor(w.bad / "m80.pt", torch.zeros(50, 80))),
+                                      ("m80.pt", "40 mel bins, found 80")),
+    "identify: clip of 0 frames": (lambda w: identify(w, tensor(w.bad / "empty.pt", torch.zeros(0, 40))), ("empty.pt", "0 frames")),
+    "identify: clip of 3 frames": (lambda w: identify(w, tensor(w.bad / "short.pt", torch.zeros(3, 40))), ("short.pt", "at least")),
+    "identify: 3-D clip": (lambda w: identify(w, tensor(w.bad / "cube.pt", torch.zeros(2, 50, 40))), ("cube.pt", "2-D")),
+    "identify: NaN clip": (lambda w: identify(w, tensor(w.bad / "nan.pt", torch.full((50, 40), float("nan")))), ("nan.pt", "NaN")),
+    "identify: clip pickles code": (lambda w: identify(w, tensor(w.bad / "evil-clip.pt", [Exploit(w.bad)])),
+                                    ("evil-clip.pt", "refused")),
+    "identify: unsupported clip type": (lambda w: identify(w, write(w.bad / "clip.txt", "hi")), ("clip.txt", "unsupported clip type")),
+    "identify: index missing": (lambda w: identify(w, clip(w), index=w.bad / "none.faiss"), ("none.faiss", "not found")),
+    "identify: sidecar missing": (lambda w: identify(w, clip(w), index=index_copy(w, "lonely.faiss", sidecar=lambda m: None)),
+                                  ("lonely.faiss.json", "sidecar is missing")),
+    "identify: index bytes corrupt": (
+        lambda w: identify(w, clip(w), index=index_copy(w, "broken.faiss", edit_index=lambda b: b[:-7] + b"garbage")),
+        ("broken.faiss", "does not match its sidecar")),
+    "identify: sidecar truncated": (lambda w: identify(w, clip(w), index=index_copy(w, "cut.faiss", sidecar=lambda m: '{"format": ')),
+                                    ("cut.faiss.json", "malformed JSON")),
+    "identify: sidecar of another dimension": (
+        lambda w: identify(w, clip(w), index=index_copy(w, "dim.faiss", sidecar=lambda m: with_key(m, dimension=64))),
+        ("dim.faiss.json", "dimension 64")),
+    "identify: another checkpoint": (lambda w: identify(w, clip(w), extra=("--ckpt", w.bad / "other.pt")),
+                                     ("other.pt", "does not match the index")),
+    "identify: --top-k 0": (lambda w: identify(w, clip(w), extra=("--top-k", "0")), ("--top-k", "positive")),
+    "identify: --threshold 2": (lambda w: identify(w, clip(w), extra=("--threshold", "2")), ("--threshold", "[-1, 1]")),
+    # evaluate: options, trials, folders, checkpoint
+    "evaluate: --max-pairs 0": (lambda w: evaluate(w, "--max-pairs", "0"), ("--max-pairs", "positive")),
+    "evaluate: --enroll without --test": (lambda w: evaluate(w, "--enroll", w.data / "unseen" / "enroll"),
+                                          ("--enroll and --test", "together")),
+    "evaluate: --enroll folder missing": (lambda w: evaluate(w, "--enroll", w.bad / "nowhere", "--test", w.data / "unseen" / "test"),
+                                          ("nowhere", "--enroll folder not found")),
+    "evaluate: --map unknown": (lambda w: evaluate(w, "--map", "umap"), ("--map 'umap'", "accepted")),
+    "evaluate: malformed trials line": (lambda w: evaluate(w, "--trials", write(w.bad / "t1.txt", "same a.pt b.pt\n")),
+                                        ("t1.txt", "line 1: expected 'LABEL CLIP1 CLIP2'")),
+    "evaluate: trial clip missing": (lambda w: evaluate(w, "--trials", write(w.bad / "t2.txt", "1 nope.pt nope2.pt\n")),
+                                     ("t2.txt", "clip 'nope.pt' not found")),
+    "evaluate: trial clip outside the dataset": (
+        lambda w: evaluate(w, "--trials", write(w.bad / "t3.txt", "1 ../run/best.pt ../spk.faiss\n")),
+        ("t3.txt", "outside the dataset folder")),
+    "evaluate: truncated checkpoint": (lambda w: evaluate(w, ckpt=write(w.bad / "cut2.pt", w.ckpt.read_bytes()[:3000])),
+                                       ("cut2.pt", "truncated or corrupt")),
+}
+
+
+def test_the_table_covers_every_command_with_25_inputs():
+    commands = {name.split(":")[0] for name in CASES}
+    assert commands == {"train", "predict", "embed", "enroll", "identify", "evaluate"}
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(world, case):
+    command, (names, problem) = CASES[case]
+    before = snapshot(world)
+    code, output = invoke(command(world))
+    assert code != 0, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    assert names in errors[0] and problem in errors[0], errors[0]
+    assert not (world.bad / MARKER).exists(), "unpickling ran code"
+    after = snapshot(world)
+    assert after.keys() == before.keys(), sorted(set(after) ^ set(before))
+    changed = [name for name in before if after[name] != before[name]]
+    assert not changed, f"bad input changed existing outputs: {changed}"
+
+
+def test_debug_flag_shows_the_traceback(world):
+    args = [str(a) for a in identify(world, world.bad / "missing.pt")]
+    plain = subprocess.run([sys.executable, "-m", "voxaug", *args], capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([sys.executable, "-m", "voxaug", "--debug", *args], capture_output=True, text=True, timeout=120)
+    assert plain.returncode != 0 and "Traceback" not in plain.stderr
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "missing.pt" in debug.stderr
