@@ -4,7 +4,7 @@ accuracy, clean train accuracy, the gap between them, and wall time.
 
     python benchmarks/overfit.py --json overfit.json   # the README numbers (about 40 min on 2 cores)
     python benchmarks/overfit.py --quick               # a smoke run in about a minute
-    python benchmarks/overfit.py --augment specaug,mixup --steps 1000
+    python benchmarks/overfit.py --augment specaug,mixup --seeds 1 --first-seed 10   # one pilot pair
 
 Runs go ``--jobs`` at a time in separate processes with one torch thread each: on a 2-core machine
 two single-threaded runs finish sooner than two two-threaded runs in turn.
@@ -49,7 +49,8 @@ def train_once(data: Path, out: Path, augment: str, seed: int, steps: int, cache
 
 
 def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, augment: str = DEFAULT_AUGMENT,
-                  val_fraction: float = 0.2, workdir: Path | None = None, jobs: int = 1, log=print) -> dict:
+                  val_fraction: float = 0.2, workdir: Path | None = None, jobs: int = 1, first_seed: int = 0,
+                  log=print) -> dict:
     """Train both arms for every seed and return the rows and the mean differences (augmented - none)."""
     with tempfile.TemporaryDirectory(prefix="voxaug-overfit-") as scratch:
         root = Path(workdir or scratch)
@@ -58,7 +59,7 @@ def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, augmen
         if not (data / "metadata.json").exists():
             generate(data, SynthConfig(speakers=speakers, utterances=utterances, unseen=0, seed=0), progress=False)
         log(f"synth: {speakers} speakers x {utterances} utterances in {time.perf_counter() - started:.0f}s -> {data}")
-        arms = [(seed, arm) for seed in range(seeds) for arm in ("none", augment)]
+        arms = [(seed, arm) for seed in range(first_seed, first_seed + seeds) for arm in ("none", augment)]
         cache = root / "cache"
         train_once(data, root / "warm-cache", "none", 0, 1, cache, val_fraction)  # pack the store once, before the jobs
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -72,7 +73,7 @@ def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, augmen
                    for key in ("val_acc", "best_val_acc", "train_acc", "gap", "wall_s")}
              for arm in ("none", augment)}
     difference = {key: means[augment][key] - means["none"][key] for key in means["none"]}
-    return {"steps": steps, "seeds": seeds, "speakers": speakers, "utterances": utterances, "augment": augment,
+    return {"steps": steps, "seeds": seeds, "first_seed": first_seed, "speakers": speakers, "utterances": utterances, "augment": augment,
             "val_fraction": val_fraction, "preset": "cpu", "jobs": jobs,
             "threads": 1 if jobs > 1 else torch.get_num_threads(),
             "rows": rows, "mean": means, "difference": difference}
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help=f"training steps per run (default {FULL['steps']})")
     parser.add_argument("--seeds", type=int, help=f"seeds per arm (default {FULL['seeds']})")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up (default 0)")
     parser.add_argument("--speakers", type=int, help=f"synthetic training speakers (default {FULL['speakers']})")
     parser.add_argument("--utterances", type=int, help=f"utterances per speaker (default {FULL['utterances']})")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     parse_names(args.augment)
     result = run_benchmark(**sizes, augment=args.augment, val_fraction=args.val_fraction, workdir=args.workdir,
-                           jobs=args.jobs)
+                           jobs=args.jobs, first_seed=args.first_seed)
     print()
     print(table(result))
     d = result["difference"]

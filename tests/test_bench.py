@@ -1,4 +1,5 @@
-"""benchmarks/bench.py's own logic at tiny sizes: targets, interleaving, FLOP counting, peak RSS."""
+"""The benchmarks' own logic at tiny sizes: bench.py's targets, interleaving, FLOP counting, peak RSS;
+overfit.py's arms, seeds and mean difference."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench  # noqa: E402
+import overfit  # noqa: E402
 from train_bench import interleaved_medians  # noqa: E402
 
 from voxaug.config import create_config  # noqa: E402
@@ -59,3 +61,16 @@ def test_child_peak_rss_counts_only_the_child():
     grown = bench.child_peak_rss_mb([sys.executable, "-c", touch_200_mib])
     assert baseline < 100
     assert 190 <= grown - baseline < 260  # MiB, whatever unit the platform reports
+
+
+def test_overfit_benchmark_runs_both_arms_per_seed_and_reports_the_mean_difference(tmp_path):
+    result = overfit.run_benchmark(steps=2, seeds=2, speakers=4, utterances=6, augment="specaug", first_seed=5,
+                                   workdir=tmp_path, jobs=1, log=lambda line: None)
+    assert sorted((r["seed"], r["augment"]) for r in result["rows"]) == [
+        (5, "none"), (5, "specaug"), (6, "none"), (6, "specaug")]
+    for r in result["rows"]:
+        assert r["gap"] == pytest.approx(r["train_acc"] - r["val_acc"], abs=1e-6)
+    for key in ("val_acc", "gap"):
+        arm_mean = {arm: sum(r[key] for r in result["rows"] if r["augment"] == arm) / 2 for arm in ("none", "specaug")}
+        assert result["difference"][key] == pytest.approx(arm_mean["specaug"] - arm_mean["none"])
+    assert "| **difference** |" in overfit.table(result)
