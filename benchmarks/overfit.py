@@ -2,7 +2,7 @@
 default augmentation on one ``voxaug synth`` set, same steps and seeds, and compare validation
 accuracy, clean train accuracy, the gap between them, and wall time.
 
-    python benchmarks/overfit.py --json overfit.json   # the README numbers (about 40 min on 2 cores)
+    python benchmarks/overfit.py --json overfit.json   # the README numbers (5 seeds, about 45 min on 2 cores)
     python benchmarks/overfit.py --quick               # a smoke run in about a minute
     python benchmarks/overfit.py --augment specaug,mixup --seeds 1 --first-seed 10   # one pilot pair
 
@@ -29,7 +29,7 @@ from voxaug.config import cpu, resolve_config
 from voxaug.synth import SynthConfig, generate
 from voxaug.train import Trainer
 
-FULL = {"steps": cpu().steps, "seeds": 3, "speakers": SynthConfig().speakers, "utterances": SynthConfig().utterances}
+FULL = {"steps": cpu().steps, "seeds": 5, "speakers": SynthConfig().speakers, "utterances": SynthConfig().utterances}
 QUICK = {"steps": 40, "seeds": 2, "speakers": 8, "utterances": 10}
 
 
@@ -73,8 +73,8 @@ def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, augmen
                    for key in ("val_acc", "best_val_acc", "train_acc", "gap", "wall_s")}
              for arm in ("none", augment)}
     difference = {key: means[augment][key] - means["none"][key] for key in means["none"]}
-    return {"steps": steps, "seeds": seeds, "first_seed": first_seed, "speakers": speakers, "utterances": utterances, "augment": augment,
-            "val_fraction": val_fraction, "preset": "cpu", "jobs": jobs,
+    return {"steps": steps, "seeds": seeds, "first_seed": first_seed, "speakers": speakers, "utterances": utterances,
+            "augment": augment, "val_fraction": val_fraction, "preset": "cpu", "jobs": jobs,
             "threads": 1 if jobs > 1 else torch.get_num_threads(),
             "rows": rows, "mean": means, "difference": difference}
 
