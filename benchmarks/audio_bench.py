@@ -163,7 +163,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="audio tree ROOT/<speaker>/**/*.wav (default: voxaug synth audio)")
     parser.add_argument("--quick", action="store_true", help="a tiny corpus and few batches (a smoke test)")
     parser.add_argument("--batch", type=int, default=32)

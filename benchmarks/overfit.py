@@ -97,7 +97,7 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, help=f"training steps per run (default {FULL['steps']})")
     parser.add_argument("--seeds", type=int, help=f"seeds per arm (default {FULL['seeds']})")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up (default 0)")

@@ -117,7 +117,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=20, help="timed steps per variant (default 20)")
     parser.add_argument("--compile", action="store_true",
                         help="add a torch.compile variant (compiling takes about a minute)")
