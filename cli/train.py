@@ -24,9 +24,10 @@ def train(
     config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields ([model] and [augment] tables)."),
     augment: str = typer.Option(
         None,
-        help=f"Comma list of {', '.join(sorted(AUGMENTATIONS))}, or 'none'; applied in the fixed order crop, specaug, "
-        f"mixup, in training only. Default: {DEFAULT_AUGMENT} (compare with --augment none: "
-        "benchmarks/overfit.py).",
+        help=f"Comma list of {', '.join(sorted(AUGMENTATIONS))}, or 'none'; applied in the fixed order "
+        f"{', '.join(sorted(AUGMENTATIONS, key=lambda name: AUGMENTATIONS[name].order))}, in training only. "
+        f"Default: {DEFAULT_AUGMENT}, the best of the combinations benchmarks/overfit.py compared "
+        "(README, Augmentation).",
     ),
     specaug_freq: int = typer.Option(None, help="specaug: widest frequency mask, in mel bands (default 6)."),
     specaug_time: float = typer.Option(None, help="specaug: widest time mask, frames if >= 1 or a fraction of the real length (default 0.1)."),
