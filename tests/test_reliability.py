@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -62,6 +63,16 @@ def test_random_bytes_to_the_readers_give_clean_errors(tmp_path, data):
             reader()
         except VoxaugError as exc:
             assert "fuzz.pt" in str(exc)
+
+
+def test_a_strange_pickle_header_gives_the_error_alone_without_torchs_warning(tmp_path):
+    path = tmp_path / "odd.pt"
+    path.write_bytes(b"\x80\xfa" + bytes(range(40)))  # pickle protocol 250: torch warns, then fails
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(VoxaugError, match="odd.pt: refused"):
+            safe_torch_load(path, "features")
+    assert [str(w.message) for w in caught] == []
 
 
 @settings(max_examples=60, deadline=None)

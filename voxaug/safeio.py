@@ -8,6 +8,7 @@ import os
 import pickle
 import tempfile
 import time
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,7 +153,9 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
     if path.stat().st_size == 0:
         raise file_error(path, f"{what} is empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a hostile header makes torch warn before it fails; the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = str(exc)
         if "GLOBAL" in detail or "Unsupported global" in detail:
