@@ -1,7 +1,8 @@
 """Batch augmentations behind one interface, found by name through a registry.
 
 ``--augment`` names apply in one fixed order, each class's ``order``, whatever their order on the command
-line: wave (on the waveform, in the data workers), crop, specaug, mixup; ``none`` turns them all off. They run on the training batch only, never in evaluation, embedding or prediction.
+line: wave (on the waveform, in the data workers), crop, specaug, mixup; ``none`` turns them all off.
+They run on the training batch only, never in evaluation, embedding or prediction.
 """
 
 from voxaug.augment.base import AUGMENTATIONS, BatchAugmentation, TrainBatch, register_augmentation, total_loss
