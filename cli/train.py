@@ -34,9 +34,12 @@ def train(
     mixup_alpha: float = typer.Option(None, help="mixup: lambda ~ Beta(alpha, alpha) (default 0.3)."),
     crop_min: int = typer.Option(None, help="crop: shortest crop in frames (default 64)."),
     crop_max: int = typer.Option(None, help="crop: longest crop in frames, capped by --segment (default 300)."),
+    channel_db: float = typer.Option(None, help="channel: largest amplitude of each EQ cosine term, in dB (default 3)."),
+    reverb_p: float = typer.Option(None, help="reverb: probability per utterance (default 0.5)."),
     noise_dir: Path = typer.Option(None, "--noise-dir", file_okay=False,
-                                   help="wave: folder of background-noise audio (e.g. MUSAN) mixed in at a random SNR (3-30 dB)."),
-    noise_p: float = typer.Option(None, help="wave: probability of adding background noise (default 0.5)."),
+                                   help="noise: folder of log-mel .pt noise recordings; wave: folder of background-noise "
+                                        "audio (e.g. MUSAN). Goes to whichever of the two --augment names."),
+    noise_p: float = typer.Option(None, help="noise or wave: probability of adding background noise (default 0.5)."),
     rir_dir: Path = typer.Option(None, "--rir-dir", file_okay=False,
                                  help="wave: folder of room impulse responses to convolve with."),
     rir_p: float = typer.Option(None, help="wave: probability of applying a room impulse response (default 0.5)."),
@@ -46,6 +49,8 @@ def train(
     batch: int = typer.Option(None, help="Batch size."),
     lr: float = typer.Option(None, help="Peak learning rate (AdamW)."),
     warmup: int = typer.Option(None, help="Linear warm-up steps before cosine decay."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay (decoupled)."),
+    margin_warmup: int = typer.Option(None, "--margin-warmup", help="Steps over which the AM-Softmax margin grows from 0 (0: full margin from the start)."),
     segment: int = typer.Option(None, help="Training segment length in frames."),
     eval_every: int = typer.Option(None, help="Evaluate (clean train and validation accuracy) every N steps."),
     val_fraction: float = typer.Option(None, help="Fraction of each speaker's utterances held out for validation."),
@@ -73,11 +78,17 @@ def train(
     only rank 0 writes RUN.
     """
     augment_names = parse_names(augment) if augment is not None else None
-    overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, segment=segment, eval_every=eval_every,
+    overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
+                     margin_warmup=margin_warmup, segment=segment, eval_every=eval_every,
                      val_fraction=val_fraction, seed=seed, device=device)
     model_overrides = {k: v for k, v in dict(kind=model, d_model=d_model, num_layers=layers, num_heads=heads,
                                              embedding_dim=embedding_dim, scale=scale, margin=margin).items() if v is not None}
-    augment_overrides = _augment_overrides(augment_names, specaug_freq, specaug_time, mixup_alpha, crop_min, crop_max)
+    augment_overrides = _augment_overrides(augment_names, specaug_freq, specaug_time, mixup_alpha, crop_min, crop_max,
+                                           channel_db, reverb_p)
+    noise_given = _noise_folder_overrides(augment_names, preset, config, noise_dir, noise_p)
+    if noise_given:
+        augment_overrides["noise"] = noise_given
+        noise_dir = noise_p = None
     wave_given = _wave_overrides(noise_dir, noise_p, rir_dir, rir_p, wave_snr_p, wave_gain_p)
     if wave_given:
         augment_overrides["wave"] = wave_given
@@ -127,6 +138,8 @@ def _augment_overrides(
     mixup_alpha: float | None,
     crop_min: int | None,
     crop_max: int | None,
+    channel_db: float | None = None,
+    reverb_p: float | None = None,
 ) -> dict:
     """The ``augment`` table the command line sets: names and any strengths given."""
     if specaug_time is not None and specaug_time >= 1 and specaug_time == int(specaug_time):
@@ -135,6 +148,8 @@ def _augment_overrides(
         "specaug": {"freq_width": specaug_freq, "time_width": specaug_time},
         "mixup": {"alpha": mixup_alpha},
         "crop": {"min_frames": crop_min, "max_frames": crop_max},
+        "channel": {"max_db": channel_db},
+        "reverb": {"p": reverb_p},
     }
     overrides: dict = {"names": names} if names is not None else {}
     for name, values in tables.items():
@@ -142,6 +157,25 @@ def _augment_overrides(
         if given:
             overrides[name] = given
     return overrides
+
+
+def _noise_folder_overrides(names: list[str] | None, preset: str, config: Path | None, noise_dir: Path | None,
+                            noise_p: float | None) -> dict:
+    """``--noise-dir``/``--noise-p`` for the ``noise`` augmentation when it, not ``wave``, is named.
+
+    Both augmentations take a noise folder (log-mel ``.pt`` files for ``noise``, audio for ``wave``);
+    the options go to the one that ``--augment`` (or the default) names, and naming both is refused
+    because one folder cannot serve both."""
+    if noise_dir is None and noise_p is None:
+        return {}
+    chosen = set(names if names is not None else resolve_names(resolve_config(preset, config).augment))
+    if {"noise", "wave"} <= chosen:
+        raise VoxaugError("--noise-dir/--noise-p: both 'noise' and 'wave' are named; set [augment.noise] and "
+                          "[augment.wave] in a --config TOML file instead")
+    if "noise" not in chosen:
+        return {}
+    values = {"noise_dir": str(noise_dir.resolve()) if noise_dir else None, "p": noise_p}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _wave_overrides(

@@ -63,6 +63,20 @@ def _check_model_fields(state: dict[str, Any], path: str | Path) -> None:
             raise file_error(path, f"checkpoint weight {name!r} holds NaN or Inf values")
 
 
+def class_speakers(num_classes: int, speakers: int) -> list[int]:
+    """The original speaker of every class: class ``c`` is speaker ``c mod S`` (speed copies follow the originals)."""
+    return [c % speakers for c in range(num_classes)]
+
+
+def _check_class_speakers(mapping: object, num_classes: int, speakers: int, path: str | Path) -> None:
+    """A checkpoint's class-to-speaker mapping, where it has one (older checkpoints: one class per speaker)."""
+    if mapping is None:
+        return
+    if not isinstance(mapping, list) or mapping != class_speakers(num_classes, speakers):
+        raise file_error(path, f"checkpoint field 'class_speakers' must map its {num_classes} classes onto its "
+                               f"{speakers} speakers in order (class c is speaker c mod {speakers})")
+
+
 def weight_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
     """What differs between a model's weights and a checkpoint's, in a few words ("" when they fit)."""
     missing = sorted(set(expected) - set(found))
@@ -88,7 +102,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     if mismatch:
         raise file_error(path, f"checkpoint weights do not match its own configuration ({mismatch})")
     model.load_state_dict(state["model"])
-    if len(state["speakers"]) != config.model.num_classes:
-        raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.num_classes} classes")
+    if len(state["speakers"]) != config.model.speakers:
+        raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.speakers} classes")
+    _check_class_speakers(state.get("class_speakers"), config.model.num_classes, config.model.speakers, path)
     model.to(device).eval()
     return LoadedModel(model, config, frontend, list(state["speakers"]), Path(path))

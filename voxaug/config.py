@@ -31,6 +31,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 200
+    margin_warmup: int = 0
     grad_clip: float = 5.0
     segment: int = 128
     eval_every: int = 200
@@ -48,8 +49,9 @@ class TrainConfig:
         for name in ("steps", "batch", "segment", "eval_every", "train_eval_utterances", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise VoxaugError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise VoxaugError(f"--warmup must be >= 0, got {self.warmup}")
+        for name in ("warmup", "margin_warmup"):
+            if getattr(self, name) < 0:
+                raise VoxaugError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name, value in (("--lr", self.lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip),
                             ("--scale", self.model.scale), ("--margin", self.model.margin)):
             if not math.isfinite(value):

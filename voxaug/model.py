@@ -32,6 +32,8 @@ class ModelConfig:
     scale: float = 30.0
     margin: float = 0.2
     num_classes: int = 0
+    num_speakers: int = 0
+    """Original speakers among the classes (the first ones); 0: every class is one (checkpoints before ``speed``)."""
 
     def validate(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -45,8 +47,15 @@ class ModelConfig:
             raise VoxaugError(f"model: kernel_size must be a positive odd number, got {self.kernel_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise VoxaugError(f"model: dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.num_speakers <= max(self.num_classes, 0):
+            raise VoxaugError(f"model: num_speakers {self.num_speakers} must be in [0, num_classes {self.num_classes}]")
         if self.scale <= 0 or not 0.0 <= self.margin < 1.0:
             raise VoxaugError(f"model: need scale > 0 and 0 <= margin < 1, got scale {self.scale}, margin {self.margin}")
+
+    @property
+    def speakers(self) -> int:
+        """How many original speakers the classifier answers with."""
+        return self.num_speakers or self.num_classes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +123,12 @@ class SoftmaxHead(nn.Module):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, reduction="none")
+
+
+def speaker_logits(logits: torch.Tensor, config: ModelConfig, training: bool) -> torch.Tensor:
+    """All classes' logits in training (the loss needs the speed-perturbed classes); in evaluation only
+    the original speakers' (the first ``config.speakers`` classes), so no answer is a perturbed copy."""
+    return logits if training else logits[:, : config.speakers]
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -230,7 +245,7 @@ class ConformerSpeakerNet(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.embed(features, lengths)
-        return embeddings, self.head(embeddings)
+        return embeddings, speaker_logits(self.head(embeddings), self.config, self.training)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head.loss(logits, labels)
@@ -260,7 +275,7 @@ class TransformerMeanNet(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.embed(features, lengths)
-        return embeddings, self.head(embeddings)
+        return embeddings, speaker_logits(self.head(embeddings), self.config, self.training)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head.loss(logits, labels)

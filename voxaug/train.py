@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
-from voxaug.checkpoint import load_checkpoint, save_checkpoint
+from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig
 from voxaug.data.audio_store import default_workers, open_training_store, require_audio
 from voxaug.data.batching import SegmentSampler
@@ -67,6 +67,17 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def margin_at(step: int, config: TrainConfig) -> float:
+    """The AM-Softmax margin: from 0 up to the configured one over the first ``margin_warmup`` steps.
+
+    A full margin from step 0 asks random embeddings to clear a bar they cannot see yet; growing it
+    lets the classes separate first and tighten after (as WeSpeaker's margin scheduler does).
+    """
+    if step >= config.margin_warmup:
+        return config.model.margin
+    return config.model.margin * step / config.margin_warmup
 
 
 def rng_state() -> dict:
@@ -131,7 +142,9 @@ class Trainer:
         self.train_eval_indices = np.sort(eval_rng.choice(self.train_indices, size=count, replace=False))
 
         config.model.n_mels = self.store.n_mels
-        config.model.num_classes = len(self.speakers)
+        self.pipeline.bind(len(self.speakers))
+        config.model.num_classes = len(self.speakers) * self.pipeline.label_copies
+        config.model.num_speakers = len(self.speakers) if self.pipeline.label_copies > 1 else 0
         self.model = build_model(config.model).to(self.device)
         self.forward_model: nn.Module = self.model
         if self.dist.active:
@@ -181,6 +194,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "frontend": self.frontend.to_dict(),
             "speakers": list(self.speakers),
+            "class_speakers": class_speakers(self.config.model.num_classes, len(self.speakers)),
             "model": self.model.state_dict(),
             "step": self.step,
             "best_val_acc": self.best_val_acc,
@@ -201,7 +215,8 @@ class Trainer:
             raise file_error(path, "checkpoint has no optimizer state; resume from last.pt")
         saved = TrainConfig.from_dict(state["config"])
         mismatched = [
-            key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction")
+            key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction",
+                            "weight_decay", "margin_warmup")
             if getattr(saved, key) != getattr(self.config, key)
         ]
         if mismatched:
@@ -233,6 +248,8 @@ class Trainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.config)
+        if hasattr(self.model.head, "margin"):
+            self.model.head.margin = margin_at(self.step, self.config)
         batch = self.sampler.next_batch().to(self.device)
         self._trace(batch.indices)
         augmented = self.pipeline(TrainBatch.from_labels(batch.features, batch.lengths, batch.labels), self.augment_generator)

@@ -6,7 +6,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import math
+
 import torch
+
+from voxaug.errors import VoxaugError
 
 
 @dataclass
@@ -41,6 +45,14 @@ class BatchAugmentation(ABC):
     name: ClassVar[str]
     order: ClassVar[int]
 
+    @property
+    def label_copies(self) -> int:
+        """Classes each speaker gets in the head (``speed`` makes a perturbed speaker a new class)."""
+        return 1
+
+    def bind(self, speakers: int) -> None:
+        """Told the number of training speakers before the first batch; most augmentations ignore it."""
+
     @abstractmethod
     def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
         """Return the augmented batch; shapes of features and lengths are kept unless documented."""
@@ -61,6 +73,27 @@ def real_frames(lengths: torch.Tensor, frames: int) -> torch.Tensor:
 def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) float32 draws from ``generator`` on ``device`` (the generator's device)."""
     return torch.rand(shape, generator=generator, device=device)
+
+
+def check_probability(label: str, value: object) -> None:
+    """Refuse anything but a number in [0, 1], naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise VoxaugError(f"{label} must be a probability in [0, 1], got {value!r}")
+
+
+def check_number(label: str, value: object, low: float, high: float) -> None:
+    """Refuse anything but a finite number in [low, high], naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise VoxaugError(f"{label} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
+def check_range(label: str, low: object, high: object, lowest: float, highest: float) -> None:
+    """Refuse a (minimum, maximum) pair outside [lowest, highest] or in the wrong order."""
+    check_number(label, low, lowest, highest)
+    check_number(label, high, lowest, highest)
+    if low > high:  # type: ignore[operator]
+        raise VoxaugError(f"{label}: minimum {low} exceeds maximum {high}")
 
 
 def register_augmentation(cls: type[BatchAugmentation]) -> type[BatchAugmentation]:

@@ -1,19 +1,22 @@
 """Parse ``--augment a,b,c`` into augmentations applied in a fixed, documented order.
 
-The order is each class's ``order``, whatever the order of the names: crop (10), then specaug (20),
-then mixup (30); ``wave`` (0) is a pass-through here, its work done on the waveform in the data
-workers before the front end. Cropping first means masks and mixing only touch frames the model will see;
-mixing last means both partners are already masked.
+The order is each class's ``order``, whatever the order of the names: speed (5), crop (10), then
+the acoustic ones as sound meets them, reverb (12: the room), noise (14: other sources in it) and
+channel (16: the microphone colours both), then specaug (20) and mixup (30); ``wave`` (0) is a
+pass-through here, its work done on the waveform in the data workers before the front end.
+Cropping early means later steps only touch frames the model will see; mixing last means both
+partners are already augmented.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
 
-from voxaug.augment import crop, mixup, specaug, wave  # noqa: F401  (importing registers them)
+from voxaug.augment import channel, crop, mixup, noise, reverb, specaug, speed, wave  # noqa: F401  (importing registers them)
 from voxaug.augment.base import AUGMENTATIONS, BatchAugmentation, TrainBatch
 from voxaug.errors import VoxaugError
 
@@ -30,6 +33,16 @@ class AugmentPipeline:
         for augmentation in self.augmentations:
             batch = augmentation(batch, generator)
         return batch
+
+    @property
+    def label_copies(self) -> int:
+        """Classes per training speaker: 1, or 3 with ``speed`` (each speed its own class)."""
+        return math.prod(a.label_copies for a in self.augmentations)
+
+    def bind(self, speakers: int) -> None:
+        """Tell every augmentation the number of training speakers (``speed`` offsets labels by it)."""
+        for augmentation in self.augmentations:
+            augmentation.bind(speakers)
 
     @property
     def names(self) -> list[str]:

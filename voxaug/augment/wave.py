@@ -19,7 +19,7 @@ import numpy as np
 import soundfile
 
 from voxaug.audio import AUDIO_SUFFIXES
-from voxaug.augment.base import BatchAugmentation, TrainBatch, register_augmentation
+from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
 from voxaug.errors import VoxaugError, file_error
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
@@ -48,19 +48,6 @@ def example_seed(seed: int, epoch: int, position: int) -> int:
     """One 32-bit seed per training example, from (run seed, epoch, position in the epoch) only,
     so the augmentation an example gets does not depend on the number of workers or on resuming."""
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
-
-
-def _check_probability(label: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise VoxaugError(f"{label} must be a probability in [0, 1], got {value!r}")
-
-
-def _check_range(label: str, low: float, high: float) -> None:
-    for value in (low, high):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise VoxaugError(f"{label} must be finite numbers, got {low!r}, {high!r}")
-    if low > high:
-        raise VoxaugError(f"{label}: minimum {low} exceeds maximum {high}")
 
 
 @register_augmentation
@@ -92,10 +79,10 @@ class WaveAugmentation(BatchAugmentation):
     ) -> None:
         for label, value in (("wave snr_p", snr_p), ("wave gain_p", gain_p), ("--noise-p (wave noise_p)", noise_p),
                              ("--rir-p (wave rir_p)", rir_p)):
-            _check_probability(label, value)
-        _check_range("wave min_snr_db/max_snr_db", min_snr_db, max_snr_db)
-        _check_range("wave min_gain_db/max_gain_db", min_gain_db, max_gain_db)
-        _check_range("wave noise_min_snr_db/noise_max_snr_db", noise_min_snr_db, noise_max_snr_db)
+            check_probability(label, value)
+        check_range("wave min_snr_db/max_snr_db", min_snr_db, max_snr_db, -200.0, 200.0)
+        check_range("wave min_gain_db/max_gain_db", min_gain_db, max_gain_db, -200.0, 200.0)
+        check_range("wave noise_min_snr_db/noise_max_snr_db", noise_min_snr_db, noise_max_snr_db, -200.0, 200.0)
         self.snr_p, self.min_snr_db, self.max_snr_db = snr_p, min_snr_db, max_snr_db
         self.gain_p, self.min_gain_db, self.max_gain_db = gain_p, min_gain_db, max_gain_db
         self.noise_dir, self.noise_p = noise_dir, noise_p
