@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import typer
@@ -19,7 +20,11 @@ from voxaug.data.store import PackedStore
 from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
 from voxaug.embeddings.extract import Embedded, embed_store
 from voxaug.embeddings.identify import checkpoint_record
+from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock
+from voxaug.embeddings.speaker_index import (
+    DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index,
+)
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_output, atomic_write_text
 
@@ -36,18 +41,6 @@ def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speaker
     atomic_write_text(out / "items.csv", buffer.getvalue())
 
 
-def build_index(embeddings: np.ndarray, speakers: list[str | None], per: str, hnsw: bool, ckpt: Path,
-                frontend: dict) -> SpeakerIndex:
-    if any(s is None for s in speakers):
-        raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
-    index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint_record(ckpt),
-                         frontend=frontend)
-    labels = np.array(speakers)
-    for speaker in sorted(set(speakers)):
-        index.add(speaker, embeddings[labels == speaker])
-    return index
-
-
 @clean_errors
 def embed(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder or <speaker>/ clip folders (.pt or audio)."),
@@ -57,6 +50,13 @@ def embed(
     per: str = typer.Option("speaker", "--per", help="Index one centroid per speaker, or every utterance."),
     hnsw: bool = typer.Option(False, "--hnsw", help="HNSW index instead of exact search (large utterance indexes)."),
     batch: int = typer.Option(64, "--batch", help="Most utterances per forward pass (batches are also capped in frames)."),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help="Scoring back end fitted on the training split and "
+                                "stored with the index: none, center (minus the mean) or lda (LDA + within-speaker whitening)."),
+    lda_dim: int = typer.Option(DEFAULT_LDA_DIM, "--lda-dim", help="lda: output dimension (at most speakers - 1)."),
+    score_norm: str = typer.Option(DEFAULT_SCORE_NORM, "--score-norm", help="What identify scores with by default: "
+                                   "none (cosine) or asnorm (adaptive s-norm against the stored cohort)."),
+    cohort_size: int = typer.Option(DEFAULT_COHORT_SIZE, "--cohort-size", help="Most held-out utterances kept as the AS-norm cohort."),
+    cohort_top_k: int = typer.Option(DEFAULT_COHORT_TOP_K, "--cohort-top-k", help="AS-norm: top-K cohort scores per side."),
     window: int = typer.Option(None, "--window", help="Split utterances longer than this many frames into windows."),
     hop: int = typer.Option(None, "--hop", help="Hop between windows in frames (default: the window)."),
     device: str = DeviceOption,
@@ -74,6 +74,7 @@ def embed(
             raise VoxaugError(f"{option} must be a positive number of {'utterances' if option == '--batch' else 'frames'}, got {value}")
     if per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
+    scoring = ScoringOptions(backend, lda_dim, score_norm, cohort_size, cohort_top_k).validate()
     output_folder(out, "--out")
     if index is not None:
         output_file(index, "--index")
@@ -86,8 +87,12 @@ def embed(
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
                                progress=not quiet, with_probabilities=False, context=context)
-        main_only(context, lambda: _write_outputs(embedded, store.keys, speakers, out, index, per, hnsw, ckpt,
-                                                  loaded.frontend.to_dict(), "windows" if window else "utterances"))
+        main_only(context, lambda: _write_outputs(
+            embedded, store.keys, speakers, out, index,
+            lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw, checkpoint_record(ckpt),
+                                        loaded.frontend.to_dict(), loaded.config.seed, loaded.config.val_fraction,
+                                        scoring),
+            "windows" if window else "utterances"))
         clean = True
     except RankFailed:
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
@@ -96,9 +101,9 @@ def embed(
 
 
 def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | None], out: Path, index: Path | None,
-                   per: str, hnsw: bool, ckpt: Path, frontend: dict, pieces: str) -> None:
+                   build: Callable[[], SpeakerIndex], pieces: str) -> None:
     """embeddings.npy, items.csv and the index (rank 0 only under torchrun), then say what was written."""
-    speaker_index = build_index(embedded.embeddings, speakers, per, hnsw, ckpt, frontend) if index else None
+    speaker_index = build() if index else None
     write_embeddings(out, embedded.embeddings, keys, speakers)
     shared = ""
     if embedded.per_rank is not None and len(embedded.per_rank) > 1:
@@ -108,4 +113,8 @@ def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | Non
     if speaker_index is not None:
         with index_lock(index):  # an `enroll` on the same index may be running
             speaker_index.save(index)
-        typer.echo(f"wrote a {per} index of {len(speaker_index.speakers)} speakers to {index} (+ {index}.json)")
+        scoring = f"back end {speaker_index.backend.kind}, scores {speaker_index.score_norm}"
+        if speaker_index.cohort is not None:
+            scoring += f", AS-norm cohort: {speaker_index.cohort.source}"
+        typer.echo(f"wrote a {speaker_index.mode} index of {len(speaker_index.speakers)} speakers to {index} "
+                   f"(+ {index}.json; {scoring})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 import typer
 
 from voxaug.checkpoint import load_model
@@ -12,11 +14,17 @@ from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_erro
 from voxaug.data.sources import open_source
 from voxaug.data.store import PackedStore
 from voxaug.device import resolve_device
+from voxaug.embeddings.backend import SCORE_NORMS, check_choice
+from voxaug.embeddings.calibration import calibrate as calibrate_threshold
+from voxaug.embeddings.calibration import check_far, open_set_scores
 from voxaug.embeddings.evaluation import (
-    MAP_METHODS, centroid_accuracy, closed_set, embed_folder, embedding_map, read_trials, score_pairs, score_trials,
+    MAP_METHODS, LabelledEmbeddings, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
+    read_trials, score_pairs, score_trials,
 )
+from voxaug.embeddings.identify import check_checkpoint
+from voxaug.embeddings.index import SpeakerIndex, index_lock
 from voxaug.errors import VoxaugError
-from voxaug.safeio import atomic_write_text, ensure_folder
+from voxaug.safeio import atomic_write_text, ensure_folder, sha256_file
 
 
 @clean_errors
@@ -29,6 +37,14 @@ def evaluate(
     trials: Path = typer.Option(None, "--trials", help="Verification trials: lines 'LABEL CLIP1 CLIP2' (1 = same speaker), paths relative to DATA."),
     max_pairs: int = typer.Option(20000, "--max-pairs", help="Verification pairs sampled from the validation set when no --trials."),
     map_method: str = typer.Option("pca", "--map", help="2-D map: pca or tsne."),
+    index: Path = typer.Option(None, "--index", help="Speaker index (from embed/enroll): score open-set identification "
+                               "and AS-norm trials with its back end and cohort."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Write the threshold at --target-far into the index's sidecar; "
+                                   "identify then uses it by default."),
+    target_far: float = typer.Option(0.01, "--target-far", help="False-alarm rate the threshold allows (default 0.01)."),
+    score_norm: str = typer.Option(None, "--score-norm", help="none or asnorm for the open-set scores (default: the index's)."),
+    impostors: Path = typer.Option(None, "--impostors", help="<speaker>/ clip folders of speakers never enrolled: the share "
+                                   "answered 'unknown' at the threshold."),
     device: str = DeviceOption,
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,
@@ -43,12 +59,25 @@ def evaluate(
                               else f"{folder}: {option} expects a folder of <speaker>/ clip folders, found a file")
     if max_pairs <= 0:
         raise VoxaugError(f"--max-pairs must be positive, got {max_pairs}")
+    check_far(target_far)
+    if score_norm is not None:
+        check_choice("--score-norm", score_norm, SCORE_NORMS)
+    if index is None and (calibrate or impostors is not None or score_norm is not None):
+        raise VoxaugError("--calibrate, --impostors and --score-norm score against an index: pass --index")
+    if impostors is not None and not impostors.is_dir():
+        raise VoxaugError(f"{impostors}: --impostors folder not found")
+    speaker_index = SpeakerIndex.load(index) if index is not None else None
     if map_method not in MAP_METHODS:
         raise VoxaugError(f"--map {map_method!r} is not known; accepted: {', '.join(MAP_METHODS)}")
     output_folder(out, "--out")
     parsed_trials = read_trials(trials, data) if trials else None
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
+    if speaker_index is not None:
+        check_checkpoint(speaker_index, index, loaded, sha256_file(ckpt))
+        score_norm = score_norm or speaker_index.score_norm
+        if score_norm == "asnorm":
+            speaker_index.check_asnorm()
     store = PackedStore.open(open_source(data, loaded.frontend), cache_dir, progress=not quiet)
     report, reference, held_out = closed_set(loaded, store, torch_device, progress=not quiet)
     groups = {"validation": held_out}
@@ -65,9 +94,32 @@ def evaluate(
             "chance": 1 / len(set(enrolled.labels.tolist())),
         }
         groups["unseen test"] = tested
+        if speaker_index is not None:
+            report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
     seed = loaded.config.seed
-    report["verification"] = score_trials(loaded, parsed_trials, torch_device) if parsed_trials \
-        else score_pairs(held_out, max_pairs, seed, reference)
+
+    def verification(scorer: TrialScorer) -> dict:
+        return score_trials(loaded, parsed_trials, torch_device, scorer) if parsed_trials \
+            else score_pairs(held_out, max_pairs, seed, reference, scorer)
+
+    report["verification"] = verification(TrialScorer(target_far=target_far))
+    if speaker_index is not None and speaker_index.cohort is not None:
+        report["verification_backend"] = verification(TrialScorer(speaker_index, "none", target_far))
+        report["verification_asnorm"] = verification(TrialScorer(speaker_index, "asnorm", target_far))
+    if speaker_index is not None:
+        scores = open_set_scores(speaker_index, held_out.embeddings, held_out.labels.tolist(), score_norm)
+        report["open_set"] = calibrate_threshold(scores, target_far, score_norm,
+                                                 f"evaluate --calibrate on {data} (the run's validation split, "
+                                                 f"{len(held_out.labels)} clips)")
+        if impostors is not None:
+            strangers = embed_folder(loaded, impostors, torch_device, cache_dir, not quiet)
+            report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
+                                                                 report["open_set"]["value"])
+        if calibrate:
+            with index_lock(index):
+                latest = SpeakerIndex.load(index)  # an enrol may have run since it was read
+                latest.calibration = report["open_set"]
+                latest.save(index)
     ensure_folder(out, "report folder")
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
     report["checkpoint"] = str(ckpt)
@@ -79,8 +131,42 @@ def evaluate(
         unseen = report["unseen"]
         lines.append(f"unseen speakers: {unseen['accuracy']:.3f} top-1 over {unseen['test_clips']} clips of "
                      f"{unseen['speakers']} enrolled speakers (chance {unseen['chance']:.3f})")
-    verification = report["verification"]
-    lines.append(f"verification: EER {verification['eer']:.3f} (threshold {verification['eer_threshold']:.3f}), "
-                 f"minDCF {verification['min_dcf']:.3f} on {verification['trials']} trials")
+        if "among_enrolled" in unseen:
+            lines.append(f"unseen speakers among all {unseen['enrolled']} enrolled: {unseen['among_enrolled']:.3f} top-1 "
+                         f"({unseen['score']})")
+    for key, label in (("verification", "cosine"), ("verification_backend", f"{speaker_index.backend.kind if speaker_index else ''} back end"),
+                       ("verification_asnorm", "AS-norm")):
+        if key in report:
+            v = report[key]
+            lines.append(f"verification ({label}): EER {v['eer']:.3f} (threshold {v['eer_threshold']:.3f}), minDCF "
+                         f"{v['min_dcf']:.3f}, threshold at FAR {v['target_far']:g}: {v['far_threshold']:.3f} on "
+                         f"{v['trials']} trials")
+    if "open_set" in report:
+        o = report["open_set"]
+        lines.append(f"open set ({o['score_norm']}): threshold {o['value']:.3f} at FAR {o['target_far']:g} -> DIR "
+                     f"{o['dir']:.3f}, enrolled clips accepted {o['acceptance']:.3f}, top-1 {o['top1']:.3f}; EER "
+                     f"threshold {o['eer_threshold']:.3f}" + (" (written to the index)" if calibrate else ""))
+        if "impostors" in o:
+            lines.append(f"impostors (never enrolled): {o['impostors']['unknown']:.3f} answered unknown of "
+                         f"{o['impostors']['clips']} clips")
     lines.append(f"wrote {out / 'report.json'} and {out / 'embeddings_map.png'}")
     typer.echo("\n".join(lines))
+
+
+def among_enrolled(index: SpeakerIndex, tested: LabelledEmbeddings, score_norm: str) -> dict:
+    """Top-1 of the unseen speakers' test clips among everyone the index holds (trained speakers too)."""
+    missing = sorted(set(tested.labels.tolist()) - set(index.speakers))
+    if missing:
+        raise VoxaugError(f"speakers {missing[:5]} have test clips but are not enrolled in the index; enrol them first")
+    answers = [ranked[0][0] for ranked in index.search(tested.embeddings, 1, score_norm=score_norm)]
+    return {"among_enrolled": float(np.mean(np.array(answers) == tested.labels)), "enrolled": len(index.speakers),
+            "score": score_norm}
+
+
+def impostor_rejection(index: SpeakerIndex, strangers: LabelledEmbeddings, score_norm: str, threshold: float) -> dict:
+    """The share of clips of never-enrolled speakers whose best score falls under ``threshold``."""
+    enrolled = sorted(set(strangers.labels.tolist()) & set(index.speakers))
+    if enrolled:
+        raise VoxaugError(f"--impostors: speakers {enrolled[:5]} are enrolled in the index, so they are not impostors")
+    best = np.array([ranked[0][1] for ranked in index.search(strangers.embeddings, 1, score_norm=score_norm)])
+    return {"clips": int(len(best)), "unknown": float((best < threshold).mean())}

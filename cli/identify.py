@@ -9,12 +9,15 @@ import typer
 
 from voxaug.cli.common import DeviceOption, clean_errors, expand_clips
 from voxaug.device import resolve_device
+from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import Identification, Identifier, check_threshold
 
 
 def format_row(result: Identification) -> str:
     top = "  ".join(f"{speaker} {score:.3f}" for speaker, score in result.top)
-    return (f"{result.clip}\n  decision: {result.decision}\n  cosine top-{len(result.top)}: {top}\n"
+    score = "AS-norm" if result.score_norm == "asnorm" else "cosine"
+    return (f"{result.clip}\n  decision: {result.decision} (threshold {result.threshold:.3f}, {result.threshold_source})\n"
+            f"  {score} top-{len(result.top)}: {top}\n"
             f"  softmax: {result.softmax_speaker} (p={result.softmax_prob:.3f})")
 
 
@@ -24,13 +27,22 @@ def identify(
     index: Path = typer.Option(..., "--index", help="Speaker index written by embed or enroll."),
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the one the index's sidecar names."),
     top_k: int = typer.Option(5, "--top-k", help="How many speakers to list."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Cosine score under which the decision is 'unknown'."),
+    threshold: float = typer.Option(None, "--threshold", help="Score under which the decision is 'unknown' (default: "
+                                    "the one evaluate --calibrate stored in the index, else 0.5 cosine / 2.0 AS-norm)."),
+    score_norm: str = typer.Option(None, "--score-norm", help="none (cosine) or asnorm; default: what the index was built with."),
+    cohort_top_k: int = typer.Option(None, "--cohort-top-k", help="AS-norm: top-K cohort scores (default: the index's)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
     device: str = DeviceOption,
 ) -> None:
-    """Identify each clip by cosine nearest speaker, with the classifier's own answer beside it."""
-    check_threshold(threshold)
-    identifier = Identifier(index, ckpt, resolve_device(device))
+    """Identify each clip by its nearest enrolled speaker (cosine after the index's back end, or AS-norm),
+    with the classifier's own answer beside it."""
+    if score_norm is not None:
+        check_choice("--score-norm", score_norm, SCORE_NORMS)
+    if cohort_top_k is not None:
+        check_top_k(cohort_top_k)
+    check_threshold(threshold, score_norm or "asnorm")
+    identifier = Identifier(index, ckpt, resolve_device(device), score_norm=score_norm, cohort_top_k=cohort_top_k,
+                            threshold=threshold)
     for clip in expand_clips(clips):
-        result = identifier.identify(clip, top_k, threshold)
+        result = identifier.identify(clip, top_k)
         typer.echo(json.dumps(result.to_json()) if as_json else format_row(result))

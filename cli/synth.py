@@ -12,18 +12,21 @@ from voxaug.synth import SynthConfig, generate
 
 @clean_errors
 def synth(
-    out: Path = typer.Argument(..., help="Output folder (HW4 layout plus unseen/{enroll,test}/<speaker>/)."),
+    out: Path = typer.Argument(..., help="Output folder (HW4 layout plus unseen/{enroll,test,impostors}/<speaker>/)."),
     speakers: int = typer.Option(SynthConfig.speakers, help="Training speakers."),
     utterances: int = typer.Option(SynthConfig.utterances, help="Utterances per training speaker (10% go to testdata.json)."),
     unseen: int = typer.Option(SynthConfig.unseen, help="Speakers kept out of training, for enrolment."),
+    impostors: int = typer.Option(SynthConfig.impostors, help="Speakers never trained on nor enrolled (open-set checks)."),
     seed: int = typer.Option(SynthConfig.seed, help="Same seed, same files."),
     wav: bool = typer.Option(False, "--wav", help="Also write training audio as OUT/wav/<speaker>/<session>/<n>.wav."),
     quiet: bool = QuietOption,
 ) -> None:
     """Generate a synthetic speaker set locally (seconds, deterministic for a seed)."""
-    config = SynthConfig(speakers=speakers, utterances=utterances, unseen=unseen, seed=seed, write_training_audio=wav)
+    config = SynthConfig(speakers=speakers, utterances=utterances, unseen=unseen, impostors=impostors, seed=seed,
+                         write_training_audio=wav)
     summary = generate(out, config, progress=not quiet)
     typer.echo(
         f"wrote {summary['train_utterances']} training and {summary['test_utterances']} test utterances of "
-        f"{summary['speakers']} speakers, plus {summary['unseen_speakers']} unseen speakers, to {out}"
+        f"{summary['speakers']} speakers, plus {summary['unseen_speakers']} unseen speakers and {summary['impostors']} "
+        f"impostors, to {out}"
     )

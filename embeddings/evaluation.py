@@ -20,6 +20,7 @@ from voxaug.data.sources import ClipFolderSource, load_clip, resolve_inside  # n
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.extract import embed_store, embed_tensors  # noqa: E402
+from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
@@ -90,18 +91,46 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
     return trials
 
 
-def score_trials(loaded: LoadedModel, trials: list[tuple[bool, Path, Path]], device: torch.device) -> dict:
+class TrialScorer:
+    """Scores trial pairs as cosines of the network's embeddings or, given an index, in its back end's
+    space, plain or AS-normalised against its cohort (each side's own speaker left out of the cohort)."""
+
+    def __init__(self, index: SpeakerIndex | None = None, score_norm: str = "none", target_far: float = 0.01) -> None:
+        if score_norm == "asnorm" and (index is None or index.cohort is None):
+            raise VoxaugError("AS-norm trials need an index with a cohort (--index built by `voxaug embed`)")
+        self.index, self.score_norm, self.target_far = index, score_norm, target_far
+
+    def __call__(self, first: LabelledEmbeddings, second: LabelledEmbeddings) -> dict:
+        a, b = first.embeddings, second.embeddings
+        if self.index is not None:
+            a, b = self.index.to_space(a), self.index.to_space(b)
+        scores = np.einsum("ij,ij->i", a, b)
+        if self.score_norm == "asnorm":
+            stats_a = self.index.cohort.stats(a, exclude=[str(x) for x in first.labels])
+            stats_b = self.index.cohort.stats(b, exclude=[str(x) for x in second.labels])
+            scores = 0.5 * ((scores - stats_a[0]) / stats_a[1] + (scores - stats_b[0]) / stats_b[1])
+        return eer_and_min_dcf(scores, first.labels == second.labels, target_far=self.target_far)
+
+
+def score_trials(loaded: LoadedModel, trials: list[tuple[bool, Path, Path]], device: torch.device,
+                 scorer: TrialScorer | None = None) -> dict:
     clips = sorted({p for _, a, b in trials for p in (a, b)})
     embedded = embed_tensors(loaded.model, [load_clip(c, loaded.frontend) for c in clips], device)
     row = {clip: i for i, clip in enumerate(clips)}
-    scores = np.array([embedded.embeddings[row[a]] @ embedded.embeddings[row[b]] for _, a, b in trials])
-    return eer_and_min_dcf(scores, np.array([same for same, _, _ in trials]))
+    first = np.array([row[a] for _, a, _ in trials])
+    second = np.array([row[b] for _, _, b in trials])
+    same = np.array([same for same, _, _ in trials])
+    labels_a = np.array([f"clip{i}" for i in first], dtype=object)  # unknown speakers: no cohort entry is theirs
+    labels_b = np.where(same, labels_a, np.array([f"other{i}" for i in second], dtype=object))
+    return (scorer or TrialScorer())(LabelledEmbeddings(embedded.embeddings[first], labels_a),
+                                     LabelledEmbeddings(embedded.embeddings[second], labels_b))
 
 
 def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,
-                reference: LabelledEmbeddings | None = None) -> dict:
+                reference: LabelledEmbeddings | None = None, scorer: TrialScorer | None = None) -> dict:
     """Pairs within ``data``; when they hold no same-speaker pair (one validation utterance per speaker),
     pairs of ``data`` against ``reference`` (the training split) instead."""
+    scorer = scorer or TrialScorer()
     first, second = all_pairs(data.labels, max_pairs, seed)
     if reference is not None and not (data.labels[first] == data.labels[second]).any():
         rng = np.random.default_rng(seed)
@@ -110,11 +139,13 @@ def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,
         if len(first) > max_pairs:
             keep = np.sort(rng.choice(len(first), max_pairs, replace=False))
             first, second = first[keep], second[keep]
-        scores = np.einsum("ij,ij->i", data.embeddings[first], reference.embeddings[second])
-        result = eer_and_min_dcf(scores, data.labels[first] == reference.labels[second])
+        result = scorer(subset(data, first), subset(reference, second))
         return {**result, "pairs": "validation x training"}
-    scores = np.einsum("ij,ij->i", data.embeddings[first], data.embeddings[second])
-    return {**eer_and_min_dcf(scores, data.labels[first] == data.labels[second]), "pairs": "validation x validation"}
+    return {**scorer(subset(data, first), subset(data, second)), "pairs": "validation x validation"}
+
+
+def subset(data: LabelledEmbeddings, rows: np.ndarray) -> LabelledEmbeddings:
+    return LabelledEmbeddings(data.embeddings[rows], data.labels[rows])
 
 
 def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str, seed: int) -> None:

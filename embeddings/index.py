@@ -5,6 +5,11 @@ By default each speaker is one vector, the renormalised mean of its enrolment em
 sidecar keeps each speaker's count and the norm of that mean, so enrolling more clips updates the
 centroid exactly: the running sum is ``count * norm * centroid``. ``per="utterance"`` keeps every
 embedding and answers by voting among the nearest neighbours.
+
+Vectors live in the space of the index's scoring back end (``voxaug.embeddings.backend``): ``add``
+and ``search`` take the network's embeddings and apply the stored back end themselves, so every
+enrolment and every query is scored the same way. With an AS-norm cohort, each enrolled speaker's
+cohort statistics are computed once, when it is enrolled, and a query costs one cohort product.
 """
 
 from __future__ import annotations
@@ -25,11 +30,19 @@ from typing import Iterator
 import faiss
 import numpy as np
 
+from voxaug.embeddings.backend import SCORE_NORMS, Cohort, ScoringBackend, as_norm, check_choice
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_bytes, atomic_write_text, ensure_folder, fsync_dir, read_json
 
 INDEX_FORMAT = "voxaug-speaker-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 adds the scoring back end, the AS-norm cohort and its statistics, and the calibration;
+a version-1 sidecar (none of these) still loads and scores plain cosines as before."""
+ASNORM_CANDIDATES = 200
+"""With AS-norm, the nearest speakers by cosine that are re-scored (all of them in smaller indexes)."""
+DEFAULT_THRESHOLDS = {"none": 0.5, "asnorm": 2.0}
+"""Decision thresholds used until ``evaluate --calibrate`` writes one: a cosine, or an AS-norm score."""
 MODES = ("speaker", "utterance")
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
@@ -67,27 +80,66 @@ class SpeakerIndex:
     mean_norms: dict[str, float] = field(default_factory=dict)
     checkpoint: dict = field(default_factory=dict)
     frontend: dict = field(default_factory=dict)
+    backend: ScoringBackend = field(default_factory=ScoringBackend)
+    cohort: Cohort | None = None
+    cohort_stats: dict[str, list[float]] = field(default_factory=dict)
+    """Each enrolled speaker's (mean, std) of its top-K cohort scores, computed when it was enrolled."""
+    score_norm: str = "none"
+    """What ``identify`` scores with unless told otherwise: plain cosine (``none``) or ``asnorm``."""
+    calibration: dict = field(default_factory=dict)
+    """The threshold ``evaluate --calibrate`` chose: value, score_norm, target_far, source, date."""
     built: faiss.Index | None = field(default=None, repr=False, compare=False)
     """The FAISS index over ``vectors`` as loaded or last built; kept so an HNSW graph is not rebuilt on every load."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise VoxaugError(f"--per {self.mode!r} is not known; accepted: {', '.join(MODES)}")
+        check_choice("--score-norm", self.score_norm, SCORE_NORMS)
+        if self.score_norm == "asnorm":
+            self.check_asnorm()
         if self.vectors.size == 0:
-            self.vectors = np.zeros((0, self.dim), dtype=np.float32)
+            self.vectors = np.zeros((0, self.space_dim), dtype=np.float32)
+
+    @property
+    def space_dim(self) -> int:
+        """Dimension of the stored vectors: the back end's output (``dim`` is the network's embedding size)."""
+        return self.backend.output_dim(self.dim)
+
+    def check_asnorm(self) -> None:
+        """AS-norm needs a cohort and one vector per speaker (its statistics are stored per speaker)."""
+        if self.cohort is None:
+            raise VoxaugError("--score-norm asnorm: the index has no AS-norm cohort; rebuild it with "
+                              "`voxaug embed ... --index FILE --score-norm asnorm`")
+        if self.mode != "speaker":
+            raise VoxaugError("--score-norm asnorm works on speaker indexes (--per speaker), not --per utterance")
+
+    def threshold(self, score_norm: str, option: float | None = None) -> tuple[float, str]:
+        """The decision threshold and where it came from: ``option``, ``calibrated`` or ``default``."""
+        if option is not None:
+            return float(option), "option"
+        if self.calibration.get("score_norm") == score_norm and isinstance(self.calibration.get("value"), (int, float)):
+            return float(self.calibration["value"]), "calibrated"
+        return DEFAULT_THRESHOLDS[score_norm], "default"
 
     # ---- building --------------------------------------------------------------------------
     @property
     def speakers(self) -> list[str]:
         return sorted(self.counts)
 
-    def add(self, speaker: str, embeddings: np.ndarray, append: bool = False) -> None:
-        """Enrol ``speaker`` from unit embeddings (N, dim); with ``append``, add to an existing one."""
-        embeddings = unit_rows(embeddings)
+    def to_space(self, embeddings: np.ndarray, what: str = "embeddings") -> np.ndarray:
+        """The network's embeddings (N, dim) as unit rows in the back end's space (N, space_dim)."""
+        embeddings = unit_rows(embeddings, what)
         if embeddings.shape[1] != self.dim:
-            raise VoxaugError(f"embedding dimension {embeddings.shape[1]} does not match the index's {self.dim}")
+            raise VoxaugError(f"{what}: dimension {embeddings.shape[1]} does not match the index's {self.dim}"
+                              + (f" (the network's; the index applies its {self.backend.kind} back end itself)"
+                                 if self.backend.kind != "none" else ""))
+        return unit_rows(self.backend.apply(embeddings), what) if self.backend.kind != "none" else embeddings
+
+    def add(self, speaker: str, embeddings: np.ndarray, append: bool = False) -> None:
+        """Enrol ``speaker`` from the network's embeddings (N, dim); with ``append``, add to an existing one."""
         if speaker in self.counts and not append:
             raise VoxaugError(f"speaker {speaker!r} is already enrolled; pass --append to add clips to it")
+        embeddings = self.to_space(embeddings)
         if self.mode == "utterance":
             if self.built is not None:
                 self.built.add(embeddings)  # HNSW and flat both grow in place: no rebuild for new utterances
@@ -105,9 +157,13 @@ class SpeakerIndex:
         mean = total / count
         norm = float(np.linalg.norm(mean))
         self.built = None
-        self.vectors = np.concatenate([self.vectors, (mean / norm).astype(np.float32)[None]])
+        centroid = (mean / norm).astype(np.float32)[None]
+        self.vectors = np.concatenate([self.vectors, centroid])
         self.labels.append(speaker)
         self.counts[speaker], self.mean_norms[speaker] = count, norm
+        if self.cohort is not None:
+            cohort_mean, cohort_std = self.cohort.stats(centroid, exclude=[speaker])
+            self.cohort_stats[speaker] = [float(cohort_mean[0]), float(cohort_std[0])]
 
     def remove(self, speaker: str) -> None:
         if speaker not in self.counts:
@@ -115,6 +171,7 @@ class SpeakerIndex:
         self._drop_rows([i for i, label in enumerate(self.labels) if label == speaker])
         del self.counts[speaker]
         self.mean_norms.pop(speaker, None)
+        self.cohort_stats.pop(speaker, None)
 
     def _drop_rows(self, rows: list[int]) -> None:
         self.built = None
@@ -126,8 +183,8 @@ class SpeakerIndex:
     def faiss_index(self) -> faiss.Index:
         """The FAISS index over ``vectors``: the loaded or last built one, else built now (HNSW builds are slow)."""
         if self.built is None:
-            index = faiss.IndexHNSWFlat(self.dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT) if self.hnsw \
-                else faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexHNSWFlat(self.space_dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT) if self.hnsw \
+                else faiss.IndexFlatIP(self.space_dim)
             if self.hnsw:
                 index.hnsw.efSearch = HNSW_EF_SEARCH
             if len(self.vectors):
@@ -135,17 +192,20 @@ class SpeakerIndex:
             self.built = index
         return self.built
 
-    def search(self, queries: np.ndarray, top_k: int, index: faiss.Index | None = None) -> list[list[tuple[str, float]]]:
-        """Top-k (speaker, cosine) per query. In utterance mode speakers are ranked by votes among the
-        ``max(top_k, 10)`` nearest utterances, ties broken by their best cosine."""
+    def search(self, queries: np.ndarray, top_k: int, index: faiss.Index | None = None,
+               score_norm: str | None = None, cohort_top_k: int | None = None) -> list[list[tuple[str, float]]]:
+        """Top-k (speaker, score) per query of network embeddings, the score a cosine in the back end's
+        space or, with ``score_norm="asnorm"``, its AS-norm. In utterance mode speakers are ranked by
+        votes among the ``max(top_k, 10)`` nearest utterances, ties broken by their best cosine."""
         if top_k <= 0:
             raise VoxaugError(f"--top-k must be positive, got {top_k}")
         if not self.labels:
             raise VoxaugError("the index has no enrolled speakers")
-        queries = unit_rows(queries, "queries")
-        if queries.shape[1] != self.dim:
-            raise VoxaugError(f"query dimension {queries.shape[1]} does not match the index's {self.dim}")
+        score_norm = check_choice("--score-norm", score_norm or self.score_norm, SCORE_NORMS)
+        queries = self.to_space(queries, "queries")
         index = index or self.faiss_index()
+        if score_norm == "asnorm":
+            return self._search_asnorm(queries, top_k, index, cohort_top_k)
         neighbours = min(len(self.labels), top_k if self.mode == "speaker" else max(top_k, 10))
         scores, rows = index.search(queries, neighbours)
         results = []
@@ -159,6 +219,26 @@ class SpeakerIndex:
                 ranked = sorted(votes, key=lambda label: (-votes[label], -best[label]))
                 hits = [(label, best[label]) for label in ranked]
             results.append(hits[:top_k])
+        return results
+
+    def _search_asnorm(self, queries: np.ndarray, top_k: int, index: faiss.Index,
+                       cohort_top_k: int | None) -> list[list[tuple[str, float]]]:
+        """Re-score the nearest ``ASNORM_CANDIDATES`` speakers by AS-norm and rank them by it."""
+        self.check_asnorm()
+        candidates = min(len(self.labels), max(top_k, ASNORM_CANDIDATES))
+        scores, rows = index.search(queries, candidates)
+        query_stats = self.cohort.stats(queries, top_k=cohort_top_k)
+        results = []
+        for row, (score_row, id_row) in enumerate(zip(scores, rows)):
+            kept = id_row >= 0
+            names = [self.labels[i] for i in id_row[kept]]
+            model_stats = np.array([self.cohort_stats[name] for name in names], dtype=np.float64).T  # (2, C)
+            if cohort_top_k is not None and cohort_top_k != self.cohort.top_k:
+                model_stats = np.stack(self.cohort.stats(self.vectors[id_row[kept]], exclude=names, top_k=cohort_top_k))
+            normed = as_norm(score_row[kept][None], (query_stats[0][row : row + 1], query_stats[1][row : row + 1]),
+                             (model_stats[0], model_stats[1]))[0]
+            order = np.argsort(-normed, kind="stable")[:top_k]
+            results.append([(names[i], float(normed[i])) for i in order])
         return results
 
     # ---- storage ---------------------------------------------------------------------------
@@ -185,6 +265,12 @@ class SpeakerIndex:
             "mean_norms": self.mean_norms,
             "checkpoint": self.checkpoint,
             "frontend": self.frontend,
+            "backend": self.backend.to_json(),
+            "space_dimension": self.space_dim,
+            "score_norm": self.score_norm,
+            "cohort": None if self.cohort is None else self.cohort.to_json(),
+            "cohort_stats": self.cohort_stats,
+            "calibration": self.calibration,
             "index_sha256": digest,
         }
         if sidecar_path(path).is_dir():
@@ -211,9 +297,11 @@ class SpeakerIndex:
         missing = [key for key in required if key not in meta]
         if missing:
             raise file_error(side, f"sidecar lacks {', '.join(missing)}")
-        if meta["version"] != INDEX_VERSION:
-            raise file_error(side, f"sidecar version {meta['version']} is not supported (expected {INDEX_VERSION})")
+        if meta["version"] not in READABLE_VERSIONS or isinstance(meta["version"], bool):
+            raise file_error(side, f"sidecar version {meta['version']} is not supported (expected one of "
+                                   f"{', '.join(map(str, READABLE_VERSIONS))})")
         _check_sidecar_types(meta, side)
+        scoring = _scoring_fields(meta, side)
         data = _committed_bytes(path, meta["index_sha256"])
         if data[:4] not in FAISS_KINDS:
             raise file_error(path, f"not a FAISS flat or HNSW index (starts with {data[:4]!r})")
@@ -222,16 +310,24 @@ class SpeakerIndex:
         except (RuntimeError, MemoryError) as exc:
             raise file_error(path, "not a readable FAISS index") from exc
         dim, labels = meta["dimension"], meta["labels"]
-        if index.d != dim or index.ntotal != len(labels):
-            raise file_error(side, f"sidecar says {len(labels)} vectors of dimension {dim}, "
+        backend = scoring["backend"]
+        if backend.mean is not None and backend.mean.shape[0] != dim:
+            raise file_error(side, f"the back end expects embeddings of dimension {backend.mean.shape[0]}, "
+                                   f"the sidecar says {dim}")
+        space_dim = backend.output_dim(dim)
+        if index.d != space_dim or index.ntotal != len(labels):
+            raise file_error(side, f"sidecar says {len(labels)} vectors of dimension {space_dim}, "
                                    f"the index holds {index.ntotal} of dimension {index.d}")
-        vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, dim), dtype=np.float32)
+        vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, space_dim), dtype=np.float32)
         if not np.isfinite(vectors).all():
             raise file_error(path, "index vectors hold NaN or Inf values")
-        return cls(dim=dim, mode=meta["per"], hnsw=meta.get("faiss") == "IndexHNSWFlat", labels=list(labels),
-                   vectors=np.ascontiguousarray(vectors, dtype=np.float32), counts=dict(meta["counts"]),
-                   mean_norms=dict(meta.get("mean_norms", {})), checkpoint=dict(meta["checkpoint"]),
-                   frontend=dict(meta["frontend"]), built=index)
+        try:
+            return cls(dim=dim, mode=meta["per"], hnsw=meta.get("faiss") == "IndexHNSWFlat", labels=list(labels),
+                       vectors=np.ascontiguousarray(vectors, dtype=np.float32), counts=dict(meta["counts"]),
+                       mean_norms=dict(meta.get("mean_norms", {})), checkpoint=dict(meta["checkpoint"]),
+                       frontend=dict(meta["frontend"]), built=index, **scoring)
+        except VoxaugError as exc:
+            raise file_error(side, str(exc)) from exc
 
 
 def pending_path(path: str | Path, digest: str) -> Path:
@@ -265,6 +361,31 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
         raise file_error(side, f"sidecar field 'per' is {meta['per']!r}; accepted: {', '.join(MODES)}")
     if not all(isinstance(label, str) for label in meta["labels"]) or set(meta["labels"]) != set(meta["counts"]):
         raise file_error(side, "sidecar 'labels' and 'counts' name different speakers")
+
+
+def _scoring_fields(meta: dict, side: Path) -> dict:
+    """The back end, cohort, statistics, score normalisation and calibration of a sidecar
+    (a version-1 sidecar has none of them: plain cosine, as it was scored when written)."""
+    where = str(side)
+    try:
+        backend = ScoringBackend.from_json(meta.get("backend", {"version": 1, "kind": "none"}), where)
+        cohort = None if meta.get("cohort") is None else Cohort.from_json(meta["cohort"], where)
+    except VoxaugError as exc:
+        raise file_error(side, str(exc).removeprefix(f"{where}: ")) from exc
+    stats = meta.get("cohort_stats", {})
+    if not isinstance(stats, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) for v in stats.values()):
+        raise file_error(side, "sidecar field 'cohort_stats' must map speakers to [mean, std]")
+    if cohort is not None and meta.get("per") == "speaker" and set(stats) != set(meta["labels"]):
+        raise file_error(side, "sidecar 'cohort_stats' and 'labels' name different speakers")
+    calibration = meta.get("calibration", {})
+    if not isinstance(calibration, dict):
+        raise file_error(side, "sidecar field 'calibration' must be an object")
+    score_norm = meta.get("score_norm", "none")
+    if score_norm not in SCORE_NORMS:
+        raise file_error(side, f"sidecar field 'score_norm' is {score_norm!r}; accepted: {', '.join(SCORE_NORMS)}")
+    return {"backend": backend, "cohort": cohort, "cohort_stats": dict(stats), "score_norm": score_norm,
+            "calibration": dict(calibration)}
 
 
 @contextmanager

@@ -8,8 +8,9 @@ from sklearn.metrics import roc_curve
 from voxaug.errors import VoxaugError
 
 
-def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01) -> dict:
-    """EER, its threshold, and the normalised minDCF (C_miss = C_fa = 1) of same/different trials."""
+def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01, target_far: float = 0.01) -> dict:
+    """EER, its threshold, the normalised minDCF (C_miss = C_fa = 1), and the threshold that keeps the
+    false-alarm rate at or under ``target_far`` with the miss rate there, of same/different trials."""
     scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
     if same.all() or not same.any():
         raise VoxaugError("verification needs both same-speaker and different-speaker trials")
@@ -19,7 +20,9 @@ def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01
     eer = float((fnr[best] + fpr[best]) / 2)
     dcf = p_target * fnr + (1 - p_target) * fpr
     min_dcf = float(dcf.min() / min(p_target, 1 - p_target))
+    at_far = int(np.flatnonzero(fpr <= target_far)[-1])
     return {"eer": eer, "eer_threshold": float(thresholds[best]), "min_dcf": min_dcf, "p_target": p_target,
+            "target_far": target_far, "far_threshold": float(thresholds[at_far]), "miss_at_far": float(fnr[at_far]),
             "trials": int(len(same)), "same_trials": int(same.sum())}
 
 

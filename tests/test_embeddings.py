@@ -124,7 +124,8 @@ def test_identify_json_schema_and_trained_speakers(built_index, tiny_synth):
     answers = [json.loads(line) for line in result.output.splitlines()]
     assert len(answers) == len(clips)
     for answer, clip in zip(answers, clips):
-        assert set(answer) == {"clip", "top", "softmax", "decision"}
+        assert set(answer) == {"clip", "top", "softmax", "decision", "score", "threshold"}
+        assert answer["score"] == "asnorm" and answer["threshold"] == {"value": 2.0, "source": "default"}
         assert len(answer["top"]) == 3 and set(answer["top"][0]) == {"speaker", "score"}
         assert answer["top"][0]["score"] >= answer["top"][1]["score"] >= answer["top"][2]["score"]
         assert set(answer["softmax"]) == {"speaker", "prob"} and 0 <= answer["softmax"]["prob"] <= 1
@@ -137,7 +138,12 @@ def test_identify_json_schema_and_trained_speakers(built_index, tiny_synth):
 
 def test_threshold_gives_unknown(built_index, tiny_synth):
     clip = sorted((tiny_synth / "unseen" / "test").glob("*/*.pt"))[0]
-    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "1.0", "--device", "cpu", clip)
+    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "1.0", "--score-norm",
+                    "none", "--device", "cpu", clip)
+    answer = json.loads(result.output)
+    assert answer["decision"] == "unknown" and answer["score"] == "cosine"
+    assert answer["threshold"] == {"value": 1.0, "source": "option"}
+    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "100", "--device", "cpu", clip)
     assert json.loads(result.output)["decision"] == "unknown"
 
 

@@ -42,6 +42,7 @@ class SynthConfig:
     unseen: int = 10
     enroll_per_unseen: int = 4
     test_per_unseen: int = 6
+    impostors: int = 5
     test_fraction: float = 0.1
     sessions_per_speaker: int = 3
     min_seconds: float = 1.5
@@ -54,8 +55,8 @@ class SynthConfig:
             raise VoxaugError(f"--speakers must be at least 2, got {self.speakers}")
         if self.utterances < 2:
             raise VoxaugError(f"--utterances must be at least 2, got {self.utterances}")
-        if self.unseen < 0:
-            raise VoxaugError(f"--unseen must be >= 0, got {self.unseen}")
+        if self.unseen < 0 or self.impostors < 0:
+            raise VoxaugError(f"--unseen and --impostors must be >= 0, got {self.unseen}, {self.impostors}")
         if not 0 < self.min_seconds <= self.max_seconds:
             raise VoxaugError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}")
 
@@ -201,7 +202,8 @@ def _save_features(path: Path, features: torch.Tensor) -> None:
 
 
 def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
-    """Write the corpus to ``out`` in the HW4 layout plus ``unseen/{enroll,test}/<speaker>/``.
+    """Write the corpus to ``out`` in the HW4 layout plus ``unseen/{enroll,test}/<speaker>/`` (speakers to
+    enrol without training) and ``unseen/impostors/<speaker>/`` (speakers never enrolled: open-set checks).
 
     Returns a summary (counts). Same seed, same files.
     """
@@ -211,9 +213,11 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
     frontend = FrontendConfig()
     speakers = [f"spk{index:03d}" for index in range(config.speakers)]
     unseen = [f"new{index:03d}" for index in range(config.unseen)]
+    impostors = [f"imp{index:03d}" for index in range(config.impostors)]
     metadata: dict[str, list] = {s: [] for s in speakers}
     test_entries, test_labels = [], []
-    total = config.speakers * config.utterances + config.unseen * (config.enroll_per_unseen + config.test_per_unseen)
+    total = (config.speakers * config.utterances + config.unseen * (config.enroll_per_unseen + config.test_per_unseen)
+             + config.impostors * config.test_per_unseen)
     bar = tqdm(total=total, desc=f"synth {out}", unit="utt", disable=not progress, leave=False)
 
     def make(speaker: str, voice: Voice, sessions: list[Session], index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -242,13 +246,14 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
             if config.write_training_audio:
                 write_audio(out / "wav" / speaker / f"session{session_id}" / f"{index:05d}.wav", wave, frontend.sample_rate)
 
-    for speaker in unseen:
+    for speaker in unseen + impostors:
         g = _generator(config.seed, speaker, "voice")
         voice = Voice.draw(g)
         sessions = [Session.draw(g) for _ in range(config.sessions_per_speaker)]
-        for index in range(config.enroll_per_unseen + config.test_per_unseen):
+        newcomer = speaker in unseen
+        for index in range(config.enroll_per_unseen + config.test_per_unseen if newcomer else config.test_per_unseen):
             wave, features, _ = make(speaker, voice, sessions, index)
-            part = "enroll" if index < config.enroll_per_unseen else "test"
+            part = ("enroll" if index < config.enroll_per_unseen else "test") if newcomer else "impostors"
             folder = out / "unseen" / part / speaker
             folder.mkdir(parents=True, exist_ok=True)
             _save_features(folder / f"{index:03d}.pt", features)
@@ -268,4 +273,5 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
         "train_utterances": sum(len(v) for v in metadata.values()),
         "test_utterances": len(test_entries),
         "unseen_speakers": config.unseen,
+        "impostors": config.impostors,
     }

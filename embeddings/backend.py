@@ -1,0 +1,190 @@
+"""The scoring back end: what turns a network embedding into the vector that is scored.
+
+``embed`` fits it on the training speakers' embeddings and the index's sidecar stores it as plain
+arrays (never pickle), so that ``enroll`` and ``identify`` apply the same transform to every
+enrolment and every query and the score stays a cosine in the new space:
+
+- ``none``: the embedding as it is;
+- ``center``: minus the training mean (speaker-independent offsets cancel in the cosine);
+- ``lda``: centred, then projected by linear discriminant analysis (scikit-learn, Ledoit-Wolf
+  shrinkage) onto the directions that separate speakers, scaled so that the within-speaker
+  covariance is the identity (WCCN whitening): session and content variation weigh less.
+
+Adaptive score normalisation (AS-norm) uses a cohort of embeddings in the same space: a trial's
+score s(e, q) becomes ½[(s − μ_e)/σ_e + (s − μ_q)/σ_q], where μ and σ are the mean and standard
+deviation of each side's K highest cohort scores (cohort entries of the enrolled speaker
+themselves left out). It rescales every speaker's scores by how close impostors come to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxaug.errors import VoxaugError
+
+BACKENDS = ("none", "center", "lda")
+SCORE_NORMS = ("none", "asnorm")
+BACKEND_VERSION = 1
+DEFAULT_LDA_DIM = 64
+DEFAULT_COHORT_TOP_K = 20
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length (a zero row stays zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.float32(1e-12))
+
+
+@dataclass
+class ScoringBackend:
+    """``apply`` maps (N, input_dim) embeddings to unit rows of (N, output_dim)."""
+
+    kind: str = "none"
+    mean: np.ndarray | None = None  # (E,)
+    projection: np.ndarray | None = None  # (E, D)
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKENDS:
+            raise VoxaugError(f"--backend {self.kind!r} is not known; accepted: {', '.join(BACKENDS)}")
+
+    def output_dim(self, input_dim: int) -> int:
+        return input_dim if self.projection is None else int(self.projection.shape[1])
+
+    def apply(self, embeddings: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings, dtype=np.float32)
+        if self.mean is not None:
+            if x.shape[1] != self.mean.shape[0]:
+                raise VoxaugError(f"embedding dimension {x.shape[1]} does not match the back end's {self.mean.shape[0]}")
+            x = x - self.mean
+        if self.projection is not None:
+            x = x @ self.projection
+        return unit(x)
+
+    @classmethod
+    def fit(cls, kind: str, embeddings: np.ndarray, labels: np.ndarray, lda_dim: int = DEFAULT_LDA_DIM) -> "ScoringBackend":
+        """Fit on training embeddings (N, E) with their speaker labels (N,)."""
+        cls(kind)  # refuses an unknown kind
+        if kind == "none":
+            return cls("none")
+        embeddings = np.asarray(embeddings, dtype=np.float64)
+        mean = embeddings.mean(axis=0)
+        if kind == "center":
+            return cls("center", mean.astype(np.float32))
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        speakers = len(set(np.asarray(labels).tolist()))
+        if speakers < 3:
+            raise VoxaugError(f"--backend lda needs at least 3 training speakers, the data has {speakers}")
+        if not isinstance(lda_dim, int) or lda_dim < 1:
+            raise VoxaugError(f"--lda-dim must be a positive whole number, got {lda_dim!r}")
+        dim = min(lda_dim, speakers - 1, embeddings.shape[1])
+        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dim)
+        lda.fit(embeddings - mean, labels)
+        return cls("lda", mean.astype(np.float32), np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32))
+
+    def to_json(self) -> dict:
+        values: dict = {"version": BACKEND_VERSION, "kind": self.kind}
+        if self.mean is not None:
+            values["mean"] = [float(v) for v in self.mean]
+        if self.projection is not None:
+            values["projection"] = [[float(v) for v in row] for row in self.projection]
+        return values
+
+    @classmethod
+    def from_json(cls, values: object, where: str) -> "ScoringBackend":
+        """The back end a sidecar stores; anything malformed is refused naming ``where``."""
+        if not isinstance(values, dict) or values.get("version") != BACKEND_VERSION or values.get("kind") not in BACKENDS:
+            raise VoxaugError(f"{where}: 'backend' must be a version-{BACKEND_VERSION} back end of kind "
+                              f"{', '.join(BACKENDS)}")
+        mean = _array(values.get("mean"), 1, where, "backend mean")
+        projection = _array(values.get("projection"), 2, where, "backend projection")
+        needs = {"none": (False, False), "center": (True, False), "lda": (True, True)}[values["kind"]]
+        if (mean is not None, projection is not None) != needs:
+            raise VoxaugError(f"{where}: a {values['kind']!r} back end has the wrong arrays")
+        if projection is not None and projection.shape[0] != mean.shape[0]:
+            raise VoxaugError(f"{where}: back end projection has {projection.shape[0]} rows for a mean of {mean.shape[0]}")
+        return cls(values["kind"], mean, projection)
+
+
+@dataclass
+class Cohort:
+    """AS-norm cohort: unit vectors in the back end's space with their speakers, and the top-K size."""
+
+    vectors: np.ndarray  # (M, D) unit rows
+    labels: list[str] = field(default_factory=list)
+    top_k: int = DEFAULT_COHORT_TOP_K
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        check_top_k(self.top_k)
+        if self.vectors.ndim != 2 or len(self.vectors) != len(self.labels):
+            raise VoxaugError(f"cohort: {len(self.labels)} labels for vectors of shape {self.vectors.shape}")
+
+    def stats(self, vectors: np.ndarray, exclude: list[str | None] | None = None,
+              top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of each row's ``top_k`` highest cohort scores, (N,) each;
+        ``exclude[i]`` names a speaker whose cohort entries row i must not be scored against."""
+        top_k = min(top_k or self.top_k, len(self.labels))
+        scores = np.asarray(vectors, dtype=np.float32) @ self.vectors.T  # (N, M)
+        if exclude is not None:
+            cohort_labels = np.asarray(self.labels)
+            own = np.asarray([label if label is not None else "" for label in exclude])[:, None] == cohort_labels[None, :]
+            scores = np.where(own, -np.inf, scores)
+            top_k = min(top_k, int((~own).sum(axis=1).min()))
+        if top_k < 2:
+            raise VoxaugError("the AS-norm cohort has too few entries from other speakers (need at least 2)")
+        top = -np.partition(-scores, top_k - 1, axis=1)[:, :top_k]  # (N, K) the K highest
+        return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)
+
+    def to_json(self) -> dict:
+        return {"version": BACKEND_VERSION, "top_k": self.top_k, "source": self.source, "labels": list(self.labels),
+                "vectors": [[round(float(v), 7) for v in row] for row in self.vectors]}
+
+    @classmethod
+    def from_json(cls, values: object, where: str) -> "Cohort":
+        if not isinstance(values, dict) or values.get("version") != BACKEND_VERSION:
+            raise VoxaugError(f"{where}: 'cohort' must be a version-{BACKEND_VERSION} AS-norm cohort")
+        vectors = _array(values.get("vectors"), 2, where, "cohort vectors")
+        labels = values.get("labels")
+        if vectors is None or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise VoxaugError(f"{where}: the cohort needs vectors and speaker labels")
+        top_k = values.get("top_k")
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise VoxaugError(f"{where}: cohort top_k must be a whole number, got {top_k!r}")
+        return cls(unit(vectors), labels, top_k, str(values.get("source", "")))
+
+
+def as_norm(scores: np.ndarray, query_stats: tuple[np.ndarray, np.ndarray],
+            model_stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """AS-norm of raw cosines (N queries, C candidates): ½[(s − μ_q)/σ_q + (s − μ_e)/σ_e]."""
+    query_mean, query_std = (np.asarray(v, dtype=np.float64)[:, None] for v in query_stats)
+    model_mean, model_std = (np.asarray(v, dtype=np.float64)[None, :] for v in model_stats)
+    scores = np.asarray(scores, dtype=np.float64)
+    return 0.5 * ((scores - query_mean) / query_std + (scores - model_mean) / model_std)
+
+
+def check_top_k(top_k: object) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 2:
+        raise VoxaugError(f"--cohort-top-k must be a whole number >= 2, got {top_k!r}")
+    return top_k
+
+
+def check_choice(option: str, value: str, accepted: tuple[str, ...]) -> str:
+    if value not in accepted:
+        raise VoxaugError(f"{option} {value!r} is not known; accepted: {', '.join(accepted)}")
+    return value
+
+
+def _array(values: object, ndim: int, where: str, what: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise VoxaugError(f"{where}: {what} is not an array of numbers") from exc
+    if array.ndim != ndim or array.size == 0 or not np.isfinite(array).all():
+        raise VoxaugError(f"{where}: {what} must be a finite {ndim}-D array of numbers")
+    return array

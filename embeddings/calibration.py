@@ -1,0 +1,89 @@
+"""Open-set decisions: the threshold under which `identify` answers ``unknown``, picked from held-out clips.
+
+Each held-out clip of an enrolled speaker gives one *genuine* score (against its own speaker) and
+one *impostor* score: the best score among all the other enrolled speakers, which is what the clip
+would score if its speaker were not enrolled at all. The threshold at a target false-alarm rate
+(FAR) accepts that fraction of impostors; the detection-and-identification rate (DIR) is the share
+of clips whose top answer is right *and* clears it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from voxaug.embeddings.index import SpeakerIndex
+from voxaug.errors import VoxaugError
+
+EXHAUSTIVE_UP_TO = 5000
+"""Indexes up to this many speakers are scored against every speaker; larger ones against the top 50."""
+
+
+def check_far(target_far: float) -> float:
+    if isinstance(target_far, bool) or not isinstance(target_far, (int, float)) or not 0 < target_far < 1:
+        raise VoxaugError(f"--target-far must be a rate in (0, 1), got {target_far!r}")
+    return float(target_far)
+
+
+def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[str], score_norm: str,
+                    cohort_top_k: int | None = None) -> dict[str, np.ndarray]:
+    """Per clip: the genuine score, the best impostor score and whether the top answer is right.
+
+    Clips whose speaker is not enrolled are refused: they have no genuine score.
+    """
+    missing = sorted(set(labels) - set(index.speakers))
+    if missing:
+        raise VoxaugError(f"speakers {missing[:5]}{' ...' if len(missing) > 5 else ''} have clips but are not "
+                          "enrolled in the index")
+    depth = len(index.speakers) if len(index.speakers) <= EXHAUSTIVE_UP_TO else 50
+    results = index.search(embeddings, depth, score_norm=score_norm, cohort_top_k=cohort_top_k)
+    genuine, impostor, correct = [], [], []
+    for label, ranked in zip(labels, results):
+        scores = dict(ranked)
+        others = [score for speaker, score in ranked if speaker != label]
+        genuine.append(scores.get(label, ranked[-1][1]))  # beyond the searched depth: no higher than the last
+        impostor.append(others[0] if others else -np.inf)
+        correct.append(ranked[0][0] == label)
+    return {"genuine": np.array(genuine), "impostor": np.array(impostor), "correct": np.array(correct)}
+
+
+def threshold_at_far(impostor: np.ndarray, target_far: float) -> float:
+    """The lowest threshold that accepts at most ``target_far`` of the impostor scores (accept: score >= t)."""
+    ordered = np.sort(np.asarray(impostor, dtype=np.float64))[::-1]
+    allowed = int(np.floor(target_far * len(ordered)))
+    return float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else float(ordered[-1])
+
+
+def equal_error_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
+    """(threshold, rate) where rejected genuine clips and accepted impostors are equally frequent."""
+    candidates = np.unique(np.concatenate([genuine, impostor]))
+    false_reject = np.array([(genuine < t).mean() for t in candidates])
+    false_accept = np.array([(impostor >= t).mean() for t in candidates])
+    best = int(np.argmin(np.abs(false_reject - false_accept)))
+    return float(candidates[best]), float((false_reject[best] + false_accept[best]) / 2)
+
+
+def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str, source: str) -> dict:
+    """The calibration record the index's sidecar stores, with what it predicts for enrolled speakers."""
+    check_far(target_far)
+    genuine, impostor, correct = scores["genuine"], scores["impostor"], scores["correct"]
+    if len(genuine) < 2:
+        raise VoxaugError("calibration needs held-out clips of at least two enrolled speakers' utterances")
+    threshold = threshold_at_far(impostor, target_far)
+    eer_threshold, eer = equal_error_threshold(genuine, impostor)
+    top = np.maximum(genuine, impostor)
+    return {
+        "value": threshold,
+        "score_norm": score_norm,
+        "target_far": target_far,
+        "far": float((impostor >= threshold).mean()),
+        "dir": float((correct & (genuine >= threshold)).mean()),
+        "acceptance": float((top >= threshold).mean()),
+        "top1": float(correct.mean()),
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "clips": int(len(genuine)),
+        "source": source,
+        "date": time.strftime("%Y-%m-%d"),
+    }

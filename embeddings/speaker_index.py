@@ -1,0 +1,83 @@
+"""Build the speaker index of a training set: fit its scoring back end and AS-norm cohort, enrol every speaker.
+
+The back end is fitted on the run's own training split. The cohort comes from utterances the network
+was *not* fitted to, the run's validation split, because a cohort must score like a test clip:
+embeddings of memorised training utterances sit much closer to their own class than any new clip,
+so their statistics would describe nothing a query meets. A run without a validation split falls
+back to its training utterances, and the sidecar says which was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxaug.data.split import stratified_split
+from voxaug.embeddings.backend import (
+    BACKENDS, DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, SCORE_NORMS, Cohort, ScoringBackend, check_choice, check_top_k,
+)
+from voxaug.embeddings.index import SpeakerIndex
+from voxaug.errors import VoxaugError
+
+DEFAULT_BACKEND = "lda"
+DEFAULT_SCORE_NORM = "asnorm"
+DEFAULT_COHORT_SIZE = 2000
+
+
+@dataclass
+class ScoringOptions:
+    """What ``embed --index`` fits and stores: back end, its LDA size, AS-norm default, cohort size and K."""
+
+    backend: str = DEFAULT_BACKEND
+    lda_dim: int = DEFAULT_LDA_DIM
+    score_norm: str = DEFAULT_SCORE_NORM
+    cohort_size: int = DEFAULT_COHORT_SIZE
+    cohort_top_k: int = DEFAULT_COHORT_TOP_K
+
+    def validate(self) -> "ScoringOptions":
+        check_choice("--backend", self.backend, BACKENDS)
+        check_choice("--score-norm", self.score_norm, SCORE_NORMS)
+        check_top_k(self.cohort_top_k)
+        if isinstance(self.lda_dim, bool) or not isinstance(self.lda_dim, int) or self.lda_dim < 1:
+            raise VoxaugError(f"--lda-dim must be a positive whole number, got {self.lda_dim!r}")
+        if isinstance(self.cohort_size, bool) or not isinstance(self.cohort_size, int) or self.cohort_size < self.cohort_top_k:
+            raise VoxaugError(f"--cohort-size must be a whole number >= --cohort-top-k ({self.cohort_top_k}), "
+                              f"got {self.cohort_size!r}")
+        return self
+
+
+def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
+                        per: str, hnsw: bool, checkpoint: dict, frontend: dict, seed: int, val_fraction: float,
+                        options: ScoringOptions) -> SpeakerIndex:
+    """The index of every labelled speaker, with the back end and cohort ``options`` ask for.
+
+    ``seed`` and ``val_fraction`` are the run's, so the split is the one it trained with.
+    """
+    if any(s is None for s in speakers):
+        raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
+    names = np.array(speakers)
+    codes = np.unique(names, return_inverse=True)[1]
+    train, held_out = stratified_split(codes, val_fraction, seed, groups)
+    backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)
+    index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,
+                         backend=backend)
+    if options.score_norm == "asnorm" or per == "speaker":
+        index.cohort = _cohort(index, embeddings, names, train, held_out, options, seed)
+    index.score_norm = options.score_norm
+    if options.score_norm == "asnorm":
+        index.check_asnorm()
+    for speaker in sorted(set(speakers)):
+        index.add(speaker, embeddings[names == speaker])
+    return index
+
+
+def _cohort(index: SpeakerIndex, embeddings: np.ndarray, names: np.ndarray, train: np.ndarray, held_out: np.ndarray,
+            options: ScoringOptions, seed: int) -> Cohort:
+    rows, source = (held_out, "validation split") if len(held_out) >= options.cohort_top_k else (train, "training split")
+    if len(rows) > options.cohort_size:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
+    speakers = len(set(names[rows].tolist()))
+    return Cohort(index.to_space(embeddings[rows]), names[rows].tolist(), options.cohort_top_k,
+                  f"{source}: {len(rows)} utterances of {speakers} training speakers")
+
