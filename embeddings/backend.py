@@ -141,7 +141,7 @@ class Cohort:
 
     def to_json(self) -> dict:
         return {"version": BACKEND_VERSION, "top_k": self.top_k, "source": self.source, "labels": list(self.labels),
-                "vectors": [[round(float(v), 7) for v in row] for row in self.vectors]}
+                "vectors": [[float(v) for v in row] for row in self.vectors]}
 
     @classmethod
     def from_json(cls, values: object, where: str) -> "Cohort":
@@ -154,7 +154,9 @@ class Cohort:
         top_k = values.get("top_k")
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise VoxaugError(f"{where}: cohort top_k must be a whole number, got {top_k!r}")
-        return cls(unit(vectors), labels, top_k, str(values.get("source", "")))
+        if not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
+            raise VoxaugError(f"{where}: cohort vectors must be unit length")
+        return cls(vectors, labels, top_k, str(values.get("source", "")))
 
 
 def as_norm(scores: np.ndarray, query_stats: tuple[np.ndarray, np.ndarray],

@@ -1,0 +1,248 @@
+"""The scoring back end, AS-norm, calibrated open-set thresholds, and the sidecar that carries them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from voxaug.cli.main import app
+from voxaug.embeddings.backend import Cohort, ScoringBackend, as_norm
+from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far
+from voxaug.embeddings.index import SpeakerIndex, sidecar_path
+from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
+from voxaug.errors import VoxaugError
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def clustered(speakers: int = 8, per: int = 12, dim: int = 16, spread: float = 0.4, seed: int = 0):
+    """Unit vectors around ``speakers`` random centres, with their labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((speakers, dim))
+    vectors = np.repeat(centres, per, axis=0) + spread * rng.standard_normal((speakers * per, dim))
+    labels = [f"s{i}" for i in range(speakers) for _ in range(per)]
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+# ---- AS-norm ---------------------------------------------------------------------------------------------
+
+
+def test_as_norm_gives_the_textbook_value_on_a_hand_built_cohort():
+    cohort = Cohort(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"], top_k=2)
+    enrol = np.array([[0.8, 0.6, 0.0, 0.0]], dtype=np.float32)  # cohort scores 0.8, 0.6, 0, 0
+    query = np.array([[0.0, 0.0, 0.6, 0.8]], dtype=np.float32)  # cohort scores 0, 0, 0.6, 0.8
+    enrol_stats, query_stats = cohort.stats(enrol), cohort.stats(query)
+    assert enrol_stats[0][0] == pytest.approx(0.7) and enrol_stats[1][0] == pytest.approx(0.1)
+    assert query_stats[0][0] == pytest.approx(0.7) and query_stats[1][0] == pytest.approx(0.1)
+    raw = float(enrol[0] @ query[0])  # 0.0
+    normed = as_norm(np.array([[raw]]), query_stats, enrol_stats)[0, 0]
+    assert normed == pytest.approx(0.5 * ((0.0 - 0.7) / 0.1 + (0.0 - 0.7) / 0.1))
+
+
+def test_cohort_leaves_out_the_enrolled_speakers_own_entries():
+    cohort = Cohort(np.eye(3, dtype=np.float32), ["a", "b", "c"], top_k=2)
+    vector = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
+    assert cohort.stats(vector)[0][0] == pytest.approx(0.5)  # top-2 of (1, 0, 0)
+    assert cohort.stats(vector, exclude=["a"])[0][0] == pytest.approx(0.0)  # top-2 of (0, 0)
+
+
+def test_asnorm_ranks_candidates_by_the_normalised_score():
+    """A speaker every impostor scores high against loses its lead once AS-norm accounts for that."""
+    cohort = Cohort(np.array([[1.0, 0.0, 0.0], [0.98, 0.2, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32) /
+                    np.linalg.norm([[1.0, 0.0, 0.0], [0.98, 0.2, 0.0], [0.0, 0.0, 1.0]], axis=1, keepdims=True),
+                    ["x", "y", "z"], top_k=2)
+    index = SpeakerIndex(dim=3, cohort=cohort, score_norm="asnorm")
+    index.add("hub", np.array([[1.0, 0.0, 0.0]]))  # close to most of the cohort
+    index.add("loner", np.array([[0.0, 1.0, 0.0]]))
+    query = np.array([[0.75, 0.66, 0.0]])
+    assert index.search(query, 2, score_norm="none")[0][0][0] == "hub"
+    assert index.search(query, 2)[0][0][0] == "loner"
+
+
+# ---- back ends and the sidecar ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["none", "center", "lda"])
+def test_backend_round_trips_through_the_sidecar(tmp_path, kind):
+    vectors, labels = clustered()
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {"path": "m.pt", "sha256": "ab"}, {"n_mels": 40},
+                                seed=0, val_fraction=0.25, options=ScoringOptions(kind, lda_dim=5, cohort_top_k=4))
+    path = tmp_path / "spk.faiss"
+    index.save(path)
+    loaded = SpeakerIndex.load(path)
+    assert loaded.backend.kind == kind and loaded.space_dim == (5 if kind == "lda" else 16)
+    assert loaded.score_norm == "asnorm" and loaded.cohort is not None and set(loaded.cohort_stats) == set(labels)
+    query = vectors[::7]
+    assert loaded.search(query, 3) == index.search(query, 3)
+    assert np.allclose(loaded.to_space(query), index.to_space(query), atol=1e-6)
+
+
+def test_lda_whitens_within_speaker_variation_and_helps_identification():
+    vectors, labels = clustered(speakers=10, per=20, dim=24, spread=0.9, seed=1)
+    names = np.array(labels)
+    backend = ScoringBackend.fit("lda", vectors[::2], names[::2], lda_dim=9)
+    assert backend.projection.shape == (24, 9)
+
+    def accuracy(transform):
+        train, test = transform(vectors[::2]), transform(vectors[1::2])
+        centres = np.stack([train[names[::2] == s].mean(0) for s in sorted(set(labels))])
+        return (np.array(sorted(set(labels)))[(test @ centres.T).argmax(1)] == names[1::2]).mean()
+
+    assert accuracy(backend.apply) >= accuracy(lambda x: x)
+
+
+def test_a_query_that_skips_the_back_end_is_refused():
+    vectors, labels = clustered()
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25,
+                                ScoringOptions("lda", lda_dim=5, cohort_top_k=4))
+    already_projected = index.to_space(vectors[:2])  # what a caller that applied the back end itself would pass
+    with pytest.raises(VoxaugError, match="applies its lda back end itself"):
+        index.search(already_projected, 1)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda meta: meta["backend"].update(projection=[[1.0, 2.0]]), "projection"),
+    (lambda meta: meta["backend"].update(kind="plda"), "backend"),
+    (lambda meta: meta.update(score_norm="znorm"), "score_norm"),
+    (lambda meta: meta["cohort_stats"].pop("s0"), "cohort_stats"),
+    (lambda meta: meta["cohort"].update(vectors="many"), "cohort"),
+])
+def test_a_tampered_scoring_sidecar_is_refused_by_name(tmp_path, edit, needle):
+    vectors, labels = clustered()
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25,
+                                ScoringOptions("lda", lda_dim=5, cohort_top_k=4))
+    path = tmp_path / "spk.faiss"
+    index.save(path)
+    meta = json.loads(sidecar_path(path).read_text())
+    edit(meta)
+    sidecar_path(path).write_text(json.dumps(meta))
+    with pytest.raises(VoxaugError, match=needle) as error:
+        SpeakerIndex.load(path)
+    assert "spk.faiss.json" in str(error.value)
+
+
+def test_a_version_1_index_still_loads_and_scores_plain_cosines(tmp_path):
+    vectors, labels = clustered()
+    index = SpeakerIndex(dim=16)
+    for speaker in sorted(set(labels)):
+        index.add(speaker, vectors[np.array(labels) == speaker])
+    path = tmp_path / "old.faiss"
+    index.save(path)
+    meta = json.loads(sidecar_path(path).read_text())
+    old = {key: meta[key] for key in ("format", "metric", "faiss", "per", "dimension", "labels", "counts",
+                                      "mean_norms", "checkpoint", "frontend", "index_sha256")}
+    sidecar_path(path).write_text(json.dumps({**old, "version": 1}))
+    loaded = SpeakerIndex.load(path)
+    assert loaded.backend.kind == "none" and loaded.score_norm == "none" and loaded.cohort is None
+    top = loaded.search(vectors[:3], 2)
+    expected = [sorted((vectors[i] @ loaded.vectors.T).tolist(), reverse=True)[:2] for i in range(3)]
+    assert np.allclose([[score for _, score in row] for row in top], expected, atol=1e-5)
+    with pytest.raises(VoxaugError, match="no AS-norm cohort"):
+        loaded.search(vectors[:1], 1, score_norm="asnorm")
+
+
+# ---- calibration -----------------------------------------------------------------------------------------
+
+
+def test_threshold_at_far_accepts_at_most_that_share_of_impostors():
+    impostor = np.linspace(0.0, 1.0, 1001)
+    threshold = threshold_at_far(impostor, 0.01)
+    assert (impostor >= threshold).mean() <= 0.01 and (impostor >= threshold - 0.002).mean() > 0.01
+
+
+def test_open_set_scores_and_calibration_record():
+    vectors, labels = clustered(speakers=6, per=10, spread=0.3)
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.3,
+                                ScoringOptions("center", cohort_top_k=4))
+    scores = open_set_scores(index, vectors, labels, "asnorm")
+    assert scores["correct"].mean() > 0.9 and (scores["genuine"] > scores["impostor"]).mean() > 0.9
+    record = calibrate(scores, 0.05, "asnorm", "test")
+    assert record["far"] <= 0.05 and 0 <= record["dir"] <= record["acceptance"] <= 1
+    assert record["score_norm"] == "asnorm" and record["value"] == pytest.approx(threshold_at_far(scores["impostor"], 0.05))
+    with pytest.raises(VoxaugError, match="not enrolled"):
+        open_set_scores(index, vectors[:1], ["stranger"], "none")
+
+
+# ---- through the command line ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated(trained_run, tiny_synth, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calibrated")
+    index = folder / "spk.faiss"
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", folder / "emb", "--index", index,
+                    "--backend", "lda", "--cohort-top-k", "5", "-q")
+    assert result.exit_code == 0, result.output
+    for speaker_dir in sorted((tiny_synth / "unseen" / "enroll").iterdir()):
+        assert invoke("enroll", "--index", index, "--speaker", speaker_dir.name, speaker_dir).exit_code == 0
+    before = json.loads(sidecar_path(index).read_text())
+    assert before["calibration"] == {}
+    unseen = tiny_synth / "unseen"
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", folder / "report", "--index", index,
+                    "--calibrate", "--target-far", "0.05", "--enroll", unseen / "enroll", "--test", unseen / "test",
+                    "--impostors", unseen / "impostors", "-q")
+    assert result.exit_code == 0, result.output
+    return folder, index, result.output
+
+
+def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(calibrated):
+    folder, index, output = calibrated
+    meta = json.loads(sidecar_path(index).read_text())
+    calibration = meta["calibration"]
+    assert calibration["score_norm"] == "asnorm" and calibration["target_far"] == 0.05
+    assert hashlib.sha256(index.read_bytes()).hexdigest() == meta["index_sha256"]
+    assert not list(folder.glob(".spk.faiss.*")), "no staged file left behind"
+    report = json.loads((folder / "report" / "report.json").read_text())
+    assert report["open_set"]["value"] == calibration["value"]
+    assert 0 <= report["open_set"]["impostors"]["unknown"] <= 1 and report["open_set"]["impostors"]["clips"] > 0
+    assert 0 <= report["unseen"]["among_enrolled"] <= 1 and report["unseen"]["enrolled"] == 7
+    for key in ("verification", "verification_backend", "verification_asnorm"):
+        assert {"eer", "min_dcf", "far_threshold", "eer_threshold"} <= set(report[key])
+    assert "written to the index" in output and "impostors (never enrolled)" in output
+
+
+def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_synth):
+    _, index, _ = calibrated
+    value = json.loads(sidecar_path(index).read_text())["calibration"]["value"]
+    clips = sorted((tiny_synth / "unseen" / "impostors").rglob("*.pt"))[:2]
+    result = invoke("identify", "--index", index, "--json", *clips)
+    assert result.exit_code == 0, result.output
+    for line in result.output.splitlines():
+        answer = json.loads(line)
+        assert answer["threshold"] == {"value": round(value, 6), "source": "calibrated"}
+        assert (answer["decision"] == "unknown") == (answer["top"][0]["score"] < value)
+    plain = json.loads(invoke("identify", "--index", index, "--json", "--score-norm", "none", clips[0]).output)
+    assert plain["threshold"]["source"] == "default" and plain["score"] == "cosine"
+
+
+@pytest.mark.parametrize("command, needle", [
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--backend", "plda"], "--backend 'plda'"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--score-norm", "znorm"], "--score-norm 'znorm'"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--lda-dim", "0"], "--lda-dim"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--cohort-top-k", "1"], "--cohort-top-k"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--cohort-size", "3"], "--cohort-size"),
+    (["identify", "--index", "INDEX", "--score-norm", "tnorm", "CLIP"], "--score-norm 'tnorm'"),
+    (["identify", "--index", "INDEX", "--cohort-top-k", "0", "CLIP"], "--cohort-top-k"),
+    (["identify", "--index", "INDEX", "--threshold", "nan", "CLIP"], "--threshold"),
+    (["evaluate", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--index", "INDEX", "--target-far", "1.5"], "--target-far"),
+    (["evaluate", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--calibrate"], "pass --index"),
+    (["evaluate", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--index", "INDEX", "--score-norm", "x"], "--score-norm 'x'"),
+])
+def test_bad_scoring_options_are_refused_in_one_line(calibrated, trained_run, tiny_synth, tmp_path, command, needle):
+    _, index, _ = calibrated
+    values = {"DATA": tiny_synth, "CKPT": trained_run / "best.pt", "OUT": tmp_path / "out", "INDEX": index,
+              "CLIP": next((tiny_synth / "unseen" / "test").rglob("*.pt"))}
+    before = sidecar_path(index).read_bytes()
+    result = invoke(*[values.get(part, part) for part in command])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and needle in errors[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    assert sidecar_path(index).read_bytes() == before
