@@ -41,13 +41,15 @@ QUICK = {"steps": 40, "seeds": 2, "speakers": 8, "utterances": 10, "eval_every":
 
 
 def train_once(data: Path, out: Path, augment: str, seed: int, steps: int, cache: Path, eval_every: int,
-               val_fraction: float = 0.2, threads: int | None = None, extra: dict | None = None) -> dict:
+               val_fraction: float = 0.2, threads: int | None = None, extra: dict | None = None,
+               model: dict | None = None) -> dict:
     """One cpu-preset run: final and best validation accuracy, clean train accuracy, gap, curve, wall time."""
     if threads:
         torch.set_num_threads(threads)
     overrides = {"steps": steps, "seed": seed, "device": "cpu", "eval_every": eval_every,
                  "warmup": min(200, steps // 10), "val_fraction": val_fraction, **(extra or {})}
-    config = resolve_config("cpu", overrides=overrides, augment_overrides={"names": parse_names(augment)})
+    config = resolve_config("cpu", overrides=overrides, model_overrides=model,
+                            augment_overrides={"names": parse_names(augment)})
     started = time.perf_counter()
     summary = Trainer(config, data, out, cache_dir=cache, progress=False).fit()
     wall = time.perf_counter() - started
@@ -86,7 +88,8 @@ def summarise(rows: list[dict], arms: list[str]) -> dict:
 
 def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, eval_every: int, arms: list[str] | None = None,
                   val_fraction: float = 0.2, workdir: Path | None = None, jobs: int = 1, first_seed: int = 0,
-                  extra: dict | None = None, threads: int | None = None, log=print) -> dict:
+                  extra: dict | None = None, threads: int | None = None, model: dict | None = None,
+                  log=print) -> dict:
     """Train every arm for every seed on one synth set; rows, per-arm means and differences from ``none``."""
     arms = arms or ARMS.split(";")
     for arm in arms:
@@ -99,11 +102,11 @@ def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, eval_e
             generate(data, SynthConfig(speakers=speakers, utterances=utterances, unseen=0, seed=0), progress=False)
         log(f"synth: {speakers} speakers x {utterances} utterances in {time.perf_counter() - started:.0f}s -> {data}")
         cache = root / "cache"
-        train_once(data, root / f"warm-cache-{time.time_ns()}", "none", 0, 1, cache, 1, val_fraction)  # pack once
+        train_once(data, root / f"warm-cache-{time.time_ns()}", "none", 0, 1, cache, 1, val_fraction, model=model)  # pack once
         runs = [(seed, arm) for seed in range(first_seed, first_seed + seeds) for arm in arms]
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(train_once, data, root / f"{arm.replace(',', '+')}-seed{seed}-{time.time_ns()}", arm,
-                                   seed, steps, cache, eval_every, val_fraction, 1 if jobs > 1 else threads, extra)
+                                   seed, steps, cache, eval_every, val_fraction, 1 if jobs > 1 else threads, extra, model)
                        for seed, arm in runs]
             rows = []
             for future in futures:
@@ -111,6 +114,7 @@ def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, eval_e
                 log(_format(rows[-1]))
     return {"steps": steps, "seeds": seeds, "first_seed": first_seed, "speakers": speakers, "utterances": utterances,
             "eval_every": eval_every, "arms": arms, "val_fraction": val_fraction, "preset": "cpu", "extra": extra or {},
+            "model": model or {},
             "jobs": jobs, "threads": 1 if jobs > 1 else (threads or torch.get_num_threads()), "rows": rows,
             **summarise(rows, arms)}
 
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, help=f"evaluate every N steps (default {FULL['eval_every']})")
     parser.add_argument("--margin-warmup", type=int, help="AM-Softmax margin warm-up steps for every arm (default 0)")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay for every arm (default: the preset's)")
+    parser.add_argument("--d-model", type=int, help="shrink the cpu preset's model width (default: the preset's 96)")
+    parser.add_argument("--layers", type=int, help="shrink the cpu preset's Conformer layers (default: the preset's 2)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="held-out share of each speaker's utterances (default 0.2: a steadier validation accuracy)")
@@ -166,10 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             sizes[key] = getattr(args, key)
     extra = {key: value for key, value in (("margin_warmup", args.margin_warmup), ("weight_decay", args.weight_decay))
              if value is not None}
+    model = {key: value for key, value in (("d_model", args.d_model), ("num_layers", args.layers)) if value is not None}
+    if "d_model" in model:
+        model["ffn_dim"] = 2 * model["d_model"]
     torch.set_num_threads(args.threads)
     arms = [arm.strip() for arm in args.arms.split(";") if arm.strip()]
     result = run_benchmark(**sizes, arms=arms, val_fraction=args.val_fraction, workdir=args.workdir, jobs=args.jobs,
-                           first_seed=args.first_seed, extra=extra, threads=args.threads)
+                           first_seed=args.first_seed, extra=extra, threads=args.threads, model=model)
     result["date"] = time.strftime("%Y-%m-%d")
     print()
     print(table(result))

@@ -123,15 +123,18 @@ class Cohort:
         if self.vectors.ndim != 2 or len(self.vectors) != len(self.labels):
             raise VoxaugError(f"cohort: {len(self.labels)} labels for vectors of shape {self.vectors.shape}")
 
-    def stats(self, vectors: np.ndarray, exclude: list[str | None] | None = None,
-              top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def stats(self, vectors: np.ndarray, exclude: list[str | None] | None = None, top_k: int | None = None,
+              also_exclude: list[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of each row's ``top_k`` highest cohort scores, (N,) each;
-        ``exclude[i]`` names a speaker whose cohort entries row i must not be scored against."""
+        ``exclude[i]`` (and ``also_exclude[i]``) name speakers whose cohort entries row i must not be
+        scored against: the enrolled speaker itself, or both sides of a trial."""
         top_k = min(top_k or self.top_k, len(self.labels))
         scores = np.asarray(vectors, dtype=np.float32) @ self.vectors.T  # (N, M)
         if exclude is not None:
             cohort_labels = np.asarray(self.labels)
-            own = np.asarray([label if label is not None else "" for label in exclude])[:, None] == cohort_labels[None, :]
+            own = np.zeros(scores.shape, dtype=bool)
+            for names in (exclude, also_exclude) if also_exclude is not None else (exclude,):
+                own |= np.asarray([name if name is not None else "" for name in names])[:, None] == cohort_labels[None, :]
             scores = np.where(own, -np.inf, scores)
             top_k = min(top_k, int((~own).sum(axis=1).min()))
         if top_k < 2:

@@ -47,3 +47,24 @@ def trained_run(tiny_synth, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     Trainer(tiny_config(train={"steps": 150, "eval_every": 75}), tiny_synth, run, cache_dir=cache, progress=False).fit()
     return run
+
+
+def straight_and_resumed(make_config, data: Path, root: Path, monkeypatch, stop_at: int) -> tuple[dict, dict]:
+    """``last.pt`` of an uninterrupted run and of one stopped at step ``stop_at`` then resumed."""
+    from voxaug.checkpoint import load_checkpoint
+
+    Trainer(make_config(), data, root / "straight", progress=False).fit()
+    original_step = Trainer.train_step
+
+    def interrupted_step(self):
+        if self.step == stop_at:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_config(), data, root / "resumed", progress=False).fit()
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert load_checkpoint(root / "resumed" / "last.pt")["step"] < stop_at, "the interrupted run saved before the stop"
+    Trainer(Trainer.config_from_run(root / "resumed"), data, root / "resumed", progress=False).fit(resume=True)
+    return load_checkpoint(root / "straight" / "last.pt"), load_checkpoint(root / "resumed" / "last.pt")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_config
+from conftest import straight_and_resumed, tiny_config
 from voxaug.augment import AdditiveNoise, ChannelColour, Reverb, SpeedPerturb, TrainBatch, build_pipeline
 from voxaug.augment.base import real_frames
 from voxaug.augment.channel import DB_TO_LOG_POWER
@@ -236,21 +236,7 @@ def test_acoustic_augmentations_resume_exactly(tiny_synth, tmp_path, monkeypatch
     def config():
         return tiny_config(train={"steps": 30, "eval_every": 15, "margin_warmup": 20}, augment={"names": ACOUSTIC})
 
-    Trainer(config(), tiny_synth, tmp_path / "straight", progress=False).fit()
-    original_step = Trainer.train_step
-
-    def interrupted_step(self):
-        if self.step == 22:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(config(), tiny_synth, tmp_path / "resumed", progress=False).fit()
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    Trainer(Trainer.config_from_run(tmp_path / "resumed"), tiny_synth, tmp_path / "resumed", progress=False).fit(resume=True)
-    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
-    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    straight, resumed = straight_and_resumed(config, tiny_synth, tmp_path, monkeypatch, stop_at=22)
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
 

@@ -1,11 +1,13 @@
 """The benchmarks' own logic at tiny sizes: bench.py's targets, interleaving, FLOP counting, peak RSS;
-overfit.py's arms, seeds and mean difference."""
+overfit.py's arms, seeds, differences and saturation; the HNSW and scoring back-end benchmarks."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -63,14 +65,57 @@ def test_child_peak_rss_counts_only_the_child():
     assert 190 <= grown - baseline < 260  # MiB, whatever unit the platform reports
 
 
-def test_overfit_benchmark_runs_both_arms_per_seed_and_reports_the_mean_difference(tmp_path):
-    result = overfit.run_benchmark(steps=2, seeds=2, speakers=4, utterances=6, augment="specaug", first_seed=5,
-                                   workdir=tmp_path, jobs=1, log=lambda line: None)
+def test_overfit_ablation_runs_every_arm_per_seed_and_reports_the_differences(tmp_path):
+    result = overfit.run_benchmark(steps=4, seeds=2, speakers=4, utterances=6, eval_every=2, arms=["none", "specaug", "channel"],
+                                   first_seed=5, workdir=tmp_path, jobs=1, log=lambda line: None,
+                                   model={"d_model": 32, "ffn_dim": 64, "num_layers": 1})
     assert sorted((r["seed"], r["augment"]) for r in result["rows"]) == [
-        (5, "none"), (5, "specaug"), (6, "none"), (6, "specaug")]
+        (5, "channel"), (5, "none"), (5, "specaug"), (6, "channel"), (6, "none"), (6, "specaug")]
     for r in result["rows"]:
         assert r["gap"] == pytest.approx(r["train_acc"] - r["val_acc"], abs=1e-6)
-    for key in ("val_acc", "gap"):
-        arm_mean = {arm: sum(r[key] for r in result["rows"] if r["augment"] == arm) / 2 for arm in ("none", "specaug")}
-        assert result["difference"][key] == pytest.approx(arm_mean["specaug"] - arm_mean["none"])
-    assert "| **difference** |" in overfit.table(result)
+        assert [point["step"] for point in r["curve"]] == [2, 4]
+    for arm in ("specaug", "channel"):
+        arm_mean = {a: sum(r["val_acc"] for r in result["rows"] if r["augment"] == a) / 2 for a in ("none", arm)}
+        assert result["difference"][arm]["val_acc"] == pytest.approx(arm_mean[arm] - arm_mean["none"])
+        assert 0 <= result["wins"][arm] <= 2
+    assert set(result["none_saturation"]) == {5, 6}
+    assert all(s["last_step"] == 4 for s in result["none_saturation"].values())
+    assert "| `channel` |" in overfit.table(result)
+
+
+def test_saturation_finds_where_train_accuracy_stays_at_one_and_validation_peaks():
+    curve = [{"step": s, "train_acc": t, "val_acc": v}
+             for s, t, v in ((100, 0.5, 0.3), (200, 1.0, 0.6), (300, 0.99, 0.62), (400, 1.0, 0.65), (500, 1.0, 0.64))]
+    assert overfit.saturation(curve) == {"train_acc_1_from": 400, "val_peak_step": 400, "last_step": 500}
+    assert overfit.saturation(curve[:3])["train_acc_1_from"] is None
+
+
+def test_hnsw_benchmark_draws_speaker_shaped_vectors_and_measures_recall(tmp_path):
+    import hnsw_speakers
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((30, 16))
+    vectors = np.repeat(centres, 10, axis=0) + 0.3 * rng.standard_normal((300, 16))
+    np.save(tmp_path / "embeddings.npy", (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32))
+    (tmp_path / "items.csv").write_text("row,path,speaker\n" + "".join(f"{i},u{i}.pt,s{i // 10}\n" for i in range(300)))
+    shape = hnsw_speakers.real_shape(tmp_path, None)
+    assert shape["dim"] == 16 and shape["speakers"] == 30 and 0.8 < shape["own_centroid_cosine"] < 1.0
+    base, query = hnsw_speakers.draw(shape, speakers=200, per_speaker=10, queries=20)
+    assert base.shape == (2000, 16) and query.shape == (20, 16)
+    assert np.allclose(np.linalg.norm(base, axis=1), 1.0, atol=1e-5)
+    result = hnsw_speakers.run(tmp_path, None, vectors=2000, per_speaker=10, queries=20)
+    assert set(result["sweep"]) >= {"16", "128"}
+    assert all(0.0 <= point["recall_at_1"] <= 1.0 and point["ms"] > 0 for point in result["sweep"].values())
+
+
+def test_backend_ablation_scores_every_arm(trained_run, tiny_synth, tmp_path, capsys):
+    import backend_ablation
+
+    assert backend_ablation.main([str(tiny_synth), "--ckpt", str(trained_run / "best.pt"), "--json",
+                                  str(tmp_path / "b.json")]) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(r["backend"], r["score_norm"]) for r in rows] == backend_ablation.ARMS
+    for r in rows:
+        assert r["enrolled"] == 7 and 0 <= r["unseen_among_all"] <= r["unseen_among_newcomers"] + 1e-9 <= 1 + 1e-9
+        assert 0 <= r["impostors_unknown"] <= 1 and 0 <= r["eer"] <= 1
+    assert "| lda | asnorm |" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import straight_and_resumed, tiny_config
 from voxaug.checkpoint import load_checkpoint
 from voxaug.errors import VoxaugError
 from voxaug.train import Trainer, lr_at
@@ -37,25 +37,10 @@ def test_refuses_to_overwrite_an_existing_run(trained_run, tiny_synth):
 
 
 def test_resume_reaches_the_same_weights(tiny_synth, tmp_path, monkeypatch):
-    config = tiny_config(train={"steps": 40, "eval_every": 20})
-    Trainer(config, tiny_synth, tmp_path / "straight", progress=False).fit()
+    def config():
+        return tiny_config(train={"steps": 40, "eval_every": 20})
 
-    original_step = Trainer.train_step
-
-    def interrupted_step(self):
-        if self.step == 27:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(train={"steps": 40, "eval_every": 20}), tiny_synth, tmp_path / "resumed", progress=False).fit()
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 20
-    Trainer(Trainer.config_from_run(tmp_path / "resumed"), tiny_synth, tmp_path / "resumed", progress=False).fit(resume=True)
-
-    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
-    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    straight, resumed = straight_and_resumed(config, tiny_synth, tmp_path, monkeypatch, stop_at=27)
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
     assert straight["step"] == resumed["step"] == 40

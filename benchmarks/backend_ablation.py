@@ -1,0 +1,124 @@
+"""Which scoring back end identifies best among *all* enrolled speakers? An ablation on one trained model.
+
+For every back end (none, center, lda) with and without AS-norm, it builds the speaker index the
+way ``voxaug embed --index`` does, enrols the unseen speakers as ``voxaug enroll`` does, and reports:
+
+- unseen top-1 among all enrolled speakers (newcomers and trained speakers together), and among the
+  newcomers alone;
+- trained speakers' test clips (``testdata.json`` with ``test_labels.csv``) among all enrolled;
+- verification EER and minDCF on the run's validation split;
+- open set: the threshold at FAR 1% from the validation split (``evaluate --calibrate``), the share of
+  enrolled speakers' test clips accepted at it, and of impostor clips (never enrolled) answered unknown.
+
+Embeddings are computed once; each arm only re-scores them.
+
+    python benchmarks/backend_ablation.py --ckpt demo/run/best.pt demo/data --json backend.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voxaug.checkpoint import load_model
+from voxaug.data.sources import open_source
+from voxaug.data.split import stratified_split
+from voxaug.data.store import PackedStore
+from voxaug.embeddings.calibration import calibrate, open_set_scores
+from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
+from voxaug.embeddings.extract import embed_store
+from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
+
+ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("none", "asnorm"), ("center", "asnorm"),
+        ("lda", "asnorm")]
+
+
+def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:
+    device = torch.device("cpu")
+    loaded = load_model(ckpt, device)
+    store = PackedStore.open(open_source(data, loaded.frontend), cache, progress=False)
+    train = embed_store(loaded.model, store, np.arange(len(store)), device, progress=False)
+    names = np.array(store.speakers)[store.labels]
+    test = PackedStore.open(open_source(data, loaded.frontend, split="test"), cache, progress=False)
+    truth = dict(list(csv.reader(open(data / "test_labels.csv", encoding="utf-8")))[1:])
+    tested = embed_store(loaded.model, test, np.arange(len(test)), device, progress=False)
+    found = {"model": loaded, "train": LabelledEmbeddings(train.embeddings, names), "groups": store.groups,
+             "test": LabelledEmbeddings(tested.embeddings, np.array([truth[k] for k in test.keys]))}
+    unseen = data / "unseen"
+    for part in ("enroll", "test", "impostors"):
+        if (unseen / part).is_dir():
+            found[f"unseen_{part}"] = embed_folder(loaded, unseen / part, device, cache, False)
+    return found
+
+
+def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> dict:
+    config = found["model"].config
+    train = found["train"]
+    index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
+                                config.seed, config.val_fraction, ScoringOptions(backend, score_norm=score_norm))
+    enrolled = found["unseen_enroll"]
+    for speaker in sorted(set(enrolled.labels.tolist())):
+        index.add(speaker, enrolled.embeddings[enrolled.labels == speaker])
+
+    def top1(data: LabelledEmbeddings, among: list[str] | None = None) -> float:
+        if among is None:
+            answers = [ranked[0][0] for ranked in index.search(data.embeddings, 1)]
+        else:
+            ranked = index.search(data.embeddings, len(index.labels))
+            answers = [next(s for s, _ in row if s in among) for row in ranked]
+        return float(np.mean(np.array(answers) == data.labels))
+
+    codes = np.unique(train.labels, return_inverse=True)[1]
+    _, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"])
+    validation = LabelledEmbeddings(train.embeddings[held_out], train.labels[held_out])
+    row = {"backend": backend, "score_norm": score_norm, "enrolled": len(index.labels),
+           "unseen_among_all": top1(found["unseen_test"]),
+           "unseen_among_newcomers": top1(found["unseen_test"], sorted(set(enrolled.labels.tolist()))),
+           "trained_test_among_all": top1(found["test"])}
+    verification = score_pairs(validation, 20000, config.seed, None,
+                               TrialScorer(index, score_norm, target_far) if backend != "none" or score_norm != "none"
+                               else TrialScorer(target_far=target_far))
+    row.update(eer=verification["eer"], min_dcf=verification["min_dcf"])
+    scores = open_set_scores(index, validation.embeddings, validation.labels.tolist(), score_norm)
+    record = calibrate(scores, target_far, score_norm, "validation split")
+    row.update(threshold=record["value"], predicted_acceptance=record["acceptance"], dir=record["dir"])
+    unseen_best = np.array([r[0][1] for r in index.search(found["unseen_test"].embeddings, 1)])
+    row["unseen_accepted"] = float((unseen_best >= record["value"]).mean())
+    if "unseen_impostors" in found:
+        best = np.array([r[0][1] for r in index.search(found["unseen_impostors"].embeddings, 1)])
+        row["impostors_unknown"] = float((best < record["value"]).mean())
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="a voxaug synth folder (or any HW4 folder with unseen/{enroll,test})")
+    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--target-far", type=float, default=0.01)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    found = embed_everything(args.ckpt, args.data, args.cache_dir)
+    rows = [run_arm(found, backend, norm, args.target_far) for backend, norm in ARMS]
+    print(f"| back end | score | unseen among all {rows[0]['enrolled']} | unseen among newcomers | trained test among all "
+          "| EER | minDCF | enrolled clips accepted (predicted) | impostors unknown |\n|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backend']} | {r['score_norm']} | {r['unseen_among_all']:.3f} | {r['unseen_among_newcomers']:.3f} | "
+              f"{r['trained_test_among_all']:.3f} | {r['eer']:.3f} | {r['min_dcf']:.3f} | {r['unseen_accepted']:.3f} "
+              f"({r['predicted_acceptance']:.3f}) | {r.get('impostors_unknown', float('nan')):.3f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "checkpoint": str(args.ckpt),
+                                         "data": str(args.data), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
