@@ -276,3 +276,14 @@ def test_bad_values_are_refused_in_one_line_before_data_is_read(tmp_path, argume
 def test_bad_strengths_in_a_config_table_are_refused(params, needle):
     with pytest.raises(VoxaugError, match=needle):
         build_pipeline(list(params), params)
+
+
+@pytest.mark.parametrize("augmentation", [Reverb(p=1.0), AdditiveNoise(p=1.0)])
+def test_power_domain_augmentations_do_not_overflow_on_large_log_values(augmentation):
+    """Features on another log scale (dB-like values near 100) stay finite: power is taken relative to the peak."""
+    batch = speech_like([40, 25], seed=12)
+    loud = TrainBatch(batch.features * 25 + 60 * real_frames(batch.lengths, 40).unsqueeze(2), batch.lengths,
+                      batch.labels, batch.weights)
+    out = augmentation(loud, gen(13))
+    assert torch.isfinite(out.features).all()
+    assert torch.all(out.features[~real_frames(out.lengths, 40)] == 0)

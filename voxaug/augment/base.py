@@ -70,6 +70,14 @@ def real_frames(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.arange(frames, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def log_power_peak(features: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1) each example's largest log power over its real cells: ``exp(x - peak)`` never overflows,
+    and reverb and noise, being linear in power, give the same log result up to adding the peak back."""
+    masked = features.float().masked_fill(~real.unsqueeze(2), float("-inf"))
+    peak = masked.amax(dim=(1, 2), keepdim=True)
+    return torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+
+
 def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) float32 draws from ``generator`` on ``device`` (the generator's device)."""
     return torch.rand(shape, generator=generator, device=device)

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from voxaug.augment.base import (
-    BatchAugmentation, TrainBatch, check_probability, check_range, real_frames, register_augmentation, uniform,
+    BatchAugmentation, TrainBatch, check_probability, check_range, log_power_peak, real_frames, register_augmentation,
+    uniform,
 )
 from voxaug.augment.channel import DB_TO_LOG_POWER
 from voxaug.errors import VoxaugError, file_error
@@ -105,12 +106,14 @@ class AdditiveNoise(BatchAugmentation):
         chosen = uniform((size,), generator, device) < self.p  # (B,)
         noise = (self._recorded if self._noises else self._stationary)(size, frames, bands, generator, device)
         real = real_frames(lengths, frames)  # (B, T)
-        power = torch.exp(features.float()) * real.unsqueeze(2)  # (B, T, F)
+        peak = log_power_peak(features, real)  # (B, 1, 1)
+        power = torch.exp(features.float() - peak) * real.unsqueeze(2)  # (B, T, F), relative to the peak
         cells = lengths.clamp(min=1) * bands  # (B,) real cells
         speech = power.sum(dim=(1, 2)) / cells  # (B,) mean power over real cells
         noise_mean = (noise * real.unsqueeze(2)).sum(dim=(1, 2)) / cells  # (B,)
         scale = speech * 10 ** (-snr_db / 10) / noise_mean.clamp(min=torch.finfo(torch.float32).tiny)  # (B,)
-        noisy = torch.log(power + scale.view(size, 1, 1) * noise).to(features.dtype)
+        noisy = (torch.log((power + scale.view(size, 1, 1) * noise).clamp(min=torch.finfo(torch.float32).tiny))
+                 + peak).to(features.dtype)
         keep = (chosen.unsqueeze(1) & real).unsqueeze(2)  # (B, T, 1)
         return TrainBatch(torch.where(keep, noisy, features), lengths, batch.labels, batch.weights)
 

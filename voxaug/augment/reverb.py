@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from voxaug.augment.base import (
-    BatchAugmentation, TrainBatch, check_probability, check_range, real_frames, register_augmentation, uniform,
+    BatchAugmentation, TrainBatch, check_probability, check_range, log_power_peak, real_frames, register_augmentation,
+    uniform,
 )
 from voxaug.errors import VoxaugError
 
@@ -74,11 +75,12 @@ class Reverb(BatchAugmentation):
         taps = min(self.taps, frames)
         kernel = decay_kernels(rt60, drr, taps, self.hop_ms / 1000)  # (B, taps)
         real = real_frames(lengths, frames)  # (B, T)
-        power = torch.exp(features.float()) * real.unsqueeze(2)  # (B, T, F), zero power in padding
+        peak = log_power_peak(features, real)  # (B, 1, 1)
+        power = torch.exp(features.float() - peak) * real.unsqueeze(2)  # (B, T, F), zero power in padding
         signal = power.permute(0, 2, 1).reshape(1, size * bands, frames)  # one channel per (example, band)
         weight = kernel.flip(1).repeat_interleave(bands, dim=0).unsqueeze(1)  # (B*F, 1, taps), causal
         smeared = F.conv1d(F.pad(signal, (taps - 1, 0)), weight, groups=size * bands)  # (1, B*F, T)
         smeared = smeared.view(size, bands, frames).permute(0, 2, 1)  # (B, T, F)
-        reverberant = torch.log(smeared.clamp(min=torch.finfo(torch.float32).tiny)).to(features.dtype)
+        reverberant = (torch.log(smeared.clamp(min=torch.finfo(torch.float32).tiny)) + peak).to(features.dtype)
         keep = (chosen.unsqueeze(1) & real).unsqueeze(2)  # (B, T, 1)
         return TrainBatch(torch.where(keep, reverberant, features), lengths, batch.labels, batch.weights)
