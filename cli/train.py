@@ -26,7 +26,7 @@ def train(
         None,
         help=f"Comma list of {', '.join(sorted(AUGMENTATIONS))}, or 'none'; applied in the fixed order "
         f"{', '.join(sorted(AUGMENTATIONS, key=lambda name: AUGMENTATIONS[name].order))}, in training only. "
-        f"Default: {DEFAULT_AUGMENT}, the best of the combinations benchmarks/overfit.py compared "
+        f"Default: {DEFAULT_AUGMENT}, the arm that did best on held-out speaker sets from other generators "
         "(README, Augmentation).",
     ),
     specaug_freq: int = typer.Option(None, help="specaug: widest frequency mask, in mel bands (default 6)."),

@@ -98,5 +98,6 @@ def resolve_names(augment: dict[str, Any]) -> list[str]:
     return parse_names(augment["names"] if "names" in augment else DEFAULT_AUGMENT)
 
 
-DEFAULT_AUGMENT = "specaug"
-"""What ``voxaug train`` uses without ``--augment``: the arm that benchmarks/overfit.py shows beating ``none``."""
+DEFAULT_AUGMENT = "channel,reverb,noise"
+"""What ``voxaug train`` uses without ``--augment``: the acoustic augmentations, chosen on held-out sets from
+other generators (benchmarks/crosscheck.py, README "Augmentation"), where session effects differ per clip."""
