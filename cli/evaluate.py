@@ -107,10 +107,9 @@ def evaluate(
         report["verification_backend"] = verification(TrialScorer(speaker_index, "none", target_far))
         report["verification_asnorm"] = verification(TrialScorer(speaker_index, "asnorm", target_far))
     if speaker_index is not None:
-        scores = open_set_scores(speaker_index, held_out.embeddings, held_out.labels.tolist(), score_norm)
-        report["open_set"] = calibrate_threshold(scores, target_far, score_norm,
-                                                 f"evaluate --calibrate on {data} (the run's validation split, "
-                                                 f"{len(held_out.labels)} clips)")
+        clips, source = calibration_clips(speaker_index, held_out, groups.get("unseen test"), data, test)
+        scores = open_set_scores(speaker_index, clips.embeddings, clips.labels.tolist(), score_norm)
+        report["open_set"] = calibrate_threshold(scores, target_far, score_norm, source)
         if impostors is not None:
             strangers = embed_folder(loaded, impostors, torch_device, cache_dir, not quiet)
             report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
@@ -170,3 +169,18 @@ def impostor_rejection(index: SpeakerIndex, strangers: LabelledEmbeddings, score
         raise VoxaugError(f"--impostors: speakers {enrolled[:5]} are enrolled in the index, so they are not impostors")
     best = np.array([ranked[0][1] for ranked in index.search(strangers.embeddings, 1, score_norm=score_norm)])
     return {"clips": int(len(best)), "unknown": float((best < threshold).mean())}
+
+
+def calibration_clips(index: SpeakerIndex, validation: LabelledEmbeddings, unseen_test: LabelledEmbeddings | None,
+                      data: Path, test: Path | None) -> tuple[LabelledEmbeddings, str]:
+    """The clips the threshold is picked on, and a line saying which.
+
+    Clips of enrolled speakers the network never trained on (``--test``) when there are any: their
+    best score against everyone else is what an unknown voice scores, which is what the threshold must
+    reject. A trained speaker's clip is pulled towards its own class and away from the others, so
+    leaving its own speaker out (the validation split, the fallback) underestimates impostor scores.
+    """
+    if unseen_test is not None and set(unseen_test.labels.tolist()) <= set(index.speakers):
+        return unseen_test, (f"evaluate --calibrate on the enrolled unseen speakers' clips in {test} "
+                             f"({len(unseen_test.labels)} clips of {len(set(unseen_test.labels.tolist()))} speakers)")
+    return validation, f"evaluate --calibrate on {data} (the run's validation split, {len(validation.labels)} clips)"
