@@ -54,8 +54,8 @@ def embed(
                                 "stored with the index: none, center (minus the mean) or lda (LDA + within-speaker whitening)."),
     lda_dim: int = typer.Option(DEFAULT_LDA_DIM, "--lda-dim", help="lda: output dimension (at most speakers - 1)."),
     score_norm: str = typer.Option(None, "--score-norm", help="What identify scores with by default: none (cosine) or "
-                                   f"asnorm (adaptive s-norm against the stored cohort). Default: {DEFAULT_SCORE_NORM} "
-                                   "for --per speaker, none for --per utterance."),
+                                   f"asnorm (adaptive s-norm against the stored cohort; --per speaker only). "
+                                   f"Default: {DEFAULT_SCORE_NORM}."),
     cohort_size: int = typer.Option(DEFAULT_COHORT_SIZE, "--cohort-size", help="Most held-out utterances kept as the AS-norm cohort."),
     cohort_top_k: int = typer.Option(DEFAULT_COHORT_TOP_K, "--cohort-top-k", help="AS-norm: top-K cohort scores per side."),
     window: int = typer.Option(None, "--window", help="Split utterances longer than this many frames into windows."),
@@ -75,7 +75,7 @@ def embed(
             raise VoxaugError(f"{option} must be a positive number of {'utterances' if option == '--batch' else 'frames'}, got {value}")
     if per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
-    score_norm = score_norm or (DEFAULT_SCORE_NORM if per == "speaker" else "none")
+    score_norm = score_norm or DEFAULT_SCORE_NORM
     scoring = ScoringOptions(backend, lda_dim, score_norm, cohort_size, cohort_top_k).validate()
     output_folder(out, "--out")
     if index is not None:

@@ -21,7 +21,7 @@ from voxaug.embeddings.index import SpeakerIndex
 from voxaug.errors import VoxaugError
 
 DEFAULT_BACKEND = "lda"
-DEFAULT_SCORE_NORM = "asnorm"
+DEFAULT_SCORE_NORM = "none"
 DEFAULT_COHORT_SIZE = 2000
 
 

@@ -125,7 +125,7 @@ def test_identify_json_schema_and_trained_speakers(built_index, tiny_synth):
     assert len(answers) == len(clips)
     for answer, clip in zip(answers, clips):
         assert set(answer) == {"clip", "top", "softmax", "decision", "score", "threshold"}
-        assert answer["score"] == "asnorm" and answer["threshold"] == {"value": 2.0, "source": "default"}
+        assert answer["score"] == "cosine" and answer["threshold"] == {"value": 0.5, "source": "default"}
         assert len(answer["top"]) == 3 and set(answer["top"][0]) == {"speaker", "score"}
         assert answer["top"][0]["score"] >= answer["top"][1]["score"] >= answer["top"][2]["score"]
         assert set(answer["softmax"]) == {"speaker", "prob"} and 0 <= answer["softmax"]["prob"] <= 1
@@ -143,8 +143,10 @@ def test_threshold_gives_unknown(built_index, tiny_synth):
     answer = json.loads(result.output)
     assert answer["decision"] == "unknown" and answer["score"] == "cosine"
     assert answer["threshold"] == {"value": 1.0, "source": "option"}
-    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "100", "--device", "cpu", clip)
-    assert json.loads(result.output)["decision"] == "unknown"
+    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "100", "--score-norm",
+                    "asnorm", "--device", "cpu", clip)
+    answer = json.loads(result.output)
+    assert answer["decision"] == "unknown" and answer["score"] == "asnorm"
 
 
 def test_audio_and_pt_of_the_same_clip_agree(built_index, tiny_synth):
