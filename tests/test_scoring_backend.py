@@ -247,3 +247,17 @@ def test_bad_scoring_options_are_refused_in_one_line(calibrated, trained_run, ti
     assert result.exit_code == 2 and len(errors) == 1 and needle in errors[0], result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
     assert sidecar_path(index).read_bytes() == before
+
+
+def test_calibration_falls_back_to_the_validation_split_without_unseen_speakers(calibrated, trained_run, tiny_synth,
+                                                                                tmp_path):
+    _, index, _ = calibrated
+    copy = tmp_path / "copy.faiss"
+    copy.write_bytes(index.read_bytes())
+    sidecar_path(copy).write_bytes(sidecar_path(index).read_bytes())
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--index", copy, "--calibrate", "-q")
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(sidecar_path(copy).read_text())["calibration"]
+    assert "validation split" in calibration["source"] and calibration["target_far"] == 0.01
+    assert "unseen speakers" in json.loads(sidecar_path(index).read_text())["calibration"]["source"]
