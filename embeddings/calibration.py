@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from voxaug.embeddings.index import SpeakerIndex
+from voxaug.embeddings.scoring import eer_and_min_dcf
 from voxaug.errors import VoxaugError
 
 EXHAUSTIVE_UP_TO = 5000
@@ -43,7 +44,7 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
         scores = dict(ranked)
         others = [score for speaker, score in ranked if speaker != label]
         genuine.append(scores.get(label, ranked[-1][1]))  # beyond the searched depth: no higher than the last
-        impostor.append(others[0] if others else -np.inf)
+        impostor.append(others[0] if others else -1e9)  # no other speaker enrolled: nothing to confuse it with
         correct.append(ranked[0][0] == label)
     return {"genuine": np.array(genuine), "impostor": np.array(impostor), "correct": np.array(correct)}
 
@@ -55,15 +56,6 @@ def threshold_at_far(impostor: np.ndarray, target_far: float) -> float:
     return float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else float(ordered[-1])
 
 
-def equal_error_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
-    """(threshold, rate) where rejected genuine clips and accepted impostors are equally frequent."""
-    candidates = np.unique(np.concatenate([genuine, impostor]))
-    false_reject = np.array([(genuine < t).mean() for t in candidates])
-    false_accept = np.array([(impostor >= t).mean() for t in candidates])
-    best = int(np.argmin(np.abs(false_reject - false_accept)))
-    return float(candidates[best]), float((false_reject[best] + false_accept[best]) / 2)
-
-
 def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str, source: str) -> dict:
     """The calibration record the index's sidecar stores, with what it predicts for enrolled speakers."""
     check_far(target_far)
@@ -71,7 +63,8 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
     if len(genuine) < 2:
         raise VoxaugError("calibration needs held-out clips of at least two enrolled speakers' utterances")
     threshold = threshold_at_far(impostor, target_far)
-    eer_threshold, eer = equal_error_threshold(genuine, impostor)
+    equal_error = eer_and_min_dcf(np.concatenate([genuine, impostor]),
+                                  np.concatenate([np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]))
     top = np.maximum(genuine, impostor)
     return {
         "value": threshold,
@@ -81,8 +74,8 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
         "dir": float((correct & (genuine >= threshold)).mean()),
         "acceptance": float((top >= threshold).mean()),
         "top1": float(correct.mean()),
-        "eer": eer,
-        "eer_threshold": eer_threshold,
+        "eer": equal_error["eer"],
+        "eer_threshold": equal_error["eer_threshold"],
         "clips": int(len(genuine)),
         "source": source,
         "date": time.strftime("%Y-%m-%d"),
