@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import soundfile
 import torch
 import torchaudio
 
-from voxaug.audio import read_audio
+from voxaug.audio import read_audio, write_audio
 from voxaug.data.audio_store import open_training_store
 from voxaug.data.sources import ClipFolderSource, load_clip, open_source
 from voxaug.data.split import stratified_split
@@ -182,3 +183,13 @@ def test_frontend_table_in_toml_is_read_and_checked(tmp_path):
     bad.write_text("[frontend]\nmels = 32\n")
     with pytest.raises(VoxaugError, match="unknown settings.*mels"):
         resolve_config("cpu", bad).validate()
+
+
+def test_written_wavs_do_not_depend_on_the_time_of_writing(tmp_path):
+    """libsndfile stamps float WAVs with the time; a second apart the same waveform gave other bytes."""
+    wave = torch.linspace(-0.5, 0.5, 1600)
+    write_audio(tmp_path / "a.wav", wave, 16000)
+    time.sleep(1.1)
+    write_audio(tmp_path / "b.wav", wave, 16000)
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    assert torch.equal(read_audio(tmp_path / "a.wav", 16000), wave)

@@ -8,6 +8,7 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio
+from scipy.io import wavfile
 
 from voxaug.errors import file_error
 
@@ -40,7 +41,13 @@ def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
 
 
 def write_audio(path: str | Path, waveform: torch.Tensor, sample_rate: int) -> None:
-    """Write a float32 WAV, lossless, so features recomputed from it match the originals."""
+    """Write a float32 WAV, lossless, so features recomputed from it match the originals.
+
+    scipy's writer, not libsndfile's: libsndfile adds a PEAK chunk holding the time of writing to
+    float WAVs, so the same waveform written a second later gave different bytes (and ``voxaug
+    synth`` different files for the same seed)."""
+    if Path(path).suffix.lower() != ".wav":
+        raise ValueError(f"{path}: write_audio writes .wav files")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, waveform.detach().cpu().numpy().astype(np.float32), sample_rate, subtype="FLOAT")
+    wavfile.write(path, int(sample_rate), waveform.detach().cpu().numpy().astype(np.float32))
