@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -56,6 +58,8 @@ def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:
     for part in ("enroll", "test", "impostors"):
         if (unseen / part).is_dir():
             found[f"unseen_{part}"] = embed_folder(loaded, unseen / part, device, cache, False)
+    if "unseen_impostors" not in found and (data / "impostors").is_dir():  # benchmarks/crosscheck.py's layout
+        found["unseen_impostors"] = embed_folder(loaded, data / "impostors", device, cache, False)
     return found
 
 
@@ -99,6 +103,11 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     return row
 
 
+def machine() -> str:
+    """Where the numbers were measured: CPU count and platform."""
+    return f"{os.cpu_count()} CPU cores, {platform.platform()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a voxaug synth folder (or any HW4 folder with unseen/{enroll,test})")
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['trained_test_among_all']:.3f} | {r['eer']:.3f} | {r['min_dcf']:.3f} | {r['dir']:.3f} | "
               f"{r.get('impostors_unknown', float('nan')):.3f} |")
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "checkpoint": str(args.ckpt),
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "checkpoint": str(args.ckpt),
                                          "data": str(args.data), "rows": rows}, indent=2) + "\n", encoding="utf-8")
     return 0
 
