@@ -119,3 +119,20 @@ def test_backend_ablation_scores_every_arm(trained_run, tiny_synth, tmp_path, ca
         assert r["enrolled"] == 7 and 0 <= r["unseen_among_all"] <= r["unseen_among_newcomers"] + 1e-9 <= 1 + 1e-9
         assert 0 <= r["impostors_unknown"] <= 1 and 0 <= r["eer"] <= 1
     assert "| lda | asnorm |" in capsys.readouterr().out
+
+
+def test_asnorm_cohort_sweep_scores_unseen_trials_against_every_cohort(trained_run, tiny_synth, tmp_path, capsys):
+    import asnorm_cohorts
+
+    assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", str(trained_run / "best.pt"), "--json",
+                                str(tmp_path / "a.json")]) == 0
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    clips = sum(1 for _ in (tiny_synth / "unseen").glob("*/*/*.pt"))
+    assert {r["trials"] for r in rows} == {clips * (clips - 1) // 2}
+    for backend in ("none", "lda"):
+        mine = [r for r in rows if r["backend"] == backend]
+        plain = [r for r in mine if r["cohort"] == "none"]
+        assert len(plain) == 1 and {"validation", "training"} <= {r["cohort"] for r in mine}
+        assert all(0 <= r["eer"] <= 1 and r["min_dcf"] >= 0 for r in mine)
+        assert any(r["eer"] != plain[0]["eer"] or r["min_dcf"] != plain[0]["min_dcf"] for r in mine if r["cohort"] != "none")
+    assert "| lda | validation | 10 |" in capsys.readouterr().out
