@@ -1,0 +1,115 @@
+"""Render the docs' result tables from the committed JSON under benchmarks/results/, so no number is retyped.
+
+A table in a docs page sits between two markers that name its JSON file:
+
+    <!-- results: bench_quick_2026-11-26_amd-epyc-2core.json -->
+    ...rendered table...
+    <!-- /results -->
+
+    python benchmarks/render_results.py           # rewrite every marked table in docs/
+    python benchmarks/render_results.py --check   # exit 1 naming each table that differs from its JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.\-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+HELD_OUT = (120, 180)  # crosscheck's validation and test clips
+
+
+def bench_table(result: dict) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import markdown_table
+
+    return markdown_table(result)
+
+
+def crosscheck_table(result: dict) -> str:
+    """Per-seed rows, then the mean of each arm over its seeds, val + test weighted by clip count."""
+    val_n, test_n = HELD_OUT
+    lines = [f"| augment | seed | val acc ({val_n} clips) | test acc ({test_n} clips) | val + test ({val_n + test_n} clips) |",
+             "|---|---|---|---|---|"]
+    arms: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in sorted(result["rows"], key=lambda r: (r["seed"], r["augment"] != "none", r["augment"])):
+        both = (val_n * row["val_acc"] + test_n * row["test_acc"]) / (val_n + test_n)
+        lines.append(f"| `{row['augment']}` | {row['seed']} | {row['val_acc']:.3f} | {row['test_acc']:.3f} | {both:.3f} |")
+        arms[row["augment"]].append((row["val_acc"], row["test_acc"]))
+    for arm, scores in arms.items():
+        if len(scores) > 1:
+            val, test = statistics.fmean(s[0] for s in scores), statistics.fmean(s[1] for s in scores)
+            both = (val_n * val + test_n * test) / (val_n + test_n)
+            lines.append(f"| **`{arm}`** | mean of {len(scores)} | {val:.3f} | {test:.3f} | **{both:.3f}** |")
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
+def backend_crosscheck_table(result: dict) -> str:
+    """Unseen speakers among all enrolled, per model, for each back end and score normalisation."""
+    first = result["runs"][0]["rows"]
+    arms = [(r["backend"], r["score_norm"]) for r in first]
+    models = [f"`{run['augment']}` seed {run['seed']}" for run in result["runs"]]
+    lines = [f"| back end | score | unseen among all {first[0]['enrolled']}: " + ", ".join(models)
+             + " | mean | among newcomers (mean) | trained speakers' test clips among all (mean) "
+             "| impostors unknown (mean) |", "|---|---|---|---|---|---|---|"]
+    for backend, norm in arms:
+        rows = [next(r for r in run["rows"] if (r["backend"], r["score_norm"]) == (backend, norm))
+                for run in result["runs"]]
+        mean = {key: statistics.fmean(r[key] for r in rows) for key in
+                ("unseen_among_all", "unseen_among_newcomers", "trained_test_among_all", "impostors_unknown")}
+        lines.append(f"| {backend} | {norm} | " + ", ".join(f"{r['unseen_among_all']:.3f}" for r in rows)
+                     + f" | {mean['unseen_among_all']:.3f} | {mean['unseen_among_newcomers']:.3f} | "
+                       f"{mean['trained_test_among_all']:.3f} | {mean['impostors_unknown']:.3f} |")
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
+def render(name: str) -> str:
+    """The markdown for one results file, chosen by what the file holds."""
+    path = RESULTS / name
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no such results file")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    if "train_utt_per_s" in result:
+        return bench_table(result)
+    if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
+        return backend_crosscheck_table(result)
+    if "rows" in result and "test_acc" in result["rows"][0]:
+        return crosscheck_table(result)
+    raise SystemExit(f"error: {path}: no renderer knows this results file")
+
+
+def refresh(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name")) + "\n" + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from its JSON")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = parser.parse_args(argv)
+    stale = []
+    for page in sorted(args.docs.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        fresh = refresh(text)
+        if fresh != text:
+            stale.append(page.name)
+            if not args.check:
+                page.write_text(fresh, encoding="utf-8")
+    if args.check and stale:
+        print(f"error: tables differ from benchmarks/results/ in {', '.join(stale)}; "
+              "run python benchmarks/render_results.py", file=sys.stderr)
+        return 1
+    if not args.check:
+        print(f"rendered tables in {', '.join(stale) or 'no page (all up to date)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

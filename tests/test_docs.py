@@ -1,0 +1,71 @@
+"""The README and docs/: every relative link resolves, anchors included, and the README stays a front door."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    found = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(slug)
+    return found
+
+
+def relative_links(page: Path) -> list[str]:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return [link for link in LINK.findall(text) if not re.match(r"^[a-z]+:", link)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_resolves(page):
+    broken = []
+    for link in relative_links(page):
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(link)
+        elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+            broken.append(link)
+    assert not broken, f"{page.name}: broken links {broken}"
+
+
+def test_the_checker_notices_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\n[ok](#title) [gone](missing.md) [bad anchor](#nowhere)\n", encoding="utf-8")
+    assert relative_links(page) == ["#title", "missing.md", "#nowhere"]
+    assert anchors(page) == {"title"}
+
+
+def test_readme_is_a_front_door():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.encode("utf-8")) < 12 * 1024
+    for page in ("augmentation", "training-from-audio", "identification", "scaling", "performance",
+                 "data-layouts", "safety"):
+        assert f"docs/{page}.md" in readme
+
+
+def test_docs_tables_match_the_committed_results(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import render_results
+
+    assert render_results.main(["--check"]) == 0
+    page = (ROOT / "docs" / "augmentation.md").read_text(encoding="utf-8")
+    assert "<!-- results: crosscheck.json -->" in page
+    (tmp_path / "page.md").write_text(page.replace("| `none` | 0 | 0.892", "| `none` | 0 | 0.999"), encoding="utf-8")
+    assert render_results.main(["--check", "--docs", str(tmp_path)]) == 1
+    assert "page.md" in capsys.readouterr().err
+    assert render_results.main(["--docs", str(tmp_path)]) == 0
+    assert (tmp_path / "page.md").read_text(encoding="utf-8") == page
