@@ -20,6 +20,7 @@ from voxaug.cli.main import app
 from voxaug.embeddings.extract import MIN_FRAMES
 from voxaug.errors import VoxaugError
 from voxaug.features import log_mel
+from voxaug.model import ModelConfig, build_model
 from voxaug.runtime.onnx_model import OnnxSpeakerModel
 from voxaug.safeio import sha256_file
 
@@ -133,6 +134,24 @@ def test_logits_cover_only_the_original_speakers_of_a_speed_perturbed_checkpoint
     _, expected = torch_outputs(tmp_path / "speed.pt", utterance[:200])
     assert logits.shape == expected.shape == (speakers,)
     np.testing.assert_allclose(logits, expected, atol=1e-3)
+
+
+def test_the_transformer_mean_baseline_exports_with_the_same_parity(exported, utterance, tmp_path):
+    state = load_checkpoint(exported["ckpt"])
+    state["config"]["model"]["kind"] = "transformer-mean"
+    torch.manual_seed(0)
+    state["model"] = build_model(ModelConfig.from_dict(state["config"]["model"])).state_dict()
+    save_checkpoint(tmp_path / "baseline.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    model = OnnxSpeakerModel.load(export(tmp_path / "baseline.pt", tmp_path / "baseline.onnx"))
+    lengths = (MIN_FRAMES, 120, 400)
+    batch = np.zeros((len(lengths), max(lengths), model.n_mels), np.float32)
+    for row, length in enumerate(lengths):
+        batch[row, :length] = utterance[:length].numpy()
+    embeddings, logits = model.run_features(batch, np.array(lengths))
+    for row, length in enumerate(lengths):
+        expected_embedding, expected_logits = torch_outputs(tmp_path / "baseline.pt", utterance[:length])
+        assert cosine(embeddings[row], expected_embedding) >= MIN_COSINE, length
+        assert logits[row].argmax() == expected_logits.argmax(), length
 
 
 def one_line_refusal(action, *needles: str) -> str:

@@ -25,8 +25,8 @@ from voxaug.checkpoint import LoadedModel, load_model
 from voxaug.embeddings.extract import MIN_FRAMES
 from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig, _mel_transform
-from voxaug.model import (ConformerSpeakerNet, _convolution, _feed_forward, _self_attention, padding_mask,
-                          speaker_logits)
+from voxaug.model import (ConformerSpeakerNet, TransformerMeanNet, _convolution, _feed_forward, _self_attention,
+                          padding_mask, speaker_logits)
 from voxaug.runtime.onnx_model import (AUDIO_INPUTS, CONTENT_DIGEST_KEY, DIGEST_PLACEHOLDER, FEATURE_INPUTS,
                                        ONNX_FORMAT, ONNX_FORMAT_VERSION, OUTPUTS, content_digest,
                                        digest_marker)
@@ -50,6 +50,18 @@ def _masked_conformer(model: ConformerSpeakerNet, x: torch.Tensor, lengths: torc
         x = x + 0.5 * _feed_forward(layer.ffn2, x, False)
         x = layer.final_layer_norm(x)
     return x
+
+
+def _masked_transformer(model: TransformerMeanNet, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``TransformerMeanNet.embed`` in eval mode, written out: (B, T, n_mels), (B,) -> (B, E). PyTorch's
+    encoder layers would take their fused fast path, which neither exports nor traces with dynamic time."""
+    real = ~padding_mask(lengths, features.shape[1])  # (B, T)
+    x = model.input_proj(features)  # (B, T, d)
+    for layer in model.encoder.layers:  # post-norm layers (norm_first=False), as TransformerMeanNet builds them
+        x = layer.norm1(x + _self_attention(layer.self_attn, x, real[:, None, None, :], False))
+        x = layer.norm2(x + layer.linear2(layer.activation(layer.linear1(x))))
+    keep = real.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    return model.embedding((x * keep).sum(1) / keep.sum(1).clamp(min=1))
 
 
 class LogMelFrontend(nn.Module):
@@ -100,7 +112,7 @@ class ExportableSpeakerNet(nn.Module):
             frames = _masked_conformer(model, model.input_proj(features), lengths)  # (B, T, d)
             embeddings = model.embedding(model.pooling(frames, lengths))  # (B, E)
         else:
-            embeddings = model.embed(features, lengths)
+            embeddings = _masked_transformer(model, features, lengths)
         logits = speaker_logits(model.head(embeddings), model.config, training=False)  # (B, S)
         return F.normalize(embeddings.float(), dim=1), logits
 
