@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from voxaug.audio import read_audio as torch_read_audio
 from voxaug.errors import VoxaugError
@@ -63,12 +64,21 @@ def test_read_audio_gives_the_waveform_voxaug_audio_gives(wavs):
     np.testing.assert_array_equal(read_audio(wavs[0], 16000), expected)
 
 
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_files_at_other_rates_are_resampled_as_torchaudio_resamples_them(tmp_path, wavs, rate):
+    clip = tmp_path / f"clip-{rate}.wav"
+    sf.write(clip, torchaudio.functional.resample(torch_read_audio(wavs[0], 16000), 16000, rate).numpy(), rate)
+    expected = torch_read_audio(clip, 16000)
+    found = read_audio(clip, 16000)
+    assert found.shape == tuple(expected.shape)
+    assert np.abs(found - expected.numpy()).max() <= 1e-6
+    assert np.abs(log_mel(found, FrontendSettings()) - torch_log_mel(expected).numpy()).max() <= TOLERANCE
+
+
 def test_read_audio_refuses_bad_files_in_one_line_naming_them(tmp_path, wavs):
     stereo = tmp_path / "stereo.wav"
     sf.write(stereo, np.stack([read_audio(wavs[0], 16000)] * 2, axis=1), 16000)
     assert read_audio(stereo, 16000).shape == read_audio(wavs[0], 16000).shape
-    other_rate = tmp_path / "rate.wav"
-    sf.write(other_rate, np.zeros(8000, np.float32) + 0.1, 8000)
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(8000, np.float32), 16000)
     empty = tmp_path / "empty.wav"
@@ -77,7 +87,7 @@ def test_read_audio_refuses_bad_files_in_one_line_naming_them(tmp_path, wavs):
     garbage.write_bytes(b"not audio at all")
     mp3 = tmp_path / "clip.mp3"
     mp3.write_bytes(b"ID3")
-    cases = {other_rate: "8000 Hz", silent: "silent", empty: "empty", garbage: "not a readable audio file",
+    cases = {silent: "silent", empty: "empty", garbage: "not a readable audio file",
              tmp_path / "missing.wav": "not found", mp3: "unsupported audio format"}
     for path, problem in cases.items():
         with pytest.raises(VoxaugError) as caught:

@@ -1,10 +1,12 @@
 """The log-mel front end in numpy, equal to ``voxaug.features.log_mel`` (torchaudio's MelSpectrogram):
 periodic Hann window centred in ``n_fft``, reflect-padded centred frames, power 2, Slaney mel scale
-and norm, ``log(mel + floor)``. Also torch-free audio reading with the same checks as ``voxaug.audio``."""
+and norm, ``log(mel + floor)``. Also torch-free audio reading with the same checks and the same
+resampler as ``voxaug.audio`` (torchaudio's windowed-sinc ``resample`` with its default settings)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -114,12 +116,43 @@ def log_mel(waveform: np.ndarray, settings: FrontendSettings) -> np.ndarray:
     return np.log(mel + settings.log_floor).astype(np.float32)
 
 
-def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read an audio file as a mono float32 waveform; clear errors for bad files.
+RESAMPLE_ZERO_CROSSINGS = 6  # torchaudio.functional.resample's defaults: lowpass_filter_width, rolloff
+RESAMPLE_ROLLOFF = 0.99
 
-    Unlike ``voxaug.audio.read_audio`` (which resamples with torchaudio), a file at another rate is
-    refused: the runtime carries no resampler.
-    """
+
+@lru_cache(maxsize=8)
+def _resample_kernel(orig: int, new: int) -> tuple[np.ndarray, int]:
+    """(new, 2 * width + orig) Hann-windowed sinc filters, one per output phase, built as torchaudio builds
+    them for a float32 waveform: in float32 (float64 filters differ enough to move a quiet band's log-mel
+    by 1e-3). Rates are already divided by their gcd."""
+    one = np.float32
+    base = min(orig, new) * RESAMPLE_ROLLOFF
+    width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig / base)
+    offsets = np.arange(-width, width + orig, dtype=one)[None, :] / one(orig)
+    t = (np.arange(0, -new, -1, dtype=one)[:, None] / one(new) + offsets) * one(base)
+    t = np.clip(t, -RESAMPLE_ZERO_CROSSINGS, RESAMPLE_ZERO_CROSSINGS).astype(one)
+    window = np.cos(t * one(math.pi / RESAMPLE_ZERO_CROSSINGS / 2)) ** 2
+    t = t * one(math.pi)
+    sinc = np.sin(t) / np.where(t == 0, one(1), t)
+    sinc[t == 0] = 1
+    return (sinc * window * one(base / orig)).astype(one), width
+
+
+def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """(N,) waveform from ``orig_rate`` to ``new_rate``, equal to ``torchaudio.functional.resample``'s defaults."""
+    if orig_rate == new_rate:
+        return waveform
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    kernel, width = _resample_kernel(orig, new)
+    padded = np.pad(waveform.astype(np.float64), (width, width + orig))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig]  # (frames, taps)
+    resampled = (windows @ kernel.T).reshape(-1)  # output sample n * new + phase
+    return resampled[: math.ceil(new * waveform.shape[0] / orig)].astype(np.float32)
+
+
+def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read an audio file as a mono float32 waveform at ``sample_rate``; clear errors for bad files."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "audio file not found")
@@ -135,10 +168,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         raise file_error(path, "audio file holds no samples")
     if not np.isfinite(data).all():
         raise file_error(path, "audio holds NaN or Inf samples")
-    if file_rate != sample_rate:
-        raise file_error(path, f"sample rate is {file_rate} Hz but the model needs {sample_rate} Hz; resample it "
-                               f"(e.g. ffmpeg -i IN -ar {sample_rate} OUT.wav) or install voxaug[train], which resamples")
-    mono = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
+    mono = resample(np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(file_rate), int(sample_rate))
     if float(np.abs(mono).max()) == 0.0:
         raise file_error(path, "audio is silent (every sample is zero)")
     return mono
