@@ -21,7 +21,7 @@ from voxaug.embeddings.extract import MIN_FRAMES
 from voxaug.errors import VoxaugError
 from voxaug.features import log_mel
 from voxaug.model import ModelConfig, build_model
-from voxaug.runtime.onnx_model import OnnxSpeakerModel
+from voxaug.runtime.onnx_model import CONTENT_DIGEST_KEY, OnnxSpeakerModel, content_digest
 from voxaug.safeio import sha256_file
 
 runner = CliRunner()
@@ -183,6 +183,12 @@ def test_broken_or_foreign_model_files_are_refused_in_one_line_naming_them(expor
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "foreign.onnx"), "foreign.onnx:", "not a voxaug speaker model")
+    for entry in onnx.load(str(exported["features"])).metadata_props:  # voxaug's metadata on a graph of the wrong shape
+        foreign.metadata_props.add(key=entry.key, value=entry.value if entry.key != CONTENT_DIGEST_KEY else "0" * 64)
+    data = foreign.SerializeToString()
+    marker = CONTENT_DIGEST_KEY.encode() + b"\x12\x40"
+    (tmp_path / "impostor.onnx").write_bytes(data.replace(marker + b"0" * 64, marker + content_digest(data).encode()))
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "impostor.onnx"), "impostor.onnx:", "inputs ['x']")
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "missing.onnx"), "missing.onnx:", "not found")
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path), "expected an ONNX model file")
 
