@@ -84,6 +84,16 @@ def _check_signature(path: Path, session: onnxruntime.InferenceSession, takes_au
                                f"a voxaug model has {list(expected)} and {list(OUTPUTS)}")
 
 
+def _checked_lengths(lengths: np.ndarray, batch: int, most: int, unit: str) -> np.ndarray:
+    """(B,) int64 lengths, each in [1, most]."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.shape != (batch,):
+        raise VoxaugError(f"lengths must have shape ({batch},), got {lengths.shape}")
+    if batch and (lengths.min() < 1 or lengths.max() > most):
+        raise VoxaugError(f"lengths must be in [1, {most}] {unit}, got {lengths.min()}..{lengths.max()}")
+    return lengths
+
+
 class OnnxSpeakerModel:
     """An exported speaker model: unit embeddings and logits over the original speakers."""
 
@@ -123,16 +133,8 @@ class OnnxSpeakerModel:
 
     def _refuse_audio_model(self) -> None:
         if self.takes_audio:
-            raise file_error(self.path, "this model takes raw 16 kHz audio (exported with --with-frontend); "
-                                        "give it waveforms or audio files, not log-mel features")
-
-    def _check_lengths(self, lengths: np.ndarray, batch: int, most: int, unit: str) -> np.ndarray:
-        lengths = np.asarray(lengths, dtype=np.int64)
-        if lengths.shape != (batch,):
-            raise VoxaugError(f"lengths must have shape ({batch},), got {lengths.shape}")
-        if batch and (lengths.min() < 1 or lengths.max() > most):
-            raise VoxaugError(f"lengths must be in [1, {most}] {unit}, got {lengths.min()}..{lengths.max()}")
-        return lengths
+            raise file_error(self.path, f"this model takes raw {self.frontend.sample_rate / 1000:g} kHz audio (exported "
+                                        "with --with-frontend); give it waveforms or audio files, not log-mel features")
 
     def run_features(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, T, n_mels) float32 + (B,) frame counts -> unit embeddings (B, D), logits (B, S)."""
@@ -141,7 +143,9 @@ class OnnxSpeakerModel:
         if features.ndim != 3 or features.shape[2] != self.n_mels:
             raise file_error(self.path, f"model takes (batch, frames, {self.n_mels}) log-mel features, "
                                         f"got shape {features.shape}")
-        lengths = self._check_lengths(lengths, features.shape[0], features.shape[1], "frames")
+        if not np.isfinite(features).all():
+            raise VoxaugError("features hold NaN or Inf values")
+        lengths = _checked_lengths(lengths, features.shape[0], features.shape[1], "frames")
         if len(lengths) and lengths.min() < self.min_frames:
             raise VoxaugError(f"clip is {lengths.min()} frames long; at least {self.min_frames} are needed")
         embeddings, logits = self.session.run(list(OUTPUTS), {"features": features, "lengths": lengths})
@@ -155,7 +159,9 @@ class OnnxSpeakerModel:
         waveforms = np.asarray(waveforms, dtype=np.float32)
         if waveforms.ndim != 2:
             raise VoxaugError(f"waveforms must have shape (batch, samples), got {waveforms.shape}")
-        lengths = self._check_lengths(lengths, waveforms.shape[0], waveforms.shape[1], "samples")
+        if not np.isfinite(waveforms).all():
+            raise VoxaugError("waveforms hold NaN or Inf samples")
+        lengths = _checked_lengths(lengths, waveforms.shape[0], waveforms.shape[1], "samples")
         shortest = max(self.frontend.n_fft // 2 + 1, (self.min_frames - 1) * self.frontend.hop_length)
         if len(lengths) and lengths.min() < shortest:
             raise VoxaugError(f"clip is {lengths.min()} samples long; at least {shortest} are needed")
