@@ -9,8 +9,6 @@ from typing import Callable, TypeVar
 
 import typer
 
-from voxaug.audio import AUDIO_SUFFIXES
-from voxaug.data.sources import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.errors import VoxaugError
 
 F = TypeVar("F", bound=Callable)
@@ -93,6 +91,9 @@ def output_file(path: Path, option: str) -> Path:
 
 def expand_clips(paths: list[Path]) -> list[Path]:
     """Clip arguments as files: a folder stands for every clip under it (one file per clip)."""
+    from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
+    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+
     clips: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -103,3 +104,13 @@ def expand_clips(paths: list[Path]) -> list[Path]:
         else:
             clips.append(path)
     return clips
+
+
+ModelOption = typer.Option(None, "--model", help="ONNX model from `voxaug export` (instead of --ckpt; needs no torch).")
+
+
+def chosen_model(ckpt: Path | None, model: Path | None) -> Path | None:
+    """The model file that --ckpt or --model names (not both); None leaves the choice to the index's sidecar."""
+    if ckpt is not None and model is not None:
+        raise VoxaugError("--ckpt and --model name two models; give one (a checkpoint .pt or an ONNX export .onnx)")
+    return ckpt if ckpt is not None else model

@@ -6,20 +6,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import typer
 
-from voxaug.checkpoint import load_model
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file, output_folder,
 )
-from voxaug.data.sources import open_source
-from voxaug.data.store import PackedStore
-from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
-from voxaug.embeddings.extract import Embedded, embed_store
-from voxaug.embeddings.identify import checkpoint_record
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock
 from voxaug.embeddings.speaker_index import (
@@ -27,6 +21,9 @@ from voxaug.embeddings.speaker_index import (
 )
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_output, atomic_write_text
+
+if TYPE_CHECKING:
+    from voxaug.embeddings.extract import Embedded
 
 
 def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speakers: list[str | None]) -> None:
@@ -69,6 +66,13 @@ def embed(
     Under torchrun each process embeds its share of the length-sorted batches and rank 0 writes
     embeddings.npy (rows in the dataset's order, the same numbers as one process) and the index.
     """
+    from voxaug.checkpoint import load_model  # torch and the training stack load only when a command runs
+    from voxaug.data.sources import open_source
+    from voxaug.data.store import PackedStore
+    from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
+    from voxaug.embeddings.extract import embed_store
+    from voxaug.embeddings.identify import checkpoint_record
+
     existing_file(ckpt, "checkpoint")
     for option, value in (("--batch", batch), ("--window", window), ("--hop", hop)):
         if value is not None and value <= 0:
