@@ -13,6 +13,7 @@ from voxaug.errors import VoxaugError
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
+TRAIN_EXTRA_MODULES = ("torch", "torchaudio", "sklearn", "scipy", "audiomentations", "matplotlib", "onnx")
 
 
 _debug_flag = False
@@ -45,6 +46,12 @@ def clean_errors(function: F) -> F:
             if debug_enabled():
                 raise
             raise fail(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").split(".")[0]
+            if root not in TRAIN_EXTRA_MODULES or debug_enabled():
+                raise
+            raise fail(f"{function.__name__}: this needs {root}, which the runtime-only install leaves out; "
+                       'install the train extra: pip install "voxaug[train]"') from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except (typer.Exit, typer.Abort, SystemExit):

@@ -67,3 +67,9 @@ def test_runtime_install_enrols_and_identifies_wav_clips_with_an_exported_model(
     done = run(runtime_venv, "identify", "--index", index, feature_clip)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert str(feature_clip) in done.stderr and 'pip install "voxaug[train]"' in done.stderr
+
+
+def test_runtime_install_refuses_training_commands_naming_the_train_extra(runtime_venv, tiny_synth, tmp_path):
+    done = run(runtime_venv, "embed", tiny_synth, "--ckpt", tmp_path / "any.pt", "--out", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert 'embed: this needs torch' in done.stderr and 'pip install "voxaug[train]"' in done.stderr
