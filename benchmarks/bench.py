@@ -98,6 +98,8 @@ TARGETS = (
     Target("packed_speedup", ">= 10", lambda r: r["packed_speedup"] >= 10),
     Target("train_utt_per_s", ">= reference_train_utt_per_s",
            lambda r: r["train_utt_per_s"] >= r["reference_train_utt_per_s"]),
+    Target("identify_ms_p50_onnx", "< 10 and <= identify_ms_p50",
+           lambda r: r["identify_ms_p50_onnx"] < 10 and r["identify_ms_p50_onnx"] <= r["identify_ms_p50"]),
 )
 
 
@@ -290,6 +292,12 @@ def markdown_table(r: dict) -> str:
          f"{r['embed_bucketing_speedup']:.2f}x one by one"),
         (f"identify, warm process, {r['identify_speakers']} speakers", f"p50 {r['identify_ms_p50']:.1f} ms",
          f"p99 {r['identify_ms_p99']:.1f} ms"),
+        (f"identify, warm process, {r['identify_speakers']} speakers, ONNX Runtime (`--model`)",
+         f"p50 {r['identify_ms_p50_onnx']:.1f} ms", f"p99 {r['identify_ms_p99_onnx']:.1f} ms (target p50 < 10 ms, "
+         "no slower than torch)"),
+        ("embedding one by one, torch vs ONNX Runtime (1 thread each)",
+         f"{r['embed_one_by_one_utt_per_s']:.1f} vs {r['embed_onnx_one_by_one_utt_per_s']:.1f} utt/s",
+         f"ONNX {r['embed_onnx_vs_torch_one_by_one']:.2f}x torch"),
         (f"FAISS flat, {n} x 192", f"{r['faiss_flat_ms']:.2f} ms/query", ""),
         (f"FAISS HNSW, {n} x 192, efSearch {r['faiss_hnsw_ef_search']}", f"{r['faiss_hnsw_ms']:.3f} ms/query",
          f"recall@1 {r['faiss_hnsw_recall_at_1']:.3f}, {r['faiss_hnsw_speedup']:.0f}x flat, "
