@@ -98,6 +98,9 @@ TARGETS = (
     Target("packed_speedup", ">= 10", lambda r: r["packed_speedup"] >= 10),
     Target("train_utt_per_s", ">= reference_train_utt_per_s",
            lambda r: r["train_utt_per_s"] >= r["reference_train_utt_per_s"]),
+    Target("cli_help_s", "< 0.5", lambda r: r["cli_help_s"] < 0.5),
+    Target("identify_ms_p50_onnx", "< 10 and <= identify_ms_p50",
+           lambda r: r["identify_ms_p50_onnx"] < 10 and r["identify_ms_p50_onnx"] <= r["identify_ms_p50"]),
 )
 
 
@@ -170,6 +173,17 @@ def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def cli_help_seconds(reps: int = 5) -> float:
+    """Median wall time of `voxaug --help` in a fresh interpreter (start-up imports no torch)."""
+    command = [sys.executable, "-m", "voxaug", "--help"]
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def child_peak_rss_mb(command: list[str]) -> float:
     """Run ``command`` and return its peak resident memory in MB (the largest of it and the
     processes it starts). A small parent process runs it and reads RUSAGE_CHILDREN, so that nothing
@@ -221,6 +235,7 @@ def run_benchmarks(size: BenchSize, quiet: bool = False) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     result: dict = {"size": size.name, **machine_info(), "load_average_start": list(os.getloadavg())}
+    result["cli_help_s"] = _timed("voxaug --help", timings, cli_help_seconds, quiet)
     with tempfile.TemporaryDirectory(prefix="voxaug-bench-") as tmp:
         workdir = Path(tmp)
         data = workdir / "synth"
@@ -290,6 +305,13 @@ def markdown_table(r: dict) -> str:
          f"{r['embed_bucketing_speedup']:.2f}x one by one"),
         (f"identify, warm process, {r['identify_speakers']} speakers", f"p50 {r['identify_ms_p50']:.1f} ms",
          f"p99 {r['identify_ms_p99']:.1f} ms"),
+        (f"identify, warm process, {r['identify_speakers']} speakers, ONNX Runtime (`--model`)",
+         f"p50 {r['identify_ms_p50_onnx']:.1f} ms", f"p99 {r['identify_ms_p99_onnx']:.1f} ms (target p50 < 10 ms, "
+         "no slower than torch)"),
+        ("embedding one by one, torch vs ONNX Runtime (1 thread each)",
+         f"{r['embed_one_by_one_utt_per_s']:.1f} vs {r['embed_onnx_one_by_one_utt_per_s']:.1f} utt/s",
+         f"ONNX {r['embed_onnx_vs_torch_one_by_one']:.2f}x torch"),
+        ("`voxaug --help`, fresh process (median of 5)", f"{r['cli_help_s']:.2f} s", "target < 0.5 s"),
         (f"FAISS flat, {n} x 192", f"{r['faiss_flat_ms']:.2f} ms/query", ""),
         (f"FAISS HNSW, {n} x 192, efSearch {r['faiss_hnsw_ef_search']}", f"{r['faiss_hnsw_ms']:.3f} ms/query",
          f"recall@1 {r['faiss_hnsw_recall_at_1']:.3f}, {r['faiss_hnsw_speedup']:.0f}x flat, "

@@ -19,13 +19,16 @@ import faiss
 import numpy as np
 import torch
 
+from voxaug import SpeakerIndex, SpeakerModel
 from voxaug.checkpoint import save_checkpoint
 from voxaug.config import create_config
 from voxaug.embeddings.extract import embed_tensors
-from voxaug.embeddings.identify import Identifier, checkpoint_record
-from voxaug.embeddings.index import HNSW_NEIGHBOURS, SpeakerIndex
+from voxaug.embeddings.index import HNSW_NEIGHBOURS
+from voxaug.embeddings.index import SpeakerIndex as IndexData
+from voxaug.export import export_onnx
 from voxaug.features import FrontendConfig
 from voxaug.model import build_model
+from voxaug.runtime.onnx_model import OnnxSpeakerModel
 
 
 def _cpu_model(classes: int) -> tuple[torch.nn.Module, dict]:
@@ -42,7 +45,17 @@ def _utterances(count: int, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(int(torch.randint(150, 800, (), generator=g)), 40, generator=g) for _ in range(count)]
 
 
+def _save_cpu_checkpoint(path: Path, classes: int) -> dict:
+    """The cpu preset, untrained, as a checkpoint of ``classes`` speakers (timings do not depend on the weights)."""
+    model, config = _cpu_model(classes)
+    save_checkpoint(path, {"config": config, "frontend": FrontendConfig().to_dict(),
+                           "speakers": [f"spk{i:04d}" for i in range(classes)], "model": model.state_dict(), "step": 0})
+    return config
+
+
 def embedding_throughput(count: int = 256) -> dict:
+    """Utterances per second: torch length-bucketed and one by one, and ONNX Runtime one by one (its export of the
+    same model, 1 thread each for the one-by-one pair), in the same process."""
     model, _ = _cpu_model(600)
     device = torch.device("cpu")
     tensors = _utterances(count)
@@ -50,40 +63,67 @@ def embedding_throughput(count: int = 256) -> dict:
     start = time.perf_counter()
     embed_tensors(model, tensors, device)
     bucketed = count / (time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     start = time.perf_counter()
     for tensor in tensors:
         embed_tensors(model, [tensor], device)
     single = count / (time.perf_counter() - start)
-    return {"embed_utt_per_s": bucketed, "embed_one_by_one_utt_per_s": single, "embed_bucketing_speedup": bucketed / single}
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_cpu_checkpoint(Path(tmp) / "model.pt", 600)
+        export_onnx(Path(tmp) / "model.pt", Path(tmp) / "model.onnx")
+        onnx_model = OnnxSpeakerModel.load(Path(tmp) / "model.onnx", threads=1)
+        arrays = [tensor.numpy() for tensor in tensors]
+        onnx_model.embed_features(arrays[0])
+        start = time.perf_counter()
+        for array in arrays:
+            onnx_model.embed_features(array)
+        onnx_single = count / (time.perf_counter() - start)
+    return {"embed_utt_per_s": bucketed, "embed_one_by_one_utt_per_s": single, "embed_bucketing_speedup": bucketed / single,
+            "embed_onnx_one_by_one_utt_per_s": onnx_single, "embed_onnx_vs_torch_one_by_one": onnx_single / single}
+
+
+def _identify_times(index: SpeakerIndex, paths: list[Path]) -> list[float]:
+    index.identify(paths[0])
+    times = []
+    for path in paths:
+        start = time.perf_counter()
+        index.identify(path)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
 
 
 def identify_latency(speakers: int = 600, clips: int = 100) -> dict:
-    """p50/p99 of Identifier.identify on `.pt` clips, with the model and index already loaded."""
-    model, config = _cpu_model(speakers)
+    """p50/p99 of SpeakerIndex.identify on `.pt` clips, model and index already loaded: with the checkpoint (torch)
+    and with its ONNX export (ONNX Runtime), one thread each, alternating rounds in the same process."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = tmp / "model.pt"
-        save_checkpoint(ckpt, {"config": config, "frontend": FrontendConfig().to_dict(),
-                               "speakers": [f"spk{i:04d}" for i in range(speakers)], "model": model.state_dict(), "step": 0})
-        index = SpeakerIndex(dim=config["model"]["embedding_dim"], checkpoint=checkpoint_record(ckpt),
-                             frontend=FrontendConfig().to_dict())
+        config = _save_cpu_checkpoint(ckpt, speakers)
+        export_onnx(ckpt, tmp / "model.onnx")
         rng = np.random.default_rng(0)
-        for i in range(speakers):
-            index.add(f"spk{i:04d}", rng.standard_normal((3, index.dim)))
-        index.save(tmp / "spk.faiss")
+        vectors = {f"spk{i:04d}": rng.standard_normal((3, config["model"]["embedding_dim"])) for i in range(speakers)}
         paths = []
         for i, tensor in enumerate(_utterances(clips, seed=1)):
             paths.append(tmp / f"clip{i}.pt")
             torch.save(tensor, paths[-1])
-        identifier = Identifier(tmp / "spk.faiss", ckpt)
-        identifier.identify(paths[0])
-        times = []
-        for path in paths:
-            start = time.perf_counter()
-            identifier.identify(path)
-            times.append((time.perf_counter() - start) * 1000)
-    return {"identify_ms_p50": float(np.percentile(times, 50)), "identify_ms_p99": float(np.percentile(times, 99)),
-            "identify_speakers": speakers}
+        indexes = {}
+        for engine, model in (("torch", ckpt), ("onnx", tmp / "model.onnx")):
+            data = IndexData(dim=config["model"]["embedding_dim"], checkpoint=SpeakerModel.load(model).record(),
+                             frontend=FrontendConfig().to_dict())
+            for name, rows in vectors.items():
+                data.add(name, rows)
+            data.save(tmp / f"{engine}.faiss")
+            indexes[engine] = SpeakerIndex.open(tmp / f"{engine}.faiss", threads=1)
+        times: dict[str, list[float]] = {"torch": [], "onnx": []}
+        for half in (paths[: len(paths) // 2], paths[len(paths) // 2 :]):  # alternate, so load drift hits both
+            for engine in ("torch", "onnx"):
+                times[engine] += _identify_times(indexes[engine], half)
+    return {"identify_ms_p50": float(np.percentile(times["torch"], 50)),
+            "identify_ms_p99": float(np.percentile(times["torch"], 99)),
+            "identify_ms_p50_onnx": float(np.percentile(times["onnx"], 50)),
+            "identify_ms_p99_onnx": float(np.percentile(times["onnx"], 99)), "identify_speakers": speakers}
 
 
 def faiss_search(vectors: int = 1_000_000, dim: int = 192, queries: int = 1000, ef_search: int = 128) -> dict:
@@ -139,7 +179,10 @@ def main() -> None:
     r = run(args.quick, args.vectors)
     print(f"embedding (cpu preset): {r['embed_utt_per_s']:.1f} utt/s bucketed, {r['embed_one_by_one_utt_per_s']:.1f} "
           f"utt/s one by one ({r['embed_bucketing_speedup']:.2f}x)")
-    print(f"identify, warm, {r['identify_speakers']} speakers: p50 {r['identify_ms_p50']:.1f} ms, p99 {r['identify_ms_p99']:.1f} ms")
+    print(f"embedding, ONNX Runtime one by one: {r['embed_onnx_one_by_one_utt_per_s']:.1f} utt/s "
+          f"({r['embed_onnx_vs_torch_one_by_one']:.2f}x torch one by one)")
+    print(f"identify, warm, {r['identify_speakers']} speakers: p50 {r['identify_ms_p50']:.1f} ms, p99 {r['identify_ms_p99']:.1f} ms "
+          f"(torch); p50 {r['identify_ms_p50_onnx']:.1f} ms, p99 {r['identify_ms_p99_onnx']:.1f} ms (ONNX Runtime)")
     print(f"FAISS {r['faiss_vectors']:,} x 192: flat {r['faiss_flat_ms']:.2f} ms/query, HNSW {r['faiss_hnsw_ms']:.3f} ms/query "
           f"({r['faiss_hnsw_speedup']:.0f}x), recall@1 {r['faiss_hnsw_recall_at_1']:.3f} at efSearch "
           f"{r['faiss_hnsw_ef_search']}, build {r['faiss_hnsw_build_s']:.0f} s")

@@ -9,12 +9,11 @@ from typing import Callable, TypeVar
 
 import typer
 
-from voxaug.audio import AUDIO_SUFFIXES
-from voxaug.data.sources import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.errors import VoxaugError
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
+TRAIN_EXTRA_MODULES = ("torch", "torchaudio", "sklearn", "scipy", "audiomentations", "matplotlib", "onnx")
 
 
 _debug_flag = False
@@ -47,6 +46,12 @@ def clean_errors(function: F) -> F:
             if debug_enabled():
                 raise
             raise fail(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").split(".")[0]
+            if root not in TRAIN_EXTRA_MODULES or debug_enabled():
+                raise
+            raise fail(f"{function.__name__}: this needs {root}, which the runtime-only install leaves out; "
+                       'install the train extra: pip install "voxaug[train]"') from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except (typer.Exit, typer.Abort, SystemExit):
@@ -93,6 +98,9 @@ def output_file(path: Path, option: str) -> Path:
 
 def expand_clips(paths: list[Path]) -> list[Path]:
     """Clip arguments as files: a folder stands for every clip under it (one file per clip)."""
+    from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
+    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+
     clips: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -103,3 +111,13 @@ def expand_clips(paths: list[Path]) -> list[Path]:
         else:
             clips.append(path)
     return clips
+
+
+ModelOption = typer.Option(None, "--model", help="ONNX model from `voxaug export` (instead of --ckpt; needs no torch).")
+
+
+def chosen_model(ckpt: Path | None, model: Path | None) -> Path | None:
+    """The model file that --ckpt or --model names (not both); None leaves the choice to the index's sidecar."""
+    if ckpt is not None and model is not None:
+        raise VoxaugError("--ckpt and --model name two models; give one (a checkpoint .pt or an ONNX export .onnx)")
+    return ckpt if ckpt is not None else model

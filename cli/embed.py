@@ -6,20 +6,15 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import typer
 
-from voxaug.checkpoint import load_model
 from voxaug.cli.common import (
-    CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file, output_folder,
+    CacheOption, DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, existing_file, output_file,
+    output_folder,
 )
-from voxaug.data.sources import open_source
-from voxaug.data.store import PackedStore
-from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
-from voxaug.embeddings.extract import Embedded, embed_store
-from voxaug.embeddings.identify import checkpoint_record
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock
 from voxaug.embeddings.speaker_index import (
@@ -27,6 +22,9 @@ from voxaug.embeddings.speaker_index import (
 )
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_output, atomic_write_text
+
+if TYPE_CHECKING:
+    from voxaug.embeddings.extract import Embedded
 
 
 def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speakers: list[str | None]) -> None:
@@ -44,7 +42,8 @@ def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speaker
 @clean_errors
 def embed(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder or <speaker>/ clip folders (.pt or audio)."),
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (RUN/best.pt)."),
+    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint (RUN/best.pt)."),
+    model: Path = ModelOption,
     out: Path = typer.Option(..., "--out", help="Folder for embeddings.npy and items.csv."),
     index: Path = typer.Option(None, "--index", help="Also write a FAISS speaker index here (+ FILE.json sidecar)."),
     per: str = typer.Option("speaker", "--per", help="Index one centroid per speaker, or every utterance."),
@@ -69,7 +68,17 @@ def embed(
     Under torchrun each process embeds its share of the length-sorted batches and rank 0 writes
     embeddings.npy (rows in the dataset's order, the same numbers as one process) and the index.
     """
-    existing_file(ckpt, "checkpoint")
+    from voxaug.checkpoint import load_model  # torch and the training stack load only when a command runs
+    from voxaug.data.sources import open_source
+    from voxaug.data.store import PackedStore
+    from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
+    from voxaug.embeddings.extract import embed_store
+    from voxaug.embeddings.identify import checkpoint_record
+
+    model_path = chosen_model(ckpt, model)
+    if model_path is None:
+        raise VoxaugError("give the model: --ckpt RUN/best.pt or --model model.onnx")
+    existing_file(model_path, "checkpoint" if model is None else "model")
     for option, value in (("--batch", batch), ("--window", window), ("--hop", hop)):
         if value is not None and value <= 0:
             raise VoxaugError(f"{option} must be a positive number of {'utterances' if option == '--batch' else 'frames'}, got {value}")
@@ -80,6 +89,9 @@ def embed(
     output_folder(out, "--out")
     if index is not None:
         output_file(index, "--index")
+    if model is not None:
+        _embed_with_model(model, data, out, index, per, hnsw, scoring, window, hop, cache_dir, quiet)
+        return
     context = init_distributed(device)
     clean = False
     try:
@@ -100,6 +112,31 @@ def embed(
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
     finally:
         shutdown(context, clean)
+
+
+def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | None, per: str, hnsw: bool,
+                      scoring: ScoringOptions, window: int | None, hop: int | None, cache_dir: Path | None,
+                      quiet: bool) -> None:
+    """`embed --model`: one process, through the Python API's model. The back end and AS-norm cohort are fitted
+    on the run's own training split, which only the checkpoint records, so an index here stores plain cosine."""
+    from voxaug.api.model import SpeakerModel
+    from voxaug.data.sources import open_source
+    from voxaug.data.store import PackedStore
+    from voxaug.embeddings.extract import embed_store_with_model
+    from voxaug.features import FrontendConfig
+
+    if index is not None and (scoring.backend != "none" or scoring.score_norm != "none"):
+        raise VoxaugError("--model: an index's scoring back end and AS-norm cohort are fitted on the run's training "
+                          "split, which only its checkpoint records; pass --backend none, or --ckpt")
+    speaker_model = SpeakerModel.load(model_path)
+    store = PackedStore.open(open_source(data, FrontendConfig.from_dict(speaker_model.frontend)), cache_dir,
+                             progress=not quiet)
+    speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
+    embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
+    _write_outputs(embedded, store.keys, speakers, out, index,
+                   lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
+                                               speaker_model.record(), speaker_model.frontend, 0, 0.0, scoring),
+                   "windows" if window else "utterances")
 
 
 def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | None], out: Path, index: Path | None,

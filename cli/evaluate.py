@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import typer
 
-from voxaug.checkpoint import load_model
 from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_folder
-from voxaug.data.sources import open_source
-from voxaug.data.store import PackedStore
-from voxaug.device import resolve_device
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
-from voxaug.embeddings.calibration import calibrate as calibrate_threshold
-from voxaug.embeddings.calibration import check_far, open_set_scores
-from voxaug.embeddings.evaluation import (
-    MAP_METHODS, LabelledEmbeddings, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
-    read_trials, score_pairs, score_trials,
-)
-from voxaug.embeddings.identify import check_checkpoint
 from voxaug.embeddings.index import SpeakerIndex, index_lock
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_write_text, ensure_folder, sha256_file
+
+if TYPE_CHECKING:
+    from voxaug.embeddings.evaluation import LabelledEmbeddings
 
 
 @clean_errors
@@ -50,6 +43,18 @@ def evaluate(
     quiet: bool = QuietOption,
 ) -> None:
     """Closed-set accuracy (softmax, cosine centroid, k-NN), unseen-speaker accuracy, EER/minDCF, a 2-D map."""
+    from voxaug.checkpoint import load_model
+    from voxaug.data.sources import open_source
+    from voxaug.data.store import PackedStore
+    from voxaug.device import resolve_device
+    from voxaug.embeddings.calibration import calibrate as calibrate_threshold
+    from voxaug.embeddings.calibration import check_far, open_set_scores
+    from voxaug.embeddings.evaluation import (
+        MAP_METHODS, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
+        read_trials, score_pairs, score_trials,
+    )
+    from voxaug.embeddings.identify import check_checkpoint
+
     existing_file(ckpt, "checkpoint")
     if (enroll is None) != (test is None):
         raise VoxaugError("--enroll and --test go together")

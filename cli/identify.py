@@ -7,10 +7,9 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import DeviceOption, clean_errors, expand_clips
-from voxaug.device import resolve_device
+from voxaug.cli.common import DeviceOption, ModelOption, chosen_model, clean_errors, expand_clips
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
-from voxaug.embeddings.identify import Identification, Identifier, check_threshold
+from voxaug.embeddings.identify import Identification, check_threshold
 
 
 def format_row(result: Identification) -> str:
@@ -25,7 +24,8 @@ def format_row(result: Identification) -> str:
 def identify(
     clips: list[Path] = typer.Argument(..., help="Clips: .pt feature tensors or wav/flac audio (or folders of them)."),
     index: Path = typer.Option(..., "--index", help="Speaker index written by embed or enroll."),
-    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the one the index's sidecar names."),
+    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the model the index's sidecar names."),
+    model: Path = ModelOption,
     top_k: int = typer.Option(5, "--top-k", help="How many speakers to list."),
     threshold: float = typer.Option(None, "--threshold", help="Score under which the decision is 'unknown' (default: "
                                     "the one evaluate --calibrate stored in the index, else 0.5 cosine / 2.0 AS-norm)."),
@@ -41,8 +41,11 @@ def identify(
     if cohort_top_k is not None:
         check_top_k(cohort_top_k)
     check_threshold(threshold, score_norm or "asnorm")
-    identifier = Identifier(index, ckpt, resolve_device(device), score_norm=score_norm, cohort_top_k=cohort_top_k,
-                            threshold=threshold)
+    from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
+
+    model_path = chosen_model(ckpt, model)
+    speaker_index = SpeakerIndex.open(index, model_path, device, threads=1, score_norm=score_norm,
+                                      cohort_top_k=cohort_top_k, threshold=threshold)
     for clip in expand_clips(clips):
-        result = identifier.identify(clip, top_k)
+        result = speaker_index.identify_record(clip, top_k)
         typer.echo(json.dumps(result.to_json()) if as_json else format_row(result))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from voxaug.cli import embed, enroll, evaluate, identify, plot, predict, synth, train
+from voxaug.cli import embed, enroll, evaluate, export, identify, plot, predict, synth, train
 from voxaug.cli.common import set_debug
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("embed")(embed.embed)
 app.command("enroll")(enroll.enroll)
 app.command("identify")(identify.identify)
 app.command("evaluate")(evaluate.evaluate)
+app.command("export")(export.export)
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import clean_errors
-from voxaug.plot import plot_runs, read_metrics
 
 
 @clean_errors
@@ -17,6 +16,8 @@ def plot(
     labels: str = typer.Option(None, "--labels", help="Comma list of legend names, one per run (default: folder names)."),
 ) -> None:
     """Overlay runs: clean train accuracy (solid) against validation accuracy (dashed), and the gap between them."""
+    from voxaug.plot import plot_runs, read_metrics
+
     names = [label.strip() for label in labels.split(",")] if labels is not None else None
     plot_runs(runs, out, names)
     for run in runs:

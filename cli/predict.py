@@ -9,12 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from voxaug.checkpoint import load_model
 from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
-from voxaug.data.sources import open_source
-from voxaug.data.store import PackedStore
-from voxaug.device import resolve_device
-from voxaug.inference import run_model
 from voxaug.safeio import atomic_write_text
 
 
@@ -28,6 +23,12 @@ def predict(
     quiet: bool = QuietOption,
 ) -> None:
     """Classify every utterance of testdata.json, in its order, on whole utterances."""
+    from voxaug.checkpoint import load_model
+    from voxaug.data.sources import open_source
+    from voxaug.data.store import PackedStore
+    from voxaug.device import resolve_device
+    from voxaug.inference import run_model
+
     existing_file(ckpt, "checkpoint")
     output_file(out, "--out")
     torch_device = resolve_device(device)

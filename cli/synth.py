@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import QuietOption, clean_errors
-from voxaug.synth import SynthConfig, generate
+from voxaug.synth_config import SynthConfig
 
 
 @clean_errors
@@ -22,6 +22,8 @@ def synth(
     quiet: bool = QuietOption,
 ) -> None:
     """Generate a synthetic speaker set locally (seconds, deterministic for a seed)."""
+    from voxaug.synth import generate
+
     config = SynthConfig(speakers=speakers, utterances=utterances, unseen=unseen, impostors=impostors, seed=seed,
                          write_training_audio=wav)
     summary = generate(out, config, progress=not quiet)

@@ -7,26 +7,28 @@ from pathlib import Path
 
 import typer
 
-from voxaug.augment import AUGMENTATIONS
-from voxaug.augment.pipeline import DEFAULT_AUGMENT, build_pipeline, parse_names, resolve_names
 from voxaug.cli.common import CacheOption, QuietOption, clean_errors
-from voxaug.config import PRESETS, resolve_config
-from voxaug.distributed import RankFailed, init_distributed, shutdown
 from voxaug.errors import VoxaugError
-from voxaug.train import Trainer
+
+# Named here, not imported, so that `voxaug train --help` loads no torch; tests/test_lazy_imports.py checks they
+# equal voxaug.config.PRESETS and voxaug.augment.AUGMENTATIONS (names, then order of application).
+PRESET_NAMES = ("cpu", "strong", "boss", "baseline")
+AUGMENTATION_NAMES = ("channel", "crop", "mixup", "noise", "reverb", "specaug", "speed", "wave")
+AUGMENTATION_ORDER = ("wave", "speed", "crop", "reverb", "noise", "channel", "specaug", "mixup")
+DEFAULT_AUGMENT_NAMES = "channel,reverb,noise"
 
 
 @clean_errors
 def train(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder (mapping.json, metadata.json, uttr-*.pt) or <speaker>/ clip folders."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.jsonl, best.pt, last.pt, curves.png."),
-    preset: str = typer.Option("cpu", help=f"Size preset: {', '.join(PRESETS)}."),
+    preset: str = typer.Option("cpu", help=f"Size preset: {', '.join(PRESET_NAMES)}."),
     config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields ([model] and [augment] tables)."),
     augment: str = typer.Option(
         None,
-        help=f"Comma list of {', '.join(sorted(AUGMENTATIONS))}, or 'none'; applied in the fixed order "
-        f"{', '.join(sorted(AUGMENTATIONS, key=lambda name: AUGMENTATIONS[name].order))}, in training only. "
-        f"Default: {DEFAULT_AUGMENT}, the arm that did best on held-out speaker sets from other generators "
+        help=f"Comma list of {', '.join(AUGMENTATION_NAMES)}, or 'none'; applied in the fixed order "
+        f"{', '.join(AUGMENTATION_ORDER)}, in training only. "
+        f"Default: {DEFAULT_AUGMENT_NAMES}, the arm that did best on held-out speaker sets from other generators "
         "(README, Augmentation).",
     ),
     specaug_freq: int = typer.Option(None, help="specaug: widest frequency mask, in mel bands (default 6)."),
@@ -77,6 +79,11 @@ def train(
     Under torchrun every process trains on its own share of each epoch (--batch per process) and
     only rank 0 writes RUN.
     """
+    from voxaug.augment.pipeline import build_pipeline, parse_names, resolve_names
+    from voxaug.config import resolve_config
+    from voxaug.distributed import RankFailed, init_distributed, shutdown
+    from voxaug.train import Trainer
+
     augment_names = parse_names(augment) if augment is not None else None
     overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
                      margin_warmup=margin_warmup, segment=segment, eval_every=eval_every,
@@ -166,6 +173,9 @@ def _noise_folder_overrides(names: list[str] | None, preset: str, config: Path |
     Both augmentations take a noise folder (log-mel ``.pt`` files for ``noise``, audio for ``wave``);
     the options go to the one that ``--augment`` (or the default) names, and naming both is refused
     because one folder cannot serve both."""
+    from voxaug.augment.pipeline import resolve_names
+    from voxaug.config import resolve_config
+
     if noise_dir is None and noise_p is None:
         return {}
     chosen = set(names if names is not None else resolve_names(resolve_config(preset, config).augment))

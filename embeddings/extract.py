@@ -4,7 +4,7 @@ windows, batched by length so that padding costs little; sharded over ranks unde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from voxaug.data.store import PackedStore
 from voxaug.distributed import DistContext
 from voxaug.errors import VoxaugError, file_error
 from voxaug.inference import autocast_for
+
+if TYPE_CHECKING:
+    from voxaug.api.model import SpeakerModel
 
 MIN_FRAMES = 10
 
@@ -183,3 +186,19 @@ def embed_store(
         bar.update(len(rows))
     bar.close()
     return Embedded(embeddings, probabilities, per_rank) if context.is_main else None
+
+
+def embed_store_with_model(model: "SpeakerModel", store: PackedStore, window: int | None = None, hop: int | None = None,
+                           progress: bool = True) -> Embedded:
+    """Every utterance of a packed store through a :class:`voxaug.SpeakerModel` (an ONNX export), one at a time;
+    windows of one utterance are averaged, then renormalised, as :func:`embed_store` does."""
+    _check_window(window)
+    if len(store) == 0:
+        raise VoxaugError("nothing to embed: the dataset has no utterances")
+    rows = []
+    for index in tqdm(range(len(store)), desc="embed", unit="utt", disable=not progress, leave=False):
+        pieces = [model.embed_with_probabilities(store.segment(index, start, frames).numpy(), name=store.keys[index])[0]
+                  for start, frames in window_spans(int(store.lengths[index]), window, hop)]
+        mean = np.mean(pieces, axis=0)
+        rows.append(mean / np.linalg.norm(mean))
+    return Embedded(np.stack(rows).astype(np.float32), np.empty((len(store), 0), dtype=np.float32))

@@ -25,14 +25,16 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import faiss
 import numpy as np
 
 from voxaug.embeddings.backend import SCORE_NORMS, Cohort, ScoringBackend, as_norm, check_choice
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_bytes, atomic_write_text, ensure_folder, fsync_dir, read_json
+
+if TYPE_CHECKING:
+    import faiss
 
 INDEX_FORMAT = "voxaug-speaker-index"
 INDEX_VERSION = 2
@@ -182,6 +184,8 @@ class SpeakerIndex:
     # ---- searching -------------------------------------------------------------------------
     def faiss_index(self) -> faiss.Index:
         """The FAISS index over ``vectors``: the loaded or last built one, else built now (HNSW builds are slow)."""
+        import faiss  # loaded on first search, so that `voxaug --help` and the index's constants stay light
+
         if self.built is None:
             index = faiss.IndexHNSWFlat(self.space_dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT) if self.hnsw \
                 else faiss.IndexFlatIP(self.space_dim)
@@ -250,6 +254,8 @@ class SpeakerIndex:
         that finds FILE older than the sidecar uses the pending file the sidecar names. Call under
         :func:`index_lock`: the last step removes pending files of other (interrupted) writes.
         """
+        import faiss
+
         path = Path(path)
         data = faiss.serialize_index(self.faiss_index()).tobytes()
         digest = hashlib.sha256(data).hexdigest()
@@ -305,6 +311,8 @@ class SpeakerIndex:
         data = _committed_bytes(path, meta["index_sha256"])
         if data[:4] not in FAISS_KINDS:
             raise file_error(path, f"not a FAISS flat or HNSW index (starts with {data[:4]!r})")
+        import faiss
+
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except (RuntimeError, MemoryError) as exc:

@@ -19,14 +19,24 @@ from train_bench import interleaved_medians  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
 
 PASSING = {"augment_overhead": 0.01, "packed_speedup": 20.0, "train_utt_per_s": 150.0,
-           "reference_train_utt_per_s": 100.0}
+           "reference_train_utt_per_s": 100.0, "identify_ms_p50": 9.0, "identify_ms_p50_onnx": 6.0, "cli_help_s": 0.3}
 
 
 def test_targets_pass_and_each_failure_is_named():
     assert bench.failed_targets(PASSING) == []
-    for key, value in (("augment_overhead", 0.05), ("packed_speedup", 9.9), ("train_utt_per_s", 99.0)):
+    for key, value in (("augment_overhead", 0.05), ("packed_speedup", 9.9), ("train_utt_per_s", 99.0),
+                       ("identify_ms_p50_onnx", 10.5), ("identify_ms_p50_onnx", 9.5), ("cli_help_s", 0.6)):
         failed = bench.failed_targets({**PASSING, key: value})
         assert len(failed) == 1 and failed[0].startswith(key)
+
+
+def test_identify_and_embedding_are_timed_with_torch_and_onnx_in_one_run():
+    from embed_bench import embedding_throughput, identify_latency
+
+    latency = identify_latency(speakers=4, clips=4)
+    assert latency["identify_speakers"] == 4 and latency["identify_ms_p50_onnx"] > 0 and latency["identify_ms_p50"] > 0
+    throughput = embedding_throughput(count=4)
+    assert throughput["embed_onnx_one_by_one_utt_per_s"] > 0 and throughput["embed_onnx_vs_torch_one_by_one"] > 0
 
 
 def test_main_exits_non_zero_and_names_the_failed_target(monkeypatch, tmp_path, capsys):

@@ -99,7 +99,7 @@ def test_a_loaded_hnsw_index_is_searched_as_saved_not_rebuilt(tmp_path, monkeypa
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the HNSW graph was rebuilt on load")
 
-    monkeypatch.setattr("voxaug.embeddings.index.faiss.IndexHNSWFlat", no_rebuild)
+    monkeypatch.setattr("faiss.IndexHNSWFlat", no_rebuild)  # index.py imports faiss on first use
     loaded = SpeakerIndex.load(tmp_path / "i.faiss")
     assert loaded.faiss_index().hnsw.efSearch == 128
     assert loaded.search(np.eye(4)[2:3], 1)[0][0][0] == "s2"

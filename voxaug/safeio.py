@@ -12,11 +12,12 @@ import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from voxaug.errors import file_error
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 
 TMP_SUFFIX = ".tmp"
@@ -138,7 +139,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+TRAIN_EXTRA_HINT = 'install the train extra: pip install "voxaug[train]"'
+
+
+def import_torch(path: str | Path, what: str = "file") -> "ModuleType":
+    """torch, imported when a .pt file is first touched: a runtime-only install has none and says so in one line."""
+    try:
+        import torch
+    except ImportError:
+        raise file_error(path, f"reading a {what} (.pt, a torch file) needs torch; {TRAIN_EXTRA_HINT}") from None
+    return torch
+
+
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    torch = import_torch(path)
     with atomic_output(path, "wb") as handle:
         torch.save(obj, handle)
 
@@ -152,6 +166,7 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
         raise file_error(path, f"expected a {what}, found a folder")
     if path.stat().st_size == 0:
         raise file_error(path, f"{what} is empty (0 bytes)")
+    torch = import_torch(path, what)
     try:
         with warnings.catch_warnings():  # a hostile header makes torch warn before it fails; the error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)

@@ -21,9 +21,9 @@ import torchaudio
 from tqdm import tqdm
 
 from voxaug.audio import write_audio
-from voxaug.errors import VoxaugError
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.safeio import atomic_output, atomic_write_json
+from voxaug.synth_config import SynthConfig
 
 # Average adult formants (F1, F2, F3) in Hz for eight vowels.
 VOWELS = torch.tensor(
@@ -33,32 +33,6 @@ VOWELS = torch.tensor(
 )
 FRICATIVE_CENTRES = torch.tensor([2500.0, 4500.0, 6000.0, 3500.0])
 SYNTH_N_FFT, SYNTH_HOP = 512, 128
-
-
-@dataclass
-class SynthConfig:
-    speakers: int = 100
-    utterances: int = 20
-    unseen: int = 10
-    enroll_per_unseen: int = 4
-    test_per_unseen: int = 6
-    impostors: int = 5
-    test_fraction: float = 0.1
-    sessions_per_speaker: int = 3
-    min_seconds: float = 1.5
-    max_seconds: float = 3.5
-    seed: int = 0
-    write_training_audio: bool = False
-
-    def validate(self) -> None:
-        if self.speakers < 2:
-            raise VoxaugError(f"--speakers must be at least 2, got {self.speakers}")
-        if self.utterances < 2:
-            raise VoxaugError(f"--utterances must be at least 2, got {self.utterances}")
-        if self.unseen < 0 or self.impostors < 0:
-            raise VoxaugError(f"--unseen and --impostors must be >= 0, got {self.unseen}, {self.impostors}")
-        if not 0 < self.min_seconds <= self.max_seconds:
-            raise VoxaugError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}")
 
 
 @dataclass

@@ -1,6 +1,4 @@
-"""Dataset sources (HW4 layout, clip folders), the packed feature store, splits and batching."""
+"""Dataset sources (HW4 layout, clip folders), the packed feature store, splits and batching.
 
-from voxaug.data.sources import DatasetSource, Utterance, open_source
-from voxaug.data.store import PackedStore
-
-__all__ = ["DatasetSource", "PackedStore", "Utterance", "open_source"]
+Import the submodules themselves (``voxaug.data.sources``, ``voxaug.data.store``): this package imports
+nothing, so torch-free modules such as ``voxaug.data.split`` stay torch-free."""

@@ -12,12 +12,11 @@ from typing import Protocol
 import torch
 
 from voxaug.audio import AUDIO_SUFFIXES, read_audio
+from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.safeio import read_json
-
-FEATURE_SUFFIX = ".pt"
 
 
 @dataclass(frozen=True)
@@ -177,19 +176,6 @@ class ClipFolderSource:
 
     def fingerprint(self) -> str:
         return _stat_fingerprint([u.path for u in self.utterances], f"{self.name}|{self.frontend}")
-
-
-def one_file_per_clip(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Clip files under ``folder``; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth` writes
-    them), the `.pt` features are used, so each clip counts once."""
-    chosen: dict[Path, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in suffixes or not path.is_file():
-            continue
-        stem = path.with_suffix("")
-        if stem not in chosen or path.suffix.lower() == FEATURE_SUFFIX:
-            chosen[stem] = path
-    return [chosen[stem] for stem in sorted(chosen)]
 
 
 def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:

@@ -1,0 +1,169 @@
+"""The Python API (voxaug.SpeakerModel, voxaug.SpeakerIndex) and `--model` in enroll, identify and embed:
+one code path, the model recorded by SHA-256, another model refused, bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from typer.testing import CliRunner
+
+import voxaug
+from voxaug.cli.main import app
+from voxaug.errors import VoxaugError
+from voxaug.export import export_onnx
+from voxaug.safeio import sha256_file
+
+runner = CliRunner()
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+
+
+@pytest.fixture(scope="module")
+def models(trained_run: Path, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("api-models")
+    ckpt = trained_run / "best.pt"
+    export_onnx(ckpt, folder / "model.onnx")
+    export_onnx(ckpt, folder / "audio.onnx", with_frontend=True)
+    return {"ckpt": ckpt, "onnx": folder / "model.onnx", "audio": folder / "audio.onnx"}
+
+
+def wavs(tiny_synth: Path, part: str, speaker: str) -> list[Path]:
+    return sorted((tiny_synth / "unseen" / part / speaker).glob("*.wav"))
+
+
+def invoke(*args: object) -> tuple[int, str]:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    return result.exit_code, result.output
+
+
+def one_line_error(code: int, output: str, *needles: str) -> None:
+    lines = output.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), output
+    for needle in needles:
+        assert needle in lines[0], output
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_model_embeds_files_waveforms_and_features_alike(models, tiny_synth):
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    waveform, rate = soundfile.read(clip, dtype="float32")
+    features = torch.load(clip.with_suffix(".pt"), weights_only=True)
+    onnx_model = voxaug.SpeakerModel.load(models["onnx"])
+    torch_model = voxaug.SpeakerModel.load(models["ckpt"])
+    from_file = onnx_model.embed(clip)
+    assert from_file.shape == (onnx_model.embedding_dim,) and abs(np.linalg.norm(from_file) - 1) < 1e-4
+    assert cosine(from_file, onnx_model.embed(waveform, sample_rate=rate)) > 0.99999
+    assert cosine(onnx_model.embed(features), torch_model.embed(features.numpy())) > 0.9999
+    assert cosine(from_file, torch_model.embed(clip)) > 0.9999
+    onnx_answer, torch_answer = onnx_model.classify(clip), torch_model.classify(clip)
+    assert onnx_answer.speaker == torch_answer.speaker and onnx_answer.probability == pytest.approx(torch_answer.probability, abs=1e-3)
+    assert onnx_model.classify(features).speaker in onnx_model.speakers
+
+
+def test_cli_enrolls_and_identifies_wav_clips_with_an_onnx_model_the_sidecar_then_names(models, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    for speaker in ("new000", "new001"):
+        code, output = invoke("enroll", "--index", index, "--model", models["onnx"], "--speaker", speaker,
+                              *wavs(tiny_synth, "enroll", speaker))
+        assert code == 0, output
+    sidecar = json.loads(index.with_name("spk.faiss.json").read_text())
+    assert sidecar["checkpoint"]["sha256"] == sha256_file(models["onnx"]) and sidecar["checkpoint"]["kind"] == "onnx"
+    query = wavs(tiny_synth, "test", "new001")[0]
+    code, output = invoke("identify", "--index", index, "--json", query)  # the model the sidecar names
+    assert code == 0, output
+    record = json.loads(output)
+    api_record = voxaug.SpeakerIndex.open(index).identify(query)
+    assert record == api_record
+    assert record["top"][0]["speaker"] in ("new000", "new001") and record["threshold"]["source"] == "default"
+    code, output = invoke("enroll", "--index", index, "--remove", "new000")
+    assert code == 0 and voxaug.SpeakerIndex.open(index).speakers == ["new001"], output
+
+
+def test_an_index_built_with_one_model_refuses_another(models, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    built = voxaug.SpeakerIndex.create(index, models["onnx"])
+    built.enroll("new000", wavs(tiny_synth, "enroll", "new000"))
+    query = wavs(tiny_synth, "test", "new000")[0]
+    for option, other in (("--ckpt", models["ckpt"]), ("--model", models["audio"])):
+        one_line_error(*invoke("identify", "--index", index, option, other, query), other.name, "does not match the index")
+        one_line_error(*invoke("enroll", "--index", index, option, other, "--speaker", "x", query),
+                       "does not match the index")
+    with pytest.raises(VoxaugError, match="does not match the index"):
+        voxaug.SpeakerIndex.open(index, models["ckpt"])
+
+
+def test_model_and_ckpt_together_are_refused(models, tiny_synth, tmp_path):
+    both = ("--ckpt", models["ckpt"], "--model", models["onnx"])
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    one_line_error(*invoke("identify", "--index", tmp_path / "i.faiss", *both, clip), "--ckpt and --model")
+    one_line_error(*invoke("enroll", "--index", tmp_path / "i.faiss", *both, "--speaker", "a", clip), "--ckpt and --model")
+    one_line_error(*invoke("embed", tiny_synth, "--out", tmp_path / "e", *both), "--ckpt and --model")
+    assert not (tmp_path / "i.faiss").exists()
+
+
+def test_missing_tampered_truncated_models_and_wrong_inputs_are_refused_in_one_line(models, tiny_synth, tmp_path):
+    data = bytearray(models["onnx"].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "tampered.onnx").write_bytes(bytes(data))
+    (tmp_path / "truncated.onnx").write_bytes(bytes(data[: len(data) // 3]))
+    clip = wavs(tiny_synth, "enroll", "new000")[0]
+    for name in ("tampered.onnx", "truncated.onnx", "missing.onnx"):
+        one_line_error(*invoke("enroll", "--index", tmp_path / "i.faiss", "--model", tmp_path / name, "--speaker", "a",
+                               clip), name)
+    assert not (tmp_path / "i.faiss").exists()
+    one_line_error(*invoke("enroll", "--index", tmp_path / "i.faiss", "--model", models["audio"], "--speaker", "a",
+                           clip.with_suffix(".pt")), clip.with_suffix(".pt").name, "takes raw 16 kHz audio")
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    with pytest.raises(VoxaugError, match=r"shape \(frames, 40\)"):
+        model.embed(np.zeros((50, 80), dtype=np.float32))
+    with pytest.raises(VoxaugError, match="unsupported model type"):
+        voxaug.SpeakerModel.load(tmp_path / "model.bin")
+
+
+def test_feature_files_without_torch_are_refused_naming_the_train_extra(models, tiny_synth):
+    clip = wavs(tiny_synth, "enroll", "new000")[0]
+    code = (f"import sys\nsys.modules['torch'] = None\nimport voxaug\nfrom voxaug.errors import VoxaugError\n"
+            f"model = voxaug.SpeakerModel.load({str(models['onnx'])!r})\nassert model.embed({str(clip)!r}).shape\n"
+            f"try:\n    model.embed({str(clip.with_suffix('.pt'))!r})\nexcept VoxaugError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith(str(clip.with_suffix(".pt"))) and 'pip install "voxaug[train]"' in done.stdout
+
+
+def test_the_documented_example_runs_as_written(models, tiny_synth, tmp_path, monkeypatch, capsys):
+    example = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.S).group(1)
+    shutil.copy(models["onnx"], tmp_path / "model.onnx")
+    for speaker in ("new000", "new001"):
+        (tmp_path / "clips" / speaker).mkdir(parents=True)
+        for clip in wavs(tiny_synth, "enroll", speaker):
+            shutil.copy(clip, tmp_path / "clips" / speaker / clip.name)
+    shutil.copy(wavs(tiny_synth, "test", "new001")[0], tmp_path / "query.wav")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, str(DOCS), "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == "['new000', 'new001']" and (tmp_path / "speakers.faiss").exists()
+
+
+def test_embed_with_an_onnx_model_matches_the_checkpoint_and_writes_a_plain_cosine_index(models, tiny_synth, tmp_path):
+    code, output = invoke("embed", tiny_synth, "--ckpt", models["ckpt"], "--out", tmp_path / "torch", "--quiet")
+    assert code == 0, output
+    code, output = invoke("embed", tiny_synth, "--model", models["onnx"], "--out", tmp_path / "onnx", "--quiet",
+                          "--index", tmp_path / "spk.faiss", "--backend", "none")
+    assert code == 0, output
+    from_torch, from_onnx = (np.load(tmp_path / name / "embeddings.npy") for name in ("torch", "onnx"))
+    assert from_onnx.shape == from_torch.shape and np.min(np.sum(from_onnx * from_torch, axis=1)) > 0.9999
+    assert json.loads((tmp_path / "spk.faiss.json").read_text())["checkpoint"]["sha256"] == sha256_file(models["onnx"])
+    code, output = invoke("identify", "--index", tmp_path / "spk.faiss", "--json", next(tiny_synth.glob("uttr-*.pt")))
+    assert code == 0 and json.loads(output)["score"] == "cosine", output
+    one_line_error(*invoke("embed", tiny_synth, "--model", models["onnx"], "--out", tmp_path / "x", "--index",
+                           tmp_path / "lda.faiss"), "--backend none")

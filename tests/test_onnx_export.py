@@ -1,0 +1,232 @@
+"""`voxaug export` and the torch-free ONNX runtime: round trip, metadata, parity with torch, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from voxaug.audio import read_audio
+from voxaug.checkpoint import load_checkpoint, load_model, save_checkpoint
+from voxaug.cli.main import app
+from voxaug.embeddings.extract import MIN_FRAMES
+from voxaug.errors import VoxaugError
+from voxaug.features import log_mel
+from voxaug.model import ModelConfig, build_model
+from voxaug.runtime.onnx_model import CONTENT_DIGEST_KEY, OnnxSpeakerModel, content_digest
+from voxaug.safeio import sha256_file
+
+runner = CliRunner()
+MIN_COSINE = 0.9999
+LENGTHS = (MIN_FRAMES, MIN_FRAMES + 1, 64, 257, 1000, 3000)
+
+
+def export(ckpt: Path, out: Path, *extra: str) -> Path:
+    result = runner.invoke(app, ["export", "--ckpt", str(ckpt), "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run: Path, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("onnx")
+    ckpt = trained_run / "best.pt"
+    return {"ckpt": ckpt, "features": export(ckpt, folder / "model.onnx"),
+            "audio": export(ckpt, folder / "audio.onnx", "--with-frontend")}
+
+
+@pytest.fixture(scope="module")
+def utterance(tiny_synth: Path) -> torch.Tensor:
+    """Real log-mel frames, 3000 of them: the synthetic set's utterances one after another."""
+    tensors = [torch.load(path, weights_only=True) for path in sorted(tiny_synth.glob("uttr-*.pt"))[:40]]
+    return torch.cat(tensors)[: max(LENGTHS)]
+
+
+def torch_outputs(ckpt: Path, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoint's own model on one utterance (T, n_mels): unit embedding (E,), logits (S,)."""
+    model = load_model(ckpt).model
+    with torch.no_grad():
+        embeddings, logits = model(features[None], torch.tensor([features.shape[0]]))
+    return F.normalize(embeddings, dim=1)[0].numpy(), logits[0].numpy()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_export_round_trip_carries_the_metadata(exported):
+    state = load_checkpoint(exported["ckpt"])
+    for kind, takes_audio in (("features", False), ("audio", True)):
+        model = OnnxSpeakerModel.load(exported[kind])
+        assert model.takes_audio is takes_audio
+        assert model.speakers == state["speakers"]
+        assert model.embedding_dim == state["config"]["model"]["embedding_dim"]
+        assert model.n_mels == state["config"]["model"]["n_mels"] == model.frontend.n_mels
+        assert model.frontend.to_dict() == state["frontend"]
+        assert model.min_frames == MIN_FRAMES
+        assert model.source_checkpoint_sha256 == sha256_file(exported["ckpt"])
+        assert model.sha256 == sha256_file(exported[kind])
+        metadata = {entry.key: entry.value for entry in onnx.load(str(exported[kind])).metadata_props}
+        assert json.loads(metadata["speakers"]) == state["speakers"]
+        assert metadata["voxaug_format"] == "voxaug-onnx-speaker-model" and metadata["voxaug_format_version"] == "1"
+
+
+def test_onnx_matches_torch_alone_and_in_padded_batches(exported, utterance):
+    model = OnnxSpeakerModel.load(exported["features"], threads=1)
+    expected = {length: torch_outputs(exported["ckpt"], utterance[:length]) for length in LENGTHS}
+    for length in LENGTHS:  # alone
+        embedding, logits = model.embed_features(utterance[:length].numpy())
+        assert cosine(embedding, expected[length][0]) >= MIN_COSINE, length
+        assert logits.argmax() == expected[length][1].argmax(), length
+    batch = np.zeros((len(LENGTHS), max(LENGTHS), model.n_mels), np.float32)  # one padded batch, shortest first
+    for row, length in enumerate(LENGTHS):
+        batch[row, :length] = utterance[:length].numpy()
+    embeddings, logits = model.run_features(batch, np.array(LENGTHS))
+    assert embeddings.shape == (len(LENGTHS), model.embedding_dim) and logits.shape == (len(LENGTHS), len(model.speakers))
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    for row, length in enumerate(LENGTHS):
+        assert cosine(embeddings[row], expected[length][0]) >= MIN_COSINE, length
+        assert logits[row].argmax() == expected[length][1].argmax(), length
+
+
+def test_with_frontend_model_matches_torch_front_end_and_model_on_wav_files(exported, tiny_synth):
+    model = OnnxSpeakerModel.load(exported["audio"], threads=1)
+    waveforms = [read_audio(path, 16000) for path in sorted(tiny_synth.rglob("*.wav"))[:6]]
+    batch = np.zeros((len(waveforms), max(len(w) for w in waveforms)), np.float32)
+    for row, waveform in enumerate(waveforms):
+        batch[row, : len(waveform)] = waveform.numpy()
+    embeddings, logits = model.run_audio(batch, np.array([len(w) for w in waveforms]))
+    for row, waveform in enumerate(waveforms):
+        expected_embedding, expected_logits = torch_outputs(exported["ckpt"], log_mel(waveform))
+        alone_embedding, alone_logits = model.embed_waveform(waveform.numpy())
+        for embedding, scores in ((embeddings[row], logits[row]), (alone_embedding, alone_logits)):
+            assert cosine(embedding, expected_embedding) >= MIN_COSINE, row
+            assert scores.argmax() == expected_logits.argmax(), row
+
+
+def test_features_model_embeds_waveforms_through_the_numpy_front_end(exported, tiny_synth):
+    model = OnnxSpeakerModel.load(exported["features"], threads=1)
+    waveform = read_audio(sorted(tiny_synth.rglob("*.wav"))[0], 16000)
+    expected_embedding, _ = torch_outputs(exported["ckpt"], log_mel(waveform))
+    embedding, _ = model.embed_waveform(waveform.numpy())
+    assert cosine(embedding, expected_embedding) >= MIN_COSINE
+
+
+def test_logits_cover_only_the_original_speakers_of_a_speed_perturbed_checkpoint(exported, utterance, tmp_path):
+    state = load_checkpoint(exported["ckpt"])
+    speakers = len(state["speakers"])
+    state["config"]["model"].update(num_classes=3 * speakers, num_speakers=speakers)
+    state["class_speakers"] = [c % speakers for c in range(3 * speakers)]
+    state["model"]["head.weight"] = torch.randn(3 * speakers, state["model"]["head.weight"].shape[1],
+                                                generator=torch.Generator().manual_seed(0))
+    save_checkpoint(tmp_path / "speed.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    model = OnnxSpeakerModel.load(export(tmp_path / "speed.pt", tmp_path / "speed.onnx"))
+    _, logits = model.embed_features(utterance[:200].numpy())
+    _, expected = torch_outputs(tmp_path / "speed.pt", utterance[:200])
+    assert logits.shape == expected.shape == (speakers,)
+    np.testing.assert_allclose(logits, expected, atol=1e-3)
+
+
+def test_the_transformer_mean_baseline_exports_with_the_same_parity(exported, utterance, tmp_path):
+    state = load_checkpoint(exported["ckpt"])
+    state["config"]["model"]["kind"] = "transformer-mean"
+    torch.manual_seed(0)
+    state["model"] = build_model(ModelConfig.from_dict(state["config"]["model"])).state_dict()
+    save_checkpoint(tmp_path / "baseline.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    model = OnnxSpeakerModel.load(export(tmp_path / "baseline.pt", tmp_path / "baseline.onnx"))
+    lengths = (MIN_FRAMES, 120, 400)
+    batch = np.zeros((len(lengths), max(lengths), model.n_mels), np.float32)
+    for row, length in enumerate(lengths):
+        batch[row, :length] = utterance[:length].numpy()
+    embeddings, logits = model.run_features(batch, np.array(lengths))
+    for row, length in enumerate(lengths):
+        expected_embedding, expected_logits = torch_outputs(tmp_path / "baseline.pt", utterance[:length])
+        assert cosine(embeddings[row], expected_embedding) >= MIN_COSINE, length
+        assert logits[row].argmax() == expected_logits.argmax(), length
+
+
+def one_line_refusal(action, *needles: str) -> str:
+    with pytest.raises(VoxaugError) as caught:
+        action()
+    message = str(caught.value)
+    assert "\n" not in message and all(needle in message for needle in needles), message
+    return message
+
+
+def test_broken_or_foreign_model_files_are_refused_in_one_line_naming_them(exported, tmp_path):
+    data = exported["features"].read_bytes()
+    speakers_at = data.find(b"spk000")
+    assert speakers_at > 0
+    files = {
+        "truncated.onnx": (data[: len(data) // 2], "truncated or corrupt"),
+        "flipped.onnx": (data[: len(data) // 3] + bytes([data[len(data) // 3] ^ 0x55]) + data[len(data) // 3 + 1 :],
+                         "tampered"),
+        "relabelled.onnx": (data[:speakers_at] + b"spk999" + data[speakers_at + 6 :], "tampered"),
+        "empty.onnx": (b"", "empty"),
+        "text.onnx": (b"hello, not a model", "not a readable ONNX model"),
+    }
+    for name, (content, problem) in files.items():
+        (tmp_path / name).write_bytes(content)
+        one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / name), f"{tmp_path / name}:", problem)
+    foreign = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "foreign.onnx"), "foreign.onnx:", "not a voxaug speaker model")
+    for entry in onnx.load(str(exported["features"])).metadata_props:  # voxaug's metadata on a graph of the wrong shape
+        foreign.metadata_props.add(key=entry.key, value=entry.value if entry.key != CONTENT_DIGEST_KEY else "0" * 64)
+    data = foreign.SerializeToString()
+    marker = CONTENT_DIGEST_KEY.encode() + b"\x12\x40"
+    (tmp_path / "impostor.onnx").write_bytes(data.replace(marker + b"0" * 64, marker + content_digest(data).encode()))
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "impostor.onnx"), "impostor.onnx:", "inputs ['x']")
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "missing.onnx"), "missing.onnx:", "not found")
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path), "expected an ONNX model file")
+
+
+def test_wrong_inputs_are_refused_in_one_line(exported):
+    features_model = OnnxSpeakerModel.load(exported["features"])
+    audio_model = OnnxSpeakerModel.load(exported["audio"])
+    n_mels = features_model.n_mels
+    one_line_refusal(lambda: features_model.embed_features(np.zeros((50, n_mels + 24), np.float32)), f"{n_mels})")
+    one_line_refusal(lambda: features_model.run_features(np.zeros((1, 50, 20), np.float32), np.array([50])),
+                     "model.onnx:", "log-mel")
+    one_line_refusal(lambda: features_model.embed_features(np.zeros((MIN_FRAMES - 1, n_mels), np.float32)),
+                     f"at least {MIN_FRAMES}")
+    one_line_refusal(lambda: features_model.embed_features(np.full((50, n_mels), np.nan, np.float32)), "NaN")
+    one_line_refusal(lambda: features_model.run_audio(np.zeros((1, 16000), np.float32), np.array([16000])),
+                     "takes log-mel features")
+    for action in (lambda: audio_model.embed_features(np.zeros((50, n_mels), np.float32)),
+                   lambda: audio_model.run_features(np.zeros((1, 50, n_mels), np.float32), np.array([50]))):
+        one_line_refusal(action, "audio.onnx:", "takes raw 16 kHz audio")
+
+
+def test_export_refuses_bad_options_in_one_line(exported, tmp_path):
+    cases = [
+        (["--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")], "missing.pt: checkpoint not found"),
+        (["--ckpt", str(exported["ckpt"]), "--out", str(tmp_path / "m.onnx"), "--opset", "12"], "--opset must be between"),
+        (["--ckpt", str(exported["ckpt"]), "--out", str(tmp_path)], "--out is an existing folder"),
+        (["--ckpt", str(exported["features"]), "--out", str(tmp_path / "m.onnx")], "model.onnx:"),
+    ]
+    for args, problem in cases:
+        result = runner.invoke(app, ["export", *args])
+        errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        assert len(errors) == 1 and problem in errors[0], result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_runtime_modules_import_without_torch():
+    code = ("import sys; import voxaug.runtime.onnx_model, voxaug.runtime.frontend; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

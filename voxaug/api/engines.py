@@ -1,0 +1,86 @@
+"""The two ways a model runs: a torch checkpoint (the train extra) or an ONNX export (numpy + ONNX Runtime).
+
+Each engine turns one :class:`~voxaug.api.inputs.Clip` into a unit embedding and speaker probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from voxaug.api.inputs import Clip
+from voxaug.errors import VoxaugError, file_error
+from voxaug.runtime.frontend import FrontendSettings
+from voxaug.safeio import TRAIN_EXTRA_HINT
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return (shifted / shifted.sum()).astype(np.float32)
+
+
+class OnnxEngine:
+    """An exported model through ONNX Runtime; errors about a clip's content are prefixed with the clip's name."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        from voxaug.runtime.onnx_model import OnnxSpeakerModel
+
+        self.model = OnnxSpeakerModel.load(path, threads=threads)
+        self.sha256 = self.model.sha256
+        self.speakers = list(self.model.speakers)
+        self.embedding_dim = self.model.embedding_dim
+        self.frontend = self.model.frontend
+
+    def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            if clip.waveform is not None:
+                embedding, logits = self.model.embed_waveform(clip.waveform)
+            else:
+                embedding, logits = self.model.embed_features(clip.features)
+        except VoxaugError as exc:
+            if str(exc).startswith(clip.name):
+                raise
+            raise VoxaugError(f"{clip.name}: {exc}") from None
+        return embedding.astype(np.float32), softmax(logits)
+
+
+class TorchEngine:
+    """A checkpoint through torch (needs the train extra); waveforms go through voxaug's torchaudio front end."""
+
+    def __init__(self, path: Path, device: str, threads: int | None) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise file_error(path, f"a checkpoint (.pt) needs torch; use an exported .onnx model, or {TRAIN_EXTRA_HINT}") from None
+        from voxaug.checkpoint import load_model
+        from voxaug.device import resolve_device
+        from voxaug.safeio import sha256_file
+
+        self.device = resolve_device(device)
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(threads)  # one clip is too small a job for many OpenMP threads on a busy machine
+        self.loaded = load_model(path, self.device)
+        self.sha256 = sha256_file(path)
+        self.speakers = list(self.loaded.speakers)
+        self.embedding_dim = self.loaded.config.model.embedding_dim
+        self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())
+
+    def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from voxaug.data.validate import check_features
+        from voxaug.embeddings.extract import check_length, embed_tensors
+        from voxaug.features import log_mel
+
+        frontend = self.loaded.frontend
+        if clip.waveform is not None:
+            if clip.waveform.shape[0] <= frontend.n_fft // 2:
+                raise file_error(clip.name, f"audio is {clip.waveform.shape[0]} samples long; more than "
+                                            f"{frontend.n_fft // 2} are needed")
+            features = check_features(log_mel(torch.from_numpy(clip.waveform), frontend), clip.name, frontend.n_mels)
+        else:
+            features = torch.from_numpy(clip.features)
+        check_length(features, clip.name)
+        embedded = embed_tensors(self.loaded.model, [features], self.device)
+        return embedded.embeddings[0], embedded.probabilities[0]

@@ -1,0 +1,134 @@
+"""``SpeakerIndex``: a FAISS speaker index file with the model that made its embeddings; enrol, remove, identify.
+
+It wraps :class:`voxaug.embeddings.index.SpeakerIndex` (the vectors and sidecar, here ``IndexData``). Every change
+is made under the index's lock on a fresh read of the file, then written atomically, as ``voxaug enroll`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from voxaug.api.inputs import ClipInput
+from voxaug.api.model import SpeakerModel
+from voxaug.embeddings.backend import check_top_k
+from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_threshold
+from voxaug.embeddings.index import SpeakerIndex as IndexData
+from voxaug.embeddings.index import index_lock, sidecar_path
+from voxaug.errors import VoxaugError, file_error
+
+ModelInput = SpeakerModel | str | Path | None
+
+
+def sidecar_model(data: IndexData, index_path: Path, device: str, threads: int | None) -> SpeakerModel:
+    """The model the index's sidecar names (a checkpoint or an ONNX export)."""
+    named = Path(data.checkpoint.get("path", ""))
+    if not str(named) or not named.is_file():
+        raise file_error(named, f"model not found (the sidecar {sidecar_path(index_path)} names it; "
+                                "pass --model or --ckpt to point elsewhere)")
+    return SpeakerModel.load(named, device, threads)
+
+
+class SpeakerIndex:
+    """Enrolled speakers and the model to embed clips with. Open an index with :meth:`open`, start one with
+    :meth:`create`; ``identify`` returns the same records as ``voxaug identify --json``."""
+
+    def __init__(self, path: Path, data: IndexData, model: SpeakerModel, score_norm: str | None = None,
+                 cohort_top_k: int | None = None, threshold: float | None = None) -> None:
+        self.path = path
+        self.data = data
+        self.model = model
+        self.score_norm = score_norm
+        self.cohort_top_k = cohort_top_k
+        self.threshold_option = check_threshold(threshold, score_norm or data.score_norm)
+        if cohort_top_k is not None:
+            check_top_k(cohort_top_k)
+
+    @classmethod
+    def open(cls, path: str | Path, model: ModelInput = None, device: str = "cpu", threads: int | None = None,
+             score_norm: str | None = None, cohort_top_k: int | None = None,
+             threshold: float | None = None) -> "SpeakerIndex":
+        """An existing index; ``model`` defaults to the one its sidecar names, and another model is refused.
+        ``score_norm``, ``cohort_top_k`` and ``threshold`` override what the sidecar holds."""
+        path = Path(path)
+        data = IndexData.load(path)
+        if model is None:
+            model = sidecar_model(data, path, device, threads)
+        elif not isinstance(model, SpeakerModel):
+            model = SpeakerModel.load(model, device, threads)
+        check_model(data, path, model.path, model.sha256, model.embedding_dim)
+        return cls(path, data, model, score_norm, cohort_top_k, threshold)
+
+    @classmethod
+    def create(cls, path: str | Path, model: SpeakerModel | str | Path, per: str = "speaker", hnsw: bool = False,
+               device: str = "cpu") -> "SpeakerIndex":
+        """A new, empty index for ``model``'s embeddings; the file is written by the first :meth:`enroll`."""
+        path = Path(path)
+        if path.exists() or sidecar_path(path).exists():
+            raise file_error(path, "index already exists; open it instead of creating it")
+        if not isinstance(model, SpeakerModel):
+            model = SpeakerModel.load(model, device)
+        data = IndexData(dim=model.embedding_dim, mode=per, hnsw=hnsw, checkpoint=model.record(), frontend=model.frontend)
+        return cls(path, data, model)
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.data.speakers
+
+    def enroll(self, name: str, clips: Iterable[ClipInput], append: bool = False, lock_timeout: float = 60.0) -> int:
+        """Add ``name`` from clips (paths or feature arrays); ``append`` adds clips to an enrolled speaker.
+        Returns how many clips the speaker now has."""
+        if name in self.data.counts and not append:
+            raise file_error(self.path, f"speaker {name!r} is already enrolled; pass --append to add clips to it")
+        embeddings = [self.model.embed_with_probabilities(clip)[0] for clip in clips]
+        if not embeddings:
+            raise VoxaugError(f"{name}: no enrolment clips given")
+        with index_lock(self.path, lock_timeout):
+            data = self._reread()
+            try:
+                data.add(name, np.stack(embeddings), append=append)
+            except VoxaugError as exc:
+                raise file_error(self.path, str(exc)) from None
+            data.save(self.path)
+        self.data = data
+        return data.counts[name]
+
+    def remove(self, name: str, lock_timeout: float = 60.0) -> None:
+        """Take ``name`` out of the index (and its file)."""
+        with index_lock(self.path, lock_timeout):
+            data = self._reread()
+            data.remove(name)
+            data.save(self.path)
+        self.data = data
+
+    def _reread(self) -> IndexData:
+        """The index as it is on disk now (another process may have enrolled), checked against this model."""
+        if not sidecar_path(self.path).exists():
+            return self.data
+        data = IndexData.load(self.path)
+        check_model(data, self.path, self.model.path, self.model.sha256, self.model.embedding_dim)
+        return data
+
+    def identify_record(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None,
+                        name: str | None = None) -> Identification:
+        """Nearest enrolled speakers of one clip, the decision at the threshold, and the classifier's answer."""
+        score_norm = self.score_norm or self.data.score_norm
+        if score_norm == "asnorm":
+            try:
+                self.data.check_asnorm()
+            except VoxaugError as exc:
+                raise file_error(self.path, str(exc)) from None
+        threshold, source = self.data.threshold(score_norm, self.threshold_option)
+        label = name or (str(x) if isinstance(x, (str, Path)) else "clip")
+        embedding, probabilities = self.model.embed_with_probabilities(x, sample_rate, label)
+        top = self.data.search(embedding[None], top_k, self.data.faiss_index(), score_norm, self.cohort_top_k)[0]
+        best = int(np.argmax(probabilities))
+        decision = top[0][0] if top and top[0][1] >= threshold else UNKNOWN
+        return Identification(label, top, self.model.speakers[best], float(probabilities[best]), decision, score_norm,
+                              threshold, source)
+
+    def identify(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None, name: str | None = None) -> dict:
+        """:meth:`identify_record` as the JSON object ``voxaug identify --json`` prints."""
+        return self.identify_record(x, top_k, sample_rate, name).to_json()

@@ -1,0 +1,83 @@
+"""``SpeakerModel``: one object for a checkpoint (.pt) or an ONNX export (.onnx), with ``embed`` and ``classify``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxaug.api.engines import OnnxEngine, TorchEngine
+from voxaug.api.inputs import ClipInput, to_clip
+from voxaug.errors import file_error
+
+MODEL_SUFFIXES = {".onnx": "onnx", ".pt": "checkpoint"}
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The classifier's answer over the speakers the model was trained on."""
+
+    speaker: str
+    probability: float
+
+
+class SpeakerModel:
+    """A trained speaker model. ``x`` is a clip path (.pt features, .wav/.flac audio), a waveform with its
+    ``sample_rate``, or a (frames, n_mels) feature array or tensor."""
+
+    def __init__(self, path: Path, kind: str, engine: OnnxEngine | TorchEngine) -> None:
+        self.path = path
+        self.kind = kind
+        self.engine = engine
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None) -> "SpeakerModel":
+        """A checkpoint runs on ``device`` (auto, cpu or cuda; needs torch), an ONNX file on ONNX Runtime's CPU."""
+        path = Path(path)
+        kind = MODEL_SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise file_error(path, f"unsupported model type {path.suffix!r}; accepted: a checkpoint (.pt) or an "
+                                   "ONNX export (.onnx)")
+        if not path.is_file():
+            raise file_error(path, "model not found" if not path.exists() else "expected a model file, found a folder")
+        engine = OnnxEngine(path, threads) if kind == "onnx" else TorchEngine(path, device, threads)
+        return cls(path, kind, engine)
+
+    @property
+    def sha256(self) -> str:
+        return self.engine.sha256
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.engine.speakers
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.engine.embedding_dim
+
+    @property
+    def frontend(self) -> dict:
+        """Front-end settings as plain values (what an index's sidecar stores)."""
+        return self.engine.frontend.to_dict()
+
+    def record(self) -> dict:
+        """What an index's sidecar remembers of the model that made its embeddings."""
+        return {"path": str(self.path.resolve()), "sha256": self.sha256, "kind": self.kind}
+
+    def embed_with_probabilities(self, x: ClipInput, sample_rate: int | None = None,
+                                 name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Unit embedding (D,) and softmax probabilities over ``speakers`` (S,) of one clip."""
+        settings = self.engine.frontend
+        clip = to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, name)
+        return self.engine.run(clip)
+
+    def embed(self, x: ClipInput, sample_rate: int | None = None) -> np.ndarray:
+        """Unit-norm float32 embedding (D,) of one clip."""
+        return self.embed_with_probabilities(x, sample_rate)[0]
+
+    def classify(self, x: ClipInput, sample_rate: int | None = None) -> Classification:
+        """The most likely training speaker for one clip, with its softmax probability."""
+        probabilities = self.embed_with_probabilities(x, sample_rate)[1]
+        best = int(np.argmax(probabilities))
+        return Classification(self.speakers[best], float(probabilities[best]))

@@ -1,0 +1,174 @@
+"""The log-mel front end in numpy, equal to ``voxaug.features.log_mel`` (torchaudio's MelSpectrogram):
+periodic Hann window centred in ``n_fft``, reflect-padded centred frames, power 2, Slaney mel scale
+and norm, ``log(mel + floor)``. Also torch-free audio reading with the same checks and the same
+resampler as ``voxaug.audio`` (torchaudio's windowed-sinc ``resample`` with its default settings)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from voxaug.errors import VoxaugError, file_error
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+@dataclass(frozen=True)
+class FrontendSettings:
+    """Log-mel settings, the same fields as ``voxaug.features.FrontendConfig`` (which travels in checkpoints)."""
+
+    sample_rate: int = 16000
+    n_mels: int = 40
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+    f_min: float = 20.0
+    f_max: float = 7600.0
+    log_floor: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.n_mels <= 0:
+            raise VoxaugError(f"front end: sample_rate and n_mels must be positive, got {self.sample_rate}, {self.n_mels}")
+        if not 0 < self.hop_ms <= self.win_ms:
+            raise VoxaugError(f"front end: need 0 < hop_ms <= win_ms, got hop {self.hop_ms}, win {self.win_ms}")
+        if self.win_length > self.n_fft:
+            raise VoxaugError(f"front end: window of {self.win_length} samples exceeds n_fft {self.n_fft}")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise VoxaugError(f"front end: need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.sample_rate * self.win_ms / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.sample_rate * self.hop_ms / 1000))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FrontendSettings":
+        known = {field.name for field in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise VoxaugError(f"front end: unknown settings {sorted(unknown)}; accepted: {sorted(known)}")
+        return cls(**values)
+
+
+def frames_for(num_samples: int, settings: FrontendSettings) -> int:
+    """Number of frames ``log_mel`` returns for ``num_samples`` samples (centred frames)."""
+    return 1 + num_samples // settings.hop_length
+
+
+def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above (as torchaudio and librosa)."""
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, linear)
+
+
+def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    linear = mels * (200.0 / 3)
+    log_part = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels - 15.0))
+    return np.where(mels >= 15.0, log_part, linear)
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(settings: FrontendSettings) -> np.ndarray:
+    """(n_fft // 2 + 1, n_mels) Slaney-normalised triangular filters, as ``torchaudio.functional.melscale_fbanks``."""
+    all_freqs = np.linspace(0, settings.sample_rate // 2, settings.n_fft // 2 + 1)
+    mel_range = _hz_to_slaney_mel(np.array([settings.f_min, settings.f_max], dtype=np.float64))
+    f_pts = _slaney_mel_to_hz(np.linspace(mel_range[0], mel_range[1], settings.n_mels + 2))
+    f_diff = np.diff(f_pts)  # (n_mels + 1,)
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (n_freqs, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    return filters * (2.0 / (f_pts[2:] - f_pts[:-2]))[None, :]
+
+
+@lru_cache(maxsize=8)
+def analysis_window(settings: FrontendSettings) -> np.ndarray:
+    """Periodic Hann window of ``win_length`` zero-padded to ``n_fft``, centred (as ``torch.stft``)."""
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(settings.win_length) / settings.win_length)
+    left = (settings.n_fft - settings.win_length) // 2
+    return np.pad(window, (left, settings.n_fft - settings.win_length - left))
+
+
+def log_mel(waveform: np.ndarray, settings: FrontendSettings) -> np.ndarray:
+    """(N,) float waveform at ``settings.sample_rate`` -> (T, n_mels) float32 log-mel, T = 1 + N // hop."""
+    waveform = np.asarray(waveform)
+    if waveform.ndim != 1:
+        raise VoxaugError(f"front end expects a mono waveform of shape (samples,), got {waveform.shape}")
+    half = settings.n_fft // 2
+    if waveform.shape[0] <= half:
+        raise VoxaugError(f"front end needs more than {half} samples, got {waveform.shape[0]}")
+    padded = np.pad(waveform.astype(np.float64), (half, half), mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, settings.n_fft)[:: settings.hop_length]  # (T, n_fft)
+    power = np.abs(np.fft.rfft(frames * analysis_window(settings), axis=1)) ** 2  # (T, n_freqs)
+    mel = power @ mel_filterbank(settings)  # (T, n_mels)
+    return np.log(mel + settings.log_floor).astype(np.float32)
+
+
+RESAMPLE_ZERO_CROSSINGS = 6  # torchaudio.functional.resample's defaults: lowpass_filter_width, rolloff
+RESAMPLE_ROLLOFF = 0.99
+
+
+@lru_cache(maxsize=8)
+def _resample_kernel(orig: int, new: int) -> tuple[np.ndarray, int]:
+    """(new, 2 * width + orig) Hann-windowed sinc filters, one per output phase, built as torchaudio builds
+    them for a float32 waveform: in float32 (float64 filters differ enough to move a quiet band's log-mel
+    by 1e-3). Rates are already divided by their gcd."""
+    one = np.float32
+    base = min(orig, new) * RESAMPLE_ROLLOFF
+    width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig / base)
+    offsets = np.arange(-width, width + orig, dtype=one)[None, :] / one(orig)
+    t = (np.arange(0, -new, -1, dtype=one)[:, None] / one(new) + offsets) * one(base)
+    t = np.clip(t, -RESAMPLE_ZERO_CROSSINGS, RESAMPLE_ZERO_CROSSINGS).astype(one)
+    window = np.cos(t * one(math.pi / RESAMPLE_ZERO_CROSSINGS / 2)) ** 2
+    t = t * one(math.pi)
+    sinc = np.sin(t) / np.where(t == 0, one(1), t)
+    sinc[t == 0] = 1
+    return (sinc * window * one(base / orig)).astype(one), width
+
+
+def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """(N,) waveform from ``orig_rate`` to ``new_rate``, equal to ``torchaudio.functional.resample``'s defaults."""
+    if orig_rate == new_rate:
+        return waveform
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    kernel, width = _resample_kernel(orig, new)
+    padded = np.pad(waveform.astype(np.float64), (width, width + orig))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig]  # (frames, taps)
+    resampled = (windows @ kernel.T).reshape(-1)  # output sample n * new + phase
+    return resampled[: math.ceil(new * waveform.shape[0] / orig)].astype(np.float32)
+
+
+def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read an audio file as a mono float32 waveform at ``sample_rate``; clear errors for bad files."""
+    path = Path(path)
+    if not path.exists():
+        raise file_error(path, "audio file not found")
+    if path.suffix.lower() not in AUDIO_SUFFIXES:
+        raise file_error(path, f"unsupported audio format {path.suffix!r}; accepted: {', '.join(AUDIO_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise file_error(path, "audio file is empty (0 bytes)")
+    try:
+        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        raise file_error(path, f"not a readable audio file ({str(exc).strip()[:200]})") from exc
+    if data.shape[0] == 0:
+        raise file_error(path, "audio file holds no samples")
+    if not np.isfinite(data).all():
+        raise file_error(path, "audio holds NaN or Inf samples")
+    mono = resample(np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(file_rate), int(sample_rate))
+    if float(np.abs(mono).max()) == 0.0:
+        raise file_error(path, "audio is silent (every sample is zero)")
+    return mono
