@@ -28,10 +28,8 @@ PY
 echo "== 4. export embeddings and a FAISS speaker index of the training speakers (scoring back end + AS-norm cohort)"
 voxaug embed --ckpt "$OUT/run/best.pt" "$OUT/data" --out "$OUT/embeddings" --index "$OUT/spk.faiss"
 
-echo "== 5. enrol the unseen speakers without retraining"
-for speaker_dir in "$OUT"/data/unseen/enroll/*/; do
-    voxaug enroll --index "$OUT/spk.faiss" --speaker "$(basename "$speaker_dir")" "$speaker_dir"
-done
+echo "== 5. enrol the unseen speakers without retraining (every unseen/enroll/<speaker>/ folder, one process)"
+voxaug enroll --index "$OUT/spk.faiss" --speakers-dir "$OUT/data/unseen/enroll"
 
 echo "== 6. evaluate, and calibrate the index's 'unknown' threshold at a 1% false-alarm rate"
 voxaug evaluate --ckpt "$OUT/run/best.pt" "$OUT/data" --enroll "$OUT/data/unseen/enroll" --test "$OUT/data/unseen/test" \

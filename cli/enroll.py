@@ -1,4 +1,5 @@
-"""`voxaug enroll --index FILE --speaker NAME CLIP…`: add (or remove) a speaker without retraining."""
+"""`voxaug enroll --index FILE --speaker NAME CLIP…` (or `--speakers-dir DIR`): add or remove speakers without
+retraining."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def enroll(
     speaker: str = typer.Option(None, "--speaker", help="Name to enrol."),
     append: bool = typer.Option(False, "--append", help="Add the clips to an already enrolled speaker (updates its centroid)."),
     remove: str = typer.Option(None, "--remove", help="Take this speaker out of the index."),
+    speakers_dir: Path = typer.Option(None, "--speakers-dir", file_okay=False,
+                                      help="Enrol every DIR/<speaker>/ folder of clips in one process, one write."),
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the model the index's sidecar names."),
     model: Path = ModelOption,
     per: str = typer.Option("speaker", "--per", help="For a new index: one centroid per speaker, or every utterance."),
@@ -24,9 +27,11 @@ def enroll(
     lock_timeout: float = typer.Option(60.0, "--lock-timeout", help="Seconds to wait for another enrol on the same index."),
     device: str = DeviceOption,
 ) -> None:
-    """Enrol a speaker from clips into the FAISS index, or remove one."""
-    if (speaker is None) == (remove is None):
-        raise VoxaugError("give either --speaker NAME with clips, or --remove NAME")
+    """Enrol a speaker from clips into the FAISS index (or every speaker folder of --speakers-dir), or remove one."""
+    if sum(x is not None for x in (speaker, remove, speakers_dir)) != 1:
+        raise VoxaugError("give one of --speaker NAME with clips, --speakers-dir DIR, or --remove NAME")
+    if speakers_dir is not None and clips:
+        raise VoxaugError("--speakers-dir takes its clips from DIR/<speaker>/ folders; give no clip arguments")
     if speaker is not None and not clips:
         raise VoxaugError(f"--speaker {speaker}: no enrolment clips given")
     from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
@@ -47,7 +52,27 @@ def enroll(
         raise VoxaugError(f"{index}: index does not exist yet; pass --ckpt or --model to create it")
     else:
         speaker_index = SpeakerIndex.create(index, model_path, per, hnsw, device)
+    if speakers_dir is not None:
+        enrolments = speaker_folders(speakers_dir)
+        speaker_index.enroll_many(enrolments, append, lock_timeout, progress=True)
+        typer.echo(f"enrolled {len(enrolments)} speakers from {sum(map(len, enrolments.values()))} clips; "
+                   f"{len(speaker_index.speakers)} speakers in {index}")
+        return
     enrolment = expand_clips(clips)
     count = speaker_index.enroll(speaker, enrolment, append, lock_timeout)
     typer.echo(f"enrolled {speaker} from {len(enrolment)} clips ({count} in all); "
                f"{len(speaker_index.speakers)} speakers in {index}")
+
+
+def speaker_folders(folder: Path) -> dict[str, list[Path]]:
+    """DIR/<speaker>/ folders and their clips, by speaker name; files directly in DIR are refused."""
+    if not folder.is_dir():
+        raise VoxaugError(f"{folder}: --speakers-dir must be a folder of <speaker>/ clip folders")
+    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if stray:
+        raise VoxaugError(f"{folder}: --speakers-dir holds files ({', '.join(stray[:3])}); clips go in DIR/<speaker>/")
+    speakers = {sub.name: expand_clips([sub]) for sub in sorted(folder.iterdir()) if sub.is_dir()
+                and not sub.name.startswith(".")}
+    if not speakers:
+        raise VoxaugError(f"{folder}: no <speaker>/ folders to enrol")
+    return speakers

@@ -9,7 +9,7 @@ import typer
 
 from voxaug.cli.common import DeviceOption, ModelOption, chosen_model, clean_errors, expand_clips
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
-from voxaug.embeddings.identify import Identification, check_threshold
+from voxaug.embeddings.identify import UNKNOWN, Identification, check_threshold
 
 
 def format_row(result: Identification) -> str:
@@ -46,6 +46,16 @@ def identify(
     model_path = chosen_model(ckpt, model)
     speaker_index = SpeakerIndex.open(index, model_path, device, threads=1, score_norm=score_norm,
                                       cohort_top_k=cohort_top_k, threshold=threshold)
+    results = []
     for clip in expand_clips(clips):
         result = speaker_index.identify_record(clip, top_k)
+        results.append(result)
         typer.echo(json.dumps(result.to_json()) if as_json else format_row(result))
+    if not as_json:
+        typer.echo(summary_line(results))
+
+
+def summary_line(results: list[Identification]) -> str:
+    """The closing line of the table: how many clips, and how many of them were answered unknown."""
+    unknown = sum(result.decision == UNKNOWN for result in results)
+    return f"{len(results)} clip{'s' if len(results) != 1 else ''}: {len(results) - unknown} identified, {unknown} unknown"

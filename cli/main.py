@@ -8,7 +8,7 @@ from voxaug.cli import embed, enroll, evaluate, export, identify, plot, predict,
 from voxaug.cli.common import set_debug
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Speaker identification: synthesise data, train with augmentation, predict, embed and identify.",

@@ -80,20 +80,47 @@ class SpeakerIndex:
     def enroll(self, name: str, clips: Iterable[ClipInput], append: bool = False, lock_timeout: float = 60.0) -> int:
         """Add ``name`` from clips (paths or feature arrays); ``append`` adds clips to an enrolled speaker.
         Returns how many clips the speaker now has."""
-        if name in self.data.counts and not append:
-            raise file_error(self.path, f"speaker {name!r} is already enrolled; pass --append to add clips to it")
-        embeddings = [self.model.embed_with_probabilities(clip)[0] for clip in clips]
-        if not embeddings:
-            raise VoxaugError(f"{name}: no enrolment clips given")
+        return self.enroll_many({name: list(clips)}, append, lock_timeout)[name]
+
+    def enroll_many(self, speakers: dict[str, list[ClipInput]], append: bool = False, lock_timeout: float = 60.0,
+                    progress: bool = False) -> dict[str, int]:
+        """Add every speaker in ``speakers`` (name -> clips) under one lock with one atomic write: all or none.
+        A speaker already enrolled is refused, before any clip is embedded, unless ``append``.
+        Returns how many clips each speaker now has."""
+        from tqdm import tqdm
+
+        self._refuse_enrolled(self.data, speakers, append)
+        for name, clips in speakers.items():
+            if not clips:
+                raise VoxaugError(f"{name}: no enrolment clips given")
+        bar = tqdm(total=sum(len(clips) for clips in speakers.values()), desc=f"enrol {self.path.name}", unit="clip",
+                   disable=not progress, leave=False)
+        embeddings = {}
+        for name, clips in speakers.items():
+            rows = []
+            for clip in clips:
+                rows.append(self.model.embed_with_probabilities(clip)[0])
+                bar.update()
+            embeddings[name] = np.stack(rows)
+        bar.close()
         with index_lock(self.path, lock_timeout):
             data = self._reread()
+            self._refuse_enrolled(data, speakers, append)  # another process may have enrolled one meanwhile
             try:
-                data.add(name, np.stack(embeddings), append=append)
+                for name, rows in embeddings.items():
+                    data.add(name, rows, append=append)
             except VoxaugError as exc:
                 raise file_error(self.path, str(exc)) from None
             data.save(self.path)
         self.data = data
-        return data.counts[name]
+        return {name: data.counts[name] for name in speakers}
+
+    def _refuse_enrolled(self, data: IndexData, speakers: dict[str, list[ClipInput]], append: bool) -> None:
+        enrolled = sorted(name for name in speakers if name in data.counts)
+        if enrolled and not append:
+            shown = ", ".join(enrolled[:5]) + (f" and {len(enrolled) - 5} more" if len(enrolled) > 5 else "")
+            raise file_error(self.path, f"already enrolled: {shown}; pass --append to add clips to "
+                                        f"{'it' if len(enrolled) == 1 else 'them'} (nothing was written)")
 
     def remove(self, name: str, lock_timeout: float = 60.0) -> None:
         """Take ``name`` out of the index (and its file)."""

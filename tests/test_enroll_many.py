@@ -1,0 +1,87 @@
+"""`enroll --speakers-dir`: every speaker folder in one call, one write, refusal before anything is written;
+the identify table's summary line; shell completion."""
+
+from __future__ import annotations
+
+import shutil
+
+from typer.testing import CliRunner
+
+from voxaug.cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def index_bytes(index):
+    return index.read_bytes(), index.with_name(index.name + ".json").read_bytes()
+
+
+def test_speakers_dir_enrols_every_folder_in_one_call(trained_run, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    folder = tiny_synth / "unseen" / "enroll"
+    speakers = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    clips = sum(len(list((folder / s).glob("*.pt"))) for s in speakers)
+    done = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speakers-dir", folder)
+    assert done.exit_code == 0, done.output
+    assert f"enrolled {len(speakers)} speakers from {clips} clips; {len(speakers)} speakers in {index}" in done.output
+    listed = invoke("identify", "--index", index, "--json", tiny_synth / "unseen" / "test")
+    assert listed.exit_code == 0, listed.output
+
+
+def test_an_enrolled_speaker_is_refused_without_append_and_nothing_is_written(trained_run, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    folder = tmp_path / "people"
+    source = tiny_synth / "unseen" / "enroll"
+    first, second = sorted(p.name for p in source.iterdir() if p.is_dir())[:2]
+    shutil.copytree(source / first, folder / first)
+    assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speakers-dir", folder).exit_code == 0
+    before = index_bytes(index)
+    shutil.copytree(source / second, folder / second)  # one new speaker beside one already enrolled
+
+    refused = invoke("enroll", "--index", index, "--speakers-dir", folder)
+    assert refused.exit_code != 0
+    assert len(refused.output.strip().splitlines()) == 1 and f"already enrolled: {first}" in refused.output
+    assert index_bytes(index) == before
+
+    appended = invoke("enroll", "--index", index, "--speakers-dir", folder, "--append")
+    assert appended.exit_code == 0, appended.output
+    assert "enrolled 2 speakers" in appended.output and index_bytes(index) != before
+
+
+def test_speakers_dir_refuses_bad_folders_in_one_line(trained_run, tiny_synth, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    stray = tmp_path / "stray"
+    shutil.copytree(tiny_synth / "unseen" / "enroll", stray)
+    (stray / "loose.wav").write_bytes(b"")
+    ckpt = trained_run / "best.pt"
+    for args, problem in [(("--speakers-dir", empty), "no <speaker>/ folders"),
+                          (("--speakers-dir", stray), "holds files"),
+                          (("--speakers-dir", empty, "--speaker", "x"), "give one of"),
+                          (("--speakers-dir", empty, tmp_path / "clip.pt"), "give no clip arguments")]:
+        done = invoke("enroll", "--index", tmp_path / "spk.faiss", "--ckpt", ckpt, *args)
+        assert done.exit_code != 0 and problem in done.output and len(done.output.strip().splitlines()) == 1
+    assert not (tmp_path / "spk.faiss").exists()
+
+
+def test_identify_ends_with_a_summary_line(trained_run, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    ckpt = trained_run / "best.pt"
+    assert invoke("enroll", "--index", index, "--ckpt", ckpt, "--speakers-dir", tiny_synth / "unseen" / "enroll").exit_code == 0
+    clips = sorted((tiny_synth / "unseen" / "test").glob("*/*.pt"))
+    done = invoke("identify", "--index", index, "--threshold", "1.0", *clips)  # no two clips reach cosine 1: all unknown
+    assert done.exit_code == 0, done.output
+    assert done.output.strip().splitlines()[-1] == f"{len(clips)} clips: 0 identified, {len(clips)} unknown"
+    done = invoke("identify", "--index", index, "--threshold", "-1.0", clips[0])
+    assert done.output.strip().splitlines()[-1] == "1 clip: 1 identified, 0 unknown"
+    as_json = invoke("identify", "--index", index, "--json", *clips)
+    assert len(as_json.output.strip().splitlines()) == len(clips)
+
+
+def test_help_offers_shell_completion():
+    done = invoke("--help")
+    assert done.exit_code == 0 and "--install-completion" in done.output
