@@ -70,6 +70,14 @@ def backend_crosscheck_table(result: dict) -> str:
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
+def parity_table(result: dict) -> str:
+    """ONNX Runtime against torch: worst cosine and argmax agreement per comparison."""
+    lines = ["| compared | pairs | worst cosine | argmax the same |", "|---|---|---|---|"]
+    lines += [f"| {r['compared']} | {r['pairs']} | {r['worst_cosine']:.7f} | {r['argmax_same']}/{r['pairs']} |"
+              for r in result["rows"]]
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
 def render(name: str) -> str:
     """The markdown for one results file, chosen by what the file holds."""
     path = RESULTS / name
@@ -80,6 +88,8 @@ def render(name: str) -> str:
         return bench_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
         return backend_crosscheck_table(result)
+    if "rows" in result and "worst_cosine" in result["rows"][0]:
+        return parity_table(result)
     if "rows" in result and "test_acc" in result["rows"][0]:
         return crosscheck_table(result)
     raise SystemExit(f"error: {path}: no renderer knows this results file")

@@ -146,3 +146,14 @@ def test_asnorm_cohort_sweep_scores_unseen_trials_against_every_cohort(trained_r
         assert all(0 <= r["eer"] <= 1 and r["min_dcf"] >= 0 for r in mine)
         assert any(r["eer"] != plain[0]["eer"] or r["min_dcf"] != plain[0]["min_dcf"] for r in mine if r["cohort"] != "none")
     assert "| lda | validation | 10 |" in capsys.readouterr().out
+
+
+def test_onnx_parity_compares_every_length_and_wav_file(trained_run, tiny_synth, tmp_path):
+    import onnx_parity
+
+    assert onnx_parity.main([str(tiny_synth), "--ckpt", str(trained_run / "best.pt"), "--max-frames", "120",
+                             "--batches", "1", "--json", str(tmp_path / "p.json")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    wavs = len(list(tiny_synth.rglob("*.wav")))
+    assert [r["pairs"] for r in rows][1:] == [8, wavs, wavs] and rows[0]["pairs"] > 8
+    assert all(r["worst_cosine"] > 0.9999 and r["argmax_same"] == r["pairs"] for r in rows)
