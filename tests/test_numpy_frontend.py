@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ def test_numpy_log_mel_matches_torchaudio_with_other_settings(wavs):
 
 
 def test_settings_mirror_the_checkpoint_front_end():
-    assert [f.name for f in fields(FrontendSettings)] == [f.name for f in fields(FrontendConfig)]
+    assert FrontendConfig is FrontendSettings  # one definition for torch and the runtime
     config = FrontendConfig(n_mels=64, hop_ms=12.0)
     settings = FrontendSettings.from_dict(config.to_dict())
     assert settings.to_dict() == config.to_dict()

@@ -5,38 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 import torchaudio
 from scipy.io import wavfile
 
-from voxaug.errors import file_error
+from voxaug.runtime.frontend import AUDIO_SUFFIXES, read_mono, refuse_silence
 
-AUDIO_SUFFIXES = (".wav", ".flac")
+__all__ = ["AUDIO_SUFFIXES", "read_audio", "write_audio"]
 
 
 def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
-    """Read an audio file as a mono float32 waveform at ``sample_rate``; clear errors for bad files."""
-    path = Path(path)
-    if not path.exists():
-        raise file_error(path, "audio file not found")
-    if path.suffix.lower() not in AUDIO_SUFFIXES:
-        raise file_error(path, f"unsupported audio format {path.suffix!r}; accepted: {', '.join(AUDIO_SUFFIXES)}")
-    if path.stat().st_size == 0:
-        raise file_error(path, "audio file is empty (0 bytes)")
-    try:
-        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
-        raise file_error(path, f"not a readable audio file ({str(exc).strip()[:200]})") from exc
-    if data.shape[0] == 0:
-        raise file_error(path, "audio file holds no samples")
-    if not np.isfinite(data).all():
-        raise file_error(path, "audio holds NaN or Inf samples")
-    mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    """Read an audio file as a mono float32 waveform at ``sample_rate``, resampled by torchaudio; clear errors
+    for bad files (the checks are the torch-free runtime's, ``voxaug.runtime.frontend.read_mono``)."""
+    samples, file_rate = read_mono(path)
+    mono = torch.from_numpy(samples)
     if file_rate != sample_rate:
-        mono = torchaudio.functional.resample(mono, int(file_rate), int(sample_rate))
-    if float(mono.abs().max()) == 0.0:
-        raise file_error(path, "audio is silent (every sample is zero)")
+        mono = torchaudio.functional.resample(mono, file_rate, int(sample_rate))
+    refuse_silence(path, float(mono.abs().max()))
     return mono
 
 

@@ -151,8 +151,8 @@ def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return resampled[: math.ceil(new * waveform.shape[0] / orig)].astype(np.float32)
 
 
-def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read an audio file as a mono float32 waveform at ``sample_rate``; clear errors for bad files."""
+def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
+    """An audio file's samples averaged to mono float32, and its sample rate; bad files refused naming them."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "audio file not found")
@@ -168,7 +168,17 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         raise file_error(path, "audio file holds no samples")
     if not np.isfinite(data).all():
         raise file_error(path, "audio holds NaN or Inf samples")
-    mono = resample(np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(file_rate), int(sample_rate))
-    if float(np.abs(mono).max()) == 0.0:
+    return np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(file_rate)
+
+
+def refuse_silence(path: str | Path, peak: float) -> None:
+    if peak == 0.0:
         raise file_error(path, "audio is silent (every sample is zero)")
+
+
+def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read an audio file as a mono float32 waveform at ``sample_rate``; clear errors for bad files."""
+    samples, file_rate = read_mono(path)
+    mono = resample(samples, file_rate, int(sample_rate))
+    refuse_silence(path, float(np.abs(mono).max()))
     return mono
