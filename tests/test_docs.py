@@ -69,3 +69,11 @@ def test_docs_tables_match_the_committed_results(tmp_path, capsys):
     assert "page.md" in capsys.readouterr().err
     assert render_results.main(["--docs", str(tmp_path)]) == 0
     assert (tmp_path / "page.md").read_text(encoding="utf-8") == page
+
+
+@pytest.mark.parametrize("result", sorted((ROOT / "benchmarks" / "results").glob("*.json")), ids=lambda p: p.name)
+def test_every_committed_result_says_when_and_where_it_was_measured(result):
+    import json
+
+    values = json.loads(result.read_text(encoding="utf-8"))
+    assert values.get("date") and (values.get("machine") or values.get("cpu")), result.name
