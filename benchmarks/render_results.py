@@ -78,12 +78,47 @@ def parity_table(result: dict) -> str:
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
+def augment_cost_table(result: dict) -> str:
+    """Each augmentation's cost against a plain cpu-preset step, the default last."""
+    order = ["channel", "reverb", "noise", "speed", "specaug", "mixup", "crop"]
+    lines = ["| augmentation | augment ms | % of a step | step ms | step delta |", "|---|---|---|---|---|"]
+    for name in order + [key for key in result["variants"] if key.startswith("default")]:
+        row = result["variants"][name]
+        delta = f"{100 * row['step_delta']:+.1f}%".replace("-", "\u2212")
+        fraction = f"{100 * row['augment_fraction']:.2f}%"
+        if name.startswith("default"):
+            label, fraction = f"**default** (`{name[name.index('(') + 1:-1]}`)", f"**{fraction}**"
+        else:
+            label = f"`{name}`"
+            delta += " (shorter batches)" if name == "crop" else ""
+        lines.append(f"| {label} | {1000 * row['augment_s']:.2f} | {fraction} | {1000 * row['step_s']:.1f} | {delta} |")
+    return "\n".join(lines)
+
+
+def hnsw_table(low: dict, high: dict) -> str:
+    """HNSW efSearch sweep on speaker-shaped vectors: the LDA space beside the network's own."""
+    lines = [f"| efSearch | {low['dim']}-D (default LDA back end): ms/query | speed-up | recall@1 | "
+             f"{high['dim']}-D (`--backend none`): ms/query | speed-up | recall@1 |", "|---|---|---|---|---|---|---|"]
+    for ef in low["sweep"]:
+        cells = [f"{run['sweep'][ef][key]:{spec}}{unit}" for run in (low, high)
+                 for key, spec, unit in (("ms", ".3f", ""), ("speedup", ".0f", "x"), ("recall_at_1", ".3f", ""))]
+        if int(ef) == low["default_ef_search"]:
+            lines.append(f"| **{ef} (voxaug's setting)** | " + " | ".join(f"**{cell}**" for cell in cells) + " |")
+        else:
+            lines.append(f"| {ef} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(name: str) -> str:
     """The markdown for one results file, chosen by what the file holds."""
     path = RESULTS / name
     if not path.is_file():
         raise SystemExit(f"error: {path}: no such results file")
     result = json.loads(path.read_text(encoding="utf-8"))
+    if name == "hnsw_speakers.json":  # rendered beside its 192-D run
+        return hnsw_table(result, json.loads((RESULTS / "hnsw_speakers_192d.json").read_text(encoding="utf-8")))
+    if "variants" in result:
+        return augment_cost_table(result)
     if "train_utt_per_s" in result:
         return bench_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
