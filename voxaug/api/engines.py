@@ -44,6 +44,10 @@ class OnnxEngine:
             raise VoxaugError(f"{clip.name}: {exc}") from None
         return embedding.astype(np.float32), softmax(logits)
 
+    def run_many(self, clips: list[Clip]) -> np.ndarray:
+        """Unit embeddings (N, D) of several clips (one graph run each: CPU inference gains little from padding)."""
+        return np.stack([self.run(clip)[0] for clip in clips])
+
 
 class TorchEngine:
     """A checkpoint through torch (needs the train extra); waveforms go through voxaug's torchaudio front end."""
@@ -66,11 +70,12 @@ class TorchEngine:
         self.embedding_dim = self.loaded.config.model.embedding_dim
         self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())
 
-    def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+    def features(self, clip: Clip) -> "torch.Tensor":
+        """The clip as a checked (T, n_mels) tensor: features as given, or a waveform through torchaudio's log-mel."""
         import torch
 
         from voxaug.data.validate import check_features
-        from voxaug.embeddings.extract import check_length, embed_tensors
+        from voxaug.embeddings.extract import check_length
         from voxaug.features import log_mel
 
         frontend = self.loaded.frontend
@@ -82,5 +87,16 @@ class TorchEngine:
         else:
             features = torch.from_numpy(clip.features)
         check_length(features, clip.name)
-        embedded = embed_tensors(self.loaded.model, [features], self.device)
+        return features
+
+    def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+        from voxaug.embeddings.extract import embed_tensors
+
+        embedded = embed_tensors(self.loaded.model, [self.features(clip)], self.device)
         return embedded.embeddings[0], embedded.probabilities[0]
+
+    def run_many(self, clips: list[Clip]) -> np.ndarray:
+        """Unit embeddings (N, D) of several clips, batched by length in one call (as enrolment did before the API)."""
+        from voxaug.embeddings.extract import embed_tensors
+
+        return np.asarray(embed_tensors(self.loaded.model, [self.features(c) for c in clips], self.device).embeddings)

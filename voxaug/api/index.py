@@ -93,16 +93,9 @@ class SpeakerIndex:
         for name, clips in speakers.items():
             if not clips:
                 raise VoxaugError(f"{name}: no enrolment clips given")
-        bar = tqdm(total=sum(len(clips) for clips in speakers.values()), desc=f"enrol {self.path.name}", unit="clip",
-                   disable=not progress, leave=False)
-        embeddings = {}
-        for name, clips in speakers.items():
-            rows = []
-            for clip in clips:
-                rows.append(self.model.embed_with_probabilities(clip)[0])
-                bar.update()
-            embeddings[name] = np.stack(rows)
-        bar.close()
+        embeddings = {name: self.model.embed_many(clips)
+                      for name, clips in tqdm(speakers.items(), desc=f"enrol {self.path.name}", unit="speaker",
+                                              disable=not progress, leave=False)}
         with index_lock(self.path, lock_timeout):
             data = self._reread()
             self._refuse_enrolled(data, speakers, append)  # another process may have enrolled one meanwhile

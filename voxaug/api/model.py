@@ -72,6 +72,11 @@ class SpeakerModel:
         clip = to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, name)
         return self.engine.run(clip)
 
+    def embed_many(self, clips: list[ClipInput]) -> np.ndarray:
+        """Unit-norm float32 embeddings (N, D) of several clip files or feature arrays (batched where it helps)."""
+        settings = self.engine.frontend
+        return self.engine.run_many([to_clip(x, None, settings.sample_rate, settings.n_mels) for x in clips])
+
     def embed(self, x: ClipInput, sample_rate: int | None = None) -> np.ndarray:
         """Unit-norm float32 embedding (D,) of one clip."""
         return self.embed_with_probabilities(x, sample_rate)[0]
