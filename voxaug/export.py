@@ -25,8 +25,8 @@ from voxaug.checkpoint import LoadedModel, load_model
 from voxaug.embeddings.extract import MIN_FRAMES
 from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig, _mel_transform
-from voxaug.model import (ConformerSpeakerNet, TransformerMeanNet, _convolution, _feed_forward, _self_attention,
-                          padding_mask, speaker_logits)
+from voxaug.model import (ConformerSpeakerNet, TransformerMeanNet, _self_attention, conformer_forward,
+                          key_padding_bias, padding_mask, speaker_logits)
 from voxaug.runtime.onnx_model import (AUDIO_INPUTS, CONTENT_DIGEST_KEY, DIGEST_PLACEHOLDER, FEATURE_INPUTS,
                                        ONNX_FORMAT, ONNX_FORMAT_VERSION, OUTPUTS, content_digest,
                                        digest_marker)
@@ -37,28 +37,13 @@ LOWEST_OPSET = 14  # scaled_dot_product_attention's ONNX translation needs 14
 HIGHEST_OPSET = 20  # the TorchScript exporter's highest
 
 
-def _masked_conformer(model: ConformerSpeakerNet, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``voxaug.model.conformer_forward`` in eval mode with the padding masks always applied:
-    (B, T, D), (B,) -> (B, T, D). The original skips the masks when nothing is padded, a
-    data-dependent branch that a traced graph would freeze."""
-    real = ~padding_mask(lengths, x.shape[1])  # (B, T)
-    attend, keep = real[:, None, None, :], real.unsqueeze(-1).to(x.dtype)
-    for layer in model.encoder.conformer_layers:
-        x = x + 0.5 * _feed_forward(layer.ffn1, x, False)
-        x = x + _self_attention(layer.self_attn, layer.self_attn_layer_norm(x), attend, False)
-        x = x + _convolution(layer.conv_module, x, keep, False)
-        x = x + 0.5 * _feed_forward(layer.ffn2, x, False)
-        x = layer.final_layer_norm(x)
-    return x
-
-
 def _masked_transformer(model: TransformerMeanNet, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``TransformerMeanNet.embed`` in eval mode, written out: (B, T, n_mels), (B,) -> (B, E). PyTorch's
     encoder layers would take their fused fast path, which neither exports nor traces with dynamic time."""
     real = ~padding_mask(lengths, features.shape[1])  # (B, T)
     x = model.input_proj(features)  # (B, T, d)
     for layer in model.encoder.layers:  # post-norm layers (norm_first=False), as TransformerMeanNet builds them
-        x = layer.norm1(x + _self_attention(layer.self_attn, x, real[:, None, None, :], False))
+        x = layer.norm1(x + _self_attention(layer.self_attn, x, key_padding_bias(real, x.dtype), False))
         x = layer.norm2(x + layer.linear2(layer.activation(layer.linear1(x))))
     keep = real.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
     return model.embedding((x * keep).sum(1) / keep.sum(1).clamp(min=1))
@@ -109,7 +94,7 @@ class ExportableSpeakerNet(nn.Module):
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         if isinstance(model, ConformerSpeakerNet):
-            frames = _masked_conformer(model, model.input_proj(features), lengths)  # (B, T, d)
+            frames = conformer_forward(model.encoder, model.input_proj(features), lengths, always_mask=True)
             embeddings = model.embedding(model.pooling(frames, lengths))  # (B, E)
         else:
             embeddings = _masked_transformer(model, features, lengths)

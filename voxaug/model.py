@@ -147,9 +147,15 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
-def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, attend: torch.Tensor | None,
+def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, key_bias: torch.Tensor | None,
                     training: bool) -> torch.Tensor:
-    """``mha`` applied batch-first: (B, T, D) -> (B, T, D); ``attend`` (B, 1, 1, T) is False on padded keys.
+    """``mha`` applied batch-first: (B, T, D) -> (B, T, D); ``key_bias`` (B, 1, 1, T) is added to the
+    attention scores: 0 on real keys, -inf on padded ones.
+
+    The mask is additive rather than boolean because ONNX exports a boolean one as two extra passes
+    over every (T, T) score matrix (a select, then a NaN check after the softmax), about a quarter of
+    the exported model's time; the sum gives the same scores, and no row is fully masked because
+    every utterance has a real frame.
 
     With attention dropout on the CPU, ``scaled_dot_product_attention`` only has its unfused math
     path (and ``bernoulli_``), so the same math is written out here with :func:`fast_dropout`.
@@ -161,11 +167,11 @@ def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, attend: torch.T
     p = mha.dropout if training else 0.0
     if p and x.device.type == "cpu":
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
-        if attend is not None:
-            scores = scores.masked_fill(~attend, float("-inf"))
+        if key_bias is not None:
+            scores = scores + key_bias
         y = fast_dropout(torch.softmax(scores, dim=-1), p, True) @ v
     else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=p)
     return mha.out_proj(y.transpose(1, 2).reshape(size, frames, dim))
 
 
@@ -191,22 +197,29 @@ def _convolution(module: nn.Module, x: torch.Tensor, keep: torch.Tensor | None, 
     return fast_dropout(y, drop.p, training)
 
 
-def conformer_forward(encoder: Conformer, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def key_padding_bias(real: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) True on real frames -> (B, 1, 1, T) additive attention bias: 0 on real keys, -inf on padded ones."""
+    return torch.zeros_like(real, dtype=dtype).masked_fill(~real, float("-inf"))[:, None, None, :]
+
+
+def conformer_forward(encoder: Conformer, x: torch.Tensor, lengths: torch.Tensor,
+                      always_mask: bool = False) -> torch.Tensor:
     """torchaudio's ``Conformer.forward`` with the same parameters, batch-first and with padding
     zeroed before each depthwise convolution: (B, T, D), (B,) -> (B, T, D).
 
     Same math as torchaudio's layers (default settings: batch norm, convolution after attention);
     it skips their (T, B, D) transposes, runs pointwise convolutions as matrix products, drops
-    masks when nothing is padded and uses :func:`fast_dropout`.
+    masks when nothing is padded (unless ``always_mask``: a traced graph for export must not freeze
+    that data-dependent branch) and uses :func:`fast_dropout`.
     """
     real = ~padding_mask(lengths, x.shape[1])  # (B, T)
-    attend = keep = None
-    if not bool(real.all()):
-        attend, keep = real[:, None, None, :], real.unsqueeze(-1).to(x.dtype)
+    key_bias = keep = None
+    if always_mask or not bool(real.all()):
+        key_bias, keep = key_padding_bias(real, x.dtype), real.unsqueeze(-1).to(x.dtype)
     training = encoder.training
     for layer in encoder.conformer_layers:
         x = x + 0.5 * _feed_forward(layer.ffn1, x, training)
-        attended = _self_attention(layer.self_attn, layer.self_attn_layer_norm(x), attend, training)
+        attended = _self_attention(layer.self_attn, layer.self_attn_layer_norm(x), key_bias, training)
         x = x + fast_dropout(attended, layer.self_attn_dropout.p, training)
         x = x + _convolution(layer.conv_module, x, keep, training)
         x = x + 0.5 * _feed_forward(layer.ffn2, x, training)
