@@ -13,25 +13,23 @@ import pytest
 from voxaug.export import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
-# The issue's target for the whole runtime install is 200 MB. The three packages it names as the runtime's own
-# (numpy with its OpenBLAS, onnxruntime, faiss-cpu with its own OpenBLAS) take about 197 MiB as wheels today, so
-# that target is out of voxaug's hands; what voxaug adds on top of them (its own code, soundfile, the CLI's typer
-# and tqdm with their dependencies) is what this budget holds, and the total is printed for the README.
-REQUIRED = ("numpy", "numpy.libs", "onnxruntime", "faiss", "faiss_cpu.libs")
-ADDED_BUDGET_MB = 30
+CONSTRAINTS = REPO / "deploy" / "runtime-constraints.txt"
+SIZE_BUDGET_BYTES = 200_000_000  # the issue's 200 MB, decimal: the stricter reading
+RUNTIME = ("numpy", "numpy.libs", "onnxruntime", "faiss", "faiss_cpu.libs")
 
 
-def folder_mb(folder: Path) -> float:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink()) / 2**20
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
 
 
 @pytest.fixture(scope="module")
 def runtime_venv(tmp_path_factory) -> Path:
-    """A venv without pip of its own (so only voxaug's install is measured), filled by this interpreter's pip."""
+    """A venv without pip of its own (so only voxaug's install is measured), filled by this interpreter's pip
+    with the deployment constraints that docs/deployment.md gives for a size-sensitive install."""
     venv = tmp_path_factory.mktemp("runtime") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-compile", str(REPO)], check=True, capture_output=True)
+                    "--no-compile", "-c", str(CONSTRAINTS), str(REPO)], check=True, capture_output=True)
     return venv
 
 
@@ -45,10 +43,11 @@ def test_runtime_install_has_no_torch_and_fits_its_budget(runtime_venv):
     found = subprocess.run([str(runtime_venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, check=True)
     assert found.stdout.split() == []
     site = next((runtime_venv / "lib").glob("python3*/site-packages"))
-    size = folder_mb(site)
-    required = sum(folder_mb(site / name) for name in REQUIRED)
-    print(f"runtime-only site-packages: {size:.0f} MiB, of which numpy, onnxruntime and faiss-cpu {required:.0f} MiB")
-    assert required > 0 and size - required < ADDED_BUDGET_MB
+    size = folder_bytes(site)
+    runtime = sum(folder_bytes(site / name) for name in RUNTIME)
+    print(f"runtime-only site-packages: {size / 1e6:.0f} MB, of which numpy, onnxruntime and faiss-cpu "
+          f"{runtime / 1e6:.0f} MB")
+    assert runtime > 0 and size < SIZE_BUDGET_BYTES
 
 
 def test_runtime_install_enrols_and_identifies_wav_clips_with_an_exported_model(runtime_venv, trained_run, tiny_synth,
