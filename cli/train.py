@@ -65,6 +65,8 @@ def train(
     embedding_dim: int = typer.Option(None, help="Speaker embedding size."),
     scale: float = typer.Option(None, help="AM-Softmax scale s."),
     margin: float = typer.Option(None, help="AM-Softmax margin m."),
+    input_norm: str = typer.Option(None, "--input-norm", help="none (default: the features as given) or mean (subtract each "
+                                   "utterance's log-mel mean, CMN, which removes a fixed channel)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from last.pt (optimizer, schedule, RNG and sampler state); "
                                 "under torchrun with the same number of processes."),
     n_mels: int = typer.Option(None, "--n-mels", help="Front end: log-mel bins for audio data (default 40); saved in checkpoints."),
@@ -89,7 +91,8 @@ def train(
                      margin_warmup=margin_warmup, segment=segment, eval_every=eval_every,
                      val_fraction=val_fraction, seed=seed, device=device)
     model_overrides = {k: v for k, v in dict(kind=model, d_model=d_model, num_layers=layers, num_heads=heads,
-                                             embedding_dim=embedding_dim, scale=scale, margin=margin).items() if v is not None}
+                                             embedding_dim=embedding_dim, scale=scale, margin=margin,
+                                             input_norm=input_norm).items() if v is not None}
     augment_overrides = _augment_overrides(augment_names, specaug_freq, specaug_time, mixup_alpha, crop_min, crop_max,
                                            channel_db, reverb_p)
     noise_given = _noise_folder_overrides(augment_names, preset, config, noise_dir, noise_p)

@@ -27,6 +27,7 @@ def output_of(result) -> str:
         (["--augment", "mixup", "--mixup-alpha", "-1"], ["-1", "mixup-alpha"]),
         (["--specaug-freq", "-3"], ["-3", "specaug-freq"]),
         (["--augment", "crop", "--crop-min", "200", "--crop-max", "100"], ["200", "100"]),
+        (["--input-norm", "cepstral"], ["--input-norm", "cepstral", "mean", "none"]),
     ],
 )
 def test_bad_augmentation_is_refused_before_reading_data(tmp_path, arguments, needles):

@@ -1,4 +1,5 @@
-"""Model pieces: masked pooling ignores padding, AM-Softmax puts the margin on the target only."""
+"""Model pieces: masked pooling ignores padding, AM-Softmax puts the margin on the target only, input mean
+normalisation removes a fixed channel."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def test_pooling_gives_padding_zero_weight():
     assert torch.allclose(alone, with_padding, atol=1e-6)
 
 
+@pytest.mark.parametrize("input_norm", ["mean", "none"])
 @pytest.mark.parametrize("kind", ["conformer", "transformer-mean"])
-def test_padding_changes_nothing_in_eval(kind):
+def test_padding_changes_nothing_in_eval(kind, input_norm):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind=kind, **SMALL)).eval()
+    model = build_model(ModelConfig(kind=kind, input_norm=input_norm, **SMALL)).eval()
     short = torch.randn(1, 30, 40)
     batch = torch.zeros(2, 55, 40)
     batch[0, :30] = short[0]
@@ -79,3 +81,23 @@ def test_homework_sizes():
     assert (boss.model.d_model, boss.model.num_heads, boss.model.num_layers, boss.model.dropout) == (300, 6, 8, 0.15)
     assert (boss.lr, boss.warmup) == (1e-3, 5000)
     assert create_config("baseline").model.kind == "transformer-mean"
+
+
+@pytest.mark.parametrize("kind", ["conformer", "transformer-mean"])
+def test_mean_normalisation_removes_a_fixed_channel_and_none_keeps_it(kind):
+    torch.manual_seed(0)
+    utterance = torch.randn(1, 40, 40)
+    channel = 3.0 * torch.cos(torch.linspace(0, 3.1416, 40)) + 2.0  # a fixed EQ curve plus gain, in log power
+    for input_norm, invariant in (("mean", True), ("none", False)):
+        torch.manual_seed(1)
+        model = build_model(ModelConfig(kind=kind, input_norm=input_norm, **SMALL)).eval()
+        with torch.no_grad():
+            clean, _ = model(utterance, torch.tensor([40]))
+            coloured, _ = model(utterance + channel, torch.tensor([40]))
+        assert torch.allclose(clean, coloured, atol=1e-4) == invariant, input_norm
+
+
+def test_input_norm_round_trips_and_models_saved_before_it_keep_raw_features():
+    saved = {key: value for key, value in ModelConfig(**SMALL).to_dict().items() if key != "input_norm"}
+    assert ModelConfig.from_dict(saved).input_norm == "none"
+    assert ModelConfig.from_dict(ModelConfig(input_norm="mean", **SMALL).to_dict()).input_norm == "mean"

@@ -26,7 +26,7 @@ from voxaug.embeddings.extract import MIN_FRAMES
 from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig, _mel_transform
 from voxaug.model import (ConformerSpeakerNet, TransformerMeanNet, _self_attention, conformer_forward,
-                          key_padding_bias, padding_mask, speaker_logits)
+                          key_padding_bias, network_input, padding_mask, speaker_logits)
 from voxaug.runtime.onnx_model import (AUDIO_INPUTS, CONTENT_DIGEST_KEY, DIGEST_PLACEHOLDER, FEATURE_INPUTS,
                                        ONNX_FORMAT, ONNX_FORMAT_VERSION, OUTPUTS, content_digest,
                                        digest_marker)
@@ -41,7 +41,7 @@ def _masked_transformer(model: TransformerMeanNet, features: torch.Tensor, lengt
     """``TransformerMeanNet.embed`` in eval mode, written out: (B, T, n_mels), (B,) -> (B, E). PyTorch's
     encoder layers would take their fused fast path, which neither exports nor traces with dynamic time."""
     real = ~padding_mask(lengths, features.shape[1])  # (B, T)
-    x = model.input_proj(features)  # (B, T, d)
+    x = model.input_proj(network_input(model.config, features, lengths))  # (B, T, d)
     for layer in model.encoder.layers:  # post-norm layers (norm_first=False), as TransformerMeanNet builds them
         x = layer.norm1(x + _self_attention(layer.self_attn, x, key_padding_bias(real, x.dtype), False))
         x = layer.norm2(x + layer.linear2(layer.activation(layer.linear1(x))))
@@ -94,6 +94,7 @@ class ExportableSpeakerNet(nn.Module):
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         if isinstance(model, ConformerSpeakerNet):
+            features = network_input(model.config, features, lengths)
             frames = conformer_forward(model.encoder, model.input_proj(features), lengths, always_mask=True)
             embeddings = model.embedding(model.pooling(frames, lengths))  # (B, E)
         else:

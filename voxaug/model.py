@@ -14,6 +14,7 @@ from torchaudio.models import Conformer
 from voxaug.errors import VoxaugError
 
 MODEL_KINDS = ("conformer", "transformer-mean")
+INPUT_NORMS = ("none", "mean")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class ModelConfig:
     num_classes: int = 0
     num_speakers: int = 0
     """Original speakers among the classes (the first ones); 0: every class is one (checkpoints before ``speed``)."""
+    input_norm: str = "none"
+    """``mean``: each utterance's log-mel mean is subtracted before the network (CMN); ``none``: the features as given."""
 
     def validate(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -49,6 +52,8 @@ class ModelConfig:
             raise VoxaugError(f"model: dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.num_speakers <= max(self.num_classes, 0):
             raise VoxaugError(f"model: num_speakers {self.num_speakers} must be in [0, num_classes {self.num_classes}]")
+        if self.input_norm not in INPUT_NORMS:
+            raise VoxaugError(f"--input-norm {self.input_norm!r} is not known; accepted: {', '.join(INPUT_NORMS)}")
         if self.scale <= 0 or not 0.0 <= self.margin < 1.0:
             raise VoxaugError(f"model: need scale > 0 and 0 <= margin < 1, got scale {self.scale}, margin {self.margin}")
 
@@ -67,6 +72,24 @@ class ModelConfig:
         if unknown:
             raise VoxaugError(f"model config: unknown keys {sorted(unknown)}; accepted: {sorted(known)}")
         return cls(**values)
+
+
+def utterance_mean_normalise(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, n_mels), (B,) -> the same with each utterance's mean over its real frames subtracted, band by
+    band (cepstral mean normalisation on log-mel); padded frames come out 0.
+
+    A fixed channel (microphone, line, gain) multiplies every frame's power spectrum by the same |H(f)|^2,
+    which in log-mel is a constant added to each band: subtracting the utterance's own mean removes it, so
+    the network cannot lean on the recording chain and sees the same input from any microphone.
+    """
+    keep = (~padding_mask(lengths, features.shape[1])).unsqueeze(-1).to(features.dtype)  # (B, T, 1)
+    mean = (features * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+    return (features - mean) * keep
+
+
+def network_input(config: "ModelConfig", features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The features as the network sees them: mean-normalised per utterance when ``config.input_norm`` says so."""
+    return utterance_mean_normalise(features, lengths) if config.input_norm == "mean" else features
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -252,7 +275,7 @@ class ConformerSpeakerNet(nn.Module):
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, n_mels), (B,) -> un-normalised embeddings (B, embedding_dim)."""
-        features = features[:, : int(lengths.max())]  # drop frames that are padding in every example
+        features = network_input(self.config, features[:, : int(lengths.max())], lengths)  # all-padding frames dropped
         x = conformer_forward(self.encoder, self.input_proj(features), lengths)  # (B, T, d)
         return self.embedding(self.pooling(x, lengths))  # (B, E)
 
@@ -281,7 +304,7 @@ class TransformerMeanNet(nn.Module):
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pad = padding_mask(lengths, features.shape[1])
-        x = self.encoder(self.input_proj(features), src_key_padding_mask=pad)  # (B, T, d)
+        x = self.encoder(self.input_proj(network_input(self.config, features, lengths)), src_key_padding_mask=pad)
         keep = (~pad).unsqueeze(-1).to(x.dtype)
         pooled = (x * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, d)
         return self.embedding(pooled)
