@@ -20,7 +20,7 @@ from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock
 from voxaug.embeddings.speaker_index import (
     DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index,
 )
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_output, atomic_write_text
 
 if TYPE_CHECKING:
@@ -118,24 +118,27 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
                       scoring: ScoringOptions, window: int | None, hop: int | None, cache_dir: Path | None,
                       quiet: bool) -> None:
     """`embed --model`: one process, through the Python API's model. The back end and AS-norm cohort are fitted
-    on the run's own training split, which only the checkpoint records, so an index here stores plain cosine."""
+    on the run's own training split, which the export records (its seed and validation fraction)."""
     from voxaug.api.model import SpeakerModel
     from voxaug.data.sources import open_source
     from voxaug.data.store import PackedStore
     from voxaug.embeddings.extract import embed_store_with_model
     from voxaug.features import FrontendConfig
 
-    if index is not None and (scoring.backend != "none" or scoring.score_norm != "none"):
-        raise VoxaugError("--model: an index's scoring back end and AS-norm cohort are fitted on the run's training "
-                          "split, which only its checkpoint records; pass --backend none, or --ckpt")
     speaker_model = SpeakerModel.load(model_path)
+    split = speaker_model.training_split
+    if index is not None and split is None and (scoring.backend != "none" or scoring.score_norm != "none"):
+        raise file_error(model_path, "this export does not record its run's training split, on which the index's "
+                                     "back end is fitted; export it again, or pass --backend none")
+    seed, val_fraction = split or (0, 0.0)
     store = PackedStore.open(open_source(data, FrontendConfig.from_dict(speaker_model.frontend)), cache_dir,
                              progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
-                                               speaker_model.record(), speaker_model.frontend, 0, 0.0, scoring),
+                                               speaker_model.record(), speaker_model.frontend, seed, val_fraction,
+                                               scoring),
                    "windows" if window else "utterances")
 
 

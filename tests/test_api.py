@@ -159,16 +159,42 @@ def test_the_documented_example_runs_as_written(page, models, tiny_synth, tmp_pa
         assert printed[-1].startswith("{'clip': 'query.wav', 'top': [{'speaker': 'new00") and "'threshold'" in printed[-1]
 
 
-def test_embed_with_an_onnx_model_matches_the_checkpoint_and_writes_a_plain_cosine_index(models, tiny_synth, tmp_path):
-    code, output = invoke("embed", tiny_synth, "--ckpt", models["ckpt"], "--out", tmp_path / "torch", "--quiet")
+def test_embed_with_an_onnx_model_matches_the_checkpoint_and_fits_the_same_back_end(models, tiny_synth, tmp_path):
+    code, output = invoke("embed", tiny_synth, "--ckpt", models["ckpt"], "--out", tmp_path / "torch", "--quiet",
+                          "--index", tmp_path / "torch.faiss")
     assert code == 0, output
     code, output = invoke("embed", tiny_synth, "--model", models["onnx"], "--out", tmp_path / "onnx", "--quiet",
-                          "--index", tmp_path / "spk.faiss", "--backend", "none")
+                          "--index", tmp_path / "spk.faiss")
     assert code == 0, output
     from_torch, from_onnx = (np.load(tmp_path / name / "embeddings.npy") for name in ("torch", "onnx"))
     assert from_onnx.shape == from_torch.shape and np.min(np.sum(from_onnx * from_torch, axis=1)) > 0.9999
-    assert json.loads((tmp_path / "spk.faiss.json").read_text())["checkpoint"]["sha256"] == sha256_file(models["onnx"])
-    code, output = invoke("identify", "--index", tmp_path / "spk.faiss", "--json", next(tiny_synth.glob("uttr-*.pt")))
-    assert code == 0 and json.loads(output)["score"] == "cosine", output
-    one_line_error(*invoke("embed", tiny_synth, "--model", models["onnx"], "--out", tmp_path / "x", "--index",
-                           tmp_path / "lda.faiss"), "--backend none")
+    sidecars = {name: json.loads((tmp_path / f"{name}.faiss.json").read_text()) for name in ("torch", "spk")}
+    assert sidecars["spk"]["checkpoint"]["sha256"] == sha256_file(models["onnx"])
+    backends = {name: sidecar["backend"] for name, sidecar in sidecars.items()}
+    assert backends["spk"]["kind"] == backends["torch"]["kind"] == "lda"
+    np.testing.assert_allclose(backends["spk"]["mean"], backends["torch"]["mean"], atol=1e-4)  # the same training split
+    clips = sorted(tiny_synth.glob("uttr-*.pt"))[:6]
+    answers = {}
+    for name in ("torch", "spk"):
+        code, output = invoke("identify", "--index", tmp_path / f"{name}.faiss", "--json", *clips)
+        assert code == 0, output
+        answers[name] = [record["top"][0] for record in map(json.loads, output.splitlines())]
+    assert [top["speaker"] for top in answers["spk"]] == [top["speaker"] for top in answers["torch"]]
+    np.testing.assert_allclose([top["score"] for top in answers["spk"]], [top["score"] for top in answers["torch"]],
+                               atol=1e-3)
+
+
+def test_embed_refuses_a_back_end_for_an_export_that_lacks_the_training_split(models, tiny_synth, tmp_path,
+                                                                              monkeypatch):
+    import voxaug.export
+
+    full = voxaug.export._metadata
+    monkeypatch.setattr(voxaug.export, "_metadata", lambda *args: {key: value for key, value in full(*args).items()
+                                                                    if key not in ("training_seed", "validation_fraction")})
+    old = tmp_path / "old.onnx"
+    voxaug.export.export_onnx(models["ckpt"], old)
+    one_line_error(*invoke("embed", tiny_synth, "--model", old, "--out", tmp_path / "x", "--index",
+                           tmp_path / "lda.faiss"), "export it again", "--backend none", str(old))
+    code, output = invoke("embed", tiny_synth, "--model", old, "--out", tmp_path / "y", "--quiet", "--index",
+                          tmp_path / "plain.faiss", "--backend", "none")
+    assert code == 0, output

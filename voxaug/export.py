@@ -142,6 +142,8 @@ def _metadata(loaded: LoadedModel, ckpt: Path, with_frontend: bool) -> dict[str,
         "takes_audio": "true" if with_frontend else "false",
         "source_checkpoint_sha256": sha256_file(ckpt),
         "model_kind": config.kind,
+        "training_seed": str(loaded.config.seed),
+        "validation_fraction": repr(loaded.config.val_fraction),
         CONTENT_DIGEST_KEY: DIGEST_PLACEHOLDER,
     }
 

@@ -31,6 +31,7 @@ class OnnxEngine:
         self.speakers = list(self.model.speakers)
         self.embedding_dim = self.model.embedding_dim
         self.frontend = self.model.frontend
+        self.training_split = self.model.training_split
 
     def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -69,6 +70,7 @@ class TorchEngine:
         self.speakers = list(self.loaded.speakers)
         self.embedding_dim = self.loaded.config.model.embedding_dim
         self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())
+        self.training_split: tuple[int, float] | None = (self.loaded.config.seed, self.loaded.config.val_fraction)
 
     def features(self, clip: Clip) -> "torch.Tensor":
         """The clip as a checked (T, n_mels) tensor: features as given, or a waveform through torchaudio's log-mel."""

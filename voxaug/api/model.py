@@ -61,6 +61,12 @@ class SpeakerModel:
         """Front-end settings as plain values (what an index's sidecar stores)."""
         return self.engine.frontend.to_dict()
 
+    @property
+    def training_split(self) -> tuple[int, float] | None:
+        """The run's (seed, validation fraction), which fix the utterances it trained on, so that a scoring back
+        end can be fitted on the same ones; None for ONNX exports made before they were recorded."""
+        return self.engine.training_split
+
     def record(self) -> dict:
         """What an index's sidecar remembers of the model that made its embeddings."""
         return {"path": str(self.path.resolve()), "sha256": self.sha256, "kind": self.kind}

@@ -94,6 +94,17 @@ def _checked_lengths(lengths: np.ndarray, batch: int, most: int, unit: str) -> n
     return lengths
 
 
+def _training_split(path: Path, metadata: dict[str, str]) -> tuple[int, float] | None:
+    """The run's (seed, validation fraction), which fix its training split; None in exports made before they
+    were recorded."""
+    if "training_seed" not in metadata or "validation_fraction" not in metadata:
+        return None
+    try:
+        return int(metadata["training_seed"]), float(metadata["validation_fraction"])
+    except ValueError:
+        raise file_error(path, "voxaug model metadata is unusable (training_seed or validation_fraction)") from None
+
+
 class OnnxSpeakerModel:
     """An exported speaker model: unit embeddings and logits over the original speakers."""
 
@@ -109,6 +120,7 @@ class OnnxSpeakerModel:
         except (ValueError, TypeError, KeyError, VoxaugError) as exc:
             raise file_error(path, f"voxaug model metadata is unusable ({str(exc).splitlines()[0]})") from exc
         self.source_checkpoint_sha256 = metadata["source_checkpoint_sha256"]
+        self.training_split = _training_split(path, metadata)
         if not all(isinstance(name, str) for name in self.speakers) or self.n_mels != self.frontend.n_mels:
             raise file_error(path, "voxaug model metadata is inconsistent (speaker labels or n_mels)")
 
