@@ -194,7 +194,8 @@ def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, key_bias: torch
             scores = scores + key_bias
         y = fast_dropout(torch.softmax(scores, dim=-1), p, True) @ v
     else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=p)
+        bias = None if key_bias is None else key_bias.to(q.dtype)  # under autocast q may be half precision
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
     return mha.out_proj(y.transpose(1, 2).reshape(size, frames, dim))
 
 
