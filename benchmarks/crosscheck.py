@@ -192,13 +192,13 @@ def build(out: Path, speakers: int = 60, utterances: int = 20, newcomers: int = 
     return {"speakers": speakers, "newcomers": newcomers, "impostors": impostors, "test_utterances": len(test_entries)}
 
 
-def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int) -> dict:
-    """`voxaug train` then `voxaug predict` as a user runs them: validation and test accuracy."""
+def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, options: tuple[str, ...] = ()) -> dict:
+    """`voxaug train [options]` then `voxaug predict` as a user runs them: validation and test accuracy."""
     torch.set_num_threads(1)
     env_cache = ["--cache-dir", str(out.parent / "cache")]
     run = out / "run"
     subprocess.run([sys.executable, "-m", "voxaug", "train", str(data), "--out", str(run), "--augment", augment,
-                    "--steps", str(steps), "--seed", str(seed), "--device", "cpu", "--quiet", *env_cache],
+                    "--steps", str(steps), "--seed", str(seed), "--device", "cpu", "--quiet", *env_cache, *options],
                    check=True, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     submission = out / "submission.csv"
     subprocess.run([sys.executable, "-m", "voxaug", "predict", str(data), "--ckpt", str(run / "best.pt"), "--out",
@@ -206,7 +206,8 @@ def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int) -> dic
     truth = dict(list(csv.reader(open(data / "test_labels.csv")))[1:])
     rows = list(csv.reader(open(submission)))[1:]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {"augment": augment, "seed": seed, "steps": steps, "val_acc": metrics[-1]["val_acc"],
+    return {"augment": augment, **({"options": " ".join(options)} if options else {}), "seed": seed, "steps": steps,
+            "val_acc": metrics[-1]["val_acc"],
             "train_acc": metrics[-1]["train_acc"], "test_acc": sum(truth[i] == c for i, c in rows) / len(rows),
             "checkpoint": str(run / "best.pt")}
 
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--jobs", type=int, default=2)
     train.add_argument("--workdir", type=Path, default=None)
     train.add_argument("--json", type=Path)
+    train.add_argument("--train-options", default="", help="more `voxaug train` options for every arm, e.g. "
+                                                           "\"--input-norm mean\"")
     args = parser.parse_args(argv)
     if args.command == "build":
         started = time.perf_counter()
@@ -239,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="voxaug-crosscheck-"))
     runs = [(seed, arm) for seed in range(args.first_seed, args.first_seed + args.seeds) for arm in arms]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(train_arm, args.data, work / f"{arm.replace(',', '+')}-seed{seed}", arm, seed, args.steps)
-                   for seed, arm in runs]
+        futures = [pool.submit(train_arm, args.data, work / f"{arm.replace(',', '+')}-seed{seed}", arm, seed, args.steps,
+                               tuple(args.train_options.split())) for seed, arm in runs]
         rows = []
         for future in futures:
             rows.append(future.result())

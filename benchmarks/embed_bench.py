@@ -94,7 +94,7 @@ def _identify_times(index: SpeakerIndex, paths: list[Path]) -> list[float]:
     return times
 
 
-def identify_latency(speakers: int = 600, clips: int = 100, threads: int | None = 1) -> dict:
+def identify_latency(speakers: int = 600, clips: int = 100) -> dict:
     """p50/p99 of SpeakerIndex.identify on `.pt` clips, model and index already loaded: with the checkpoint (torch)
     and with its ONNX export (ONNX Runtime), one thread each, alternating rounds in the same process."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +115,7 @@ def identify_latency(speakers: int = 600, clips: int = 100, threads: int | None 
             for name, rows in vectors.items():
                 data.add(name, rows)
             data.save(tmp / f"{engine}.faiss")
-            indexes[engine] = SpeakerIndex.open(tmp / f"{engine}.faiss", threads=threads)
+            indexes[engine] = SpeakerIndex.open(tmp / f"{engine}.faiss", threads=1)
         times: dict[str, list[float]] = {"torch": [], "onnx": []}
         for half in (paths[: len(paths) // 2], paths[len(paths) // 2 :]):  # alternate, so load drift hits both
             for engine in ("torch", "onnx"):
