@@ -34,20 +34,23 @@ def bench_table(result: dict) -> str:
 
 
 def crosscheck_table(result: dict) -> str:
-    """Per-seed rows, then the mean of each arm over its seeds, val + test weighted by clip count."""
+    """Per-seed rows, then the mean of each arm (augmentation and input normalisation) over its seeds, val + test
+    weighted by clip count."""
     val_n, test_n = HELD_OUT
-    lines = [f"| augment | seed | val acc ({val_n} clips) | test acc ({test_n} clips) | val + test ({val_n + test_n} clips) |",
-             "|---|---|---|---|---|"]
-    arms: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for row in sorted(result["rows"], key=lambda r: (r["seed"], r["augment"] != "none", r["augment"])):
+    lines = [f"| augment | input norm | seed | val acc ({val_n} clips) | test acc ({test_n} clips) | "
+             f"val + test ({val_n + test_n} clips) |", "|---|---|---|---|---|---|"]
+    arms: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    norm = lambda row: row.get("options", "").replace("--input-norm", "").strip() or "none"  # noqa: E731
+    for row in sorted(result["rows"], key=lambda r: (norm(r) != "none", r["seed"], r["augment"] != "none", r["augment"])):
         both = (val_n * row["val_acc"] + test_n * row["test_acc"]) / (val_n + test_n)
-        lines.append(f"| `{row['augment']}` | {row['seed']} | {row['val_acc']:.3f} | {row['test_acc']:.3f} | {both:.3f} |")
-        arms[row["augment"]].append((row["val_acc"], row["test_acc"]))
-    for arm, scores in arms.items():
+        lines.append(f"| `{row['augment']}` | {norm(row)} | {row['seed']} | {row['val_acc']:.3f} | {row['test_acc']:.3f} | "
+                     f"{both:.3f} |")
+        arms[(row["augment"], norm(row))].append((row["val_acc"], row["test_acc"]))
+    for (arm, input_norm), scores in arms.items():
         if len(scores) > 1:
             val, test = statistics.fmean(s[0] for s in scores), statistics.fmean(s[1] for s in scores)
             both = (val_n * val + test_n * test) / (val_n + test_n)
-            lines.append(f"| **`{arm}`** | mean of {len(scores)} | {val:.3f} | {test:.3f} | **{both:.3f}** |")
+            lines.append(f"| **`{arm}`** | {input_norm} | mean of {len(scores)} | {val:.3f} | {test:.3f} | **{both:.3f}** |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 

@@ -15,7 +15,7 @@ from voxaug.errors import VoxaugError
 PRESET_NAMES = ("cpu", "strong", "boss", "baseline")
 AUGMENTATION_NAMES = ("channel", "crop", "mixup", "noise", "reverb", "specaug", "speed", "wave")
 AUGMENTATION_ORDER = ("wave", "speed", "crop", "reverb", "noise", "channel", "specaug", "mixup")
-DEFAULT_AUGMENT_NAMES = "channel,reverb,noise"
+DEFAULT_AUGMENT_NAMES = "reverb,noise"
 
 
 @clean_errors
@@ -28,8 +28,8 @@ def train(
         None,
         help=f"Comma list of {', '.join(AUGMENTATION_NAMES)}, or 'none'; applied in the fixed order "
         f"{', '.join(AUGMENTATION_ORDER)}, in training only. "
-        f"Default: {DEFAULT_AUGMENT_NAMES}, the arm that did best on held-out speaker sets from other generators "
-        "(README, Augmentation).",
+        f"Default: {DEFAULT_AUGMENT_NAMES}, which with the default --input-norm mean did best on held-out speaker sets "
+        "from other generators (docs/augmentation.md); add channel when training with --input-norm none.",
     ),
     specaug_freq: int = typer.Option(None, help="specaug: widest frequency mask, in mel bands (default 6)."),
     specaug_time: float = typer.Option(None, help="specaug: widest time mask, frames if >= 1 or a fraction of the real length (default 0.1)."),
@@ -65,8 +65,8 @@ def train(
     embedding_dim: int = typer.Option(None, help="Speaker embedding size."),
     scale: float = typer.Option(None, help="AM-Softmax scale s."),
     margin: float = typer.Option(None, help="AM-Softmax margin m."),
-    input_norm: str = typer.Option(None, "--input-norm", help="none (default: the features as given) or mean (subtract each "
-                                   "utterance's log-mel mean, CMN, which removes a fixed channel)."),
+    input_norm: str = typer.Option(None, "--input-norm", help="mean (default: subtract each utterance's log-mel mean, CMN, "
+                                   "which removes a fixed channel) or none (the features as given)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from last.pt (optimizer, schedule, RNG and sampler state); "
                                 "under torchrun with the same number of processes."),
     n_mels: int = typer.Option(None, "--n-mels", help="Front end: log-mel bins for audio data (default 40); saved in checkpoints."),

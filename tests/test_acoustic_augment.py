@@ -57,6 +57,18 @@ def test_channel_adds_one_smooth_curve_per_example_within_its_bounds():
     assert not torch.allclose(shift[0, 0], shift[1, 0]), "each example draws its own channel"
 
 
+def test_the_default_input_normalisation_removes_exactly_what_channel_adds():
+    from voxaug.augment.pipeline import DEFAULT_AUGMENT
+    from voxaug.model import ModelConfig, utterance_mean_normalise
+
+    batch = speech_like([80, 50, 20])
+    coloured = ChannelColour(p=1.0, terms=3, max_db=3.0, gain_db=6.0)(batch, gen(1))
+    assert not torch.allclose(coloured.features, batch.features)
+    assert torch.allclose(utterance_mean_normalise(coloured.features, coloured.lengths),
+                          utterance_mean_normalise(batch.features, batch.lengths), atol=1e-5)
+    assert ModelConfig().input_norm == "mean" and "channel" not in DEFAULT_AUGMENT.split(",")
+
+
 def test_channel_with_p_zero_is_the_identity():
     batch = speech_like([30, 10])
     assert torch.equal(ChannelColour(p=0.0)(batch, gen()).features, batch.features)

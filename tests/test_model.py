@@ -100,4 +100,6 @@ def test_mean_normalisation_removes_a_fixed_channel_and_none_keeps_it(kind):
 def test_input_norm_round_trips_and_models_saved_before_it_keep_raw_features():
     saved = {key: value for key, value in ModelConfig(**SMALL).to_dict().items() if key != "input_norm"}
     assert ModelConfig.from_dict(saved).input_norm == "none"
-    assert ModelConfig.from_dict(ModelConfig(input_norm="mean", **SMALL).to_dict()).input_norm == "mean"
+    assert ModelConfig(**SMALL).input_norm == "mean"
+    for input_norm in ("mean", "none"):
+        assert ModelConfig.from_dict(ModelConfig(input_norm=input_norm, **SMALL).to_dict()).input_norm == input_norm

@@ -14,7 +14,7 @@ from torchaudio.models import Conformer
 from voxaug.errors import VoxaugError
 
 MODEL_KINDS = ("conformer", "transformer-mean")
-INPUT_NORMS = ("none", "mean")
+INPUT_NORMS = ("mean", "none")
 
 
 @dataclass
@@ -35,8 +35,9 @@ class ModelConfig:
     num_classes: int = 0
     num_speakers: int = 0
     """Original speakers among the classes (the first ones); 0: every class is one (checkpoints before ``speed``)."""
-    input_norm: str = "none"
-    """``mean``: each utterance's log-mel mean is subtracted before the network (CMN); ``none``: the features as given."""
+    input_norm: str = "mean"
+    """``mean``: each utterance's log-mel mean is subtracted before the network (CMN); ``none``: the features as given
+    (and what a checkpoint saved before this field existed gets)."""
 
     def validate(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -71,7 +72,7 @@ class ModelConfig:
         unknown = set(values) - known
         if unknown:
             raise VoxaugError(f"model config: unknown keys {sorted(unknown)}; accepted: {sorted(known)}")
-        return cls(**values)
+        return cls(**{"input_norm": "none", **values})  # saved before input_norm existed: raw features
 
 
 def utterance_mean_normalise(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,8 @@ def resolve_names(augment: dict[str, Any]) -> list[str]:
     return parse_names(augment["names"] if "names" in augment else DEFAULT_AUGMENT)
 
 
-DEFAULT_AUGMENT = "channel,reverb,noise"
-"""What ``voxaug train`` uses without ``--augment``: the acoustic augmentations, chosen on held-out sets from
-other generators (benchmarks/crosscheck.py, README "Augmentation"), where session effects differ per clip."""
+DEFAULT_AUGMENT = "reverb,noise"
+"""What ``voxaug train`` uses without ``--augment``: the room and noise augmentations, chosen on a held-out set
+from another generator (benchmarks/crosscheck.py, docs/augmentation.md), where session effects differ per clip.
+``channel`` is left out because the default input normalisation (``--input-norm mean``) removes exactly what it
+adds; with ``--input-norm none`` it belongs back in."""
