@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay for every arm (default: the preset's)")
     parser.add_argument("--d-model", type=int, help="shrink the cpu preset's model width (default: the preset's 96)")
     parser.add_argument("--layers", type=int, help="shrink the cpu preset's Conformer layers (default: the preset's 2)")
+    parser.add_argument("--input-norm", choices=("mean", "none"), help="input normalisation (default: the preset's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="held-out share of each speaker's utterances (default 0.2: a steadier validation accuracy)")
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes[key] = getattr(args, key)
     extra = {key: value for key, value in (("margin_warmup", args.margin_warmup), ("weight_decay", args.weight_decay))
              if value is not None}
-    model = {key: value for key, value in (("d_model", args.d_model), ("num_layers", args.layers)) if value is not None}
+    model = {key: value for key, value in (("d_model", args.d_model), ("num_layers", args.layers),
+                                           ("input_norm", args.input_norm)) if value is not None}
     if "d_model" in model:
         model["ffn_dim"] = 2 * model["d_model"]
     torch.set_num_threads(args.threads)
