@@ -156,18 +156,19 @@ def test_the_transformer_mean_baseline_exports_with_the_same_parity(exported, ut
 
 def test_a_mean_normalised_model_exports_its_normalisation(exported, utterance, tmp_path):
     state = load_checkpoint(exported["ckpt"])
-    state["config"]["model"]["input_norm"] = "mean"
-    save_checkpoint(tmp_path / "cmn.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
-    model = OnnxSpeakerModel.load(export(tmp_path / "cmn.pt", tmp_path / "cmn.onnx"))
+    for input_norm in ("mean", "none"):
+        state["config"]["model"]["input_norm"] = input_norm
+        save_checkpoint(tmp_path / f"{input_norm}.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    model = OnnxSpeakerModel.load(export(tmp_path / "mean.pt", tmp_path / "mean.onnx"))
     lengths = (MIN_FRAMES, 120, 400)
     batch = np.zeros((len(lengths), max(lengths), model.n_mels), np.float32)
     for row, length in enumerate(lengths):
         batch[row, :length] = utterance[:length].numpy() + 5.0  # a gain the normalisation removes
     embeddings, _ = model.run_features(batch, np.array(lengths))
     for row, length in enumerate(lengths):
-        expected, _ = torch_outputs(tmp_path / "cmn.pt", utterance[:length])
+        expected, _ = torch_outputs(tmp_path / "mean.pt", utterance[:length])
         assert cosine(embeddings[row], expected) >= MIN_COSINE, length
-    raw, _ = torch_outputs(exported["ckpt"], utterance[:400])
+    raw, _ = torch_outputs(tmp_path / "none.pt", utterance[:400])
     assert cosine(embeddings[-1], raw) < MIN_COSINE  # the normalisation is really in the graph
 
 
