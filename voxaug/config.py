@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 
@@ -77,7 +77,7 @@ class TrainConfig:
         model_values = values.pop("model", {})
         if not isinstance(model_values, dict):
             raise VoxaugError(f"{where}: [model] must be a table, got {type(model_values).__name__}")
-        _refuse_unknown(values, cls, where)
+        refuse_unknown_keys(values, cls, where)
         check_types(values, cls, where)
         check_types(model_values, ModelConfig, f"{where} [model]")
         return cls(model=ModelConfig.from_dict(model_values), **values)
@@ -96,13 +96,6 @@ def check_types(values: dict, kind: type, where: str) -> None:
         if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
             raise VoxaugError(f"{where}: {key} must be {'a' if accepted[-1] is not int else 'an'} "
                               f"{accepted[-1].__name__}, got {value!r}")
-
-
-def _refuse_unknown(values: dict, kind: type, where: str) -> None:
-    known = {f.name for f in fields(kind)}
-    unknown = set(values) - known
-    if unknown:
-        raise VoxaugError(f"{where}: unknown keys {sorted(unknown)}; accepted: {sorted(known)}")
 
 
 def _merge_tables(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +183,7 @@ def resolve_config(
     frontend_values = {**base.pop("frontend"), **file_values.pop("frontend", {}), **(frontend_overrides or {})}
     if toml_path:
         try:
-            _refuse_unknown(file_values, TrainConfig, str(toml_path))
+            refuse_unknown_keys(file_values, TrainConfig, str(toml_path))
             check_types(file_values, TrainConfig, str(toml_path))
             check_types(model_values, ModelConfig, f"{toml_path} [model]")
             ModelConfig.from_dict(model_values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -15,3 +16,11 @@ class VoxaugError(Exception):
 def file_error(path: str | Path, problem: str) -> VoxaugError:
     """An error that names the file first, so every message reads ``<file>: <problem>``."""
     return VoxaugError(f"{path}: {problem}")
+
+
+def refuse_unknown_keys(values: dict, kind: type, where: str, noun: str = "keys") -> None:
+    """Refuse keys that are not fields of the dataclass ``kind``, naming them and the accepted ones."""
+    known = {field.name for field in fields(kind)}
+    unknown = set(values) - known
+    if unknown:
+        raise VoxaugError(f"{where}: unknown {noun} {sorted(unknown)}; accepted: {sorted(known)}")

@@ -4,14 +4,14 @@ their loss, so the trainer, mixup and the embedding exporter treat them alike.""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchaudio.models import Conformer
 
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, refuse_unknown_keys
 
 MODEL_KINDS = ("conformer", "transformer-mean")
 INPUT_NORMS = ("mean", "none")
@@ -68,10 +68,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise VoxaugError(f"model config: unknown keys {sorted(unknown)}; accepted: {sorted(known)}")
+        refuse_unknown_keys(values, cls, "model config")
         return cls(**{"input_norm": "none", **values})  # saved before input_norm existed: raw features
 
 

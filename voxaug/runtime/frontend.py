@@ -5,7 +5,7 @@ resampler as ``voxaug.audio`` (torchaudio's windowed-sinc ``resample`` with its 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -54,10 +54,7 @@ class FrontendSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "FrontendSettings":
-        known = {field.name for field in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise VoxaugError(f"front end: unknown settings {sorted(unknown)}; accepted: {sorted(known)}")
+        refuse_unknown_keys(values, cls, "front end", "settings")
         return cls(**values)
 
 
