@@ -1,4 +1,4 @@
-"""Render the docs' result tables from the committed JSON under benchmarks/results/, so no number is retyped.
+"""Render the result tables in docs/ and the README from benchmarks/results/*.json, so no number is retyped.
 
 A table in a docs page sits between two markers that name its JSON file:
 
@@ -6,7 +6,7 @@ A table in a docs page sits between two markers that name its JSON file:
     ...rendered table...
     <!-- /results -->
 
-    python benchmarks/render_results.py           # rewrite every marked table in docs/
+    python benchmarks/render_results.py           # rewrite every marked table in docs/ and the README
     python benchmarks/render_results.py --check   # exit 1 naming each table that differs from its JSON
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.\-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.\-]+)(?: (?P<view>\w+))? -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 HELD_OUT = (120, 180)  # crosscheck's validation and test clips
 
 
@@ -73,6 +73,53 @@ def backend_crosscheck_table(result: dict) -> str:
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
+def backend_table(result: dict, compact: bool = False) -> str:
+    """One model's back-end ablation: every back end with and without AS-norm, the default (lda, cosine) in bold;
+    ``compact`` (the README's view) keeps the identification and verification columns only."""
+    enrolled = result["rows"][0]["enrolled"]
+    if compact:
+        lines = [f"| back end | score | unseen among all {enrolled} | among the newcomers | EER | minDCF |", "|---|---|---|---|---|---|"]
+        for row in result["rows"]:
+            cells = [row["backend"], "cosine" if row["score_norm"] == "none" else "AS-norm"] + [
+                f"{row[key]:.3f}" for key in ("unseen_among_all", "unseen_among_newcomers", "eer", "min_dcf")]
+            default = (row["backend"], row["score_norm"]) == ("lda", "none")
+            lines.append("| " + " | ".join(f"**{cell}**" if default else cell for cell in cells) + " |")
+        return "\n".join(lines)
+    lines = [f"| back end | score | unseen among all {enrolled} | unseen among the newcomers | trained speakers' test clips "
+             f"among all {enrolled} | EER | minDCF | DIR at FAR 1% | impostors answered unknown |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        score = "cosine" if row["score_norm"] == "none" else "AS-norm"
+        cells = [row["backend"], score] + [f"{row[key]:.3f}" for key in (
+            "unseen_among_all", "unseen_among_newcomers", "trained_test_among_all", "eer", "min_dcf", "dir",
+            "impostors_unknown")]
+        if (row["backend"], row["score_norm"]) == ("lda", "none"):
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
+def openset_training_table(result: dict) -> str:
+    """Training choices against the open-set figure: per set and arm, the default back end's (lda, cosine) unseen
+    top-1 among all enrolled per seed and its mean, beside closed-set held-out accuracy and EER."""
+    lines = ["| set | training | seeds | held-out accuracy (closed set) | unseen among all enrolled, per seed | mean "
+             "| among the newcomers | trained speakers' test clips among all | EER |", "|---|---|---|---|---|---|---|---|---|"]
+    for data in result["sets"]:
+        arms: dict[str, list[dict]] = defaultdict(list)
+        for run in data["runs"]:
+            arms[run["training"]].append(run)
+        for training, runs in arms.items():
+            rows = [next(r for r in run["rows"] if (r["backend"], r["score_norm"]) == ("lda", "none")) for run in runs]
+            mean = {key: statistics.fmean(r[key] for r in rows) for key in
+                    ("unseen_among_all", "unseen_among_newcomers", "trained_test_among_all", "eer")}
+            held_out = statistics.fmean(run["held_out_acc"] for run in runs)
+            lines.append(f"| {data['name']} | {training} | {', '.join(str(run['seed']) for run in runs)} | {held_out:.3f} | "
+                         + ", ".join(f"{r['unseen_among_all']:.3f}" for r in rows)
+                         + f" | **{mean['unseen_among_all']:.3f}** | {mean['unseen_among_newcomers']:.3f} | "
+                           f"{mean['trained_test_among_all']:.3f} | {mean['eer']:.3f} |")
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
 def parity_table(result: dict) -> str:
     """ONNX Runtime against torch: worst cosine and argmax agreement per comparison."""
     lines = ["| compared | pairs | worst cosine | argmax the same |", "|---|---|---|---|"]
@@ -112,9 +159,11 @@ def hnsw_table(low: dict, high: dict) -> str:
     return "\n".join(lines)
 
 
-def render(name: str) -> str:
-    """The markdown for one results file, chosen by what the file holds."""
+def render(name: str, view: str | None = None) -> str:
+    """The markdown for one results file, chosen by what the file holds (``view``: ``compact`` for the README)."""
     path = RESULTS / name
+    if view not in (None, "compact"):
+        raise SystemExit(f"error: results marker for {name}: unknown view {view!r}; accepted: compact")
     if not path.is_file():
         raise SystemExit(f"error: {path}: no such results file")
     result = json.loads(path.read_text(encoding="utf-8"))
@@ -124,8 +173,12 @@ def render(name: str) -> str:
         return augment_cost_table(result)
     if "train_utt_per_s" in result:
         return bench_table(result)
+    if "sets" in result:
+        return openset_training_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
         return backend_crosscheck_table(result)
+    if "rows" in result and "unseen_among_all" in result["rows"][0]:
+        return backend_table(result, compact=view == "compact")
     if "rows" in result and "worst_cosine" in result["rows"][0]:
         return parity_table(result)
     if "rows" in result and "test_acc" in result["rows"][0]:
@@ -134,7 +187,7 @@ def render(name: str) -> str:
 
 
 def refresh(text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name")) + "\n" + m.group(4), text)
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), m.group("view")) + "\n" + m.group(5), text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
     stale = []
-    for page in sorted(args.docs.glob("*.md")):
+    pages = sorted(args.docs.glob("*.md")) + [readme for readme in [args.docs.parent / "README.md"] if readme.is_file()]
+    for page in pages:
         text = page.read_text(encoding="utf-8")
         fresh = refresh(text)
         if fresh != text:

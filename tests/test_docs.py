@@ -71,6 +71,21 @@ def test_docs_tables_match_the_committed_results(tmp_path, capsys):
     assert (tmp_path / "page.md").read_text(encoding="utf-8") == page
 
 
+def test_the_readme_shows_the_compact_back_end_ablation_and_an_unknown_view_is_refused(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import render_results
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "<!-- results: backend_ablation.json compact -->" in readme
+    compact = render_results.render("backend_ablation.json", "compact")
+    assert compact in readme and "| **lda** | **cosine** |" in compact
+    assert len(compact.splitlines()) == 2 + len(render_results.json.loads(
+        (ROOT / "benchmarks" / "results" / "backend_ablation.json").read_text(encoding="utf-8"))["rows"])
+    (tmp_path / "page.md").write_text("<!-- results: backend_ablation.json wide -->\n<!-- /results -->\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="unknown view 'wide'"):
+        render_results.main(["--check", "--docs", str(tmp_path)])
+
+
 @pytest.mark.parametrize("result", sorted((ROOT / "benchmarks" / "results").glob("*.json")), ids=lambda p: p.name)
 def test_every_committed_result_says_when_and_where_it_was_measured(result):
     import json
