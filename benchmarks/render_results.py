@@ -120,6 +120,29 @@ def openset_training_table(result: dict) -> str:
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
+def asnorm_cohorts_table(result: dict) -> str:
+    """Per model and back end: plain cosine, AS-norm with the stored cohort (validation, K 20), and every cohort and K
+    that lowers both EER and minDCF."""
+    lines = ["| model (trials) | back end | cosine EER / minDCF | AS-norm, stored cohort (validation, K 20) | "
+             "cohorts and K that lower both |", "|---|---|---|---|---|"]
+    for run in result["runs"]:
+        first = run["rows"][0]
+        for backend in dict.fromkeys(row["backend"] for row in run["rows"]):
+            rows = [row for row in run["rows"] if row["backend"] == backend]
+            plain = next(row for row in rows if row["cohort"] == "none")
+            stored = next(row for row in rows if (row["cohort"], row["top_k"]) == ("validation", 20))
+            tried = [row for row in rows if row["cohort"] != "none"]
+            better: dict[str, list[str]] = defaultdict(list)
+            for row in tried:
+                if row["eer"] < plain["eer"] and row["min_dcf"] < plain["min_dcf"]:
+                    better[row["cohort"]].append(str(row["top_k"]))
+            found = "; ".join(f"{cohort} K {', '.join(ks)}" for cohort, ks in better.items()) or f"none of the {len(tried)} tried"
+            label = f"{run['set']} ({first['trials']:,}; {first['same_trials']:,} same)" if backend == first["backend"] else ""
+            lines.append(f"| {label} | {backend} | {plain['eer']:.3f} / {plain['min_dcf']:.3f} | "
+                         f"{stored['eer']:.3f} / {stored['min_dcf']:.3f} | {found} |")
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
 def parity_table(result: dict) -> str:
     """ONNX Runtime against torch: worst cosine and argmax agreement per comparison."""
     lines = ["| compared | pairs | worst cosine | argmax the same |", "|---|---|---|---|"]
@@ -175,6 +198,8 @@ def render(name: str, view: str | None = None) -> str:
         return bench_table(result)
     if "sets" in result:
         return openset_training_table(result)
+    if "runs" in result and "cohort" in result["runs"][0]["rows"][0]:
+        return asnorm_cohorts_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
         return backend_crosscheck_table(result)
     if "rows" in result and "unseen_among_all" in result["rows"][0]:
