@@ -1,10 +1,15 @@
 """Build the speaker index of a training set: fit its scoring back end and AS-norm cohort, enrol every speaker.
 
-The back end is fitted on the run's own training split. The cohort comes from utterances the network
-was *not* fitted to, the run's validation split, because a cohort must score like a test clip:
-embeddings of memorised training utterances sit much closer to their own class than any new clip,
-so their statistics would describe nothing a query meets. A run without a validation split falls
-back to its training utterances, and the sidecar says which was used.
+The back end is fitted on the run's own training split, and each training speaker is enrolled from
+its training-split utterances only: the entry is the network's own picture of that speaker, where
+its held-out clips land too, while held-out clips mixed in would drag the entry towards the voices
+the network never learnt and so towards newly enrolled speakers' clips (measured in
+docs/identification.md). The validation split stays out of the index, so calibrating on it is a
+held-out test. The cohort comes from that split, utterances the network was *not* fitted to,
+because a cohort must score like a test clip: embeddings of memorised training utterances sit much
+closer to their own class than any new clip, so their statistics would describe nothing a query
+meets. A run without a validation split falls back to its training utterances, and the sidecar says
+which was used.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class ScoringOptions:
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
                         per: str, hnsw: bool, checkpoint: dict, frontend: dict, seed: int, val_fraction: float,
                         options: ScoringOptions) -> SpeakerIndex:
-    """The index of every labelled speaker, with the back end and cohort ``options`` ask for.
+    """The index of every labelled speaker, enrolled from the training split, with the back end and cohort
+    ``options`` ask for.
 
     ``seed`` and ``val_fraction`` are the run's, so the split is the one it trained with.
     """
@@ -67,8 +73,8 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     index.score_norm = options.score_norm
     if options.score_norm == "asnorm":
         index.check_asnorm()
-    for speaker in sorted(set(speakers)):
-        index.add(speaker, embeddings[names == speaker])
+    for speaker in sorted(set(speakers)):  # every speaker keeps at least one training utterance
+        index.add(speaker, embeddings[train][names[train] == speaker])
     return index
 
 

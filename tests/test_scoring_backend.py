@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from voxaug.cli.main import app
+from voxaug.data.split import stratified_split
 from voxaug.embeddings.backend import Cohort, ScoringBackend, as_norm
 from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far
 from voxaug.embeddings.index import SpeakerIndex, sidecar_path
@@ -84,6 +85,21 @@ def test_backend_round_trips_through_the_sidecar(tmp_path, kind):
     for norm in ("none", "asnorm"):
         assert loaded.search(query, 3, score_norm=norm) == index.search(query, 3, score_norm=norm)
     assert np.allclose(loaded.to_space(query), index.to_space(query), atol=1e-6)
+
+
+def test_training_speakers_are_enrolled_from_their_training_split_only():
+    vectors, labels = clustered(speakers=4, per=8, dim=16)
+    names = np.array(labels)
+    train, held_out = stratified_split(np.unique(names, return_inverse=True)[1], 0.25, 0)
+    vectors[held_out] = -vectors[held_out]  # held-out clips that would pull an entry the other way
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25,
+                                ScoringOptions("none", cohort_top_k=4))
+    for speaker in sorted(set(labels)):
+        own = train[names[train] == speaker]
+        assert index.counts[speaker] == len(own) < int((names == speaker).sum())
+        mean = index.to_space(vectors[own]).mean(0)
+        assert np.allclose(index.vectors[index.labels.index(speaker)], mean / np.linalg.norm(mean), atol=1e-5)
+    assert index.cohort.source.startswith("validation split")
 
 
 def test_lda_whitens_within_speaker_variation_and_helps_identification():
