@@ -73,30 +73,32 @@ def backend_crosscheck_table(result: dict) -> str:
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
+DEFAULT_ARM = ("lda", "none")
+"""The back end and score normalisation ``embed --index`` uses by default: bold in the tables, the one compared."""
+BACKEND_COLUMNS = [("unseen_among_all", "unseen among all {n}"), ("unseen_among_newcomers", "unseen among the newcomers"),
+                   ("trained_test_among_all", "trained speakers' test clips among all {n}"), ("eer", "EER"),
+                   ("min_dcf", "minDCF"), ("dir", "DIR at FAR 1%"), ("impostors_unknown", "impostors answered unknown")]
+COMPACT_COLUMNS = ("unseen_among_all", "unseen_among_newcomers", "eer", "min_dcf")
+
+
+def default_row(rows: list[dict]) -> dict:
+    return next(row for row in rows if (row["backend"], row["score_norm"]) == DEFAULT_ARM)
+
+
 def backend_table(result: dict, compact: bool = False) -> str:
     """One model's back-end ablation: every back end with and without AS-norm, the default (lda, cosine) in bold;
     ``compact`` (the README's view) keeps the identification and verification columns only."""
     enrolled = result["rows"][0]["enrolled"]
-    if compact:
-        lines = [f"| back end | score | unseen among all {enrolled} | among the newcomers | EER | minDCF |", "|---|---|---|---|---|---|"]
-        for row in result["rows"]:
-            cells = [row["backend"], "cosine" if row["score_norm"] == "none" else "AS-norm"] + [
-                f"{row[key]:.3f}" for key in ("unseen_among_all", "unseen_among_newcomers", "eer", "min_dcf")]
-            default = (row["backend"], row["score_norm"]) == ("lda", "none")
-            lines.append("| " + " | ".join(f"**{cell}**" if default else cell for cell in cells) + " |")
-        return "\n".join(lines)
-    lines = [f"| back end | score | unseen among all {enrolled} | unseen among the newcomers | trained speakers' test clips "
-             f"among all {enrolled} | EER | minDCF | DIR at FAR 1% | impostors answered unknown |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    columns = [(key, title) for key, title in BACKEND_COLUMNS if not compact or key in COMPACT_COLUMNS]
+    lines = ["| back end | score | " + " | ".join(title.format(n=enrolled) for _, title in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
     for row in result["rows"]:
-        score = "cosine" if row["score_norm"] == "none" else "AS-norm"
-        cells = [row["backend"], score] + [f"{row[key]:.3f}" for key in (
-            "unseen_among_all", "unseen_among_newcomers", "trained_test_among_all", "eer", "min_dcf", "dir",
-            "impostors_unknown")]
-        if (row["backend"], row["score_norm"]) == ("lda", "none"):
+        cells = [row["backend"], "cosine" if row["score_norm"] == "none" else "AS-norm"]
+        cells += [f"{row[key]:.3f}" for key, _ in columns]
+        if (row["backend"], row["score_norm"]) == DEFAULT_ARM:
             cells = [f"**{cell}**" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+    return "\n".join(lines if compact else lines + ["", f"{result['machine']}, {result['date']}"])
 
 
 def openset_training_table(result: dict) -> str:
@@ -109,7 +111,7 @@ def openset_training_table(result: dict) -> str:
         for run in data["runs"]:
             arms[run["training"]].append(run)
         for training, runs in arms.items():
-            rows = [next(r for r in run["rows"] if (r["backend"], r["score_norm"]) == ("lda", "none")) for run in runs]
+            rows = [default_row(run["rows"]) for run in runs]
             mean = {key: statistics.fmean(r[key] for r in rows) for key in
                     ("unseen_among_all", "unseen_among_newcomers", "trained_test_among_all", "eer")}
             held_out = statistics.fmean(run["held_out_acc"] for run in runs)

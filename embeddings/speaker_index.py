@@ -73,8 +73,9 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     index.score_norm = options.score_norm
     if options.score_norm == "asnorm":
         index.check_asnorm()
-    for speaker in sorted(set(speakers)):  # every speaker keeps at least one training utterance
-        index.add(speaker, embeddings[train][names[train] == speaker])
+    enrolled, enrolled_names = embeddings[train], names[train]  # every speaker keeps at least one training utterance
+    for speaker in sorted(set(speakers)):
+        index.add(speaker, enrolled[enrolled_names == speaker])
     return index
 
 
