@@ -4,7 +4,7 @@ windows, batched by length so that padding costs little; sharded over ranks unde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch

@@ -5,8 +5,6 @@ Its settings travel inside every checkpoint, so a clip is featurised exactly as 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torchaudio
 

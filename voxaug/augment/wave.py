@@ -20,7 +20,7 @@ import soundfile
 
 from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import file_error
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
 """audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
