@@ -37,6 +37,7 @@ from voxaug.data.store import PackedStore
 from voxaug.embeddings.calibration import calibrate, open_set_scores
 from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
 from voxaug.embeddings.extract import embed_store
+from voxaug.embeddings.index import SpeakerIndex
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 
 ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("none", "asnorm"), ("center", "asnorm"),
@@ -86,7 +87,7 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     row = {"backend": backend, "score_norm": score_norm, "enrolled": len(index.labels),
            "unseen_among_all": top1(found["unseen_test"]),
            "unseen_among_newcomers": top1(found["unseen_test"], sorted(set(enrolled.labels.tolist()))),
-           "trained_test_among_all": top1(found["test"])}
+           "trained_test_among_all": top1(found["test"]), **wrong_answers(index, found["unseen_test"])}
     verification = score_pairs(validation, 20000, config.seed, None,
                                TrialScorer(index, score_norm, target_far) if backend != "none" or score_norm != "none"
                                else TrialScorer(target_far=target_far))
@@ -101,6 +102,17 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
         best = np.array([r[0][1] for r in index.search(found["unseen_impostors"].embeddings, 1)])
         row["impostors_unknown"] = float((best < record["value"]).mean())
     return row
+
+
+def wrong_answers(index: SpeakerIndex, unseen: LabelledEmbeddings) -> dict:
+    """Where newcomers' clips go wrong: how many distinct entries win them (a few 'hub' entries, or many), and
+    the mean score against the clip's own entry beside the best other entry's."""
+    ranked = index.search(unseen.embeddings, len(index.labels))
+    winners = [row[0][0] for row, label in zip(ranked, unseen.labels) if row[0][0] != label]
+    own = [next(score for speaker, score in row if speaker == label) for row, label in zip(ranked, unseen.labels)]
+    other = [next(score for speaker, score in row if speaker != label) for row, label in zip(ranked, unseen.labels)]
+    return {"unseen_wrong": len(winners), "unseen_wrong_winners": len(set(winners)),
+            "unseen_own_score": float(np.mean(own)), "unseen_best_other_score": float(np.mean(other))}
 
 
 def machine() -> str:

@@ -128,7 +128,30 @@ def test_backend_ablation_scores_every_arm(trained_run, tiny_synth, tmp_path, ca
     for r in rows:
         assert r["enrolled"] == 7 and 0 <= r["unseen_among_all"] <= r["unseen_among_newcomers"] + 1e-9 <= 1 + 1e-9
         assert 0 <= r["impostors_unknown"] <= 1 and 0 <= r["eer"] <= 1
+        clips = sum(1 for _ in (tiny_synth / "unseen" / "test").glob("*/*.pt"))
+        assert r["unseen_wrong"] == round((1 - r["unseen_among_all"]) * clips)
+        assert (r["unseen_wrong"] > 0) <= r["unseen_wrong_winners"] <= r["unseen_wrong"]
     assert "| lda | asnorm |" in capsys.readouterr().out
+
+
+def test_retrain_ceiling_makes_each_newcomer_a_class_the_model_can_name(tiny_synth, tmp_path):
+    import retrain_ceiling
+    from conftest import tiny_config
+    from voxaug.train import Trainer
+
+    copy = tmp_path / "data"
+    added = retrain_ceiling.with_newcomers_as_classes(tiny_synth, copy)
+    newcomers = sorted(p.name for p in (tiny_synth / "unseen" / "enroll").iterdir())
+    assert added == sum(1 for _ in (tiny_synth / "unseen" / "enroll").glob("*/*.pt"))
+    metadata = json.loads((copy / "metadata.json").read_text())
+    mapping = json.loads((copy / "mapping.json").read_text())
+    assert set(newcomers) <= set(metadata["speakers"]) and len(mapping["id2speaker"]) == len(metadata["speakers"])
+    assert all((copy / clip["feature_path"]).is_file() for clips in metadata["speakers"].values() for clip in clips)
+    assert not (copy / "unseen").exists()  # the newcomers' test clips stay out of training
+    Trainer(tiny_config(train={"steps": 30, "eval_every": 30}), copy, tmp_path / "run", progress=False).fit()
+    result = retrain_ceiling.ceiling(tmp_path / "run" / "best.pt", copy, tiny_synth / "unseen" / "test", None)
+    assert result["classes"] == len(metadata["speakers"])
+    assert all(0 <= result[key] <= 1 for key in ("unseen_softmax", "unseen_cosine_lda", "trained_test_cosine_lda"))
 
 
 def test_asnorm_cohort_sweep_scores_unseen_trials_against_every_cohort(trained_run, tiny_synth, tmp_path, capsys):
