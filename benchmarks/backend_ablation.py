@@ -37,7 +37,6 @@ from voxaug.data.store import PackedStore
 from voxaug.embeddings.calibration import calibrate, open_set_scores
 from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
 from voxaug.embeddings.extract import embed_store
-from voxaug.embeddings.index import SpeakerIndex
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 
 ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("none", "asnorm"), ("center", "asnorm"),
@@ -73,30 +72,29 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     for speaker in sorted(set(enrolled.labels.tolist())):
         index.add(speaker, enrolled.embeddings[enrolled.labels == speaker])
 
-    def top1(data: LabelledEmbeddings, among: list[str] | None = None) -> float:
-        if among is None:
-            answers = [ranked[0][0] for ranked in index.search(data.embeddings, 1)]
-        else:
-            ranked = index.search(data.embeddings, len(index.labels))
-            answers = [next(s for s, _ in row if s in among) for row in ranked]
-        return float(np.mean(np.array(answers) == data.labels))
-
+    unseen = found["unseen_test"]
+    first = index.search(unseen.embeddings, 1)  # the answer identify gives, and its score
+    ranked = index.search(unseen.embeddings, len(index.labels))  # every entry, for the narrower questions
+    newcomers = set(enrolled.labels.tolist())
+    answers = np.array([hits[0][0] for hits in first])
+    tested = np.array([hits[0][0] for hits in index.search(found["test"].embeddings, 1)])
     codes = np.unique(train.labels, return_inverse=True)[1]
     _, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"])
     validation = LabelledEmbeddings(train.embeddings[held_out], train.labels[held_out])
     row = {"backend": backend, "score_norm": score_norm, "enrolled": len(index.labels),
-           "unseen_among_all": top1(found["unseen_test"]),
-           "unseen_among_newcomers": top1(found["unseen_test"], sorted(set(enrolled.labels.tolist()))),
-           "trained_test_among_all": top1(found["test"]), **wrong_answers(index, found["unseen_test"])}
+           "unseen_among_all": float(np.mean(answers == unseen.labels)),
+           "unseen_among_newcomers": float(np.mean([next(s for s, _ in hits if s in newcomers) == label
+                                                    for hits, label in zip(ranked, unseen.labels)])),
+           "trained_test_among_all": float(np.mean(tested == found["test"].labels)),
+           **wrong_answers(answers, ranked, unseen.labels)}
     verification = score_pairs(validation, 20000, config.seed, None,
                                TrialScorer(index, score_norm, target_far) if backend != "none" or score_norm != "none"
                                else TrialScorer(target_far=target_far))
     row.update(eer=verification["eer"], min_dcf=verification["min_dcf"])
-    unseen = found["unseen_test"]
     scores = open_set_scores(index, unseen.embeddings, unseen.labels.tolist(), score_norm)
     record = calibrate(scores, target_far, score_norm, "unseen speakers' test clips")  # as evaluate --calibrate
     row.update(threshold=record["value"], predicted_acceptance=record["acceptance"], dir=record["dir"])
-    unseen_best = np.array([r[0][1] for r in index.search(found["unseen_test"].embeddings, 1)])
+    unseen_best = np.array([hits[0][1] for hits in first])
     row["unseen_accepted"] = float((unseen_best >= record["value"]).mean())
     if "unseen_impostors" in found:
         best = np.array([r[0][1] for r in index.search(found["unseen_impostors"].embeddings, 1)])
@@ -104,14 +102,13 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     return row
 
 
-def wrong_answers(index: SpeakerIndex, unseen: LabelledEmbeddings) -> dict:
+def wrong_answers(answers: np.ndarray, ranked: list[list[tuple[str, float]]], labels: np.ndarray) -> dict:
     """Where newcomers' clips go wrong: how many distinct entries win them (a few 'hub' entries, or many), and
-    the mean score against the clip's own entry beside the best other entry's."""
-    ranked = index.search(unseen.embeddings, len(index.labels))
-    winners = [row[0][0] for row, label in zip(ranked, unseen.labels) if row[0][0] != label]
-    own = [next(score for speaker, score in row if speaker == label) for row, label in zip(ranked, unseen.labels)]
-    other = [next(score for speaker, score in row if speaker != label) for row, label in zip(ranked, unseen.labels)]
-    return {"unseen_wrong": len(winners), "unseen_wrong_winners": len(set(winners)),
+    the mean score against the clip's own entry beside the best other entry's (``ranked``: every entry per clip)."""
+    winners = answers[answers != labels]
+    own = [next(score for speaker, score in hits if speaker == label) for hits, label in zip(ranked, labels)]
+    other = [next(score for speaker, score in hits if speaker != label) for hits, label in zip(ranked, labels)]
+    return {"unseen_wrong": len(winners), "unseen_wrong_winners": len(set(winners.tolist())),
             "unseen_own_score": float(np.mean(own)), "unseen_best_other_score": float(np.mean(other))}
 
 
