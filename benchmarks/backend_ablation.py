@@ -1,6 +1,6 @@
 """Which scoring back end identifies best among *all* enrolled speakers? An ablation on one trained model.
 
-For every back end (none, center, lda) with and without AS-norm, it builds the speaker index the
+For every back end (none, center, lda, plda) with and without AS-norm, it builds the speaker index the
 way ``voxaug embed --index`` does, enrols the unseen speakers as ``voxaug enroll`` does, and reports:
 
 - unseen top-1 among all enrolled speakers (newcomers and trained speakers together), and among the
@@ -39,8 +39,8 @@ from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 
-ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("none", "asnorm"), ("center", "asnorm"),
-        ("lda", "asnorm")]
+ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("plda", "none"), ("none", "asnorm"),
+        ("center", "asnorm"), ("lda", "asnorm"), ("plda", "asnorm")]
 
 
 def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:

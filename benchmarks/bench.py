@@ -303,7 +303,8 @@ def markdown_table(r: dict) -> str:
          f"{100 * r['flop_utilisation']:.0f}% of sgemm ({r['sgemm_gflops']:.0f} GFLOP/s)"),
         ("embedding, length-bucketed (150-800 frames)", f"{r['embed_utt_per_s']:.1f} utt/s",
          f"{r['embed_bucketing_speedup']:.2f}x one by one"),
-        (f"identify, warm process, {r['identify_speakers']} speakers", f"p50 {r['identify_ms_p50']:.1f} ms",
+        (f"identify, warm process, {r['identify_speakers']} speakers, {r.get('identify_backend', 'no')} back end",
+         f"p50 {r['identify_ms_p50']:.1f} ms",
          f"p99 {r['identify_ms_p99']:.1f} ms"),
         (f"identify, warm process, {r['identify_speakers']} speakers, ONNX Runtime (`--model`)",
          f"p50 {r['identify_ms_p50_onnx']:.1f} ms", f"p99 {r['identify_ms_p99_onnx']:.1f} ms (target p50 < 10 ms, "

@@ -22,9 +22,11 @@ import torch
 from voxaug import SpeakerIndex, SpeakerModel
 from voxaug.checkpoint import save_checkpoint
 from voxaug.config import create_config
+from voxaug.embeddings.backend import ScoringBackend
 from voxaug.embeddings.extract import embed_tensors
 from voxaug.embeddings.index import HNSW_NEIGHBOURS
 from voxaug.embeddings.index import SpeakerIndex as IndexData
+from voxaug.embeddings.speaker_index import DEFAULT_BACKEND
 from voxaug.export import export_onnx
 from voxaug.features import FrontendConfig
 from voxaug.model import build_model
@@ -96,7 +98,8 @@ def _identify_times(index: SpeakerIndex, paths: list[Path]) -> list[float]:
 
 def identify_latency(speakers: int = 600, clips: int = 100) -> dict:
     """p50/p99 of SpeakerIndex.identify on `.pt` clips, model and index already loaded: with the checkpoint (torch)
-    and with its ONNX export (ONNX Runtime), one thread each, alternating rounds in the same process."""
+    and with its ONNX export (ONNX Runtime), one thread each, alternating rounds in the same process. The index has
+    the default scoring back end, fitted on the enrolment vectors, so its re-scoring is timed too."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = tmp / "model.pt"
@@ -104,6 +107,8 @@ def identify_latency(speakers: int = 600, clips: int = 100) -> dict:
         export_onnx(ckpt, tmp / "model.onnx")
         rng = np.random.default_rng(0)
         vectors = {f"spk{i:04d}": rng.standard_normal((3, config["model"]["embedding_dim"])) for i in range(speakers)}
+        backend = ScoringBackend.fit(DEFAULT_BACKEND, np.concatenate(list(vectors.values())),
+                                     np.repeat(list(vectors), 3))
         paths = []
         for i, tensor in enumerate(_utterances(clips, seed=1)):
             paths.append(tmp / f"clip{i}.pt")
@@ -111,7 +116,7 @@ def identify_latency(speakers: int = 600, clips: int = 100) -> dict:
         indexes = {}
         for engine, model in (("torch", ckpt), ("onnx", tmp / "model.onnx")):
             data = IndexData(dim=config["model"]["embedding_dim"], checkpoint=SpeakerModel.load(model).record(),
-                             frontend=FrontendConfig().to_dict())
+                             frontend=FrontendConfig().to_dict(), backend=backend)
             for name, rows in vectors.items():
                 data.add(name, rows)
             data.save(tmp / f"{engine}.faiss")
@@ -123,7 +128,32 @@ def identify_latency(speakers: int = 600, clips: int = 100) -> dict:
     return {"identify_ms_p50": float(np.percentile(times["torch"], 50)),
             "identify_ms_p99": float(np.percentile(times["torch"], 99)),
             "identify_ms_p50_onnx": float(np.percentile(times["onnx"], 50)),
-            "identify_ms_p99_onnx": float(np.percentile(times["onnx"], 99)), "identify_speakers": speakers}
+            "identify_ms_p99_onnx": float(np.percentile(times["onnx"], 99)), "identify_speakers": speakers,
+            "identify_backend": DEFAULT_BACKEND}
+
+
+def search_cost(speakers: int = 600, queries: int = 300, dim: int = 192) -> dict:
+    """Median ms per single-query speaker search (an embedding in, top-5 out) for each back end, on random vectors
+    enrolled 3 per speaker: what the back end adds to identify beyond the network (``plda`` re-scores the 200
+    nearest speakers by PLDA)."""
+    rng = np.random.default_rng(0)
+    enrolment = rng.standard_normal((speakers * 3, dim))
+    names = np.repeat([f"spk{i:04d}" for i in range(speakers)], 3)
+    probes = rng.standard_normal((queries, dim))
+    result = {"search_speakers": speakers}
+    for kind in ("none", "lda", "plda"):
+        index = IndexData(dim=dim, backend=ScoringBackend.fit(kind, enrolment, names))
+        for name in dict.fromkeys(names):
+            index.add(name, enrolment[names == name])
+        built = index.faiss_index()
+        index.search(probes[:20], 5, built)  # warm-up, and the PLDA speaker models computed once
+        times = []
+        for probe in probes:
+            start = time.perf_counter()
+            index.search(probe[None], 5, built)
+            times.append((time.perf_counter() - start) * 1000)
+        result[f"search_ms_{kind}"] = statistics.median(times)
+    return result
 
 
 def faiss_search(vectors: int = 1_000_000, dim: int = 192, queries: int = 1000, ef_search: int = 128) -> dict:
@@ -175,7 +205,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer utterances and 100,000 vectors")
     parser.add_argument("--vectors", type=int)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--search-cost", action="store_true", help="only the speaker search's cost per back end")
     args = parser.parse_args()
+    if args.search_cost:
+        r = search_cost()
+        print(f"speaker search, {r['search_speakers']} speakers, one query, top-5: " + ", ".join(
+            f"{kind} {r[f'search_ms_{kind}']:.3f} ms" for kind in ("none", "lda", "plda"))
+            + f"; plda {r['search_ms_plda'] / r['search_ms_lda']:.1f}x lda")
+        if args.json:
+            args.json.write_text(json.dumps(r, indent=2))
+        return
     r = run(args.quick, args.vectors)
     print(f"embedding (cpu preset): {r['embed_utt_per_s']:.1f} utt/s bucketed, {r['embed_one_by_one_utt_per_s']:.1f} "
           f"utt/s one by one ({r['embed_bucketing_speedup']:.2f}x)")

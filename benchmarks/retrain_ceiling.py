@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                        usual_trained_test_among_all=usual["trained_test_among_all"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| seed | newcomers retrained as classes: softmax | cosine (LDA) | enrolled without retraining: cosine (LDA) |"
+    print("\n| seed | newcomers retrained as classes: softmax | cosine (LDA) | enrolled without retraining: cosine (LDA) |"
           "\n|---|---|---|---|")
     for row in rows:
         usual = f"{row['usual_unseen_among_all']:.3f}" if "usual_unseen_among_all" in row else "-"

@@ -50,9 +50,10 @@ def embed(
     hnsw: bool = typer.Option(False, "--hnsw", help="HNSW index instead of exact search (large utterance indexes)."),
     batch: int = typer.Option(64, "--batch", help="Most utterances per forward pass (batches are also capped in frames)."),
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help="Scoring back end fitted on the training split and "
-                                "stored with the index: none, center (minus the mean) or lda (LDA + within-speaker whitening)."),
-    lda_dim: int = typer.Option(DEFAULT_LDA_DIM, "--lda-dim", help="lda: output dimension (at most speakers - 1)."),
-    score_norm: str = typer.Option(None, "--score-norm", help="What identify scores with by default: none (cosine) or "
+                                "stored with the index: none, center (minus the mean), lda (LDA + within-speaker whitening) or plda "
+                                "(lda, scored by PLDA log-likelihood ratio)."),
+    lda_dim: int = typer.Option(DEFAULT_LDA_DIM, "--lda-dim", help="lda, plda: output dimension (at most speakers - 1)."),
+    score_norm: str = typer.Option(None, "--score-norm", help="What identify scores with by default: none (the back end's own score) or "
                                    f"asnorm (adaptive s-norm against the stored cohort; --per speaker only). "
                                    f"Default: {DEFAULT_SCORE_NORM}."),
     cohort_size: int = typer.Option(DEFAULT_COHORT_SIZE, "--cohort-size", help="Most held-out utterances kept as the AS-norm cohort."),

@@ -147,7 +147,7 @@ def evaluate(
                          f"{v['trials']} trials")
     if "open_set" in report:
         o = report["open_set"]
-        lines.append(f"open set ({o['score_norm']}): threshold {o['value']:.3f} at FAR {o['target_far']:g} -> DIR "
+        lines.append(f"open set ({speaker_index.score_name(o['score_norm'])}): threshold {o['value']:.3f} at FAR {o['target_far']:g} -> DIR "
                      f"{o['dir']:.3f}, enrolled clips accepted {o['acceptance']:.3f}, top-1 {o['top1']:.3f}; EER "
                      f"threshold {o['eer_threshold']:.3f}" + (" (written to the index)" if calibrate else ""))
         if "impostors" in o:
@@ -164,7 +164,7 @@ def among_enrolled(index: SpeakerIndex, tested: LabelledEmbeddings, score_norm: 
         raise VoxaugError(f"speakers {missing[:5]} have test clips but are not enrolled in the index; enrol them first")
     answers = [ranked[0][0] for ranked in index.search(tested.embeddings, 1, score_norm=score_norm)]
     return {"among_enrolled": float(np.mean(np.array(answers) == tested.labels)), "enrolled": len(index.speakers),
-            "score": score_norm}
+            "score": index.score_name(score_norm)}
 
 
 def impostor_rejection(index: SpeakerIndex, strangers: LabelledEmbeddings, score_norm: str, threshold: float) -> dict:

@@ -1,4 +1,4 @@
-"""`voxaug identify --index FILE CLIP…`: cosine top-k speakers beside the softmax classifier's answer."""
+"""`voxaug identify --index FILE CLIP…`: the top-k enrolled speakers (PLDA or cosine) beside the softmax classifier's answer."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from voxaug.embeddings.identify import UNKNOWN, Identification, check_threshold
 
 def format_row(result: Identification) -> str:
     top = "  ".join(f"{speaker} {score:.3f}" for speaker, score in result.top)
-    score = "AS-norm" if result.score_norm == "asnorm" else "cosine"
+    score = {"asnorm": "AS-norm", "plda": "PLDA"}.get(result.score, result.score)
     return (f"{result.clip}\n  decision: {result.decision} (threshold {result.threshold:.3f}, {result.threshold_source})\n"
             f"  {score} top-{len(result.top)}: {top}\n"
             f"  softmax: {result.softmax_speaker} (p={result.softmax_prob:.3f})")
@@ -28,19 +28,20 @@ def identify(
     model: Path = ModelOption,
     top_k: int = typer.Option(5, "--top-k", help="How many speakers to list."),
     threshold: float = typer.Option(None, "--threshold", help="Score under which the decision is 'unknown' (default: "
-                                    "the one evaluate --calibrate stored in the index, else 0.5 cosine / 2.0 AS-norm)."),
-    score_norm: str = typer.Option(None, "--score-norm", help="none (cosine) or asnorm; default: what the index was built with."),
+                                    "the one evaluate --calibrate stored in the index, else 0.5 cosine / 0 PLDA / 2.0 AS-norm)."),
+    score_norm: str = typer.Option(None, "--score-norm", help="none (the back end's score: cosine, or PLDA) or asnorm; "
+                                   "default: what the index was built with."),
     cohort_top_k: int = typer.Option(None, "--cohort-top-k", help="AS-norm: top-K cohort scores (default: the index's)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
     device: str = DeviceOption,
 ) -> None:
-    """Identify each clip by its nearest enrolled speaker (cosine after the index's back end, or AS-norm),
-    with the classifier's own answer beside it."""
+    """Identify each clip by its nearest enrolled speaker (cosine after the index's back end, PLDA with a plda
+    back end, or AS-norm), with the classifier's own answer beside it."""
     if score_norm is not None:
         check_choice("--score-norm", score_norm, SCORE_NORMS)
     if cohort_top_k is not None:
         check_top_k(cohort_top_k)
-    check_threshold(threshold, score_norm or "asnorm")
+    check_threshold(threshold, None)  # finite here; its range depends on the index's score, checked once it is open
     from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
 
     model_path = chosen_model(ckpt, model)

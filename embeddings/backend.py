@@ -8,7 +8,9 @@ enrolment and every query and the score stays a cosine in the new space:
 - ``center``: minus the training mean (speaker-independent offsets cancel in the cosine);
 - ``lda``: centred, then projected by linear discriminant analysis (scikit-learn, Ledoit-Wolf
   shrinkage) onto the directions that separate speakers, scaled so that the within-speaker
-  covariance is the identity (WCCN whitening): session and content variation weigh less.
+  covariance is the identity (WCCN whitening): session and content variation weigh less;
+- ``plda``: the ``lda`` space, scored by a two-covariance PLDA fitted there (``voxaug.embeddings.plda``):
+  a log-likelihood ratio that knows how many clips each speaker was enrolled from, instead of a cosine.
 
 Adaptive score normalisation (AS-norm) uses a cohort of embeddings in the same space: a trial's
 score s(e, q) becomes ½[(s − μ_e)/σ_e + (s − μ_q)/σ_q], where μ and σ are the mean and standard
@@ -22,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from voxaug.embeddings.plda import Plda
 from voxaug.errors import VoxaugError
 
-BACKENDS = ("none", "center", "lda")
+BACKENDS = ("none", "center", "lda", "plda")
 SCORE_NORMS = ("none", "asnorm")
 BACKEND_VERSION = 1
 DEFAULT_LDA_DIM = 64
@@ -40,15 +43,28 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ScoringBackend:
-    """``apply`` maps (N, input_dim) embeddings to unit rows of (N, output_dim)."""
+    """``apply`` maps (N, input_dim) embeddings to unit rows of (N, output_dim), where ``pair_scores`` scores by
+    cosine or, for ``plda``, by PLDA log-likelihood ratio (``plda`` also scores speakers, see ``Plda``)."""
 
     kind: str = "none"
     mean: np.ndarray | None = None  # (E,)
     projection: np.ndarray | None = None  # (E, D)
+    plda: Plda | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKENDS:
             raise VoxaugError(f"--backend {self.kind!r} is not known; accepted: {', '.join(BACKENDS)}")
+
+    @property
+    def score_name(self) -> str:
+        """What a plain (not AS-normalised) score of this back end is: ``cosine`` or ``plda``."""
+        return "plda" if self.plda is not None else "cosine"
+
+    def pair_scores(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Score of each row pair (N,) of unit vectors in this back end's space, one clip on each side."""
+        if self.plda is not None:
+            return self.plda.pair_scores(first, second)
+        return np.einsum("ij,ij->i", np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64))
 
     def output_dim(self, input_dim: int) -> int:
         return input_dim if self.projection is None else int(self.projection.shape[1])
@@ -77,13 +93,16 @@ class ScoringBackend:
 
         speakers = len(set(np.asarray(labels).tolist()))
         if speakers < 3:
-            raise VoxaugError(f"--backend lda needs at least 3 training speakers, the data has {speakers}")
+            raise VoxaugError(f"--backend {kind} needs at least 3 training speakers, the data has {speakers}")
         if not isinstance(lda_dim, int) or lda_dim < 1:
             raise VoxaugError(f"--lda-dim must be a positive whole number, got {lda_dim!r}")
         dim = min(lda_dim, speakers - 1, embeddings.shape[1])
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dim)
         lda.fit(embeddings - mean, labels)
-        return cls("lda", mean.astype(np.float32), np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32))
+        fitted = cls("lda", mean.astype(np.float32), np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32))
+        if kind == "plda":
+            fitted = cls("plda", fitted.mean, fitted.projection, Plda.fit(fitted.apply(embeddings), np.asarray(labels)))
+        return fitted
 
     def to_json(self) -> dict:
         values: dict = {"version": BACKEND_VERSION, "kind": self.kind}
@@ -91,6 +110,8 @@ class ScoringBackend:
             values["mean"] = [float(v) for v in self.mean]
         if self.projection is not None:
             values["projection"] = [[float(v) for v in row] for row in self.projection]
+        if self.plda is not None:
+            values["plda"] = self.plda.to_json()
         return values
 
     @classmethod
@@ -101,12 +122,16 @@ class ScoringBackend:
                               f"{', '.join(BACKENDS)}")
         mean = _array(values.get("mean"), 1, where, "backend mean")
         projection = _array(values.get("projection"), 2, where, "backend projection")
-        needs = {"none": (False, False), "center": (True, False), "lda": (True, True)}[values["kind"]]
-        if (mean is not None, projection is not None) != needs:
+        plda = _plda(values.get("plda"), where)
+        needs = {"none": (False, False, False), "center": (True, False, False), "lda": (True, True, False),
+                 "plda": (True, True, True)}[values["kind"]]
+        if (mean is not None, projection is not None, plda is not None) != needs:
             raise VoxaugError(f"{where}: a {values['kind']!r} back end has the wrong arrays")
         if projection is not None and projection.shape[0] != mean.shape[0]:
             raise VoxaugError(f"{where}: back end projection has {projection.shape[0]} rows for a mean of {mean.shape[0]}")
-        return cls(values["kind"], mean, projection)
+        if plda is not None and plda.dim != projection.shape[1]:
+            raise VoxaugError(f"{where}: the PLDA model has dimension {plda.dim}, the projection {projection.shape[1]}")
+        return cls(values["kind"], mean, projection, plda)
 
 
 @dataclass
@@ -124,12 +149,15 @@ class Cohort:
             raise VoxaugError(f"cohort: {len(self.labels)} labels for vectors of shape {self.vectors.shape}")
 
     def stats(self, vectors: np.ndarray, exclude: list[str | None] | None = None, top_k: int | None = None,
-              also_exclude: list[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              also_exclude: list[str | None] | None = None, scores: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of each row's ``top_k`` highest cohort scores, (N,) each;
         ``exclude[i]`` (and ``also_exclude[i]``) name speakers whose cohort entries row i must not be
-        scored against: the enrolled speaker itself, or both sides of a trial."""
+        scored against: the enrolled speaker itself, or both sides of a trial. The scores are cosines of
+        ``vectors`` unless given (N, M), as a PLDA back end gives them."""
         top_k = min(top_k or self.top_k, len(self.labels))
-        scores = np.asarray(vectors, dtype=np.float32) @ self.vectors.T  # (N, M)
+        if scores is None:
+            scores = np.asarray(vectors, dtype=np.float32) @ self.vectors.T  # (N, M)
         if exclude is not None:
             cohort_labels = np.asarray(self.labels)
             own = np.zeros(scores.shape, dtype=bool)
@@ -181,6 +209,21 @@ def check_choice(option: str, value: str, accepted: tuple[str, ...]) -> str:
     if value not in accepted:
         raise VoxaugError(f"{option} {value!r} is not known; accepted: {', '.join(accepted)}")
     return value
+
+
+def _plda(values: object, where: str) -> Plda | None:
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise VoxaugError(f"{where}: back end 'plda' must be an object of arrays")
+    mean = _array(values.get("mean"), 1, where, "PLDA mean")
+    transform = _array(values.get("transform"), 2, where, "PLDA transform")
+    psi = _array(values.get("psi"), 1, where, "PLDA psi")
+    if mean is None or transform is None or psi is None:
+        raise VoxaugError(f"{where}: the PLDA model needs mean, transform and psi")
+    if transform.shape != (len(mean), len(mean)) or psi.shape != mean.shape or not (psi > 0).all():
+        raise VoxaugError(f"{where}: the PLDA model needs a square transform and positive psi of its mean's dimension")
+    return Plda(mean, transform, psi)
 
 
 def _array(values: object, ndim: int, where: str, what: str) -> np.ndarray | None:

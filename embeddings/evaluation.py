@@ -92,9 +92,9 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
 
 
 class TrialScorer:
-    """Scores trial pairs as cosines of the network's embeddings or, given an index, in its back end's
-    space, plain or AS-normalised against its cohort (both sides' speakers left out of the cohort, so a
-    trial is never normalised by its own clips)."""
+    """Scores trial pairs as cosines of the network's embeddings or, given an index, by its back end's
+    score (a cosine in its space, or PLDA), plain or AS-normalised against its cohort (both sides'
+    speakers left out of the cohort, so a trial is never normalised by its own clips)."""
 
     def __init__(self, index: SpeakerIndex | None = None, score_norm: str = "none", target_far: float = 0.01) -> None:
         if score_norm == "asnorm" and (index is None or index.cohort is None):
@@ -103,13 +103,15 @@ class TrialScorer:
 
     def __call__(self, first: LabelledEmbeddings, second: LabelledEmbeddings) -> dict:
         a, b = first.embeddings, second.embeddings
-        if self.index is not None:
+        if self.index is None:
+            scores = np.einsum("ij,ij->i", a, b)
+        else:
             a, b = self.index.to_space(a), self.index.to_space(b)
-        scores = np.einsum("ij,ij->i", a, b)
+            scores = self.index.backend.pair_scores(a, b)
         if self.score_norm == "asnorm":  # neither side's speaker may sit in the cohort that normalises the trial
             names_a, names_b = [str(x) for x in first.labels], [str(x) for x in second.labels]
-            stats_a = self.index.cohort.stats(a, exclude=names_a, also_exclude=names_b)
-            stats_b = self.index.cohort.stats(b, exclude=names_b, also_exclude=names_a)
+            stats_a = self.index.cohort.stats(a, exclude=names_a, also_exclude=names_b, scores=self.index.cohort_scores(a))
+            stats_b = self.index.cohort.stats(b, exclude=names_b, also_exclude=names_a, scores=self.index.cohort_scores(b))
             scores = 0.5 * ((scores - stats_a[0]) / stats_a[1] + (scores - stats_b[0]) / stats_b[1])
         return eer_and_min_dcf(scores, first.labels == second.labels, target_far=self.target_far)
 

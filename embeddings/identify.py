@@ -50,7 +50,8 @@ class Identification:
     softmax_speaker: str
     softmax_prob: float
     decision: str
-    score_norm: str = "none"
+    score: str = "cosine"
+    """What ``top``'s scores are: ``cosine``, ``plda`` (log-likelihood ratio) or ``asnorm``."""
     threshold: float = 0.5
     threshold_source: str = "default"
 
@@ -60,17 +61,18 @@ class Identification:
             "top": [{"speaker": s, "score": round(score, 6)} for s, score in self.top],
             "softmax": {"speaker": self.softmax_speaker, "prob": round(self.softmax_prob, 6)},
             "decision": self.decision,
-            "score": "asnorm" if self.score_norm == "asnorm" else "cosine",
+            "score": self.score,
             "threshold": {"value": round(self.threshold, 6), "source": self.threshold_source},
         }
 
 
-def check_threshold(threshold: float | None, score_norm: str = "none") -> float | None:
-    """A cosine threshold lies in [-1, 1]; an AS-norm one is any finite number."""
+def check_threshold(threshold: float | None, score: str | None = "cosine") -> float | None:
+    """A cosine threshold lies in [-1, 1]; a PLDA or AS-norm one is any finite number (``score`` None: not
+    known yet, only finiteness is checked)."""
     if threshold is None:
         return None
     if not math.isfinite(threshold):
         raise VoxaugError(f"--threshold must be a finite number, got {threshold}")
-    if score_norm == "none" and not -1.0 <= threshold <= 1.0:
+    if score == "cosine" and not -1.0 <= threshold <= 1.0:
         raise VoxaugError(f"--threshold is a cosine score in [-1, 1] (or pass --score-norm asnorm), got {threshold}")
     return threshold

@@ -8,8 +8,10 @@ embedding and answers by voting among the nearest neighbours.
 
 Vectors live in the space of the index's scoring back end (``voxaug.embeddings.backend``): ``add``
 and ``search`` take the network's embeddings and apply the stored back end themselves, so every
-enrolment and every query is scored the same way. With an AS-norm cohort, each enrolled speaker's
-cohort statistics are computed once, when it is enrolled, and a query costs one cohort product.
+enrolment and every query is scored the same way. FAISS finds the nearest speakers by cosine; a
+``plda`` back end re-scores them by PLDA log-likelihood ratio, from each speaker's mean and count.
+With an AS-norm cohort, each enrolled speaker's cohort statistics are computed once, when it is
+enrolled, and a query costs one cohort product.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from voxaug.embeddings.backend import SCORE_NORMS, Cohort, ScoringBackend, as_norm, check_choice
+from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_bytes, atomic_write_text, ensure_folder, fsync_dir, read_json
 
@@ -41,10 +44,11 @@ INDEX_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 """Version 2 adds the scoring back end, the AS-norm cohort and its statistics, and the calibration;
 a version-1 sidecar (none of these) still loads and scores plain cosines as before."""
-ASNORM_CANDIDATES = 200
-"""With AS-norm, the nearest speakers by cosine that are re-scored (all of them in smaller indexes)."""
-DEFAULT_THRESHOLDS = {"none": 0.5, "asnorm": 2.0}
-"""Decision thresholds used until ``evaluate --calibrate`` writes one: a cosine, or an AS-norm score."""
+RESCORED_CANDIDATES = 200
+"""With AS-norm or a PLDA back end, the nearest speakers by cosine that are re-scored (all of them in smaller indexes)."""
+DEFAULT_THRESHOLDS = {"cosine": 0.5, "plda": 0.0, "asnorm": 2.0}
+"""Decision thresholds used until ``evaluate --calibrate`` writes one, by score: a cosine, a PLDA log-likelihood
+ratio (0: same speaker and a stranger equally likely), or an AS-norm score."""
 MODES = ("speaker", "utterance")
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
@@ -92,6 +96,8 @@ class SpeakerIndex:
     """The threshold ``evaluate --calibrate`` chose: value, score_norm, target_far, source, date."""
     built: faiss.Index | None = field(default=None, repr=False, compare=False)
     """The FAISS index over ``vectors`` as loaded or last built; kept so an HNSW graph is not rebuilt on every load."""
+    plda_models: SpeakerModels | None = field(default=None, repr=False, compare=False)
+    """Every row's PLDA predictive distribution, computed on the first PLDA search after the rows last changed."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -115,13 +121,17 @@ class SpeakerIndex:
         if self.mode != "speaker":
             raise VoxaugError("--score-norm asnorm works on speaker indexes (--per speaker), not --per utterance")
 
+    def score_name(self, score_norm: str) -> str:
+        """What a search with ``score_norm`` returns: ``cosine``, ``plda`` (the back end's) or ``asnorm``."""
+        return "asnorm" if score_norm == "asnorm" else self.backend.score_name
+
     def threshold(self, score_norm: str, option: float | None = None) -> tuple[float, str]:
         """The decision threshold and where it came from: ``option``, ``calibrated`` or ``default``."""
         if option is not None:
             return float(option), "option"
         if self.calibration.get("score_norm") == score_norm and isinstance(self.calibration.get("value"), (int, float)):
             return float(self.calibration["value"]), "calibrated"
-        return DEFAULT_THRESHOLDS[score_norm], "default"
+        return DEFAULT_THRESHOLDS[self.score_name(score_norm)], "default"
 
     # ---- building --------------------------------------------------------------------------
     @property
@@ -158,13 +168,15 @@ class SpeakerIndex:
             self._drop_rows([row])
         mean = total / count
         norm = float(np.linalg.norm(mean))
-        self.built = None
+        self.built = self.plda_models = None
         centroid = (mean / norm).astype(np.float32)[None]
         self.vectors = np.concatenate([self.vectors, centroid])
         self.labels.append(speaker)
         self.counts[speaker], self.mean_norms[speaker] = count, norm
         if self.cohort is not None:
-            cohort_mean, cohort_std = self.cohort.stats(centroid, exclude=[speaker])
+            scores = self.backend.plda.speaker_scores(mean[None], np.array([count]), self.cohort.vectors).T \
+                if self.backend.plda is not None else None  # (1, M)
+            cohort_mean, cohort_std = self.cohort.stats(centroid, exclude=[speaker], scores=scores)
             self.cohort_stats[speaker] = [float(cohort_mean[0]), float(cohort_std[0])]
 
     def remove(self, speaker: str) -> None:
@@ -176,7 +188,7 @@ class SpeakerIndex:
         self.cohort_stats.pop(speaker, None)
 
     def _drop_rows(self, rows: list[int]) -> None:
-        self.built = None
+        self.built = self.plda_models = None
         keep = np.setdiff1d(np.arange(len(self.labels)), rows)
         self.vectors = self.vectors[keep]
         self.labels = [self.labels[i] for i in keep]
@@ -199,8 +211,9 @@ class SpeakerIndex:
     def search(self, queries: np.ndarray, top_k: int, index: faiss.Index | None = None,
                score_norm: str | None = None, cohort_top_k: int | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (speaker, score) per query of network embeddings, the score a cosine in the back end's
-        space or, with ``score_norm="asnorm"``, its AS-norm. In utterance mode speakers are ranked by
-        votes among the ``max(top_k, 10)`` nearest utterances, ties broken by their best cosine."""
+        space (a PLDA log-likelihood ratio with a ``plda`` back end) or, with ``score_norm="asnorm"``, its
+        AS-norm. In utterance mode speakers are ranked by votes among the ``max(top_k, 10)`` nearest
+        utterances, ties broken by their best score."""
         if top_k <= 0:
             raise VoxaugError(f"--top-k must be positive, got {top_k}")
         if not self.labels:
@@ -208,10 +221,14 @@ class SpeakerIndex:
         score_norm = check_choice("--score-norm", score_norm or self.score_norm, SCORE_NORMS)
         queries = self.to_space(queries, "queries")
         index = index or self.faiss_index()
-        if score_norm == "asnorm":
-            return self._search_asnorm(queries, top_k, index, cohort_top_k)
+        if score_norm == "asnorm" or (self.backend.plda is not None and self.mode == "speaker"):
+            return self._search_rescored(queries, top_k, index, score_norm, cohort_top_k)
         neighbours = min(len(self.labels), top_k if self.mode == "speaker" else max(top_k, 10))
         scores, rows = index.search(queries, neighbours)
+        if self.backend.plda is not None:  # utterance mode: each utterance is a speaker enrolled from that clip
+            found = np.maximum(rows, 0)
+            scores = self.backend.pair_scores(np.repeat(queries, rows.shape[1], axis=0),
+                                              self.vectors[found.ravel()]).reshape(rows.shape)
         results = []
         for score_row, id_row in zip(scores, rows):
             hits = [(self.labels[i], float(s)) for i, s in zip(id_row, score_row) if i >= 0]
@@ -219,31 +236,53 @@ class SpeakerIndex:
                 votes = Counter(label for label, _ in hits)
                 best: dict[str, float] = {}
                 for label, score in hits:
-                    best[label] = max(best.get(label, -1.0), score)
+                    best[label] = max(best.get(label, -math.inf), score)
                 ranked = sorted(votes, key=lambda label: (-votes[label], -best[label]))
                 hits = [(label, best[label]) for label in ranked]
             results.append(hits[:top_k])
         return results
 
-    def _search_asnorm(self, queries: np.ndarray, top_k: int, index: faiss.Index,
-                       cohort_top_k: int | None) -> list[list[tuple[str, float]]]:
-        """Re-score the nearest ``ASNORM_CANDIDATES`` speakers by AS-norm and rank them by it."""
-        self.check_asnorm()
-        candidates = min(len(self.labels), max(top_k, ASNORM_CANDIDATES))
-        scores, rows = index.search(queries, candidates)
-        query_stats = self.cohort.stats(queries, top_k=cohort_top_k)
+    def _search_rescored(self, queries: np.ndarray, top_k: int, index: faiss.Index, score_norm: str,
+                         cohort_top_k: int | None) -> list[list[tuple[str, float]]]:
+        """Re-score the nearest ``RESCORED_CANDIDATES`` speakers by cosine with the back end's own score
+        (PLDA) and, with ``asnorm``, normalise it; rank them by the result."""
+        if score_norm == "asnorm":
+            self.check_asnorm()
+            query_stats = self.cohort.stats(queries, top_k=cohort_top_k, scores=self.cohort_scores(queries))
+        candidates = min(len(self.labels), max(top_k, RESCORED_CANDIDATES))
+        cosines, rows = index.search(queries, candidates)
         results = []
-        for row, (score_row, id_row) in enumerate(zip(scores, rows)):
-            kept = id_row >= 0
-            names = [self.labels[i] for i in id_row[kept]]
-            model_stats = np.array([self.cohort_stats[name] for name in names], dtype=np.float64).T  # (2, C)
-            if cohort_top_k is not None and cohort_top_k != self.cohort.top_k:
-                model_stats = np.stack(self.cohort.stats(self.vectors[id_row[kept]], exclude=names, top_k=cohort_top_k))
-            normed = as_norm(score_row[kept][None], (query_stats[0][row : row + 1], query_stats[1][row : row + 1]),
-                             (model_stats[0], model_stats[1]))[0]
-            order = np.argsort(-normed, kind="stable")[:top_k]
-            results.append([(names[i], float(normed[i])) for i in order])
+        for row, (cosine_row, id_row) in enumerate(zip(cosines, rows)):
+            kept = id_row[id_row >= 0]
+            names = [self.labels[i] for i in kept]
+            scores = self.speaker_scores(queries[row : row + 1], kept)[0] if self.backend.plda is not None \
+                else cosine_row[id_row >= 0].astype(np.float64)
+            if score_norm == "asnorm":
+                model_stats = np.array([self.cohort_stats[name] for name in names], dtype=np.float64).T  # (2, C)
+                if cohort_top_k is not None and cohort_top_k != self.cohort.top_k:
+                    model_scores = self.speaker_scores(self.cohort.vectors, kept).T if self.backend.plda is not None else None
+                    model_stats = np.stack(self.cohort.stats(self.vectors[kept], exclude=names, top_k=cohort_top_k,
+                                                             scores=model_scores))
+                scores = as_norm(scores[None], (query_stats[0][row : row + 1], query_stats[1][row : row + 1]),
+                                 (model_stats[0], model_stats[1]))[0]
+            order = np.argsort(-scores, kind="stable")[:top_k]
+            results.append([(names[i], float(scores[i])) for i in order])
         return results
+
+    def speaker_scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """PLDA scores (N, len(rows)) of queries (in the back end's space) against the speakers at ``rows``, each
+        enrolled from its count of clips with mean ``norm * centroid``."""
+        if self.plda_models is None:
+            means = self.vectors * np.array([self.mean_norms[name] for name in self.labels], dtype=np.float32)[:, None]
+            self.plda_models = self.backend.plda.speaker_models(means, np.array([self.counts[name] for name in self.labels]))
+        return self.backend.plda.score(self.plda_models.rows(rows), queries)
+
+    def cohort_scores(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Scores (N, M) of vectors in the back end's space against each cohort utterance, for AS-norm's
+        statistics; ``None`` for cosines, which the cohort computes itself."""
+        if self.backend.plda is None or self.cohort is None:
+            return None
+        return self.backend.plda.speaker_scores(self.cohort.vectors, np.ones(len(self.cohort.labels)), vectors)
 
     # ---- storage ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -262,7 +301,7 @@ class SpeakerIndex:
         sidecar = {
             "format": INDEX_FORMAT,
             "version": INDEX_VERSION,
-            "metric": "cosine (inner product of unit vectors)",
+            "metric": "cosine (inner product of unit vectors)" + (", re-scored by PLDA" if self.backend.plda is not None else ""),
             "faiss": "IndexHNSWFlat" if self.hnsw else "IndexFlatIP",
             "per": self.mode,
             "dimension": self.dim,

@@ -25,7 +25,7 @@ from voxaug.embeddings.backend import (
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.errors import VoxaugError
 
-DEFAULT_BACKEND = "lda"
+DEFAULT_BACKEND = "plda"
 DEFAULT_SCORE_NORM = "none"
 DEFAULT_COHORT_SIZE = 2000
 

@@ -31,10 +31,13 @@ def test_targets_pass_and_each_failure_is_named():
 
 
 def test_identify_and_embedding_are_timed_with_torch_and_onnx_in_one_run():
-    from embed_bench import embedding_throughput, identify_latency
+    from embed_bench import embedding_throughput, identify_latency, search_cost
 
     latency = identify_latency(speakers=4, clips=4)
+    cost = search_cost(speakers=5, queries=3, dim=8)
+    assert cost["search_speakers"] == 5 and all(cost[f"search_ms_{kind}"] > 0 for kind in ("none", "lda", "plda"))
     assert latency["identify_speakers"] == 4 and latency["identify_ms_p50_onnx"] > 0 and latency["identify_ms_p50"] > 0
+    assert latency["identify_backend"] == "plda"
     throughput = embedding_throughput(count=4)
     assert throughput["embed_onnx_one_by_one_utt_per_s"] > 0 and throughput["embed_onnx_vs_torch_one_by_one"] > 0
 

@@ -78,7 +78,7 @@ def test_the_readme_shows_the_compact_back_end_ablation_and_an_unknown_view_is_r
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "<!-- results: backend_ablation.json compact -->" in readme
     compact = render_results.render("backend_ablation.json", "compact")
-    assert compact in readme and "| **lda** | **cosine** |" in compact
+    assert compact in readme and "| **plda** | **PLDA** |" in compact
     assert len(compact.splitlines()) == 2 + len(render_results.json.loads(
         (ROOT / "benchmarks" / "results" / "backend_ablation.json").read_text(encoding="utf-8"))["rows"])
     (tmp_path / "page.md").write_text("<!-- results: backend_ablation.json wide -->\n<!-- /results -->\n", encoding="utf-8")

@@ -125,7 +125,7 @@ def test_identify_json_schema_and_trained_speakers(built_index, tiny_synth):
     assert len(answers) == len(clips)
     for answer, clip in zip(answers, clips):
         assert set(answer) == {"clip", "top", "softmax", "decision", "score", "threshold"}
-        assert answer["score"] == "cosine" and answer["threshold"] == {"value": 0.5, "source": "default"}
+        assert answer["score"] == "plda" and answer["threshold"] == {"value": 0.0, "source": "default"}  # embed's default
         assert len(answer["top"]) == 3 and set(answer["top"][0]) == {"speaker", "score"}
         assert answer["top"][0]["score"] >= answer["top"][1]["score"] >= answer["top"][2]["score"]
         assert set(answer["softmax"]) == {"speaker", "prob"} and 0 <= answer["softmax"]["prob"] <= 1
@@ -138,11 +138,11 @@ def test_identify_json_schema_and_trained_speakers(built_index, tiny_synth):
 
 def test_threshold_gives_unknown(built_index, tiny_synth):
     clip = sorted((tiny_synth / "unseen" / "test").glob("*/*.pt"))[0]
-    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "1.0", "--score-norm",
-                    "none", "--device", "cpu", clip)
+    result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "1e6", "--score-norm",
+                    "none", "--device", "cpu", clip)  # a PLDA log-likelihood ratio, so not bounded like a cosine
     answer = json.loads(result.output)
-    assert answer["decision"] == "unknown" and answer["score"] == "cosine"
-    assert answer["threshold"] == {"value": 1.0, "source": "option"}
+    assert answer["decision"] == "unknown" and answer["score"] == "plda"
+    assert answer["threshold"] == {"value": 1e6, "source": "option"}
     result = invoke("identify", "--index", built_index / "spk.faiss", "--json", "--threshold", "100", "--score-norm",
                     "asnorm", "--device", "cpu", clip)
     answer = json.loads(result.output)

@@ -71,7 +71,7 @@ def test_asnorm_ranks_candidates_by_the_normalised_score():
 # ---- back ends and the sidecar ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["none", "center", "lda"])
+@pytest.mark.parametrize("kind", ["none", "center", "lda", "plda"])
 def test_backend_round_trips_through_the_sidecar(tmp_path, kind):
     vectors, labels = clustered()
     index = build_speaker_index(vectors, labels, None, "speaker", False, {"path": "m.pt", "sha256": "ab"}, {"n_mels": 40},
@@ -79,7 +79,7 @@ def test_backend_round_trips_through_the_sidecar(tmp_path, kind):
     path = tmp_path / "spk.faiss"
     index.save(path)
     loaded = SpeakerIndex.load(path)
-    assert loaded.backend.kind == kind and loaded.space_dim == (5 if kind == "lda" else 16)
+    assert loaded.backend.kind == kind and loaded.space_dim == (5 if kind in ("lda", "plda") else 16)
     assert loaded.score_norm == "none" and loaded.cohort is not None and set(loaded.cohort_stats) == set(labels)
     query = vectors[::7]
     for norm in ("none", "asnorm"):
@@ -127,7 +127,8 @@ def test_a_query_that_skips_the_back_end_is_refused():
 
 @pytest.mark.parametrize("edit, needle", [
     (lambda meta: meta["backend"].update(projection=[[1.0, 2.0]]), "projection"),
-    (lambda meta: meta["backend"].update(kind="plda"), "backend"),
+    (lambda meta: meta["backend"].update(kind="ivector"), "backend"),
+    (lambda meta: meta["backend"].update(kind="plda"), "'plda' back end has the wrong arrays"),
     (lambda meta: meta.update(score_norm="znorm"), "score_norm"),
     (lambda meta: meta["cohort_stats"].pop("s0"), "cohort_stats"),
     (lambda meta: meta["cohort"].update(vectors="many"), "cohort"),
@@ -241,7 +242,7 @@ def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_syn
 
 
 @pytest.mark.parametrize("command, needle", [
-    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--backend", "plda"], "--backend 'plda'"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--backend", "ivector"], "--backend 'ivector'"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--score-norm", "znorm"], "--score-norm 'znorm'"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--lda-dim", "0"], "--lda-dim"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--cohort-top-k", "1"], "--cohort-top-k"),

@@ -42,7 +42,7 @@ class SpeakerIndex:
         self.model = model
         self.score_norm = score_norm
         self.cohort_top_k = cohort_top_k
-        self.threshold_option = check_threshold(threshold, score_norm or data.score_norm)
+        self.threshold_option = check_threshold(threshold, data.score_name(score_norm or data.score_norm))
         if cohort_top_k is not None:
             check_top_k(cohort_top_k)
 
@@ -146,8 +146,8 @@ class SpeakerIndex:
         top = self.data.search(embedding[None], top_k, self.data.faiss_index(), score_norm, self.cohort_top_k)[0]
         best = int(np.argmax(probabilities))
         decision = top[0][0] if top and top[0][1] >= threshold else UNKNOWN
-        return Identification(label, top, self.model.speakers[best], float(probabilities[best]), decision, score_norm,
-                              threshold, source)
+        return Identification(label, top, self.model.speakers[best], float(probabilities[best]), decision,
+                              self.data.score_name(score_norm), threshold, source)
 
     def identify(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None, name: str | None = None) -> dict:
         """:meth:`identify_record` as the JSON object ``voxaug identify --json`` prints."""
