@@ -192,7 +192,7 @@ def augment_cost_table(result: dict) -> str:
 
 def hnsw_table(low: dict, high: dict) -> str:
     """HNSW efSearch sweep on speaker-shaped vectors: the LDA space beside the network's own."""
-    lines = [f"| efSearch | {low['dim']}-D (default LDA back end): ms/query | speed-up | recall@1 | "
+    lines = [f"| efSearch | {low['dim']}-D (LDA space, `lda` and `plda`): ms/query | speed-up | recall@1 | "
              f"{high['dim']}-D (`--backend none`): ms/query | speed-up | recall@1 |", "|---|---|---|---|---|---|---|"]
     for ef in low["sweep"]:
         cells = [f"{run['sweep'][ef][key]:{spec}}{unit}" for run in (low, high)
