@@ -94,6 +94,9 @@ class ScoringBackend:
         speakers = len(set(np.asarray(labels).tolist()))
         if speakers < 3:
             raise VoxaugError(f"--backend {kind} needs at least 3 training speakers, the data has {speakers}")
+        if len(embeddings) <= speakers:
+            raise VoxaugError(f"--backend {kind} needs more training utterances than speakers (some speaker with two), "
+                              f"got {len(embeddings)} of {speakers}; pass --backend center or none")
         if not isinstance(lda_dim, int) or lda_dim < 1:
             raise VoxaugError(f"--lda-dim must be a positive whole number, got {lda_dim!r}")
         dim = min(lda_dim, speakers - 1, embeddings.shape[1])

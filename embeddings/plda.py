@@ -52,8 +52,8 @@ class Plda:
         vectors, labels = np.asarray(vectors, dtype=np.float64), np.asarray(labels)
         names, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
         if len(names) < 2 or len(vectors) <= len(names):
-            raise VoxaugError(f"PLDA needs at least 2 speakers and more vectors than speakers, got "
-                              f"{len(vectors)} vectors of {len(names)}")
+            raise VoxaugError(f"--backend plda needs at least 2 speakers and more training utterances than speakers "
+                              f"(some speaker with two), got {len(vectors)} of {len(names)}; pass --backend lda")
         mean = vectors.mean(axis=0)
         centred = vectors - mean
         class_means = np.zeros((len(names), vectors.shape[1]))

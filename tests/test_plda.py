@@ -74,6 +74,8 @@ def test_fit_recovers_the_model_it_was_drawn_from():
 def test_fit_refuses_too_little_data():
     with pytest.raises(VoxaugError, match="at least 2 speakers"):
         Plda.fit(np.ones((3, 2)), np.array(["a", "a", "a"]))
+    with pytest.raises(VoxaugError, match="pass --backend lda"):  # one utterance per speaker: no within-speaker spread
+        Plda.fit(np.eye(3), np.array(["a", "b", "c"]))
 
 
 def clustered(speakers: int = 8, per: int = 12, dim: int = 16, seed: int = 0):
@@ -130,6 +132,13 @@ def test_an_utterance_plda_index_scores_each_utterance_as_its_own_speaker():
     rows = [i for i, label in enumerate(index.labels) if label == name]
     best = max(index.backend.pair_scores(space, index.vectors[[r]])[0] for r in rows)
     assert name == "s0" and score == pytest.approx(best, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lda", "plda"])
+def test_a_back_end_without_two_utterances_of_any_speaker_is_refused_in_words(kind):
+    vectors, labels = clustered(speakers=5, per=1)
+    with pytest.raises(VoxaugError, match=f"--backend {kind} needs more training utterances than speakers"):
+        ScoringBackend.fit(kind, vectors, np.array(labels))
 
 
 def test_plda_backend_fits_on_the_lda_space():
