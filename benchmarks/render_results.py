@@ -131,14 +131,17 @@ def openset_training_table(result: dict) -> str:
 
 def retrain_ceiling_table(result: dict) -> str:
     """Newcomers' test clips among everyone, per seed: a model retrained with them as classes against the usual
-    model with them enrolled."""
-    lines = ["| seed | retrained with the newcomers as classes: softmax | cosine (LDA) | its trained speakers' test clips "
-             "| enrolled without retraining: cosine (LDA) | its trained speakers' test clips |", "|---|---|---|---|---|---|"]
+    model with them enrolled, each scored by cosine after LDA and by PLDA."""
+    lines = ["| seed | retrained with the newcomers as classes: softmax | cosine (LDA) | PLDA | its trained speakers' test "
+             "clips, cosine / PLDA | enrolled without retraining: cosine (LDA) | PLDA | its trained speakers' test clips, "
+             "cosine / PLDA |", "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        usual = (f"{row['usual_unseen_among_all']:.3f} | {row['usual_trained_test_among_all']:.3f}"
-                 if "usual_unseen_among_all" in row else "- | -")
+        usual = (f"{row['usual_unseen_among_all']:.3f} | {row['usual_unseen_plda']:.3f} | "
+                 f"{row['usual_trained_test_among_all']:.3f} / {row['usual_trained_test_plda']:.3f}"
+                 if "usual_unseen_among_all" in row else "- | - | -")
         lines.append(f"| {row['seed']} | {row['unseen_softmax']:.3f} | {row['unseen_cosine_lda']:.3f} | "
-                     f"{row['trained_test_cosine_lda']:.3f} | {usual} |")
+                     f"{row['unseen_plda']:.3f} | {row['trained_test_cosine_lda']:.3f} / {row['trained_test_plda']:.3f} | "
+                     f"{usual} |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 

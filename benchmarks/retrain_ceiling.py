@@ -7,10 +7,12 @@ same recipe could do with the same clips is to train on them. For each seed this
    training utterance of a class of its own;
 2. trains ``voxaug train`` on the copy with the given steps and seed (the default recipe otherwise);
 3. identifies the newcomers' ``unseen/test`` clips among all the speakers it now knows: by the softmax
-   classifier (a closed set), and by cosine against each speaker's training-split centroid with the
-   default LDA back end, as ``embed --index`` builds the index;
+   classifier (a closed set), and by an index of each speaker's training split as ``embed --index``
+   builds it, scored by cosine after the LDA back end and by the default PLDA back end;
 4. with ``--compare RUN/best.pt`` (a model of the original folder, same steps and seed), scores the
-   usual way too: that model's index, the newcomers enrolled from the same clips.
+   usual way too: that model's index, the newcomers enrolled from the same clips, with both back ends.
+
+``--reuse`` keeps a ``run-seedS/best.pt`` already in the workdir instead of training it again.
 
     python benchmarks/retrain_ceiling.py demo/data --steps 2000 --seeds 2 --workdir ceiling --json ceiling.json
 """
@@ -62,20 +64,22 @@ def with_newcomers_as_classes(data: Path, out: Path) -> int:
 
 
 def ceiling(ckpt: Path, data: Path, newcomers_test: Path, cache: Path | None) -> dict:
-    """Newcomers' test clips among every class of a model trained with them: softmax and cosine (LDA index)."""
+    """Newcomers' test clips among every class of a model trained with them: softmax, cosine (LDA index) and PLDA."""
     found = embed_everything(ckpt, data, cache)
     loaded, train = found["model"], found["train"]
     store = PackedStore.open(ClipFolderSource(newcomers_test, loaded.frontend), cache, progress=False)
     tested = embed_store(loaded.model, store, np.arange(len(store)), torch.device("cpu"), progress=False)
     truth = np.array([store.speakers[i] for i in store.labels])
     softmax = np.array(loaded.speakers)[tested.probabilities.argmax(axis=1)]
-    index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
-                                loaded.config.seed, loaded.config.val_fraction, ScoringOptions("lda"))
-    cosine = np.array([ranked[0][0] for ranked in index.search(tested.embeddings, 1)])
-    trained = np.array([ranked[0][0] for ranked in index.search(found["test"].embeddings, 1)])
-    return {"classes": len(loaded.speakers), "unseen_softmax": float((softmax == truth).mean()),
-            "unseen_cosine_lda": float((cosine == truth).mean()),
-            "trained_test_cosine_lda": float((trained == found["test"].labels).mean())}
+    result = {"classes": len(loaded.speakers), "unseen_softmax": float((softmax == truth).mean())}
+    for backend, key in (("lda", "cosine_lda"), ("plda", "plda")):
+        index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
+                                    loaded.config.seed, loaded.config.val_fraction, ScoringOptions(backend))
+        answers = np.array([ranked[0][0] for ranked in index.search(tested.embeddings, 1)])
+        trained = np.array([ranked[0][0] for ranked in index.search(found["test"].embeddings, 1)])
+        result.update({f"unseen_{key}": float((answers == truth).mean()),
+                       f"trained_test_{key}": float((trained == found["test"].labels).mean())})
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, nargs="*", default=[],
                         help="best.pt of models trained on DATA itself, one per seed in order")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--reuse", action="store_true", help="keep a run-seedS/best.pt already in the workdir")
     args = parser.parse_args(argv)
     copy = args.workdir / "data"
     added = with_newcomers_as_classes(args.data, copy)
@@ -96,23 +101,30 @@ def main(argv: list[str] | None = None) -> int:
     for offset in range(args.seeds):
         seed = args.first_seed + offset
         run = args.workdir / f"run-seed{seed}"
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "voxaug", "train", str(copy), "--out", str(run), "--steps", str(args.steps),
-                        "--eval-every", "200", "--seed", str(seed), "--device", "cpu", "--quiet",
-                        "--cache-dir", str(args.workdir / "cache")], check=True)
-        row = {"seed": seed, "train_s": round(time.perf_counter() - started),
-               **ceiling(run / "best.pt", copy, args.data / "unseen" / "test", args.workdir / "cache")}
+        row: dict = {"seed": seed}
+        if not (args.reuse and (run / "best.pt").is_file()):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "voxaug", "train", str(copy), "--out", str(run), "--steps",
+                            str(args.steps), "--eval-every", "200", "--seed", str(seed), "--device", "cpu", "--quiet",
+                            "--cache-dir", str(args.workdir / "cache")], check=True)
+            row["train_s"] = round(time.perf_counter() - started)
+        row.update(ceiling(run / "best.pt", copy, args.data / "unseen" / "test", args.workdir / "cache"))
         if offset < len(args.compare):
-            usual = run_arm(embed_everything(args.compare[offset], args.data, args.workdir / "cache"), "lda", "none", 0.01)
+            found = embed_everything(args.compare[offset], args.data, args.workdir / "cache")
+            usual, usual_plda = (run_arm(found, backend, "none", 0.01) for backend in ("lda", "plda"))
             row.update(compare=str(args.compare[offset]), usual_unseen_among_all=usual["unseen_among_all"],
-                       usual_trained_test_among_all=usual["trained_test_among_all"])
+                       usual_trained_test_among_all=usual["trained_test_among_all"],
+                       usual_unseen_plda=usual_plda["unseen_among_all"],
+                       usual_trained_test_plda=usual_plda["trained_test_among_all"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| seed | newcomers retrained as classes: softmax | cosine (LDA) | enrolled without retraining: cosine (LDA) |"
-          "\n|---|---|---|---|")
+    print("\n| seed | newcomers retrained as classes: softmax | cosine (LDA) | PLDA | enrolled without retraining: "
+          "cosine (LDA) | PLDA |\n|---|---|---|---|---|---|")
     for row in rows:
-        usual = f"{row['usual_unseen_among_all']:.3f}" if "usual_unseen_among_all" in row else "-"
-        print(f"| {row['seed']} | {row['unseen_softmax']:.3f} | {row['unseen_cosine_lda']:.3f} | {usual} |")
+        usual = (f"{row['usual_unseen_among_all']:.3f} | {row['usual_unseen_plda']:.3f}"
+                 if "usual_unseen_among_all" in row else "- | -")
+        print(f"| {row['seed']} | {row['unseen_softmax']:.3f} | {row['unseen_cosine_lda']:.3f} | "
+              f"{row['unseen_plda']:.3f} | {usual} |")
     if args.json:
         args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
                                          f"{platform.platform()}", "data": str(args.data), "steps": args.steps,

@@ -52,8 +52,8 @@ class Plda:
         vectors, labels = np.asarray(vectors, dtype=np.float64), np.asarray(labels)
         names, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
         if len(names) < 2 or len(vectors) <= len(names):
-            raise VoxaugError(f"--backend plda needs at least 2 speakers and more training utterances than speakers "
-                              f"(some speaker with two), got {len(vectors)} of {len(names)}; pass --backend lda")
+            raise VoxaugError(f"PLDA needs at least 2 speakers and more vectors than speakers (some speaker with two), "
+                              f"got {len(vectors)} of {len(names)}")
         mean = vectors.mean(axis=0)
         centred = vectors - mean
         class_means = np.zeros((len(names), vectors.shape[1]))
@@ -92,9 +92,8 @@ class Plda:
         """Log-likelihood ratios (N queries, C speakers): log N(q; predictive) - log N(q; population), expanded
         so that both terms are products with the query and its square."""
         queries = self.project(queries)  # (N, D)
-        psi = self.psi.astype(np.float64)
-        population = -0.5 * ((queries**2 / (1 + psi)).sum(axis=1) + np.log(1 + psi).sum())
-        return (queries**2) @ models.square.T + queries @ models.linear.T + models.constant - population[:, None]
+        return (queries**2) @ models.square.T + queries @ models.linear.T + models.constant \
+            - self._population(queries)[:, None]
 
     def speaker_scores(self, means: np.ndarray, counts: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Log-likelihood ratios (N queries, C speakers) of each query against each speaker enrolled from
@@ -102,14 +101,17 @@ class Plda:
         return self.score(self.speaker_models(means, counts), queries)
 
     def pair_scores(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Log-likelihood ratio of each row pair (N,) being one speaker, one vector each (symmetric)."""
-        first, second = self.project(first), self.project(second)
-        psi = self.psi.astype(np.float64)
-        shrunk = psi / (psi + 1) * first
-        variance = 1 + psi / (psi + 1)
-        same = -0.5 * (((second - shrunk) ** 2 / variance).sum(axis=1) + np.log(variance).sum())
-        population = -0.5 * ((second**2 / (1 + psi)).sum(axis=1) + np.log(1 + psi).sum())
-        return same - population
+        """Log-likelihood ratio of each row pair (N,) being one speaker, one vector each (symmetric): ``score``
+        of ``second[i]`` against ``first[i]`` enrolled alone, row by row rather than every pair."""
+        models = self.speaker_models(first, np.ones(len(first)))
+        queries = self.project(second)
+        return ((queries**2 * models.square).sum(axis=1) + (queries * models.linear).sum(axis=1) + models.constant
+                - self._population(queries))
+
+    def _population(self, projected: np.ndarray) -> np.ndarray:
+        """log N(q; 0, 1 + psi) of projected queries (N,), the denominator of every ratio."""
+        variance = 1 + self.psi.astype(np.float64)
+        return -0.5 * ((projected**2 / variance).sum(axis=1) + np.log(variance).sum())
 
     def to_json(self) -> dict:
         return {"mean": [float(v) for v in self.mean], "psi": [float(v) for v in self.psi],

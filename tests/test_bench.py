@@ -155,6 +155,7 @@ def test_retrain_ceiling_makes_each_newcomer_a_class_the_model_can_name(tiny_syn
     result = retrain_ceiling.ceiling(tmp_path / "run" / "best.pt", copy, tiny_synth / "unseen" / "test", None)
     assert result["classes"] == len(metadata["speakers"])
     assert all(0 <= result[key] <= 1 for key in ("unseen_softmax", "unseen_cosine_lda", "trained_test_cosine_lda"))
+    assert all(0 <= result[key] <= 1 for key in ("unseen_plda", "trained_test_plda"))
 
 
 def test_asnorm_cohort_sweep_scores_unseen_trials_against_every_cohort(trained_run, tiny_synth, tmp_path, capsys):

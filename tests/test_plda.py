@@ -74,7 +74,7 @@ def test_fit_recovers_the_model_it_was_drawn_from():
 def test_fit_refuses_too_little_data():
     with pytest.raises(VoxaugError, match="at least 2 speakers"):
         Plda.fit(np.ones((3, 2)), np.array(["a", "a", "a"]))
-    with pytest.raises(VoxaugError, match="pass --backend lda"):  # one utterance per speaker: no within-speaker spread
+    with pytest.raises(VoxaugError, match="more vectors than speakers"):  # one vector per speaker: no within-speaker spread
         Plda.fit(np.eye(3), np.array(["a", "b", "c"]))
 
 
