@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from voxaug.errors import VoxaugError
 
@@ -67,6 +69,41 @@ def clean_errors(function: F) -> F:
             raise fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click's UsageError (an unknown option, a value of the wrong type, a missing argument), but not the
+    request for help that a bare ``voxaug`` raises. By name: Typer vendors Click in its newer releases."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return "UsageError" in names and "NoArgsIsHelpError" not in names
+
+
+@contextlib.contextmanager
+def _usage_errors_in_one_line() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        context = getattr(exc, "ctx", None)
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        if context is None:
+            raise fail(message) from None
+        raise fail(f"{context.command_path}: {message} (see {context.command_path} --help)") from None
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The app's command group: a usage error is one ``error:`` line and exit 2, as every other bad input is,
+    instead of Typer's boxed usage text. Parsing happens in ``make_context`` (the group's options) and in
+    ``invoke`` (the command's), so both are covered."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _usage_errors_in_one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_errors_in_one_line():
+            return super().invoke(ctx)
 
 
 CacheOption = typer.Option(None, "--cache-dir", help="Packed feature store folder (default $VOXAUG_CACHE or ~/.cache/voxaug).")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import typer
 
 from voxaug.cli import embed, enroll, evaluate, export, identify, plot, predict, synth, train
-from voxaug.cli.common import set_debug
+from voxaug.cli.common import OneLineUsageErrors, set_debug
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -253,6 +253,11 @@ def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_syn
     (["evaluate", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--index", "INDEX", "--target-far", "1.5"], "--target-far"),
     (["evaluate", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--calibrate"], "pass --index"),
     (["evaluate", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--index", "INDEX", "--score-norm", "x"], "--score-norm 'x'"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--lda-dim", "many"], "'--lda-dim'"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--cohort-size", "1e3x"], "'--cohort-size'"),
+    (["identify", "--index", "INDEX", "--threshold", "high", "CLIP"], "'--threshold'"),
+    (["identify", "--index", "INDEX", "--cohort-top-k", "twenty", "CLIP"], "'--cohort-top-k'"),
+    (["evaluate", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--index", "INDEX", "--target-far", "1%"], "'--target-far'"),
 ])
 def test_bad_scoring_options_are_refused_in_one_line(calibrated, trained_run, tiny_synth, tmp_path, command, needle):
     _, index, _ = calibrated

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -70,6 +71,23 @@ def test_predict_writes_ids_in_testdata_order(tiny_synth, trained_run, tmp_path)
     assert all(r[1] in set(truth.values()) for r in rows[1:])
     correct = sum(truth[r[0]] == r[1] for r in rows[1:])
     assert correct / len(order) > 2 / TINY_SYNTH.speakers
+
+
+@pytest.mark.parametrize("arguments, needle", [
+    (["identify", "--index", "spk.faiss", "--top-k", "three", "clip.pt"], "voxaug identify: Invalid value for '--top-k'"),
+    (["identify", "--index", "spk.faiss", "--thresh", "0.5", "clip.pt"], "No such option: --thresh"),
+    (["embed", "--ckpt", "best.pt"], "voxaug embed: Missing argument"),
+    (["enrol"], "No such command 'enrol'"),
+])
+def test_usage_errors_are_one_line_naming_the_command(arguments, needle):
+    result = runner.invoke(app, arguments, prog_name="voxaug")
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ") and needle in result.output, result.output
+
+
+def test_a_bare_voxaug_still_shows_the_commands():
+    result = runner.invoke(app, [], prog_name="voxaug")
+    assert "Usage: voxaug" in result.output and "identify" in result.output and "error:" not in result.output
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
