@@ -248,9 +248,11 @@ class SpeakerIndex:
         (PLDA) and, with ``asnorm``, normalise it; rank them by the result."""
         if score_norm == "asnorm":
             self.check_asnorm()
-            query_stats = self.cohort.stats(queries, top_k=cohort_top_k, scores=self.cohort_scores(queries))
         candidates = min(len(self.labels), max(top_k, RESCORED_CANDIDATES))
         cosines, rows = index.search(queries, candidates)
+        if score_norm == "asnorm":
+            query_stats = self.cohort.stats(queries, top_k=cohort_top_k, scores=self.cohort_scores(queries))
+            model_stats = self._model_cohort_stats(np.unique(rows[rows >= 0]), cohort_top_k)  # (2, every row)
         results = []
         for row, (cosine_row, id_row) in enumerate(zip(cosines, rows)):
             kept = id_row[id_row >= 0]
@@ -258,16 +260,24 @@ class SpeakerIndex:
             scores = self.speaker_scores(queries[row : row + 1], kept)[0] if self.backend.plda is not None \
                 else cosine_row[id_row >= 0].astype(np.float64)
             if score_norm == "asnorm":
-                model_stats = np.array([self.cohort_stats[name] for name in names], dtype=np.float64).T  # (2, C)
-                if cohort_top_k is not None and cohort_top_k != self.cohort.top_k:
-                    model_scores = self.speaker_scores(self.cohort.vectors, kept).T if self.backend.plda is not None else None
-                    model_stats = np.stack(self.cohort.stats(self.vectors[kept], exclude=names, top_k=cohort_top_k,
-                                                             scores=model_scores))
                 scores = as_norm(scores[None], (query_stats[0][row : row + 1], query_stats[1][row : row + 1]),
-                                 (model_stats[0], model_stats[1]))[0]
+                                 (model_stats[0][kept], model_stats[1][kept]))[0]
             order = np.argsort(-scores, kind="stable")[:top_k]
             results.append([(names[i], float(scores[i])) for i in order])
         return results
+
+    def _model_cohort_stats(self, rows: np.ndarray, cohort_top_k: int | None) -> np.ndarray:
+        """AS-norm statistics (2, len(labels)) of the speakers at ``rows`` (the others left NaN): those stored at
+        enrolment or, for another ``cohort_top_k``, computed here once for every query of the search."""
+        stats = np.full((2, len(self.labels)), np.nan)
+        names = [self.labels[i] for i in rows]
+        if cohort_top_k is None or cohort_top_k == self.cohort.top_k:
+            stats[:, rows] = np.array([self.cohort_stats[name] for name in names], dtype=np.float64).T
+        else:
+            scores = self.speaker_scores(self.cohort.vectors, rows).T if self.backend.plda is not None else None
+            stats[:, rows] = np.stack(self.cohort.stats(self.vectors[rows], exclude=names, top_k=cohort_top_k,
+                                                        scores=scores))
+        return stats
 
     def speaker_scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """PLDA scores (N, len(rows)) of queries (in the back end's space) against the speakers at ``rows``, each

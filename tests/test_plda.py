@@ -123,6 +123,30 @@ def test_asnorm_on_a_plda_index_normalises_plda_scores():
     assert normed == pytest.approx(0.5 * ((raw - top.mean()) / top.std() + (raw - model_mean) / model_std), rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["lda", "plda"])
+def test_asnorm_with_another_cohort_top_k_normalises_each_candidate_by_its_own_statistics(kind):
+    vectors, labels = clustered()
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25,
+                                ScoringOptions(kind, lda_dim=5, cohort_top_k=4))
+    queries = vectors[::7]  # several queries, so the statistics serve each of them
+    hits = index.search(queries, 3, score_norm="asnorm", cohort_top_k=6)
+    space = index.to_space(queries)
+    for query, ranked in zip(space, hits):
+        for name, normed in ranked:
+            row = index.labels.index(name)
+            if kind == "plda":
+                raw = index.speaker_scores(query[None], np.array([row]))[0, 0]
+                query_scores = index.cohort_scores(query[None])
+                model_scores = index.speaker_scores(index.cohort.vectors, np.array([row])).T
+            else:
+                raw, query_scores, model_scores = float(query @ index.vectors[row]), None, None
+            query_mean, query_std = index.cohort.stats(query[None], top_k=6, scores=query_scores)
+            model_mean, model_std = index.cohort.stats(index.vectors[[row]], exclude=[name], top_k=6, scores=model_scores)
+            expected = 0.5 * ((raw - query_mean[0]) / query_std[0] + (raw - model_mean[0]) / model_std[0])
+            assert normed == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert hits != index.search(queries, 3, score_norm="asnorm")  # K 6 is not the stored K 4
+
+
 def test_an_utterance_plda_index_scores_each_utterance_as_its_own_speaker():
     vectors, labels = clustered()
     index = build_speaker_index(vectors, labels, None, "utterance", False, {}, {}, 0, 0.25,
