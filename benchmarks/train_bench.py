@@ -2,9 +2,11 @@
 the homework's Boss code at the same model size and batch, timed interleaved, and batch loading from
 the packed store against per-file torch.load. ``benchmarks/bench.py`` imports these functions.
 
-    python benchmarks/train_bench.py [--preset cpu] [--data DIR] [--steps N] [--json FILE]
+    python benchmarks/train_bench.py [--preset cpu] [--data DIR] [--steps N] [--device cpu|cuda] [--json FILE]
 
-Prints measured numbers and ratios; nothing is hard-coded.
+On CUDA voxaug's step runs with mixed precision (its default) and, as a third arm, in float32
+(--no-amp); the homework's loop runs as it was written, in float32, on the same card. Each timed
+step ends with a CUDA synchronize. Prints measured numbers and ratios; nothing is hard-coded.
 """
 
 from __future__ import annotations
@@ -66,13 +68,21 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], reps: int, warmu
     return {label: statistics.median(values) for label, values in times.items()}
 
 
-def make_trainer(data: Path, run_dir: Path, cache_dir: Path, preset: str = "cpu", batch: int | None = None) -> Trainer:
-    """voxaug's own Trainer on the CPU with the preset's settings and the default augmentation;
-    ``trainer.train_step`` is the step users run (nothing is written to ``run_dir`` before ``fit``)."""
+def make_trainer(data: Path, run_dir: Path, cache_dir: Path, preset: str = "cpu", batch: int | None = None,
+                 device: str = "cpu", amp: bool = True) -> Trainer:
+    """voxaug's own Trainer with the preset's settings and the default augmentation; ``trainer.train_step``
+    is the step users run (nothing is written to ``run_dir`` before ``fit``)."""
     config = create_config(preset)
-    config.device = "cpu"
+    config.device = device
+    config.amp = amp
     config.batch = batch or config.batch
     return Trainer(config, data, run_dir, cache_dir=cache_dir, progress=False)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so that a timed step includes it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def voxaug_step(trainer: Trainer) -> Callable[[], None]:
@@ -81,17 +91,18 @@ def voxaug_step(trainer: Trainer) -> Callable[[], None]:
     def step() -> None:
         if trainer.train_step() is None:
             raise RuntimeError("the benchmark's training loss was not finite")
+        synchronize(trainer.device.type)
 
     return step
 
 
-def reference_step(data: Path, preset: str, batch: int, n_speakers: int) -> Callable[[], None]:
+def reference_step(data: Path, preset: str, batch: int, n_speakers: int, device: str = "cpu") -> Callable[[], None]:
     """One step of the homework's loop (DataLoader of torch.load, Conformer, AdMSoftmax, AdamW) at
-    the preset's model size, batch and segment length."""
+    the preset's model size, batch and segment length, on ``device`` in float32 as the homework ran it."""
     config = create_config(preset)
     m = config.model
     torch.manual_seed(0)
-    model = Classifier(m.d_model, n_speakers, m.num_heads, m.ffn_dim, m.num_layers, m.kernel_size, m.dropout)
+    model = Classifier(m.d_model, n_speakers, m.num_heads, m.ffn_dim, m.num_layers, m.kernel_size, m.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     loader = torch.utils.data.DataLoader(HW4Dataset(data, config.segment), batch_size=batch, shuffle=True,
                                          drop_last=True, collate_fn=collate_batch)
@@ -104,27 +115,36 @@ def reference_step(data: Path, preset: str, batch: int, n_speakers: int) -> Call
         except StopIteration:
             iterator = iter(loader)
             mels, labels = next(iterator)
-        loss = model(mels, labels)
+        loss = model(mels.to(device), labels.to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        synchronize(device)
 
     return step
 
 
 def compare_training(data: Path, workdir: Path, preset: str = "cpu", batch: int | None = None,
-                     reps: int = 20) -> tuple[dict, Trainer]:
-    """voxaug's training step against the homework loop, interleaved; also returns the trainer (its store)."""
-    trainer = make_trainer(data, workdir / "run", workdir / "cache", preset, batch)
+                     reps: int = 20, device: str = "cpu") -> tuple[dict, Trainer]:
+    """voxaug's training step against the homework loop, interleaved; also returns the trainer (its store).
+    On CUDA a float32 voxaug arm (``--no-amp``) runs in the same rotation."""
+    trainer = make_trainer(data, workdir / "run", workdir / "cache", preset, batch, device)
     batch = trainer.config.batch
-    medians = interleaved_medians({"voxaug": voxaug_step(trainer),
-                                   "reference": reference_step(data, preset, batch, len(trainer.speakers))}, reps)
+    arms = {"voxaug": voxaug_step(trainer),
+            "reference": reference_step(data, preset, batch, len(trainer.speakers), device)}
+    if device == "cuda":
+        fp32 = make_trainer(data, workdir / "run_fp32", workdir / "cache", preset, batch, device, amp=False)
+        arms["voxaug_fp32"] = voxaug_step(fp32)
+    medians = interleaved_medians(arms, reps)
     ours, reference = medians["voxaug"], medians["reference"]
-    result = {"preset": preset, "batch": batch, "segment": trainer.config.segment,
+    result = {"preset": preset, "device": device, "batch": batch, "segment": trainer.config.segment,
               "augment": ",".join(trainer.pipeline.names) or "none", "train_reps": reps,
               "train_step_s": ours, "reference_step_s": reference,
               "train_utt_per_s": batch / ours, "reference_train_utt_per_s": batch / reference,
               "train_speedup": reference / ours}
+    if "voxaug_fp32" in medians:
+        result.update(fp32_step_s=medians["voxaug_fp32"], fp32_train_utt_per_s=batch / medians["voxaug_fp32"],
+                      amp_speedup=medians["voxaug_fp32"] / ours)
     return result, trainer
 
 
@@ -141,10 +161,11 @@ def loading_seconds(store: PackedStore, data: Path, batch: int, segment: int, re
     return packed, _time_steps(per_file, repeats)
 
 
-def run(data: Path | None = None, preset: str = "cpu", batch: int = 32, steps: int = 20, quick: bool = False) -> dict:
+def run(data: Path | None = None, preset: str = "cpu", batch: int = 32, steps: int = 20, quick: bool = False,
+        device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = ensure_data(data, Path(tmp))
-        result, trainer = compare_training(data, Path(tmp), preset, batch, steps)
+        result, trainer = compare_training(data, Path(tmp), preset, batch, steps, device)
         packed, per_file = loading_seconds(trainer.store, data, batch, trainer.config.segment, 10 if quick else 50)
     return {
         **result,
@@ -162,12 +183,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = run(args.data, args.preset, args.batch, 5 if args.quick else args.steps, args.quick)
+    result = run(args.data, args.preset, args.batch, 5 if args.quick else args.steps, args.quick, args.device)
     print(f"training step, preset {result['preset']}, batch {result['batch']}, augment {result['augment']}, "
-          f"{result['threads']} threads, interleaved")
+          f"{args.device}, {result['threads']} threads, interleaved")
     print(f"  voxaug     {result['train_step_s'] * 1000:8.1f} ms/step  {result['train_utt_per_s']:8.1f} utt/s")
+    if "fp32_step_s" in result:
+        print(f"  voxaug fp32{result['fp32_step_s'] * 1000:8.1f} ms/step  {result['fp32_train_utt_per_s']:8.1f} utt/s"
+              f"  (mixed precision {result['amp_speedup']:.2f}x)")
     print(f"  homework   {result['reference_step_s'] * 1000:8.1f} ms/step  {result['reference_train_utt_per_s']:8.1f} utt/s")
     print(f"  speed-up   {result['train_speedup']:.2f}x")
     print("batch loading")

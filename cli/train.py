@@ -58,6 +58,8 @@ def train(
     val_fraction: float = typer.Option(None, help="Fraction of each speaker's utterances held out for validation."),
     seed: int = typer.Option(None, help="Seed for the split, sampling, augmentation and initialisation."),
     device: str = typer.Option(None, help="auto (CUDA with mixed precision if present, else CPU), cpu or cuda."),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (float16) on CUDA; --no-amp trains in "
+                             "float32 there too (default --amp; the CPU always uses float32)."),
     model: str = typer.Option(None, "--model", help="conformer or transformer-mean (the homework's sample)."),
     d_model: int = typer.Option(None, help="Model width."),
     layers: int = typer.Option(None, help="Encoder layers."),
@@ -89,7 +91,7 @@ def train(
     augment_names = parse_names(augment) if augment is not None else None
     overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
                      margin_warmup=margin_warmup, segment=segment, eval_every=eval_every,
-                     val_fraction=val_fraction, seed=seed, device=device)
+                     val_fraction=val_fraction, seed=seed, device=device, amp=amp)
     model_overrides = {k: v for k, v in dict(kind=model, d_model=d_model, num_layers=layers, num_heads=heads,
                                              embedding_dim=embedding_dim, scale=scale, margin=margin,
                                              input_norm=input_norm).items() if v is not None}
@@ -130,7 +132,7 @@ def train(
     best = "n/a" if summary.best_val_acc is None else f"{summary.best_val_acc:.4f} at step {summary.best_step}"
     val = "n/a" if summary.val_acc is None else f"{summary.val_acc:.4f}"
     gap = "n/a" if summary.gap is None else f"{summary.gap:+.4f}"
-    ranks = f" on {context.world_size} processes" if context.active else ""
+    ranks = f" on {context.world_size} process{'es' if context.world_size > 1 else ''}" if context.active else ""
     typer.echo(
         f"done: {summary.steps} steps{ranks} in {summary.elapsed_s:.0f}s | augment: {','.join(trainer.pipeline.names) or 'none'}\n"
         f"  clean train acc {summary.train_acc:.4f} | val acc {val} | gap (train - val) {gap}\n"

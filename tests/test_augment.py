@@ -297,6 +297,7 @@ def test_trainer_step_uses_the_pipeline_and_counts_dominant_labels(tiny_synth, t
     assert calls and result is not None and 0.0 <= result[1] <= 1.0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ALL)
 def test_runs_on_the_batch_device_with_a_device_generator(name):

@@ -1,5 +1,6 @@
 """torchrun on CPU (gloo, 2 processes): DDP training writes one run from rank 0 while the ranks draw
-different utterances, resumes exactly, and sharded embedding writes what one process writes."""
+different utterances, resumes exactly, and sharded embedding writes what one process writes; with one
+process it still goes through the process group and trains exactly as a plain run."""
 
 from __future__ import annotations
 
@@ -27,17 +28,18 @@ from voxaug.train import TRACE_ENV, TRACE_FILE
 from hw4_factory import make_hw4
 
 runner = CliRunner()
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxaug"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 # warm-up longer than the run: the learning rate of a step does not depend on --steps, so a run
 # stopped at step 4 and resumed to 6 must match one run straight to 6
 TINY_DDP = ["--eval-every", "2", "--batch", "8", "--segment", "64", "--d-model", "32", "--layers", "1", "--heads", "2",
             "--embedding-dim", "32", "--warmup", "100", "--lr", "0.01", "--augment", "specaug,mixup", "--device", "cpu"]
 
 
-def torchrun(*args: object, trace: int = 0) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --standalone --nproc_per_node=2 -m voxaug ARGS``, checked."""
+def torchrun(*args: object, trace: int = 0, processes: int = 2) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=N -m voxaug ARGS``, checked."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", TRACE_ENV: str(trace)}
-    result = subprocess.run([*TORCHRUN, *map(str, args)], capture_output=True, text=True, env=env, timeout=180)
+    command = [*TORCHRUN, f"--nproc_per_node={processes}", "-m", "voxaug", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -61,6 +63,23 @@ def ddp_run(tiny_synth, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
     result = torchrun("train", tiny_synth, "--out", run, "--steps", 4, *TINY_DDP,
                       "--cache-dir", tmp_path_factory.mktemp("ddp_cache"), trace=4)
     return run, result
+
+
+def test_torchrun_with_one_process_uses_the_group_and_trains_as_a_plain_run(tiny_synth, tmp_path):
+    """One process under torchrun runs DDP over the process group (NCCL on a one-GPU machine), yet its
+    weights equal a plain run's, and a plain run's checkpoint resumes under it."""
+    common = [tiny_synth, *TINY_DDP, "--cache-dir", tmp_path / "cache"]
+    plain = runner.invoke(app, ["train", *map(str, common), "--out", str(tmp_path / "plain"), "--steps", "4"])
+    assert plain.exit_code == 0, plain.output
+    single = torchrun("train", *common, "--out", tmp_path / "single", "--steps", 4, processes=1)
+    assert "DDP: world_size 1 (gloo, cpu)" in single.stdout and "done: 4 steps on 1 process " in single.stdout
+    halfway = runner.invoke(app, ["train", *map(str, common), "--out", str(tmp_path / "resumed"), "--steps", "2"])
+    assert halfway.exit_code == 0, halfway.output
+    torchrun("train", *common, "--out", tmp_path / "resumed", "--steps", 4, "--resume", processes=1)
+    expected = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    for run in ("single", "resumed"):
+        weights = load_checkpoint(tmp_path / run / "last.pt")["model"]
+        assert all(torch.equal(weights[name], expected[name]) for name in expected), run
 
 
 def test_ddp_training_writes_one_run_from_rank_0(ddp_run):

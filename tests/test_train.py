@@ -65,3 +65,22 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_synth, tmp_path):
     trainer.model.input_proj.weight.data.fill_(float("nan"))
     with pytest.raises(VoxaugError, match="NaN/Inf for 3 steps in a row"):
         trainer.fit()
+
+
+def test_no_amp_is_recorded_and_changes_nothing_on_the_cpu(tiny_synth, tmp_path):
+    """--no-amp only matters on CUDA: the CPU trains in float32 either way, to the same weights."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    common = ["train", str(tiny_synth), "--steps", "4", "--eval-every", "4", "--batch", "8", "--segment", "64",
+              "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--device", "cpu",
+              "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    for run, flag in (("amp", "--amp"), ("fp32", "--no-amp")):
+        result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / run), flag])
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["amp"] is False
+    assert json.loads((tmp_path / "amp" / "config.json").read_text())["amp"] is True
+    with_amp, without = (load_checkpoint(tmp_path / run / "last.pt") for run in ("amp", "fp32"))
+    assert all(torch.equal(with_amp["model"][name], without["model"][name]) for name in with_amp["model"])
+    assert with_amp["scaler"] == {} and without["scaler"] == {}

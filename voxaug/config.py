@@ -40,6 +40,8 @@ class TrainConfig:
     max_bad_steps: int = 20
     seed: int = 0
     device: str = "auto"
+    amp: bool = True
+    """Mixed precision on CUDA (float16 autocast with a GradScaler); the CPU always trains in float32."""
 
     def validate(self) -> None:
         self.model.validate()

@@ -1,6 +1,7 @@
 """torchrun integration: read the launcher's environment, start the process group (gloo on CPU,
-NCCL on CUDA), and the few collectives the trainer and exporter need. A plain single process
-gets a context with world size 1 and every call is a no-op."""
+NCCL on CUDA), and the few collectives the trainer and exporter need. Under torchrun the group is
+used at every world size, one process included, so a one-GPU machine runs the NCCL path too; a
+plain process gets a context without a group and every call is a no-op."""
 
 from __future__ import annotations
 
@@ -37,14 +38,12 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     local_world_size: int = 1
+    active: bool = False
+    """True under torchrun (any world size): the process group, DDP and collectives are used."""
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
 
     @property
     def backend(self) -> str:
@@ -113,11 +112,16 @@ class DistContext:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun (torch.distributed.run) sets TORCHELASTIC_RUN_ID besides RANK and WORLD_SIZE."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
+
+
 def init_distributed(device_name: str = "auto") -> DistContext:
     """A context from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK), or a single-process one."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
-    if world_size <= 1:
+    if world_size <= 1 and not launched_by_torchrun():
         return DistContext(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
@@ -129,7 +133,7 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
-                       local_world_size=local_world_size)
+                       local_world_size=local_world_size, active=True)
 
 
 def main_only(context: DistContext, action: Callable[[], T]) -> T | None:

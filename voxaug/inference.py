@@ -10,9 +10,9 @@ from voxaug.data.batching import frame_budget, whole_batches
 from voxaug.data.store import PackedStore
 
 
-def autocast_for(device: torch.device) -> torch.autocast:
-    """Mixed precision on CUDA, plain float32 on CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
+def autocast_for(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """Mixed precision on CUDA (unless ``enabled`` is False), plain float32 on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
 
 
 @torch.no_grad()

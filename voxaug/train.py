@@ -148,14 +148,15 @@ class Trainer:
         self.model = build_model(config.model).to(self.device)
         self.forward_model: nn.Module = self.model
         if self.dist.active:
-            torch.manual_seed(rank_seed(config.seed, self.dist.rank))  # dropout differs between ranks
+            if self.dist.world_size > 1:
+                torch.manual_seed(rank_seed(config.seed, self.dist.rank))  # dropout differs between ranks
             self.forward_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
             fused=self.device.type == "cuda",
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and self.device.type == "cuda")
         rank, world = self.dist.rank, self.dist.world_size
         if wave is not None:
             if workers is None and self.dist.active:  # the machine's cores are shared by its ranks
@@ -230,10 +231,11 @@ class Trainer:
             raise file_error(path, f"was written by a run on {saved_world} process(es), this one has "
                                    f"{self.dist.world_size}; each rank's data share and random streams are saved "
                                    f"per rank, so resume with the same count ({launch} ... --resume)")
-        mine = state["ranks"][self.dist.rank] if self.dist.active else state
+        mine = state["ranks"][self.dist.rank] if self.dist.active and "ranks" in state else state  # world 1: same
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # empty when saved without AMP (on the CPU, or --no-amp)
+            self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(mine["sampler"])
         self.augment_generator.set_state(mine["augment_generator"])
         set_rng_state(mine["rng"])
@@ -253,7 +255,7 @@ class Trainer:
         batch = self.sampler.next_batch().to(self.device)
         self._trace(batch.indices)
         augmented = self.pipeline(TrainBatch.from_labels(batch.features, batch.lengths, batch.labels), self.augment_generator)
-        with autocast_for(self.device):
+        with autocast_for(self.device, self.config.amp):
             _, logits = self.forward_model(augmented.features, augmented.lengths)
             loss = total_loss(self.model, logits, augmented)
         self.optimizer.zero_grad(set_to_none=True)
