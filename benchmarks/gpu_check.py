@@ -2,11 +2,12 @@
 
 1. the CUDA-marked tests (``pytest -m cuda``);
 2. the ``strong`` and ``boss`` presets trained for ``--steps`` steps each on a ``voxaug synth`` set,
-   with mixed precision (the default) and with ``--no-amp``: steps/s, utterances/s, peak GPU
-   memory, validation accuracy, steps whose loss was not finite;
+   with mixed precision (the default) and with ``--no-amp``, for each of ``--seeds``: steps/s,
+   utterances/s, peak GPU memory, validation accuracy, steps whose loss was not finite;
 3. ``benchmarks/train_bench.py`` on CUDA: the ``boss`` step with AMP and in float32 against the
-   homework's loop on the same card, interleaved;
-4. ``torchrun --standalone --nproc_per_node=1`` training over NCCL;
+   homework's loop on the same card, interleaved, at batch 32 (the homework's) and 128;
+4. a profile of one ``strong`` step: wall time against GPU kernel time, the costliest host operations;
+   ``torchrun --standalone --nproc_per_node=1`` training over NCCL;
 5. ``embed``, ``enroll`` and ``identify`` on the GPU, against the same commands on the CPU;
 6. a GPU checkpoint predicting on the CPU, a CPU checkpoint predicting on the GPU, a CPU run resumed
    on the GPU.
@@ -42,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from train_bench import make_trainer, voxaug_step  # noqa: E402
 from train_bench import run as train_bench_run  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
 from voxaug.safeio import atomic_write_json  # noqa: E402
@@ -91,7 +93,7 @@ def environment() -> dict:
         "cudnn": torch.backends.cudnn.version(),
         "python": platform.python_version(),
         "cpu_cores": os.cpu_count(),
-        "commit": commit.stdout.strip() or os.environ.get("VOXAUG_COMMIT") or None,  # a copy without .git: say it
+        "commit": os.environ.get("VOXAUG_COMMIT") or commit.stdout.strip() or None,  # a copied tree's .git may lag
     }
 
 
@@ -105,13 +107,13 @@ def cuda_tests() -> dict:
     return {"ok": ok, "summary": tail, **counts, **({} if ok else {"output": result.stdout[-3000:]})}
 
 
-def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int) -> dict:
+def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int, seed: int) -> dict:
     """One run of ``preset`` on CUDA: the training loop's own time (evaluation excluded), peak memory
     and the accuracies it ends with. The warm-up is cut to a quarter of the steps so that a short run
     reaches its peak learning rate, and a fifth of each speaker's utterances is held out, so that the
     AMP-vs-float32 comparison rests on a few hundred clips."""
     config = create_config(preset)
-    config.device, config.amp, config.seed = DEVICE, amp, 0
+    config.device, config.amp, config.seed = DEVICE, amp, seed
     config.steps, config.eval_every = steps, steps
     config.warmup = min(config.warmup, steps // 4)
     config.val_fraction = VAL_FRACTION
@@ -133,7 +135,7 @@ def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int) 
     synchronize()
     train_s = time.perf_counter() - start - spent_evaluating[0]
     return {
-        "preset": preset, "amp": amp, "steps": summary.steps, "batch": config.batch, "warmup": config.warmup,
+        "preset": preset, "amp": amp, "seed": seed, "steps": summary.steps, "batch": config.batch, "warmup": config.warmup,
         "train_s": round(train_s, 2), "steps_per_s": round(summary.steps / train_s, 2),
         "utt_per_s": round(summary.steps * config.batch / train_s, 1),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if DEVICE == "cuda" else None,
@@ -142,23 +144,55 @@ def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int) 
     }
 
 
-def training(data: Path, runs: Path, steps: int) -> dict:
-    """strong and boss, each with and without AMP, and the AMP-vs-float32 verdicts."""
-    rows = [train_preset(data, runs / f"{preset}-{'amp' if amp else 'fp32'}", preset, amp, steps)
-            for preset in ("strong", "boss") for amp in (True, False)]
+def training(data: Path, runs: Path, steps: int, seeds: list[int]) -> dict:
+    """strong and boss, each with and without AMP for every seed, and the AMP-vs-float32 verdicts on
+    the mean over seeds."""
+    rows = [train_preset(data, runs / f"{preset}-{'amp' if amp else 'fp32'}-seed{seed}", preset, amp, steps, seed)
+            for preset in ("strong", "boss") for seed in seeds for amp in (True, False)]
     verdicts = {}
     for preset in ("strong", "boss"):
-        amp_row, fp32_row = (next(r for r in rows if r["preset"] == preset and r["amp"] is amp) for amp in (True, False))
-        verdicts[preset] = {"val_acc_difference": round(amp_row["val_acc"] - fp32_row["val_acc"], 4),
-                            "amp_speedup": round(fp32_row["train_s"] / amp_row["train_s"], 2)}
+        amp_rows, fp32_rows = ([r for r in rows if r["preset"] == preset and r["amp"] is amp] for amp in (True, False))
+        verdicts[preset] = {
+            "mean_val_acc_amp": round(float(np.mean([r["val_acc"] for r in amp_rows])), 4),
+            "mean_val_acc_fp32": round(float(np.mean([r["val_acc"] for r in fp32_rows])), 4),
+            "val_acc_difference": round(float(np.mean([a["val_acc"] - b["val_acc"] for a, b in zip(amp_rows, fp32_rows)])), 4),
+            "per_seed_difference": [round(a["val_acc"] - b["val_acc"], 4) for a, b in zip(amp_rows, fp32_rows)],
+            "amp_speedup": round(sum(r["train_s"] for r in fp32_rows) / sum(r["train_s"] for r in amp_rows), 2)}
     ok = all(r["skipped_steps"] == 0 for r in rows) and all(
         abs(v["val_acc_difference"]) <= AMP_TOLERANCE for v in verdicts.values())
     return {"ok": ok, "runs": rows, "amp_vs_fp32": verdicts, "tolerance": AMP_TOLERANCE}
 
 
 def reference_comparison(data: Path, reps: int) -> dict:
-    """``train_bench.py --preset boss --device cuda``: voxaug (AMP, float32) against the homework loop."""
-    return {"ok": True, **train_bench_run(data, preset="boss", batch=32, steps=reps, device=DEVICE)}
+    """``train_bench.py --preset boss --device cuda`` at batch 32 and 128: voxaug (AMP, float32) against
+    the homework loop."""
+    return {"ok": True, "by_batch": [train_bench_run(data, preset="boss", batch=batch, steps=reps, device=DEVICE)
+                                     for batch in (32, 128)]}
+
+
+def step_profile(data: Path, work: Path, steps: int = 20) -> dict:
+    """Where a ``strong`` step's time goes (batch 32, AMP): wall time against the time the GPU spends in
+    kernels, and the host operations that take longest (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = voxaug_step(make_trainer(data, work / "profile", work / "profile_cache", "strong", 32, DEVICE))
+    for _ in range(5):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall_ms = (time.perf_counter() - start) * 1000 / steps
+    events = profiler.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    kernels = sum(e.count for e in events if getattr(e, "self_device_time_total", 0) > 0)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    return {"ok": True, "steps": steps, "wall_ms_per_step": round(wall_ms, 2),
+            "gpu_kernel_ms_per_step": round(device_us / 1000 / steps, 2),
+            "gpu_busy_fraction": round(device_us / 1000 / steps / wall_ms, 3),
+            "device_ops_per_step": round(kernels / steps, 1),
+            "top_host_ops_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in top}}
 
 
 def torchrun_nccl(data: Path, runs: Path) -> dict:
@@ -241,6 +275,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
     parser.add_argument("--steps", type=int, default=400, help="steps of each strong/boss training run")
     parser.add_argument("--bench-reps", type=int, default=30, help="timed steps of each train_bench arm")
+    parser.add_argument("--seeds", default="0,1", help="seeds of the strong/boss runs (comma-separated)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a rehearsal without a GPU")
     args = parser.parse_args()
     global DEVICE
@@ -250,16 +285,20 @@ def main() -> None:
     work, runs, data = args.workdir.resolve(), args.workdir.resolve() / "runs", args.workdir.resolve() / "data"
     work.mkdir(parents=True, exist_ok=True)
     json_path = args.json.resolve()
-    results = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-               "environment": environment(), "steps": args.steps, "synth": " ".join(SYNTH), "stages": {}}
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    env = environment()
+    machine = f"{env['card'] or 'no GPU (CPU rehearsal)'}, {env['cpu_cores']} CPU cores"
+    results = {"date": datetime.date.today().isoformat(), "machine": machine, "command": " ".join(sys.argv),
+               "environment": env, "steps": args.steps, "seeds": seeds, "synth": " ".join(SYNTH), "stages": {}}
     atomic_write_json(json_path, results)
     stage(results, "cuda_tests", cuda_tests, json_path)
     if not (data / "metadata.json").exists():
         voxaug("synth", data, *SYNTH, "--quiet", timeout=600)
-    stage(results, "training", lambda: training(data, runs, args.steps), json_path)
+    stage(results, "training", lambda: training(data, runs, args.steps, seeds), json_path)
     stage(results, "train_bench", lambda: reference_comparison(data, args.bench_reps), json_path)
+    stage(results, "step_profile", lambda: step_profile(data, work), json_path)
     stage(results, "torchrun_nccl", lambda: torchrun_nccl(data, runs), json_path)
-    gpu_ckpt = runs / "strong-amp" / "best.pt"
+    gpu_ckpt = runs / f"strong-amp-seed{seeds[0]}" / "best.pt"
     stage(results, "embed_identify", lambda: embed_and_identify(data, gpu_ckpt, work), json_path)
     stage(results, "cross_device", lambda: cross_device(data, gpu_ckpt, runs, work), json_path)
     results["ok"] = all(s.get("ok") for s in results["stages"].values())

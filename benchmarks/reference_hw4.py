@@ -59,7 +59,7 @@ class Classifier(nn.Module):
 
     def forward(self, mels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         out = self.prenet(mels)
-        lengths = torch.full((mels.shape[0],), mels.shape[1])
+        lengths = torch.full((mels.shape[0],), mels.shape[1], device=mels.device)
         out, _ = self.conformer(out, lengths)
         stats = self.pooling(out)
         return self.loss(self.pred_layer(stats), labels)

@@ -207,6 +207,62 @@ def hnsw_table(low: dict, high: dict) -> str:
     return "\n".join(lines)
 
 
+def gpu_footer(result: dict) -> str:
+    env = result["environment"]
+    return (f"{env['card']} ({env['gpu_memory_gib']} GiB, driver {env['nvidia_smi'].split(', ')[1]}), "
+            f"{env['cpu_cores']} CPU cores, torch {env['torch']}, CUDA {env['cuda']}, {result['date']}, "
+            f"commit {(env['commit'] or 'unknown')[:7]}")
+
+
+def gpu_check_table(result: dict, compact: bool = False) -> str:
+    """``benchmarks/gpu_check.py``'s stages: training speed and accuracy with and without AMP, the step
+    against the homework loop, and the cross-device checks (``compact``: the README's one row)."""
+    stages = result["stages"]
+    bench = {row["batch"]: row for row in stages["train_bench"]["by_batch"]}
+    first = bench[32]
+    if compact:
+        return "\n".join([
+            "| GPU (`bash benchmarks/gpu_check.sh`) | `boss` step, AMP, batch 32 | homework loop, same card |",
+            "|---|---|---|",
+            f"| {result['environment']['card']}, {result['date']} | {first['train_utt_per_s']:.0f} utt/s | "
+            f"{first['reference_train_utt_per_s']:.0f} utt/s ({first['train_speedup']:.2f}x) |"])
+    tests = stages["cuda_tests"]
+    lines = ["| measure | result | ratio / check |", "|---|---|---|",
+             f"| CUDA-marked tests (`pytest -m cuda`) | {tests['summary']} | none skipped: {not tests.get('skipped')} |"]
+    training, verdicts = stages["training"], stages["training"]["amp_vs_fp32"]
+    for preset in ("strong", "boss"):
+        rows = {amp: [r for r in training["runs"] if r["preset"] == preset and r["amp"] is amp] for amp in (True, False)}
+        speed = {amp: statistics.fmean(r["utt_per_s"] for r in rows[amp]) for amp in rows}
+        memory = {amp: max(r["peak_gpu_mib"] for r in rows[amp]) for amp in rows}
+        verdict = verdicts[preset]
+        run = rows[True][0]
+        lines.append(f"| `{preset}`, {run['steps']} steps (warm-up {run['warmup']}), batch {run['batch']}, "
+                     f"{len(rows[True])} seeds: AMP / float32 | {speed[True]:.0f} / {speed[False]:.0f} utt/s, "
+                     f"peak {memory[True]} / {memory[False]} MiB | AMP {verdict['amp_speedup']:.2f}x float32's speed |")
+        lines.append(f"| `{preset}` validation accuracy ({run['val_utterances']} clips): AMP / float32 | "
+                     f"{verdict['mean_val_acc_amp']:.3f} / {verdict['mean_val_acc_fp32']:.3f} "
+                     f"(per seed {', '.join(f'{d:+.3f}' for d in verdict['per_seed_difference'])}) | "
+                     f"{verdict['val_acc_difference']:+.3f} (target within ±{training['tolerance']:.2f}); "
+                     f"non-finite steps: {sum(r['skipped_steps'] for r in training['runs'])} |")
+    for batch, row in sorted(bench.items()):
+        lines.append(f"| `boss` step, batch {batch}, interleaved: voxaug AMP / float32 / homework loop | "
+                     f"{row['train_utt_per_s']:.0f} / {row['fp32_train_utt_per_s']:.0f} / "
+                     f"{row['reference_train_utt_per_s']:.0f} utt/s | {row['train_speedup']:.2f}x the homework loop |")
+    nccl, embed, cross = stages["torchrun_nccl"], stages["embed_identify"], stages["cross_device"]
+    lines += [
+        f"| `torchrun --standalone --nproc_per_node=1`, 20 steps | `{nccl['banner'].split(';')[0]}` | ok: {nccl['ok']} |",
+        f"| `embed` + `enroll` + `identify --device cuda` vs the CPU | {embed['utterances']} embeddings, "
+        f"lowest cosine {embed['min_cosine_gpu_vs_cpu']:.4f} | same decision on {embed['same_decision_gpu_vs_cpu']} "
+        f"of {embed['clips']} clips |",
+        f"| GPU checkpoint, `predict` on CPU vs GPU | {cross['gpu_checkpoint']['same_prediction']} of "
+        f"{cross['gpu_checkpoint']['utterances']} the same | |",
+        f"| CPU checkpoint, `predict` on CPU vs GPU | {cross['cpu_checkpoint']['same_prediction']} of "
+        f"{cross['cpu_checkpoint']['utterances']} the same | |",
+        f"| CPU run resumed with `--device cuda` | {cross['cpu_run_resumed_on_cuda'].replace('|', '·')} | |",
+    ]
+    return "\n".join(lines + ["", gpu_footer(result)])
+
+
 def render(name: str, view: str | None = None) -> str:
     """The markdown for one results file, chosen by what the file holds (``view``: ``compact`` for the README)."""
     path = RESULTS / name
@@ -219,6 +275,8 @@ def render(name: str, view: str | None = None) -> str:
         return hnsw_table(result, json.loads((RESULTS / "hnsw_speakers_192d.json").read_text(encoding="utf-8")))
     if "variants" in result:
         return augment_cost_table(result)
+    if "stages" in result and "train_bench" in result["stages"]:
+        return gpu_check_table(result, compact=view == "compact")
     if "train_utt_per_s" in result:
         return bench_table(result)
     if "sets" in result:

@@ -84,3 +84,20 @@ def test_no_amp_is_recorded_and_changes_nothing_on_the_cpu(tiny_synth, tmp_path)
     with_amp, without = (load_checkpoint(tmp_path / run / "last.pt") for run in ("amp", "fp32"))
     assert all(torch.equal(with_amp["model"][name], without["model"][name]) for name in with_amp["model"])
     assert with_amp["scaler"] == {} and without["scaler"] == {}
+
+
+def test_a_run_saved_on_another_kind_of_device_resumes(tiny_synth, tmp_path):
+    """A GPU run's last.pt holds a CUDA generator state (16 bytes) and an enabled GradScaler's state; resumed
+    on the CPU, the augmentation stream starts afresh and the scaler is left off, instead of failing."""
+    from voxaug.safeio import atomic_torch_save
+
+    Trainer(tiny_config(train={"steps": 10, "eval_every": 10}), tiny_synth, tmp_path / "run", progress=False).fit()
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    last["augment_generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA Philox state
+    last["scaler"] = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                      "_growth_tracker": 3}
+    atomic_torch_save(tmp_path / "run" / "last.pt", last)
+    config = Trainer.config_from_run(tmp_path / "run", steps=20)
+    trainer = Trainer(config, tiny_synth, tmp_path / "run", progress=False)
+    summary = trainer.fit(resume=True)
+    assert summary.steps == 20 and summary.skipped_steps == 0 and not trainer.scaler.is_enabled()

@@ -237,12 +237,20 @@ class Trainer:
         if state["scaler"] and self.scaler.is_enabled():  # empty when saved without AMP (on the CPU, or --no-amp)
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(mine["sampler"])
-        self.augment_generator.set_state(mine["augment_generator"])
+        self._restore_augment_generator(mine["augment_generator"], int(state["step"]))
         set_rng_state(mine["rng"])
         self.step = int(state["step"])
         self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
         self.elapsed_before = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def _restore_augment_generator(self, saved: torch.Tensor, step: int) -> None:
+        """Continue the saved augmentation stream; a run saved on another kind of device (a CPU generator's
+        state is not a CUDA one's) continues with a fresh stream seeded by the run's seed, rank and step."""
+        if saved.numel() == self.augment_generator.get_state().numel():
+            self.augment_generator.set_state(saved)
+        else:
+            self.augment_generator.manual_seed(rank_seed(self.config.seed, self.dist.rank) + 2 + step)
 
     # ---- one step ----------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float] | None:
