@@ -17,7 +17,7 @@ every stage, so a run cut short still says how far it got. ``benchmarks/gpu_chec
 project and calls this. ``--device cpu`` rehearses every stage on a machine without a GPU (the CPU
 stands in for the card; the CUDA tests are then all skipped, so that stage fails).
 
-    python benchmarks/gpu_check.py --workdir gpu_work --json gpu_check.json [--steps 400]
+    python benchmarks/gpu_check.py --workdir gpu_work --json gpu_check.json [--steps 300]
     python benchmarks/gpu_check.py --device cpu --steps 20 --bench-reps 3    # rehearsal
 """
 
@@ -273,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("gpu_work"))
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
-    parser.add_argument("--steps", type=int, default=400, help="steps of each strong/boss training run")
+    parser.add_argument("--steps", type=int, default=300, help="steps of each strong/boss training run")
     parser.add_argument("--bench-reps", type=int, default=30, help="timed steps of each train_bench arm")
     parser.add_argument("--seeds", default="0,1", help="seeds of the strong/boss runs (comma-separated)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a rehearsal without a GPU")

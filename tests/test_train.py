@@ -10,7 +10,7 @@ import torch
 from conftest import straight_and_resumed, tiny_config
 from voxaug.checkpoint import load_checkpoint
 from voxaug.errors import VoxaugError
-from voxaug.train import Trainer, lr_at
+from voxaug.train import Trainer, load_optimizer_state, lr_at
 
 
 def test_short_run_beats_chance_and_writes_the_run_folder(trained_run):
@@ -96,8 +96,28 @@ def test_a_run_saved_on_another_kind_of_device_resumes(tiny_synth, tmp_path):
     last["augment_generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA Philox state
     last["scaler"] = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
                       "_growth_tracker": 3}
+    for group in last["optimizer"]["param_groups"]:
+        group["fused"] = True  # a CUDA run's AdamW
     atomic_torch_save(tmp_path / "run" / "last.pt", last)
     config = Trainer.config_from_run(tmp_path / "run", steps=20)
     trainer = Trainer(config, tiny_synth, tmp_path / "run", progress=False)
     summary = trainer.fit(resume=True)
     assert summary.steps == 20 and summary.skipped_steps == 0 and not trainer.scaler.is_enabled()
+    assert all(group["fused"] is False for group in trainer.optimizer.param_groups)  # the CPU's choice, not the saved one
+
+
+def test_an_optimizer_state_from_another_device_keeps_this_optimizers_fused_kernel():
+    """The failure seen on an H200 (a CPU run resumed on CUDA), reproduced on the CPU: an unfused state loaded into
+    a fused AdamW driven by an enabled GradScaler must keep the fused kernel, which takes the scaler's inf flags."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 2)
+    unfused = torch.optim.AdamW(layer.parameters(), lr=1e-3, fused=False)
+    layer(torch.randn(3, 4)).sum().backward()
+    unfused.step()
+    fused = torch.optim.AdamW(layer.parameters(), lr=1e-3, fused=True)
+    load_optimizer_state(fused, unfused.state_dict())
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    fused.zero_grad()
+    scaler.scale(layer(torch.randn(3, 4)).sum()).backward()
+    scaler.step(fused)
+    assert fused.param_groups[0]["fused"] is True and float(fused.state[layer.weight]["step"]) == 2.0

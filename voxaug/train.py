@@ -93,6 +93,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a saved optimizer state but keep this optimizer's choice of the fused kernel. A state saved on the
+    CPU says ``fused=False``; loaded as is into a CUDA optimizer built fused, the GradScaler would still hand
+    its inf flags to the step, and the unfused kernel refuses them (found on an H200)."""
+    fused = optimizer.param_groups[0].get("fused")
+    optimizer.load_state_dict({**saved, "param_groups": [{**group, "fused": fused} for group in saved["param_groups"]]})
+
+
 class Trainer:
     """Owns one run: its data, model, optimizer, sampler, augmentations and run folder.
 
@@ -233,7 +241,7 @@ class Trainer:
                                    f"per rank, so resume with the same count ({launch} ... --resume)")
         mine = state["ranks"][self.dist.rank] if self.dist.active and "ranks" in state else state  # world 1: same
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if state["scaler"] and self.scaler.is_enabled():  # empty when saved without AMP (on the CPU, or --no-amp)
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(mine["sampler"])
