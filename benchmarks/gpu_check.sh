@@ -19,5 +19,5 @@ else
     python3 -m venv .venv && .venv/bin/pip install -q -e ".[train,test]"
     python=.venv/bin/python
 fi
-export PATH="$(dirname "$(command -v $python)"):$PATH" PYTHONUNBUFFERED=1
+export PATH="$(cd "$(dirname "$(command -v $python)")" && pwd):$PATH" PYTHONUNBUFFERED=1
 exec $python benchmarks/gpu_check.py --json "$result" "$@"
