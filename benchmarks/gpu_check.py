@@ -15,9 +15,12 @@
 A failing stage is recorded with its error and the next one runs; the JSON is rewritten after
 every stage, so a run cut short still says how far it got. ``benchmarks/gpu_check.sh`` installs the
 project and calls this. ``--device cpu`` rehearses every stage on a machine without a GPU (the CPU
-stands in for the card; the CUDA tests are then all skipped, so that stage fails).
+stands in for the card; the CUDA tests are then all skipped, so that stage fails). ``--only`` runs
+some stages, e.g. to confirm a fix in a minute or two of GPU time. ``--workdir`` is the check's own
+scratch folder: its synthetic set is reused, its runs and indexes replaced.
 
     python benchmarks/gpu_check.py --workdir gpu_work --json gpu_check.json [--steps 300]
+    python benchmarks/gpu_check.py --only cuda_tests,cross_device               # a quick recheck
     python benchmarks/gpu_check.py --device cpu --steps 20 --bench-reps 3    # rehearsal
 """
 
@@ -30,6 +33,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +55,7 @@ from voxaug.train import Trainer  # noqa: E402
 
 AMP_TOLERANCE = 0.02  # validation accuracy of AMP within 2 points of float32's after the same steps
 SYNTH = ["--speakers", "60", "--utterances", "24", "--unseen", "4", "--impostors", "2", "--seed", "0"]
+STAGES = ("cuda_tests", "training", "train_bench", "step_profile", "torchrun_nccl", "embed_identify", "cross_device")
 VAL_FRACTION = 0.2
 DEVICE = "cuda"  # --device cpu rehearses the stages without a GPU
 
@@ -255,8 +260,22 @@ def cross_device(data: Path, gpu_ckpt: Path, runs: Path, work: Path) -> dict:
     return result
 
 
-def stage(results: dict, name: str, action: Callable[[], dict], json_path: Path) -> None:
-    """Run one stage, record its result or its error and its seconds, and rewrite the JSON."""
+def gpu_checkpoint(runs: Path, seed: int) -> Path:
+    """The ``strong`` AMP run of the training stage, or, when that stage was left out, a 20-step run."""
+    trained = runs / f"strong-amp-seed{seed}" / "best.pt"
+    if trained.exists():
+        return trained
+    short = runs / "gpu-short"
+    if not (short / "best.pt").exists():
+        voxaug("train", runs.parent / "data", "--out", short, "--steps", 20, "--eval-every", 20, "--device", DEVICE,
+               "--quiet")
+    return short / "best.pt"
+
+
+def stage(results: dict, name: str, action: Callable[[], dict], json_path: Path, chosen: set[str]) -> None:
+    """Run one stage (if ``chosen``), record its result or its error and its seconds, and rewrite the JSON."""
+    if name not in chosen:
+        return
     print(f"[gpu_check] {name} ...", flush=True)
     start = time.perf_counter()
     try:
@@ -277,12 +296,21 @@ def main() -> None:
     parser.add_argument("--bench-reps", type=int, default=30, help="timed steps of each train_bench arm")
     parser.add_argument("--seeds", default="0,1", help="seeds of the strong/boss runs (comma-separated)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a rehearsal without a GPU")
+    parser.add_argument("--only", default=",".join(STAGES), help=f"stages to run, of: {', '.join(STAGES)}")
     args = parser.parse_args()
+    chosen = set(args.only.split(","))
+    if chosen - set(STAGES):
+        parser.error(f"--only: unknown stage(s) {', '.join(sorted(chosen - set(STAGES)))}; accepted: {', '.join(STAGES)}")
     global DEVICE
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device is visible to torch; run it on a GPU machine (or rehearse with --device cpu)")
     work, runs, data = args.workdir.resolve(), args.workdir.resolve() / "runs", args.workdir.resolve() / "data"
+    for earlier in [runs, *work.glob("emb-*"), *work.glob("spk-*")]:  # run folders and indexes refuse a second go
+        if earlier.is_dir():
+            shutil.rmtree(earlier)
+        else:
+            earlier.unlink(missing_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     json_path = args.json.resolve()
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -291,16 +319,17 @@ def main() -> None:
     results = {"date": datetime.date.today().isoformat(), "machine": machine, "command": " ".join(sys.argv),
                "environment": env, "steps": args.steps, "seeds": seeds, "synth": " ".join(SYNTH), "stages": {}}
     atomic_write_json(json_path, results)
-    stage(results, "cuda_tests", cuda_tests, json_path)
-    if not (data / "metadata.json").exists():
+    stage(results, "cuda_tests", cuda_tests, json_path, chosen)
+    if not (data / "metadata.json").exists() and chosen - {"cuda_tests"}:
         voxaug("synth", data, *SYNTH, "--quiet", timeout=600)
-    stage(results, "training", lambda: training(data, runs, args.steps, seeds), json_path)
-    stage(results, "train_bench", lambda: reference_comparison(data, args.bench_reps), json_path)
-    stage(results, "step_profile", lambda: step_profile(data, work), json_path)
-    stage(results, "torchrun_nccl", lambda: torchrun_nccl(data, runs), json_path)
-    gpu_ckpt = runs / f"strong-amp-seed{seeds[0]}" / "best.pt"
-    stage(results, "embed_identify", lambda: embed_and_identify(data, gpu_ckpt, work), json_path)
-    stage(results, "cross_device", lambda: cross_device(data, gpu_ckpt, runs, work), json_path)
+    stage(results, "training", lambda: training(data, runs, args.steps, seeds), json_path, chosen)
+    stage(results, "train_bench", lambda: reference_comparison(data, args.bench_reps), json_path, chosen)
+    stage(results, "step_profile", lambda: step_profile(data, work), json_path, chosen)
+    stage(results, "torchrun_nccl", lambda: torchrun_nccl(data, runs), json_path, chosen)
+    stage(results, "embed_identify", lambda: embed_and_identify(data, gpu_checkpoint(runs, seeds[0]), work), json_path,
+          chosen)
+    stage(results, "cross_device", lambda: cross_device(data, gpu_checkpoint(runs, seeds[0]), runs, work), json_path,
+          chosen)
     results["ok"] = all(s.get("ok") for s in results["stages"].values())
     atomic_write_json(json_path, results)
     print(json.dumps({name: s.get("ok") for name, s in results["stages"].items()}))
