@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_bench import make_trainer, voxaug_step  # noqa: E402
+from train_bench import make_trainer, synchronize, voxaug_step  # noqa: E402
 from train_bench import run as train_bench_run  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
 from voxaug.safeio import atomic_write_json  # noqa: E402
@@ -58,11 +58,6 @@ SYNTH = ["--speakers", "60", "--utterances", "24", "--unseen", "4", "--impostors
 STAGES = ("cuda_tests", "training", "train_bench", "step_profile", "torchrun_nccl", "embed_identify", "cross_device")
 VAL_FRACTION = 0.2
 DEVICE = "cuda"  # --device cpu rehearses the stages without a GPU
-
-
-def synchronize() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def command(*args: object, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -126,7 +121,7 @@ def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int, 
     evaluate, spent_evaluating = trainer.evaluate, [0.0]
 
     def timed_evaluate(mean_loss: float | None) -> dict:
-        synchronize()
+        synchronize(DEVICE)
         start = time.perf_counter()
         row = evaluate(mean_loss)
         spent_evaluating[0] += time.perf_counter() - start
@@ -137,7 +132,7 @@ def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int, 
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     summary = trainer.fit()
-    synchronize()
+    synchronize(DEVICE)
     train_s = time.perf_counter() - start - spent_evaluating[0]
     return {
         "preset": preset, "amp": amp, "seed": seed, "steps": summary.steps, "batch": config.batch, "warmup": config.warmup,

@@ -98,6 +98,8 @@ class SpeakerIndex:
     """The FAISS index over ``vectors`` as loaded or last built; kept so an HNSW graph is not rebuilt on every load."""
     plda_models: SpeakerModels | None = field(default=None, repr=False, compare=False)
     """Every row's PLDA predictive distribution, computed on the first PLDA search after the rows last changed."""
+    cohort_models: SpeakerModels | None = field(default=None, repr=False, compare=False)
+    """Each cohort utterance as a PLDA speaker enrolled from it alone, computed on the first AS-norm query."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -292,7 +294,9 @@ class SpeakerIndex:
         statistics; ``None`` for cosines, which the cohort computes itself."""
         if self.backend.plda is None or self.cohort is None:
             return None
-        return self.backend.plda.speaker_scores(self.cohort.vectors, np.ones(len(self.cohort.labels)), vectors)
+        if self.cohort_models is None:  # the cohort is fixed once the index is built or loaded
+            self.cohort_models = self.backend.plda.speaker_models(self.cohort.vectors, np.ones(len(self.cohort.labels)))
+        return self.backend.plda.score(self.cohort_models, vectors)
 
     # ---- storage ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
