@@ -11,9 +11,12 @@ way ``voxaug embed --index`` does, enrols the unseen speakers as ``voxaug enroll
   does), the share of those clips accepted at it and the detection-and-identification rate (DIR), and
   the share of impostor clips (speakers never enrolled) answered unknown.
 
-Embeddings are computed once; each arm only re-scores them.
+Embeddings are computed once; each arm only re-scores them. Given several checkpoints (models of the same
+data, such as seeds), it scores each in turn and the JSON holds one run per model, rendered with the
+per-model figures and their means.
 
     python benchmarks/backend_ablation.py --ckpt demo/run/best.pt demo/data --json backend.json
+    python benchmarks/backend_ablation.py --ckpt demo/run/best.pt runs/default-seed1/best.pt demo/data --json seeds.json
 """
 
 from __future__ import annotations
@@ -120,23 +123,33 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a voxaug synth folder (or any HW4 folder with unseen/{enroll,test})")
-    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="one model, or several of the same data")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--target-far", type=float, default=0.01)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    found = embed_everything(args.ckpt, args.data, args.cache_dir)
-    rows = [run_arm(found, backend, norm, args.target_far) for backend, norm in ARMS]
-    print(f"| back end | score | unseen among all {rows[0]['enrolled']} | unseen among newcomers | trained test among all "
-          "| EER | minDCF | DIR at FAR 1% | impostors unknown |\n|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['backend']} | {r['score_norm']} | {r['unseen_among_all']:.3f} | {r['unseen_among_newcomers']:.3f} | "
-              f"{r['trained_test_among_all']:.3f} | {r['eer']:.3f} | {r['min_dcf']:.3f} | {r['dir']:.3f} | "
-              f"{r.get('impostors_unknown', float('nan')):.3f} |")
+    runs = []
+    for ckpt in args.ckpt:
+        found = embed_everything(ckpt, args.data, args.cache_dir)
+        config = found["model"].config
+        rows = [run_arm(found, backend, norm, args.target_far) for backend, norm in ARMS]
+        runs.append({"checkpoint": str(ckpt), "augment": ",".join(config.augment.get("names", [])) or "none", "seed": config.seed,
+                     "rows": rows})
+        print(f"{ckpt}\n| back end | score | unseen among all {rows[0]['enrolled']} | unseen among newcomers "
+              "| trained test among all | EER | minDCF | DIR at FAR 1% | impostors unknown |\n|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['backend']} | {r['score_norm']} | {r['unseen_among_all']:.3f} | {r['unseen_among_newcomers']:.3f} | "
+                  f"{r['trained_test_among_all']:.3f} | {r['eer']:.3f} | {r['min_dcf']:.3f} | {r['dir']:.3f} | "
+                  f"{r.get('impostors_unknown', float('nan')):.3f} |")
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "checkpoint": str(args.ckpt),
-                                         "data": str(args.data), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "data": str(args.data)}
+        if len(runs) == 1:
+            record.update(checkpoint=runs[0]["checkpoint"], rows=runs[0]["rows"])
+        else:
+            record.update(command="python benchmarks/backend_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                          runs=runs)
+        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -137,6 +137,23 @@ def test_backend_ablation_scores_every_arm(trained_run, tiny_synth, tmp_path, ca
     assert "| lda | asnorm |" in capsys.readouterr().out
 
 
+def test_backend_ablation_of_several_models_writes_one_run_each_that_the_renderer_reads(trained_run, tiny_synth,
+                                                                                         tmp_path, monkeypatch):
+    import backend_ablation
+    import render_results
+
+    ckpt = str(trained_run / "best.pt")
+    assert backend_ablation.main([str(tiny_synth), "--ckpt", ckpt, ckpt, "--json", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert [run["checkpoint"] for run in result["runs"]] == [ckpt, ckpt] and "--ckpt" in result["command"]
+    assert result["runs"][0]["rows"] == result["runs"][1]["rows"]  # the same model scores the same
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    table = render_results.render("b.json")
+    plda = next(line for line in table.splitlines() if line.startswith("| plda | PLDA |"))
+    figure = f"{result['runs'][0]['rows'][3]['unseen_among_all']:.3f}"
+    assert plda.startswith(f"| plda | PLDA | {figure}, {figure} | {figure} |")
+
+
 def test_retrain_ceiling_makes_each_newcomer_a_class_the_model_can_name(tiny_synth, tmp_path):
     import retrain_ceiling
     from conftest import tiny_config
