@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         found = embed_everything(ckpt, args.data, args.cache_dir)
         config = found["model"].config
         rows = [run_arm(found, backend, norm, args.target_far) for backend, norm in ARMS]
-        runs.append({"checkpoint": str(ckpt), "augment": ",".join(config.augment.get("names", [])) or "none", "seed": config.seed,
-                     "rows": rows})
+        augment = ",".join(config.augment.get("names", [])) or "none"
+        runs.append({"checkpoint": str(ckpt), "augment": augment, "seed": config.seed, "rows": rows})
         print(f"{ckpt}\n| back end | score | unseen among all {rows[0]['enrolled']} | unseen among newcomers "
               "| trained test among all | EER | minDCF | DIR at FAR 1% | impostors unknown |\n|---|---|---|---|---|---|---|---|---|")
         for r in rows:
