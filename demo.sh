@@ -25,14 +25,15 @@ rows = list(csv.reader(open(f"{out}/submission.csv")))[1:]
 print(f"test accuracy of {out}/submission.csv: {sum(truth[i] == c for i, c in rows) / len(rows):.3f} on {len(rows)} utterances")
 PY
 
+# best.pt (best validation accuracy) names training speakers best; last.pt, the end of training, embeds best.
 echo "== 4. export embeddings and a FAISS speaker index of the training speakers (scoring back end + AS-norm cohort)"
-voxaug embed --ckpt "$OUT/run/best.pt" "$OUT/data" --out "$OUT/embeddings" --index "$OUT/spk.faiss"
+voxaug embed --ckpt "$OUT/run/last.pt" "$OUT/data" --out "$OUT/embeddings" --index "$OUT/spk.faiss"
 
 echo "== 5. enrol the unseen speakers without retraining (every unseen/enroll/<speaker>/ folder, one process)"
 voxaug enroll --index "$OUT/spk.faiss" --speakers-dir "$OUT/data/unseen/enroll"
 
 echo "== 6. evaluate, and calibrate the index's 'unknown' threshold at a 1% false-alarm rate"
-voxaug evaluate --ckpt "$OUT/run/best.pt" "$OUT/data" --enroll "$OUT/data/unseen/enroll" --test "$OUT/data/unseen/test" \
+voxaug evaluate --ckpt "$OUT/run/last.pt" "$OUT/data" --enroll "$OUT/data/unseen/enroll" --test "$OUT/data/unseen/test" \
     --index "$OUT/spk.faiss" --calibrate --target-far 0.01 --impostors "$OUT/data/unseen/impostors" --out "$OUT/report"
 
 echo "== 7. identify held-out clips of the unseen speakers among all enrolled speakers, and clips of impostors"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voxaug.checkpoint import load_model
+from voxaug.checkpoint import load_checkpoint, load_model
 from voxaug.data.sources import open_source
 from voxaug.data.split import stratified_split
 from voxaug.data.store import PackedStore
@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         config = found["model"].config
         rows = [run_arm(found, backend, norm, args.target_far) for backend, norm in ARMS]
         augment = ",".join(config.augment.get("names", [])) or "none"
-        runs.append({"checkpoint": str(ckpt), "augment": augment, "seed": config.seed, "rows": rows})
+        saved = load_checkpoint(ckpt)
+        runs.append({"checkpoint": str(ckpt), "augment": augment, "seed": config.seed, "step": saved["step"],
+                     "best_step": saved.get("best_step"), "best_val_acc": saved.get("best_val_acc"), "rows": rows})
         print(f"{ckpt}\n| back end | score | unseen among all {rows[0]['enrolled']} | unseen among newcomers "
               "| trained test among all | EER | minDCF | DIR at FAR 1% | impostors unknown |\n|---|---|---|---|---|---|---|---|---|")
         for r in rows:

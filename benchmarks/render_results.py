@@ -108,6 +108,28 @@ def backend_table(result: dict, compact: bool = False) -> str:
     return "\n".join(lines if compact else lines + ["", f"{result['machine']}, {result['date']}"])
 
 
+def checkpoint_table(result: dict) -> str:
+    """Each training's ``best.pt`` (best closed-set validation accuracy) against its ``last.pt`` (the end of the
+    schedule), scored by the default arm: which checkpoint to embed with."""
+    trainings: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for run in result["runs"]:
+        trainings[(run["augment"], run["seed"])][Path(run["checkpoint"]).name] = run
+    pairs = [(key, runs["best.pt"], runs["last.pt"]) for key, runs in trainings.items()]
+    enrolled = pairs[0][1]["rows"][0]["enrolled"]
+    lines = [f"| training | `best.pt`: step (validation accuracy) | unseen among all {enrolled}: `best.pt` | `last.pt` "
+             "| trained speakers' test clips among all: `best.pt` | `last.pt` | EER: `best.pt` | `last.pt` |",
+             "|---|---|---|---|---|---|---|---|"]
+    keys = ("unseen_among_all", "trained_test_among_all", "eer")
+    for (augment, seed), best, last in pairs:
+        scored = [arm_row(best["rows"], DEFAULT_ARM), arm_row(last["rows"], DEFAULT_ARM)]
+        lines.append(f"| `{augment}` seed {seed}, {last['step']} steps | {best['step']} ({best['best_val_acc']:.3f}) | "
+                     + " | ".join(f"{scored[0][key]:.3f} | {scored[1][key]:.3f}" for key in keys) + " |")
+    means = [statistics.fmean(arm_row(pair[side]["rows"], DEFAULT_ARM)[key] for pair in pairs)
+             for key in keys for side in (1, 2)]
+    lines.append(f"| mean of {len(pairs)} | | " + " | ".join(f"**{mean:.3f}**" for mean in means) + " |")
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
 def openset_training_table(result: dict) -> str:
     """Training choices against the open-set figure: per set and arm, the LDA back end's (cosine) unseen
     top-1 among all enrolled per seed and its mean, beside closed-set held-out accuracy and EER."""
@@ -273,10 +295,11 @@ def gpu_check_table(result: dict, compact: bool = False) -> str:
 
 
 def render(name: str, view: str | None = None) -> str:
-    """The markdown for one results file, chosen by what the file holds (``view``: ``compact`` for the README)."""
+    """The markdown for one results file, chosen by what the file holds (``view``: ``compact`` for the README,
+    ``checkpoints`` for a back-end ablation of each training's best.pt and last.pt)."""
     path = RESULTS / name
-    if view not in (None, "compact"):
-        raise SystemExit(f"error: results marker for {name}: unknown view {view!r}; accepted: compact")
+    if view not in (None, "compact", "checkpoints"):
+        raise SystemExit(f"error: results marker for {name}: unknown view {view!r}; accepted: compact, checkpoints")
     if not path.is_file():
         raise SystemExit(f"error: {path}: no such results file")
     result = json.loads(path.read_text(encoding="utf-8"))
@@ -293,7 +316,7 @@ def render(name: str, view: str | None = None) -> str:
     if "runs" in result and "cohort" in result["runs"][0]["rows"][0]:
         return asnorm_cohorts_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
-        return backend_crosscheck_table(result)
+        return checkpoint_table(result) if view == "checkpoints" else backend_crosscheck_table(result)
     if "rows" in result and "unseen_softmax" in result["rows"][0]:
         return retrain_ceiling_table(result)
     if "rows" in result and "unseen_among_all" in result["rows"][0]:

@@ -42,7 +42,7 @@ def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speaker
 @clean_errors
 def embed(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder or <speaker>/ clip folders (.pt or audio)."),
-    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint (RUN/best.pt)."),
+    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint: RUN/last.pt, the end of training (better embeddings than best.pt)."),
     model: Path = ModelOption,
     out: Path = typer.Option(..., "--out", help="Folder for embeddings.npy and items.csv."),
     index: Path = typer.Option(None, "--index", help="Also write a FAISS speaker index here (+ FILE.json sidecar)."),
@@ -78,7 +78,7 @@ def embed(
 
     model_path = chosen_model(ckpt, model)
     if model_path is None:
-        raise VoxaugError("give the model: --ckpt RUN/best.pt or --model model.onnx")
+        raise VoxaugError("give the model: --ckpt RUN/last.pt or --model model.onnx")
     existing_file(model_path, "checkpoint" if model is None else "model")
     for option, value in (("--batch", batch), ("--window", window), ("--hop", hop)):
         if value is not None and value <= 0:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 @clean_errors
 def evaluate(
     data: Path = typer.Argument(..., help="The training dataset; its validation split (the run's own) is evaluated."),
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (RUN/best.pt)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (RUN/last.pt, the model the index was built with)."),
     out: Path = typer.Option(..., "--out", help="Report folder: report.json and embeddings_map.png."),
     enroll: Path = typer.Option(None, "--enroll", help="<speaker>/ clip folders of speakers never trained on, to enrol."),
     test: Path = typer.Option(None, "--test", help="<speaker>/ clip folders of the same speakers, to identify."),

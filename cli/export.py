@@ -1,4 +1,4 @@
-"""`voxaug export --ckpt RUN/best.pt --out model.onnx`: a checkpoint as an ONNX model for the torch-free runtime."""
+"""`voxaug export --ckpt RUN/last.pt --out model.onnx`: a checkpoint as an ONNX model for the torch-free runtime."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEFAULT_OPSET = 17  # voxaug.export.DEFAULT_OPSET, not imported so that torch lo
 
 @clean_errors
 def export(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint to export (RUN/best.pt)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint to export (RUN/last.pt for embeddings)."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write (atomically)."),
     with_frontend: bool = typer.Option(False, "--with-frontend", help="Put the log-mel front end inside the graph: "
                                                                        "the model then takes 16 kHz waveforms."),

@@ -142,16 +142,36 @@ def test_backend_ablation_of_several_models_writes_one_run_each_that_the_rendere
     import backend_ablation
     import render_results
 
-    ckpt = str(trained_run / "best.pt")
-    assert backend_ablation.main([str(tiny_synth), "--ckpt", ckpt, ckpt, "--json", str(tmp_path / "b.json")]) == 0
+    best, last = str(trained_run / "best.pt"), str(trained_run / "last.pt")
+    assert backend_ablation.main([str(tiny_synth), "--ckpt", best, best, last, "--json", str(tmp_path / "b.json")]) == 0
     result = json.loads((tmp_path / "b.json").read_text())
-    assert [run["checkpoint"] for run in result["runs"]] == [ckpt, ckpt] and "--ckpt" in result["command"]
+    assert [run["checkpoint"] for run in result["runs"]] == [best, best, last] and "--ckpt" in result["command"]
     assert result["runs"][0]["rows"] == result["runs"][1]["rows"]  # the same model scores the same
+    assert [run["step"] for run in result["runs"]] == [result["runs"][0]["best_step"]] * 2 + [150]
     monkeypatch.setattr(render_results, "RESULTS", tmp_path)
-    table = render_results.render("b.json")
+    result["runs"] = result["runs"][:2]
+    (tmp_path / "two.json").write_text(json.dumps(result))
+    table = render_results.render("two.json")
     plda = next(line for line in table.splitlines() if line.startswith("| plda | PLDA |"))
     figure = f"{result['runs'][0]['rows'][3]['unseen_among_all']:.3f}"
     assert plda.startswith(f"| plda | PLDA | {figure}, {figure} | {figure} |")
+
+
+def test_checkpoint_view_sets_each_trainings_best_pt_beside_its_last_pt(tmp_path, monkeypatch):
+    import render_results
+
+    def run(name: str, seed: int, step: int, among_all: float) -> dict:
+        row = {"backend": "plda", "score_norm": "none", "enrolled": 110, "unseen_among_all": among_all,
+               "trained_test_among_all": 0.6, "eer": 0.1}
+        return {"checkpoint": f"runs/s{seed}/{name}", "augment": "reverb,noise", "seed": seed, "step": step,
+                "best_step": 1200, "best_val_acc": 0.665, "rows": [row]}
+
+    runs = [run("best.pt", 0, 1200, 0.5), run("last.pt", 0, 2000, 0.7), run("best.pt", 1, 1200, 0.6), run("last.pt", 1, 2000, 0.6)]
+    (tmp_path / "c.json").write_text(json.dumps({"machine": "m", "date": "d", "runs": runs}))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    lines = render_results.render("c.json", "checkpoints").splitlines()
+    assert lines[2] == "| `reverb,noise` seed 0, 2000 steps | 1200 (0.665) | 0.500 | 0.700 | 0.600 | 0.600 | 0.100 | 0.100 |"
+    assert lines[4].startswith("| mean of 2 | | **0.550** | **0.650** |")
 
 
 def test_retrain_ceiling_makes_each_newcomer_a_class_the_model_can_name(tiny_synth, tmp_path):
