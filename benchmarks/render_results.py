@@ -111,21 +111,21 @@ def backend_table(result: dict, compact: bool = False) -> str:
 def checkpoint_table(result: dict) -> str:
     """Each training's ``best.pt`` (best closed-set validation accuracy) against its ``last.pt`` (the end of the
     schedule), scored by the default arm: which checkpoint to embed with."""
-    trainings: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    trainings: dict[str, dict[str, dict]] = defaultdict(dict)  # run folder -> {"best.pt": run, "last.pt": run}
     for run in result["runs"]:
-        trainings[(run["augment"], run["seed"])][Path(run["checkpoint"]).name] = run
-    pairs = [(key, runs["best.pt"], runs["last.pt"]) for key, runs in trainings.items()]
-    enrolled = pairs[0][1]["rows"][0]["enrolled"]
+        trainings[str(Path(run["checkpoint"]).parent)][Path(run["checkpoint"]).name] = run
+    pairs = [(runs["best.pt"], runs["last.pt"]) for runs in trainings.values()]
+    enrolled = pairs[0][0]["rows"][0]["enrolled"]
     lines = [f"| training | `best.pt`: step (validation accuracy) | unseen among all {enrolled}: `best.pt` | `last.pt` "
              "| trained speakers' test clips among all: `best.pt` | `last.pt` | EER: `best.pt` | `last.pt` |",
              "|---|---|---|---|---|---|---|---|"]
     keys = ("unseen_among_all", "trained_test_among_all", "eer")
-    for (augment, seed), best, last in pairs:
+    for best, last in pairs:
         scored = [arm_row(best["rows"], DEFAULT_ARM), arm_row(last["rows"], DEFAULT_ARM)]
-        lines.append(f"| `{augment}` seed {seed}, {last['step']} steps | {best['step']} ({best['best_val_acc']:.3f}) | "
+        lines.append(f"| `{last['augment']}` seed {last['seed']}, {last['step']} steps | {best['step']} ({best['best_val_acc']:.3f}) | "
                      + " | ".join(f"{scored[0][key]:.3f} | {scored[1][key]:.3f}" for key in keys) + " |")
     means = [statistics.fmean(arm_row(pair[side]["rows"], DEFAULT_ARM)[key] for pair in pairs)
-             for key in keys for side in (1, 2)]
+             for key in keys for side in (0, 1)]
     lines.append(f"| mean of {len(pairs)} | | " + " | ".join(f"**{mean:.3f}**" for mean in means) + " |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
