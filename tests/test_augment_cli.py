@@ -67,6 +67,7 @@ def test_no_augment_option_means_the_default_and_none_turns_it_off(tiny_synth, t
     default = runner.invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "d"), *TINY])
     assert default.exit_code == 0, output_of(default)
     assert json.loads((tmp_path / "d" / "config.json").read_text())["augment"]["names"] == DEFAULT_AUGMENT.split(",")
+    assert f"(predict); embed with {tmp_path / 'd' / 'last.pt'}" in default.output  # the summary names both models' uses
     off = runner.invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "n"), *TINY, "--augment", "none"])
     assert off.exit_code == 0 and "augment: none" in off.output
     assert json.loads((tmp_path / "n" / "config.json").read_text())["augment"]["names"] == []
