@@ -25,7 +25,8 @@ rows = list(csv.reader(open(f"{out}/submission.csv")))[1:]
 print(f"test accuracy of {out}/submission.csv: {sum(truth[i] == c for i, c in rows) / len(rows):.3f} on {len(rows)} utterances")
 PY
 
-# best.pt (best validation accuracy) names training speakers best; last.pt, the end of training, embeds best.
+# best.pt (best validation accuracy) is the classifier; the index is built from last.pt, the end of training
+# (docs/identification.md, "Which checkpoint to embed with").
 echo "== 4. export embeddings and a FAISS speaker index of the training speakers (scoring back end + AS-norm cohort)"
 voxaug embed --ckpt "$OUT/run/last.pt" "$OUT/data" --out "$OUT/embeddings" --index "$OUT/spk.faiss"
 

@@ -42,7 +42,7 @@ def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speaker
 @clean_errors
 def embed(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder or <speaker>/ clip folders (.pt or audio)."),
-    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint: RUN/last.pt, the end of training (better embeddings than best.pt)."),
+    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint: RUN/last.pt, the end of training (best.pt is picked for closed-set accuracy)."),
     model: Path = ModelOption,
     out: Path = typer.Option(..., "--out", help="Folder for embeddings.npy and items.csv."),
     index: Path = typer.Option(None, "--index", help="Also write a FAISS speaker index here (+ FILE.json sidecar)."),
