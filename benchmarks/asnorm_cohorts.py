@@ -1,15 +1,22 @@
-"""Does AS-norm lower EER *and* minDCF with any cohort a training set can offer? A sweep on one model.
+"""Does AS-norm lower EER *and* minDCF with any cohort a training set can offer? A sweep on trained models.
 
-AS-norm is scored here on trials between speakers the network never trained on (the unseen
-newcomers' enrolment and test clips and the impostors, all pairs), so the cohort, drawn from the
-training speakers, is disjoint from every trial's speakers as it would be in use. Each cohort
-source is tried at several top-K sizes, in the raw embedding space and in the LDA back end's space:
+Two trial sets (``--trials``), each scored plain and AS-normalised:
+
+- ``unseen``: every pair of clips of speakers the network never trained on (the newcomers'
+  enrolment and test clips and the impostors), so the cohort, drawn from the training speakers, is
+  disjoint from every trial's speakers, as it would be in use;
+- ``validation``: every pair of the run's validation-split clips, the trials ``voxaug evaluate``
+  scores without ``--trials``; the cohort leaves both sides' speakers out, as ``evaluate`` does.
+
+Each cohort source is tried at several top-K sizes with every back end (none, lda, plda; PLDA
+scores each cohort entry as a speaker model, as an index does):
 
 - ``validation``: the run's validation-split utterances (what ``voxaug embed`` stores);
 - ``training``: the training-split utterances (memorised by the network);
-- ``centroids``: one mean vector per training speaker.
+- ``centroids``: one mean vector per training speaker (its training-split utterances).
 
-    python benchmarks/asnorm_cohorts.py --ckpt demo/run/best.pt demo/data --json asnorm.json
+    python benchmarks/asnorm_cohorts.py demo/data --ckpt demo/run/last.pt --trials validation unseen --json asnorm.json
+    python benchmarks/asnorm_cohorts.py cc --ckpt cc-run/reverb+noise-seed0/run/last.pt --set espeak-ng --json asnorm.json --append
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,41 +39,73 @@ from voxaug.embeddings.backend import Cohort, ScoringBackend
 from voxaug.embeddings.scoring import eer_and_min_dcf
 
 TOP_KS = (10, 20, 50, 100, 300)
+BACKENDS = ("none", "lda", "plda")
+TRIAL_SETS = ("unseen", "validation")
 
 
-def cohorts(space: np.ndarray, labels: np.ndarray, train: np.ndarray, held_out: np.ndarray) -> dict[str, Cohort]:
-    """Every cohort source as unit vectors in the scoring space, without its top-K (set per arm)."""
-    speakers = np.unique(labels)
-    means = np.stack([space[labels == s].mean(axis=0) for s in speakers])
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    return {"validation": Cohort(space[held_out], labels[held_out].tolist()),
-            "training": Cohort(space[train], labels[train].tolist()),
-            "centroids": Cohort(means.astype(np.float32), speakers.tolist())}
+@dataclass
+class CohortSource:
+    """A cohort's unit vectors (for cosines) with the mean and clip count of each entry (for PLDA models)."""
+
+    cohort: Cohort
+    means: np.ndarray
+    counts: np.ndarray
+
+    def scores(self, backend: ScoringBackend, vectors: np.ndarray) -> np.ndarray | None:
+        """(N, M) PLDA scores of ``vectors`` against each entry, or ``None`` (the cohort's own cosines)."""
+        if backend.plda is None:
+            return None
+        return backend.plda.speaker_scores(self.means, self.counts, vectors)
 
 
-def sweep(found: dict, backend_kind: str) -> list[dict]:
+def cohorts(space: np.ndarray, labels: np.ndarray, train: np.ndarray, held_out: np.ndarray) -> dict[str, CohortSource]:
+    """Every cohort source in the scoring space, without its top-K (set per arm)."""
+    speakers = np.unique(labels[train])
+    sums = np.stack([space[train][labels[train] == s].sum(axis=0) for s in speakers])
+    counts = np.array([(labels[train] == s).sum() for s in speakers], dtype=np.float64)
+    means = sums / counts[:, None]
+    unit = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+    single = {name: CohortSource(Cohort(space[rows], labels[rows].tolist()), space[rows], np.ones(len(rows)))
+              for name, rows in (("validation", held_out), ("training", train))}
+    return {**single, "centroids": CohortSource(Cohort(unit, speakers.tolist()), means, counts)}
+
+
+def trial_clips(found: dict, trials: str, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The network's embeddings and speaker labels of the clips whose every pair is a trial."""
+    if trials == "validation":
+        return found["train"].embeddings[held_out], np.asarray(found["train"].labels)[held_out]
+    parts = [found[k] for k in ("unseen_enroll", "unseen_test", "unseen_impostors") if k in found]
+    return np.concatenate([p.embeddings for p in parts]), np.concatenate([np.asarray(p.labels) for p in parts])
+
+
+def sweep(found: dict, backend_kind: str, trials: str = "unseen") -> list[dict]:
     config = found["model"].config
-    train_data = found["train"]
-    labels = np.asarray(train_data.labels)
+    labels = np.asarray(found["train"].labels)
     codes = np.unique(labels, return_inverse=True)[1]
     train, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"])
-    backend = ScoringBackend.fit(backend_kind, train_data.embeddings[train], labels[train])
-    parts = [found[k] for k in ("unseen_enroll", "unseen_test", "unseen_impostors") if k in found]
-    trial_vectors = backend.apply(np.concatenate([p.embeddings for p in parts]))
-    trial_labels = np.concatenate([np.asarray(p.labels) for p in parts])
-    first, second = np.triu_indices(len(trial_labels), k=1)
-    same = trial_labels[first] == trial_labels[second]
-    scores = np.einsum("ij,ij->i", trial_vectors[first], trial_vectors[second])
+    backend = ScoringBackend.fit(backend_kind, found["train"].embeddings[train], labels[train])
+    clips, clip_labels = trial_clips(found, trials, held_out)
+    vectors = backend.apply(clips)
+    first, second = np.triu_indices(len(clip_labels), k=1)
+    same = clip_labels[first] == clip_labels[second]
+    scores = backend.pair_scores(vectors[first], vectors[second])
     plain = eer_and_min_dcf(scores, same)
     rows = [{"backend": backend_kind, "cohort": "none", "top_k": 0, "eer": plain["eer"], "min_dcf": plain["min_dcf"],
              "trials": plain["trials"], "same_trials": plain["same_trials"]}]
-    for name, cohort in cohorts(backend.apply(train_data.embeddings), labels, train, held_out).items():
+    for name, source in cohorts(backend.apply(found["train"].embeddings), labels, train, held_out).items():
+        cohort_scores = source.scores(backend, vectors)
         for top_k in TOP_KS:
-            if top_k > len(cohort.labels):
+            if top_k > len(source.cohort.labels):
                 continue
-            cohort.top_k = top_k
-            mean, std = cohort.stats(trial_vectors)
-            normed = 0.5 * ((scores - mean[first]) / std[first] + (scores - mean[second]) / std[second])
+            source.cohort.top_k = top_k
+            if trials == "validation":  # a trial's own speakers sit in the cohort: leave both sides' out
+                sides = [source.cohort.stats(vectors[a], exclude=clip_labels[a].tolist(), also_exclude=clip_labels[b].tolist(),
+                                             scores=None if cohort_scores is None else cohort_scores[a])
+                         for a, b in ((first, second), (second, first))]
+            else:
+                mean, std = source.cohort.stats(vectors, scores=cohort_scores)
+                sides = [(mean[first], std[first]), (mean[second], std[second])]
+            normed = 0.5 * sum((scores - centre) / spread for centre, spread in sides)
             result = eer_and_min_dcf(normed, same)
             rows.append({"backend": backend_kind, "cohort": name, "top_k": top_k, "eer": result["eer"],
                          "min_dcf": result["min_dcf"], "trials": result["trials"], "same_trials": result["same_trials"]})
@@ -75,21 +115,29 @@ def sweep(found: dict, backend_kind: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a folder with unseen/{enroll,test} (voxaug synth or crosscheck.py build)")
-    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="one model, or several of the same data")
+    parser.add_argument("--trials", nargs="+", choices=TRIAL_SETS, default=["unseen"])
     parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--set", help="the data's name in the JSON and its table (default: the folder's name)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--append", action="store_true", help="add these runs to --json's, to render several sets together")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    found = embed_everything(args.ckpt, args.data, args.cache_dir)
-    rows = sweep(found, "none") + sweep(found, "lda")
-    print(f"unseen-speaker trials: {rows[0]['trials']} ({rows[0]['same_trials']} same-speaker)\n"
-          "| back end | cohort | top-K | EER | minDCF |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['backend']} | {r['cohort']} | {r['top_k'] or '-'} | {r['eer']:.3f} | {r['min_dcf']:.3f} |")
+    runs = []
+    for ckpt in args.ckpt:
+        found = embed_everything(ckpt, args.data, args.cache_dir)
+        for trials in args.trials:
+            rows = [row for kind in BACKENDS for row in sweep(found, kind, trials)]
+            runs.append({"set": args.set or args.data.name, "seed": found["model"].config.seed, "checkpoint": str(ckpt),
+                         "data": str(args.data), "trials": trials, "rows": rows})
+            print(f"{ckpt}: {trials} trials: {rows[0]['trials']} ({rows[0]['same_trials']} same-speaker)\n"
+                  "| back end | cohort | top-K | EER | minDCF |\n|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['backend']} | {r['cohort']} | {r['top_k'] or '-'} | {r['eer']:.3f} | {r['min_dcf']:.3f} |")
     if args.json:
+        earlier = json.loads(args.json.read_text(encoding="utf-8"))["runs"] if args.append and args.json.is_file() else []
         args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-                                         f"{platform.platform()}", "checkpoint": str(args.ckpt), "data": str(args.data),
-                                         "rows": rows}, indent=1) + "\n", encoding="utf-8")
+                                         f"{platform.platform()}", "runs": earlier + runs}, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -206,7 +206,9 @@ def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, option
     truth = dict(list(csv.reader(open(data / "test_labels.csv")))[1:])
     rows = list(csv.reader(open(submission)))[1:]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((run / "config.json").read_text())
     return {"augment": augment, **({"options": " ".join(options)} if options else {}), "seed": seed, "steps": steps,
+            "input_norm": config["model"]["input_norm"], "segment": config["segment"], "batch": config["batch"],
             "val_acc": metrics[-1]["val_acc"],
             "train_acc": metrics[-1]["train_acc"], "test_acc": sum(truth[i] == c for i, c in rows) / len(rows),
             "checkpoint": str(run / "best.pt")}

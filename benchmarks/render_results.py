@@ -34,23 +34,32 @@ def bench_table(result: dict) -> str:
 
 
 def crosscheck_table(result: dict) -> str:
-    """Per-seed rows, then the mean of each arm (augmentation and input normalisation) over its seeds, val + test
-    weighted by clip count."""
+    """Per-seed rows, then the mean of each arm (augmentation, input normalisation, segment and batch) over its
+    seeds, val + test weighted by clip count. Rows recorded before crosscheck.py stored the run's input
+    normalisation, segment and batch ran with the options they name and the cpu preset's 128 x 32 of then."""
     val_n, test_n = HELD_OUT
-    lines = [f"| augment | input norm | seed | val acc ({val_n} clips) | test acc ({test_n} clips) | "
-             f"val + test ({val_n + test_n} clips) |", "|---|---|---|---|---|---|"]
-    arms: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    norm = lambda row: row.get("options", "").replace("--input-norm", "").strip() or "none"  # noqa: E731
-    for row in sorted(result["rows"], key=lambda r: (norm(r) != "none", r["seed"], r["augment"] != "none", r["augment"])):
+    lines = [f"| augment | input norm | segment x batch | seed | val acc ({val_n} clips) | test acc ({test_n} clips) | "
+             f"val + test ({val_n + test_n} clips) |", "|---|---|---|---|---|---|---|"]
+    arms: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+
+    def norm(row: dict) -> str:
+        return row.get("input_norm") or row.get("options", "").replace("--input-norm", "").strip() or "none"
+
+    def shape(row: dict) -> str:
+        return f"{row.get('segment', 128)} x {row.get('batch', 32)}"
+
+    order = lambda r: (norm(r) != "none", shape(r) != "128 x 32", r["seed"], r["augment"] != "none", r["augment"])  # noqa: E731
+    for row in sorted(result["rows"], key=order):
         both = (val_n * row["val_acc"] + test_n * row["test_acc"]) / (val_n + test_n)
-        lines.append(f"| `{row['augment']}` | {norm(row)} | {row['seed']} | {row['val_acc']:.3f} | {row['test_acc']:.3f} | "
-                     f"{both:.3f} |")
-        arms[(row["augment"], norm(row))].append((row["val_acc"], row["test_acc"]))
-    for (arm, input_norm), scores in arms.items():
+        lines.append(f"| `{row['augment']}` | {norm(row)} | {shape(row)} | {row['seed']} | {row['val_acc']:.3f} | "
+                     f"{row['test_acc']:.3f} | {both:.3f} |")
+        arms[(row["augment"], norm(row), shape(row))].append((row["val_acc"], row["test_acc"]))
+    for (arm, input_norm, size), scores in arms.items():
         if len(scores) > 1:
             val, test = statistics.fmean(s[0] for s in scores), statistics.fmean(s[1] for s in scores)
             both = (val_n * val + test_n * test) / (val_n + test_n)
-            lines.append(f"| **`{arm}`** | {input_norm} | mean of {len(scores)} | {val:.3f} | {test:.3f} | **{both:.3f}** |")
+            lines.append(f"| **`{arm}`** | {input_norm} | {size} | mean of {len(scores)} | {val:.3f} | {test:.3f} | "
+                         f"**{both:.3f}** |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
@@ -131,8 +140,10 @@ def checkpoint_table(result: dict) -> str:
 
 
 def openset_training_table(result: dict) -> str:
-    """Training choices against the open-set figure: per set and arm, the LDA back end's (cosine) unseen
-    top-1 among all enrolled per seed and its mean, beside closed-set held-out accuracy and EER."""
+    """Training choices against the open-set figure: per set and arm, one back end's unseen top-1 among all
+    enrolled per seed and its mean, beside closed-set held-out accuracy and EER. The back end is the
+    result's ``arm`` (``[backend, score_norm]``), else LDA with cosine, the default when the first were measured."""
+    arm = tuple(result.get("arm", TRAINING_ARM))
     lines = ["| set | training | seeds | held-out accuracy (closed set) | unseen among all enrolled, per seed | mean "
              "| among the newcomers | trained speakers' test clips among all | EER |", "|---|---|---|---|---|---|---|---|---|"]
     for data in result["sets"]:
@@ -140,7 +151,7 @@ def openset_training_table(result: dict) -> str:
         for run in data["runs"]:
             arms[run["training"]].append(run)
         for training, runs in arms.items():
-            rows = [arm_row(run["rows"], TRAINING_ARM) for run in runs]
+            rows = [arm_row(run["rows"], arm) for run in runs]
             mean = {key: statistics.fmean(r[key] for r in rows) for key in
                     ("unseen_among_all", "unseen_among_newcomers", "trained_test_among_all", "eer")}
             held_out = statistics.fmean(run["held_out_acc"] for run in runs)
@@ -168,25 +179,33 @@ def retrain_ceiling_table(result: dict) -> str:
 
 
 def asnorm_cohorts_table(result: dict) -> str:
-    """Per model and back end: plain cosine, AS-norm with the stored cohort (validation, K 20), and every cohort and K
-    that lowers both EER and minDCF."""
-    lines = ["| model (trials) | back end | cosine EER / minDCF | AS-norm, stored cohort (validation, K 20) | "
-             "cohorts and K that lower both |", "|---|---|---|---|---|"]
+    """Per set, trial set and back end, over its models: the plain score's EER and minDCF, AS-norm's with the stored
+    cohort (validation, K 20), how many models that cohort lowers both on, and every cohort and K that lowers both
+    on every model."""
+    lines = ["| set (models) | trials | back end | plain EER / minDCF (mean) | AS-norm, stored cohort (validation, K 20): "
+             "EER / minDCF (mean) | models where it lowers both | cohorts and K that lower both on every model |",
+             "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str, str], list[list[dict]]] = defaultdict(list)
     for run in result["runs"]:
-        first = run["rows"][0]
         for backend in dict.fromkeys(row["backend"] for row in run["rows"]):
-            rows = [row for row in run["rows"] if row["backend"] == backend]
-            plain = next(row for row in rows if row["cohort"] == "none")
-            stored = next(row for row in rows if (row["cohort"], row["top_k"]) == ("validation", 20))
-            tried = [row for row in rows if row["cohort"] != "none"]
-            better: dict[str, list[str]] = defaultdict(list)
-            for row in tried:
-                if row["eer"] < plain["eer"] and row["min_dcf"] < plain["min_dcf"]:
-                    better[row["cohort"]].append(str(row["top_k"]))
-            found = "; ".join(f"{cohort} K {', '.join(ks)}" for cohort, ks in better.items()) or f"none of the {len(tried)} tried"
-            label = f"{run['set']} ({first['trials']:,}; {first['same_trials']:,} same)" if backend == first["backend"] else ""
-            lines.append(f"| {label} | {backend} | {plain['eer']:.3f} / {plain['min_dcf']:.3f} | "
-                         f"{stored['eer']:.3f} / {stored['min_dcf']:.3f} | {found} |")
+            groups[(run["set"], run["trials"], backend)].append([row for row in run["rows"] if row["backend"] == backend])
+    for (name, trials, backend), models in groups.items():
+        plains = [next(row for row in rows if row["cohort"] == "none") for rows in models]
+        stored = [next(row for row in rows if (row["cohort"], row["top_k"]) == ("validation", 20)) for rows in models]
+        lowers = lambda row, plain: row["eer"] < plain["eer"] and row["min_dcf"] < plain["min_dcf"]  # noqa: E731
+        everywhere: dict[str, list[str]] = defaultdict(list)
+        for arm in [(row["cohort"], row["top_k"]) for row in models[0] if row["cohort"] != "none"]:
+            found = [next((row for row in rows if (row["cohort"], row["top_k"]) == arm), None) for rows in models]
+            if all(row is not None and lowers(row, plain) for row, plain in zip(found, plains)):
+                everywhere[arm[0]].append(str(arm[1]))
+        tried = sum(1 for row in models[0] if row["cohort"] != "none")
+        mean = lambda rows, key: statistics.fmean(row[key] for row in rows)  # noqa: E731
+        lines.append(f"| {name} ({len(models)}) | {trials} ({plains[0]['trials']:,}; {plains[0]['same_trials']:,} same) | "
+                     f"{backend} | {mean(plains, 'eer'):.3f} / {mean(plains, 'min_dcf'):.3f} | "
+                     f"{mean(stored, 'eer'):.3f} / {mean(stored, 'min_dcf'):.3f} | "
+                     f"{sum(lowers(row, plain) for row, plain in zip(stored, plains))} of {len(models)} | "
+                     + ("; ".join(f"{cohort} K {', '.join(ks)}" for cohort, ks in everywhere.items()) or f"none of the {tried}")
+                     + " |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
@@ -313,7 +332,7 @@ def render(name: str, view: str | None = None) -> str:
         return bench_table(result)
     if "sets" in result:
         return openset_training_table(result)
-    if "runs" in result and "cohort" in result["runs"][0]["rows"][0]:
+    if "runs" in result and "cohort" in result["runs"][0]["rows"][0]:  # asnorm_cohorts.py
         return asnorm_cohorts_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
         return checkpoint_table(result) if view == "checkpoints" else backend_crosscheck_table(result)

@@ -195,21 +195,38 @@ def test_retrain_ceiling_makes_each_newcomer_a_class_the_model_can_name(tiny_syn
     assert all(0 <= result[key] <= 1 for key in ("unseen_plda", "trained_test_plda"))
 
 
-def test_asnorm_cohort_sweep_scores_unseen_trials_against_every_cohort(trained_run, tiny_synth, tmp_path, capsys):
+def test_asnorm_cohort_sweep_scores_both_trial_sets_against_every_cohort(trained_run, tiny_synth, tmp_path, capsys,
+                                                                          monkeypatch):
     import asnorm_cohorts
+    import render_results
 
-    assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", str(trained_run / "best.pt"), "--json",
-                                str(tmp_path / "a.json")]) == 0
-    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", str(trained_run / "best.pt"), "--trials", "unseen",
+                                "validation", "--json", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())["runs"]
+    assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", str(trained_run / "last.pt"), "--trials", "validation",
+                                "--set", "tiny", "--json", str(tmp_path / "a.json"), "--append"]) == 0
+    runs = json.loads((tmp_path / "a.json").read_text())["runs"]
+    assert runs[:2] == first  # --append keeps the runs already there
+    assert [(run["set"], run["trials"]) for run in runs] == [("data", "unseen"), ("data", "validation"),
+                                                             ("tiny", "validation")]
     clips = sum(1 for _ in (tiny_synth / "unseen").glob("*/*/*.pt"))
-    assert {r["trials"] for r in rows} == {clips * (clips - 1) // 2}
-    for backend in ("none", "lda"):
-        mine = [r for r in rows if r["backend"] == backend]
-        plain = [r for r in mine if r["cohort"] == "none"]
-        assert len(plain) == 1 and {"validation", "training"} <= {r["cohort"] for r in mine}
-        assert all(0 <= r["eer"] <= 1 and r["min_dcf"] >= 0 for r in mine)
-        assert any(r["eer"] != plain[0]["eer"] or r["min_dcf"] != plain[0]["min_dcf"] for r in mine if r["cohort"] != "none")
-    assert "| lda | validation | 10 |" in capsys.readouterr().out
+    held_out = json.loads((trained_run / "config.json").read_text())["run"]["val_utterances"]
+    assert {r["trials"] for r in runs[0]["rows"]} == {clips * (clips - 1) // 2}
+    for run in runs:
+        for backend in ("none", "lda", "plda"):
+            mine = [r for r in run["rows"] if r["backend"] == backend]
+            plain = [r for r in mine if r["cohort"] == "none"]
+            assert len(plain) == 1 and {"validation", "training"} <= {r["cohort"] for r in mine}
+            assert all(0 <= r["eer"] <= 1 and r["min_dcf"] >= 0 for r in mine)
+            assert any(r["eer"] != plain[0]["eer"] or r["min_dcf"] != plain[0]["min_dcf"]
+                       for r in mine if r["cohort"] != "none")
+    out = capsys.readouterr().out
+    assert "| plda | validation | 10 |" in out and "validation trials" in out
+    assert {r["trials"] for r in runs[1]["rows"]} == {held_out * (held_out - 1) // 2}
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    table = render_results.render("a.json").splitlines()
+    assert len(table) == 2 + 3 * 3 + 2  # (set, trials) groups x back ends, then the machine line
+    assert table[2].startswith("| data (1) | unseen (") and "| tiny (1) | validation (" in table[-3]
 
 
 def test_onnx_parity_compares_every_length_and_wav_file(trained_run, tiny_synth, tmp_path):
@@ -221,3 +238,29 @@ def test_onnx_parity_compares_every_length_and_wav_file(trained_run, tiny_synth,
     wavs = len(list(tiny_synth.rglob("*.wav")))
     assert [r["pairs"] for r in rows][1:] == [8, wavs, wavs] and rows[0]["pairs"] > 8
     assert all(r["worst_cosine"] > 0.9999 and r["argmax_same"] == r["pairs"] for r in rows)
+
+
+def test_crosscheck_arm_records_the_runs_input_norm_segment_and_batch_and_the_table_shows_them(tiny_synth, tmp_path):
+    import crosscheck
+    import render_results
+
+    row = crosscheck.train_arm(tiny_synth, tmp_path / "arm", "none", 0, 4, ("--segment", "32", "--batch", "8"))
+    assert (row["input_norm"], row["segment"], row["batch"]) == ("mean", 32, 8)
+    assert 0 <= row["test_acc"] <= 1 and row["options"] == "--segment 32 --batch 8"
+    older = {"augment": "none", "options": "--input-norm mean", "seed": 0, "steps": 4, "val_acc": 0.5, "train_acc": 1.0,
+             "test_acc": 0.5}  # recorded before the fields existed: the cpu preset's 128 x 32 of then
+    table = render_results.crosscheck_table({"rows": [row, older], "machine": "m", "date": "d"}).splitlines()
+    assert table[2].startswith("| `none` | mean | 128 x 32 | 0 |") and table[3].startswith("| `none` | mean | 32 x 8 | 0 |")
+
+
+def test_training_table_scores_with_the_results_arm_else_lda():
+    import render_results
+
+    def row(backend: str, among_all: float) -> dict:
+        return {"backend": backend, "score_norm": "none", "unseen_among_all": among_all, "unseen_among_newcomers": 0.9,
+                "trained_test_among_all": 0.8, "eer": 0.1}
+
+    run = {"training": "t", "seed": 0, "held_out_acc": 0.9, "rows": [row("lda", 0.25), row("plda", 0.75)]}
+    result = {"sets": [{"name": "s", "runs": [run]}], "machine": "m", "date": "d"}
+    assert "| **0.250** |" in render_results.openset_training_table(result)
+    assert "| **0.750** |" in render_results.openset_training_table({**result, "arm": ["plda", "none"]})
