@@ -35,7 +35,7 @@ import torch
 
 from backend_ablation import embed_everything
 from voxaug.data.split import stratified_split
-from voxaug.embeddings.backend import Cohort, ScoringBackend
+from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
 
 TOP_KS = (10, 20, 50, 100, 300)
@@ -60,10 +60,10 @@ class CohortSource:
 
 def cohorts(space: np.ndarray, labels: np.ndarray, train: np.ndarray, held_out: np.ndarray) -> dict[str, CohortSource]:
     """Every cohort source in the scoring space, without its top-K (set per arm)."""
-    speakers = np.unique(labels[train])
-    sums = np.stack([space[train][labels[train] == s].sum(axis=0) for s in speakers])
-    counts = np.array([(labels[train] == s).sum() for s in speakers], dtype=np.float64)
-    means = sums / counts[:, None]
+    trained, trained_labels = space[train], labels[train]
+    speakers = np.unique(trained_labels)
+    counts = np.array([(trained_labels == s).sum() for s in speakers], dtype=np.float64)
+    means = np.stack([trained[trained_labels == s].sum(axis=0) for s in speakers]) / counts[:, None]
     unit = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
     single = {name: CohortSource(Cohort(space[rows], labels[rows].tolist()), space[rows], np.ones(len(rows)))
               for name, rows in (("validation", held_out), ("training", train))}
@@ -105,8 +105,7 @@ def sweep(found: dict, backend_kind: str, trials: str = "unseen") -> list[dict]:
             else:
                 mean, std = source.cohort.stats(vectors, scores=cohort_scores)
                 sides = [(mean[first], std[first]), (mean[second], std[second])]
-            normed = 0.5 * sum((scores - centre) / spread for centre, spread in sides)
-            result = eer_and_min_dcf(normed, same)
+            result = eer_and_min_dcf(pair_as_norm(scores, *sides), same)
             rows.append({"backend": backend_kind, "cohort": name, "top_k": top_k, "eer": result["eer"],
                          "min_dcf": result["min_dcf"], "trials": result["trials"], "same_trials": result["same_trials"]})
     return rows

@@ -189,17 +189,17 @@ def asnorm_cohorts_table(result: dict) -> str:
     for run in result["runs"]:
         for backend in dict.fromkeys(row["backend"] for row in run["rows"]):
             groups[(run["set"], run["trials"], backend)].append([row for row in run["rows"] if row["backend"] == backend])
+    lowers = lambda row, plain: row["eer"] < plain["eer"] and row["min_dcf"] < plain["min_dcf"]  # noqa: E731
+    mean = lambda rows, key: statistics.fmean(row[key] for row in rows)  # noqa: E731
     for (name, trials, backend), models in groups.items():
         plains = [next(row for row in rows if row["cohort"] == "none") for rows in models]
         stored = [next(row for row in rows if (row["cohort"], row["top_k"]) == ("validation", 20)) for rows in models]
-        lowers = lambda row, plain: row["eer"] < plain["eer"] and row["min_dcf"] < plain["min_dcf"]  # noqa: E731
         everywhere: dict[str, list[str]] = defaultdict(list)
         for arm in [(row["cohort"], row["top_k"]) for row in models[0] if row["cohort"] != "none"]:
             found = [next((row for row in rows if (row["cohort"], row["top_k"]) == arm), None) for rows in models]
             if all(row is not None and lowers(row, plain) for row, plain in zip(found, plains)):
                 everywhere[arm[0]].append(str(arm[1]))
         tried = sum(1 for row in models[0] if row["cohort"] != "none")
-        mean = lambda rows, key: statistics.fmean(row[key] for row in rows)  # noqa: E731
         lines.append(f"| {name} ({len(models)}) | {trials} ({plains[0]['trials']:,}; {plains[0]['same_trials']:,} same) | "
                      f"{backend} | {mean(plains, 'eer'):.3f} / {mean(plains, 'min_dcf'):.3f} | "
                      f"{mean(stored, 'eer'):.3f} / {mean(stored, 'min_dcf'):.3f} | "

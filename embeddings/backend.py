@@ -193,13 +193,21 @@ class Cohort:
         return cls(vectors, labels, top_k, str(values.get("source", "")))
 
 
+def pair_as_norm(scores: np.ndarray, first_stats: tuple[np.ndarray, np.ndarray],
+                 second_stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """AS-norm of trial scores s, given each side's (mean, std) of its top-K cohort scores:
+    ½[(s − μ₁)/σ₁ + (s − μ₂)/σ₂], elementwise (the statistics broadcast against ``scores``)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    (first_mean, first_std), (second_mean, second_std) = first_stats, second_stats
+    return 0.5 * ((scores - first_mean) / first_std + (scores - second_mean) / second_std)
+
+
 def as_norm(scores: np.ndarray, query_stats: tuple[np.ndarray, np.ndarray],
             model_stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """AS-norm of raw cosines (N queries, C candidates): ½[(s − μ_q)/σ_q + (s − μ_e)/σ_e]."""
-    query_mean, query_std = (np.asarray(v, dtype=np.float64)[:, None] for v in query_stats)
-    model_mean, model_std = (np.asarray(v, dtype=np.float64)[None, :] for v in model_stats)
-    scores = np.asarray(scores, dtype=np.float64)
-    return 0.5 * ((scores - query_mean) / query_std + (scores - model_mean) / model_std)
+    """AS-norm of raw scores (N queries, C candidates): ½[(s − μ_q)/σ_q + (s − μ_e)/σ_e]."""
+    query = tuple(np.asarray(v, dtype=np.float64)[:, None] for v in query_stats)
+    model = tuple(np.asarray(v, dtype=np.float64)[None, :] for v in model_stats)
+    return pair_as_norm(scores, query, model)
 
 
 def check_top_k(top_k: object) -> int:

@@ -20,6 +20,7 @@ from voxaug.data.sources import ClipFolderSource, load_clip, resolve_inside  # n
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.extract import embed_store, embed_tensors  # noqa: E402
+from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
@@ -112,7 +113,7 @@ class TrialScorer:
             names_a, names_b = [str(x) for x in first.labels], [str(x) for x in second.labels]
             stats_a = self.index.cohort.stats(a, exclude=names_a, also_exclude=names_b, scores=self.index.cohort_scores(a))
             stats_b = self.index.cohort.stats(b, exclude=names_b, also_exclude=names_a, scores=self.index.cohort_scores(b))
-            scores = 0.5 * ((scores - stats_a[0]) / stats_a[1] + (scores - stats_b[0]) / stats_b[1])
+            scores = pair_as_norm(scores, stats_a, stats_b)
         return eer_and_min_dcf(scores, first.labels == second.labels, target_far=self.target_far)
 
 
