@@ -34,32 +34,49 @@ def bench_table(result: dict) -> str:
 
 
 def crosscheck_table(result: dict) -> str:
-    """Per-seed rows, then the mean of each arm (augmentation, input normalisation, segment and batch) over its
-    seeds, val + test weighted by clip count. Rows recorded before crosscheck.py stored the run's input
-    normalisation, segment and batch ran with the options they name and the cpu preset's 128 x 32 of then."""
+    """Per-seed rows, then the mean of each arm (augmentation, input normalisation, segment and batch, any other
+    `voxaug train` options) over its seeds, val + test weighted by clip count. Rows recorded before crosscheck.py
+    stored the run's input normalisation, segment and batch ran with the options they name and the cpu preset's
+    128 x 32 of then."""
     val_n, test_n = HELD_OUT
-    lines = [f"| augment | input norm | segment x batch | seed | val acc ({val_n} clips) | test acc ({test_n} clips) | "
-             f"val + test ({val_n + test_n} clips) |", "|---|---|---|---|---|---|---|"]
-    arms: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+    lines = [f"| augment | input norm | segment x batch | other options | seed | val acc ({val_n} clips) | "
+             f"test acc ({test_n} clips) | val + test ({val_n + test_n} clips) |", "|---|---|---|---|---|---|---|---|"]
+    arms: dict[tuple[str, str, str, str], list[tuple[float, float]]] = defaultdict(list)
 
     def norm(row: dict) -> str:
-        return row.get("input_norm") or row.get("options", "").replace("--input-norm", "").strip() or "none"
+        words = row.get("options", "").split()
+        named = words[words.index("--input-norm") + 1] if "--input-norm" in words[:-1] else "none"
+        return row.get("input_norm") or named
 
     def shape(row: dict) -> str:
         return f"{row.get('segment', 128)} x {row.get('batch', 32)}"
 
-    order = lambda r: (norm(r) != "none", shape(r) != "128 x 32", r["seed"], r["augment"] != "none", r["augment"])  # noqa: E731
+    def other(row: dict) -> str:
+        """The row's options less those with columns of their own (each of them takes one value)."""
+        words, kept = row.get("options", "").split(), []
+        while words:
+            word = words.pop(0)
+            if word in ("--input-norm", "--segment", "--batch"):
+                words = words[1:]
+            else:
+                kept.append(word)
+        return f"`{' '.join(kept)}`" if kept else "-"
+
+    def order(row: dict) -> tuple:
+        return norm(row) != "none", shape(row) != "128 x 32", other(row) != "-", row["seed"], row["augment"] != "none", \
+            row["augment"], other(row)
+
     for row in sorted(result["rows"], key=order):
         both = (val_n * row["val_acc"] + test_n * row["test_acc"]) / (val_n + test_n)
-        lines.append(f"| `{row['augment']}` | {norm(row)} | {shape(row)} | {row['seed']} | {row['val_acc']:.3f} | "
-                     f"{row['test_acc']:.3f} | {both:.3f} |")
-        arms[(row["augment"], norm(row), shape(row))].append((row["val_acc"], row["test_acc"]))
-    for (arm, input_norm, size), scores in arms.items():
+        lines.append(f"| `{row['augment']}` | {norm(row)} | {shape(row)} | {other(row)} | {row['seed']} | "
+                     f"{row['val_acc']:.3f} | {row['test_acc']:.3f} | {both:.3f} |")
+        arms[(row["augment"], norm(row), shape(row), other(row))].append((row["val_acc"], row["test_acc"]))
+    for (arm, input_norm, size, options), scores in arms.items():
         if len(scores) > 1:
             val, test = statistics.fmean(s[0] for s in scores), statistics.fmean(s[1] for s in scores)
             both = (val_n * val + test_n * test) / (val_n + test_n)
-            lines.append(f"| **`{arm}`** | {input_norm} | {size} | mean of {len(scores)} | {val:.3f} | {test:.3f} | "
-                         f"**{both:.3f}** |")
+            lines.append(f"| **`{arm}`** | {input_norm} | {size} | {options} | mean of {len(scores)} | {val:.3f} | "
+                         f"{test:.3f} | **{both:.3f}** |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 

@@ -240,7 +240,7 @@ def test_onnx_parity_compares_every_length_and_wav_file(trained_run, tiny_synth,
     assert all(r["worst_cosine"] > 0.9999 and r["argmax_same"] == r["pairs"] for r in rows)
 
 
-def test_crosscheck_arm_records_the_runs_input_norm_segment_and_batch_and_the_table_shows_them(tiny_synth, tmp_path):
+def test_crosscheck_arm_records_the_runs_input_norm_segment_and_batch_and_the_table_shows_them_and_other_options(tiny_synth, tmp_path):
     import crosscheck
     import render_results
 
@@ -249,8 +249,14 @@ def test_crosscheck_arm_records_the_runs_input_norm_segment_and_batch_and_the_ta
     assert 0 <= row["test_acc"] <= 1 and row["options"] == "--segment 32 --batch 8"
     older = {"augment": "none", "options": "--input-norm mean", "seed": 0, "steps": 4, "val_acc": 0.5, "train_acc": 1.0,
              "test_acc": 0.5}  # recorded before the fields existed: the cpu preset's 128 x 32 of then
-    table = render_results.crosscheck_table({"rows": [row, older], "machine": "m", "date": "d"}).splitlines()
-    assert table[2].startswith("| `none` | mean | 128 x 32 | 0 |") and table[3].startswith("| `none` | mean | 32 x 8 | 0 |")
+    warmed = {**older, "options": "--input-norm mean --margin-warmup 750 --weight-decay 0.2", "seed": 1}
+    table = render_results.crosscheck_table({"rows": [row, older, warmed, {**warmed, "seed": 2}], "machine": "m",
+                                             "date": "d"}).splitlines()
+    assert table[2].startswith("| `none` | mean | 128 x 32 | - | 0 |") and table[5].startswith("| `none` | mean | 32 x 8 | - | 0 |")
+    assert table[3].startswith("| `none` | mean | 128 x 32 | `--margin-warmup 750 --weight-decay 0.2` | 1 |")
+    means = [line for line in table if "mean of" in line]  # the other options make an arm of their own
+    assert means == ["| **`none`** | mean | 128 x 32 | `--margin-warmup 750 --weight-decay 0.2` | mean of 2 | 0.500 | 0.500 "
+                     "| **0.500** |"]
 
 
 def test_training_table_scores_with_the_results_arm_else_lda():
