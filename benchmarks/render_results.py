@@ -43,24 +43,25 @@ def crosscheck_table(result: dict) -> str:
              f"test acc ({test_n} clips) | val + test ({val_n + test_n} clips) |", "|---|---|---|---|---|---|---|---|"]
     arms: dict[tuple[str, str, str, str], list[tuple[float, float]]] = defaultdict(list)
 
+    def split_options(row: dict) -> tuple[dict[str, str], list[str]]:
+        """The row's options with columns of their own (each takes one value), and the rest in order."""
+        words, own, rest = iter(row.get("options", "").split()), {}, []
+        for word in words:
+            if word in ("--input-norm", "--segment", "--batch"):
+                own[word] = next(words, "")
+            else:
+                rest.append(word)
+        return own, rest
+
     def norm(row: dict) -> str:
-        words = row.get("options", "").split()
-        named = words[words.index("--input-norm") + 1] if "--input-norm" in words[:-1] else "none"
-        return row.get("input_norm") or named
+        return row.get("input_norm") or split_options(row)[0].get("--input-norm") or "none"
 
     def shape(row: dict) -> str:
         return f"{row.get('segment', 128)} x {row.get('batch', 32)}"
 
     def other(row: dict) -> str:
-        """The row's options less those with columns of their own (each of them takes one value)."""
-        words, kept = row.get("options", "").split(), []
-        while words:
-            word = words.pop(0)
-            if word in ("--input-norm", "--segment", "--batch"):
-                words = words[1:]
-            else:
-                kept.append(word)
-        return f"`{' '.join(kept)}`" if kept else "-"
+        rest = split_options(row)[1]
+        return f"`{' '.join(rest)}`" if rest else "-"
 
     def order(row: dict) -> tuple:
         return norm(row) != "none", shape(row) != "128 x 32", other(row) != "-", row["seed"], row["augment"] != "none", \
