@@ -23,6 +23,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -193,13 +194,14 @@ def build(out: Path, speakers: int = 60, utterances: int = 20, newcomers: int = 
 
 
 def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, options: tuple[str, ...] = ()) -> dict:
-    """`voxaug train [options]` then `voxaug predict` as a user runs them: validation and test accuracy."""
+    """`voxaug train [options]` then `voxaug predict` as a user runs them, in the caller's environment (training on one
+    thread): validation and test accuracy."""
     torch.set_num_threads(1)
     env_cache = ["--cache-dir", str(out.parent / "cache")]
     run = out / "run"
     subprocess.run([sys.executable, "-m", "voxaug", "train", str(data), "--out", str(run), "--augment", augment,
                     "--steps", str(steps), "--seed", str(seed), "--device", "cpu", "--quiet", *env_cache, *options],
-                   check=True, capture_output=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                   check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     submission = out / "submission.csv"
     subprocess.run([sys.executable, "-m", "voxaug", "predict", str(data), "--ckpt", str(run / "best.pt"), "--out",
                     str(submission), "--device", "cpu", "--quiet", *env_cache], check=True, capture_output=True)

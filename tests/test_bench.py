@@ -240,11 +240,14 @@ def test_onnx_parity_compares_every_length_and_wav_file(trained_run, tiny_synth,
     assert all(r["worst_cosine"] > 0.9999 and r["argmax_same"] == r["pairs"] for r in rows)
 
 
-def test_crosscheck_arm_records_the_runs_input_norm_segment_and_batch_and_the_table_shows_them_and_other_options(tiny_synth, tmp_path):
+def test_crosscheck_arm_records_the_runs_input_norm_segment_and_batch_and_the_table_shows_them_and_other_options(
+        tiny_synth, tmp_path, monkeypatch):
     import crosscheck
     import render_results
 
+    monkeypatch.setenv("VOXAUG_TRACE_BATCHES", "2")  # the training runs in the caller's environment, not a bare one
     row = crosscheck.train_arm(tiny_synth, tmp_path / "arm", "none", 0, 4, ("--segment", "32", "--batch", "8"))
+    assert len((tmp_path / "arm" / "run" / "batch_trace.jsonl").read_text().splitlines()) == 2
     assert (row["input_norm"], row["segment"], row["batch"]) == ("mean", 32, 8)
     assert 0 <= row["test_acc"] <= 1 and row["options"] == "--segment 32 --batch 8"
     older = {"augment": "none", "options": "--input-norm mean", "seed": 0, "steps": 4, "val_acc": 0.5, "train_acc": 1.0,
