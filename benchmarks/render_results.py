@@ -82,10 +82,13 @@ def crosscheck_table(result: dict) -> str:
 
 
 def backend_crosscheck_table(result: dict) -> str:
-    """Unseen speakers among all enrolled, per model, for each back end and score normalisation."""
+    """Unseen speakers among all enrolled, per model, for each back end and score normalisation (models of one
+    augmentation are named by their seeds alone)."""
     first = result["runs"][0]["rows"]
     arms = [(r["backend"], r["score_norm"]) for r in first]
-    models = [f"`{run['augment']}` seed {run['seed']}" for run in result["runs"]]
+    augments = {run["augment"] for run in result["runs"]}
+    models = ([f"`{augments.pop()}` seeds " + ", ".join(str(run["seed"]) for run in result["runs"])] if len(augments) == 1
+              else [f"`{run['augment']}` seed {run['seed']}" for run in result["runs"]])
     lines = [f"| back end | score | unseen among all {first[0]['enrolled']}: " + ", ".join(models)
              + " | mean | among newcomers (mean) | trained speakers' test clips among all (mean) "
              "| impostors unknown (mean) | EER (mean) |", "|---|---|---|---|---|---|---|---|"]

@@ -155,6 +155,11 @@ def test_backend_ablation_of_several_models_writes_one_run_each_that_the_rendere
     plda = next(line for line in table.splitlines() if line.startswith("| plda | PLDA |"))
     figure = f"{result['runs'][0]['rows'][3]['unseen_among_all']:.3f}"
     assert plda.startswith(f"| plda | PLDA | {figure}, {figure} | {figure} |")
+    seed, augment = result["runs"][0]["seed"], result["runs"][0]["augment"]
+    assert f"among all {result['runs'][0]['rows'][0]['enrolled']}: `{augment}` seeds {seed}, {seed} |" in table
+    result["runs"][1]["augment"] = augment + ",mixup"
+    (tmp_path / "mixed.json").write_text(json.dumps(result))
+    assert f"`{augment}` seed {seed}, `{augment},mixup` seed {seed} |" in render_results.render("mixed.json")
 
 
 def test_checkpoint_view_sets_each_trainings_best_pt_beside_its_last_pt(tmp_path, monkeypatch):
