@@ -86,10 +86,12 @@ def backend_crosscheck_table(result: dict) -> str:
     augmentation are named by their seeds alone)."""
     first = result["runs"][0]["rows"]
     arms = [(r["backend"], r["score_norm"]) for r in first]
-    augments = {run["augment"] for run in result["runs"]}
-    models = ([f"`{augments.pop()}` seeds " + ", ".join(str(run["seed"]) for run in result["runs"])] if len(augments) == 1
-              else [f"`{run['augment']}` seed {run['seed']}" for run in result["runs"]])
-    lines = [f"| back end | score | unseen among all {first[0]['enrolled']}: " + ", ".join(models)
+    runs = result["runs"]
+    if len({run["augment"] for run in runs}) == 1:
+        models = f"`{runs[0]['augment']}` seeds " + ", ".join(str(run["seed"]) for run in runs)
+    else:
+        models = ", ".join(f"`{run['augment']}` seed {run['seed']}" for run in runs)
+    lines = [f"| back end | score | unseen among all {first[0]['enrolled']}: " + models
              + " | mean | among newcomers (mean) | trained speakers' test clips among all (mean) "
              "| impostors unknown (mean) | EER (mean) |", "|---|---|---|---|---|---|---|---|"]
     for backend, norm in arms:
