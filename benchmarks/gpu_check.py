@@ -2,10 +2,13 @@
 
 1. the CUDA-marked tests (``pytest -m cuda``);
 2. the ``strong`` and ``boss`` presets trained for ``--steps`` steps each on a ``voxaug synth`` set,
-   with mixed precision (the default) and with ``--no-amp``, for each of ``--seeds``: steps/s,
-   utterances/s, peak GPU memory, validation accuracy, steps whose loss was not finite;
-3. ``benchmarks/train_bench.py`` on CUDA: the ``boss`` step with AMP and in float32 against the
-   homework's loop on the same card, interleaved, at batch 32 (the homework's) and 128;
+   with mixed precision (the default) and with ``--no-amp``, for each of ``--seeds``: validation
+   accuracy, steps whose loss was not finite, peak GPU memory. The runs share the card, ``--jobs``
+   at a time (a step at batch 32 keeps the GPU busy about a tenth of the time), so that enough
+   seeds fit in a few minutes for the AMP-vs-float32 verdict; their speeds are not solo speeds;
+3. ``benchmarks/train_bench.py`` on CUDA, alone on the card: the ``strong`` and ``boss`` steps with
+   AMP and in float32 against the homework's loop, interleaved, at batch 32 (the homework's), and
+   ``boss`` at 128 too;
 4. a profile of one ``strong`` step: wall time against GPU kernel time, the costliest host operations;
    ``torchrun --standalone --nproc_per_node=1`` training over NCCL;
 5. ``embed``, ``enroll`` and ``identify`` on the GPU, against the same commands on the CPU;
@@ -19,7 +22,7 @@ stands in for the card; the CUDA tests are then all skipped, so that stage fails
 some stages, e.g. to confirm a fix in a minute or two of GPU time. ``--workdir`` is the check's own
 scratch folder: its synthetic set is reused, its runs and indexes replaced.
 
-    python benchmarks/gpu_check.py --workdir gpu_work --json gpu_check.json [--steps 300]
+    python benchmarks/gpu_check.py --workdir gpu_work --json gpu_check.json [--steps 600 --seeds 0,1,2]
     python benchmarks/gpu_check.py --only cuda_tests,cross_device               # a quick recheck
     python benchmarks/gpu_check.py --device cpu --steps 20 --bench-reps 3    # rehearsal
 """
@@ -38,6 +41,8 @@ import subprocess
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
@@ -50,11 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_bench import make_trainer, synchronize, voxaug_step  # noqa: E402
 from train_bench import run as train_bench_run  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
+from voxaug.data.sources import open_source  # noqa: E402
+from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.safeio import atomic_write_json  # noqa: E402
 from voxaug.train import Trainer  # noqa: E402
 
 AMP_TOLERANCE = 0.02  # validation accuracy of AMP within 2 points of float32's after the same steps
-SYNTH = ["--speakers", "60", "--utterances", "24", "--unseen", "4", "--impostors", "2", "--seed", "0"]
+SYNTH = ["--speakers", "60", "--utterances", "40", "--unseen", "4", "--impostors", "2", "--seed", "0"]
 STAGES = ("cuda_tests", "training", "train_bench", "step_profile", "torchrun_nccl", "embed_identify", "cross_device")
 VAL_FRACTION = 0.2
 DEVICE = "cuda"  # --device cpu rehearses the stages without a GPU
@@ -107,67 +114,90 @@ def cuda_tests() -> dict:
     return {"ok": ok, "summary": tail, **counts, **({} if ok else {"output": result.stdout[-3000:]})}
 
 
-def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int, seed: int) -> dict:
-    """One run of ``preset`` on CUDA: the training loop's own time (evaluation excluded), peak memory
-    and the accuracies it ends with. The warm-up is cut to a quarter of the steps so that a short run
-    reaches its peak learning rate, and a fifth of each speaker's utterances is held out, so that the
-    AMP-vs-float32 comparison rests on a few hundred clips."""
+def train_preset(data: Path, run_dir: Path, preset: str, amp: bool, steps: int, seed: int, device: str,
+                 cache: Path, threads: int) -> dict:
+    """One run of ``preset`` (in its own process, ``threads`` torch threads): the training loop's own time
+    (evaluation excluded), peak memory and the accuracies it ends with. The warm-up is cut to a quarter
+    of the steps so that a short run reaches its peak learning rate, and a fifth of each speaker's
+    utterances is held out, so that the AMP-vs-float32 comparison rests on several hundred clips."""
+    torch.set_num_threads(threads)
     config = create_config(preset)
-    config.device, config.amp, config.seed = DEVICE, amp, seed
+    config.device, config.amp, config.seed = device, amp, seed
     config.steps, config.eval_every = steps, steps
     config.warmup = min(config.warmup, steps // 4)
     config.val_fraction = VAL_FRACTION
-    trainer = Trainer(config, data, run_dir, progress=False)
+    trainer = Trainer(config, data, run_dir, cache_dir=cache, progress=False)
     evaluate, spent_evaluating = trainer.evaluate, [0.0]
 
     def timed_evaluate(mean_loss: float | None) -> dict:
-        synchronize(DEVICE)
+        synchronize(device)
         start = time.perf_counter()
         row = evaluate(mean_loss)
         spent_evaluating[0] += time.perf_counter() - start
         return row
 
     trainer.evaluate = timed_evaluate
-    if DEVICE == "cuda":
+    if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     summary = trainer.fit()
-    synchronize(DEVICE)
+    synchronize(device)
     train_s = time.perf_counter() - start - spent_evaluating[0]
     return {
         "preset": preset, "amp": amp, "seed": seed, "steps": summary.steps, "batch": config.batch, "warmup": config.warmup,
         "train_s": round(train_s, 2), "steps_per_s": round(summary.steps / train_s, 2),
-        "utt_per_s": round(summary.steps * config.batch / train_s, 1),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if DEVICE == "cuda" else None,
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,
         "val_acc": summary.val_acc, "train_acc": summary.train_acc, "skipped_steps": summary.skipped_steps,
         "val_utterances": len(trainer.val_indices),
     }
 
 
-def training(data: Path, runs: Path, steps: int, seeds: list[int]) -> dict:
-    """strong and boss, each with and without AMP for every seed, and the AMP-vs-float32 verdicts on
-    the mean over seeds."""
-    rows = [train_preset(data, runs / f"{preset}-{'amp' if amp else 'fp32'}-seed{seed}", preset, amp, steps, seed)
-            for preset in ("strong", "boss") for seed in seeds for amp in (True, False)]
+def amp_verdict(amp_rows: list[dict], fp32_rows: list[dict]) -> dict:
+    """AMP against float32 on validation accuracy, paired by seed: the mean difference and its standard
+    error (the seed-to-seed spread that a short run carries)."""
+    differences = [a["val_acc"] - b["val_acc"] for a, b in zip(amp_rows, fp32_rows)]
+    spread = float(np.std(differences, ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else None
+    return {
+        "mean_val_acc_amp": round(float(np.mean([r["val_acc"] for r in amp_rows])), 4),
+        "mean_val_acc_fp32": round(float(np.mean([r["val_acc"] for r in fp32_rows])), 4),
+        "val_acc_difference": round(float(np.mean(differences)), 4),
+        "standard_error": None if spread is None else round(spread, 4),
+        "per_seed_difference": [round(d, 4) for d in differences]}
+
+
+def training(data: Path, runs: Path, steps: int, seeds: list[int], jobs: int,
+             report: Callable[[dict], None]) -> dict:
+    """strong and boss, each with and without AMP for every seed, ``jobs`` runs at a time on the one card,
+    and the AMP-vs-float32 verdicts on the mean over seeds. ``report`` gets the rows finished so far."""
+    cache = runs.parent / "cache"
+    PackedStore.open(open_source(data), cache, progress=False)  # packed once, before the runs share it
+    plan = [(preset, seed, amp) for preset in ("strong", "boss") for seed in seeds for amp in (True, False)]
+    jobs = max(1, min(jobs, len(plan)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    rows = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(train_preset, data, runs / f"{preset}-{'amp' if amp else 'fp32'}-seed{seed}", preset,
+                               amp, steps, seed, DEVICE, cache, threads) for preset, seed, amp in plan]
+        for future in as_completed(futures):
+            rows.append(future.result())
+            report({"ok": False, "unfinished": f"{len(rows)} of {len(plan)} runs", "runs": rows})
+    order = {key: n for n, key in enumerate(plan)}
+    rows.sort(key=lambda r: order[(r["preset"], r["seed"], r["amp"])])
     verdicts = {}
     for preset in ("strong", "boss"):
         amp_rows, fp32_rows = ([r for r in rows if r["preset"] == preset and r["amp"] is amp] for amp in (True, False))
-        verdicts[preset] = {
-            "mean_val_acc_amp": round(float(np.mean([r["val_acc"] for r in amp_rows])), 4),
-            "mean_val_acc_fp32": round(float(np.mean([r["val_acc"] for r in fp32_rows])), 4),
-            "val_acc_difference": round(float(np.mean([a["val_acc"] - b["val_acc"] for a, b in zip(amp_rows, fp32_rows)])), 4),
-            "per_seed_difference": [round(a["val_acc"] - b["val_acc"], 4) for a, b in zip(amp_rows, fp32_rows)],
-            "amp_speedup": round(sum(r["train_s"] for r in fp32_rows) / sum(r["train_s"] for r in amp_rows), 2)}
+        verdicts[preset] = amp_verdict(amp_rows, fp32_rows)
     ok = all(r["skipped_steps"] == 0 for r in rows) and all(
         abs(v["val_acc_difference"]) <= AMP_TOLERANCE for v in verdicts.values())
-    return {"ok": ok, "runs": rows, "amp_vs_fp32": verdicts, "tolerance": AMP_TOLERANCE}
+    return {"ok": ok, "concurrent_runs": jobs, "threads_per_run": threads, "runs": rows, "amp_vs_fp32": verdicts,
+            "tolerance": AMP_TOLERANCE}
 
 
 def reference_comparison(data: Path, reps: int) -> dict:
-    """``train_bench.py --preset boss --device cuda`` at batch 32 and 128: voxaug (AMP, float32) against
-    the homework loop."""
-    return {"ok": True, "by_batch": [train_bench_run(data, preset="boss", batch=batch, steps=reps, device=DEVICE)
-                                     for batch in (32, 128)]}
+    """``train_bench.py --device cuda``: voxaug's step (AMP, float32) against the homework loop, for
+    ``strong`` at batch 32 and ``boss`` at batch 32 and 128."""
+    return {"ok": True, "by_batch": [train_bench_run(data, preset=preset, batch=batch, steps=reps, device=DEVICE)
+                                     for preset, batch in (("strong", 32), ("boss", 32), ("boss", 128))]}
 
 
 def step_profile(data: Path, work: Path, steps: int = 20) -> dict:
@@ -287,9 +317,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("gpu_work"))
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
-    parser.add_argument("--steps", type=int, default=300, help="steps of each strong/boss training run")
+    parser.add_argument("--steps", type=int, default=600, help="steps of each strong/boss training run")
     parser.add_argument("--bench-reps", type=int, default=30, help="timed steps of each train_bench arm")
-    parser.add_argument("--seeds", default="0,1", help="seeds of the strong/boss runs (comma-separated)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the strong/boss runs (comma-separated)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="strong/boss runs at a time on the card (default: the CPU count)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a rehearsal without a GPU")
     parser.add_argument("--only", default=",".join(STAGES), help=f"stages to run, of: {', '.join(STAGES)}")
     args = parser.parse_args()
@@ -314,10 +346,19 @@ def main() -> None:
     results = {"date": datetime.date.today().isoformat(), "machine": machine, "command": " ".join(sys.argv),
                "environment": env, "steps": args.steps, "seeds": seeds, "synth": " ".join(SYNTH), "stages": {}}
     atomic_write_json(json_path, results)
+    synth = None
+    if not (data / "metadata.json").exists() and chosen - {"cuda_tests"}:  # built while the CUDA tests run
+        synth = subprocess.Popen([sys.executable, "-m", "voxaug", "synth", str(data), *SYNTH, "--quiet"], cwd=ROOT)
     stage(results, "cuda_tests", cuda_tests, json_path, chosen)
-    if not (data / "metadata.json").exists() and chosen - {"cuda_tests"}:
-        voxaug("synth", data, *SYNTH, "--quiet", timeout=600)
-    stage(results, "training", lambda: training(data, runs, args.steps, seeds), json_path, chosen)
+    if synth is not None and synth.wait(timeout=600) != 0:
+        sys.exit(f"gpu_check: voxaug synth {data} exited {synth.returncode}")
+
+    def report_training(partial: dict) -> None:
+        results["stages"]["training"] = partial
+        atomic_write_json(json_path, results)
+
+    stage(results, "training", lambda: training(data, runs, args.steps, seeds, args.jobs, report_training), json_path,
+          chosen)
     stage(results, "train_bench", lambda: reference_comparison(data, args.bench_reps), json_path, chosen)
     stage(results, "step_profile", lambda: step_profile(data, work), json_path, chosen)
     stage(results, "torchrun_nccl", lambda: torchrun_nccl(data, runs), json_path, chosen)

@@ -280,36 +280,45 @@ def gpu_footer(result: dict) -> str:
 
 def gpu_check_table(result: dict, compact: bool = False) -> str:
     """``benchmarks/gpu_check.py``'s stages: training speed and accuracy with and without AMP, the step
-    against the homework loop, and the cross-device checks (``compact``: the README's one row)."""
+    against the homework loop, and the cross-device checks (``compact``: the README's boss rows)."""
     stages = result["stages"]
-    bench = {row["batch"]: row for row in stages["train_bench"]["by_batch"]}
+    bench = [row for row in stages["train_bench"]["by_batch"]]
+    boss = {row["batch"]: row for row in bench if row["preset"] == "boss"}
     if compact:
         card = f"{result['environment']['card']}, {result['date']}"
         return "\n".join([f"| `boss` step, {card} | voxaug, AMP | homework loop, same card |", "|---|---|---|"] + [
             f"| batch {batch} | {row['train_utt_per_s']:.0f} utt/s | {row['reference_train_utt_per_s']:.0f} "
-            f"utt/s ({row['train_speedup']:.2f}x) |" for batch, row in sorted(bench.items())])
+            f"utt/s ({row['train_speedup']:.2f}x) |" for batch, row in sorted(boss.items())])
     tests = stages["cuda_tests"]
     lines = ["| measure | result | ratio / check |", "|---|---|---|",
              f"| CUDA-marked tests (`pytest -m cuda`) | {tests['summary']} | none skipped: {not tests.get('skipped')} |"]
     training, verdicts = stages["training"], stages["training"]["amp_vs_fp32"]
+    shared = training.get("concurrent_runs", 1)
     for preset in ("strong", "boss"):
         rows = {amp: [r for r in training["runs"] if r["preset"] == preset and r["amp"] is amp] for amp in (True, False)}
-        speed = {amp: statistics.fmean(r["utt_per_s"] for r in rows[amp]) for amp in rows}
         memory = {amp: max(r["peak_gpu_mib"] for r in rows[amp]) for amp in rows}
         verdict = verdicts[preset]
         run = rows[True][0]
-        lines.append(f"| `{preset}`, {run['steps']} steps (warm-up {run['warmup']}), batch {run['batch']}, "
-                     f"{len(rows[True])} seeds: AMP / float32 | {speed[True]:.0f} / {speed[False]:.0f} utt/s, "
-                     f"peak {memory[True]} / {memory[False]} MiB | AMP {verdict['amp_speedup']:.2f}x float32's speed |")
+        setting = (f"`{preset}`, {run['steps']} steps (warm-up {run['warmup']}), batch {run['batch']}, "
+                   f"{len(rows[True])} seeds")
+        if shared == 1:  # one run at a time (the first runs): their own speeds
+            speed = {amp: statistics.fmean(r["utt_per_s"] for r in rows[amp]) for amp in rows}
+            lines.append(f"| {setting}: AMP / float32 | {speed[True]:.0f} / {speed[False]:.0f} utt/s, "
+                         f"peak {memory[True]} / {memory[False]} MiB | AMP {verdict['amp_speedup']:.2f}x float32's speed |")
+        else:
+            lines.append(f"| {setting}, {shared} runs sharing the card: AMP / float32 | peak {memory[True]} / "
+                         f"{memory[False]} MiB per run | speed: the interleaved rows below |")
+        error = f" ± {verdict['standard_error']:.3f}" if verdict.get("standard_error") is not None else ""
         lines.append(f"| `{preset}` validation accuracy ({run['val_utterances']} clips): AMP / float32 | "
                      f"{verdict['mean_val_acc_amp']:.3f} / {verdict['mean_val_acc_fp32']:.3f} "
                      f"(per seed {', '.join(f'{d:+.3f}' for d in verdict['per_seed_difference'])}) | "
-                     f"{verdict['val_acc_difference']:+.3f} (target within ±{training['tolerance']:.2f}); "
-                     f"non-finite steps: {sum(r['skipped_steps'] for r in training['runs'])} |")
-    for batch, row in sorted(bench.items()):
-        lines.append(f"| `boss` step, batch {batch}, interleaved: voxaug AMP / float32 / homework loop | "
+                     f"{verdict['val_acc_difference']:+.3f}{error} (target within ±{training['tolerance']:.2f}); "
+                     f"non-finite steps: {sum(r['skipped_steps'] for r in rows[True] + rows[False])} |")
+    for row in bench:
+        lines.append(f"| `{row['preset']}` step, batch {row['batch']}, interleaved: voxaug AMP / float32 / homework loop | "
                      f"{row['train_utt_per_s']:.0f} / {row['fp32_train_utt_per_s']:.0f} / "
-                     f"{row['reference_train_utt_per_s']:.0f} utt/s | {row['train_speedup']:.2f}x the homework loop |")
+                     f"{row['reference_train_utt_per_s']:.0f} utt/s | {row['train_speedup']:.2f}x the homework loop; "
+                     f"AMP {row['amp_speedup']:.2f}x float32 |")
     if "step_profile" in stages:
         profile = stages["step_profile"]
         lines.append(f"| profile of a `strong` step, batch 32, AMP ({profile['steps']} steps) | "
