@@ -278,3 +278,26 @@ def test_training_table_scores_with_the_results_arm_else_lda():
     result = {"sets": [{"name": "s", "runs": [run]}], "machine": "m", "date": "d"}
     assert "| **0.250** |" in render_results.openset_training_table(result)
     assert "| **0.750** |" in render_results.openset_training_table({**result, "arm": ["plda", "none"]})
+
+
+def test_gpu_check_amp_verdict_pairs_runs_by_seed_and_gives_the_standard_error():
+    import gpu_check
+
+    amp = [{"val_acc": v} for v in (0.62, 0.50, 0.75)]
+    fp32 = [{"val_acc": v} for v in (0.60, 0.51, 0.70)]
+    verdict = gpu_check.amp_verdict(amp, fp32)
+    assert verdict["per_seed_difference"] == [0.02, -0.01, 0.05] and verdict["val_acc_difference"] == 0.02
+    assert verdict["standard_error"] == round(0.03 / 3 ** 0.5, 4)  # sd of the differences (ddof 1) / sqrt(3)
+    assert gpu_check.amp_verdict(amp[:1], fp32[:1])["standard_error"] is None
+
+
+def test_gpu_check_table_gives_solo_speeds_only_for_runs_that_had_the_card_alone():
+    import render_results
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    alone = render_results.gpu_check_table(json.loads((results / "gpu_check_2026-11-27_h200.json").read_text()))
+    shared = render_results.gpu_check_table(json.loads((results / "gpu_check_2026-11-28_h200.json").read_text()))
+    assert "utt/s, peak" in alone and "sharing the card" not in alone
+    assert "12 runs sharing the card" in shared and "utt/s, peak" not in shared
+    assert "| `strong` step, batch 32, interleaved" in shared
+    assert "+0.003 ± 0.018 (target" in shared and " ± 0." not in alone  # the first run had no standard error
