@@ -280,34 +280,36 @@ def gpu_footer(result: dict) -> str:
 
 def gpu_check_table(result: dict, compact: bool = False) -> str:
     """``benchmarks/gpu_check.py``'s stages: training speed and accuracy with and without AMP, the step
-    against the homework loop, and the cross-device checks (``compact``: the README's boss rows)."""
+    against the homework loop, and the cross-device checks (``compact``: the README's boss rows). A run
+    of some stages (``--only``) shows those."""
     stages = result["stages"]
-    bench = [row for row in stages["train_bench"]["by_batch"]]
+    bench = stages["train_bench"]["by_batch"] if "train_bench" in stages else []
     boss = {row["batch"]: row for row in bench if row["preset"] == "boss"}
     if compact:
         card = f"{result['environment']['card']}, {result['date']}"
         return "\n".join([f"| `boss` step, {card} | voxaug, AMP | homework loop, same card |", "|---|---|---|"] + [
             f"| batch {batch} | {row['train_utt_per_s']:.0f} utt/s | {row['reference_train_utt_per_s']:.0f} "
             f"utt/s ({row['train_speedup']:.2f}x) |" for batch, row in sorted(boss.items())])
-    tests = stages["cuda_tests"]
-    lines = ["| measure | result | ratio / check |", "|---|---|---|",
-             f"| CUDA-marked tests (`pytest -m cuda`) | {tests['summary']} | none skipped: {not tests.get('skipped')} |"]
-    training, verdicts = stages["training"], stages["training"]["amp_vs_fp32"]
+    lines = ["| measure | result | ratio / check |", "|---|---|---|"]
+    if "cuda_tests" in stages:
+        tests = stages["cuda_tests"]
+        lines.append(f"| CUDA-marked tests (`pytest -m cuda`) | {tests['summary']} | none skipped: {not tests.get('skipped')} |")
+    training = stages.get("training", {"runs": []})
     shared = training.get("concurrent_runs", 1)
-    for preset in ("strong", "boss"):
+    for preset in ("strong", "boss") if training["runs"] else ():
         rows = {amp: [r for r in training["runs"] if r["preset"] == preset and r["amp"] is amp] for amp in (True, False)}
         memory = {amp: max(r["peak_gpu_mib"] for r in rows[amp]) for amp in rows}
-        verdict = verdicts[preset]
+        verdict = training["amp_vs_fp32"][preset]
         run = rows[True][0]
         setting = (f"`{preset}`, {run['steps']} steps (warm-up {run['warmup']}), batch {run['batch']}, "
-                   f"{len(rows[True])} seeds")
+                   f"{len(rows[True])} seeds ({', '.join(str(r['seed']) for r in rows[True])})")
         if shared == 1:  # one run at a time (the first runs): their own speeds
             speed = {amp: statistics.fmean(r["utt_per_s"] for r in rows[amp]) for amp in rows}
             lines.append(f"| {setting}: AMP / float32 | {speed[True]:.0f} / {speed[False]:.0f} utt/s, "
                          f"peak {memory[True]} / {memory[False]} MiB | AMP {verdict['amp_speedup']:.2f}x float32's speed |")
         else:
             lines.append(f"| {setting}, {shared} runs sharing the card: AMP / float32 | peak {memory[True]} / "
-                         f"{memory[False]} MiB per run | speed: the interleaved rows below |")
+                         f"{memory[False]} MiB per run | speed: `train_bench`, alone on the card |")
         error = f" ± {verdict['standard_error']:.3f}" if verdict.get("standard_error") is not None else ""
         lines.append(f"| `{preset}` validation accuracy ({run['val_utterances']} clips): AMP / float32 | "
                      f"{verdict['mean_val_acc_amp']:.3f} / {verdict['mean_val_acc_fp32']:.3f} "
@@ -325,13 +327,15 @@ def gpu_check_table(result: dict, compact: bool = False) -> str:
                      f"{profile['wall_ms_per_step']:.0f} ms wall, {profile['gpu_kernel_ms_per_step']:.1f} ms in GPU "
                      f"kernels, {profile['device_ops_per_step']:.0f} device operations | GPU busy "
                      f"{profile['gpu_busy_fraction']:.0%} of the step |")
-    nccl, embed = stages["torchrun_nccl"], stages["embed_identify"]
-    lines += [
-        f"| `torchrun --standalone --nproc_per_node=1`, 20 steps | `{nccl['banner'].split(';')[0]}` | ok: {nccl['ok']} |",
-        f"| `embed` + `enroll` + `identify --device cuda` vs the CPU | {embed['utterances']} embeddings, "
-        f"lowest cosine {embed['min_cosine_gpu_vs_cpu']:.4f} | same decision on {embed['same_decision_gpu_vs_cpu']} "
-        f"of {embed['clips']} clips |",
-    ]
+    if "torchrun_nccl" in stages:
+        nccl = stages["torchrun_nccl"]
+        lines.append(f"| `torchrun --standalone --nproc_per_node=1`, 20 steps | `{nccl['banner'].split(';')[0]}` | "
+                     f"ok: {nccl['ok']} |")
+    if "embed_identify" in stages:
+        embed = stages["embed_identify"]
+        lines.append(f"| `embed` + `enroll` + `identify --device cuda` vs the CPU | {embed['utterances']} embeddings, "
+                     f"lowest cosine {embed['min_cosine_gpu_vs_cpu']:.4f} | same decision on "
+                     f"{embed['same_decision_gpu_vs_cpu']} of {embed['clips']} clips |")
     if "cross_device" in stages:
         cross = stages["cross_device"]
         lines += [
@@ -340,7 +344,7 @@ def gpu_check_table(result: dict, compact: bool = False) -> str:
             f"| CPU checkpoint, `predict` on CPU vs GPU | {cross['cpu_checkpoint']['same_prediction']} of "
             f"{cross['cpu_checkpoint']['utterances']} the same | |",
             f"| CPU run resumed with `--device cuda` | {cross['cpu_run_resumed_on_cuda'].replace('|', '·')} | |"]
-    else:
+    elif "embed_identify" in stages:  # the stage before it ran: the run ended at its time limit
         lines.append("| checkpoints across devices (`predict`, resume) | not reached: the run ended at its time limit | |")
     return "\n".join(lines + ["", gpu_footer(result)])
 
@@ -358,7 +362,7 @@ def render(name: str, view: str | None = None) -> str:
         return hnsw_table(result, json.loads((RESULTS / "hnsw_speakers_192d.json").read_text(encoding="utf-8")))
     if "variants" in result:
         return augment_cost_table(result)
-    if "stages" in result and "train_bench" in result["stages"]:
+    if "stages" in result and {"train_bench", "training"} & set(result["stages"]):
         return gpu_check_table(result, compact=view == "compact")
     if "train_utt_per_s" in result:
         return bench_table(result)
