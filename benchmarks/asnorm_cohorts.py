@@ -1,4 +1,5 @@
-"""Does AS-norm lower EER *and* minDCF with any cohort a training set can offer? A sweep on trained models.
+"""Does AS-norm lower EER *and* minDCF with any cohort a training set, or a set of other speakers, can offer?
+A sweep on trained models.
 
 Two trial sets (``--trials``), each scored plain and AS-normalised:
 
@@ -13,10 +14,15 @@ scores each cohort entry as a speaker model, as an index does):
 
 - ``validation``: the run's validation-split utterances (what ``voxaug embed`` stores);
 - ``training``: the training-split utterances (memorised by the network);
-- ``centroids``: one mean vector per training speaker (its training-split utterances).
+- ``centroids``: one mean vector per training speaker (its training-split utterances);
+- with ``--external-cohort DIR``, ``external`` and ``external centroids``: the utterances, or one mean
+  per speaker, of DIR's speakers, a set the network never trained on and no trial's speaker is in
+  (``DIR/<speaker>/`` clip folders, or a ``voxaug synth``/``crosscheck.py build`` output, whose
+  ``unseen/enroll`` and ``unseen/test`` are used): the kind of cohort published AS-norm gains use.
 
     python benchmarks/asnorm_cohorts.py demo/data --ckpt demo/run/last.pt --trials validation unseen --json asnorm.json
     python benchmarks/asnorm_cohorts.py cc --ckpt cc-run/reverb+noise-seed0/run/last.pt --set espeak-ng --json asnorm.json --append
+    python benchmarks/asnorm_cohorts.py demo/data --ckpt demo/run/last.pt --external-cohort cohort1000 --json external.json
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import numpy as np
 import torch
 
 from backend_ablation import embed_everything
+from voxaug.checkpoint import LoadedModel
+from voxaug.embeddings.evaluation import LabelledEmbeddings, embed_folder
 from voxaug.data.split import stratified_split
 from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
@@ -58,16 +66,30 @@ class CohortSource:
         return backend.plda.speaker_scores(self.means, self.counts, vectors)
 
 
-def cohorts(space: np.ndarray, labels: np.ndarray, train: np.ndarray, held_out: np.ndarray) -> dict[str, CohortSource]:
-    """Every cohort source in the scoring space, without its top-K (set per arm)."""
-    trained, trained_labels = space[train], labels[train]
-    speakers = np.unique(trained_labels)
-    counts = np.array([(trained_labels == s).sum() for s in speakers], dtype=np.float64)
-    means = np.stack([trained[trained_labels == s].sum(axis=0) for s in speakers]) / counts[:, None]
+def speaker_means(space: np.ndarray, labels: np.ndarray) -> CohortSource:
+    """One cohort entry per speaker: the mean of its vectors (and its clip count, for PLDA)."""
+    speakers = np.unique(labels)
+    counts = np.array([(labels == s).sum() for s in speakers], dtype=np.float64)
+    means = np.stack([space[labels == s].sum(axis=0) for s in speakers]) / counts[:, None]
     unit = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
-    single = {name: CohortSource(Cohort(space[rows], labels[rows].tolist()), space[rows], np.ones(len(rows)))
-              for name, rows in (("validation", held_out), ("training", train))}
-    return {**single, "centroids": CohortSource(Cohort(unit, speakers.tolist()), means, counts)}
+    return CohortSource(Cohort(unit, speakers.tolist()), means, counts)
+
+
+def utterances(space: np.ndarray, labels: np.ndarray) -> CohortSource:
+    """One cohort entry per utterance."""
+    return CohortSource(Cohort(space, labels.tolist()), space, np.ones(len(space)))
+
+
+def cohorts(space: np.ndarray, labels: np.ndarray, train: np.ndarray, held_out: np.ndarray,
+            external: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, CohortSource]:
+    """Every cohort source in the scoring space, without its top-K (set per arm); ``external`` is
+    another speaker set's vectors in that space, with their speakers."""
+    sources = {"validation": utterances(space[held_out], labels[held_out]),
+               "training": utterances(space[train], labels[train]),
+               "centroids": speaker_means(space[train], labels[train])}
+    if external is not None:
+        sources.update({"external": utterances(*external), "external centroids": speaker_means(*external)})
+    return sources
 
 
 def trial_clips(found: dict, trials: str, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +100,7 @@ def trial_clips(found: dict, trials: str, held_out: np.ndarray) -> tuple[np.ndar
     return np.concatenate([p.embeddings for p in parts]), np.concatenate([np.asarray(p.labels) for p in parts])
 
 
-def sweep(found: dict, backend_kind: str, trials: str = "unseen") -> list[dict]:
+def sweep(found: dict, backend_kind: str, trials: str = "unseen", external: LabelledEmbeddings | None = None) -> list[dict]:
     config = found["model"].config
     labels = np.asarray(found["train"].labels)
     codes = np.unique(labels, return_inverse=True)[1]
@@ -92,13 +114,14 @@ def sweep(found: dict, backend_kind: str, trials: str = "unseen") -> list[dict]:
     plain = eer_and_min_dcf(scores, same)
     rows = [{"backend": backend_kind, "cohort": "none", "top_k": 0, "eer": plain["eer"], "min_dcf": plain["min_dcf"],
              "trials": plain["trials"], "same_trials": plain["same_trials"]}]
-    for name, source in cohorts(backend.apply(found["train"].embeddings), labels, train, held_out).items():
+    outside = None if external is None else (backend.apply(external.embeddings), np.asarray(external.labels))
+    for name, source in cohorts(backend.apply(found["train"].embeddings), labels, train, held_out, outside).items():
         cohort_scores = source.scores(backend, vectors)
         for top_k in TOP_KS:
             if top_k > len(source.cohort.labels):
                 continue
             source.cohort.top_k = top_k
-            if trials == "validation":  # a trial's own speakers sit in the cohort: leave both sides' out
+            if trials == "validation" and not name.startswith("external"):  # a trial's own speakers sit in the cohort
                 sides = [source.cohort.stats(vectors[a], exclude=clip_labels[a].tolist(), also_exclude=clip_labels[b].tolist(),
                                              scores=None if cohort_scores is None else cohort_scores[a])
                          for a, b in ((first, second), (second, first))]
@@ -111,12 +134,23 @@ def sweep(found: dict, backend_kind: str, trials: str = "unseen") -> list[dict]:
     return rows
 
 
+def external_speakers(loaded: LoadedModel, folder: Path, cache: Path | None) -> LabelledEmbeddings:
+    """Every clip of the external cohort set, embedded: ``unseen/enroll`` and ``unseen/test`` of a
+    generated set, else ``folder``'s own speaker folders."""
+    parts = [folder / "unseen" / p for p in ("enroll", "test") if (folder / "unseen" / p).is_dir()] or [folder]
+    found = [embed_folder(loaded, part, torch.device("cpu"), cache, False) for part in parts]
+    labels = np.concatenate([f.labels for f in found])  # named apart from the trials' speakers, who are excluded by name
+    return LabelledEmbeddings(np.concatenate([f.embeddings for f in found]), np.char.add("external:", labels.astype(str)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a folder with unseen/{enroll,test} (voxaug synth or crosscheck.py build)")
     parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="one model, or several of the same data")
     parser.add_argument("--trials", nargs="+", choices=TRIAL_SETS, default=["unseen"])
     parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--external-cohort", type=Path, help="speakers the network never trained on, as two more "
+                                                               "cohort sources (see above)")
     parser.add_argument("--set", help="the data's name in the JSON and its table (default: the folder's name)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--append", action="store_true", help="add these runs to --json's, to render several sets together")
@@ -125,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for ckpt in args.ckpt:
         found = embed_everything(ckpt, args.data, args.cache_dir)
+        external = None if args.external_cohort is None else external_speakers(found["model"], args.external_cohort,
+                                                                                 args.cache_dir)
         for trials in args.trials:
-            rows = [row for kind in BACKENDS for row in sweep(found, kind, trials)]
+            rows = [row for kind in BACKENDS for row in sweep(found, kind, trials, external)]
             runs.append({"set": args.set or args.data.name, "seed": found["model"].config.seed, "checkpoint": str(ckpt),
                          "data": str(args.data), "trials": trials, "rows": rows})
             print(f"{ckpt}: {trials} trials: {rows[0]['trials']} ({rows[0]['same_trials']} same-speaker)\n"

@@ -201,34 +201,76 @@ def retrain_ceiling_table(result: dict) -> str:
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
-def asnorm_cohorts_table(result: dict) -> str:
-    """Per set, trial set and back end, over its models: the plain score's EER and minDCF, AS-norm's with the stored
-    cohort (validation, K 20), how many models that cohort lowers both on, and every cohort and K that lowers both
-    on every model."""
-    lines = ["| set (models) | trials | back end | plain EER / minDCF (mean) | AS-norm, stored cohort (validation, K 20): "
-             "EER / minDCF (mean) | models where it lowers both | cohorts and K that lower both on every model |",
-             "|---|---|---|---|---|---|---|"]
+def _asnorm_groups(result: dict) -> dict[tuple[str, str, str], list[list[dict]]]:
+    """asnorm_cohorts.py's rows grouped by (set, trials, back end): one list of rows per model."""
     groups: dict[tuple[str, str, str], list[list[dict]]] = defaultdict(list)
     for run in result["runs"]:
         for backend in dict.fromkeys(row["backend"] for row in run["rows"]):
             groups[(run["set"], run["trials"], backend)].append([row for row in run["rows"] if row["backend"] == backend])
-    lowers = lambda row, plain: row["eer"] < plain["eer"] and row["min_dcf"] < plain["min_dcf"]  # noqa: E731
-    mean = lambda rows, key: statistics.fmean(row[key] for row in rows)  # noqa: E731
-    for (name, trials, backend), models in groups.items():
+    return groups
+
+
+def _lowers_both(row: dict, plain: dict) -> bool:
+    return row["eer"] < plain["eer"] and row["min_dcf"] < plain["min_dcf"]
+
+
+def _arm(models: list[list[dict]], arm: tuple[str, int]) -> list[dict | None]:
+    """Each model's row of one (cohort, K) arm, ``None`` where that model lacks it."""
+    return [next((row for row in rows if (row["cohort"], row["top_k"]) == arm), None) for rows in models]
+
+
+def _asnorm_cells(rows: list[dict], plains: list[dict]) -> str:
+    """Mean EER / minDCF of one arm over the models, and on how many it lowers both."""
+    return (f"{statistics.fmean(r['eer'] for r in rows):.3f} / {statistics.fmean(r['min_dcf'] for r in rows):.3f} | "
+            f"{sum(_lowers_both(r, p) for r, p in zip(rows, plains))} of {len(rows)}")
+
+
+def asnorm_cohorts_table(result: dict) -> str:
+    """Per set, trial set and back end, over its models: the plain score's EER and minDCF, AS-norm's with the stored
+    cohort (validation, K 20), how many models that cohort lowers both on, and every cohort and K that lowers both
+    on every model. Runs with an external cohort get :func:`asnorm_external_table`."""
+    if any(row["cohort"].startswith("external") for run in result["runs"] for row in run["rows"]):
+        return asnorm_external_table(result)
+    lines = ["| set (models) | trials | back end | plain EER / minDCF (mean) | AS-norm, stored cohort (validation, K 20): "
+             "EER / minDCF (mean) | models where it lowers both | cohorts and K that lower both on every model |",
+             "|---|---|---|---|---|---|---|"]
+    for (name, trials, backend), models in _asnorm_groups(result).items():
         plains = [next(row for row in rows if row["cohort"] == "none") for rows in models]
-        stored = [next(row for row in rows if (row["cohort"], row["top_k"]) == ("validation", 20)) for rows in models]
         everywhere: dict[str, list[str]] = defaultdict(list)
         for arm in [(row["cohort"], row["top_k"]) for row in models[0] if row["cohort"] != "none"]:
-            found = [next((row for row in rows if (row["cohort"], row["top_k"]) == arm), None) for rows in models]
-            if all(row is not None and lowers(row, plain) for row, plain in zip(found, plains)):
+            found = _arm(models, arm)
+            if all(row is not None and _lowers_both(row, plain) for row, plain in zip(found, plains)):
                 everywhere[arm[0]].append(str(arm[1]))
         tried = sum(1 for row in models[0] if row["cohort"] != "none")
         lines.append(f"| {name} ({len(models)}) | {trials} ({plains[0]['trials']:,}; {plains[0]['same_trials']:,} same) | "
-                     f"{backend} | {mean(plains, 'eer'):.3f} / {mean(plains, 'min_dcf'):.3f} | "
-                     f"{mean(stored, 'eer'):.3f} / {mean(stored, 'min_dcf'):.3f} | "
-                     f"{sum(lowers(row, plain) for row, plain in zip(stored, plains))} of {len(models)} | "
+                     f"{backend} | {statistics.fmean(p['eer'] for p in plains):.3f} / "
+                     f"{statistics.fmean(p['min_dcf'] for p in plains):.3f} | "
+                     f"{_asnorm_cells(_arm(models, ('validation', 20)), plains)} | "
                      + ("; ".join(f"{cohort} K {', '.join(ks)}" for cohort, ks in everywhere.items()) or f"none of the {tried}")
                      + " |")
+    return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
+
+
+def asnorm_external_table(result: dict) -> str:
+    """An external cohort's sweep: per set, trial set and back end, the plain score, the stored cohort and the
+    external arm (utterances or speaker means, K) that lowers both EER and minDCF on the most models (ties: the
+    lower mean minDCF)."""
+    lines = ["| cohort set (models) | trials | back end | plain EER / minDCF (mean) | stored cohort (validation, K 20): "
+             "EER / minDCF | lowers both on | external arm that lowers both on the most models (picked on them) | "
+             "its EER / minDCF | lowers both on |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (name, trials, backend), models in _asnorm_groups(result).items():
+        plains = [next(row for row in rows if row["cohort"] == "none") for rows in models]
+        arms = [(row["cohort"], row["top_k"]) for row in models[0] if row["cohort"].startswith("external")]
+        found = {arm: _arm(models, arm) for arm in arms}
+        found = {arm: rows for arm, rows in found.items() if None not in rows}
+        best = max(found, key=lambda arm: (sum(_lowers_both(r, p) for r, p in zip(found[arm], plains)),
+                                           -statistics.fmean(r["min_dcf"] for r in found[arm])))
+        lines.append(f"| {name} ({len(models)}) | {trials} ({plains[0]['same_trials']:,} same of {plains[0]['trials']:,}) | "
+                     f"{backend} | {statistics.fmean(p['eer'] for p in plains):.3f} / "
+                     f"{statistics.fmean(p['min_dcf'] for p in plains):.3f} | "
+                     f"{_asnorm_cells(_arm(models, ('validation', 20)), plains)} | {best[0]}, K {best[1]} | "
+                     f"{_asnorm_cells(found[best], plains)} |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 

@@ -234,6 +234,55 @@ def test_asnorm_cohort_sweep_scores_both_trial_sets_against_every_cohort(trained
     assert table[2].startswith("| data (1) | unseen (") and "| tiny (1) | validation (" in table[-3]
 
 
+def test_asnorm_cohort_sweep_adds_an_external_cohort_named_apart_from_the_trials_speakers(trained_run, tiny_synth,
+                                                                                         tmp_path):
+    import asnorm_cohorts
+    from voxaug.checkpoint import load_model
+
+    external = asnorm_cohorts.external_speakers(load_model(trained_run / "last.pt"), tiny_synth, None)
+    clips = sorted((tiny_synth / "unseen").glob("[et]*/*/*.pt"))  # enroll and test: every clip of the unseen speakers
+    assert len(external.labels) == len(clips)
+    assert sorted(external.labels.tolist()) == sorted(f"external:{clip.parent.name}" for clip in clips)
+    assert np.allclose(np.linalg.norm(external.embeddings, axis=1), 1.0, atol=1e-4)
+
+    assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", str(trained_run / "last.pt"), "--trials", "validation",
+                                "--external-cohort", str(tiny_synth), "--json", str(tmp_path / "a.json")]) == 0
+    rows = json.loads((tmp_path / "a.json").read_text())["runs"][0]["rows"]
+    for backend in ("none", "lda", "plda"):
+        mine = {(r["cohort"], r["top_k"]) for r in rows if r["backend"] == backend}
+        assert ("external", 10) in mine and ("external", 20) not in mine  # K is capped at the cohort's 12 clips
+        assert not any(cohort == "external centroids" for cohort, _ in mine)  # 2 speakers: fewer than any K
+
+
+def test_external_cohort_table_names_the_arm_that_lowers_both_on_the_most_models(tmp_path, monkeypatch):
+    import render_results
+
+    def row(cohort, top_k, eer, min_dcf):
+        return {"backend": "plda", "cohort": cohort, "top_k": top_k, "eer": eer, "min_dcf": min_dcf, "trials": 100,
+                "same_trials": 10}
+
+    runs = [{"set": "s", "trials": "unseen", "rows": [row("none", 0, 0.10, 0.50), row("validation", 20, 0.11, 0.60),
+                                                      row("external", 10, 0.09, 0.40), row("external", 20, 0.08, 0.45)]},
+            {"set": "s", "trials": "unseen", "rows": [row("none", 0, 0.20, 0.70), row("validation", 20, 0.19, 0.60),
+                                                      row("external", 10, 0.21, 0.60), row("external", 20, 0.18, 0.65)]}]
+    (tmp_path / "x.json").write_text(json.dumps({"date": "d", "machine": "m", "runs": runs}))
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    table = render_results.render("x.json").splitlines()
+    assert "picked on them" in table[0] and len(table) == 5
+    assert table[2] == ("| s (2) | unseen (10 same of 100) | plda | 0.150 / 0.600 | 0.150 / 0.600 | 1 of 2 | "
+                        "external, K 20 | 0.130 / 0.550 | 2 of 2 |")
+
+
+def test_cohort_of_speaker_means_averages_each_speakers_vectors_and_counts_its_clips():
+    import asnorm_cohorts
+
+    space = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]], dtype=np.float32)
+    source = asnorm_cohorts.speaker_means(space, np.array(["a", "a", "b"]))
+    assert source.cohort.labels == ["a", "b"]
+    assert np.allclose(source.means, [[0.5, 0.5], [3.0, 0.0]]) and source.counts.tolist() == [2.0, 1.0]
+    assert np.allclose(source.cohort.vectors, [[0.5 ** 0.5, 0.5 ** 0.5], [1.0, 0.0]])  # unit rows for cosines
+
+
 def test_onnx_parity_compares_every_length_and_wav_file(trained_run, tiny_synth, tmp_path):
     import onnx_parity
 
