@@ -114,6 +114,7 @@ def sweep(found: dict, backend_kind: str, trials: str = "unseen", external: Labe
     plain = eer_and_min_dcf(scores, same)
     rows = [{"backend": backend_kind, "cohort": "none", "top_k": 0, "eer": plain["eer"], "min_dcf": plain["min_dcf"],
              "trials": plain["trials"], "same_trials": plain["same_trials"]}]
+    trial_speakers = set(clip_labels.tolist())
     outside = None if external is None else (backend.apply(external.embeddings), np.asarray(external.labels))
     for name, source in cohorts(backend.apply(found["train"].embeddings), labels, train, held_out, outside).items():
         cohort_scores = source.scores(backend, vectors)
@@ -121,7 +122,7 @@ def sweep(found: dict, backend_kind: str, trials: str = "unseen", external: Labe
             if top_k > len(source.cohort.labels):
                 continue
             source.cohort.top_k = top_k
-            if trials == "validation" and not name.startswith("external"):  # a trial's own speakers sit in the cohort
+            if not trial_speakers.isdisjoint(source.cohort.labels):  # a trial's own speakers sit in the cohort
                 sides = [source.cohort.stats(vectors[a], exclude=clip_labels[a].tolist(), also_exclude=clip_labels[b].tolist(),
                                              scores=None if cohort_scores is None else cohort_scores[a])
                          for a, b in ((first, second), (second, first))]

@@ -228,9 +228,7 @@ def _asnorm_cells(rows: list[dict], plains: list[dict]) -> str:
 def asnorm_cohorts_table(result: dict) -> str:
     """Per set, trial set and back end, over its models: the plain score's EER and minDCF, AS-norm's with the stored
     cohort (validation, K 20), how many models that cohort lowers both on, and every cohort and K that lowers both
-    on every model. Runs with an external cohort get :func:`asnorm_external_table`."""
-    if any(row["cohort"].startswith("external") for run in result["runs"] for row in run["rows"]):
-        return asnorm_external_table(result)
+    on every model."""
     lines = ["| set (models) | trials | back end | plain EER / minDCF (mean) | AS-norm, stored cohort (validation, K 20): "
              "EER / minDCF (mean) | models where it lowers both | cohorts and K that lower both on every model |",
              "|---|---|---|---|---|---|---|"]
@@ -410,8 +408,9 @@ def render(name: str, view: str | None = None) -> str:
         return bench_table(result)
     if "sets" in result:
         return openset_training_table(result)
-    if "runs" in result and "cohort" in result["runs"][0]["rows"][0]:  # asnorm_cohorts.py
-        return asnorm_cohorts_table(result)
+    if "runs" in result and "cohort" in result["runs"][0]["rows"][0]:  # asnorm_cohorts.py, with --external-cohort or not
+        external = any(row["cohort"].startswith("external") for run in result["runs"] for row in run["rows"])
+        return asnorm_external_table(result) if external else asnorm_cohorts_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
         return checkpoint_table(result) if view == "checkpoints" else backend_crosscheck_table(result)
     if "rows" in result and "unseen_softmax" in result["rows"][0]:
