@@ -219,10 +219,18 @@ def _arm(models: list[list[dict]], arm: tuple[str, int]) -> list[dict | None]:
     return [next((row for row in rows if (row["cohort"], row["top_k"]) == arm), None) for rows in models]
 
 
+def _plain_rows(models: list[list[dict]]) -> list[dict]:
+    """Each model's row without AS-norm."""
+    return [next(row for row in rows if row["cohort"] == "none") for rows in models]
+
+
+def _mean_eer_dcf(rows: list[dict]) -> str:
+    return f"{statistics.fmean(r['eer'] for r in rows):.3f} / {statistics.fmean(r['min_dcf'] for r in rows):.3f}"
+
+
 def _asnorm_cells(rows: list[dict], plains: list[dict]) -> str:
     """Mean EER / minDCF of one arm over the models, and on how many it lowers both."""
-    return (f"{statistics.fmean(r['eer'] for r in rows):.3f} / {statistics.fmean(r['min_dcf'] for r in rows):.3f} | "
-            f"{sum(_lowers_both(r, p) for r, p in zip(rows, plains))} of {len(rows)}")
+    return f"{_mean_eer_dcf(rows)} | {sum(_lowers_both(r, p) for r, p in zip(rows, plains))} of {len(rows)}"
 
 
 def asnorm_cohorts_table(result: dict) -> str:
@@ -233,7 +241,7 @@ def asnorm_cohorts_table(result: dict) -> str:
              "EER / minDCF (mean) | models where it lowers both | cohorts and K that lower both on every model |",
              "|---|---|---|---|---|---|---|"]
     for (name, trials, backend), models in _asnorm_groups(result).items():
-        plains = [next(row for row in rows if row["cohort"] == "none") for rows in models]
+        plains = _plain_rows(models)
         everywhere: dict[str, list[str]] = defaultdict(list)
         for arm in [(row["cohort"], row["top_k"]) for row in models[0] if row["cohort"] != "none"]:
             found = _arm(models, arm)
@@ -241,9 +249,7 @@ def asnorm_cohorts_table(result: dict) -> str:
                 everywhere[arm[0]].append(str(arm[1]))
         tried = sum(1 for row in models[0] if row["cohort"] != "none")
         lines.append(f"| {name} ({len(models)}) | {trials} ({plains[0]['trials']:,}; {plains[0]['same_trials']:,} same) | "
-                     f"{backend} | {statistics.fmean(p['eer'] for p in plains):.3f} / "
-                     f"{statistics.fmean(p['min_dcf'] for p in plains):.3f} | "
-                     f"{_asnorm_cells(_arm(models, ('validation', 20)), plains)} | "
+                     f"{backend} | {_mean_eer_dcf(plains)} | {_asnorm_cells(_arm(models, ('validation', 20)), plains)} | "
                      + ("; ".join(f"{cohort} K {', '.join(ks)}" for cohort, ks in everywhere.items()) or f"none of the {tried}")
                      + " |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
@@ -258,15 +264,14 @@ def asnorm_external_table(result: dict) -> str:
              "its EER / minDCF | lowers both on |",
              "|---|---|---|---|---|---|---|---|---|"]
     for (name, trials, backend), models in _asnorm_groups(result).items():
-        plains = [next(row for row in rows if row["cohort"] == "none") for rows in models]
+        plains = _plain_rows(models)
         arms = [(row["cohort"], row["top_k"]) for row in models[0] if row["cohort"].startswith("external")]
         found = {arm: _arm(models, arm) for arm in arms}
         found = {arm: rows for arm, rows in found.items() if None not in rows}
         best = max(found, key=lambda arm: (sum(_lowers_both(r, p) for r, p in zip(found[arm], plains)),
                                            -statistics.fmean(r["min_dcf"] for r in found[arm])))
         lines.append(f"| {name} ({len(models)}) | {trials} ({plains[0]['same_trials']:,} same of {plains[0]['trials']:,}) | "
-                     f"{backend} | {statistics.fmean(p['eer'] for p in plains):.3f} / "
-                     f"{statistics.fmean(p['min_dcf'] for p in plains):.3f} | "
+                     f"{backend} | {_mean_eer_dcf(plains)} | "
                      f"{_asnorm_cells(_arm(models, ('validation', 20)), plains)} | {best[0]}, K {best[1]} | "
                      f"{_asnorm_cells(found[best], plains)} |")
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
