@@ -29,7 +29,8 @@ def check_far(target_far: float) -> float:
 
 def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[str], score_norm: str,
                     cohort_top_k: int | None = None) -> dict[str, np.ndarray]:
-    """Per clip: the genuine score, the best impostor score and whether the top answer is right.
+    """Per clip: the genuine score, the impostor score (the first other speaker in `identify`'s ranking),
+    the top answer's score (what `identify` compares with the threshold) and whether that answer is right.
 
     Clips whose speaker is not enrolled are refused: they have no genuine score.
     """
@@ -38,15 +39,19 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
         raise VoxaugError(f"speakers {missing[:5]}{' ...' if len(missing) > 5 else ''} have clips but are not "
                           "enrolled in the index")
     depth = len(index.speakers) if len(index.speakers) <= EXHAUSTIVE_UP_TO else 50
-    results = index.search(embeddings, depth, score_norm=score_norm, cohort_top_k=cohort_top_k)
-    genuine, impostor, correct = [], [], []
+    # each clip stands in for a voice never heard, so AS-norm leaves its own speaker's cohort entries out:
+    # calibrating on the validation split, the cohort holds the very clip
+    results = index.search(embeddings, depth, score_norm=score_norm, cohort_top_k=cohort_top_k, query_speakers=labels)
+    genuine, impostor, top, correct = [], [], [], []
     for label, ranked in zip(labels, results):
         scores = dict(ranked)
         others = [score for speaker, score in ranked if speaker != label]
-        genuine.append(scores.get(label, ranked[-1][1]))  # beyond the searched depth: no higher than the last
+        genuine.append(scores.get(label, min(scores.values())))  # beyond the searched depth: no higher than those found
         impostor.append(others[0] if others else -1e9)  # no other speaker enrolled: nothing to confuse it with
+        top.append(ranked[0][1])
         correct.append(ranked[0][0] == label)
-    return {"genuine": np.array(genuine), "impostor": np.array(impostor), "correct": np.array(correct)}
+    return {"genuine": np.array(genuine), "impostor": np.array(impostor), "top": np.array(top),
+            "correct": np.array(correct)}
 
 
 def threshold_at_far(impostor: np.ndarray, target_far: float) -> float:
@@ -65,7 +70,7 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
     threshold = threshold_at_far(impostor, target_far)
     equal_error = eer_and_min_dcf(np.concatenate([genuine, impostor]),
                                   np.concatenate([np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]))
-    top = np.maximum(genuine, impostor)
+    top = scores["top"]
     return {
         "value": threshold,
         "score_norm": score_norm,

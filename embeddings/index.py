@@ -211,11 +211,13 @@ class SpeakerIndex:
         return self.built
 
     def search(self, queries: np.ndarray, top_k: int, index: faiss.Index | None = None,
-               score_norm: str | None = None, cohort_top_k: int | None = None) -> list[list[tuple[str, float]]]:
+               score_norm: str | None = None, cohort_top_k: int | None = None,
+               query_speakers: list[str] | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (speaker, score) per query of network embeddings, the score a cosine in the back end's
         space (a PLDA log-likelihood ratio with a ``plda`` back end) or, with ``score_norm="asnorm"``, its
         AS-norm. In utterance mode speakers are ranked by votes among the ``max(top_k, 10)`` nearest
-        utterances, ties broken by their best score."""
+        utterances, ties broken by their best score. ``query_speakers`` (calibration) names each query's
+        speaker, whose cohort entries (the query itself, when the cohort is its split) AS-norm leaves out."""
         if top_k <= 0:
             raise VoxaugError(f"--top-k must be positive, got {top_k}")
         if not self.labels:
@@ -224,7 +226,7 @@ class SpeakerIndex:
         queries = self.to_space(queries, "queries")
         index = index or self.faiss_index()
         if score_norm == "asnorm" or (self.backend.plda is not None and self.mode == "speaker"):
-            return self._search_rescored(queries, top_k, index, score_norm, cohort_top_k)
+            return self._search_rescored(queries, top_k, index, score_norm, cohort_top_k, query_speakers)
         neighbours = min(len(self.labels), top_k if self.mode == "speaker" else max(top_k, 10))
         scores, rows = index.search(queries, neighbours)
         if self.backend.plda is not None:  # utterance mode: each utterance is a speaker enrolled from that clip
@@ -245,7 +247,7 @@ class SpeakerIndex:
         return results
 
     def _search_rescored(self, queries: np.ndarray, top_k: int, index: faiss.Index, score_norm: str,
-                         cohort_top_k: int | None) -> list[list[tuple[str, float]]]:
+                         cohort_top_k: int | None, query_speakers: list[str] | None) -> list[list[tuple[str, float]]]:
         """Re-score the nearest ``RESCORED_CANDIDATES`` speakers by cosine with the back end's own score
         (PLDA) and, with ``asnorm``, normalise it; rank them by the result."""
         if score_norm == "asnorm":
@@ -253,7 +255,8 @@ class SpeakerIndex:
         candidates = min(len(self.labels), max(top_k, RESCORED_CANDIDATES))
         cosines, rows = index.search(queries, candidates)
         if score_norm == "asnorm":
-            query_stats = self.cohort.stats(queries, top_k=cohort_top_k, scores=self.cohort_scores(queries))
+            query_stats = self.cohort.stats(queries, exclude=query_speakers, top_k=cohort_top_k,
+                                            scores=self.cohort_scores(queries))
             model_stats = self._model_cohort_stats(np.unique(rows[rows >= 0]), cohort_top_k)  # (2, every row)
         results = []
         for row, (cosine_row, id_row) in enumerate(zip(cosines, rows)):

@@ -14,7 +14,9 @@ def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01
     scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
     if same.all() or not same.any():
         raise VoxaugError("verification needs both same-speaker and different-speaker trials")
-    fpr, tpr, thresholds = roc_curve(same, scores)
+    # every distinct score as a threshold: the default thinning drops the collinear points among which
+    # FAR = FRR and the lowest threshold within the target FAR often lie
+    fpr, tpr, thresholds = roc_curve(same, scores, drop_intermediate=False)
     fnr = 1 - tpr
     best = int(np.nanargmin(np.abs(fnr - fpr)))
     eer = float((fnr[best] + fpr[best]) / 2)

@@ -14,6 +14,7 @@ from voxaug.data.split import stratified_split
 from voxaug.embeddings.backend import Cohort, ScoringBackend, as_norm
 from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far
 from voxaug.embeddings.index import SpeakerIndex, sidecar_path
+from voxaug.embeddings.scoring import eer_and_min_dcf
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 from voxaug.errors import VoxaugError
 
@@ -167,6 +168,48 @@ def test_a_version_1_index_still_loads_and_scores_plain_cosines(tmp_path):
         loaded.search(vectors[:1], 1, score_norm="asnorm")
 
 
+# ---- verification figures --------------------------------------------------------------------------------
+
+
+def every_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference: FAR and miss rate at every distinct score as a threshold (accept: score >= t), and accepting none."""
+    thresholds = np.r_[np.inf, np.unique(scores)[::-1]]
+    far = np.array([(scores[~same] >= t).mean() for t in thresholds])
+    miss = np.array([(scores[same] < t).mean() for t in thresholds])
+    return thresholds, far, miss
+
+
+def test_eer_is_read_where_false_alarms_and_misses_cross():
+    scores = np.array([0.9, 0.35, 0.8, 0.7, 0.6, 0.5, 0.4, 0.1])
+    same = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    result = eer_and_min_dcf(scores, same)
+    assert result["eer"] == pytest.approx(0.5) and result["eer_threshold"] == pytest.approx(0.6)  # FAR = FRR = 0.5
+
+
+def test_the_far_threshold_is_the_lowest_within_the_target_when_scores_tie():
+    scores = np.array([3, 2, 1, 0, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0], dtype=float)
+    same = np.arange(14) < 4
+    result = eer_and_min_dcf(scores, same, target_far=0.25)
+    assert result["far_threshold"] == 2.0 and result["miss_at_far"] == pytest.approx(0.5)  # FAR 0.2 there
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_eer_min_dcf_and_far_threshold_match_a_sweep_over_every_threshold(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.r_[rng.normal(2.0, 1.0, 40), rng.normal(0.0, 1.0, 400)]
+    if seed % 2:
+        scores = np.round(scores, 1)  # ties between same- and different-speaker trials
+    same = np.r_[np.ones(40, bool), np.zeros(400, bool)]
+    result = eer_and_min_dcf(scores, same, target_far=0.05)
+    thresholds, far, miss = every_threshold(scores, same)
+    gap = np.abs(far - miss)
+    assert any(result["eer"] == pytest.approx(eer) for eer in ((far + miss) / 2)[gap == gap.min()])
+    assert result["min_dcf"] == pytest.approx((0.01 * miss + 0.99 * far).min() / 0.01)
+    within = far <= 0.05
+    assert result["far_threshold"] == pytest.approx(thresholds[within][-1])  # the lowest threshold within the FAR
+    assert result["miss_at_far"] == pytest.approx(miss[within].min())
+
+
 # ---- calibration -----------------------------------------------------------------------------------------
 
 
@@ -187,6 +230,51 @@ def test_open_set_scores_and_calibration_record():
     assert record["score_norm"] == "asnorm" and record["value"] == pytest.approx(threshold_at_far(scores["impostor"], 0.05))
     with pytest.raises(VoxaugError, match="not enrolled"):
         open_set_scores(index, vectors[:1], ["stranger"], "none")
+
+
+def test_utterance_index_calibration_predicts_the_acceptance_identify_gives():
+    """By utterance, `identify` answers the most-voted speaker with its best score, which need not be the highest
+    score of the clip's own speaker and the best other one; the predicted acceptance must be identify's."""
+    vectors, labels = clustered(speakers=10, per=12, spread=0.9, seed=1)
+    labels = np.array(labels)
+    train = np.arange(len(labels)) % 12 < 8
+    index = SpeakerIndex(dim=16, mode="utterance", backend=ScoringBackend.fit("plda", vectors[train], labels[train], 8))
+    for speaker in sorted(set(labels)):
+        index.add(speaker, vectors[train & (labels == speaker)])
+    scores = open_set_scores(index, vectors[~train], labels[~train].tolist(), "none")
+    answered = np.array([ranked[0][1] for ranked in index.search(vectors[~train], len(index.speakers))])
+    assert (answered < np.maximum(scores["genuine"], scores["impostor"])).any()  # a vote that the best score overrules
+    for target_far in (0.1, 0.2, 0.3):
+        record = calibrate(scores, target_far, "none", "test")
+        assert record["acceptance"] == pytest.approx((answered >= record["value"]).mean())
+
+
+@pytest.mark.parametrize("kind", ["lda", "plda"])
+def test_calibrating_on_the_cohorts_own_clips_leaves_each_clips_speaker_out_of_its_cohort(kind):
+    """Calibrated on the validation split that is also the AS-norm cohort, a clip must not be normalised by
+    its own entry (a perfect match): it stands in for a voice `identify` has never heard."""
+    vectors, labels = clustered(speakers=8, per=12, spread=0.6, seed=2)
+    labels = np.array(labels)
+    held = np.arange(len(labels)) % 12 >= 9
+    index = SpeakerIndex(dim=16, backend=ScoringBackend.fit(kind, vectors[~held], labels[~held], 6))
+    index.cohort = Cohort(index.to_space(vectors[held]), labels[held].tolist(), 5, "validation split")
+    for speaker in sorted(set(labels)):
+        index.add(speaker, vectors[~held & (labels == speaker)])
+    queries, names = vectors[held], labels[held].tolist()
+    scores = open_set_scores(index, queries, names, "asnorm")
+    in_space = index.to_space(queries)
+    query_stats = index.cohort.stats(in_space, exclude=names, scores=index.cohort_scores(in_space))
+    plain = index.search(queries, len(index.speakers), score_norm="none")
+    for row, (name, ranked) in enumerate(zip(names, plain)):
+        speakers = [speaker for speaker, _ in ranked]
+        model_stats = np.array([index.cohort_stats[speaker] for speaker in speakers]).T
+        normalised = dict(zip(speakers, as_norm(np.array([[score for _, score in ranked]]),
+                                                (query_stats[0][row:row + 1], query_stats[1][row:row + 1]),
+                                                (model_stats[0], model_stats[1]))[0]))
+        assert scores["genuine"][row] == pytest.approx(normalised[name], rel=1e-4)
+        assert scores["impostor"][row] == pytest.approx(max(v for s, v in normalised.items() if s != name), rel=1e-4)
+    with_itself = index.search(queries, len(index.speakers), score_norm="asnorm")
+    assert not np.allclose([dict(ranked)[name] for name, ranked in zip(names, with_itself)], scores["genuine"])
 
 
 # ---- through the command line ----------------------------------------------------------------------------
