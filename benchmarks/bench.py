@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -243,12 +244,12 @@ def run_benchmarks(size: BenchSize, quiet: bool = False) -> dict:
         train, trainer = _timed("training step vs homework loop", timings,
                                 lambda: compare_training(data, workdir, "cpu", reps=size.train_reps), quiet)
         result.update(train)
-        packed, per_file = _timed("batch loading", timings, lambda: loading_seconds(
-            trainer.store, data, trainer.config.batch, trainer.config.segment, size.loading_reps), quiet)
+        packed, per_file = _timed("batch loading", timings, partial(
+            loading_seconds, trainer.store, data, trainer.config.batch, trainer.config.segment, size.loading_reps), quiet)
         result.update(packed_batch_ms=packed * 1000, torch_load_batch_ms=per_file * 1000,
                       packed_speedup=per_file / packed)
         classes = len(trainer.speakers)
-        del trainer
+        del trainer  # its packed store and model are not needed for the rest
         cost = _timed("augmentation cost", timings, lambda: measure_augment_cost(
             reps=size.augment_reps, threads=None, variants={"default": DEFAULT_AUGMENT}), quiet)
         default = cost["variants"]["default"]
