@@ -13,7 +13,7 @@ import typer
 from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_folder
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, index_lock
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_text, ensure_folder, sha256_file
 
 if TYPE_CHECKING:
@@ -84,6 +84,9 @@ def evaluate(
         if score_norm == "asnorm":
             speaker_index.check_asnorm()
     store = PackedStore.open(open_source(data, loaded.frontend), cache_dir, progress=not quiet)
+    if list(store.speakers) != list(loaded.speakers):
+        raise file_error(data, f"its {len(store.speakers)} speakers are not the {len(loaded.speakers)} the checkpoint was "
+                               "trained on, in its order; evaluate scores the run's own validation split of its dataset")
     report, reference, held_out = closed_set(loaded, store, torch_device, progress=not quiet)
     groups = {"validation": held_out}
     if enroll is not None:

@@ -97,8 +97,7 @@ class ScoringBackend:
         if len(embeddings) <= speakers:
             raise VoxaugError(f"--backend {kind} needs more training utterances than speakers (some speaker with two), "
                               f"got {len(embeddings)} of {speakers}; pass --backend center or none")
-        if not isinstance(lda_dim, int) or lda_dim < 1:
-            raise VoxaugError(f"--lda-dim must be a positive whole number, got {lda_dim!r}")
+        check_lda_dim(lda_dim)
         dim = min(lda_dim, speakers - 1, embeddings.shape[1])
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dim)
         lda.fit(embeddings - mean, labels)
@@ -191,6 +190,13 @@ class Cohort:
         if not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
             raise VoxaugError(f"{where}: cohort vectors must be unit length")
         return cls(vectors, labels, top_k, str(values.get("source", "")))
+
+
+def check_lda_dim(lda_dim: object) -> int:
+    """At least 2: scores are cosines of unit vectors, and in one dimension every one of them is ±1."""
+    if isinstance(lda_dim, bool) or not isinstance(lda_dim, int) or lda_dim < 2:
+        raise VoxaugError(f"--lda-dim must be a whole number >= 2 (in one dimension every cosine is ±1), got {lda_dim!r}")
+    return lda_dim
 
 
 def pair_as_norm(scores: np.ndarray, first_stats: tuple[np.ndarray, np.ndarray],

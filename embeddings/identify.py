@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 UNKNOWN = "unknown"
 
 
+def check_speaker_name(name: object) -> str:
+    """An enrolled speaker's name: not blank, no surrounding spaces, and not the answer for no one."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise VoxaugError(f"speaker name {name!r} must be non-empty text without leading or trailing spaces")
+    if name == UNKNOWN:
+        raise VoxaugError(f"speaker name {name!r} is what identify answers below the threshold; choose another")
+    return name
+
+
 def checkpoint_record(path: str | Path) -> dict:
     """What an index's sidecar remembers of the checkpoint that made its embeddings."""
     return {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}

@@ -388,7 +388,7 @@ class SpeakerIndex:
         try:
             return cls(dim=dim, mode=meta["per"], hnsw=meta.get("faiss") == "IndexHNSWFlat", labels=list(labels),
                        vectors=np.ascontiguousarray(vectors, dtype=np.float32), counts=dict(meta["counts"]),
-                       mean_norms=dict(meta.get("mean_norms", {})), checkpoint=dict(meta["checkpoint"]),
+                       mean_norms=dict(meta.get("mean_norms") or {}), checkpoint=dict(meta["checkpoint"]),
                        frontend=dict(meta["frontend"]), built=index, **scoring)
         except VoxaugError as exc:
             raise file_error(side, str(exc)) from exc
@@ -425,6 +425,19 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
         raise file_error(side, f"sidecar field 'per' is {meta['per']!r}; accepted: {', '.join(MODES)}")
     if not all(isinstance(label, str) for label in meta["labels"]) or set(meta["labels"]) != set(meta["counts"]):
         raise file_error(side, "sidecar 'labels' and 'counts' name different speakers")
+    if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 1 for count in meta["counts"].values()):
+        raise file_error(side, "sidecar field 'counts' must map each speaker to a whole number of clips >= 1")
+    norms = meta.get("mean_norms")  # a speaker's running mean is norm * centroid: PLDA and --append need it
+    if meta["per"] == "speaker" and (not isinstance(norms, dict) or set(norms) != set(meta["counts"]) or not all(
+            _finite_number(norm) and norm > 0 for norm in norms.values())):
+        raise file_error(side, "sidecar field 'mean_norms' must map each speaker to a positive number")
+    for key in ("path", "sha256"):
+        if not isinstance(meta["checkpoint"].get(key, ""), str):
+            raise file_error(side, f"sidecar field 'checkpoint.{key}' must be a string")
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _scoring_fields(meta: dict, side: Path) -> dict:
@@ -438,13 +451,15 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
         raise file_error(side, str(exc).removeprefix(f"{where}: ")) from exc
     stats = meta.get("cohort_stats", {})
     if not isinstance(stats, dict) or not all(
-            isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) for v in stats.values()):
-        raise file_error(side, "sidecar field 'cohort_stats' must map speakers to [mean, std]")
+            isinstance(v, list) and len(v) == 2 and all(_finite_number(x) for x in v) and v[1] > 0 for v in stats.values()):
+        raise file_error(side, "sidecar field 'cohort_stats' must map speakers to [mean, std], finite, std > 0")
     if cohort is not None and meta.get("per") == "speaker" and set(stats) != set(meta["labels"]):
         raise file_error(side, "sidecar 'cohort_stats' and 'labels' name different speakers")
     calibration = meta.get("calibration", {})
     if not isinstance(calibration, dict):
         raise file_error(side, "sidecar field 'calibration' must be an object")
+    if "value" in calibration and not _finite_number(calibration["value"]):
+        raise file_error(side, f"sidecar calibration 'value' must be a finite number, got {calibration['value']!r}")
     score_norm = meta.get("score_norm", "none")
     if score_norm not in SCORE_NORMS:
         raise file_error(side, f"sidecar field 'score_norm' is {score_norm!r}; accepted: {', '.join(SCORE_NORMS)}")

@@ -20,7 +20,8 @@ import numpy as np
 
 from voxaug.data.split import stratified_split
 from voxaug.embeddings.backend import (
-    BACKENDS, DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, SCORE_NORMS, Cohort, ScoringBackend, check_choice, check_top_k,
+    BACKENDS, DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, SCORE_NORMS, Cohort, ScoringBackend, check_choice, check_lda_dim,
+    check_top_k,
 )
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.errors import VoxaugError
@@ -44,8 +45,7 @@ class ScoringOptions:
         check_choice("--backend", self.backend, BACKENDS)
         check_choice("--score-norm", self.score_norm, SCORE_NORMS)
         check_top_k(self.cohort_top_k)
-        if isinstance(self.lda_dim, bool) or not isinstance(self.lda_dim, int) or self.lda_dim < 1:
-            raise VoxaugError(f"--lda-dim must be a positive whole number, got {self.lda_dim!r}")
+        check_lda_dim(self.lda_dim)
         if isinstance(self.cohort_size, bool) or not isinstance(self.cohort_size, int) or self.cohort_size < self.cohort_top_k:
             raise VoxaugError(f"--cohort-size must be a whole number >= --cohort-top-k ({self.cohort_top_k}), "
                               f"got {self.cohort_size!r}")

@@ -131,6 +131,26 @@ def test_missing_tampered_truncated_models_and_wrong_inputs_are_refused_in_one_l
         voxaug.SpeakerModel.load(tmp_path / "model.bin")
 
 
+def test_arrays_the_cli_would_refuse_as_files_are_refused_by_the_api_too(models, tiny_synth, tmp_path):
+    features = voxaug.SpeakerModel.load(models["onnx"])
+    for array, needle in ((np.zeros((50, 40), dtype=bool), "dtype bool"), (np.ones((50, 40), dtype=np.int16), "dtype int16"),
+                          (np.ones((50, 40), dtype=np.complex64), "dtype complex64"), (np.array([["a"] * 40] * 50), "dtype <U1")):
+        with pytest.raises(VoxaugError, match=needle):
+            features.embed(array)
+    audio = voxaug.SpeakerModel.load(models["audio"])
+    tone = np.sin(np.arange(16000) / 5).astype(np.float32)
+    for waveform, rate, needle in ((np.zeros(16000, np.float32), 16000, "silent"), (tone, 7999.5, "sample_rate"),
+                                   (tone, True, "sample_rate"), (np.full(16000, np.nan, np.float32), 16000, "NaN")):
+        with pytest.raises(VoxaugError, match=needle):
+            audio.embed(waveform, sample_rate=rate)
+    index = voxaug.SpeakerIndex.create(tmp_path / "i.faiss", audio)
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    for top_k in (2.5, "3", 0):
+        with pytest.raises(VoxaugError, match="top_k"):
+            index.identify(tone, top_k=top_k, sample_rate=16000)
+    assert index.identify(tone, top_k=1, sample_rate=16000)["top"]
+
+
 def test_feature_files_without_torch_are_refused_naming_the_train_extra(models, tiny_synth):
     clip = wavs(tiny_synth, "enroll", "new000")[0]
     code = (f"import sys\nsys.modules['torch'] = None\nimport voxaug\nfrom voxaug.errors import VoxaugError\n"

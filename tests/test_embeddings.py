@@ -182,3 +182,11 @@ def test_evaluate_writes_a_report(trained_run, tiny_synth, tmp_path):
     assert 0.0 <= report["verification"]["eer"] <= 0.5
     assert report["unseen"]["speakers"] == 2
     assert (tmp_path / "report" / "embeddings_map.png").stat().st_size > 0
+
+
+def test_evaluate_refuses_a_dataset_of_other_speakers_in_one_line(trained_run, tiny_synth, tmp_path):
+    other = tiny_synth / "unseen" / "enroll"  # <speaker>/ folders of speakers the checkpoint never trained on
+    result = invoke("evaluate", other, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--device", "cpu", "-q")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert str(other) in result.output and "the checkpoint was trained on" in result.output
+    assert not (tmp_path / "report").exists()

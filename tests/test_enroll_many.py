@@ -85,3 +85,19 @@ def test_identify_ends_with_a_summary_line(trained_run, tiny_synth, tmp_path):
 def test_help_offers_shell_completion():
     done = invoke("--help")
     assert done.exit_code == 0 and "--install-completion" in done.output
+
+
+def test_a_blank_name_or_the_word_unknown_is_refused_as_a_speaker_and_nothing_is_written(trained_run, tiny_synth,
+                                                                                         tmp_path):
+    index = tmp_path / "spk.faiss"
+    clips = tiny_synth / "unseen" / "enroll" / sorted(p.name for p in (tiny_synth / "unseen" / "enroll").iterdir())[0]
+    assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "first", clips).exit_code == 0
+    before = index_bytes(index)
+    for name, needle in (("unknown", "is what identify answers"), ("", "must be non-empty"), (" x", "must be non-empty")):
+        refused = invoke("enroll", "--index", index, "--speaker", name, clips)
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+        assert needle in refused.output and index_bytes(index) == before
+    people = tmp_path / "people"
+    shutil.copytree(clips, people / "unknown")
+    refused = invoke("enroll", "--index", index, "--speakers-dir", people)
+    assert refused.exit_code == 2 and "is what identify answers" in refused.output and index_bytes(index) == before

@@ -133,6 +133,15 @@ def test_a_query_that_skips_the_back_end_is_refused():
     (lambda meta: meta.update(score_norm="znorm"), "score_norm"),
     (lambda meta: meta["cohort_stats"].pop("s0"), "cohort_stats"),
     (lambda meta: meta["cohort"].update(vectors="many"), "cohort"),
+    (lambda meta: meta["cohort_stats"]["s0"].__setitem__(1, 0.0), "std > 0"),
+    (lambda meta: meta["cohort_stats"]["s0"].__setitem__(0, float("nan")), "cohort_stats"),
+    (lambda meta: meta["counts"].update(s0=0), "counts"),
+    (lambda meta: meta["counts"].update(s0="4"), "counts"),
+    (lambda meta: meta["mean_norms"].pop("s0"), "mean_norms"),
+    (lambda meta: meta.pop("mean_norms"), "mean_norms"),
+    (lambda meta: meta["checkpoint"].update(sha256=5), "checkpoint.sha256"),
+    (lambda meta: meta["calibration"].update(value=float("nan")), "calibration 'value'"),
+    (lambda meta: meta["calibration"].update(value=True), "calibration 'value'"),
 ])
 def test_a_tampered_scoring_sidecar_is_refused_by_name(tmp_path, edit, needle):
     vectors, labels = clustered()
@@ -333,6 +342,7 @@ def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_syn
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--backend", "ivector"], "--backend 'ivector'"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--score-norm", "znorm"], "--score-norm 'znorm'"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--lda-dim", "0"], "--lda-dim"),
+    (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--lda-dim", "1"], "--lda-dim must be a whole number >= 2"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--cohort-top-k", "1"], "--cohort-top-k"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--cohort-size", "3"], "--cohort-size"),
     (["identify", "--index", "INDEX", "--score-norm", "tnorm", "CLIP"], "--score-norm 'tnorm'"),

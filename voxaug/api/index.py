@@ -14,7 +14,7 @@ import numpy as np
 from voxaug.api.inputs import ClipInput
 from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import check_top_k
-from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_threshold
+from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
 from voxaug.embeddings.index import SpeakerIndex as IndexData
 from voxaug.embeddings.index import index_lock, sidecar_path
 from voxaug.errors import VoxaugError, file_error
@@ -91,6 +91,7 @@ class SpeakerIndex:
 
         self._refuse_enrolled(self.data, speakers, append)
         for name, clips in speakers.items():
+            check_speaker_name(name)
             if not clips:
                 raise VoxaugError(f"{name}: no enrolment clips given")
         embeddings = {name: self.model.embed_many(clips)
@@ -134,6 +135,8 @@ class SpeakerIndex:
     def identify_record(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None,
                         name: str | None = None) -> Identification:
         """Nearest enrolled speakers of one clip, the decision at the threshold, and the classifier's answer."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
+            raise VoxaugError(f"top_k must be a positive whole number, got {top_k!r}")
         score_norm = self.score_norm or self.data.score_norm
         if score_norm == "asnorm":
             try:

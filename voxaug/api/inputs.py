@@ -27,11 +27,19 @@ class Clip:
     features: np.ndarray | None = None
 
 
-def as_numpy(values: Any) -> np.ndarray:
-    """A numpy float32 copy of an array-like or a (CPU or CUDA) torch tensor."""
+def as_numpy(values: Any, name: str = "clip") -> np.ndarray:
+    """A numpy float32 copy of a floating-point array-like or (CPU or CUDA) torch tensor. Other dtypes are
+    refused: integer PCM would be read unscaled, and booleans, complex numbers or text are no signal."""
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float32)
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise VoxaugError(f"{name}: not an array of numbers ({exc})") from None
+    if array.dtype.kind != "f":
+        raise VoxaugError(f"{name}: expected floating-point values, got dtype {array.dtype}"
+                          + (" (scale integer PCM to [-1, 1] first)" if array.dtype.kind in "iu" else ""))
+    return array.astype(np.float32)
 
 
 def read_feature_file(path: Path, n_mels: int) -> np.ndarray:
@@ -54,15 +62,19 @@ def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int,
         if suffix == FEATURE_SUFFIX:
             return Clip(str(path), features=read_feature_file(path, n_mels))
         raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
-    values = as_numpy(x)
     name = name or "clip"
+    values = as_numpy(x, name)
     if sample_rate is not None:
-        if values.ndim != 1:
+        if values.ndim != 1 or not len(values):
             raise VoxaugError(f"{name}: a waveform is one mono channel of shape (samples,), got shape {values.shape}")
-        if sample_rate <= 0:
-            raise VoxaugError(f"{name}: sample_rate must be positive, got {sample_rate}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise VoxaugError(f"{name}: sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
+        if not np.isfinite(values).all():
+            raise VoxaugError(f"{name}: the waveform holds NaN or infinite samples")
+        if not np.abs(values).max() > 0:
+            raise VoxaugError(f"{name}: the waveform is silent (every sample is zero)")
         if sample_rate != model_rate:
-            values = resample(values, sample_rate, model_rate)
+            values = resample(values, int(sample_rate), model_rate)
         return Clip(name, waveform=values)
     if values.ndim != 2 or values.shape[1] != n_mels:
         raise VoxaugError(f"{name}: features must have shape (frames, {n_mels}), got {values.shape} "
