@@ -16,13 +16,14 @@ def export(
     ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint to export (RUN/last.pt for embeddings)."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write (atomically)."),
     with_frontend: bool = typer.Option(False, "--with-frontend", help="Put the log-mel front end inside the graph: "
-                                                                       "the model then takes 16 kHz waveforms."),
+                                                                       "the model then takes waveforms at the "
+                                                                       "checkpoint's sample rate."),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset version (14 to 20)."),
 ) -> None:
     """Export the embedding network: log-mel frames (or audio) in, unit embeddings and speaker logits out."""
     from voxaug.export import export_onnx  # torch loads here, not when the CLI starts
 
     summary = export_onnx(existing_file(ckpt, "checkpoint"), output_file(out, "--out"), with_frontend, opset)
-    takes = "16 kHz waveforms" if summary.takes_audio else "log-mel features"
+    takes = f"{summary.sample_rate / 1000:g} kHz waveforms" if summary.takes_audio else "log-mel features"
     typer.echo(f"wrote {summary.path} (opset {summary.opset}, takes {takes}; {summary.speakers} speakers, "
                f"{summary.embedding_dim}-dim embeddings; sha256 {summary.sha256})")

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from voxaug.cli.common import CacheOption, QuietOption, clean_errors
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error
+
+if TYPE_CHECKING:
+    from voxaug.config import TrainConfig
 
 # Named here, not imported, so that `voxaug train --help` loads no torch; tests/test_lazy_imports.py checks they
 # equal voxaug.config.PRESETS and voxaug.augment.AUGMENTATIONS (names, then order of application).
@@ -16,13 +20,28 @@ PRESET_NAMES = ("cpu", "strong", "boss", "baseline")
 AUGMENTATION_NAMES = ("channel", "crop", "mixup", "noise", "reverb", "specaug", "speed", "wave")
 AUGMENTATION_ORDER = ("wave", "speed", "crop", "reverb", "noise", "channel", "specaug", "mixup")
 DEFAULT_AUGMENT_NAMES = "reverb,noise"
+OPTION_NAMES = {
+    "model.kind": "--model", "model.d_model": "--d-model", "model.num_layers": "--layers", "model.num_heads": "--heads",
+    "model.embedding_dim": "--embedding-dim", "model.scale": "--scale", "model.margin": "--margin",
+    "model.input_norm": "--input-norm", "frontend.n_mels": "--n-mels", "frontend.sample_rate": "--sample-rate",
+    "augment.names": "--augment", "augment.specaug.freq_width": "--specaug-freq",
+    "augment.specaug.time_width": "--specaug-time", "augment.mixup.alpha": "--mixup-alpha",
+    "augment.crop.min_frames": "--crop-min", "augment.crop.max_frames": "--crop-max",
+    "augment.channel.max_db": "--channel-db", "augment.reverb.p": "--reverb-p", "augment.noise.noise_dir": "--noise-dir",
+    "augment.noise.p": "--noise-p", "augment.wave.noise_dir": "--noise-dir", "augment.wave.noise_p": "--noise-p",
+    "augment.wave.rir_dir": "--rir-dir", "augment.wave.rir_p": "--rir-p", "augment.wave.snr_p": "--wave-snr-p",
+    "augment.wave.gain_p": "--wave-gain-p",
+}
+"""The command-line option behind each nested config setting that has one (a top-level setting's is ``--`` plus
+its name)."""
 
 
 @clean_errors
 def train(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder (mapping.json, metadata.json, uttr-*.pt) or <speaker>/ clip folders."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.jsonl, best.pt, last.pt, curves.png."),
-    preset: str = typer.Option("cpu", help=f"Size preset: {', '.join(PRESET_NAMES)}."),
+    preset: str = typer.Option(None, help=f"Size preset: {', '.join(PRESET_NAMES)} (default: the --config file's "
+                               "preset, else cpu)."),
     config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields ([model] and [augment] tables)."),
     augment: str = typer.Option(
         None,
@@ -97,7 +116,8 @@ def train(
                                              input_norm=input_norm).items() if v is not None}
     augment_overrides = _augment_overrides(augment_names, specaug_freq, specaug_time, mixup_alpha, crop_min, crop_max,
                                            channel_db, reverb_p)
-    noise_given = _noise_folder_overrides(augment_names, preset, config, noise_dir, noise_p)
+    saved = Trainer.config_from_run(out) if resume and (out / "config.json").exists() else None
+    noise_given = _noise_folder_overrides(augment_names, preset, config, noise_dir, noise_p, saved)
     if noise_given:
         augment_overrides["noise"] = noise_given
         noise_dir = noise_p = None
@@ -105,13 +125,13 @@ def train(
     if wave_given:
         augment_overrides["wave"] = wave_given
     frontend_overrides = _frontend_overrides(n_mels, sample_rate)
-    if resume and (out / "config.json").exists():
-        resolved = Trainer.config_from_run(out, steps=steps, device=device)
-    else:
-        resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides, frontend_overrides)
+    resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides, frontend_overrides, saved)
+    if saved is not None:
+        _refuse_changes_on_resume(saved, resolved, out / "config.json")
     if resolved.augment.get("wave") and "wave" not in resolve_names(resolved.augment):
-        raise VoxaugError(f"{', '.join('--' + k.replace('_', '-') for k in resolved.augment['wave'])}: options of the "
-                          "'wave' augmentation, which --augment does not name; add wave (e.g. --augment wave,specaug)")
+        given = [_option_name(f"augment.wave.{key}") for key in resolved.augment["wave"]]
+        raise VoxaugError(f"{', '.join(given)}: options of the 'wave' augmentation, which --augment does not name; "
+                          "add wave (e.g. --augment wave,specaug)")
     build_pipeline(resolve_names(resolved.augment), resolved.augment)  # refuse bad strengths before reading data
     context = init_distributed(resolved.device)
     clean = False
@@ -171,8 +191,27 @@ def _augment_overrides(
     return overrides
 
 
-def _noise_folder_overrides(names: list[str] | None, preset: str, config: Path | None, noise_dir: Path | None,
-                            noise_p: float | None) -> dict:
+def _refuse_changes_on_resume(saved: TrainConfig, given: TrainConfig, config_json: Path) -> None:
+    """A resumed run keeps the settings it was trained with: an option, --config value or --preset that
+    differs from ``config_json`` is refused, naming it; --steps and --device may change."""
+    from voxaug.config import changed_settings
+
+    changed = [name for name in changed_settings(saved.to_dict(), given.to_dict()) if name not in ("steps", "device")]
+    if changed:
+        raise file_error(config_json, f"--resume cannot change {', '.join(map(_option_name, changed))}: the run was "
+                                      "trained with the values in this file (only --steps and --device may change; "
+                                      "start a new run to change the others)")
+
+
+def _option_name(setting: str) -> str:
+    """The option that sets a config setting (``model.num_layers`` -> ``--layers``), else the setting's dotted name."""
+    if setting in OPTION_NAMES:
+        return OPTION_NAMES[setting]
+    return setting if "." in setting else "--" + setting.replace("_", "-")
+
+
+def _noise_folder_overrides(names: list[str] | None, preset: str | None, config: Path | None, noise_dir: Path | None,
+                            noise_p: float | None, saved: TrainConfig | None = None) -> dict:
     """``--noise-dir``/``--noise-p`` for the ``noise`` augmentation when it, not ``wave``, is named.
 
     Both augmentations take a noise folder (log-mel ``.pt`` files for ``noise``, audio for ``wave``);
@@ -183,7 +222,7 @@ def _noise_folder_overrides(names: list[str] | None, preset: str, config: Path |
 
     if noise_dir is None and noise_p is None:
         return {}
-    chosen = set(names if names is not None else resolve_names(resolve_config(preset, config).augment))
+    chosen = set(names if names is not None else resolve_names(resolve_config(preset, config, base=saved).augment))
     if {"noise", "wave"} <= chosen:
         raise VoxaugError("--noise-dir/--noise-p: both 'noise' and 'wave' are named; set [augment.noise] and "
                           "[augment.wave] in a --config TOML file instead")

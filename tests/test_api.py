@@ -146,7 +146,7 @@ def test_arrays_the_cli_would_refuse_as_files_are_refused_by_the_api_too(models,
     index = voxaug.SpeakerIndex.create(tmp_path / "i.faiss", audio)
     index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
     for top_k in (2.5, "3", 0):
-        with pytest.raises(VoxaugError, match="top_k"):
+        with pytest.raises(VoxaugError, match="--top-k"):
             index.identify(tone, top_k=top_k, sample_rate=16000)
     assert index.identify(tone, top_k=1, sample_rate=16000)["top"]
 

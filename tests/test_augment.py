@@ -160,6 +160,13 @@ def test_default_is_used_when_no_names_are_given():
     assert resolve_names({"names": []}) == []
 
 
+@pytest.mark.parametrize("names", [[1], 5, ["specaug", None]])
+def test_names_that_are_not_a_list_of_strings_are_refused(names):
+    """A TOML ``[augment] names = [1]`` or ``names = 5`` is a clean error, not a crash."""
+    with pytest.raises(VoxaugError, match=r"\[augment\] names must be a list of augmentation names, got "):
+        resolve_names({"names": names})
+
+
 def test_toml_table_and_command_line_merge(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('[augment]\nnames = ["specaug"]\n[augment.specaug]\nfreq_width = 5\ntime_masks = 3\n')

@@ -28,6 +28,8 @@ def output_of(result) -> str:
         (["--specaug-freq", "-3"], ["-3", "specaug-freq"]),
         (["--augment", "crop", "--crop-min", "200", "--crop-max", "100"], ["200", "100"]),
         (["--input-norm", "cepstral"], ["--input-norm", "cepstral", "mean", "none"]),
+        (["--augment", "specaug", "--wave-snr-p", "0.5", "--rir-p", "0.2"],
+         ["--rir-p, --wave-snr-p: options of the 'wave' augmentation"]),
     ],
 )
 def test_bad_augmentation_is_refused_before_reading_data(tmp_path, arguments, needles):

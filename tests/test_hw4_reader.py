@@ -35,6 +35,17 @@ def test_missing_mel_len_takes_length_from_tensor(tmp_path):
         assert store.lengths[index] == torch.load(root / key, weights_only=True).shape[0]
 
 
+def test_features_saved_with_requires_grad_are_read_as_data(tmp_path):
+    """A tensor saved with requires_grad, or as an nn.Parameter, holds features like any other."""
+    root = make_hw4(tmp_path / "d")
+    originals = {name: torch.load(root / name, weights_only=True) for name in ("uttr-0000.pt", "uttr-0001.pt")}
+    torch.save(originals["uttr-0000.pt"].clone().requires_grad_(), root / "uttr-0000.pt")
+    torch.save(torch.nn.Parameter(originals["uttr-0001.pt"].clone()), root / "uttr-0001.pt")
+    store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    for name, features in originals.items():
+        assert torch.equal(store.utterance(store.keys.index(name)), features)
+
+
 def test_test_split_keeps_testdata_order(tmp_path):
     root = make_hw4(tmp_path / "d")
     source = HW4Source(root, split="test")
@@ -87,6 +98,8 @@ BAD_INPUTS = [
     ("integer tensor", lambda r: _set_first_feature(r, torch.zeros(5, 40, dtype=torch.long)), ["uttr-0000.pt", "float"]),
     ("wrong n_mels", lambda r: _set_first_feature(r, torch.zeros(5, 80)), ["uttr-0000.pt", "40 mel bins, found 80"]),
     ("zero frames", lambda r: _set_first_feature(r, torch.zeros(0, 40)), ["uttr-0000.pt", "0 frames"]),
+    ("sparse tensor", lambda r: _set_first_feature(r, torch.ones(5, 40).to_sparse()),
+     ["uttr-0000.pt", "expected a dense tensor, found layout torch.sparse_coo"]),
     ("NaN", lambda r: _set_first_feature(r, torch.full((5, 40), float("nan"))), ["uttr-0000.pt", "NaN"]),
     ("Inf", lambda r: _set_first_feature(r, torch.full((5, 40), float("inf"))), ["uttr-0000.pt", "Inf"]),
     ("path escapes with ..", lambda r: rewrite_metadata(r, lambda m: m["speakers"]["id10000"][0].update(feature_path="../x.pt")),

@@ -1,13 +1,16 @@
 """Model pieces: masked pooling ignores padding, AM-Softmax puts the margin on the target only, input mean
-normalisation removes a fixed channel."""
+normalisation removes a fixed channel; presets, and the TOML file and command line over them."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from voxaug.config import PRESETS, create_config
+from voxaug.config import PRESETS, create_config, resolve_config
+from voxaug.errors import VoxaugError
 from voxaug.model import AMSoftmaxHead, MaskedAttentivePooling, ModelConfig, build_model
 
 SMALL = dict(d_model=32, num_heads=2, ffn_dim=64, num_layers=2, kernel_size=7, embedding_dim=24, num_classes=5)
@@ -81,6 +84,33 @@ def test_homework_sizes():
     assert (boss.model.d_model, boss.model.num_heads, boss.model.num_layers, boss.model.dropout) == (300, 6, 8, 0.15)
     assert (boss.lr, boss.warmup) == (1e-3, 5000)
     assert create_config("baseline").model.kind == "transformer-mean"
+
+
+def test_command_line_preset_beats_the_toml_one_and_cpu_is_the_default(tmp_path):
+    """Precedence is preset < TOML < command line, for the preset itself too; a TOML preset must name one."""
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "strong"\n')
+    assert resolve_config(None, toml).preset == "strong"
+    assert resolve_config("baseline", toml).model.kind == "transformer-mean"
+    assert resolve_config().preset == "cpu"
+    toml.write_text('preset = ["x"]\n')
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(toml))}: preset \['x'\] is not known; accepted: cpu"):
+        resolve_config(None, toml)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[model]\nfoo = 1\n", "model config: unknown keys ['foo']"),
+    ("[frontend]\nfoo = 1\n", "front end: unknown settings ['foo']"),
+    ("[model]\ndropout = 2.0\n", "model: dropout must be in [0, 1), got 2.0"),
+    ("[frontend]\nn_mels = 40.0\n", "front end: n_mels must be an integer, got 40.0"),
+    ('steps = "many"\n', "steps must be an int, got 'many'"),  # named the file already: once is enough
+])
+def test_errors_in_a_toml_file_name_it_once(tmp_path, text, problem):
+    toml = tmp_path / "run.toml"
+    toml.write_text(text)
+    with pytest.raises(VoxaugError) as info:
+        resolve_config(None, toml)
+    assert str(info.value).startswith(f"{toml}: {problem}") and str(info.value).count(str(toml)) == 1, info.value
 
 
 @pytest.mark.parametrize("kind", ["conformer", "transformer-mean"])

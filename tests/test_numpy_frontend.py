@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,21 @@ def test_settings_mirror_the_checkpoint_front_end():
         FrontendSettings.from_dict({**config.to_dict(), "dither": 0.1})
     with pytest.raises(VoxaugError, match="n_fft"):
         FrontendSettings(win_ms=50.0, n_fft=512)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"n_mels": 40.0}, "n_mels must be an integer, got 40.0"),
+    ({"n_fft": 512.5}, "n_fft must be an integer, got 512.5"),
+    ({"sample_rate": "16k"}, "sample_rate must be an integer, got '16k'"),
+    ({"n_mels": True}, "n_mels must be an integer, got True"),
+    ({"hop_ms": "10"}, "hop_ms must be a finite number, got '10'"),
+    ({"hop_ms": 0.01}, "hop_ms 0.01 is under one sample at 16000 Hz"),
+])
+def test_settings_of_the_wrong_type_or_under_one_sample_are_refused(setting, message):
+    """Settings read from a TOML file or a checkpoint may be of any type; a hop under one sample rounds to 0."""
+    with pytest.raises(VoxaugError, match=f"^front end: {re.escape(message)}$"):
+        FrontendSettings.from_dict(setting)
+    assert FrontendSettings(win_ms=25, hop_ms=10).hop_length == 160  # whole numbers are numbers too
 
 
 def test_read_audio_gives_the_waveform_voxaug_audio_gives(wavs):

@@ -228,6 +228,16 @@ def test_wrong_inputs_are_refused_in_one_line(exported):
         one_line_refusal(action, "audio.onnx:", "takes raw 16 kHz audio")
 
 
+def test_export_with_the_front_end_states_the_checkpoints_sample_rate(trained_run, tmp_path):
+    state = load_checkpoint(trained_run / "best.pt")
+    state["frontend"].update(sample_rate=8000, f_max=4000.0)  # as `voxaug train --sample-rate 8000` saves it
+    save_checkpoint(tmp_path / "8k.pt", state)
+    result = runner.invoke(app, ["export", "--ckpt", str(tmp_path / "8k.pt"), "--out", str(tmp_path / "8k.onnx"),
+                                 "--with-frontend"])
+    assert result.exit_code == 0, result.output
+    assert "takes 8 kHz waveforms" in result.output
+
+
 def test_export_refuses_bad_options_in_one_line(exported, tmp_path):
     cases = [
         (["--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")], "missing.pt: checkpoint not found"),

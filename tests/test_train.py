@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from conftest import straight_and_resumed, tiny_config
-from voxaug.checkpoint import load_checkpoint
+from voxaug.checkpoint import load_checkpoint, save_checkpoint
 from voxaug.errors import VoxaugError
 from voxaug.train import Trainer, load_optimizer_state, lr_at
 
@@ -121,3 +122,82 @@ def test_an_optimizer_state_from_another_device_keeps_this_optimizers_fused_kern
     scaler.scale(layer(torch.randn(3, 4)).sum()).backward()
     scaler.step(fused)
     assert fused.param_groups[0]["fused"] is True and float(fused.state[layer.weight]["step"]) == 2.0
+
+
+def test_resume_on_other_clips_is_refused_before_the_run_folder_changes(tiny_synth, tmp_path):
+    """The split and the sampler's saved order are by store position: the same speakers with clips reordered or
+    removed would leak validation clips into training (or index past the store), so the resume is refused."""
+    import shutil
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 10, "eval_every": 10}), tiny_synth, run, progress=False).fit()
+    edits = {"reordered": lambda utterances: utterances.reverse(), "one-removed": lambda utterances: utterances.pop()}
+    for name, edit in edits.items():
+        data = shutil.copytree(tiny_synth, tmp_path / name)
+        metadata = json.loads((data / "metadata.json").read_text())
+        edit(next(iter(metadata["speakers"].values())))
+        (data / "metadata.json").write_text(json.dumps(metadata))
+        before = {path.name: path.read_bytes() for path in run.iterdir()}
+        trainer = Trainer(Trainer.config_from_run(run, steps=20), data, run, progress=False)
+        expected = rf"last\.pt: the run was trained on other data: 90 clips from {re.escape(str(tiny_synth))}"
+        with pytest.raises(VoxaugError, match=expected):
+            trainer.fit(resume=True)
+        assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+    last = load_checkpoint(run / "last.pt")
+    assert last["clips"]["count"] == 90
+    del last["clips"]  # a run from before the field: only its speakers can be compared
+    last["speakers"] = last["speakers"][:-1]
+    save_checkpoint(run / "last.pt", last)
+    with pytest.raises(VoxaugError, match="trained on other data: 4 speakers"):
+        Trainer(Trainer.config_from_run(run, steps=20), tiny_synth, run, progress=False).fit(resume=True)
+
+
+def test_resume_takes_the_same_command_and_refuses_changed_options(tiny_synth, tmp_path):
+    """--resume puts the options given on the run's saved config: the same command continues the run, while an
+    option, --config value or --preset that differs is refused by name before anything in the run changes."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    toml, run = tmp_path / "run.toml", tmp_path / "run"
+    toml.write_text('preset = "baseline"\n[model]\ndropout = 0.2\n')
+    command = ["train", str(tiny_synth), "--out", str(run), "--config", str(toml), "--eval-every", "2", "--batch", "8",
+               "--segment", "64", "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32",
+               "--augment", "specaug", "--specaug-freq", "5", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+               "--quiet"]
+    for extra in (["--steps", "2"], ["--steps", "4", "--resume"]):
+        result = CliRunner().invoke(app, [*command, *extra])
+        assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["preset"] == "baseline"  # the TOML's, with no --preset
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    toml.write_text('preset = "baseline"\n[model]\ndropout = 0.3\n')
+    changed = CliRunner().invoke(app, [*command, "--steps", "6", "--resume", "--lr", "0.01", "--specaug-freq", "7",
+                                       "--preset", "cpu"])
+    assert changed.exit_code == 2, changed.output
+    errors = [line for line in changed.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in changed.output, changed.output
+    assert errors[0].startswith(f"error: {run / 'config.json'}: --resume cannot change "
+                                "--specaug-freq, --lr, model.dropout, --preset:"), errors[0]
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_resume_drops_a_cut_last_metrics_line_and_refuses_a_bad_one_before_it(tiny_synth, tmp_path):
+    """metrics.jsonl is appended to, so a crash can leave its last line half written: the resume drops it. A
+    line that is not a row anywhere else is damage, refused naming the file and the line."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 10, "eval_every": 5}), tiny_synth, run, progress=False).fit()
+    metrics = run / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([rows[0], "{not json", rows[1]]) + "\n")
+    with pytest.raises(VoxaugError, match=r"metrics\.jsonl: line 2: not a metrics row"):
+        Trainer(Trainer.config_from_run(run, steps=15), tiny_synth, run, progress=False).fit(resume=True)
+    metrics.write_text("\n".join(rows) + '\n{"step": 15, "loss": 0.')
+    Trainer(Trainer.config_from_run(run, steps=15), tiny_synth, run, progress=False).fit(resume=True)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [5, 10, 15]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 99999999999999999999])
+def test_a_seed_out_of_numpys_range_is_refused(seed):
+    with pytest.raises(VoxaugError, match=rf"--seed must be a whole number in \[0, 4294967295\], got {seed}"):
+        tiny_config(train={"seed": seed}).validate()
+    tiny_config(train={"seed": 2**32 - 1}).validate()

@@ -16,6 +16,8 @@ from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1
+"""numpy refuses negative seeds and its global ``np.random.seed`` (the wave augmentation's) takes 32 bits."""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class TrainConfig:
             raise VoxaugError(f"--lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip <= 0:
             raise VoxaugError(f"need weight_decay >= 0 and grad_clip > 0, got {self.weight_decay}, {self.grad_clip}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise VoxaugError(f"--seed must be a whole number in [0, {MAX_SEED}], got {self.seed}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise VoxaugError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.device not in DEVICES:
@@ -165,36 +169,57 @@ def load_toml(path: str | Path) -> dict:
 
 
 def resolve_config(
-    preset: str,
+    preset: str | None = None,
     toml_path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     model_overrides: dict[str, Any] | None = None,
     augment_overrides: dict[str, Any] | None = None,
     frontend_overrides: dict[str, Any] | None = None,
+    base: TrainConfig | None = None,
 ) -> TrainConfig:
-    """Preset, then the TOML file's keys (``[model]`` and ``[augment]`` tables), then CLI values."""
+    """Preset, then the TOML file's keys (``[model]``, ``[augment]``, ``[frontend]`` tables), then CLI values.
+
+    ``preset`` is the command line's (None when not given): it beats the TOML's, and ``cpu`` is the default.
+    ``base`` (a run's saved config, for --resume) replaces the preset's values, so that what the user gives
+    lands on the run's own settings."""
     file_values = load_toml(toml_path) if toml_path else {}
     for table in ("model", "augment", "frontend"):
         if not isinstance(file_values.get(table, {}), dict):
             raise file_error(toml_path, f"[{table}] must be a table, got {file_values[table]!r}")
-    preset = (overrides or {}).get("preset") or file_values.get("preset") or preset
-    config = create_config(preset)
-    base = config.to_dict()
-    model_values = {**base.pop("model"), **file_values.pop("model", {}), **(model_overrides or {})}
-    augment_values = _merge_tables(base.pop("augment"), file_values.pop("augment", {}), augment_overrides or {})
-    frontend_values = {**base.pop("frontend"), **file_values.pop("frontend", {}), **(frontend_overrides or {})}
+    file_preset = file_values.get("preset")
+    if file_preset is not None and (not isinstance(file_preset, str) or file_preset not in PRESETS):
+        raise file_error(toml_path, f"preset {file_preset!r} is not known; accepted: {', '.join(PRESETS)}")
+    preset = preset or file_preset or (base.preset if base else "cpu")
+    base_values = base.to_dict() if base else create_config(preset).to_dict()
+    model_values = {**base_values.pop("model"), **file_values.pop("model", {}), **(model_overrides or {})}
+    augment_values = _merge_tables(base_values.pop("augment"), file_values.pop("augment", {}), augment_overrides or {})
+    frontend_values = {**base_values.pop("frontend"), **file_values.pop("frontend", {}), **(frontend_overrides or {})}
     if toml_path:
         try:
             refuse_unknown_keys(file_values, TrainConfig, str(toml_path))
             check_types(file_values, TrainConfig, str(toml_path))
             check_types(model_values, ModelConfig, f"{toml_path} [model]")
-            ModelConfig.from_dict(model_values)
+            ModelConfig.from_dict(model_values).validate()
+            FrontendConfig.from_dict(frontend_values)
         except VoxaugError as exc:
-            raise VoxaugError(str(exc)) from exc
-    merged = {**base, **file_values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+            if str(exc).startswith(str(toml_path)):
+                raise
+            raise file_error(toml_path, str(exc)) from exc
+    merged = {**base_values, **file_values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     merged["model"] = model_values
     merged["augment"] = augment_values
     merged["frontend"] = frontend_values
     merged["preset"] = preset
     config = TrainConfig.from_dict(merged)
     return config
+
+
+def changed_settings(before: Any, after: Any, path: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two ``to_dict()`` configs (``lr``, ``model.d_model``,
+    ``augment.wave.snr_p``); a table on one side only counts as empty on the other."""
+    tables = [value for value in (before, after) if value is not None]
+    if tables and all(isinstance(value, dict) for value in tables):
+        before, after = before or {}, after or {}
+        return [name for key in sorted(set(before) | set(after))
+                for name in changed_settings(before.get(key), after.get(key), f"{path}{key}.")]
+    return [] if before == after else [path.rstrip(".")]

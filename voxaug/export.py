@@ -1,9 +1,9 @@
 """Write a trained checkpoint as an ONNX speaker model that ``voxaug.runtime`` runs without torch.
 
-The graph takes padded log-mel frames and their lengths (or, with the front end inside, padded 16 kHz
-waveforms and their sample counts) and returns unit embeddings and logits over the original
-speakers. Batch and time are dynamic: padding is masked everywhere the model looks across frames,
-so the exported graph never depends on the lengths it was traced with.
+The graph takes padded log-mel frames and their lengths (or, with the front end inside, padded
+waveforms at the checkpoint's sample rate and their sample counts) and returns unit embeddings and
+logits over the original speakers. Batch and time are dynamic: padding is masked everywhere the
+model looks across frames, so the exported graph never depends on the lengths it was traced with.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ class ExportSummary:
     takes_audio: bool
     opset: int
     sha256: str
+    sample_rate: int
+    """The front end's rate: what a model that takes audio expects its waveforms at."""
 
 
 def _example_inputs(loaded: LoadedModel, with_frontend: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,4 +185,4 @@ def export_onnx(ckpt: str | Path, out: str | Path, with_frontend: bool = False, 
     data = data.replace(digest_marker() + DIGEST_PLACEHOLDER.encode(), digest_marker() + digest.encode())
     atomic_write_bytes(out, data)
     return ExportSummary(out, len(loaded.speakers), loaded.config.model.embedding_dim, with_frontend, opset,
-                         hashlib.sha256(data).hexdigest())
+                         hashlib.sha256(data).hexdigest(), loaded.frontend.sample_rate)

@@ -168,7 +168,9 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
         raise file_error(path, f"{what} is empty (0 bytes)")
     torch = import_torch(path, what)
     try:
-        with warnings.catch_warnings():  # a hostile header makes torch warn before it fails; the error says it all
+        with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants():
+            # a hostile header makes torch warn before it fails (the error says it all); sparse tensors are checked
+            # as they are rebuilt, so bad indices fail here and torch has no unchecked load to warn about
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -142,6 +142,7 @@ class Trainer:
         self.store, self.skipped_files = main_first(  # rank 0 packs the store; the others then open it
             self.dist, lambda: self._open_store(source, cache_dir, workers, strict))
         self.speakers = self.store.speakers
+        self.clips = self.store.clip_identity()
         self.train_indices, self.val_indices = stratified_split(
             self.store.labels, config.val_fraction, config.seed, self.store.groups
         )
@@ -211,6 +212,7 @@ class Trainer:
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.started),
             "skipped_steps": self.skipped_steps,
             "data": str(self.data),
+            "clips": self.clips,
         }
         if include_optimizer:
             state.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), **self.rank_state())
@@ -222,6 +224,7 @@ class Trainer:
         state = load_checkpoint(path)
         if "optimizer" not in state:
             raise file_error(path, "checkpoint has no optimizer state; resume from last.pt")
+        self._refuse_other_data(state, path)
         saved = TrainConfig.from_dict(state["config"])
         mismatched = [
             key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction",
@@ -251,6 +254,22 @@ class Trainer:
         self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
         self.elapsed_before = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def _refuse_other_data(self, state: dict, path: Path) -> None:
+        """The split and the saved sampler order are by store position, so resuming on another clip list would
+        leak validation clips into training or index past the store. A checkpoint from before ``clips`` can
+        only be compared by its speakers."""
+        if "clips" in state:
+            saved, mine, noun = state["clips"], self.clips, "clips"
+            before, now = saved.get("count") if isinstance(saved, dict) else "?", mine["count"]
+        else:
+            saved, mine, noun = list(state["speakers"]), list(self.speakers), "speakers"
+            before, now = len(saved), len(mine)
+        if saved == mine:
+            return
+        other = ", other ones or in another order" if before == now else ""
+        raise file_error(path, f"the run was trained on other data: {before} {noun} from {state.get('data')}, "
+                               f"{self.data} has {now}{other}; resume with the dataset it was trained on")
 
     def _restore_augment_generator(self, saved: torch.Tensor, step: int) -> None:
         """Continue the saved augmentation stream; a run saved on another kind of device (a CPU generator's
@@ -373,12 +392,23 @@ class Trainer:
         return config
 
     def _truncate_metrics(self) -> None:
-        """After a resume, drop log lines written after the checkpoint (a crash between the two)."""
+        """After a resume, drop log lines written after the checkpoint (a crash between the two).
+
+        A last line that is not a JSON row is dropped too rather than refused: rows are appended, so a crash
+        while writing one leaves exactly that, and the resume should go on. A bad line before it is refused."""
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            atomic_write_json_lines(path, rows)
+        if not path.exists():
+            return
+        lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if line.strip()]
+        rows = []
+        for number, line in lines:
+            step = _metrics_step(line)
+            if step is None and number != lines[-1][0]:
+                raise file_error(path, f"line {number}: not a metrics row (a JSON object with a step)")
+            if step is not None and step <= self.step:
+                rows.append(line)
+        atomic_write_json_lines(path, rows)
 
     # ---- the loop ----------------------------------------------------------------------------
     def _open_run(self, resume: bool) -> None:
@@ -436,6 +466,16 @@ def _trace_steps() -> int:
     if not value.isdigit():
         raise VoxaugError(f"{TRACE_ENV}={value!r}: expected a number of steps")
     return int(value)
+
+
+def _metrics_step(line: str) -> int | None:
+    """The step of one metrics.jsonl row, or None when the line is not a row."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def atomic_write_json_lines(path: Path, lines: list[str]) -> None:

@@ -54,6 +54,8 @@ class AugmentPipeline:
 
 def parse_names(spec: str | list[str]) -> list[str]:
     """``"specaug,mixup"`` -> ``["specaug", "mixup"]``; ``"none"`` or empty -> ``[]``; unknown names refused."""
+    if not isinstance(spec, (str, list)) or not all(isinstance(name, str) for name in spec):
+        raise VoxaugError(f"[augment] names must be a list of augmentation names, got {spec!r}")
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
     if names == ["none"]:
         return []

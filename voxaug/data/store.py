@@ -5,6 +5,7 @@ so training slices batches from memory instead of calling `torch.load` per utter
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,13 @@ class PackedStore:
     def segment(self, index: int, start: int, length: int) -> torch.Tensor:
         begin = int(self.offsets[index]) + start
         return torch.from_numpy(np.array(self.features[begin : begin + length]))
+
+    def clip_identity(self) -> dict:
+        """The ordered clip list as a count and a sha1 of each key with its speaker: a run's split and saved
+        sampler order are by store position, so a resume must find the same list."""
+        clips = [[key, self.speakers[label] if label >= 0 else None]
+                 for key, label in zip(self.keys, self.labels.tolist())]
+        return {"count": len(clips), "sha1": hashlib.sha1(json.dumps(clips).encode()).hexdigest()}
 
     @classmethod
     def open(

@@ -14,6 +14,9 @@ def check_features(features: object, path: str | Path, n_mels: int) -> torch.Ten
     """Return ``features`` as a float32 (frames, n_mels) tensor or raise naming ``path`` and the problem."""
     if not isinstance(features, torch.Tensor):
         raise file_error(path, f"expected one float tensor of shape (frames, {n_mels}), found {type(features).__name__}")
+    if features.layout != torch.strided:
+        raise file_error(path, f"expected a dense tensor, found layout {features.layout}")
+    features = features.detach()  # features are data: a tensor saved with requires_grad (or a Parameter) is fine
     if not features.is_floating_point():
         raise file_error(path, f"expected a float tensor, found dtype {features.dtype}")
     if features.dim() != 2:

@@ -5,7 +5,7 @@ resampler as ``voxaug.audio`` (torchaudio's windowed-sinc ``resample`` with its 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -32,10 +32,18 @@ class FrontendSettings:
     log_floor: float = 1e-6
 
     def __post_init__(self) -> None:
+        for setting in fields(self):  # from a TOML or JSON file a value may be of any type
+            value, whole = getattr(self, setting.name), setting.type == "int"
+            if (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))
+                    or isinstance(value, float) and not math.isfinite(value)):
+                raise VoxaugError(f"front end: {setting.name} must be {'an integer' if whole else 'a finite number'}, "
+                                  f"got {value!r}")
         if self.sample_rate <= 0 or self.n_mels <= 0:
             raise VoxaugError(f"front end: sample_rate and n_mels must be positive, got {self.sample_rate}, {self.n_mels}")
         if not 0 < self.hop_ms <= self.win_ms:
             raise VoxaugError(f"front end: need 0 < hop_ms <= win_ms, got hop {self.hop_ms}, win {self.win_ms}")
+        if self.hop_length < 1:  # and so the window, which is at least as long
+            raise VoxaugError(f"front end: hop_ms {self.hop_ms} is under one sample at {self.sample_rate} Hz")
         if self.win_length > self.n_fft:
             raise VoxaugError(f"front end: window of {self.win_length} samples exceeds n_fft {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
