@@ -140,7 +140,7 @@ def test_arrays_the_cli_would_refuse_as_files_are_refused_by_the_api_too(models,
     audio = voxaug.SpeakerModel.load(models["audio"])
     tone = np.sin(np.arange(16000) / 5).astype(np.float32)
     for waveform, rate, needle in ((np.zeros(16000, np.float32), 16000, "silent"), (tone, 7999.5, "sample_rate"),
-                                   (tone, True, "sample_rate"), (np.full(16000, np.nan, np.float32), 16000, "NaN")):
+                                   (tone, True, "sample_rate"), (tone, 1, "under 1000 Hz"), (np.full(16000, np.nan, np.float32), 16000, "NaN")):
         with pytest.raises(VoxaugError, match=needle):
             audio.embed(waveform, sample_rate=rate)
     index = voxaug.SpeakerIndex.create(tmp_path / "i.faiss", audio)

@@ -133,6 +133,14 @@ def test_bad_audio_gives_one_clear_error_naming_the_file(tmp_path, kind, needle)
     assert message.startswith(str(path)) and needle in message and "\n" not in message
 
 
+def test_audio_at_a_rate_too_low_for_speech_is_refused_before_resampling(tmp_path):
+    path = tmp_path / "slow.wav"
+    soundfile.write(path, np.sin(np.arange(16000) / 3).astype(np.float32), 500)  # up to 16 kHz: 32 times the samples
+    with pytest.raises(VoxaugError, match="sample rate 500 Hz is under 1000 Hz") as caught:
+        load_clip(path, FrontendConfig())
+    assert str(caught.value).startswith(str(path))
+
+
 def _tree_with_bad_files(wav_synth: Path, tmp_path: Path) -> Path:
     root = tmp_path / "tree"
     for speaker in ("spk000", "spk001"):

@@ -13,7 +13,7 @@ import numpy as np
 
 from voxaug.clips import FEATURE_SUFFIX
 from voxaug.errors import VoxaugError, file_error
-from voxaug.runtime.frontend import AUDIO_SUFFIXES, read_audio, resample
+from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_audio_rate, read_audio, resample
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
 
@@ -69,6 +69,7 @@ def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int,
             raise VoxaugError(f"{name}: a waveform is one mono channel of shape (samples,), got shape {values.shape}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
             raise VoxaugError(f"{name}: sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
+        check_audio_rate(int(sample_rate), name)
         if not np.isfinite(values).all():
             raise VoxaugError(f"{name}: the waveform holds NaN or infinite samples")
         if not np.abs(values).max() > 0:

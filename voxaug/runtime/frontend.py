@@ -173,7 +173,17 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
         raise file_error(path, "audio file holds no samples")
     if not np.isfinite(data).all():
         raise file_error(path, "audio holds NaN or Inf samples")
+    check_audio_rate(file_rate, str(path))
     return np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(file_rate)
+
+
+MIN_AUDIO_RATE = 1000
+"""Below 1 kHz no speech band survives, and resampling such a rate up to 16 kHz multiplies the samples."""
+
+
+def check_audio_rate(rate: int, name: str) -> None:
+    if rate < MIN_AUDIO_RATE:
+        raise VoxaugError(f"{name}: sample rate {rate} Hz is under {MIN_AUDIO_RATE} Hz, too low for speech")
 
 
 def refuse_silence(path: str | Path, peak: float) -> None:
