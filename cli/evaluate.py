@@ -117,7 +117,8 @@ def evaluate(
     if speaker_index is not None:
         clips, source = calibration_clips(speaker_index, held_out, groups.get("unseen test"), data, test)
         scores = open_set_scores(speaker_index, clips.embeddings, clips.labels.tolist(), score_norm)
-        report["open_set"] = calibrate_threshold(scores, target_far, score_norm, source)
+        report["open_set"] = calibrate_threshold(scores, target_far, score_norm, source,
+                                                 speaker_index.cohort.top_k if speaker_index.cohort else None)
         if impostors is not None:
             strangers = embed_folder(loaded, impostors, torch_device, cache_dir, not quiet)
             report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,

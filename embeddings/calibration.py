@@ -61,8 +61,10 @@ def threshold_at_far(impostor: np.ndarray, target_far: float) -> float:
     return float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else float(ordered[-1])
 
 
-def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str, source: str) -> dict:
-    """The calibration record the index's sidecar stores, with what it predicts for enrolled speakers."""
+def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str, source: str,
+              cohort_top_k: int | None = None) -> dict:
+    """The calibration record the index's sidecar stores, with what it predicts for enrolled speakers
+    (``cohort_top_k``: the K of AS-norm scores, which the threshold holds for)."""
     check_far(target_far)
     genuine, impostor, correct = scores["genuine"], scores["impostor"], scores["correct"]
     if len(genuine) < 2:
@@ -84,4 +86,4 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
         "clips": int(len(genuine)),
         "source": source,
         "date": time.strftime("%Y-%m-%d"),
-    }
+    } | ({"cohort_top_k": cohort_top_k} if score_norm == "asnorm" and cohort_top_k is not None else {})

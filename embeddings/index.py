@@ -127,11 +127,16 @@ class SpeakerIndex:
         """What a search with ``score_norm`` returns: ``cosine``, ``plda`` (the back end's) or ``asnorm``."""
         return "asnorm" if score_norm == "asnorm" else self.backend.score_name
 
-    def threshold(self, score_norm: str, option: float | None = None) -> tuple[float, str]:
-        """The decision threshold and where it came from: ``option``, ``calibrated`` or ``default``."""
+    def threshold(self, score_norm: str, option: float | None = None,
+                  cohort_top_k: int | None = None) -> tuple[float, str]:
+        """The decision threshold and where it came from: ``option``, ``calibrated`` or ``default``. A
+        calibration holds for the score it was made with: AS-norm with another top-K is another score."""
         if option is not None:
             return float(option), "option"
-        if self.calibration.get("score_norm") == score_norm and isinstance(self.calibration.get("value"), (int, float)):
+        calibrated = self.calibration.get("score_norm") == score_norm and "value" in self.calibration
+        if calibrated and score_norm == "asnorm" and self.cohort is not None:
+            calibrated = (cohort_top_k or self.cohort.top_k) == self.calibration.get("cohort_top_k", self.cohort.top_k)
+        if calibrated:
             return float(self.calibration["value"]), "calibrated"
         return DEFAULT_THRESHOLDS[self.score_name(score_norm)], "default"
 
@@ -460,6 +465,9 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
         raise file_error(side, "sidecar field 'calibration' must be an object")
     if "value" in calibration and not _finite_number(calibration["value"]):
         raise file_error(side, f"sidecar calibration 'value' must be a finite number, got {calibration['value']!r}")
+    top_k = calibration.get("cohort_top_k", 2)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 2:
+        raise file_error(side, f"sidecar calibration 'cohort_top_k' must be a whole number >= 2, got {top_k!r}")
     score_norm = meta.get("score_norm", "none")
     if score_norm not in SCORE_NORMS:
         raise file_error(side, f"sidecar field 'score_norm' is {score_norm!r}; accepted: {', '.join(SCORE_NORMS)}")

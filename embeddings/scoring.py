@@ -17,6 +17,7 @@ def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01
     # every distinct score as a threshold: the default thinning drops the collinear points among which
     # FAR = FRR and the lowest threshold within the target FAR often lie
     fpr, tpr, thresholds = roc_curve(same, scores, drop_intermediate=False)
+    thresholds[0] = np.nextafter(scores.max(), np.inf)  # accept nothing: finite, so a report stays valid JSON
     fnr = 1 - tpr
     best = int(np.nanargmin(np.abs(fnr - fpr)))
     eer = float((fnr[best] + fpr[best]) / 2)

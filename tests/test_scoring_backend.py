@@ -142,6 +142,7 @@ def test_a_query_that_skips_the_back_end_is_refused():
     (lambda meta: meta["checkpoint"].update(sha256=5), "checkpoint.sha256"),
     (lambda meta: meta["calibration"].update(value=float("nan")), "calibration 'value'"),
     (lambda meta: meta["calibration"].update(value=True), "calibration 'value'"),
+    (lambda meta: meta["calibration"].update(cohort_top_k=1), "calibration 'cohort_top_k'"),
 ])
 def test_a_tampered_scoring_sidecar_is_refused_by_name(tmp_path, edit, needle):
     vectors, labels = clustered()
@@ -193,6 +194,14 @@ def test_eer_is_read_where_false_alarms_and_misses_cross():
     same = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
     result = eer_and_min_dcf(scores, same)
     assert result["eer"] == pytest.approx(0.5) and result["eer_threshold"] == pytest.approx(0.6)  # FAR = FRR = 0.5
+
+
+def test_when_only_accepting_nothing_keeps_the_far_the_threshold_is_finite():
+    scores = np.array([0.2, 0.1, 0.9, 0.3, 0.25])
+    same = np.array([1, 1, 0, 0, 0], dtype=bool)
+    result = eer_and_min_dcf(scores, same, target_far=0.01)
+    assert result["far_threshold"] > scores.max() and np.isfinite(result["far_threshold"])
+    assert result["miss_at_far"] == 1.0 and "Infinity" not in json.dumps(result)
 
 
 def test_the_far_threshold_is_the_lowest_within_the_target_when_scores_tie():
@@ -336,6 +345,10 @@ def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_syn
         assert (answer["decision"] == "unknown") == (answer["top"][0]["score"] < value)
     plain = json.loads(invoke("identify", "--index", index, "--json", "--score-norm", "none", clips[0]).output)
     assert plain["threshold"]["source"] == "default" and plain["score"] == "cosine"
+    assert json.loads(sidecar_path(index).read_text())["calibration"]["cohort_top_k"] == 5  # the index's K
+    same_k = json.loads(invoke("identify", "--index", index, "--json", "--cohort-top-k", "5", clips[0]).output)
+    other_k = json.loads(invoke("identify", "--index", index, "--json", "--cohort-top-k", "3", clips[0]).output)
+    assert same_k["threshold"]["source"] == "calibrated" and other_k["threshold"]["source"] == "default"
 
 
 @pytest.mark.parametrize("command, needle", [
