@@ -223,8 +223,8 @@ class SpeakerIndex:
         AS-norm. In utterance mode speakers are ranked by votes among the ``max(top_k, 10)`` nearest
         utterances, ties broken by their best score. ``query_speakers`` (calibration) names each query's
         speaker, whose cohort entries (the query itself, when the cohort is its split) AS-norm leaves out."""
-        if top_k <= 0:
-            raise VoxaugError(f"--top-k must be positive, got {top_k}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
+            raise VoxaugError(f"--top-k must be a positive whole number, got {top_k!r}")
         if not self.labels:
             raise VoxaugError("the index has no enrolled speakers")
         score_norm = check_choice("--score-norm", score_norm or self.score_norm, SCORE_NORMS)

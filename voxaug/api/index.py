@@ -135,8 +135,6 @@ class SpeakerIndex:
     def identify_record(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None,
                         name: str | None = None) -> Identification:
         """Nearest enrolled speakers of one clip, the decision at the threshold, and the classifier's answer."""
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
-            raise VoxaugError(f"--top-k must be a positive whole number, got {top_k!r}")
         score_norm = self.score_norm or self.data.score_norm
         if score_norm == "asnorm":
             try:
