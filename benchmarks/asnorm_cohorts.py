@@ -43,6 +43,7 @@ from backend_ablation import embed_everything
 from voxaug.checkpoint import LoadedModel
 from voxaug.embeddings.evaluation import LabelledEmbeddings, embed_folder
 from voxaug.data.split import stratified_split
+from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
 
@@ -139,7 +140,7 @@ def external_speakers(loaded: LoadedModel, folder: Path, cache: Path | None) -> 
     """Every clip of the external cohort set, embedded: ``unseen/enroll`` and ``unseen/test`` of a
     generated set, else ``folder``'s own speaker folders."""
     parts = [folder / "unseen" / p for p in ("enroll", "test") if (folder / "unseen" / p).is_dir()] or [folder]
-    found = [embed_folder(loaded, part, torch.device("cpu"), cache, False) for part in parts]
+    found = [embed_folder(CheckpointEmbedder(loaded, torch.device("cpu")), part, cache, False) for part in parts]
     labels = np.concatenate([f.labels for f in found])  # named apart from the trials' speakers, who are excluded by name
     return LabelledEmbeddings(np.concatenate([f.embeddings for f in found]), np.char.add("external:", labels.astype(str)))
 

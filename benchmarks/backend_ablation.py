@@ -38,6 +38,7 @@ from voxaug.data.sources import open_source
 from voxaug.data.split import stratified_split
 from voxaug.data.store import PackedStore
 from voxaug.embeddings.calibration import calibrate, open_set_scores
+from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
@@ -60,9 +61,9 @@ def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:
     unseen = data / "unseen"
     for part in ("enroll", "test", "impostors"):
         if (unseen / part).is_dir():
-            found[f"unseen_{part}"] = embed_folder(loaded, unseen / part, device, cache, False)
+            found[f"unseen_{part}"] = embed_folder(CheckpointEmbedder(loaded, device), unseen / part, cache, False)
     if "unseen_impostors" not in found and (data / "impostors").is_dir():  # benchmarks/crosscheck.py's layout
-        found["unseen_impostors"] = embed_folder(loaded, data / "impostors", device, cache, False)
+        found["unseen_impostors"] = embed_folder(CheckpointEmbedder(loaded, device), data / "impostors", cache, False)
     return found
 
 

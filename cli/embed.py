@@ -16,7 +16,7 @@ from voxaug.cli.common import (
     output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
-from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock
+from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock, sidecar_path
 from voxaug.embeddings.speaker_index import (
     DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index,
 )
@@ -90,6 +90,7 @@ def embed(
     output_folder(out, "--out")
     if index is not None:
         output_file(index, "--index")
+        output_file(sidecar_path(index), "--index's sidecar")
     if model is not None:
         _embed_with_model(model, data, out, index, per, hnsw, scoring, window, hop, cache_dir, quiet)
         return

@@ -1,4 +1,5 @@
-"""`voxaug evaluate --ckpt CKPT DATA --out REPORT`: how good the embeddings are, in one JSON and one PNG."""
+"""`voxaug evaluate --ckpt CKPT DATA --out REPORT` (or `--model model.onnx`): how good the embeddings are, in one
+JSON and one PNG."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import numpy as np
 
 import typer
 
-from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_folder
+from voxaug.cli.common import (
+    CacheOption, DeviceOption, QuietOption, chosen_model, clean_errors, existing_file, output_folder,
+)
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, index_lock
 from voxaug.errors import VoxaugError, file_error
-from voxaug.safeio import atomic_write_text, ensure_folder, sha256_file
+from voxaug.safeio import atomic_write_text, ensure_folder
 
 if TYPE_CHECKING:
     from voxaug.embeddings.evaluation import LabelledEmbeddings
@@ -23,7 +26,9 @@ if TYPE_CHECKING:
 @clean_errors
 def evaluate(
     data: Path = typer.Argument(..., help="The training dataset; its validation split (the run's own) is evaluated."),
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (RUN/last.pt, the model the index was built with)."),
+    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint (RUN/last.pt, the model the index was built with)."),
+    model: Path = typer.Option(None, "--model", help="ONNX model from `voxaug export` instead of --ckpt (the model "
+                               "an index built with `embed --model` records)."),
     out: Path = typer.Option(..., "--out", help="Report folder: report.json and embeddings_map.png."),
     enroll: Path = typer.Option(None, "--enroll", help="<speaker>/ clip folders of speakers never trained on, to enrol."),
     test: Path = typer.Option(None, "--test", help="<speaker>/ clip folders of the same speakers, to identify."),
@@ -43,7 +48,6 @@ def evaluate(
     quiet: bool = QuietOption,
 ) -> None:
     """Closed-set accuracy (softmax, cosine centroid, k-NN), unseen-speaker accuracy, EER/minDCF, a 2-D map."""
-    from voxaug.checkpoint import load_model
     from voxaug.data.sources import open_source
     from voxaug.data.store import PackedStore
     from voxaug.device import resolve_device
@@ -53,9 +57,13 @@ def evaluate(
         MAP_METHODS, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
         read_trials, score_pairs, score_trials,
     )
-    from voxaug.embeddings.identify import check_checkpoint
+    from voxaug.embeddings.embedders import CheckpointEmbedder, ExportEmbedder
+    from voxaug.embeddings.identify import check_model
 
-    existing_file(ckpt, "checkpoint")
+    model_path = chosen_model(ckpt, model)
+    if model_path is None:
+        raise VoxaugError("give the model: --ckpt RUN/last.pt or --model model.onnx")
+    existing_file(model_path, "checkpoint" if model is None else "model")
     if (enroll is None) != (test is None):
         raise VoxaugError("--enroll and --test go together")
     for option, folder in (("--enroll", enroll), ("--test", test)):
@@ -76,22 +84,21 @@ def evaluate(
         raise VoxaugError(f"--map {map_method!r} is not known; accepted: {', '.join(MAP_METHODS)}")
     output_folder(out, "--out")
     parsed_trials = read_trials(trials, data) if trials else None
-    torch_device = resolve_device(device)
-    loaded = load_model(ckpt, torch_device)
+    embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model)
     if speaker_index is not None:
-        check_checkpoint(speaker_index, index, loaded, sha256_file(ckpt))
+        check_model(speaker_index, index, model_path, embedder.sha256, embedder.embedding_dim)
         score_norm = score_norm or speaker_index.score_norm
         if score_norm == "asnorm":
             speaker_index.check_asnorm()
-    store = PackedStore.open(open_source(data, loaded.frontend), cache_dir, progress=not quiet)
-    if list(store.speakers) != list(loaded.speakers):
-        raise file_error(data, f"its {len(store.speakers)} speakers are not the {len(loaded.speakers)} the checkpoint was "
+    store = PackedStore.open(open_source(data, embedder.frontend), cache_dir, progress=not quiet)
+    if list(store.speakers) != embedder.speakers:
+        raise file_error(data, f"its {len(store.speakers)} speakers are not the {len(embedder.speakers)} the model was "
                                "trained on, in its order; evaluate scores the run's own validation split of its dataset")
-    report, reference, held_out = closed_set(loaded, store, torch_device, progress=not quiet)
+    report, reference, held_out = closed_set(embedder, store, progress=not quiet)
     groups = {"validation": held_out}
     if enroll is not None:
-        enrolled = embed_folder(loaded, enroll, torch_device, cache_dir, not quiet)
-        tested = embed_folder(loaded, test, torch_device, cache_dir, not quiet)
+        enrolled = embed_folder(embedder, enroll, cache_dir, not quiet)
+        tested = embed_folder(embedder, test, cache_dir, not quiet)
         unknown = sorted(set(tested.labels.tolist()) - set(enrolled.labels.tolist()))
         if unknown:
             raise VoxaugError(f"{test}: speakers {unknown} have test clips but no enrolment clips in {enroll}")
@@ -104,10 +111,10 @@ def evaluate(
         groups["unseen test"] = tested
         if speaker_index is not None:
             report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
-    seed = loaded.config.seed
+    seed = embedder.seed
 
     def verification(scorer: TrialScorer) -> dict:
-        return score_trials(loaded, parsed_trials, torch_device, scorer) if parsed_trials \
+        return score_trials(embedder, parsed_trials, scorer) if parsed_trials \
             else score_pairs(held_out, max_pairs, seed, reference, scorer)
 
     report["verification"] = verification(TrialScorer(target_far=target_far))
@@ -120,7 +127,7 @@ def evaluate(
         report["open_set"] = calibrate_threshold(scores, target_far, score_norm, source,
                                                  speaker_index.cohort.top_k if speaker_index.cohort else None)
         if impostors is not None:
-            strangers = embed_folder(loaded, impostors, torch_device, cache_dir, not quiet)
+            strangers = embed_folder(embedder, impostors, cache_dir, not quiet)
             report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
                                                                  report["open_set"]["value"])
         if calibrate:
@@ -130,7 +137,7 @@ def evaluate(
                 latest.save(index)
     ensure_folder(out, "report folder")
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
-    report["checkpoint"] = str(ckpt)
+    report["checkpoint"] = str(model_path)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     lines = [f"closed set ({report['val_utterances']} validation utterances): softmax {report['softmax_accuracy']:.3f}, "
              f"cosine centroid {report['cosine_centroid_accuracy']:.3f}, cosine 5-NN {report['cosine_knn_accuracy']:.3f}, "

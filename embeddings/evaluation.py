@@ -11,16 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from voxaug.checkpoint import LoadedModel  # noqa: E402
 from voxaug.data.sources import ClipFolderSource, load_clip, resolve_inside  # noqa: E402
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
-from voxaug.embeddings.extract import embed_store, embed_tensors  # noqa: E402
 from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
+from voxaug.embeddings.embedders import Embedder  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
@@ -63,11 +61,10 @@ def knn_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings, k: int
     return float(correct / len(test.labels))
 
 
-def embed_folder(loaded: LoadedModel, folder: Path, device: torch.device, cache_dir: Path | None,
-                 progress: bool) -> LabelledEmbeddings:
-    source = ClipFolderSource(folder, loaded.frontend)
+def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progress: bool) -> LabelledEmbeddings:
+    source = ClipFolderSource(folder, embedder.frontend)
     store = PackedStore.open(source, cache_dir, progress=progress)
-    embedded = embed_store(loaded.model, store, np.arange(len(store)), device, progress=progress)
+    embedded = embedder.embed_store(store, np.arange(len(store)), progress)
     return LabelledEmbeddings(embedded.embeddings, np.array([store.speakers[i] for i in store.labels]))
 
 
@@ -117,18 +114,17 @@ class TrialScorer:
         return eer_and_min_dcf(scores, first.labels == second.labels, target_far=self.target_far)
 
 
-def score_trials(loaded: LoadedModel, trials: list[tuple[bool, Path, Path]], device: torch.device,
-                 scorer: TrialScorer | None = None) -> dict:
+def score_trials(embedder: Embedder, trials: list[tuple[bool, Path, Path]], scorer: TrialScorer | None = None) -> dict:
     clips = sorted({p for _, a, b in trials for p in (a, b)})
-    embedded = embed_tensors(loaded.model, [load_clip(c, loaded.frontend) for c in clips], device)
+    embeddings = embedder.embed_features([load_clip(c, embedder.frontend) for c in clips])
     row = {clip: i for i, clip in enumerate(clips)}
     first = np.array([row[a] for _, a, _ in trials])
     second = np.array([row[b] for _, _, b in trials])
     same = np.array([same for same, _, _ in trials])
     labels_a = np.array([f"clip{i}" for i in first], dtype=object)  # unknown speakers: no cohort entry is theirs
     labels_b = np.where(same, labels_a, np.array([f"other{i}" for i in second], dtype=object))
-    return (scorer or TrialScorer())(LabelledEmbeddings(embedded.embeddings[first], labels_a),
-                                     LabelledEmbeddings(embedded.embeddings[second], labels_b))
+    return (scorer or TrialScorer())(LabelledEmbeddings(embeddings[first], labels_a),
+                                     LabelledEmbeddings(embeddings[second], labels_b))
 
 
 def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,
@@ -179,15 +175,14 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
     plt.close(figure)
 
 
-def closed_set(loaded: LoadedModel, store: PackedStore, device: torch.device, progress: bool
+def closed_set(embedder: Embedder, store: PackedStore, progress: bool
                ) -> tuple[dict, LabelledEmbeddings, LabelledEmbeddings]:
     """Accuracy on the run's own validation split, with the training split as the cosine reference."""
-    config = loaded.config
-    train, val = stratified_split(store.labels, config.val_fraction, config.seed, store.groups)
+    train, val = stratified_split(store.labels, embedder.val_fraction, embedder.seed, store.groups)
     if len(val) == 0:
         raise VoxaugError("no validation utterances: the run was trained with --val-fraction 0")
     names = np.array(store.speakers)
-    embedded = embed_store(loaded.model, store, np.concatenate([train, val]), device, progress=progress)
+    embedded = embedder.embed_store(store, np.concatenate([train, val]), progress)
     reference = LabelledEmbeddings(embedded.embeddings[: len(train)], names[store.labels[train]])
     held_out = LabelledEmbeddings(embedded.embeddings[len(train):], names[store.labels[val]])
     softmax_pred = names[embedded.probabilities[len(train):].argmax(axis=1)]

@@ -189,16 +189,23 @@ def embed_store(
 
 
 def embed_store_with_model(model: "SpeakerModel", store: PackedStore, window: int | None = None, hop: int | None = None,
-                           progress: bool = True) -> Embedded:
-    """Every utterance of a packed store through a :class:`voxaug.SpeakerModel` (an ONNX export), one at a time;
-    windows of one utterance are averaged, then renormalised, as :func:`embed_store` does."""
+                           progress: bool = True, indices: np.ndarray | None = None,
+                           with_probabilities: bool = False) -> Embedded:
+    """Utterances ``indices`` (default: all) of a packed store through a :class:`voxaug.SpeakerModel` (an ONNX
+    export), one at a time, in that order; windows of one utterance are averaged, then renormalised, as
+    :func:`embed_store` does, and so are their softmax probabilities when ``with_probabilities``."""
     _check_window(window)
-    if len(store) == 0:
+    indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
         raise VoxaugError("nothing to embed: the dataset has no utterances")
-    rows = []
-    for index in tqdm(range(len(store)), desc="embed", unit="utt", disable=not progress, leave=False):
-        pieces = [model.embed_with_probabilities(store.segment(index, start, frames).numpy(), name=store.keys[index])[0]
+    rows, probabilities = [], []
+    for index in tqdm(indices.tolist(), desc="embed", unit="utt", disable=not progress, leave=False):
+        pieces = [model.embed_with_probabilities(store.segment(index, start, frames).numpy(), name=store.keys[index])
                   for start, frames in window_spans(int(store.lengths[index]), window, hop)]
-        mean = np.mean(pieces, axis=0)
+        mean = np.mean([embedding for embedding, _ in pieces], axis=0)
         rows.append(mean / np.linalg.norm(mean))
-    return Embedded(np.stack(rows).astype(np.float32), np.empty((len(store), 0), dtype=np.float32))
+        if with_probabilities:
+            probabilities.append(np.mean([probs for _, probs in pieces], axis=0))
+    return Embedded(np.stack(rows).astype(np.float32),
+                    np.stack(probabilities).astype(np.float32) if with_probabilities
+                    else np.empty((len(indices), 0), dtype=np.float32))

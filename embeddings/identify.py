@@ -8,14 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from voxaug.embeddings.index import SpeakerIndex, sidecar_path
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import sha256_file
-
-if TYPE_CHECKING:
-    from voxaug.checkpoint import LoadedModel
 
 UNKNOWN = "unknown"
 
@@ -45,11 +41,6 @@ def check_model(index: SpeakerIndex, index_path: Path, model_path: Path, digest:
         )
     if embedding_dim != index.dim:
         raise file_error(model_path, f"embedding dimension {embedding_dim} does not match the index's {index.dim}")
-
-
-def check_checkpoint(index: SpeakerIndex, index_path: Path, loaded: "LoadedModel", digest: str) -> None:
-    """:func:`check_model` for a checkpoint loaded with torch."""
-    check_model(index, index_path, loaded.path, digest, loaded.config.model.embedding_dim)
 
 
 @dataclass

@@ -218,3 +218,66 @@ def test_embed_refuses_a_back_end_for_an_export_that_lacks_the_training_split(mo
     code, output = invoke("embed", tiny_synth, "--model", old, "--out", tmp_path / "y", "--quiet", "--index",
                           tmp_path / "plain.faiss", "--backend", "none")
     assert code == 0, output
+
+
+def test_evaluate_calibrates_an_index_built_with_an_onnx_model_for_identify_with_that_model(models, tiny_synth,
+                                                                                          tmp_path):
+    clips = {speaker: [f"unseen/test/{speaker}/{clip.stem}.pt" for clip in wavs(tiny_synth, "test", speaker)]
+             for speaker in ("new000", "new001")}
+    trials = tmp_path / "trials.txt"
+    trials.write_text("".join(f"{int(a.split('/')[2] == b.split('/')[2])} {a} {b}\n"
+                              for a in clips["new000"] for b in clips["new000"][1:] + clips["new001"] if a != b))
+    reports = {}
+    for option, model, name in (("--ckpt", models["ckpt"], "torch"), ("--model", models["onnx"], "onnx")):
+        index = tmp_path / f"{name}.faiss"
+        code, output = invoke("embed", tiny_synth, option, model, "--out", tmp_path / f"emb-{name}", "--quiet",
+                              "--index", index)
+        assert code == 0, output
+        for speaker in ("new000", "new001"):
+            code, output = invoke("enroll", "--index", index, option, model, "--speaker", speaker,
+                                  *wavs(tiny_synth, "enroll", speaker))
+            assert code == 0, output
+        code, output = invoke("evaluate", tiny_synth, option, model, "--out", tmp_path / f"report-{name}", "--quiet",
+                              "--index", index, "--enroll", tiny_synth / "unseen" / "enroll", "--test",
+                              tiny_synth / "unseen" / "test", "--calibrate", "--trials", trials)
+        assert code == 0, output
+        reports[name] = json.loads((tmp_path / f"report-{name}" / "report.json").read_text())
+    torch_report, onnx_report = reports["torch"], reports["onnx"]
+    assert onnx_report["checkpoint"] == str(models["onnx"])
+    one_clip = 1 / onnx_report["val_utterances"]
+    for key in ("softmax_accuracy", "cosine_centroid_accuracy", "cosine_knn_accuracy"):  # one model, two runtimes
+        assert abs(onnx_report[key] - torch_report[key]) <= one_clip + 1e-9, key
+    one_clip = 1 / onnx_report["unseen"]["test_clips"]
+    for key in ("accuracy", "among_enrolled"):
+        assert abs(onnx_report["unseen"][key] - torch_report["unseen"][key]) <= one_clip + 1e-9, key
+    for key in ("verification", "verification_backend", "verification_asnorm"):
+        assert onnx_report[key]["trials"] == torch_report[key]["trials"] == len(trials.read_text().splitlines())
+        assert onnx_report[key]["eer"] == pytest.approx(torch_report[key]["eer"], abs=0.05), key
+    assert onnx_report["open_set"]["value"] == pytest.approx(torch_report["open_set"]["value"], rel=1e-3, abs=1e-3)
+    code, output = invoke("identify", "--index", tmp_path / "onnx.faiss", "--model", models["onnx"], "--json",
+                          wavs(tiny_synth, "test", "new000")[0])
+    assert code == 0, output
+    threshold = json.loads(output.splitlines()[0])["threshold"]
+    assert threshold == {"value": round(onnx_report["open_set"]["value"], 6), "source": "calibrated"}
+
+
+def test_evaluate_refuses_a_model_the_index_was_not_built_with_and_an_export_without_its_split(
+        models, tiny_synth, tmp_path, monkeypatch):
+    code, output = invoke("embed", tiny_synth, "--model", models["onnx"], "--out", tmp_path / "emb", "--quiet",
+                          "--index", tmp_path / "spk.faiss")
+    assert code == 0, output
+    common = (tiny_synth, "--out", tmp_path / "report", "--index", tmp_path / "spk.faiss")
+    one_line_error(*invoke("evaluate", *common, "--ckpt", models["ckpt"]), "does not match the index")
+    one_line_error(*invoke("evaluate", *common, "--ckpt", models["ckpt"], "--model", models["onnx"]), "--ckpt and --model")
+    one_line_error(*invoke("evaluate", *common), "--ckpt RUN/last.pt or --model model.onnx")
+    one_line_error(*invoke("evaluate", *common, "--model", tmp_path / "missing.onnx"), "missing.onnx")
+    import voxaug.export
+
+    full = voxaug.export._metadata
+    monkeypatch.setattr(voxaug.export, "_metadata", lambda *args: {key: value for key, value in full(*args).items()
+                                                                    if key not in ("training_seed", "validation_fraction")})
+    old = tmp_path / "old.onnx"
+    voxaug.export.export_onnx(models["ckpt"], old)
+    one_line_error(*invoke("evaluate", tiny_synth, "--out", tmp_path / "report", "--model", old), str(old),
+                   "training split", "export it again")
+    assert not (tmp_path / "report").exists()

@@ -188,5 +188,15 @@ def test_evaluate_refuses_a_dataset_of_other_speakers_in_one_line(trained_run, t
     other = tiny_synth / "unseen" / "enroll"  # <speaker>/ folders of speakers the checkpoint never trained on
     result = invoke("evaluate", other, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--device", "cpu", "-q")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
-    assert str(other) in result.output and "the checkpoint was trained on" in result.output
+    assert str(other) in result.output and "the model was trained on" in result.output
     assert not (tmp_path / "report").exists()
+
+
+def test_embed_refuses_an_index_whose_sidecar_path_is_a_folder_before_writing_anything(trained_run, tiny_synth,
+                                                                                         tmp_path):
+    (tmp_path / "spk.faiss.json").mkdir()
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb",
+                    "--index", tmp_path / "spk.faiss", "--device", "cpu", "-q")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "spk.faiss.json" in result.output and "existing folder" in result.output
+    assert not (tmp_path / "emb").exists() and not (tmp_path / "spk.faiss").exists()

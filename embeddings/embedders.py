@@ -1,0 +1,84 @@
+"""The two kinds of model `evaluate` can score: a training checkpoint through torch, or an ONNX export
+through ONNX Runtime, so that an index built with `embed --model model.onnx` can be calibrated with the
+very model that will answer `identify --model model.onnx`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from voxaug.checkpoint import LoadedModel, load_model
+from voxaug.data.store import PackedStore
+from voxaug.embeddings.extract import Embedded, embed_store, embed_store_with_model, embed_tensors
+from voxaug.errors import file_error
+from voxaug.features import FrontendConfig
+from voxaug.safeio import sha256_file
+
+if TYPE_CHECKING:
+    from voxaug.api.model import SpeakerModel
+
+
+class CheckpointEmbedder:
+    """A checkpoint (.pt) on a torch device: utterances batched by length."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+        self.loaded, self.device = loaded, device
+        self.path: Path = loaded.path
+        self.frontend: FrontendConfig = loaded.frontend
+        self.speakers: list[str] = list(loaded.speakers)
+        self.seed, self.val_fraction = loaded.config.seed, loaded.config.val_fraction
+        self.embedding_dim: int = loaded.config.model.embedding_dim
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> "CheckpointEmbedder":
+        return cls(load_model(path, device), device)
+
+    @property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    def embed_store(self, store: PackedStore, indices: np.ndarray, progress: bool) -> Embedded:
+        """Unit embeddings and softmax probabilities of ``indices`` of ``store``, in that order."""
+        return embed_store(self.loaded.model, store, indices, self.device, progress=progress)
+
+    def embed_features(self, clips: list[torch.Tensor]) -> np.ndarray:
+        """Unit embeddings (N, E) of (T, n_mels) feature tensors."""
+        return embed_tensors(self.loaded.model, clips, self.device).embeddings
+
+
+class ExportEmbedder:
+    """A model file loaded as :class:`voxaug.SpeakerModel` (`--model`: an ONNX export from `voxaug export`), one
+    utterance at a time. It must record its run's training split (seed and validation fraction), which fixes
+    the validation clips `evaluate` scores."""
+
+    def __init__(self, model: "SpeakerModel") -> None:
+        split = model.training_split
+        if split is None:
+            raise file_error(model.path, "this export does not record its run's training split (seed and validation "
+                                         "fraction), which evaluate needs to find the validation clips; export it "
+                                         "again with this version of voxaug")
+        self.model = model
+        self.path: Path = model.path
+        self.frontend = FrontendConfig.from_dict(model.frontend)
+        self.speakers: list[str] = list(model.speakers)
+        self.seed, self.val_fraction = split
+        self.embedding_dim: int = model.embedding_dim
+        self.sha256: str = model.sha256
+
+    @classmethod
+    def load(cls, path: Path) -> "ExportEmbedder":
+        from voxaug.api.model import SpeakerModel
+
+        return cls(SpeakerModel.load(path))
+
+    def embed_store(self, store: PackedStore, indices: np.ndarray, progress: bool) -> Embedded:
+        return embed_store_with_model(self.model, store, progress=progress, indices=indices, with_probabilities=True)
+
+    def embed_features(self, clips: list[torch.Tensor]) -> np.ndarray:
+        return self.model.embed_many([clip.numpy() for clip in clips])
+
+
+Embedder = CheckpointEmbedder | ExportEmbedder
