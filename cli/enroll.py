@@ -36,7 +36,7 @@ def enroll(
         raise VoxaugError(f"--speaker {speaker}: no enrolment clips given")
     from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
     from voxaug.embeddings.index import SpeakerIndex as IndexData
-    from voxaug.embeddings.index import index_lock
+    from voxaug.embeddings.index import index_lock, sidecar_path
 
     model_path = chosen_model(ckpt, model)
     if remove is not None:
@@ -46,7 +46,7 @@ def enroll(
             speaker_index.save(index)
         typer.echo(f"removed {remove}; {len(speaker_index.speakers)} speakers remain in {index}")
         return
-    if index.exists():
+    if index.exists() or sidecar_path(index).exists():  # a first write cut short leaves the sidecar alone
         speaker_index = SpeakerIndex.open(index, model_path, device)
     elif model_path is None:
         raise VoxaugError(f"{index}: index does not exist yet; pass --ckpt or --model to create it")

@@ -17,11 +17,11 @@ enrolled, and a query costs one cohort product.
 from __future__ import annotations
 
 import fcntl
-import glob
 import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -34,7 +34,9 @@ import numpy as np
 from voxaug.embeddings.backend import SCORE_NORMS, Cohort, ScoringBackend, as_norm, check_choice
 from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error
-from voxaug.safeio import atomic_write_bytes, atomic_write_text, ensure_folder, fsync_dir, read_json
+from voxaug.safeio import (
+    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, fsync_dir, read_json,
+)
 
 if TYPE_CHECKING:
     import faiss
@@ -55,6 +57,7 @@ HNSW_EF_SEARCH = 128
 """Candidates HNSW keeps while searching (FAISS defaults to 16); benchmarks/embed_bench.py measures recall against it."""
 FAISS_KINDS = (b"IxFI", b"IHNf")  # the FAISS headers of IndexFlatIP and IndexHNSWFlat, the only kinds written
 PENDING_SUFFIX = ".pending"
+LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep committing
 LOCK_POLL_S = 0.05
 
 
@@ -188,7 +191,8 @@ class SpeakerIndex:
 
     def remove(self, speaker: str) -> None:
         if speaker not in self.counts:
-            raise VoxaugError(f"speaker {speaker!r} is not enrolled; enrolled: {', '.join(self.speakers) or 'none'}")
+            shown = ", ".join(self.speakers[:10]) + (f", … ({len(self.speakers)} in all)" if len(self.speakers) > 10 else "")
+            raise VoxaugError(f"speaker {speaker!r} is not enrolled; enrolled: {shown or 'none'}")
         self._drop_rows([i for i, label in enumerate(self.labels) if label == speaker])
         del self.counts[speaker]
         self.mean_norms.pop(speaker, None)
@@ -317,7 +321,7 @@ class SpeakerIndex:
         """
         import faiss
 
-        path = Path(path)
+        path = real_path(path)
         data = faiss.serialize_index(self.faiss_index()).tobytes()
         digest = hashlib.sha256(data).hexdigest()
         sidecar = {
@@ -346,30 +350,26 @@ class SpeakerIndex:
         atomic_write_bytes(pending, data)
         atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
         os.replace(pending, path)
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*{PENDING_SUFFIX}"):
-            stale.unlink(missing_ok=True)
+        _remove_interrupted_writes(path)
         fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: str | Path) -> "SpeakerIndex":
-        path, side = Path(path), sidecar_path(path)
+        path = real_path(path)
+        side = sidecar_path(path)
         if not path.is_file() and not side.is_file():
             raise file_error(path, "speaker index not found")
         if not side.is_file():
             raise file_error(side, "the index's sidecar is missing (it records labels, checkpoint and front end)")
-        meta = read_json(side, "index sidecar")
-        required = ("format", "version", "per", "dimension", "labels", "counts", "checkpoint", "frontend", "index_sha256")
-        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
-            raise file_error(side, "not a voxaug index sidecar")
-        missing = [key for key in required if key not in meta]
-        if missing:
-            raise file_error(side, f"sidecar lacks {', '.join(missing)}")
-        if meta["version"] not in READABLE_VERSIONS or isinstance(meta["version"], bool):
-            raise file_error(side, f"sidecar version {meta['version']} is not supported (expected one of "
-                                   f"{', '.join(map(str, READABLE_VERSIONS))})")
-        _check_sidecar_types(meta, side)
+        for attempt in range(LOAD_ATTEMPTS):
+            meta = _read_sidecar(side)
+            try:
+                data = _committed_bytes(path, meta["index_sha256"])
+                break
+            except VoxaugError:  # unless a writer committed between the two reads: then read the new pair
+                if attempt == LOAD_ATTEMPTS - 1 or _read_sidecar(side)["index_sha256"] == meta["index_sha256"]:
+                    raise
         scoring = _scoring_fields(meta, side)
-        data = _committed_bytes(path, meta["index_sha256"])
         if data[:4] not in FAISS_KINDS:
             raise file_error(path, f"not a FAISS flat or HNSW index (starts with {data[:4]!r})")
         import faiss
@@ -405,15 +405,60 @@ def pending_path(path: str | Path, digest: str) -> Path:
     return path.parent / f".{path.name}.{digest}{PENDING_SUFFIX}"
 
 
+def _remove_interrupted_writes(path: Path) -> None:
+    """After a commit, under the index lock: this index's pending files of writes cut short, and the temps of
+    killed writers that were staging one. Names are matched whole, so ``spk.faiss.old``'s files, which
+    another lock guards, are never this index's."""
+    pending = rf"\.{re.escape(path.name)}\.[0-9a-f]{{64}}{re.escape(PENDING_SUFFIX)}"
+    staging = re.compile(rf"\.({pending})\.\d+\.[^.]+{re.escape(TMP_SUFFIX)}")
+    try:
+        names = [entry.name for entry in path.parent.iterdir()]
+    except OSError:
+        return
+    for name in names:
+        if re.fullmatch(pending, name):
+            (path.parent / name).unlink(missing_ok=True)
+        elif match := staging.fullmatch(name):
+            clean_stale_temps(path.parent / match.group(1))  # a live writer's temp is left alone
+
+
+def real_path(path: str | Path) -> Path:
+    """An index path with symbolic links resolved, so that a write replaces the file a link points to (not
+    the link) and two links to one index share its lock."""
+    return Path(os.path.realpath(path))
+
+
+def _read_sidecar(side: Path) -> dict:
+    """A sidecar's fields, checked for what loading needs."""
+    meta = read_json(side, "index sidecar")
+    required = ("format", "version", "per", "dimension", "labels", "counts", "checkpoint", "frontend", "index_sha256")
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        raise file_error(side, "not a voxaug index sidecar")
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise file_error(side, f"sidecar lacks {', '.join(missing)}")
+    if meta["version"] not in READABLE_VERSIONS or isinstance(meta["version"], bool):
+        raise file_error(side, f"sidecar version {meta['version']} is not supported (expected one of "
+                               f"{', '.join(map(str, READABLE_VERSIONS))})")
+    _check_sidecar_types(meta, side)
+    return meta
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    """A file's bytes, or None where it is missing (a writer may rename it away at any moment)."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
 def _committed_bytes(path: Path, digest: object) -> bytes:
-    """The index bytes the sidecar's hash names: FILE, or the staged file of a write cut short."""
-    data = path.read_bytes() if path.is_file() else b""
-    if hashlib.sha256(data).hexdigest() == digest:
-        return data
+    """The index bytes the sidecar's hash names: FILE, or the staged file of a write cut short. FILE is read
+    again last: a writer may have renamed the staged file over it between the first two reads."""
     staged = pending_path(path, str(digest)) if isinstance(digest, str) and digest.isalnum() else None
-    if staged is not None and staged.is_file():
-        data = staged.read_bytes()
-        if hashlib.sha256(data).hexdigest() == digest:
+    for candidate in (path, staged, path):
+        data = _read_if_there(candidate) if candidate is not None else None
+        if data is not None and hashlib.sha256(data).hexdigest() == digest:
             return data
     if not path.is_file():
         raise file_error(path, "speaker index not found (its sidecar is there)")
@@ -430,6 +475,10 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
         raise file_error(side, f"sidecar field 'per' is {meta['per']!r}; accepted: {', '.join(MODES)}")
     if not all(isinstance(label, str) for label in meta["labels"]) or set(meta["labels"]) != set(meta["counts"]):
         raise file_error(side, "sidecar 'labels' and 'counts' name different speakers")
+    if meta["per"] == "speaker" and len(set(meta["labels"])) != len(meta["labels"]):
+        repeated = sorted(label for label, times in Counter(meta["labels"]).items() if times > 1)
+        raise file_error(side, f"sidecar 'labels' name {repeated[:3]} more than once; an index of one vector per "
+                               "speaker names each once")
     if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 1 for count in meta["counts"].values()):
         raise file_error(side, "sidecar field 'counts' must map each speaker to a whole number of clips >= 1")
     norms = meta.get("mean_norms")  # a speaker's running mean is norm * centroid: PLDA and --append need it
@@ -485,11 +534,11 @@ def index_lock(path: str | Path, timeout_s: float = 60.0) -> Iterator[None]:
     """
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s >= 0):
         raise VoxaugError(f"--lock-timeout must be a number of seconds >= 0, got {timeout_s}")
-    lock_path = Path(f"{path}.lock")
+    lock_path = Path(f"{real_path(path)}.lock")
     ensure_folder(lock_path.parent, "index folder")
     deadline = time.monotonic() + timeout_s
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    while True:  # read-only, writable by the group and others as the umask allows: another account can share it
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -4,6 +4,7 @@ one code path, the model recorded by SHA-256, another model refused, bad input r
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -281,3 +282,40 @@ def test_evaluate_refuses_a_model_the_index_was_not_built_with_and_an_export_wit
     one_line_error(*invoke("evaluate", tiny_synth, "--out", tmp_path / "report", "--model", old), str(old),
                    "training split", "export it again")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_failed_first_write_changes_neither_the_object_nor_the_cli_s_view_of_the_index(models, tiny_synth, tmp_path,
+                                                                                        monkeypatch):
+    import voxaug.embeddings.index as index_module
+
+    path = tmp_path / "spk.faiss"
+    created = voxaug.SpeakerIndex.create(path, models["onnx"])
+    real_write = index_module.atomic_write_text
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(index_module, "atomic_write_text", disk_full)
+    with pytest.raises(OSError):
+        created.enroll("new000", wavs(tiny_synth, "enroll", "new000"))
+    monkeypatch.setattr(index_module, "atomic_write_text", real_write)
+    assert created.speakers == []
+    created.enroll("new000", wavs(tiny_synth, "enroll", "new000"))  # a retry is not refused as already enrolled
+    assert voxaug.SpeakerIndex.open(path).speakers == ["new000"]
+
+    fresh = tmp_path / "cut.faiss"  # the CLI's first write killed after its sidecar commit
+    real_replace = os.replace
+
+    def killed_on_commit(source, target):
+        if str(source).endswith(index_module.PENDING_SUFFIX):
+            raise KeyboardInterrupt("killed between the sidecar and the index rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_on_commit)
+    code, _ = invoke("enroll", "--index", fresh, "--model", models["onnx"], "--speaker", "new000",
+                     *wavs(tiny_synth, "enroll", "new000"))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert code != 0 and not fresh.exists() and (tmp_path / "cut.faiss.json").exists()
+    code, output = invoke("enroll", "--index", fresh, "--speaker", "new001", *wavs(tiny_synth, "enroll", "new001"))
+    assert code == 0, output
+    assert voxaug.SpeakerIndex.open(fresh).speakers == ["new000", "new001"]

@@ -139,6 +139,13 @@ def test_index_write_cut_before_its_last_rename_loads_the_new_index(tmp_path, mo
     index.add("alice", np.eye(4)[:1])
     index.save(path)
     index.add("bob", np.eye(4)[1:2])
+    _cut_before_commit(index, path, monkeypatch)
+    assert SpeakerIndex.load(path).speakers == ["alice", "bob"]
+
+
+
+def _cut_before_commit(index: SpeakerIndex, path, monkeypatch) -> None:
+    """``index.save(path)`` killed after its sidecar commit, before the staged bytes are renamed into place."""
     real_replace = os.replace
 
     def crash_on_commit(source, target):
@@ -150,7 +157,90 @@ def test_index_write_cut_before_its_last_rename_loads_the_new_index(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         index.save(path)
     monkeypatch.setattr(os, "replace", real_replace)
-    assert SpeakerIndex.load(path).speakers == ["alice", "bob"]
+
+
+def test_saving_an_index_leaves_another_index_whose_name_it_prefixes_alone(tmp_path, monkeypatch):
+    older = SpeakerIndex(dim=4)
+    older.add("carol", np.eye(4)[2:3])
+    _cut_before_commit(older, tmp_path / "spk.faiss.old", monkeypatch)  # committed, staged bytes not yet in place
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(tmp_path / "spk.faiss")
+    assert SpeakerIndex.load(tmp_path / "spk.faiss.old").speakers == ["carol"]
+
+
+def test_temps_of_a_killed_writer_staging_index_bytes_are_removed_by_the_next_save(tmp_path):
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    staging = f"..spk.faiss.{'a' * 64}{PENDING_SUFFIX}"
+    stale = tmp_path / f"{staging}.{dead.pid}.x1{TMP_SUFFIX}"
+    live = tmp_path / f"{staging}.{os.getppid()}.x2{TMP_SUFFIX}"
+    other = tmp_path / f"..spk.faiss.old.{'b' * 64}{PENDING_SUFFIX}.{dead.pid}.x3{TMP_SUFFIX}"
+    for temp in (stale, live, other):
+        temp.write_bytes(b"torn")
+    index.add("bob", np.eye(4)[1:2])
+    index.save(path)
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_reader_never_fails_while_a_writer_keeps_committing(tmp_path):
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, numpy as np\n"
+        "from voxaug.embeddings.index import SpeakerIndex\n"
+        "index = SpeakerIndex.load(sys.argv[1])\n"
+        "end = time.monotonic() + 4\n"
+        "while time.monotonic() < end:\n"
+        "    index.add('bob', np.random.default_rng().normal(size=(1, 4)), append='bob' in index.speakers)\n"
+        "    index.save(sys.argv[1])\n"), str(path)])
+    loads = 0
+    while writer.poll() is None:
+        assert SpeakerIndex.load(path).speakers[0] == "alice"
+        loads += 1
+    assert writer.returncode == 0 and loads > 0
+
+
+def test_a_sidecar_naming_one_speaker_twice_is_refused(tmp_path):
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.add("bob", np.eye(4)[1:2])
+    index.save(path)
+    sidecar = json.loads((tmp_path / "spk.faiss.json").read_text())
+    sidecar["labels"] = ["alice", "alice"]  # bob's vector under alice's name, the rest of the sidecar consistent
+    for field in ("counts", "mean_norms"):
+        del sidecar[field]["bob"]
+    (tmp_path / "spk.faiss.json").write_text(json.dumps(sidecar))
+    with pytest.raises(VoxaugError, match=r"spk.faiss.json: .*'alice'.* more than once"):
+        SpeakerIndex.load(path)
+
+
+def test_writes_go_through_symbolic_links_and_two_links_share_one_lock(tmp_path):
+    release = tmp_path / "releases"
+    release.mkdir()
+    atomic_write_bytes(release / "report.json", b"old")
+    (tmp_path / "report.json").symlink_to(release / "report.json")
+    atomic_write_bytes(tmp_path / "report.json", b"new")
+    assert (tmp_path / "report.json").is_symlink() and (release / "report.json").read_bytes() == b"new"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(release / "spk.faiss")
+    for name in ("spk.faiss", "spk.faiss.json"):
+        (tmp_path / name).symlink_to(release / name)
+    index.add("bob", np.eye(4)[1:2])
+    index.save(tmp_path / "spk.faiss")
+    assert (tmp_path / "spk.faiss").is_symlink() and SpeakerIndex.load(release / "spk.faiss").speakers == ["alice", "bob"]
+    with index_lock(tmp_path / "spk.faiss"):
+        with pytest.raises(VoxaugError, match="locked by another"):
+            with index_lock(release / "spk.faiss", timeout_s=0):
+                pass
 
 
 def _enroll_command(index, speaker, clips, lock_timeout="120"):

@@ -90,9 +90,10 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a torn one; temp files
-    of writers that were killed are removed on the next write of the same file.
+    of writers that were killed are removed on the next write of the same file. A symbolic link is
+    written through: the file it points to is replaced, and the link stays.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     ensure_folder(path.parent)
     if path.is_dir():
         raise file_error(path, "is a folder; expected a file name to write")

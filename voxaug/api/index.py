@@ -6,6 +6,7 @@ is made under the index's lock on a fresh read of the file, then written atomica
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Iterable
 
@@ -126,8 +127,8 @@ class SpeakerIndex:
 
     def _reread(self) -> IndexData:
         """The index as it is on disk now (another process may have enrolled), checked against this model."""
-        if not sidecar_path(self.path).exists():
-            return self.data
+        if not sidecar_path(self.path).exists():  # a copy: a failed first write must not change this object
+            return copy.deepcopy(self.data)
         data = IndexData.load(self.path)
         check_model(data, self.path, self.model.path, self.model.sha256, self.model.embedding_dim)
         return data
