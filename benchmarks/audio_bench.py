@@ -40,7 +40,8 @@ def ensure_audio(data: Path | None, workdir: Path, quick: bool) -> Path:
         return data
     config = SynthConfig(speakers=4 if quick else 10, utterances=8 if quick else 20, unseen=0, seed=0,
                          write_training_audio=True)
-    generate(workdir / "synth", config, progress=False)
+    if not (workdir / "synth" / "metadata.json").exists():  # a workdir of an earlier run keeps its corpus
+        generate(workdir / "synth", config, progress=False)
     return workdir / "synth" / "wav"
 
 

@@ -17,7 +17,7 @@ def synth(
     utterances: int = typer.Option(SynthConfig.utterances, help="Utterances per training speaker (10% go to testdata.json)."),
     unseen: int = typer.Option(SynthConfig.unseen, help="Speakers kept out of training, for enrolment."),
     impostors: int = typer.Option(SynthConfig.impostors, help="Speakers never trained on nor enrolled (open-set checks)."),
-    seed: int = typer.Option(SynthConfig.seed, help="Same seed, same files."),
+    seed: int = typer.Option(SynthConfig.seed, help="Same seed (and torch thread count), same files."),
     wav: bool = typer.Option(False, "--wav", help="Also write training audio as OUT/wav/<speaker>/<session>/<n>.wav."),
     quiet: bool = QuietOption,
 ) -> None:

@@ -4,6 +4,7 @@ match with `voxaug synth`'s features, bad files (clear errors, skip-and-count, -
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 import torchaudio
 
 from voxaug.audio import read_audio, write_audio
+from voxaug.clips import one_file_per_clip
 from voxaug.data.audio_store import open_training_store
 from voxaug.data.sources import ClipFolderSource, load_clip, open_source
 from voxaug.data.split import stratified_split
@@ -44,7 +46,8 @@ def test_tree_gives_speakers_from_the_first_level_and_videos_from_the_second(wav
     source = open_source(wav_synth / "wav")
     assert isinstance(source, ClipFolderSource)
     assert source.speakers == [f"spk{i:03d}" for i in range(WAV_SYNTH.speakers)]
-    assert len(source.utterances) == WAV_SYNTH.speakers * WAV_SYNTH.utterances
+    training = json.loads((wav_synth / "metadata.json").read_text())["speakers"]  # the test clips are not training audio
+    assert len(source.utterances) == sum(len(entries) for entries in training.values()) < WAV_SYNTH.speakers * WAV_SYNTH.utterances
     for utterance in source.utterances:
         assert utterance.path.suffix == ".wav"
         assert utterance.key.split("/")[0] == utterance.speaker
@@ -53,7 +56,8 @@ def test_tree_gives_speakers_from_the_first_level_and_videos_from_the_second(wav
 
 def test_validation_split_keeps_whole_videos_out_of_training(wav_synth, tmp_path):
     store, skipped = open_training_store(open_source(wav_synth / "wav"), tmp_path / "cache", progress=False, workers=0)
-    assert skipped == [] and len(store) == WAV_SYNTH.speakers * WAV_SYNTH.utterances
+    training = json.loads((wav_synth / "metadata.json").read_text())["speakers"]
+    assert skipped == [] and len(store) == sum(len(entries) for entries in training.values())
     train, val = stratified_split(store.labels, 0.25, seed=0, groups=store.groups)
     assert len(val) > 0 and set(train).isdisjoint(val)
     train_videos = {(store.speakers[store.labels[i]], store.groups[i]) for i in train}
@@ -66,7 +70,7 @@ def test_validation_split_keeps_whole_videos_out_of_training(wav_synth, tmp_path
 def test_wav_tree_features_match_the_synth_pt_features(wav_synth):
     """The front end on `voxaug synth --wav` audio gives the features synth wrote as uttr-*.pt."""
     frontend = FrontendConfig()
-    for speaker, index in (("spk000", 0), ("spk002", 5)):
+    for speaker, index in (("spk000", 1), ("spk002", 5)):  # clip 0 of each speaker is a test clip, not training audio
         name = "uttr-" + hashlib.sha1(f"{WAV_SYNTH.seed}|{speaker}|{index}".encode()).hexdigest()[:24] + ".pt"
         written = safe_torch_load(wav_synth / name, "features")
         wav = next((wav_synth / "wav" / speaker).rglob(f"{index:05d}.wav"))
@@ -139,6 +143,34 @@ def test_audio_at_a_rate_too_low_for_speech_is_refused_before_resampling(tmp_pat
     with pytest.raises(VoxaugError, match="sample rate 500 Hz is under 1000 Hz") as caught:
         load_clip(path, FrontendConfig())
     assert str(caught.value).startswith(str(path))
+
+
+def test_a_rate_prime_to_the_models_is_refused_naming_the_file_before_building_its_filter(tmp_path):
+    from voxaug.runtime.frontend import read_audio as read_audio_without_torch
+
+    path = tmp_path / "odd.wav"
+    soundfile.write(path, tone(0.1, rate=16001), 16001)  # a 16000 x 16013 filter: gigabytes, for 0.1 s of audio
+    for read in (lambda: load_clip(path, FrontendConfig()), lambda: read_audio_without_torch(path, 16000)):
+        with pytest.raises(VoxaugError, match="sample rate 16001 Hz has no small common factor") as caught:
+            read()
+        assert str(caught.value).startswith(str(path))
+    soundfile.write(tmp_path / "cd.wav", tone(0.1, rate=44100), 44100)  # the common rates are not refused
+    assert load_clip(tmp_path / "cd.wav", FrontendConfig()).shape[1] == 40
+
+
+def test_an_odd_n_fft_is_refused():
+    with pytest.raises(VoxaugError, match="n_fft must be even, got 401"):
+        FrontendConfig(n_fft=401)
+
+
+def test_hidden_files_and_folders_are_not_clips(wav_synth, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(wav_synth / "wav" / "spk000", root / "spk000")
+    clips = sorted((root / "spk000").rglob("*.wav"))
+    shutil.copy(clips[0], clips[0].parent / f"._{clips[0].name}")  # what macOS leaves beside each file on a share
+    (root / "spk000" / ".trash").mkdir()
+    shutil.copy(clips[0], root / "spk000" / ".trash" / "deleted.wav")
+    assert one_file_per_clip(root, (".wav",)) == clips
 
 
 def _tree_with_bad_files(wav_synth: Path, tmp_path: Path) -> Path:

@@ -125,6 +125,17 @@ def set_first_feature_path(root: Path, value: str) -> None:
     (root / "metadata.json").write_text(json.dumps(metadata))
 
 
+def list_first_clip_again(root: Path, listing: str) -> None:
+    """metadata.json: the first clip also under the last speaker; testdata.json: the first clip twice."""
+    table = json.loads((root / listing).read_text())
+    if listing == "metadata.json":
+        entries = list(table["speakers"].values())
+        entries[-1].append(dict(entries[0][0]))
+    else:
+        table["utterances"].append(dict(table["utterances"][0]))
+    (root / listing).write_text(json.dumps(table))
+
+
 def checkpoint(w: World, name: str, edit: Callable[[dict], None]) -> Path:
     state = load_checkpoint(w.ckpt)
     edit(state)
@@ -229,6 +240,15 @@ CASES: dict[str, Case] = {
     "train: feature pickles code": (
         lambda w: train(w, dataset(w, "evil-feat", lambda r: tensor(first_feature(r), {"x": Exploit(w.bad)}))),
         ("uttr-", "refused")),
+    "train: clip listed under two speakers": (
+        lambda w: train(w, dataset(w, "twice", lambda r: list_first_clip_again(r, "metadata.json"))),
+        ("metadata.json", "is listed twice (under 'spk000' and")),
+    "train: feature_path with a NUL byte": (
+        lambda w: train(w, dataset(w, "nul", lambda r: set_first_feature_path(r, "uttr\x00.pt"))),
+        ("metadata.json", "is not a usable path")),
+    "train: feature is a meta tensor": (
+        lambda w: train(w, dataset(w, "meta-feat", lambda r: tensor(first_feature(r), torch.zeros(50, 40, device="meta")))),
+        ("uttr-", "found one on device 'meta'")),
     "train: feature_path with ..": (
         lambda w: train(w, dataset(w, "dotdot", lambda r: set_first_feature_path(r, "../spk.faiss"))),
         ("metadata.json", "outside the dataset folder")),
@@ -265,6 +285,9 @@ CASES: dict[str, Case] = {
     "predict: testdata.json malformed": (
         lambda w: predict(w, w.ckpt, dataset(w, "bad-test", lambda r: write(r / "testdata.json", '{"utterances": [}'))),
         ("testdata.json", "malformed JSON")),
+    "predict: testdata.json lists a clip twice": (
+        lambda w: predict(w, w.ckpt, dataset(w, "test-twice", lambda r: list_first_clip_again(r, "testdata.json"))),
+        ("testdata.json", "is listed twice")),
     "predict: --out is a folder": (lambda w: predict(w, w.ckpt, out=w.run), ("--out", "existing folder")),
     # embed: options, data, outputs
     "embed: --batch 0": (lambda w: embed(w, "--batch", "0"), ("--batch", "positive")),

@@ -98,3 +98,18 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     result = runner.invoke(app, ["predict", str(tmp_path), "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o.csv")])
     assert result.exit_code == 2 and "nope.pt: checkpoint not found" in result.output
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_synth_writes_nothing_into_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "uttr-stale.pt").write_bytes(b"an earlier corpus")
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "old"), "--speakers", "2", "--utterances", "3", "-q"])
+    assert result.exit_code == 2 and "not empty" in result.output and str(tmp_path / "old") in result.output
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["uttr-stale.pt"]
+
+
+def test_a_small_corpus_still_has_a_test_clip_per_speaker_that_predict_can_read(tmp_path):
+    generate(tmp_path / "small", SynthConfig(speakers=2, utterances=3, unseen=0, impostors=0, min_seconds=0.5,
+                                             max_seconds=0.6), progress=False)
+    assert len(HW4Source(tmp_path / "small", split="test").utterances) == 2
+    assert len(HW4Source(tmp_path / "small").utterances) == 4

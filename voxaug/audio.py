@@ -9,7 +9,7 @@ import torch
 import torchaudio
 from scipy.io import wavfile
 
-from voxaug.runtime.frontend import AUDIO_SUFFIXES, read_mono, refuse_silence
+from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_resampling, read_mono, refuse_silence
 
 __all__ = ["AUDIO_SUFFIXES", "read_audio", "write_audio"]
 
@@ -20,6 +20,7 @@ def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     samples, file_rate = read_mono(path)
     mono = torch.from_numpy(samples)
     if file_rate != sample_rate:
+        check_resampling(path, file_rate, int(sample_rate))
         mono = torchaudio.functional.resample(mono, file_rate, int(sample_rate))
     refuse_silence(path, float(mono.abs().max()))
     return mono

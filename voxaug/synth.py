@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from voxaug.audio import write_audio
 from voxaug.features import FrontendConfig, log_mel
-from voxaug.safeio import atomic_output, atomic_write_json
+from voxaug.errors import file_error
+from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder
 from voxaug.synth_config import SynthConfig
 
 # Average adult formants (F1, F2, F3) in Hz for eight vowels.
@@ -179,11 +180,15 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
     """Write the corpus to ``out`` in the HW4 layout plus ``unseen/{enroll,test}/<speaker>/`` (speakers to
     enrol without training) and ``unseen/impostors/<speaker>/`` (speakers never enrolled: open-set checks).
 
-    Returns a summary (counts). Same seed, same files.
+    Returns a summary (counts). Same seed, same files (with the same number of torch threads: a float
+    reduction split over more threads rounds differently, by 1e-4 at most).
     """
     config.validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()):  # files of an earlier corpus would stay beside the new one
+        raise file_error(out, "output folder is not empty; synth writes a corpus into a new or empty folder and "
+                              "deletes nothing")
+    ensure_folder(out)
     frontend = FrontendConfig()
     speakers = [f"spk{index:03d}" for index in range(config.speakers)]
     unseen = [f"new{index:03d}" for index in range(config.unseen)]
@@ -206,7 +211,7 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
         g = _generator(config.seed, speaker, "voice")
         voice = Voice.draw(g)
         sessions = [Session.draw(g) for _ in range(config.sessions_per_speaker)]
-        n_test = int(round(config.test_fraction * config.utterances))
+        n_test = max(1, int(round(config.test_fraction * config.utterances))) if config.test_fraction > 0 else 0
         for index in range(config.utterances):
             wave, features, session_id = make(speaker, voice, sessions, index)
             name = "uttr-" + hashlib.sha1(f"{config.seed}|{speaker}|{index}".encode()).hexdigest()[:24] + ".pt"
@@ -217,7 +222,7 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
                 test_labels.append((name, speaker))
             else:
                 metadata[speaker].append(entry)
-            if config.write_training_audio:
+            if config.write_training_audio and index >= n_test:  # training audio: testdata.json's clips stay out
                 write_audio(out / "wav" / speaker / f"session{session_id}" / f"{index:05d}.wav", wave, frontend.sample_rate)
 
     for speaker in unseen + impostors:

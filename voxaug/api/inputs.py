@@ -13,7 +13,7 @@ import numpy as np
 
 from voxaug.clips import FEATURE_SUFFIX
 from voxaug.errors import VoxaugError, file_error
-from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_audio_rate, read_audio, resample
+from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_audio_rate, check_resampling, read_audio, resample
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
 
@@ -75,6 +75,7 @@ def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int,
         if not np.abs(values).max() > 0:
             raise VoxaugError(f"{name}: the waveform is silent (every sample is zero)")
         if sample_rate != model_rate:
+            check_resampling(name, int(sample_rate), model_rate)
             values = resample(values, int(sample_rate), model_rate)
         return Clip(name, waveform=values)
     if values.ndim != 2 or values.shape[1] != n_mels:

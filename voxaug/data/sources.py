@@ -64,11 +64,25 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
         raise file_error(listed_in, f"{field} must be a non-empty string, got {relative!r}")
     if os.path.isabs(relative):
         raise file_error(listed_in, f"{field} {relative!r} is absolute; paths must be relative to the dataset folder")
-    resolved = (root / relative).resolve()
+    try:
+        resolved = (root / relative).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name longer than the file system allows
+        raise file_error(listed_in, f"{field} {relative!r} is not a usable path ({exc})") from None
     root_resolved = root.resolve()
     if resolved != root_resolved and root_resolved not in resolved.parents:
         raise file_error(listed_in, f"{field} {relative!r} points outside the dataset folder {root}")
     return resolved
+
+
+def refuse_repeated_clips(utterances: list["Utterance"], listed_in: Path) -> None:
+    """One clip listed twice would be two training rows (possibly of two speakers, one of them in validation)
+    or two rows of one prediction file."""
+    first: dict[Path, Utterance] = {}
+    for utterance in utterances:
+        earlier = first.setdefault(utterance.path, utterance)
+        if earlier is not utterance:
+            where = f" (under {earlier.speaker!r} and {utterance.speaker!r})" if utterance.speaker else ""
+            raise file_error(listed_in, f"clip {utterance.key!r} is listed twice{where}; each clip may appear once")
 
 
 class HW4Source:
@@ -99,7 +113,7 @@ class HW4Source:
 
     def _read_n_mels(self, table: dict, path: Path) -> int:
         n_mels = table.get("n_mels")
-        if not isinstance(n_mels, int) or n_mels <= 0:
+        if not isinstance(n_mels, int) or isinstance(n_mels, bool) or n_mels <= 0:
             raise file_error(path, f"'n_mels' must be a positive integer, got {n_mels!r}")
         return n_mels
 
@@ -120,6 +134,7 @@ class HW4Source:
                 feature_path = entry.get("feature_path") if isinstance(entry, dict) else None
                 resolved = resolve_inside(self.root, feature_path, path)
                 utterances.append(Utterance(feature_path, resolved, speaker))
+        refuse_repeated_clips(utterances, path)
         if not utterances:
             raise file_error(path, "lists no utterances")
         return utterances, n_mels
@@ -135,6 +150,7 @@ class HW4Source:
         for entry in testdata["utterances"]:
             feature_path = entry.get("feature_path") if isinstance(entry, dict) else None
             utterances.append(Utterance(feature_path, resolve_inside(self.root, feature_path, path), None))
+        refuse_repeated_clips(utterances, path)
         if not utterances:
             raise file_error(path, "lists no utterances")
         return utterances, n_mels

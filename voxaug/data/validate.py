@@ -14,8 +14,10 @@ def check_features(features: object, path: str | Path, n_mels: int) -> torch.Ten
     """Return ``features`` as a float32 (frames, n_mels) tensor or raise naming ``path`` and the problem."""
     if not isinstance(features, torch.Tensor):
         raise file_error(path, f"expected one float tensor of shape (frames, {n_mels}), found {type(features).__name__}")
-    if features.layout != torch.strided:
-        raise file_error(path, f"expected a dense tensor, found layout {features.layout}")
+    if features.layout != torch.strided or features.is_nested:
+        raise file_error(path, f"expected a dense tensor, found {'a nested tensor' if features.is_nested else f'layout {features.layout}'}")
+    if features.device.type != "cpu":  # a meta tensor holds no values; a tensor saved on a GPU is loaded to the CPU
+        raise file_error(path, f"expected a tensor of values, found one on device {features.device.type!r}")
     features = features.detach()  # features are data: a tensor saved with requires_grad (or a Parameter) is fine
     if not features.is_floating_point():
         raise file_error(path, f"expected a float tensor, found dtype {features.dtype}")

@@ -46,6 +46,8 @@ class FrontendSettings:
             raise VoxaugError(f"front end: hop_ms {self.hop_ms} is under one sample at {self.sample_rate} Hz")
         if self.win_length > self.n_fft:
             raise VoxaugError(f"front end: window of {self.win_length} samples exceeds n_fft {self.n_fft}")
+        if self.n_fft % 2:  # centred frames of an odd n_fft count one fewer than every frame count here assumes
+            raise VoxaugError(f"front end: n_fft must be even, got {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise VoxaugError(f"front end: need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
 
@@ -143,6 +145,27 @@ def _resample_kernel(orig: int, new: int) -> tuple[np.ndarray, int]:
     return (sinc * window * one(base / orig)).astype(one), width
 
 
+MAX_RESAMPLE_TAPS = 50_000_000
+"""Filter coefficients (phases x taps) a resampling may build: 200 MB of float32. Common rates need under
+a million; a rate prime to the model's (16001 Hz to 16000 Hz) would need 256 million, several GB."""
+
+
+def resample_taps(orig_rate: int, new_rate: int) -> int:
+    """How many filter coefficients resampling ``orig_rate`` to ``new_rate`` builds (torchaudio builds as many)."""
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig / (min(orig, new) * RESAMPLE_ROLLOFF))
+    return new * (2 * width + orig)
+
+
+def check_resampling(path: str | Path, orig_rate: int, new_rate: int) -> None:
+    """Refuse, naming the file, a sample rate whose resampling filter would take gigabytes."""
+    if orig_rate != new_rate and resample_taps(orig_rate, new_rate) > MAX_RESAMPLE_TAPS:
+        raise file_error(path, f"sample rate {orig_rate} Hz has no small common factor with the model's {new_rate} Hz, "
+                               "so resampling it would build a filter of several GB; convert the file to a common "
+                               "rate (such as 16000, 44100 or 48000 Hz) first")
+
+
 def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """(N,) waveform from ``orig_rate`` to ``new_rate``, equal to ``torchaudio.functional.resample``'s defaults."""
     if orig_rate == new_rate:
@@ -194,6 +217,7 @@ def refuse_silence(path: str | Path, peak: float) -> None:
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Read an audio file as a mono float32 waveform at ``sample_rate``; clear errors for bad files."""
     samples, file_rate = read_mono(path)
+    check_resampling(path, file_rate, int(sample_rate))
     mono = resample(samples, file_rate, int(sample_rate))
     refuse_silence(path, float(np.abs(mono).max()))
     return mono
