@@ -42,7 +42,7 @@ import torch
 from backend_ablation import embed_everything
 from voxaug.checkpoint import LoadedModel
 from voxaug.embeddings.evaluation import LabelledEmbeddings, embed_folder
-from voxaug.data.split import stratified_split
+from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
@@ -104,7 +104,7 @@ def trial_clips(found: dict, trials: str, held_out: np.ndarray) -> tuple[np.ndar
 def sweep(found: dict, backend_kind: str, trials: str = "unseen", external: LabelledEmbeddings | None = None) -> list[dict]:
     config = found["model"].config
     labels = np.asarray(found["train"].labels)
-    codes = np.unique(labels, return_inverse=True)[1]
+    codes = speaker_codes(labels, found["model"].speakers)
     train, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"])
     backend = ScoringBackend.fit(backend_kind, found["train"].embeddings[train], labels[train])
     clips, clip_labels = trial_clips(found, trials, held_out)

@@ -35,7 +35,7 @@ import torch
 
 from voxaug.checkpoint import load_checkpoint, load_model
 from voxaug.data.sources import open_source
-from voxaug.data.split import stratified_split
+from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.data.store import PackedStore
 from voxaug.embeddings.calibration import calibrate, open_set_scores
 from voxaug.embeddings.embedders import CheckpointEmbedder
@@ -71,7 +71,8 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     config = found["model"].config
     train = found["train"]
     index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
-                                config.seed, config.val_fraction, ScoringOptions(backend, score_norm=score_norm))
+                                config.seed, config.val_fraction, ScoringOptions(backend, score_norm=score_norm),
+                                found["model"].speakers)
     enrolled = found["unseen_enroll"]
     for speaker in sorted(set(enrolled.labels.tolist())):
         index.add(speaker, enrolled.embeddings[enrolled.labels == speaker])
@@ -82,7 +83,7 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     newcomers = set(enrolled.labels.tolist())
     answers = np.array([hits[0][0] for hits in first])
     tested = np.array([hits[0][0] for hits in index.search(found["test"].embeddings, 1)])
-    codes = np.unique(train.labels, return_inverse=True)[1]
+    codes = speaker_codes(train.labels, found["model"].speakers)
     _, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"])
     validation = LabelledEmbeddings(train.embeddings[held_out], train.labels[held_out])
     row = {"backend": backend, "score_norm": score_norm, "enrolled": len(index.labels),

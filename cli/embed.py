@@ -107,7 +107,7 @@ def embed(
             embedded, store.keys, speakers, out, index,
             lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw, checkpoint_record(ckpt),
                                         loaded.frontend.to_dict(), loaded.config.seed, loaded.config.val_fraction,
-                                        scoring),
+                                        scoring, store.speakers),
             "windows" if window else "utterances"))
         clean = True
     except RankFailed:
@@ -140,7 +140,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     _write_outputs(embedded, store.keys, speakers, out, index,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
-                                               scoring),
+                                               scoring, store.speakers),
                    "windows" if window else "utterances")
 
 

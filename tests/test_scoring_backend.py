@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from voxaug.cli.main import app
-from voxaug.data.split import stratified_split
+from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.backend import Cohort, ScoringBackend, as_norm
 from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far
 from voxaug.embeddings.index import SpeakerIndex, sidecar_path
@@ -101,6 +101,20 @@ def test_training_speakers_are_enrolled_from_their_training_split_only():
         mean = index.to_space(vectors[own]).mean(0)
         assert np.allclose(index.vectors[index.labels.index(speaker)], mean / np.linalg.norm(mean), atol=1e-5)
     assert index.cohort.source.startswith("validation split")
+
+
+def test_the_index_splits_as_training_did_when_the_datasets_speaker_numbering_is_not_alphabetical():
+    vectors, labels = clustered(speakers=6, per=10, dim=16)
+    names = np.array(labels)
+    order = sorted(set(labels), reverse=True)  # mapping.json numbers speakers in its own order, as the homework's does
+    train, _ = stratified_split(speaker_codes(names, order), 0.2, 0)  # what the trainer, numbering by order, used
+    alphabetical, _ = stratified_split(speaker_codes(names), 0.2, 0)
+    assert set(train.tolist()) != set(alphabetical.tolist()), "the two numberings must split differently here"
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.2, ScoringOptions("none"), order)
+    for speaker in order:
+        own = train[names[train] == speaker]
+        mean = vectors[own].mean(0)
+        assert np.allclose(index.vectors[index.labels.index(speaker)], mean / np.linalg.norm(mean), atol=1e-5)
 
 
 def test_lda_whitens_within_speaker_variation_and_helps_identification():

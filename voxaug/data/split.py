@@ -9,6 +9,19 @@ import numpy as np
 from voxaug.errors import VoxaugError
 
 
+def speaker_codes(names: np.ndarray | list[str], speaker_order: list[str] | None = None) -> np.ndarray:
+    """Each utterance's speaker as its number in ``speaker_order``: the dataset's speakers in the order training
+    numbered them (``mapping.json``'s ids), which the split's seeded draws follow, so that the same seed gives
+    the same split from names as from the store's labels. Sorted names where no order is given."""
+    names = np.asarray(names)
+    order = sorted(set(names.tolist())) if speaker_order is None else list(speaker_order)
+    number = {name: code for code, name in enumerate(order)}
+    unknown = sorted(set(names.tolist()) - set(number))
+    if unknown:
+        raise VoxaugError(f"speakers {unknown[:5]} are not among the dataset's speakers")
+    return np.array([number[name] for name in names.tolist()], dtype=np.int64)
+
+
 def stratified_split(
     labels: np.ndarray,
     val_fraction: float,
