@@ -64,3 +64,46 @@ def test_whole_batches_bucket_by_length_and_cover_everything(tmp_path):
         assert batch.features.shape[1] == int(batch.lengths.max())
         seen += batch.indices.tolist()
     assert sorted(seen) == list(range(len(store)))
+
+
+def test_two_builds_of_one_folder_with_different_front_ends_never_pair_one_index_with_the_others_features(
+        tiny_synth, tmp_path):
+    import threading
+
+    from voxaug.data.sources import ClipFolderSource, load_clip
+    from voxaug.data.store import build_store
+    from voxaug.features import FrontendConfig
+
+    folder = tmp_path / "audio"  # wav files only: the front end makes the features
+    for wav in (tiny_synth / "unseen" / "test").rglob("*.wav"):
+        (folder / wav.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / wav.parent.name / wav.name).write_bytes(wav.read_bytes())
+    wide, narrow = FrontendConfig(f_max=7600.0), FrontendConfig(f_max=4000.0)  # same array size, other features
+    started, release, opened = threading.Event(), threading.Event(), {}
+
+    def paused_build(source, store_folder, fingerprint, progress):
+        started.set()
+        release.wait(30)  # descheduled in the middle of its build
+        return build_store(source, store_folder, fingerprint, progress=progress)
+
+    def open_with(name, frontend, builder=None):
+        opened[name] = PackedStore.open(ClipFolderSource(folder, frontend), tmp_path / "cache", progress=False,
+                                        builder=builder)
+
+    first = threading.Thread(target=open_with, args=("wide", wide, paused_build))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=open_with, args=("narrow", narrow))
+    second.start()
+    second.join(1.0)
+    assert second.is_alive(), "a second build ran while the first was packing the same cache folder"
+    release.set()
+    first.join(30)
+    second.join(30)
+    again = PackedStore.open(ClipFolderSource(folder, wide), tmp_path / "cache", progress=False)
+    for name, store, frontend in (("wide", opened["wide"], wide), ("narrow", opened["narrow"], narrow),
+                                  ("wide, later", again, wide)):
+        assert len(store.keys) == 6 and all(key.endswith(".wav") for key in store.keys)
+        for row, key in enumerate(store.keys):
+            expected = load_clip(folder / key, frontend)
+            assert torch.allclose(store.utterance(row), expected), f"{name}: {key}"

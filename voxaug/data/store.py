@@ -4,12 +4,14 @@ so training slices batches from memory instead of calling `torch.load` per utter
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,11 +19,12 @@ from tqdm import tqdm
 
 from voxaug.data.sources import DatasetSource
 from voxaug.errors import VoxaugError
-from voxaug.safeio import atomic_output, atomic_write_json, read_json
+from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder, read_json
 
 STORE_VERSION = 1
 FEATURES_FILE = "features.f32"
 INDEX_FILE = "index.json"
+LOCK_FILE = ".lock"
 
 
 def default_cache_dir() -> Path:
@@ -80,21 +83,23 @@ class PackedStore:
         folder = store_folder(source, cache_dir)
         fingerprint = source.fingerprint()
         index_path = folder / INDEX_FILE
-        if index_path.exists():
-            try:
-                index = read_json(index_path, "store index")
-            except VoxaugError:
-                index = None
-            if isinstance(index, dict) and index.get("fingerprint") == fingerprint and index.get("version") == STORE_VERSION:
+        with cache_lock(folder):  # another process may be packing the same dataset, perhaps with another front end
+            if index_path.exists():
                 try:
-                    return cls._from_index(folder, index, rebuilt=False)
-                except (KeyError, TypeError, ValueError, OSError):
-                    pass  # a damaged cache (features file truncated or replaced): rebuild it from the source
-        if builder is not None:
-            index = builder(source, folder, fingerprint, progress)
-        else:
-            index = build_store(source, folder, fingerprint, progress=progress, loader=loader)
-        return cls._from_index(folder, index, rebuilt=True)
+                    index = read_json(index_path, "store index")
+                except VoxaugError:
+                    index = None
+                if (isinstance(index, dict) and index.get("fingerprint") == fingerprint
+                        and index.get("version") == STORE_VERSION):
+                    try:
+                        return cls._from_index(folder, index, rebuilt=False)
+                    except (KeyError, TypeError, ValueError, OSError):
+                        pass  # a damaged cache (features file truncated or replaced): rebuild it from the source
+            if builder is not None:
+                index = builder(source, folder, fingerprint, progress)
+            else:
+                index = build_store(source, folder, fingerprint, progress=progress, loader=loader)
+            return cls._from_index(folder, index, rebuilt=True)
 
     @classmethod
     def _from_index(cls, folder: Path, index: dict, rebuilt: bool) -> "PackedStore":
@@ -117,6 +122,20 @@ class PackedStore:
             n_mels=n_mels,
             rebuilt=rebuilt,
         )
+
+
+@contextmanager
+def cache_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock while its store is checked, built and mapped: a store is one features file and
+    one index written in turn, and two builders interleaving them would pair one's index with the other's
+    features. A mapped features file stays readable after another build replaces it."""
+    ensure_folder(folder, "feature cache folder")
+    fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
