@@ -72,7 +72,7 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     train = found["train"]
     index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
                                 config.seed, config.val_fraction, ScoringOptions(backend, score_norm=score_norm),
-                                found["model"].speakers)
+                                found["model"].speakers, config.split_version)
     enrolled = found["unseen_enroll"]
     for speaker in sorted(set(enrolled.labels.tolist())):
         index.add(speaker, enrolled.embeddings[enrolled.labels == speaker])
@@ -84,7 +84,7 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     answers = np.array([hits[0][0] for hits in first])
     tested = np.array([hits[0][0] for hits in index.search(found["test"].embeddings, 1)])
     codes = speaker_codes(train.labels, found["model"].speakers)
-    _, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"])
+    _, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"], config.split_version)
     validation = LabelledEmbeddings(train.embeddings[held_out], train.labels[held_out])
     row = {"backend": backend, "score_norm": score_norm, "enrolled": len(index.labels),
            "unseen_among_all": float(np.mean(answers == unseen.labels)),

@@ -75,7 +75,7 @@ def ceiling(ckpt: Path, data: Path, newcomers_test: Path, cache: Path | None) ->
     for backend, key in (("lda", "cosine_lda"), ("plda", "plda")):
         index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
                                     loaded.config.seed, loaded.config.val_fraction, ScoringOptions(backend),
-                                    loaded.speakers)
+                                    loaded.speakers, loaded.config.split_version)
         answers = np.array([ranked[0][0] for ranked in index.search(tested.embeddings, 1)])
         trained = np.array([ranked[0][0] for ranked in index.search(found["test"].embeddings, 1)])
         result.update({f"unseen_{key}": float((answers == truth).mean()),

@@ -107,7 +107,7 @@ def embed(
             embedded, store.keys, speakers, out, index,
             lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw, checkpoint_record(ckpt),
                                         loaded.frontend.to_dict(), loaded.config.seed, loaded.config.val_fraction,
-                                        scoring, store.speakers),
+                                        scoring, store.speakers, loaded.config.split_version),
             "windows" if window else "utterances"))
         clean = True
     except RankFailed:
@@ -123,6 +123,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     on the run's own training split, which the export records (its seed and validation fraction)."""
     from voxaug.api.model import SpeakerModel
     from voxaug.data.sources import open_source
+    from voxaug.data.split import SPLIT_VERSION
     from voxaug.data.store import PackedStore
     from voxaug.embeddings.extract import embed_store_with_model
     from voxaug.features import FrontendConfig
@@ -132,7 +133,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     if index is not None and split is None and (scoring.backend != "none" or scoring.score_norm != "none"):
         raise file_error(model_path, "this export does not record its run's training split, on which the index's "
                                      "back end is fitted; export it again, or pass --backend none")
-    seed, val_fraction = split or (0, 0.0)
+    seed, val_fraction, split_version = split or (0, 0.0, SPLIT_VERSION)
     store = PackedStore.open(open_source(data, FrontendConfig.from_dict(speaker_model.frontend)), cache_dir,
                              progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
@@ -140,7 +141,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     _write_outputs(embedded, store.keys, speakers, out, index,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
-                                               scoring, store.speakers),
+                                               scoring, store.speakers, split_version),
                    "windows" if window else "utterances")
 
 

@@ -30,6 +30,7 @@ class CheckpointEmbedder:
         self.frontend: FrontendConfig = loaded.frontend
         self.speakers: list[str] = list(loaded.speakers)
         self.seed, self.val_fraction = loaded.config.seed, loaded.config.val_fraction
+        self.split_version: int = loaded.config.split_version
         self.embedding_dim: int = loaded.config.model.embedding_dim
 
     @classmethod
@@ -64,7 +65,7 @@ class ExportEmbedder:
         self.path: Path = model.path
         self.frontend = FrontendConfig.from_dict(model.frontend)
         self.speakers: list[str] = list(model.speakers)
-        self.seed, self.val_fraction = split
+        self.seed, self.val_fraction, self.split_version = split
         self.embedding_dim: int = model.embedding_dim
         self.sha256: str = model.sha256
 

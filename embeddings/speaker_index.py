@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxaug.data.split import speaker_codes, stratified_split
+from voxaug.data.split import SPLIT_VERSION, speaker_codes, stratified_split
 from voxaug.embeddings.backend import (
     BACKENDS, DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, SCORE_NORMS, Cohort, ScoringBackend, check_choice, check_lda_dim,
     check_top_k,
@@ -54,17 +54,18 @@ class ScoringOptions:
 
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
                         per: str, hnsw: bool, checkpoint: dict, frontend: dict, seed: int, val_fraction: float,
-                        options: ScoringOptions, speaker_order: list[str] | None = None) -> SpeakerIndex:
+                        options: ScoringOptions, speaker_order: list[str] | None = None,
+                        split_version: int = SPLIT_VERSION) -> SpeakerIndex:
     """The index of every labelled speaker, enrolled from the training split, with the back end and cohort
     ``options`` ask for.
 
-    ``seed``, ``val_fraction`` and ``speaker_order`` (the dataset's speakers as training numbered them; default
-    sorted) are the run's, so the split is the one it trained with.
+    ``seed``, ``val_fraction``, ``speaker_order`` (the dataset's speakers as training numbered them; default
+    sorted) and ``split_version`` are the run's, so the split is the one it trained with.
     """
     if any(s is None for s in speakers):
         raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
     names = np.array(speakers)
-    train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups)
+    train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
     backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)
     index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,
                          backend=backend)

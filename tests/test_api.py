@@ -205,6 +205,17 @@ def test_embed_with_an_onnx_model_matches_the_checkpoint_and_fits_the_same_back_
                                rtol=1e-3, atol=1e-3)  # PLDA log-likelihood ratios: tens, not cosines
 
 
+def test_an_export_from_before_split_versions_is_read_as_version_1(models, tmp_path, monkeypatch):
+    import voxaug.export
+
+    full = voxaug.export._metadata
+    monkeypatch.setattr(voxaug.export, "_metadata", lambda *args: {key: value for key, value in full(*args).items()
+                                                                    if key != "split_version"})
+    voxaug.export.export_onnx(models["ckpt"], tmp_path / "old.onnx")
+    assert voxaug.SpeakerModel.load(tmp_path / "old.onnx").training_split.version == 1
+    assert voxaug.SpeakerModel.load(models["onnx"]).training_split.version == 2
+
+
 def test_embed_refuses_a_back_end_for_an_export_that_lacks_the_training_split(models, tiny_synth, tmp_path,
                                                                               monkeypatch):
     import voxaug.export

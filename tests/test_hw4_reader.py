@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +71,40 @@ def test_split_keeps_groups_whole():
     train, val = stratified_split(labels, 0.3, seed=0, groups=groups)
     val_groups = {groups[i] for i in val}
     assert not val_groups & {groups[i] for i in train}
+
+
+def test_split_takes_groups_only_while_they_fit_and_never_splits_a_video():
+    labels = np.zeros(20, dtype=np.int64)
+    skewed = ["long video"] * 19 + ["short video"]
+    for seed in range(10):
+        _, val = stratified_split(labels, 0.1, seed=seed, groups=skewed)
+        assert val.tolist() == [19], seed  # the short video, not 19 of the 20 clips
+    old = [len(stratified_split(labels, 0.1, seed=seed, groups=skewed, version=1)[1]) for seed in range(10)]
+    assert 19 in old, "version 1, kept for saved runs, overshoots as it always did"
+    mixed = [None] * 6 + ["v1"] * 3 + ["v2"] * 3 + ["v3"] * 8  # some clips directly under the speaker's folder
+    for seed in range(10):
+        train, val = stratified_split(labels, 0.25, seed=seed, groups=mixed)
+        assert 0 < len(val) <= 5
+        assert not {mixed[i] for i in val if mixed[i]} & {mixed[i] for i in train if mixed[i]}, seed
+
+
+def test_version_2_splits_ungrouped_data_exactly_as_version_1_did():
+    labels = np.repeat(np.arange(30), 17)
+    for groups in (None, [None] * len(labels), ["one video"] * len(labels)):
+        for seed in range(3):
+            new, old = stratified_split(labels, 0.1, seed, groups), stratified_split(labels, 0.1, seed, groups, version=1)
+            assert all((a == b).all() for a, b in zip(new, old))
+
+
+def test_a_run_saved_before_split_versions_is_split_by_version_1():
+    from voxaug.config import TrainConfig
+
+    saved = TrainConfig().to_dict()
+    del saved["split_version"]
+    assert TrainConfig.from_saved(saved).split_version == 1
+    assert TrainConfig.from_dict(saved).split_version == TrainConfig().split_version == 2
+    with pytest.raises(VoxaugError, match="split_version must be one of 1, 2"):
+        TrainConfig(split_version=3).validate()
 
 
 def _bad(tmp_path, breaker):

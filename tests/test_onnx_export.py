@@ -75,6 +75,8 @@ def test_export_round_trip_carries_the_metadata(exported):
         assert model.min_frames == MIN_FRAMES
         assert model.source_checkpoint_sha256 == sha256_file(exported["ckpt"])
         assert model.sha256 == sha256_file(exported[kind])
+        config = state["config"]
+        assert model.training_split == (config["seed"], config["val_fraction"], config["split_version"])
         metadata = {entry.key: entry.value for entry in onnx.load(str(exported[kind])).metadata_props}
         assert json.loads(metadata["speakers"]) == state["speakers"]
         assert metadata["voxaug_format"] == "voxaug-onnx-speaker-model" and metadata["voxaug_format_version"] == "1"

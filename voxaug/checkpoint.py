@@ -93,7 +93,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     state = load_checkpoint(path)
     _check_model_fields(state, path)
     try:
-        config = TrainConfig.from_dict(state["config"])
+        config = TrainConfig.from_saved(state["config"])
         frontend = FrontendConfig.from_dict(state["frontend"])
         model = build_model(config.model)
     except (VoxaugError, TypeError, KeyError, ValueError, AttributeError) as exc:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
 from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
@@ -38,6 +39,8 @@ class TrainConfig:
     segment: int = 128
     eval_every: int = 200
     val_fraction: float = 0.1
+    split_version: int = SPLIT_VERSION
+    """How the validation split keeps recording groups whole (``voxaug.data.split``); a saved run without it is 1."""
     train_eval_utterances: int = 400
     max_bad_steps: int = 20
     seed: int = 0
@@ -68,6 +71,8 @@ class TrainConfig:
             raise VoxaugError(f"--seed must be a whole number in [0, {MAX_SEED}], got {self.seed}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise VoxaugError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.split_version not in SPLIT_VERSIONS:
+            raise VoxaugError(f"split_version must be one of {', '.join(map(str, SPLIT_VERSIONS))}, got {self.split_version}")
         if self.device not in DEVICES:
             raise VoxaugError(f"--device {self.device!r} is not known; accepted: {', '.join(DEVICES)}")
 
@@ -87,6 +92,14 @@ class TrainConfig:
         check_types(values, cls, where)
         check_types(model_values, ModelConfig, f"{where} [model]")
         return cls(model=ModelConfig.from_dict(model_values), **values)
+
+    @classmethod
+    def from_saved(cls, values: dict, where: str = "config") -> "TrainConfig":
+        """A run's own config (config.json, a checkpoint): one saved before the split was versioned was split
+        by version 1."""
+        if isinstance(values, dict) and "split_version" not in values:
+            values = {**values, "split_version": 1}
+        return cls.from_dict(values, where)
 
 
 SCALAR_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}

@@ -146,6 +146,7 @@ def _metadata(loaded: LoadedModel, ckpt: Path, with_frontend: bool) -> dict[str,
         "model_kind": config.kind,
         "training_seed": str(loaded.config.seed),
         "validation_fraction": repr(loaded.config.val_fraction),
+        "split_version": str(loaded.config.split_version),
         CONTENT_DIGEST_KEY: DIGEST_PLACEHOLDER,
     }
 

@@ -144,7 +144,7 @@ class Trainer:
         self.speakers = self.store.speakers
         self.clips = self.store.clip_identity()
         self.train_indices, self.val_indices = stratified_split(
-            self.store.labels, config.val_fraction, config.seed, self.store.groups
+            self.store.labels, config.val_fraction, config.seed, self.store.groups, config.split_version
         )
         eval_rng = np.random.default_rng(config.seed + 1)
         count = min(config.train_eval_utterances, len(self.train_indices))
@@ -225,10 +225,10 @@ class Trainer:
         if "optimizer" not in state:
             raise file_error(path, "checkpoint has no optimizer state; resume from last.pt")
         self._refuse_other_data(state, path)
-        saved = TrainConfig.from_dict(state["config"])
+        saved = TrainConfig.from_saved(state["config"])
         mismatched = [
             key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction",
-                            "weight_decay", "margin_warmup")
+                            "split_version", "weight_decay", "margin_warmup")
             if getattr(saved, key) != getattr(self.config, key)
         ]
         if mismatched:
@@ -386,7 +386,7 @@ class Trainer:
         if not isinstance(values, dict):
             raise file_error(Path(run_dir) / "config.json", "expected a JSON object")
         values.pop("run", None)
-        config = TrainConfig.from_dict(values)
+        config = TrainConfig.from_saved(values)
         config.steps = steps or config.steps
         config.device = device or config.device
         return config

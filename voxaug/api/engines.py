@@ -12,6 +12,7 @@ import numpy as np
 from voxaug.api.inputs import Clip
 from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.frontend import FrontendSettings
+from voxaug.runtime.training_split import TrainingSplit
 from voxaug.safeio import TRAIN_EXTRA_HINT
 
 
@@ -70,7 +71,8 @@ class TorchEngine:
         self.speakers = list(self.loaded.speakers)
         self.embedding_dim = self.loaded.config.model.embedding_dim
         self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())
-        self.training_split: tuple[int, float] | None = (self.loaded.config.seed, self.loaded.config.val_fraction)
+        config = self.loaded.config
+        self.training_split: TrainingSplit | None = TrainingSplit(config.seed, config.val_fraction, config.split_version)
 
     def features(self, clip: Clip) -> "torch.Tensor":
         """The clip as a checked (T, n_mels) tensor: features as given, or a waveform through torchaudio's log-mel."""

@@ -10,6 +10,7 @@ import numpy as np
 from voxaug.api.engines import OnnxEngine, TorchEngine
 from voxaug.api.inputs import ClipInput, to_clip
 from voxaug.errors import file_error
+from voxaug.runtime.training_split import TrainingSplit
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".pt": "checkpoint"}
 
@@ -62,9 +63,9 @@ class SpeakerModel:
         return self.engine.frontend.to_dict()
 
     @property
-    def training_split(self) -> tuple[int, float] | None:
-        """The run's (seed, validation fraction), which fix the utterances it trained on, so that a scoring back
-        end can be fitted on the same ones; None for ONNX exports made before they were recorded."""
+    def training_split(self) -> TrainingSplit | None:
+        """The run's seed, validation fraction and split version, which fix the utterances it trained on, so that
+        a scoring back end can be fitted on the same ones; None for ONNX exports made before they were recorded."""
         return self.engine.training_split
 
     def record(self) -> dict:

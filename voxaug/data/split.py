@@ -22,36 +22,76 @@ def speaker_codes(names: np.ndarray | list[str], speaker_order: list[str] | None
     return np.array([number[name] for name in names.tolist()], dtype=np.int64)
 
 
+SPLIT_VERSION = 2
+"""How whole recording groups are chosen. 1 (runs saved before 2026-11-28) moved shuffled groups until the
+target was reached, however far the last one overshot it (19 of a speaker's 20 clips, when a 19-clip video
+came first), and split clips one by one when some had no group; 2 takes groups only while they fit. A run
+records its version, so its split can be rebuilt exactly."""
+SPLIT_VERSIONS = (1, 2)
+
+
 def stratified_split(
     labels: np.ndarray,
     val_fraction: float,
     seed: int,
     groups: list[str | None] | None = None,
+    version: int = SPLIT_VERSION,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val): about ``val_fraction`` of each speaker's utterances go to validation.
 
     Where a speaker has several groups (videos), whole groups are moved so that clips sharing a
-    channel never sit on both sides. A speaker with a single utterance stays in training.
+    channel never sit on both sides (a clip without a group is a group of its own). A speaker with a
+    single utterance, or a single group, is split clip by clip; one with a single utterance stays in
+    training.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise VoxaugError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if version not in SPLIT_VERSIONS:
+        raise VoxaugError(f"split version {version!r} is not known; accepted: {', '.join(map(str, SPLIT_VERSIONS))}")
     rng = np.random.default_rng(seed)
     by_speaker: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels.tolist()):
         by_speaker[label].append(index)
+    choose = _choose_val if version == 2 else _choose_val_version1
     train, val = [], []
     for label in sorted(by_speaker):
         members = by_speaker[label]
         want = int(round(val_fraction * len(members)))
         if val_fraction > 0 and len(members) >= 2:
             want = min(max(want, 1), len(members) - 1)
-        chosen = _choose_val(members, want, rng, groups)
+        chosen = choose(members, want, rng, groups)
         val.extend(chosen)
         train.extend(i for i in members if i not in chosen)
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
 def _choose_val(members: list[int], want: int, rng: np.random.Generator, groups: list[str | None] | None) -> set[int]:
+    """Whole groups, in a seeded order, while they fit within ``want`` clips; where none fits, the smallest
+    one if it is at most twice ``want``, else none (the speaker then has no validation clips)."""
+    if want == 0:
+        return set()
+    by_group: dict[object, list[int]] = defaultdict(list)
+    for index in members:
+        group = groups[index] if groups else None
+        by_group[("group", group) if group is not None else ("clip", index)].append(index)
+    if len(by_group) == 1 or not groups or all(groups[index] is None for index in members):
+        return {members[i] for i in rng.permutation(len(members))[:want].tolist()}  # as version 1 does
+    keys = sorted(by_group, key=str)
+    order = [keys[i] for i in rng.permutation(len(keys)).tolist()]
+    chosen: set[int] = set()
+    for key in order:
+        if len(chosen) + len(by_group[key]) <= want:
+            chosen.update(by_group[key])
+    if not chosen:
+        smallest = min(order, key=lambda key: len(by_group[key]))
+        if len(by_group[smallest]) <= 2 * want:
+            chosen.update(by_group[smallest])
+    return chosen
+
+
+def _choose_val_version1(members: list[int], want: int, rng: np.random.Generator,
+                         groups: list[str | None] | None) -> set[int]:
+    """Version 1, kept so that a run saved before version 2 is evaluated and embedded on its own split."""
     if want == 0:
         return set()
     by_group: dict[str | None, list[int]] = defaultdict(list)

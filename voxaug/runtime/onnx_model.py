@@ -16,6 +16,7 @@ import onnxruntime
 
 from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.frontend import FrontendSettings, log_mel
+from voxaug.runtime.training_split import TrainingSplit
 
 ONNX_FORMAT = "voxaug-onnx-speaker-model"
 ONNX_FORMAT_VERSION = 1
@@ -94,15 +95,16 @@ def _checked_lengths(lengths: np.ndarray, batch: int, most: int, unit: str) -> n
     return lengths
 
 
-def _training_split(path: Path, metadata: dict[str, str]) -> tuple[int, float] | None:
-    """The run's (seed, validation fraction), which fix its training split; None in exports made before they
-    were recorded."""
+def _training_split(path: Path, metadata: dict[str, str]) -> TrainingSplit | None:
+    """The run's split; None in exports made before it was recorded (version 1 before versions were)."""
     if "training_seed" not in metadata or "validation_fraction" not in metadata:
         return None
     try:
-        return int(metadata["training_seed"]), float(metadata["validation_fraction"])
+        return TrainingSplit(int(metadata["training_seed"]), float(metadata["validation_fraction"]),
+                             int(metadata.get("split_version", "1")))
     except ValueError:
-        raise file_error(path, "voxaug model metadata is unusable (training_seed or validation_fraction)") from None
+        raise file_error(path, "voxaug model metadata is unusable (training_seed, validation_fraction or "
+                               "split_version)") from None
 
 
 class OnnxSpeakerModel:
