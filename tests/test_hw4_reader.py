@@ -177,3 +177,13 @@ def test_pickled_code_is_refused_and_not_run(tmp_path):
     message = _bad(tmp_path, breaker)
     assert "uttr-0000.pt" in message and "refused" in message
     assert not marker.exists()
+
+
+def test_a_json_file_with_a_byte_order_mark_is_read_and_a_transposed_tensor_gets_a_hint(tmp_path):
+    from voxaug.data.validate import check_features
+    from voxaug.safeio import read_json
+
+    (tmp_path / "bom.json").write_bytes('{"n_mels": 40}'.encode("utf-8-sig"))
+    assert read_json(tmp_path / "bom.json") == {"n_mels": 40}
+    with pytest.raises(VoxaugError, match=r"found 120 \(shape \(40, 120\); transposed\?"):
+        check_features(torch.zeros(40, 120), tmp_path / "x.pt", 40)

@@ -201,7 +201,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     if not path.exists():
         raise file_error(path, f"{what} not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some Windows editors write, is skipped
     except (OSError, UnicodeDecodeError) as exc:
         raise file_error(path, f"cannot read {what} ({exc})") from exc
     if not text.strip():

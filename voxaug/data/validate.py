@@ -24,7 +24,8 @@ def check_features(features: object, path: str | Path, n_mels: int) -> torch.Ten
     if features.dim() != 2:
         raise file_error(path, f"expected a 2-D tensor (frames, {n_mels}), found shape {tuple(features.shape)}")
     if features.shape[1] != n_mels:
-        raise file_error(path, f"expected {n_mels} mel bins, found {features.shape[1]} (shape {tuple(features.shape)})")
+        hint = "; transposed? features are (frames, n_mels)" if features.shape[0] == n_mels else ""
+        raise file_error(path, f"expected {n_mels} mel bins, found {features.shape[1]} (shape {tuple(features.shape)}{hint})")
     if features.shape[0] == 0:
         raise file_error(path, "feature tensor is empty (0 frames)")
     features = features.to(torch.float32)
