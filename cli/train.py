@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,10 +130,13 @@ def train(
     if saved is not None:
         _refuse_changes_on_resume(saved, resolved, out / "config.json")
     if resolved.augment.get("wave") and "wave" not in resolve_names(resolved.augment):
+        keys = set(resolved.augment["wave"])
         given = [_option_name(f"augment.wave.{key}") for key in resolved.augment["wave"]]
-        raise VoxaugError(f"{', '.join(given)}: options of the 'wave' augmentation, which --augment does not name; "
-                          "add wave (e.g. --augment wave,specaug)")
+        owner, add = ("'noise' or 'wave'", "noise or wave") if keys <= {"noise_dir", "noise_p"} else ("'wave'", "wave")
+        raise VoxaugError(f"{', '.join(given)}: options of the {owner} augmentation, which --augment does not name; "
+                          f"add {add} (e.g. --augment wave,specaug)")
     build_pipeline(resolve_names(resolved.augment), resolved.augment)  # refuse bad strengths before reading data
+    _refuse_options_of_unnamed(augment_overrides, resolve_names(resolved.augment))
     context = init_distributed(resolved.device)
     clean = False
     try:
@@ -174,7 +178,7 @@ def _augment_overrides(
     reverb_p: float | None = None,
 ) -> dict:
     """The ``augment`` table the command line sets: names and any strengths given."""
-    if specaug_time is not None and specaug_time >= 1 and specaug_time == int(specaug_time):
+    if specaug_time is not None and math.isfinite(specaug_time) and specaug_time >= 1 and specaug_time == int(specaug_time):
         specaug_time = int(specaug_time)
     tables = {
         "specaug": {"freq_width": specaug_freq, "time_width": specaug_time},
@@ -201,6 +205,15 @@ def _refuse_changes_on_resume(saved: TrainConfig, given: TrainConfig, config_jso
         raise file_error(config_json, f"--resume cannot change {', '.join(map(_option_name, changed))}: the run was "
                                       "trained with the values in this file (only --steps and --device may change; "
                                       "start a new run to change the others)")
+
+
+def _refuse_options_of_unnamed(augment_overrides: dict, named: list[str]) -> None:
+    """A strength given on the command line for an augmentation that will not run would silently do nothing."""
+    for table, values in augment_overrides.items():
+        if table != "names" and table not in named:
+            given = ", ".join(sorted(_option_name(f"augment.{table}.{key}") for key in values))
+            raise VoxaugError(f"{given}: sets the '{table}' augmentation, which --augment does not name "
+                              f"({', '.join(named) or 'none'}); add {table} to --augment or leave the option out")
 
 
 def _option_name(setting: str) -> str:

@@ -233,6 +233,25 @@ def test_mixup_mixes_over_the_union_and_weights_sum_to_one():
         assert torch.allclose(out.features[i, :both], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("lam", [1.0, 0.0])
+def test_mixup_takes_the_partners_frames_where_only_the_partner_has_any_even_at_lambda_one_or_zero(lam, monkeypatch):
+    import voxaug.augment.mixup as mixup
+
+    monkeypatch.setattr(mixup, "beta_sample", lambda alpha, count, generator, device: torch.full((count,), lam))
+    batch = padded_batch([60, 30, 45, 10])
+    out = Mixup(alpha=0.3)(batch, gen(2))
+    partner = out.labels[:, 1]
+    assert not torch.equal(partner, torch.arange(4)), "the permutation must pair some examples with others"
+    for i in range(4):
+        j = int(partner[i])
+        own, theirs = int(batch.lengths[i]), int(batch.lengths[j])
+        both = min(own, theirs)
+        expected = lam * batch.features[i, :both] + (1 - lam) * batch.features[j, :both]
+        assert torch.allclose(out.features[i, :both], expected)
+        longer = batch.features[j] if theirs > own else batch.features[i]  # a frame only one covers is kept
+        assert torch.equal(out.features[i, both:max(own, theirs)], longer[both:max(own, theirs)])
+
+
 def test_mixed_loss_is_the_weighted_sum_of_per_target_losses():
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=16, num_heads=2, ffn_dim=32, num_layers=1, kernel_size=3,
@@ -244,6 +263,25 @@ def test_mixed_loss_is_the_weighted_sum_of_per_target_losses():
     assert torch.allclose(total_loss(model, logits, out), expected)
     dominant = torch.where(lam >= 0.5, out.labels[:, 0], out.labels[:, 1])
     assert torch.equal(out.dominant_labels(), dominant)
+
+
+def test_specaug_refuses_infinite_or_nan_strengths():
+    for settings_ in ({"time_width": float("inf")}, {"time_width": float("nan")}, {"value": float("nan")},
+                      {"value": float("inf")}):
+        with pytest.raises(VoxaugError, match="specaug"):
+            SpecAugment(**settings_)
+
+
+def test_speed_perturbation_keeps_the_features_dtype():
+    from voxaug.augment.speed import SpeedPerturb
+
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        batch = padded_batch([40, 25, 33])
+        batch = TrainBatch(batch.features.to(dtype), batch.lengths, batch.labels, batch.weights.to(dtype))
+        speed = SpeedPerturb()
+        speed.bind(speakers=3)
+        out = speed(batch, gen(3))
+        assert out.features.dtype == dtype and torch.isfinite(out.features.float()).all()
 
 
 # ---- crop ---------------------------------------------------------------------------------------------

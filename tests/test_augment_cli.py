@@ -30,6 +30,11 @@ def output_of(result) -> str:
         (["--input-norm", "cepstral"], ["--input-norm", "cepstral", "mean", "none"]),
         (["--augment", "specaug", "--wave-snr-p", "0.5", "--rir-p", "0.2"],
          ["--rir-p, --wave-snr-p: options of the 'wave' augmentation"]),
+        (["--augment", "specaug", "--noise-p", "0.3"], ["--noise-p: options of the 'noise' or 'wave' augmentation"]),
+        (["--augment", "specaug", "--mixup-alpha", "0.5"], ["--mixup-alpha: sets the 'mixup' augmentation", "(specaug)"]),
+        (["--augment", "none", "--specaug-freq", "10"], ["--specaug-freq: sets the 'specaug' augmentation", "(none)"]),
+        (["--augment", "specaug", "--specaug-time", "inf"], ["--specaug-time", "inf"]),
+        (["--augment", "specaug", "--specaug-time", "nan"], ["--specaug-time", "nan"]),
     ],
 )
 def test_bad_augmentation_is_refused_before_reading_data(tmp_path, arguments, needles):

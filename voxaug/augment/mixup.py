@@ -71,12 +71,13 @@ class Mixup(BatchAugmentation):
         device = features.device
         partner = torch.randperm(size, generator=generator, device=device)  # (B,)
         lam = beta_sample(self.alpha, size, generator, device).to(features.dtype)  # (B,)
-        own = real_frames(lengths, frames).to(features.dtype) * lam.unsqueeze(1)  # (B, T)
-        other = real_frames(lengths[partner], frames).to(features.dtype) * (1 - lam).unsqueeze(1)  # (B, T)
-        total = own + other
-        covered = total > 0
-        own = torch.where(covered, own / total.clamp(min=torch.finfo(features.dtype).tiny), torch.ones_like(own))
-        other = torch.where(covered, other / total.clamp(min=torch.finfo(features.dtype).tiny), torch.zeros_like(other))
+        mine, theirs = real_frames(lengths, frames), real_frames(lengths[partner], frames)  # (B, T)
+        both = mine & theirs
+        lam_own, lam_other = lam.unsqueeze(1), (1 - lam).unsqueeze(1)  # (B, 1)
+        # By which frames are real, not by the weights: a λ of exactly 1 (float32 rounds about 0.3% of
+        # Beta(0.3, 0.3) draws to it) must still take the partner's frames where only the partner has any.
+        own = torch.where(both, lam_own / (lam_own + lam_other), (~theirs).to(features.dtype))  # (B, T)
+        other = torch.where(both, lam_other / (lam_own + lam_other), theirs.to(features.dtype))  # (B, T)
         mixed = own.unsqueeze(2) * features + other.unsqueeze(2) * features[partner]  # (B, T, F)
         labels = torch.cat([batch.labels, batch.labels[partner]], dim=1)  # (B, 2K)
         weights = torch.cat([lam.unsqueeze(1) * batch.weights, (1 - lam).unsqueeze(1) * batch.weights[partner]], dim=1)

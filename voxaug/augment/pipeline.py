@@ -20,8 +20,6 @@ from voxaug.augment import channel, crop, mixup, noise, reverb, specaug, speed, 
 from voxaug.augment.base import AUGMENTATIONS, BatchAugmentation, TrainBatch
 from voxaug.errors import VoxaugError
 
-NOT_YET = {"wave": "needs an audio source (waveform augmentation runs before the front end) and is not implemented yet"}
-
 
 class AugmentPipeline:
     """The augmentations of a run, sorted by their ``order``; empty means ``none``."""
@@ -61,8 +59,6 @@ def parse_names(spec: str | list[str]) -> list[str]:
         return []
     accepted = sorted(AUGMENTATIONS) + ["none"]
     for name in names:
-        if name in NOT_YET and name not in AUGMENTATIONS:
-            raise VoxaugError(f"--augment {name}: {NOT_YET[name]}; accepted: {', '.join(accepted)}")
         if name == "none":
             raise VoxaugError(f"--augment: 'none' cannot be combined with other names ({','.join(names)})")
         if name not in AUGMENTATIONS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from voxaug.augment.base import BatchAugmentation, TrainBatch, real_frames, register_augmentation, uniform
@@ -52,15 +54,15 @@ class SpecAugment(BatchAugmentation):
                 raise VoxaugError(f"specaug {label} must be an integer >= 0, got {count!r}")
         if not isinstance(freq_width, int) or isinstance(freq_width, bool) or freq_width < 0:
             raise VoxaugError(f"--specaug-freq (specaug freq_width) must be an integer >= 0 mel bands, got {freq_width!r}")
-        if not isinstance(time_width, (int, float)) or isinstance(time_width, bool) or time_width < 0 or (
-            time_width >= 1 and time_width != int(time_width)
-        ):
+        if not isinstance(time_width, (int, float)) or isinstance(time_width, bool) or not math.isfinite(time_width) \
+                or time_width < 0 or (time_width >= 1 and time_width != int(time_width)):
             raise VoxaugError(
                 f"--specaug-time (specaug time_width) must be a fraction in [0, 1) of the length or a whole number "
                 f"of frames, got {time_width!r}"
             )
-        if not (value in MASK_VALUES or (isinstance(value, (int, float)) and not isinstance(value, bool))):
-            raise VoxaugError(f"specaug value must be one of {', '.join(MASK_VALUES)} or a number, got {value!r}")
+        if not (value in MASK_VALUES or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                         and math.isfinite(value))):
+            raise VoxaugError(f"specaug value must be one of {', '.join(MASK_VALUES)} or a finite number, got {value!r}")
         self.freq_masks, self.freq_width = freq_masks, freq_width
         self.time_masks, self.time_width = time_masks, time_width
         self.value = value

@@ -92,7 +92,7 @@ class SpeedPerturb(BatchAugmentation):
         read_at = torch.arange(frames, device=device).unsqueeze(0) * speeds.unsqueeze(1)  # (B, T) input frame
         grid_x = (2 * read_at / max(frames - 1, 1) - 1).unsqueeze(1).expand(size, bands, frames)  # (B, F, T)
         grid_y = (2 * rows / max(bands - 1, 1) - 1).unsqueeze(2).expand(size, bands, frames)  # (B, F, T)
-        grid = torch.stack([grid_x, grid_y], dim=3)  # (B, F, T, 2)
+        grid = torch.stack([grid_x, grid_y], dim=3).to(features.dtype)  # (B, F, T, 2), of the features' dtype
         warped = F.grid_sample(features.transpose(1, 2).unsqueeze(1), grid, mode="bilinear",
                                padding_mode="border", align_corners=True)  # (B, 1, F, T)
         new_lengths = torch.minimum(((lengths - 1).float() / speeds).floor().long() + 1,
