@@ -137,6 +137,9 @@ def train(
                           f"add {add} (e.g. --augment wave,specaug)")
     build_pipeline(resolve_names(resolved.augment), resolved.augment)  # refuse bad strengths before reading data
     _refuse_options_of_unnamed(augment_overrides, resolve_names(resolved.augment))
+    if resolved.warmup >= resolved.steps:
+        typer.echo(f"warning: --warmup {resolved.warmup} is not below --steps {resolved.steps}: the learning rate "
+                   "never reaches its cosine decay (lower --warmup)", err=True)
     context = init_distributed(resolved.device)
     clean = False
     try:

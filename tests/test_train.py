@@ -201,3 +201,38 @@ def test_a_seed_out_of_numpys_range_is_refused(seed):
     with pytest.raises(VoxaugError, match=rf"--seed must be a whole number in \[0, 4294967295\], got {seed}"):
         tiny_config(train={"seed": seed}).validate()
     tiny_config(train={"seed": 2**32 - 1}).validate()
+
+
+def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(tiny_synth, tmp_path, monkeypatch):
+    import voxaug.train
+
+    trainer = Trainer(tiny_config(train={"steps": 30}), tiny_synth, tmp_path / "run", progress=False)
+    before = {name: buffer.clone() for name, buffer in trainer.model.named_buffers()}
+    assert any("running_mean" in name for name in before), "the model must hold batch norms for this test to mean much"
+    monkeypatch.setattr(voxaug.train, "total_loss", lambda *args: torch.tensor(float("nan")))
+    assert trainer.train_step() is None and trainer.skipped_steps == 1  # the forward ran in training mode, then skipped
+    for name, buffer in trainer.model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
+def test_without_a_validation_split_best_pt_follows_the_latest_model(tiny_synth, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 20, "eval_every": 10, "val_fraction": 0.0}), tiny_synth, run, progress=False).fit()
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert best["step"] == last["step"] == 20
+    assert all(torch.equal(best["model"][name], last["model"][name]) for name in last["model"])
+
+
+def test_a_batch_of_one_is_refused_for_the_conformer_and_a_warmup_past_the_steps_is_warned_about(tiny_synth, tmp_path):
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    with pytest.raises(VoxaugError, match="--batch must be at least 2 for the conformer"):
+        tiny_config(train={"batch": 1}).validate()
+    result = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "run"), "--steps", "5",
+                                      "--warmup", "10", "--d-model", "32", "--heads", "2", "--layers", "1",
+                                      "--embedding-dim", "32", "--batch", "8", "--segment", "64", "--device", "cpu",
+                                      "-q"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --warmup 10 is not below --steps 5" in result.output

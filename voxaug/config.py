@@ -56,6 +56,9 @@ class TrainConfig:
         for name in ("steps", "batch", "segment", "eval_every", "train_eval_utterances", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise VoxaugError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.model.kind == "conformer" and self.batch < 2:  # its BatchNorms need two examples to train
+            raise VoxaugError(f"--batch must be at least 2 for the conformer (its batch norms need two examples), "
+                              f"got {self.batch}")
         for name in ("warmup", "margin_warmup"):
             if getattr(self, name) < 0:
                 raise VoxaugError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")

@@ -290,11 +290,15 @@ class Trainer:
         batch = self.sampler.next_batch().to(self.device)
         self._trace(batch.indices)
         augmented = self.pipeline(TrainBatch.from_labels(batch.features, batch.lengths, batch.labels), self.augment_generator)
+        buffers = [buffer.clone() for buffer in self.model.buffers()]  # the forward updates BatchNorm's running statistics
         with autocast_for(self.device, self.config.amp):
             _, logits = self.forward_model(augmented.features, augmented.lengths)
             loss = total_loss(self.model, logits, augmented)
         self.optimizer.zero_grad(set_to_none=True)
         if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank skips, or none: DDP's all-reduce needs all
+            with torch.no_grad():  # a skipped step leaves the model as it was, running statistics included
+                for buffer, before in zip(self.model.buffers(), buffers):
+                    buffer.copy_(before)
             self.bad_in_row += 1
             self.skipped_steps += 1
             if self.bad_in_row >= self.config.max_bad_steps:
@@ -354,7 +358,7 @@ class Trainer:
             "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.started, 3),
         }
         improved = val_acc is not None and (self.best_val_acc is None or val_acc > self.best_val_acc)
-        save_best = improved or (val_acc is None and self.best_step == 0)
+        save_best = improved or val_acc is None  # without a validation split, best.pt follows the latest model
         if save_best:
             self.best_val_acc, self.best_step = val_acc, self.step
         ranks = self.dist.gather_to_main(self.rank_state()) if self.dist.active else None
