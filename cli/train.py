@@ -43,7 +43,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.jsonl, best.pt, last.pt, curves.png."),
     preset: str = typer.Option(None, help=f"Size preset: {', '.join(PRESET_NAMES)} (default: the --config file's "
                                "preset, else cpu)."),
-    config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields ([model] and [augment] tables)."),
+    config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields (\\[model], \\[augment] and \\[frontend] tables)."),
     augment: str = typer.Option(
         None,
         help=f"Comma list of {', '.join(AUGMENTATION_NAMES)}, or 'none'; applied in the fixed order "
@@ -93,7 +93,7 @@ def train(
                                 "under torchrun with the same number of processes."),
     n_mels: int = typer.Option(None, "--n-mels", help="Front end: log-mel bins for audio data (default 40); saved in checkpoints."),
     sample_rate: int = typer.Option(None, "--sample-rate", help="Front end: audio is resampled to this rate (default 16000)."),
-    workers: int = typer.Option(None, "--workers", help="Processes featurising (and with wave, augmenting) audio; default CPU cores - 1."),
+    workers: int = typer.Option(None, "--workers", help="Processes featurising (and with wave, augmenting) audio; default CPU cores - 1, at most 8."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable audio file instead of skipping and counting it."),
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,
