@@ -8,7 +8,9 @@ same recipe could do with the same clips is to train on them. For each seed this
 2. trains ``voxaug train`` on the copy with the given steps and seed (the default recipe otherwise);
 3. identifies the newcomers' ``unseen/test`` clips among all the speakers it now knows: by the softmax
    classifier (a closed set), and by an index of each speaker's training split as ``embed --index``
-   builds it, scored by cosine after the LDA back end and by the default PLDA back end;
+   builds it, with each newcomer enrolled from all its enrolment clips (the training split holds one
+   back for validation; the compared arm enrols from all of them too), scored by cosine after the LDA
+   back end and by the default PLDA back end;
 4. with ``--compare RUN/best.pt`` (a model of the original folder, same steps and seed), scores the
    usual way too: that model's index, the newcomers enrolled from the same clips, with both back ends.
 
@@ -72,10 +74,14 @@ def ceiling(ckpt: Path, data: Path, newcomers_test: Path, cache: Path | None) ->
     truth = np.array([store.speakers[i] for i in store.labels])
     softmax = np.array(loaded.speakers)[tested.probabilities.argmax(axis=1)]
     result = {"classes": len(loaded.speakers), "unseen_softmax": float((softmax == truth).mean())}
+    newcomers = sorted(set(truth.tolist()))
     for backend, key in (("lda", "cosine_lda"), ("plda", "plda")):
         index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
                                     loaded.config.seed, loaded.config.val_fraction, ScoringOptions(backend),
                                     loaded.speakers, loaded.config.split_version)
+        for name in newcomers:  # from all their enrolment clips, as --compare enrols them (the split held one back)
+            index.remove(name)
+            index.add(name, train.embeddings[train.labels == name])
         answers = np.array([ranked[0][0] for ranked in index.search(tested.embeddings, 1)])
         trained = np.array([ranked[0][0] for ranked in index.search(found["test"].embeddings, 1)])
         result.update({f"unseen_{key}": float((answers == truth).mean()),
