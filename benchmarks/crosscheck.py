@@ -195,7 +195,8 @@ def build(out: Path, speakers: int = 60, utterances: int = 20, newcomers: int = 
 
 def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, options: tuple[str, ...] = ()) -> dict:
     """`voxaug train [options]` then `voxaug predict` as a user runs them, in the caller's environment (training on one
-    thread): validation and test accuracy."""
+    thread): validation and test accuracy, both of ``last.pt`` (the end of the schedule), so that the 300 held-out
+    clips are scored by one model that no held-out clip chose."""
     torch.set_num_threads(1)
     env_cache = ["--cache-dir", str(out.parent / "cache")]
     run = out / "run"
@@ -203,7 +204,7 @@ def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, option
                     "--steps", str(steps), "--seed", str(seed), "--device", "cpu", "--quiet", *env_cache, *options],
                    check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     submission = out / "submission.csv"
-    subprocess.run([sys.executable, "-m", "voxaug", "predict", str(data), "--ckpt", str(run / "best.pt"), "--out",
+    subprocess.run([sys.executable, "-m", "voxaug", "predict", str(data), "--ckpt", str(run / "last.pt"), "--out",
                     str(submission), "--device", "cpu", "--quiet", *env_cache], check=True, capture_output=True)
     truth = dict(list(csv.reader(open(data / "test_labels.csv")))[1:])
     rows = list(csv.reader(open(submission)))[1:]
@@ -213,7 +214,7 @@ def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, option
             "input_norm": config["model"]["input_norm"], "segment": config["segment"], "batch": config["batch"],
             "val_acc": metrics[-1]["val_acc"],
             "train_acc": metrics[-1]["train_acc"], "test_acc": sum(truth[i] == c for i, c in rows) / len(rows),
-            "checkpoint": str(run / "best.pt")}
+            "checkpoint": str(run / "last.pt")}
 
 
 def main(argv: list[str] | None = None) -> int:
