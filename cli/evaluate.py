@@ -111,7 +111,7 @@ def evaluate(
         groups["unseen test"] = tested
         if speaker_index is not None:
             report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
-    seed = embedder.seed
+    seed = embedder.split.seed
 
     def verification(scorer: TrialScorer) -> dict:
         return score_trials(embedder, parsed_trials, scorer) if parsed_trials \

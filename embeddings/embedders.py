@@ -15,6 +15,7 @@ from voxaug.data.store import PackedStore
 from voxaug.embeddings.extract import Embedded, embed_store, embed_store_with_model, embed_tensors
 from voxaug.errors import file_error
 from voxaug.features import FrontendConfig
+from voxaug.runtime.training_split import TrainingSplit
 from voxaug.safeio import sha256_file
 
 if TYPE_CHECKING:
@@ -29,8 +30,7 @@ class CheckpointEmbedder:
         self.path: Path = loaded.path
         self.frontend: FrontendConfig = loaded.frontend
         self.speakers: list[str] = list(loaded.speakers)
-        self.seed, self.val_fraction = loaded.config.seed, loaded.config.val_fraction
-        self.split_version: int = loaded.config.split_version
+        self.split: TrainingSplit = loaded.config.training_split
         self.embedding_dim: int = loaded.config.model.embedding_dim
 
     @classmethod
@@ -56,8 +56,7 @@ class ExportEmbedder:
     the validation clips `evaluate` scores."""
 
     def __init__(self, model: "SpeakerModel") -> None:
-        split = model.training_split
-        if split is None:
+        if model.training_split is None:
             raise file_error(model.path, "this export does not record its run's training split (seed and validation "
                                          "fraction), which evaluate needs to find the validation clips; export it "
                                          "again with this version of voxaug")
@@ -65,7 +64,7 @@ class ExportEmbedder:
         self.path: Path = model.path
         self.frontend = FrontendConfig.from_dict(model.frontend)
         self.speakers: list[str] = list(model.speakers)
-        self.seed, self.val_fraction, self.split_version = split
+        self.split: TrainingSplit = model.training_split
         self.embedding_dim: int = model.embedding_dim
         self.sha256: str = model.sha256
 

@@ -178,7 +178,8 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
 def closed_set(embedder: Embedder, store: PackedStore, progress: bool
                ) -> tuple[dict, LabelledEmbeddings, LabelledEmbeddings]:
     """Accuracy on the run's own validation split, with the training split as the cosine reference."""
-    train, val = stratified_split(store.labels, embedder.val_fraction, embedder.seed, store.groups, embedder.split_version)
+    split = embedder.split
+    train, val = stratified_split(store.labels, split.val_fraction, split.seed, store.groups, split.version)
     if len(val) == 0:
         raise VoxaugError("no validation utterances: the run was trained with --val-fraction 0")
     names = np.array(store.speakers)

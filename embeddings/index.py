@@ -36,6 +36,7 @@ from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import (
     TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, fsync_dir, read_json,
+    real_path,
 )
 
 if TYPE_CHECKING:
@@ -420,12 +421,6 @@ def _remove_interrupted_writes(path: Path) -> None:
             (path.parent / name).unlink(missing_ok=True)
         elif match := staging.fullmatch(name):
             clean_stale_temps(path.parent / match.group(1))  # a live writer's temp is left alone
-
-
-def real_path(path: str | Path) -> Path:
-    """An index path with symbolic links resolved, so that a write replaces the file a link points to (not
-    the link) and two links to one index share its lock."""
-    return Path(os.path.realpath(path))
 
 
 def _read_sidecar(side: Path) -> dict:

@@ -15,6 +15,7 @@ from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
 from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
+from voxaug.runtime.training_split import TrainingSplit
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1
@@ -81,6 +82,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def training_split(self) -> TrainingSplit:
+        """What fixes the run's training and validation utterances, as a model file records it."""
+        return TrainingSplit(self.seed, self.val_fraction, self.split_version)
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":

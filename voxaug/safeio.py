@@ -85,6 +85,11 @@ def _read_umask() -> int:
 NEW_FILE_MODE = 0o666 & ~_read_umask()  # what open() gives a new file; mkstemp's own 0o600 would hide outputs
 
 
+def real_path(path: str | Path) -> Path:
+    """``path`` with symbolic links resolved: writing there replaces the file a link points to, not the link."""
+    return Path(os.path.realpath(path))
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.
@@ -93,7 +98,7 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     of writers that were killed are removed on the next write of the same file. A symbolic link is
     written through: the file it points to is replaced, and the link stays.
     """
-    path = Path(os.path.realpath(path))
+    path = real_path(path)
     ensure_folder(path.parent)
     if path.is_dir():
         raise file_error(path, "is a folder; expected a file name to write")

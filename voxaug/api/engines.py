@@ -71,8 +71,7 @@ class TorchEngine:
         self.speakers = list(self.loaded.speakers)
         self.embedding_dim = self.loaded.config.model.embedding_dim
         self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())
-        config = self.loaded.config
-        self.training_split: TrainingSplit | None = TrainingSplit(config.seed, config.val_fraction, config.split_version)
+        self.training_split: TrainingSplit | None = self.loaded.config.training_split
 
     def features(self, clip: Clip) -> "torch.Tensor":
         """The clip as a checked (T, n_mels) tensor: features as given, or a waveform through torchaudio's log-mel."""
