@@ -60,6 +60,8 @@ def embed(
     cohort_top_k: int = typer.Option(DEFAULT_COHORT_TOP_K, "--cohort-top-k", help="AS-norm: top-K cohort scores per side."),
     window: int = typer.Option(None, "--window", help="Split utterances longer than this many frames into windows."),
     hop: int = typer.Option(None, "--hop", help="Hop between windows in frames (default: the window)."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an index already at --index (its enrolled "
+                                 "speakers and calibration are lost)."),
     device: str = DeviceOption,
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,
@@ -83,6 +85,8 @@ def embed(
     for option, value in (("--batch", batch), ("--window", window), ("--hop", hop)):
         if value is not None and value <= 0:
             raise VoxaugError(f"{option} must be a positive number of {'utterances' if option == '--batch' else 'frames'}, got {value}")
+    if hop is not None and window is None:
+        raise VoxaugError("--hop is the step between --window windows; give --window too")
     if per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
     score_norm = score_norm or DEFAULT_SCORE_NORM
@@ -91,6 +95,10 @@ def embed(
     if index is not None:
         output_file(index, "--index")
         output_file(sidecar_path(index), "--index's sidecar")
+        if not replace and (index.exists() or sidecar_path(index).exists()):
+            raise file_error(index, "an index is already there, and embed --index would replace it with the training "
+                                    "speakers alone (enrolled speakers and calibration lost); enrol into it with "
+                                    "`voxaug enroll`, or pass --replace")
     if model is not None:
         _embed_with_model(model, data, out, index, per, hnsw, scoring, window, hop, cache_dir, quiet)
         return
@@ -100,6 +108,8 @@ def embed(
         loaded = load_model(ckpt, context.device)
         source = open_source(data, loaded.frontend)
         store = main_first(context, lambda: PackedStore.open(source, cache_dir, progress=not quiet and context.is_main))
+        if index is not None:
+            check_training_speakers(data, store.speakers, loaded.speakers)
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
                                progress=not quiet, with_probabilities=False, context=context)
@@ -136,6 +146,8 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     seed, val_fraction, split_version = split or (0, 0.0, SPLIT_VERSION)
     store = PackedStore.open(open_source(data, FrontendConfig.from_dict(speaker_model.frontend)), cache_dir,
                              progress=not quiet)
+    if index is not None:
+        check_training_speakers(data, store.speakers, speaker_model.speakers)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index,
@@ -143,6 +155,15 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
                                                scoring, store.speakers, split_version),
                    "windows" if window else "utterances")
+
+
+def check_training_speakers(data: Path, dataset_speakers: list[str], model_speakers: list[str]) -> None:
+    """`embed --index` indexes the run's own speakers, its back end fitted on their training split: other data is
+    refused (a split of clips the network never trained on would hold some out for nothing)."""
+    if list(dataset_speakers) != list(model_speakers):
+        raise file_error(data, f"its {len(dataset_speakers)} speakers are not the {len(model_speakers)} the model was "
+                               "trained on, in its order, and embed --index indexes the run's own training speakers; "
+                               "enrol other speakers with `voxaug enroll --index FILE --speakers-dir DIR`")
 
 
 def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | None], out: Path, index: Path | None,

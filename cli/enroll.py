@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import DeviceOption, ModelOption, chosen_model, clean_errors, expand_clips
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error
 
 
 @clean_errors
@@ -22,7 +22,7 @@ def enroll(
                                       help="Enrol every DIR/<speaker>/ folder of clips in one process, one write."),
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the model the index's sidecar names."),
     model: Path = ModelOption,
-    per: str = typer.Option("speaker", "--per", help="For a new index: one centroid per speaker, or every utterance."),
+    per: str = typer.Option(None, "--per", help="For a new index: one centroid per speaker (the default), or every utterance."),
     hnsw: bool = typer.Option(False, "--hnsw", help="For a new index: HNSW instead of exact search."),
     lock_timeout: float = typer.Option(60.0, "--lock-timeout", help="Seconds to wait for another enrol on the same index."),
     device: str = DeviceOption,
@@ -36,8 +36,10 @@ def enroll(
         raise VoxaugError(f"--speaker {speaker}: no enrolment clips given")
     from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
     from voxaug.embeddings.index import SpeakerIndex as IndexData
-    from voxaug.embeddings.index import index_lock, sidecar_path
+    from voxaug.embeddings.index import MODES, index_lock, sidecar_path
 
+    if per is not None and per not in MODES:
+        raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
     model_path = chosen_model(ckpt, model)
     if remove is not None:
         with index_lock(index, lock_timeout):
@@ -48,10 +50,14 @@ def enroll(
         return
     if index.exists() or sidecar_path(index).exists():  # a first write cut short leaves the sidecar alone
         speaker_index = SpeakerIndex.open(index, model_path, device)
+        kept = speaker_index.data
+        if (per is not None and per != kept.mode) or (hnsw and not kept.hnsw):
+            raise file_error(index, f"--per and --hnsw shape a new index, and this one is per {kept.mode} with "
+                                    f"{'HNSW' if kept.hnsw else 'exact'} search; build another to change them")
     elif model_path is None:
         raise VoxaugError(f"{index}: index does not exist yet; pass --ckpt or --model to create it")
     else:
-        speaker_index = SpeakerIndex.create(index, model_path, per, hnsw, device)
+        speaker_index = SpeakerIndex.create(index, model_path, per or "speaker", hnsw, device)
     if speakers_dir is not None:
         enrolments = speaker_folders(speakers_dir)
         speaker_index.enroll_many(enrolments, append, lock_timeout, progress=True)

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from voxaug.embeddings.index import SpeakerIndex
+from voxaug.embeddings.index import SpeakerIndex, vote, voters
 from voxaug.embeddings.scoring import eer_and_min_dcf
 from voxaug.errors import VoxaugError
 
@@ -38,6 +38,13 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
     if missing:
         raise VoxaugError(f"speakers {missing[:5]}{' ...' if len(missing) > 5 else ''} have clips but are not "
                           "enrolled in the index")
+    if len(index.speakers) < 2:
+        raise VoxaugError(f"calibration needs at least two enrolled speakers, and the index holds "
+                          f"{len(index.speakers)}: with no other speaker, no clip has an impostor score")
+    if index.mode == "utterance":
+        if score_norm == "asnorm":
+            index.check_asnorm()  # refused by utterance
+        return _utterance_scores(index, embeddings, labels)
     depth = len(index.speakers) if len(index.speakers) <= EXHAUSTIVE_UP_TO else 50
     # each clip stands in for a voice never heard, so AS-norm leaves its own speaker's cohort entries out:
     # calibrating on the validation split, the cohort holds the very clip
@@ -45,11 +52,27 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
     genuine, impostor, top, correct = [], [], [], []
     for label, ranked in zip(labels, results):
         scores = dict(ranked)
-        others = [score for speaker, score in ranked if speaker != label]
         genuine.append(scores.get(label, min(scores.values())))  # beyond the searched depth: no higher than those found
-        impostor.append(others[0] if others else -1e9)  # no other speaker enrolled: nothing to confuse it with
+        impostor.append(next(score for speaker, score in ranked if speaker != label))
         top.append(ranked[0][1])
         correct.append(ranked[0][0] == label)
+    return {"genuine": np.array(genuine), "impostor": np.array(impostor), "top": np.array(top),
+            "correct": np.array(correct)}
+
+
+def _utterance_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
+    """``open_set_scores`` by utterance: ``identify`` answers the speaker most voted for among the nearest
+    ``voters(1)`` utterances, with its best score; the impostor score is that answer with the clip's own
+    speaker's utterances taken out, as if it had never been enrolled."""
+    depth = voters(1) + max(index.counts.values())  # enough utterances of others once the own speaker's are out
+    genuine, impostor, top, correct = [], [], [], []
+    for label, hits in zip(labels, index.nearest_utterances(embeddings, depth)):
+        answer = vote(hits[:voters(1)])[0]
+        own = [score for speaker, score in hits if speaker == label]
+        genuine.append(max(own) if own else min(score for _, score in hits))
+        impostor.append(vote([hit for hit in hits if hit[0] != label][:voters(1)])[0][1])
+        top.append(answer[1])
+        correct.append(answer[0] == label)
     return {"genuine": np.array(genuine), "impostor": np.array(impostor), "top": np.array(top),
             "correct": np.array(correct)}
 
@@ -68,7 +91,7 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
     check_far(target_far)
     genuine, impostor, correct = scores["genuine"], scores["impostor"], scores["correct"]
     if len(genuine) < 2:
-        raise VoxaugError("calibration needs held-out clips of at least two enrolled speakers' utterances")
+        raise VoxaugError(f"calibration needs at least two held-out clips of enrolled speakers, got {len(genuine)}")
     threshold = threshold_at_far(impostor, target_far)
     equal_error = eer_and_min_dcf(np.concatenate([genuine, impostor]),
                                   np.concatenate([np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]))

@@ -77,6 +77,25 @@ def unit_rows(vectors: np.ndarray, what: str = "embeddings") -> np.ndarray:
     return vectors / norms
 
 
+UTTERANCE_VOTERS = 10
+"""In utterance mode, ``identify`` ranks speakers by votes among at least this many nearest utterances."""
+
+
+def voters(top_k: int) -> int:
+    """How many nearest utterances vote when ``top_k`` speakers are asked for."""
+    return max(top_k, UTTERANCE_VOTERS)
+
+
+def vote(hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Speakers ranked by how many of ``hits`` (speaker, score) are theirs, ties broken by their best score,
+    each with that best score."""
+    votes = Counter(label for label, _ in hits)
+    best: dict[str, float] = {}
+    for label, score in hits:
+        best[label] = max(best.get(label, -math.inf), score)
+    return [(label, best[label]) for label in sorted(votes, key=lambda label: (-votes[label], -best[label]))]
+
+
 @dataclass
 class SpeakerIndex:
     """Vectors (unit rows) with one speaker label each, plus what the sidecar records."""
@@ -226,7 +245,7 @@ class SpeakerIndex:
         """Top-k (speaker, score) per query of network embeddings, the score a cosine in the back end's
         space (a PLDA log-likelihood ratio with a ``plda`` back end) or, with ``score_norm="asnorm"``, its
         AS-norm. In utterance mode speakers are ranked by votes among the ``max(top_k, 10)`` nearest
-        utterances, ties broken by their best score. ``query_speakers`` (calibration) names each query's
+        utterances (``voters``), ties broken by their best score. ``query_speakers`` (calibration) names each query's
         speaker, whose cohort entries (the query itself, when the cohort is its split) AS-norm leaves out."""
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
             raise VoxaugError(f"--top-k must be a positive whole number, got {top_k!r}")
@@ -237,24 +256,27 @@ class SpeakerIndex:
         index = index or self.faiss_index()
         if score_norm == "asnorm" or (self.backend.plda is not None and self.mode == "speaker"):
             return self._search_rescored(queries, top_k, index, score_norm, cohort_top_k, query_speakers)
-        neighbours = min(len(self.labels), top_k if self.mode == "speaker" else max(top_k, 10))
-        scores, rows = index.search(queries, neighbours)
-        if self.backend.plda is not None:  # utterance mode: each utterance is a speaker enrolled from that clip
+        if self.mode == "utterance":
+            return [vote(hits)[:top_k] for hits in self._utterance_hits(queries, voters(top_k), index)]
+        scores, rows = index.search(queries, min(len(self.labels), top_k))
+        return [[(self.labels[i], float(s)) for i, s in zip(id_row, score_row) if i >= 0]
+                for score_row, id_row in zip(scores, rows)]
+
+    def nearest_utterances(self, queries: np.ndarray, count: int) -> list[list[tuple[str, float]]]:
+        """Utterance mode: the ``count`` nearest enrolled utterances (speaker, score) per query of network
+        embeddings, nearest first, each scored as a speaker enrolled from that clip alone (PLDA, or the cosine)."""
+        if self.mode != "utterance":
+            raise VoxaugError("nearest utterances are kept only by an index built --per utterance")
+        return self._utterance_hits(self.to_space(queries, "queries"), count, self.faiss_index())
+
+    def _utterance_hits(self, queries: np.ndarray, count: int, index: faiss.Index) -> list[list[tuple[str, float]]]:
+        scores, rows = index.search(queries, min(len(self.labels), count))
+        if self.backend.plda is not None:
             found = np.maximum(rows, 0)
             scores = self.backend.pair_scores(np.repeat(queries, rows.shape[1], axis=0),
                                               self.vectors[found.ravel()]).reshape(rows.shape)
-        results = []
-        for score_row, id_row in zip(scores, rows):
-            hits = [(self.labels[i], float(s)) for i, s in zip(id_row, score_row) if i >= 0]
-            if self.mode == "utterance":
-                votes = Counter(label for label, _ in hits)
-                best: dict[str, float] = {}
-                for label, score in hits:
-                    best[label] = max(best.get(label, -math.inf), score)
-                ranked = sorted(votes, key=lambda label: (-votes[label], -best[label]))
-                hits = [(label, best[label]) for label in ranked]
-            results.append(hits[:top_k])
-        return results
+        return [[(self.labels[i], float(s)) for i, s in zip(id_row, score_row) if i >= 0]
+                for score_row, id_row in zip(scores, rows)]
 
     def _search_rescored(self, queries: np.ndarray, top_k: int, index: faiss.Index, score_norm: str,
                          cohort_top_k: int | None, query_speakers: list[str] | None) -> list[list[tuple[str, float]]]:

@@ -330,3 +330,13 @@ def test_a_failed_first_write_changes_neither_the_object_nor_the_cli_s_view_of_t
     code, output = invoke("enroll", "--index", fresh, "--speaker", "new001", *wavs(tiny_synth, "enroll", "new001"))
     assert code == 0, output
     assert voxaug.SpeakerIndex.open(fresh).speakers == ["new000", "new001"]
+
+
+def test_enroll_takes_one_clip_as_one_clip(models, tiny_synth, tmp_path):
+    """A single path or feature array is one clip, not an iterable of characters or of frames."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["ckpt"])
+    clip = wavs(tiny_synth, "enroll", "new000")[0]
+    assert index.enroll("by-path", str(clip)) == 1 and index.enroll("by-pathlib", clip) == 1
+    features = np.random.default_rng(0).standard_normal((80, 40)).astype(np.float32)
+    assert index.enroll("by-array", features) == 1
+    assert index.enroll_many({"one": clip, "two": [clip, clip]}) == {"one": 1, "two": 2}

@@ -279,6 +279,8 @@ CASES: dict[str, Case] = {
     "predict: checkpoint pickles code": (
         lambda w: predict(w, tensor(w.bad / "evil.pt", {"format": "voxaug-checkpoint", "x": Exploit(w.bad)})),
         ("evil.pt", "refused")),
+    "predict: an ONNX export as --ckpt": (lambda w: predict(w, write(w.bad / "model.onnx", b"\x08\x07")),
+                                          ("model.onnx", "an ONNX export, not a checkpoint: pass it with --model")),
     "predict: NaN weights": (lambda w: predict(w, checkpoint(w, "nanw.pt", nan_weight)), ("nanw.pt", "NaN or Inf")),
     "predict: weights of another shape": (lambda w: predict(w, checkpoint(w, "wide.pt", wider_model)),
                                           ("wide.pt", "do not match its own configuration")),
@@ -292,10 +294,16 @@ CASES: dict[str, Case] = {
     # embed: options, data, outputs
     "embed: --batch 0": (lambda w: embed(w, "--batch", "0"), ("--batch", "positive")),
     "embed: --window 0": (lambda w: embed(w, "--window", "0"), ("--window", "positive")),
+    "embed: --hop without --window": (lambda w: embed(w, "--hop", "20"), ("--hop", "give --window too")),
     "embed: --per unknown": (lambda w: embed(w, "--per", "bogus"), ("--per 'bogus'", "accepted: speaker, utterance")),
     "embed: --out is a file": (lambda w: ["embed", "--ckpt", w.ckpt, w.data, "--out", w.root / "pred.csv", "--device", "cpu"],
                                ("--out", "existing file")),
     "embed: checkpoint is a folder": (lambda w: embed(w, ckpt=w.run), ("run", "found a folder")),
+    "embed: --index over an index with enrolled speakers": (lambda w: embed(w, "--index", w.index),
+                                                            ("spk.faiss", "an index is already there")),
+    "embed: --index of speakers the model never trained on": (
+        lambda w: embed(w, "--index", w.bad / "new.faiss", data=w.data / "unseen" / "enroll"),
+        ("enroll", "speakers are not the")),
     "embed: Inf feature over existing embeddings": (
         lambda w: embed(w, data=dataset(w, "inf-feat", lambda r: tensor(first_feature(r), torch.full((50, 40), float("inf"))))),
         ("uttr-", "NaN or Inf")),
@@ -309,6 +317,9 @@ CASES: dict[str, Case] = {
     "enroll: new index without --ckpt": (
         lambda w: ["enroll", "--index", w.bad / "new.faiss", "--speaker", "x", clip(w), "--device", "cpu"],
         ("new.faiss", "pass --ckpt")),
+    "enroll: --per unknown": (lambda w: enroll(w, "--speaker", "x", "--per", "clip", clip(w)), ("--per 'clip'", "accepted")),
+    "enroll: --per utterance on an index per speaker": (lambda w: enroll(w, "--speaker", "x", "--per", "utterance", clip(w)),
+                                                        ("spk.faiss", "this one is per speaker")),
     "enroll: remove unknown speaker": (lambda w: enroll(w, "--remove", "nobody"), ("'nobody'", "not enrolled")),
     "enroll: negative --lock-timeout": (lambda w: enroll(w, "--speaker", "x", "--lock-timeout", "-1", clip(w)),
                                         ("--lock-timeout", ">= 0")),

@@ -200,3 +200,20 @@ def test_embed_refuses_an_index_whose_sidecar_path_is_a_folder_before_writing_an
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "spk.faiss.json" in result.output and "existing folder" in result.output
     assert not (tmp_path / "emb").exists() and not (tmp_path / "spk.faiss").exists()
+
+
+def test_embed_replaces_an_index_with_enrolled_speakers_only_when_told(built_index, trained_run, tiny_synth, tmp_path):
+    """An index holds enrolments that only `enroll` made: embed --index keeps them unless --replace is given."""
+    for name in ("spk.faiss", "spk.faiss.json"):
+        shutil.copy(built_index / name, tmp_path / name)
+    before = json.loads((tmp_path / "spk.faiss.json").read_text())["labels"]
+    command = ["embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb",
+               "--index", tmp_path / "spk.faiss", "--device", "cpu", "-q"]
+    refused = invoke(*command)
+    assert refused.exit_code == 2 and "--replace" in refused.output, refused.output
+    assert json.loads((tmp_path / "spk.faiss.json").read_text())["labels"] == before
+    replaced = invoke(*command, "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    after = json.loads((tmp_path / "spk.faiss.json").read_text())["labels"]
+    unseen = {folder.name for folder in (tiny_synth / "unseen" / "enroll").iterdir()}
+    assert unseen <= set(before) and not unseen & set(after) and len(after) == len(before) - len(unseen)

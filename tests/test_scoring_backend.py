@@ -264,21 +264,45 @@ def test_open_set_scores_and_calibration_record():
         open_set_scores(index, vectors[:1], ["stranger"], "none")
 
 
-def test_utterance_index_calibration_predicts_the_acceptance_identify_gives():
-    """By utterance, `identify` answers the most-voted speaker with its best score, which need not be the highest
-    score of the clip's own speaker and the best other one; the predicted acceptance must be identify's."""
-    vectors, labels = clustered(speakers=10, per=12, spread=0.9, seed=1)
+@pytest.mark.parametrize("kind", ["none", "plda"])
+def test_utterance_index_calibration_predicts_what_identify_answers(kind):
+    """By utterance, `identify` (default --top-k 5) answers the speaker most voted for among the 10 nearest
+    utterances, with its best score: the calibration's top answer must be that one, however many speakers the
+    index holds, and a clip's impostor score must be what `identify` answers once its speaker is removed."""
+    vectors, labels = clustered(speakers=30, per=12, spread=0.9, seed=1)
     labels = np.array(labels)
     train = np.arange(len(labels)) % 12 < 8
-    index = SpeakerIndex(dim=16, mode="utterance", backend=ScoringBackend.fit("plda", vectors[train], labels[train], 8))
-    for speaker in sorted(set(labels)):
-        index.add(speaker, vectors[train & (labels == speaker)])
-    scores = open_set_scores(index, vectors[~train], labels[~train].tolist(), "none")
-    answered = np.array([ranked[0][1] for ranked in index.search(vectors[~train], len(index.speakers))])
-    assert (answered < np.maximum(scores["genuine"], scores["impostor"])).any()  # a vote that the best score overrules
+    backend = ScoringBackend.fit(kind, vectors[train], labels[train], 8)
+
+    def index_of(speakers: list[str]) -> SpeakerIndex:
+        index = SpeakerIndex(dim=16, mode="utterance", backend=backend)
+        for speaker in speakers:
+            index.add(speaker, vectors[train & (labels == speaker)])
+        return index
+
+    index = index_of(sorted(set(labels)))
+    queries, names = vectors[~train], labels[~train].tolist()
+    scores = open_set_scores(index, queries, names, "none")
+    answered = index.search(queries, 5)
+    assert [ranked[0][0] == name for ranked, name in zip(answered, names)] == scores["correct"].tolist()
+    assert np.array([ranked[0][1] for ranked in answered]) == pytest.approx(scores["top"])
+    assert not scores["correct"].all()  # some clips are answered wrongly, so the ranking matters
+    for row in range(0, len(names), 13):
+        without = index_of(sorted(set(labels) - {names[row]}))
+        assert scores["impostor"][row] == pytest.approx(without.search(queries[row : row + 1], 5)[0][0][1])
     for target_far in (0.1, 0.2, 0.3):
         record = calibrate(scores, target_far, "none", "test")
-        assert record["acceptance"] == pytest.approx((answered >= record["value"]).mean())
+        assert record["acceptance"] == pytest.approx((scores["top"] >= record["value"]).mean())
+        assert record["top1"] == pytest.approx(scores["correct"].mean())
+
+
+def test_calibration_refuses_an_index_of_one_speaker():
+    """With nobody else enrolled there is no impostor score, so no threshold can be picked."""
+    vectors, labels = clustered(speakers=1, per=6)
+    index = SpeakerIndex(dim=16)
+    index.add("s0", vectors[:3])
+    with pytest.raises(VoxaugError, match="at least two enrolled speakers"):
+        open_set_scores(index, vectors[3:], labels[3:], "none")
 
 
 @pytest.mark.parametrize("kind", ["lda", "plda"])

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from voxaug.api.inputs import ClipInput
+from voxaug.api.inputs import ClipInput, clip_list
 from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
@@ -78,18 +78,19 @@ class SpeakerIndex:
     def speakers(self) -> list[str]:
         return self.data.speakers
 
-    def enroll(self, name: str, clips: Iterable[ClipInput], append: bool = False, lock_timeout: float = 60.0) -> int:
+    def enroll(self, name: str, clips: ClipInput | Iterable[ClipInput], append: bool = False, lock_timeout: float = 60.0) -> int:
         """Add ``name`` from clips (paths or feature arrays); ``append`` adds clips to an enrolled speaker.
         Returns how many clips the speaker now has."""
-        return self.enroll_many({name: list(clips)}, append, lock_timeout)[name]
+        return self.enroll_many({name: clip_list(clips)}, append, lock_timeout)[name]
 
-    def enroll_many(self, speakers: dict[str, list[ClipInput]], append: bool = False, lock_timeout: float = 60.0,
+    def enroll_many(self, speakers: dict[str, ClipInput | list[ClipInput]], append: bool = False, lock_timeout: float = 60.0,
                     progress: bool = False) -> dict[str, int]:
         """Add every speaker in ``speakers`` (name -> clips) under one lock with one atomic write: all or none.
         A speaker already enrolled is refused, before any clip is embedded, unless ``append``.
         Returns how many clips each speaker now has."""
         from tqdm import tqdm
 
+        speakers = {name: clip_list(clips) for name, clips in speakers.items()}
         self._refuse_enrolled(self.data, speakers, append)
         for name, clips in speakers.items():
             check_speaker_name(name)

@@ -5,9 +5,10 @@ Everything becomes numpy here (torch tensors included, without importing torch),
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -16,6 +17,13 @@ from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_audio_rate, check_resampling, read_audio, resample
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
+
+
+def clip_list(clips: ClipInput | Iterable[ClipInput]) -> list[ClipInput]:
+    """Clips as a list: one path, waveform or feature array is one clip, not an iterable of characters or rows."""
+    if isinstance(clips, (str, os.PathLike)) or hasattr(clips, "shape"):
+        return [clips]
+    return list(clips)
 
 
 @dataclass
