@@ -129,9 +129,11 @@ def train(
     resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides, frontend_overrides, saved)
     if saved is not None:
         _refuse_changes_on_resume(saved, resolved, out / "config.json")
+    resolved.validate()  # before any warning about the values
     if resolved.augment.get("wave") and "wave" not in resolve_names(resolved.augment):
         keys = set(resolved.augment["wave"])
-        given = [_option_name(f"augment.wave.{key}") for key in resolved.augment["wave"]]
+        given = [_option_name(f"augment.wave.{key}") if key in augment_overrides.get("wave", {})
+                 else f"[augment.wave] {key} in {config or 'the run'}" for key in resolved.augment["wave"]]
         owner, add = ("'noise' or 'wave'", "noise or wave") if keys <= {"noise_dir", "noise_p"} else ("'wave'", "wave")
         raise VoxaugError(f"{', '.join(given)}: options of the {owner} augmentation, which --augment does not name; "
                           f"add {add} (e.g. --augment wave,specaug)")
@@ -201,8 +203,12 @@ def _augment_overrides(
 def _refuse_changes_on_resume(saved: TrainConfig, given: TrainConfig, config_json: Path) -> None:
     """A resumed run keeps the settings it was trained with: an option, --config value or --preset that
     differs from ``config_json`` is refused, naming it; --steps and --device may change."""
+    from voxaug.augment.pipeline import resolve_names
     from voxaug.config import changed_settings
 
+    if "names" in saved.augment and "names" in given.augment and \
+            sorted(resolve_names(saved.augment)) == sorted(resolve_names(given.augment)):
+        given.augment["names"] = list(saved.augment["names"])  # applied in a fixed order whatever the spelling
     changed = [name for name in changed_settings(saved.to_dict(), given.to_dict()) if name not in ("steps", "device")]
     if changed:
         raise file_error(config_json, f"--resume cannot change {', '.join(map(_option_name, changed))}: the run was "

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import types
 
+import numpy as np
 import pytest
 import torch
 
+import voxaug.inference as inference
+import voxaug.train as training
 from conftest import straight_and_resumed, tiny_config
 from voxaug.checkpoint import load_checkpoint, save_checkpoint
 from voxaug.errors import VoxaugError
@@ -236,3 +240,55 @@ def test_a_batch_of_one_is_refused_for_the_conformer_and_a_warmup_past_the_steps
                                       "-q"])
     assert result.exit_code == 0, result.output
     assert "warning: --warmup 10 is not below --steps 5" in result.output
+
+
+def test_a_crash_right_after_last_pt_is_saved_loses_no_metrics_row(tiny_synth, tmp_path, monkeypatch):
+    """An evaluation appends its metrics row before it writes last.pt, so the resumed run logs the rows of an
+    uninterrupted one (a crash between the two leaves a row past last.pt, which the resume drops and logs again)."""
+    config = lambda: tiny_config(train={"steps": 9, "eval_every": 3, "warmup": 2})  # noqa: E731
+    Trainer(config(), tiny_synth, tmp_path / "straight", progress=False).fit()
+    original = training.save_checkpoint
+
+    def crashing_save(path, state):
+        original(path, state)
+        if path.name == "last.pt" and state["step"] == 6:
+            raise KeyboardInterrupt(f"killed after {path.name}")
+
+    monkeypatch.setattr(training, "save_checkpoint", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(), tiny_synth, tmp_path / "crashed", progress=False).fit()
+    monkeypatch.setattr(training, "save_checkpoint", original)
+    Trainer(Trainer.config_from_run(tmp_path / "crashed"), tiny_synth, tmp_path / "crashed", progress=False).fit(resume=True)
+    rows = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("straight", "crashed")]
+    steps = [[json.loads(line)["step"] for line in lines] for lines in rows]
+    assert steps[0] == steps[1] == [3, 6, 9]
+    assert [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in rows[1]] == \
+        [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in rows[0]]
+
+
+def test_accuracy_is_the_exact_ratio_the_distributed_count_gives(monkeypatch):
+    """7 of 10 right is 0.7, not float32's 0.69999999: a run resumed under torchrun (which divides counts) must
+    not see an unchanged accuracy as a new best."""
+    labels = np.arange(10) % 3
+    logits = torch.nn.functional.one_hot(torch.as_tensor(np.where(np.arange(10) < 7, labels, (labels + 1) % 3)), 3)
+    monkeypatch.setattr(inference, "run_model", lambda model, store, indices, device: (None, logits.float()))
+    assert inference.accuracy(None, types.SimpleNamespace(labels=labels), np.arange(10), torch.device("cpu")) == 7 / 10
+
+
+def test_resume_accepts_the_augmentations_in_another_order_and_refuses_another_set(tiny_synth, tmp_path):
+    """The pipeline applies augmentations in a fixed order, so `noise,reverb` resumes a `reverb,noise` run."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    run = tmp_path / "run"
+    command = ["train", str(tiny_synth), "--out", str(run), "--eval-every", "2", "--batch", "8", "--segment", "64",
+               "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--device", "cpu",
+               "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    started = CliRunner().invoke(app, [*command, "--augment", "reverb,noise", "--steps", "2"])
+    assert started.exit_code == 0, started.output
+    reordered = CliRunner().invoke(app, [*command, "--augment", "noise,reverb", "--steps", "4", "--resume"])
+    assert reordered.exit_code == 0, reordered.output
+    assert json.loads((run / "config.json").read_text())["augment"]["names"] == ["reverb", "noise"]
+    fewer = CliRunner().invoke(app, [*command, "--augment", "noise", "--steps", "6", "--resume"])
+    assert fewer.exit_code == 2 and "--resume cannot change --augment" in fewer.output, fewer.output

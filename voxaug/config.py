@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from voxaug.augment.pipeline import build_pipeline, resolve_names
 from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
 from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 from voxaug.features import FrontendConfig
@@ -19,6 +20,8 @@ from voxaug.runtime.training_split import TrainingSplit
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1
+DERIVED_MODEL_KEYS = ("n_mels", "num_classes", "num_speakers")
+"""Model settings a run takes from its data (and a checkpoint records), which a config may not set."""
 """numpy refuses negative seeds and its global ``np.random.seed`` (the wave augmentation's) takes 32 bits."""
 
 
@@ -213,16 +216,25 @@ def resolve_config(
         raise file_error(toml_path, f"preset {file_preset!r} is not known; accepted: {', '.join(PRESETS)}")
     preset = preset or file_preset or (base.preset if base else "cpu")
     base_values = base.to_dict() if base else create_config(preset).to_dict()
-    model_values = {**base_values.pop("model"), **file_values.pop("model", {}), **(model_overrides or {})}
-    augment_values = _merge_tables(base_values.pop("augment"), file_values.pop("augment", {}), augment_overrides or {})
-    frontend_values = {**base_values.pop("frontend"), **file_values.pop("frontend", {}), **(frontend_overrides or {})}
+    base_tables = {table: base_values.pop(table) for table in ("model", "augment", "frontend")}
+    file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}
+    model_values = {**base_tables["model"], **file_tables["model"], **(model_overrides or {})}
+    augment_values = _merge_tables(base_tables["augment"], file_tables["augment"], augment_overrides or {})
+    frontend_values = {**base_tables["frontend"], **file_tables["frontend"], **(frontend_overrides or {})}
     if toml_path:
-        try:
+        try:  # the file's own values, before the command line's land on them: an error here is the file's
             refuse_unknown_keys(file_values, TrainConfig, str(toml_path))
+            derived = sorted(set(file_tables["model"]) & set(DERIVED_MODEL_KEYS))
+            if derived:
+                raise VoxaugError(f"[model] {', '.join(derived)}: set from the data, not by a config "
+                                  "(the mel bins by [frontend] n_mels)")
             check_types(file_values, TrainConfig, str(toml_path))
-            check_types(model_values, ModelConfig, f"{toml_path} [model]")
-            ModelConfig.from_dict(model_values).validate()
-            FrontendConfig.from_dict(frontend_values)
+            check_types(file_tables["model"], ModelConfig, f"{toml_path} [model]")
+            file_augment = _merge_tables(base_tables["augment"], file_tables["augment"], {})
+            build_pipeline(resolve_names(file_augment), file_augment)
+            TrainConfig.from_dict({**base_values, **file_values, "preset": preset, "augment": file_augment,
+                                   "model": {**base_tables["model"], **file_tables["model"]},
+                                   "frontend": {**base_tables["frontend"], **file_tables["frontend"]}}).validate()
         except VoxaugError as exc:
             if str(exc).startswith(str(toml_path)):
                 raise

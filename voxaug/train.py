@@ -28,7 +28,7 @@ from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig
 from voxaug.data.audio_store import default_workers, open_training_store, require_audio
 from voxaug.data.batching import SegmentSampler
-from voxaug.data.sources import DatasetSource, open_source
+from voxaug.data.sources import DatasetSource, HW4Source, open_source
 from voxaug.data.store import PackedStore
 from voxaug.data.split import stratified_split
 from voxaug.data.wave_batches import WaveBatchSource
@@ -135,6 +135,8 @@ class Trainer:
 
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         source = open_source(self.data, frontend)
+        if isinstance(source, HW4Source) and frontend is not None:
+            _refuse_audio_settings(self.data, frontend, source.n_mels)
         self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
         wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
         if wave is not None:
@@ -366,9 +368,9 @@ class Trainer:
         def save() -> None:
             if save_best:
                 save_checkpoint(self.run_dir / "best.pt", self.state(include_optimizer=False))
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:  # before last.pt: a resume
+                log.write(json.dumps(row) + "\n")  # from an older last.pt drops the row and logs it again
             save_checkpoint(self.run_dir / "last.pt", self.state(ranks=ranks))
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
-                log.write(json.dumps(row) + "\n")
             plot_runs([self.run_dir], self.run_dir / "curves.png")
 
         main_only(self.dist, save)  # the other ranks wait for it: none runs ahead of what is saved
@@ -460,6 +462,16 @@ class Trainer:
             train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
             elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
         )
+
+
+def _refuse_audio_settings(data: Path, frontend: FrontendConfig, n_mels: int) -> None:
+    """Front-end settings other than n_mels shape audio into features; on a set of features they would change
+    nothing in training and still be recorded as the model's, so featurising audio for it later would go wrong."""
+    given, features = frontend.to_dict(), FrontendConfig(n_mels=n_mels).to_dict()
+    differing = sorted(key for key in given if given[key] != features[key])
+    if differing:
+        raise file_error(data, f"holds log-mel features, which front-end settings ({', '.join(differing)}) do not "
+                               "change; they are for datasets of audio")
 
 
 def _trace_steps() -> int:
