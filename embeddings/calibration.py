@@ -53,7 +53,7 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
     for label, ranked in zip(labels, results):
         scores = dict(ranked)
         genuine.append(scores.get(label, min(scores.values())))  # beyond the searched depth: no higher than those found
-        impostor.append(next(score for speaker, score in ranked if speaker != label))
+        impostor.append(next((score for speaker, score in ranked if speaker != label), min(scores.values())))
         top.append(ranked[0][1])
         correct.append(ranked[0][0] == label)
     return {"genuine": np.array(genuine), "impostor": np.array(impostor), "top": np.array(top),
