@@ -90,7 +90,8 @@ def evaluate(
         score_norm = score_norm or speaker_index.score_norm
         if score_norm == "asnorm":
             speaker_index.check_asnorm()
-    store = PackedStore.open(open_source(data, embedder.frontend), cache_dir, progress=not quiet)
+    source = open_source(data, embedder.frontend)
+    store = PackedStore.open(source, cache_dir, progress=not quiet)
     if list(store.speakers) != embedder.speakers:
         raise file_error(data, f"its {len(store.speakers)} speakers are not the {len(embedder.speakers)} the model was "
                                "trained on, in its order; evaluate scores the run's own validation split of its dataset")
@@ -112,9 +113,10 @@ def evaluate(
         if speaker_index is not None:
             report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
     seed = embedder.split.seed
+    speakers = {utterance.path.resolve(): utterance.speaker for utterance in source.utterances if utterance.speaker}
 
     def verification(scorer: TrialScorer) -> dict:
-        return score_trials(embedder, parsed_trials, scorer) if parsed_trials \
+        return score_trials(embedder, parsed_trials, scorer, speakers) if parsed_trials \
             else score_pairs(held_out, max_pairs, seed, reference, scorer)
 
     report["verification"] = verification(TrialScorer(target_far=target_far))

@@ -160,17 +160,23 @@ class Cohort:
         top_k = min(top_k or self.top_k, len(self.labels))
         if scores is None:
             scores = np.asarray(vectors, dtype=np.float32) @ self.vectors.T  # (N, M)
+        counts = np.full(len(scores), top_k)  # each row's own K: its excluded entries may leave it fewer
         if exclude is not None:
             cohort_labels = np.asarray(self.labels)
             own = np.zeros(scores.shape, dtype=bool)
             for names in (exclude, also_exclude) if also_exclude is not None else (exclude,):
                 own |= np.asarray([name if name is not None else "" for name in names])[:, None] == cohort_labels[None, :]
             scores = np.where(own, -np.inf, scores)
-            top_k = min(top_k, int((~own).sum(axis=1).min()))
-        if top_k < 2:
+            counts = np.minimum(top_k, (~own).sum(axis=1))
+        if top_k < 2 or (len(counts) and counts.min() < 2):
             raise VoxaugError("the AS-norm cohort has too few entries from other speakers (need at least 2)")
-        top = -np.partition(-scores, top_k - 1, axis=1)[:, :top_k]  # (N, K) the K highest
-        return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)
+        widest = int(counts.max(initial=2))
+        top = -np.partition(-scores, widest - 1, axis=1)[:, :widest]  # (N, widest): each row's highest
+        kept = np.isfinite(top)  # a row of fewer than `widest` entries has exactly its own K finite ones here
+        count = counts.astype(top.dtype)
+        mean = np.where(kept, top, 0).sum(axis=1) / count
+        spread = np.sqrt((np.where(kept, top - mean[:, None], 0) ** 2).sum(axis=1) / count)
+        return mean, np.maximum(spread, 1e-6)
 
     def to_json(self) -> dict:
         return {"version": BACKEND_VERSION, "top_k": self.top_k, "source": self.source, "labels": list(self.labels),

@@ -99,7 +99,9 @@ class TrialScorer:
             raise VoxaugError("AS-norm trials need an index with a cohort (--index built by `voxaug embed`)")
         self.index, self.score_norm, self.target_far = index, score_norm, target_far
 
-    def __call__(self, first: LabelledEmbeddings, second: LabelledEmbeddings) -> dict:
+    def __call__(self, first: LabelledEmbeddings, second: LabelledEmbeddings, same: np.ndarray | None = None) -> dict:
+        """EER and minDCF of the pairs (first[i], second[i]): same speaker where their labels agree, unless
+        ``same`` says (a trials file's own labels)."""
         a, b = first.embeddings, second.embeddings
         if self.index is None:
             scores = np.einsum("ij,ij->i", a, b)
@@ -111,20 +113,24 @@ class TrialScorer:
             stats_a = self.index.cohort.stats(a, exclude=names_a, also_exclude=names_b, scores=self.index.cohort_scores(a))
             stats_b = self.index.cohort.stats(b, exclude=names_b, also_exclude=names_a, scores=self.index.cohort_scores(b))
             scores = pair_as_norm(scores, stats_a, stats_b)
-        return eer_and_min_dcf(scores, first.labels == second.labels, target_far=self.target_far)
+        return eer_and_min_dcf(scores, first.labels == second.labels if same is None else same,
+                               target_far=self.target_far)
 
 
-def score_trials(embedder: Embedder, trials: list[tuple[bool, Path, Path]], scorer: TrialScorer | None = None) -> dict:
+def score_trials(embedder: Embedder, trials: list[tuple[bool, Path, Path]], scorer: TrialScorer | None = None,
+                 speakers: dict[Path, str] | None = None) -> dict:
+    """EER and minDCF of a trials file's pairs. ``speakers`` names the speaker of each dataset clip (resolved
+    path): AS-norm leaves those speakers out of the cohort, which may hold the very clips; a clip it does not
+    name is a voice of its own."""
     clips = sorted({p for _, a, b in trials for p in (a, b)})
     embeddings = embedder.embed_features([load_clip(c, embedder.frontend) for c in clips])
     row = {clip: i for i, clip in enumerate(clips)}
     first = np.array([row[a] for _, a, _ in trials])
     second = np.array([row[b] for _, _, b in trials])
     same = np.array([same for same, _, _ in trials])
-    labels_a = np.array([f"clip{i}" for i in first], dtype=object)  # unknown speakers: no cohort entry is theirs
-    labels_b = np.where(same, labels_a, np.array([f"other{i}" for i in second], dtype=object))
-    return (scorer or TrialScorer())(LabelledEmbeddings(embeddings[first], labels_a),
-                                     LabelledEmbeddings(embeddings[second], labels_b))
+    names = np.array([(speakers or {}).get(clip, f"clip {i}") for i, clip in enumerate(clips)], dtype=object)
+    return (scorer or TrialScorer())(LabelledEmbeddings(embeddings[first], names[first]),
+                                     LabelledEmbeddings(embeddings[second], names[second]), same)
 
 
 def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,

@@ -56,6 +56,24 @@ def test_cohort_leaves_out_the_enrolled_speakers_own_entries():
     assert cohort.stats(vector, exclude=["a"])[0][0] == pytest.approx(0.0)  # top-2 of (0, 0)
 
 
+def test_each_rows_cohort_statistics_are_its_own_whatever_else_is_in_the_batch():
+    """A row's top-K is K of the entries left to it: a row that excludes a speaker owning most of the cohort
+    takes fewer, and must not shrink the K of the rows scored beside it."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((11, 8)).astype(np.float32)
+    cohort = Cohort(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), ["a"] * 8 + ["b", "c", "d"], top_k=5)
+    queries = rng.standard_normal((2, 8)).astype(np.float32)
+    together = cohort.stats(queries, exclude=["a", "b"])
+    for row, name in enumerate(["a", "b"]):
+        alone = cohort.stats(queries[row : row + 1], exclude=[name])
+        assert together[0][row] == pytest.approx(alone[0][0]) and together[1][row] == pytest.approx(alone[1][0])
+    scores = queries[1] @ cohort.vectors.T
+    top = np.sort(scores[np.array(cohort.labels) != "b"])[::-1][:5]
+    assert together[0][1] == pytest.approx(top.mean()) and together[1][1] == pytest.approx(top.std())
+    left = queries[0] @ cohort.vectors[8:].T
+    assert together[0][0] == pytest.approx(left.mean())  # "a" excluded: the 3 entries left, not 5
+
+
 def test_asnorm_ranks_candidates_by_the_normalised_score():
     """A speaker every impostor scores high against loses its lead once AS-norm accounts for that."""
     cohort = Cohort(np.array([[1.0, 0.0, 0.0], [0.98, 0.2, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32) /
@@ -432,3 +450,33 @@ def test_calibration_falls_back_to_the_validation_split_without_unseen_speakers(
     calibration = json.loads(sidecar_path(copy).read_text())["calibration"]
     assert "validation split" in calibration["source"] and calibration["target_far"] == 0.01
     assert "unseen speakers" in json.loads(sidecar_path(index).read_text())["calibration"]["source"]
+
+
+def test_a_trials_file_of_the_validation_pairs_scores_what_evaluate_scores_without_one(calibrated, trained_run,
+                                                                                       tiny_synth):
+    """The AS-norm cohort is the validation split, so a trials file listing those very clips must leave their
+    speakers out of it, as the default pairs do; otherwise each clip is normalised against itself."""
+    from voxaug.checkpoint import load_checkpoint
+    from voxaug.config import TrainConfig
+    from voxaug.data.sources import open_source
+    from voxaug.data.split import stratified_split
+
+    folder, index, _ = calibrated
+    split = TrainConfig.from_saved(load_checkpoint(trained_run / "best.pt")["config"]).training_split
+    source = open_source(tiny_synth)
+    labels = np.array([source.speakers.index(u.speaker) for u in source.utterances])
+    _, val = stratified_split(labels, split.val_fraction, split.seed, None, split.version)
+    keys = [source.utterances[i].key for i in val]
+    first, second = np.triu_indices(len(val), k=1)
+    trials = folder / "trials.txt"
+    trials.write_text("".join(f"{int(labels[val[i]] == labels[val[j]])} {keys[i]} {keys[j]}\n" for i, j in zip(first, second)))
+    reports = {}
+    for name, extra in (("pairs", ()), ("trials", ("--trials", trials))):
+        result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", folder / name,
+                        "--index", index, *extra, "-q")
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads((folder / name / "report.json").read_text())
+    for key in ("verification", "verification_backend", "verification_asnorm"):
+        assert reports["trials"][key]["trials"] == reports["pairs"][key]["trials"] == len(first)
+        for figure in ("eer", "min_dcf", "eer_threshold"):
+            assert reports["trials"][key][figure] == pytest.approx(reports["pairs"][key][figure], abs=1e-4), (key, figure)
