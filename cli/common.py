@@ -133,15 +133,16 @@ def output_file(path: Path, option: str) -> Path:
     return path
 
 
-def expand_clips(paths: list[Path]) -> list[Path]:
-    """Clip arguments as files: a folder stands for every clip under it (one file per clip)."""
+def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:
+    """Clip arguments as files: a folder stands for every clip under it (one file per clip, its audio rather
+    than its `.pt` twin with ``audio_first``: for an export that takes audio)."""
     from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
     from voxaug.runtime.frontend import AUDIO_SUFFIXES
 
     clips: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = one_file_per_clip(path, (FEATURE_SUFFIX,) + AUDIO_SUFFIXES)
+            found = one_file_per_clip(path, (FEATURE_SUFFIX,) + AUDIO_SUFFIXES, audio_first)
             if not found:
                 raise VoxaugError(f"{path}: folder holds no clips (.pt, .wav, .flac)")
             clips += found

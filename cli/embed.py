@@ -72,8 +72,8 @@ def embed(
     embeddings.npy (rows in the dataset's order, the same numbers as one process) and the index.
     """
     from voxaug.checkpoint import load_model  # torch and the training stack load only when a command runs
+    from voxaug.data.audio_store import open_dataset_store
     from voxaug.data.sources import open_source
-    from voxaug.data.store import PackedStore
     from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
     from voxaug.embeddings.extract import embed_store
     from voxaug.embeddings.identify import checkpoint_record
@@ -107,7 +107,7 @@ def embed(
     try:
         loaded = load_model(ckpt, context.device)
         source = open_source(data, loaded.frontend)
-        store = main_first(context, lambda: PackedStore.open(source, cache_dir, progress=not quiet and context.is_main))
+        store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main))
         if index is not None:
             check_training_speakers(data, store.speakers, loaded.speakers)
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
@@ -132,20 +132,22 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     """`embed --model`: one process, through the Python API's model. The back end and AS-norm cohort are fitted
     on the run's own training split, which the export records (its seed and validation fraction)."""
     from voxaug.api.model import SpeakerModel
+    from voxaug.data.audio_store import open_dataset_store
     from voxaug.data.sources import open_source
     from voxaug.data.split import SPLIT_VERSION
-    from voxaug.data.store import PackedStore
+    from voxaug.embeddings.embedders import refuse_audio_only
     from voxaug.embeddings.extract import embed_store_with_model
     from voxaug.features import FrontendConfig
 
     speaker_model = SpeakerModel.load(model_path)
+    refuse_audio_only(speaker_model)
     split = speaker_model.training_split
     if index is not None and split is None and (scoring.backend != "none" or scoring.score_norm != "none"):
         raise file_error(model_path, "this export does not record its run's training split, on which the index's "
                                      "back end is fitted; export it again, or pass --backend none")
     seed, val_fraction, split_version = split or (0, 0.0, SPLIT_VERSION)
-    store = PackedStore.open(open_source(data, FrontendConfig.from_dict(speaker_model.frontend)), cache_dir,
-                             progress=not quiet)
+    store, _ = open_dataset_store(open_source(data, FrontendConfig.from_dict(speaker_model.frontend)), cache_dir,
+                                  progress=not quiet)
     if index is not None:
         check_training_speakers(data, store.speakers, speaker_model.speakers)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]

@@ -58,26 +58,27 @@ def enroll(
         raise VoxaugError(f"{index}: index does not exist yet; pass --ckpt or --model to create it")
     else:
         speaker_index = SpeakerIndex.create(index, model_path, per or "speaker", hnsw, device)
+    audio_first = speaker_index.model.takes_audio_only
     if speakers_dir is not None:
-        enrolments = speaker_folders(speakers_dir)
+        enrolments = speaker_folders(speakers_dir, audio_first)
         speaker_index.enroll_many(enrolments, append, lock_timeout, progress=True)
         typer.echo(f"enrolled {len(enrolments)} speakers from {sum(map(len, enrolments.values()))} clips; "
                    f"{len(speaker_index.speakers)} speakers in {index}")
         return
-    enrolment = expand_clips(clips)
+    enrolment = expand_clips(clips, audio_first)
     count = speaker_index.enroll(speaker, enrolment, append, lock_timeout)
     typer.echo(f"enrolled {speaker} from {len(enrolment)} clips ({count} in all); "
                f"{len(speaker_index.speakers)} speakers in {index}")
 
 
-def speaker_folders(folder: Path) -> dict[str, list[Path]]:
+def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[Path]]:
     """DIR/<speaker>/ folders and their clips, by speaker name; files directly in DIR are refused."""
     if not folder.is_dir():
         raise VoxaugError(f"{folder}: --speakers-dir must be a folder of <speaker>/ clip folders")
     stray = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if stray:
         raise VoxaugError(f"{folder}: --speakers-dir holds files ({', '.join(stray[:3])}); clips go in DIR/<speaker>/")
-    speakers = {sub.name: expand_clips([sub]) for sub in sorted(folder.iterdir()) if sub.is_dir()
+    speakers = {sub.name: expand_clips([sub], audio_first) for sub in sorted(folder.iterdir()) if sub.is_dir()
                 and not sub.name.startswith(".")}
     if not speakers:
         raise VoxaugError(f"{folder}: no <speaker>/ folders to enrol")

@@ -48,8 +48,8 @@ def evaluate(
     quiet: bool = QuietOption,
 ) -> None:
     """Closed-set accuracy (softmax, cosine centroid, k-NN), unseen-speaker accuracy, EER/minDCF, a 2-D map."""
+    from voxaug.data.audio_store import open_dataset_store
     from voxaug.data.sources import open_source
-    from voxaug.data.store import PackedStore
     from voxaug.device import resolve_device
     from voxaug.embeddings.calibration import calibrate as calibrate_threshold
     from voxaug.embeddings.calibration import check_far, open_set_scores
@@ -91,7 +91,7 @@ def evaluate(
         if score_norm == "asnorm":
             speaker_index.check_asnorm()
     source = open_source(data, embedder.frontend)
-    store = PackedStore.open(source, cache_dir, progress=not quiet)
+    store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     if list(store.speakers) != embedder.speakers:
         raise file_error(data, f"its {len(store.speakers)} speakers are not the {len(embedder.speakers)} the model was "
                                "trained on, in its order; evaluate scores the run's own validation split of its dataset")

@@ -48,7 +48,7 @@ def identify(
     speaker_index = SpeakerIndex.open(index, model_path, device, threads=1, score_norm=score_norm,
                                       cohort_top_k=cohort_top_k, threshold=threshold)
     results = []
-    for clip in expand_clips(clips):
+    for clip in expand_clips(clips, speaker_index.model.takes_audio_only):
         result = speaker_index.identify_record(clip, top_k)
         results.append(result)
         typer.echo(json.dumps(result.to_json()) if as_json else format_row(result))

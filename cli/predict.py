@@ -24,8 +24,8 @@ def predict(
 ) -> None:
     """Classify every utterance of testdata.json, in its order, on whole utterances."""
     from voxaug.checkpoint import load_model
+    from voxaug.data.audio_store import open_dataset_store
     from voxaug.data.sources import open_source
-    from voxaug.data.store import PackedStore
     from voxaug.device import resolve_device
     from voxaug.inference import run_model
 
@@ -34,7 +34,7 @@ def predict(
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     source = open_source(data, loaded.frontend, split="test")
-    store = PackedStore.open(source, cache_dir, progress=not quiet)
+    store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True)  # a row for every clip
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)
     predicted = logits.argmax(dim=1).tolist()
     buffer = io.StringIO()

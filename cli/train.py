@@ -269,12 +269,5 @@ def _wave_overrides(
 
 
 def _frontend_overrides(n_mels: int | None, sample_rate: int | None) -> dict:
-    """The ``frontend`` table the command line sets; below 15.2 kHz the mel range ends at Nyquist."""
-    values: dict = {}
-    if n_mels is not None:
-        values["n_mels"] = n_mels
-    if sample_rate is not None:
-        values["sample_rate"] = sample_rate
-        if sample_rate / 2 < 7600:
-            values["f_max"] = sample_rate / 2
-    return values
+    """The ``frontend`` table the command line sets (what a sample rate implies is added by ``resolve_config``)."""
+    return {key: value for key, value in (("n_mels", n_mels), ("sample_rate", sample_rate)) if value is not None}

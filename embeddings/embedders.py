@@ -56,6 +56,7 @@ class ExportEmbedder:
     the validation clips `evaluate` scores."""
 
     def __init__(self, model: "SpeakerModel") -> None:
+        refuse_audio_only(model)
         if model.training_split is None:
             raise file_error(model.path, "this export does not record its run's training split (seed and validation "
                                          "fraction), which evaluate needs to find the validation clips; export it "
@@ -82,3 +83,12 @@ class ExportEmbedder:
 
 
 Embedder = CheckpointEmbedder | ExportEmbedder
+
+
+def refuse_audio_only(model: "SpeakerModel") -> None:
+    """`embed` and `evaluate` read a dataset through its packed log-mel store, which an export that takes audio
+    cannot embed."""
+    if model.takes_audio_only:
+        raise file_error(model.path, "this export takes audio (--with-frontend), and embed and evaluate read the "
+                                     "dataset's log-mel features; export the checkpoint again without "
+                                     "--with-frontend for them (enroll and identify take either)")

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from voxaug.data.audio_store import open_dataset_store  # noqa: E402
 from voxaug.data.sources import ClipFolderSource, load_clip, resolve_inside  # noqa: E402
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
@@ -63,7 +64,7 @@ def knn_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings, k: int
 
 def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progress: bool) -> LabelledEmbeddings:
     source = ClipFolderSource(folder, embedder.frontend)
-    store = PackedStore.open(source, cache_dir, progress=progress)
+    store, _ = open_dataset_store(source, cache_dir, progress=progress)
     embedded = embedder.embed_store(store, np.arange(len(store)), progress)
     return LabelledEmbeddings(embedded.embeddings, np.array([store.speakers[i] for i in store.labels]))
 

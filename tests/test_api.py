@@ -340,3 +340,31 @@ def test_enroll_takes_one_clip_as_one_clip(models, tiny_synth, tmp_path):
     features = np.random.default_rng(0).standard_normal((80, 40)).astype(np.float32)
     assert index.enroll("by-array", features) == 1
     assert index.enroll_many({"one": clip, "two": [clip, clip]}) == {"one": 1, "two": 2}
+
+
+def test_embed_and_evaluate_refuse_an_export_that_takes_audio_in_one_line_up_front(models, tiny_synth, tmp_path):
+    """They read the dataset's packed log-mel features, which a --with-frontend export cannot embed."""
+    for command in (["embed", "--model", models["audio"], tiny_synth, "--out", tmp_path / "emb"],
+                    ["evaluate", "--model", models["audio"], tiny_synth, "--out", tmp_path / "report"]):
+        one_line_error(*invoke(*command, "-q"), "audio.onnx", "takes audio (--with-frontend)")
+    assert not (tmp_path / "emb").exists() and not (tmp_path / "report").exists()
+
+
+def test_an_export_that_takes_audio_enrols_and_identifies_folders_of_pt_and_wav_twins_by_their_audio(
+        models, tiny_synth, tmp_path):
+    """`voxaug synth` writes each unseen clip as x.pt and x.wav; a folder stands for its audio when the model
+    takes only audio, and for its features otherwise."""
+    from voxaug.clips import one_file_per_clip
+
+    folder = tiny_synth / "unseen" / "test" / "new000"
+    suffixes = (".pt", ".wav", ".flac")
+    assert {p.suffix for p in one_file_per_clip(folder, suffixes)} == {".pt"}
+    assert {p.suffix for p in one_file_per_clip(folder, suffixes, audio_first=True)} == {".wav"}
+    index = tmp_path / "spk.faiss"
+    code, output = invoke("enroll", "--index", index, "--model", models["audio"], "--speakers-dir",
+                          tiny_synth / "unseen" / "enroll")
+    assert code == 0, output
+    code, output = invoke("identify", "--index", index, "--json", folder)
+    assert code == 0, output
+    answers = [json.loads(line) for line in output.splitlines()]
+    assert len(answers) == len(wavs(tiny_synth, "test", "new000")) and all(a["clip"].endswith(".wav") for a in answers)

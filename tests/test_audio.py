@@ -17,7 +17,7 @@ import torchaudio
 
 from voxaug.audio import read_audio, write_audio
 from voxaug.clips import one_file_per_clip
-from voxaug.data.audio_store import open_training_store
+from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import ClipFolderSource, load_clip, open_source
 from voxaug.data.split import stratified_split
 from voxaug.errors import VoxaugError
@@ -55,7 +55,7 @@ def test_tree_gives_speakers_from_the_first_level_and_videos_from_the_second(wav
 
 
 def test_validation_split_keeps_whole_videos_out_of_training(wav_synth, tmp_path):
-    store, skipped = open_training_store(open_source(wav_synth / "wav"), tmp_path / "cache", progress=False, workers=0)
+    store, skipped = open_dataset_store(open_source(wav_synth / "wav"), tmp_path / "cache", progress=False, workers=0)
     training = json.loads((wav_synth / "metadata.json").read_text())["speakers"]
     assert skipped == [] and len(store) == sum(len(entries) for entries in training.values())
     train, val = stratified_split(store.labels, 0.25, seed=0, groups=store.groups)
@@ -186,26 +186,26 @@ def _tree_with_bad_files(wav_synth: Path, tmp_path: Path) -> Path:
 def test_bad_files_in_a_corpus_are_skipped_and_counted(wav_synth, tmp_path, capsys):
     root = _tree_with_bad_files(wav_synth, tmp_path)
     source = open_source(root)
-    store, skipped = open_training_store(source, tmp_path / "cache", progress=False, workers=0)
+    store, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
     assert len(store) == len(source.utterances) - 2
     assert sorted(s["key"] for s in skipped) == ["spk000/session0/99998.wav", "spk001/99999.flac"]
     err = capsys.readouterr().err
     assert "skipped 2 of" in err and "99998.wav" in err and "--strict" in err
     assert "99998.wav" not in " ".join(store.keys)
     with pytest.raises(VoxaugError, match="99998.wav|99999.flac"):  # a cached store with skips is refused too
-        open_training_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
+        open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
 
 
 def test_strict_stops_at_the_first_bad_file(wav_synth, tmp_path):
     source = open_source(_tree_with_bad_files(wav_synth, tmp_path))
     with pytest.raises(VoxaugError, match=r"99998\.wav: not a readable audio file.*--strict"):
-        open_training_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
+        open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
 
 
 def test_parallel_featurising_matches_in_process(wav_synth, tmp_path):
     source = open_source(wav_synth / "wav")
-    serial, _ = open_training_store(source, tmp_path / "a", progress=False, workers=0)
-    parallel, _ = open_training_store(source, tmp_path / "b", progress=False, workers=2)
+    serial, _ = open_dataset_store(source, tmp_path / "a", progress=False, workers=0)
+    parallel, _ = open_dataset_store(source, tmp_path / "b", progress=False, workers=2)
     assert serial.keys == parallel.keys and (serial.lengths == parallel.lengths).all()
     np.testing.assert_array_equal(np.asarray(serial.features), np.asarray(parallel.features))
     torch.testing.assert_close(serial.utterance(3), log_mel(read_audio(source.utterances[3].path, 16000)))
@@ -225,6 +225,24 @@ def test_frontend_table_in_toml_is_read_and_checked(tmp_path):
         resolve_config("cpu", bad).validate()
 
 
+@pytest.mark.parametrize("rate, implied", [(8000, {"f_max": 4000.0}), (16000, {}), (22050, {"n_fft": 1024}),
+                                           (48000, {"n_fft": 2048})])
+def test_a_sample_rate_alone_gives_a_working_front_end_from_the_command_line_or_a_file(tmp_path, rate, implied):
+    """Nyquist caps f_max and the 25 ms window sets n_fft, unless those are given too."""
+    from voxaug.config import resolve_config
+
+    on_the_line = resolve_config("cpu", frontend_overrides={"sample_rate": rate})
+    toml = tmp_path / "rate.toml"
+    toml.write_text(f"[frontend]\nsample_rate = {rate}\n")
+    in_a_file = resolve_config("cpu", toml)
+    for config in (on_the_line, in_a_file):
+        assert config.frontend == {"sample_rate": rate, **implied}
+        settings = FrontendConfig.from_dict(config.frontend)
+        assert settings.win_length <= settings.n_fft and settings.f_max <= rate / 2
+    toml.write_text(f"[frontend]\nsample_rate = {rate}\nn_fft = 4096\nf_max = 3000.0\n")
+    assert resolve_config("cpu", toml).frontend == {"sample_rate": rate, "n_fft": 4096, "f_max": 3000.0}
+
+
 def test_written_wavs_do_not_depend_on_the_time_of_writing(tmp_path):
     """libsndfile stamps float WAVs with the time; a second apart the same waveform gave other bytes."""
     wave = torch.linspace(-0.5, 0.5, 1600)
@@ -233,3 +251,28 @@ def test_written_wavs_do_not_depend_on_the_time_of_writing(tmp_path):
     write_audio(tmp_path / "b.wav", wave, 16000)
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
     assert torch.equal(read_audio(tmp_path / "a.wav", 16000), wave)
+
+
+def test_commands_that_read_data_skip_the_bad_files_train_skipped_whatever_the_cache_holds(wav_synth, tmp_path):
+    """embed and evaluate skip the files train skipped (so they see its clips and its split) even when its packed
+    store is gone; predict, whose CSV needs every clip, refuses them."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    root = _tree_with_bad_files(wav_synth, tmp_path)
+
+    def run(*args: object, cache: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, [str(a) for a in (*args, "--cache-dir", tmp_path / cache, "-q")])
+        return result.exit_code, result.output
+
+    code, output = run("train", root, "--out", tmp_path / "run", "--steps", "2", "--batch", "4", "--segment", "32",
+                       "--d-model", "16", "--heads", "2", "--layers", "1", "--embedding-dim", "8", "--workers", "0",
+                       "--device", "cpu", cache="trained")
+    assert code == 0, output
+    clips = len(open_source(root).utterances) - 2
+    code, output = run("embed", "--ckpt", tmp_path / "run" / "last.pt", root, "--out", tmp_path / "emb", cache="fresh")
+    assert code == 0, output
+    assert len(np.load(tmp_path / "emb" / "embeddings.npy")) == clips
+    code, output = run("predict", "--ckpt", tmp_path / "run" / "best.pt", root, "--out", tmp_path / "p.csv", cache="fresh")
+    assert code == 2 and "99998.wav" in output and not (tmp_path / "p.csv").exists(), output

@@ -17,7 +17,7 @@ from voxaug.augment.pipeline import parse_names
 from voxaug.augment.wave import WaveAugmentation, example_seed
 from voxaug.checkpoint import load_checkpoint
 from voxaug.cli.main import app
-from voxaug.data.audio_store import open_training_store
+from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import load_clip, open_source
 from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.errors import VoxaugError
@@ -65,12 +65,22 @@ def test_wave_is_accepted_by_augment_and_composes_with_feature_augmentations():
     ({"noise_dir": "/no/such/noise"}, "--noise-dir: folder not found"),
     ({"rir_dir": "EMPTY"}, "--rir-dir: holds no audio"),
     ({"noise_dir": "CORRUPT"}, "bad.wav: --noise-dir: not a readable audio file"),
+    ({"noise_dir": "NAN"}, "nan.wav: --noise-dir: audio holds NaN or Inf samples"),
+    ({"rir_dir": "SILENT"}, "zero.wav: --rir-dir: audio is silent"),
 ])
 def test_bad_wave_settings_and_folders_are_refused(tmp_path, params, needle):
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "bad.wav").write_bytes(b"RIFFnot audio at all")
-    params = {k: str(tmp_path / v.lower()) if v in ("EMPTY", "CORRUPT") else v for k, v in params.items()}
+    (tmp_path / "nan").mkdir()
+    samples = np.full(4000, 0.1, dtype=np.float32)
+    samples[3000] = np.nan  # past the first block a quick look would read
+    soundfile.write(tmp_path / "nan" / "nan.wav", np.concatenate([np.full(70000, 0.1, np.float32), samples]), 16000,
+                    subtype="FLOAT")
+    (tmp_path / "silent").mkdir()
+    soundfile.write(tmp_path / "silent" / "zero.wav", np.zeros(800, dtype=np.float32), 16000)
+    params = {k: str(tmp_path / v.lower()) if v in ("EMPTY", "CORRUPT", "NAN", "SILENT") else v
+              for k, v in params.items()}
     with pytest.raises(VoxaugError, match=needle.replace("-", r"\-")):
         WaveAugmentation(**params)
 
@@ -107,7 +117,7 @@ def _batches(source: WaveBatchSource, count: int) -> list[torch.Tensor]:
 
 
 def test_batches_do_not_depend_on_workers_and_resume_exactly(corpus, tmp_path):
-    store, _ = open_training_store(open_source(corpus / "wav"), tmp_path / "cache", progress=False, workers=0)
+    store, _ = open_dataset_store(open_source(corpus / "wav"), tmp_path / "cache", progress=False, workers=0)
     indices = np.arange(len(store))
 
     def make(workers: int) -> WaveBatchSource:

@@ -7,10 +7,11 @@ from pathlib import Path
 FEATURE_SUFFIX = ".pt"
 
 
-def one_file_per_clip(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool = False) -> list[Path]:
     """Clip files under ``folder``; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth` writes
-    them), the `.pt` features are used, so each clip counts once. Hidden files and folders (``.x``, such as
-    the ``._x.wav`` metadata files macOS leaves on shared drives) are not clips."""
+    them), the `.pt` features are used (the audio with ``audio_first``, for a model that takes only audio), so
+    each clip counts once. Hidden files and folders (``.x``, such as the ``._x.wav`` metadata files macOS
+    leaves on shared drives) are not clips."""
     chosen: dict[Path, Path] = {}
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() not in suffixes or not path.is_file():
@@ -18,6 +19,7 @@ def one_file_per_clip(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
         stem = path.with_suffix("")
-        if stem not in chosen or path.suffix.lower() == FEATURE_SUFFIX:
+        preferred = (path.suffix.lower() == FEATURE_SUFFIX) != audio_first
+        if stem not in chosen or (preferred and (chosen[stem].suffix.lower() == FEATURE_SUFFIX) == audio_first):
             chosen[stem] = path
     return [chosen[stem] for stem in sorted(chosen)]

@@ -220,7 +220,7 @@ def resolve_config(
     file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}
     model_values = {**base_tables["model"], **file_tables["model"], **(model_overrides or {})}
     augment_values = _merge_tables(base_tables["augment"], file_tables["augment"], augment_overrides or {})
-    frontend_values = {**base_tables["frontend"], **file_tables["frontend"], **(frontend_overrides or {})}
+    frontend_values = with_rate_implications(base_tables["frontend"], file_tables["frontend"], frontend_overrides or {})
     if toml_path:
         try:  # the file's own values, before the command line's land on them: an error here is the file's
             refuse_unknown_keys(file_values, TrainConfig, str(toml_path))
@@ -234,7 +234,8 @@ def resolve_config(
             build_pipeline(resolve_names(file_augment), file_augment)
             TrainConfig.from_dict({**base_values, **file_values, "preset": preset, "augment": file_augment,
                                    "model": {**base_tables["model"], **file_tables["model"]},
-                                   "frontend": {**base_tables["frontend"], **file_tables["frontend"]}}).validate()
+                                   "frontend": with_rate_implications(base_tables["frontend"], file_tables["frontend"])
+                                   }).validate()
         except VoxaugError as exc:
             if str(exc).startswith(str(toml_path)):
                 raise
@@ -246,6 +247,14 @@ def resolve_config(
     merged["preset"] = preset
     config = TrainConfig.from_dict(merged)
     return config
+
+
+def with_rate_implications(*tables: dict) -> dict:
+    """Front-end tables merged in order, plus what a sample rate given in them implies for the others
+    (``FrontendConfig.implied_by_rate``): ``--sample-rate 48000`` alone gives a working front end."""
+    merged = {key: value for table in tables for key, value in table.items()}
+    given = {key for table in tables[1:] for key in table}
+    return {**merged, **FrontendConfig.implied_by_rate(merged, given)}
 
 
 def changed_settings(before: Any, after: Any, path: str = "") -> list[str]:

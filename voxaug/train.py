@@ -26,7 +26,7 @@ from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
 from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig
-from voxaug.data.audio_store import default_workers, open_training_store, require_audio
+from voxaug.data.audio_store import default_workers, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
 from voxaug.data.sources import DatasetSource, HW4Source, open_source
 from voxaug.data.store import PackedStore
@@ -190,9 +190,9 @@ class Trainer:
         """The packed store and the files skipped; ranks other than 0 open what rank 0 built and
         stay quiet about skipped files (rank 0 has said it)."""
         if self.dist.is_main:
-            return open_training_store(source, cache_dir, self.progress, workers, strict)
+            return open_dataset_store(source, cache_dir, self.progress, workers, strict)
         with contextlib.redirect_stderr(io.StringIO()):
-            return open_training_store(source, cache_dir, False, workers, strict)
+            return open_dataset_store(source, cache_dir, False, workers, strict)
 
     # ---- state -------------------------------------------------------------------------------
     def rank_state(self) -> dict:

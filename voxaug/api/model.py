@@ -50,6 +50,11 @@ class SpeakerModel:
         return self.engine.sha256
 
     @property
+    def takes_audio_only(self) -> bool:
+        """An export with its front end inside (`voxaug export --with-frontend`): it embeds waveforms, not features."""
+        return self.kind == "onnx" and self.engine.model.takes_audio
+
+    @property
     def speakers(self) -> list[str]:
         return self.engine.speakers
 

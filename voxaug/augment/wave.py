@@ -26,8 +26,31 @@ NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
 """audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
 
 
+_USABLE: set[tuple[str, int, int]] = set()
+"""(path, size, mtime) of noise and RIR files whose samples were read and found usable, so a process that builds
+the pipeline more than once reads each file once."""
+
+
+def check_samples(path: Path, option: str) -> None:
+    """Refuse a file whose samples hold NaN or Inf (they would poison every mix) or are all zero (a silent RIR
+    silences every example it is applied to); read in blocks, so a long noise file is never held whole."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _USABLE:
+        return
+    peak = 0.0
+    for block in soundfile.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():
+            raise file_error(path, f"{option}: audio holds NaN or Inf samples")
+        peak = max(peak, float(np.abs(block).max(initial=0.0)))
+    if peak == 0.0:
+        raise file_error(path, f"{option}: audio is silent (every sample is zero)")
+    _USABLE.add(key)
+
+
 def audio_files_in(folder: str | Path, option: str) -> list[Path]:
-    """Every readable, non-empty ``.wav``/``.flac`` under ``folder``; errors name the folder or the file."""
+    """Every readable, non-empty, finite, not silent ``.wav``/``.flac`` under ``folder``; errors name the folder
+    or the file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"{option}: folder not found")
@@ -41,6 +64,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
             raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
         if frames <= 0:
             raise file_error(path, f"{option}: audio file holds no samples")
+        check_samples(path, option)
     return files
 
 

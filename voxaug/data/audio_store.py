@@ -129,14 +129,15 @@ def skipped_files(store: PackedStore, fingerprint: str) -> list[dict]:
     return list(listed.get("skipped", []))
 
 
-def open_training_store(
+def open_dataset_store(
     source: DatasetSource,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     workers: int | None = None,
     strict: bool = False,
 ) -> tuple[PackedStore, list[dict]]:
-    """The packed store of ``source`` and the files skipped; audio is featurised in parallel.
+    """The packed store of ``source`` and the files skipped; audio is featurised in parallel. Every command that
+    reads DATA opens it here, so each sees the same clips whatever its cache already holds.
 
     A store reused from the cache repeats its skip count, and ``strict`` refuses it if it skipped any.
     """

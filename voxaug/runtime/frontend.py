@@ -67,6 +67,23 @@ class FrontendSettings:
         refuse_unknown_keys(values, cls, "front end", "settings")
         return cls(**values)
 
+    @classmethod
+    def implied_by_rate(cls, values: dict, given: set[str]) -> dict:
+        """What a sample rate the user ``given`` implies for the settings not given too: ``f_max`` down to its
+        Nyquist frequency, ``n_fft`` up to the power of two that holds the window. Empty when no rate was given
+        (or it is malformed, which ``from_dict`` refuses)."""
+        rate, win_ms = values.get("sample_rate"), values.get("win_ms", cls.win_ms)
+        if "sample_rate" not in given or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                                 for v in (rate, win_ms)):
+            return {}
+        implied: dict = {}
+        if "f_max" not in given and rate / 2 < cls.f_max:
+            implied["f_max"] = rate / 2
+        window = int(round(rate * win_ms / 1000))
+        if "n_fft" not in given and window > cls.n_fft:
+            implied["n_fft"] = 1 << (window - 1).bit_length()
+        return implied
+
 
 def frames_for(num_samples: int, settings: FrontendSettings) -> int:
     """Number of frames ``log_mel`` returns for ``num_samples`` samples (centred frames)."""
