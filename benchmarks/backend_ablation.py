@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from voxaug.checkpoint import load_checkpoint, load_model
+from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import open_source
 from voxaug.data.split import speaker_codes, stratified_split
-from voxaug.data.store import PackedStore
 from voxaug.embeddings.calibration import calibrate, open_set_scores
 from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
@@ -50,10 +50,10 @@ ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("plda", "none"),
 def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:
     device = torch.device("cpu")
     loaded = load_model(ckpt, device)
-    store = PackedStore.open(open_source(data, loaded.frontend), cache, progress=False)
+    store, _ = open_dataset_store(open_source(data, loaded.frontend), cache, progress=False)  # as `embed` opens DATA
     train = embed_store(loaded.model, store, np.arange(len(store)), device, progress=False)
     names = np.array(store.speakers)[store.labels]
-    test = PackedStore.open(open_source(data, loaded.frontend, split="test"), cache, progress=False)
+    test, _ = open_dataset_store(open_source(data, loaded.frontend, split="test"), cache, progress=False, strict=True)
     truth = dict(list(csv.reader(open(data / "test_labels.csv", encoding="utf-8")))[1:])
     tested = embed_store(loaded.model, test, np.arange(len(test)), device, progress=False)
     found = {"model": loaded, "train": LabelledEmbeddings(train.embeddings, names), "groups": store.groups,

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from backend_ablation import embed_everything, run_arm
+from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import ClipFolderSource
-from voxaug.data.store import PackedStore
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 
@@ -69,7 +69,7 @@ def ceiling(ckpt: Path, data: Path, newcomers_test: Path, cache: Path | None) ->
     """Newcomers' test clips among every class of a model trained with them: softmax, cosine (LDA index) and PLDA."""
     found = embed_everything(ckpt, data, cache)
     loaded, train = found["model"], found["train"]
-    store = PackedStore.open(ClipFolderSource(newcomers_test, loaded.frontend), cache, progress=False)
+    store, _ = open_dataset_store(ClipFolderSource(newcomers_test, loaded.frontend), cache, progress=False)
     tested = embed_store(loaded.model, store, np.arange(len(store)), torch.device("cpu"), progress=False)
     truth = np.array([store.speakers[i] for i in store.labels])
     softmax = np.array(loaded.speakers)[tested.probabilities.argmax(axis=1)]

@@ -107,9 +107,9 @@ def embed(
     try:
         loaded = load_model(ckpt, context.device)
         source = open_source(data, loaded.frontend)
-        store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main))
         if index is not None:
-            check_training_speakers(data, store.speakers, loaded.speakers)
+            check_training_speakers(data, source.speakers, loaded.speakers)
+        store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
                                progress=not quiet, with_probabilities=False, context=context)
@@ -146,10 +146,10 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
         raise file_error(model_path, "this export does not record its run's training split, on which the index's "
                                      "back end is fitted; export it again, or pass --backend none")
     seed, val_fraction, split_version = split or (0, 0.0, SPLIT_VERSION)
-    store, _ = open_dataset_store(open_source(data, FrontendConfig.from_dict(speaker_model.frontend)), cache_dir,
-                                  progress=not quiet)
+    source = open_source(data, FrontendConfig.from_dict(speaker_model.frontend))
     if index is not None:
-        check_training_speakers(data, store.speakers, speaker_model.speakers)
+        check_training_speakers(data, source.speakers, speaker_model.speakers)
+    store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index,

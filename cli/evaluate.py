@@ -113,7 +113,8 @@ def evaluate(
         if speaker_index is not None:
             report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
     seed = embedder.split.seed
-    speakers = {utterance.path.resolve(): utterance.speaker for utterance in source.utterances if utterance.speaker}
+    speakers = {utterance.path.resolve(): utterance.speaker for utterance in source.utterances
+                if utterance.speaker} if parsed_trials else {}
 
     def verification(scorer: TrialScorer) -> dict:
         return score_trials(embedder, parsed_trials, scorer, speakers) if parsed_trials \

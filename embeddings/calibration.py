@@ -68,7 +68,7 @@ def _utterance_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[
     genuine, impostor, top, correct = [], [], [], []
     for label, hits in zip(labels, index.nearest_utterances(embeddings, depth)):
         answer = vote(hits[:voters(1)])[0]
-        own = [score for speaker, score in hits if speaker == label]
+        own = [score for speaker, score in hits[:voters(1)] if speaker == label]  # the score identify would show
         genuine.append(max(own) if own else min(score for _, score in hits))
         impostor.append(vote([hit for hit in hits if hit[0] != label][:voters(1)])[0][1])
         top.append(answer[1])

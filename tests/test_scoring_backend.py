@@ -305,6 +305,8 @@ def test_utterance_index_calibration_predicts_what_identify_answers(kind):
     assert [ranked[0][0] == name for ranked, name in zip(answered, names)] == scores["correct"].tolist()
     assert np.array([ranked[0][1] for ranked in answered]) == pytest.approx(scores["top"])
     assert not scores["correct"].all()  # some clips are answered wrongly, so the ranking matters
+    right = scores["correct"]
+    assert np.array_equal(scores["genuine"][right], scores["top"][right])  # a right answer's score is the genuine one
     for row in range(0, len(names), 13):
         without = index_of(sorted(set(labels) - {names[row]}))
         assert scores["impostor"][row] == pytest.approx(without.search(queries[row : row + 1], 5)[0][0][1])

@@ -266,6 +266,27 @@ def test_a_crash_right_after_last_pt_is_saved_loses_no_metrics_row(tiny_synth, t
         [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in rows[0]]
 
 
+def test_a_start_that_crashed_before_its_first_checkpoint_leaves_no_rows_to_the_next(tiny_synth, tmp_path, monkeypatch):
+    """The first evaluation appends its row before the first last.pt: a crash between them leaves a folder that
+    --resume cannot continue, and a new run there must start its log afresh."""
+    config = lambda: tiny_config(train={"steps": 6, "eval_every": 3, "warmup": 2})  # noqa: E731
+    original = training.save_checkpoint
+
+    def crashing_save(path, state):
+        if path.name == "last.pt":
+            raise KeyboardInterrupt("killed before the first last.pt")
+        original(path, state)
+
+    monkeypatch.setattr(training, "save_checkpoint", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(), tiny_synth, tmp_path / "run", progress=False).fit()
+    monkeypatch.setattr(training, "save_checkpoint", original)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1 and not (tmp_path / "run" / "last.pt").exists()
+    Trainer(config(), tiny_synth, tmp_path / "run", progress=False).fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6]
+
+
 def test_accuracy_is_the_exact_ratio_the_distributed_count_gives(monkeypatch):
     """7 of 10 right is 0.7, not float32's 0.69999999: a run resumed under torchrun (which divides counts) must
     not see an unchanged accuracy as a new best."""
@@ -292,3 +313,21 @@ def test_resume_accepts_the_augmentations_in_another_order_and_refuses_another_s
     assert json.loads((run / "config.json").read_text())["augment"]["names"] == ["reverb", "noise"]
     fewer = CliRunner().invoke(app, [*command, "--augment", "noise", "--steps", "6", "--resume"])
     assert fewer.exit_code == 2 and "--resume cannot change --augment" in fewer.output, fewer.output
+
+
+def test_a_config_file_is_judged_with_the_command_lines_values_and_named_only_for_its_own_errors(tmp_path):
+    """A file value the command line makes valid is accepted; an error the file causes alone names the file;
+    one the command line causes does not."""
+    from voxaug.config import resolve_config
+
+    toml = tmp_path / "run.toml"
+    toml.write_text("[model]\nd_model = 90\n[augment]\nnames = [\"crop\"]\n[augment.crop]\nmin_frames = 400\n")
+    config = resolve_config("cpu", toml, model_overrides={"num_heads": 6},
+                            augment_overrides={"crop": {"max_frames": 500}})
+    assert config.model.d_model == 90 and config.augment["crop"] == {"min_frames": 400, "max_frames": 500}
+    with pytest.raises(VoxaugError, match=r"run\.toml: model: d_model 90 must be divisible by num_heads 4"):
+        resolve_config("cpu", toml, augment_overrides={"crop": {"max_frames": 500}})
+    toml.write_text("steps = 10\n")
+    with pytest.raises(VoxaugError) as refused:
+        resolve_config("cpu", toml, overrides={"lr": -1.0})
+    assert str(refused.value) == "--lr must be positive, got -1.0"

@@ -20,9 +20,9 @@ from voxaug.runtime.training_split import TrainingSplit
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1
+"""numpy refuses negative seeds and its global ``np.random.seed`` (the wave augmentation's) takes 32 bits."""
 DERIVED_MODEL_KEYS = ("n_mels", "num_classes", "num_speakers")
 """Model settings a run takes from its data (and a checkpoint records), which a config may not set."""
-"""numpy refuses negative seeds and its global ``np.random.seed`` (the wave augmentation's) takes 32 bits."""
 
 
 @dataclass
@@ -229,13 +229,8 @@ def resolve_config(
                 raise VoxaugError(f"[model] {', '.join(derived)}: set from the data, not by a config "
                                   "(the mel bins by [frontend] n_mels)")
             check_types(file_values, TrainConfig, str(toml_path))
+            refuse_unknown_keys(file_tables["model"], ModelConfig, "model config")
             check_types(file_tables["model"], ModelConfig, f"{toml_path} [model]")
-            file_augment = _merge_tables(base_tables["augment"], file_tables["augment"], {})
-            build_pipeline(resolve_names(file_augment), file_augment)
-            TrainConfig.from_dict({**base_values, **file_values, "preset": preset, "augment": file_augment,
-                                   "model": {**base_tables["model"], **file_tables["model"]},
-                                   "frontend": with_rate_implications(base_tables["frontend"], file_tables["frontend"])
-                                   }).validate()
         except VoxaugError as exc:
             if str(exc).startswith(str(toml_path)):
                 raise
@@ -246,7 +241,34 @@ def resolve_config(
     merged["frontend"] = frontend_values
     merged["preset"] = preset
     config = TrainConfig.from_dict(merged)
+    if toml_path:
+        file_only = TrainConfig.from_dict({
+            **base_values, **file_values, "preset": preset,
+            "model": {**base_tables["model"], **file_tables["model"]},
+            "augment": _merge_tables(base_tables["augment"], file_tables["augment"], {}),
+            "frontend": with_rate_implications(base_tables["frontend"], file_tables["frontend"])})
+        _name_the_file_in_errors(config, file_only, toml_path)
     return config
+
+
+def check_values(config: TrainConfig) -> None:
+    """Every value of ``config`` and its augmentations' strengths, refused in one line."""
+    config.validate()
+    build_pipeline(resolve_names(config.augment), config.augment)
+
+
+def _name_the_file_in_errors(config: TrainConfig, file_only: TrainConfig, toml_path: str | Path) -> None:
+    """Check the final config; an error the file's values cause without the command line's is the file's, and
+    names it (the values are judged together, so a file value the command line makes valid is accepted)."""
+    try:
+        check_values(config)
+    except VoxaugError as exc:
+        try:
+            check_values(file_only)
+        except VoxaugError as from_file:
+            if str(from_file) == str(exc):
+                raise file_error(toml_path, str(exc)) from exc
+        raise
 
 
 def with_rate_implications(*tables: dict) -> dict:

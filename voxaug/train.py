@@ -135,8 +135,8 @@ class Trainer:
 
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         source = open_source(self.data, frontend)
-        if isinstance(source, HW4Source) and frontend is not None:
-            _refuse_audio_settings(self.data, frontend, source.n_mels)
+        self.audio_settings_on_features = (audio_settings(frontend, source.n_mels)
+                                           if isinstance(source, HW4Source) and frontend is not None else [])
         self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
         wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
         if wave is not None:
@@ -419,6 +419,10 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def _open_run(self, resume: bool) -> None:
         """Check the run folder (rank 0 creates it) and, for ``resume``, load last.pt."""
+        if self.audio_settings_on_features and not resume:  # a run recorded them before they were refused
+            raise file_error(self.data, f"holds log-mel features, which front-end settings "
+                                        f"({', '.join(self.audio_settings_on_features)}) do not change; they are for "
+                                        "datasets of audio")
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         last = self.run_dir / "last.pt"
@@ -432,6 +436,8 @@ class Trainer:
     def _start_log(self, resume: bool) -> None:
         if resume:
             self._truncate_metrics()
+        else:  # rows of a start that crashed before its first last.pt, which this run would append to
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.write_config()
 
     def fit(self, resume: bool = False) -> TrainSummary:
@@ -464,14 +470,11 @@ class Trainer:
         )
 
 
-def _refuse_audio_settings(data: Path, frontend: FrontendConfig, n_mels: int) -> None:
-    """Front-end settings other than n_mels shape audio into features; on a set of features they would change
-    nothing in training and still be recorded as the model's, so featurising audio for it later would go wrong."""
+def audio_settings(frontend: FrontendConfig, n_mels: int) -> list[str]:
+    """Front-end settings other than n_mels that differ from the defaults: they shape audio into features, so on a
+    set of features they would change nothing in training and still be recorded as the model's."""
     given, features = frontend.to_dict(), FrontendConfig(n_mels=n_mels).to_dict()
-    differing = sorted(key for key in given if given[key] != features[key])
-    if differing:
-        raise file_error(data, f"holds log-mel features, which front-end settings ({', '.join(differing)}) do not "
-                               "change; they are for datasets of audio")
+    return sorted(key for key in given if given[key] != features[key])
 
 
 def _trace_steps() -> int:

@@ -21,7 +21,8 @@ ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
 
 def clip_list(clips: ClipInput | Iterable[ClipInput]) -> list[ClipInput]:
     """Clips as a list: one path, waveform or feature array is one clip, not an iterable of characters or rows."""
-    if isinstance(clips, (str, os.PathLike)) or hasattr(clips, "shape"):
+    one_array = hasattr(clips, "detach") or (isinstance(clips, np.ndarray) and clips.dtype != object)
+    if isinstance(clips, (str, os.PathLike)) or one_array:
         return [clips]
     return list(clips)
 
