@@ -331,3 +331,21 @@ def test_a_config_file_is_judged_with_the_command_lines_values_and_named_only_fo
     with pytest.raises(VoxaugError) as refused:
         resolve_config("cpu", toml, overrides={"lr": -1.0})
     assert str(refused.value) == "--lr must be positive, got -1.0"
+
+
+def test_a_feature_run_that_recorded_front_end_settings_before_they_were_refused_still_resumes(tiny_synth, tmp_path):
+    """`--sample-rate` on a set of features is refused for a new run; a run saved with it earlier can go on."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    recorded = {"sample_rate": 8000, "f_max": 4000.0}
+    meta = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**meta, "frontend": recorded}))
+    state = load_checkpoint(run / "last.pt")
+    state["config"]["frontend"] = recorded
+    save_checkpoint(run / "last.pt", state)
+    config = Trainer.config_from_run(run, steps=6)
+    Trainer(config, tiny_synth, run, progress=False).fit(resume=True)
+    assert load_checkpoint(run / "last.pt")["step"] == 6
+    with pytest.raises(VoxaugError, match=r"front-end settings \(f_max, sample_rate\) do not change"):
+        Trainer(config, tiny_synth, tmp_path / "new", progress=False).fit()
+    assert not (tmp_path / "new").exists()
