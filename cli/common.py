@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
@@ -131,6 +131,14 @@ def output_file(path: Path, option: str) -> Path:
     if path.is_dir():
         raise VoxaugError(f"{path}: {option} is an existing folder; expected a file name")
     return path
+
+
+def check_training_speakers(data: Path, dataset_speakers: list[str], model_speakers: list[str], purpose: str) -> None:
+    """Refuse DATA unless it holds the speakers the model was trained on, in its order: the commands that rebuild
+    the run's training split from it (``purpose`` says why) would otherwise split other clips."""
+    if list(dataset_speakers) != list(model_speakers):
+        raise file_error(data, f"its {len(dataset_speakers)} speakers are not the {len(model_speakers)} the model was "
+                               f"trained on, in its order; {purpose}")
 
 
 def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:

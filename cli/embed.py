@@ -12,8 +12,8 @@ import numpy as np
 import typer
 
 from voxaug.cli.common import (
-    CacheOption, DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, existing_file, output_file,
-    output_folder,
+    CacheOption, DeviceOption, ModelOption, QuietOption, check_training_speakers, chosen_model, clean_errors,
+    existing_file, output_file, output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock, sidecar_path
@@ -25,6 +25,10 @@ from voxaug.safeio import atomic_output, atomic_write_text
 
 if TYPE_CHECKING:
     from voxaug.embeddings.extract import Embedded
+
+
+OWN_SPEAKERS_ONLY = ("embed --index indexes the run's own training speakers (its back end is fitted on their training "
+                     "split); enrol others with `voxaug enroll --index FILE --speakers-dir DIR`")
 
 
 def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speakers: list[str | None]) -> None:
@@ -108,7 +112,7 @@ def embed(
         loaded = load_model(ckpt, context.device)
         source = open_source(data, loaded.frontend)
         if index is not None:
-            check_training_speakers(data, source.speakers, loaded.speakers)
+            check_training_speakers(data, source.speakers, loaded.speakers, OWN_SPEAKERS_ONLY)
         store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
@@ -148,7 +152,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     seed, val_fraction, split_version = split or (0, 0.0, SPLIT_VERSION)
     source = open_source(data, FrontendConfig.from_dict(speaker_model.frontend))
     if index is not None:
-        check_training_speakers(data, source.speakers, speaker_model.speakers)
+        check_training_speakers(data, source.speakers, speaker_model.speakers, OWN_SPEAKERS_ONLY)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
@@ -157,15 +161,6 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
                                                scoring, store.speakers, split_version),
                    "windows" if window else "utterances")
-
-
-def check_training_speakers(data: Path, dataset_speakers: list[str], model_speakers: list[str]) -> None:
-    """`embed --index` indexes the run's own speakers, its back end fitted on their training split: other data is
-    refused (a split of clips the network never trained on would hold some out for nothing)."""
-    if list(dataset_speakers) != list(model_speakers):
-        raise file_error(data, f"its {len(dataset_speakers)} speakers are not the {len(model_speakers)} the model was "
-                               "trained on, in its order, and embed --index indexes the run's own training speakers; "
-                               "enrol other speakers with `voxaug enroll --index FILE --speakers-dir DIR`")
 
 
 def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | None], out: Path, index: Path | None,

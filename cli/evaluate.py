@@ -12,11 +12,12 @@ import numpy as np
 import typer
 
 from voxaug.cli.common import (
-    CacheOption, DeviceOption, QuietOption, chosen_model, clean_errors, existing_file, output_folder,
+    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, existing_file,
+    output_folder,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, index_lock
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_write_text, ensure_folder
 
 if TYPE_CHECKING:
@@ -92,9 +93,8 @@ def evaluate(
             speaker_index.check_asnorm()
     source = open_source(data, embedder.frontend)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
-    if list(store.speakers) != embedder.speakers:
-        raise file_error(data, f"its {len(store.speakers)} speakers are not the {len(embedder.speakers)} the model was "
-                               "trained on, in its order; evaluate scores the run's own validation split of its dataset")
+    check_training_speakers(data, store.speakers, embedder.speakers,
+                            "evaluate scores the run's own validation split of its dataset")
     report, reference, held_out = closed_set(embedder, store, progress=not quiet)
     groups = {"validation": held_out}
     if enroll is not None:

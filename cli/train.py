@@ -103,8 +103,8 @@ def train(
     Under torchrun every process trains on its own share of each epoch (--batch per process) and
     only rank 0 writes RUN.
     """
-    from voxaug.augment.pipeline import build_pipeline, parse_names, resolve_names
-    from voxaug.config import resolve_config
+    from voxaug.augment.pipeline import parse_names, resolve_names
+    from voxaug.config import check_values, resolve_config
     from voxaug.distributed import RankFailed, init_distributed, shutdown
     from voxaug.train import Trainer
 
@@ -129,7 +129,6 @@ def train(
     resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides, frontend_overrides, saved)
     if saved is not None:
         _refuse_changes_on_resume(saved, resolved, out / "config.json")
-    resolved.validate()  # before any warning about the values
     if resolved.augment.get("wave") and "wave" not in resolve_names(resolved.augment):
         keys = set(resolved.augment["wave"])
         given = [_option_name(f"augment.wave.{key}") if key in augment_overrides.get("wave", {})
@@ -137,7 +136,7 @@ def train(
         owner, add = ("'noise' or 'wave'", "noise or wave") if keys <= {"noise_dir", "noise_p"} else ("'wave'", "wave")
         raise VoxaugError(f"{', '.join(given)}: options of the {owner} augmentation, which --augment does not name; "
                           f"add {add} (e.g. --augment wave,specaug)")
-    build_pipeline(resolve_names(resolved.augment), resolved.augment)  # refuse bad strengths before reading data
+    check_values(resolved)  # every value and strength, before any warning about them and before reading data
     _refuse_options_of_unnamed(augment_overrides, resolve_names(resolved.augment))
     if resolved.warmup >= resolved.steps:
         typer.echo(f"warning: --warmup {resolved.warmup} is not below --steps {resolved.steps}: the learning rate "
