@@ -104,7 +104,7 @@ def embed(
                                     "speakers alone (enrolled speakers and calibration lost); enrol into it with "
                                     "`voxaug enroll`, or pass --replace")
     if model is not None:
-        _embed_with_model(model, data, out, index, per, hnsw, scoring, window, hop, cache_dir, quiet)
+        _embed_with_model(model, data, out, index, per, hnsw, scoring, window, hop, device, cache_dir, quiet)
         return
     context = init_distributed(device)
     clean = False
@@ -113,7 +113,8 @@ def embed(
         source = open_source(data, loaded.frontend)
         if index is not None:
             check_training_speakers(data, source.speakers, loaded.speakers, OWN_SPEAKERS_ONLY)
-        store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main))
+        store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main,
+                                                                  warn=context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
                                progress=not quiet, with_probabilities=False, context=context)
@@ -131,8 +132,8 @@ def embed(
 
 
 def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | None, per: str, hnsw: bool,
-                      scoring: ScoringOptions, window: int | None, hop: int | None, cache_dir: Path | None,
-                      quiet: bool) -> None:
+                      scoring: ScoringOptions, window: int | None, hop: int | None, device: str,
+                      cache_dir: Path | None, quiet: bool) -> None:
     """`embed --model`: one process, through the Python API's model. The back end and AS-norm cohort are fitted
     on the run's own training split, which the export records (its seed and validation fraction)."""
     from voxaug.api.model import SpeakerModel
@@ -143,7 +144,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     from voxaug.embeddings.extract import embed_store_with_model
     from voxaug.features import FrontendConfig
 
-    speaker_model = SpeakerModel.load(model_path)
+    speaker_model = SpeakerModel.load(model_path, device)
     refuse_audio_only(speaker_model)
     split = speaker_model.training_split
     if index is not None and split is None and (scoring.backend != "none" or scoring.score_norm != "none"):

@@ -71,8 +71,9 @@ def evaluate(
         if folder is not None and not folder.is_dir():
             raise VoxaugError(f"{folder}: {option} folder not found" if not folder.exists()
                               else f"{folder}: {option} expects a folder of <speaker>/ clip folders, found a file")
-    if max_pairs <= 0:
-        raise VoxaugError(f"--max-pairs must be positive, got {max_pairs}")
+    if max_pairs < 2:
+        raise VoxaugError(f"--max-pairs must be at least 2 (a same-speaker and a different-speaker pair), "
+                          f"got {max_pairs}")
     check_far(target_far)
     if score_norm is not None:
         check_choice("--score-norm", score_norm, SCORE_NORMS)
@@ -85,16 +86,16 @@ def evaluate(
         raise VoxaugError(f"--map {map_method!r} is not known; accepted: {', '.join(MAP_METHODS)}")
     output_folder(out, "--out")
     parsed_trials = read_trials(trials, data) if trials else None
-    embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model)
+    embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model, device)
     if speaker_index is not None:
         check_model(speaker_index, index, model_path, embedder.sha256, embedder.embedding_dim)
         score_norm = score_norm or speaker_index.score_norm
         if score_norm == "asnorm":
             speaker_index.check_asnorm()
     source = open_source(data, embedder.frontend)
+    check_training_speakers(data, source.speakers, embedder.speakers,
+                            "evaluate scores the run's own validation split of its dataset")  # before featurising
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
-    check_training_speakers(data, store.speakers, embedder.speakers,
-                            "evaluate scores the run's own validation split of its dataset")
     report, reference, held_out = closed_set(embedder, store, progress=not quiet)
     groups = {"validation": held_out}
     if enroll is not None:

@@ -34,7 +34,8 @@ def predict(
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     source = open_source(data, loaded.frontend, split="test")
-    store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True)  # a row for every clip
+    store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
+                                  strict_because="predict writes a row for every clip")
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)
     predicted = logits.argmax(dim=1).tolist()
     buffer = io.StringIO()

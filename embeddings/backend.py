@@ -100,7 +100,11 @@ class ScoringBackend:
         check_lda_dim(lda_dim)
         dim = min(lda_dim, speakers - 1, embeddings.shape[1])
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dim)
-        lda.fit(embeddings - mean, labels)
+        try:
+            lda.fit(embeddings - mean, labels)
+        except np.linalg.LinAlgError as exc:  # a singular within-speaker scatter: nothing to whiten by
+            raise VoxaugError(f"--backend {kind}: the training embeddings vary too little within speakers to fit "
+                              f"it (are the clips duplicates?); pass --backend center or none") from exc
         fitted = cls("lda", mean.astype(np.float32), np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32))
         if kind == "plda":
             fitted = cls("plda", fitted.mean, fitted.projection, Plda.fit(fitted.apply(embeddings), np.asarray(labels)))

@@ -70,10 +70,10 @@ class ExportEmbedder:
         self.sha256: str = model.sha256
 
     @classmethod
-    def load(cls, path: Path) -> "ExportEmbedder":
+    def load(cls, path: Path, device: str = "cpu") -> "ExportEmbedder":
         from voxaug.api.model import SpeakerModel
 
-        return cls(SpeakerModel.load(path))
+        return cls(SpeakerModel.load(path, device))
 
     def embed_store(self, store: PackedStore, indices: np.ndarray, progress: bool) -> Embedded:
         return embed_store_with_model(self.model, store, progress=progress, indices=indices, with_probabilities=True)

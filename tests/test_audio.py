@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,6 +177,20 @@ def test_hidden_files_and_folders_are_not_clips(wav_synth, tmp_path):
     assert one_file_per_clip(root, (".wav",)) == clips
 
 
+def test_two_audio_files_of_one_clip_are_refused_by_name(wav_synth, tmp_path):
+    """x.wav and x.flac are the same clip in two formats, or two clips with one name: either way which one to
+    use is the user's call, so the folder is refused instead of one being kept silently."""
+    root = tmp_path / "tree"
+    shutil.copytree(wav_synth / "wav" / "spk000", root / "spk000")
+    clip = sorted((root / "spk000").rglob("*.wav"))[0]
+    shutil.copy(clip, clip.with_suffix(".pt"))  # a features twin, as synth writes, is not a second audio file
+    assert one_file_per_clip(root, (".pt", ".wav", ".flac"), audio_first=True)[0] == clip
+    soundfile.write(clip.with_suffix(".flac"), read_audio(clip, 16000).numpy(), 16000)
+    with pytest.raises(VoxaugError, match=rf"{re.escape(str(clip.with_suffix('.flac')))} and {clip.name}: "
+                                          "two files of one clip; keep one"):
+        one_file_per_clip(root, (".pt", ".wav", ".flac"))
+
+
 def _tree_with_bad_files(wav_synth: Path, tmp_path: Path) -> Path:
     root = tmp_path / "tree"
     for speaker in ("spk000", "spk001"):
@@ -255,7 +273,7 @@ def test_written_wavs_do_not_depend_on_the_time_of_writing(tmp_path):
 
 def test_commands_that_read_data_skip_the_bad_files_train_skipped_whatever_the_cache_holds(wav_synth, tmp_path):
     """embed and evaluate skip the files train skipped (so they see its clips and its split) even when its packed
-    store is gone; predict, whose CSV needs every clip, refuses them."""
+    store is gone; predict, whose CSV needs every clip, refuses them; embed under torchrun names them once."""
     from typer.testing import CliRunner
 
     from voxaug.cli.main import app
@@ -276,3 +294,12 @@ def test_commands_that_read_data_skip_the_bad_files_train_skipped_whatever_the_c
     assert len(np.load(tmp_path / "emb" / "embeddings.npy")) == clips
     code, output = run("predict", "--ckpt", tmp_path / "run" / "best.pt", root, "--out", tmp_path / "p.csv", cache="fresh")
     assert code == 2 and "99998.wav" in output and not (tmp_path / "p.csv").exists(), output
+    assert "a row for every clip" in output and "--strict" not in output, output  # predict has no --strict
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxaug",
+               "embed", "--ckpt", tmp_path / "run" / "last.pt", root, "--out", tmp_path / "emb2",
+               "--cache-dir", tmp_path / "ddp", "--device", "cpu", "-q"]
+    shared = subprocess.run([str(a) for a in command], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert shared.returncode == 0, shared.stderr
+    assert shared.stderr.count("warning: skipped 2 of") == 1, shared.stderr  # said by rank 0 only
+    assert shared.stderr.count("warning: skipped ") == 3, shared.stderr  # each bad file, then the count

@@ -369,7 +369,8 @@ CASES: dict[str, Case] = {
     "identify: --top-k 0": (lambda w: identify(w, clip(w), extra=("--top-k", "0")), ("--top-k", "positive")),
     "identify: --threshold 2": (lambda w: identify(w, clip(w), extra=("--threshold", "2")), ("--threshold", "[-1, 1]")),
     # evaluate: options, trials, folders, checkpoint
-    "evaluate: --max-pairs 0": (lambda w: evaluate(w, "--max-pairs", "0"), ("--max-pairs", "positive")),
+    "evaluate: --max-pairs 0": (lambda w: evaluate(w, "--max-pairs", "0"), ("--max-pairs", "at least 2")),
+    "evaluate: --max-pairs 1": (lambda w: evaluate(w, "--max-pairs", "1"), ("--max-pairs", "at least 2 (a same-speaker and a different-speaker pair), got 1")),
     "evaluate: --enroll without --test": (lambda w: evaluate(w, "--enroll", w.data / "unseen" / "enroll"),
                                           ("--enroll and --test", "together")),
     "evaluate: --enroll folder missing": (lambda w: evaluate(w, "--enroll", w.bad / "nowhere", "--test", w.data / "unseen" / "test"),

@@ -186,10 +186,12 @@ def test_evaluate_writes_a_report(trained_run, tiny_synth, tmp_path):
 
 def test_evaluate_refuses_a_dataset_of_other_speakers_in_one_line(trained_run, tiny_synth, tmp_path):
     other = tiny_synth / "unseen" / "enroll"  # <speaker>/ folders of speakers the checkpoint never trained on
-    result = invoke("evaluate", other, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--device", "cpu", "-q")
+    result = invoke("evaluate", other, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--device", "cpu",
+                    "--cache-dir", tmp_path / "cache", "-q")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert str(other) in result.output and "the model was trained on" in result.output
     assert not (tmp_path / "report").exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # refused before packing
 
 
 def test_embed_refuses_an_index_whose_sidecar_path_is_a_folder_before_writing_anything(trained_run, tiny_synth,

@@ -133,3 +133,12 @@ def test_input_norm_round_trips_and_models_saved_before_it_keep_raw_features():
     assert ModelConfig(**SMALL).input_norm == "mean"
     for input_norm in ("mean", "none"):
         assert ModelConfig.from_dict(ModelConfig(input_norm=input_norm, **SMALL).to_dict()).input_norm == input_norm
+
+
+def test_an_unknown_model_key_is_not_told_to_use_one_the_data_sets(tmp_path):
+    """The accepted list leaves out n_mels, num_classes and num_speakers, which a config file may not set."""
+    toml = tmp_path / "run.toml"
+    toml.write_text("[model]\nd_modle = 96\n")
+    with pytest.raises(VoxaugError, match=r"unknown keys \['d_modle'\]; accepted: \[.*'d_model'") as info:
+        resolve_config(None, toml)
+    assert not any(key in str(info.value) for key in ("n_mels", "num_classes", "num_speakers")), info.value

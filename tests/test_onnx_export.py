@@ -260,3 +260,25 @@ def test_runtime_modules_import_without_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_an_export_given_a_cuda_device_is_refused_not_run_on_the_cpu_in_silence(exported, tiny_synth, tmp_path):
+    """ONNX Runtime runs an export on the CPU: `--device cuda` with it is refused in one line naming the file,
+    before anything is written; `--device cpu` and `auto` run it."""
+    model = exported["features"]
+    clip = str(next(tiny_synth.glob("uttr-*.pt")))
+    commands = {
+        "embed": ["embed", "--model", model, tiny_synth, "--out", tmp_path / "emb", "-q"],
+        "evaluate": ["evaluate", "--model", model, tiny_synth, "--out", tmp_path / "report", "-q"],
+        "enroll": ["enroll", "--model", model, "--index", tmp_path / "new.faiss", "--speaker", "x", clip],
+    }
+    for name, args in commands.items():
+        result = runner.invoke(app, [str(a) for a in (*args, "--device", "cuda")])
+        errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+        assert result.exit_code == 2 and len(errors) == 1, (name, result.output)
+        assert f"{model}: an ONNX export runs on ONNX Runtime's CPU" in errors[0], (name, errors[0])
+        assert not any(tmp_path.iterdir()), name
+    result = runner.invoke(app, [str(a) for a in (*commands["enroll"], "--device", "cpu")])
+    assert result.exit_code == 0 and (tmp_path / "new.faiss").exists(), result.output
+    bogus = runner.invoke(app, [str(a) for a in (*commands["embed"], "--device", "tpu")])
+    assert bogus.exit_code == 2 and "--device 'tpu' is not known" in bogus.output, bogus.output

@@ -149,6 +149,15 @@ def test_lda_whitens_within_speaker_variation_and_helps_identification():
     assert accuracy(backend.apply) >= accuracy(lambda x: x)
 
 
+@pytest.mark.parametrize("kind", ["lda", "plda"])
+def test_training_embeddings_with_no_within_speaker_spread_are_refused_in_words(kind):
+    """Each speaker's clips embedding identically (duplicate clips) leave LDA nothing to whiten by: scikit-learn's
+    LinAlgError became one line that says what to pass instead."""
+    vectors, labels = clustered(speakers=5, per=1, dim=16, spread=0.0, seed=0)
+    with pytest.raises(VoxaugError, match=rf"--backend {kind}: .* vary too little within speakers .*--backend center"):
+        ScoringBackend.fit(kind, np.repeat(vectors, 3, axis=0), np.repeat(np.array(labels), 3))
+
+
 def test_a_query_that_skips_the_back_end_is_refused():
     vectors, labels = clustered()
     index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25,

@@ -229,7 +229,7 @@ def resolve_config(
                 raise VoxaugError(f"[model] {', '.join(derived)}: set from the data, not by a config "
                                   "(the mel bins by [frontend] n_mels)")
             check_types(file_values, TrainConfig, str(toml_path))
-            refuse_unknown_keys(file_tables["model"], ModelConfig, "model config")
+            refuse_unknown_keys(file_tables["model"], ModelConfig, "model config", not_settable=DERIVED_MODEL_KEYS)
             check_types(file_tables["model"], ModelConfig, f"{toml_path} [model]")
         except VoxaugError as exc:
             if str(exc).startswith(str(toml_path)):

@@ -18,9 +18,12 @@ def file_error(path: str | Path, problem: str) -> VoxaugError:
     return VoxaugError(f"{path}: {problem}")
 
 
-def refuse_unknown_keys(values: dict, kind: type, where: str, noun: str = "keys") -> None:
-    """Refuse keys that are not fields of the dataclass ``kind``, naming them and the accepted ones."""
+def refuse_unknown_keys(values: dict, kind: type, where: str, noun: str = "keys",
+                        not_settable: tuple[str, ...] = ()) -> None:
+    """Refuse keys that are not fields of the dataclass ``kind``, naming them and the accepted ones
+    (fields in ``not_settable``, which the data sets, are left out of the accepted list)."""
     known = {field.name for field in fields(kind)}
     unknown = set(values) - known
     if unknown:
-        raise VoxaugError(f"{where}: unknown {noun} {sorted(unknown)}; accepted: {sorted(known)}")
+        accepted = sorted(known - set(not_settable))
+        raise VoxaugError(f"{where}: unknown {noun} {sorted(unknown)}; accepted: {accepted}")

@@ -7,8 +7,6 @@ and only rank 0 writes the run folder."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -189,10 +187,8 @@ class Trainer:
                     strict: bool) -> tuple[PackedStore, list[dict]]:
         """The packed store and the files skipped; ranks other than 0 open what rank 0 built and
         stay quiet about skipped files (rank 0 has said it)."""
-        if self.dist.is_main:
-            return open_dataset_store(source, cache_dir, self.progress, workers, strict)
-        with contextlib.redirect_stderr(io.StringIO()):
-            return open_dataset_store(source, cache_dir, False, workers, strict)
+        return open_dataset_store(source, cache_dir, self.progress and self.dist.is_main, workers, strict,
+                                  warn=self.dist.is_main)
 
     # ---- state -------------------------------------------------------------------------------
     def rank_state(self) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 
 from voxaug.api.engines import OnnxEngine, TorchEngine
 from voxaug.api.inputs import ClipInput, to_clip
-from voxaug.errors import file_error
+from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.training_split import TrainingSplit
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".pt": "checkpoint"}
@@ -34,7 +34,8 @@ class SpeakerModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None) -> "SpeakerModel":
-        """A checkpoint runs on ``device`` (auto, cpu or cuda; needs torch), an ONNX file on ONNX Runtime's CPU."""
+        """A checkpoint runs on ``device`` (auto, cpu or cuda; needs torch), an ONNX file on ONNX Runtime's CPU
+        (``cuda`` is refused for it rather than ignored)."""
         path = Path(path)
         kind = MODEL_SUFFIXES.get(path.suffix.lower())
         if kind is None:
@@ -42,6 +43,11 @@ class SpeakerModel:
                                    "ONNX export (.onnx)")
         if not path.is_file():
             raise file_error(path, "model not found" if not path.exists() else "expected a model file, found a folder")
+        if kind == "onnx" and device == "cuda":
+            raise file_error(path, "an ONNX export runs on ONNX Runtime's CPU, not --device cuda; for CUDA give "
+                                   "its checkpoint (.pt)")
+        if kind == "onnx" and device not in ("auto", "cpu"):
+            raise VoxaugError(f"--device {device!r} is not known; accepted: auto, cpu, cuda")
         engine = OnnxEngine(path, threads) if kind == "onnx" else TorchEngine(path, device, threads)
         return cls(path, kind, engine)
 

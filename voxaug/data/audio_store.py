@@ -69,10 +69,13 @@ def build_audio_store(
     progress: bool = True,
     workers: int | None = None,
     strict: bool = False,
+    strict_because: str = "--strict",
+    warn: bool = True,
 ) -> dict:
     """Featurise every utterance in ``workers`` processes (in order), write features and index.
 
     Same files as :func:`voxaug.data.store.build_store`, plus ``skipped.json`` listing bad files.
+    ``strict_because`` says in the error why a bad file stops the build; ``warn`` names each skipped file.
     """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / INDEX_FILE).unlink(missing_ok=True)
@@ -92,9 +95,10 @@ def build_audio_store(
             utterance = source.utterances[index]
             if problem is not None:
                 if strict:
-                    raise VoxaugError(f"{problem} (--strict: stopping at the first bad file)")
+                    raise VoxaugError(f"{problem} ({strict_because}: stopping at the first bad file)")
                 skipped.append({"key": utterance.key, "problem": problem})
-                tqdm.write(f"warning: skipped {problem}", file=sys.stderr)
+                if warn:
+                    tqdm.write(f"warning: skipped {problem}", file=sys.stderr)
                 continue
             array = features.numpy().astype(np.float32, copy=False)
             handle.write(np.ascontiguousarray(array).tobytes())
@@ -135,20 +139,24 @@ def open_dataset_store(
     progress: bool = True,
     workers: int | None = None,
     strict: bool = False,
+    strict_because: str = "--strict",
+    warn: bool = True,
 ) -> tuple[PackedStore, list[dict]]:
     """The packed store of ``source`` and the files skipped; audio is featurised in parallel. Every command that
     reads DATA opens it here, so each sees the same clips whatever its cache already holds.
 
-    A store reused from the cache repeats its skip count, and ``strict`` refuses it if it skipped any.
+    A store reused from the cache repeats its skip count, and ``strict`` refuses it if it skipped any;
+    ``strict_because`` is the reason the error gives (the option, or why the command needs every clip);
+    ``warn`` says which files were skipped (false on all but one of torchrun's processes, so it is said once).
     """
     if not has_audio(source):
         return PackedStore.open(source, cache_dir, progress=progress), []
-    builder = partial(build_audio_store, workers=workers, strict=strict)
+    builder = partial(build_audio_store, workers=workers, strict=strict, strict_because=strict_because, warn=warn)
     store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
     skipped = skipped_files(store, source.fingerprint())
     if skipped and strict:
-        raise VoxaugError(f"{skipped[0]['problem']} (--strict; {len(skipped)} bad files in {source.root})")
-    if skipped:
+        raise VoxaugError(f"{skipped[0]['problem']} ({strict_because}; {len(skipped)} bad files in {source.root})")
+    if skipped and warn:
         print(f"warning: skipped {len(skipped)} of {len(skipped) + len(store)} files in {source.root} "
               f"(unreadable, empty or silent; --strict makes this an error)", file=sys.stderr)
     return store, skipped
