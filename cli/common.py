@@ -15,7 +15,7 @@ from voxaug.errors import VoxaugError, file_error
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
-TRAIN_EXTRA_MODULES = ("torch", "torchaudio", "sklearn", "scipy", "audiomentations", "matplotlib", "onnx")
+TRAIN_EXTRA_MODULES = ("torch", "torchaudio", "sklearn", "scipy", "audiomentations", "matplotlib", "onnx", "tomli")
 
 
 _debug_flag = False

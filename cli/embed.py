@@ -12,7 +12,7 @@ import numpy as np
 import typer
 
 from voxaug.cli.common import (
-    CacheOption, DeviceOption, ModelOption, QuietOption, check_training_speakers, chosen_model, clean_errors,
+    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors,
     existing_file, output_file, output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
@@ -47,7 +47,8 @@ def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speaker
 def embed(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder or <speaker>/ clip folders (.pt or audio)."),
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint: RUN/last.pt, the end of training (best.pt is picked for closed-set accuracy)."),
-    model: Path = ModelOption,
+    model: Path = typer.Option(None, "--model", help="ONNX model from `voxaug export` instead of --ckpt (the dataset "
+                               "is still read with the train extra; the index it writes then needs no torch)."),
     out: Path = typer.Option(..., "--out", help="Folder for embeddings.npy and items.csv."),
     index: Path = typer.Option(None, "--index", help="Also write a FAISS speaker index here (+ FILE.json sidecar)."),
     per: str = typer.Option("speaker", "--per", help="Index one centroid per speaker, or every utterance."),

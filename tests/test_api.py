@@ -342,6 +342,34 @@ def test_enroll_takes_one_clip_as_one_clip(models, tiny_synth, tmp_path):
     assert index.enroll_many({"one": clip, "two": [clip, clip]}) == {"one": 1, "two": 2}
 
 
+def test_enroll_takes_waveform_arrays_with_their_sample_rate_as_identify_does(models, tiny_synth, tmp_path):
+    """A speaker enrolled from waveform arrays matches one enrolled from the files they were read from; a bad
+    array is refused naming the speaker and the clip."""
+    clips = wavs(tiny_synth, "enroll", "new000")
+    waveforms = [soundfile.read(clip, dtype="float32") for clip in clips]
+    rate = waveforms[0][1]
+    by_file = voxaug.SpeakerIndex.create(tmp_path / "files.faiss", models["onnx"])
+    by_array = voxaug.SpeakerIndex.create(tmp_path / "arrays.faiss", models["onnx"])
+    by_file.enroll("new000", clips)
+    assert by_array.enroll("new000", [wave for wave, _ in waveforms], sample_rate=rate) == len(clips)
+    query = wavs(tiny_synth, "test", "new000")[0]
+    assert by_array.identify(query)["top"][0]["score"] == pytest.approx(by_file.identify(query)["top"][0]["score"],
+                                                                        abs=1e-5)
+    with pytest.raises(VoxaugError, match=r"^bob clip 1: the waveform is silent"):
+        by_array.enroll_many({"bob": [waveforms[0][0], np.zeros(rate, np.float32)]}, sample_rate=rate)
+
+
+def test_an_index_with_no_speakers_is_named_when_asked_to_identify(models, tiny_synth, tmp_path):
+    clip = wavs(tiny_synth, "enroll", "new000")[0]
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(tmp_path / 'spk.faiss'))}: the index has no enrolled"):
+        index.identify(clip)
+    index.enroll("a", clip)
+    index.remove("a")
+    code, output = invoke("identify", "--index", tmp_path / "spk.faiss", clip)
+    one_line_error(code, output, f"{tmp_path / 'spk.faiss'}: the index has no enrolled speakers")
+
+
 def test_embed_and_evaluate_refuse_an_export_that_takes_audio_in_one_line_up_front(models, tiny_synth, tmp_path):
     """They read the dataset's packed log-mel features, which a --with-frontend export cannot embed."""
     for command in (["embed", "--model", models["audio"], tiny_synth, "--out", tmp_path / "emb"],

@@ -6,7 +6,7 @@ Precedence is preset < TOML file < command line. Unknown keys are refused, never
 from __future__ import annotations
 
 import math
-import tomllib
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +17,11 @@ from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 from voxaug.runtime.training_split import TrainingSplit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, published as tomli before Python 3.11 took it in as tomllib
+    import tomli as tomllib
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1

@@ -78,15 +78,17 @@ class SpeakerIndex:
     def speakers(self) -> list[str]:
         return self.data.speakers
 
-    def enroll(self, name: str, clips: ClipInput | Iterable[ClipInput], append: bool = False, lock_timeout: float = 60.0) -> int:
-        """Add ``name`` from clips (paths or feature arrays); ``append`` adds clips to an enrolled speaker.
-        Returns how many clips the speaker now has."""
-        return self.enroll_many({name: clip_list(clips)}, append, lock_timeout)[name]
+    def enroll(self, name: str, clips: ClipInput | Iterable[ClipInput], append: bool = False, lock_timeout: float = 60.0,
+               sample_rate: int | None = None) -> int:
+        """Add ``name`` from clips (paths, feature arrays, or waveforms at ``sample_rate``); ``append`` adds clips
+        to an enrolled speaker. Returns how many clips the speaker now has."""
+        return self.enroll_many({name: clip_list(clips)}, append, lock_timeout, sample_rate=sample_rate)[name]
 
     def enroll_many(self, speakers: dict[str, ClipInput | list[ClipInput]], append: bool = False, lock_timeout: float = 60.0,
-                    progress: bool = False) -> dict[str, int]:
+                    progress: bool = False, sample_rate: int | None = None) -> dict[str, int]:
         """Add every speaker in ``speakers`` (name -> clips) under one lock with one atomic write: all or none.
-        A speaker already enrolled is refused, before any clip is embedded, unless ``append``.
+        A speaker already enrolled is refused, before any clip is embedded, unless ``append``. Arrays are
+        waveforms at ``sample_rate`` when it is given, else log-mel features.
         Returns how many clips each speaker now has."""
         from tqdm import tqdm
 
@@ -96,7 +98,7 @@ class SpeakerIndex:
             check_speaker_name(name)
             if not clips:
                 raise VoxaugError(f"{name}: no enrolment clips given")
-        embeddings = {name: self.model.embed_many(clips)
+        embeddings = {name: self.model.embed_many(clips, sample_rate, f"{name} clip")
                       for name, clips in tqdm(speakers.items(), desc=f"enrol {self.path.name}", unit="speaker",
                                               disable=not progress, leave=False)}
         with index_lock(self.path, lock_timeout):
@@ -137,6 +139,8 @@ class SpeakerIndex:
     def identify_record(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None,
                         name: str | None = None) -> Identification:
         """Nearest enrolled speakers of one clip, the decision at the threshold, and the classifier's answer."""
+        if not self.data.labels:  # before the clip is embedded
+            raise file_error(self.path, "the index has no enrolled speakers; enrol some first (voxaug enroll)")
         score_norm = self.score_norm or self.data.score_norm
         if score_norm == "asnorm":
             try:

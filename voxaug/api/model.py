@@ -90,10 +90,12 @@ class SpeakerModel:
         clip = to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, name)
         return self.engine.run(clip)
 
-    def embed_many(self, clips: list[ClipInput]) -> np.ndarray:
-        """Unit-norm float32 embeddings (N, D) of several clip files or feature arrays (batched where it helps)."""
+    def embed_many(self, clips: list[ClipInput], sample_rate: int | None = None, name: str = "clip") -> np.ndarray:
+        """Unit-norm float32 embeddings (N, D) of several clip files, feature arrays or waveforms (arrays are
+        waveforms at ``sample_rate`` when it is given), batched where it helps. ``name`` labels arrays in errors."""
         settings = self.engine.frontend
-        return self.engine.run_many([to_clip(x, None, settings.sample_rate, settings.n_mels) for x in clips])
+        return self.engine.run_many([to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, f"{name} {i}")
+                                     for i, x in enumerate(clips)])
 
     def embed(self, x: ClipInput, sample_rate: int | None = None) -> np.ndarray:
         """Unit-norm float32 embedding (D,) of one clip."""
