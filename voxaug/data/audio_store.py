@@ -158,7 +158,7 @@ def open_dataset_store(
         raise VoxaugError(f"{skipped[0]['problem']} ({strict_because}; {len(skipped)} bad files in {source.root})")
     if skipped and warn:
         print(f"warning: skipped {len(skipped)} of {len(skipped) + len(store)} files in {source.root} "
-              f"(unreadable, empty or silent; --strict makes this an error)", file=sys.stderr)
+              "(unreadable, empty or silent)", file=sys.stderr)
     return store, skipped
 
 
