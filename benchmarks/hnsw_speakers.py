@@ -119,13 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    for option, value in (("--per-speaker", args.per_speaker), ("--queries", args.queries)):
+        if value < 1:
+            parser.error(f"{option} must be at least 1, got {value}")
+    if args.vectors < 2 * args.per_speaker:
+        parser.error(f"--vectors must hold at least two speakers of --per-speaker {args.per_speaker}, got {args.vectors}")
+    for path in (args.embeddings / "embeddings.npy", args.embeddings / "items.csv", args.index):
+        if path is not None and not path.is_file():
+            parser.error(f"{path}: not found (--embeddings is a `voxaug embed --out` folder, --index its index)")
     r = run(args.embeddings, args.index, args.vectors, args.per_speaker, args.queries)
     print(f"{r['vectors']:,} vectors ({r['speakers']:,} speakers x {r['per_speaker']}) of dimension {r['dim']}, shaped "
           f"like {r['shape_from']['embeddings']} (own-centroid cosine {r['shape_from']['own_centroid_cosine']:.3f})")
     print(f"flat: {r['flat_ms']:.2f} ms/query; HNSW M={r['M']} built in {r['build_s']:.0f} s")
     print("| efSearch | ms/query | speed-up vs flat | recall@1 |\n|---|---|---|---|")
     for ef, point in r["sweep"].items():
-        print(f"| {ef} | {point['ms']:.3f} | {point['speedup']:.0f}x | {point['recall_at_1']:.3f} |")
+        print(f"| {ef} | {point['ms']:.3f} | {point['speedup']:.1f}x | {point['recall_at_1']:.3f} |")
     print(f"default efSearch {r['default_ef_search']}; smallest meeting recall >= {RECALL_TARGET} at >= "
           f"{SPEEDUP_TARGET:.0f}x: {r['smallest_ef_meeting_target']}")
     if args.json:
