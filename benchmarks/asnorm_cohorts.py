@@ -46,6 +46,7 @@ from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
+from report import json_output, write_json
 
 TOP_KS = (10, 20, 50, 100, 300)
 BACKENDS = ("none", "lda", "plda")
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--external-cohort", type=Path, help="speakers the network never trained on, as two more "
                                                                "cohort sources (see above)")
     parser.add_argument("--set", help="the data's name in the JSON and its table (default: the folder's name)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=json_output)
     parser.add_argument("--append", action="store_true", help="add these runs to --json's, to render several sets together")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {r['backend']} | {r['cohort']} | {r['top_k'] or '-'} | {r['eer']:.3f} | {r['min_dcf']:.3f} |")
     if args.json:
         earlier = json.loads(args.json.read_text(encoding="utf-8"))["runs"] if args.append and args.json.is_file() else []
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-                                         f"{platform.platform()}", "runs": earlier + runs}, indent=1) + "\n", encoding="utf-8")
+        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
+                               f"{platform.platform()}", "runs": earlier + runs})
     return 0
 
 

@@ -11,7 +11,6 @@ the same numbers as a dict for ``benchmarks/bench.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.features import FrontendConfig
 from voxaug.model import build_model
 from voxaug.synth import SynthConfig, generate
+from report import at_least, json_output, write_json
 
 
 def ensure_audio(data: Path | None, workdir: Path, quick: bool) -> Path:
@@ -167,14 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="audio tree ROOT/<speaker>/**/*.wav (default: voxaug synth audio)")
     parser.add_argument("--quick", action="store_true", help="a tiny corpus and few batches (a smoke test)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--segment", type=int, default=128)
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--batch", type=at_least(1), default=32)
+    parser.add_argument("--segment", type=at_least(1), default=128)
+    parser.add_argument("--json", type=json_output, help="also write the results as JSON")
     args = parser.parse_args(argv)
     result = run_audio_bench(args.data, args.quick, batch=args.batch, segment=args.segment)
     print(report(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -15,11 +15,9 @@ other processes hits all variants alike; medians are reported. Two numbers per v
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -28,6 +26,7 @@ from voxaug.augment.base import real_frames
 from voxaug.augment.pipeline import DEFAULT_AUGMENT
 from voxaug.config import create_config
 from voxaug.model import build_model
+from report import at_least, json_output, write_json
 
 
 def _batches(count: int, batch: int, segment: int, n_mels: int, classes: int, seed: int) -> list[TrainBatch]:
@@ -110,16 +109,16 @@ def report(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=30, help="timed steps per variant (default 30)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--reps", type=at_least(1), default=30, help="timed steps per variant (default 30)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads (default 2)")
+    parser.add_argument("--json", type=json_output, help="also write the results as JSON")
     args = parser.parse_args(argv)
     result = measure_augment_cost(reps=args.reps, threads=args.threads)
     print(report(result))
     over = [label for label, v in result["variants"].items() if v["augment_fraction"] >= 0.05]
     print("each augmentation under 5% of a step: " + ("yes" if not over else f"NO ({', '.join(over)})"))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import sys
@@ -42,6 +41,7 @@ from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
+from report import json_output, write_json
 
 ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("plda", "none"), ("none", "asnorm"),
         ("center", "asnorm"), ("lda", "asnorm"), ("plda", "asnorm")]
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="one model, or several of the same data")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--target-far", type=float, default=0.01)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=json_output)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     runs = []
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             record.update(command="python benchmarks/backend_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
                           runs=runs)
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, record)
     return 0
 
 

@@ -9,7 +9,6 @@ Prints measured numbers; nothing is hard-coded.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from voxaug.export import export_onnx
 from voxaug.features import FrontendConfig
 from voxaug.model import build_model
 from voxaug.runtime.onnx_model import OnnxSpeakerModel
+from report import at_least, json_output, times, write_json
 
 
 def _cpu_model(classes: int) -> tuple[torch.nn.Module, dict]:
@@ -55,23 +55,33 @@ def _save_cpu_checkpoint(path: Path, classes: int) -> dict:
     return config
 
 
+def _one_by_one_utt_per_s(model: torch.nn.Module, tensors: list[torch.Tensor], threads: int) -> float:
+    """Utterances per second embedding one utterance per call on ``threads`` torch threads (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        for tensor in tensors:
+            embed_tensors(model, [tensor], torch.device("cpu"))
+        return len(tensors) / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+
+
 def embedding_throughput(count: int = 256) -> dict:
-    """Utterances per second: torch length-bucketed and one by one, and ONNX Runtime one by one (its export of the
-    same model, 1 thread each for the one-by-one pair), in the same process."""
+    """Utterances per second: torch length-bucketed against torch one by one on the same threads (what bucketing
+    gains), and torch against ONNX Runtime one by one on 1 thread each (what a single-clip identify runs), all on
+    the same utterances in the same process."""
     model, _ = _cpu_model(600)
     device = torch.device("cpu")
     tensors = _utterances(count)
+    threads = torch.get_num_threads()
     embed_tensors(model, tensors[:4], device)
     start = time.perf_counter()
     embed_tensors(model, tensors, device)
     bucketed = count / (time.perf_counter() - start)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    for tensor in tensors:
-        embed_tensors(model, [tensor], device)
-    single = count / (time.perf_counter() - start)
-    torch.set_num_threads(threads)
+    single = _one_by_one_utt_per_s(model, tensors, threads)
+    single_1_thread = _one_by_one_utt_per_s(model, tensors, 1)
     with tempfile.TemporaryDirectory() as tmp:
         _save_cpu_checkpoint(Path(tmp) / "model.pt", 600)
         export_onnx(Path(tmp) / "model.pt", Path(tmp) / "model.onnx")
@@ -82,8 +92,10 @@ def embedding_throughput(count: int = 256) -> dict:
         for array in arrays:
             onnx_model.embed_features(array)
         onnx_single = count / (time.perf_counter() - start)
-    return {"embed_utt_per_s": bucketed, "embed_one_by_one_utt_per_s": single, "embed_bucketing_speedup": bucketed / single,
-            "embed_onnx_one_by_one_utt_per_s": onnx_single, "embed_onnx_vs_torch_one_by_one": onnx_single / single}
+    return {"embed_threads": threads, "embed_utt_per_s": bucketed, "embed_one_by_one_utt_per_s": single,
+            "embed_bucketing_speedup": bucketed / single, "embed_one_by_one_1_thread_utt_per_s": single_1_thread,
+            "embed_onnx_one_by_one_utt_per_s": onnx_single,
+            "embed_onnx_vs_torch_one_by_one": onnx_single / single_1_thread}
 
 
 def _identify_times(index: SpeakerIndex, paths: list[Path]) -> list[float]:
@@ -196,15 +208,15 @@ def run(quick: bool = False, vectors: int | None = None) -> dict:
     torch.set_num_threads(2)
     result = embedding_throughput(64 if quick else 256)
     result.update(identify_latency(clips=50 if quick else 200))
-    result.update(faiss_search(vectors or (100_000 if quick else 1_000_000)))
+    result.update(faiss_search(vectors if vectors is not None else 100_000 if quick else 1_000_000))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer utterances and 100,000 vectors")
-    parser.add_argument("--vectors", type=int)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--vectors", type=at_least(1000), help="FAISS base vectors (default 1,000,000)")
+    parser.add_argument("--json", type=json_output)
     parser.add_argument("--search-cost", action="store_true", help="only the speaker search's cost per back end")
     args = parser.parse_args()
     if args.search_cost:
@@ -213,22 +225,22 @@ def main() -> None:
             f"{kind} {r[f'search_ms_{kind}']:.3f} ms" for kind in ("none", "lda", "plda"))
             + f"; plda {r['search_ms_plda'] / r['search_ms_lda']:.1f}x lda")
         if args.json:
-            args.json.write_text(json.dumps(r, indent=2))
+            write_json(args.json, r)
         return
     r = run(args.quick, args.vectors)
-    print(f"embedding (cpu preset): {r['embed_utt_per_s']:.1f} utt/s bucketed, {r['embed_one_by_one_utt_per_s']:.1f} "
-          f"utt/s one by one ({r['embed_bucketing_speedup']:.2f}x)")
-    print(f"embedding, ONNX Runtime one by one: {r['embed_onnx_one_by_one_utt_per_s']:.1f} utt/s "
-          f"({r['embed_onnx_vs_torch_one_by_one']:.2f}x torch one by one)")
+    print(f"embedding (cpu preset), {r['embed_threads']} threads: {r['embed_utt_per_s']:.1f} utt/s bucketed, "
+          f"{r['embed_one_by_one_utt_per_s']:.1f} utt/s one by one ({r['embed_bucketing_speedup']:.2f}x)")
+    print(f"embedding one by one, 1 thread: ONNX Runtime {r['embed_onnx_one_by_one_utt_per_s']:.1f} utt/s, torch "
+          f"{r['embed_one_by_one_1_thread_utt_per_s']:.1f} utt/s ({r['embed_onnx_vs_torch_one_by_one']:.2f}x)")
     print(f"identify, warm, {r['identify_speakers']} speakers: p50 {r['identify_ms_p50']:.1f} ms, p99 {r['identify_ms_p99']:.1f} ms "
           f"(torch); p50 {r['identify_ms_p50_onnx']:.1f} ms, p99 {r['identify_ms_p99_onnx']:.1f} ms (ONNX Runtime)")
     print(f"FAISS {r['faiss_vectors']:,} x 192: flat {r['faiss_flat_ms']:.2f} ms/query, HNSW {r['faiss_hnsw_ms']:.3f} ms/query "
-          f"({r['faiss_hnsw_speedup']:.0f}x), recall@1 {r['faiss_hnsw_recall_at_1']:.3f} at efSearch "
+          f"({times(r['faiss_hnsw_speedup'])}), recall@1 {r['faiss_hnsw_recall_at_1']:.3f} at efSearch "
           f"{r['faiss_hnsw_ef_search']}, build {r['faiss_hnsw_build_s']:.0f} s")
     for ef, point in r["faiss_hnsw_sweep"].items():
         print(f"  efSearch {ef:>4}: {point['ms']:.3f} ms/query, recall@1 {point['recall_at_1']:.3f}")
     if args.json:
-        args.json.write_text(json.dumps(r, indent=2))
+        write_json(args.json, r)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import faiss
 import numpy as np
 
 from voxaug.embeddings.index import HNSW_EF_SEARCH, HNSW_NEIGHBOURS, SpeakerIndex
+from report import json_output, write_json
 
 EF_SWEEP = (16, 32, 64, 128, 256)
 RECALL_TARGET, SPEEDUP_TARGET = 0.95, 20.0
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--per-speaker", type=int, default=20, help="utterances per drawn speaker (default 20)")
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=json_output)
     args = parser.parse_args(argv)
     for option, value in (("--per-speaker", args.per_speaker), ("--queries", args.queries)):
         if value < 1:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"default efSearch {r['default_ef_search']}; smallest meeting recall >= {RECALL_TARGET} at >= "
           f"{SPEEDUP_TARGET:.0f}x: {r['smallest_ef_meeting_target']}")
     if args.json:
-        args.json.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, r)
     return 0
 
 

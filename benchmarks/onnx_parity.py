@@ -14,7 +14,6 @@ the same inputs, the exported models under ONNX Runtime with the checkpoint unde
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ from voxaug.checkpoint import load_model
 from voxaug.export import export_onnx
 from voxaug.features import log_mel
 from voxaug.runtime.onnx_model import OnnxSpeakerModel
+from report import json_output, write_json
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,14 +73,20 @@ def run(ckpt: Path, data: Path, max_frames: int, batches: int, seed: int) -> lis
                                             threads=1)
     files = sorted(data.glob("uttr-*.pt"))
     frames = torch.cat([torch.load(p, weights_only=True) for p in files[: 4 * max_frames // 100 + 1]])[:max_frames]
-    lengths = sorted(set(range(features_model.min_frames, 100, 7)) | set(range(100, max_frames + 1, 97)) | {max_frames})
+    max_frames = len(frames)  # DATA may hold fewer frames than asked for: label only the lengths compared
+    if max_frames < features_model.min_frames:
+        raise SystemExit(f"{data}: its uttr-*.pt files hold {max_frames} frames; the model needs at least "
+                         f"{features_model.min_frames}")
+    lengths = sorted({n for n in range(features_model.min_frames, 100, 7) if n <= max_frames}
+                     | set(range(100, max_frames + 1, 97)) | {max_frames})
+    batch_size = min(8, len(lengths))
     references = {n: reference(frames[:n]) for n in lengths}
     alone, batched = Agreement(), Agreement()
     for n in lengths:
         alone.add(*features_model.embed_features(frames[:n].numpy()), references[n])
     rng = np.random.default_rng(seed)
     for _ in range(batches):
-        pick = rng.choice(lengths, 8, replace=False)
+        pick = rng.choice(lengths, batch_size, replace=False)
         embeddings, logits = features_model.run_features(*padded([frames[:n].numpy() for n in pick]))
         for row, n in enumerate(pick):
             batched.add(embeddings[row], logits[row], references[n])
@@ -95,7 +101,7 @@ def run(ckpt: Path, data: Path, max_frames: int, batches: int, seed: int) -> lis
         for row, i in enumerate(group):
             wave_batched.add(embeddings[row], logits[row], wave_references[i])
     return [alone.row(f"features model, alone, {len(lengths)} lengths {lengths[0]}..{lengths[-1]} frames"),
-            batched.row(f"features model, {batches} padded batches of 8 of those lengths"),
+            batched.row(f"features model, {batches} padded batches of {batch_size} of those lengths"),
             wave_alone.row(f"--with-frontend model, alone, {len(waves)} wav files"),
             wave_batched.row("--with-frontend model, padded batches of 16 of those wav files")]
 
@@ -104,20 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a folder of uttr-*.pt features with wav files under it (voxaug synth)")
     parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--max-frames", type=int, default=3000)
+    parser.add_argument("--max-frames", type=int, default=3000, help="longest utterance compared (capped at DATA's)")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=json_output)
     args = parser.parse_args(argv)
+    if args.max_frames < 1 or args.batches < 0:
+        parser.error(f"--max-frames must be at least 1 and --batches at least 0, got {args.max_frames} and {args.batches}")
+    if not sorted(args.data.glob("uttr-*.pt")):
+        parser.error(f"{args.data}: no uttr-*.pt files")
     torch.set_num_threads(1)
     rows = run(args.ckpt, args.data, args.max_frames, args.batches, args.seed)
     print("| compared | pairs | worst cosine | argmax the same |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['compared']} | {r['pairs']} | {r['worst_cosine']:.7f} | {r['argmax_same']}/{r['pairs']} |")
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-                                         f"{platform.platform()}", "checkpoint": str(args.ckpt), "rows": rows},
-                                        indent=1) + "\n", encoding="utf-8")
+        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
+                               f"{platform.platform()}", "checkpoint": str(args.ckpt), "rows": rows})
     return 0
 
 

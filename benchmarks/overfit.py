@@ -18,7 +18,6 @@ two single-threaded runs finish sooner than two two-threaded runs in turn.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from voxaug.config import resolve_config
 from voxaug.plot import read_metrics
 from voxaug.synth import SynthConfig, generate
 from voxaug.train import Trainer
+from report import at_least, json_output, write_json
 
 ARMS = f"none;channel;reverb;noise;speed;specaug;mixup;crop;{DEFAULT_AUGMENT}"
 FULL = {"steps": 3000, "seeds": 3, "speakers": 60, "utterances": 20, "eval_every": 250}
@@ -148,12 +148,12 @@ def saturation_lines(result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", default=ARMS, help=f"';'-separated --augment specs (default {ARMS!r})")
-    parser.add_argument("--steps", type=int, help=f"training steps per run (default {FULL['steps']})")
-    parser.add_argument("--seeds", type=int, help=f"seeds per arm (default {FULL['seeds']})")
+    parser.add_argument("--steps", type=at_least(1), help=f"training steps per run (default {FULL['steps']})")
+    parser.add_argument("--seeds", type=at_least(1), help=f"seeds per arm (default {FULL['seeds']})")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up (default 0)")
-    parser.add_argument("--speakers", type=int, help=f"synthetic training speakers (default {FULL['speakers']})")
-    parser.add_argument("--utterances", type=int, help=f"utterances per speaker (default {FULL['utterances']})")
-    parser.add_argument("--eval-every", type=int, help=f"evaluate every N steps (default {FULL['eval_every']})")
+    parser.add_argument("--speakers", type=at_least(2), help=f"synthetic training speakers (default {FULL['speakers']})")
+    parser.add_argument("--utterances", type=at_least(2), help=f"utterances per speaker (default {FULL['utterances']})")
+    parser.add_argument("--eval-every", type=at_least(1), help=f"evaluate every N steps (default {FULL['eval_every']})")
     parser.add_argument("--margin-warmup", type=int, help="AM-Softmax margin warm-up steps for every arm (default 0)")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay for every arm (default: the preset's)")
     parser.add_argument("--d-model", type=int, help="shrink the cpu preset's model width (default: the preset's 96)")
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="held-out share of each speaker's utterances (default 0.2: a steadier validation accuracy)")
     parser.add_argument("--workdir", type=Path, help="keep the synth set and run folders here (default: a temp folder)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads when --jobs is 1 (default 2)")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--jobs", type=at_least(1), default=2, help="runs at a time, one torch thread each (default 2)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads when --jobs is 1 (default 2)")
+    parser.add_argument("--json", type=json_output, help="also write the results as JSON")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     for key in sizes:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     print("\n".join(saturation_lines(result)))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

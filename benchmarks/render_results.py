@@ -2,7 +2,7 @@
 
 A table in a docs page sits between two markers that name its JSON file:
 
-    <!-- results: bench_quick_2026-11-27_amd-epyc-2core.json -->
+    <!-- results: bench_quick_2026-11-28_amd-epyc-2core.json -->
     ...rendered table...
     <!-- /results -->
 

@@ -39,6 +39,7 @@ from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import ClipFolderSource
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
+from report import json_output, write_json
 
 
 def with_newcomers_as_classes(data: Path, out: Path) -> int:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--compare", type=Path, nargs="*", default=[],
                         help="best.pt of models trained on DATA itself, one per seed in order")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=json_output)
     parser.add_argument("--reuse", action="store_true", help="keep a run-seedS/best.pt already in the workdir")
     args = parser.parse_args(argv)
     copy = args.workdir / "data"
@@ -133,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['seed']} | {row['unseen_softmax']:.3f} | {row['unseen_cosine_lda']:.3f} | "
               f"{row['unseen_plda']:.3f} | {usual} |")
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-                                         f"{platform.platform()}", "data": str(args.data), "steps": args.steps,
-                                         "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
+                               f"{platform.platform()}", "data": str(args.data), "steps": args.steps,
+                               "rows": rows})
     return 0
 
 

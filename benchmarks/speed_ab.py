@@ -14,7 +14,6 @@ the same initial model:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from voxaug.augment import TrainBatch, build_pipeline, total_loss  # noqa: E402
 from voxaug.augment.pipeline import DEFAULT_AUGMENT  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
 from voxaug.model import ConformerSpeakerNet, build_model  # noqa: E402
+from report import at_least, json_output, write_json  # noqa: E402
 
 BASELINE = "torchaudio forward, AdamW for-loop"
 OURS = "conformer_forward, AdamW for-loop"
@@ -118,16 +118,16 @@ def report(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=20, help="timed steps per variant (default 20)")
+    parser.add_argument("--reps", type=at_least(1), default=20, help="timed steps per variant (default 20)")
     parser.add_argument("--compile", action="store_true",
                         help="add a torch.compile variant (compiling takes about a minute)")
     parser.add_argument("--bf16", action="store_true", help="add a bf16-autocast variant")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=json_output)
     args = parser.parse_args(argv)
     result = measure_speed_changes(args.reps, compile_model=args.compile, bf16=args.bf16)
     print(report(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, result)
     return 0
 
 

@@ -12,7 +12,6 @@ step ends with a CUDA synchronize. Prints measured numbers and ratios; nothing i
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from voxaug.data.batching import SegmentSampler  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.synth import SynthConfig, generate  # noqa: E402
 from voxaug.train import Trainer  # noqa: E402
+from report import at_least, json_output, write_json  # noqa: E402
 
 
 def ensure_data(data: Path | None, workdir: Path) -> Path:
@@ -180,11 +180,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="HW4-layout folder (default: a fresh synth set)")
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=at_least(1), default=32)
+    parser.add_argument("--steps", type=at_least(1), default=20)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=json_output)
     args = parser.parse_args()
     result = run(args.data, args.preset, args.batch, 5 if args.quick else args.steps, args.quick, args.device)
     print(f"training step, preset {result['preset']}, batch {result['batch']}, augment {result['augment']}, "
@@ -200,7 +200,7 @@ def main() -> None:
     print(f"  torch.load/file {result['torch_load_batch_ms']:8.2f} ms/batch")
     print(f"  speed-up        {result['packed_speedup']:.1f}x")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from voxaug.synth_config import SynthConfig
 def synth(
     out: Path = typer.Argument(..., help="Output folder (HW4 layout plus unseen/{enroll,test,impostors}/<speaker>/)."),
     speakers: int = typer.Option(SynthConfig.speakers, help="Training speakers."),
-    utterances: int = typer.Option(SynthConfig.utterances, help="Utterances per training speaker (10% go to testdata.json)."),
+    utterances: int = typer.Option(SynthConfig.utterances, help="Utterances per training speaker (a tenth, at least one, go to testdata.json)."),
     unseen: int = typer.Option(SynthConfig.unseen, help="Speakers kept out of training, for enrolment."),
     impostors: int = typer.Option(SynthConfig.impostors, help="Speakers never trained on nor enrolled (open-set checks)."),
     seed: int = typer.Option(SynthConfig.seed, help="Same seed (and torch thread count), same files."),

@@ -72,6 +72,31 @@ def test_model_embeds_files_waveforms_and_features_alike(models, tiny_synth):
     assert onnx_model.classify(features).speaker in onnx_model.speakers
 
 
+def test_a_checkpoints_thread_cap_holds_for_its_own_work_and_leaves_the_process_count_alone(models, tiny_synth,
+                                                                                             monkeypatch):
+    import voxaug.embeddings.extract as extract
+
+    seen = []
+    real = extract.embed_tensors
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "embed_tensors", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = voxaug.SpeakerModel.load(models["ckpt"], threads=1)
+        clips = wavs(tiny_synth, "test", "new000")[:2]
+        model.embed(clips[0])
+        model.embed_many(clips)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]
+
+
 def test_cli_enrolls_and_identifies_wav_clips_with_an_onnx_model_the_sidecar_then_names(models, tiny_synth, tmp_path):
     index = tmp_path / "spk.faiss"
     for speaker in ("new000", "new001"):

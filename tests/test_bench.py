@@ -42,6 +42,34 @@ def test_identify_and_embedding_are_timed_with_torch_and_onnx_in_one_run():
     assert throughput["embed_onnx_one_by_one_utt_per_s"] > 0 and throughput["embed_onnx_vs_torch_one_by_one"] > 0
 
 
+def test_bucketing_is_compared_with_one_by_one_on_as_many_threads_and_thread_counts_are_restored(monkeypatch):
+    import embed_bench
+    import torch
+
+    calls = []
+    real = embed_bench.embed_tensors
+
+    def recording(model, tensors, device):
+        calls.append((len(tensors), torch.get_num_threads()))
+        return real(model, tensors, device)
+
+    monkeypatch.setattr(embed_bench, "embed_tensors", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        throughput = embed_bench.embedding_throughput(count=3)
+        assert torch.get_num_threads() == 2
+        embed_bench.identify_latency(speakers=3, clips=2)  # opens its indexes with threads=1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert throughput["embed_threads"] == 2
+    assert calls[1] == (3, 2) and calls[2:5] == [(1, 2)] * 3 and calls[5:8] == [(1, 1)] * 3
+    assert throughput["embed_bucketing_speedup"] == throughput["embed_utt_per_s"] / throughput["embed_one_by_one_utt_per_s"]
+    assert throughput["embed_onnx_vs_torch_one_by_one"] == (throughput["embed_onnx_one_by_one_utt_per_s"]
+                                                           / throughput["embed_one_by_one_1_thread_utt_per_s"])
+
+
 def test_main_exits_non_zero_and_names_the_failed_target(monkeypatch, tmp_path, capsys):
     slow = {**PASSING, "train_utt_per_s": 50.0}
     measured = {**slow, "failed_targets": bench.failed_targets(slow)}
@@ -292,6 +320,43 @@ def test_onnx_parity_compares_every_length_and_wav_file(trained_run, tiny_synth,
     wavs = len(list(tiny_synth.rglob("*.wav")))
     assert [r["pairs"] for r in rows][1:] == [8, wavs, wavs] and rows[0]["pairs"] > 8
     assert all(r["worst_cosine"] > 0.9999 and r["argmax_same"] == r["pairs"] for r in rows)
+
+
+def test_onnx_parity_compares_only_the_lengths_the_data_holds(trained_run, tiny_synth, tmp_path):
+    import shutil
+
+    import onnx_parity
+    import torch
+
+    data = tmp_path / "two"
+    data.mkdir()
+    for path in sorted(tiny_synth.glob("uttr-*.pt"))[:2]:
+        shutil.copy(path, data)
+    held = sum(torch.load(p, weights_only=True).shape[0] for p in data.glob("uttr-*.pt"))
+    assert onnx_parity.main([str(data), "--ckpt", str(trained_run / "best.pt"), "--max-frames", "3000",
+                             "--batches", "1", "--json", str(tmp_path / "p.json")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert rows[0]["compared"].endswith(f"..{held} frames")
+    assert rows[0]["worst_cosine"] > 0.9999 and rows[0]["argmax_same"] == rows[0]["pairs"]
+
+
+def test_a_json_file_in_a_missing_folder_is_refused_before_the_run(tmp_path, capsys):
+    import onnx_parity
+
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_parity.main([str(tmp_path), "--ckpt", "x.pt", "--json", str(tmp_path / "no" / "p.json")])
+    assert exit_info.value.code == 2
+    assert f"folder {tmp_path / 'no'} does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--steps", "-3"], ["--jobs", "two"]])
+def test_counts_that_would_end_a_run_in_a_traceback_are_refused_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        overfit.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f": error: argument {argv[0]}: " in err
+    assert "must be at least 1" in err or "expected a whole number" in err
 
 
 def test_crosscheck_arm_records_the_runs_input_norm_segment_and_batch_and_the_table_shows_them_and_other_options(

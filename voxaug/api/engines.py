@@ -5,7 +5,9 @@ Each engine turns one :class:`~voxaug.api.inputs.Clip` into a unit embedding and
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -14,6 +16,9 @@ from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.frontend import FrontendSettings
 from voxaug.runtime.training_split import TrainingSplit
 from voxaug.safeio import TRAIN_EXTRA_HINT
+
+if TYPE_CHECKING:
+    import torch
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -56,7 +61,7 @@ class TorchEngine:
 
     def __init__(self, path: Path, device: str, threads: int | None) -> None:
         try:
-            import torch
+            import torch  # noqa: F401  (here only to check that the train extra is installed)
         except ImportError:
             raise file_error(path, f"a checkpoint (.pt) needs torch; use an exported .onnx model, or {TRAIN_EXTRA_HINT}") from None
         from voxaug.checkpoint import load_model
@@ -64,8 +69,8 @@ class TorchEngine:
         from voxaug.safeio import sha256_file
 
         self.device = resolve_device(device)
-        if threads is not None and self.device.type == "cpu":
-            torch.set_num_threads(threads)  # one clip is too small a job for many OpenMP threads on a busy machine
+        # one clip is too small a job for many OpenMP threads on a busy machine
+        self.threads = threads if self.device.type == "cpu" else None
         self.loaded = load_model(path, self.device)
         self.sha256 = sha256_file(path)
         self.speakers = list(self.loaded.speakers)
@@ -92,14 +97,32 @@ class TorchEngine:
         check_length(features, clip.name)
         return features
 
+    @contextmanager
+    def own_threads(self) -> Iterator[None]:
+        """torch's thread count is process-wide: hold ``threads`` for this model's work only, then put it back."""
+        import torch
+
+        if self.threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
         from voxaug.embeddings.extract import embed_tensors
 
-        embedded = embed_tensors(self.loaded.model, [self.features(clip)], self.device)
+        with self.own_threads():
+            embedded = embed_tensors(self.loaded.model, [self.features(clip)], self.device)
         return embedded.embeddings[0], embedded.probabilities[0]
 
     def run_many(self, clips: list[Clip]) -> np.ndarray:
         """Unit embeddings (N, D) of several clips, batched by length in one call (as enrolment did before the API)."""
         from voxaug.embeddings.extract import embed_tensors
 
-        return np.asarray(embed_tensors(self.loaded.model, [self.features(c) for c in clips], self.device).embeddings)
+        with self.own_threads():
+            embedded = embed_tensors(self.loaded.model, [self.features(c) for c in clips], self.device)
+        return np.asarray(embedded.embeddings)

@@ -35,7 +35,8 @@ class SpeakerModel:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None) -> "SpeakerModel":
         """A checkpoint runs on ``device`` (auto, cpu or cuda; needs torch), an ONNX file on ONNX Runtime's CPU
-        (``cuda`` is refused for it rather than ignored)."""
+        (``cuda`` is refused for it rather than ignored). ``threads`` caps the CPU threads of this model's own work;
+        torch's process-wide count is put back after each call."""
         path = Path(path)
         kind = MODEL_SUFFIXES.get(path.suffix.lower())
         if kind is None:

@@ -1,0 +1,45 @@
+"""How a benchmark reports: its ``--json`` file is checked before the run and written atomically after it, so a
+long run is not lost to a missing folder at the end, and a ratio prints readably at any size."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from voxaug.safeio import atomic_write_json
+
+
+def json_output(text: str) -> Path:
+    """argparse type of ``--json FILE``: refuses a folder, or a file whose folder does not exist, before any work."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name for the JSON results")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: folder {path.absolute().parent} does not exist; create it first")
+    return path
+
+
+def write_json(path: Path, result: Any) -> None:
+    """Write ``result`` as indented JSON through a temporary file and a rename: a crash leaves the old file whole."""
+    atomic_write_json(path, result)
+
+
+def times(ratio: float) -> str:
+    """A speed ratio as "12x", or with one decimal below 10 ("0.8x", not "1x" or "0x")."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type of a count: an integer no smaller than ``minimum``, refused in one line before any work."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:,}, got {value:,}")
+        return value
+
+    return count
