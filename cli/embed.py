@@ -181,5 +181,6 @@ def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | Non
         scoring = f"back end {speaker_index.backend.kind}, scores {speaker_index.score_norm}"
         if speaker_index.cohort is not None:
             scoring += f", AS-norm cohort: {speaker_index.cohort.source}"
-        typer.echo(f"wrote a {speaker_index.mode} index of {len(speaker_index.speakers)} speakers to {index} "
+        article = "an" if speaker_index.mode == "utterance" else "a"
+        typer.echo(f"wrote {article} {speaker_index.mode} index of {len(speaker_index.speakers)} speakers to {index} "
                    f"(+ {index}.json; {scoring})")

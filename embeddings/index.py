@@ -487,7 +487,7 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
     expected = {"dimension": int, "labels": list, "counts": dict, "checkpoint": dict, "frontend": dict, "per": str}
     for key, kind in expected.items():
         if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
-            raise file_error(side, f"sidecar field {key!r} must be a {kind.__name__}, found {type(meta[key]).__name__}")
+            raise file_error(side, f"sidecar field {key!r} must be of type {kind.__name__}, found {type(meta[key]).__name__}")
     if meta["per"] not in MODES:
         raise file_error(side, f"sidecar field 'per' is {meta['per']!r}; accepted: {', '.join(MODES)}")
     if not all(isinstance(label, str) for label in meta["labels"]) or set(meta["labels"]) != set(meta["counts"]):

@@ -155,6 +155,7 @@ def test_ddp_embed_writes_the_single_process_output(ddp_run, tiny_synth, tmp_pat
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["embeddings.npy", "items.csv", "spk.faiss",
                                                                      "spk.faiss.json"]
     assert shared.stdout.count("wrote ") == 2  # rank 0 only: embeddings and index
+    assert "wrote an utterance index of" in shared.stdout
     counts = re.search(r"wrote (\d+) embeddings .*\(on 2 processes: (\d+) \+ (\d+) windows", shared.stdout)
     assert counts and int(counts[2]) > 0 and int(counts[3]) > 0, shared.stdout  # both ranks embedded windows
     assert len(np.load(tmp_path / "two" / "embeddings.npy")) == int(counts[1])

@@ -55,7 +55,7 @@ def _check_model_fields(state: dict[str, Any], path: str | Path) -> None:
     """The fields inference needs, of the right types, with finite weights."""
     for key, kind in (("config", dict), ("frontend", dict), ("model", dict), ("speakers", list)):
         if not isinstance(state[key], kind):
-            raise file_error(path, f"checkpoint field {key!r} must be a {kind.__name__}, found {type(state[key]).__name__}")
+            raise file_error(path, f"checkpoint field {key!r} must be of type {kind.__name__}, found {type(state[key]).__name__}")
     if not all(isinstance(name, str) for name in state["speakers"]):
         raise file_error(path, "checkpoint field 'speakers' must list speaker names")
     for name, tensor in state["model"].items():
