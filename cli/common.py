@@ -37,6 +37,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+SIGPIPE_EXIT = 128 + 13  # the status a shell gives a program that the broken-pipe signal ended
+
+
 def clean_errors(function: F) -> F:
     """Turn a VoxaugError into ``error: <message>`` and exit code 2; tracebacks only with --debug."""
 
@@ -58,6 +61,9 @@ def clean_errors(function: F) -> F:
             raise fail("interrupted", 130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # `voxaug identify DIR | head`: the reader has gone; stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # so the flush at exit cannot fail on the closed pipe
+            raise typer.Exit(SIGPIPE_EXIT) from None
         except OSError as exc:  # the file system said no: name the file when the error does
             if debug_enabled():
                 raise

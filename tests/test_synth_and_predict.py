@@ -113,3 +113,16 @@ def test_a_small_corpus_still_has_a_test_clip_per_speaker_that_predict_can_read(
                                              max_seconds=0.6), progress=False)
     assert len(HW4Source(tmp_path / "small", split="test").utterances) == 2
     assert len(HW4Source(tmp_path / "small").utterances) == 4
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly_with_its_work_done(tmp_path):
+    import subprocess
+    import sys
+
+    reader_gone = subprocess.Popen(
+        [sys.executable, "-m", "voxaug", "synth", str(tmp_path / "out"), "--speakers", "2", "--utterances", "2",
+         "--unseen", "0", "--impostors", "0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader_gone.stdout.close()  # like `| head -0`: the summary line is written to a closed pipe
+    stderr = reader_gone.stderr.read().decode()
+    assert reader_gone.wait() == 141 and stderr == ""
+    assert len(list((tmp_path / "out").glob("uttr-*.pt"))) == 4
