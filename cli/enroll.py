@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import DeviceOption, ModelOption, chosen_model, clean_errors, expand_clips
+from voxaug.cli.common import DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips
 from voxaug.errors import VoxaugError, file_error
 
 
@@ -26,6 +26,7 @@ def enroll(
     hnsw: bool = typer.Option(False, "--hnsw", help="For a new index: HNSW instead of exact search."),
     lock_timeout: float = typer.Option(60.0, "--lock-timeout", help="Seconds to wait for another enrol on the same index."),
     device: str = DeviceOption,
+    quiet: bool = QuietOption,
 ) -> None:
     """Enrol a speaker from clips into the FAISS index (or every speaker folder of --speakers-dir), or remove one."""
     if sum(x is not None for x in (speaker, remove, speakers_dir)) != 1:
@@ -61,7 +62,7 @@ def enroll(
     audio_first = speaker_index.model.takes_audio_only
     if speakers_dir is not None:
         enrolments = speaker_folders(speakers_dir, audio_first)
-        speaker_index.enroll_many(enrolments, append, lock_timeout, progress=True)
+        speaker_index.enroll_many(enrolments, append, lock_timeout, progress=not quiet)
         typer.echo(f"enrolled {len(enrolments)} speakers from {sum(map(len, enrolments.values()))} clips; "
                    f"{len(speaker_index.speakers)} speakers in {index}")
         return

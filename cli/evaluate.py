@@ -17,7 +17,7 @@ from voxaug.cli.common import (
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, index_lock
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_text, ensure_folder
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def evaluate(
         }
         groups["unseen test"] = tested
         if speaker_index is not None:
-            report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
+            report["unseen"].update(among_enrolled(speaker_index, index, tested, test, score_norm))
     seed = embedder.split.seed
     speakers = {utterance.path.resolve(): utterance.speaker for utterance in source.utterances
                 if utterance.speaker} if parsed_trials else {}
@@ -127,12 +127,16 @@ def evaluate(
         report["verification_asnorm"] = verification(TrialScorer(speaker_index, "asnorm", target_far))
     if speaker_index is not None:
         clips, source = calibration_clips(speaker_index, held_out, groups.get("unseen test"), data, test)
-        scores = open_set_scores(speaker_index, clips.embeddings, clips.labels.tolist(), score_norm)
+        try:
+            scores = open_set_scores(speaker_index, clips.embeddings, clips.labels.tolist(), score_norm)
+        except VoxaugError as exc:  # the index lacks the speakers of the clips it is scored on: name it and them
+            raise file_error(index, f"{exc}; the open-set figures score {source.removeprefix('evaluate --calibrate on ')}"
+                                    " against this index") from None
         report["open_set"] = calibrate_threshold(scores, target_far, score_norm, source,
                                                  speaker_index.cohort.top_k if speaker_index.cohort else None)
         if impostors is not None:
             strangers = embed_folder(embedder, impostors, cache_dir, not quiet)
-            report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
+            report["open_set"]["impostors"] = impostor_rejection(speaker_index, index, strangers, impostors, score_norm,
                                                                  report["open_set"]["value"])
         if calibrate:
             with index_lock(index):
@@ -172,21 +176,26 @@ def evaluate(
     typer.echo("\n".join(lines))
 
 
-def among_enrolled(index: SpeakerIndex, tested: LabelledEmbeddings, score_norm: str) -> dict:
+def among_enrolled(index: SpeakerIndex, index_path: Path, tested: LabelledEmbeddings, test: Path,
+                   score_norm: str) -> dict:
     """Top-1 of the unseen speakers' test clips among everyone the index holds (trained speakers too)."""
     missing = sorted(set(tested.labels.tolist()) - set(index.speakers))
     if missing:
-        raise VoxaugError(f"speakers {missing[:5]} have test clips but are not enrolled in the index; enrol them first")
+        raise file_error(index_path, f"speakers {missing[:5]} have test clips in {test} but are not enrolled in this "
+                                     f"index; enrol them first (voxaug enroll --index {index_path} --speakers-dir DIR "
+                                     "--append)")
     answers = [ranked[0][0] for ranked in index.search(tested.embeddings, 1, score_norm=score_norm)]
     return {"among_enrolled": float(np.mean(np.array(answers) == tested.labels)), "enrolled": len(index.speakers),
             "score": index.score_name(score_norm)}
 
 
-def impostor_rejection(index: SpeakerIndex, strangers: LabelledEmbeddings, score_norm: str, threshold: float) -> dict:
+def impostor_rejection(index: SpeakerIndex, index_path: Path, strangers: LabelledEmbeddings, impostors: Path,
+                       score_norm: str, threshold: float) -> dict:
     """The share of clips of never-enrolled speakers whose best score falls under ``threshold``."""
     enrolled = sorted(set(strangers.labels.tolist()) & set(index.speakers))
     if enrolled:
-        raise VoxaugError(f"--impostors: speakers {enrolled[:5]} are enrolled in the index, so they are not impostors")
+        raise file_error(impostors, f"--impostors: speakers {enrolled[:5]} are enrolled in {index_path}, so they are "
+                                    "not impostors")
     best = np.array([ranked[0][1] for ranked in index.search(strangers.embeddings, 1, score_norm=score_norm)])
     return {"clips": int(len(best)), "unknown": float((best < threshold).mean())}
 

@@ -375,6 +375,12 @@ CASES: dict[str, Case] = {
                                           ("--enroll and --test", "together")),
     "evaluate: --enroll folder missing": (lambda w: evaluate(w, "--enroll", w.bad / "nowhere", "--test", w.data / "unseen" / "test"),
                                           ("nowhere", "--enroll folder not found")),
+    "evaluate: --test speakers not in --index": (
+        lambda w: evaluate(w, "--enroll", w.data / "unseen" / "enroll", "--test", w.data / "unseen" / "test",
+                           "--index", w.index),
+        ("spk.faiss", "have test clips in")),
+    "evaluate: --index without the speakers it is scored on": (
+        lambda w: evaluate(w, "--index", w.index), ("spk.faiss", "the open-set figures score")),
     "evaluate: --map unknown": (lambda w: evaluate(w, "--map", "umap"), ("--map 'umap'", "accepted")),
     "evaluate: malformed trials line": (lambda w: evaluate(w, "--trials", write(w.bad / "t1.txt", "same a.pt b.pt\n")),
                                         ("t1.txt", "line 1: expected 'LABEL CLIP1 CLIP2'")),

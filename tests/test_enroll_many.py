@@ -101,3 +101,13 @@ def test_a_blank_name_or_the_word_unknown_is_refused_as_a_speaker_and_nothing_is
     shutil.copytree(clips, people / "unknown")
     refused = invoke("enroll", "--index", index, "--speakers-dir", people)
     assert refused.exit_code == 2 and "is what identify answers" in refused.output and index_bytes(index) == before
+
+
+def test_quiet_enrolment_draws_no_progress_bar(trained_run, tiny_synth, tmp_path):
+    folder = tiny_synth / "unseen" / "enroll"
+    loud = invoke("enroll", "--index", tmp_path / "a.faiss", "--ckpt", trained_run / "best.pt", "--speakers-dir", folder)
+    quiet = invoke("enroll", "--index", tmp_path / "b.faiss", "--ckpt", trained_run / "best.pt", "--speakers-dir", folder,
+                   "--quiet")
+    assert loud.exit_code == 0 and quiet.exit_code == 0, quiet.output
+    assert "enrol a.faiss" in loud.output and "enrol b.faiss" not in quiet.output
+    assert quiet.output.strip().splitlines()[-1].startswith("enrolled ")

@@ -384,6 +384,16 @@ def calibrated(trained_run, tiny_synth, tmp_path_factory):
     return folder, index, result.output
 
 
+def test_impostors_that_are_enrolled_are_refused_naming_the_folder_and_the_index(calibrated, trained_run, tiny_synth):
+    folder, index, _ = calibrated
+    unseen = tiny_synth / "unseen"
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", folder / "report2", "--index",
+                    index, "--impostors", unseen / "enroll", "-q")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {unseen / 'enroll'}: --impostors: speakers ['new000', 'new001'] are "
+                                     f"enrolled in {index}, so they are not impostors")
+
+
 def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(calibrated):
     folder, index, output = calibrated
     meta = json.loads(sidecar_path(index).read_text())
