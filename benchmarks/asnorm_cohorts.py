@@ -46,7 +46,8 @@ from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
-from report import json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import json_output
 
 TOP_KS = (10, 20, 50, 100, 300)
 BACKENDS = ("none", "lda", "plda")
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {r['backend']} | {r['cohort']} | {r['top_k'] or '-'} | {r['eer']:.3f} | {r['min_dcf']:.3f} |")
     if args.json:
         earlier = json.loads(args.json.read_text(encoding="utf-8"))["runs"] if args.append and args.json.is_file() else []
-        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-                               f"{platform.platform()}", "runs": earlier + runs})
+        atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
+                                      f"{platform.platform()}", "runs": earlier + runs})
     return 0
 
 

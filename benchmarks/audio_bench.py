@@ -31,7 +31,8 @@ from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.features import FrontendConfig
 from voxaug.model import build_model
 from voxaug.synth import SynthConfig, generate
-from report import at_least, json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import at_least, json_output
 
 
 def ensure_audio(data: Path | None, workdir: Path, quick: bool) -> Path:
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_audio_bench(args.data, args.quick, batch=args.batch, segment=args.segment)
     print(report(result))
     if args.json:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
     return 0
 
 

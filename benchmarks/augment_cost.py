@@ -26,7 +26,8 @@ from voxaug.augment.base import real_frames
 from voxaug.augment.pipeline import DEFAULT_AUGMENT
 from voxaug.config import create_config
 from voxaug.model import build_model
-from report import at_least, json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import at_least, json_output
 
 
 def _batches(count: int, batch: int, segment: int, n_mels: int, classes: int, seed: int) -> list[TrainBatch]:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     over = [label for label, v in result["variants"].items() if v["augment_fraction"] >= 0.05]
     print("each augmentation under 5% of a step: " + ("yes" if not over else f"NO ({', '.join(over)})"))
     if args.json:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

@@ -41,7 +41,8 @@ from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
-from report import json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import json_output
 
 ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("plda", "none"), ("none", "asnorm"),
         ("center", "asnorm"), ("lda", "asnorm"), ("plda", "asnorm")]
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             record.update(command="python benchmarks/backend_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
                           runs=runs)
-        write_json(args.json, record)
+        atomic_write_json(args.json, record)
     return 0
 
 

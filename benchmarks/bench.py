@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from audio_bench import run_audio_bench  # noqa: E402
 from augment_cost import measure_augment_cost  # noqa: E402
 from embed_bench import embedding_throughput, faiss_search, identify_latency  # noqa: E402
-from report import at_least, json_output, times, write_json  # noqa: E402
+from voxaug.safeio import atomic_write_json  # noqa: E402
+from report import at_least, json_output, times  # noqa: E402
 from speed_ab import BASELINE, OURS, measure_speed_changes  # noqa: E402
 from train_bench import compare_training, loading_seconds  # noqa: E402
 from voxaug.augment import TrainBatch, total_loss  # noqa: E402
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     result["bench_size"] = {k: v for k, v in asdict(size).items() if k != "synth"}
     print(markdown_table(result))
     if args.json:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     if result["failed_targets"]:
         print(f"FAILED targets: {'; '.join(result['failed_targets'])}", file=sys.stderr)

@@ -43,7 +43,7 @@ from voxaug.audio import write_audio
 from voxaug.augment.pipeline import DEFAULT_AUGMENT
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.safeio import atomic_write_json
-from report import json_output, write_json
+from report import json_output
 
 ACCENTS = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| `{arm}` | {statistics.mean(r['val_acc'] for r in mine):.3f} | "
               f"{statistics.mean(r['test_acc'] for r in mine):.3f} | {statistics.mean(r['train_acc'] for r in mine):.3f} |")
     if args.json:
-        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rows": rows})
+        atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rows": rows})
     return 0
 
 

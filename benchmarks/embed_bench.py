@@ -30,7 +30,8 @@ from voxaug.export import export_onnx
 from voxaug.features import FrontendConfig
 from voxaug.model import build_model
 from voxaug.runtime.onnx_model import OnnxSpeakerModel
-from report import at_least, json_output, times, write_json
+from voxaug.safeio import atomic_write_json
+from report import at_least, json_output, times
 
 
 def _cpu_model(classes: int) -> tuple[torch.nn.Module, dict]:
@@ -225,7 +226,7 @@ def main() -> None:
             f"{kind} {r[f'search_ms_{kind}']:.3f} ms" for kind in ("none", "lda", "plda"))
             + f"; plda {r['search_ms_plda'] / r['search_ms_lda']:.1f}x lda")
         if args.json:
-            write_json(args.json, r)
+            atomic_write_json(args.json, r)
         return
     r = run(args.quick, args.vectors)
     print(f"embedding (cpu preset), {r['embed_threads']} threads: {r['embed_utt_per_s']:.1f} utt/s bucketed, "
@@ -240,7 +241,7 @@ def main() -> None:
     for ef, point in r["faiss_hnsw_sweep"].items():
         print(f"  efSearch {ef:>4}: {point['ms']:.3f} ms/query, recall@1 {point['recall_at_1']:.3f}")
     if args.json:
-        write_json(args.json, r)
+        atomic_write_json(args.json, r)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import faiss
 import numpy as np
 
 from voxaug.embeddings.index import HNSW_EF_SEARCH, HNSW_NEIGHBOURS, SpeakerIndex
-from report import json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import json_output
 
 EF_SWEEP = (16, 32, 64, 128, 256)
 RECALL_TARGET, SPEEDUP_TARGET = 0.95, 20.0
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"default efSearch {r['default_ef_search']}; smallest meeting recall >= {RECALL_TARGET} at >= "
           f"{SPEEDUP_TARGET:.0f}x: {r['smallest_ef_meeting_target']}")
     if args.json:
-        write_json(args.json, r)
+        atomic_write_json(args.json, r)
     return 0
 
 

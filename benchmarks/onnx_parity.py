@@ -29,7 +29,8 @@ from voxaug.checkpoint import load_model
 from voxaug.export import export_onnx
 from voxaug.features import log_mel
 from voxaug.runtime.onnx_model import OnnxSpeakerModel
-from report import json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import json_output
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['compared']} | {r['pairs']} | {r['worst_cosine']:.7f} | {r['argmax_same']}/{r['pairs']} |")
     if args.json:
-        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-                               f"{platform.platform()}", "checkpoint": str(args.ckpt), "rows": rows})
+        atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
+                                      f"{platform.platform()}", "checkpoint": str(args.ckpt), "rows": rows})
     return 0
 
 

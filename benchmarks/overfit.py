@@ -33,7 +33,8 @@ from voxaug.config import resolve_config
 from voxaug.plot import read_metrics
 from voxaug.synth import SynthConfig, generate
 from voxaug.train import Trainer
-from report import at_least, json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import at_least, json_output
 
 ARMS = f"none;channel;reverb;noise;speed;specaug;mixup;crop;{DEFAULT_AUGMENT}"
 FULL = {"steps": 3000, "seeds": 3, "speakers": 60, "utterances": 20, "eval_every": 250}
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     print("\n".join(saturation_lines(result)))
     if args.json:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

@@ -1,13 +1,12 @@
-"""How a benchmark reports: its ``--json`` file is checked before the run and written atomically after it, so a
-long run is not lost to a missing folder at the end, and a ratio prints readably at any size."""
+"""How a benchmark reports: its ``--json`` file is checked before the run (and written after it with
+``voxaug.safeio.atomic_write_json``), so a long run is not lost to a missing folder at the end; counts are
+checked in one line; a ratio prints readably at any size."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
-
-from voxaug.safeio import atomic_write_json
+from typing import Callable
 
 
 def json_output(text: str) -> Path:
@@ -18,11 +17,6 @@ def json_output(text: str) -> Path:
     if not path.absolute().parent.is_dir():
         raise argparse.ArgumentTypeError(f"{path}: folder {path.absolute().parent} does not exist; create it first")
     return path
-
-
-def write_json(path: Path, result: Any) -> None:
-    """Write ``result`` as indented JSON through a temporary file and a rename: a crash leaves the old file whole."""
-    atomic_write_json(path, result)
 
 
 def times(ratio: float) -> str:

@@ -39,7 +39,8 @@ from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import ClipFolderSource
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
-from report import json_output, write_json
+from voxaug.safeio import atomic_write_json
+from report import json_output
 
 
 def with_newcomers_as_classes(data: Path, out: Path) -> int:
@@ -134,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['seed']} | {row['unseen_softmax']:.3f} | {row['unseen_cosine_lda']:.3f} | "
               f"{row['unseen_plda']:.3f} | {usual} |")
     if args.json:
-        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-                               f"{platform.platform()}", "data": str(args.data), "steps": args.steps,
-                               "rows": rows})
+        atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
+                                      f"{platform.platform()}", "data": str(args.data), "steps": args.steps,
+                                      "rows": rows})
     return 0
 
 

@@ -29,7 +29,8 @@ from voxaug.augment import TrainBatch, build_pipeline, total_loss  # noqa: E402
 from voxaug.augment.pipeline import DEFAULT_AUGMENT  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
 from voxaug.model import ConformerSpeakerNet, build_model  # noqa: E402
-from report import at_least, json_output, write_json  # noqa: E402
+from voxaug.safeio import atomic_write_json  # noqa: E402
+from report import at_least, json_output  # noqa: E402
 
 BASELINE = "torchaudio forward, AdamW for-loop"
 OURS = "conformer_forward, AdamW for-loop"
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure_speed_changes(args.reps, compile_model=args.compile, bf16=args.bf16)
     print(report(result))
     if args.json:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
     return 0
 
 

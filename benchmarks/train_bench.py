@@ -30,7 +30,8 @@ from voxaug.data.batching import SegmentSampler  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.synth import SynthConfig, generate  # noqa: E402
 from voxaug.train import Trainer  # noqa: E402
-from report import at_least, json_output, write_json  # noqa: E402
+from voxaug.safeio import atomic_write_json  # noqa: E402
+from report import at_least, json_output  # noqa: E402
 
 
 def ensure_data(data: Path | None, workdir: Path) -> Path:
@@ -200,7 +201,7 @@ def main() -> None:
     print(f"  torch.load/file {result['torch_load_batch_ms']:8.2f} ms/batch")
     print(f"  speed-up        {result['packed_speedup']:.1f}x")
     if args.json:
-        write_json(args.json, result)
+        atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":
