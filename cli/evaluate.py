@@ -92,6 +92,7 @@ def evaluate(
         score_norm = score_norm or speaker_index.score_norm
         if score_norm == "asnorm":
             speaker_index.check_asnorm()
+    check_speaker_folders(speaker_index, index, enroll, test, impostors)  # before anything is embedded
     source = open_source(data, embedder.frontend)
     check_training_speakers(data, source.speakers, embedder.speakers,
                             "evaluate scores the run's own validation split of its dataset")  # before featurising
@@ -101,9 +102,6 @@ def evaluate(
     if enroll is not None:
         enrolled = embed_folder(embedder, enroll, cache_dir, not quiet)
         tested = embed_folder(embedder, test, cache_dir, not quiet)
-        unknown = sorted(set(tested.labels.tolist()) - set(enrolled.labels.tolist()))
-        if unknown:
-            raise VoxaugError(f"{test}: speakers {unknown} have test clips but no enrolment clips in {enroll}")
         report["unseen"] = {
             "speakers": len(set(enrolled.labels.tolist())),
             "test_clips": int(len(tested.labels)),
@@ -112,7 +110,7 @@ def evaluate(
         }
         groups["unseen test"] = tested
         if speaker_index is not None:
-            report["unseen"].update(among_enrolled(speaker_index, index, tested, test, score_norm))
+            report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
     seed = embedder.split.seed
     speakers = {utterance.path.resolve(): utterance.speaker for utterance in source.utterances
                 if utterance.speaker} if parsed_trials else {}
@@ -136,7 +134,7 @@ def evaluate(
                                                  speaker_index.cohort.top_k if speaker_index.cohort else None)
         if impostors is not None:
             strangers = embed_folder(embedder, impostors, cache_dir, not quiet)
-            report["open_set"]["impostors"] = impostor_rejection(speaker_index, index, strangers, impostors, score_norm,
+            report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
                                                                  report["open_set"]["value"])
         if calibrate:
             with index_lock(index):
@@ -176,26 +174,40 @@ def evaluate(
     typer.echo("\n".join(lines))
 
 
-def among_enrolled(index: SpeakerIndex, index_path: Path, tested: LabelledEmbeddings, test: Path,
-                   score_norm: str) -> dict:
-    """Top-1 of the unseen speakers' test clips among everyone the index holds (trained speakers too)."""
-    missing = sorted(set(tested.labels.tolist()) - set(index.speakers))
+def check_speaker_folders(index: SpeakerIndex | None, index_path: Path | None, enroll: Path | None,
+                          test: Path | None, impostors: Path | None) -> None:
+    """Refuse speaker folders that cannot be scored as asked, from their folder names alone, so that the
+    mistake costs a directory listing rather than the minutes of embedding before the figure that needs them."""
+    from voxaug.data.sources import ClipFolderSource
+
+    speakers = {folder: set(ClipFolderSource(folder).speakers) for folder in (enroll, test, impostors)
+                if folder is not None}
+    if test is not None:
+        unknown = sorted(speakers[test] - speakers[enroll])
+        if unknown:
+            raise VoxaugError(f"{test}: speakers {unknown} have test clips but no enrolment clips in {enroll}")
+    if index is None:
+        return
+    missing = sorted(speakers[test] - set(index.speakers)) if test is not None else []
     if missing:
         raise file_error(index_path, f"speakers {missing[:5]} have test clips in {test} but are not enrolled in this "
                                      f"index; enrol them first (voxaug enroll --index {index_path} --speakers-dir DIR "
                                      "--append)")
+    enrolled = sorted(speakers[impostors] & set(index.speakers)) if impostors is not None else []
+    if enrolled:
+        raise file_error(impostors, f"--impostors: speakers {enrolled[:5]} are enrolled in {index_path}, so they are "
+                                    "not impostors")
+
+
+def among_enrolled(index: SpeakerIndex, tested: LabelledEmbeddings, score_norm: str) -> dict:
+    """Top-1 of the unseen speakers' test clips among everyone the index holds (trained speakers too)."""
     answers = [ranked[0][0] for ranked in index.search(tested.embeddings, 1, score_norm=score_norm)]
     return {"among_enrolled": float(np.mean(np.array(answers) == tested.labels)), "enrolled": len(index.speakers),
             "score": index.score_name(score_norm)}
 
 
-def impostor_rejection(index: SpeakerIndex, index_path: Path, strangers: LabelledEmbeddings, impostors: Path,
-                       score_norm: str, threshold: float) -> dict:
+def impostor_rejection(index: SpeakerIndex, strangers: LabelledEmbeddings, score_norm: str, threshold: float) -> dict:
     """The share of clips of never-enrolled speakers whose best score falls under ``threshold``."""
-    enrolled = sorted(set(strangers.labels.tolist()) & set(index.speakers))
-    if enrolled:
-        raise file_error(impostors, f"--impostors: speakers {enrolled[:5]} are enrolled in {index_path}, so they are "
-                                    "not impostors")
     best = np.array([ranked[0][1] for ranked in index.search(strangers.embeddings, 1, score_norm=score_norm)])
     return {"clips": int(len(best)), "unknown": float((best < threshold).mean())}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -384,7 +385,20 @@ def calibrated(trained_run, tiny_synth, tmp_path_factory):
     return folder, index, result.output
 
 
-def test_impostors_that_are_enrolled_are_refused_naming_the_folder_and_the_index(calibrated, trained_run, tiny_synth):
+@pytest.fixture
+def nothing_embedded(monkeypatch):
+    """Makes evaluate fail the test if it embeds anything: its refusals must come before that work."""
+    import voxaug.embeddings.evaluation as evaluation
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("evaluate embedded clips before refusing its speaker folders")
+
+    monkeypatch.setattr(evaluation, "closed_set", embedded)
+    monkeypatch.setattr(evaluation, "embed_folder", embedded)
+
+
+def test_impostors_that_are_enrolled_are_refused_naming_the_folder_and_the_index(calibrated, trained_run, tiny_synth,
+                                                                                 nothing_embedded):
     folder, index, _ = calibrated
     unseen = tiny_synth / "unseen"
     result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", folder / "report2", "--index",
@@ -392,6 +406,26 @@ def test_impostors_that_are_enrolled_are_refused_naming_the_folder_and_the_index
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: {unseen / 'enroll'}: --impostors: speakers ['new000', 'new001'] are "
                                      f"enrolled in {index}, so they are not impostors")
+    assert not (folder / "report2").exists()
+
+
+def test_test_speakers_without_enrolment_or_not_in_the_index_are_refused_before_embedding(
+        calibrated, trained_run, tiny_synth, tmp_path, nothing_embedded):
+    folder, index, _ = calibrated
+    unseen = tiny_synth / "unseen"
+    stranger = tmp_path / "strangers" / "stranger"
+    shutil.copytree(unseen / "test" / "new000", stranger)
+    evaluate = ("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index", index,
+                "-q")
+    result = invoke(*evaluate, "--enroll", unseen / "enroll", "--test", stranger.parent)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {stranger.parent}: speakers ['stranger'] have test clips but no "
+                                     f"enrolment clips in {unseen / 'enroll'}")
+    result = invoke(*evaluate, "--enroll", stranger.parent, "--test", stranger.parent)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {index}: speakers ['stranger'] have test clips in {stranger.parent} but "
+                                     f"are not enrolled in this index; enrol them first (voxaug enroll --index {index} "
+                                     "--speakers-dir DIR --append)")
 
 
 def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(calibrated):
