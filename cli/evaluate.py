@@ -88,7 +88,8 @@ def evaluate(
     parsed_trials = read_trials(trials, data) if trials else None
     embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model, device)
     if speaker_index is not None:
-        check_model(speaker_index, index, model_path, embedder.sha256, embedder.embedding_dim)
+        check_model(speaker_index, index, model_path, embedder.sha256, embedder.embedding_dim,
+                    embedder.source_sha256)
         score_norm = score_norm or speaker_index.score_norm
         if score_norm == "asnorm":
             speaker_index.check_asnorm()

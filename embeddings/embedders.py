@@ -32,6 +32,7 @@ class CheckpointEmbedder:
         self.speakers: list[str] = list(loaded.speakers)
         self.split: TrainingSplit = loaded.config.training_split
         self.embedding_dim: int = loaded.config.model.embedding_dim
+        self.source_sha256: str | None = None
 
     @classmethod
     def load(cls, path: Path, device: torch.device) -> "CheckpointEmbedder":
@@ -68,6 +69,7 @@ class ExportEmbedder:
         self.split: TrainingSplit = model.training_split
         self.embedding_dim: int = model.embedding_dim
         self.sha256: str = model.sha256
+        self.source_sha256: str | None = model.source_sha256
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu") -> "ExportEmbedder":

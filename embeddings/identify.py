@@ -30,14 +30,25 @@ def checkpoint_record(path: str | Path) -> dict:
     return {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
 
-def check_model(index: SpeakerIndex, index_path: Path, model_path: Path, digest: str, embedding_dim: int) -> None:
-    """Refuse a model (checkpoint or ONNX export) other than the index's own, or of another embedding size."""
+def same_weights(record: dict, digest: str, source_sha256: str | None = None) -> bool:
+    """Whether a model (``digest``, and for an ONNX export the checkpoint it came from) has the weights an
+    index's record names: the same file, an export of the recorded checkpoint, the checkpoint of a recorded
+    export, or two exports of one checkpoint. Their embeddings agree to a cosine of 0.9999999
+    (benchmarks/onnx_parity.py), so an index built with one answers queries from the other as it would its own."""
+    recorded = {record.get("sha256"), record.get("source_sha256")} - {None, ""}
+    return bool(recorded & ({digest, source_sha256} - {None, ""}))
+
+
+def check_model(index: SpeakerIndex, index_path: Path, model_path: Path, digest: str, embedding_dim: int,
+                source_sha256: str | None = None) -> None:
+    """Refuse a model other than the index's own (or an ONNX export of the same checkpoint), or of another
+    embedding size."""
     expected = index.checkpoint.get("sha256")
-    if expected and expected != digest:
+    if expected and not same_weights(index.checkpoint, digest, source_sha256):
         raise file_error(
             model_path, f"model does not match the index {index_path} (SHA-256 {digest[:12]}…, the sidecar "
-            f"{sidecar_path(index_path)} expects {expected[:12]}… from {index.checkpoint.get('path')}); "
-            "embeddings of different models are not comparable"
+            f"{sidecar_path(index_path)} expects {expected[:12]}… from {index.checkpoint.get('path')}, or an "
+            "export of the same checkpoint); embeddings of different models are not comparable"
         )
     if embedding_dim != index.dim:
         raise file_error(model_path, f"embedding dimension {embedding_dim} does not match the index's {index.dim}")

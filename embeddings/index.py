@@ -502,7 +502,7 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
     if meta["per"] == "speaker" and (not isinstance(norms, dict) or set(norms) != set(meta["counts"]) or not all(
             _finite_number(norm) and norm > 0 for norm in norms.values())):
         raise file_error(side, "sidecar field 'mean_norms' must map each speaker to a positive number")
-    for key in ("path", "sha256"):
+    for key in ("path", "sha256", "source_sha256"):
         if not isinstance(meta["checkpoint"].get(key, ""), str):
             raise file_error(side, f"sidecar field 'checkpoint.{key}' must be a string")
 

@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import voxaug
+from voxaug.checkpoint import load_checkpoint, save_checkpoint
 from voxaug.cli.main import app
 from voxaug.errors import VoxaugError
 from voxaug.export import export_onnx
@@ -33,7 +34,12 @@ def models(trained_run: Path, tmp_path_factory) -> dict[str, Path]:
     ckpt = trained_run / "best.pt"
     export_onnx(ckpt, folder / "model.onnx")
     export_onnx(ckpt, folder / "audio.onnx", with_frontend=True)
-    return {"ckpt": ckpt, "onnx": folder / "model.onnx", "audio": folder / "audio.onnx"}
+    state = load_checkpoint(ckpt)  # other weights: what an index must refuse
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(folder / "other.pt", state)
+    export_onnx(folder / "other.pt", folder / "other.onnx")
+    return {"ckpt": ckpt, "onnx": folder / "model.onnx", "audio": folder / "audio.onnx", "other": folder / "other.pt",
+            "other_onnx": folder / "other.onnx"}
 
 
 def wavs(tiny_synth: Path, part: str, speaker: str) -> list[Path]:
@@ -121,12 +127,39 @@ def test_an_index_built_with_one_model_refuses_another(models, tiny_synth, tmp_p
     built = voxaug.SpeakerIndex.create(index, models["onnx"])
     built.enroll("new000", wavs(tiny_synth, "enroll", "new000"))
     query = wavs(tiny_synth, "test", "new000")[0]
-    for option, other in (("--ckpt", models["ckpt"]), ("--model", models["audio"])):
+    for option, other in (("--ckpt", models["other"]), ("--model", models["other_onnx"])):
         one_line_error(*invoke("identify", "--index", index, option, other, query), other.name, "does not match the index")
         one_line_error(*invoke("enroll", "--index", index, option, other, "--speaker", "x", query),
                        "does not match the index")
     with pytest.raises(VoxaugError, match="does not match the index"):
-        voxaug.SpeakerIndex.open(index, models["ckpt"])
+        voxaug.SpeakerIndex.open(index, models["other"])
+
+
+@pytest.mark.parametrize("built_with", ["ckpt", "onnx"])
+def test_an_index_answers_its_checkpoint_and_every_export_of_it_alike(models, tiny_synth, tmp_path, built_with):
+    """Train and enrol with the checkpoint, deploy its export with the same index (and the other way round)."""
+    index = tmp_path / "spk.faiss"
+    for speaker in ("new000", "new001"):
+        option = "--ckpt" if built_with == "ckpt" else "--model"
+        code, output = invoke("enroll", "--index", index, option, models[built_with], "--speaker", speaker,
+                              *wavs(tiny_synth, "enroll", speaker))
+        assert code == 0, output
+    recorded = json.loads(index.with_name("spk.faiss.json").read_text())["checkpoint"]
+    assert recorded.get("source_sha256") == (sha256_file(models["ckpt"]) if built_with == "onnx" else None)
+    query = wavs(tiny_synth, "test", "new001")[0]
+    records = {}
+    for name, option in (("ckpt", "--ckpt"), ("onnx", "--model"), ("audio", "--model")):
+        code, output = invoke("identify", "--index", index, option, models[name], "--json", query)
+        assert code == 0, output
+        records[name] = json.loads(output)
+    for record in records.values():
+        assert [top["speaker"] for top in record["top"]] == [top["speaker"] for top in records[built_with]["top"]]
+        for top, own in zip(record["top"], records[built_with]["top"]):
+            assert top["score"] == pytest.approx(own["score"], abs=1e-3)
+    code, output = invoke("enroll", "--index", index, "--model", models["audio"], "--speaker", "late",
+                          *wavs(tiny_synth, "test", "new000"))
+    assert code == 0, output
+    assert voxaug.SpeakerIndex.open(index, models["ckpt"]).speakers == ["late", "new000", "new001"]
 
 
 def test_model_and_ckpt_together_are_refused(models, tiny_synth, tmp_path):
@@ -304,7 +337,7 @@ def test_evaluate_refuses_a_model_the_index_was_not_built_with_and_an_export_wit
                           "--index", tmp_path / "spk.faiss")
     assert code == 0, output
     common = (tiny_synth, "--out", tmp_path / "report", "--index", tmp_path / "spk.faiss")
-    one_line_error(*invoke("evaluate", *common, "--ckpt", models["ckpt"]), "does not match the index")
+    one_line_error(*invoke("evaluate", *common, "--ckpt", models["other"]), "does not match the index")
     one_line_error(*invoke("evaluate", *common, "--ckpt", models["ckpt"], "--model", models["onnx"]), "--ckpt and --model")
     one_line_error(*invoke("evaluate", *common), "--ckpt RUN/last.pt or --model model.onnx")
     one_line_error(*invoke("evaluate", *common, "--model", tmp_path / "missing.onnx"), "missing.onnx")

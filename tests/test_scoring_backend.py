@@ -182,6 +182,7 @@ def test_a_query_that_skips_the_back_end_is_refused():
     (lambda meta: meta["mean_norms"].pop("s0"), "mean_norms"),
     (lambda meta: meta.pop("mean_norms"), "mean_norms"),
     (lambda meta: meta["checkpoint"].update(sha256=5), "checkpoint.sha256"),
+    (lambda meta: meta["checkpoint"].update(source_sha256=["abc"]), "checkpoint.source_sha256"),
     (lambda meta: meta["calibration"].update(value=float("nan")), "calibration 'value'"),
     (lambda meta: meta["calibration"].update(value=True), "calibration 'value'"),
     (lambda meta: meta["calibration"].update(cohort_top_k=1), "calibration 'cohort_top_k'"),

@@ -34,6 +34,7 @@ class OnnxEngine:
 
         self.model = OnnxSpeakerModel.load(path, threads=threads)
         self.sha256 = self.model.sha256
+        self.source_sha256: str | None = self.model.source_checkpoint_sha256
         self.speakers = list(self.model.speakers)
         self.embedding_dim = self.model.embedding_dim
         self.frontend = self.model.frontend
@@ -73,6 +74,7 @@ class TorchEngine:
         self.threads = threads if self.device.type == "cpu" else None
         self.loaded = load_model(path, self.device)
         self.sha256 = sha256_file(path)
+        self.source_sha256: str | None = None
         self.speakers = list(self.loaded.speakers)
         self.embedding_dim = self.loaded.config.model.embedding_dim
         self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())

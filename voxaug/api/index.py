@@ -59,7 +59,7 @@ class SpeakerIndex:
             model = sidecar_model(data, path, device, threads)
         elif not isinstance(model, SpeakerModel):
             model = SpeakerModel.load(model, device, threads)
-        check_model(data, path, model.path, model.sha256, model.embedding_dim)
+        check_model(data, path, model.path, model.sha256, model.embedding_dim, model.source_sha256)
         return cls(path, data, model, score_norm, cohort_top_k, threshold)
 
     @classmethod
@@ -133,7 +133,8 @@ class SpeakerIndex:
         if not sidecar_path(self.path).exists():  # a copy: a failed first write must not change this object
             return copy.deepcopy(self.data)
         data = IndexData.load(self.path)
-        check_model(data, self.path, self.model.path, self.model.sha256, self.model.embedding_dim)
+        check_model(data, self.path, self.model.path, self.model.sha256, self.model.embedding_dim,
+                    self.model.source_sha256)
         return data
 
     def identify_record(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None,

@@ -57,6 +57,11 @@ class SpeakerModel:
         return self.engine.sha256
 
     @property
+    def source_sha256(self) -> str | None:
+        """SHA-256 of the checkpoint an ONNX export was made from (None for a checkpoint)."""
+        return self.engine.source_sha256
+
+    @property
     def takes_audio_only(self) -> bool:
         """An export with its front end inside (`voxaug export --with-frontend`): it embeds waveforms, not features."""
         return self.kind == "onnx" and self.engine.model.takes_audio
@@ -82,7 +87,10 @@ class SpeakerModel:
 
     def record(self) -> dict:
         """What an index's sidecar remembers of the model that made its embeddings."""
-        return {"path": str(self.path.resolve()), "sha256": self.sha256, "kind": self.kind}
+        record = {"path": str(self.path.resolve()), "sha256": self.sha256, "kind": self.kind}
+        if self.source_sha256:
+            record["source_sha256"] = self.source_sha256
+        return record
 
     def embed_with_probabilities(self, x: ClipInput, sample_rate: int | None = None,
                                  name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
