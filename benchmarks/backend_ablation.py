@@ -40,6 +40,7 @@ from voxaug.embeddings.calibration import calibrate, open_set_scores
 from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
 from voxaug.embeddings.extract import embed_store
+from voxaug.embeddings.index import SpeakerIndex
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 from voxaug.safeio import atomic_write_json
 from report import json_output
@@ -68,7 +69,8 @@ def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:
     return found
 
 
-def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> dict:
+def enrolled_index(found: dict, backend: str, score_norm: str) -> SpeakerIndex:
+    """The index `embed --index` builds from the training speakers, with the newcomers enrolled as `enroll` does."""
     config = found["model"].config
     train = found["train"]
     index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
@@ -77,7 +79,14 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     enrolled = found["unseen_enroll"]
     for speaker in sorted(set(enrolled.labels.tolist())):
         index.add(speaker, enrolled.embeddings[enrolled.labels == speaker])
+    return index
 
+
+def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> dict:
+    config = found["model"].config
+    train = found["train"]
+    index = enrolled_index(found, backend, score_norm)
+    enrolled = found["unseen_enroll"]
     unseen = found["unseen_test"]
     first = index.search(unseen.embeddings, 1)  # the answer identify gives, and its score
     ranked = index.search(unseen.embeddings, len(index.labels))  # every entry, for the narrower questions

@@ -165,6 +165,34 @@ def test_backend_ablation_scores_every_arm(trained_run, tiny_synth, tmp_path, ca
     assert "| lda | asnorm |" in capsys.readouterr().out
 
 
+def test_calibration_holdout_picks_the_threshold_on_one_fold_and_identifies_the_other(trained_run, tiny_synth, tmp_path):
+    import backend_ablation
+    import calibration_holdout
+    from voxaug.embeddings.calibration import calibrate, open_set_scores
+    from voxaug.embeddings.evaluation import LabelledEmbeddings
+
+    dealt = calibration_holdout.folds(LabelledEmbeddings(np.zeros((7, 2)), np.array(list("aaabbcc"))))
+    assert [fold.tolist() for fold in dealt] == [[0, 2, 3, 5], [1, 4, 6]]
+    ckpt = trained_run / "best.pt"
+    assert calibration_holdout.main([str(tiny_synth), "--ckpt", str(ckpt), "--json", str(tmp_path / "h.json")]) == 0
+    rows = json.loads((tmp_path / "h.json").read_text())["runs"][0]["rows"]
+    clips = sum(1 for _ in (tiny_synth / "unseen" / "test").glob("*/*.pt"))
+    assert [r["fold"] for r in rows] == [0, 1] and all(r["calibrated_on"] + r["identified"] == clips for r in rows)
+    found = backend_ablation.embed_everything(ckpt, tiny_synth, None)
+    index = backend_ablation.enrolled_index(found, "plda", "none")
+    unseen = found["unseen_test"]
+    for row, fold in zip(rows, calibration_holdout.folds(unseen)):
+        picked_on = LabelledEmbeddings(unseen.embeddings[fold], unseen.labels[fold])
+        record = calibrate(open_set_scores(index, picked_on.embeddings, picked_on.labels.tolist(), "none"), 0.01, "none", "")
+        assert row["threshold"] == record["value"] and row["predicted_acceptance"] == record["acceptance"]
+        # identify answers the clips the threshold was picked on as evaluate predicted; the other fold is the test
+        assert calibration_holdout.answered(index, picked_on, "none", record["value"])["accepted"] == record["acceptance"]
+        held = np.setdiff1d(np.arange(clips), fold)
+        expected = calibration_holdout.answered(index, LabelledEmbeddings(unseen.embeddings[held], unseen.labels[held]),
+                                                "none", record["value"])
+        assert row["held_out_acceptance"] == expected["accepted"] and 0 <= row["impostors_unknown"] <= 1
+
+
 def test_backend_ablation_of_several_models_writes_one_run_each_that_the_renderer_reads(trained_run, tiny_synth,
                                                                                          tmp_path, monkeypatch):
     import backend_ablation
