@@ -277,6 +277,32 @@ def asnorm_external_table(result: dict) -> str:
     return "\n".join(lines + ["", f"{result['machine']}, {result['date']}"])
 
 
+def calibration_holdout_table(result: dict) -> str:
+    """Each model's two folds: the threshold picked on one, what evaluate predicts there, and what identify does
+    with the other fold's clips and the impostors at it; the last row gives the mean over every fold."""
+    lines = ["| model (seed) | threshold picked on | threshold | predicted acceptance | held-out acceptance "
+             "| predicted DIR | held-out DIR | impostors unknown |", "|---|---|---|---|---|---|---|---|"]
+    rows = [row for run in result["runs"] for row in run["rows"]]
+    for run in result["runs"]:
+        for row in run["rows"]:
+            lines.append(f"| seed {run['seed']} | fold {row['fold']} ({row['calibrated_on']} clips; the other "
+                         f"{row['identified']} held out) | {row['threshold']:.3f} | {row['predicted_acceptance']:.3f} "
+                         f"| {row['held_out_acceptance']:.3f} | {row['predicted_dir']:.3f} | {row['held_out_dir']:.3f} "
+                         f"| {row.get('impostors_unknown', float('nan')):.3f} |")
+    gaps = [abs(row["held_out_acceptance"] - row["predicted_acceptance"]) for row in rows]
+    mean = {key: statistics.mean(row[key] for row in rows) for key in
+            ("predicted_acceptance", "held_out_acceptance", "predicted_dir", "held_out_dir")}
+    unknown = [row["impostors_unknown"] for row in rows if "impostors_unknown" in row]
+    lines.append(f"| mean of {len(rows)} folds | held-out acceptance off the prediction by {statistics.mean(gaps):.3f} "
+                 f"on average, {max(gaps):.3f} at most | | {mean['predicted_acceptance']:.3f} "
+                 f"| {mean['held_out_acceptance']:.3f} | {mean['predicted_dir']:.3f} | {mean['held_out_dir']:.3f} "
+                 f"| {statistics.mean(unknown) if unknown else float('nan'):.3f} (lowest {min(unknown, default=float('nan')):.3f}) |")
+    lines.append("")
+    lines.append(f"{result['machine']}, {result['date']}; back end {result['backend']}, scores {result['score_norm']}, "
+                 f"FAR {result['target_far']:g}")
+    return "\n".join(lines)
+
+
 def parity_table(result: dict) -> str:
     """ONNX Runtime against torch: worst cosine and argmax agreement per comparison."""
     lines = ["| compared | pairs | worst cosine | argmax the same |", "|---|---|---|---|"]
@@ -416,6 +442,8 @@ def render(name: str, view: str | None = None) -> str:
     if "runs" in result and "cohort" in result["runs"][0]["rows"][0]:  # asnorm_cohorts.py, with --external-cohort or not
         external = any(row["cohort"].startswith("external") for run in result["runs"] for row in run["rows"])
         return asnorm_external_table(result) if external else asnorm_cohorts_table(result)
+    if "runs" in result and "held_out_acceptance" in result["runs"][0]["rows"][0]:
+        return calibration_holdout_table(result)
     if "runs" in result and "unseen_among_all" in result["runs"][0]["rows"][0]:
         return checkpoint_table(result) if view == "checkpoints" else backend_crosscheck_table(result)
     if "rows" in result and "unseen_softmax" in result["rows"][0]:

@@ -165,7 +165,8 @@ def test_backend_ablation_scores_every_arm(trained_run, tiny_synth, tmp_path, ca
     assert "| lda | asnorm |" in capsys.readouterr().out
 
 
-def test_calibration_holdout_picks_the_threshold_on_one_fold_and_identifies_the_other(trained_run, tiny_synth, tmp_path):
+def test_calibration_holdout_picks_the_threshold_on_one_fold_and_identifies_the_other(trained_run, tiny_synth, tmp_path,
+                                                                                     monkeypatch):
     import backend_ablation
     import calibration_holdout
     from voxaug.embeddings.calibration import calibrate, open_set_scores
@@ -191,6 +192,14 @@ def test_calibration_holdout_picks_the_threshold_on_one_fold_and_identifies_the_
         expected = calibration_holdout.answered(index, LabelledEmbeddings(unseen.embeddings[held], unseen.labels[held]),
                                                 "none", record["value"])
         assert row["held_out_acceptance"] == expected["accepted"] and 0 <= row["impostors_unknown"] <= 1
+    import render_results
+
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)
+    table = render_results.render("h.json").splitlines()
+    assert len(table) == 2 + 2 + 1 + 2  # header, a row per fold, the mean, the machine line
+    gaps = [abs(r["held_out_acceptance"] - r["predicted_acceptance"]) for r in rows]
+    assert table[4].startswith(f"| mean of 2 folds | held-out acceptance off the prediction by {np.mean(gaps):.3f} "
+                               f"on average, {max(gaps):.3f} at most |")
 
 
 def test_backend_ablation_of_several_models_writes_one_run_each_that_the_renderer_reads(trained_run, tiny_synth,
