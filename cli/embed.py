@@ -18,7 +18,7 @@ from voxaug.cli.common import (
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock, sidecar_path
 from voxaug.embeddings.speaker_index import (
-    DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index,
+    DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index, check_index_speakers,
 )
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_output, atomic_write_text
@@ -114,6 +114,7 @@ def embed(
         source = open_source(data, loaded.frontend)
         if index is not None:
             check_training_speakers(data, source.speakers, loaded.speakers, OWN_SPEAKERS_ONLY)
+            check_index_speakers(source.speakers, data)
         store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main,
                                                                   warn=context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
@@ -155,6 +156,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     source = open_source(data, FrontendConfig.from_dict(speaker_model.frontend))
     if index is not None:
         check_training_speakers(data, source.speakers, speaker_model.speakers, OWN_SPEAKERS_ONLY)
+        check_index_speakers(source.speakers, data)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)

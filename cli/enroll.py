@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips
+from voxaug.cli.common import (
+    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, output_file,
+)
 from voxaug.errors import VoxaugError, file_error
 
 
@@ -35,17 +37,27 @@ def enroll(
         raise VoxaugError("--speakers-dir takes its clips from DIR/<speaker>/ folders; give no clip arguments")
     if speaker is not None and not clips:
         raise VoxaugError(f"--speaker {speaker}: no enrolment clips given")
+    if remove is not None and (clips or ckpt or model or per or hnsw or append):
+        raise VoxaugError(f"--remove {remove}: takes only --index (and --lock-timeout); clips, --ckpt, --model, "
+                          "--per, --hnsw and --append are for enrolling")
+    output_file(index, "--index")
     from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
     from voxaug.embeddings.index import SpeakerIndex as IndexData
-    from voxaug.embeddings.index import MODES, index_lock, sidecar_path
+    from voxaug.embeddings.index import MODES, check_lock_timeout, index_lock, sidecar_path
 
+    check_lock_timeout(lock_timeout)
     if per is not None and per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
     model_path = chosen_model(ckpt, model)
     if remove is not None:
+        if not index.exists() and not sidecar_path(index).exists():  # before the lock makes its folder
+            raise file_error(index, "speaker index not found; nothing to remove")
         with index_lock(index, lock_timeout):
             speaker_index = IndexData.load(index)
-            speaker_index.remove(remove)
+            try:
+                speaker_index.remove(remove)
+            except VoxaugError as exc:
+                raise file_error(index, str(exc)) from None
             speaker_index.save(index)
         typer.echo(f"removed {remove}; {len(speaker_index.speakers)} speakers remain in {index}")
         return

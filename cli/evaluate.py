@@ -92,7 +92,10 @@ def evaluate(
                     embedder.source_sha256)
         score_norm = score_norm or speaker_index.score_norm
         if score_norm == "asnorm":
-            speaker_index.check_asnorm()
+            try:
+                speaker_index.check_asnorm()
+            except VoxaugError as exc:
+                raise file_error(index, str(exc)) from None
     check_speaker_folders(speaker_index, index, enroll, test, impostors)  # before anything is embedded
     source = open_source(data, embedder.frontend)
     check_training_speakers(data, source.speakers, embedder.speakers,
@@ -121,8 +124,9 @@ def evaluate(
             else score_pairs(held_out, max_pairs, seed, reference, scorer)
 
     report["verification"] = verification(TrialScorer(target_far=target_far))
-    if speaker_index is not None and speaker_index.cohort is not None:
+    if speaker_index is not None and (speaker_index.cohort is not None or speaker_index.backend.kind != "none"):
         report["verification_backend"] = verification(TrialScorer(speaker_index, "none", target_far))
+    if speaker_index is not None and speaker_index.cohort is not None:
         report["verification_asnorm"] = verification(TrialScorer(speaker_index, "asnorm", target_far))
     if speaker_index is not None:
         clips, source = calibration_clips(speaker_index, held_out, groups.get("unseen test"), data, test)

@@ -140,11 +140,11 @@ class SpeakerIndex:
 
     def check_asnorm(self) -> None:
         """AS-norm needs a cohort and one vector per speaker (its statistics are stored per speaker)."""
+        if self.mode != "speaker":
+            raise VoxaugError("--score-norm asnorm works on speaker indexes (--per speaker), not --per utterance")
         if self.cohort is None:
             raise VoxaugError("--score-norm asnorm: the index has no AS-norm cohort; rebuild it with "
                               "`voxaug embed ... --index FILE --score-norm asnorm`")
-        if self.mode != "speaker":
-            raise VoxaugError("--score-norm asnorm works on speaker indexes (--per speaker), not --per utterance")
 
     def score_name(self, score_norm: str) -> str:
         """What a search with ``score_norm`` returns: ``cosine``, ``plda`` (the back end's) or ``asnorm``."""
@@ -496,15 +496,21 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
         repeated = sorted(label for label, times in Counter(meta["labels"]).items() if times > 1)
         raise file_error(side, f"sidecar 'labels' name {repeated[:3]} more than once; an index of one vector per "
                                "speaker names each once")
-    if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 1 for count in meta["counts"].values()):
-        raise file_error(side, "sidecar field 'counts' must map each speaker to a whole number of clips >= 1")
+    if not all(isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_CLIPS
+               for count in meta["counts"].values()):
+        raise file_error(side, f"sidecar field 'counts' must map each speaker to a whole number of clips, 1 to {MAX_CLIPS}")
     norms = meta.get("mean_norms")  # a speaker's running mean is norm * centroid: PLDA and --append need it
     if meta["per"] == "speaker" and (not isinstance(norms, dict) or set(norms) != set(meta["counts"]) or not all(
-            _finite_number(norm) and norm > 0 for norm in norms.values())):
-        raise file_error(side, "sidecar field 'mean_norms' must map each speaker to a positive number")
+            _finite_number(norm) and 0 < norm <= 1 + 1e-5 for norm in norms.values())):
+        raise file_error(side, "sidecar field 'mean_norms' must map each speaker to a number in (0, 1], the length "
+                               "of a mean of unit vectors")
     for key in ("path", "sha256", "source_sha256"):
         if not isinstance(meta["checkpoint"].get(key, ""), str):
             raise file_error(side, f"sidecar field 'checkpoint.{key}' must be a string")
+
+
+MAX_CLIPS = 2**53
+"""Most clips a speaker's count may record: beyond it a float no longer counts one by one."""
 
 
 def _finite_number(value: object) -> bool:
@@ -520,6 +526,12 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
         cohort = None if meta.get("cohort") is None else Cohort.from_json(meta["cohort"], where)
     except VoxaugError as exc:
         raise file_error(side, str(exc).removeprefix(f"{where}: ")) from exc
+    dim = meta["dimension"]
+    if backend.mean is not None and backend.mean.shape[0] != dim:
+        raise file_error(side, f"sidecar back end is {backend.mean.shape[0]}-dimensional and the index {dim}-dimensional")
+    if cohort is not None and cohort.vectors.shape[1] != backend.output_dim(dim):
+        raise file_error(side, f"sidecar cohort vectors are {cohort.vectors.shape[1]}-dimensional; the back end's "
+                               f"space is {backend.output_dim(dim)}-dimensional")
     stats = meta.get("cohort_stats", {})
     if not isinstance(stats, dict) or not all(
             isinstance(v, list) and len(v) == 2 and all(_finite_number(x) for x in v) and v[1] > 0 for v in stats.values()):
@@ -541,6 +553,13 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
             "calibration": dict(calibration)}
 
 
+def check_lock_timeout(timeout_s: object) -> float:
+    if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
+                                           and timeout_s >= 0):
+        raise VoxaugError(f"--lock-timeout must be a number of seconds >= 0, got {timeout_s}")
+    return float(timeout_s)
+
+
 @contextmanager
 def index_lock(path: str | Path, timeout_s: float = 60.0) -> Iterator[None]:
     """Exclusive lock around a read-modify-write of an index; waits up to ``timeout_s``.
@@ -549,8 +568,7 @@ def index_lock(path: str | Path, timeout_s: float = 60.0) -> Iterator[None]:
     the lock on a file already removed (or replaced) tries again on the current one, so two
     processes never both hold it. A lock file left by a killed process holds no lock and is reused.
     """
-    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s >= 0):
-        raise VoxaugError(f"--lock-timeout must be a number of seconds >= 0, got {timeout_s}")
+    check_lock_timeout(timeout_s)
     lock_path = Path(f"{real_path(path)}.lock")
     ensure_folder(lock_path.parent, "index folder")
     deadline = time.monotonic() + timeout_s

@@ -15,6 +15,8 @@ which was used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from voxaug.embeddings.backend import (
     BACKENDS, DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, SCORE_NORMS, Cohort, ScoringBackend, check_choice, check_lda_dim,
     check_top_k,
 )
+from voxaug.embeddings.identify import check_speaker_name
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.errors import VoxaugError
 
@@ -52,6 +55,17 @@ class ScoringOptions:
         return self
 
 
+def check_index_speakers(speakers: Iterable[str], where: str | Path) -> None:
+    """Every training speaker becomes an entry, and its name must be one `enroll` would take: not ``unknown``
+    (identify's answer below the threshold), not blank."""
+    for speaker in sorted(set(speakers)):
+        try:
+            check_speaker_name(speaker)
+        except VoxaugError as exc:
+            raise VoxaugError(f"{where}: {exc} (a training speaker's name; rename it in the dataset to build an "
+                              "index)") from None
+
+
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
                         per: str, hnsw: bool, checkpoint: dict, frontend: dict, seed: int, val_fraction: float,
                         options: ScoringOptions, speaker_order: list[str] | None = None,
@@ -64,6 +78,7 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     """
     if any(s is None for s in speakers):
         raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
+    check_index_speakers(speakers, "--index")
     names = np.array(speakers)
     train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
     backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)

@@ -397,7 +397,40 @@ def test_enroll_takes_one_clip_as_one_clip(models, tiny_synth, tmp_path):
     assert index.enroll("by-path", str(clip)) == 1 and index.enroll("by-pathlib", clip) == 1
     features = np.random.default_rng(0).standard_normal((80, 40)).astype(np.float32)
     assert index.enroll("by-array", features) == 1
-    assert index.enroll_many({"one": clip, "two": [clip, clip]}) == {"one": 1, "two": 2}
+    second = wavs(tiny_synth, "enroll", "new000")[1]
+    assert index.enroll_many({"one": clip, "two": [clip, second]}) == {"one": 1, "two": 2}
+
+
+def test_a_clip_given_twice_is_refused_before_anything_is_written(models, tiny_synth, tmp_path):
+    """The same file twice, or a clip's `.pt` and `.wav` twins, would count twice in the mean and count PLDA scores."""
+    index_path = tmp_path / "spk.faiss"
+    clip = wavs(tiny_synth, "enroll", "new000")[0]
+    index = voxaug.SpeakerIndex.create(index_path, models["ckpt"])
+    for clips, again in (([clip, clip], clip), ([clip, clip.with_suffix(".pt")], clip.with_suffix(".pt")),
+                         ([clip.parent / ".." / "new000" / clip.name, clip], clip)):
+        with pytest.raises(VoxaugError, match=f"new000: clip {re.escape(str(again))} is given twice"):
+            index.enroll("new000", clips)
+    assert not index_path.exists()
+    folder = clip.parent
+    code, output = invoke("enroll", "--index", index_path, "--ckpt", models["ckpt"], "--speaker", "new000", folder, clip)
+    one_line_error(code, output, f"clip {clip} is given twice", "nothing was written")
+    assert not index_path.exists()
+
+
+def test_a_bad_lock_timeout_is_refused_before_any_clip_is_embedded(models, tiny_synth, tmp_path, monkeypatch):
+    def embedded(*args, **kwargs):
+        raise AssertionError("clips were embedded before the lock timeout was checked")
+
+    monkeypatch.setattr(voxaug.SpeakerModel, "embed_many", embedded)
+    clips = wavs(tiny_synth, "enroll", "new000")
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["ckpt"])
+    for bad in (-1, float("nan"), True):
+        with pytest.raises(VoxaugError, match="--lock-timeout must be a number of seconds >= 0"):
+            index.enroll("new000", clips, lock_timeout=bad)
+    code, output = invoke("enroll", "--index", tmp_path / "spk.faiss", "--ckpt", models["ckpt"], "--speaker", "new000",
+                          "--lock-timeout", "-1", *clips)
+    one_line_error(code, output, "--lock-timeout must be a number of seconds >= 0, got -1")
+    assert not (tmp_path / "spk.faiss").exists()
 
 
 def test_enroll_takes_waveform_arrays_with_their_sample_rate_as_identify_does(models, tiny_synth, tmp_path):

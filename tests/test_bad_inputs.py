@@ -330,7 +330,14 @@ CASES: dict[str, Case] = {
     "enroll: --per unknown": (lambda w: enroll(w, "--speaker", "x", "--per", "clip", clip(w)), ("--per 'clip'", "accepted")),
     "enroll: --per utterance on an index per speaker": (lambda w: enroll(w, "--speaker", "x", "--per", "utterance", clip(w)),
                                                         ("spk.faiss", "this one is per speaker")),
-    "enroll: remove unknown speaker": (lambda w: enroll(w, "--remove", "nobody"), ("'nobody'", "not enrolled")),
+    "enroll: remove unknown speaker": (lambda w: enroll(w, "--remove", "nobody"), ("spk.faiss", "'nobody' is not enrolled")),
+    "enroll: remove from a missing index": (
+        lambda w: ["enroll", "--index", w.bad / "no" / "such" / "spk.faiss", "--remove", "x"],
+        ("spk.faiss", "speaker index not found; nothing to remove")),
+    "enroll: --remove with a model": (lambda w: enroll(w, "--remove", first_enrolled(w), "--ckpt", w.bad / "other.pt"),
+                                      ("--remove", "takes only --index")),
+    "enroll: --index is a folder": (lambda w: ["enroll", "--index", w.bad, "--ckpt", w.ckpt, "--speaker", "x", clip(w)],
+                                    ("--index", "is an existing folder")),
     "enroll: negative --lock-timeout": (lambda w: enroll(w, "--speaker", "x", "--lock-timeout", "-1", clip(w)),
                                         ("--lock-timeout", ">= 0")),
     "enroll: no clips": (lambda w: enroll(w, "--speaker", "x"), ("--speaker x", "no enrolment clips")),
@@ -415,6 +422,12 @@ def test_bad_input(world, case):
     assert after.keys() == before.keys(), sorted(set(after) ^ set(before))
     changed = [name for name in before if after[name] != before[name]]
     assert not changed, f"bad input changed existing outputs: {changed}"
+
+
+def test_a_refused_remove_from_a_missing_index_makes_no_folder(world):
+    code, output = invoke(["enroll", "--index", world.bad / "nowhere" / "spk.faiss", "--remove", "x"])
+    assert code == 2 and "speaker index not found" in output
+    assert not (world.bad / "nowhere").exists()
 
 
 def test_debug_flag_shows_the_traceback(world):

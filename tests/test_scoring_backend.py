@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -168,6 +169,27 @@ def test_a_query_that_skips_the_back_end_is_refused():
         index.search(already_projected, 1)
 
 
+def test_asnorm_on_an_utterance_index_says_why_rather_than_advising_a_rebuild_that_fails():
+    vectors, labels = clustered()
+    index = build_speaker_index(vectors, labels, None, "utterance", False, {}, {}, 0, 0.25, ScoringOptions("lda", lda_dim=5))
+    with pytest.raises(VoxaugError, match=r"works on speaker indexes \(--per speaker\), not --per utterance"):
+        index.check_asnorm()
+
+
+@pytest.mark.parametrize("name", ["unknown", " s0", ""])
+def test_a_training_speaker_that_enroll_would_refuse_is_refused_by_embed_index(name):
+    vectors, labels = clustered()
+    labels = [name if label == "s1" else label for label in labels]
+    with pytest.raises(VoxaugError, match=f"--index: speaker name {re.escape(repr(name))}.*rename it in the dataset"):
+        build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25, ScoringOptions("lda", lda_dim=5))
+
+
+def narrower(rows: list[list[float]]) -> list[list[float]]:
+    """Unit vectors one dimension short of ``rows``."""
+    cut = np.array(rows)[:, :-1]
+    return (cut / np.linalg.norm(cut, axis=1, keepdims=True)).tolist()
+
+
 @pytest.mark.parametrize("edit, needle", [
     (lambda meta: meta["backend"].update(projection=[[1.0, 2.0]]), "projection"),
     (lambda meta: meta["backend"].update(kind="ivector"), "backend"),
@@ -183,6 +205,9 @@ def test_a_query_that_skips_the_back_end_is_refused():
     (lambda meta: meta.pop("mean_norms"), "mean_norms"),
     (lambda meta: meta["checkpoint"].update(sha256=5), "checkpoint.sha256"),
     (lambda meta: meta["checkpoint"].update(source_sha256=["abc"]), "checkpoint.source_sha256"),
+    (lambda meta: meta["cohort"].update(vectors=narrower(meta["cohort"]["vectors"])), "cohort vectors are 4-dimensional"),
+    (lambda meta: meta["mean_norms"].update(s0=1e300), "mean_norms"),
+    (lambda meta: meta["counts"].update(s0=10**400), "counts"),
     (lambda meta: meta["calibration"].update(value=float("nan")), "calibration 'value'"),
     (lambda meta: meta["calibration"].update(value=True), "calibration 'value'"),
     (lambda meta: meta["calibration"].update(cohort_top_k=1), "calibration 'cohort_top_k'"),
@@ -427,6 +452,25 @@ def test_test_speakers_without_enrolment_or_not_in_the_index_are_refused_before_
     assert result.output.strip() == (f"error: {index}: speakers ['stranger'] have test clips in {stranger.parent} but "
                                      f"are not enrolled in this index; enrol them first (voxaug enroll --index {index} "
                                      "--speakers-dir DIR --append)")
+
+
+def test_evaluate_scores_an_utterance_index_with_its_back_end_though_it_has_no_cohort(trained_run, tiny_synth,
+                                                                                        tmp_path):
+    index = tmp_path / "utt.faiss"
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--index", index,
+                    "--per", "utterance", "--backend", "lda", "-q")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index",
+                    index, "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {"eer", "min_dcf"} <= set(report["verification_backend"]) and "verification_asnorm" not in report
+    assert "verification (lda back end)" in result.output
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report2", "--index",
+                    index, "--score-norm", "asnorm", "-q")
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {index}: --score-norm asnorm works on speaker indexes (--per speaker), "
+                                     "not --per utterance")
 
 
 def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(calibrated):

@@ -7,6 +7,7 @@ is made under the index's lock on a fresh read of the file, then written atomica
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -17,7 +18,7 @@ from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
 from voxaug.embeddings.index import SpeakerIndex as IndexData
-from voxaug.embeddings.index import index_lock, sidecar_path
+from voxaug.embeddings.index import check_lock_timeout, index_lock, sidecar_path
 from voxaug.errors import VoxaugError, file_error
 
 ModelInput = SpeakerModel | str | Path | None
@@ -30,6 +31,25 @@ def sidecar_model(data: IndexData, index_path: Path, device: str, threads: int |
         raise file_error(named, f"model not found (the sidecar {sidecar_path(index_path)} names it; "
                                 "pass --model or --ckpt to point elsewhere)")
     return SpeakerModel.load(named, device, threads)
+
+
+def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
+    """One clip given twice (the same file, or its `.pt` and audio twins) would count twice in the speaker's mean
+    and clip count, which PLDA scores by."""
+    from voxaug.clips import FEATURE_SUFFIX
+    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+
+    seen: dict[Path, Path] = {}
+    for clip in clips:
+        if not isinstance(clip, (str, os.PathLike)):
+            continue
+        path = Path(clip)
+        resolved = path.resolve()
+        key = resolved.with_suffix("") if path.suffix.lower() in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES else resolved
+        if key in seen:
+            raise VoxaugError(f"{name}: clip {path} is given twice (also as {seen[key]}); each clip counts once in "
+                              "the speaker's mean and clip count (nothing was written)")
+        seen[key] = path
 
 
 class SpeakerIndex:
@@ -92,12 +112,14 @@ class SpeakerIndex:
         Returns how many clips each speaker now has."""
         from tqdm import tqdm
 
+        check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
         speakers = {name: clip_list(clips) for name, clips in speakers.items()}
         self._refuse_enrolled(self.data, speakers, append)
         for name, clips in speakers.items():
             check_speaker_name(name)
             if not clips:
                 raise VoxaugError(f"{name}: no enrolment clips given")
+            refuse_repeated_clips(name, clips)
         embeddings = {name: self.model.embed_many(clips, sample_rate, f"{name} clip")
                       for name, clips in tqdm(speakers.items(), desc=f"enrol {self.path.name}", unit="speaker",
                                               disable=not progress, leave=False)}
@@ -124,7 +146,10 @@ class SpeakerIndex:
         """Take ``name`` out of the index (and its file)."""
         with index_lock(self.path, lock_timeout):
             data = self._reread()
-            data.remove(name)
+            try:
+                data.remove(name)
+            except VoxaugError as exc:
+                raise file_error(self.path, str(exc)) from None
             data.save(self.path)
         self.data = data
 
