@@ -71,6 +71,25 @@ def test_runtime_install_enrols_and_identifies_wav_clips_with_an_exported_model(
     assert str(feature_clip) in done.stderr and 'pip install "voxaug[train]"' in done.stderr
 
 
+def test_runtime_install_identifies_with_the_export_of_the_checkpoint_an_index_was_built_with(runtime_venv, trained_run,
+                                                                                              tiny_synth, tmp_path):
+    """Enrol with the checkpoint where torch is, ship its export with the same index."""
+    import voxaug
+
+    ckpt, model, index = trained_run / "best.pt", tmp_path / "model.onnx", tmp_path / "spk.faiss"
+    export_onnx(ckpt, model)
+    built = voxaug.SpeakerIndex.create(index, ckpt)
+    for speaker in ("new000", "new001"):
+        built.enroll(speaker, sorted((tiny_synth / "unseen" / "enroll" / speaker).glob("*.wav")))
+    queries = sorted((tiny_synth / "unseen" / "test").glob("*/*.wav"))
+    done = run(runtime_venv, "identify", "--index", index, "--model", model, "--json", *queries)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [record["top"][0]["speaker"] for record in records] == [built.identify(q)["top"][0]["speaker"] for q in queries]
+    done = run(runtime_venv, "identify", "--index", index, queries[0])  # the sidecar's model is the checkpoint
+    assert done.returncode == 2 and str(ckpt.name) in done.stderr and "needs torch" in done.stderr, done.stderr
+
+
 def test_runtime_install_refuses_training_commands_naming_the_train_extra(runtime_venv, tiny_synth, tmp_path):
     done = run(runtime_venv, "embed", tiny_synth, "--ckpt", tmp_path / "any.pt", "--out", tmp_path / "out")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
