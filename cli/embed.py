@@ -18,7 +18,7 @@ from voxaug.cli.common import (
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock, sidecar_path
 from voxaug.embeddings.speaker_index import (
-    DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index, check_index_speakers,
+    DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index, plan_speaker_index,
 )
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_output, atomic_write_text
@@ -114,10 +114,12 @@ def embed(
         source = open_source(data, loaded.frontend)
         if index is not None:
             check_training_speakers(data, source.speakers, loaded.speakers, OWN_SPEAKERS_ONLY)
-            check_index_speakers(source.speakers, data)
         store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main,
                                                                   warn=context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
+        if index is not None:  # its labels and cohort are checked before anything is embedded
+            plan_speaker_index(speakers, store.groups, per, loaded.config.seed, loaded.config.val_fraction, scoring,
+                               store.speakers, loaded.config.split_version)
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
                                progress=not quiet, with_probabilities=False, context=context)
         main_only(context, lambda: _write_outputs(
@@ -156,9 +158,10 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     source = open_source(data, FrontendConfig.from_dict(speaker_model.frontend))
     if index is not None:
         check_training_speakers(data, source.speakers, speaker_model.speakers, OWN_SPEAKERS_ONLY)
-        check_index_speakers(source.speakers, data)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
+    if index is not None:  # its labels and cohort are checked before anything is embedded
+        plan_speaker_index(speakers, store.groups, per, seed, val_fraction, scoring, store.speakers, split_version)
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,

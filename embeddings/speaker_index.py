@@ -15,7 +15,6 @@ which was used.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -55,7 +54,7 @@ class ScoringOptions:
         return self
 
 
-def check_index_speakers(speakers: Iterable[str], where: str | Path) -> None:
+def check_index_speakers(speakers: Iterable[str], where: str) -> None:
     """Every training speaker becomes an entry, and its name must be one `enroll` would take: not ``unknown``
     (identify's answer below the threshold), not blank."""
     for speaker in sorted(set(speakers)):
@@ -64,6 +63,40 @@ def check_index_speakers(speakers: Iterable[str], where: str | Path) -> None:
         except VoxaugError as exc:
             raise VoxaugError(f"{where}: {exc} (a training speaker's name; rename it in the dataset to build an "
                               "index)") from None
+
+
+@dataclass
+class IndexPlan:
+    """Which utterances enrol each training speaker (the training split) and which the AS-norm cohort holds:
+    known from the labels alone, so that ``embed`` can check them before it embeds anything."""
+
+    names: np.ndarray
+    train: np.ndarray
+    held_out: np.ndarray
+    cohort_rows: np.ndarray | None
+    cohort_source: str
+
+
+def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | None, per: str, seed: int,
+                       val_fraction: float, options: ScoringOptions, speaker_order: list[str] | None = None,
+                       split_version: int = SPLIT_VERSION) -> IndexPlan:
+    """The run's split and the cohort's utterances, refusing labels or a cohort the index could not use."""
+    if any(s is None for s in speakers):
+        raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
+    check_index_speakers(speakers, "--index")
+    names = np.array(speakers)
+    train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
+    if options.score_norm != "asnorm" and per != "speaker":
+        return IndexPlan(names, train, held_out, None, "")
+    rows, source = (held_out, "validation split") if len(held_out) >= options.cohort_top_k else (train, "training split")
+    if len(rows) > options.cohort_size:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
+    held = names[rows]
+    short = sorted(speaker for speaker in set(speakers) if int((held != speaker).sum()) < 2)
+    if short:  # a speaker's cohort statistics leave its own entries out, and need two
+        raise VoxaugError(f"--cohort-size {options.cohort_size}: the AS-norm cohort's {len(rows)} utterances leave "
+                          f"speaker {short[0]!r} fewer than 2 of other speakers; give a larger --cohort-size")
+    return IndexPlan(names, train, held_out, rows, source)
 
 
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
@@ -76,16 +109,16 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     ``seed``, ``val_fraction``, ``speaker_order`` (the dataset's speakers as training numbered them; default
     sorted) and ``split_version`` are the run's, so the split is the one it trained with.
     """
-    if any(s is None for s in speakers):
-        raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
-    check_index_speakers(speakers, "--index")
-    names = np.array(speakers)
-    train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
+    plan = plan_speaker_index(speakers, groups, per, seed, val_fraction, options, speaker_order, split_version)
+    names, train = plan.names, plan.train
     backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)
     index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,
                          backend=backend)
-    if options.score_norm == "asnorm" or per == "speaker":
-        index.cohort = _cohort(index, embeddings, names, train, held_out, options, seed)
+    if plan.cohort_rows is not None:
+        rows = plan.cohort_rows
+        index.cohort = Cohort(index.to_space(embeddings[rows]), names[rows].tolist(), options.cohort_top_k,
+                              f"{plan.cohort_source}: {len(rows)} utterances of {len(set(names[rows].tolist()))} "
+                              "training speakers")
     index.score_norm = options.score_norm
     if options.score_norm == "asnorm":
         index.check_asnorm()
@@ -93,14 +126,3 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     for speaker in sorted(set(speakers)):
         index.add(speaker, enrolled[enrolled_names == speaker])
     return index
-
-
-def _cohort(index: SpeakerIndex, embeddings: np.ndarray, names: np.ndarray, train: np.ndarray, held_out: np.ndarray,
-            options: ScoringOptions, seed: int) -> Cohort:
-    rows, source = (held_out, "validation split") if len(held_out) >= options.cohort_top_k else (train, "training split")
-    if len(rows) > options.cohort_size:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
-    speakers = len(set(names[rows].tolist()))
-    return Cohort(index.to_space(embeddings[rows]), names[rows].tolist(), options.cohort_top_k,
-                  f"{source}: {len(rows)} utterances of {speakers} training speakers")
-

@@ -454,6 +454,32 @@ def test_test_speakers_without_enrolment_or_not_in_the_index_are_refused_before_
                                      "--speakers-dir DIR --append)")
 
 
+def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embedded(trained_run, tiny_synth, tmp_path,
+                                                                                     monkeypatch):
+    """Each speaker's AS-norm statistics leave its own cohort entries out and need two of other speakers."""
+    from voxaug.embeddings.speaker_index import plan_speaker_index
+
+    vectors, labels = clustered()
+    with pytest.raises(VoxaugError, match=r"--cohort-size 2: the AS-norm cohort's 2 utterances leave speaker 's\d' "
+                                          "fewer than 2 of other speakers; give a larger --cohort-size"):
+        plan_speaker_index(labels, None, "speaker", 0, 0.25, ScoringOptions("lda", lda_dim=5, cohort_size=2,
+                                                                             cohort_top_k=2))
+    plan = plan_speaker_index(labels, None, "speaker", 0, 0.25, ScoringOptions("lda", lda_dim=5, cohort_size=16,
+                                                                                cohort_top_k=2))
+    held = np.array(labels)[plan.cohort_rows]
+    assert len(held) == 16 and all((held != speaker).sum() >= 2 for speaker in set(labels))
+    import voxaug.embeddings.extract as extract
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before the cohort was checked")
+
+    monkeypatch.setattr(extract, "embed_store", embedded)
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--index",
+                    tmp_path / "spk.faiss", "--cohort-size", "2", "--cohort-top-k", "2", "-q")
+    assert result.exit_code == 2 and "give a larger --cohort-size" in result.output, result.output
+    assert not (tmp_path / "emb").exists() and not (tmp_path / "spk.faiss").exists()
+
+
 def test_evaluate_scores_an_utterance_index_with_its_back_end_though_it_has_no_cohort(trained_run, tiny_synth,
                                                                                         tmp_path):
     index = tmp_path / "utt.faiss"
