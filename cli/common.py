@@ -173,3 +173,9 @@ def chosen_model(ckpt: Path | None, model: Path | None) -> Path | None:
     if ckpt is not None and model is not None:
         raise VoxaugError("--ckpt and --model name two models; give one (a checkpoint .pt or an ONNX export .onnx)")
     return ckpt if ckpt is not None else model
+
+
+def warn_calibration_outdated(index: Path, outdated: str | None) -> None:
+    """One stderr line when the index's calibrated threshold predates its enrolled speakers (stdout stays the answers)."""
+    if outdated is not None:
+        typer.echo(f"warning: {index}: {outdated}", err=True)

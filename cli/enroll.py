@@ -9,6 +9,7 @@ import typer
 
 from voxaug.cli.common import (
     DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, output_file,
+    warn_calibration_outdated,
 )
 from voxaug.errors import VoxaugError, file_error
 
@@ -41,25 +42,17 @@ def enroll(
         raise VoxaugError(f"--remove {remove}: takes only --index (and --lock-timeout); clips, --ckpt, --model, "
                           "--per, --hnsw and --append are for enrolling")
     output_file(index, "--index")
-    from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
-    from voxaug.embeddings.index import SpeakerIndex as IndexData
-    from voxaug.embeddings.index import MODES, check_lock_timeout, index_lock, sidecar_path
+    from voxaug.api.index import SpeakerIndex, remove_speaker  # torch, FAISS and ONNX Runtime load only when it runs
+    from voxaug.embeddings.index import MODES, check_lock_timeout, sidecar_path
 
     check_lock_timeout(lock_timeout)
     if per is not None and per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
     model_path = chosen_model(ckpt, model)
     if remove is not None:
-        if not index.exists() and not sidecar_path(index).exists():  # before the lock makes its folder
-            raise file_error(index, "speaker index not found; nothing to remove")
-        with index_lock(index, lock_timeout):
-            speaker_index = IndexData.load(index)
-            try:
-                speaker_index.remove(remove)
-            except VoxaugError as exc:
-                raise file_error(index, str(exc)) from None
-            speaker_index.save(index)
-        typer.echo(f"removed {remove}; {len(speaker_index.speakers)} speakers remain in {index}")
+        remaining = remove_speaker(index, remove, lock_timeout)
+        typer.echo(f"removed {remove}; {len(remaining.speakers)} speakers remain in {index}")
+        warn_calibration_outdated(index, remaining.calibration_outdated())
         return
     if index.exists() or sidecar_path(index).exists():  # a first write cut short leaves the sidecar alone
         speaker_index = SpeakerIndex.open(index, model_path, device)
@@ -77,11 +70,13 @@ def enroll(
         speaker_index.enroll_many(enrolments, append, lock_timeout, progress=not quiet)
         typer.echo(f"enrolled {len(enrolments)} speakers from {sum(map(len, enrolments.values()))} clips; "
                    f"{len(speaker_index.speakers)} speakers in {index}")
+        warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
         return
     enrolment = expand_clips(clips, audio_first)
     count = speaker_index.enroll(speaker, enrolment, append, lock_timeout)
     typer.echo(f"enrolled {speaker} from {len(enrolment)} clips ({count} in all); "
                f"{len(speaker_index.speakers)} speakers in {index}")
+    warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
 
 
 def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[Path]]:

@@ -13,7 +13,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, existing_file,
-    output_folder,
+    output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, index_lock
@@ -136,7 +136,8 @@ def evaluate(
             raise file_error(index, f"{exc}; the open-set figures score {source.removeprefix('evaluate --calibrate on ')}"
                                     " against this index") from None
         report["open_set"] = calibrate_threshold(scores, target_far, score_norm, source,
-                                                 speaker_index.cohort.top_k if speaker_index.cohort else None)
+                                                 speaker_index.cohort.top_k if speaker_index.cohort else None,
+                                                 speaker_index.enrolled_record())
         if impostors is not None:
             strangers = embed_folder(embedder, impostors, cache_dir, not quiet)
             report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
@@ -146,6 +147,7 @@ def evaluate(
                 latest = SpeakerIndex.load(index)  # an enrol may have run since it was read
                 latest.calibration = report["open_set"]
                 latest.save(index)
+            warn_calibration_outdated(index, latest.calibration_outdated())  # enrolled or removed while it scored
     ensure_folder(out, "report folder")
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
     report["checkpoint"] = str(model_path)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import DeviceOption, ModelOption, chosen_model, clean_errors, expand_clips
+from voxaug.cli.common import (DeviceOption, ModelOption, chosen_model, clean_errors, expand_clips,
+                               warn_calibration_outdated)
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_threshold
 
@@ -15,7 +16,8 @@ from voxaug.embeddings.identify import UNKNOWN, Identification, check_threshold
 def format_row(result: Identification) -> str:
     top = "  ".join(f"{speaker} {score:.3f}" for speaker, score in result.top)
     score = {"asnorm": "AS-norm", "plda": "PLDA"}.get(result.score, result.score)
-    return (f"{result.clip}\n  decision: {result.decision} (threshold {result.threshold:.3f}, {result.threshold_source})\n"
+    source = result.threshold_source + (", outdated: the enrolled speakers changed since" if result.threshold_outdated else "")
+    return (f"{result.clip}\n  decision: {result.decision} (threshold {result.threshold:.3f}, {source})\n"
             f"  {score} top-{len(result.top)}: {top}\n"
             f"  softmax: {result.softmax_speaker} (p={result.softmax_prob:.3f})")
 
@@ -50,6 +52,8 @@ def identify(
     results = []
     for clip in expand_clips(clips, speaker_index.model.takes_audio_only):
         result = speaker_index.identify_record(clip, top_k)
+        if not results and result.threshold_outdated:
+            warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
         results.append(result)
         typer.echo(json.dumps(result.to_json()) if as_json else format_row(result))
     if not as_json:

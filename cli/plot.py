@@ -12,7 +12,7 @@ from voxaug.cli.common import clean_errors
 @clean_errors
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run folders (each with metrics.jsonl)."),
-    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    out: Path = typer.Option(..., "--out", help="Figure to write: .png, .pdf or .svg."),
     labels: str = typer.Option(None, "--labels", help="Comma list of legend names, one per run (default: folder names)."),
 ) -> None:
     """Overlay runs: clean train accuracy (solid) against validation accuracy (dashed), and the gap between them."""

@@ -85,9 +85,10 @@ def threshold_at_far(impostor: np.ndarray, target_far: float) -> float:
 
 
 def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str, source: str,
-              cohort_top_k: int | None = None) -> dict:
+              cohort_top_k: int | None = None, enrolled: dict | None = None) -> dict:
     """The calibration record the index's sidecar stores, with what it predicts for enrolled speakers
-    (``cohort_top_k``: the K of AS-norm scores, which the threshold holds for)."""
+    (``cohort_top_k``: the K of AS-norm scores, which the threshold holds for; ``enrolled``: the index's
+    ``enrolled_record()``, so that identify can tell when the speakers it was picked against change)."""
     check_far(target_far)
     genuine, impostor, correct = scores["genuine"], scores["impostor"], scores["correct"]
     if len(genuine) < 2:
@@ -109,4 +110,5 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
         "clips": int(len(genuine)),
         "source": source,
         "date": time.strftime("%Y-%m-%d"),
-    } | ({"cohort_top_k": cohort_top_k} if score_norm == "asnorm" and cohort_top_k is not None else {})
+    } | ({"cohort_top_k": cohort_top_k} if score_norm == "asnorm" and cohort_top_k is not None else {}) \
+      | ({"enrolled": enrolled} if enrolled is not None else {})

@@ -65,6 +65,8 @@ class Identification:
     """What ``top``'s scores are: ``cosine``, ``plda`` (log-likelihood ratio) or ``asnorm``."""
     threshold: float = 0.5
     threshold_source: str = "default"
+    threshold_outdated: bool = False
+    """A calibrated threshold picked before the enrolled speakers last changed (``IndexData.calibration_outdated``)."""
 
     def to_json(self) -> dict:
         return {
@@ -73,7 +75,8 @@ class Identification:
             "softmax": {"speaker": self.softmax_speaker, "prob": round(self.softmax_prob, 6)},
             "decision": self.decision,
             "score": self.score,
-            "threshold": {"value": round(self.threshold, 6), "source": self.threshold_source},
+            "threshold": {"value": round(self.threshold, 6), "source": self.threshold_source}
+                         | ({"outdated": True} if self.threshold_outdated else {}),
         }
 
 

@@ -163,6 +163,26 @@ class SpeakerIndex:
             return float(self.calibration["value"]), "calibrated"
         return DEFAULT_THRESHOLDS[self.score_name(score_norm)], "default"
 
+    def enrolled_record(self) -> dict:
+        """Who is enrolled, with how many clips: the population a calibration's threshold was picked against."""
+        listing = json.dumps(sorted(self.counts.items()), separators=(",", ":"))
+        return {"speakers": len(self.counts), "clips": sum(self.counts.values()),
+                "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+    def calibration_outdated(self) -> str | None:
+        """How the enrolled speakers changed since the calibration was picked, or None if they did not (or the
+        calibration predates the record). The best wrong-speaker score, and so the false-alarm rate at the
+        threshold, depends on who else is enrolled."""
+        then = self.calibration.get("enrolled")
+        if "value" not in self.calibration or then is None:
+            return None
+        now = self.enrolled_record()
+        if now["sha256"] == then["sha256"]:
+            return None
+        return (f"the enrolled speakers changed since evaluate --calibrate picked its threshold ({then['speakers']} "
+                f"speakers, {then['clips']} clips then; {now['speakers']} speakers, {now['clips']} clips now): "
+                "its predicted rates may not hold; run evaluate --calibrate again")
+
     # ---- building --------------------------------------------------------------------------
     @property
     def speakers(self) -> list[str]:
@@ -517,6 +537,10 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_CLIPS
+
+
 def _scoring_fields(meta: dict, side: Path) -> dict:
     """The back end, cohort, statistics, score normalisation and calibration of a sidecar
     (a version-1 sidecar has none of them: plain cosine, as it was scored when written)."""
@@ -543,6 +567,11 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
         raise file_error(side, "sidecar field 'calibration' must be an object")
     if "value" in calibration and not _finite_number(calibration["value"]):
         raise file_error(side, f"sidecar calibration 'value' must be a finite number, got {calibration['value']!r}")
+    enrolled = calibration.get("enrolled", {"speakers": 0, "clips": 0, "sha256": "0" * 64})
+    if not (isinstance(enrolled, dict) and all(_whole_number(enrolled.get(key)) for key in ("speakers", "clips"))
+            and isinstance(enrolled.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", enrolled["sha256"])):
+        raise file_error(side, "sidecar calibration 'enrolled' must be {speakers, clips: whole numbers >= 0, "
+                               f"sha256: 64 hex digits}}, got {enrolled!r}")
     top_k = calibration.get("cohort_top_k", 2)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 2:
         raise file_error(side, f"sidecar calibration 'cohort_top_k' must be a whole number >= 2, got {top_k!r}")

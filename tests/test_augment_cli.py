@@ -96,3 +96,9 @@ def test_plot_overlays_runs_with_labels_and_states_the_gap(tmp_path):
     assert out.stat().st_size > 0 and "gap +0.290" in result.output and "gap +0.050" in result.output
     wrong = runner.invoke(app, ["plot", str(first), str(second), "--labels", "only-one", "--out", str(out)])
     assert wrong.exit_code == 2 and "2 runs" in output_of(wrong)
+    vector = runner.invoke(app, ["plot", str(first), "--out", str(tmp_path / "compare.SVG")])
+    assert vector.exit_code == 0 and (tmp_path / "compare.SVG").read_text().lstrip().startswith("<?xml")
+    for name in ("compare.txt", "compare"):
+        refused = runner.invoke(app, ["plot", str(first), "--out", str(tmp_path / name)])
+        assert refused.exit_code == 2 and f"{tmp_path / name}: --out names the figure's format" in output_of(refused)
+        assert not (tmp_path / name).exists()

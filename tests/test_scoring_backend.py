@@ -533,6 +533,50 @@ def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_syn
     assert same_k["threshold"]["source"] == "calibrated" and other_k["threshold"]["source"] == "default"
 
 
+def test_identify_flags_a_calibration_made_before_the_enrolled_speakers_changed(calibrated, tiny_synth, tmp_path):
+    """The best wrong-speaker score, and so the false-alarm rate at the threshold, depends on who is enrolled:
+    after an enrol or a removal the calibrated threshold is still used, and called outdated until recalibrated."""
+    _, calibrated_index, _ = calibrated
+    index = tmp_path / "copy.faiss"
+    shutil.copy(calibrated_index, index)
+    shutil.copy(sidecar_path(calibrated_index), sidecar_path(index))
+    clip = next((tiny_synth / "unseen" / "test").rglob("*.pt"))
+    calibration = json.loads(sidecar_path(index).read_text())["calibration"]
+    assert calibration["enrolled"]["speakers"] == len(SpeakerIndex.load(index).speakers)
+
+    def answer() -> tuple[dict, str]:
+        result = invoke("identify", "--index", index, "--json", clip)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout), result.stderr
+
+    current, warning = answer()
+    assert current["threshold"] == {"value": round(calibration["value"], 6), "source": "calibrated"} and warning == ""
+    newcomer = sorted((tiny_synth / "unseen" / "enroll").iterdir())[0]
+    removed = invoke("enroll", "--index", index, "--remove", newcomer.name)
+    assert removed.exit_code == 0 and "its predicted rates may not hold" in removed.stderr, removed.output
+    outdated, warning = answer()
+    assert outdated["threshold"] == current["threshold"] | {"outdated": True}
+    assert warning.count("\n") == 1 and f"{index}: the enrolled speakers changed" in warning
+    assert "calibrated, outdated" in invoke("identify", "--index", index, clip).stdout
+    assert invoke("enroll", "--index", index, "--speaker", newcomer.name, newcomer).exit_code == 0
+    assert answer() == (current, ""), "the same speakers from the same clips: the calibration holds again"
+    assert invoke("enroll", "--index", index, "--speaker", newcomer.name, "--append", clip).exit_code == 0
+    assert answer()[0]["threshold"].get("outdated") is True, "one more clip moves the speaker's mean"
+
+
+@pytest.mark.parametrize("enrolled", [[], {"speakers": -1, "clips": 3, "sha256": "0" * 64},
+                                      {"speakers": 2, "clips": 3, "sha256": "xyz"}, {"speakers": 2, "sha256": "0" * 64}])
+def test_a_malformed_calibration_record_of_the_enrolled_speakers_is_refused(calibrated, tmp_path, enrolled):
+    _, calibrated_index, _ = calibrated
+    index = tmp_path / "copy.faiss"
+    shutil.copy(calibrated_index, index)
+    meta = json.loads(sidecar_path(calibrated_index).read_text())
+    meta["calibration"]["enrolled"] = enrolled
+    sidecar_path(index).write_text(json.dumps(meta))
+    with pytest.raises(VoxaugError, match=r"copy\.faiss\.json.*calibration 'enrolled'"):
+        SpeakerIndex.load(index)
+
+
 @pytest.mark.parametrize("command, needle", [
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--backend", "ivector"], "--backend 'ivector'"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--score-norm", "znorm"], "--score-norm 'znorm'"),

@@ -38,11 +38,24 @@ def run_labels(run_dirs: list[str | Path]) -> list[str]:
     return [f"{Path(r).parent.name}/{Path(r).name}" for r in run_dirs]
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def figure_format(out: str | Path) -> str:
+    """The image format ``out``'s suffix names: a PNG written to ``curves.txt`` would be a file nothing opens."""
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise file_error(out, f"--out names the figure's format by its suffix: .{', .'.join(FIGURE_FORMATS)}, "
+                              f"got {('.' + suffix) if suffix else 'none'}")
+    return suffix
+
+
 def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> None:
     """Left: train accuracy (solid) and validation accuracy (dashed) of each run, one colour per run.
     Right: the gap (train - validation) of each run, the overfitting that augmentation should shrink."""
     if labels is not None and len(labels) != len(run_dirs):
         raise VoxaugError(f"--labels: got {len(labels)} labels for {len(run_dirs)} runs")
+    image_format = figure_format(out)
     labels = labels or run_labels(run_dirs)
     figure, (accuracy_axis, gap_axis) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     for number, run_dir in enumerate(run_dirs):
@@ -71,5 +84,5 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     gap_axis.set_title("the gap (overfitting)")
     figure.tight_layout()
     with atomic_output(out, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
+        figure.savefig(handle, format=image_format, dpi=110)
     plt.close(figure)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -50,6 +50,22 @@ def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
             raise VoxaugError(f"{name}: clip {path} is given twice (also as {seen[key]}); each clip counts once in "
                               "the speaker's mean and clip count (nothing was written)")
         seen[key] = path
+
+
+def remove_speaker(path: Path, name: str, lock_timeout: float = 60.0,
+                   read: Callable[[], IndexData] | None = None) -> IndexData:
+    """Take ``name`` out of the index at ``path`` under its lock (no model needed: nothing is embedded) and
+    return the index as written; ``read`` rereads it under the lock (default: load the file as it is)."""
+    if not path.exists() and not sidecar_path(path).exists():  # before the lock makes its folder
+        raise file_error(path, "speaker index not found; nothing to remove")
+    with index_lock(path, lock_timeout):
+        data = read() if read is not None else IndexData.load(path)
+        try:
+            data.remove(name)
+        except VoxaugError as exc:
+            raise file_error(path, str(exc)) from None
+        data.save(path)
+    return data
 
 
 class SpeakerIndex:
@@ -144,14 +160,7 @@ class SpeakerIndex:
 
     def remove(self, name: str, lock_timeout: float = 60.0) -> None:
         """Take ``name`` out of the index (and its file)."""
-        with index_lock(self.path, lock_timeout):
-            data = self._reread()
-            try:
-                data.remove(name)
-            except VoxaugError as exc:
-                raise file_error(self.path, str(exc)) from None
-            data.save(self.path)
-        self.data = data
+        self.data = remove_speaker(self.path, name, lock_timeout, self._reread)
 
     def _reread(self) -> IndexData:
         """The index as it is on disk now (another process may have enrolled), checked against this model."""
@@ -180,7 +189,8 @@ class SpeakerIndex:
         best = int(np.argmax(probabilities))
         decision = top[0][0] if top and top[0][1] >= threshold else UNKNOWN
         return Identification(label, top, self.model.speakers[best], float(probabilities[best]), decision,
-                              self.data.score_name(score_norm), threshold, source)
+                              self.data.score_name(score_norm), threshold, source,
+                              source == "calibrated" and self.data.calibration_outdated() is not None)
 
     def identify(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None, name: str | None = None) -> dict:
         """:meth:`identify_record` as the JSON object ``voxaug identify --json`` prints."""
