@@ -68,15 +68,24 @@ def enroll(
     if speakers_dir is not None:
         enrolments = speaker_folders(speakers_dir, audio_first)
         speaker_index.enroll_many(enrolments, append, lock_timeout, progress=not quiet)
-        typer.echo(f"enrolled {len(enrolments)} speakers from {sum(map(len, enrolments.values()))} clips; "
-                   f"{len(speaker_index.speakers)} speakers in {index}")
+        skipped = sum(speaker_index.skipped.values())
+        added = {name: len(clips) - speaker_index.skipped[name] for name, clips in enrolments.items()}
+        grown = sum(count > 0 for count in added.values())
+        typer.echo(f"enrolled {grown} speaker{'s' if grown != 1 else ''} from {sum(added.values())} clips"
+                   f"{skipped_note(skipped)}; {len(speaker_index.speakers)} speakers in {index}")
         warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
         return
     enrolment = expand_clips(clips, audio_first)
     count = speaker_index.enroll(speaker, enrolment, append, lock_timeout)
-    typer.echo(f"enrolled {speaker} from {len(enrolment)} clips ({count} in all); "
+    skipped = speaker_index.skipped[speaker]
+    typer.echo(f"enrolled {speaker} from {len(enrolment) - skipped} clips ({count} in all){skipped_note(skipped)}; "
                f"{len(speaker_index.speakers)} speakers in {index}")
     warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
+
+
+def skipped_note(skipped: int) -> str:
+    """What --append left out: clips the speakers were already enrolled from, which would count twice."""
+    return f", skipping {skipped} clip{'s' if skipped != 1 else ''} already enrolled" if skipped else ""
 
 
 def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[Path]]:

@@ -117,6 +117,9 @@ class SpeakerIndex:
     """What ``identify`` scores with unless told otherwise: plain cosine (``none``) or ``asnorm``."""
     calibration: dict = field(default_factory=dict)
     """The threshold ``evaluate --calibrate`` chose: value, score_norm, target_far, source, date."""
+    clip_digests: dict[str, list[str]] = field(default_factory=dict)
+    """Content digests of the clips ``enroll`` added, by speaker (``clip_digest``), so that ``--append`` refuses a
+    clip already counted; ``embed --index``'s training speakers and clips enrolled before 2026-11-29 have none."""
     built: faiss.Index | None = field(default=None, repr=False, compare=False)
     """The FAISS index over ``vectors`` as loaded or last built; kept so an HNSW graph is not rebuilt on every load."""
     plda_models: SpeakerModels | None = field(default=None, repr=False, compare=False)
@@ -197,11 +200,25 @@ class SpeakerIndex:
                                  if self.backend.kind != "none" else ""))
         return unit_rows(self.backend.apply(embeddings), what) if self.backend.kind != "none" else embeddings
 
-    def add(self, speaker: str, embeddings: np.ndarray, append: bool = False) -> None:
-        """Enrol ``speaker`` from the network's embeddings (N, dim); with ``append``, add to an existing one."""
+    def new_clips(self, speaker: str, digests: list[str]) -> list[int]:
+        """Positions in ``digests`` of clips ``speaker`` was not already enrolled from (as far as the index recorded)."""
+        recorded = set(self.clip_digests.get(speaker, ()))
+        return [i for i, digest in enumerate(digests) if digest not in recorded]
+
+    def add(self, speaker: str, embeddings: np.ndarray, append: bool = False, digests: list[str] | None = None) -> None:
+        """Enrol ``speaker`` from the network's embeddings (N, dim); with ``append``, add to an existing one.
+        ``digests`` (one per row, ``clip_digest``) are recorded; a clip already recorded for the speaker is refused."""
         if speaker in self.counts and not append:
             raise VoxaugError(f"speaker {speaker!r} is already enrolled; pass --append to add clips to it")
+        if digests is not None:
+            if len(digests) != len(embeddings):
+                raise VoxaugError(f"{speaker}: {len(digests)} clip digests for {len(embeddings)} embeddings")
+            if len(self.new_clips(speaker, digests)) < len(digests):
+                raise VoxaugError(f"{speaker}: some of the clips were already enrolled for this speaker and would "
+                                  "count twice (nothing was written)")
         embeddings = self.to_space(embeddings)
+        if digests is not None:
+            self.clip_digests[speaker] = self.clip_digests.get(speaker, []) + list(digests)
         if self.mode == "utterance":
             if self.built is not None:
                 self.built.add(embeddings)  # HNSW and flat both grow in place: no rebuild for new utterances
@@ -237,6 +254,7 @@ class SpeakerIndex:
         del self.counts[speaker]
         self.mean_norms.pop(speaker, None)
         self.cohort_stats.pop(speaker, None)
+        self.clip_digests.pop(speaker, None)
 
     def _drop_rows(self, rows: list[int]) -> None:
         self.built = self.plda_models = None
@@ -385,6 +403,7 @@ class SpeakerIndex:
             "cohort": None if self.cohort is None else self.cohort.to_json(),
             "cohort_stats": self.cohort_stats,
             "calibration": self.calibration,
+            "clip_digests": self.clip_digests,
             "index_sha256": digest,
         }
         if sidecar_path(path).is_dir():
@@ -529,6 +548,8 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
             raise file_error(side, f"sidecar field 'checkpoint.{key}' must be a string")
 
 
+CLIP_DIGEST = r"[0-9a-f]{16}"
+"""A clip's digest in the sidecar: the first 16 hex digits of the SHA-256 of its content."""
 MAX_CLIPS = 2**53
 """Most clips a speaker's count may record: beyond it a float no longer counts one by one."""
 
@@ -575,11 +596,18 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
     top_k = calibration.get("cohort_top_k", 2)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 2:
         raise file_error(side, f"sidecar calibration 'cohort_top_k' must be a whole number >= 2, got {top_k!r}")
+    digests = meta.get("clip_digests", {})
+    if not (isinstance(digests, dict) and set(digests) <= set(meta["counts"]) and all(
+            isinstance(listed, list) and len(listed) <= meta["counts"][speaker]
+            and all(isinstance(d, str) and re.fullmatch(CLIP_DIGEST, d) for d in listed)
+            for speaker, listed in digests.items())):
+        raise file_error(side, "sidecar field 'clip_digests' must map enrolled speakers to lists of at most their "
+                               "clip count of 16-hex-digit digests")
     score_norm = meta.get("score_norm", "none")
     if score_norm not in SCORE_NORMS:
         raise file_error(side, f"sidecar field 'score_norm' is {score_norm!r}; accepted: {', '.join(SCORE_NORMS)}")
     return {"backend": backend, "cohort": cohort, "cohort_stats": dict(stats), "score_norm": score_norm,
-            "calibration": dict(calibration)}
+            "calibration": dict(calibration), "clip_digests": {speaker: list(d) for speaker, d in digests.items()}}
 
 
 def check_lock_timeout(timeout_s: object) -> float:

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import voxaug
 from voxaug.checkpoint import load_checkpoint, save_checkpoint
 from voxaug.cli.main import app
+from voxaug.embeddings.index import sidecar_path
 from voxaug.errors import VoxaugError
 from voxaug.export import export_onnx
 from voxaug.safeio import sha256_file
@@ -415,6 +416,36 @@ def test_a_clip_given_twice_is_refused_before_anything_is_written(models, tiny_s
     code, output = invoke("enroll", "--index", index_path, "--ckpt", models["ckpt"], "--speaker", "new000", folder, clip)
     one_line_error(code, output, f"clip {clip} is given twice", "nothing was written")
     assert not index_path.exists()
+
+
+def test_append_skips_clips_the_speaker_was_already_enrolled_from(models, tiny_synth, tmp_path, monkeypatch):
+    """The natural mistake: new clips are added to a speaker's folder and the whole folder is appended. The old
+    clips would count twice in the mean and in the clip count PLDA scores by, so --append recognises them by
+    content (under any name) and adds only the new ones; a copy within one enrolment is refused."""
+    index_path = tmp_path / "spk.faiss"
+    first, *rest = [wav.with_suffix(".pt") for wav in wavs(tiny_synth, "enroll", "new000")]  # what a folder gives
+    code, output = invoke("enroll", "--index", index_path, "--ckpt", models["ckpt"], "--speaker", "new000", first)
+    assert code == 0, output
+    copy = tmp_path / "renamed.pt"
+    shutil.copy(first, copy)
+    code, output = invoke("enroll", "--index", index_path, "--speaker", "new000", "--append", first.parent)
+    assert code == 0 and f"from {len(rest)} clips ({1 + len(rest)} in all), skipping 1 clip already enrolled" in output
+    recorded = json.loads(sidecar_path(index_path).read_text())["clip_digests"]["new000"]
+    assert len(recorded) == 1 + len(rest) and len(set(recorded)) == len(recorded)
+    before = sidecar_path(index_path).read_bytes()
+    code, output = invoke("enroll", "--index", index_path, "--speaker", "new000", "--append", copy)
+    assert code == 0 and f"from 0 clips ({1 + len(rest)} in all), skipping 1 clip" in output and \
+        sidecar_path(index_path).read_bytes() == before, output
+
+    index = voxaug.SpeakerIndex.open(index_path)
+    waveform, rate = soundfile.read(rest[0].with_suffix(".wav"), dtype="float32")
+    assert index.enroll("bob", [waveform], sample_rate=rate) == 1
+    monkeypatch.setattr(voxaug.SpeakerModel, "embed_many", lambda *a, **k: pytest.fail("embedded a known clip"))
+    assert index.enroll("bob", [waveform.copy()], append=True, sample_rate=rate) == 1 and index.skipped == {"bob": 1}
+    with pytest.raises(VoxaugError, match=r"carol: clips carol clip 0 and carol clip 1 have the same content"):
+        index.enroll("carol", [waveform, waveform.copy()], sample_rate=rate)
+    code, output = invoke("enroll", "--index", index_path, "--remove", "bob")
+    assert code == 0 and "bob" not in json.loads(sidecar_path(index_path).read_text())["clip_digests"]
 
 
 def test_a_bad_lock_timeout_is_refused_before_any_clip_is_embedded(models, tiny_synth, tmp_path, monkeypatch):

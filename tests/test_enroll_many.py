@@ -3,11 +3,13 @@ the identify table's summary line; shell completion."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from typer.testing import CliRunner
 
 from voxaug.cli.main import app
+from voxaug.embeddings.index import sidecar_path
 
 runner = CliRunner()
 
@@ -49,7 +51,14 @@ def test_an_enrolled_speaker_is_refused_without_append_and_nothing_is_written(tr
 
     appended = invoke("enroll", "--index", index, "--speakers-dir", folder, "--append")
     assert appended.exit_code == 0, appended.output
-    assert "enrolled 2 speakers" in appended.output and index_bytes(index) != before
+    clips = {name: len(list((folder / name).glob("*.pt"))) for name in (first, second)}
+    assert f"enrolled 1 speaker from {clips[second]} clips, skipping {clips[first]} clips already enrolled" \
+        in appended.output and index_bytes(index) != before
+    assert json.loads(sidecar_path(index).read_text())["counts"] == clips, "the first speaker's clips count once"
+    after = index_bytes(index)
+    again = invoke("enroll", "--index", index, "--speakers-dir", folder, "--append")
+    assert again.exit_code == 0 and f"enrolled 0 speakers from 0 clips, skipping {sum(clips.values())} clips" \
+        in again.output and index_bytes(index) == after, "nothing new: nothing written"
 
 
 def test_speakers_dir_refuses_bad_folders_in_one_line(trained_run, tiny_synth, tmp_path):

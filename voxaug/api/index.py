@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from voxaug.api.inputs import ClipInput, clip_list
+from voxaug.api.inputs import ClipInput, clip_digest, clip_list
 from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
@@ -31,6 +31,12 @@ def sidecar_model(data: IndexData, index_path: Path, device: str, threads: int |
         raise file_error(named, f"model not found (the sidecar {sidecar_path(index_path)} names it; "
                                 "pass --model or --ckpt to point elsewhere)")
     return SpeakerModel.load(named, device, threads)
+
+
+def clip_name(speaker: str, clips: list[ClipInput], position: int) -> str:
+    """A clip as errors name it: its path, or ``<speaker> clip <position>`` for an array (as embedding errors do)."""
+    clip = clips[position]
+    return str(clip) if isinstance(clip, (str, os.PathLike)) else f"{speaker} clip {position}"
 
 
 def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
@@ -80,6 +86,8 @@ class SpeakerIndex:
         self.score_norm = score_norm
         self.cohort_top_k = cohort_top_k
         self.threshold_option = check_threshold(threshold, data.score_name(score_norm or data.score_norm))
+        self.skipped: dict[str, int] = {}
+        """How many clips of each speaker the last enrolment skipped, already enrolled (``append``)."""
         if cohort_top_k is not None:
             check_top_k(cohort_top_k)
 
@@ -123,33 +131,54 @@ class SpeakerIndex:
     def enroll_many(self, speakers: dict[str, ClipInput | list[ClipInput]], append: bool = False, lock_timeout: float = 60.0,
                     progress: bool = False, sample_rate: int | None = None) -> dict[str, int]:
         """Add every speaker in ``speakers`` (name -> clips) under one lock with one atomic write: all or none.
-        A speaker already enrolled is refused, before any clip is embedded, unless ``append``. Arrays are
-        waveforms at ``sample_rate`` when it is given, else log-mel features.
+        A speaker already enrolled is refused, before any clip is embedded, unless ``append``; with ``append``,
+        clips the speaker was already enrolled from (the same content, by ``enroll``) are skipped, not counted
+        twice. Arrays are waveforms at ``sample_rate`` when it is given, else log-mel features.
         Returns how many clips each speaker now has."""
         from tqdm import tqdm
 
         check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
         speakers = {name: clip_list(clips) for name, clips in speakers.items()}
         self._refuse_enrolled(self.data, speakers, append)
+        digests = {}
         for name, clips in speakers.items():
             check_speaker_name(name)
             if not clips:
                 raise VoxaugError(f"{name}: no enrolment clips given")
             refuse_repeated_clips(name, clips)
-        embeddings = {name: self.model.embed_many(clips, sample_rate, f"{name} clip")
-                      for name, clips in tqdm(speakers.items(), desc=f"enrol {self.path.name}", unit="speaker",
-                                              disable=not progress, leave=False)}
+            digests[name] = [clip_digest(clip, sample_rate, f"{name} clip {i}") for i, clip in enumerate(clips)]
+            self._refuse_same_content(name, clips, digests[name])
+        new = {name: self.data.new_clips(name, digests[name]) for name in speakers}
+        embeddings = {name: self.model.embed_many([speakers[name][i] for i in new[name]], sample_rate, f"{name} clip")
+                      for name in tqdm([name for name in speakers if new[name]], desc=f"enrol {self.path.name}",
+                                       unit="speaker", disable=not progress, leave=False)}
         with index_lock(self.path, lock_timeout):
             data = self._reread()
             self._refuse_enrolled(data, speakers, append)  # another process may have enrolled one meanwhile
+            added = dict.fromkeys(speakers, 0)
             try:
                 for name, rows in embeddings.items():
-                    data.add(name, rows, append=append)
+                    fresh = data.new_clips(name, [digests[name][i] for i in new[name]])  # or appended these meanwhile
+                    if fresh:
+                        data.add(name, rows[fresh], append=append, digests=[digests[name][new[name][i]] for i in fresh])
+                        added[name] = len(fresh)
             except VoxaugError as exc:
                 raise file_error(self.path, str(exc)) from None
-            data.save(self.path)
+            if any(added.values()):
+                data.save(self.path)
         self.data = data
+        self.skipped = {name: len(clips) - added[name] for name, clips in speakers.items()}
         return {name: data.counts[name] for name in speakers}
+
+    def _refuse_same_content(self, name: str, clips: list[ClipInput], digests: list[str]) -> None:
+        """Two clips of one enrolment with the same content (a copy under another name) would count twice."""
+        first: dict[str, int] = {}
+        for position, digest in enumerate(digests):
+            if digest in first:
+                raise file_error(self.path, f"{name}: clips {clip_name(name, clips, first[digest])} and "
+                                            f"{clip_name(name, clips, position)} have the same content; each clip counts once "
+                                            "in the speaker's mean and clip count (nothing was written)")
+            first[digest] = position
 
     def _refuse_enrolled(self, data: IndexData, speakers: dict[str, list[ClipInput]], append: bool) -> None:
         enrolled = sorted(name for name in speakers if name in data.counts)

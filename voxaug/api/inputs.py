@@ -5,6 +5,7 @@ Everything becomes numpy here (torch tensors included, without importing torch),
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,24 @@ def clip_list(clips: ClipInput | Iterable[ClipInput]) -> list[ClipInput]:
     if isinstance(clips, (str, os.PathLike)) or one_array:
         return [clips]
     return list(clips)
+
+
+def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip") -> str:
+    """The first 16 hex digits of the SHA-256 of a clip's content (a file's bytes; an array's float32 values, shape
+    and sample rate): the same clip under another name, or given to a later command, has the same digest."""
+    digest = hashlib.sha256()
+    if isinstance(x, (str, os.PathLike)):
+        try:
+            with open(x, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise file_error(Path(x), f"cannot read the clip ({exc.strerror or exc})") from None
+    else:
+        values = np.ascontiguousarray(as_numpy(x, name))
+        digest.update(f"{values.shape}|{sample_rate}|".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
