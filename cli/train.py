@@ -108,6 +108,8 @@ def train(
     from voxaug.distributed import RankFailed, init_distributed, shutdown
     from voxaug.train import Trainer
 
+    if workers is not None and workers < 0:  # on a set of features no worker starts, but the value is still wrong
+        raise VoxaugError(f"--workers must be >= 0, got {workers}")
     augment_names = parse_names(augment) if augment is not None else None
     overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
                      margin_warmup=margin_warmup, segment=segment, eval_every=eval_every,
@@ -117,7 +119,8 @@ def train(
                                              input_norm=input_norm).items() if v is not None}
     augment_overrides = _augment_overrides(augment_names, specaug_freq, specaug_time, mixup_alpha, crop_min, crop_max,
                                            channel_db, reverb_p)
-    saved = Trainer.config_from_run(out) if resume and (out / "config.json").exists() else None
+    settings_file = out / "config.json" if (out / "config.json").exists() else out / "last.pt"
+    saved = Trainer.config_from_run(out) if resume and settings_file.exists() else None
     noise_given = _noise_folder_overrides(augment_names, preset, config, noise_dir, noise_p, saved)
     if noise_given:
         augment_overrides["noise"] = noise_given
@@ -128,7 +131,7 @@ def train(
     frontend_overrides = _frontend_overrides(n_mels, sample_rate)
     resolved = resolve_config(preset, config, overrides, model_overrides, augment_overrides, frontend_overrides, saved)
     if saved is not None:
-        _refuse_changes_on_resume(saved, resolved, out / "config.json")
+        _refuse_changes_on_resume(saved, resolved, settings_file)
     if resolved.augment.get("wave") and "wave" not in resolve_names(resolved.augment):
         keys = set(resolved.augment["wave"])
         given = [_option_name(f"augment.wave.{key}") if key in augment_overrides.get("wave", {})
@@ -148,8 +151,8 @@ def train(
             typer.echo(f"DDP: world_size {context.world_size} ({context.backend}, {context.device.type}); "
                        f"--batch {resolved.batch} per process, {resolved.batch * context.world_size} per step")
         trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet, workers=workers, strict=strict,
-                          context=context)
-        summary = trainer.fit(resume=resume)
+                          context=context, resume=resume)
+        summary = trainer.fit()
         clean = True
     except RankFailed:
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)

@@ -16,13 +16,11 @@ enrolled, and a query costs one cohort product.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import re
-import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +33,8 @@ from voxaug.embeddings.backend import SCORE_NORMS, Cohort, ScoringBackend, as_no
 from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import (
-    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, fsync_dir, read_json,
-    real_path,
+    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock, fsync_dir,
+    read_json, real_path,
 )
 
 if TYPE_CHECKING:
@@ -59,7 +57,6 @@ HNSW_EF_SEARCH = 128
 FAISS_KINDS = (b"IxFI", b"IHNf")  # the FAISS headers of IndexFlatIP and IndexHNSWFlat, the only kinds written
 PENDING_SUFFIX = ".pending"
 LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep committing
-LOCK_POLL_S = 0.05
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -617,41 +614,11 @@ def check_lock_timeout(timeout_s: object) -> float:
 
 @contextmanager
 def index_lock(path: str | Path, timeout_s: float = 60.0) -> Iterator[None]:
-    """Exclusive lock around a read-modify-write of an index; waits up to ``timeout_s``.
-
-    The lock is ``flock`` on FILE.lock, which the holder removes on release. A waiter that wins
-    the lock on a file already removed (or replaced) tries again on the current one, so two
-    processes never both hold it. A lock file left by a killed process holds no lock and is reused.
-    """
+    """Exclusive lock around a read-modify-write of an index (``flock`` on FILE.lock, as
+    :func:`voxaug.safeio.exclusive_lock` takes it); waits up to ``timeout_s``."""
     check_lock_timeout(timeout_s)
     lock_path = Path(f"{real_path(path)}.lock")
     ensure_folder(lock_path.parent, "index folder")
-    deadline = time.monotonic() + timeout_s
-    while True:  # read-only, writable by the group and others as the umask allows: another account can share it
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if time.monotonic() >= deadline:
-                raise file_error(path, f"index is locked by another voxaug process (waited {timeout_s:g} s; "
-                                       f"lock file {lock_path.name})") from None
-            time.sleep(LOCK_POLL_S)
-            continue
-        if _same_file(fd, lock_path):
-            break
-        os.close(fd)
-    try:
+    busy = f"index is locked by another voxaug process (waited {timeout_s:g} s; lock file {lock_path.name})"
+    with exclusive_lock(lock_path, timeout_s, lambda: file_error(path, busy)):
         yield
-    finally:
-        lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
-        os.close(fd)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``fd`` is still the file at ``path`` (not unlinked or replaced since it was opened)."""
-    try:
-        held, current = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)

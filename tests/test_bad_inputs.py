@@ -114,6 +114,13 @@ def dataset(w: World, name: str, edit: Callable[[Path], None]) -> Path:
     return root
 
 
+def noise_of_80_bands(w: World) -> Path:
+    folder = w.bad / "noise80"
+    folder.mkdir(exist_ok=True)
+    torch.save(torch.randn(200, 80), folder / "n.pt")
+    return folder
+
+
 def first_feature(root: Path) -> Path:
     metadata = json.loads((root / "metadata.json").read_text())
     return root / next(iter(metadata["speakers"].values()))[0]["feature_path"]
@@ -259,6 +266,24 @@ CASES: dict[str, Case] = {
                                     ("--augment", "unknown augmentation 'bogus'")),
     "train: --sample-rate on a set of features": (lambda w: train(w, w.data, "--sample-rate", "8000"),
                                                    ("data", "front-end settings (f_max, sample_rate) do not change")),
+    "train: --sample-rate on a folder of .pt clips": (
+        lambda w: train(w, w.data / "unseen" / "enroll", "--sample-rate", "8000"),
+        ("enroll", "front-end settings (f_max, sample_rate) do not change")),
+    "train: --segment past any length": (lambda w: train(w, w.data, "--segment", "99999999999999999999"),
+                                         ("--segment", "[1, 2147483647]")),
+    "train: --specaug-time past any length": (lambda w: train(w, w.data, "--augment", "specaug", "--specaug-time", "1e20"),
+                                              ("--specaug-time", "of frames up to 2147483647")),
+    "train: TOML wave noise_dir not a path": (
+        lambda w: train(w, w.data, "--config", write(w.bad / "w.toml", '[augment]\nnames = ["wave"]\n'
+                                                                        "[augment.wave]\nnoise_dir = 5\n")),
+        ("w.toml", "(wave noise_dir) must be a folder path, got 5")),
+    "train: TOML log_floor of 0": (
+        lambda w: train(w, w.data, "--config", write(w.bad / "floor.toml", "[frontend]\nlog_floor = 0.0\n")),
+        ("floor.toml", "log_floor must be > 0")),
+    "train: --noise-dir of 80-band features": (
+        lambda w: train(w, w.data, "--augment", "noise", "--noise-dir", noise_of_80_bands(w)),
+        ("noise80", "noise features have 80 mel bands, the training features 40")),
+    "train: negative --workers on features": (lambda w: train(w, w.data, "--workers", "-1"), ("--workers", ">= 0, got -1")),
     "train: negative learning rate": (lambda w: train(w, w.data, "--lr", "-1"), ("--lr", "must be positive")),
     "train: validation fraction 1.5": (lambda w: train(w, w.data, "--val-fraction", "1.5"), ("--val-fraction", "[0, 1)")),
     "train: malformed TOML config": (lambda w: train(w, w.data, "--config", write(w.bad / "c.toml", "[train\nsteps=")),
@@ -290,7 +315,8 @@ CASES: dict[str, Case] = {
         lambda w: predict(w, tensor(w.bad / "evil.pt", {"format": "voxaug-checkpoint", "x": Exploit(w.bad)})),
         ("evil.pt", "refused")),
     "predict: an ONNX export as --ckpt": (lambda w: predict(w, write(w.bad / "model.onnx", b"\x08\x07")),
-                                          ("model.onnx", "an ONNX export, not a checkpoint: pass it with --model")),
+                                          ("model.onnx", "an ONNX export, not a checkpoint: this takes a training "
+                                                         "checkpoint")),
     "predict: NaN weights": (lambda w: predict(w, checkpoint(w, "nanw.pt", nan_weight)), ("nanw.pt", "NaN or Inf")),
     "predict: weights of another shape": (lambda w: predict(w, checkpoint(w, "wide.pt", wider_model)),
                                           ("wide.pt", "do not match its own configuration")),

@@ -13,6 +13,7 @@ import torch
 import voxaug.inference as inference
 import voxaug.train as training
 from conftest import straight_and_resumed, tiny_config
+from voxaug.config import resolve_config
 from voxaug.checkpoint import load_checkpoint, save_checkpoint
 from voxaug.errors import VoxaugError
 from voxaug.train import Trainer, load_optimizer_state, lr_at
@@ -51,6 +52,76 @@ def test_resume_reaches_the_same_weights(tiny_synth, tmp_path, monkeypatch):
     assert straight["step"] == resumed["step"] == 40
     rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [20, 40]
+
+
+def test_run_folder_and_setting_refusals_come_before_any_data_is_read(trained_run, tiny_synth, tmp_path, monkeypatch):
+    """Each depends only on the run folder, the options and the dataset's layout: on a real corpus reading the
+    data first would cost minutes to hours before the refusal."""
+    monkeypatch.setattr(training, "open_dataset_store", lambda *a, **k: pytest.fail("data read before refusing"))
+    noise = tmp_path / "noise80"
+    noise.mkdir()
+    torch.save(torch.randn(200, 80), noise / "n.pt")
+    cases = [
+        (tiny_config(), trained_run, False, "already holds a run"),
+        (tiny_config(), tmp_path / "missing", True, "nothing to resume"),
+        (resolve_config("cpu", toml_path=None, overrides={"device": "cpu"}, frontend_overrides={"sample_rate": 8000}),
+         tmp_path / "new", False, r"front-end settings \(f_max, sample_rate\) do not change"),
+        (tiny_config(augment={"names": ["noise"], "noise": {"noise_dir": str(noise)}}), tmp_path / "new", False,
+         "noise features have 80 mel bands, the training features 40"),
+    ]
+    for config, run, resume, refusal in cases:
+        with pytest.raises(VoxaugError, match=refusal):
+            Trainer(config, tiny_synth, run, progress=False, resume=resume)
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "new").exists()
+
+
+def test_front_end_settings_on_a_folder_of_feature_clips_are_refused_as_on_the_hw4_layout(tiny_synth, tmp_path):
+    """A `<speaker>/*.pt` folder is features too: a --sample-rate would be recorded as the model's without
+    changing what it trained on, and identify would then featurise audio unlike the training data."""
+    config = resolve_config("cpu", overrides={"device": "cpu"}, frontend_overrides={"sample_rate": 8000})
+    with pytest.raises(VoxaugError, match=r"enroll: holds log-mel features, which front-end settings"):
+        Trainer(config, tiny_synth / "unseen" / "enroll", tmp_path / "run", progress=False, resume=False)
+
+
+def test_a_run_resumed_from_its_checkpoint_alone_keeps_the_front_end_it_trained_with(tiny_synth, tmp_path):
+    """Only last.pt was copied (no config.json): the settings come from the checkpoint, and another front end
+    is refused rather than featurising the clips anew for weights trained on other features."""
+    audio = tmp_path / "audio"
+    for speaker in sorted((tiny_synth / "unseen" / "enroll").iterdir())[:3]:
+        (audio / speaker.name).mkdir(parents=True)
+        for wav in sorted(speaker.glob("*.wav")) + sorted((tiny_synth / "unseen" / "test" / speaker.name).glob("*.wav")):
+            (audio / speaker.name / f"{wav.parent.parent.name}-{wav.name}").write_bytes(wav.read_bytes())
+    config = tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1, "val_fraction": 0.0})
+    config.frontend = {"sample_rate": 8000, "f_max": 4000.0}
+    Trainer(config, audio, tmp_path / "run8k", progress=False, workers=0).fit()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "last.pt").write_bytes((tmp_path / "run8k" / "last.pt").read_bytes())
+    saved = Trainer.config_from_run(moved, steps=6)
+    assert saved.frontend == {"sample_rate": 8000, "f_max": 4000.0}
+    Trainer(saved, audio, moved, progress=False, workers=0, resume=True).fit()
+    assert load_checkpoint(moved / "last.pt")["frontend"]["sample_rate"] == 8000
+    other = Trainer.config_from_run(moved, steps=8)
+    other.frontend = {}
+    with pytest.raises(VoxaugError, match=r"last\.pt: cannot resume with a different front end"):
+        Trainer(other, audio, moved, progress=False, workers=0, resume=True).fit()
+
+
+def test_a_second_training_into_a_run_folder_being_written_is_refused_and_changes_nothing(tiny_synth, tmp_path):
+    """Before the first evaluation there is no last.pt to refuse on: the run folder's lock is what stops a second
+    training from deleting the first one's metrics and interleaving checkpoints."""
+    from voxaug.safeio import exclusive_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "config.json").write_text("{}")
+    with exclusive_lock(run / training.RUN_LOCK, 0.0, lambda: AssertionError("lock taken")):
+        with pytest.raises(VoxaugError, match=r"run: another training is writing this run folder"):
+            Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+        assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' and (run / "config.json").read_text() == "{}"
+    Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    assert (run / "last.pt").exists() and not (run / training.RUN_LOCK).exists(), "released when training ends"
 
 
 def test_resume_without_last_checkpoint_is_refused(tiny_synth, tmp_path):
@@ -318,8 +389,6 @@ def test_resume_accepts_the_augmentations_in_another_order_and_refuses_another_s
 def test_a_config_file_is_judged_with_the_command_lines_values_and_named_only_for_its_own_errors(tmp_path):
     """A file value the command line makes valid is accepted; an error the file causes alone names the file;
     one the command line causes does not."""
-    from voxaug.config import resolve_config
-
     toml = tmp_path / "run.toml"
     toml.write_text("[model]\nd_model = 90\n[augment]\nnames = [\"crop\"]\n[augment.crop]\nmin_frames = 400\n")
     config = resolve_config("cpu", toml, model_overrides={"num_heads": 6},
@@ -342,6 +411,7 @@ def test_a_feature_run_that_recorded_front_end_settings_before_they_were_refused
     (run / "config.json").write_text(json.dumps({**meta, "frontend": recorded}))
     state = load_checkpoint(run / "last.pt")
     state["config"]["frontend"] = recorded
+    state["frontend"] = {**state["frontend"], **recorded}  # what such a run used and saved as its front end
     save_checkpoint(run / "last.pt", state)
     config = Trainer.config_from_run(run, steps=6)
     Trainer(config, tiny_synth, run, progress=False).fit(resume=True)

@@ -28,7 +28,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and sanity-check a checkpoint; anything that is not one of ours is refused by name."""
     if Path(path).suffix.lower() == ".onnx" and Path(path).is_file():
-        raise file_error(path, "an ONNX export, not a checkpoint: pass it with --model")
+        raise file_error(path, "an ONNX export, not a checkpoint: this takes a training checkpoint (RUN/last.pt or "
+                               "best.pt); embed, enroll, identify and evaluate take an export with --model")
     state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise file_error(path, "not a voxaug checkpoint")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from voxaug.augment.base import MAX_WHOLE
 from voxaug.augment.pipeline import build_pipeline, resolve_names
 from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
 from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
@@ -63,14 +64,16 @@ class TrainConfig:
             raise VoxaugError(f"[frontend] must be a table of front-end settings, got {self.frontend!r}")
         FrontendConfig.from_dict(self.frontend)  # refuses unknown keys and bad values
         for name in ("steps", "batch", "segment", "eval_every", "train_eval_utterances", "max_bad_steps"):
-            if getattr(self, name) <= 0:
-                raise VoxaugError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) <= MAX_WHOLE:
+                raise VoxaugError(f"--{name.replace('_', '-')} must be a whole number in [1, {MAX_WHOLE}], "
+                                  f"got {getattr(self, name)}")
         if self.model.kind == "conformer" and self.batch < 2:  # its BatchNorms need two examples to train
             raise VoxaugError(f"--batch must be at least 2 for the conformer (its batch norms need two examples), "
                               f"got {self.batch}")
         for name in ("warmup", "margin_warmup"):
-            if getattr(self, name) < 0:
-                raise VoxaugError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) <= MAX_WHOLE:
+                raise VoxaugError(f"--{name.replace('_', '-')} must be a whole number in [0, {MAX_WHOLE}], "
+                                  f"got {getattr(self, name)}")
         for name, value in (("--lr", self.lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip),
                             ("--scale", self.model.scale), ("--margin", self.model.margin)):
             if not math.isfinite(value):

@@ -12,7 +12,7 @@ import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from voxaug.errors import file_error
 
@@ -223,3 +223,43 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+LOCK_POLL_S = 0.05
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Exception]) -> Iterator[None]:
+    """``flock`` on ``lock_path``, waiting up to ``timeout_s`` (then ``busy()`` is raised); the holder removes the
+    file on release. A waiter that wins the lock on a file already removed (or replaced) tries again on the
+    current one, so two processes never both hold it. A lock file left by a killed process holds no lock."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout_s
+    while True:  # read-only, writable by the group and others as the umask allows: another account can share it
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise busy() from None
+            time.sleep(LOCK_POLL_S)
+            continue
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not unlinked or replaced since it was opened)."""
+    try:
+        held, current = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)

@@ -7,6 +7,7 @@ and only rank 0 writes the run folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,9 +25,9 @@ from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
 from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig
-from voxaug.data.audio_store import default_workers, open_dataset_store, require_audio
+from voxaug.data.audio_store import default_workers, has_audio, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
-from voxaug.data.sources import DatasetSource, HW4Source, open_source
+from voxaug.data.sources import DatasetSource, open_source
 from voxaug.data.store import PackedStore
 from voxaug.data.split import stratified_split
 from voxaug.data.wave_batches import WaveBatchSource
@@ -37,10 +38,12 @@ from voxaug.features import FrontendConfig
 from voxaug.inference import accuracy, autocast_for, run_model
 from voxaug.model import build_model
 from voxaug.plot import plot_runs, read_metrics
-from voxaug.safeio import atomic_write_json, atomic_write_text, read_json
+from voxaug.safeio import atomic_write_json, atomic_write_text, exclusive_lock, read_json
 
 TRACE_ENV = "VOXAUG_TRACE_BATCHES"
 TRACE_FILE = "batch_trace.jsonl"
+RUN_LOCK = ".train.lock"
+"""Held by the training that writes a run folder (rank 0), from its start to its end."""
 
 
 @dataclass
@@ -117,10 +120,13 @@ class Trainer:
         workers: int | None = None,
         strict: bool = False,
         context: DistContext | None = None,
+        resume: bool | None = None,
     ) -> None:
         """``workers``: featurising/augmenting processes for audio (default from the CPU count);
         ``strict``: a bad audio file stops the run instead of being skipped and counted;
-        ``context``: this process's rank under torchrun (``voxaug.distributed.init_distributed``)."""
+        ``context``: this process's rank under torchrun (``voxaug.distributed.init_distributed``);
+        ``resume``: whether :meth:`fit` continues the run in ``run_dir``; given here, the run folder and the
+        front-end settings are checked before any data is read (None: decided by :meth:`fit`, checked there)."""
         config.validate()
         config.augment = {**config.augment, "names": resolve_names(config.augment)}  # the default when none named
         self.pipeline = build_pipeline(config.augment["names"], config.augment)
@@ -131,10 +137,16 @@ class Trainer:
         self.trace_steps = _trace_steps()
         torch.manual_seed(config.seed)  # the same on every rank: the same initial weights
 
+        self.resuming = resume
+        if resume is not None:
+            check_run_folder(self.run_dir, resume)  # before minutes of featurising, not after
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         source = open_source(self.data, frontend)
+        self.pipeline.check_bands(source.n_mels)
         self.audio_settings_on_features = (audio_settings(frontend, source.n_mels)
-                                           if isinstance(source, HW4Source) and frontend is not None else [])
+                                           if frontend is not None and not has_audio(source) else [])
+        if resume is False:
+            self._refuse_audio_settings_on_features()
         self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
         wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
         if wave is not None:
@@ -229,6 +241,8 @@ class Trainer:
                             "split_version", "weight_decay", "margin_warmup")
             if getattr(saved, key) != getattr(self.config, key)
         ]
+        if "frontend" in state and FrontendConfig.from_dict(state["frontend"]) != self.frontend:
+            mismatched.append("front end")  # the same clips would become other features
         if mismatched:
             raise file_error(path, f"cannot resume with a different {', '.join(mismatched)}; use the run's config.json")
         if self.config.steps < int(state["step"]):
@@ -383,10 +397,15 @@ class Trainer:
 
     @staticmethod
     def config_from_run(run_dir: Path, steps: int | None = None, device: str | None = None) -> TrainConfig:
-        """The config a run was started with, for --resume; only steps and device may change."""
-        values = read_json(Path(run_dir) / "config.json", "run config")
-        if not isinstance(values, dict):
-            raise file_error(Path(run_dir) / "config.json", "expected a JSON object")
+        """The config a run was started with, for --resume: its config.json, or, when that was not copied with
+        it, the one last.pt records. Only steps and device may change."""
+        run_dir = Path(run_dir)
+        if (run_dir / "config.json").exists() or not (run_dir / "last.pt").exists():
+            values = read_json(run_dir / "config.json", "run config")
+            if not isinstance(values, dict):
+                raise file_error(run_dir / "config.json", "expected a JSON object")
+        else:
+            values = dict(load_checkpoint(run_dir / "last.pt")["config"])
         values.pop("run", None)
         config = TrainConfig.from_saved(values)
         config.steps = steps or config.steps
@@ -413,21 +432,28 @@ class Trainer:
         atomic_write_json_lines(path, rows)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _open_run(self, resume: bool) -> None:
-        """Check the run folder (rank 0 creates it) and, for ``resume``, load last.pt."""
-        if self.audio_settings_on_features and not resume:  # a run recorded them before they were refused
+    def _refuse_audio_settings_on_features(self) -> None:
+        """Front-end settings on a dataset of features change nothing in training, yet would be recorded as the
+        model's (a resumed run may have recorded them before they were refused: it goes on)."""
+        if self.audio_settings_on_features:
             raise file_error(self.data, f"holds log-mel features, which front-end settings "
                                         f"({', '.join(self.audio_settings_on_features)}) do not change; they are for "
                                         "datasets of audio")
+
+    def _open_run(self, resume: bool, held: contextlib.ExitStack) -> None:
+        """Check the run folder again (it may have changed while the data was read); rank 0 creates it and holds
+        its lock in ``held`` until training ends, so that a second training cannot write the same folder. For
+        ``resume``, load last.pt."""
+        if not resume:
+            self._refuse_audio_settings_on_features()
+        check_run_folder(self.run_dir, resume)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        last = self.run_dir / "last.pt"
+            busy = f"another training is writing this run folder (lock file {RUN_LOCK}); wait for it or choose another --out"
+            held.enter_context(exclusive_lock(self.run_dir / RUN_LOCK, 0.0, lambda: file_error(self.run_dir, busy)))
+            check_run_folder(self.run_dir, resume)  # a training that held the lock until now may have written last.pt
         if resume:
-            if not last.exists():
-                raise file_error(last, "nothing to resume: no last.pt in the run folder")
-            self.resume(last)
-        elif last.exists():
-            raise file_error(self.run_dir, "already holds a run (last.pt); pass --resume to continue it or choose another --out")
+            self.resume(self.run_dir / "last.pt")
 
     def _start_log(self, resume: bool) -> None:
         if resume:
@@ -436,9 +462,14 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.write_config()
 
-    def fit(self, resume: bool = False) -> TrainSummary:
+    def fit(self, resume: bool | None = None) -> TrainSummary:
+        """Train to ``config.steps``; ``resume`` (default: as given to the constructor) continues from last.pt."""
+        with contextlib.ExitStack() as held:  # the run folder's lock, from when it is opened to the end
+            return self._train(bool(self.resuming) if resume is None else resume, held)
+
+    def _train(self, resume: bool, held: contextlib.ExitStack) -> TrainSummary:
         self.started = time.perf_counter()
-        main_first(self.dist, lambda: self._open_run(resume))  # every rank loads the same last.pt
+        main_first(self.dist, lambda: self._open_run(resume, held))  # every rank loads the same last.pt
         main_only(self.dist, lambda: self._start_log(resume))
         losses: list[float] = []
         row: dict = {}
@@ -464,6 +495,15 @@ class Trainer:
             train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
             elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
         )
+
+
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """A new run needs a folder without last.pt; a resumed one needs its last.pt (nothing is created here)."""
+    last = run_dir / "last.pt"
+    if resume and not last.exists():
+        raise file_error(last, "nothing to resume: no last.pt in the run folder")
+    if not resume and last.exists():
+        raise file_error(run_dir, "already holds a run (last.pt); pass --resume to continue it or choose another --out")
 
 
 def audio_settings(frontend: FrontendConfig, n_mels: int) -> list[str]:

@@ -53,6 +53,9 @@ class BatchAugmentation(ABC):
     def bind(self, speakers: int) -> None:
         """Told the number of training speakers before the first batch; most augmentations ignore it."""
 
+    def check_bands(self, n_mels: int) -> None:
+        """Told the data's mel-band count before any data is read, to refuse what cannot apply to it."""
+
     @abstractmethod
     def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
         """Return the augmented batch; shapes of features and lengths are kept unless documented."""
@@ -81,6 +84,11 @@ def log_power_peak(features: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) float32 draws from ``generator`` on ``device`` (the generator's device)."""
     return torch.rand(shape, generator=generator, device=device)
+
+
+MAX_WHOLE = 2**31 - 1
+"""Largest whole-number setting (frames, bands, steps, batch): counts go into int64 tensor arithmetic, and a
+larger one would overflow there after minutes of preparation instead of being refused up front."""
 
 
 def check_probability(label: str, value: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from voxaug.augment.base import BatchAugmentation, TrainBatch, real_frames, register_augmentation, uniform
+from voxaug.augment.base import MAX_WHOLE, BatchAugmentation, TrainBatch, real_frames, register_augmentation, uniform
 from voxaug.errors import VoxaugError
 
 
@@ -24,8 +24,8 @@ class RandomCrop(BatchAugmentation):
 
     def __init__(self, min_frames: int = 64, max_frames: int = 300) -> None:
         for label, value in (("--crop-min (crop min_frames)", min_frames), ("--crop-max (crop max_frames)", max_frames)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise VoxaugError(f"{label} must be a whole number of frames >= 1, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WHOLE:
+                raise VoxaugError(f"{label} must be a whole number of frames in [1, {MAX_WHOLE}], got {value!r}")
         if min_frames > max_frames:
             raise VoxaugError(f"--crop-min ({min_frames}) must not exceed --crop-max ({max_frames})")
         self.min_frames, self.max_frames = min_frames, max_frames

@@ -82,12 +82,15 @@ class AdditiveNoise(BatchAugmentation):
         shape = torch.exp(tilt * ramp * DB_TO_LOG_POWER)  # (B, F)
         return (shape / shape.mean(dim=1, keepdim=True)).unsqueeze(1).expand(size, frames, bands)
 
+    def check_bands(self, n_mels: int) -> None:
+        if self._noises and int(self._noises[0].shape[1]) != n_mels:
+            raise VoxaugError(f"{self.noise_dir}: noise features have {self._noises[0].shape[1]} mel bands, "
+                              f"the training features {n_mels}")
+
     def _recorded(self, size: int, frames: int, bands: int, generator: torch.Generator,
                   device: torch.device) -> torch.Tensor:
         """(B, T, F) noise power from random files at random offsets (looped when shorter)."""
-        if int(self._noises[0].shape[1]) != bands:
-            raise VoxaugError(f"{self.noise_dir}: noise features have {self._noises[0].shape[1]} mel bands, "
-                              f"the training features {bands}")
+        self.check_bands(bands)
         picks = (uniform((size,), generator, device) * len(self._noises)).long().clamp(max=len(self._noises) - 1)
         starts = uniform((size,), generator, device)
         rows = []

@@ -42,6 +42,11 @@ class AugmentPipeline:
         for augmentation in self.augmentations:
             augmentation.bind(speakers)
 
+    def check_bands(self, n_mels: int) -> None:
+        """Let every augmentation refuse data of ``n_mels`` bands before it is read (noise files of other bands)."""
+        for augmentation in self.augmentations:
+            augmentation.check_bands(n_mels)
+
     @property
     def names(self) -> list[str]:
         return [a.name for a in self.augmentations]

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from voxaug.augment.base import BatchAugmentation, TrainBatch, real_frames, register_augmentation, uniform
+from voxaug.augment.base import MAX_WHOLE, BatchAugmentation, TrainBatch, real_frames, register_augmentation, uniform
 from voxaug.errors import VoxaugError
 
 MASK_VALUES = ("mean", "zero")
@@ -50,15 +50,16 @@ class SpecAugment(BatchAugmentation):
         value: str | float = "mean",
     ) -> None:
         for label, count in (("freq_masks", freq_masks), ("time_masks", time_masks)):
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise VoxaugError(f"specaug {label} must be an integer >= 0, got {count!r}")
-        if not isinstance(freq_width, int) or isinstance(freq_width, bool) or freq_width < 0:
-            raise VoxaugError(f"--specaug-freq (specaug freq_width) must be an integer >= 0 mel bands, got {freq_width!r}")
+            if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_WHOLE:
+                raise VoxaugError(f"specaug {label} must be an integer in [0, {MAX_WHOLE}], got {count!r}")
+        if not isinstance(freq_width, int) or isinstance(freq_width, bool) or not 0 <= freq_width <= MAX_WHOLE:
+            raise VoxaugError(f"--specaug-freq (specaug freq_width) must be an integer in [0, {MAX_WHOLE}] mel bands, "
+                              f"got {freq_width!r}")
         if not isinstance(time_width, (int, float)) or isinstance(time_width, bool) or not math.isfinite(time_width) \
-                or time_width < 0 or (time_width >= 1 and time_width != int(time_width)):
+                or not 0 <= time_width <= MAX_WHOLE or (time_width >= 1 and time_width != int(time_width)):
             raise VoxaugError(
                 f"--specaug-time (specaug time_width) must be a fraction in [0, 1) of the length or a whole number "
-                f"of frames, got {time_width!r}"
+                f"of frames up to {MAX_WHOLE}, got {time_width!r}"
             )
         if not (value in MASK_VALUES or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                          and math.isfinite(value))):
