@@ -448,6 +448,26 @@ def test_append_skips_clips_the_speaker_was_already_enrolled_from(models, tiny_s
     assert code == 0 and "bob" not in json.loads(sidecar_path(index_path).read_text())["clip_digests"]
 
 
+def test_append_works_out_new_clips_against_the_index_as_it_is_under_the_lock(models, tiny_synth, tmp_path):
+    """An object opened before another process removed and re-enrolled the speaker must not skip a clip the index
+    no longer holds; and an error about an array names its place in the caller's list, skipped clips counted."""
+    index_path = tmp_path / "spk.faiss"
+    c0, c1, c2 = [wav.with_suffix(".pt") for wav in wavs(tiny_synth, "enroll", "new000")]
+    c3 = wavs(tiny_synth, "test", "new000")[0].with_suffix(".pt")
+    voxaug.SpeakerIndex.create(index_path, models["ckpt"]).enroll("alice", [c0, c1])
+    stale = voxaug.SpeakerIndex.open(index_path)
+    other = voxaug.SpeakerIndex.open(index_path)
+    other.remove("alice")
+    other.enroll("alice", [c2])
+    assert stale.enroll("alice", [c0, c3], append=True) == 3 and stale.skipped == {"alice": 0}
+    assert len(json.loads(sidecar_path(index_path).read_text())["clip_digests"]["alice"]) == 3
+
+    features = [torch.load(clip, weights_only=True).numpy() for clip in (c0, c1)]
+    stale.enroll("bob", features)
+    with pytest.raises(VoxaugError, match=r"^bob clip 2: features must have shape \(frames, 40\)"):
+        stale.enroll("bob", [*features, np.zeros((200, 80), np.float32)], append=True)
+
+
 def test_a_bad_lock_timeout_is_refused_before_any_clip_is_embedded(models, tiny_synth, tmp_path, monkeypatch):
     def embedded(*args, **kwargs):
         raise AssertionError("clips were embedded before the lock timeout was checked")

@@ -62,7 +62,9 @@ class TrainConfig:
         self.model.validate()
         if not isinstance(self.frontend, dict):
             raise VoxaugError(f"[frontend] must be a table of front-end settings, got {self.frontend!r}")
-        FrontendConfig.from_dict(self.frontend)  # refuses unknown keys and bad values
+        frontend = FrontendConfig.from_dict(self.frontend)  # refuses unknown keys and bad values
+        if frontend.log_floor <= 0:  # log(mel + floor): silence would be -inf or NaN, and its clip skipped as unreadable
+            raise VoxaugError(f"front end: log_floor must be > 0 to train, got {frontend.log_floor}")
         for name in ("steps", "batch", "segment", "eval_every", "train_eval_utterances", "max_bad_steps"):
             if not 0 < getattr(self, name) <= MAX_WHOLE:
                 raise VoxaugError(f"--{name.replace('_', '-')} must be a whole number in [1, {MAX_WHOLE}], "

@@ -138,15 +138,11 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same on every rank: the same initial weights
 
         self.resuming = resume
-        if resume is not None:
-            check_run_folder(self.run_dir, resume)  # before minutes of featurising, not after
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         source = open_source(self.data, frontend)
-        self.pipeline.check_bands(source.n_mels)
         self.audio_settings_on_features = (audio_settings(frontend, source.n_mels)
                                            if frontend is not None and not has_audio(source) else [])
-        if resume is False:
-            self._refuse_audio_settings_on_features()
+        main_only(self.dist, lambda: self._refuse_before_reading(source.n_mels, resume))  # rank 0 says why
         self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
         wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
         if wave is not None:
@@ -432,6 +428,15 @@ class Trainer:
         atomic_write_json_lines(path, rows)
 
     # ---- the loop ----------------------------------------------------------------------------
+    def _refuse_before_reading(self, n_mels: int, resume: bool | None) -> None:
+        """What can be refused from the options, the run folder and the dataset's layout, before minutes of
+        featurising: the run folder (when ``resume`` is known), noise of other bands, front-end settings on features."""
+        if resume is not None:
+            check_run_folder(self.run_dir, resume)
+        self.pipeline.check_bands(n_mels)
+        if resume is False:
+            self._refuse_audio_settings_on_features()
+
     def _refuse_audio_settings_on_features(self) -> None:
         """Front-end settings on a dataset of features change nothing in training, yet would be recorded as the
         model's (a resumed run may have recorded them before they were refused: it goes on)."""

@@ -148,27 +148,37 @@ class SpeakerIndex:
             refuse_repeated_clips(name, clips)
             digests[name] = [clip_digest(clip, sample_rate, f"{name} clip {i}") for i, clip in enumerate(clips)]
             self._refuse_same_content(name, clips, digests[name])
-        new = {name: self.data.new_clips(name, digests[name]) for name in speakers}
-        embeddings = {name: self.model.embed_many([speakers[name][i] for i in new[name]], sample_rate, f"{name} clip")
-                      for name in tqdm([name for name in speakers if new[name]], desc=f"enrol {self.path.name}",
-                                       unit="speaker", disable=not progress, leave=False)}
+        new = {name: self.data.new_clips(name, digests[name]) for name in speakers}  # as this object last read it
+        rows = {name: self._embed(name, speakers[name], new[name], sample_rate)
+                for name in tqdm([name for name in speakers if new[name]], desc=f"enrol {self.path.name}",
+                                 unit="speaker", disable=not progress, leave=False)}
         with index_lock(self.path, lock_timeout):
             data = self._reread()
             self._refuse_enrolled(data, speakers, append)  # another process may have enrolled one meanwhile
-            added = dict.fromkeys(speakers, 0)
+            fresh = {name: data.new_clips(name, digests[name]) for name in speakers}  # another process may have
+            for name, clips in speakers.items():                                        # enrolled or removed some
+                late = [i for i in fresh[name] if i not in rows.get(name, {})]
+                if late:
+                    rows.setdefault(name, {}).update(self._embed(name, clips, late, sample_rate))
             try:
-                for name, rows in embeddings.items():
-                    fresh = data.new_clips(name, [digests[name][i] for i in new[name]])  # or appended these meanwhile
-                    if fresh:
-                        data.add(name, rows[fresh], append=append, digests=[digests[name][new[name][i]] for i in fresh])
-                        added[name] = len(fresh)
+                for name in speakers:
+                    if fresh[name]:
+                        data.add(name, np.stack([rows[name][i] for i in fresh[name]]), append=append,
+                                 digests=[digests[name][i] for i in fresh[name]])
             except VoxaugError as exc:
                 raise file_error(self.path, str(exc)) from None
+            added = {name: len(fresh[name]) for name in speakers}
             if any(added.values()):
                 data.save(self.path)
         self.data = data
         self.skipped = {name: len(clips) - added[name] for name, clips in speakers.items()}
         return {name: data.counts[name] for name in speakers}
+
+    def _embed(self, name: str, clips: list[ClipInput], positions: list[int], sample_rate: int | None
+               ) -> dict[int, np.ndarray]:
+        """The embeddings of ``clips[i]`` for each ``i`` in ``positions``, by position (errors name it so)."""
+        chosen = self.model.embed_many([clips[i] for i in positions], sample_rate, f"{name} clip", positions)
+        return dict(zip(positions, chosen))
 
     def _refuse_same_content(self, name: str, clips: list[ClipInput], digests: list[str]) -> None:
         """Two clips of one enrolment with the same content (a copy under another name) would count twice."""

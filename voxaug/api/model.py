@@ -99,12 +99,15 @@ class SpeakerModel:
         clip = to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, name)
         return self.engine.run(clip)
 
-    def embed_many(self, clips: list[ClipInput], sample_rate: int | None = None, name: str = "clip") -> np.ndarray:
+    def embed_many(self, clips: list[ClipInput], sample_rate: int | None = None, name: str = "clip",
+                   positions: list[int] | None = None) -> np.ndarray:
         """Unit-norm float32 embeddings (N, D) of several clip files, feature arrays or waveforms (arrays are
-        waveforms at ``sample_rate`` when it is given), batched where it helps. ``name`` labels arrays in errors."""
+        waveforms at ``sample_rate`` when it is given), batched where it helps. Errors label arrays ``<name> <i>``,
+        ``i`` their position in ``clips`` or, given, in ``positions`` (the caller's numbering)."""
         settings = self.engine.frontend
+        positions = list(range(len(clips))) if positions is None else positions
         return self.engine.run_many([to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, f"{name} {i}")
-                                     for i, x in enumerate(clips)])
+                                     for i, x in zip(positions, clips)])
 
     def embed(self, x: ClipInput, sample_rate: int | None = None) -> np.ndarray:
         """Unit-norm float32 embedding (D,) of one clip."""

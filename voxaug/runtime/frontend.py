@@ -50,8 +50,6 @@ class FrontendSettings:
             raise VoxaugError(f"front end: n_fft must be even, got {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise VoxaugError(f"front end: need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
-        if self.log_floor <= 0:  # log(mel + floor): silence would be -inf or NaN, and the clip skipped as unreadable
-            raise VoxaugError(f"front end: log_floor must be > 0, got {self.log_floor}")
 
     @property
     def win_length(self) -> int:
