@@ -64,7 +64,7 @@ def enroll(
         raise VoxaugError(f"{index}: index does not exist yet; pass --ckpt or --model to create it")
     else:
         speaker_index = SpeakerIndex.create(index, model_path, per or "speaker", hnsw, device)
-    audio_first = speaker_index.model.takes_audio_only
+    audio_first = speaker_index.model.prefers_audio
     if speakers_dir is not None:
         enrolments = speaker_folders(speakers_dir, audio_first)
         speaker_index.enroll_many(enrolments, append, lock_timeout, progress=not quiet)

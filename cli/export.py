@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import clean_errors, existing_file, output_file
+from voxaug.errors import file_error
 
 DEFAULT_OPSET = 17  # voxaug.export.DEFAULT_OPSET, not imported so that torch loads only when export runs
 
@@ -23,7 +24,10 @@ def export(
     """Export the embedding network: log-mel frames (or audio) in, unit embeddings and speaker logits out."""
     from voxaug.export import export_onnx  # torch loads here, not when the CLI starts
 
-    summary = export_onnx(existing_file(ckpt, "checkpoint"), output_file(out, "--out"), with_frontend, opset)
+    ckpt, out = existing_file(ckpt, "checkpoint"), output_file(out, "--out")
+    if out.suffix.lower() != ".onnx":  # what every command that takes --model reads, and never the checkpoint
+        raise file_error(out, "--out must name an .onnx file (embed, enroll, identify and evaluate take --model *.onnx)")
+    summary = export_onnx(ckpt, out, with_frontend, opset)
     takes = f"{summary.sample_rate / 1000:g} kHz waveforms" if summary.takes_audio else "log-mel features"
     typer.echo(f"wrote {summary.path} (opset {summary.opset}, takes {takes}; {summary.speakers} speakers, "
                f"{summary.embedding_dim}-dim embeddings; sha256 {summary.sha256})")

@@ -50,7 +50,7 @@ def identify(
     speaker_index = SpeakerIndex.open(index, model_path, device, threads=1, score_norm=score_norm,
                                       cohort_top_k=cohort_top_k, threshold=threshold)
     results = []
-    for clip in expand_clips(clips, speaker_index.model.takes_audio_only):
+    for clip in expand_clips(clips, speaker_index.model.prefers_audio):
         result = speaker_index.identify_record(clip, top_k)
         if not results and result.threshold_outdated:
             warn_calibration_outdated(index, speaker_index.data.calibration_outdated())

@@ -468,6 +468,44 @@ def test_append_works_out_new_clips_against_the_index_as_it_is_under_the_lock(mo
         stale.enroll("bob", [*features, np.zeros((200, 80), np.float32)], append=True)
 
 
+def test_an_export_refuses_a_clip_too_long_for_its_attention_and_names_runtime_failures(models, tiny_synth,
+                                                                                          monkeypatch):
+    """The exported attention holds frames x frames per head: a clip past MAX_FRAMES is refused in one line naming
+    it (features and audio alike), not run out of memory; an ONNX Runtime failure names the clip and the model."""
+    import voxaug.runtime.onnx_model as onnx_model
+
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    frames = torch.load(clip.with_suffix(".pt"), weights_only=True).shape[0]
+    monkeypatch.setattr(onnx_model, "MAX_FRAMES", frames - 10)
+    for model in (models["onnx"], models["audio"]):
+        with pytest.raises(VoxaugError, match=rf"^{re.escape(str(clip))}: clip is \d+ s long \(\d+ frames\); an ONNX "
+                                              "export embeds at most"):
+            voxaug.SpeakerModel.load(model).embed(clip)
+    monkeypatch.setattr(onnx_model, "MAX_FRAMES", 12000)
+    loaded = voxaug.SpeakerModel.load(models["onnx"])
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory\nmore")
+
+    monkeypatch.setattr(loaded.engine.model.session, "run", failing)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(clip))}: .*model\.onnx: ONNX Runtime failed: "
+                                          r"\[ONNXRuntimeError\].*allocate memory$"):
+        loaded.embed(clip)
+
+
+def test_an_export_reads_the_audio_twin_of_a_folder_clip_where_torch_is_missing(models, tiny_synth, monkeypatch):
+    import voxaug.api.model as api_model
+    from voxaug.cli.common import expand_clips
+
+    folder = tiny_synth / "unseen" / "enroll" / "new000"
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    assert not model.prefers_audio and expand_clips([folder], model.prefers_audio)[0].suffix == ".pt"
+    real = api_model.importlib.util.find_spec
+    monkeypatch.setattr(api_model.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
+    assert model.prefers_audio and {clip.suffix for clip in expand_clips([folder], model.prefers_audio)} == {".wav"}
+    assert not voxaug.SpeakerModel.load(models["ckpt"]).prefers_audio
+
+
 def test_a_bad_lock_timeout_is_refused_before_any_clip_is_embedded(models, tiny_synth, tmp_path, monkeypatch):
     def embedded(*args, **kwargs):
         raise AssertionError("clips were embedded before the lock timeout was checked")

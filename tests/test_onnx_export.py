@@ -246,6 +246,8 @@ def test_export_refuses_bad_options_in_one_line(exported, tmp_path):
         (["--ckpt", str(exported["ckpt"]), "--out", str(tmp_path / "m.onnx"), "--opset", "12"], "--opset must be between"),
         (["--ckpt", str(exported["ckpt"]), "--out", str(tmp_path)], "--out is an existing folder"),
         (["--ckpt", str(exported["features"]), "--out", str(tmp_path / "m.onnx")], "model.onnx:"),
+        (["--ckpt", str(exported["ckpt"]), "--out", str(tmp_path / "m.bin")], "m.bin: --out must name an .onnx file"),
+        (["--ckpt", str(exported["ckpt"]), "--out", str(exported["ckpt"])], "--out must name an .onnx file"),
     ]
     for args, problem in cases:
         result = runner.invoke(app, ["export", *args])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,12 @@ class SpeakerModel:
     def takes_audio_only(self) -> bool:
         """An export with its front end inside (`voxaug export --with-frontend`): it embeds waveforms, not features."""
         return self.kind == "onnx" and self.engine.model.takes_audio
+
+    @property
+    def prefers_audio(self) -> bool:
+        """Whether a folder's `.wav`/`.flac` twin is read rather than its `.pt`: always for an export that takes
+        audio, and for any export where torch, which reads `.pt` files, is not installed."""
+        return self.takes_audio_only or (self.kind == "onnx" and importlib.util.find_spec("torch") is None)
 
     @property
     def speakers(self) -> list[str]:

@@ -25,6 +25,10 @@ DIGEST_PLACEHOLDER = "0" * 64
 FEATURE_INPUTS = ("features", "lengths")
 AUDIO_INPUTS = ("waveform", "num_samples")
 OUTPUTS = ("embedding", "logits")
+MAX_FRAMES = 12000
+"""Longest clip an export embeds (2 minutes at a 10 ms hop). The exported attention holds a frames x frames
+matrix per head, so memory grows with the square of the length (about 5 GB at this length with the cpu preset)
+where the checkpoint's fused attention stays under 1 GB; beyond it a clip is refused, not run out of memory."""
 REQUIRED_METADATA = ("voxaug_format", "voxaug_format_version", "frontend", "speakers", "embedding_dim", "n_mels",
                      "min_frames", "takes_audio", "source_checkpoint_sha256", CONTENT_DIGEST_KEY)
 
@@ -162,7 +166,22 @@ class OnnxSpeakerModel:
         lengths = _checked_lengths(lengths, features.shape[0], features.shape[1], "frames")
         if len(lengths) and lengths.min() < self.min_frames:
             raise VoxaugError(f"clip is {lengths.min()} frames long; at least {self.min_frames} are needed")
-        embeddings, logits = self.session.run(list(OUTPUTS), {"features": features, "lengths": lengths})
+        self._refuse_too_long(int(lengths.max()) if len(lengths) else 0)
+        return self._run({"features": features, "lengths": lengths})
+
+    def _refuse_too_long(self, frames: int) -> None:
+        if frames > MAX_FRAMES:
+            seconds = self.frontend.hop_ms / 1000
+            raise VoxaugError(f"clip is {frames * seconds:.0f} s long ({frames} frames); an ONNX export embeds at most "
+                              f"{MAX_FRAMES * seconds:.0f} s, since its attention needs memory that grows with the square "
+                              "of the length: cut the clip, or embed it with the checkpoint (--ckpt)")
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The graph on ``inputs``; an ONNX Runtime failure (out of memory, say) is one line naming the model."""
+        try:
+            embeddings, logits = self.session.run(list(OUTPUTS), inputs)
+        except Exception as exc:  # onnxruntime raises its own pybind classes (Fail, RuntimeException, ...)
+            raise file_error(self.path, f"ONNX Runtime failed: {str(exc).splitlines()[0][:300]}") from exc
         return embeddings, logits
 
     def run_audio(self, waveforms: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +198,8 @@ class OnnxSpeakerModel:
         shortest = max(self.frontend.n_fft // 2 + 1, (self.min_frames - 1) * self.frontend.hop_length)
         if len(lengths) and lengths.min() < shortest:
             raise VoxaugError(f"clip is {lengths.min()} samples long; at least {shortest} are needed")
-        embeddings, logits = self.session.run(list(OUTPUTS), {"waveform": waveforms, "num_samples": lengths})
-        return embeddings, logits
+        self._refuse_too_long(int(lengths.max()) // self.frontend.hop_length + 1 if len(lengths) else 0)
+        return self._run({"waveform": waveforms, "num_samples": lengths})
 
     def embed_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One utterance (T, n_mels) -> embedding (D,), logits (S,)."""
