@@ -136,6 +136,13 @@ def test_none_cannot_be_combined_and_names_cannot_repeat():
         parse_names("mixup,mixup")
 
 
+@pytest.mark.parametrize("spec", [",,", "specaug,", "specaug,,mixup", ["", "mixup"]])
+def test_an_empty_name_is_refused_not_read_as_none(spec):
+    with pytest.raises(VoxaugError, match="empty name"):
+        parse_names(spec)
+    assert parse_names(" specaug , mixup ") == ["specaug", "mixup"] and parse_names([]) == []
+
+
 @pytest.mark.parametrize(
     "params, needle",
     [

@@ -59,7 +59,10 @@ def parse_names(spec: str | list[str]) -> list[str]:
     """``"specaug,mixup"`` -> ``["specaug", "mixup"]``; ``"none"`` or empty -> ``[]``; unknown names refused."""
     if not isinstance(spec, (str, list)) or not all(isinstance(name, str) for name in spec):
         raise VoxaugError(f"[augment] names must be a list of augmentation names, got {spec!r}")
-    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    items = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in items if n]
+    if names != items and (names or len(items) > 1):
+        raise VoxaugError(f"--augment: {spec!r} has an empty name; write names separated by single commas, or 'none'")
     if names == ["none"]:
         return []
     accepted = sorted(AUGMENTATIONS) + ["none"]
