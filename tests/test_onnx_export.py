@@ -200,7 +200,8 @@ def test_broken_or_foreign_model_files_are_refused_in_one_line_naming_them(expor
     foreign = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
+        ir_version=8, opset_imports=[onnx.helper.make_opsetid("", 14)])  # what every supported onnxruntime reads
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "foreign.onnx"), "foreign.onnx:", "not a voxaug speaker model")
     for entry in onnx.load(str(exported["features"])).metadata_props:  # voxaug's metadata on a graph of the wrong shape
@@ -209,6 +210,10 @@ def test_broken_or_foreign_model_files_are_refused_in_one_line_naming_them(expor
     marker = CONTENT_DIGEST_KEY.encode() + b"\x12\x40"
     (tmp_path / "impostor.onnx").write_bytes(data.replace(marker + b"0" * 64, marker + content_digest(data).encode()))
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "impostor.onnx"), "impostor.onnx:", "inputs ['x']")
+    foreign.ir_version = 99
+    onnx.save(foreign, str(tmp_path / "future.onnx"))
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "future.onnx"), "future.onnx:", "newer onnxruntime",
+                     "IR version: 99")
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "missing.onnx"), "missing.onnx:", "not found")
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path), "expected an ONNX model file")
 
