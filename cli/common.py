@@ -126,9 +126,12 @@ def existing_file(path: Path, what: str) -> Path:
 
 
 def output_folder(path: Path, option: str) -> Path:
-    """Refuse, before any work, an output folder that is an existing file."""
+    """Refuse, before any work, an output folder that is an existing file or lies under one."""
     if path.exists() and not path.is_dir():
         raise VoxaugError(f"{path}: {option} is an existing file; expected a folder")
+    above = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        raise VoxaugError(f"{path}: {option} cannot be created: {above} is a file, not a folder")
     return path
 
 

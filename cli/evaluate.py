@@ -142,16 +142,21 @@ def evaluate(
             strangers = embed_folder(embedder, impostors, cache_dir, not quiet)
             report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
                                                                  report["open_set"]["value"])
-        if calibrate:
-            with index_lock(index):
-                latest = SpeakerIndex.load(index)  # an enrol may have run since it was read
-                latest.calibration = report["open_set"]
-                latest.save(index)
-            warn_calibration_outdated(index, latest.calibration_outdated())  # enrolled or removed while it scored
     ensure_folder(out, "report folder")
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
     report["checkpoint"] = str(model_path)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    if calibrate:  # last, so that a report that cannot be written leaves the index as it was
+        with index_lock(index):
+            latest = SpeakerIndex.load(index)  # an enrol may have run since it was read
+            latest.calibration = report["open_set"]
+            latest.save(index)
+        warn_calibration_outdated(index, latest.calibration_outdated())  # enrolled or removed while it scored
+        if score_norm != latest.score_norm:  # the sidecar keeps one threshold: the one identify uses is gone
+            typer.echo(f"warning: {index}: the threshold is calibrated for {latest.score_name(score_norm)} scores, "
+                       f"and identify scores {latest.score_name(latest.score_norm)} by default (the index's): give it "
+                       f"--score-norm {score_norm} to use this threshold, or calibrate again without --score-norm",
+                       err=True)
     lines = [f"closed set ({report['val_utterances']} validation utterances): softmax {report['softmax_accuracy']:.3f}, "
              f"cosine centroid {report['cosine_centroid_accuracy']:.3f}, cosine 5-NN {report['cosine_knn_accuracy']:.3f}, "
              f"softmax/cosine agreement {report['softmax_cosine_agreement']:.3f}"]

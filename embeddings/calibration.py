@@ -77,11 +77,28 @@ def _utterance_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[
             "correct": np.array(correct)}
 
 
-def threshold_at_far(impostor: np.ndarray, target_far: float) -> float:
-    """The lowest threshold that accepts at most ``target_far`` of the impostor scores (accept: score >= t)."""
+THRESHOLD_MARGIN = 1e-4
+"""How far above the highest impostor score it rejects a threshold is placed, relative to that score:
+``identify`` embeds a clip alone and ``evaluate`` in a batch, and the two scores differ by about 1e-6 of
+their size, which must not turn the rejected impostor into an accepted one."""
+
+
+def threshold_at_far(impostor: np.ndarray, target_far: float, *others: np.ndarray) -> float:
+    """A threshold that accepts at most ``target_far`` of the impostor scores (accept: score >= t), just above
+    the highest impostor score it rejects: by ``THRESHOLD_MARGIN``, or by half the gap to the next higher score
+    among the impostor and ``others`` (the genuine and top scores) if that is smaller, so that every count on
+    these scores is that of the lowest such threshold."""
     ordered = np.sort(np.asarray(impostor, dtype=np.float64))[::-1]
-    allowed = int(np.floor(target_far * len(ordered)))
-    return float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else float(ordered[-1])
+    allowed = int(np.floor(target_far * len(ordered) + 1e-9))  # 0.58 * 50 is 28.999999999999996 in floating point
+    if allowed >= len(ordered):
+        return float(ordered[-1])
+    rejected = ordered[allowed]
+    scores = np.concatenate([ordered, *(np.asarray(other, dtype=np.float64) for other in others)])
+    above = scores[scores > rejected]
+    margin = THRESHOLD_MARGIN * max(1.0, abs(rejected))
+    if above.size:
+        margin = min(margin, (above.min() - rejected) / 2)
+    return float(max(rejected + margin, np.nextafter(rejected, np.inf)))
 
 
 def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str, source: str,
@@ -93,7 +110,7 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
     genuine, impostor, correct = scores["genuine"], scores["impostor"], scores["correct"]
     if len(genuine) < 2:
         raise VoxaugError(f"calibration needs at least two held-out clips of enrolled speakers, got {len(genuine)}")
-    threshold = threshold_at_far(impostor, target_far)
+    threshold = threshold_at_far(impostor, target_far, genuine, scores["top"])
     equal_error = eer_and_min_dcf(np.concatenate([genuine, impostor]),
                                   np.concatenate([np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]))
     top = scores["top"]

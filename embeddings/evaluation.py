@@ -21,7 +21,7 @@ from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
-from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf  # noqa: E402
+from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, sample_pairs  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
 
@@ -73,8 +73,12 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
     """Trial lines ``LABEL CLIP1 CLIP2`` (LABEL 1 = same speaker, 0 = different; paths relative to DATA)."""
     if not path.is_file():
         raise file_error(path, "trials file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not a trial
+    except UnicodeDecodeError as exc:
+        raise file_error(path, f"not UTF-8 text (byte {exc.start}); a trials file is lines 'LABEL CLIP1 CLIP2'") from None
     trials = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()
@@ -87,6 +91,9 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
         trials.append((parts[0] == "1", clips[0], clips[1]))
     if not trials:
         raise file_error(path, "holds no trials")
+    if len({same for same, _, _ in trials}) < 2:
+        raise file_error(path, f"every trial is labelled {int(trials[0][0])}; verification needs both same-speaker "
+                               "(1) and different-speaker (0) trials")
     return trials
 
 
@@ -141,12 +148,10 @@ def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,
     scorer = scorer or TrialScorer()
     first, second = all_pairs(data.labels, max_pairs, seed)
     if reference is not None and not (data.labels[first] == data.labels[second]).any():
-        rng = np.random.default_rng(seed)
         first = np.repeat(np.arange(len(data.labels)), len(reference.labels))
         second = np.tile(np.arange(len(reference.labels)), len(data.labels))
-        if len(first) > max_pairs:
-            keep = np.sort(rng.choice(len(first), max_pairs, replace=False))
-            first, second = first[keep], second[keep]
+        keep = sample_pairs(data.labels[first] == reference.labels[second], max_pairs, np.random.default_rng(seed))
+        first, second = first[keep], second[keep]
         result = scorer(subset(data, first), subset(reference, second))
         return {**result, "pairs": "validation x training"}
     return {**scorer(subset(data, first), subset(data, second)), "pairs": "validation x validation"}
@@ -161,7 +166,7 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
     stacked = np.concatenate([g.embeddings for g in groups.values()])
     if method == "tsne":
         points = TSNE(n_components=2, init="pca", random_state=seed,
-                      perplexity=min(30.0, max(2.0, (len(stacked) - 1) / 3))).fit_transform(stacked)
+                      perplexity=min(30.0, max(1.0, (len(stacked) - 1) / 3))).fit_transform(stacked)
     elif method == "pca":
         points = PCA(n_components=2, random_state=seed).fit_transform(stacked)
     else:

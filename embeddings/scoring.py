@@ -33,13 +33,17 @@ def all_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray
     """Index pairs (i < j): all of them, or ``max_pairs`` sampled with all same-speaker pairs kept first."""
     labels = np.asarray(labels)
     first, second = np.triu_indices(len(labels), k=1)
-    if len(first) > max_pairs:
-        rng = np.random.default_rng(seed)
-        same = labels[first] == labels[second]
-        same_rows = np.flatnonzero(same)
-        if len(same_rows) > max_pairs // 2:
-            same_rows = rng.choice(same_rows, max_pairs // 2, replace=False)
-        other = rng.choice(np.flatnonzero(~same), max_pairs - len(same_rows), replace=False)
-        rows = np.sort(np.concatenate([same_rows, other]))
-        first, second = first[rows], second[rows]
-    return first, second
+    rows = sample_pairs(labels[first] == labels[second], max_pairs, np.random.default_rng(seed))
+    return first[rows], second[rows]
+
+
+def sample_pairs(same: np.ndarray, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows of at most ``max_pairs`` pairs (``same``: which are same-speaker), sorted: all of them, or up to
+    half same-speaker pairs and the rest different-speaker ones, either kind filling what the other lacks."""
+    if len(same) <= max_pairs:
+        return np.arange(len(same))
+    same_rows, other_rows = np.flatnonzero(same), np.flatnonzero(~same)
+    n_same = min(len(same_rows), max(max_pairs // 2, max_pairs - len(other_rows)))
+    if n_same < len(same_rows):
+        same_rows = rng.choice(same_rows, n_same, replace=False)
+    return np.sort(np.concatenate([same_rows, rng.choice(other_rows, max_pairs - n_same, replace=False)]))

@@ -93,9 +93,14 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
         rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
     held = names[rows]
     short = sorted(speaker for speaker in set(speakers) if int((held != speaker).sum()) < 2)
+    whole = len(rows) < options.cohort_size  # every utterance there is: no --cohort-size can help
+    if short and whole and options.score_norm != "asnorm":  # kept for a later --score-norm asnorm: go without
+        return IndexPlan(names, train, held_out, None, "")
     if short:  # a speaker's cohort statistics leave its own entries out, and need two
+        advice = ("the dataset has too few utterances for AS-norm; build the index with --score-norm none" if whole
+                  else "give a larger --cohort-size")
         raise VoxaugError(f"--cohort-size {options.cohort_size}: the AS-norm cohort's {len(rows)} utterances leave "
-                          f"speaker {short[0]!r} fewer than 2 of other speakers; give a larger --cohort-size")
+                          f"speaker {short[0]!r} fewer than 2 of other speakers; {advice}")
     return IndexPlan(names, train, held_out, rows, source)
 
 

@@ -194,7 +194,8 @@ def test_missing_tampered_truncated_models_and_wrong_inputs_are_refused_in_one_l
 def test_arrays_the_cli_would_refuse_as_files_are_refused_by_the_api_too(models, tiny_synth, tmp_path):
     features = voxaug.SpeakerModel.load(models["onnx"])
     for array, needle in ((np.zeros((50, 40), dtype=bool), "dtype bool"), (np.ones((50, 40), dtype=np.int16), "dtype int16"),
-                          (np.ones((50, 40), dtype=np.complex64), "dtype complex64"), (np.array([["a"] * 40] * 50), "dtype <U1")):
+                          (np.ones((50, 40), dtype=np.complex64), "dtype complex64"), (np.array([["a"] * 40] * 50), "dtype <U1"),
+                          (np.full((50, 40), 1e20, np.float32), "as large as 1e\\+20")):
         with pytest.raises(VoxaugError, match=needle):
             features.embed(array)
     audio = voxaug.SpeakerModel.load(models["audio"])

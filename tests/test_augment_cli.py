@@ -102,3 +102,10 @@ def test_plot_overlays_runs_with_labels_and_states_the_gap(tmp_path):
         refused = runner.invoke(app, ["plot", str(first), "--out", str(tmp_path / name)])
         assert refused.exit_code == 2 and f"{tmp_path / name}: --out names the figure's format" in output_of(refused)
         assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("row", [{"step": 1}, [1, 2], {"step": 1, "train_acc": "0.5"}, {"step": 1, "train_acc": 0.5, "val_acc": True}])
+def test_plot_refuses_a_metrics_line_that_is_json_but_not_a_metrics_row(tmp_path, row):
+    run = _fake_run(tmp_path / "run", [{"step": 0, "train_acc": 0.1, "val_acc": None}, row])
+    refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
+    assert refused.exit_code == 2 and f"{run / 'metrics.jsonl'}: line 2: not a metrics row" in output_of(refused)

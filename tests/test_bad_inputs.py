@@ -348,6 +348,9 @@ CASES: dict[str, Case] = {
                                          ("spk.faiss", "already enrolled")),
     "enroll: Inf clip": (lambda w: enroll(w, "--speaker", "newbie", tensor(w.bad / "inf.pt", torch.full((50, 40), float("inf")))),
                          ("inf.pt", "NaN or Inf")),
+    "enroll: clip of finite values too large for the network": (
+        lambda w: enroll(w, "--speaker", "newbie", tensor(w.bad / "huge.pt", torch.full((50, 40), 1e20))),
+        ("huge.pt", "as large as 1e+20; log-mel")),
     "enroll: another checkpoint": (lambda w: enroll(w, "--speaker", "newbie", "--ckpt", w.bad / "other.pt", clip(w)),
                                    ("other.pt", "does not match the index")),
     "enroll: new index without --ckpt": (
@@ -422,6 +425,13 @@ CASES: dict[str, Case] = {
     "evaluate: trial clip outside the dataset": (
         lambda w: evaluate(w, "--trials", write(w.bad / "t3.txt", "1 ../run/best.pt ../spk.faiss\n")),
         ("t3.txt", "outside the dataset folder")),
+    "evaluate: trials file not UTF-8": (
+        lambda w: evaluate(w, "--trials", write(w.bad / "t4.txt", b"# caf\xe9\n1 a.pt b.pt\n")),
+        ("t4.txt", "not UTF-8 text")),
+    "evaluate: trials of one label only": (
+        lambda w: evaluate(w, "--trials", write(w.bad / "t5.txt", "\ufeff1 {0} {0}\n".format(
+            first_feature(w.data).relative_to(w.data)))),
+        ("t5.txt", "every trial is labelled 1")),
     "evaluate: truncated checkpoint": (lambda w: evaluate(w, ckpt=write(w.bad / "cut2.pt", w.ckpt.read_bytes()[:3000])),
                                        ("cut2.pt", "truncated or corrupt")),
 }

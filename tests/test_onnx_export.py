@@ -228,6 +228,7 @@ def test_wrong_inputs_are_refused_in_one_line(exported):
     one_line_refusal(lambda: features_model.embed_features(np.zeros((MIN_FRAMES - 1, n_mels), np.float32)),
                      f"at least {MIN_FRAMES}")
     one_line_refusal(lambda: features_model.embed_features(np.full((50, n_mels), np.nan, np.float32)), "NaN")
+    one_line_refusal(lambda: features_model.embed_features(np.full((50, n_mels), 1e20, np.float32)), "as large as 1e+20")
     one_line_refusal(lambda: features_model.run_audio(np.zeros((1, 16000), np.float32), np.array([16000])),
                      "takes log-mel features")
     for action in (lambda: audio_model.embed_features(np.zeros((50, n_mels), np.float32)),

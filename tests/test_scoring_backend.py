@@ -16,7 +16,8 @@ from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.backend import Cohort, ScoringBackend, as_norm
 from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far
 from voxaug.embeddings.index import SpeakerIndex, sidecar_path
-from voxaug.embeddings.scoring import eer_and_min_dcf
+from voxaug.embeddings.evaluation import LabelledEmbeddings, score_pairs
+from voxaug.embeddings.scoring import eer_and_min_dcf, sample_pairs
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 from voxaug.errors import VoxaugError
 
@@ -304,6 +305,27 @@ def test_eer_min_dcf_and_far_threshold_match_a_sweep_over_every_threshold(seed):
     assert result["miss_at_far"] == pytest.approx(miss[within].min())
 
 
+def test_sampled_pairs_hold_both_kinds_whatever_their_shares():
+    same = np.array([True] * 90 + [False] * 10)  # one speaker's pairs dominate: the different ones are all kept
+    rows = sample_pairs(same, 50, np.random.default_rng(0))
+    assert len(rows) == len(set(rows)) == 50 and (~same[rows]).sum() == 10
+    same = np.array([True] * 3 + [False] * 97)
+    rows = sample_pairs(same, 5, np.random.default_rng(0))
+    assert len(rows) == 5 and same[rows].sum() == 2
+    assert list(sample_pairs(same, 100, np.random.default_rng(0))) == list(range(100))
+
+
+def test_validation_against_training_pairs_keep_same_speaker_pairs_at_a_small_budget():
+    """One validation clip per speaker: the pairs are validation x training, where 1 in 20 is same-speaker."""
+    rng = np.random.default_rng(1)
+    held_out = LabelledEmbeddings(rng.normal(size=(20, 8)).astype(np.float32), np.array([f"s{i}" for i in range(20)]))
+    reference = LabelledEmbeddings(rng.normal(size=(40, 8)).astype(np.float32),
+                                   np.array([f"s{i % 20}" for i in range(40)]))
+    for max_pairs in (2, 5, 10):
+        result = score_pairs(held_out, max_pairs, 0, reference)
+        assert result["pairs"] == "validation x training" and result["trials"] == max_pairs
+
+
 # ---- calibration -----------------------------------------------------------------------------------------
 
 
@@ -311,6 +333,17 @@ def test_threshold_at_far_accepts_at_most_that_share_of_impostors():
     impostor = np.linspace(0.0, 1.0, 1001)
     threshold = threshold_at_far(impostor, 0.01)
     assert (impostor >= threshold).mean() <= 0.01 and (impostor >= threshold - 0.002).mean() > 0.01
+
+
+def test_the_threshold_clears_the_rejected_impostor_by_more_than_float_noise_and_counts_exactly():
+    impostor, genuine = np.array([15.0, 14.0, 3.0, 2.0]), np.array([15.01, 16.0, 1.0, 0.5])
+    threshold = threshold_at_far(impostor, 0.01, genuine)
+    assert threshold == pytest.approx(15.0015)  # not one float step above 15, which a batch-vs-alone wobble crosses
+    assert threshold_at_far(impostor, 0.01, np.array([15.001])) == pytest.approx(15.0005)  # half the gap
+    tight = threshold_at_far(impostor, 0.01, np.array([15.0 + 1e-9]))  # a genuine score just above stays accepted
+    assert 15.0 < tight <= 15.0 + 1e-9
+    assert threshold_at_far(np.linspace(0.0, 1.0, 50), 0.58) < threshold_at_far(np.linspace(0.0, 1.0, 50), 0.57)
+    assert (np.linspace(0.0, 1.0, 50) >= threshold_at_far(np.linspace(0.0, 1.0, 50), 0.58)).sum() == 29
 
 
 def test_open_set_scores_and_calibration_record():
@@ -321,7 +354,7 @@ def test_open_set_scores_and_calibration_record():
     assert scores["correct"].mean() > 0.9 and (scores["genuine"] > scores["impostor"]).mean() > 0.9
     record = calibrate(scores, 0.05, "asnorm", "test")
     assert record["far"] <= 0.05 and 0 <= record["dir"] <= record["acceptance"] <= 1
-    assert record["score_norm"] == "asnorm" and record["value"] == pytest.approx(threshold_at_far(scores["impostor"], 0.05))
+    assert record["score_norm"] == "asnorm" and record["value"] == threshold_at_far(scores["impostor"], 0.05, scores["genuine"], scores["top"])
     with pytest.raises(VoxaugError, match="not enrolled"):
         open_set_scores(index, vectors[:1], ["stranger"], "none")
 
@@ -476,6 +509,10 @@ def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embe
                                                                                 cohort_top_k=2))
     held = np.array(labels)[plan.cohort_rows]
     assert len(held) == 16 and all((held != speaker).sum() >= 2 for speaker in set(labels))
+    two = ["a", "a", "a", "b", "b", "b"]  # two speakers: no cohort can leave either two of the other's utterances
+    assert plan_speaker_index(two, None, "speaker", 0, 0.34, ScoringOptions("none", cohort_top_k=2)).cohort_rows is None
+    with pytest.raises(VoxaugError, match="too few utterances for AS-norm; build the index with --score-norm none"):
+        plan_speaker_index(two, None, "speaker", 0, 0.34, ScoringOptions("none", score_norm="asnorm", cohort_top_k=2))
     import voxaug.embeddings.extract as extract
 
     def embedded(*args, **kwargs):
@@ -615,6 +652,41 @@ def test_calibration_falls_back_to_the_validation_split_without_unseen_speakers(
     calibration = json.loads(sidecar_path(copy).read_text())["calibration"]
     assert "validation split" in calibration["source"] and calibration["target_far"] == 0.01
     assert "unseen speakers" in json.loads(sidecar_path(index).read_text())["calibration"]["source"]
+
+
+def copy_index(index, to):
+    to.write_bytes(index.read_bytes())
+    sidecar_path(to).write_bytes(sidecar_path(index).read_bytes())
+    return to
+
+
+def test_a_report_that_cannot_be_written_leaves_the_calibration_as_it_was(calibrated, trained_run, tiny_synth,
+                                                                          tmp_path, monkeypatch):
+    import voxaug.embeddings.evaluation as evaluation
+
+    def broken_map(*args, **kwargs):
+        raise VoxaugError("the map cannot be drawn")
+
+    monkeypatch.setattr(evaluation, "embedding_map", broken_map)
+    copy = copy_index(calibrated[1], tmp_path / "copy.faiss")
+    before = sidecar_path(copy).read_bytes()
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--index", copy, "--calibrate", "--target-far", "0.2", "-q")
+    assert result.exit_code == 2 and "the map cannot be drawn" in result.output, result.output
+    assert sidecar_path(copy).read_bytes() == before
+
+
+def test_calibrating_another_score_than_the_index_s_own_says_identify_will_not_use_it(calibrated, trained_run,
+                                                                                      tiny_synth, tmp_path):
+    copy = copy_index(calibrated[1], tmp_path / "copy.faiss")  # its index scores asnorm
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--index", copy, "--calibrate", "--score-norm", "none", "-q")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {copy}: the threshold is calibrated for" in result.output
+    assert "identify scores asnorm by default (the index's): give it --score-norm none" in result.output
+    quiet = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                   "--index", copy, "--calibrate", "-q")
+    assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output
 
 
 def test_a_trials_file_of_the_validation_pairs_scores_what_evaluate_scores_without_one(calibrated, trained_run,

@@ -24,10 +24,19 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise file_error(path, f"line {number} is not JSON ({exc.msg})") from exc
+        if not (isinstance(row, dict) and all(_is_number(row.get(key)) for key in ("step", "train_acc"))
+                and (row.get("val_acc") is None or _is_number(row["val_acc"]))):
+            raise file_error(path, f"line {number}: not a metrics row (a JSON object with a step, train_acc and "
+                                   "val_acc or null)")
+        rows.append(row)
     return rows
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:

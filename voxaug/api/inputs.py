@@ -15,7 +15,9 @@ import numpy as np
 
 from voxaug.clips import FEATURE_SUFFIX
 from voxaug.errors import VoxaugError, file_error
-from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_audio_rate, check_resampling, read_audio, resample
+from voxaug.runtime.frontend import (
+    AUDIO_SUFFIXES, check_audio_rate, check_resampling, feature_values_problem, read_audio, resample,
+)
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
 
@@ -109,6 +111,7 @@ def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int,
     if values.ndim != 2 or values.shape[1] != n_mels:
         raise VoxaugError(f"{name}: features must have shape (frames, {n_mels}), got {values.shape} "
                           "(for a waveform, pass its sample_rate too)")
-    if not np.isfinite(values).all():
-        raise VoxaugError(f"{name}: features hold NaN or infinite values")
+    problem = feature_values_problem(float(np.abs(values).max())) if values.size else None
+    if problem:
+        raise VoxaugError(f"{name}: {problem}")
     return Clip(name, features=values)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from voxaug.errors import file_error
+from voxaug.runtime.frontend import feature_values_problem
 from voxaug.safeio import safe_torch_load
 
 
@@ -29,8 +30,9 @@ def check_features(features: object, path: str | Path, n_mels: int) -> torch.Ten
     if features.shape[0] == 0:
         raise file_error(path, "feature tensor is empty (0 frames)")
     features = features.to(torch.float32)
-    if not torch.isfinite(features).all():
-        raise file_error(path, "features hold NaN or Inf values")
+    problem = feature_values_problem(float(features.abs().max()))
+    if problem:
+        raise file_error(path, problem)
     return features.contiguous()
 
 

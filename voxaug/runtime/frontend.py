@@ -16,6 +16,18 @@ import soundfile
 from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+MAX_FEATURE_MAGNITUDE = 1e6
+"""Log-mel features are logarithms, tens at most; past about 1e18 the network's squares overflow to NaN."""
+
+
+def feature_values_problem(largest: float) -> str | None:
+    """What is wrong with features whose largest absolute value is ``largest`` (NaN if any is), or None."""
+    if not math.isfinite(largest):
+        return "features hold NaN or Inf values"
+    if largest > MAX_FEATURE_MAGNITUDE:
+        return (f"features hold values as large as {largest:.3g}; log-mel features are logarithms, far below "
+                f"{MAX_FEATURE_MAGNITUDE:g}: is this a log-mel tensor?")
+    return None
 
 
 @dataclass(frozen=True)

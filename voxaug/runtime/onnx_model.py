@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime
 
 from voxaug.errors import VoxaugError, file_error
-from voxaug.runtime.frontend import FrontendSettings, log_mel
+from voxaug.runtime.frontend import FrontendSettings, feature_values_problem, log_mel
 from voxaug.runtime.training_split import TrainingSplit
 
 ONNX_FORMAT = "voxaug-onnx-speaker-model"
@@ -164,8 +164,9 @@ class OnnxSpeakerModel:
         if features.ndim != 3 or features.shape[2] != self.n_mels:
             raise file_error(self.path, f"model takes (batch, frames, {self.n_mels}) log-mel features, "
                                         f"got shape {features.shape}")
-        if not np.isfinite(features).all():
-            raise VoxaugError("features hold NaN or Inf values")
+        problem = feature_values_problem(float(np.abs(features).max())) if features.size else None
+        if problem:
+            raise VoxaugError(problem)
         lengths = _checked_lengths(lengths, features.shape[0], features.shape[1], "frames")
         if len(lengths) and lengths.min() < self.min_frames:
             raise VoxaugError(f"clip is {lengths.min()} frames long; at least {self.min_frames} are needed")
