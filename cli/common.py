@@ -126,12 +126,17 @@ def existing_file(path: Path, what: str) -> Path:
 
 
 def output_folder(path: Path, option: str) -> Path:
-    """Refuse, before any work, an output folder that is an existing file or lies under one."""
+    """Refuse, before any work, an output folder that is an existing file, lies under one, or under a symbolic
+    link to nothing."""
     if path.exists() and not path.is_dir():
         raise VoxaugError(f"{path}: {option} is an existing file; expected a folder")
-    above = next((parent for parent in path.absolute().parents if parent.exists()), None)
-    if above is not None and not above.is_dir():
-        raise VoxaugError(f"{path}: {option} cannot be created: {above} is a file, not a folder")
+    for place in (path, *path.absolute().parents):
+        if place.is_symlink() and not place.exists():
+            raise VoxaugError(f"{path}: {option} cannot be created: {place} is a symbolic link to nothing")
+        if place.exists():
+            if not place.is_dir():
+                raise VoxaugError(f"{path}: {option} cannot be created: {place} is a file, not a folder")
+            break
     return path
 
 

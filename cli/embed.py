@@ -186,6 +186,8 @@ def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | Non
         scoring = f"back end {speaker_index.backend.kind}, scores {speaker_index.score_norm}"
         if speaker_index.cohort is not None:
             scoring += f", AS-norm cohort: {speaker_index.cohort.source}"
+        elif speaker_index.mode == "speaker":
+            scoring += ", no AS-norm cohort: too few utterances"
         article = "an" if speaker_index.mode == "utterance" else "a"
         typer.echo(f"wrote {article} {speaker_index.mode} index of {len(speaker_index.speakers)} speakers to {index} "
                    f"(+ {index}.json; {scoring})")

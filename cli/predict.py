@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
+from voxaug.cli.common import (
+    CacheOption, DeviceOption, QuietOption, check_training_speakers, clean_errors, existing_file, output_file,
+)
 from voxaug.safeio import atomic_write_text
 
 
@@ -25,7 +27,7 @@ def predict(
     """Classify every utterance of testdata.json, in its order, on whole utterances."""
     from voxaug.checkpoint import load_model
     from voxaug.data.audio_store import open_dataset_store
-    from voxaug.data.sources import open_source
+    from voxaug.data.sources import HW4Source, open_source
     from voxaug.device import resolve_device
     from voxaug.inference import run_model
 
@@ -34,6 +36,9 @@ def predict(
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     source = open_source(data, loaded.frontend, split="test")
+    if isinstance(source, HW4Source):  # its Category column is read against mapping.json's speakers
+        check_training_speakers(data, source.speakers, loaded.speakers,
+                                "predict's categories are the model's speakers, so mapping.json must list them")
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
                                   strict_because="predict writes a row for every clip")
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)

@@ -89,10 +89,14 @@ def threshold_at_far(impostor: np.ndarray, target_far: float, *others: np.ndarra
     among the impostor and ``others`` (the genuine and top scores) if that is smaller, so that every count on
     these scores is that of the lowest such threshold."""
     ordered = np.sort(np.asarray(impostor, dtype=np.float64))[::-1]
-    allowed = int(np.floor(target_far * len(ordered) + 1e-9))  # 0.58 * 50 is 28.999999999999996 in floating point
+    allowed = int(np.floor(target_far * len(ordered)))
+    if (allowed + 1) / len(ordered) <= target_far:  # 0.58 * 50 is 28.999999999999996 in floating point
+        allowed += 1
     if allowed >= len(ordered):
         return float(ordered[-1])
     rejected = ordered[allowed]
+    if not np.isfinite(rejected):
+        return float(np.nextafter(rejected, np.inf))
     scores = np.concatenate([ordered, *(np.asarray(other, dtype=np.float64) for other in others)])
     above = scores[scores > rejected]
     margin = THRESHOLD_MARGIN * max(1.0, abs(rejected))

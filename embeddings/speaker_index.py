@@ -88,20 +88,24 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
     train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
     if options.score_norm != "asnorm" and per != "speaker":
         return IndexPlan(names, train, held_out, None, "")
-    rows, source = (held_out, "validation split") if len(held_out) >= options.cohort_top_k else (train, "training split")
-    if len(rows) > options.cohort_size:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
-    held = names[rows]
-    short = sorted(speaker for speaker in set(speakers) if int((held != speaker).sum()) < 2)
-    whole = len(rows) < options.cohort_size  # every utterance there is: no --cohort-size can help
-    if short and whole and options.score_norm != "asnorm":  # kept for a later --score-norm asnorm: go without
-        return IndexPlan(names, train, held_out, None, "")
-    if short:  # a speaker's cohort statistics leave its own entries out, and need two
-        advice = ("the dataset has too few utterances for AS-norm; build the index with --score-norm none" if whole
-                  else "give a larger --cohort-size")
-        raise VoxaugError(f"--cohort-size {options.cohort_size}: the AS-norm cohort's {len(rows)} utterances leave "
-                          f"speaker {short[0]!r} fewer than 2 of other speakers; {advice}")
-    return IndexPlan(names, train, held_out, rows, source)
+    problem = f"fewer than --cohort-top-k {options.cohort_top_k} utterances to hold out"
+    for rows, source in ((held_out, "validation split"), (train, "training split")):
+        if len(rows) < options.cohort_top_k:
+            continue
+        subsampled = len(rows) > options.cohort_size
+        if subsampled:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
+        held = names[rows]
+        short = sorted(speaker for speaker in set(speakers) if int((held != speaker).sum()) < 2)
+        if not short:  # a speaker's cohort statistics leave its own entries out, and need two
+            return IndexPlan(names, train, held_out, rows, source)
+        if subsampled:
+            raise VoxaugError(f"--cohort-size {options.cohort_size}: the AS-norm cohort's {len(rows)} utterances leave "
+                              f"speaker {short[0]!r} fewer than 2 of other speakers; give a larger --cohort-size")
+        problem = f"speaker {short[0]!r} has fewer than 2 utterances of other speakers in any cohort"
+    if options.score_norm == "asnorm":  # otherwise the cohort was only for a later --score-norm asnorm
+        raise VoxaugError(f"--score-norm asnorm: this dataset is too small for an AS-norm cohort ({problem})")
+    return IndexPlan(names, train, held_out, None, "")
 
 
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,

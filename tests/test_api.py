@@ -23,6 +23,7 @@ from voxaug.cli.main import app
 from voxaug.embeddings.index import sidecar_path
 from voxaug.errors import VoxaugError
 from voxaug.export import export_onnx
+from voxaug.runtime.frontend import FrontendSettings
 from voxaug.safeio import sha256_file
 
 runner = CliRunner()
@@ -195,7 +196,8 @@ def test_arrays_the_cli_would_refuse_as_files_are_refused_by_the_api_too(models,
     features = voxaug.SpeakerModel.load(models["onnx"])
     for array, needle in ((np.zeros((50, 40), dtype=bool), "dtype bool"), (np.ones((50, 40), dtype=np.int16), "dtype int16"),
                           (np.ones((50, 40), dtype=np.complex64), "dtype complex64"), (np.array([["a"] * 40] * 50), "dtype <U1"),
-                          (np.full((50, 40), 1e20, np.float32), "as large as 1e\\+20")):
+                          (np.full((50, 40), 1e20, np.float32), "as large as 1e\\+20"),
+                          (np.zeros((0, 40), np.float32), r"no frames \(shape \(0, 40\)\)")):
         with pytest.raises(VoxaugError, match=needle):
             features.embed(array)
     audio = voxaug.SpeakerModel.load(models["audio"])
@@ -210,6 +212,18 @@ def test_arrays_the_cli_would_refuse_as_files_are_refused_by_the_api_too(models,
         with pytest.raises(VoxaugError, match="--top-k"):
             index.identify(tone, top_k=top_k, sample_rate=16000)
     assert index.identify(tone, top_k=1, sample_rate=16000)["top"]
+
+
+def test_any_path_like_names_a_clip_file(models, tiny_synth):
+    import os
+    from pathlib import PurePosixPath
+
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    wav = wavs(tiny_synth, "enroll", "new000")[0]
+    entry = next(e for e in os.scandir(wav.parent) if e.name == wav.name)
+    expected = model.embed(wav)
+    for name in (entry, PurePosixPath(wav), str(wav)):
+        assert np.allclose(model.embed(name), expected)
 
 
 def test_feature_files_without_torch_are_refused_naming_the_train_extra(models, tiny_synth):
@@ -504,7 +518,10 @@ def test_an_export_reads_the_audio_twin_of_a_folder_clip_where_torch_is_missing(
     real = api_model.importlib.util.find_spec
     monkeypatch.setattr(api_model.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
     assert model.prefers_audio and {clip.suffix for clip in expand_clips([folder], model.prefers_audio)} == {".wav"}
-    assert not voxaug.SpeakerModel.load(models["ckpt"]).prefers_audio
+    checkpoint = voxaug.SpeakerModel.load(models["ckpt"])
+    assert not checkpoint.prefers_audio
+    monkeypatch.setattr(checkpoint.engine, "frontend", FrontendSettings(sample_rate=8000, f_max=3800.0))
+    assert checkpoint.prefers_audio  # a `.pt` twin holds 16 kHz features, not what this front end makes
 
 
 def test_a_bad_lock_timeout_is_refused_before_any_clip_is_embedded(models, tiny_synth, tmp_path, monkeypatch):

@@ -177,6 +177,32 @@ def test_hidden_files_and_folders_are_not_clips(wav_synth, tmp_path):
     assert one_file_per_clip(root, (".wav",)) == clips
 
 
+def test_symlinked_video_folders_are_read_once_and_a_broken_clip_link_is_refused(wav_synth, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(wav_synth / "wav" / "spk000", root / "spk000")
+    clips = sorted((root / "spk000").rglob("*.wav"))
+    elsewhere = tmp_path / "elsewhere" / "video9"
+    elsewhere.mkdir(parents=True)
+    shutil.move(clips[-1], elsewhere / clips[-1].name)
+    (root / "spk000" / "video9").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(root / "spk000", target_is_directory=True)  # a loop: entered once
+    found = one_file_per_clip(root / "spk000", (".wav",))
+    assert len(found) == len(clips) and root / "spk000" / "video9" / clips[-1].name in found
+    (root / "spk000" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    with pytest.raises(VoxaugError, match=r"gone\.wav: a clip's symbolic link points to nothing"):
+        one_file_per_clip(root / "spk000", (".wav",))
+
+
+def test_a_front_end_other_than_the_one_pt_twins_are_made_with_reads_the_audio_twin(wav_synth, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(wav_synth / "wav" / "spk000", root / "spk000")
+    for clip in (root / "spk000").rglob("*.wav"):
+        torch.save(log_mel(read_audio(clip, 16000)), clip.with_suffix(".pt"))  # as synth writes its twins
+    assert {u.path.suffix for u in ClipFolderSource(root).utterances} == {".pt"}
+    eight_khz = ClipFolderSource(root, FrontendConfig(sample_rate=8000, f_max=3800.0))
+    assert {u.path.suffix for u in eight_khz.utterances} == {".wav"}
+
+
 def test_two_audio_files_of_one_clip_are_refused_by_name(wav_synth, tmp_path):
     """x.wav and x.flac are the same clip in two formats, or two clips with one name: either way which one to
     use is the user's call, so the folder is refused instead of one being kept silently."""
@@ -269,6 +295,18 @@ def test_written_wavs_do_not_depend_on_the_time_of_writing(tmp_path):
     write_audio(tmp_path / "b.wav", wave, 16000)
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
     assert torch.equal(read_audio(tmp_path / "a.wav", 16000), wave)
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"fingerprint": "x", "skipped": 5}', "[1, 2]"])
+def test_a_damaged_list_of_skipped_files_rebuilds_the_store_as_a_damaged_features_file_does(wav_synth, tmp_path,
+                                                                                            damage):
+    source = open_source(_tree_with_bad_files(wav_synth, tmp_path))
+    store, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, warn=False)
+    assert len(skipped) == 2
+    listed = json.loads((store.folder / "skipped.json").read_text())
+    (store.folder / "skipped.json").write_text(damage.replace('"x"', json.dumps(listed["fingerprint"])))
+    again, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, warn=False)
+    assert again.rebuilt and len(skipped) == 2 and again.keys == store.keys
 
 
 def test_commands_that_read_data_skip_the_bad_files_train_skipped_whatever_the_cache_holds(wav_synth, tmp_path):

@@ -114,6 +114,24 @@ def dataset(w: World, name: str, edit: Callable[[Path], None]) -> Path:
     return root
 
 
+def repeat_a_speaker(root: Path) -> None:
+    """metadata.json with its first speaker listed a second time (JSON would keep only the second list)."""
+    metadata = json.loads((root / "metadata.json").read_text())
+    speakers = metadata.pop("speakers")
+    first = next(iter(speakers))
+    listed = [f"{json.dumps(name)}: {json.dumps(value)}" for name, value in speakers.items()]
+    listed.append(f"{json.dumps(first)}: {json.dumps(speakers[first][:1])}")
+    write(root / "metadata.json", json.dumps(metadata)[:-1] + ', "speakers": {' + ", ".join(listed) + "}}")
+
+
+def pt_clips_only(w: World) -> Path:
+    """The newcomers' enrolment folders without their audio twins: <speaker>/ folders of features alone."""
+    root = w.bad / "pt-only"
+    if not root.exists():
+        shutil.copytree(w.data / "unseen" / "enroll", root, ignore=shutil.ignore_patterns("*.wav"))
+    return root
+
+
 def noise_of_80_bands(w: World) -> Path:
     folder = w.bad / "noise80"
     folder.mkdir(exist_ok=True)
@@ -234,6 +252,8 @@ CASES: dict[str, Case] = {
     "train: metadata.json truncated": (
         lambda w: train(w, dataset(w, "trunc-meta", lambda r: write(r / "metadata.json", (r / "metadata.json").read_text()[:40]))),
         ("metadata.json", "malformed JSON")),
+    "train: metadata.json names a speaker twice": (
+        lambda w: train(w, dataset(w, "twice-meta", repeat_a_speaker)), ("metadata.json", "appears twice")),
     "train: mapping.json missing": (
         lambda w: train(w, dataset(w, "no-map", lambda r: (r / "mapping.json").unlink())), ("mapping.json", "not found")),
     "train: feature file empty": (
@@ -267,8 +287,8 @@ CASES: dict[str, Case] = {
     "train: --sample-rate on a set of features": (lambda w: train(w, w.data, "--sample-rate", "8000"),
                                                    ("data", "front-end settings (f_max, sample_rate) do not change")),
     "train: --sample-rate on a folder of .pt clips": (
-        lambda w: train(w, w.data / "unseen" / "enroll", "--sample-rate", "8000"),
-        ("enroll", "front-end settings (f_max, sample_rate) do not change")),
+        lambda w: train(w, pt_clips_only(w), "--sample-rate", "8000"),
+        ("pt-only", "front-end settings (f_max, sample_rate) do not change")),
     "train: --segment past any length": (lambda w: train(w, w.data, "--segment", "99999999999999999999"),
                                          ("--segment", "[1, 2147483647]")),
     "train: --specaug-time past any length": (lambda w: train(w, w.data, "--augment", "specaug", "--specaug-time", "1e20"),

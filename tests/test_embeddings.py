@@ -184,6 +184,26 @@ def test_evaluate_writes_a_report(trained_run, tiny_synth, tmp_path):
     assert (tmp_path / "report" / "embeddings_map.png").stat().st_size > 0
 
 
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(trained_run, tiny_synth, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    for out, problem in ((tmp_path / "a_file" / "report", "a_file is a file, not a folder"),
+                         (tmp_path / "gone" / "report", "gone is a symbolic link to nothing"),
+                         (tmp_path / "gone", "gone is a symbolic link to nothing")):
+        result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", out, "--device", "cpu",
+                        "--cache-dir", tmp_path / "cache", "-q")
+        assert result.exit_code == 2 and f"{out}: --out cannot be created: " in result.output, result.output
+        assert problem in result.output and not (tmp_path / "cache").exists()
+
+
+def test_a_map_of_two_clips_is_drawn_by_tsne(tmp_path):
+    from voxaug.embeddings.evaluation import LabelledEmbeddings, embedding_map
+
+    two = LabelledEmbeddings(np.eye(2, 8, dtype=np.float32), np.array(["a", "b"]))
+    embedding_map({"validation": two}, tmp_path / "map.png", "tsne", 0)
+    assert (tmp_path / "map.png").stat().st_size > 0
+
+
 def test_evaluate_refuses_a_dataset_of_other_speakers_in_one_line(trained_run, tiny_synth, tmp_path):
     other = tiny_synth / "unseen" / "enroll"  # <speaker>/ folders of speakers the checkpoint never trained on
     result = invoke("evaluate", other, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--device", "cpu",

@@ -214,6 +214,11 @@ def test_broken_or_foreign_model_files_are_refused_in_one_line_naming_them(expor
     onnx.save(foreign, str(tmp_path / "future.onnx"))
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "future.onnx"), "future.onnx:", "newer onnxruntime",
                      "IR version: 99")
+    foreign.ir_version = 8
+    foreign.opset_import[0].version = 99
+    onnx.save(foreign, str(tmp_path / "future_opset.onnx"))
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "future_opset.onnx"), "future_opset.onnx:",
+                     "newer onnxruntime", "Opset 99")
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "missing.onnx"), "missing.onnx:", "not found")
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path), "expected an ONNX model file")
 

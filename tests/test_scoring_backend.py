@@ -344,6 +344,8 @@ def test_the_threshold_clears_the_rejected_impostor_by_more_than_float_noise_and
     assert 15.0 < tight <= 15.0 + 1e-9
     assert threshold_at_far(np.linspace(0.0, 1.0, 50), 0.58) < threshold_at_far(np.linspace(0.0, 1.0, 50), 0.57)
     assert (np.linspace(0.0, 1.0, 50) >= threshold_at_far(np.linspace(0.0, 1.0, 50), 0.58)).sum() == 29
+    assert (np.linspace(0.0, 1.0, 50) >= threshold_at_far(np.linspace(0.0, 1.0, 50), 0.58 - 1e-11)).sum() == 28
+    assert np.isfinite(threshold_at_far(np.array([3.0, -np.inf]), 0.5))
 
 
 def test_open_set_scores_and_calibration_record():
@@ -509,10 +511,17 @@ def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embe
                                                                                 cohort_top_k=2))
     held = np.array(labels)[plan.cohort_rows]
     assert len(held) == 16 and all((held != speaker).sum() >= 2 for speaker in set(labels))
-    two = ["a", "a", "a", "b", "b", "b"]  # two speakers: no cohort can leave either two of the other's utterances
-    assert plan_speaker_index(two, None, "speaker", 0, 0.34, ScoringOptions("none", cohort_top_k=2)).cohort_rows is None
-    with pytest.raises(VoxaugError, match="too few utterances for AS-norm; build the index with --score-norm none"):
-        plan_speaker_index(two, None, "speaker", 0, 0.34, ScoringOptions("none", score_norm="asnorm", cohort_top_k=2))
+    six = ["a", "a", "a", "b", "b", "b"]  # the validation split holds one of each: the training split serves
+    plan = plan_speaker_index(six, None, "speaker", 0, 0.34, ScoringOptions("none", cohort_top_k=2))
+    assert plan.cohort_source == "training split" and len(plan.cohort_rows) == 4
+    held = np.array(six)[plan_speaker_index(six, None, "speaker", 0, 0.34, ScoringOptions("none", cohort_size=4,
+                                                                                          cohort_top_k=2)).cohort_rows]
+    assert len(held) == 4  # a --cohort-size of exactly what there is is enough
+    four = ["a", "a", "b", "b"]  # one training utterance each: no cohort leaves either two of the other's
+    assert plan_speaker_index(four, None, "speaker", 0, 0.5, ScoringOptions("none", cohort_top_k=2)).cohort_rows is None
+    with pytest.raises(VoxaugError, match=r"--score-norm asnorm: this dataset is too small for an AS-norm cohort "
+                                          r"\(speaker 'a' has fewer than 2"):
+        plan_speaker_index(four, None, "speaker", 0, 0.5, ScoringOptions("none", score_norm="asnorm", cohort_top_k=2))
     import voxaug.embeddings.extract as extract
 
     def embedded(*args, **kwargs):

@@ -28,6 +28,12 @@ def test_reuse_then_rebuild_on_change(tmp_path):
     assert torch.equal(third.utterance(third.keys.index("uttr-0001.pt")), changed)
 
 
+def test_a_dataset_folder_with_a_name_as_long_as_the_file_system_allows_has_a_cache(tmp_path):
+    root = make_hw4(tmp_path / ("é" * 127))  # 254 bytes: the cache folder's kind and digest would not fit beside it
+    store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert store.rebuilt and len(store.folder.name.encode()) < 160 and len(store) > 0
+
+
 def test_segments_come_from_the_right_utterance(tmp_path):
     root = make_hw4(tmp_path / "d", frames=30)
     store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)

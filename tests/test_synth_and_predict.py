@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -58,6 +59,17 @@ def test_wav_files_featurise_to_the_written_features(tiny_synth):
     assert torch.allclose(recomputed, stored, atol=1e-4)
 
 
+def test_synth_refuses_a_corpus_larger_than_the_free_space_before_writing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import voxaug.synth as synth_module
+
+    monkeypatch.setattr(synth_module.shutil, "disk_usage", lambda place: SimpleNamespace(free=10**6))
+    result = runner.invoke(app, ["synth", str(tmp_path / "corpus"), "--speakers", "100", "-q"])
+    assert result.exit_code == 2 and "the corpus would take about 0.106 GB (2130 clips)" in result.output, result.output
+    assert "0.001 GB are free there" in result.output and not (tmp_path / "corpus").exists()
+
+
 def test_predict_writes_ids_in_testdata_order(tiny_synth, trained_run, tmp_path):
     out = tmp_path / "submission.csv"
     result = runner.invoke(app, ["predict", str(tiny_synth), "--ckpt", str(trained_run / "best.pt"),
@@ -71,6 +83,19 @@ def test_predict_writes_ids_in_testdata_order(tiny_synth, trained_run, tmp_path)
     assert all(r[1] in set(truth.values()) for r in rows[1:])
     correct = sum(truth[r[0]] == r[1] for r in rows[1:])
     assert correct / len(order) > 2 / TINY_SYNTH.speakers
+
+
+def test_predict_refuses_a_mapping_of_other_speakers_than_the_model_s(tiny_synth, trained_run, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data, ignore=shutil.ignore_patterns("unseen"))
+    mapping = json.loads((data / "mapping.json").read_text())
+    first, second = list(mapping["speaker2id"])[:2]
+    mapping["speaker2id"][first], mapping["speaker2id"][second] = 1, 0  # the ids mean other speakers now
+    (data / "mapping.json").write_text(json.dumps(mapping))
+    result = runner.invoke(app, ["predict", str(data), "--ckpt", str(trained_run / "best.pt"), "--out",
+                                 str(tmp_path / "p.csv"), "--device", "cpu", "-q"])
+    assert result.exit_code == 2 and "the model was trained on, in its order" in result.output, result.output
+    assert not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.parametrize("arguments, needle", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import types
 
 import numpy as np
@@ -15,7 +16,9 @@ import voxaug.train as training
 from conftest import straight_and_resumed, tiny_config
 from voxaug.config import resolve_config
 from voxaug.checkpoint import load_checkpoint, save_checkpoint
+from voxaug.data.sources import ClipFolderSource
 from voxaug.errors import VoxaugError
+from voxaug.features import FrontendConfig
 from voxaug.train import Trainer, load_optimizer_state, lr_at
 
 
@@ -78,9 +81,13 @@ def test_run_folder_and_setting_refusals_come_before_any_data_is_read(trained_ru
 def test_front_end_settings_on_a_folder_of_feature_clips_are_refused_as_on_the_hw4_layout(tiny_synth, tmp_path):
     """A `<speaker>/*.pt` folder is features too: a --sample-rate would be recorded as the model's without
     changing what it trained on, and identify would then featurise audio unlike the training data."""
+    features = tmp_path / "enroll"
+    shutil.copytree(tiny_synth / "unseen" / "enroll", features, ignore=shutil.ignore_patterns("*.wav"))
     config = resolve_config("cpu", overrides={"device": "cpu"}, frontend_overrides={"sample_rate": 8000})
     with pytest.raises(VoxaugError, match=r"enroll: holds log-mel features, which front-end settings"):
-        Trainer(config, tiny_synth / "unseen" / "enroll", tmp_path / "run", progress=False, resume=False)
+        Trainer(config, features, tmp_path / "run", progress=False, resume=False)
+    twins = ClipFolderSource(tiny_synth / "unseen" / "enroll", FrontendConfig(sample_rate=8000, f_max=3800.0))
+    assert {u.path.suffix for u in twins.utterances} == {".wav"}  # with audio twins, the audio is what it trains on
 
 
 def test_a_run_resumed_from_its_checkpoint_alone_keeps_the_front_end_it_trained_with(tiny_synth, tmp_path):

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Iterator
 
 from voxaug.errors import VoxaugError
 
 FEATURE_SUFFIX = ".pt"
 
 
+def files_under(folder: Path) -> Iterator[Path]:
+    """Every file below ``folder``, following symlinked folders (a VoxCeleb ``<video>/`` linked in from elsewhere
+    is part of the speaker) but entering each real folder once, so a link back up cannot loop. Hidden files and
+    folders (``.x``, such as the ``._x.wav`` metadata files macOS leaves on shared drives) are left out."""
+    seen: set[str] = set()
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        yield from (Path(top) / name for name in files if not name.startswith("."))
+
+
 def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool = False) -> list[Path]:
     """Clip files under ``folder``; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth` writes
-    them), the `.pt` features are used (the audio with ``audio_first``, for a model that takes only audio), so
-    each clip counts once. Two audio files of one clip (``x.wav`` and ``x.flac``) are refused: which one is
-    the clip is the user's call. Hidden files and folders (``.x``, such as the ``._x.wav`` metadata files macOS
-    leaves on shared drives) are not clips."""
+    them), the `.pt` features are used (the audio with ``audio_first``: for a model that takes only audio, or
+    whose front end is not the one the `.pt` was made with), so each clip counts once. Two audio files of one
+    clip (``x.wav`` and ``x.flac``) are refused: which one is the clip is the user's call."""
     features: dict[Path, Path] = {}
     audio: dict[Path, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in suffixes or not path.is_file():
+    for path in sorted(files_under(folder)):
+        if path.suffix.lower() not in suffixes:
             continue
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if path.is_symlink() and not path.exists():
+            raise VoxaugError(f"{path}: a clip's symbolic link points to nothing ({os.readlink(path)})")
+        if not path.is_file():
             continue
         stem = path.with_suffix("")
         kind = features if path.suffix.lower() == FEATURE_SUFFIX else audio

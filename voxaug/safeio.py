@@ -212,9 +212,27 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     if not text.strip():
         raise file_error(path, f"{what} is empty")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise file_error(path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except _RepeatedKey as exc:
+        raise file_error(path, f"key {exc.args[0]!r} appears twice in one object (JSON would keep only the "
+                               "last); merge them") from None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice: ``json`` keeps the last silently, and a speaker
+    listed twice in metadata.json would lose its first list of utterances."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def sha256_file(path: str | Path) -> str:

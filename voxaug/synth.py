@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -176,6 +177,23 @@ def _save_features(path: Path, features: torch.Tensor) -> None:
         torch.save(features.clone(), handle)
 
 
+def check_room(out: Path, config: SynthConfig, frontend: FrontendConfig) -> None:
+    """Refuse, before anything is generated, a corpus larger than the free space where it is to be written (a
+    count typed with a few zeros too many would otherwise run out of memory or disk part-way)."""
+    seconds = (config.min_seconds + config.max_seconds) / 2
+    feature_bytes = seconds * 1000 / frontend.hop_ms * frontend.n_mels * 4
+    audio_bytes = seconds * frontend.sample_rate * 4  # float32 WAV
+    trained = config.speakers * config.utterances
+    held_out = config.unseen * (config.enroll_per_unseen + config.test_per_unseen) + config.impostors * config.test_per_unseen
+    needed = trained * (feature_bytes + (audio_bytes if config.write_training_audio else 0)) \
+        + held_out * (feature_bytes + audio_bytes)
+    existing = next(place for place in (out.absolute(), *out.absolute().parents) if place.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise file_error(out, f"the corpus would take about {needed / 1e9:.3g} GB ({trained + held_out} clips), and "
+                              f"{free / 1e9:.3g} GB are free there; ask for fewer speakers or utterances")
+
+
 def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
     """Write the corpus to ``out`` in the HW4 layout plus ``unseen/{enroll,test}/<speaker>/`` (speakers to
     enrol without training) and ``unseen/impostors/<speaker>/`` (speakers never enrolled: open-set checks).
@@ -188,8 +206,9 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
     if out.is_dir() and any(out.iterdir()):  # files of an earlier corpus would stay beside the new one
         raise file_error(out, "output folder is not empty; synth writes a corpus into a new or empty folder and "
                               "deletes nothing")
-    ensure_folder(out)
     frontend = FrontendConfig()
+    check_room(out, config, frontend)
+    ensure_folder(out)
     speakers = [f"spk{index:03d}" for index in range(config.speakers)]
     unseen = [f"new{index:03d}" for index in range(config.unseen)]
     impostors = [f"imp{index:03d}" for index in range(config.impostors)]

@@ -84,8 +84,8 @@ def read_feature_file(path: Path, n_mels: int) -> np.ndarray:
 
 def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int, name: str | None = None) -> Clip:
     """Sort ``x`` into a waveform or features; a file is read (audio with the numpy reader, at the model's rate)."""
-    if isinstance(x, (str, Path)):
-        path = Path(x)
+    if isinstance(x, (str, os.PathLike)):  # a Path, a PurePath, an os.DirEntry from os.scandir
+        path = Path(os.fspath(x))
         suffix = path.suffix.lower()
         if suffix in AUDIO_SUFFIXES:
             return Clip(str(path), waveform=read_audio(path, model_rate))
@@ -111,7 +111,9 @@ def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int,
     if values.ndim != 2 or values.shape[1] != n_mels:
         raise VoxaugError(f"{name}: features must have shape (frames, {n_mels}), got {values.shape} "
                           "(for a waveform, pass its sample_rate too)")
-    problem = feature_values_problem(float(np.abs(values).max())) if values.size else None
+    if not len(values):
+        raise VoxaugError(f"{name}: features hold no frames (shape {values.shape})")
+    problem = feature_values_problem(float(np.abs(values).max()))
     if problem:
         raise VoxaugError(f"{name}: {problem}")
     return Clip(name, features=values)

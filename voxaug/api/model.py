@@ -69,9 +69,11 @@ class SpeakerModel:
 
     @property
     def prefers_audio(self) -> bool:
-        """Whether a folder's `.wav`/`.flac` twin is read rather than its `.pt`: always for an export that takes
-        audio, and for any export where torch, which reads `.pt` files, is not installed."""
-        return self.takes_audio_only or (self.kind == "onnx" and importlib.util.find_spec("torch") is None)
+        """Whether a folder's `.wav`/`.flac` twin is read rather than its `.pt`: for an export that takes audio,
+        for a model whose front end is not the one `.pt` twins are made with, and for any export where torch,
+        which reads `.pt` files, is not installed."""
+        return (self.takes_audio_only or not self.engine.frontend.is_default
+                or (self.kind == "onnx" and importlib.util.find_spec("torch") is None))
 
     @property
     def speakers(self) -> list[str]:

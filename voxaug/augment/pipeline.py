@@ -56,12 +56,12 @@ class AugmentPipeline:
 
 
 def parse_names(spec: str | list[str]) -> list[str]:
-    """``"specaug,mixup"`` -> ``["specaug", "mixup"]``; ``"none"`` or empty -> ``[]``; unknown names refused."""
+    """``"specaug,mixup"`` -> ``["specaug", "mixup"]``; ``"none"`` or a TOML ``[]`` -> ``[]``; unknown names and
+    empty ones (``""``, ``"a,,b"``: an unset shell variable is not a choice of no augmentation) refused."""
     if not isinstance(spec, (str, list)) or not all(isinstance(name, str) for name in spec):
         raise VoxaugError(f"[augment] names must be a list of augmentation names, got {spec!r}")
-    items = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
-    names = [n for n in items if n]
-    if names != items and (names or len(items) > 1):
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    if not all(names):
         raise VoxaugError(f"--augment: {spec!r} has an empty name; write names separated by single commas, or 'none'")
     if names == ["none"]:
         return []

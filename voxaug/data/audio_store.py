@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.data.sources import DatasetSource, Utterance
-from voxaug.data.store import FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore
+from voxaug.data.store import FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_output, atomic_write_json, read_json
 
@@ -123,14 +123,25 @@ def build_audio_store(
     return index
 
 
-def skipped_files(store: PackedStore, fingerprint: str) -> list[dict]:
+def skipped_files(store: PackedStore, fingerprint: str) -> list[dict] | None:
     """The files left out of ``store`` when it was built from the source with ``fingerprint``
-    (``[]`` when none were, or the list is from another build)."""
+    (``[]`` when none were, or the list is from another build; None when the list is damaged)."""
     path = store.folder / SKIPPED_FILE
-    listed = read_json(path, "skipped-file list") if path.exists() else None
-    if not isinstance(listed, dict) or listed.get("fingerprint") != fingerprint:
+    if not path.exists():
         return []
-    return list(listed.get("skipped", []))
+    try:
+        listed = read_json(path, "skipped-file list")
+    except VoxaugError:
+        return None
+    if not isinstance(listed, dict):
+        return None
+    if listed.get("fingerprint") != fingerprint:
+        return []
+    skipped = listed.get("skipped", [])
+    if not (isinstance(skipped, list) and all(isinstance(entry, dict) and isinstance(entry.get("problem"), str)
+                                              for entry in skipped)):
+        return None
+    return skipped
 
 
 def open_dataset_store(
@@ -154,6 +165,11 @@ def open_dataset_store(
     builder = partial(build_audio_store, workers=workers, strict=strict, strict_because=strict_because, warn=warn)
     store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
     skipped = skipped_files(store, source.fingerprint())
+    if skipped is None:  # damaged, as a features file can be: build the store again, which writes it anew
+        with cache_lock(store.folder):
+            (store.folder / INDEX_FILE).unlink(missing_ok=True)
+        store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
+        skipped = skipped_files(store, source.fingerprint()) or []
     if skipped and strict:
         raise VoxaugError(f"{skipped[0]['problem']} ({strict_because}; {len(skipped)} bad files in {source.root})")
     if skipped and warn:

@@ -178,7 +178,7 @@ class ClipFolderSource:
         suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
         utterances = []
         for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in one_file_per_clip(speaker_dir, suffixes):
+            for path in one_file_per_clip(speaker_dir, suffixes, audio_first=not frontend.is_default):
                 relative = path.relative_to(self.root)
                 group = relative.parts[1] if len(relative.parts) > 2 else None
                 utterances.append(Utterance(relative.as_posix(), path, speaker_dir.name, group))

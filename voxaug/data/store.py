@@ -142,7 +142,8 @@ def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
     """One cache folder per dataset location and kind, so different sources never collide."""
     identity = f"{Path(source.root).resolve()}|{source.name}"
     digest = hashlib.sha1(identity.encode()).hexdigest()[:16]
-    return Path(cache_dir or default_cache_dir()) / f"{Path(source.root).name}-{source.name}-{digest}"
+    readable = Path(source.root).name.encode()[:100].decode(errors="ignore")  # a folder name may be 255 bytes
+    return Path(cache_dir or default_cache_dir()) / f"{readable}-{source.name}-{digest}"
 
 
 def build_store(

@@ -16,8 +16,9 @@ import soundfile
 from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 
 AUDIO_SUFFIXES = (".wav", ".flac")
-MAX_FEATURE_MAGNITUDE = 1e6
-"""Log-mel features are logarithms, tens at most; past about 1e18 the network's squares overflow to NaN."""
+MAX_FEATURE_MAGNITUDE = 1e4
+"""Log-mel features are logarithms, tens at most. The network's embeddings stop being finite past about 1e19 in
+float32 and 1e5 in the float16 of CUDA inference."""
 
 
 def feature_values_problem(largest: float) -> str | None:
@@ -62,6 +63,12 @@ class FrontendSettings:
             raise VoxaugError(f"front end: n_fft must be even, got {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise VoxaugError(f"front end: need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+
+    @property
+    def is_default(self) -> bool:
+        """Whether these are the settings `voxaug synth`'s `.pt` features are made with: only then does a clip's
+        `.pt` twin hold what this front end makes of its audio."""
+        return self == FrontendSettings()
 
     @property
     def win_length(self) -> int:

@@ -64,9 +64,10 @@ def _session(path: Path, data: bytes, threads: int | None) -> onnxruntime.Infere
         return onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own types (InvalidProtobuf, Fail, InvalidGraph, ...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "Unsupported model IR version" in first:
-            raise file_error(path, f"written for a newer onnxruntime than {onnxruntime.__version__} "
-                                   f"({first[first.index('Unsupported'):][:120]})") from exc
+        for sign in ("Unsupported model IR version", "ONNX Runtime only *guarantees* support"):
+            if sign in first:  # a model from a newer exporter, or an opset this onnxruntime does not know
+                raise file_error(path, f"written for a newer onnxruntime than {onnxruntime.__version__} "
+                                       f"({first[first.index(sign):][:160]})") from exc
         raise file_error(path, f"not a readable ONNX model (truncated or corrupt: {first[:160]})") from exc
 
 
