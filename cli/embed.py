@@ -18,7 +18,8 @@ from voxaug.cli.common import (
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock, sidecar_path
 from voxaug.embeddings.speaker_index import (
-    DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, ScoringOptions, build_speaker_index, plan_speaker_index,
+    DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, IndexPlan, ScoringOptions, build_speaker_index,
+    plan_speaker_index,
 )
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_output, atomic_write_text
@@ -118,8 +119,10 @@ def embed(
                                                                   warn=context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         if index is not None:  # its labels and cohort are checked before anything is embedded
-            plan_speaker_index(speakers, store.groups, per, loaded.config.seed, loaded.config.val_fraction, scoring,
-                               store.speakers, loaded.config.split_version)
+            plan = plan_speaker_index(speakers, store.groups, per, loaded.config.seed, loaded.config.val_fraction,
+                                      scoring, store.speakers, loaded.config.split_version)
+            if context.is_main:
+                warn_without_cohort(plan, per)
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
                                progress=not quiet, with_probabilities=False, context=context)
         main_only(context, lambda: _write_outputs(
@@ -161,13 +164,21 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     if index is not None:  # its labels and cohort are checked before anything is embedded
-        plan_speaker_index(speakers, store.groups, per, seed, val_fraction, scoring, store.speakers, split_version)
+        warn_without_cohort(plan_speaker_index(speakers, store.groups, per, seed, val_fraction, scoring, store.speakers,
+                                               split_version), per)
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
                                                scoring, store.speakers, split_version),
                    "windows" if window else "utterances")
+
+
+def warn_without_cohort(plan: IndexPlan, per: str) -> None:
+    """One stderr line when a speaker index gets no AS-norm cohort, and why: `identify --score-norm asnorm` needs one."""
+    if per == "speaker" and plan.cohort_rows is None:
+        typer.echo(f"warning: the index gets no AS-norm cohort ({plan.cohort_source}), so `identify --score-norm "
+                   "asnorm` cannot use it", err=True)
 
 
 def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | None], out: Path, index: Path | None,
@@ -187,7 +198,7 @@ def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | Non
         if speaker_index.cohort is not None:
             scoring += f", AS-norm cohort: {speaker_index.cohort.source}"
         elif speaker_index.mode == "speaker":
-            scoring += ", no AS-norm cohort: too few utterances"
+            scoring += ", no AS-norm cohort"
         article = "an" if speaker_index.mode == "utterance" else "a"
         typer.echo(f"wrote {article} {speaker_index.mode} index of {len(speaker_index.speakers)} speakers to {index} "
                    f"(+ {index}.json; {scoring})")

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from voxaug.cli.common import (
-    CacheOption, DeviceOption, QuietOption, check_training_speakers, clean_errors, existing_file, output_file,
-)
+from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
+from voxaug.errors import file_error
 from voxaug.safeio import atomic_write_text
 
 
@@ -36,9 +35,11 @@ def predict(
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     source = open_source(data, loaded.frontend, split="test")
-    if isinstance(source, HW4Source):  # its Category column is read against mapping.json's speakers
-        check_training_speakers(data, source.speakers, loaded.speakers,
-                                "predict's categories are the model's speakers, so mapping.json must list them")
+    if isinstance(source, HW4Source) and set(source.speakers) != set(loaded.speakers):  # names, in any order
+        strangers = sorted(set(loaded.speakers) - set(source.speakers))
+        raise file_error(data / "mapping.json", f"lists {len(source.speakers)} speakers, not the {len(loaded.speakers)} "
+                                                f"the model names (e.g. {(strangers or sorted(source.speakers))[0]!r}); "
+                                                "predict's categories would be speakers this dataset does not have")
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
                                   strict_because="predict writes a row for every clip")
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)

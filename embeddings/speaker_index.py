@@ -75,6 +75,7 @@ class IndexPlan:
     held_out: np.ndarray
     cohort_rows: np.ndarray | None
     cohort_source: str
+    """Which split the cohort comes from, or (no cohort rows) why none could be built."""
 
 
 def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | None, per: str, seed: int,
@@ -88,6 +89,21 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
     train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
     if options.score_norm != "asnorm" and per != "speaker":
         return IndexPlan(names, train, held_out, None, "")
+    sources = [(held_out, "validation split")] if len(held_out) >= options.cohort_top_k else []
+    problem = ""
+    for rows, source in sources + [(train, "training split")]:  # the training split is the fallback
+        subsampled = len(rows) > options.cohort_size
+        if subsampled:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
+        held = names[rows]
+        short = sorted(speaker for speaker in set(speakers) if int((held != speaker).sum()) < 2)
+        if not short:  # a speaker's cohort statistics leave its own entries out, and need two
+            return IndexPlan(names, train, held_out, rows, source)
+        problem = (f"the {source}'s {len(rows)} utterances leave speaker {short[0]!r} fewer than 2 of other speakers"
+                   + (f"; give a larger --cohort-size than {options.cohort_size}" if subsampled else ""))
+    if options.score_norm == "asnorm":  # otherwise the cohort was only for a later --score-norm asnorm
+        raise VoxaugError(f"--score-norm asnorm: no AS-norm cohort can be built: {problem}")
+    return IndexPlan(names, train, held_out, None, problem)
     problem = f"fewer than --cohort-top-k {options.cohort_top_k} utterances to hold out"
     for rows, source in ((held_out, "validation split"), (train, "training split")):
         if len(rows) < options.cohort_top_k:

@@ -188,6 +188,11 @@ def test_symlinked_video_folders_are_read_once_and_a_broken_clip_link_is_refused
     (elsewhere / "back").symlink_to(root / "spk000", target_is_directory=True)  # a loop: entered once
     found = one_file_per_clip(root / "spk000", (".wav",))
     assert len(found) == len(clips) and root / "spk000" / "video9" / clips[-1].name in found
+    (root / "spk001").mkdir()
+    (root / "spk001" / "borrowed").symlink_to(elsewhere, target_is_directory=True)  # one clip under two speakers
+    with pytest.raises(VoxaugError, match=r"borrowed/.*: the same file as a clip of 'spk000'"):
+        ClipFolderSource(root)
+    (root / "spk001" / "borrowed").unlink()
     (root / "spk000" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
     with pytest.raises(VoxaugError, match=r"gone\.wav: a clip's symbolic link points to nothing"):
         one_file_per_clip(root / "spk000", (".wav",))

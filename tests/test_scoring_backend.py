@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -503,10 +504,13 @@ def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embe
     from voxaug.embeddings.speaker_index import plan_speaker_index
 
     vectors, labels = clustered()
-    with pytest.raises(VoxaugError, match=r"--cohort-size 2: the AS-norm cohort's 2 utterances leave speaker 's\d' "
-                                          "fewer than 2 of other speakers; give a larger --cohort-size"):
-        plan_speaker_index(labels, None, "speaker", 0, 0.25, ScoringOptions("lda", lda_dim=5, cohort_size=2,
-                                                                             cohort_top_k=2))
+    small = ScoringOptions("lda", lda_dim=5, cohort_size=2, cohort_top_k=2)
+    with pytest.raises(VoxaugError, match=r"--score-norm asnorm: no AS-norm cohort can be built: the training split's 2 "
+                                          r"utterances leave speaker 's\d' fewer than 2 of other speakers; give a "
+                                          "larger --cohort-size than 2"):
+        plan_speaker_index(labels, None, "speaker", 0, 0.25, dataclasses.replace(small, score_norm="asnorm"))
+    without = plan_speaker_index(labels, None, "speaker", 0, 0.25, small)  # the cohort was only for later
+    assert without.cohort_rows is None and "give a larger --cohort-size than 2" in without.cohort_source
     plan = plan_speaker_index(labels, None, "speaker", 0, 0.25, ScoringOptions("lda", lda_dim=5, cohort_size=16,
                                                                                 cohort_top_k=2))
     held = np.array(labels)[plan.cohort_rows]
@@ -517,11 +521,14 @@ def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embe
     held = np.array(six)[plan_speaker_index(six, None, "speaker", 0, 0.34, ScoringOptions("none", cohort_size=4,
                                                                                           cohort_top_k=2)).cohort_rows]
     assert len(held) == 4  # a --cohort-size of exactly what there is is enough
+    assert len(plan_speaker_index(six, None, "speaker", 0, 0.34, ScoringOptions("none")).cohort_rows) == 4  # K 20
     four = ["a", "a", "b", "b"]  # one training utterance each: no cohort leaves either two of the other's
     assert plan_speaker_index(four, None, "speaker", 0, 0.5, ScoringOptions("none", cohort_top_k=2)).cohort_rows is None
-    with pytest.raises(VoxaugError, match=r"--score-norm asnorm: this dataset is too small for an AS-norm cohort "
-                                          r"\(speaker 'a' has fewer than 2"):
+    with pytest.raises(VoxaugError, match=r"--score-norm asnorm: no AS-norm cohort can be built: the training split's "
+                                          r"2 utterances leave speaker 'a' fewer than 2"):
         plan_speaker_index(four, None, "speaker", 0, 0.5, ScoringOptions("none", score_norm="asnorm", cohort_top_k=2))
+    lopsided = ["big"] * 500 + ["small"] * 4  # a subsampled cohort of the big speaker alone: built without one
+    assert plan_speaker_index(lopsided, None, "speaker", 0, 0.1, ScoringOptions(cohort_size=20)).cohort_rows is None
     import voxaug.embeddings.extract as extract
 
     def embedded(*args, **kwargs):
@@ -529,9 +536,17 @@ def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embe
 
     monkeypatch.setattr(extract, "embed_store", embedded)
     result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--index",
-                    tmp_path / "spk.faiss", "--cohort-size", "2", "--cohort-top-k", "2", "-q")
+                    tmp_path / "spk.faiss", "--cohort-size", "2", "--cohort-top-k", "2", "--score-norm", "asnorm", "-q")
     assert result.exit_code == 2 and "give a larger --cohort-size" in result.output, result.output
     assert not (tmp_path / "emb").exists() and not (tmp_path / "spk.faiss").exists()
+
+
+def test_an_index_built_without_a_cohort_says_why(trained_run, tiny_synth, tmp_path):
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--index",
+                    tmp_path / "spk.faiss", "--cohort-size", "2", "--cohort-top-k", "2", "-q")
+    assert result.exit_code == 0, result.output
+    assert "warning: the index gets no AS-norm cohort (the training split's 2 utterances leave speaker" in result.output
+    assert "scores none, no AS-norm cohort)" in result.output and SpeakerIndex.load(tmp_path / "spk.faiss").cohort is None
 
 
 def test_evaluate_scores_an_utterance_index_with_its_back_end_though_it_has_no_cohort(trained_run, tiny_synth,

@@ -90,12 +90,17 @@ def test_predict_refuses_a_mapping_of_other_speakers_than_the_model_s(tiny_synth
     shutil.copytree(tiny_synth, data, ignore=shutil.ignore_patterns("unseen"))
     mapping = json.loads((data / "mapping.json").read_text())
     first, second = list(mapping["speaker2id"])[:2]
-    mapping["speaker2id"][first], mapping["speaker2id"][second] = 1, 0  # the ids mean other speakers now
+    mapping["speaker2id"][first], mapping["speaker2id"][second] = 1, 0  # other ids: the names are what predict writes
     (data / "mapping.json").write_text(json.dumps(mapping))
-    result = runner.invoke(app, ["predict", str(data), "--ckpt", str(trained_run / "best.pt"), "--out",
-                                 str(tmp_path / "p.csv"), "--device", "cpu", "-q"])
-    assert result.exit_code == 2 and "the model was trained on, in its order" in result.output, result.output
-    assert not (tmp_path / "p.csv").exists()
+    command = ["predict", str(data), "--ckpt", str(trained_run / "best.pt"), "--out", str(tmp_path / "p.csv"),
+               "--device", "cpu", "-q"]
+    assert runner.invoke(app, command).exit_code == 0
+    mapping["speaker2id"]["someone"] = mapping["speaker2id"].pop(first)
+    (data / "mapping.json").write_text(json.dumps(mapping))
+    (tmp_path / "p.csv").unlink()
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and f"lists {len(mapping['speaker2id'])} speakers, not the" in result.output, result.output
+    assert f"(e.g. {first!r})" in result.output and not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.parametrize("arguments, needle", [

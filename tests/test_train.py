@@ -88,6 +88,11 @@ def test_front_end_settings_on_a_folder_of_feature_clips_are_refused_as_on_the_h
         Trainer(config, features, tmp_path / "run", progress=False, resume=False)
     twins = ClipFolderSource(tiny_synth / "unseen" / "enroll", FrontendConfig(sample_rate=8000, f_max=3800.0))
     assert {u.path.suffix for u in twins.utterances} == {".wav"}  # with audio twins, the audio is what it trains on
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_synth / "unseen" / "enroll", mixed)
+    next(mixed.rglob("*.wav")).unlink()  # one clip left as features alone: it would train at 16 kHz among 8 kHz
+    with pytest.raises(VoxaugError, match=r"mixed: holds log-mel features, which front-end settings"):
+        Trainer(config, mixed, tmp_path / "run", progress=False, resume=False)
 
 
 def test_a_run_resumed_from_its_checkpoint_alone_keeps_the_front_end_it_trained_with(tiny_synth, tmp_path):

@@ -22,7 +22,8 @@ def files_under(folder: Path) -> Iterator[Path]:
             folders.clear()
             continue
         seen.add(real)
-        folders[:] = [name for name in folders if not name.startswith(".")]
+        # sorted: which of a folder and a link to it is entered must not depend on the file system's listing order
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
         yield from (Path(top) / name for name in files if not name.startswith("."))
 
 

@@ -25,7 +25,7 @@ from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
 from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig
-from voxaug.data.audio_store import default_workers, has_audio, open_dataset_store, require_audio
+from voxaug.data.audio_store import default_workers, is_audio, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
 from voxaug.data.sources import DatasetSource, open_source
 from voxaug.data.store import PackedStore
@@ -140,8 +140,8 @@ class Trainer:
         self.resuming = resume
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         source = open_source(self.data, frontend)
-        self.audio_settings_on_features = (audio_settings(frontend, source.n_mels)
-                                           if frontend is not None and not has_audio(source) else [])
+        features = frontend is not None and not all(map(is_audio, source.utterances))  # a .pt without an audio twin
+        self.audio_settings_on_features = audio_settings(frontend, source.n_mels) if features else []
         main_only(self.dist, lambda: self._refuse_before_reading(source.n_mels, resume))  # rank 0 says why
         self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
         wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)

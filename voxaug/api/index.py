@@ -224,7 +224,7 @@ class SpeakerIndex:
             except VoxaugError as exc:
                 raise file_error(self.path, str(exc)) from None
         threshold, source = self.data.threshold(score_norm, self.threshold_option, self.cohort_top_k)
-        label = name or (os.fspath(x) if isinstance(x, (str, os.PathLike)) else "clip")
+        label = name or (os.fsdecode(x) if isinstance(x, (str, os.PathLike)) else "clip")
         embedding, probabilities = self.model.embed_with_probabilities(x, sample_rate, label)
         top = self.data.search(embedding[None], top_k, self.data.faiss_index(), score_norm, self.cohort_top_k)[0]
         best = int(np.argmax(probabilities))

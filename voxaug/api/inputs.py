@@ -85,7 +85,7 @@ def read_feature_file(path: Path, n_mels: int) -> np.ndarray:
 def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int, name: str | None = None) -> Clip:
     """Sort ``x`` into a waveform or features; a file is read (audio with the numpy reader, at the model's rate)."""
     if isinstance(x, (str, os.PathLike)):  # a Path, a PurePath, an os.DirEntry from os.scandir
-        path = Path(os.fspath(x))
+        path = Path(os.fsdecode(x))
         suffix = path.suffix.lower()
         if suffix in AUDIO_SUFFIXES:
             return Clip(str(path), waveform=read_audio(path, model_rate))

@@ -62,7 +62,8 @@ def parse_names(spec: str | list[str]) -> list[str]:
         raise VoxaugError(f"[augment] names must be a list of augmentation names, got {spec!r}")
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
     if not all(names):
-        raise VoxaugError(f"--augment: {spec!r} has an empty name; write names separated by single commas, or 'none'")
+        raise VoxaugError(f"--augment (or [augment] names): {spec!r} has an empty name; write names separated by "
+                          "single commas, or 'none'")
     if names == ["none"]:
         return []
     accepted = sorted(AUGMENTATIONS) + ["none"]
