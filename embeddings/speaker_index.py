@@ -104,24 +104,6 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
     if options.score_norm == "asnorm":  # otherwise the cohort was only for a later --score-norm asnorm
         raise VoxaugError(f"--score-norm asnorm: no AS-norm cohort can be built: {problem}")
     return IndexPlan(names, train, held_out, None, problem)
-    problem = f"fewer than --cohort-top-k {options.cohort_top_k} utterances to hold out"
-    for rows, source in ((held_out, "validation split"), (train, "training split")):
-        if len(rows) < options.cohort_top_k:
-            continue
-        subsampled = len(rows) > options.cohort_size
-        if subsampled:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
-        held = names[rows]
-        short = sorted(speaker for speaker in set(speakers) if int((held != speaker).sum()) < 2)
-        if not short:  # a speaker's cohort statistics leave its own entries out, and need two
-            return IndexPlan(names, train, held_out, rows, source)
-        if subsampled:
-            raise VoxaugError(f"--cohort-size {options.cohort_size}: the AS-norm cohort's {len(rows)} utterances leave "
-                              f"speaker {short[0]!r} fewer than 2 of other speakers; give a larger --cohort-size")
-        problem = f"speaker {short[0]!r} has fewer than 2 utterances of other speakers in any cohort"
-    if options.score_norm == "asnorm":  # otherwise the cohort was only for a later --score-norm asnorm
-        raise VoxaugError(f"--score-norm asnorm: this dataset is too small for an AS-norm cohort ({problem})")
-    return IndexPlan(names, train, held_out, None, "")
 
 
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
