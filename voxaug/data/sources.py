@@ -177,14 +177,14 @@ class ClipFolderSource:
             raise file_error(self.root, "dataset folder not found")
         suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
         utterances = []
-        speaker_of: dict[str, str] = {}  # a clip's real file: a link can put one clip under two speakers
+        first_seen: dict[tuple[int, int], Path] = {}  # a clip's file by device and inode: a link can list it twice
         for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for path in one_file_per_clip(speaker_dir, suffixes, audio_first=not frontend.is_default):
-                real = os.path.realpath(path)
-                if real in speaker_of:
-                    raise file_error(path, f"the same file as a clip of {speaker_of[real]!r} ({real}), through a "
-                                           "symbolic link; a clip belongs to one speaker, once")
-                speaker_of[real] = speaker_dir.name
+                info = path.stat()
+                earlier = first_seen.setdefault((info.st_dev, info.st_ino), path)
+                if earlier != path:
+                    raise file_error(path, f"the same file as {earlier} (through a link); a clip belongs to one "
+                                           "speaker, once")
                 relative = path.relative_to(self.root)
                 group = relative.parts[1] if len(relative.parts) > 2 else None
                 utterances.append(Utterance(relative.as_posix(), path, speaker_dir.name, group))
