@@ -183,8 +183,7 @@ def check_room(out: Path, config: SynthConfig, frontend: FrontendConfig) -> None
     seconds = (config.min_seconds + config.max_seconds) / 2
     feature_bytes = seconds * 1000 / frontend.hop_ms * frontend.n_mels * 4
     audio_bytes = seconds * frontend.sample_rate * 4  # float32 WAV
-    trained = config.speakers * config.utterances
-    held_out = config.unseen * (config.enroll_per_unseen + config.test_per_unseen) + config.impostors * config.test_per_unseen
+    trained, held_out = config.trained_clips, config.held_out_clips
     needed = trained * (feature_bytes + (audio_bytes if config.write_training_audio else 0)) \
         + held_out * (feature_bytes + audio_bytes)
     existing = next(place for place in (out.absolute(), *out.absolute().parents) if place.exists())
@@ -214,8 +213,7 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
     impostors = [f"imp{index:03d}" for index in range(config.impostors)]
     metadata: dict[str, list] = {s: [] for s in speakers}
     test_entries, test_labels = [], []
-    total = (config.speakers * config.utterances + config.unseen * (config.enroll_per_unseen + config.test_per_unseen)
-             + config.impostors * config.test_per_unseen)
+    total = config.trained_clips + config.held_out_clips
     bar = tqdm(total=total, desc=f"synth {out}", unit="utt", disable=not progress, leave=False)
 
     def make(speaker: str, voice: Voice, sessions: list[Session], index: int) -> tuple[torch.Tensor, torch.Tensor, int]:

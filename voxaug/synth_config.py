@@ -22,6 +22,15 @@ class SynthConfig:
     seed: int = 0
     write_training_audio: bool = False
 
+    @property
+    def trained_clips(self) -> int:
+        return self.speakers * self.utterances
+
+    @property
+    def held_out_clips(self) -> int:
+        """The unseen speakers' enrolment and test clips and the impostors' clips (audio twins beside each)."""
+        return self.unseen * (self.enroll_per_unseen + self.test_per_unseen) + self.impostors * self.test_per_unseen
+
     def validate(self) -> None:
         if self.speakers < 2:
             raise VoxaugError(f"--speakers must be at least 2, got {self.speakers}")
