@@ -177,6 +177,22 @@ def test_hidden_files_and_folders_are_not_clips(wav_synth, tmp_path):
     assert one_file_per_clip(root, (".wav",)) == clips
 
 
+def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(wav_synth, tmp_path, monkeypatch):
+    root = tmp_path / "tree"
+    shutil.copytree(wav_synth / "wav" / "spk000", root / "spk000")
+    locked = next(p for p in sorted((root / "spk000").iterdir()) if p.is_dir())
+    listing = os.scandir
+
+    def permission_denied(path="."):
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", permission_denied)  # the tests run as root, whom chmod does not stop
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(locked))}: cannot list this folder \(Permission denied\)"):
+        one_file_per_clip(root, (".wav",))
+
+
 def test_symlinked_video_folders_are_read_once_and_a_broken_clip_link_is_refused(wav_synth, tmp_path):
     root = tmp_path / "tree"
     shutil.copytree(wav_synth / "wav" / "spk000", root / "spk000")

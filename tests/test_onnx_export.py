@@ -295,3 +295,21 @@ def test_an_export_given_a_cuda_device_is_refused_not_run_on_the_cpu_in_silence(
     assert result.exit_code == 0 and (tmp_path / "new.faiss").exists(), result.output
     bogus = runner.invoke(app, [str(a) for a in (*commands["embed"], "--device", "tpu")])
     assert bogus.exit_code == 2 and "--device 'tpu' is not known" in bogus.output, bogus.output
+
+
+def test_metadata_edited_to_repeat_a_key_or_unlist_the_speakers_is_refused(exported, tmp_path):
+    """A re-signed export whose metadata JSON names a key twice, or gives the speakers as a string, is
+    refused rather than read with the last value (or one speaker per character)."""
+    edits = {"repeated.onnx": ("frontend", lambda value: value[:-1] + ', "f_min": 30.0}', "appears twice"),
+             "string.onnx": ("speakers", lambda value: json.dumps("spk000"), "inconsistent")}
+    for name, (key, edit, problem) in edits.items():
+        model = onnx.load(str(exported["features"]))
+        for entry in model.metadata_props:
+            if entry.key == key:
+                entry.value = edit(entry.value)
+            if entry.key == CONTENT_DIGEST_KEY:
+                entry.value = "0" * 64
+        data = model.SerializeToString()
+        marker = CONTENT_DIGEST_KEY.encode() + b"\x12\x40"
+        (tmp_path / name).write_bytes(data.replace(marker + b"0" * 64, marker + content_digest(data).encode()))
+        one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / name), f"{name}:", problem)

@@ -34,6 +34,13 @@ def test_a_dataset_folder_with_a_name_as_long_as_the_file_system_allows_has_a_ca
     assert store.rebuilt and len(store.folder.name.encode()) < 160 and len(store) > 0
 
 
+def test_a_dataset_folder_whose_name_is_not_utf8_has_a_cache(tmp_path):
+    root = make_hw4(tmp_path / os.fsdecode(b"latin1-caf\xe9"))  # written on a Latin-1 system: not valid UTF-8
+    store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert store.rebuilt and store.folder.name.startswith("latin1-caf-") and len(store) > 0
+    assert not PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False).rebuilt
+
+
 def test_segments_come_from_the_right_utterance(tmp_path):
     root = make_hw4(tmp_path / "d", frames=30)
     store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)

@@ -85,6 +85,16 @@ def test_bad_wave_settings_and_folders_are_refused(tmp_path, params, needle):
         WaveAugmentation(**params)
 
 
+def test_noise_folders_leave_out_hidden_files_as_clip_folders_do(corpus, tmp_path):
+    """A ``._room.wav`` that macOS leaves beside each file on a shared drive is not audio: it is left out, as
+    it is from a speaker's clips, rather than refusing the whole folder."""
+    rir = tmp_path / "rir"
+    rir.mkdir()
+    (rir / "room.wav").write_bytes((corpus / "rir" / "room.wav").read_bytes())
+    (rir / "._room.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert WaveAugmentation(rir_dir=str(rir), rir_p=1.0)._rir_files == [rir / "room.wav"]
+
+
 def test_the_chain_is_reproducible_per_example_seed_and_changes_the_waveform(corpus):
     waveform = np.sin(np.arange(12000) / 7.0).astype(np.float32) * 0.5
     augment = noisy()

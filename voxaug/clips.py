@@ -14,9 +14,10 @@ FEATURE_SUFFIX = ".pt"
 def files_under(folder: Path) -> Iterator[Path]:
     """Every file below ``folder``, following symlinked folders (a VoxCeleb ``<video>/`` linked in from elsewhere
     is part of the speaker) but entering each real folder once, so a link back up cannot loop. Hidden files and
-    folders (``.x``, such as the ``._x.wav`` metadata files macOS leaves on shared drives) are left out."""
+    folders (``.x``, such as the ``._x.wav`` metadata files macOS leaves on shared drives) are left out. A folder
+    that cannot be listed is refused: skipping it would leave its clips out without a word."""
     seen: set[str] = set()
-    for top, folders, files in os.walk(folder, followlinks=True):
+    for top, folders, files in os.walk(folder, onerror=_unlistable, followlinks=True):
         real = os.path.realpath(top)
         if real in seen:
             folders.clear()
@@ -25,6 +26,10 @@ def files_under(folder: Path) -> Iterator[Path]:
         # sorted: which of a folder and a link to it is entered must not depend on the file system's listing order
         folders[:] = sorted(name for name in folders if not name.startswith("."))
         yield from (Path(top) / name for name in files if not name.startswith("."))
+
+
+def _unlistable(error: OSError) -> None:
+    raise VoxaugError(f"{error.filename}: cannot list this folder ({error.strerror or error})") from error
 
 
 def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool = False) -> list[Path]:

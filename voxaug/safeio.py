@@ -212,16 +212,20 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     if not text.strip():
         raise file_error(path, f"{what} is empty")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return loads_unique(text)
     except json.JSONDecodeError as exc:
         raise file_error(path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
-    except _RepeatedKey as exc:
-        raise file_error(path, f"key {exc.args[0]!r} appears twice in one object (JSON would keep only the "
-                               "last); merge them") from None
+    except RepeatedKeyError as exc:
+        raise file_error(path, f"{exc}; merge them") from None
 
 
-class _RepeatedKey(ValueError):
-    pass
+class RepeatedKeyError(ValueError):
+    """A JSON object names one key twice."""
+
+
+def loads_unique(text: str) -> Any:
+    """``json.loads`` that refuses a key given twice in one object (``RepeatedKeyError``)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -233,7 +237,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _RepeatedKey(key)
+                raise RepeatedKeyError(f"key {key!r} appears twice in one object (JSON would keep only the last)")
             seen.add(key)
     return values
 

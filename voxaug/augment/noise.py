@@ -20,6 +20,7 @@ from voxaug.augment.base import (
     uniform,
 )
 from voxaug.augment.channel import DB_TO_LOG_POWER
+from voxaug.clips import files_under
 from voxaug.errors import VoxaugError, file_error
 
 FEATURE_SUFFIX = ".pt"
@@ -32,7 +33,7 @@ def load_noise_features(folder: str | Path) -> list[torch.Tensor]:
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, "--noise-dir: folder not found")
-    files = sorted(p for p in folder.rglob(f"*{FEATURE_SUFFIX}") if p.is_file())
+    files = sorted(p for p in files_under(folder) if p.suffix == FEATURE_SUFFIX and p.is_file())
     if not files:
         raise file_error(folder, f"--noise-dir: holds no noise feature files ({FEATURE_SUFFIX}) for the 'noise' augmentation")
     noises = []

@@ -20,6 +20,7 @@ import soundfile
 
 from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
+from voxaug.clips import files_under
 from voxaug.errors import VoxaugError, file_error
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
@@ -54,7 +55,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"{option}: folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = sorted(p for p in files_under(folder) if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
     if not files:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
     for path in files:

@@ -52,9 +52,9 @@ def _stat_fingerprint(paths: list[Path], extra: str = "") -> str:
         try:
             stat = path.stat()
         except OSError:
-            digest.update(f"{path}|missing\n".encode())
+            digest.update(os.fsencode(f"{path}|missing\n"))
             continue
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n"))
     return digest.hexdigest()
 
 

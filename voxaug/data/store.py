@@ -141,8 +141,8 @@ def cache_lock(folder: Path) -> Iterator[None]:
 def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
     """One cache folder per dataset location and kind, so different sources never collide."""
     identity = f"{Path(source.root).resolve()}|{source.name}"
-    digest = hashlib.sha1(identity.encode()).hexdigest()[:16]
-    readable = Path(source.root).name.encode()[:100].decode(errors="ignore")  # a folder name may be 255 bytes
+    digest = hashlib.sha1(os.fsencode(identity)).hexdigest()[:16]  # a name's undecodable bytes are kept
+    readable = os.fsencode(Path(source.root).name)[:100].decode(errors="ignore")  # a folder name may be 255 bytes
     return Path(cache_dir or default_cache_dir()) / f"{readable}-{source.name}-{digest}"
 
 

@@ -8,7 +8,6 @@ weights or an edited label list is refused, not silently used).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import onnxruntime
 from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.frontend import FrontendSettings, feature_values_problem, log_mel
 from voxaug.runtime.training_split import TrainingSplit
+from voxaug.safeio import loads_unique
 
 ONNX_FORMAT = "voxaug-onnx-speaker-model"
 ONNX_FORMAT_VERSION = 1
@@ -121,8 +121,8 @@ class OnnxSpeakerModel:
     def __init__(self, path: Path, sha256: str, session: onnxruntime.InferenceSession, metadata: dict[str, str]) -> None:
         self.path, self.sha256, self.session = path, sha256, session
         try:
-            self.speakers: list[str] = list(json.loads(metadata["speakers"]))
-            self.frontend = FrontendSettings.from_dict(json.loads(metadata["frontend"]))
+            self.speakers: list[str] = loads_unique(metadata["speakers"])
+            self.frontend = FrontendSettings.from_dict(loads_unique(metadata["frontend"]))
             self.embedding_dim = int(metadata["embedding_dim"])
             self.n_mels = int(metadata["n_mels"])
             self.min_frames = int(metadata["min_frames"])
@@ -131,7 +131,8 @@ class OnnxSpeakerModel:
             raise file_error(path, f"voxaug model metadata is unusable ({str(exc).splitlines()[0]})") from exc
         self.source_checkpoint_sha256 = metadata["source_checkpoint_sha256"]
         self.training_split = _training_split(path, metadata)
-        if not all(isinstance(name, str) for name in self.speakers) or self.n_mels != self.frontend.n_mels:
+        if (not isinstance(self.speakers, list) or not all(isinstance(name, str) for name in self.speakers)
+                or self.n_mels != self.frontend.n_mels):
             raise file_error(path, "voxaug model metadata is inconsistent (speaker labels or n_mels)")
 
     @classmethod
