@@ -89,9 +89,11 @@ def threshold_at_far(impostor: np.ndarray, target_far: float, *others: np.ndarra
     among the impostor and ``others`` (the genuine and top scores) if that is smaller, so that every count on
     these scores is that of the lowest such threshold."""
     ordered = np.sort(np.asarray(impostor, dtype=np.float64))[::-1]
-    allowed = int(np.floor(target_far * len(ordered)))
+    allowed = int(np.floor(target_far * len(ordered)))  # the largest k with k / n <= target, as FAR is computed:
     if (allowed + 1) / len(ordered) <= target_far:  # 0.58 * 50 is 28.999999999999996 in floating point
         allowed += 1
+    elif allowed / len(ordered) > target_far:  # and the product can round up past a target just below k / n
+        allowed -= 1
     if allowed >= len(ordered):
         return float(ordered[-1])
     rejected = ordered[allowed]

@@ -347,6 +347,11 @@ def test_the_threshold_clears_the_rejected_impostor_by_more_than_float_noise_and
     assert (np.linspace(0.0, 1.0, 50) >= threshold_at_far(np.linspace(0.0, 1.0, 50), 0.58)).sum() == 29
     assert (np.linspace(0.0, 1.0, 50) >= threshold_at_far(np.linspace(0.0, 1.0, 50), 0.58 - 1e-11)).sum() == 28
     assert np.isfinite(threshold_at_far(np.array([3.0, -np.inf]), 0.5))
+    for count in (10, 100, 1000):  # a target one float step below k / n allows k - 1, not k
+        scores = np.arange(count, dtype=np.float64)
+        for k in range(1, count + 1):
+            target = float(np.nextafter(k / count, 0.0))
+            assert (scores >= threshold_at_far(scores, target)).mean() <= target
 
 
 def test_open_set_scores_and_calibration_record():
