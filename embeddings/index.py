@@ -532,8 +532,7 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
         repeated = sorted(label for label, times in Counter(meta["labels"]).items() if times > 1)
         raise file_error(side, f"sidecar 'labels' name {repeated[:3]} more than once; an index of one vector per "
                                "speaker names each once")
-    if not all(isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_CLIPS
-               for count in meta["counts"].values()):
+    if not all(_whole_number(count) and count >= 1 for count in meta["counts"].values()):
         raise file_error(side, f"sidecar field 'counts' must map each speaker to a whole number of clips, 1 to {MAX_CLIPS}")
     norms = meta.get("mean_norms")  # a speaker's running mean is norm * centroid: PLDA and --append need it
     if meta["per"] == "speaker" and (not isinstance(norms, dict) or set(norms) != set(meta["counts"]) or not all(
