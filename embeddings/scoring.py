@@ -9,7 +9,7 @@ from voxaug.errors import VoxaugError
 
 
 def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01, target_far: float = 0.01) -> dict:
-    """EER, its threshold, the normalised minDCF (C_miss = C_fa = 1), and the threshold that keeps the
+    """EER (the mean of the two error rates where they are closest), its threshold, the normalised minDCF (C_miss = C_fa = 1), and the threshold that keeps the
     false-alarm rate at or under ``target_far`` with the miss rate there, of same/different trials."""
     scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
     if same.all() or not same.any():
