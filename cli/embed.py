@@ -3,6 +3,7 @@ under `torchrun --nproc_per_node=N -m voxaug embed ...` the utterances are share
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
@@ -22,7 +23,7 @@ from voxaug.embeddings.speaker_index import (
     plan_speaker_index,
 )
 from voxaug.errors import VoxaugError, file_error
-from voxaug.safeio import atomic_output, atomic_write_text
+from voxaug.safeio import atomic_output
 
 if TYPE_CHECKING:
     from voxaug.embeddings.extract import Embedded
@@ -33,15 +34,17 @@ OWN_SPEAKERS_ONLY = ("embed --index indexes the run's own training speakers (its
 
 
 def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speakers: list[str | None]) -> None:
-    """``out/embeddings.npy`` (N, E) float32 and ``out/items.csv`` (row, path, speaker), each atomically."""
-    with atomic_output(out / "embeddings.npy", "wb") as handle:
-        np.save(handle, embeddings.astype(np.float32), allow_pickle=False)
+    """``out/embeddings.npy`` (N, E) float32 and ``out/items.csv`` (row, path, speaker), each atomically. Both are
+    written in full before either is renamed into place, so a kill leaves a mismatched pair only between the two
+    renames, not while a large CSV is being written."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["row", "path", "speaker"])
     for row, (key, speaker) in enumerate(zip(keys, speakers)):
         writer.writerow([row, key, speaker or ""])
-    atomic_write_text(out / "items.csv", buffer.getvalue())
+    with atomic_output(out / "items.csv", "wb") as items, atomic_output(out / "embeddings.npy", "wb") as array:
+        items.write(buffer.getvalue().encode("utf-8", errors="surrogateescape"))  # a file name's own bytes
+        np.save(array, embeddings.astype(np.float32), allow_pickle=False)
 
 
 @clean_errors
@@ -101,12 +104,9 @@ def embed(
     if index is not None:
         output_file(index, "--index")
         output_file(sidecar_path(index), "--index's sidecar")
-        if not replace and (index.exists() or sidecar_path(index).exists()):
-            raise file_error(index, "an index is already there, and embed --index would replace it with the training "
-                                    "speakers alone (enrolled speakers and calibration lost); enrol into it with "
-                                    "`voxaug enroll`, or pass --replace")
+        refuse_existing_index(index, replace)
     if model is not None:
-        _embed_with_model(model, data, out, index, per, hnsw, scoring, window, hop, device, cache_dir, quiet)
+        _embed_with_model(model, data, out, index, replace, per, hnsw, scoring, window, hop, device, cache_dir, quiet)
         return
     context = init_distributed(device)
     clean = False
@@ -126,7 +126,7 @@ def embed(
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
                                progress=not quiet, with_probabilities=False, context=context)
         main_only(context, lambda: _write_outputs(
-            embedded, store.keys, speakers, out, index,
+            embedded, store.keys, speakers, out, index, replace,
             lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw, checkpoint_record(ckpt),
                                         loaded.frontend.to_dict(), loaded.config.seed, loaded.config.val_fraction,
                                         scoring, store.speakers, loaded.config.split_version),
@@ -138,7 +138,7 @@ def embed(
         shutdown(context, clean)
 
 
-def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | None, per: str, hnsw: bool,
+def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | None, replace: bool, per: str, hnsw: bool,
                       scoring: ScoringOptions, window: int | None, hop: int | None, device: str,
                       cache_dir: Path | None, quiet: bool) -> None:
     """`embed --model`: one process, through the Python API's model. The back end and AS-norm cohort are fitted
@@ -167,7 +167,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
         warn_without_cohort(plan_speaker_index(speakers, store.groups, per, seed, val_fraction, scoring, store.speakers,
                                                split_version), per)
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
-    _write_outputs(embedded, store.keys, speakers, out, index,
+    _write_outputs(embedded, store.keys, speakers, out, index, replace,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
                                                scoring, store.speakers, split_version),
@@ -181,19 +181,31 @@ def warn_without_cohort(plan: IndexPlan, per: str) -> None:
                    "asnorm` cannot use it", err=True)
 
 
+def refuse_existing_index(index: Path, replace: bool) -> None:
+    if not replace and (index.exists() or sidecar_path(index).exists()):
+        raise file_error(index, "an index is already there, and embed --index would replace it with the training "
+                                "speakers alone (enrolled speakers and calibration lost); enrol into it with "
+                                "`voxaug enroll`, or pass --replace (nothing was written)")
+
+
 def _write_outputs(embedded: Embedded, keys: list[str], speakers: list[str | None], out: Path, index: Path | None,
-                   build: Callable[[], SpeakerIndex], pieces: str) -> None:
-    """embeddings.npy, items.csv and the index (rank 0 only under torchrun), then say what was written."""
+                   replace: bool, build: Callable[[], SpeakerIndex], pieces: str) -> None:
+    """embeddings.npy, items.csv and the index (rank 0 only under torchrun), then say what was written. With an
+    index, all three are written under its lock, after checking again that no index appeared there meanwhile (an
+    `enroll` may have created one while this embedded): then nothing is written."""
     speaker_index = build() if index else None
-    write_embeddings(out, embedded.embeddings, keys, speakers)
+    with index_lock(index) if index else contextlib.nullcontext():
+        if index:
+            refuse_existing_index(index, replace)
+        write_embeddings(out, embedded.embeddings, keys, speakers)
+        if speaker_index is not None:
+            speaker_index.save(index)
     shared = ""
     if embedded.per_rank is not None and len(embedded.per_rank) > 1:
         shared = f" (on {len(embedded.per_rank)} processes: {' + '.join(map(str, embedded.per_rank))} {pieces})"
     typer.echo(f"wrote {len(keys)} embeddings of dimension {embedded.embeddings.shape[1]} to "
                f"{out / 'embeddings.npy'}{shared}")
     if speaker_index is not None:
-        with index_lock(index):  # an `enroll` on the same index may be running
-            speaker_index.save(index)
         scoring = f"back end {speaker_index.backend.kind}, scores {speaker_index.score_norm}"
         if speaker_index.cohort is not None:
             scoring += f", AS-norm cohort: {speaker_index.cohort.source}"

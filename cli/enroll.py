@@ -8,9 +8,10 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import (
-    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, output_file,
+    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, counted, expand_clips, output_file,
     warn_calibration_outdated,
 )
+from voxaug.embeddings.identify import check_speaker_name
 from voxaug.errors import VoxaugError, file_error
 
 
@@ -71,21 +72,24 @@ def enroll(
         skipped = sum(speaker_index.skipped.values())
         added = {name: len(clips) - speaker_index.skipped[name] for name, clips in enrolments.items()}
         grown = sum(count > 0 for count in added.values())
-        typer.echo(f"enrolled {grown} speaker{'s' if grown != 1 else ''} from {sum(added.values())} clips"
+        typer.echo(f"enrolled {counted(grown, 'speaker')} from {counted(sum(added.values()), 'clip')}"
                    f"{skipped_note(skipped)}; {len(speaker_index.speakers)} speakers in {index}")
         warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
         return
     enrolment = expand_clips(clips, audio_first)
     count = speaker_index.enroll(speaker, enrolment, append, lock_timeout)
     skipped = speaker_index.skipped[speaker]
-    typer.echo(f"enrolled {speaker} from {len(enrolment) - skipped} clips ({count} in all){skipped_note(skipped)}; "
+    typer.echo(f"enrolled {speaker} from {counted(len(enrolment) - skipped, 'clip')} ({count} in all){skipped_note(skipped)}; "
                f"{len(speaker_index.speakers)} speakers in {index}")
+    if append and count == len(enrolment) - skipped:  # all its clips are these: it was not enrolled before
+        typer.echo(f"warning: {speaker} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
+                   f"name? remove it with --remove {speaker!r})", err=True)
     warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
 
 
 def skipped_note(skipped: int) -> str:
     """What --append left out: clips the speakers were already enrolled from, which would count twice."""
-    return f", skipping {skipped} clip{'s' if skipped != 1 else ''} already enrolled" if skipped else ""
+    return f", skipping {counted(skipped, 'clip')} already enrolled" if skipped else ""
 
 
 def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[Path]]:
@@ -99,4 +103,9 @@ def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[P
                 and not sub.name.startswith(".")}
     if not speakers:
         raise VoxaugError(f"{folder}: no <speaker>/ folders to enrol")
+    for name in speakers:
+        try:
+            check_speaker_name(name)
+        except VoxaugError as exc:
+            raise file_error(folder / name, f"{exc} (the folder's name is the speaker's)") from None
     return speakers

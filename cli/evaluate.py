@@ -16,7 +16,7 @@ from voxaug.cli.common import (
     output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
-from voxaug.embeddings.index import SpeakerIndex, index_lock
+from voxaug.embeddings.index import SpeakerIndex, check_lock_timeout, index_lock
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_text, ensure_folder
 
@@ -44,6 +44,8 @@ def evaluate(
     score_norm: str = typer.Option(None, "--score-norm", help="none or asnorm for the open-set scores (default: the index's)."),
     impostors: Path = typer.Option(None, "--impostors", help="<speaker>/ clip folders of speakers never enrolled: the share "
                                    "answered 'unknown' at the threshold."),
+    lock_timeout: float = typer.Option(60.0, "--lock-timeout", help="Seconds --calibrate waits for an enrol on the same "
+                                       "index to finish."),
     device: str = DeviceOption,
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,
@@ -75,6 +77,7 @@ def evaluate(
         raise VoxaugError(f"--max-pairs must be at least 2 (a same-speaker and a different-speaker pair), "
                           f"got {max_pairs}")
     check_far(target_far)
+    check_lock_timeout(lock_timeout)
     if score_norm is not None:
         check_choice("--score-norm", score_norm, SCORE_NORMS)
     if index is None and (calibrate or impostors is not None or score_norm is not None):
@@ -147,10 +150,14 @@ def evaluate(
     report["checkpoint"] = str(model_path)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     if calibrate:  # last, so that a report that cannot be written leaves the index as it was
-        with index_lock(index):
-            latest = SpeakerIndex.load(index)  # an enrol may have run since it was read
-            latest.calibration = report["open_set"]
-            latest.save(index)
+        try:
+            with index_lock(index, lock_timeout):
+                latest = SpeakerIndex.load(index)  # an enrol may have run since it was read
+                latest.calibration = report["open_set"]
+                latest.save(index)
+        except VoxaugError as exc:
+            raise VoxaugError(f"{exc}; the index was not calibrated (the report's figures are in "
+                              f"{out / 'report.json'})") from None
         warn_calibration_outdated(index, latest.calibration_outdated())  # enrolled or removed while it scored
         if score_norm != latest.score_norm:  # the sidecar keeps one threshold: the one identify uses is gone
             typer.echo(f"warning: {index}: the threshold is calibrated for {latest.score_name(score_norm)} scores, "

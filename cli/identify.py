@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import (DeviceOption, ModelOption, chosen_model, clean_errors, expand_clips,
+from voxaug.cli.common import (DeviceOption, ModelOption, chosen_model, clean_errors, counted, expand_clips,
                                warn_calibration_outdated)
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_threshold
@@ -63,4 +63,4 @@ def identify(
 def summary_line(results: list[Identification]) -> str:
     """The closing line of the table: how many clips, and how many of them were answered unknown."""
     unknown = sum(result.decision == UNKNOWN for result in results)
-    return f"{len(results)} clip{'s' if len(results) != 1 else ''}: {len(results) - unknown} identified, {unknown} unknown"
+    return f"{counted(len(results), 'clip')}: {len(results) - unknown} identified, {unknown} unknown"

@@ -6,6 +6,7 @@ torch-free: ``voxaug.api.index.SpeakerIndex`` does the identifying, with a check
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,12 @@ UNKNOWN = "unknown"
 
 
 def check_speaker_name(name: object) -> str:
-    """An enrolled speaker's name: not blank, no surrounding spaces, and not the answer for no one."""
+    """An enrolled speaker's name: not blank, no surrounding spaces, no control characters (a newline would split
+    identify's lines), and not the answer for no one."""
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise VoxaugError(f"speaker name {name!r} must be non-empty text without leading or trailing spaces")
+    if any(unicodedata.category(character) == "Cc" for character in name):
+        raise VoxaugError(f"speaker name {name!r} holds a control character (a newline, tab or the like)")
     if name == UNKNOWN:
         raise VoxaugError(f"speaker name {name!r} is what identify answers below the threshold; choose another")
     return name

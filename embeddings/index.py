@@ -60,7 +60,8 @@ LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep comm
 
 
 def sidecar_path(path: str | Path) -> Path:
-    return Path(f"{path}.json")
+    """FILE.json beside the index file itself: through a symbolic link, beside the file it points to."""
+    return Path(f"{real_path(path)}.json")
 
 
 def unit_rows(vectors: np.ndarray, what: str = "embeddings") -> np.ndarray:

@@ -8,6 +8,8 @@ import shutil
 
 from typer.testing import CliRunner
 
+import voxaug.cli.embed
+from voxaug.api.index import SpeakerIndex
 from voxaug.cli.main import app
 from voxaug.embeddings.index import sidecar_path
 
@@ -120,3 +122,60 @@ def test_quiet_enrolment_draws_no_progress_bar(trained_run, tiny_synth, tmp_path
     assert loud.exit_code == 0 and quiet.exit_code == 0, quiet.output
     assert "enrol a.faiss" in loud.output and "enrol b.faiss" not in quiet.output
     assert quiet.output.strip().splitlines()[-1].startswith("enrolled ")
+
+
+def test_control_characters_are_refused_in_a_name_and_a_bad_folder_name_is_named(trained_run, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    clips = sorted((tiny_synth / "unseen" / "enroll").iterdir())[0]
+    refused = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann\nbob", clips)
+    assert refused.exit_code == 2 and "holds a control character" in refused.output and not index.exists()
+    people = tmp_path / "people"
+    shutil.copytree(clips, people / " lead")
+    refused = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speakers-dir", people)
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert refused.output.startswith(f"error: {people / ' lead'}: speaker name ' lead' must be") and not index.exists()
+
+
+def test_append_for_a_speaker_who_is_not_enrolled_enrols_them_and_warns(trained_run, tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    first, second = sorted((tiny_synth / "unseen" / "enroll").iterdir())[:2]
+    assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann", first).exit_code == 0
+    more = invoke("enroll", "--index", index, "--speaker", "ann", "--append", second)
+    assert more.exit_code == 0 and more.stderr == "", more.output
+    typo = invoke("enroll", "--index", index, "--speaker", "anm", "--append", second)
+    assert typo.exit_code == 0 and "warning: anm was not enrolled, so --append enrolled it" in typo.stderr
+    assert sorted(json.loads(sidecar_path(index).read_text())["counts"]) == ["anm", "ann"]
+
+
+def test_enrolling_through_a_link_to_the_index_keeps_what_others_enrolled_meanwhile(trained_run, tiny_synth, tmp_path):
+    """Through a symbolic link the sidecar is the one beside the file it points to, so an enrolment reread under
+    the lock sees what another process wrote since this object was opened."""
+    index, link = tmp_path / "spk.faiss", tmp_path / "link.faiss"
+    first, second = sorted((tiny_synth / "unseen" / "enroll").iterdir())[:2]
+    third = sorted((tiny_synth / "unseen" / "test").iterdir())[0]  # other clips, enrolled as a third name
+    assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann", first).exit_code == 0
+    link.symlink_to(index)
+    opened = SpeakerIndex.open(link)
+    assert invoke("enroll", "--index", index, "--speaker", "bob", second).exit_code == 0
+    opened.enroll("cat", sorted(third.glob("*.pt")))
+    assert sorted(json.loads(sidecar_path(index).read_text())["counts"]) == ["ann", "bob", "cat"]
+    assert link.is_symlink() and not (tmp_path / "link.faiss.json").exists()
+
+
+def test_embed_refuses_an_index_that_appeared_while_it_embedded(trained_run, tiny_synth, tmp_path, monkeypatch):
+    index = tmp_path / "spk.faiss"
+    building = voxaug.cli.embed.build_speaker_index
+
+    def enrolled_meanwhile(*args, **kwargs):  # an `enroll` creates the index while embed is working
+        clips = sorted((tiny_synth / "unseen" / "enroll").iterdir())[0]
+        assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann", clips).exit_code == 0
+        return building(*args, **kwargs)
+
+    monkeypatch.setattr(voxaug.cli.embed, "build_speaker_index", enrolled_meanwhile)
+    before = index_bytes(index) if index.exists() else None
+    refused = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--index", index,
+                     "--backend", "center", "-q")
+    assert before is None and refused.exit_code == 2, refused.output
+    assert "an index is already there" in refused.output and "(nothing was written)" in refused.output
+    assert json.loads(sidecar_path(index).read_text())["labels"] == ["ann"]
+    assert not (tmp_path / "emb" / "embeddings.npy").exists() and not (tmp_path / "emb" / "items.csv").exists()

@@ -16,7 +16,7 @@ from voxaug.cli.main import app
 from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.backend import Cohort, ScoringBackend, as_norm
 from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far
-from voxaug.embeddings.index import SpeakerIndex, sidecar_path
+from voxaug.embeddings.index import SpeakerIndex, index_lock, sidecar_path
 from voxaug.embeddings.evaluation import LabelledEmbeddings, score_pairs
 from voxaug.embeddings.scoring import eer_and_min_dcf, sample_pairs
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
@@ -587,6 +587,24 @@ def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(c
     for key in ("verification", "verification_backend", "verification_asnorm"):
         assert {"eer", "min_dcf", "far_threshold", "eer_threshold"} <= set(report[key])
     assert "written to the index" in output and "impostors (never enrolled)" in output
+
+
+def test_calibrate_waits_lock_timeout_for_an_enrol_then_says_the_index_was_not_calibrated(calibrated, trained_run,
+                                                                                           tiny_synth, tmp_path):
+    _, calibrated_index, _ = calibrated
+    index = tmp_path / "copy.faiss"
+    shutil.copy(calibrated_index, index)
+    shutil.copy(sidecar_path(calibrated_index), sidecar_path(index))
+    before = sidecar_path(index).read_bytes()
+    args = ("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index", index,
+            "--calibrate", "--target-far", "0.2", "-q")
+    bad = invoke(*args, "--lock-timeout", "-1")
+    assert bad.exit_code == 2 and "lock" in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
+    with index_lock(index):  # an enrol holds the index
+        busy = invoke(*args, "--lock-timeout", "0.2")
+    assert busy.exit_code == 2 and "index is locked by another voxaug process (waited 0.2 s" in busy.output
+    assert f"the index was not calibrated (the report's figures are in {tmp_path / 'report' / 'report.json'})" \
+        in busy.output and sidecar_path(index).read_bytes() == before
 
 
 def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_synth):
