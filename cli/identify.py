@@ -28,7 +28,7 @@ def identify(
     index: Path = typer.Option(..., "--index", help="Speaker index written by embed or enroll."),
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the model the index's sidecar names."),
     model: Path = ModelOption,
-    top_k: int = typer.Option(5, "--top-k", help="How many speakers to list."),
+    top_k: int = typer.Option(5, "--top-k", help="Most speakers to list (a per-utterance index lists those among the max(k, 10) nearest utterances)."),
     threshold: float = typer.Option(None, "--threshold", help="Score under which the decision is 'unknown' (default: "
                                     "the one evaluate --calibrate stored in the index, else 0.5 cosine / 0 PLDA / 2.0 AS-norm)."),
     score_norm: str = typer.Option(None, "--score-norm", help="none (the back end's score: cosine, or PLDA) or asnorm; "
