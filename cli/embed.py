@@ -82,7 +82,7 @@ def embed(
     """
     from voxaug.checkpoint import load_model  # torch and the training stack load only when a command runs
     from voxaug.data.audio_store import open_dataset_store
-    from voxaug.data.sources import open_source
+    from voxaug.data.sources import open_source_for_model
     from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
     from voxaug.embeddings.extract import embed_store
     from voxaug.embeddings.identify import checkpoint_record
@@ -112,7 +112,7 @@ def embed(
     clean = False
     try:
         loaded = load_model(ckpt, context.device)
-        source = open_source(data, loaded.frontend)
+        source = open_source_for_model(data, loaded.frontend)
         if index is not None:
             check_training_speakers(data, source.speakers, loaded.speakers, OWN_SPEAKERS_ONLY)
         store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main,
@@ -145,7 +145,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     on the run's own training split, which the export records (its seed and validation fraction)."""
     from voxaug.api.model import SpeakerModel
     from voxaug.data.audio_store import open_dataset_store
-    from voxaug.data.sources import open_source
+    from voxaug.data.sources import open_source_for_model
     from voxaug.data.split import SPLIT_VERSION
     from voxaug.embeddings.embedders import refuse_audio_only
     from voxaug.embeddings.extract import embed_store_with_model
@@ -158,7 +158,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
         raise file_error(model_path, "this export does not record its run's training split, on which the index's "
                                      "back end is fitted; export it again, or pass --backend none")
     seed, val_fraction, split_version = split or (0, 0.0, SPLIT_VERSION)
-    source = open_source(data, FrontendConfig.from_dict(speaker_model.frontend))
+    source = open_source_for_model(data, FrontendConfig.from_dict(speaker_model.frontend))
     if index is not None:
         check_training_speakers(data, source.speakers, speaker_model.speakers, OWN_SPEAKERS_ONLY)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)

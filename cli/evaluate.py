@@ -52,7 +52,7 @@ def evaluate(
 ) -> None:
     """Closed-set accuracy (softmax, cosine centroid, k-NN), unseen-speaker accuracy, EER/minDCF, a 2-D map."""
     from voxaug.data.audio_store import open_dataset_store
-    from voxaug.data.sources import open_source
+    from voxaug.data.sources import open_source_for_model
     from voxaug.device import resolve_device
     from voxaug.embeddings.calibration import calibrate as calibrate_threshold
     from voxaug.embeddings.calibration import check_far, open_set_scores
@@ -100,7 +100,7 @@ def evaluate(
             except VoxaugError as exc:
                 raise file_error(index, str(exc)) from None
     check_speaker_folders(speaker_index, index, enroll, test, impostors)  # before anything is embedded
-    source = open_source(data, embedder.frontend)
+    source = open_source_for_model(data, embedder.frontend)
     check_training_speakers(data, source.speakers, embedder.speakers,
                             "evaluate scores the run's own validation split of its dataset")  # before featurising
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)

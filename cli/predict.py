@@ -26,7 +26,7 @@ def predict(
     """Classify every utterance of testdata.json, in its order, on whole utterances."""
     from voxaug.checkpoint import load_model
     from voxaug.data.audio_store import open_dataset_store
-    from voxaug.data.sources import HW4Source, open_source
+    from voxaug.data.sources import HW4Source, open_source_for_model
     from voxaug.device import resolve_device
     from voxaug.inference import run_model
 
@@ -34,7 +34,7 @@ def predict(
     output_file(out, "--out")
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
-    source = open_source(data, loaded.frontend, split="test")
+    source = open_source_for_model(data, loaded.frontend, split="test")
     if isinstance(source, HW4Source) and set(source.speakers) != set(loaded.speakers):  # names, in any order
         strangers = sorted(set(loaded.speakers) - set(source.speakers))
         raise file_error(data / "mapping.json", f"lists {len(source.speakers)} speakers, not the {len(loaded.speakers)} "

@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 from voxaug.data.audio_store import open_dataset_store  # noqa: E402
-from voxaug.data.sources import ClipFolderSource, load_clip, resolve_inside  # noqa: E402
+from voxaug.data.sources import ClipFolderSource, load_clip, refuse_features_for, resolve_inside  # noqa: E402
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
@@ -64,6 +64,7 @@ def knn_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings, k: int
 
 def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progress: bool) -> LabelledEmbeddings:
     source = ClipFolderSource(folder, embedder.frontend)
+    refuse_features_for(embedder.frontend, source)
     store, _ = open_dataset_store(source, cache_dir, progress=progress)
     embedded = embedder.embed_store(store, np.arange(len(store)), progress)
     return LabelledEmbeddings(embedded.embeddings, np.array([store.speakers[i] for i in store.labels]))
@@ -131,6 +132,9 @@ def score_trials(embedder: Embedder, trials: list[tuple[bool, Path, Path]], scor
     path): AS-norm leaves those speakers out of the cohort, which may hold the very clips; a clip it does not
     name is a voice of its own."""
     clips = sorted({p for _, a, b in trials for p in (a, b)})
+    for clip in clips:
+        if clip.suffix.lower() == ".pt":
+            embedder.frontend.refuse_feature_file(clip)
     embeddings = embedder.embed_features([load_clip(c, embedder.frontend) for c in clips])
     row = {clip: i for i, clip in enumerate(clips)}
     first = np.array([row[a] for _, a, _ in trials])

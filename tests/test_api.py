@@ -594,3 +594,23 @@ def test_an_export_that_takes_audio_enrols_and_identifies_folders_of_pt_and_wav_
     assert code == 0, output
     answers = [json.loads(line) for line in output.splitlines()]
     assert len(answers) == len(wavs(tiny_synth, "test", "new000")) and all(a["clip"].endswith(".wav") for a in answers)
+
+
+def test_a_model_trained_from_audio_at_other_settings_refuses_pt_features_it_would_misread(models, tiny_synth,
+                                                                                            tmp_path):
+    """`.pt` features are made with the default front end: an 8 kHz model ran on them with exit 0 and answered
+    wrongly. Its audio is read; a lone `.pt` clip or an HW4 folder is refused, naming the settings."""
+    state = load_checkpoint(models["ckpt"])
+    state["frontend"].update(sample_rate=8000, f_max=4000.0)  # as `voxaug train --sample-rate 8000` saves it
+    save_checkpoint(tmp_path / "8k.pt", state)
+    assert FrontendSettings(n_mels=64).audio_settings() == [], "n_mels comes with the features: not an audio setting"
+    code, output = invoke("predict", tiny_synth, "--ckpt", tmp_path / "8k.pt", "--out", tmp_path / "p.csv")
+    one_line_error(code, output, "made with the default front end", "(f_max, sample_rate)", ".pt clips)")
+    code, output = invoke("embed", tiny_synth, "--ckpt", tmp_path / "8k.pt", "--out", tmp_path / "emb")
+    one_line_error(code, output, "give the clip's audio")
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "emb").exists()
+    model = voxaug.SpeakerModel.load(tmp_path / "8k.pt")
+    feature_clip = sorted((tiny_synth / "unseen" / "test").rglob("*.pt"))[0]
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(feature_clip))}: log-mel features \(\.pt\)"):
+        model.embed(feature_clip)
+    assert model.embed(feature_clip.with_suffix(".wav")).shape == (model.embedding_dim,)

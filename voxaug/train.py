@@ -514,8 +514,7 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
 def audio_settings(frontend: FrontendConfig, n_mels: int) -> list[str]:
     """Front-end settings other than n_mels that differ from the defaults: they shape audio into features, so on a
     set of features they would change nothing in training and still be recorded as the model's."""
-    given, features = frontend.to_dict(), FrontendConfig(n_mels=n_mels).to_dict()
-    return sorted(key for key in given if given[key] != features[key])
+    return sorted(frontend.audio_settings() + (["n_mels"] if frontend.n_mels != n_mels else []))
 
 
 def _trace_steps() -> int:

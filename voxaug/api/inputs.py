@@ -16,7 +16,7 @@ import numpy as np
 from voxaug.clips import FEATURE_SUFFIX
 from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.frontend import (
-    AUDIO_SUFFIXES, check_audio_rate, check_resampling, feature_values_problem, read_audio, resample,
+    AUDIO_SUFFIXES, FrontendSettings, check_audio_rate, check_resampling, feature_values_problem, read_audio, resample,
 )
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
@@ -82,14 +82,16 @@ def read_feature_file(path: Path, n_mels: int) -> np.ndarray:
     return load_feature_file(path, n_mels).numpy()
 
 
-def to_clip(x: ClipInput, sample_rate: int | None, model_rate: int, n_mels: int, name: str | None = None) -> Clip:
+def to_clip(x: ClipInput, sample_rate: int | None, frontend: FrontendSettings, name: str | None = None) -> Clip:
     """Sort ``x`` into a waveform or features; a file is read (audio with the numpy reader, at the model's rate)."""
+    model_rate, n_mels = frontend.sample_rate, frontend.n_mels
     if isinstance(x, (str, os.PathLike)):  # a Path, a PurePath, an os.DirEntry from os.scandir
         path = Path(os.fsdecode(x))
         suffix = path.suffix.lower()
         if suffix in AUDIO_SUFFIXES:
             return Clip(str(path), waveform=read_audio(path, model_rate))
         if suffix == FEATURE_SUFFIX:
+            frontend.refuse_feature_file(path)
             return Clip(str(path), features=read_feature_file(path, n_mels))
         raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
     name = name or "clip"

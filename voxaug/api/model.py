@@ -104,8 +104,7 @@ class SpeakerModel:
     def embed_with_probabilities(self, x: ClipInput, sample_rate: int | None = None,
                                  name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Unit embedding (D,) and softmax probabilities over ``speakers`` (S,) of one clip."""
-        settings = self.engine.frontend
-        clip = to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, name)
+        clip = to_clip(x, sample_rate, self.engine.frontend, name)
         return self.engine.run(clip)
 
     def embed_many(self, clips: list[ClipInput], sample_rate: int | None = None, name: str = "clip",
@@ -113,9 +112,8 @@ class SpeakerModel:
         """Unit-norm float32 embeddings (N, D) of several clip files, feature arrays or waveforms (arrays are
         waveforms at ``sample_rate`` when it is given), batched where it helps. Errors label arrays ``<name> <i>``,
         ``i`` their position in ``clips`` or, given, in ``positions`` (the caller's numbering)."""
-        settings = self.engine.frontend
         positions = list(range(len(clips))) if positions is None else positions
-        return self.engine.run_many([to_clip(x, sample_rate, settings.sample_rate, settings.n_mels, f"{name} {i}")
+        return self.engine.run_many([to_clip(x, sample_rate, self.engine.frontend, f"{name} {i}")
                                      for i, x in zip(positions, clips)])
 
     def embed(self, x: ClipInput, sample_rate: int | None = None) -> np.ndarray:

@@ -214,6 +214,22 @@ def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
     raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
 
 
+def refuse_features_for(frontend: FrontendConfig, source: DatasetSource) -> None:
+    """Refuse a dataset with `.pt` clips (that have no audio twin) for a model trained from audio with front-end
+    settings other than the defaults, which made those features: it would run, and answer wrongly."""
+    features = [u.path for u in source.utterances if u.path.suffix.lower() == FEATURE_SUFFIX]
+    if features:
+        frontend.refuse_feature_file(features[0] if len(features) == 1
+                                     else f"{features[0]} (and {len(features) - 1} more .pt clips)")
+
+
+def open_source_for_model(path: str | Path, frontend: FrontendConfig, split: str = "train") -> DatasetSource:
+    """:func:`open_source` for a trained model's inference (not its training, which refuses such data itself)."""
+    source = open_source(path, frontend, split)
+    refuse_features_for(frontend, source)
+    return source
+
+
 def open_source(path: str | Path, frontend: FrontendConfig | None = None, split: str = "train") -> DatasetSource:
     """Pick the source for ``path``: the HW4 layout when it has mapping.json, else a clip folder.
 

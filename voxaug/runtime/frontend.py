@@ -64,6 +64,19 @@ class FrontendSettings:
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise VoxaugError(f"front end: need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
 
+    def audio_settings(self) -> list[str]:
+        """The settings other than n_mels that differ from the defaults. They shape audio into features, so a
+        model trained with any of them cannot use `.pt` features, which are made with the defaults."""
+        given, usual = asdict(self), asdict(FrontendSettings(n_mels=self.n_mels))
+        return sorted(key for key in given if given[key] != usual[key])
+
+    def refuse_feature_file(self, path: str | Path) -> None:
+        """Refuse a `.pt` clip for a model whose front end has :meth:`audio_settings`, naming them."""
+        if self.audio_settings():
+            raise file_error(path, f"log-mel features (.pt) are made with the default front end, and this model was "
+                                   f"trained from audio with other settings ({', '.join(self.audio_settings())}); "
+                                   "give the clip's audio (.wav or .flac)")
+
     @property
     def is_default(self) -> bool:
         """Whether these are the settings `voxaug synth`'s `.pt` features are made with: only then does a clip's
