@@ -4,6 +4,7 @@ of workers and across a resume, refused on precomputed features, never applied o
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,20 @@ def test_wave_is_refused_on_precomputed_features(corpus, tmp_path):
         with pytest.raises(VoxaugError, match="wave needs an audio source"):
             Trainer(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, workers=0)
     assert not (tmp_path / "cache").exists(), "refused before any featurising"
+
+
+def test_wave_reads_the_audio_twins_of_a_folder_that_has_both(corpus, tmp_path):
+    """`voxaug synth --wav` writes each clip's `.pt` beside its `.wav`: `wave` augments the audio, so it reads it."""
+    twins = tmp_path / "twins"
+    shutil.copytree(corpus / "wav", twins)
+    for clip in twins.rglob("*.wav"):
+        torch.save(load_clip(clip, FrontendConfig()), clip.with_suffix(".pt"))
+    config = tiny_config(augment={"names": ["wave", "specaug"]})
+    trainer = Trainer(config, twins, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, workers=0)
+    assert isinstance(trainer.sampler, WaveBatchSource) and all(key.endswith(".wav") for key in trainer.store.keys)
+    plain = Trainer(tiny_config(augment={"names": ["specaug"]}), twins, tmp_path / "plain", cache_dir=tmp_path / "cache",
+                    progress=False, workers=0)
+    assert all(key.endswith(".pt") for key in plain.store.keys), "without `wave` the features are read as before"
 
 
 def _batches(source: WaveBatchSource, count: int) -> list[torch.Tensor]:

@@ -139,12 +139,12 @@ class Trainer:
 
         self.resuming = resume
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
-        source = open_source(self.data, frontend)
+        wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
+        source = open_source(self.data, frontend, prefer_audio=wave is not None)  # `wave` augments the audio twins
         features = frontend is not None and not all(map(is_audio, source.utterances))  # a .pt without an audio twin
         self.audio_settings_on_features = audio_settings(frontend, source.n_mels) if features else []
         main_only(self.dist, lambda: self._refuse_before_reading(source.n_mels, resume))  # rank 0 says why
         self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
-        wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
         if wave is not None:
             require_audio(source)  # before any featurising: `wave` needs waveforms
         self.store, self.skipped_files = main_first(  # rank 0 packs the store; the others then open it

@@ -165,10 +165,12 @@ class HW4Source:
 class ClipFolderSource:
     """``ROOT/<speaker>/**/*.{pt,wav,flac}``: feature tensors or audio, featurised by ``frontend``.
 
-    The speaker is the first folder level and the group (video) the second, as in VoxCeleb.
+    The speaker is the first folder level and the group (video) the second, as in VoxCeleb. Of a clip's `.pt` and
+    audio twins the audio is read with ``prefer_audio`` (for the ``wave`` augmentation) or a front end other than
+    the default one, which made the `.pt`.
     """
 
-    def __init__(self, root: str | Path, frontend: FrontendConfig = FrontendConfig()) -> None:
+    def __init__(self, root: str | Path, frontend: FrontendConfig = FrontendConfig(), prefer_audio: bool = False) -> None:
         self.root = Path(root)
         self.frontend = frontend
         self.n_mels = frontend.n_mels
@@ -179,7 +181,7 @@ class ClipFolderSource:
         utterances = []
         first_seen: dict[tuple[int, int], Path] = {}  # a clip's file by device and inode: a link can list it twice
         for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in one_file_per_clip(speaker_dir, suffixes, audio_first=not frontend.is_default):
+            for path in one_file_per_clip(speaker_dir, suffixes, audio_first=prefer_audio or not frontend.is_default):
                 info = path.stat()
                 earlier = first_seen.setdefault((info.st_dev, info.st_ino), path)
                 if earlier != path:
@@ -230,7 +232,8 @@ def open_source_for_model(path: str | Path, frontend: FrontendConfig, split: str
     return source
 
 
-def open_source(path: str | Path, frontend: FrontendConfig | None = None, split: str = "train") -> DatasetSource:
+def open_source(path: str | Path, frontend: FrontendConfig | None = None, split: str = "train",
+                prefer_audio: bool = False) -> DatasetSource:
     """Pick the source for ``path``: the HW4 layout when it has mapping.json, else a clip folder.
 
     ``frontend`` is the checkpoint's when there is one; an HW4 set must then have the same n_mels.
@@ -250,4 +253,4 @@ def open_source(path: str | Path, frontend: FrontendConfig | None = None, split:
         if (path / listing).exists():
             raise file_error(path / "mapping.json", f"not found, but {listing} is there: the HW4 layout needs "
                                                     "mapping.json for its speaker ids")
-    return ClipFolderSource(path, frontend or FrontendConfig())
+    return ClipFolderSource(path, frontend or FrontendConfig(), prefer_audio)
