@@ -20,7 +20,7 @@ from voxaug.checkpoint import load_checkpoint
 from voxaug.data.validate import check_features
 from voxaug.errors import VoxaugError
 from voxaug.embeddings.index import PENDING_SUFFIX, SpeakerIndex, index_lock
-from voxaug.safeio import TMP_SUFFIX, atomic_output, atomic_write_bytes, read_json, safe_torch_load
+from voxaug.safeio import TMP_SUFFIX, atomic_output, atomic_write_bytes, exclusive_lock, read_json, safe_torch_load
 
 TINY_ARGS = ["--d-model", "32", "--heads", "2", "--layers", "1", "--embedding-dim", "32", "--batch", "16",
              "--segment", "64", "--device", "cpu", "--seed", "0", "-q"]
@@ -220,6 +220,34 @@ def test_a_sidecar_naming_one_speaker_twice_is_refused(tmp_path):
     (tmp_path / "spk.faiss.json").write_text(json.dumps(sidecar))
     with pytest.raises(VoxaugError, match=r"spk.faiss.json: .*'alice'.* more than once"):
         SpeakerIndex.load(path)
+
+
+def test_a_forked_worker_does_not_keep_the_lock_of_a_process_that_was_killed(tmp_path):
+    """A training's data-loader workers are forked while it holds its run folder's lock: one that outlived a kill
+    held the lock for seconds, and a resume right after the kill was refused."""
+    script = f"""
+import os, signal, time
+from pathlib import Path
+from voxaug.safeio import exclusive_lock
+with exclusive_lock(Path({str(tmp_path / 'run.lock')!r}), 0.0, lambda: RuntimeError('busy')):
+    worker = os.fork()
+    if worker == 0:  # a worker, still busy when its parent dies; its output goes nowhere, so it cannot hold ours
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        time.sleep(30)
+        os._exit(0)
+    print(worker, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    worker = int(parent.stdout)
+    try:
+        assert parent.returncode == -signal.SIGKILL and os.kill(worker, 0) is None, "the worker outlives its parent"
+        with exclusive_lock(tmp_path / "run.lock", 1.0, lambda: AssertionError("the orphaned worker holds the lock")):
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
 
 
 def test_writes_go_through_symbolic_links_and_two_links_share_one_lock(tmp_path):

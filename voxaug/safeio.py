@@ -253,6 +253,21 @@ def sha256_file(path: str | Path) -> str:
 LOCK_POLL_S = 0.05
 
 
+_HELD_LOCKS: set[int] = set()
+"""Descriptors of the locks this process holds, which a forked child must not keep."""
+
+
+def _drop_held_locks_in_child() -> None:
+    """A forked child (a data-loader worker) shares its parent's lock descriptors, and with them the ``flock``: a
+    worker outliving a killed training held its run folder's lock, and a resume right after the kill was refused."""
+    for fd in _HELD_LOCKS:
+        os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 @contextmanager
 def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Exception]) -> Iterator[None]:
     """``flock`` on ``lock_path``, waiting up to ``timeout_s`` (then ``busy()`` is raised); the holder removes the
@@ -274,11 +289,15 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
         if _same_file(fd, lock_path):
             break
         os.close(fd)
+    holder = os.getpid()
+    _HELD_LOCKS.add(fd)
     try:
         yield
     finally:
-        lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
-        os.close(fd)
+        if os.getpid() == holder:  # not in a forked child, which has let go of the lock already
+            _HELD_LOCKS.discard(fd)
+            lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
+            os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:
