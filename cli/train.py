@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from voxaug.cli.common import CacheOption, QuietOption, clean_errors
+from voxaug.cli.common import CacheOption, QuietOption, clean_errors, output_folder
 from voxaug.errors import VoxaugError, file_error
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ def train(
 
     if workers is not None and workers < 0:  # on a set of features no worker starts, but the value is still wrong
         raise VoxaugError(f"--workers must be >= 0, got {workers}")
+    output_folder(out, "--out")  # before minutes of featurising
     augment_names = parse_names(augment) if augment is not None else None
     overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
                      margin_warmup=margin_warmup, segment=segment, eval_every=eval_every,

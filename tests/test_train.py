@@ -431,3 +431,17 @@ def test_a_feature_run_that_recorded_front_end_settings_before_they_were_refused
     with pytest.raises(VoxaugError, match=r"front-end settings \(f_max, sample_rate\) do not change"):
         Trainer(config, tiny_synth, tmp_path / "new", progress=False).fit()
     assert not (tmp_path / "new").exists()
+
+
+def test_an_out_that_is_a_file_or_under_one_is_refused_before_the_data_is_read(tiny_synth, tmp_path):
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    (tmp_path / "afile").write_text("not a folder")
+    for out, problem in ((tmp_path / "afile", "--out is an existing file; expected a folder"),
+                         (tmp_path / "afile" / "run", "is a file, not a folder")):
+        result = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(out), "--steps", "2",
+                                          "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+        assert result.exit_code == 2 and result.output.count("\n") == 1 and problem in result.output, result.output
+    assert not (tmp_path / "cache").exists(), "refused before any featurising"
