@@ -109,3 +109,17 @@ def test_plot_refuses_a_metrics_line_that_is_json_but_not_a_metrics_row(tmp_path
     run = _fake_run(tmp_path / "run", [{"step": 0, "train_acc": 0.1, "val_acc": None}, row])
     refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
     assert refused.exit_code == 2 and f"{run / 'metrics.jsonl'}: line 2: not a metrics row" in output_of(refused)
+
+
+def test_plot_leaves_out_a_last_line_cut_short_by_a_kill_and_refuses_one_elsewhere(tmp_path):
+    rows = [{"step": s, "train_acc": 0.5, "val_acc": 0.4} for s in (10, 20)]
+    run = _fake_run(tmp_path / "run", rows)
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"step": 30, "train_a')  # a training killed while appending its next row
+    done = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
+    assert done.exit_code == 0 and (tmp_path / "curves.png").stat().st_size > 0, output_of(done)
+    assert f"warning: {run / 'metrics.jsonl'}: line 3 is cut short (a killed run); left out" in done.stderr
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write("\n" + json.dumps(rows[0]) + "\n")  # the cut line is now in the middle: damage, not a kill
+    refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
+    assert refused.exit_code == 2 and "line 3 is not JSON" in output_of(refused)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,17 +16,23 @@ from voxaug.safeio import atomic_output  # noqa: E402
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The evaluations logged in ``RUN/metrics.jsonl``, one dict per line."""
+    """The evaluations logged in ``RUN/metrics.jsonl``, one dict per line. A last line cut short (a training killed
+    while appending it, which ``--resume`` drops) is left out with a warning."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise file_error(path, "metrics log not found (is this a voxaug run folder?)")
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                print(f"warning: {path}: line {number} is cut short (a killed run); left out", file=sys.stderr)
+                break
             raise file_error(path, f"line {number} is not JSON ({exc.msg})") from exc
         if not (isinstance(row, dict) and all(_is_number(row.get(key)) for key in ("step", "train_acc"))
                 and (row.get("val_acc") is None or _is_number(row["val_acc"]))):
@@ -66,9 +73,9 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
         raise VoxaugError(f"--labels: got {len(labels)} labels for {len(run_dirs)} runs")
     image_format = figure_format(out)
     labels = labels or run_labels(run_dirs)
+    runs = [read_metrics(run_dir) for run_dir in run_dirs]  # before a figure is opened: a bad log leaves none open
     figure, (accuracy_axis, gap_axis) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    for number, run_dir in enumerate(run_dirs):
-        rows = read_metrics(run_dir)
+    for number, rows in enumerate(runs):
         colour = f"C{number % 10}"
         steps = [r["step"] for r in rows]
         accuracy_axis.plot(steps, [r["train_acc"] for r in rows], color=colour, marker=".", label=f"{labels[number]} train")
