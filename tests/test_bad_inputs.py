@@ -289,6 +289,8 @@ CASES: dict[str, Case] = {
     "train: --sample-rate on a folder of .pt clips": (
         lambda w: train(w, pt_clips_only(w), "--sample-rate", "8000"),
         ("pt-only", "front-end settings (f_max, sample_rate) do not change")),
+    "train: --n-mels other than the features'": (lambda w: train(w, w.data, "--n-mels", "80"),
+                                                  ("metadata.json", "n_mels is 40, but the front end has 80")),
     "train: --segment past any length": (lambda w: train(w, w.data, "--segment", "99999999999999999999"),
                                          ("--segment", "[1, 2147483647]")),
     "train: --specaug-time past any length": (lambda w: train(w, w.data, "--augment", "specaug", "--specaug-time", "1e20"),

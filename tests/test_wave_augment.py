@@ -62,6 +62,7 @@ def test_wave_is_accepted_by_augment_and_composes_with_feature_augmentations():
 
 @pytest.mark.parametrize("params, needle", [
     ({"noise_p": 1.5}, "noise-p"),
+    ({"snr_p": 2.0}, "--wave-snr-p"),
     ({"min_gain_db": 6.0, "max_gain_db": -6.0}, "gain"),
     ({"noise_dir": "/no/such/noise"}, "--noise-dir: folder not found"),
     ({"rir_dir": "EMPTY"}, "--rir-dir: holds no audio"),

@@ -50,7 +50,7 @@ class Reverb(BatchAugmentation):
 
     def __init__(self, p: float = 0.5, min_rt60: float = 0.2, max_rt60: float = 0.8, min_drr_db: float = -3.0,
                  max_drr_db: float = 12.0, hop_ms: float = 10.0) -> None:
-        check_probability("reverb p", p)
+        check_probability("--reverb-p (reverb p)", p)
         check_range("reverb min_rt60/max_rt60 (seconds)", min_rt60, max_rt60, 0.01, 5.0)
         check_range("reverb min_drr_db/max_drr_db", min_drr_db, max_drr_db, -40.0, 60.0)
         if isinstance(hop_ms, bool) or not isinstance(hop_ms, (int, float)) or not 0 < hop_ms <= 100:

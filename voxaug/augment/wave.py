@@ -102,8 +102,8 @@ class WaveAugmentation(BatchAugmentation):
         rir_dir: str | None = None,
         rir_p: float = 0.5,
     ) -> None:
-        for label, value in (("wave snr_p", snr_p), ("wave gain_p", gain_p), ("--noise-p (wave noise_p)", noise_p),
-                             ("--rir-p (wave rir_p)", rir_p)):
+        for label, value in (("--wave-snr-p (wave snr_p)", snr_p), ("--wave-gain-p (wave gain_p)", gain_p),
+                             ("--noise-p (wave noise_p)", noise_p), ("--rir-p (wave rir_p)", rir_p)):
             check_probability(label, value)
         check_range("wave min_snr_db/max_snr_db", min_snr_db, max_snr_db, -200.0, 200.0)
         check_range("wave min_gain_db/max_gain_db", min_gain_db, max_gain_db, -200.0, 200.0)

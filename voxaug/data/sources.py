@@ -247,7 +247,8 @@ def open_source(path: str | Path, frontend: FrontendConfig | None = None, split:
         source = HW4Source(path, split)
         if frontend is not None and source.n_mels != frontend.n_mels:
             raise file_error(path / ("metadata.json" if split == "train" else "testdata.json"),
-                             f"n_mels is {source.n_mels} but the model expects {frontend.n_mels}")
+                             f"n_mels is {source.n_mels}, but the front end has {frontend.n_mels} (the model's, or "
+                             "training's --n-mels or [frontend] n_mels)")
         return source
     for listing in ("metadata.json", "testdata.json"):
         if (path / listing).exists():
