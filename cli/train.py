@@ -142,6 +142,8 @@ def train(
                           f"add {add} (e.g. --augment wave,specaug)")
     check_values(resolved)  # every value and strength, before any warning about them and before reading data
     _refuse_options_of_unnamed(augment_overrides, resolve_names(resolved.augment))
+    if saved is None:
+        _refuse_conformer_options_on_the_baseline(resolved)
     if resolved.warmup >= resolved.steps:
         typer.echo(f"warning: --warmup {resolved.warmup} is not below --steps {resolved.steps}: the learning rate "
                    "never reaches its cosine decay (lower --warmup)", err=True)
@@ -226,6 +228,24 @@ def _refuse_options_of_unnamed(augment_overrides: dict, named: list[str]) -> Non
             given = ", ".join(sorted(_option_name(f"augment.{table}.{key}") for key in values))
             raise VoxaugError(f"{given}: sets the '{table}' augmentation, which --augment does not name "
                               f"({', '.join(named) or 'none'}); add {table} to --augment or leave the option out")
+
+
+def _refuse_conformer_options_on_the_baseline(resolved: TrainConfig) -> None:
+    """The transformer + mean-pooling baseline has a plain softmax head and no convolution: AM-Softmax's scale,
+    margin and margin warm-up and the kernel size would be recorded as the run's and change nothing."""
+    from voxaug.config import TrainConfig
+    from voxaug.model import ModelConfig
+
+    if resolved.model.kind != "transformer-mean":
+        return
+    usual_model, usual = ModelConfig(), TrainConfig()
+    unused = [_option_name(f"model.{key}") for key in ("scale", "margin", "kernel_size")
+              if getattr(resolved.model, key) != getattr(usual_model, key)]
+    if resolved.margin_warmup != usual.margin_warmup:
+        unused.append(_option_name("margin_warmup"))
+    if unused:
+        raise VoxaugError(f"{', '.join(unused)}: the transformer-mean baseline has a plain softmax head and no "
+                          "convolution, so these change nothing; drop them or train the conformer")
 
 
 def _option_name(setting: str) -> str:

@@ -445,3 +445,16 @@ def test_an_out_that_is_a_file_or_under_one_is_refused_before_the_data_is_read(t
                                           "--cache-dir", str(tmp_path / "cache"), "--quiet"])
         assert result.exit_code == 2 and result.output.count("\n") == 1 and problem in result.output, result.output
     assert not (tmp_path / "cache").exists(), "refused before any featurising"
+
+
+def test_conformer_options_on_the_baseline_are_refused_by_name(tiny_synth, tmp_path):
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    for extra, named in ((["--margin", "0.3"], "--margin"), (["--scale", "20", "--margin-warmup", "5"], "--scale, --margin-warmup")):
+        result = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "run"), "--preset", "baseline",
+                                          *extra, "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+        assert result.exit_code == 2 and result.output.startswith(f"error: {named}: the transformer-mean baseline"), \
+            result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
