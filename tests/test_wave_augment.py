@@ -214,3 +214,14 @@ def test_train_cli_refuses_wave_options_without_wave(corpus, tmp_path):
     result = runner.invoke(app, ["train", str(corpus / "wav"), "--out", str(tmp_path / "run"), "--augment", "specaug",
                                  "--noise-dir", str(corpus / "noise")])
     assert result.exit_code == 2 and "--noise-dir" in result.output and "wave" in result.output
+
+
+def test_a_toml_files_relative_noise_folder_is_recorded_absolute_as_the_command_lines_is(corpus, tmp_path,
+                                                                                          monkeypatch):
+    from voxaug.config import resolve_config
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "noise"\nrir_dir = "rir"\n')
+    monkeypatch.chdir(corpus)
+    wave = resolve_config(toml_path=toml).augment["wave"]
+    assert wave["noise_dir"] == str(corpus.resolve() / "noise") and wave["rir_dir"] == str(corpus.resolve() / "rir")

@@ -228,6 +228,7 @@ def resolve_config(
     base_values = base.to_dict() if base else create_config(preset).to_dict()
     base_tables = {table: base_values.pop(table) for table in ("model", "augment", "frontend")}
     file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}
+    _absolute_folders(file_tables["augment"])
     model_values = {**base_tables["model"], **file_tables["model"], **(model_overrides or {})}
     augment_values = _merge_tables(base_tables["augment"], file_tables["augment"], augment_overrides or {})
     frontend_values = with_rate_implications(base_tables["frontend"], file_tables["frontend"], frontend_overrides or {})
@@ -259,6 +260,16 @@ def resolve_config(
             "frontend": with_rate_implications(base_tables["frontend"], file_tables["frontend"])})
         _name_the_file_in_errors(config, file_only, toml_path)
     return config
+
+
+def _absolute_folders(augment: dict) -> None:
+    """A TOML file's noise and RIR folders, made absolute against the working directory as the command line's are:
+    the run records them, and a --resume from another directory must find the same folders."""
+    for table in augment.values():
+        if isinstance(table, dict):
+            for key in ("noise_dir", "rir_dir"):
+                if isinstance(table.get(key), str) and table[key]:
+                    table[key] = str(Path(table[key]).resolve())
 
 
 def check_values(config: TrainConfig) -> None:
