@@ -4,6 +4,7 @@ of workers and across a resume, refused on precomputed features, never applied o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -216,12 +217,17 @@ def test_train_cli_refuses_wave_options_without_wave(corpus, tmp_path):
     assert result.exit_code == 2 and "--noise-dir" in result.output and "wave" in result.output
 
 
-def test_a_toml_files_relative_noise_folder_is_recorded_absolute_as_the_command_lines_is(corpus, tmp_path,
+def test_a_toml_files_relative_noise_folder_is_recorded_absolute_against_the_files_folder(corpus, tmp_path,
                                                                                           monkeypatch):
+    """The run records the folder: a --resume with the same file from another working directory finds it."""
     from voxaug.config import resolve_config
 
-    toml = tmp_path / "run.toml"
-    toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "noise"\nrir_dir = "rir"\n')
-    monkeypatch.chdir(corpus)
-    wave = resolve_config(toml_path=toml).augment["wave"]
-    assert wave["noise_dir"] == str(corpus.resolve() / "noise") and wave["rir_dir"] == str(corpus.resolve() / "rir")
+    toml = tmp_path / "configs" / "run.toml"
+    toml.parent.mkdir()
+    (tmp_path / "noise").symlink_to(corpus / "noise")
+    toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "../noise"\nrir_dir = "%s"\n'
+                    % os.path.relpath(corpus / "rir", toml.parent))
+    for working in (corpus, tmp_path):
+        monkeypatch.chdir(working)
+        wave = resolve_config(toml_path=toml).augment["wave"]
+        assert wave["noise_dir"] == str((corpus / "noise").resolve()) and wave["rir_dir"] == str((corpus / "rir").resolve())
