@@ -210,11 +210,16 @@ def _refuse_changes_on_resume(saved: TrainConfig, given: TrainConfig, config_jso
     differs from ``config_json`` is refused, naming it; --steps and --device may change."""
     from voxaug.augment.pipeline import resolve_names
     from voxaug.config import changed_settings
+    from voxaug.features import FrontendConfig
 
     if "names" in saved.augment and "names" in given.augment and \
             sorted(resolve_names(saved.augment)) == sorted(resolve_names(given.augment)):
         given.augment["names"] = list(saved.augment["names"])  # applied in a fixed order whatever the spelling
-    changed = [name for name in changed_settings(saved.to_dict(), given.to_dict()) if name not in ("steps", "device")]
+    before, after = saved.to_dict(), given.to_dict()
+    if before["frontend"] or after["frontend"]:  # a setting given as its default value changes nothing
+        before["frontend"], after["frontend"] = (FrontendConfig.from_dict({"n_mels": before["model"]["n_mels"], **side}).to_dict()
+                                                 for side in (before["frontend"], after["frontend"]))
+    changed = [name for name in changed_settings(before, after) if name not in ("steps", "device")]
     if changed:
         raise file_error(config_json, f"--resume cannot change {', '.join(map(_option_name, changed))}: the run was "
                                       "trained with the values in this file (only --steps and --device may change; "

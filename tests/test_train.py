@@ -458,3 +458,19 @@ def test_conformer_options_on_the_baseline_are_refused_by_name(tiny_synth, tmp_p
         assert result.exit_code == 2 and result.output.startswith(f"error: {named}: the transformer-mean baseline"), \
             result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_resume_accepts_a_front_end_option_given_at_its_default_value(tiny_synth, tmp_path):
+    """--sample-rate 16000 on a run trained at the default rate changes nothing, so it is not a change."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    command = ["train", str(tiny_synth), "--out", str(tmp_path / "run"), "--eval-every", "2", "--batch", "8",
+               "--segment", "32", "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32",
+               "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert CliRunner().invoke(app, [*command, "--steps", "2"]).exit_code == 0
+    same = CliRunner().invoke(app, [*command, "--steps", "4", "--resume", "--sample-rate", "16000"])
+    assert same.exit_code == 0, same.output
+    other = CliRunner().invoke(app, [*command, "--steps", "6", "--resume", "--sample-rate", "8000"])
+    assert other.exit_code == 2 and "--resume cannot change" in other.output and "--sample-rate" in other.output
