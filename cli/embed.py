@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -35,8 +36,8 @@ OWN_SPEAKERS_ONLY = ("embed --index indexes the run's own training speakers (its
 
 def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speakers: list[str | None]) -> None:
     """``out/embeddings.npy`` (N, E) float32 and ``out/items.csv`` (row, path, speaker), each atomically. Both are
-    written in full before either is renamed into place, so a kill leaves a mismatched pair only between the two
-    renames, not while a large CSV is being written."""
+    written and synced in full before either is renamed into place, so a kill leaves a mismatched pair only in the
+    moment between the two renames, not while a large file is being written."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["row", "path", "speaker"])
@@ -45,6 +46,9 @@ def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speaker
     with atomic_output(out / "items.csv", "wb") as items, atomic_output(out / "embeddings.npy", "wb") as array:
         items.write(buffer.getvalue().encode("utf-8", errors="surrogateescape"))  # a file name's own bytes
         np.save(array, embeddings.astype(np.float32), allow_pickle=False)
+        for handle in (items, array):
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 @clean_errors

@@ -73,14 +73,14 @@ def enroll(
         added = {name: len(clips) - speaker_index.skipped[name] for name, clips in enrolments.items()}
         grown = sum(count > 0 for count in added.values())
         typer.echo(f"enrolled {counted(grown, 'speaker')} from {counted(sum(added.values()), 'clip')}"
-                   f"{skipped_note(skipped)}; {len(speaker_index.speakers)} speakers in {index}")
+                   f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}")
         warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
         return
     enrolment = expand_clips(clips, audio_first)
     count = speaker_index.enroll(speaker, enrolment, append, lock_timeout)
     skipped = speaker_index.skipped[speaker]
     typer.echo(f"enrolled {speaker} from {counted(len(enrolment) - skipped, 'clip')} ({count} in all){skipped_note(skipped)}; "
-               f"{len(speaker_index.speakers)} speakers in {index}")
+               f"{counted(len(speaker_index.speakers), 'speaker')} in {index}")
     if append and count == len(enrolment) - skipped:  # all its clips are these: it was not enrolled before
         typer.echo(f"warning: {speaker} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
                    f"name? remove it with --remove {speaker!r})", err=True)

@@ -16,12 +16,10 @@ def plot(
     labels: str = typer.Option(None, "--labels", help="Comma list of legend names, one per run (default: folder names)."),
 ) -> None:
     """Overlay runs: clean train accuracy (solid) against validation accuracy (dashed), and the gap between them."""
-    from voxaug.plot import plot_runs, read_metrics
+    from voxaug.plot import plot_runs
 
     names = [label.strip() for label in labels.split(",")] if labels is not None else None
-    plot_runs(runs, out, names)
-    for run in runs:
-        rows = read_metrics(run)
+    for run, rows in zip(runs, plot_runs(runs, out, names)):
         last = rows[-1] if rows else {}
         if last.get("val_acc") is not None:
             typer.echo(f"{run}: step {last['step']} train {last['train_acc']:.3f} val {last['val_acc']:.3f} "

@@ -104,7 +104,7 @@ def train(
     only rank 0 writes RUN.
     """
     from voxaug.augment.pipeline import parse_names, resolve_names
-    from voxaug.config import check_values, resolve_config
+    from voxaug.config import absolute_folders, check_values, resolve_config
     from voxaug.distributed import RankFailed, init_distributed, shutdown
     from voxaug.train import Trainer
 
@@ -122,6 +122,8 @@ def train(
                                            channel_db, reverb_p)
     settings_file = out / "config.json" if (out / "config.json").exists() else out / "last.pt"
     saved = Trainer.config_from_run(out) if resume and settings_file.exists() else None
+    if saved is not None:  # a run made before folders were recorded absolute read them against the working directory
+        absolute_folders(saved.augment, Path.cwd())
     noise_given = _noise_folder_overrides(augment_names, preset, config, noise_dir, noise_p, saved)
     if noise_given:
         augment_overrides["noise"] = noise_given
@@ -237,17 +239,17 @@ def _refuse_options_of_unnamed(augment_overrides: dict, named: list[str]) -> Non
 
 def _refuse_conformer_options_on_the_baseline(resolved: TrainConfig) -> None:
     """The transformer + mean-pooling baseline has a plain softmax head and no convolution: AM-Softmax's scale,
-    margin and margin warm-up and the kernel size would be recorded as the run's and change nothing."""
-    from voxaug.config import TrainConfig
-    from voxaug.model import ModelConfig
+    margin and margin warm-up and the kernel size, set away from the preset's values, would be recorded as the
+    run's and change nothing."""
+    from voxaug.config import create_config
 
     if resolved.model.kind != "transformer-mean":
         return
-    usual_model, usual = ModelConfig(), TrainConfig()
-    unused = [_option_name(f"model.{key}") for key in ("scale", "margin", "kernel_size")
-              if getattr(resolved.model, key) != getattr(usual_model, key)]
-    if resolved.margin_warmup != usual.margin_warmup:
-        unused.append(_option_name("margin_warmup"))
+    preset = create_config(resolved.preset)
+    names = {"scale": "--scale", "margin": "--margin", "kernel_size": "[model] kernel_size"}
+    unused = [name for key, name in names.items() if getattr(resolved.model, key) != getattr(preset.model, key)]
+    if resolved.margin_warmup != preset.margin_warmup:
+        unused.append("--margin-warmup")
     if unused:
         raise VoxaugError(f"{', '.join(unused)}: the transformer-mean baseline has a plain softmax head and no "
                           "convolution, so these change nothing; drop them or train the conformer")

@@ -260,7 +260,7 @@ def test_acoustic_augmentations_resume_exactly(tiny_synth, tmp_path, monkeypatch
     "arguments, needle",
     [
         (["--augment", "channel", "--channel-db", "-1"], "channel-db"),
-        (["--augment", "reverb", "--reverb-p", "1.5"], "reverb p"),
+        (["--augment", "reverb", "--reverb-p", "1.5"], "--reverb-p (reverb p)"),
         (["--augment", "noise", "--noise-p", "2"], "noise-p"),
         (["--augment", "noise", "--noise-dir", "/no/such/noise"], "/no/such/noise"),
         (["--augment", "noise,wave", "--noise-dir", "/tmp"], "both 'noise' and 'wave'"),

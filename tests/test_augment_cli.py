@@ -118,7 +118,7 @@ def test_plot_leaves_out_a_last_line_cut_short_by_a_kill_and_refuses_one_elsewhe
         log.write('{"step": 30, "train_a')  # a training killed while appending its next row
     done = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
     assert done.exit_code == 0 and (tmp_path / "curves.png").stat().st_size > 0, output_of(done)
-    assert f"warning: {run / 'metrics.jsonl'}: line 3 is cut short (a killed run); left out" in done.stderr
+    assert done.stderr == f"warning: {run / 'metrics.jsonl'}: line 3 is cut short (a killed run); left out\n"
     with open(run / "metrics.jsonl", "a") as log:
         log.write("\n" + json.dumps(rows[0]) + "\n")  # the cut line is now in the middle: damage, not a kill
     refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])

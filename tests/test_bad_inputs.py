@@ -329,7 +329,7 @@ CASES: dict[str, Case] = {
     # predict: checkpoints
     "predict: checkpoint missing": (lambda w: predict(w, w.bad / "nope.pt"), ("nope.pt", "checkpoint not found")),
     "predict: a JSON file as --ckpt": (lambda w: predict(w, write(w.bad / "config.pt", b'{"step": 1}')),
-                                       ("config.pt", "a torch file is a zip archive, and this one starts with '{\"step\"")),
+                                       ("config.pt", "or a binary pickle, and this one starts with '{\"step\"")),
     "predict: checkpoint empty": (lambda w: predict(w, write(w.bad / "zero.pt", b"")), ("zero.pt", "empty (0 bytes)")),
     "predict: checkpoint truncated": (lambda w: predict(w, write(w.bad / "cut.pt", w.ckpt.read_bytes()[:-4096])),
                                       ("cut.pt", "truncated or corrupt")),

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 import voxaug.cli.embed
 from voxaug.api.index import SpeakerIndex
 from voxaug.cli.main import app
 from voxaug.embeddings.index import sidecar_path
+from voxaug.errors import VoxaugError
 
 runner = CliRunner()
 
@@ -179,3 +181,20 @@ def test_embed_refuses_an_index_that_appeared_while_it_embedded(trained_run, tin
     assert "an index is already there" in refused.output and "(nothing was written)" in refused.output
     assert json.loads(sidecar_path(index).read_text())["labels"] == ["ann"]
     assert not (tmp_path / "emb" / "embeddings.npy").exists() and not (tmp_path / "emb" / "items.csv").exists()
+
+
+def test_a_speaker_enrolled_before_names_were_checked_for_control_characters_can_still_take_clips(trained_run,
+                                                                                                   tiny_synth, tmp_path):
+    index = tmp_path / "spk.faiss"
+    first, second = sorted((tiny_synth / "unseen" / "enroll").iterdir())[:2]
+    assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann", first).exit_code == 0
+    side = json.loads(sidecar_path(index).read_text())  # as an older voxaug wrote a name holding a tab
+    renamed = "a\tnn"
+    side["labels"] = [renamed if label == "ann" else label for label in side["labels"]]
+    for field in ("counts", "mean_norms", "clip_digests", "cohort_stats"):
+        if isinstance(side.get(field), dict) and "ann" in side[field]:
+            side[field][renamed] = side[field].pop("ann")
+    sidecar_path(index).write_text(json.dumps(side))
+    assert SpeakerIndex.open(index).enroll(renamed, sorted(second.glob("*.pt")), append=True) > 1
+    with pytest.raises(VoxaugError, match="holds a control character"):
+        SpeakerIndex.open(index).enroll("b\tob", sorted(second.glob("*.pt")))

@@ -458,6 +458,10 @@ def test_conformer_options_on_the_baseline_are_refused_by_name(tiny_synth, tmp_p
         assert result.exit_code == 2 and result.output.startswith(f"error: {named}: the transformer-mean baseline"), \
             result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    from voxaug.cli.train import _refuse_conformer_options_on_the_baseline
+    from voxaug.config import resolve_config
+
+    _refuse_conformer_options_on_the_baseline(resolve_config("strong", model_overrides={"kind": "transformer-mean"}))
 
 
 def test_resume_accepts_a_front_end_option_given_at_its_default_value(tiny_synth, tmp_path):

@@ -231,3 +231,25 @@ def test_a_toml_files_relative_noise_folder_is_recorded_absolute_against_the_fil
         monkeypatch.chdir(working)
         wave = resolve_config(toml_path=toml).augment["wave"]
         assert wave["noise_dir"] == str((corpus / "noise").resolve()) and wave["rir_dir"] == str((corpus / "rir").resolve())
+
+
+def test_a_run_that_recorded_a_relative_noise_folder_resumes_with_its_toml_file(corpus, tmp_path, monkeypatch):
+    """Runs made before folders were recorded absolute hold the TOML's relative folder, read against the working
+    directory: resumed from there with the same file, it is the same folder, not a change."""
+    monkeypatch.chdir(corpus)
+    toml = corpus / "relative.toml"
+    toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "noise"\n')
+    command = ["train", str(corpus / "wav"), "--out", str(tmp_path / "run"), "--config", str(toml), "--eval-every", "2",
+               "--batch", "8", "--segment", "48", "--d-model", "32", "--layers", "1", "--heads", "2",
+               "--embedding-dim", "32", "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+               "--quiet"]
+    try:
+        assert runner.invoke(app, [*command, "--steps", "2"]).exit_code == 0
+        saved = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert saved["augment"]["wave"]["noise_dir"] == str(corpus.resolve() / "noise")
+        saved["augment"]["wave"]["noise_dir"] = "noise"  # as the run folder of an earlier voxaug holds it
+        (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+        resumed = runner.invoke(app, [*command, "--steps", "4", "--resume"])
+        assert resumed.exit_code == 0, resumed.output
+    finally:
+        toml.unlink()

@@ -228,7 +228,7 @@ def resolve_config(
     base_values = base.to_dict() if base else create_config(preset).to_dict()
     base_tables = {table: base_values.pop(table) for table in ("model", "augment", "frontend")}
     file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}
-    _absolute_folders(file_tables["augment"], Path(toml_path).parent if toml_path else Path.cwd())
+    absolute_folders(file_tables["augment"], Path(toml_path).parent if toml_path else Path.cwd())
     model_values = {**base_tables["model"], **file_tables["model"], **(model_overrides or {})}
     augment_values = _merge_tables(base_tables["augment"], file_tables["augment"], augment_overrides or {})
     frontend_values = with_rate_implications(base_tables["frontend"], file_tables["frontend"], frontend_overrides or {})
@@ -262,9 +262,9 @@ def resolve_config(
     return config
 
 
-def _absolute_folders(augment: dict, folder: Path) -> None:
-    """A TOML file's noise and RIR folders, made absolute against the file's own folder: the run records them, and
-    a --resume with the same file from another working directory must find the same folders."""
+def absolute_folders(augment: dict, folder: Path) -> None:
+    """Relative noise and RIR folders of an ``augment`` table made absolute against ``folder`` (a TOML file's own
+    folder): the run records them, and a --resume with the same file from elsewhere must find the same folders."""
     for table in augment.values():
         if isinstance(table, dict):
             for key in ("noise_dir", "rir_dir"):

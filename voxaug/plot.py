@@ -66,9 +66,10 @@ def figure_format(out: str | Path) -> str:
     return suffix
 
 
-def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> None:
+def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> list[list[dict]]:
     """Left: train accuracy (solid) and validation accuracy (dashed) of each run, one colour per run.
-    Right: the gap (train - validation) of each run, the overfitting that augmentation should shrink."""
+    Right: the gap (train - validation) of each run, the overfitting that augmentation should shrink.
+    Returns each run's metrics rows, as plotted."""
     if labels is not None and len(labels) != len(run_dirs):
         raise VoxaugError(f"--labels: got {len(labels)} labels for {len(run_dirs)} runs")
     image_format = figure_format(out)
@@ -102,3 +103,4 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     with atomic_output(out, "wb") as handle:
         figure.savefig(handle, format=image_format, dpi=110)
     plt.close(figure)
+    return runs

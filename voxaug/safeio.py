@@ -176,8 +176,8 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
         start = handle.read(64)
     if not start.startswith((b"PK", b"\x80")):  # every torch file is a zip archive or (legacy) a binary pickle
         shown = start.decode("utf-8", errors="replace").split("\n")[0][:24]
-        raise file_error(path, f"not a readable {what} (corrupt or not a torch file: a torch file is a zip archive, "
-                               f"and this one starts with {shown!r})")
+        raise file_error(path, f"not a readable {what} (corrupt or not a torch file: a torch file is a zip archive "
+                               f"or a binary pickle, and this one starts with {shown!r})")
     torch = import_torch(path, what)
     try:
         with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants():
