@@ -58,7 +58,7 @@ def evaluate(
     from voxaug.embeddings.calibration import check_far, open_set_scores
     from voxaug.embeddings.evaluation import (
         MAP_METHODS, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
-        read_trials, score_pairs, score_trials,
+        read_trials, refuse_trial_features, score_pairs, score_trials,
     )
     from voxaug.embeddings.embedders import CheckpointEmbedder, ExportEmbedder
     from voxaug.embeddings.identify import check_model
@@ -90,6 +90,8 @@ def evaluate(
     output_folder(out, "--out")
     parsed_trials = read_trials(trials, data) if trials else None
     embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model, device)
+    if parsed_trials:
+        refuse_trial_features(embedder.frontend, parsed_trials)
     if speaker_index is not None:
         check_model(speaker_index, index, model_path, embedder.sha256, embedder.embedding_dim,
                     embedder.source_sha256)

@@ -23,6 +23,7 @@ from voxaug.embeddings.embedders import Embedder  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, sample_pairs  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
+from voxaug.features import FrontendConfig  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
 
 
@@ -126,15 +127,19 @@ class TrialScorer:
                                target_far=self.target_far)
 
 
+def refuse_trial_features(frontend: FrontendConfig, trials: list[tuple[bool, Path, Path]]) -> None:
+    """Before any clip is embedded: a `.pt` trial clip for a model whose front end makes other features."""
+    for clip in sorted({p for _, a, b in trials for p in (a, b)}):
+        if clip.suffix.lower() == ".pt":
+            frontend.refuse_feature_file(clip)
+
+
 def score_trials(embedder: Embedder, trials: list[tuple[bool, Path, Path]], scorer: TrialScorer | None = None,
                  speakers: dict[Path, str] | None = None) -> dict:
     """EER and minDCF of a trials file's pairs. ``speakers`` names the speaker of each dataset clip (resolved
     path): AS-norm leaves those speakers out of the cohort, which may hold the very clips; a clip it does not
     name is a voice of its own."""
     clips = sorted({p for _, a, b in trials for p in (a, b)})
-    for clip in clips:
-        if clip.suffix.lower() == ".pt":
-            embedder.frontend.refuse_feature_file(clip)
     embeddings = embedder.embed_features([load_clip(c, embedder.frontend) for c in clips])
     row = {clip: i for i, clip in enumerate(clips)}
     first = np.array([row[a] for _, a, _ in trials])
