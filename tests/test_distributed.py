@@ -82,6 +82,44 @@ def test_torchrun_with_one_process_uses_the_group_and_trains_as_a_plain_run(tiny
         assert all(torch.equal(weights[name], expected[name]) for name in expected), run
 
 
+GROUP_LIFETIME_SCRIPT = """
+import os, socket, sys, weakref
+import torch.distributed as dist
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                  LOCAL_WORLD_SIZE="1", TORCHELASTIC_RUN_ID="group-lifetime")
+groups = []
+start_group = dist.init_process_group
+def recording_start(*args, **kwargs):
+    start_group(*args, **kwargs)
+    groups.append(weakref.ref(dist.group.WORLD))
+dist.init_process_group = recording_start
+destroy_group = dist.destroy_process_group
+def checked_destroy(*args, **kwargs):
+    destroy_group(*args, **kwargs)
+    print("group alive after destroy_process_group:", groups[0]() is not None)
+dist.destroy_process_group = checked_destroy
+from voxaug.cli.main import app
+app(sys.argv[1:], standalone_mode=False)
+"""
+
+
+def test_a_ddp_run_frees_its_process_group_when_it_leaves_it(tiny_synth, tmp_path):
+    """A gloo group that outlives the command is torn down at interpreter exit, where it can abort a finished run
+    ('terminate called without an active exception', exit -6: torchrun reported a CI run as failed).
+    DDP kept the group alive twice over: the trainer still held its DDP wrapper, and torch._dynamo, which DDP
+    imports, keeps references to a group that exists when it is first imported."""
+    args = ["train", tiny_synth, "--out", tmp_path / "run", "--steps", 2, *TINY_DDP, "--cache-dir", tmp_path / "cache",
+            "--quiet"]
+    result = subprocess.run([sys.executable, "-c", GROUP_LIFETIME_SCRIPT, *map(str, args)], capture_output=True,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DDP: world_size 1 (gloo, cpu)" in result.stdout
+    assert "group alive after destroy_process_group: False" in result.stdout, result.stdout
+
+
 def test_ddp_training_writes_one_run_from_rank_0(ddp_run):
     run, result = ddp_run
     assert sorted(p.name for p in run.iterdir()) == ["batch_trace.jsonl", "best.pt", "config.json", "curves.png",

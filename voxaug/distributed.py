@@ -5,6 +5,7 @@ plain process gets a context without a group and every call is a no-op."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -131,6 +132,9 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # DDP imports torch._dynamo; imported after the group starts, it keeps references to the group for the life
+        # of the process, and destroy_process_group cannot free it (see shutdown)
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
                        local_world_size=local_world_size, active=True)
@@ -164,7 +168,11 @@ def main_first(context: DistContext, action: Callable[[], T]) -> T:
 
 def shutdown(context: DistContext, clean: bool = True) -> None:
     """Leave the process group; after a clean run wait for every rank first (rank 0 may still be
-    writing), after an error leave at once (the other ranks may be stuck in a collective)."""
+    writing), after an error leave at once (the other ranks may be stuck in a collective).
+
+    The group is freed here only if nothing else holds it, so drop DDP wrappers first. A gloo group left to
+    interpreter exit can abort the finished process ('terminate called without an active exception', pytorch
+    issue 190489), and torchrun then reports the whole run as failed."""
     if context.active and dist.is_initialized():
         if clean:
             dist.barrier()
