@@ -203,6 +203,10 @@ class SpeakerIndex:
         recorded = set(self.clip_digests.get(speaker, ()))
         return [i for i, digest in enumerate(digests) if digest not in recorded]
 
+    def clip_owners(self) -> dict[str, str]:
+        """Each recorded clip digest -> the speaker enrolled from it."""
+        return {digest: speaker for speaker, recorded in self.clip_digests.items() for digest in recorded}
+
     def add(self, speaker: str, embeddings: np.ndarray, append: bool = False, digests: list[str] | None = None) -> None:
         """Enrol ``speaker`` from the network's embeddings (N, dim); with ``append``, add to an existing one.
         ``digests`` (one per row, ``clip_digest``) are recorded; a clip already recorded for the speaker is refused."""

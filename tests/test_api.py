@@ -409,12 +409,12 @@ def test_a_failed_first_write_changes_neither_the_object_nor_the_cli_s_view_of_t
 def test_enroll_takes_one_clip_as_one_clip(models, tiny_synth, tmp_path):
     """A single path or feature array is one clip, not an iterable of characters or of frames."""
     index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["ckpt"])
-    clip = wavs(tiny_synth, "enroll", "new000")[0]
-    assert index.enroll("by-path", str(clip)) == 1 and index.enroll("by-pathlib", clip) == 1
+    first, second, third = wavs(tiny_synth, "enroll", "new000")[:3]
+    assert index.enroll("by-path", str(first)) == 1 and index.enroll("by-pathlib", second) == 1
     features = np.random.default_rng(0).standard_normal((80, 40)).astype(np.float32)
     assert index.enroll("by-array", features) == 1
-    second = wavs(tiny_synth, "enroll", "new000")[1]
-    assert index.enroll_many({"one": clip, "two": [clip, second]}) == {"one": 1, "two": 2}
+    others = wavs(tiny_synth, "enroll", "new001")
+    assert index.enroll_many({"one": third, "two": others[:2]}) == {"one": 1, "two": 2}
 
 
 def test_a_clip_given_twice_is_refused_before_anything_is_written(models, tiny_synth, tmp_path):
@@ -554,7 +554,8 @@ def test_enroll_takes_waveform_arrays_with_their_sample_rate_as_identify_does(mo
     assert by_array.identify(query)["top"][0]["score"] == pytest.approx(by_file.identify(query)["top"][0]["score"],
                                                                         abs=1e-5)
     with pytest.raises(VoxaugError, match=r"^bob clip 1: the waveform is silent"):
-        by_array.enroll_many({"bob": [waveforms[0][0], np.zeros(rate, np.float32)]}, sample_rate=rate)
+        by_array.enroll_many({"bob": [soundfile.read(wavs(tiny_synth, "enroll", "new001")[0], dtype="float32")[0],
+                                      np.zeros(rate, np.float32)]}, sample_rate=rate)
 
 
 def test_an_index_with_no_speakers_is_named_when_asked_to_identify(models, tiny_synth, tmp_path):

@@ -144,7 +144,8 @@ def test_append_for_a_speaker_who_is_not_enrolled_enrols_them_and_warns(trained_
     assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann", first).exit_code == 0
     more = invoke("enroll", "--index", index, "--speaker", "ann", "--append", second)
     assert more.exit_code == 0 and more.stderr == "", more.output
-    typo = invoke("enroll", "--index", index, "--speaker", "anm", "--append", second)
+    other = sorted((tiny_synth / "unseen" / "test").iterdir())[0]
+    typo = invoke("enroll", "--index", index, "--speaker", "anm", "--append", other)
     assert typo.exit_code == 0 and "warning: anm was not enrolled, so --append enrolled it" in typo.stderr
     assert sorted(json.loads(sidecar_path(index).read_text())["counts"]) == ["anm", "ann"]
 
@@ -198,3 +199,31 @@ def test_a_speaker_enrolled_before_names_were_checked_for_control_characters_can
     assert SpeakerIndex.open(index).enroll(renamed, sorted(second.glob("*.pt")), append=True) > 1
     with pytest.raises(VoxaugError, match="holds a control character"):
         SpeakerIndex.open(index).enroll("b\tob", sorted(second.glob("*.pt")))
+
+
+def test_a_clip_already_another_speakers_is_refused_and_nothing_is_written(trained_run, tiny_synth, tmp_path):
+    """The same content under two names is a labelling mistake: both speakers' means would hold it, and a query
+    from that recording would be answered as either. Checked against the index, within one call, and again under
+    the lock (another process may have enrolled the clip since this object read the index)."""
+    index = tmp_path / "spk.faiss"
+    first, second = sorted((tiny_synth / "unseen" / "enroll").iterdir())[:2]
+    clip = sorted(first.glob("*.pt"))[0]
+    assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann", first).exit_code == 0
+    before = index_bytes(index)
+    copy = tmp_path / "renamed.pt"
+    shutil.copyfile(clip, copy)
+    again = invoke("enroll", "--index", index, "--speaker", "bob", second, copy)
+    assert again.exit_code == 2
+    assert f"bob: clip {copy} has the same content as one ann is enrolled from" in again.stderr, again.output
+    assert index_bytes(index) == before
+    folders = tmp_path / "speakers"
+    shutil.copytree(second, folders / "cat")
+    shutil.copytree(second, folders / "dan")
+    both = invoke("enroll", "--index", index, "--speakers-dir", folders)
+    assert both.exit_code == 2 and "(cat) and" in both.stderr and "(dan) have the same content" in both.stderr, both.output
+    assert index_bytes(index) == before
+    stale, clips = SpeakerIndex.open(index), sorted(second.glob("*.pt"))
+    assert SpeakerIndex.open(index).enroll("eve", clips) == len(clips)
+    with pytest.raises(VoxaugError, match=r"fay: clip .* has the same content as one eve is enrolled from"):
+        stale.enroll("fay", clips)
+    assert sorted(json.loads(sidecar_path(index).read_text())["counts"]) == ["ann", "eve"]

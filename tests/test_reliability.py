@@ -284,8 +284,10 @@ def test_concurrent_enrolments_wait_for_the_lock_and_both_land(trained_run, tiny
                            env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     with index_lock(index):
-        racers = [subprocess.Popen(_enroll_command(index, name, [folders[1]]), env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True) for name in ("second", "third")]
+        other = sorted((tiny_synth / "unseen" / "test").iterdir())[0]  # a clip belongs to one speaker
+        racers = [subprocess.Popen(_enroll_command(index, name, [clips]), env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for name, clips in (("second", folders[1]),
+                                                                                          ("third", other))]
         time.sleep(HOLD_S)  # longer than an enrolment takes: a racer that did not wait has finished by now
         assert [racer.poll() for racer in racers] == [None, None], "an enrolment ran while the index was locked"
         refused = subprocess.run(_enroll_command(index, "impatient", [folders[1]], lock_timeout="0"), env=env,

@@ -151,6 +151,7 @@ class SpeakerIndex:
             refuse_repeated_clips(name, clips)
             digests[name] = [clip_digest(clip, sample_rate, f"{name} clip {i}") for i, clip in enumerate(clips)]
             self._refuse_same_content(name, clips, digests[name])
+        self._refuse_other_speakers_clips(self.data, speakers, digests)
         new = {name: self.data.new_clips(name, digests[name]) for name in speakers}  # as this object last read it
         rows = {name: self._embed(name, speakers[name], new[name], sample_rate)
                 for name in tqdm([name for name in speakers if new[name]], desc=f"enrol {self.path.name}",
@@ -158,6 +159,7 @@ class SpeakerIndex:
         with index_lock(self.path, lock_timeout):
             data = self._reread()
             self._refuse_enrolled(data, speakers, append)  # another process may have enrolled one meanwhile
+            self._refuse_other_speakers_clips(data, speakers, digests)
             fresh = {name: data.new_clips(name, digests[name]) for name in speakers}  # another process may have
             for name, clips in speakers.items():                                        # enrolled or removed some
                 late = [i for i in fresh[name] if i not in rows.get(name, {})]
@@ -192,6 +194,28 @@ class SpeakerIndex:
                                             f"{clip_name(name, clips, position)} have the same content; each clip counts once "
                                             "in the speaker's mean and clip count (nothing was written)")
             first[digest] = position
+
+    def _refuse_other_speakers_clips(self, data: IndexData, speakers: dict[str, list[ClipInput]],
+                                     digests: dict[str, list[str]]) -> None:
+        """A clip that is already another speaker's (in the index, or in this enrolment) is a labelling mistake:
+        it would make two speakers' means alike and be answered as either."""
+        first_owner: dict[str, tuple[str, list[ClipInput], int]] = {}
+        for name, clips in speakers.items():
+            for position, digest in enumerate(digests[name]):
+                first_owner.setdefault(digest, (name, clips, position))
+        owners = data.clip_owners()
+        for name, clips in speakers.items():
+            for position, digest in enumerate(digests[name]):
+                enrolled = owners.get(digest, name)
+                if enrolled != name:
+                    raise file_error(self.path, f"{name}: clip {clip_name(name, clips, position)} has the same content "
+                                                f"as one {enrolled} is enrolled from; a clip belongs to one speaker "
+                                                "(nothing was written)")
+                other, other_clips, other_position = first_owner[digest]
+                if other != name:
+                    raise file_error(self.path, f"clips {clip_name(other, other_clips, other_position)} ({other}) and "
+                                                f"{clip_name(name, clips, position)} ({name}) have the same content; a "
+                                                "clip belongs to one speaker (nothing was written)")
 
     def _refuse_enrolled(self, data: IndexData, speakers: dict[str, list[ClipInput]], append: bool) -> None:
         enrolled = sorted(name for name in speakers if name in data.counts)
