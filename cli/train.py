@@ -150,7 +150,7 @@ def train(
         typer.echo(f"warning: --warmup {resolved.warmup} is not below --steps {resolved.steps}: the learning rate "
                    "never reaches its cosine decay (lower --warmup)", err=True)
     context = init_distributed(resolved.device)
-    clean = False
+    clean, trainer = False, None
     try:
         if context.active and context.is_main:
             typer.echo(f"DDP: world_size {context.world_size} ({context.backend}, {context.device.type}); "
@@ -159,11 +159,11 @@ def train(
                           context=context, resume=resume)
         summary = trainer.fit()
         names, skipped_files = trainer.pipeline.names, trainer.skipped_files
-        del trainer  # its DDP wrapper holds the process group, which shutdown frees
         clean = True
     except RankFailed:
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
     finally:
+        trainer = None  # with it its DDP wrapper, while the process group is still registered (see shutdown)
         shutdown(context, clean)
     if not context.is_main:
         return

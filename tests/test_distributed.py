@@ -106,6 +106,12 @@ app(sys.argv[1:], standalone_mode=False)
 """
 
 
+def group_lifetime(*args: object) -> subprocess.CompletedProcess:
+    """``voxaug ARGS`` in a one-process group, saying whether the group outlived destroy_process_group."""
+    return subprocess.run([sys.executable, "-c", GROUP_LIFETIME_SCRIPT, *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180)
+
+
 def test_a_ddp_run_frees_its_process_group_when_it_leaves_it(tiny_synth, tmp_path):
     """A gloo group that outlives the command is torn down at interpreter exit, where it can abort a finished run
     ('terminate called without an active exception', exit -6: torchrun reported a CI run as failed).
@@ -113,10 +119,21 @@ def test_a_ddp_run_frees_its_process_group_when_it_leaves_it(tiny_synth, tmp_pat
     imports, keeps references to a group that exists when it is first imported."""
     args = ["train", tiny_synth, "--out", tmp_path / "run", "--steps", 2, *TINY_DDP, "--cache-dir", tmp_path / "cache",
             "--quiet"]
-    result = subprocess.run([sys.executable, "-c", GROUP_LIFETIME_SCRIPT, *map(str, args)], capture_output=True,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180)
+    result = group_lifetime(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "DDP: world_size 1 (gloo, cpu)" in result.stdout
+    assert "group alive after destroy_process_group: False" in result.stdout, result.stdout
+
+
+def test_a_failed_ddp_run_frees_its_process_group_when_it_leaves_it(tiny_synth, tmp_path):
+    """After a failure the traceback's frames still held the trainer, so DDP's reducer outlived the group's registry
+    and destroyed the group later, holding Python's lock while a gloo thread waited for it to release a finished
+    broadcast: the failed rank hung for ever (about 1 run in 3), and torchrun with it."""
+    run = tmp_path / "run"
+    (run / "best.pt").mkdir(parents=True)  # the first checkpoint write fails, after DDP has trained
+    result = group_lifetime("train", tiny_synth, "--out", run, "--steps", 2, *TINY_DDP, "--cache-dir", tmp_path / "cache",
+                            "--quiet")
+    assert f"error: {run / 'best.pt'}: is a folder" in result.stderr, result.stdout + result.stderr
     assert "group alive after destroy_process_group: False" in result.stdout, result.stdout
 
 

@@ -170,9 +170,11 @@ def shutdown(context: DistContext, clean: bool = True) -> None:
     """Leave the process group; after a clean run wait for every rank first (rank 0 may still be
     writing), after an error leave at once (the other ranks may be stuck in a collective).
 
-    The group is freed here only if nothing else holds it, so drop DDP wrappers first. A gloo group left to
-    interpreter exit can abort the finished process ('terminate called without an active exception', pytorch
-    issue 190489), and torchrun then reports the whole run as failed."""
+    Drop DDP wrappers first, also after an error (a traceback's frames may hold them), so that the group is
+    freed here. A gloo group left to interpreter exit can abort the finished process ('terminate called without an
+    active exception', pytorch issue 190489), and torchrun then reports the whole run as failed. A group freed
+    later by DDP's reducer is freed holding Python's lock, and a gloo thread that still has to release a
+    finished collective's tensors waits for that lock: the process hangs."""
     if context.active and dist.is_initialized():
         if clean:
             dist.barrier()

@@ -163,12 +163,8 @@ class Trainer:
         config.model.num_classes = len(self.speakers) * self.pipeline.label_copies
         config.model.num_speakers = len(self.speakers) if self.pipeline.label_copies > 1 else 0
         self.model = build_model(config.model).to(self.device)
-        self.forward_model: nn.Module = self.model
-        if self.dist.active:
-            if self.dist.world_size > 1:
-                torch.manual_seed(rank_seed(config.seed, self.dist.rank))  # dropout differs between ranks
-            self.forward_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.dist.active and self.dist.world_size > 1:
+            torch.manual_seed(rank_seed(config.seed, self.dist.rank))  # dropout differs between ranks
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
             fused=self.device.type == "cuda",
@@ -190,6 +186,10 @@ class Trainer:
         self.elapsed_before = 0.0
         self.bad_in_row = 0
         self.skipped_steps = 0
+        self.forward_model: nn.Module = self.model
+        if self.dist.active:  # last, so that no failure here leaves the wrapper to a traceback (see fit)
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _open_store(self, source: DatasetSource, cache_dir: str | Path | None, workers: int | None,
                     strict: bool) -> tuple[PackedStore, list[dict]]:
@@ -468,9 +468,15 @@ class Trainer:
         self.write_config()
 
     def fit(self, resume: bool | None = None) -> TrainSummary:
-        """Train to ``config.steps``; ``resume`` (default: as given to the constructor) continues from last.pt."""
-        with contextlib.ExitStack() as held:  # the run folder's lock, from when it is opened to the end
-            return self._train(bool(self.resuming) if resume is None else resume, held)
+        """Train to ``config.steps``; ``resume`` (default: as given to the constructor) continues from last.pt.
+        A failure drops the DDP wrapper: a traceback keeps this trainer alive (closures hold it), and the wrapper
+        must go before the process group does (see ``voxaug.distributed.shutdown``)."""
+        try:
+            with contextlib.ExitStack() as held:  # the run folder's lock, from when it is opened to the end
+                return self._train(bool(self.resuming) if resume is None else resume, held)
+        except BaseException:
+            self.forward_model = self.model
+            raise
 
     def _train(self, resume: bool, held: contextlib.ExitStack) -> TrainSummary:
         self.started = time.perf_counter()
