@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +22,8 @@ from voxaug.checkpoint import load_checkpoint
 from voxaug.data.validate import check_features
 from voxaug.errors import VoxaugError
 from voxaug.embeddings.index import PENDING_SUFFIX, SpeakerIndex, index_lock
-from voxaug.safeio import TMP_SUFFIX, atomic_output, atomic_write_bytes, exclusive_lock, read_json, safe_torch_load
+from voxaug.safeio import (TMP_SUFFIX, atomic_output, atomic_torch_save, atomic_write_bytes, exclusive_lock, read_json,
+                            safe_torch_load)
 
 TINY_ARGS = ["--d-model", "32", "--heads", "2", "--layers", "1", "--embedding-dim", "32", "--batch", "16",
              "--segment", "64", "--device", "cpu", "--seed", "0", "-q"]
@@ -118,6 +121,53 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_a_write_that_the_disk_cuts_short_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """A full disk often shows only as a short write: numpy says "2112 requested and 2016 written" (no errno, no
+    file) and torch's zip writer "unexpected pos" (a RuntimeError, reported as a bug); a read-only folder failed
+    on the temp file's name. Each now names the file being written and the room left there."""
+    target = tmp_path / "embeddings.npy"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(target))}: cannot write: 2112 requested and 2016 "
+                                          r"written; [0-9.]+ MiB free there \(the previous file is kept\)$"):
+        with atomic_output(target) as handle:
+            handle.write(b"part")
+            raise OSError("2112 requested and 2016 written")
+    checkpoint = tmp_path / "last.pt"
+    atomic_write_bytes(checkpoint, b"old")
+
+    def short_write(obj, handle):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 239424 vs 239316\nframe #0")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(checkpoint))}: cannot write: \[enforce fail .* vs 239316;"):
+        atomic_torch_save(checkpoint, {"step": 1})
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".curves.png.1.x.tmp"))
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(tmp_path / 'curves.png'))}: cannot write: Read-only file system$"):
+        atomic_write_bytes(tmp_path / "curves.png", b"png")
+    assert target.read_bytes() == checkpoint.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.npy", "last.pt"]
+
+
+def test_an_error_inside_a_lock_is_not_hidden_by_a_lock_file_that_cannot_be_removed(tmp_path, monkeypatch):
+    """On a file system turned read-only the lock file's removal failed too, and its error replaced the real one."""
+    lock = tmp_path / ".train.lock"
+    real_unlink = os.unlink
+
+    def refuse_lock(path, *args, **kwargs):
+        if str(path) == str(lock):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse_lock)
+    with pytest.raises(ValueError, match="the error that matters"):
+        with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
+            raise ValueError("the error that matters")
 
 
 def test_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):

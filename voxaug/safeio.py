@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from voxaug.errors import file_error
+from voxaug.errors import VoxaugError, file_error
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -103,7 +104,10 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     if path.is_dir():
         raise file_error(path, "is a folder; expected a file name to write")
     clean_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     try:
         with os.fdopen(fd, mode) as handle:
             os.fchmod(handle.fileno(), path.stat().st_mode & 0o7777 if path.exists() else NEW_FILE_MODE)
@@ -111,11 +115,28 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp, str(path)):  # not a file the caller was reading
+            raise write_error(path, exc) from exc
         raise
     fsync_dir(path.parent)
+
+
+def write_error(path: Path, error: Exception) -> VoxaugError:
+    """Writing ``path`` failed (the previous file, if any, is intact): say why, naming the file, not its temp file.
+    A full disk often reports itself only as a short write, without an errno: then the room left there is given."""
+    reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+    free = ""
+    if getattr(error, "errno", None) in (None, errno.ENOSPC, errno.EDQUOT):
+        try:
+            room = os.statvfs(path.parent)
+            free = f"; {room.f_bavail * room.f_frsize / 2**20:.1f} MiB free there"
+        except OSError:
+            pass
+    kept = " (the previous file is kept)" if path.exists() else ""
+    return file_error(path, f"cannot write: {reason}{free}{kept}")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -159,8 +180,11 @@ def import_torch(path: str | Path, what: str = "file") -> "ModuleType":
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     torch = import_torch(path)
-    with atomic_output(path, "wb") as handle:
-        torch.save(obj, handle)
+    try:
+        with atomic_output(path, "wb") as handle:
+            torch.save(obj, handle)
+    except RuntimeError as exc:  # torch's zip writer reports a short write (a full disk) without an errno
+        raise write_error(real_path(path), exc) from exc
 
 
 def safe_torch_load(path: str | Path, what: str = "file") -> Any:
@@ -302,7 +326,10 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
     finally:
         if os.getpid() == holder:  # not in a forked child, which has let go of the lock already
             _HELD_LOCKS.discard(fd)
-            lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
+            try:
+                lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
+            except OSError:  # e.g. a file system turned read-only: an error here would hide the one that matters,
+                pass         # and a file left behind holds no lock
             os.close(fd)
 
 
