@@ -106,7 +106,7 @@ class Trainer:
     """Owns one run: its data, model, optimizer, sampler, augmentations and run folder.
 
     ``model`` is the plain module (what checkpoints hold); ``forward_model`` is what a training
-    step calls: the same module, or its DistributedDataParallel wrapper under torchrun.
+    step calls: the same module, or under torchrun, during :meth:`fit`, its DistributedDataParallel wrapper.
     """
 
     def __init__(
@@ -186,10 +186,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.bad_in_row = 0
         self.skipped_steps = 0
-        self.forward_model: nn.Module = self.model
-        if self.dist.active:  # last, so that no failure here leaves the wrapper to a traceback (see fit)
-            self.forward_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward_model: nn.Module = self.model  # its DDP wrapper during fit
 
     def _open_store(self, source: DatasetSource, cache_dir: str | Path | None, workers: int | None,
                     strict: bool) -> tuple[PackedStore, list[dict]]:
@@ -469,14 +466,16 @@ class Trainer:
 
     def fit(self, resume: bool | None = None) -> TrainSummary:
         """Train to ``config.steps``; ``resume`` (default: as given to the constructor) continues from last.pt.
-        A failure drops the DDP wrapper: a traceback keeps this trainer alive (closures hold it), and the wrapper
-        must go before the process group does (see ``voxaug.distributed.shutdown``)."""
+        Under torchrun the model is wrapped in DDP for this call only, failed or not: the wrapper must go before
+        the process group does (see ``voxaug.distributed.shutdown``), and a traceback would keep it alive."""
+        if self.dist.active:
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         try:
             with contextlib.ExitStack() as held:  # the run folder's lock, from when it is opened to the end
                 return self._train(bool(self.resuming) if resume is None else resume, held)
-        except BaseException:
+        finally:
             self.forward_model = self.model
-            raise
 
     def _train(self, resume: bool, held: contextlib.ExitStack) -> TrainSummary:
         self.started = time.perf_counter()
