@@ -150,7 +150,7 @@ def train(
         typer.echo(f"warning: --warmup {resolved.warmup} is not below --steps {resolved.steps}: the learning rate "
                    "never reaches its cosine decay (lower --warmup)", err=True)
     context = init_distributed(resolved.device)
-    clean, trainer = False, None
+    clean = False
     try:
         if context.active and context.is_main:
             typer.echo(f"DDP: world_size {context.world_size} ({context.backend}, {context.device.type}); "
@@ -158,12 +158,10 @@ def train(
         trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet, workers=workers, strict=strict,
                           context=context, resume=resume)
         summary = trainer.fit()
-        names, skipped_files = trainer.pipeline.names, trainer.skipped_files
         clean = True
     except RankFailed:
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
     finally:
-        trainer = None  # with it its DDP wrapper, while the process group is still registered (see shutdown)
         shutdown(context, clean)
     if not context.is_main:
         return
@@ -172,12 +170,12 @@ def train(
     gap = "n/a" if summary.gap is None else f"{summary.gap:+.4f}"
     ranks = f" on {context.world_size} process{'es' if context.world_size > 1 else ''}" if context.active else ""
     typer.echo(
-        f"done: {summary.steps} steps{ranks} in {summary.elapsed_s:.0f}s | augment: {','.join(names) or 'none'}\n"
+        f"done: {summary.steps} steps{ranks} in {summary.elapsed_s:.0f}s | augment: {','.join(trainer.pipeline.names) or 'none'}\n"
         f"  clean train acc {summary.train_acc:.4f} | val acc {val} | gap (train - val) {gap}\n"
         f"  best val acc {best} -> {out / 'best.pt'} (predict); embed with {out / 'last.pt'}"
         + (f"\n  skipped {summary.skipped_steps} steps with a non-finite loss" if summary.skipped_steps else "")
-        + (f"\n  skipped {len(skipped_files)} unreadable audio files (listed above; --strict makes them an error)"
-           if skipped_files else "")
+        + (f"\n  skipped {len(trainer.skipped_files)} unreadable audio files (listed above; --strict makes them an error)"
+           if trainer.skipped_files else "")
     )
 
 
