@@ -150,7 +150,7 @@ class SpeakerIndex:
                 raise VoxaugError(f"{name}: no enrolment clips given")
             refuse_repeated_clips(name, clips)
             digests[name] = [clip_digest(clip, sample_rate, f"{name} clip {i}") for i, clip in enumerate(clips)]
-            self._refuse_same_content(name, clips, digests[name])
+        self._refuse_same_content(speakers, digests)
         self._refuse_other_speakers_clips(self.data, speakers, digests)
         new = {name: self.data.new_clips(name, digests[name]) for name in speakers}  # as this object last read it
         rows = {name: self._embed(name, speakers[name], new[name], sample_rate)
@@ -185,24 +185,29 @@ class SpeakerIndex:
         chosen = self.model.embed_many([clips[i] for i in positions], sample_rate, f"{name} clip", positions)
         return dict(zip(positions, chosen))
 
-    def _refuse_same_content(self, name: str, clips: list[ClipInput], digests: list[str]) -> None:
-        """Two clips of one enrolment with the same content (a copy under another name) would count twice."""
-        first: dict[str, int] = {}
-        for position, digest in enumerate(digests):
-            if digest in first:
-                raise file_error(self.path, f"{name}: clips {clip_name(name, clips, first[digest])} and "
-                                            f"{clip_name(name, clips, position)} have the same content; each clip counts once "
-                                            "in the speaker's mean and clip count (nothing was written)")
-            first[digest] = position
+    def _refuse_same_content(self, speakers: dict[str, list[ClipInput]], digests: dict[str, list[str]]) -> None:
+        """Two clips of this enrolment with the same content (a copy under another name): within one speaker it
+        would count twice in the mean and clip count; across two it is a labelling mistake that makes their means
+        alike, and a query from that recording would be answered as either."""
+        first: dict[str, tuple[str, int]] = {}
+        for name, clips in speakers.items():
+            for position, digest in enumerate(digests[name]):
+                if digest not in first:
+                    first[digest] = (name, position)
+                    continue
+                other, other_position = first[digest]
+                if other == name:
+                    raise file_error(self.path, f"{name}: clips {clip_name(name, clips, other_position)} and "
+                                                f"{clip_name(name, clips, position)} have the same content; each clip "
+                                                "counts once in the speaker's mean and clip count (nothing was written)")
+                raise file_error(self.path, f"clips {clip_name(other, speakers[other], other_position)} ({other}) and "
+                                            f"{clip_name(name, clips, position)} ({name}) have the same content; a clip "
+                                            "belongs to one speaker (nothing was written)")
 
     def _refuse_other_speakers_clips(self, data: IndexData, speakers: dict[str, list[ClipInput]],
                                      digests: dict[str, list[str]]) -> None:
-        """A clip that is already another speaker's (in the index, or in this enrolment) is a labelling mistake:
-        it would make two speakers' means alike and be answered as either."""
-        first_owner: dict[str, tuple[str, list[ClipInput], int]] = {}
-        for name, clips in speakers.items():
-            for position, digest in enumerate(digests[name]):
-                first_owner.setdefault(digest, (name, clips, position))
+        """A clip another speaker is already enrolled from (checked again under the lock: another process may
+        have enrolled it since this object read the index)."""
         owners = data.clip_owners()
         for name, clips in speakers.items():
             for position, digest in enumerate(digests[name]):
@@ -211,11 +216,6 @@ class SpeakerIndex:
                     raise file_error(self.path, f"{name}: clip {clip_name(name, clips, position)} has the same content "
                                                 f"as one {enrolled} is enrolled from; a clip belongs to one speaker "
                                                 "(nothing was written)")
-                other, other_clips, other_position = first_owner[digest]
-                if other != name:
-                    raise file_error(self.path, f"clips {clip_name(other, other_clips, other_position)} ({other}) and "
-                                                f"{clip_name(name, clips, position)} ({name}) have the same content; a "
-                                                "clip belongs to one speaker (nothing was written)")
 
     def _refuse_enrolled(self, data: IndexData, speakers: dict[str, list[ClipInput]], append: bool) -> None:
         enrolled = sorted(name for name in speakers if name in data.counts)
