@@ -68,12 +68,14 @@ def enroll(
     audio_first = speaker_index.model.prefers_audio
     if speakers_dir is not None:
         enrolments = speaker_folders(speakers_dir, audio_first)
+        known = set(speaker_index.speakers)
         speaker_index.enroll_many(enrolments, append, lock_timeout, progress=not quiet)
         skipped = sum(speaker_index.skipped.values())
         added = {name: len(clips) - speaker_index.skipped[name] for name, clips in enrolments.items()}
         grown = sum(count > 0 for count in added.values())
         typer.echo(f"enrolled {counted(grown, 'speaker')} from {counted(sum(added.values()), 'clip')}"
-                   f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}")
+                   f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}"
+                   f"{new_names_note(sorted(set(enrolments) - known)) if append else ''}")
         warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
         return
     enrolment = expand_clips(clips, audio_first)
@@ -85,6 +87,14 @@ def enroll(
         typer.echo(f"warning: {speaker} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
                    f"name? remove it with --remove {speaker!r})", err=True)
     warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
+
+
+def new_names_note(names: list[str]) -> str:
+    """Which folders --append enrolled as speakers the index did not hold, so that a misspelt folder name shows."""
+    if not names:
+        return ""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f" ({len(names)} new: {shown})"
 
 
 def skipped_note(skipped: int) -> str:

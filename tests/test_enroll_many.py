@@ -56,13 +56,14 @@ def test_an_enrolled_speaker_is_refused_without_append_and_nothing_is_written(tr
     appended = invoke("enroll", "--index", index, "--speakers-dir", folder, "--append")
     assert appended.exit_code == 0, appended.output
     clips = {name: len(list((folder / name).glob("*.pt"))) for name in (first, second)}
-    assert f"enrolled 1 speaker from {clips[second]} clips, skipping {clips[first]} clips already enrolled" \
-        in appended.output and index_bytes(index) != before
+    assert f"enrolled 1 speaker from {clips[second]} clips, skipping {clips[first]} clips already enrolled; " \
+           f"2 speakers in {index} (1 new: {second})" in appended.output and index_bytes(index) != before
     assert json.loads(sidecar_path(index).read_text())["counts"] == clips, "the first speaker's clips count once"
     after = index_bytes(index)
     again = invoke("enroll", "--index", index, "--speakers-dir", folder, "--append")
     assert again.exit_code == 0 and f"enrolled 0 speakers from 0 clips, skipping {sum(clips.values())} clips" \
         in again.output and index_bytes(index) == after, "nothing new: nothing written"
+    assert "new:" not in again.output, "every folder was enrolled already"
 
 
 def test_speakers_dir_refuses_bad_folders_in_one_line(trained_run, tiny_synth, tmp_path):
