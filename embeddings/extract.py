@@ -200,7 +200,9 @@ def embed_store_with_model(model: "SpeakerModel", store: PackedStore, window: in
         raise VoxaugError("nothing to embed: the dataset has no utterances")
     rows, probabilities = [], []
     for index in tqdm(indices.tolist(), desc="embed", unit="utt", disable=not progress, leave=False):
-        pieces = [model.embed_with_probabilities(store.segment(index, start, frames).numpy(), name=store.keys[index])
+        # min_frames=1: a dataset's utterances are embedded whatever their length, as embed_store does with a checkpoint
+        pieces = [model.embed_with_probabilities(store.segment(index, start, frames).numpy(), name=store.keys[index],
+                                                 min_frames=1)
                   for start, frames in window_spans(int(store.lengths[index]), window, hop)]
         mean = np.mean([embedding for embedding, _ in pieces], axis=0)
         rows.append(mean / np.linalg.norm(mean))

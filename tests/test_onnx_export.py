@@ -313,3 +313,25 @@ def test_metadata_edited_to_repeat_a_key_or_unlist_the_speakers_is_refused(expor
         marker = CONTENT_DIGEST_KEY.encode() + b"\x12\x40"
         (tmp_path / name).write_bytes(data.replace(marker + b"0" * 64, marker + content_digest(data).encode()))
         one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / name), f"{name}:", problem)
+
+
+def test_embed_with_the_export_takes_the_short_utterances_the_checkpoint_takes(exported, tiny_synth, tmp_path):
+    """A dataset utterance shorter than the 10 frames a clip to identify needs is embedded by `embed --ckpt` (and
+    trained on), so `embed --model` must embed it too, to the same vector, not refuse the whole dataset."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    metadata = json.loads((data / "metadata.json").read_text())
+    entry = next(iter(metadata["speakers"].values()))[0]
+    short = data / entry["feature_path"]
+    torch.save(torch.load(short, weights_only=True)[: MIN_FRAMES // 2].clone(), short)
+    entry["mel_len"] = MIN_FRAMES // 2
+    (data / "metadata.json").write_text(json.dumps(metadata))
+    outputs = {}
+    for option, model in (("--ckpt", exported["ckpt"]), ("--model", exported["features"])):
+        out = tmp_path / option.strip("-")
+        result = runner.invoke(app, ["embed", option, str(model), str(data), "--out", str(out), "-q"])
+        assert result.exit_code == 0, result.output
+        outputs[option] = np.load(out / "embeddings.npy")
+    np.testing.assert_allclose(outputs["--model"], outputs["--ckpt"], atol=1e-4)

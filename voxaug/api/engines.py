@@ -40,12 +40,12 @@ class OnnxEngine:
         self.frontend = self.model.frontend
         self.training_split = self.model.training_split
 
-    def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, clip: Clip, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         try:
             if clip.waveform is not None:
                 embedding, logits = self.model.embed_waveform(clip.waveform)
             else:
-                embedding, logits = self.model.embed_features(clip.features)
+                embedding, logits = self.model.embed_features(clip.features, min_frames)
         except VoxaugError as exc:
             if str(exc).startswith(clip.name):
                 raise
@@ -80,8 +80,9 @@ class TorchEngine:
         self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())
         self.training_split: TrainingSplit | None = self.loaded.config.training_split
 
-    def features(self, clip: Clip) -> "torch.Tensor":
-        """The clip as a checked (T, n_mels) tensor: features as given, or a waveform through torchaudio's log-mel."""
+    def features(self, clip: Clip, min_frames: int | None = None) -> "torch.Tensor":
+        """The clip as a checked (T, n_mels) tensor: features as given, or a waveform through torchaudio's log-mel.
+        Features shorter than ``min_frames`` (default ``MIN_FRAMES``) are refused."""
         import torch
 
         from voxaug.data.validate import check_features
@@ -96,7 +97,10 @@ class TorchEngine:
             features = check_features(log_mel(torch.from_numpy(clip.waveform), frontend), clip.name, frontend.n_mels)
         else:
             features = torch.from_numpy(clip.features)
-        check_length(features, clip.name)
+        if min_frames is None:
+            check_length(features, clip.name)
+        elif features.shape[0] < min_frames:
+            raise file_error(clip.name, f"clip is {features.shape[0]} frames long; at least {min_frames} are needed")
         return features
 
     @contextmanager
@@ -114,11 +118,11 @@ class TorchEngine:
         finally:
             torch.set_num_threads(before)
 
-    def run(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, clip: Clip, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         from voxaug.embeddings.extract import embed_tensors
 
         with self.own_threads():
-            embedded = embed_tensors(self.loaded.model, [self.features(clip)], self.device)
+            embedded = embed_tensors(self.loaded.model, [self.features(clip, min_frames)], self.device)
         return embedded.embeddings[0], embedded.probabilities[0]
 
     def run_many(self, clips: list[Clip]) -> np.ndarray:

@@ -101,11 +101,12 @@ class SpeakerModel:
             record["source_sha256"] = self.source_sha256
         return record
 
-    def embed_with_probabilities(self, x: ClipInput, sample_rate: int | None = None,
-                                 name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Unit embedding (D,) and softmax probabilities over ``speakers`` (S,) of one clip."""
+    def embed_with_probabilities(self, x: ClipInput, sample_rate: int | None = None, name: str | None = None,
+                                 min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Unit embedding (D,) and softmax probabilities over ``speakers`` (S,) of one clip. Feature clips shorter
+        than ``min_frames`` (default: 10, the shortest clip worth identifying) are refused."""
         clip = to_clip(x, sample_rate, self.engine.frontend, name)
-        return self.engine.run(clip)
+        return self.engine.run(clip, min_frames)
 
     def embed_many(self, clips: list[ClipInput], sample_rate: int | None = None, name: str = "clip",
                    positions: list[int] | None = None) -> np.ndarray:

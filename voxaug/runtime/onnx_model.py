@@ -159,8 +159,11 @@ class OnnxSpeakerModel:
             raise file_error(self.path, f"this model takes raw {self.frontend.sample_rate / 1000:g} kHz audio (exported "
                                         "with --with-frontend); give it waveforms or audio files, not log-mel features")
 
-    def run_features(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, T, n_mels) float32 + (B,) frame counts -> unit embeddings (B, D), logits (B, S)."""
+    def run_features(self, features: np.ndarray, lengths: np.ndarray,
+                     min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T, n_mels) float32 + (B,) frame counts -> unit embeddings (B, D), logits (B, S). Clips shorter than
+        ``min_frames`` (default: the export's, the floor for a clip to identify) are refused; the graph itself runs on
+        any length, as the checkpoint does on a dataset's utterances."""
         self._refuse_audio_model()
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 3 or features.shape[2] != self.n_mels:
@@ -170,8 +173,9 @@ class OnnxSpeakerModel:
         if problem:
             raise VoxaugError(problem)
         lengths = _checked_lengths(lengths, features.shape[0], features.shape[1], "frames")
-        if len(lengths) and lengths.min() < self.min_frames:
-            raise VoxaugError(f"clip is {lengths.min()} frames long; at least {self.min_frames} are needed")
+        min_frames = self.min_frames if min_frames is None else min_frames
+        if len(lengths) and lengths.min() < min_frames:
+            raise VoxaugError(f"clip is {lengths.min()} frames long; at least {min_frames} are needed")
         self._refuse_too_long(int(lengths.max()) if len(lengths) else 0)
         return self._run({"features": features, "lengths": lengths})
 
@@ -207,13 +211,14 @@ class OnnxSpeakerModel:
         self._refuse_too_long(int(lengths.max()) // self.frontend.hop_length + 1 if len(lengths) else 0)
         return self._run({"waveform": waveforms, "num_samples": lengths})
 
-    def embed_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One utterance (T, n_mels) -> embedding (D,), logits (S,)."""
+    def embed_features(self, features: np.ndarray, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One utterance (T, n_mels) -> embedding (D,), logits (S,); ``min_frames`` as in :meth:`run_features`."""
         features = np.asarray(features, dtype=np.float32)
         self._refuse_audio_model()
         if features.ndim != 2 or features.shape[1] != self.n_mels:
             raise file_error(self.path, f"model takes (frames, {self.n_mels}) log-mel features, got shape {features.shape}")
-        embeddings, logits = self.run_features(features[None], np.array([features.shape[0]], dtype=np.int64))
+        embeddings, logits = self.run_features(features[None], np.array([features.shape[0]], dtype=np.int64),
+                                               min_frames)
         return embeddings[0], logits[0]
 
     def embed_waveform(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
