@@ -463,6 +463,25 @@ def test_append_skips_clips_the_speaker_was_already_enrolled_from(models, tiny_s
     assert code == 0 and "bob" not in json.loads(sidecar_path(index_path).read_text())["clip_digests"]
 
 
+def test_append_of_a_folder_read_through_its_audio_skips_clips_enrolled_from_their_pt_twins(models, tiny_synth, tmp_path):
+    """A folder gives its `.pt` features to a checkpoint and its audio to an export that takes audio (or to any export
+    where torch is not installed): appending the same folder again after changing models must skip every clip, not
+    enrol each one a second time through its other file, and a twin of one speaker's clip is not another's."""
+    index_path = tmp_path / "spk.faiss"
+    folder = tiny_synth / "unseen" / "enroll" / "new000"
+    code, output = invoke("enroll", "--index", index_path, "--ckpt", models["ckpt"], "--speaker", "new000", folder)
+    assert code == 0, output
+    count = len(wavs(tiny_synth, "enroll", "new000"))
+    before = sidecar_path(index_path).read_bytes()
+    code, output = invoke("enroll", "--index", index_path, "--model", models["audio"], "--speaker", "new000",
+                          "--append", folder)
+    assert code == 0 and f"from 0 clips ({count} in all), skipping {count} clips already enrolled" in output, output
+    assert sidecar_path(index_path).read_bytes() == before
+    code, output = invoke("enroll", "--index", index_path, "--model", models["audio"], "--speaker", "mallory",
+                          wavs(tiny_synth, "enroll", "new000")[0])
+    one_line_error(code, output, "as one new000 is enrolled from", "nothing was written")
+
+
 def test_append_works_out_new_clips_against_the_index_as_it_is_under_the_lock(models, tiny_synth, tmp_path):
     """An object opened before another process removed and re-enrolled the speaker must not skip a clip the index
     no longer holds; and an error about an array names its place in the caller's list, skipped clips counted."""

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from voxaug.api.inputs import ClipInput, clip_digest, clip_list
+from voxaug.api.inputs import ClipInput, clip_digest, clip_list, enrolled_twin_digest
 from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
@@ -143,13 +143,15 @@ class SpeakerIndex:
         speakers = {name: clip_list(clips) for name, clips in speakers.items()}
         self._refuse_enrolled(self.data, speakers, append)
         digests = {}
+        recorded = self.data.clip_owners()
         for name, clips in speakers.items():
             if name not in self.data.counts:  # a speaker enrolled before a rule was added can still take clips
                 check_speaker_name(name)
             if not clips:
                 raise VoxaugError(f"{name}: no enrolment clips given")
             refuse_repeated_clips(name, clips)
-            digests[name] = [clip_digest(clip, sample_rate, f"{name} clip {i}") for i, clip in enumerate(clips)]
+            digests[name] = [enrolled_twin_digest(clip, clip_digest(clip, sample_rate, f"{name} clip {i}"), recorded)
+                             for i, clip in enumerate(clips)]
         self._refuse_same_content(speakers, digests)
         self._refuse_other_speakers_clips(self.data, speakers, digests)
         new = {name: self.data.new_clips(name, digests[name]) for name in speakers}  # as this object last read it

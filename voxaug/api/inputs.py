@@ -48,6 +48,24 @@ def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip"
     return digest.hexdigest()[:16]
 
 
+def enrolled_twin_digest(x: ClipInput, digest: str, recorded: dict[str, str]) -> str:
+    """``digest`` (``x``'s own), or, where that is not among the ``recorded`` digests but a twin's is (``x.pt`` beside
+    ``x.wav``: the features and the audio of one clip), the twin's: the clip was enrolled through its twin, which
+    of the two a folder gives depends on the model (an export that takes audio, or no torch to read `.pt`)."""
+    if digest in recorded or not isinstance(x, (str, os.PathLike)):
+        return digest
+    path = Path(os.fsdecode(x))
+    if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
+        return digest
+    for suffix in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
+        twin = path.with_suffix(suffix)
+        if suffix != path.suffix.lower() and twin.is_file():
+            twin_digest = clip_digest(twin)
+            if twin_digest in recorded:
+                return twin_digest
+    return digest
+
+
 @dataclass
 class Clip:
     """One utterance as either ``waveform`` (N,) at the model's rate or ``features`` (T, n_mels); ``name`` for errors."""
