@@ -141,6 +141,24 @@ def test_bad_audio_gives_one_clear_error_naming_the_file(tmp_path, kind, needle)
     assert message.startswith(str(path)) and needle in message and "\n" not in message
 
 
+def test_a_truncated_wav_is_refused_not_read_as_a_shorter_clip(tmp_path):
+    """libsndfile reads the samples a cut-off WAV still holds and says nothing; the file is broken, and identify
+    would answer for half a clip (docs/safety.md: a truncated audio file is one line and exit status 2)."""
+    whole = tmp_path / "whole.wav"
+    write_audio(whole, torch.from_numpy(tone(1.0)), 16000)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert load_clip(whole, FrontendConfig()).shape[0] == frames_for(16000)
+    with pytest.raises(VoxaugError) as caught:
+        load_clip(cut, FrontendConfig())
+    message = str(caught.value)
+    assert message.startswith(str(cut)) and "truncated" in message and "\n" not in message
+    from voxaug.runtime.frontend import read_audio as read_audio_without_torch
+
+    with pytest.raises(VoxaugError, match="truncated"):
+        read_audio_without_torch(cut, 16000)
+
+
 def test_audio_at_a_rate_too_low_for_speech_is_refused_before_resampling(tmp_path):
     path = tmp_path / "slow.wav"
     soundfile.write(path, np.sin(np.arange(16000) / 3).astype(np.float32), 500)  # up to 16 kHz: 32 times the samples

@@ -228,6 +228,27 @@ def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return resampled[: math.ceil(new * waveform.shape[0] / orig)].astype(np.float32)
 
 
+def wav_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes its header declares, bytes present) of a WAV file's sample data cut short, else None. libsndfile reads
+    a truncated WAV without a word, as if it were a shorter recording."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return None
+        position = 12
+        while position + 8 <= size:
+            handle.seek(position)
+            chunk = handle.read(8)
+            declared = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                present = size - position - 8
+                # 0 and 0xFFFFFFFF: a header written before the length was known (streamed); nothing to compare
+                return (declared, present) if declared not in (0, 0xFFFFFFFF) and present < declared else None
+            position += 8 + declared + (declared & 1)
+    return None
+
+
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """An audio file's samples averaged to mono float32, and its sample rate; bad files refused naming them."""
     path = Path(path)
@@ -243,6 +264,10 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
         raise file_error(path, f"not a readable audio file ({str(exc).strip()[:200]})") from exc
     if data.shape[0] == 0:
         raise file_error(path, "audio file holds no samples")
+    shortfall = wav_shortfall(path) if path.suffix.lower() == ".wav" else None
+    if shortfall is not None:
+        raise file_error(path, f"truncated WAV file: its header declares {shortfall[0]} bytes of samples and "
+                               f"{shortfall[1]} are present")
     if not np.isfinite(data).all():
         raise file_error(path, "audio holds NaN or Inf samples")
     check_audio_rate(file_rate, str(path))
