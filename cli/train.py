@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -218,6 +220,7 @@ def _refuse_changes_on_resume(saved: TrainConfig, given: TrainConfig, config_jso
             sorted(resolve_names(saved.augment)) == sorted(resolve_names(given.augment)):
         given.augment["names"] = list(saved.augment["names"])  # applied in a fixed order whatever the spelling
     before, after = saved.to_dict(), given.to_dict()
+    before["augment"], after["augment"] = _with_default_strengths(before["augment"], after["augment"])
     if before["frontend"] or after["frontend"]:  # a setting given as its default value changes nothing
         before["frontend"], after["frontend"] = (FrontendConfig.from_dict({"n_mels": before["model"]["n_mels"], **side}).to_dict()
                                                  for side in (before["frontend"], after["frontend"]))
@@ -226,6 +229,27 @@ def _refuse_changes_on_resume(saved: TrainConfig, given: TrainConfig, config_jso
         raise file_error(config_json, f"--resume cannot change {', '.join(map(_option_name, changed))}: the run was "
                                       "trained with the values in this file (only --steps and --device may change; "
                                       "start a new run to change the others)")
+    given.augment = copy.deepcopy(saved.augment)  # a strength given at its default value: the run's table as saved
+
+
+def _with_default_strengths(*sides: dict) -> list[dict]:
+    """``augment`` tables with every augmentation table that either side has filled in with its defaults, so that
+    ``--reverb-p 0.5`` on a run that left reverb at its default p of 0.5 is not a change."""
+    from voxaug.augment.base import AUGMENTATIONS
+
+    tables = {key for side in sides for key in side if key in AUGMENTATIONS}
+    filled = []
+    for side in sides:
+        side = dict(side)
+        for key in tables:
+            if side.get(key) is not None and not isinstance(side[key], dict):
+                continue
+            defaults = {name: list(p.default) if isinstance(p.default, tuple) else p.default
+                        for name, p in inspect.signature(AUGMENTATIONS[key].__init__).parameters.items()
+                        if p.default is not inspect.Parameter.empty}
+            side[key] = {**defaults, **(side.get(key) or {})}
+        filled.append(side)
+    return filled
 
 
 def _refuse_options_of_unnamed(augment_overrides: dict, named: list[str]) -> None:

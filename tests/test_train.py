@@ -478,3 +478,48 @@ def test_resume_accepts_a_front_end_option_given_at_its_default_value(tiny_synth
     assert same.exit_code == 0, same.output
     other = CliRunner().invoke(app, [*command, "--steps", "6", "--resume", "--sample-rate", "8000"])
     assert other.exit_code == 2 and "--resume cannot change" in other.output and "--sample-rate" in other.output
+
+
+def test_resume_accepts_an_augmentation_strength_given_at_its_default_value(tiny_synth, tmp_path):
+    """--reverb-p 0.5 (or a TOML's [augment.reverb] p = 0.5) on a run that left reverb at its default p changes
+    nothing, so it is not a change; another value still is."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    run = tmp_path / "run"
+    command = ["train", str(tiny_synth), "--out", str(run), "--eval-every", "2", "--batch", "8", "--segment", "32",
+               "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--augment",
+               "reverb,specaug", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert CliRunner().invoke(app, [*command, "--steps", "2"]).exit_code == 0
+    saved = (run / "config.json").read_text()
+    same = CliRunner().invoke(app, [*command, "--steps", "4", "--resume", "--reverb-p", "0.5", "--specaug-freq", "6"])
+    assert same.exit_code == 0, same.output
+    assert json.loads((run / "config.json").read_text())["augment"] == json.loads(saved)["augment"]
+    toml = tmp_path / "same.toml"
+    toml.write_text("[augment.reverb]\np = 0.5\n")
+    from_file = CliRunner().invoke(app, [*command, "--steps", "6", "--resume", "--config", str(toml)])
+    assert from_file.exit_code == 0, from_file.output
+    other = CliRunner().invoke(app, [*command, "--steps", "8", "--resume", "--reverb-p", "0.7"])
+    assert other.exit_code == 2 and "--resume cannot change --reverb-p" in other.output, other.output
+
+
+def test_a_metrics_log_that_is_not_utf8_is_refused_by_name_by_resume_and_plot(tiny_synth, tmp_path):
+    """Damage to metrics.jsonl is bad input (exit 2, the file named), not a bug (exit 3), and changes nothing."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    run = tmp_path / "run"
+    command = ["train", str(tiny_synth), "--out", str(run), "--eval-every", "2", "--batch", "8", "--segment", "32",
+               "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--augment", "none",
+               "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert CliRunner().invoke(app, [*command, "--steps", "2"]).exit_code == 0
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + b"\xff\xfe\n")
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    for args in ([*command, "--steps", "4", "--resume"], ["plot", str(run), "--out", str(tmp_path / "c.png")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"error: {metrics}: not a metrics log" in result.output, result.output
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before

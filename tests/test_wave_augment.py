@@ -253,3 +253,51 @@ def test_a_run_that_recorded_a_relative_noise_folder_resumes_with_its_toml_file(
         assert resumed.exit_code == 0, resumed.output
     finally:
         toml.unlink()
+
+
+def test_a_run_whose_checkpoint_recorded_a_relative_noise_folder_resumes(corpus, tmp_path, monkeypatch):
+    """An earlier voxaug wrote the TOML's relative folder into last.pt too, not only config.json: the checkpoint's
+    copy is read against the working directory as the command line reads config.json's, so it is not a change."""
+    from voxaug.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(corpus)
+    toml = corpus / "relative_in_checkpoint.toml"
+    toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "noise"\n')
+    run = tmp_path / "run"
+    command = ["train", str(corpus / "wav"), "--out", str(run), "--config", str(toml), "--eval-every", "2",
+               "--batch", "8", "--segment", "48", "--d-model", "32", "--layers", "1", "--heads", "2",
+               "--embedding-dim", "32", "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+               "--quiet"]
+    try:
+        assert runner.invoke(app, [*command, "--steps", "2"]).exit_code == 0
+        saved = json.loads((run / "config.json").read_text())
+        saved["augment"]["wave"]["noise_dir"] = "noise"  # as the run folder of an earlier voxaug holds it
+        (run / "config.json").write_text(json.dumps(saved))
+        state = load_checkpoint(run / "last.pt")
+        state["config"]["augment"]["wave"]["noise_dir"] = "noise"
+        save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+        resumed = runner.invoke(app, [*command, "--steps", "4", "--resume"])
+        assert resumed.exit_code == 0, resumed.output
+        assert load_checkpoint(run / "last.pt")["step"] == 4
+    finally:
+        toml.unlink()
+
+
+@pytest.mark.parametrize("segment, frontend", [(1, FrontendConfig()), (2, FrontendConfig()),
+                                               (3, FrontendConfig(sample_rate=44100, n_fft=2048, f_max=7600.0))])
+def test_a_segment_shorter_than_the_front_ends_window_still_gives_batches(corpus, tmp_path, segment, frontend):
+    """The crop is (segment - 1) hops of samples; under n_fft // 2 + 1 samples the centred STFT cannot pad it."""
+    store, _ = open_dataset_store(open_source(corpus / "wav", frontend), tmp_path / "cache", progress=False, workers=0)
+    source = WaveBatchSource(store, corpus / "wav", np.arange(len(store)), 4, segment, 0, frontend, noisy(), 0)
+    batch = source.next_batch()
+    assert batch.features.shape == (4, segment, frontend.n_mels) and batch.lengths.tolist() == [segment] * 4
+    assert torch.isfinite(batch.features).all()
+    source.close()
+
+
+def test_train_with_wave_and_a_tiny_segment_ends_cleanly(corpus, tmp_path):
+    result = runner.invoke(app, ["train", str(corpus / "wav"), "--out", str(tmp_path / "run"), "--augment", "wave",
+                                 "--segment", "2", "--steps", "2", "--eval-every", "2", "--batch", "4", "--warmup", "1",
+                                 "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32",
+                                 "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert result.exit_code == 0, result.output

@@ -21,7 +21,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise file_error(path, "metrics log not found (is this a voxaug run folder?)")
-    text = path.read_text(encoding="utf-8")
+    text = read_log_text(path)
     lines = text.splitlines()
     rows = []
     for number, line in enumerate(lines, start=1):
@@ -40,6 +40,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
                                    "val_acc or null)")
         rows.append(row)
     return rows
+
+
+def read_log_text(path: Path) -> str:
+    """The metrics log as text; one that is not UTF-8 (rows are ASCII JSON) is damage, refused naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise file_error(path, f"not a metrics log: byte {exc.start} is not UTF-8 text") from None
 
 
 def _is_number(value: object) -> bool:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
 from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
-from voxaug.config import TrainConfig
+from voxaug.config import TrainConfig, absolute_folders
 from voxaug.data.audio_store import default_workers, is_audio, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
 from voxaug.data.sources import DatasetSource, open_source
@@ -37,7 +37,7 @@ from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig
 from voxaug.inference import accuracy, autocast_for, run_model
 from voxaug.model import build_model
-from voxaug.plot import plot_runs, read_metrics
+from voxaug.plot import plot_runs, read_log_text, read_metrics
 from voxaug.safeio import atomic_write_json, atomic_write_text, exclusive_lock, read_json
 
 TRACE_ENV = "VOXAUG_TRACE_BATCHES"
@@ -229,6 +229,7 @@ class Trainer:
             raise file_error(path, "checkpoint has no optimizer state; resume from last.pt")
         self._refuse_other_data(state, path)
         saved = TrainConfig.from_saved(state["config"])
+        absolute_folders(saved.augment, Path.cwd())  # a run made before folders were recorded absolute, as the CLI reads it
         mismatched = [
             key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction",
                             "split_version", "weight_decay", "margin_warmup")
@@ -413,7 +414,7 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        lines = [(number, line) for number, line in enumerate(read_log_text(path).splitlines(), 1)
                  if line.strip()]
         rows = []
         for number, line in lines:

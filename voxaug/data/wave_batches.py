@@ -35,7 +35,9 @@ class WaveExamples(Dataset):
     def __init__(self, paths: list[Path], frontend: FrontendConfig, segment: int, seed: int,
                  wave: WaveAugmentation | None) -> None:
         self.paths, self.frontend, self.segment, self.seed, self.wave = paths, frontend, segment, seed, wave
-        self.samples = (segment - 1) * frontend.hop_length  # log_mel gives exactly `segment` frames
+        # log_mel gives exactly `segment` frames; its centred STFT needs more than n_fft // 2 samples (--segment 1 or 2,
+        # or 3 at 44.1 kHz, would crash it), so a shorter crop is widened to that and its frames cut to `segment`
+        self.samples = max((segment - 1) * frontend.hop_length, frontend.n_fft // 2 + 1)
 
     def __len__(self) -> int:
         return len(self.paths)
