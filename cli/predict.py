@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
-from voxaug.errors import file_error
+from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_text
 
 
@@ -32,9 +32,11 @@ def predict(
 
     existing_file(ckpt, "checkpoint")
     output_file(out, "--out")
+    refuse_overwriting_an_input(out, [ckpt])
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     source = open_source_for_model(data, loaded.frontend, split="test")
+    refuse_overwriting_an_input(out, [*getattr(source, "index_files", []), *(u.path for u in source.utterances)])
     if isinstance(source, HW4Source) and set(source.speakers) != set(loaded.speakers):  # names, in any order
         strangers = sorted(set(loaded.speakers) - set(source.speakers))
         raise file_error(data / "mapping.json", f"lists {len(source.speakers)} speakers, not the {len(loaded.speakers)} "
@@ -51,3 +53,19 @@ def predict(
         writer.writerow([key, loaded.speakers[label]])
     atomic_write_text(out, buffer.getvalue())
     typer.echo(f"wrote {len(predicted)} predictions to {out}")
+
+
+def refuse_overwriting_an_input(out: Path, inputs: list[Path]) -> None:
+    """An --out that is the checkpoint or a file of the dataset (testdata.json, say) would be replaced by the CSV."""
+    try:
+        written = out.stat()
+    except OSError:  # not there yet: nothing to lose
+        return
+    for path in inputs:
+        try:
+            read = Path(path).stat()
+        except OSError:
+            continue
+        if (read.st_dev, read.st_ino) == (written.st_dev, written.st_ino):
+            raise VoxaugError(f"{out}: --out is {path}, which predict reads; writing the CSV there would replace it "
+                              "(choose another file name)")

@@ -164,6 +164,17 @@ def test_symlink_out_of_folder_is_refused(tmp_path):
     assert "outside the dataset folder" in _bad(tmp_path, breaker)
 
 
+def test_a_feature_path_that_is_a_symlink_loop_is_one_clear_line(tmp_path):
+    """Path.resolve raises RuntimeError (not OSError) on a loop before Python 3.13: `voxaug` exited 3, "unexpected"."""
+    def breaker(root):
+        os.symlink("loop2.pt", root / "loop1.pt")
+        os.symlink("loop1.pt", root / "loop2.pt")
+        rewrite_metadata(root, lambda m: m["speakers"]["id10000"][0].update(feature_path="loop1.pt"))
+
+    message = _bad(tmp_path, breaker)
+    assert "\n" not in message and "metadata.json" in message and "'loop1.pt' is not a usable path" in message
+
+
 def test_pickled_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
 
@@ -187,3 +198,11 @@ def test_a_json_file_with_a_byte_order_mark_is_read_and_a_transposed_tensor_gets
     assert read_json(tmp_path / "bom.json") == {"n_mels": 40}
     with pytest.raises(VoxaugError, match=r"found 120 \(shape \(40, 120\); transposed\?"):
         check_features(torch.zeros(40, 120), tmp_path / "x.pt", 40)
+
+
+@pytest.mark.parametrize("text", ['{"n_mels": 1' + "0" * 5000 + ', "speakers": {}}', "[" * 100000 + "]" * 100000],
+                         ids=["a 5000-digit number", "arrays nested 100000 deep"])
+def test_json_that_python_refuses_to_parse_is_one_clear_line(tmp_path, text):
+    """json raises ValueError (int digit limit) or RecursionError here, not JSONDecodeError: `voxaug` exited 3."""
+    message = _bad(tmp_path, lambda root: (root / "metadata.json").write_text(text))
+    assert "\n" not in message and message.startswith(str(tmp_path / "d" / "metadata.json") + ": unreadable metadata.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -120,3 +121,21 @@ def test_two_builds_of_one_folder_with_different_front_ends_never_pair_one_index
         for row, key in enumerate(store.keys):
             expected = load_clip(folder / key, frontend)
             assert torch.allclose(store.utterance(row), expected), f"{name}: {key}"
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_packed_again(tmp_path):
+    """`cp -p`, `rsync -a` or `touch -r` give a new file the old one's mtime; features of the same shape are the
+    same size. The store must still see the change instead of serving the old features."""
+    root = make_hw4(tmp_path / "d")
+    target = root / "uttr-0001.pt"
+    before = target.stat()
+    assert PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False).rebuilt
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    changed = torch.full(tuple(torch.load(target, weights_only=True).shape), 7.0)
+    torch.save(changed, target)  # same name, same shape: same size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert store.rebuilt
+    assert torch.equal(store.utterance(store.keys.index("uttr-0001.pt")), changed)

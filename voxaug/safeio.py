@@ -247,6 +247,8 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise file_error(path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
     except RepeatedKeyError as exc:
         raise file_error(path, f"{exc}; merge them") from None
+    except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; arrays nested thousands deep
+        raise file_error(path, f"unreadable {what} ({str(exc).split(';')[0]})") from None
 
 
 class RepeatedKeyError(ValueError):

@@ -27,7 +27,7 @@ from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig, absolute_folders
 from voxaug.data.audio_store import default_workers, is_audio, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
-from voxaug.data.sources import DatasetSource, open_source
+from voxaug.data.sources import DatasetSource, HW4Source, open_source
 from voxaug.data.store import PackedStore
 from voxaug.data.split import stratified_split
 from voxaug.data.wave_batches import WaveBatchSource
@@ -102,6 +102,17 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     optimizer.load_state_dict({**saved, "param_groups": [{**group, "fused": fused} for group in saved["param_groups"]]})
 
 
+def refuse_fewer_than_two_speakers(source: DatasetSource) -> None:
+    """A classifier of one speaker has nothing to tell apart: its loss is 0 from the first step, nothing is learned,
+    and the run would still end reporting accuracy 1.0."""
+    with_clips = sorted({u.speaker for u in source.utterances if u.speaker is not None})
+    if len(with_clips) < 2:
+        where = source.root / "metadata.json" if isinstance(source, HW4Source) else source.root
+        named = f" ({with_clips[0]!r})" if with_clips else ""
+        raise file_error(where, f"holds utterances of {len(with_clips)} speaker{named}; training a speaker classifier "
+                                "needs at least 2")
+
+
 class Trainer:
     """Owns one run: its data, model, optimizer, sampler, augmentations and run folder.
 
@@ -147,6 +158,7 @@ class Trainer:
         self.frontend = frontend or getattr(source, "frontend", None) or FrontendConfig(n_mels=source.n_mels)
         if wave is not None:
             require_audio(source)  # before any featurising: `wave` needs waveforms
+        refuse_fewer_than_two_speakers(source)  # before any featurising too
         self.store, self.skipped_files = main_first(  # rank 0 packs the store; the others then open it
             self.dist, lambda: self._open_store(source, cache_dir, workers, strict))
         self.speakers = self.store.speakers

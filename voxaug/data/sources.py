@@ -43,7 +43,7 @@ class DatasetSource(Protocol):
         """Features (frames, n_mels) of one utterance, validated."""
 
     def fingerprint(self) -> str:
-        """Changes whenever a file the source reads changes (sizes and mtimes)."""
+        """Changes whenever a file the source reads changes (sizes, mtimes, inodes and inode change times)."""
 
 
 def _stat_fingerprint(paths: list[Path], extra: str = "") -> str:
@@ -54,7 +54,9 @@ def _stat_fingerprint(paths: list[Path], extra: str = "") -> str:
         except OSError:
             digest.update(os.fsencode(f"{path}|missing\n"))
             continue
-        digest.update(os.fsencode(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n"))
+        # the inode and its change time too: a file replaced or rewritten with the same size and mtime (`cp -p`,
+        # `rsync -a`, `touch -r`, a re-extracted archive) would otherwise keep its stale features; no tool can set ctime
+        digest.update(os.fsencode(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}\n"))
     return digest.hexdigest()
 
 
@@ -66,7 +68,7 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
         raise file_error(listed_in, f"{field} {relative!r} is absolute; paths must be relative to the dataset folder")
     try:
         resolved = (root / relative).resolve()
-    except (OSError, ValueError) as exc:  # a NUL byte, a name longer than the file system allows
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop (RuntimeError < 3.13)
         raise file_error(listed_in, f"{field} {relative!r} is not a usable path ({exc})") from None
     root_resolved = root.resolve()
     if resolved != root_resolved and root_resolved not in resolved.parents:

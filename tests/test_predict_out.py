@@ -1,0 +1,42 @@
+"""predict --out never replaces a file predict reads: the checkpoint, or a file of the dataset."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from hw4_factory import make_hw4
+from voxaug.cli.main import app
+from voxaug.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def hw4_and_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict_out")
+    data = make_hw4(root / "data")
+    Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), data, root / "run", progress=False).fit()
+    return data, root / "run" / "best.pt"
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "testdata.json", "uttr-0004.pt", "mapping.json"])
+def test_predict_refuses_an_out_that_is_one_of_its_inputs(hw4_and_ckpt, target):
+    data, ckpt = hw4_and_ckpt
+    out = ckpt if target == "checkpoint" else data / target
+    before = out.read_bytes()
+    result = CliRunner().invoke(app, ["predict", str(data), "--ckpt", str(ckpt), "--out", str(out), "-q",
+                                      "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: --out is ") and "which predict reads" in lines[0]
+    assert out.read_bytes() == before
+
+
+def test_predict_still_replaces_an_earlier_csv(hw4_and_ckpt, tmp_path):
+    data, ckpt = hw4_and_ckpt
+    out = tmp_path / "submission.csv"
+    out.write_text("old\n")
+    result = CliRunner().invoke(app, ["predict", str(data), "--ckpt", str(ckpt), "--out", str(out), "-q",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("Id,Category\nuttr-0004.pt,")

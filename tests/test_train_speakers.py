@@ -1,0 +1,42 @@
+"""Training needs clips of at least two speakers: with one, the classifier's loss is 0 and nothing is learned."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from hw4_factory import make_hw4, rewrite_metadata
+from voxaug.cli.main import app
+from voxaug.errors import VoxaugError
+from voxaug.train import Trainer
+
+
+def test_an_hw4_folder_of_one_speaker_is_refused(tmp_path):
+    root = make_hw4(tmp_path / "d", speakers=1)
+    with pytest.raises(VoxaugError, match=r"metadata.json: holds utterances of 1 speaker \('id10000'\).*at least 2"):
+        Trainer(tiny_config(train={"steps": 2}), root, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mapping_of_three_speakers_with_utterances_of_one_is_refused(tmp_path):
+    root = make_hw4(tmp_path / "d", speakers=3)
+    rewrite_metadata(root, lambda m: m.update(speakers={"id10001": m["speakers"]["id10001"]}))
+    with pytest.raises(VoxaugError, match="holds utterances of 1 speaker"):
+        Trainer(tiny_config(train={"steps": 2}), root, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_a_clip_folder_of_one_speaker_is_one_error_line(tmp_path):
+    hw4 = make_hw4(tmp_path / "hw4", speakers=1)
+    (tmp_path / "clips" / "alice").mkdir(parents=True)
+    for clip in sorted(hw4.glob("uttr-*.pt")):
+        shutil.copy(clip, tmp_path / "clips" / "alice" / clip.name)
+    (tmp_path / "clips" / "bob").mkdir()  # an empty speaker folder is no speaker
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "clips"), "--out", str(tmp_path / "run"), "--steps", "2",
+                                      "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (f"error: {tmp_path / 'clips'}: holds utterances of 1 speaker "
+                                                      "('alice'); training a speaker classifier needs at least 2")
+    assert not (tmp_path / "run").exists()
