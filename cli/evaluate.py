@@ -101,6 +101,10 @@ def evaluate(
                 speaker_index.check_asnorm()
             except VoxaugError as exc:
                 raise file_error(index, str(exc)) from None
+    if speaker_index is not None and len(speaker_index.speakers) < 2:  # open_set_scores refuses it, after the embedding
+        raise file_error(index, f"holds {len(speaker_index.speakers)} enrolled speaker(s); the open-set figures of "
+                                "--index (and --calibrate) need at least two: a clip's impostor score is its best "
+                                "score against another enrolled speaker")
     check_speaker_folders(speaker_index, index, enroll, test, impostors)  # before anything is embedded
     source = open_source_for_model(data, embedder.frontend)
     check_training_speakers(data, source.speakers, embedder.speakers,

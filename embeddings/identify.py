@@ -6,6 +6,7 @@ torch-free: ``voxaug.api.index.SpeakerIndex`` does the identifying, with a check
 from __future__ import annotations
 
 import math
+import numbers
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,9 @@ def check_threshold(threshold: float | None, score: str | None = "cosine") -> fl
     known yet, only finiteness is checked)."""
     if threshold is None:
         return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):  # numpy scalars are Real too
+        raise VoxaugError(f"--threshold must be a number, got {threshold!r}")
+    threshold = float(threshold)
     if not math.isfinite(threshold):
         raise VoxaugError(f"--threshold must be a finite number, got {threshold}")
     if score == "cosine" and not -1.0 <= threshold <= 1.0:

@@ -289,6 +289,7 @@ class SpeakerIndex:
         speaker, whose cohort entries (the query itself, when the cohort is its split) AS-norm leaves out."""
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
             raise VoxaugError(f"--top-k must be a positive whole number, got {top_k!r}")
+        top_k = int(top_k)  # a numpy integer passes the check above, and FAISS's search takes only a Python int
         if not self.labels:
             raise VoxaugError("the index has no enrolled speakers")
         score_norm = check_choice("--score-norm", score_norm or self.score_norm, SCORE_NORMS)

@@ -417,6 +417,21 @@ def test_enroll_takes_one_clip_as_one_clip(models, tiny_synth, tmp_path):
     assert index.enroll_many({"one": third, "two": others[:2]}) == {"one": 1, "two": 2}
 
 
+def test_arguments_of_the_wrong_type_are_refused_in_one_line_not_by_a_traceback(models, tiny_synth, tmp_path):
+    """A threshold that is not a number, and clips that are neither a clip nor a collection of them, were
+    TypeErrors from math.isfinite and list(); a bool threshold was taken as 1.0."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    for clips in (None, 5, 0.5):
+        with pytest.raises(VoxaugError, match="clips: expected a clip"):
+            index.enroll("a", clips)
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    for threshold in ("0.5", [0.5], True):
+        with pytest.raises(VoxaugError, match="--threshold must be a number"):
+            voxaug.SpeakerIndex.open(tmp_path / "spk.faiss", threshold=threshold)
+    chosen = voxaug.SpeakerIndex.open(tmp_path / "spk.faiss", threshold=np.float32(0.25))
+    assert chosen.identify(wavs(tiny_synth, "test", "new000")[0])["threshold"] == {"value": 0.25, "source": "option"}
+
+
 def test_a_clip_given_twice_is_refused_before_anything_is_written(models, tiny_synth, tmp_path):
     """The same file twice, or a clip's `.pt` and `.wav` twins, would count twice in the mean and count PLDA scores."""
     index_path = tmp_path / "spk.faiss"

@@ -196,6 +196,28 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(trained
         assert problem in result.output and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("calibrate", [[], ["--calibrate"]])
+def test_evaluate_refuses_an_index_of_fewer_than_two_speakers_before_embedding(trained_run, tiny_synth, tmp_path,
+                                                                              calibrate):
+    """The open-set figures need a second enrolled speaker; evaluate used to embed everything first and then fail
+    (naming calibration even without --calibrate, or, with no speaker left, the validation speakers)."""
+    index = tmp_path / "one.faiss"
+    enrol = tiny_synth / "unseen" / "enroll" / "new000"
+    result = invoke("enroll", "--index", index, "--speaker", "new000", "--ckpt", trained_run / "best.pt", "--device",
+                    "cpu", "-q", enrol)
+    assert result.exit_code == 0, result.output
+    for left in (1, 0):
+        if left == 0:
+            assert invoke("enroll", "--index", index, "--remove", "new000").exit_code == 0
+        before = (tmp_path / "one.faiss.json").read_bytes()
+        result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--index", index, *calibrate,
+                        "--out", tmp_path / "report", "--device", "cpu", "--cache-dir", tmp_path / "cache", "-q")
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"holds {left} enrolled speaker(s)" in result.output and "at least two" in result.output
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "report").exists()  # refused before any work
+        assert (tmp_path / "one.faiss.json").read_bytes() == before
+
+
 def test_a_map_of_two_clips_is_drawn_by_tsne(tmp_path):
     from voxaug.embeddings.evaluation import LabelledEmbeddings, embedding_map
 

@@ -91,6 +91,20 @@ def test_asnorm_ranks_candidates_by_the_normalised_score():
     assert index.search(query, 2)[0][0][0] == "loner"
 
 
+@pytest.mark.parametrize("per", ["speaker", "utterance"])
+@pytest.mark.parametrize("kind", ["none", "plda"])
+def test_a_numpy_integer_top_k_searches_as_its_python_int_does(per, kind):
+    """search() accepts numpy integers as --top-k (the Python API gets them from arrays); FAISS's search refused
+    them with a TypeError traceback instead of answering."""
+    vectors, labels = clustered(speakers=14, per=3)
+    index = SpeakerIndex(dim=16, mode=per, backend=ScoringBackend.fit(kind, vectors, np.array(labels), lda_dim=8))
+    for name in sorted(set(labels)):
+        index.add(name, vectors[[i for i, label in enumerate(labels) if label == name]])
+    for k in (3, 12):
+        assert index.search(vectors[:2], np.int64(k)) == index.search(vectors[:2], k)
+        assert index.search(vectors[:2], np.int32(k)) == index.search(vectors[:2], k)
+
+
 # ---- back ends and the sidecar ---------------------------------------------------------------------------
 
 

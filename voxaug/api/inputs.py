@@ -27,7 +27,11 @@ def clip_list(clips: ClipInput | Iterable[ClipInput]) -> list[ClipInput]:
     one_array = hasattr(clips, "detach") or (isinstance(clips, np.ndarray) and clips.dtype != object)
     if isinstance(clips, (str, os.PathLike)) or one_array:
         return [clips]
-    return list(clips)
+    try:
+        return list(clips)
+    except TypeError:  # None, a number: neither a clip nor a collection of clips
+        raise VoxaugError(f"clips: expected a clip (a path, a waveform or a feature array) or a list of clips, "
+                          f"got {type(clips).__name__}") from None
 
 
 def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip") -> str:
