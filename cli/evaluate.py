@@ -17,7 +17,7 @@ from voxaug.cli.common import (
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, check_lock_timeout, index_lock
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.safeio import atomic_write_text, ensure_folder
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def evaluate(
     if index is None and (calibrate or impostors is not None or score_norm is not None):
         raise VoxaugError("--calibrate, --impostors and --score-norm score against an index: pass --index")
     if impostors is not None and not impostors.is_dir():
-        raise VoxaugError(f"{impostors}: --impostors folder not found")
+        raise VoxaugError(f"{impostors}: --impostors {not_a_folder(impostors)}")
     speaker_index = SpeakerIndex.load(index) if index is not None else None
     if map_method not in MAP_METHODS:
         raise VoxaugError(f"--map {map_method!r} is not known; accepted: {', '.join(MAP_METHODS)}")

@@ -53,6 +53,11 @@ class World:
     def index(self) -> Path:
         return self.root / "spk.faiss"
 
+    @property
+    def two_speaker_index(self) -> Path:
+        """An unseen speaker and an impostor: the fewest speakers evaluate --index scores open-set figures on."""
+        return self.root / "two.faiss"
+
 
 def invoke(args: list) -> tuple[int, str]:
     result = runner.invoke(app, [str(a) for a in args])
@@ -64,7 +69,10 @@ def world(trained_run, tiny_synth, tmp_path_factory) -> World:
     w = World(tmp_path_factory.mktemp("world"), tiny_synth)
     shutil.copytree(trained_run, w.run)
     enroll = sorted((tiny_synth / "unseen" / "enroll").iterdir())[0]
+    impostor = sorted((tiny_synth / "unseen" / "impostors").iterdir())[0]
     for args in (["enroll", "--index", w.index, "--speaker", enroll.name, "--ckpt", w.ckpt, enroll],
+                 ["enroll", "--index", w.two_speaker_index, "--speaker", enroll.name, "--ckpt", w.ckpt, enroll],
+                 ["enroll", "--index", w.two_speaker_index, "--speaker", impostor.name, impostor],
                  ["predict", "--ckpt", w.ckpt, tiny_synth, "--out", w.root / "pred.csv", "-q"],
                  ["embed", "--ckpt", w.ckpt, tiny_synth, "--out", w.root / "emb", "-q"],
                  ["evaluate", "--ckpt", w.ckpt, tiny_synth, "--out", w.root / "report", "--max-pairs", "200", "-q"]):
@@ -435,12 +443,16 @@ CASES: dict[str, Case] = {
                                           ("--enroll and --test", "together")),
     "evaluate: --enroll folder missing": (lambda w: evaluate(w, "--enroll", w.bad / "nowhere", "--test", w.data / "unseen" / "test"),
                                           ("nowhere", "--enroll folder not found")),
+    "evaluate: --impostors a file": (lambda w: evaluate(w, "--index", w.index, "--impostors", write(w.bad / "imp.txt", "x\n")),
+                                     ("imp.txt", "--impostors is a file, not a folder")),
     "evaluate: --test speakers not in --index": (
         lambda w: evaluate(w, "--enroll", w.data / "unseen" / "enroll", "--test", w.data / "unseen" / "test",
-                           "--index", w.index),
-        ("spk.faiss", "have test clips in")),
+                           "--index", w.two_speaker_index),
+        ("two.faiss", "have test clips in")),
     "evaluate: --index without the speakers it is scored on": (
-        lambda w: evaluate(w, "--index", w.index), ("spk.faiss", "the open-set figures score")),
+        lambda w: evaluate(w, "--index", w.two_speaker_index), ("two.faiss", "the open-set figures score")),
+    "evaluate: --index of one speaker": (lambda w: evaluate(w, "--index", w.index),
+                                         ("spk.faiss", "holds 1 enrolled speaker(s)")),
     "evaluate: --map unknown": (lambda w: evaluate(w, "--map", "umap"), ("--map 'umap'", "accepted")),
     "evaluate: malformed trials line": (lambda w: evaluate(w, "--trials", write(w.bad / "t1.txt", "same a.pt b.pt\n")),
                                         ("t1.txt", "line 1: expected 'LABEL CLIP1 CLIP2'")),

@@ -18,6 +18,11 @@ def file_error(path: str | Path, problem: str) -> VoxaugError:
     return VoxaugError(f"{path}: {problem}")
 
 
+def not_a_folder(path: str | Path) -> str:
+    """Why ``path``, which is not a folder, cannot be read as one: missing, or a file given where a folder goes."""
+    return "is a file, not a folder" if Path(path).exists() else "folder not found"
+
+
 def refuse_unknown_keys(values: dict, kind: type, where: str, noun: str = "keys",
                         not_settable: tuple[str, ...] = ()) -> None:
     """Refuse keys that are not fields of the dataclass ``kind``, naming them and the accepted ones

@@ -21,7 +21,7 @@ from voxaug.augment.base import (
 )
 from voxaug.augment.channel import DB_TO_LOG_POWER
 from voxaug.clips import files_under
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_folder
 
 FEATURE_SUFFIX = ".pt"
 
@@ -32,7 +32,7 @@ def load_noise_features(folder: str | Path) -> list[torch.Tensor]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise file_error(folder, "--noise-dir: folder not found")
+        raise file_error(folder, f"--noise-dir: {not_a_folder(folder)}")
     files = sorted(p for p in files_under(folder) if p.suffix == FEATURE_SUFFIX and p.is_file())
     if not files:
         raise file_error(folder, f"--noise-dir: holds no noise feature files ({FEATURE_SUFFIX}) for the 'noise' augmentation")

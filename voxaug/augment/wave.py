@@ -21,7 +21,7 @@ import soundfile
 from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
 from voxaug.clips import files_under
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_folder
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
 """audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
@@ -54,7 +54,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     or the file."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise file_error(folder, f"{option}: folder not found")
+        raise file_error(folder, f"{option}: {not_a_folder(folder)}")
     files = sorted(p for p in files_under(folder) if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
     if not files:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")

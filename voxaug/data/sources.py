@@ -14,7 +14,7 @@ import torch
 from voxaug.audio import AUDIO_SUFFIXES, read_audio
 from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.safeio import read_json
 
@@ -178,7 +178,7 @@ class ClipFolderSource:
         self.n_mels = frontend.n_mels
         self.name = "folder"
         if not self.root.is_dir():
-            raise file_error(self.root, "dataset folder not found")
+            raise file_error(self.root, f"dataset {not_a_folder(self.root)}")
         suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
         utterances = []
         first_seen: dict[tuple[int, int], Path] = {}  # a clip's file by device and inode: a link can list it twice
