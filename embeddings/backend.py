@@ -259,7 +259,7 @@ def _array(values: object, ndim: int, where: str, what: str) -> np.ndarray | Non
         return None
     try:
         array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer too large for a float
         raise VoxaugError(f"{where}: {what} is not an array of numbers") from exc
     if array.ndim != ndim or array.size == 0 or not np.isfinite(array).all():
         raise VoxaugError(f"{where}: {what} must be a finite {ndim}-D array of numbers")

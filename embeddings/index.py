@@ -437,6 +437,9 @@ class SpeakerIndex:
         scoring = _scoring_fields(meta, side)
         if data[:4] not in FAISS_KINDS:
             raise file_error(path, f"not a FAISS flat or HNSW index (starts with {data[:4]!r})")
+        kind = "IndexHNSWFlat" if data[:4] == b"IHNf" else "IndexFlatIP"
+        if meta.get("faiss", kind) != kind:  # the hash covers the FAISS bytes, not this field: the bytes decide
+            raise file_error(side, f"sidecar field 'faiss' is {meta['faiss']!r}, and the index is an {kind}")
         import faiss
 
         try:
@@ -456,7 +459,7 @@ class SpeakerIndex:
         if not np.isfinite(vectors).all():
             raise file_error(path, "index vectors hold NaN or Inf values")
         try:
-            return cls(dim=dim, mode=meta["per"], hnsw=meta.get("faiss") == "IndexHNSWFlat", labels=list(labels),
+            return cls(dim=dim, mode=meta["per"], hnsw=kind == "IndexHNSWFlat", labels=list(labels),
                        vectors=np.ascontiguousarray(vectors, dtype=np.float32), counts=dict(meta["counts"]),
                        mean_norms=dict(meta.get("mean_norms") or {}), checkpoint=dict(meta["checkpoint"]),
                        frontend=dict(meta["frontend"]), built=index, **scoring)
@@ -541,6 +544,8 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
     if not all(_whole_number(count) and count >= 1 for count in meta["counts"].values()):
         raise file_error(side, f"sidecar field 'counts' must map each speaker to a whole number of clips, 1 to {MAX_CLIPS}")
     norms = meta.get("mean_norms")  # a speaker's running mean is norm * centroid: PLDA and --append need it
+    if norms is not None and not isinstance(norms, dict):
+        raise file_error(side, f"sidecar field 'mean_norms' must be of type dict, found {type(norms).__name__}")
     if meta["per"] == "speaker" and (not isinstance(norms, dict) or set(norms) != set(meta["counts"]) or not all(
             _finite_number(norm) and 0 < norm <= 1 + 1e-5 for norm in norms.values())):
         raise file_error(side, "sidecar field 'mean_norms' must map each speaker to a number in (0, 1], the length "
@@ -555,7 +560,12 @@ MAX_CLIPS = 2**53
 
 
 def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON integers have no limit)
+        return False
 
 
 def _whole_number(value: object) -> bool:

@@ -517,6 +517,39 @@ def test_append_works_out_new_clips_against_the_index_as_it_is_under_the_lock(mo
         stale.enroll("bob", [*features, np.zeros((200, 80), np.float32)], append=True)
 
 
+def test_two_processes_creating_one_index_in_different_shapes_do_not_mix_them(models, tiny_synth, tmp_path):
+    """Two `enroll --per ...` into a missing index at once: the one that writes second finds an index of another shape
+    under the lock and is refused, as it would be had it started after the first, instead of enrolling into it."""
+    index_path = tmp_path / "spk.faiss"
+    c0, c1, c2 = [wav.with_suffix(".pt") for wav in wavs(tiny_synth, "enroll", "new000")]
+    per_speaker = voxaug.SpeakerIndex.create(index_path, models["ckpt"])  # both find no index yet
+    per_utterance = voxaug.SpeakerIndex.create(index_path, models["ckpt"], per="utterance", hnsw=True)
+    per_utterance.enroll("alice", [c0, c1])
+    with pytest.raises(VoxaugError, match=r"per utterance with HNSW search, .* per speaker with exact search"):
+        per_speaker.enroll("bob", [c2])
+    loaded = voxaug.SpeakerIndex.open(index_path).data
+    assert (loaded.mode, loaded.hnsw, loaded.counts) == ("utterance", True, {"alice": 2})
+    assert per_utterance.enroll("bob", [c2]) == 1  # the creator that won goes on enrolling into its own index
+
+
+def test_append_under_the_lock_knows_a_clip_another_process_enrolled_meanwhile_through_its_twin(models, tiny_synth,
+                                                                                             tmp_path):
+    """Two processes that opened the index before either wrote: one enrols x.pt, the other x.wav (its twin). The
+    second must skip it (or refuse it for another speaker) as it would had it opened the index afterwards, not count
+    the clip twice because the twin was looked up in the index as it was before the lock."""
+    index_path = tmp_path / "spk.faiss"
+    c0, c1, c2 = [wav.with_suffix(".pt") for wav in wavs(tiny_synth, "enroll", "new000")]
+    voxaug.SpeakerIndex.create(index_path, models["ckpt"]).enroll("alice", [c0])
+    first, second, third = (voxaug.SpeakerIndex.open(index_path) for _ in range(3))
+    first.enroll("alice", [c1], append=True)
+    assert second.enroll("alice", [c1.with_suffix(".wav")], append=True) == 2 and second.skipped == {"alice": 1}
+    assert len(json.loads(sidecar_path(index_path).read_text())["clip_digests"]["alice"]) == 2
+    first.enroll("alice", [c2], append=True)
+    with pytest.raises(VoxaugError, match="as one alice is enrolled from"):
+        third.enroll("bob", [c2.with_suffix(".wav")])
+    assert voxaug.SpeakerIndex.open(index_path).data.counts == {"alice": 3}
+
+
 def test_an_export_refuses_a_clip_too_long_for_its_attention_and_names_runtime_failures(models, tiny_synth,
                                                                                           monkeypatch):
     """The exported attention holds frames x frames per head: a clip past MAX_FRAMES is refused in one line naming

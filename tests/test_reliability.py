@@ -272,6 +272,35 @@ def test_a_sidecar_naming_one_speaker_twice_is_refused(tmp_path):
         SpeakerIndex.load(path)
 
 
+HUGE = 10**400  # a JSON integer has no limit; no float holds this one
+
+
+@pytest.mark.parametrize("per, edit", [
+    ("speaker", lambda meta: meta["calibration"].update(value=HUGE, score_norm="none")),
+    ("speaker", lambda meta: meta["mean_norms"].update(alice=HUGE)),
+    ("speaker", lambda meta: meta.update(backend={"version": 1, "kind": "center", "mean": [HUGE, 0, 0, 0]})),
+    ("utterance", lambda meta: meta.update(mean_norms=[1.0])),
+    ("utterance", lambda meta: meta.update(mean_norms="alice")),
+    ("speaker", lambda meta: meta.update(faiss="IndexHNSWFlat")),
+    ("speaker", lambda meta: meta.update(faiss=5)),
+], ids=["huge-threshold", "huge-norm", "huge-back-end-mean", "norms-a-list", "norms-a-string", "flat-said-hnsw",
+        "faiss-a-number"])
+def test_a_hand_edited_sidecar_of_huge_numbers_or_wrong_types_is_refused_naming_it(tmp_path, per, edit):
+    """Values out of range and of the wrong type are refused in one line naming the sidecar, not as an unexpected
+    OverflowError or TypeError (exit 3); the FAISS bytes, which the hash covers, decide the index's kind."""
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4, mode=per)
+    index.add("alice", np.eye(4)[:2])
+    index.add("bob", np.eye(4)[2:3])
+    index.save(path)
+    sidecar = tmp_path / "spk.faiss.json"
+    meta = json.loads(sidecar.read_text())
+    edit(meta)
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(VoxaugError, match=r"spk\.faiss\.json: "):
+        SpeakerIndex.load(path)
+
+
 def test_a_forked_worker_does_not_keep_the_lock_of_a_process_that_was_killed(tmp_path):
     """A training's data-loader workers are forked while it holds its run folder's lock: one that outlived a kill
     held the lock for seconds, and a resume right after the kill was refused."""

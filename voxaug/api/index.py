@@ -88,6 +88,9 @@ class SpeakerIndex:
         self.threshold_option = check_threshold(threshold, data.score_name(score_norm or data.score_norm))
         self.skipped: dict[str, int] = {}
         """How many clips of each speaker the last enrolment skipped, already enrolled (``append``)."""
+        self.creating = False
+        """Made by :meth:`create`: the index it finds under the lock, written meanwhile by another process, must have
+        the shape (``per``, ``hnsw``) it was asked to create."""
         self._outdated_for: IndexData | None = None
         self._outdated = False
         if cohort_top_k is not None:
@@ -118,7 +121,9 @@ class SpeakerIndex:
         if not isinstance(model, SpeakerModel):
             model = SpeakerModel.load(model, device)
         data = IndexData(dim=model.embedding_dim, mode=per, hnsw=hnsw, checkpoint=model.record(), frontend=model.frontend)
-        return cls(path, data, model)
+        created = cls(path, data, model)
+        created.creating = True
+        return created
 
     @property
     def speakers(self) -> list[str]:
@@ -142,7 +147,7 @@ class SpeakerIndex:
         check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
         speakers = {name: clip_list(clips) for name, clips in speakers.items()}
         self._refuse_enrolled(self.data, speakers, append)
-        digests = {}
+        own, digests = {}, {}
         recorded = self.data.clip_owners()
         for name, clips in speakers.items():
             if name not in self.data.counts:  # a speaker enrolled before a rule was added can still take clips
@@ -150,8 +155,8 @@ class SpeakerIndex:
             if not clips:
                 raise VoxaugError(f"{name}: no enrolment clips given")
             refuse_repeated_clips(name, clips)
-            digests[name] = [enrolled_twin_digest(clip, clip_digest(clip, sample_rate, f"{name} clip {i}"), recorded)
-                             for i, clip in enumerate(clips)]
+            own[name] = [clip_digest(clip, sample_rate, f"{name} clip {i}") for i, clip in enumerate(clips)]
+            digests[name] = [enrolled_twin_digest(clip, own[name][i], recorded) for i, clip in enumerate(clips)]
         self._refuse_same_content(speakers, digests)
         self._refuse_other_speakers_clips(self.data, speakers, digests)
         new = {name: self.data.new_clips(name, digests[name]) for name in speakers}  # as this object last read it
@@ -160,7 +165,16 @@ class SpeakerIndex:
                                  unit="speaker", disable=not progress, leave=False)}
         with index_lock(self.path, lock_timeout):
             data = self._reread()
+            if self.creating and (data.mode, data.hnsw) != (self.data.mode, self.data.hnsw):
+                raise file_error(self.path, f"another process created this index meanwhile, per {data.mode} with "
+                                            f"{'HNSW' if data.hnsw else 'exact'} search, and this enrolment was to "
+                                            f"create it per {self.data.mode} with "
+                                            f"{'HNSW' if self.data.hnsw else 'exact'} search (nothing was written)")
             self._refuse_enrolled(data, speakers, append)  # another process may have enrolled one meanwhile
+            owners = data.clip_owners()
+            if owners != recorded:  # another process may have enrolled a clip's twin (x.pt for x.wav) meanwhile
+                digests = {name: [enrolled_twin_digest(clip, own[name][i], owners) for i, clip in enumerate(clips)]
+                           for name, clips in speakers.items()}
             self._refuse_other_speakers_clips(data, speakers, digests)
             fresh = {name: data.new_clips(name, digests[name]) for name in speakers}  # another process may have
             for name, clips in speakers.items():                                        # enrolled or removed some
