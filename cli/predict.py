@@ -36,7 +36,10 @@ def predict(
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, torch_device)
     source = open_source_for_model(data, loaded.frontend, split="test")
-    refuse_overwriting_an_input(out, [*getattr(source, "index_files", []), *(u.path for u in source.utterances)])
+    dataset_files = [*getattr(source, "index_files", []), *(u.path for u in source.utterances)]
+    if isinstance(source, HW4Source):
+        dataset_files.append(data / "metadata.json")  # not read for the test split, but the dataset's all the same
+    refuse_overwriting_an_input(out, dataset_files)
     if isinstance(source, HW4Source) and set(source.speakers) != set(loaded.speakers):  # names, in any order
         strangers = sorted(set(loaded.speakers) - set(source.speakers))
         raise file_error(data / "mapping.json", f"lists {len(source.speakers)} speakers, not the {len(loaded.speakers)} "

@@ -497,6 +497,26 @@ def test_append_of_a_folder_read_through_its_audio_skips_clips_enrolled_from_the
     one_line_error(code, output, "as one new000 is enrolled from", "nothing was written")
 
 
+def test_a_twin_is_found_whatever_the_case_of_its_suffix_and_read_only_when_something_is_recorded(tmp_path,
+                                                                                                    monkeypatch):
+    """one_file_per_clip pairs x.pt with x.WAV, so the twin look-up must too (else --append with the other model
+    enrols the clip twice); and an index that records no clip has no twin to match, so no twin file is hashed."""
+    from voxaug.api import inputs
+
+    (tmp_path / "x.pt").write_bytes(b"features")
+    (tmp_path / "x.WAV").write_bytes(b"audio")
+    features, audio = (inputs.clip_digest(tmp_path / name) for name in ("x.pt", "x.WAV"))
+    assert inputs.enrolled_twin_digest(tmp_path / "x.pt", features, {audio: "alice"}) == audio
+    assert inputs.enrolled_twin_digest(tmp_path / "x.WAV", audio, {features: "alice"}) == features
+    assert inputs.enrolled_twin_digest(tmp_path / "x.pt", features, {"0" * 16: "bob"}) == features
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a twin was hashed with nothing recorded to match it against")
+
+    monkeypatch.setattr(inputs, "clip_digest", no_reading)
+    assert inputs.enrolled_twin_digest(tmp_path / "x.pt", features, {}) == features
+
+
 def test_append_works_out_new_clips_against_the_index_as_it_is_under_the_lock(models, tiny_synth, tmp_path):
     """An object opened before another process removed and re-enrolled the speaker must not skip a clip the index
     no longer holds; and an error about an array names its place in the caller's list, skipped clips counted."""
@@ -519,7 +539,8 @@ def test_append_works_out_new_clips_against_the_index_as_it_is_under_the_lock(mo
 
 def test_two_processes_creating_one_index_in_different_shapes_do_not_mix_them(models, tiny_synth, tmp_path):
     """Two `enroll --per ...` into a missing index at once: the one that writes second finds an index of another shape
-    under the lock and is refused, as it would be had it started after the first, instead of enrolling into it."""
+    under the lock and is refused (the shape it was created with, defaults included, is what it asked for), instead of
+    enrolling into it."""
     index_path = tmp_path / "spk.faiss"
     c0, c1, c2 = [wav.with_suffix(".pt") for wav in wavs(tiny_synth, "enroll", "new000")]
     per_speaker = voxaug.SpeakerIndex.create(index_path, models["ckpt"])  # both find no index yet

@@ -19,7 +19,7 @@ def hw4_and_ckpt(tmp_path_factory):
     return data, root / "run" / "best.pt"
 
 
-@pytest.mark.parametrize("target", ["checkpoint", "testdata.json", "uttr-0004.pt", "mapping.json"])
+@pytest.mark.parametrize("target", ["checkpoint", "testdata.json", "uttr-0004.pt", "mapping.json", "metadata.json"])
 def test_predict_refuses_an_out_that_is_one_of_its_inputs(hw4_and_ckpt, target):
     data, ckpt = hw4_and_ckpt
     out = ckpt if target == "checkpoint" else data / target

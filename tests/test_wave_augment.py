@@ -301,3 +301,17 @@ def test_train_with_wave_and_a_tiny_segment_ends_cleanly(corpus, tmp_path):
                                  "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32",
                                  "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_python_api_resume_of_a_run_with_a_relative_noise_folder_is_not_a_change(corpus, tmp_path, monkeypatch):
+    """Trainer.config_from_run gives the folder as the run recorded it (relative, from the Python API or an earlier
+    voxaug): resume reads the saved and the given config against the working directory alike."""
+    monkeypatch.chdir(corpus)
+    config = tiny_config(train={"steps": 2, "eval_every": 2, "batch": 8, "segment": 48, "warmup": 1},
+                         augment={"names": ["wave"], "wave": {"noise_dir": "noise"}})
+    run = tmp_path / "run"
+    Trainer(config, corpus / "wav", run, cache_dir=tmp_path / "cache", progress=False, workers=0).fit()
+    resumed = Trainer.config_from_run(run, steps=4)
+    assert resumed.augment["wave"]["noise_dir"] == "noise"
+    Trainer(resumed, corpus / "wav", run, cache_dir=tmp_path / "cache", progress=False, workers=0, resume=True).fit()
+    assert load_checkpoint(run / "last.pt")["step"] == 4

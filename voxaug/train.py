@@ -8,6 +8,7 @@ and only rank 0 writes the run folder."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -241,11 +242,16 @@ class Trainer:
             raise file_error(path, "checkpoint has no optimizer state; resume from last.pt")
         self._refuse_other_data(state, path)
         saved = TrainConfig.from_saved(state["config"])
-        absolute_folders(saved.augment, Path.cwd())  # a run made before folders were recorded absolute, as the CLI reads it
+        # a run made before folders were recorded absolute, as the CLI reads it; and the config given here (the Python
+        # API, Trainer.config_from_run) may hold the same relative folder: both are read against the working directory
+        given = copy.copy(self.config)
+        given.augment = copy.deepcopy(self.config.augment)
+        for config in (saved, given):
+            absolute_folders(config.augment, Path.cwd())
         mismatched = [
             key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction",
                             "split_version", "weight_decay", "margin_warmup")
-            if getattr(saved, key) != getattr(self.config, key)
+            if getattr(saved, key) != getattr(given, key)
         ]
         if "frontend" in state and FrontendConfig.from_dict(state["frontend"]) != self.frontend:
             mismatched.append("front end")  # the same clips would become other features

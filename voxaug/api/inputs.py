@@ -56,17 +56,21 @@ def enrolled_twin_digest(x: ClipInput, digest: str, recorded: dict[str, str]) ->
     """``digest`` (``x``'s own), or, where that is not among the ``recorded`` digests but a twin's is (``x.pt`` beside
     ``x.wav``: the features and the audio of one clip), the twin's: the clip was enrolled through its twin, which
     of the two a folder gives depends on the model (an export that takes audio, or no torch to read `.pt`)."""
-    if digest in recorded or not isinstance(x, (str, os.PathLike)):
+    if not recorded or digest in recorded or not isinstance(x, (str, os.PathLike)):  # nothing to match: no twin read
         return digest
     path = Path(os.fsdecode(x))
     if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
         return digest
     for suffix in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
-        twin = path.with_suffix(suffix)
-        if suffix != path.suffix.lower() and twin.is_file():
-            twin_digest = clip_digest(twin)
-            if twin_digest in recorded:
-                return twin_digest
+        if suffix == path.suffix.lower():
+            continue
+        for spelling in dict.fromkeys((suffix, suffix.upper())):  # x.WAV is x.pt's twin, as in one_file_per_clip
+            twin = path.with_suffix(spelling)
+            if twin.is_file():
+                twin_digest = clip_digest(twin)
+                if twin_digest in recorded:
+                    return twin_digest
+                break  # a case-insensitive file system finds one file under both spellings
     return digest
 
 
