@@ -59,7 +59,7 @@ def write_noise(folder: Path, count: int = 4, seconds: float = 3.0, rate: int = 
 
 def featurise_rate(root: Path, workdir: Path, workers: int) -> dict:
     """Build the packed store from scratch with ``workers`` processes: utterances/s and x real time."""
-    source = open_source(root)
+    source = open_source(root, prefer_audio=True)  # a synth unseen/ folder holds x.pt beside x.wav
     seconds = sum(soundfile.info(str(u.path)).duration for u in source.utterances)
     folder = workdir / f"store-w{workers}"
     start = time.perf_counter()
@@ -130,7 +130,7 @@ def run_audio_bench(data: Path | None = None, quick: bool = False, workers: tupl
         root = ensure_audio(data, workdir, quick)
         wave = WaveAugmentation(noise_dir=str(write_noise(workdir / "noise")), noise_p=0.5)
         featurise = [featurise_rate(root, workdir, w) for w in workers]
-        store = PackedStore.open(open_source(root), workdir / "cache", progress=False,
+        store = PackedStore.open(open_source(root, prefer_audio=True), workdir / "cache", progress=False,
                                  builder=lambda s, f, fp, p: build_audio_store(s, f, fp, p, workers=max(workers)))
         augment = [wave_rate(store, root, wave, w, batch, segment, batches) for w in workers]
         consume = step_consumption(store, root, None, 0, batch, segment, steps)

@@ -15,8 +15,8 @@ Embeddings are computed once; each arm only re-scores them. Given several checkp
 data, such as seeds), it scores each in turn and the JSON holds one run per model, rendered with the
 per-model figures and their means.
 
-    python benchmarks/backend_ablation.py --ckpt demo/run/best.pt demo/data --json backend.json
-    python benchmarks/backend_ablation.py --ckpt demo/run/best.pt runs/default-seed1/best.pt demo/data --json seeds.json
+    python benchmarks/backend_ablation.py demo/data --ckpt demo/run/best.pt --json backend.json
+    python benchmarks/backend_ablation.py demo/data --ckpt demo/run/best.pt runs/default-seed1/best.pt --json seeds.json
 """
 
 from __future__ import annotations
@@ -94,15 +94,16 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     answers = np.array([hits[0][0] for hits in first])
     tested = np.array([hits[0][0] for hits in index.search(found["test"].embeddings, 1)])
     codes = speaker_codes(train.labels, found["model"].speakers)
-    _, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"], config.split_version)
+    kept, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"], config.split_version)
     validation = LabelledEmbeddings(train.embeddings[held_out], train.labels[held_out])
+    reference = LabelledEmbeddings(train.embeddings[kept], train.labels[kept])  # evaluate's fallback: one clip a speaker
     row = {"backend": backend, "score_norm": score_norm, "enrolled": len(index.labels),
            "unseen_among_all": float(np.mean(answers == unseen.labels)),
            "unseen_among_newcomers": float(np.mean([next(s for s, _ in hits if s in newcomers) == label
                                                     for hits, label in zip(ranked, unseen.labels)])),
            "trained_test_among_all": float(np.mean(tested == found["test"].labels)),
            **wrong_answers(answers, ranked, unseen.labels)}
-    verification = score_pairs(validation, 20000, config.seed, None,
+    verification = score_pairs(validation, 20000, config.seed, reference,
                                TrialScorer(index, score_norm, target_far) if backend != "none" or score_norm != "none"
                                else TrialScorer(target_far=target_far))
     row.update(eer=verification["eer"], min_dcf=verification["min_dcf"])

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -215,6 +216,7 @@ def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, option
             "input_norm": config["model"]["input_norm"], "segment": config["segment"], "batch": config["batch"],
             "val_acc": metrics[-1]["val_acc"],
             "train_acc": metrics[-1]["train_acc"], "test_acc": sum(truth[i] == c for i, c in rows) / len(rows),
+            "val_clips": config["run"]["val_utterances"], "test_clips": len(rows),
             "checkpoint": str(run / "last.pt")}
 
 
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| `{arm}` | {statistics.mean(r['val_acc'] for r in mine):.3f} | "
               f"{statistics.mean(r['test_acc'] for r in mine):.3f} | {statistics.mean(r['train_acc'] for r in mine):.3f} |")
     if args.json:
-        atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rows": rows})
+        atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
+                                      f"{platform.platform()}", "steps": args.steps, "rows": rows})
     return 0
 
 

@@ -38,7 +38,8 @@ def crosscheck_table(result: dict) -> str:
     `voxaug train` options) over its seeds, val + test weighted by clip count. Rows recorded before crosscheck.py
     stored the run's input normalisation, segment and batch ran with the options they name and the cpu preset's
     128 x 32 of then."""
-    val_n, test_n = HELD_OUT
+    counts = {(row.get("val_clips", HELD_OUT[0]), row.get("test_clips", HELD_OUT[1])) for row in result["rows"]}
+    val_n, test_n = counts.pop() if len(counts) == 1 else HELD_OUT  # rows recorded before the counts: the default set's
     lines = [f"| augment | input norm | segment x batch | other options | seed | val acc ({val_n} clips) | "
              f"test acc ({test_n} clips) | val + test ({val_n + test_n} clips) |", "|---|---|---|---|---|---|---|---|"]
     arms: dict[tuple[str, str, str, str], list[tuple[float, float]]] = defaultdict(list)
@@ -230,6 +231,8 @@ def _mean_eer_dcf(rows: list[dict]) -> str:
 
 def _asnorm_cells(rows: list[dict], plains: list[dict]) -> str:
     """Mean EER / minDCF of one arm over the models, and on how many it lowers both."""
+    if None in rows:  # a cohort of fewer clips than the arm's K: the sweep left that arm out
+        return "- | -"
     return f"{_mean_eer_dcf(rows)} | {sum(_lowers_both(r, p) for r, p in zip(rows, plains))} of {len(rows)}"
 
 
