@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -236,6 +235,7 @@ def _with_default_strengths(*sides: dict) -> list[dict]:
     """``augment`` tables with every augmentation table that either side has filled in with its defaults, so that
     ``--reverb-p 0.5`` on a run that left reverb at its default p of 0.5 is not a change."""
     from voxaug.augment.base import AUGMENTATIONS
+    from voxaug.augment.pipeline import default_strengths
 
     tables = {key for side in sides for key in side if key in AUGMENTATIONS}
     filled = []
@@ -244,10 +244,7 @@ def _with_default_strengths(*sides: dict) -> list[dict]:
         for key in tables:
             if side.get(key) is not None and not isinstance(side[key], dict):
                 continue
-            defaults = {name: list(p.default) if isinstance(p.default, tuple) else p.default
-                        for name, p in inspect.signature(AUGMENTATIONS[key].__init__).parameters.items()
-                        if p.default is not inspect.Parameter.empty}
-            side[key] = {**defaults, **(side.get(key) or {})}
+            side[key] = {**default_strengths(key), **(side.get(key) or {})}
         filled.append(side)
     return filled
 

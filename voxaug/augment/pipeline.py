@@ -77,6 +77,13 @@ def parse_names(spec: str | list[str]) -> list[str]:
     return names
 
 
+def default_strengths(name: str) -> dict[str, Any]:
+    """The strengths augmentation ``name`` takes and their defaults (tuples as lists, as a saved config holds them)."""
+    return {key: list(p.default) if isinstance(p.default, tuple) else p.default
+            for key, p in inspect.signature(AUGMENTATIONS[name].__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def check_params(params: dict[str, Any]) -> None:
     """Refuse keys of an ``augment`` table that name no augmentation, unknown strength names and bad values."""
     for key, values in params.items():
