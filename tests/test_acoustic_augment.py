@@ -299,3 +299,28 @@ def test_power_domain_augmentations_do_not_overflow_on_large_log_values(augmenta
     out = augmentation(loud, gen(13))
     assert torch.isfinite(out.features).all()
     assert torch.all(out.features[~real_frames(out.lengths, 40)] == 0)
+
+
+@pytest.mark.parametrize("offset", [100.0, -150.0])
+def test_noise_files_on_another_log_scale_still_add_noise_at_the_drawn_snr(tmp_path, offset):
+    """Noise features near 100 (dB-like) overflowed exp() to inf and made every noisy cell NaN; near -150 they
+    underflowed to zero power and no noise was added at all. The SNR sets the level, so the scale must not matter."""
+    folder = tmp_path / "noises"
+    folder.mkdir()
+    atomic_torch_save(folder / "n0.pt", torch.randn(50, 40, generator=gen(14)) * 2 + offset)
+    batch = speech_like([80, 40], seed=15)
+    out = AdditiveNoise(p=1.0, min_snr_db=5.0, max_snr_db=5.0, noise_dir=str(folder))(batch, gen(16))
+    assert torch.isfinite(out.features).all()
+    added = (power(out) - power(batch)).sum(dim=(1, 2)) / power(batch).sum(dim=(1, 2))
+    assert torch.allclose(added, torch.full_like(added, 10 ** -0.5), rtol=1e-3)
+
+
+def test_speed_keeps_an_all_padding_row_empty_instead_of_giving_it_a_negative_length():
+    """floor((0 - 1) / 0.9) + 1 is -1: a slowed empty row came out with length -1."""
+    speed = SpeedPerturb(factors=[0.9])
+    speed.bind(10)
+    batch = speech_like([30] + [0] * 15, seed=17)
+    out = speed(batch, gen(18))
+    assert out.labels[1:].ge(10).any(), "some empty rows were slowed"
+    assert out.lengths.tolist() == [int(out.lengths[0])] + [0] * 15
+    assert torch.all(out.features[1:] == 0)

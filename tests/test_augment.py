@@ -359,3 +359,13 @@ def test_runs_on_the_batch_device_with_a_device_generator(name):
     out = augmentation(name)(batch, torch.Generator(device=device).manual_seed(0))
     assert out.features.device.type == "cuda" and out.weights.device.type == "cuda"
     assert torch.all(out.features[~real_frames(out.lengths, out.features.shape[1])] == 0)
+
+
+def test_specaug_mean_fill_does_not_overflow_in_half_precision():
+    """The utterance mean was summed in the features' dtype: 300 frames x 80 bands of -4 is -96000, past float16's
+    65504, so every masked cell became -inf."""
+    lengths = torch.tensor([300, 300])
+    features = torch.full((2, 300, 80), -4.0, dtype=torch.float16)
+    out = SpecAugment(freq_masks=2, time_masks=2)(TrainBatch.from_labels(features, lengths, torch.arange(2)), gen(4))
+    assert out.features.dtype == torch.float16
+    assert torch.equal(out.features, features), "the mean of a constant utterance is that constant"

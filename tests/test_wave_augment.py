@@ -315,3 +315,19 @@ def test_a_python_api_resume_of_a_run_with_a_relative_noise_folder_is_not_a_chan
     assert resumed.augment["wave"]["noise_dir"] == "noise"
     Trainer(resumed, corpus / "wav", run, cache_dir=tmp_path / "cache", progress=False, workers=0, resume=True).fit()
     assert load_checkpoint(run / "last.pt")["step"] == 4
+
+
+def test_the_chain_leaves_the_callers_global_generators_as_they_were():
+    """``apply`` seeds Python's and numpy's global generators for audiomentations; with --workers 0 it runs in the
+    trainer's (or an API user's) own process, whose global streams it used to leave reseeded."""
+    import random
+
+    waveform = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    np.random.seed(123)
+    random.seed(123)
+    expected = np.random.rand(), random.random()
+    np.random.seed(123)
+    random.seed(123)
+    first = WaveAugmentation(snr_p=1.0, gain_p=1.0).apply(waveform, 16000, seed=7)
+    assert (np.random.rand(), random.random()) == expected
+    assert np.array_equal(first, WaveAugmentation(snr_p=1.0, gain_p=1.0).apply(waveform, 16000, seed=7))

@@ -27,7 +27,8 @@ FEATURE_SUFFIX = ".pt"
 
 
 def load_noise_features(folder: str | Path) -> list[torch.Tensor]:
-    """Every ``.pt`` log-mel tensor (frames, n_mels) under ``folder``, as float32 power; errors name the file."""
+    """Every ``.pt`` log-mel tensor (frames, n_mels) under ``folder``, as float32 power relative to the file's loudest
+    cell (the SNR sets the level, so any log scale, dB-like included, stays finite); errors name the file."""
     from voxaug.safeio import safe_torch_load
 
     folder = Path(folder)
@@ -43,7 +44,7 @@ def load_noise_features(folder: str | Path) -> list[torch.Tensor]:
             raise file_error(path, "--noise-dir: expected a float tensor of log-mel features (frames, n_mels)")
         if not torch.isfinite(tensor).all():
             raise file_error(path, "--noise-dir: noise features hold NaN or Inf values")
-        noises.append(torch.exp(tensor.float()))
+        noises.append(torch.exp(tensor.float() - tensor.float().max()))
     bands = {int(t.shape[1]) for t in noises}
     if len(bands) > 1:
         raise file_error(folder, f"--noise-dir: noise files disagree on n_mels ({sorted(bands)})")

@@ -86,7 +86,8 @@ class SpecAugment(BatchAugmentation):
             masked |= _covered(start, stop, bands).unsqueeze(1)
         masked &= real.unsqueeze(2)
         if self.value == "mean":
-            fill = (features * real.unsqueeze(2)).sum(dim=(1, 2)) / (lengths.clamp(min=1) * bands)  # (B,)
+            wide = torch.promote_types(features.dtype, torch.float32)  # a float16 sum over a long utterance overflows
+            fill = (features.to(wide) * real.unsqueeze(2)).sum(dim=(1, 2)) / (lengths.clamp(min=1) * bands)  # (B,)
             fill = fill.view(size, 1, 1).to(features.dtype)
         else:
             fill = torch.tensor(0.0 if self.value == "zero" else float(self.value), dtype=features.dtype, device=features.device)

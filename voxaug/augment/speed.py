@@ -95,8 +95,7 @@ class SpeedPerturb(BatchAugmentation):
         grid = torch.stack([grid_x, grid_y], dim=3).to(features.dtype)  # (B, F, T, 2), of the features' dtype
         warped = F.grid_sample(features.transpose(1, 2).unsqueeze(1), grid, mode="bilinear",
                                padding_mode="border", align_corners=True)  # (B, 1, F, T)
-        new_lengths = torch.minimum(((lengths - 1).float() / speeds).floor().long() + 1,
-                                    torch.full_like(lengths, frames))  # (B,)
+        new_lengths = (((lengths - 1).float() / speeds).floor().long() + 1).clamp(0, frames)  # (B,); empty stays empty
         warped = warped.squeeze(1).transpose(1, 2) * real_frames(new_lengths, frames).unsqueeze(2).to(features.dtype)
         warped = torch.where((choice == 0).view(size, 1, 1), features, warped)  # speed 1: exactly the input
         labels = batch.labels + (choice * self._speakers).unsqueeze(1)  # (B, K)

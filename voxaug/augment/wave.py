@@ -146,10 +146,15 @@ class WaveAugmentation(BatchAugmentation):
     def apply(self, waveform: np.ndarray, sample_rate: int, seed: int) -> np.ndarray:
         """Augment one mono float32 waveform; the same ``seed`` always gives the same result.
 
-        audiomentations draws from Python's and numpy's global generators, so both are seeded here,
-        per example, inside the worker that runs it.
+        audiomentations draws from Python's and numpy's global generators, so both are seeded here, per
+        example, and put back afterwards: with ``--workers 0`` this runs in the caller's own process.
         """
+        saved = random.getstate(), np.random.get_state()
         random.seed(seed)
         np.random.seed(seed)
-        out = self.chain()(samples=np.ascontiguousarray(waveform, dtype=np.float32), sample_rate=sample_rate)
+        try:
+            out = self.chain()(samples=np.ascontiguousarray(waveform, dtype=np.float32), sample_rate=sample_rate)
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
         return np.nan_to_num(np.asarray(out, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
