@@ -412,8 +412,14 @@ class SpeakerIndex:
         if sidecar_path(path).is_dir():
             raise file_error(sidecar_path(path), "is a folder; the index's sidecar goes there")
         pending = pending_path(path, digest)
+        staged_before = pending.exists()  # then the sidecar on disk may name it: it stays, as it was
         atomic_write_bytes(pending, data)
-        atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
+        try:
+            atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
+        except VoxaugError:  # not committed (a full disk): the staged bytes would only hold space
+            if not staged_before:
+                pending.unlink(missing_ok=True)
+            raise
         os.replace(pending, path)
         _remove_interrupted_writes(path)
         fsync_dir(path.parent)

@@ -3,6 +3,7 @@ match with `voxaug synth`'s features, bad files (clear errors, skip-and-count, -
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -382,3 +383,21 @@ def test_commands_that_read_data_skip_the_bad_files_train_skipped_whatever_the_c
     assert shared.stderr.count("warning: skipped 2 of") == 1, shared.stderr  # said by rank 0 only
     assert shared.stderr.count("warning: skipped ") == 3, shared.stderr  # each bad file, then the count
     assert "--strict" not in shared.stderr, shared.stderr  # train's option, not embed's
+
+
+def test_a_wav_the_disk_cuts_short_keeps_the_old_file_and_names_it(tmp_path, monkeypatch):
+    """write_audio (synth's audio) wrote straight into its file: a full disk left a torn WAV where the old one
+    was, and a bare "No space left on device" that named no file."""
+    target = tmp_path / "clip.wav"
+    write_audio(target, torch.full((800,), 0.1), 16000)
+    before = target.read_bytes()
+
+    def disk_fills(handle, data):
+        handle.write(data.tobytes()[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("scipy.io.wavfile._array_tofile", disk_fills)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(target))}: cannot write: No space left on device"):
+        write_audio(target, torch.full((1600,), 0.2), 16000)
+    assert target.read_bytes() == before
+    assert [path.name for path in tmp_path.iterdir()] == ["clip.wav"]

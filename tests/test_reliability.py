@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -378,3 +379,33 @@ def test_concurrent_enrolments_wait_for_the_lock_and_both_land(trained_run, tiny
     loaded = SpeakerIndex.load(index)
     assert sorted(loaded.speakers) == ["first", "second", "third"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spk.faiss", "spk.faiss.json"]
+
+
+def test_an_index_write_the_disk_refuses_keeps_the_old_index_and_no_staged_bytes(tmp_path, monkeypatch):
+    """When the sidecar (the commit point) could not be written, the staged FAISS bytes, as large as the index,
+    stayed hidden on the full disk. Staged bytes the old sidecar names (a write cut before its last rename) stay."""
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    real_mkstemp = tempfile.mkstemp
+
+    def no_room_for_the_sidecar(*args, **kwargs):
+        if kwargs.get("prefix", "").startswith(".spk.faiss.json."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, **kwargs)
+
+    before = {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()}
+    index.add("bob", np.eye(4)[1:2])
+    monkeypatch.setattr(tempfile, "mkstemp", no_room_for_the_sidecar)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}\.json: cannot write: No space left on device"):
+        index.save(path)
+    assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == before
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+    _cut_before_commit(index, path, monkeypatch)
+    committed = {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()}
+    monkeypatch.setattr(tempfile, "mkstemp", no_room_for_the_sidecar)
+    with pytest.raises(VoxaugError, match="No space left on device"):
+        SpeakerIndex.load(path).save(path)
+    assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == committed
+    assert SpeakerIndex.load(path).speakers == ["alice", "bob"]

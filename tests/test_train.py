@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import types
@@ -523,3 +525,38 @@ def test_a_metrics_log_that_is_not_utf8_is_refused_by_name_by_resume_and_plot(ti
         assert result.exit_code == 2, result.output
         assert f"error: {metrics}: not a metrics log" in result.output, result.output
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+def test_a_metrics_row_the_full_disk_refuses_is_one_error_naming_the_log(tiny_synth, tmp_path, monkeypatch):
+    """metrics.jsonl is appended to, not replaced: a full disk failed with a bare "No space left on device"."""
+    original = Trainer.write_config
+
+    def log_on_a_full_disk(self):
+        original(self)
+        (self.run_dir / "metrics.jsonl").symlink_to("/dev/full")
+
+    monkeypatch.setattr(Trainer, "write_config", log_on_a_full_disk)
+    log = re.escape(str(tmp_path / "run" / "metrics.jsonl"))
+    with pytest.raises(VoxaugError, match=rf"^{log}: cannot write: No space left on device"):
+        Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, tmp_path / "run",
+                progress=False).fit()
+
+
+def test_an_append_the_disk_cuts_short_leaves_the_log_without_a_torn_line(tmp_path, monkeypatch):
+    from voxaug.safeio import append_text
+
+    log = tmp_path / "metrics.jsonl"
+    append_text(log, '{"step": 1}\n')
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        if len(data) > 4:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(log))}: cannot write: No space left on device.*"
+                                          r"\(the previous file is kept\)$"):
+        append_text(log, '{"step": 2, "train_acc": 0.5}\n')
+    assert log.read_text() == '{"step": 1}\n'

@@ -10,6 +10,7 @@ import torchaudio
 from scipy.io import wavfile
 
 from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_resampling, read_mono, refuse_silence
+from voxaug.safeio import atomic_output
 
 __all__ = ["AUDIO_SUFFIXES", "read_audio", "write_audio"]
 
@@ -31,9 +32,8 @@ def write_audio(path: str | Path, waveform: torch.Tensor, sample_rate: int) -> N
 
     scipy's writer, not libsndfile's: libsndfile adds a PEAK chunk holding the time of writing to
     float WAVs, so the same waveform written a second later gave different bytes (and ``voxaug
-    synth`` different files for the same seed)."""
+    synth`` different files for the same seed). Written atomically: a full disk leaves the previous file."""
     if Path(path).suffix.lower() != ".wav":
         raise ValueError(f"{path}: write_audio writes .wav files")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wavfile.write(path, int(sample_rate), waveform.detach().cpu().numpy().astype(np.float32))
+    with atomic_output(path, "wb") as handle:
+        wavfile.write(handle, int(sample_rate), waveform.detach().cpu().numpy().astype(np.float32))

@@ -166,6 +166,33 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def append_text(path: str | Path, text: str) -> None:
+    """Append ``text`` to ``path`` and fsync it. A write that fails (a full disk) is cut back off, so the log
+    keeps its earlier lines whole and ends in no torn one, and the error names the file; only a kill part-way
+    can still leave a cut-short last line, which the log's readers drop."""
+    path = Path(path)
+    data = text.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise write_error(path, exc) from exc
+    finally:
+        os.close(fd)
+
+
 TRAIN_EXTRA_HINT = 'install the train extra: pip install "voxaug[train]"'
 
 

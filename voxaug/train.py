@@ -39,7 +39,7 @@ from voxaug.features import FrontendConfig
 from voxaug.inference import accuracy, autocast_for, run_model
 from voxaug.model import build_model
 from voxaug.plot import plot_runs, read_log_text, read_metrics
-from voxaug.safeio import atomic_write_json, atomic_write_text, exclusive_lock, read_json
+from voxaug.safeio import append_text, atomic_write_json, atomic_write_text, exclusive_lock, read_json
 
 TRACE_ENV = "VOXAUG_TRACE_BATCHES"
 TRACE_FILE = "batch_trace.jsonl"
@@ -349,9 +349,8 @@ class Trainer:
             return
         gathered = self.dist.gather_to_main([self.store.keys[i] for i in indices.tolist()])
         if self.dist.is_main:
-            with open(self.run_dir / TRACE_FILE, "a", encoding="utf-8") as trace:
-                for rank, keys in enumerate(gathered):
-                    trace.write(json.dumps({"step": self.step + 1, "rank": rank, "keys": keys}) + "\n")
+            append_text(self.run_dir / TRACE_FILE, "".join(
+                json.dumps({"step": self.step + 1, "rank": rank, "keys": keys}) + "\n" for rank, keys in enumerate(gathered)))
 
     def _accuracy(self, indices: np.ndarray) -> float | None:
         """Clean top-1 accuracy on ``indices``; under DDP each rank scores every world-th one and
@@ -390,8 +389,8 @@ class Trainer:
         def save() -> None:
             if save_best:
                 save_checkpoint(self.run_dir / "best.pt", self.state(include_optimizer=False))
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:  # before last.pt: a resume
-                log.write(json.dumps(row) + "\n")  # from an older last.pt drops the row and logs it again
+            # before last.pt: a resume from an older last.pt drops the row and logs it again
+            append_text(self.run_dir / "metrics.jsonl", json.dumps(row) + "\n")
             save_checkpoint(self.run_dir / "last.pt", self.state(ranks=ranks))
             plot_runs([self.run_dir], self.run_dir / "curves.png")
 
