@@ -21,7 +21,7 @@ from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
-from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, sample_pairs  # noqa: E402
+from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
@@ -49,10 +49,18 @@ def centroid_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings) -
     return float((predicted == test.labels).mean())
 
 
+KNN_BLOCK = 1 << 22
+"""Similarities ``knn_accuracy`` holds at once (16 MB of float32): the whole validation x training matrix of a
+large dataset, and its argsort, are tens of gigabytes."""
+
+
 def knn_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings, k: int = 5) -> float:
     """Majority vote among the k most similar reference embeddings (ties: the most similar)."""
-    similarity = test.embeddings @ reference.embeddings.T
-    nearest = np.argsort(-similarity, axis=1)[:, :k]
+    rows = max(1, KNN_BLOCK // max(1, len(reference.labels)))
+    nearest = np.empty((len(test.labels), min(k, len(reference.labels))), dtype=np.intp)
+    for start in range(0, len(test.labels), rows):
+        similarity = test.embeddings[start : start + rows] @ reference.embeddings.T
+        nearest[start : start + rows] = np.argsort(-similarity, axis=1)[:, :k]
     correct = 0
     for row, neighbours in enumerate(nearest):
         votes: dict[str, int] = {}
@@ -157,10 +165,7 @@ def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,
     scorer = scorer or TrialScorer()
     first, second = all_pairs(data.labels, max_pairs, seed)
     if reference is not None and not (data.labels[first] == data.labels[second]).any():
-        first = np.repeat(np.arange(len(data.labels)), len(reference.labels))
-        second = np.tile(np.arange(len(reference.labels)), len(data.labels))
-        keep = sample_pairs(data.labels[first] == reference.labels[second], max_pairs, np.random.default_rng(seed))
-        first, second = first[keep], second[keep]
+        first, second = labelled_pairs(data.labels, reference.labels, max_pairs, np.random.default_rng(seed))
         result = scorer(subset(data, first), subset(reference, second))
         return {**result, "pairs": "validation x training"}
     return {**scorer(subset(data, first), subset(data, second)), "pairs": "validation x validation"}

@@ -31,19 +31,58 @@ def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01
 
 def all_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j): all of them, or ``max_pairs`` sampled with all same-speaker pairs kept first."""
-    labels = np.asarray(labels)
-    first, second = np.triu_indices(len(labels), k=1)
-    rows = sample_pairs(labels[first] == labels[second], max_pairs, np.random.default_rng(seed))
-    return first[rows], second[rows]
+    return labelled_pairs(labels, labels, max_pairs, np.random.default_rng(seed), upper=True)
+
+
+def labelled_pairs(row_labels: np.ndarray, column_labels: np.ndarray, max_pairs: int, rng: np.random.Generator,
+                   upper: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (row i, column j), or only j > i with ``upper`` (pairs within one set), sampled as ``sample_pairs``
+    samples them in row-major order, the very same pairs, without listing them all: N clips make N²/2 pairs,
+    tens of gigabytes of indices and label copies past 20,000 validation clips, for a few thousand kept."""
+    if len(row_labels) == 0 or len(column_labels) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    _, codes = np.unique(np.concatenate([np.asarray(row_labels), np.asarray(column_labels)]), return_inverse=True)
+    rows, columns = codes[: len(row_labels)], codes[len(row_labels):]
+    n = len(columns)
+    order = np.argsort(columns, kind="stable")  # column positions grouped by label, ascending within each
+    grouped = columns[order]
+    start = np.searchsorted(grouped, np.arange(codes.max() + 2))  # label k's columns: order[start[k]:start[k + 1]]
+    first = np.arange(1, len(rows) + 1) if upper else np.zeros(len(rows), dtype=np.int64)  # row i's first column
+    before = np.searchsorted(grouped * (n + 1) + order, rows * (n + 1) + first) - start[rows]  # own label's, left of it
+    same_count = start[rows + 1] - start[rows] - before
+    other_count = n - first - same_count
+    same, other = sample_ranks(int(same_count.sum()), int(other_count.sum()), max_pairs, rng)
+    i, k = _row_of(same, same_count)
+    same_j = order[start[rows[i]] + before[i] + k]
+    oi, ok = _row_of(other, other_count)
+    wanted = first[oi] - before[oi] + ok  # the column is the (wanted+1)-th of another label, counted from 0
+    gaps = order - (np.arange(n) - start[grouped])  # columns of other labels left of each of a label's own
+    other_j = wanted + np.searchsorted(grouped * (n + 1) + gaps, rows[oi] * (n + 1) + wanted, side="right") \
+        - start[rows[oi]]
+    pairs = np.concatenate([i, oi]) * n + np.concatenate([same_j, other_j])
+    pairs.sort()
+    return pairs // n, pairs % n
+
+
+def _row_of(ranks: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The row of each rank among pairs counted row by row, and its place within that row."""
+    ends = np.cumsum(counts)
+    row = np.searchsorted(ends, ranks, side="right")
+    return row, ranks - (ends[row] - counts[row])
+
+
+def sample_ranks(n_same: int, n_other: int, max_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Which same-speaker and which different-speaker pairs (by rank) to keep: all of them, or up to half
+    ``max_pairs`` same-speaker pairs and the rest different-speaker ones, either kind filling what the other lacks."""
+    if n_same + n_other <= max_pairs:
+        return np.arange(n_same), np.arange(n_other)
+    kept = min(n_same, max(max_pairs // 2, max_pairs - n_other))
+    same = rng.choice(n_same, kept, replace=False) if kept < n_same else np.arange(n_same)
+    return same, rng.choice(n_other, max_pairs - kept, replace=False)
 
 
 def sample_pairs(same: np.ndarray, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
-    """Rows of at most ``max_pairs`` pairs (``same``: which are same-speaker), sorted: all of them, or up to
-    half same-speaker pairs and the rest different-speaker ones, either kind filling what the other lacks."""
-    if len(same) <= max_pairs:
-        return np.arange(len(same))
-    same_rows, other_rows = np.flatnonzero(same), np.flatnonzero(~same)
-    n_same = min(len(same_rows), max(max_pairs // 2, max_pairs - len(other_rows)))
-    if n_same < len(same_rows):
-        same_rows = rng.choice(same_rows, n_same, replace=False)
-    return np.sort(np.concatenate([same_rows, rng.choice(other_rows, max_pairs - n_same, replace=False)]))
+    """Rows of at most ``max_pairs`` pairs (``same``: which are same-speaker), sorted, as ``sample_ranks`` picks them."""
+    same_rows, other_rows = np.flatnonzero(same), np.flatnonzero(~np.asarray(same))
+    kept_same, kept_other = sample_ranks(len(same_rows), len(other_rows), max_pairs, rng)
+    return np.sort(np.concatenate([same_rows[kept_same], other_rows[kept_other]]))

@@ -123,3 +123,29 @@ def test_plot_leaves_out_a_last_line_cut_short_by_a_kill_and_refuses_one_elsewhe
         log.write("\n" + json.dumps(rows[0]) + "\n")  # the cut line is now in the middle: damage, not a kill
     refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
     assert refused.exit_code == 2 and "line 3 is not JSON" in output_of(refused)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", '{"step": 30, "train_a'])
+def test_plot_refuses_a_run_whose_log_holds_no_rows(tmp_path, text):
+    """An empty log, or one whose only line a kill cut short, has nothing to draw: refused naming it, with no figure
+    written (it wrote an empty one, or one without that run, and exited 0)."""
+    first = _fake_run(tmp_path / "first", [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text(text)
+    for runs in ([empty], [first, empty]):
+        refused = runner.invoke(app, ["plot", *map(str, runs), "--out", str(tmp_path / "curves.png")])
+        assert refused.exit_code == 2 and f"{empty / 'metrics.jsonl'}: holds no metrics rows" in output_of(refused)
+        assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("row", [{"step": 1, "train_acc": float("nan"), "val_acc": 0.4},
+                                 {"step": 1, "train_acc": 0.5, "val_acc": float("inf")},
+                                 {"step": float("-inf"), "train_acc": 0.5, "val_acc": None}])
+def test_plot_refuses_nan_or_infinity_in_a_metrics_row(tmp_path, row):
+    """JSON's NaN and Infinity parse as floats, but no training logs them: refused as damage (they were drawn as
+    nothing and printed as 'train nan ... gap +nan')."""
+    run = _fake_run(tmp_path / "run", [{"step": 0, "train_acc": 0.1, "val_acc": None}, row])
+    refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
+    assert refused.exit_code == 2 and f"{run / 'metrics.jsonl'}: line 2: not a metrics row" in output_of(refused)
+    assert not (tmp_path / "curves.png").exists()

@@ -778,3 +778,60 @@ def test_a_trials_file_of_the_validation_pairs_scores_what_evaluate_scores_witho
         assert reports["trials"][key]["trials"] == reports["pairs"][key]["trials"] == len(first)
         for figure in ("eer", "min_dcf", "eer_threshold"):
             assert reports["trials"][key][figure] == pytest.approx(reports["pairs"][key][figure], abs=1e-4), (key, figure)
+
+
+def test_verification_pairs_are_sampled_without_listing_every_pair():
+    """3,000 validation clips make 4.5 million pairs, and 300 clips against 6,000 training clips 1.8 million: the
+    2,000 kept are drawn in memory that grows with the clips and the pairs kept (listing every pair took tens of
+    gigabytes past 20,000 clips), and they are the very pairs that listing them all and sampling keeps."""
+    import tracemalloc
+
+    from voxaug.embeddings.scoring import all_pairs
+
+    labels = np.array([f"s{i % 300}" for i in range(3000)])
+    held_out = LabelledEmbeddings(np.ones((300, 2), np.float32) / np.sqrt(2), labels[:300])
+    reference = LabelledEmbeddings(np.ones((6000, 2), np.float32) / np.sqrt(2), labels[np.arange(6000) % 3000])
+    tracemalloc.start()
+    try:
+        first, second = all_pairs(labels, 2000, 0)
+        _, within = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        across = score_pairs(held_out, 2000, 0, reference)
+        _, against = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert within < 4 * 2**20 and against < 4 * 2**20, (within, against)
+    assert len(first) == 2000 and (labels[first] == labels[second]).sum() == 1000 and (first < second).all()
+    assert across["pairs"] == "validation x training" and (across["trials"], across["same_trials"]) == (2000, 1000)
+    rng = np.random.default_rng(3)
+    for size, speakers, max_pairs in ((40, 5, 300), (40, 5, 50), (30, 29, 20), (25, 2, 100)):
+        small = np.array([f"s{x}" for x in rng.integers(0, speakers, size)])
+        rows, columns = np.triu_indices(size, k=1)
+        kept = sample_pairs(small[rows] == small[columns], max_pairs, np.random.default_rng(7))
+        drawn = all_pairs(small, max_pairs, 7)
+        assert drawn[0].tolist() == rows[kept].tolist() and drawn[1].tolist() == columns[kept].tolist()
+
+
+def test_knn_accuracy_holds_a_block_of_similarities_at_a_time(monkeypatch):
+    """k-NN over the validation x training similarities, a block of rows at a time (the whole matrix and its argsort
+    were tens of gigabytes on a large dataset), with the votes of the whole matrix."""
+    import tracemalloc
+
+    from voxaug.embeddings import evaluation
+
+    vectors, labels = clustered(speakers=20, per=225, dim=8, spread=1.0)
+    held_out, labels = np.arange(len(labels)) % 9 == 0, np.array(labels)
+    reference, test = (LabelledEmbeddings(vectors[rows], labels[rows]) for rows in (~held_out, held_out))
+    nearest = np.argsort(-(test.embeddings @ reference.embeddings.T), axis=1)[:, :5]
+    votes = [list(row) for row in reference.labels[nearest]]  # the most voted for, then the most similar
+    expected = np.mean([max(row, key=lambda name: (row.count(name), -row.index(name))) == truth
+                        for row, truth in zip(votes, test.labels)])
+    monkeypatch.setattr(evaluation, "KNN_BLOCK", 1 << 16, raising=False)
+    tracemalloc.start()
+    try:
+        accuracy = evaluation.knn_accuracy(reference, test)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, peak
+    assert accuracy == pytest.approx(expected) and 0.2 < accuracy < 1.0

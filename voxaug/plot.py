@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if not (isinstance(row, dict) and all(_is_number(row.get(key)) for key in ("step", "train_acc"))
                 and (row.get("val_acc") is None or _is_number(row["val_acc"]))):
             raise file_error(path, f"line {number}: not a metrics row (a JSON object with a step, train_acc and "
-                                   "val_acc or null)")
+                                   "val_acc or null, finite numbers)")
         rows.append(row)
     return rows
 
@@ -51,7 +52,8 @@ def read_log_text(path: Path) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number: JSON's NaN and Infinity, which no training logs, would be drawn as nothing or off the axes."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:
@@ -83,6 +85,10 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     image_format = figure_format(out)
     labels = labels or run_labels(run_dirs)
     runs = [read_metrics(run_dir) for run_dir in run_dirs]  # before a figure is opened: a bad log leaves none open
+    for run_dir, rows in zip(run_dirs, runs):
+        if not rows:  # an empty figure, or one missing this run, would be written with exit 0
+            raise file_error(Path(run_dir) / "metrics.jsonl", "holds no metrics rows yet (a run logs one at each "
+                                                              "evaluation, every --eval-every steps)")
     figure, (accuracy_axis, gap_axis) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     for number, rows in enumerate(runs):
         colour = f"C{number % 10}"
