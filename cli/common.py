@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, export_as_checkpoint, file_error
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
@@ -185,6 +185,8 @@ def chosen_model(ckpt: Path | None, model: Path | None) -> Path | None:
     """The model file that --ckpt or --model names (not both); None leaves the choice to the index's sidecar."""
     if ckpt is not None and model is not None:
         raise VoxaugError("--ckpt and --model name two models; give one (a checkpoint .pt or an ONNX export .onnx)")
+    if ckpt is not None and ckpt.suffix.lower() == ".onnx" and ckpt.is_file():
+        raise export_as_checkpoint(ckpt)
     return ckpt if ckpt is not None else model
 
 

@@ -52,7 +52,8 @@ def enroll(
     model_path = chosen_model(ckpt, model)
     if remove is not None:
         remaining = remove_speaker(index, remove, lock_timeout)
-        typer.echo(f"removed {remove}; {len(remaining.speakers)} speakers remain in {index}")
+        left = len(remaining.speakers)
+        typer.echo(f"removed {remove}; {counted(left, 'speaker')} {'remains' if left == 1 else 'remain'} in {index}")
         warn_calibration_outdated(index, remaining.calibration_outdated())
         return
     if index.exists() or sidecar_path(index).exists():  # a first write cut short leaves the sidecar alone

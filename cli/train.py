@@ -146,7 +146,9 @@ def train(
     check_values(resolved)  # every value and strength, before any warning about them and before reading data
     _refuse_options_of_unnamed(augment_overrides, resolve_names(resolved.augment))
     if saved is None:
-        _refuse_conformer_options_on_the_baseline(resolved)
+        given = {f"model.{key}" for key in model_overrides} | {key for key, value in overrides.items()
+                                                               if value is not None}
+        _refuse_conformer_options_on_the_baseline(resolved, config, given)
     if resolved.warmup >= resolved.steps:
         typer.echo(f"warning: --warmup {resolved.warmup} is not below --steps {resolved.steps}: the learning rate "
                    "never reaches its cosine decay (lower --warmup)", err=True)
@@ -258,22 +260,32 @@ def _refuse_options_of_unnamed(augment_overrides: dict, named: list[str]) -> Non
                               f"({', '.join(named) or 'none'}); add {table} to --augment or leave the option out")
 
 
-def _refuse_conformer_options_on_the_baseline(resolved: TrainConfig) -> None:
+def _refuse_conformer_options_on_the_baseline(resolved: TrainConfig, config: Path | None = None,
+                                              given: frozenset[str] | set[str] = frozenset()) -> None:
     """The transformer + mean-pooling baseline has a plain softmax head and no convolution: AM-Softmax's scale,
     margin and margin warm-up and the kernel size, set away from the preset's values, would be recorded as the
-    run's and change nothing."""
+    run's and change nothing. Each is named as it was set: its option when in ``given`` (the command line's
+    settings) or when there is no ``config`` file, else its key in that file."""
     from voxaug.config import create_config
 
     if resolved.model.kind != "transformer-mean":
         return
     preset = create_config(resolved.preset)
-    names = {"scale": "--scale", "margin": "--margin", "kernel_size": "[model] kernel_size"}
-    unused = [name for key, name in names.items() if getattr(resolved.model, key) != getattr(preset.model, key)]
+    changed = [f"model.{key}" for key in ("scale", "margin", "kernel_size")
+               if getattr(resolved.model, key) != getattr(preset.model, key)]
     if resolved.margin_warmup != preset.margin_warmup:
-        unused.append("--margin-warmup")
+        changed.append("margin_warmup")
+    unused = [_option_name(setting) if setting in given or config is None else f"{_file_key(setting)} in {config}"
+              for setting in changed]
     if unused:
         raise VoxaugError(f"{', '.join(unused)}: the transformer-mean baseline has a plain softmax head and no "
                           "convolution, so these change nothing; drop them or train the conformer")
+
+
+def _file_key(setting: str) -> str:
+    """A setting as a TOML config writes it: ``model.margin`` -> ``[model] margin``, ``margin_warmup`` as it is."""
+    table, _, key = setting.rpartition(".")
+    return f"[{table}] {key}" if table else key
 
 
 def _option_name(setting: str) -> str:

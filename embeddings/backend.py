@@ -136,6 +136,8 @@ class ScoringBackend:
             raise VoxaugError(f"{where}: a {values['kind']!r} back end has the wrong arrays")
         if projection is not None and projection.shape[0] != mean.shape[0]:
             raise VoxaugError(f"{where}: back end projection has {projection.shape[0]} rows for a mean of {mean.shape[0]}")
+        if projection is not None and not projection.any():  # else a query is refused as a zero row, not this file
+            raise VoxaugError(f"{where}: back end projection is all zeros, which maps every embedding to zero")
         if plda is not None and plda.dim != projection.shape[1]:
             raise VoxaugError(f"{where}: the PLDA model has dimension {plda.dim}, the projection {projection.shape[1]}")
         return cls(values["kind"], mean, projection, plda)

@@ -708,3 +708,43 @@ def test_a_model_trained_from_audio_at_other_settings_refuses_pt_features_it_wou
     code, output = invoke("evaluate", tiny_synth, "--ckpt", tmp_path / "8k.pt", "--out", tmp_path / "report",
                           "--trials", tmp_path / "trials.txt", "-q")
     one_line_error(code, output, f"{first}: log-mel features (.pt) are made with the default front end")
+
+
+def test_identify_names_a_clip_by_text_and_refuses_a_name_of_another_type(models, tiny_synth, tmp_path):
+    """``name=5`` was recorded as ``"clip": 5``, and a path object as one that ``json.dumps`` cannot write."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    assert index.identify(clip, name=Path("query.wav"))["clip"] == "query.wav"
+    assert json.dumps(index.identify(clip, name="query"))
+    for name in (5, b"query", ["query"]):
+        with pytest.raises(VoxaugError, match=f"name: expected text naming the clip, got {type(name).__name__}"):
+            index.identify(clip, name=name)
+
+
+def test_enroll_many_refuses_speakers_that_are_not_a_mapping_in_one_line(models, tiny_synth, tmp_path):
+    """A list of (name, clips) pairs, or of clips, was an AttributeError from ``.items()``."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    clips = wavs(tiny_synth, "enroll", "new000")
+    for speakers in ([("a", clips)], clips, "a", None):
+        with pytest.raises(VoxaugError, match="speakers: expected a mapping of speaker name to clips"):
+            index.enroll_many(speakers)
+    assert not (tmp_path / "spk.faiss").exists()
+
+
+def test_every_command_refuses_an_export_given_as_ckpt_alike(models, tiny_synth, tmp_path):
+    """embed and evaluate refused `--ckpt model.onnx` pointing to --model; enroll and identify took it."""
+    index, clip = tmp_path / "spk.faiss", wavs(tiny_synth, "test", "new000")[0]
+    code, output = invoke("enroll", "--index", index, "--model", models["onnx"], "--speaker", "a",
+                          *wavs(tiny_synth, "enroll", "new000"))
+    assert code == 0, output
+    before = index.read_bytes(), sidecar_path(index).read_bytes()
+    for command in (["identify", "--index", index, clip],
+                    ["enroll", "--index", index, "--speaker", "b", *wavs(tiny_synth, "enroll", "new001")],
+                    ["enroll", "--index", tmp_path / "new.faiss", "--speaker", "b", clip],
+                    ["embed", tiny_synth, "--out", tmp_path / "emb"],
+                    ["evaluate", tiny_synth, "--out", tmp_path / "report"]):
+        one_line_error(*invoke(*command, "--ckpt", models["onnx"]), f"{models['onnx']}: an ONNX export, not a "
+                       "checkpoint", "take an export with --model")
+    assert (index.read_bytes(), sidecar_path(index).read_bytes()) == before
+    assert not any((tmp_path / name).exists() for name in ("new.faiss", "emb", "report"))

@@ -261,3 +261,15 @@ def test_embed_replaces_an_index_with_enrolled_speakers_only_when_told(built_ind
     after = json.loads((tmp_path / "spk.faiss.json").read_text())["labels"]
     unseen = {folder.name for folder in (tiny_synth / "unseen" / "enroll").iterdir()}
     assert unseen <= set(before) and not unseen & set(after) and len(after) == len(before) - len(unseen)
+
+
+def test_remove_counts_the_speakers_left_in_words(trained_run, tiny_synth, tmp_path):
+    """The count was always plural: `removed a; 1 speakers remain`."""
+    index = tmp_path / "spk.faiss"
+    for speaker_dir in sorted((tiny_synth / "unseen" / "enroll").iterdir()):
+        result = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", speaker_dir.name,
+                        "--device", "cpu", "-q", speaker_dir)
+        assert result.exit_code == 0, result.output
+    for name, left in (("new000", "1 speaker remains"), ("new001", "0 speakers remain")):
+        result = invoke("enroll", "--index", index, "--remove", name)
+        assert result.exit_code == 0 and result.output == f"removed {name}; {left} in {index}\n", result.output

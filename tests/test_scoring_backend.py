@@ -835,3 +835,16 @@ def test_knn_accuracy_holds_a_block_of_similarities_at_a_time(monkeypatch):
         tracemalloc.stop()
     assert peak < 4 * 2**20, peak
     assert accuracy == pytest.approx(expected) and 0.2 < accuracy < 1.0
+
+
+def test_a_back_end_projection_of_zeros_is_refused_naming_the_sidecar_not_the_queries(tmp_path):
+    """Every embedding projects to zero: identify and enroll said `queries: rows must be finite and non-zero`."""
+    vectors, labels = clustered()
+    path = tmp_path / "spk.faiss"
+    build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25,
+                        ScoringOptions("lda", lda_dim=5, cohort_top_k=4)).save(path)
+    meta = json.loads(sidecar_path(path).read_text())
+    meta["backend"]["projection"] = [[0.0] * len(row) for row in meta["backend"]["projection"]]
+    sidecar_path(path).write_text(json.dumps(meta))
+    with pytest.raises(VoxaugError, match=f"^{re.escape(str(sidecar_path(path)))}: back end projection is all zeros"):
+        SpeakerIndex.load(path)

@@ -560,3 +560,21 @@ def test_an_append_the_disk_cuts_short_leaves_the_log_without_a_torn_line(tmp_pa
                                           r"\(the previous file is kept\)$"):
         append_text(log, '{"step": 2, "train_acc": 0.5}\n')
     assert log.read_text() == '{"step": 1}\n'
+
+
+def test_conformer_settings_of_a_config_file_on_the_baseline_are_named_by_their_keys_in_it(tiny_synth, tmp_path):
+    """`margin = 0.3` in a TOML file was refused as `--margin`, an option the command line did not give."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    toml = tmp_path / "baseline.toml"
+    toml.write_text('preset = "baseline"\nmargin_warmup = 5\n[model]\nmargin = 0.3\nkernel_size = 9\n')
+    for extra, named in (([], f"[model] margin in {toml}, [model] kernel_size in {toml}, margin_warmup in {toml}"),
+                         (["--scale", "20", "--margin", "0.4"],
+                          f"--scale, --margin, [model] kernel_size in {toml}, margin_warmup in {toml}")):
+        result = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "run"), "--config",
+                                          str(toml), *extra, "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+        assert result.exit_code == 2 and result.output.startswith(f"error: {named}: the transformer-mean baseline"), \
+            result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

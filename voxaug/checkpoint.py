@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from voxaug.config import TrainConfig
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, export_as_checkpoint, file_error
 from voxaug.features import FrontendConfig
 from voxaug.model import build_model
 from voxaug.safeio import atomic_torch_save, safe_torch_load
@@ -28,8 +28,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and sanity-check a checkpoint; anything that is not one of ours is refused by name."""
     if Path(path).suffix.lower() == ".onnx" and Path(path).is_file():
-        raise file_error(path, "an ONNX export, not a checkpoint: this takes a training checkpoint (RUN/last.pt or "
-                               "best.pt); embed, enroll, identify and evaluate take an export with --model")
+        raise export_as_checkpoint(path)
     state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise file_error(path, "not a voxaug checkpoint")

@@ -18,6 +18,13 @@ def file_error(path: str | Path, problem: str) -> VoxaugError:
     return VoxaugError(f"{path}: {problem}")
 
 
+def export_as_checkpoint(path: str | Path) -> VoxaugError:
+    """An ONNX export given where a training checkpoint goes (``--ckpt``): the commands that take one take it
+    with ``--model``, so every command refuses it alike."""
+    return file_error(path, "an ONNX export, not a checkpoint: this takes a training checkpoint (RUN/last.pt or "
+                            "best.pt); embed, enroll, identify and evaluate take an export with --model")
+
+
 def not_a_folder(path: str | Path) -> str:
     """Why ``path``, which is not a folder, cannot be read as one: missing, or a file given where a folder goes."""
     return "is a file, not a folder" if Path(path).exists() else "folder not found"

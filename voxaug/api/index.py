@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -145,6 +145,9 @@ class SpeakerIndex:
         from tqdm import tqdm
 
         check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
+        if not isinstance(speakers, Mapping):
+            raise VoxaugError(f"speakers: expected a mapping of speaker name to clips (a dict), got "
+                              f"{type(speakers).__name__}")
         speakers = {name: clip_list(clips) for name, clips in speakers.items()}
         self._refuse_enrolled(self.data, speakers, append)
         own, digests = {}, {}
@@ -265,7 +268,9 @@ class SpeakerIndex:
             except VoxaugError as exc:
                 raise file_error(self.path, str(exc)) from None
         threshold, source = self.data.threshold(score_norm, self.threshold_option, self.cohort_top_k)
-        label = name or (os.fsdecode(x) if isinstance(x, (str, os.PathLike)) else "clip")
+        if name is not None and not isinstance(name, (str, os.PathLike)):  # the record's "clip" is text, for JSON
+            raise VoxaugError(f"name: expected text naming the clip, got {type(name).__name__} {name!r}")
+        label = os.fsdecode(name) if name else (os.fsdecode(x) if isinstance(x, (str, os.PathLike)) else "clip")
         embedding, probabilities = self.model.embed_with_probabilities(x, sample_rate, label)
         top = self.data.search(embedding[None], top_k, self.data.faiss_index(), score_norm, self.cohort_top_k)[0]
         best = int(np.argmax(probabilities))
