@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -12,6 +13,9 @@ import typer
 from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_text
+
+if TYPE_CHECKING:
+    from voxaug.data.sources import HW4Source
 
 
 @clean_errors
@@ -39,12 +43,16 @@ def predict(
     dataset_files = [*getattr(source, "index_files", []), *(u.path for u in source.utterances)]
     if isinstance(source, HW4Source):
         dataset_files.append(data / "metadata.json")  # not read for the test split, but the dataset's all the same
+        if out.exists():  # so are its training clips; read only when there is a file to lose
+            dataset_files += [u.path for u in source.training_utterances()]
     refuse_overwriting_an_input(out, dataset_files)
     if isinstance(source, HW4Source) and set(source.speakers) != set(loaded.speakers):  # names, in any order
         strangers = sorted(set(loaded.speakers) - set(source.speakers))
         raise file_error(data / "mapping.json", f"lists {len(source.speakers)} speakers, not the {len(loaded.speakers)} "
                                                 f"the model names (e.g. {(strangers or sorted(source.speakers))[0]!r}); "
                                                 "predict's categories would be speakers this dataset does not have")
+    if isinstance(source, HW4Source):
+        warn_of_training_clips(source)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
                                   strict_because="predict writes a row for every clip")
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)
@@ -56,6 +64,18 @@ def predict(
         writer.writerow([key, loaded.speakers[label]])
     atomic_write_text(out, buffer.getvalue())
     typer.echo(f"wrote {len(predicted)} predictions to {out}")
+
+
+def warn_of_training_clips(source: HW4Source) -> None:
+    """A test clip that metadata.json lists too was trained on (a train/test leak): its prediction says nothing of
+    how the model does on unseen clips. Said, not refused: predicting on training clips can be meant."""
+    trained = {u.path for u in source.training_utterances()}
+    leaked = [u.key for u in source.utterances if u.path in trained]
+    if leaked:
+        typer.echo(f"warning: {source.root / 'testdata.json'}: {len(leaked)} of its {len(source.utterances)} clips "
+                   f"{'is a training clip' if len(leaked) == 1 else 'are training clips'} in metadata.json too "
+                   f"(e.g. {leaked[0]!r}); their predictions score the model on "
+                   "clips it was trained on", err=True)
 
 
 def refuse_overwriting_an_input(out: Path, inputs: list[Path]) -> None:

@@ -748,3 +748,14 @@ def test_every_command_refuses_an_export_given_as_ckpt_alike(models, tiny_synth,
                        "checkpoint", "take an export with --model")
     assert (index.read_bytes(), sidecar_path(index).read_bytes()) == before
     assert not any((tmp_path / name).exists() for name in ("new.faiss", "emb", "report"))
+
+
+def test_a_feature_clip_given_to_an_export_that_takes_audio_is_refused_naming_the_clip_alone(models, tiny_synth, tmp_path):
+    """The refusal read `error: CLIP.pt: audio.onnx: this model takes raw 16 kHz audio ...`: two files, one message."""
+    clip = wavs(tiny_synth, "enroll", "new000")[0].with_suffix(".pt")
+    code, output = invoke("enroll", "--index", tmp_path / "i.faiss", "--model", models["audio"], "--speaker", "a", clip)
+    one_line_error(code, output, f"error: {clip}: holds log-mel features, and this model takes raw 16 kHz audio")
+    assert str(models["audio"]) not in output and "audio.onnx" not in output
+    model = voxaug.SpeakerModel.load(models["audio"])
+    with pytest.raises(VoxaugError, match=r"^clip: holds log-mel features, and this model takes raw 16 kHz audio"):
+        model.embed(np.zeros((50, 40), dtype=np.float32))

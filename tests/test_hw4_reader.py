@@ -206,3 +206,42 @@ def test_json_that_python_refuses_to_parse_is_one_clear_line(tmp_path, text):
     """json raises ValueError (int digit limit) or RecursionError here, not JSONDecodeError: `voxaug` exited 3."""
     message = _bad(tmp_path, lambda root: (root / "metadata.json").write_text(text))
     assert "\n" not in message and message.startswith(str(tmp_path / "d" / "metadata.json") + ": unreadable metadata.json")
+
+
+def test_a_hard_linked_copy_listed_under_another_speaker_is_refused(tmp_path):
+    """Only equal paths (after resolving symlinks) were caught: a hard link under a second name trained one clip
+    as two speakers."""
+    def breaker(root):
+        os.link(root / "uttr-0000.pt", root / "uttr-copy.pt")
+        rewrite_metadata(root, lambda m: m["speakers"]["id10001"].append({"feature_path": "uttr-copy.pt"}))
+
+    message = _bad(tmp_path, breaker)
+    assert "\n" not in message and "metadata.json" in message
+    assert "'uttr-copy.pt' is the same file as 'uttr-0000.pt' through a link (under 'id10000' and 'id10001')" in message
+
+
+def test_a_quantized_feature_tensor_is_refused_without_torch_s_storage_warning(tmp_path):
+    """torch warned `TypedStorage is deprecated` (a traceback-like line the user cannot act on) above the refusal."""
+    import warnings
+
+    from voxaug.data.validate import load_feature_file
+
+    path = tmp_path / "q.pt"
+    torch.save(torch.quantize_per_tensor(torch.randn(5, 40), 0.1, 0, torch.qint8), path)
+    torch.storage._reset_warn_typed_storage_removal()  # torch says it once per process: make this load the first
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(VoxaugError, match="q.pt: expected a float tensor, found dtype torch.qint8"):
+            load_feature_file(path, 40)
+    assert not [str(w.message) for w in caught if "TypedStorage" in str(w.message)]
+
+
+def test_float64_features_beyond_float32_range_are_refused_for_their_size_not_as_inf(tmp_path):
+    """A float64 tensor of 1e39 became Inf in float32 before it was checked: the refusal said it held NaN or Inf."""
+    from voxaug.data.validate import check_features
+
+    with pytest.raises(VoxaugError, match=r"x.pt: features hold values as large as 1e\+39"):
+        check_features(torch.full((5, 40), 1e39, dtype=torch.float64), tmp_path / "x.pt", 40)
+    with pytest.raises(VoxaugError, match="NaN or Inf"):
+        check_features(torch.full((5, 40), float("inf"), dtype=torch.float64), tmp_path / "x.pt", 40)
+    assert check_features(torch.ones(5, 40, dtype=torch.float64), tmp_path / "x.pt", 40).dtype == torch.float32

@@ -40,3 +40,16 @@ def test_predict_still_replaces_an_earlier_csv(hw4_and_ckpt, tmp_path):
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert out.read_text().startswith("Id,Category\nuttr-0004.pt,")
+
+
+def test_predict_refuses_an_out_that_is_a_training_clip_of_the_dataset(hw4_and_ckpt):
+    """Only testdata.json's clips were compared: metadata.json's uttr-*.pt files, which the test split does not read,
+    were replaced by the CSV."""
+    data, ckpt = hw4_and_ckpt
+    out = data / "uttr-0000.pt"
+    before = out.read_bytes()
+    result = CliRunner().invoke(app, ["predict", str(data), "--ckpt", str(ckpt), "--out", str(out), "-q",
+                                      "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(f"error: {out}: --out is ") and "uttr-0000.pt" in result.output
+    assert out.read_bytes() == before

@@ -156,3 +156,22 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly_with_its_work_done(
     stderr = reader_gone.stderr.read().decode()
     assert reader_gone.wait() == 141 and stderr == ""
     assert len(list((tmp_path / "out").glob("uttr-*.pt"))) == 4
+
+
+def test_predict_warns_of_test_clips_that_metadata_json_lists_for_training(tiny_synth, trained_run, tmp_path):
+    """A train/test leak went unsaid: the predictions of clips the model trained on look better than they are."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data, ignore=shutil.ignore_patterns("unseen"))
+    command = ["predict", str(data), "--ckpt", str(trained_run / "best.pt"), "--out", str(tmp_path / "p.csv"),
+               "--device", "cpu", "-q"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    testdata = json.loads((data / "testdata.json").read_text())
+    trained = next(iter(json.loads((data / "metadata.json").read_text())["speakers"].values()))[0]["feature_path"]
+    testdata["utterances"].append({"feature_path": trained})
+    (data / "testdata.json").write_text(json.dumps(testdata))
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    count = len(testdata["utterances"])
+    assert (f"warning: {data / 'testdata.json'}: 1 of its {count} clips is a training clip in metadata.json too "
+            f"(e.g. {trained!r})") in result.output

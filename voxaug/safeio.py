@@ -235,6 +235,8 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
             # a hostile header makes torch warn before it fails (the error says it all); sparse tensors are checked
             # as they are rebuilt, so bad indices fail here and torch has no unchecked load to warn about
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            # torch's own rebuild of a quantized tensor warns of its TypedStorage use: nothing the user can act on
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = str(exc)

@@ -41,6 +41,10 @@ class OnnxEngine:
         self.training_split = self.model.training_split
 
     def run(self, clip: Clip, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if clip.features is not None and self.model.takes_audio:  # the clip is at fault: name it, not the model too
+            raise file_error(clip.name, f"holds log-mel features, and this model takes raw "
+                                        f"{self.frontend.sample_rate / 1000:g} kHz audio (exported with --with-frontend); "
+                                        "give its audio (.wav or .flac, or a waveform with its sample_rate)")
         try:
             if clip.waveform is not None:
                 embedding, logits = self.model.embed_waveform(clip.waveform)

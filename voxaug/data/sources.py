@@ -76,15 +76,26 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
     return resolved
 
 
+def _file_identity(path: Path) -> tuple[int, int] | Path:
+    """A file by device and inode, so a hard link under another name is the same clip; the path where it cannot be
+    read (loading it later says why)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return path
+    return info.st_dev, info.st_ino
+
+
 def refuse_repeated_clips(utterances: list["Utterance"], listed_in: Path) -> None:
-    """One clip listed twice would be two training rows (possibly of two speakers, one of them in validation)
-    or two rows of one prediction file."""
-    first: dict[Path, Utterance] = {}
+    """One clip listed twice, under its name or a link's, would be two training rows (possibly of two speakers, one
+    of them in validation) or two rows of one prediction file."""
+    first: dict[tuple[int, int] | Path, Utterance] = {}
     for utterance in utterances:
-        earlier = first.setdefault(utterance.path, utterance)
+        earlier = first.setdefault(_file_identity(utterance.path), utterance)
         if earlier is not utterance:
             where = f" (under {earlier.speaker!r} and {utterance.speaker!r})" if utterance.speaker else ""
-            raise file_error(listed_in, f"clip {utterance.key!r} is listed twice{where}; each clip may appear once")
+            twice = "listed twice" if earlier.key == utterance.key else f"the same file as {earlier.key!r} through a link"
+            raise file_error(listed_in, f"clip {utterance.key!r} is {twice}{where}; each clip may appear once")
 
 
 class HW4Source:
@@ -159,6 +170,16 @@ class HW4Source:
 
     def load(self, utterance: Utterance) -> torch.Tensor:
         return load_feature_file(utterance.path, self.n_mels)
+
+    def training_utterances(self) -> list[Utterance]:
+        """metadata.json's utterances, which the test split does not read but are the dataset's all the same;
+        none where metadata.json is missing or unreadable (the test split does not need it)."""
+        if self.split == "train":
+            return self.utterances
+        try:
+            return HW4Source(self.root, "train").utterances
+        except VoxaugError:
+            return []
 
     def fingerprint(self) -> str:
         return _stat_fingerprint(self.index_files + [u.path for u in self.utterances], self.name)

@@ -29,11 +29,12 @@ def check_features(features: object, path: str | Path, n_mels: int) -> torch.Ten
         raise file_error(path, f"expected {n_mels} mel bins, found {features.shape[1]} (shape {tuple(features.shape)}{hint})")
     if features.shape[0] == 0:
         raise file_error(path, "feature tensor is empty (0 frames)")
-    features = features.to(torch.float32)
-    problem = feature_values_problem(float(features.abs().max()))
+    # float64 values are judged as saved: past float32's range they would read as Inf after the conversion
+    judged = features if features.dtype == torch.float64 else features.to(torch.float32)
+    problem = feature_values_problem(float(judged.abs().max()))
     if problem:
         raise file_error(path, problem)
-    return features.contiguous()
+    return features.to(torch.float32).contiguous()
 
 
 def load_feature_file(path: str | Path, n_mels: int) -> torch.Tensor:
