@@ -69,14 +69,15 @@ def enroll(
     audio_first = speaker_index.model.prefers_audio
     if speakers_dir is not None:
         enrolments = speaker_folders(speakers_dir, audio_first)
-        known = set(speaker_index.speakers)
+        new = sorted(name for name, spelled in speaker_index.data.spellings(enrolments).items()
+                     if spelled not in speaker_index.data.counts)
         speaker_index.enroll_many(enrolments, append, lock_timeout, progress=not quiet)
         skipped = sum(speaker_index.skipped.values())
         added = {name: len(clips) - speaker_index.skipped[name] for name, clips in enrolments.items()}
         grown = sum(count > 0 for count in added.values())
         typer.echo(f"enrolled {counted(grown, 'speaker')} from {counted(sum(added.values()), 'clip')}"
                    f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}"
-                   f"{new_names_note(sorted(set(enrolments) - known)) if append else ''}")
+                   f"{new_names_note(new) if append else ''}")
         warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
         return
     enrolment = expand_clips(clips, audio_first)

@@ -21,11 +21,12 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
@@ -188,6 +189,15 @@ class SpeakerIndex:
     @property
     def speakers(self) -> list[str]:
         return sorted(self.counts)
+
+    def spellings(self, names: Iterable[str]) -> dict[str, str]:
+        """Each of ``names`` as the index spells that speaker: names that differ only in Unicode normalisation (é as
+        one code point, or e and a combining accent, as macOS writes folder names) look alike and are one speaker;
+        a name not enrolled comes back in NFC."""
+        enrolled = {unicodedata.normalize("NFC", label): label for label in self.counts}
+        return {name: name if not isinstance(name, str) or name in self.counts
+                else enrolled.get(unicodedata.normalize("NFC", name), unicodedata.normalize("NFC", name))
+                for name in names}
 
     def to_space(self, embeddings: np.ndarray, what: str = "embeddings") -> np.ndarray:
         """The network's embeddings (N, dim) as unit rows in the back end's space (N, space_dim)."""
@@ -452,6 +462,9 @@ class SpeakerIndex:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except (RuntimeError, MemoryError) as exc:
             raise file_error(path, "not a readable FAISS index") from exc
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:  # an HNSW header does not say its metric; L2 ranks otherwise
+            metric = {faiss.METRIC_L2: "L2 distances"}.get(index.metric_type, f"FAISS metric {index.metric_type}")
+            raise file_error(path, f"{kind} of {metric}, not of inner products (the cosines a speaker index scores by)")
         dim, labels = meta["dimension"], meta["labels"]
         backend = scoring["backend"]
         if backend.mean is not None and backend.mean.shape[0] != dim:

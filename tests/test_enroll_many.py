@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -228,3 +229,31 @@ def test_a_clip_already_another_speakers_is_refused_and_nothing_is_written(train
     with pytest.raises(VoxaugError, match=r"fay: clip .* has the same content as one eve is enrolled from"):
         stale.enroll("fay", clips)
     assert sorted(json.loads(sidecar_path(index).read_text())["counts"]) == ["ann", "eve"]
+
+
+def test_a_name_in_another_unicode_spelling_is_the_same_speaker(trained_run, tiny_synth, tmp_path):
+    """é as one code point (typed) and as e plus a combining accent (a macOS folder name) look alike: they enrolled
+    two speakers that identify listed as the same name twice, and --remove of one spelling missed the other."""
+    from voxaug.embeddings.index import SpeakerIndex as IndexData
+
+    index = tmp_path / "spk.faiss"
+    first, second = sorted(p for p in (tiny_synth / "unseen" / "enroll").iterdir() if p.is_dir())[:2]
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    done = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", decomposed,
+                  *sorted(first.glob("*.pt")))
+    assert done.exit_code == 0, done.output
+    clips = sorted(second.glob("*.pt"))
+    appended = invoke("enroll", "--index", index, "--speaker", composed, "--append", *clips[:1])
+    assert appended.exit_code == 0 and "warning" not in appended.output, appended.output
+    (tmp_path / "people" / composed).mkdir(parents=True)
+    for clip in clips[1:]:
+        shutil.copy(clip, tmp_path / "people" / composed)
+    folder = invoke("enroll", "--index", index, "--speakers-dir", tmp_path / "people", "--append")
+    assert folder.exit_code == 0 and "new:" not in folder.output, folder.output
+    counts = IndexData.load(index).counts
+    assert counts == {composed: len(list(first.glob("*.pt"))) + len(clips)}  # stored in NFC
+    removed = invoke("enroll", "--index", index, "--remove", composed)
+    assert removed.exit_code == 0 and "0 speakers remain" in removed.output, removed.output
+    older = IndexData(dim=2)
+    older.add(decomposed, np.eye(2)[:1])  # as an index written before names were stored in NFC holds it
+    assert older.spellings([composed, "bob"]) == {composed: decomposed, "bob": "bob"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -409,3 +410,25 @@ def test_an_index_write_the_disk_refuses_keeps_the_old_index_and_no_staged_bytes
         SpeakerIndex.load(path).save(path)
     assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == committed
     assert SpeakerIndex.load(path).speakers == ["alice", "bob"]
+
+
+def test_an_hnsw_index_of_l2_distances_is_refused_naming_the_file(tmp_path):
+    """An IndexHNSWFlat has one header whatever its metric: one of L2 distances (FAISS's default) was searched as if
+    its distances were cosines, the exact match scoring 0 and ranked apart from the nearest speakers."""
+    import faiss
+
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4, hnsw=True)
+    index.add("alice", np.eye(4)[:1])
+    index.add("bob", np.eye(4)[1:2])
+    index.save(path)
+    l2 = faiss.IndexHNSWFlat(4, 32)
+    l2.add(index.vectors)
+    data = faiss.serialize_index(l2).tobytes()
+    path.write_bytes(data)
+    sidecar = tmp_path / "spk.faiss.json"
+    meta = json.loads(sidecar.read_text())
+    meta["index_sha256"] = hashlib.sha256(data).hexdigest()  # the sidecar made for these bytes
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: IndexHNSWFlat of L2 distances, not of inner products"):
+        SpeakerIndex.load(path)

@@ -67,7 +67,7 @@ def remove_speaker(path: Path, name: str, lock_timeout: float = 60.0,
     with index_lock(path, lock_timeout):
         data = read() if read is not None else IndexData.load(path)
         try:
-            data.remove(name)
+            data.remove(data.spellings([name])[name])
         except VoxaugError as exc:
             raise file_error(path, str(exc)) from None
         data.save(path)
@@ -148,7 +148,13 @@ class SpeakerIndex:
         if not isinstance(speakers, Mapping):
             raise VoxaugError(f"speakers: expected a mapping of speaker name to clips (a dict), got "
                               f"{type(speakers).__name__}")
-        speakers = {name: clip_list(clips) for name, clips in speakers.items()}
+        given = {name: clip_list(clips) for name, clips in speakers.items()}
+        spelled = self.data.spellings(given)
+        if len(set(spelled.values())) < len(spelled):
+            twins = sorted(name for name in given if list(spelled.values()).count(spelled[name]) > 1)
+            raise VoxaugError(f"speakers {', '.join(map(repr, twins))} are one name in different Unicode spellings; "
+                              "give each speaker once (nothing was written)")
+        speakers = {spelled[name]: clips for name, clips in given.items()}
         self._refuse_enrolled(self.data, speakers, append)
         own, digests = {}, {}
         recorded = self.data.clip_owners()
@@ -195,8 +201,8 @@ class SpeakerIndex:
             if any(added.values()):
                 data.save(self.path)
         self.data = data
-        self.skipped = {name: len(clips) - added[name] for name, clips in speakers.items()}
-        return {name: data.counts[name] for name in speakers}
+        self.skipped = {name: len(clips) - added[spelled[name]] for name, clips in given.items()}
+        return {name: data.counts[spelled[name]] for name in given}
 
     def _embed(self, name: str, clips: list[ClipInput], positions: list[int], sample_rate: int | None
                ) -> dict[int, np.ndarray]:
