@@ -401,3 +401,17 @@ def test_a_wav_the_disk_cuts_short_keeps_the_old_file_and_names_it(tmp_path, mon
         write_audio(target, torch.full((1600,), 0.2), 16000)
     assert target.read_bytes() == before
     assert [path.name for path in tmp_path.iterdir()] == ["clip.wav"]
+
+
+def test_a_tree_named_by_a_relative_or_an_absolute_path_keeps_one_packed_store(wav_synth, tmp_path, monkeypatch):
+    """`voxaug train data/wav` then `voxaug embed $PWD/data/wav` (or from another folder) is one dataset in one cache
+    folder: its features are reused, not computed again each time the path is spelled the other way."""
+    cache = tmp_path / "cache"
+    monkeypatch.chdir(wav_synth)
+    first, _ = open_dataset_store(open_source("wav"), cache, progress=False, workers=0)
+    monkeypatch.chdir(tmp_path)
+    second, _ = open_dataset_store(open_source(wav_synth / "wav"), cache, progress=False, workers=0)
+    monkeypatch.chdir(wav_synth.parent)
+    third, _ = open_dataset_store(open_source(Path(wav_synth.name) / "wav"), cache, progress=False, workers=0)
+    assert first.rebuilt and first.folder == second.folder == third.folder
+    assert not second.rebuilt and not third.rebuilt

@@ -46,17 +46,20 @@ class DatasetSource(Protocol):
         """Changes whenever a file the source reads changes (sizes, mtimes, inodes and inode change times)."""
 
 
-def _stat_fingerprint(paths: list[Path], extra: str = "") -> str:
+def _stat_fingerprint(files: list[tuple[str, Path]], extra: str = "") -> str:
+    """A hash of each file's name and stat. Named as the dataset names it (relative to its root), not by the path it
+    was reached through: the store folder is already keyed by the resolved root, so ``data/wav`` and
+    ``/abs/data/wav`` (or the same folder from another working directory) are one dataset and keep one cache."""
     digest = hashlib.sha1(extra.encode())
-    for path in paths:
+    for name, path in files:
         try:
             stat = path.stat()
         except OSError:
-            digest.update(os.fsencode(f"{path}|missing\n"))
+            digest.update(os.fsencode(f"{name}|missing\n"))
             continue
         # the inode and its change time too: a file replaced or rewritten with the same size and mtime (`cp -p`,
         # `rsync -a`, `touch -r`, a re-extracted archive) would otherwise keep its stale features; no tool can set ctime
-        digest.update(os.fsencode(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}\n"))
+        digest.update(os.fsencode(f"{name}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}\n"))
     return digest.hexdigest()
 
 
@@ -182,7 +185,8 @@ class HW4Source:
             return []
 
     def fingerprint(self) -> str:
-        return _stat_fingerprint(self.index_files + [u.path for u in self.utterances], self.name)
+        return _stat_fingerprint([(path.name, path) for path in self.index_files]
+                                 + [(u.key, u.path) for u in self.utterances], self.name)
 
 
 class ClipFolderSource:
@@ -222,7 +226,7 @@ class ClipFolderSource:
         return load_clip(utterance.path, self.frontend)
 
     def fingerprint(self) -> str:
-        return _stat_fingerprint([u.path for u in self.utterances], f"{self.name}|{self.frontend}")
+        return _stat_fingerprint([(u.key, u.path) for u in self.utterances], f"{self.name}|{self.frontend}")
 
 
 def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
