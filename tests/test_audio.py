@@ -415,3 +415,23 @@ def test_a_tree_named_by_a_relative_or_an_absolute_path_keeps_one_packed_store(w
     third, _ = open_dataset_store(open_source(Path(wav_synth.name) / "wav"), cache, progress=False, workers=0)
     assert first.rebuilt and first.folder == second.folder == third.folder
     assert not second.rebuilt and not third.rebuilt
+
+
+@pytest.mark.parametrize("peak", [1e-40, 1e-9])
+def test_a_clip_quieter_than_any_recorder_step_is_refused_as_silent(tmp_path, peak):
+    """Samples of 1e-9 (or subnormal) give log-mel features at the floor, bit for bit an all-zero clip's, which is
+    refused as silent: they were embedded and identified at cosine 0.48 all the same."""
+    from voxaug.api.inputs import to_clip
+    from voxaug.runtime.frontend import FrontendSettings
+    from voxaug.runtime.frontend import read_audio as read_audio_numpy
+
+    quiet = tmp_path / "quiet.wav"
+    soundfile.write(quiet, np.full(8000, peak, dtype=np.float32), 16000, subtype="FLOAT")
+    for read in (lambda: load_clip(quiet, FrontendConfig()), lambda: read_audio_numpy(quiet, 16000)):
+        with pytest.raises(VoxaugError, match=rf"^{re.escape(str(quiet))}: audio is silent \(its loudest sample"):
+            read()
+    with pytest.raises(VoxaugError, match="the waveform is silent"):
+        to_clip(np.full(8000, peak, dtype=np.float32), 16000, FrontendSettings(), "quiet")
+    one_step = tmp_path / "one_step.wav"  # the quietest sound 16-bit audio holds is still sound
+    soundfile.write(one_step, np.tile(np.array([1, -1, 0, 0], dtype=np.int16), 2000), 16000, subtype="PCM_16")
+    assert load_clip(one_step, FrontendConfig()).shape[1] == 40

@@ -17,6 +17,7 @@ from voxaug.clips import FEATURE_SUFFIX
 from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.frontend import (
     AUDIO_SUFFIXES, FrontendSettings, check_audio_rate, check_resampling, feature_values_problem, read_audio, resample,
+    silence_problem,
 )
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
@@ -130,8 +131,9 @@ def to_clip(x: ClipInput, sample_rate: int | None, frontend: FrontendSettings, n
         check_audio_rate(int(sample_rate), name)
         if not np.isfinite(values).all():
             raise VoxaugError(f"{name}: the waveform holds NaN or infinite samples")
-        if not np.abs(values).max() > 0:
-            raise VoxaugError(f"{name}: the waveform is silent (every sample is zero)")
+        silent = silence_problem(float(np.abs(values).max()))
+        if silent:
+            raise VoxaugError(f"{name}: the waveform {silent}")
         if sample_rate != model_rate:
             check_resampling(name, int(sample_rate), model_rate)
             values = resample(values, int(sample_rate), model_rate)

@@ -283,9 +283,24 @@ def check_audio_rate(rate: int, name: str) -> None:
         raise VoxaugError(f"{name}: sample rate {rate} Hz is under {MIN_AUDIO_RATE} Hz, too low for speech")
 
 
-def refuse_silence(path: str | Path, peak: float) -> None:
+SILENCE_PEAK = 2.0 ** -23
+"""One step of 24-bit audio (-138 dBFS). A clip whose loudest sample is below it holds nothing a recorder captured:
+its log-mel features sit at the front end's floor, as an all-zero clip's do, and would be identified all the same."""
+
+
+def silence_problem(peak: float) -> str | None:
+    """Why a clip of this peak amplitude is silent, or None when it holds sound."""
     if peak == 0.0:
-        raise file_error(path, "audio is silent (every sample is zero)")
+        return "is silent (every sample is zero)"
+    if peak < SILENCE_PEAK:
+        return f"is silent (its loudest sample, {peak:.1e}, is below one step of 24-bit audio)"
+    return None
+
+
+def refuse_silence(path: str | Path, peak: float) -> None:
+    problem = silence_problem(peak)
+    if problem:
+        raise file_error(path, f"audio {problem}")
 
 
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
