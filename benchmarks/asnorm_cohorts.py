@@ -46,6 +46,7 @@ from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
+from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_write_json
 from report import json_output
 
@@ -103,6 +104,16 @@ def trial_clips(found: dict, trials: str, held_out: np.ndarray) -> tuple[np.ndar
     return np.concatenate([p.embeddings for p in parts]), np.concatenate([np.asarray(p.labels) for p in parts])
 
 
+def check_pairs(trials: str, labels: np.ndarray) -> None:
+    """Refuse a trial set with no same-speaker or no different-speaker pair (e.g. one validation clip per
+    speaker), which EER and minDCF cannot score."""
+    counts = np.unique(labels, return_counts=True)[1]
+    if counts.max(initial=0) < 2:
+        raise VoxaugError(f"{trials} trials: no speaker has two of the {len(labels)} clips, so no same-speaker trial")
+    if len(counts) < 2:
+        raise VoxaugError(f"{trials} trials: all {len(labels)} clips are one speaker's, so no different-speaker trial")
+
+
 def sweep(found: dict, backend_kind: str, trials: str = "unseen", external: LabelledEmbeddings | None = None) -> list[dict]:
     config = found["model"].config
     labels = np.asarray(found["train"].labels)
@@ -110,6 +121,7 @@ def sweep(found: dict, backend_kind: str, trials: str = "unseen", external: Labe
     train, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"], config.split_version)
     backend = ScoringBackend.fit(backend_kind, found["train"].embeddings[train], labels[train])
     clips, clip_labels = trial_clips(found, trials, held_out)
+    check_pairs(trials, clip_labels)
     vectors = backend.apply(clips)
     first, second = np.triu_indices(len(clip_labels), k=1)
     same = clip_labels[first] == clip_labels[second]
@@ -166,13 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         external = None if args.external_cohort is None else external_speakers(found["model"], args.external_cohort,
                                                                                  args.cache_dir)
         for trials in args.trials:
-            rows = [row for kind in BACKENDS for row in sweep(found, kind, trials, external)]
+            try:
+                rows = [row for kind in BACKENDS for row in sweep(found, kind, trials, external)]
+            except VoxaugError as error:
+                print(f"{ckpt}: skipped: {error}", file=sys.stderr)
+                continue
             runs.append({"set": args.set or args.data.name, "seed": found["model"].config.seed, "checkpoint": str(ckpt),
                          "data": str(args.data), "trials": trials, "rows": rows})
             print(f"{ckpt}: {trials} trials: {rows[0]['trials']} ({rows[0]['same_trials']} same-speaker)\n"
                   "| back end | cohort | top-K | EER | minDCF |\n|---|---|---|---|---|")
             for r in rows:
                 print(f"| {r['backend']} | {r['cohort']} | {r['top_k'] or '-'} | {r['eer']:.3f} | {r['min_dcf']:.3f} |")
+    if not runs:
+        print("error: no trial set could be scored; nothing written", file=sys.stderr)
+        return 2
     if args.json:
         earlier = json.loads(args.json.read_text(encoding="utf-8"))["runs"] if args.append and args.json.is_file() else []
         atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "

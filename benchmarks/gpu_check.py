@@ -248,7 +248,7 @@ def embed_and_identify(data: Path, ckpt: Path, work: Path) -> dict:
     for device in (DEVICE, "cpu"):
         out, index = work / f"emb-{device}", work / f"spk-{device}.faiss"
         start = time.perf_counter()
-        voxaug("embed", "--ckpt", ckpt, data, "--out", out, "--index", index, "--device", device, "--quiet")
+        voxaug("embed", "--ckpt", ckpt, data, "--out", out, "--index", index, "--replace", "--device", device, "--quiet")
         embed_s = time.perf_counter() - start
         voxaug("enroll", "--index", index, "--speakers-dir", data / "unseen" / "enroll", "--device", device)
         answers[device] = identify_lines(index, clips, device)

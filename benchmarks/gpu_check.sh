@@ -9,9 +9,19 @@
 # with no package registry, set VOXAUG_WHEELS=DIR: the project is then installed into the
 # python3 that already holds torch, its other requirements taken from the wheels in DIR only.
 set -euo pipefail
+case "${1:-}" in
+    -h | --help)
+        echo "usage: bash benchmarks/gpu_check.sh [RESULT.json] [gpu_check.py options...]"
+        echo "Installs voxaug (offline from DIR's wheels with VOXAUG_WHEELS=DIR), then runs benchmarks/gpu_check.py"
+        echo "--json RESULT.json (default gpu_check.json); its options: python benchmarks/gpu_check.py --help"
+        exit 0 ;;
+esac
 cd "$(dirname "$0")/.."
-result=${1:-gpu_check.json}
-shift || true
+result=gpu_check.json
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # RESULT.json given (an option starts with "-")
+    result=$1
+    shift
+fi
 if [ -n "${VOXAUG_WHEELS:-}" ]; then
     python=python3
     $python -m pip install -q --no-index --find-links "$VOXAUG_WHEELS" --no-build-isolation -e ".[train,test]"

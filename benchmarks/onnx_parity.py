@@ -1,7 +1,7 @@
 """ONNX Runtime against torch on one checkpoint: the worst embedding cosine and how often the argmax agrees.
 
-It exports the checkpoint twice (log-mel in, and ``--with-frontend``: 16 kHz audio in) and compares, on
-the same inputs, the exported models under ONNX Runtime with the checkpoint under torch:
+It exports the checkpoint twice (log-mel in, and ``--with-frontend``: audio at the checkpoint's sample rate in)
+and compares, on the same inputs, the exported models under ONNX Runtime with the checkpoint under torch:
 
 - utterances of every length from the model's minimum to ``--max-frames`` (sliced from DATA's features),
   alone and in padded batches of random lengths;
@@ -61,7 +61,8 @@ def padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(ckpt: Path, data: Path, max_frames: int, batches: int, seed: int) -> list[dict]:
-    network = load_model(ckpt, "cpu").model.eval()
+    loaded = load_model(ckpt, "cpu")
+    network, frontend = loaded.model.eval(), loaded.frontend
 
     @torch.no_grad()
     def reference(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -91,9 +92,9 @@ def run(ckpt: Path, data: Path, max_frames: int, batches: int, seed: int) -> lis
         embeddings, logits = features_model.run_features(*padded([frames[:n].numpy() for n in pick]))
         for row, n in enumerate(pick):
             batched.add(embeddings[row], logits[row], references[n])
-    waves = [read_audio(p, 16000) for p in sorted(data.rglob("*.wav"))]
+    waves = [read_audio(p, frontend.sample_rate) for p in sorted(data.rglob("*.wav"))]
     wave_alone, wave_batched = Agreement(), Agreement()
-    wave_references = [reference(log_mel(w)) for w in waves]
+    wave_references = [reference(log_mel(w, frontend)) for w in waves]
     for wave, ref in zip(waves, wave_references):
         wave_alone.add(*audio_model.embed_waveform(wave.numpy()), ref)
     for start in range(0, len(waves), 16):

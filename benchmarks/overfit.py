@@ -9,7 +9,7 @@ come well before its last step.
 
     python benchmarks/overfit.py --json overfit.json          # the README's ablation (about 2 h on 2 cores)
     python benchmarks/overfit.py --arms "none;specaug" --seeds 1 --first-seed 10   # one pilot pair
-    python benchmarks/overfit.py --quick                      # a smoke run in about a minute
+    python benchmarks/overfit.py --quick                      # a smoke run: about 2.5 min on 2 idle cores
 
 Runs go ``--jobs`` at a time in separate processes with one torch thread each: on a 2-core machine
 two single-threaded runs finish sooner than two two-threaded runs in turn.

@@ -20,6 +20,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from report import times
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.\-]+)(?: (?P<view>\w+))? -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
@@ -336,8 +338,8 @@ def hnsw_table(low: dict, high: dict) -> str:
     lines = [f"| efSearch | {low['dim']}-D (LDA space, `lda` and `plda`): ms/query | speed-up | recall@1 | "
              f"{high['dim']}-D (`--backend none`): ms/query | speed-up | recall@1 |", "|---|---|---|---|---|---|---|"]
     for ef in low["sweep"]:
-        cells = [f"{run['sweep'][ef][key]:{spec}}{unit}" for run in (low, high)
-                 for key, spec, unit in (("ms", ".3f", ""), ("speedup", ".0f", "x"), ("recall_at_1", ".3f", ""))]
+        points = [run["sweep"][ef] for run in (low, high)]
+        cells = [cell for p in points for cell in (f"{p['ms']:.3f}", times(p["speedup"]), f"{p['recall_at_1']:.3f}")]
         if int(ef) == low["default_ef_search"]:
             lines.append(f"| **{ef} (voxaug's setting)** | " + " | ".join(f"**{cell}**" for cell in cells) + " |")
         else:

@@ -452,3 +452,89 @@ def test_gpu_check_table_gives_solo_speeds_only_for_runs_that_had_the_card_alone
     assert "12 runs sharing the card" in shared and "utt/s, peak" not in shared
     assert "| `strong` step, batch 32, interleaved" in shared
     assert "+0.003 ± 0.018 (target" in shared and " ± 0." not in alone  # the first run had no standard error
+
+
+def test_asnorm_trial_set_without_a_same_speaker_pair_is_skipped_in_one_line(trained_run, tiny_synth, tmp_path, capsys,
+                                                                           monkeypatch):
+    import asnorm_cohorts
+
+    real = asnorm_cohorts.stratified_split
+
+    def one_validation_clip_each(codes, *args):
+        train, held_out = real(codes, *args)
+        return train, held_out[np.unique(np.asarray(codes)[held_out], return_index=True)[1]]
+
+    monkeypatch.setattr(asnorm_cohorts, "stratified_split", one_validation_clip_each)
+    ckpt = str(trained_run / "last.pt")
+    assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", ckpt, "--trials", "validation", "unseen",
+                                "--json", str(tmp_path / "a.json")]) == 0
+    assert [run["trials"] for run in json.loads((tmp_path / "a.json").read_text())["runs"]] == ["unseen"]
+    assert "skipped: validation trials: no speaker has two of the" in capsys.readouterr().err
+    assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", ckpt, "--trials", "validation",
+                                "--json", str(tmp_path / "b.json")]) == 2
+    assert "nothing written" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+
+
+def test_hnsw_table_prints_a_speed_up_below_one_with_a_decimal():
+    import render_results
+
+    def run(dim, speedup):
+        return {"dim": dim, "default_ef_search": 128, "sweep": {"128": {"ms": 0.05, "speedup": speedup, "recall_at_1": 1.0}}}
+
+    table = render_results.hnsw_table(run(4, 0.4), run(32, 30.2))
+    assert "| **0.4x** |" in table and "| **30x** |" in table and "0x" not in table.replace("30x", "")
+
+
+def test_gpu_check_sh_help_prints_its_usage_and_installs_nothing(tmp_path):
+    import os
+    import subprocess
+
+    fake = tmp_path / "python3"  # stands in for the install and the run, should --help reach them
+    fake.write_text('#!/bin/sh\necho "ran python3 $*"\nexit 1\n')
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "VOXAUG_WHEELS": str(tmp_path)}
+    for flag in ("--help", "-h"):
+        done = subprocess.run(["bash", str(script), flag], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0 and "ran python3" not in done.stdout
+        assert done.stdout.startswith("usage: bash benchmarks/gpu_check.sh [RESULT.json]")
+
+
+def test_gpu_check_sh_takes_a_first_option_as_an_option_not_as_the_result_file(tmp_path):
+    import os
+    import subprocess
+
+    fake = tmp_path / "python3"  # stands in for the install and the run: prints what it was given
+    fake.write_text('#!/bin/sh\necho "ran python3 $*"\n')
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "VOXAUG_WHEELS": str(tmp_path)}
+    for args, expected in ((["--only", "tests"], "--json gpu_check.json --only tests"),
+                           (["out.json", "--only", "tests"], "--json out.json --only tests"), ([], "--json gpu_check.json")):
+        done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0
+        assert done.stdout.splitlines()[-1] == f"ran python3 benchmarks/gpu_check.py {expected}"
+
+
+def test_onnx_parity_reads_the_wav_files_at_the_checkpoints_sample_rate(trained_run, tiny_synth, tmp_path):
+    import onnx_parity
+    from voxaug.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(trained_run / "best.pt")
+    state["frontend"].update(sample_rate=8000, f_max=4000.0)  # as `voxaug train --sample-rate 8000` saves it
+    save_checkpoint(tmp_path / "8k.pt", state)
+    assert onnx_parity.main([str(tiny_synth), "--ckpt", str(tmp_path / "8k.pt"), "--max-frames", "60",
+                             "--batches", "0", "--json", str(tmp_path / "p.json")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert all(r["worst_cosine"] > 0.9999 and r["argmax_same"] == r["pairs"] for r in rows if r["pairs"])
+
+
+def test_gpu_check_embed_identify_stage_replaces_the_index_it_wrote_before(trained_run, tiny_synth, tmp_path,
+                                                                           monkeypatch):
+    """`--device cpu` writes spk-cpu.faiss twice (as a rerun on a card reuses --workdir's spk-cuda.faiss)."""
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    result = gpu_check.embed_and_identify(tiny_synth, trained_run / "best.pt", tmp_path)
+    assert result["ok"] and result["min_cosine_gpu_vs_cpu"] > 0.99
+    assert result["same_decision_gpu_vs_cpu"] == result["clips"] > 0

@@ -94,3 +94,10 @@ def test_every_committed_result_says_when_and_where_it_was_measured(result):
 
     values = json.loads(result.read_text(encoding="utf-8"))
     assert values.get("date") and (values.get("machine") or values.get("cpu")), result.name
+
+
+def test_readme_gives_the_exported_models_audio_rate_as_its_checkpoints():
+    """`export --with-frontend` takes audio at the checkpoint's sample rate, 16 kHz only for the default front end."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `voxaug export"))
+    assert "16 kHz" not in row and "checkpoint's rate" in row
