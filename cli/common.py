@@ -12,6 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from voxaug.errors import VoxaugError, export_as_checkpoint, file_error
+from voxaug.interrupt import SIGTERM_EXIT, Terminated, sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
@@ -41,12 +42,14 @@ SIGPIPE_EXIT = 128 + 13  # the status a shell gives a program that the broken-pi
 
 
 def clean_errors(function: F) -> F:
-    """Turn a VoxaugError into ``error: <message>`` and exit code 2; tracebacks only with --debug."""
+    """Turn a VoxaugError into ``error: <message>`` and exit code 2; tracebacks only with --debug. Ctrl-C and SIGTERM
+    stop the command as one line too, with the shell's status for them (130, 143)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return function(*args, **kwargs)
         except VoxaugError as exc:
             if debug_enabled():
                 raise
@@ -57,8 +60,8 @@ def clean_errors(function: F) -> F:
                 raise
             raise fail(f"{function.__name__}: this needs {root}, which the runtime-only install leaves out; "
                        'install the train extra: pip install "voxaug[train]"') from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
+        except KeyboardInterrupt as exc:
+            raise fail(str(exc) or "interrupted", SIGTERM_EXIT if isinstance(exc, Terminated) else 130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except BrokenPipeError:  # `voxaug identify DIR | head`: the reader has gone; stop quietly, as Unix tools do

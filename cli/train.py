@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,6 +155,7 @@ def train(
                    "never reaches its cosine decay (lower --warmup)", err=True)
     context = init_distributed(resolved.device)
     clean = False
+    trainer = None
     try:
         if context.active and context.is_main:
             typer.echo(f"DDP: world_size {context.world_size} ({context.backend}, {context.device.type}); "
@@ -164,6 +166,10 @@ def train(
         clean = True
     except RankFailed:
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the lock and temp files are gone by now, last.pt is whole
+        if trainer is None or not context.is_main:
+            raise
+        raise type(exc)(_interrupted(trainer.step, trainer.saved_step, data, out, context.world_size)) from None
     finally:
         shutdown(context, clean)
     if not context.is_main:
@@ -180,6 +186,18 @@ def train(
         + (f"\n  skipped {len(trainer.skipped_files)} unreadable audio files (listed above; --strict makes them an error)"
            if trainer.skipped_files else "")
     )
+
+
+def _interrupted(step: int, saved_step: int | None, data: Path, out: Path, world_size: int) -> str:
+    """Where an interrupted training stopped and how to continue it from what its last.pt holds."""
+    from voxaug.train import train_command
+
+    last = out / "last.pt"
+    if saved_step is None and not last.exists():
+        return f"interrupted at step {step}, before the first checkpoint: nothing to resume; start the run again"
+    kept = "" if saved_step is None else f" (step {saved_step})"
+    return (f"interrupted at step {step}; {last}{kept} is kept: continue with "
+            f"{train_command(world_size)} {shlex.quote(str(data))} --out {shlex.quote(str(out))} --resume")
 
 
 def _augment_overrides(

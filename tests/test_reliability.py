@@ -432,3 +432,48 @@ def test_an_hnsw_index_of_l2_distances_is_refused_naming_the_file(tmp_path):
     sidecar.write_text(json.dumps(meta))
     with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: IndexHNSWFlat of L2 distances, not of inner products"):
         SpeakerIndex.load(path)
+
+
+def test_sigterm_stops_training_as_ctrl_c_does_and_the_run_resumes(tiny_synth, tmp_path):
+    """SLURM, Kubernetes and `timeout` stop a job with SIGTERM: the run folder keeps its last complete checkpoint and
+    loses its lock and temp files, one line says how to resume, and the status is the shell's 143."""
+    from voxaug.train import Trainer
+
+    run = tmp_path / "run"
+    env = {**os.environ, "VOXAUG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "voxaug", "train", str(tiny_synth), "--out", str(run), "--steps", "3000",
+               "--eval-every", "2", "--augment", "none", *TINY_ARGS]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not (run / "last.pt").exists():
+        time.sleep(0.02)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert re.fullmatch(r"error: interrupted at step \d+; \S+last\.pt( \(step \d+\))? is kept: continue with "
+                        r"voxaug train \S+ --out \S+ --resume\n", stderr), stderr
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "a lock or temp file was left"
+    steps = load_checkpoint(run / "last.pt")["step"]
+    assert "(step" not in stderr or f"(step {steps})" in stderr  # none when stopped as last.pt was being renamed
+    Trainer(Trainer.config_from_run(run, steps=steps + 1), tiny_synth, run, progress=False).fit(resume=True)
+    assert load_checkpoint(run / "last.pt")["step"] == steps + 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_whose_exception_a_finaliser_swallowed_still_stops_training_at_the_next_step():
+    """Python drops an exception raised in a ``__del__``, where the signal may land: the training loop's check
+    raises it again."""
+    from voxaug.interrupt import Terminated, sigterm_as_interrupt, stop_if_terminated
+
+    class SignalledWhileFinalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+
+    with sigterm_as_interrupt():
+        finalised = SignalledWhileFinalised()
+        del finalised
+        with pytest.raises(Terminated):
+            stop_if_terminated()
+    stop_if_terminated()  # a later command starts afresh

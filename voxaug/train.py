@@ -37,6 +37,7 @@ from voxaug.distributed import DistContext, main_first, main_only, rank_seed
 from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig
 from voxaug.inference import accuracy, autocast_for, run_model
+from voxaug.interrupt import stop_if_terminated
 from voxaug.model import build_model
 from voxaug.plot import plot_runs, read_log_text, read_metrics
 from voxaug.safeio import append_text, atomic_write_json, atomic_write_text, exclusive_lock, read_json
@@ -199,6 +200,8 @@ class Trainer:
         self.elapsed_before = 0.0
         self.bad_in_row = 0
         self.skipped_steps = 0
+        self.saved_step: int | None = None
+        """The step that RUN/last.pt holds, once this trainer has written or loaded it."""
         self.forward_model: nn.Module = self.model  # its DDP wrapper during fit
 
     def _open_store(self, source: DatasetSource, cache_dir: str | Path | None, workers: int | None,
@@ -262,10 +265,9 @@ class Trainer:
                                    f"pass --steps above {state['step']} to train further")
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size:
-            launch = f"torchrun --nproc_per_node={saved_world} -m voxaug train" if saved_world > 1 else "voxaug train"
             raise file_error(path, f"was written by a run on {saved_world} process(es), this one has "
                                    f"{self.dist.world_size}; each rank's data share and random streams are saved "
-                                   f"per rank, so resume with the same count ({launch} ... --resume)")
+                                   f"per rank, so resume with the same count ({train_command(saved_world)} ... --resume)")
         mine = state["ranks"][self.dist.rank] if self.dist.active and "ranks" in state else state  # world 1: same
         self.model.load_state_dict(state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
@@ -278,6 +280,7 @@ class Trainer:
         self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
         self.elapsed_before = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.saved_step = self.step
 
     def _refuse_other_data(self, state: dict, path: Path) -> None:
         """The split and the saved sampler order are by store position, so resuming on another clip list would
@@ -392,6 +395,7 @@ class Trainer:
             # before last.pt: a resume from an older last.pt drops the row and logs it again
             append_text(self.run_dir / "metrics.jsonl", json.dumps(row) + "\n")
             save_checkpoint(self.run_dir / "last.pt", self.state(ranks=ranks))
+            self.saved_step = self.step
             plot_runs([self.run_dir], self.run_dir / "curves.png")
 
         main_only(self.dist, save)  # the other ranks wait for it: none runs ahead of what is saved
@@ -502,18 +506,19 @@ class Trainer:
         losses: list[float] = []
         row: dict = {}
         bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
-        while self.step < self.config.steps:
-            result = self.train_step()
-            self.step += 1
-            bar.update(1)
-            if result is not None:
-                losses.append(result[0])
-                bar.set_postfix(loss=f"{result[0]:.3f}", batch_acc=f"{result[1]:.2f}", refresh=False)
-            if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
-                row = self.evaluate(float(np.mean(losses)) if losses else None)
-                losses = []
-                bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
-        bar.close()
+        with bar:  # closed on an error too, so that the error's line does not share the bar's
+            while self.step < self.config.steps:
+                stop_if_terminated()
+                result = self.train_step()
+                self.step += 1
+                bar.update(1)
+                if result is not None:
+                    losses.append(result[0])
+                    bar.set_postfix(loss=f"{result[0]:.3f}", batch_acc=f"{result[1]:.2f}", refresh=False)
+                if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
+                    row = self.evaluate(float(np.mean(losses)) if losses else None)
+                    losses = []
+                    bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
         if hasattr(self.sampler, "close"):  # stop data workers (audio with `wave`)
             self.sampler.close()
         if not row:
@@ -532,6 +537,11 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
         raise file_error(last, "nothing to resume: no last.pt in the run folder")
     if not resume and last.exists():
         raise file_error(run_dir, "already holds a run (last.pt); pass --resume to continue it or choose another --out")
+
+
+def train_command(world_size: int) -> str:
+    """How a training on ``world_size`` processes is launched, for messages that say how to resume it."""
+    return f"torchrun --nproc_per_node={world_size} -m voxaug train" if world_size > 1 else "voxaug train"
 
 
 def audio_settings(frontend: FrontendConfig, n_mels: int) -> list[str]:
