@@ -5,8 +5,18 @@
 # STEPS=1000 bash demo.sh demo trains for half the cpu preset's 2000 steps (faster, weaker model).
 # Expects `voxaug` on PATH (the README's first set-up command installs it into .venv).
 set -euo pipefail
+usage="usage: [STEPS=N] bash demo.sh [OUT]  (OUT: a new or empty folder, default demo; STEPS: training steps, default 2000)"
+case ${1:-} in
+    -h | --help) echo "$usage"; exit 0 ;;
+    -*) echo "error: $1: unknown option; $usage" >&2; exit 2 ;;
+esac
+[ $# -le 1 ] || { echo "error: one folder at most, got $#: $*; $usage" >&2; exit 2; }
 OUT=${1:-demo}
 STEPS=${STEPS:-2000}
+if ! [[ $STEPS =~ ^[0-9]+$ ]] || (( 10#$STEPS == 0 )); then  # now, not in `voxaug train` after minutes of synth
+    echo "error: STEPS must be a positive whole number, got '$STEPS'" >&2
+    exit 2
+fi
 export VOXAUG_CACHE=${VOXAUG_CACHE:-$OUT/cache}
 
 echo "== 1. synthesise a corpus (training speakers + unseen speakers + impostors)"
@@ -38,7 +48,13 @@ voxaug evaluate --ckpt "$OUT/run/last.pt" "$OUT/data" --enroll "$OUT/data/unseen
     --index "$OUT/spk.faiss" --calibrate --target-far 0.01 --impostors "$OUT/data/unseen/impostors" --out "$OUT/report"
 
 echo "== 7. identify held-out clips of the unseen speakers among all enrolled speakers, and clips of impostors"
-voxaug identify --index "$OUT/spk.faiss" --top-k 3 $(ls -d "$OUT"/data/unseen/test/*/ | head -2 | while read -r d; do ls "$d"*.pt | head -1; done)
+first_clips=()  # the first clip of each of the first two speakers, each path one argument (OUT may hold spaces)
+for speaker in "$OUT"/data/unseen/test/*/; do
+    clips=("$speaker"*.pt)
+    first_clips+=("${clips[0]}")
+    [ "${#first_clips[@]}" -lt 2 ] || break
+done
+voxaug identify --index "$OUT/spk.faiss" --top-k 3 "${first_clips[@]}"
 voxaug identify --index "$OUT/spk.faiss" --json "$OUT"/data/unseen/test/*/*.pt > "$OUT/identify.jsonl"
 voxaug identify --index "$OUT/spk.faiss" --json "$OUT"/data/unseen/impostors/*/*.pt > "$OUT/impostors.jsonl"
 python3 - "$OUT/identify.jsonl" "$OUT/impostors.jsonl" "$OUT/spk.faiss.json" "$OUT/report/report.json" <<'PY'

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import QuietOption, clean_errors
+from voxaug.cli.common import QuietOption, clean_errors, counted, output_folder
 from voxaug.synth_config import SynthConfig
 
 
@@ -24,11 +24,12 @@ def synth(
     """Generate a synthetic speaker set locally (seconds, deterministic for a seed)."""
     from voxaug.synth import generate
 
+    output_folder(out, "OUT")
     config = SynthConfig(speakers=speakers, utterances=utterances, unseen=unseen, impostors=impostors, seed=seed,
                          write_training_audio=wav)
     summary = generate(out, config, progress=not quiet)
     typer.echo(
         f"wrote {summary['train_utterances']} training and {summary['test_utterances']} test utterances of "
-        f"{summary['speakers']} speakers, plus {summary['unseen_speakers']} unseen speakers and {summary['impostors']} "
-        f"impostors, to {out}"
+        f"{summary['speakers']} speakers, plus {counted(summary['unseen_speakers'], 'unseen speaker')} and "
+        f"{counted(summary['impostors'], 'impostor')}, to {out}"
     )

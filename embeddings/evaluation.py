@@ -82,7 +82,8 @@ def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progr
 def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
     """Trial lines ``LABEL CLIP1 CLIP2`` (LABEL 1 = same speaker, 0 = different; paths relative to DATA)."""
     if not path.is_file():
-        raise file_error(path, "trials file not found")
+        raise file_error(path, "trials file not found" if not path.exists()
+                         else "expected a trials file, found a folder")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not a trial
     except UnicodeDecodeError as exc:

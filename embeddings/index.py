@@ -438,6 +438,8 @@ class SpeakerIndex:
     def load(cls, path: str | Path) -> "SpeakerIndex":
         path = real_path(path)
         side = sidecar_path(path)
+        if path.is_dir():
+            raise file_error(path, "expected a speaker index file, found a folder")
         if not path.is_file() and not side.is_file():
             raise file_error(path, "speaker index not found")
         if not side.is_file():

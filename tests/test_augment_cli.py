@@ -149,3 +149,17 @@ def test_plot_refuses_nan_or_infinity_in_a_metrics_row(tmp_path, row):
     refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
     assert refused.exit_code == 2 and f"{run / 'metrics.jsonl'}: line 2: not a metrics row" in output_of(refused)
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_plot_draws_a_run_whose_folder_name_is_not_utf8(tmp_path):
+    """A file name's undecodable bytes (os.fsdecode's surrogates) reached the legend, which matplotlib cannot draw:
+    plot (and train, at its end, for curves.png) failed with a multi-line 'unexpected TypeError'."""
+    import os
+
+    from voxaug.plot import plot_runs
+
+    run = _fake_run(tmp_path / os.fsdecode(b"run-\xff"), [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}])
+    for labels in (None, [os.fsdecode(b"caf\xe9")]):
+        (tmp_path / "curves.png").unlink(missing_ok=True)
+        assert plot_runs([run], tmp_path / "curves.png", labels)[0][0]["step"] == 10
+        assert (tmp_path / "curves.png").stat().st_size > 0

@@ -508,3 +508,20 @@ def test_debug_flag_shows_the_traceback(world):
     debug = subprocess.run([sys.executable, "-m", "voxaug", "--debug", *args], capture_output=True, text=True, timeout=120)
     assert plain.returncode != 0 and "Traceback" not in plain.stderr
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "missing.pt" in debug.stderr
+
+
+@pytest.mark.parametrize("option", ["train --config", "evaluate --trials", "identify --index"])
+def test_a_folder_where_a_file_goes_is_called_a_folder_not_missing(tmp_path, option):
+    """A folder given for a file was reported as "not found", sending the user to look for a file that is there."""
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    command = {
+        "train --config": ["train", tmp_path / "data", "--out", tmp_path / "run", "--config", folder, "-q"],
+        "evaluate --trials": ["evaluate", tmp_path / "data", "--ckpt", tmp_path / "junk.pt", "--out",
+                              tmp_path / "report", "--trials", folder, "-q"],
+        "identify --index": ["identify", "--index", folder, tmp_path / "clip.pt"],
+    }[option]
+    code, output = invoke(command)
+    assert code == 2 and output.count("\n") == 1, output
+    assert output.startswith(f"error: {folder}") and "found a folder" in output and "not found" not in output, output

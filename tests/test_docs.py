@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -101,3 +102,83 @@ def test_readme_gives_the_exported_models_audio_rate_as_its_checkpoints():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.splitlines() if line.startswith("| `voxaug export"))
     assert "16 kHz" not in row and "checkpoint's rate" in row
+
+
+DEMO_STUB = '''
+import json, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(os.environ["DEMO_STUB_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+
+
+def option(name):
+    return Path(args[args.index(name) + 1])
+
+
+if args[0] == "synth":
+    for part, speaker in (("enroll", "new000"), ("test", "new000"), ("test", "new001"), ("impostors", "imp000")):
+        (Path(args[1]) / "unseen" / part / speaker).mkdir(parents=True)
+        (Path(args[1]) / "unseen" / part / speaker / "000.pt").write_bytes(b"")
+    (Path(args[1]) / "test_labels.csv").write_text("Id,Category\\nuttr-a.pt,spk000\\n")
+elif args[0] == "predict":
+    option("--out").write_text("Id,Category\\nuttr-a.pt,spk000\\n")
+elif args[0] == "embed":
+    Path(str(option("--index")) + ".json").write_text(json.dumps({"labels": ["spk000"]}))
+elif args[0] == "evaluate":
+    option("--out").mkdir()
+    (option("--out") / "report.json").write_text(json.dumps({"open_set": {"acceptance": 0.5}}))
+elif args[0] == "identify":
+    clips = [arg for arg in args[1:] if arg.endswith(".pt")]
+    for clip in clips:
+        if not Path(clip).is_file():
+            sys.exit(f"error: {clip}: feature file not found")
+        print(json.dumps({"clip": clip, "top": [{"speaker": Path(clip).parent.name}], "decision": "unknown",
+                          "threshold": {"value": 0.0, "source": "default"}}))
+'''
+
+
+def test_the_demo_runs_into_a_folder_whose_name_has_a_space(tmp_path):
+    """demo.sh passes each clip to `voxaug identify` whole: a space in OUT split one path into two arguments."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "voxaug").write_text(f"#!{sys.executable}\n{DEMO_STUB}")
+    (bin_dir / "voxaug").chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    out = tmp_path / "my démo"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DEMO_STUB_LOG": str(log)}
+    result = subprocess.run(["bash", str(ROOT / "demo.sh"), str(out)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    first_identify = next(call for call in calls if call[0] == "identify")
+    assert first_identify[first_identify.index("3") + 1:] == [
+        str(out / "data" / "unseen" / "test" / speaker / "000.pt") for speaker in ("new000", "new001")]
+
+
+@pytest.mark.parametrize("arguments, steps, code, says", [
+    (["--help"], "2000", 0, "usage: [STEPS=N] bash demo.sh [OUT]"),
+    (["-x"], "2000", 2, "error: -x: unknown option"),
+    (["out", "extra"], "2000", 2, "error: one folder at most"),
+    (["out"], "abc", 2, "error: STEPS must be a positive whole number, got 'abc'"),
+    (["out"], "0", 2, "error: STEPS must be a positive whole number, got '0'"),
+])
+def test_the_demo_checks_its_arguments_before_it_runs_anything(tmp_path, arguments, steps, code, says):
+    """A mistyped STEPS failed only at `voxaug train`, after minutes of synth, leaving a corpus that made the re-run
+    refuse; `--help` was taken for the output folder."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "voxaug").write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls"\n')
+    (bin_dir / "voxaug").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STEPS": steps}
+    result = subprocess.run(["bash", str(ROOT / "demo.sh"), *arguments], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == code and says in result.stdout + result.stderr, result
+    assert not (tmp_path / "calls").exists() and not (tmp_path / "out").exists()

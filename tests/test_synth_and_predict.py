@@ -175,3 +175,25 @@ def test_predict_warns_of_test_clips_that_metadata_json_lists_for_training(tiny_
     count = len(testdata["utterances"])
     assert (f"warning: {data / 'testdata.json'}: 1 of its {count} clips is a training clip in metadata.json too "
             f"(e.g. {trained!r})") in result.output
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda root: (root / "out").symlink_to(root / "nowhere"), "is a symbolic link to nothing"),
+    (lambda root: (root / "file").write_text("x"), "is a file, not a folder"),
+])
+def test_synth_names_why_its_output_folder_cannot_be_created(tmp_path, make, problem):
+    """A dangling link was refused as 'cannot create the output folder (File exists)', a path under a file as
+    '(Not a directory)': synth now checks OUT as train checks --out."""
+    make(tmp_path)
+    out = tmp_path / "out" if (tmp_path / "out").is_symlink() else tmp_path / "file" / "out"
+    result = CliRunner().invoke(app, ["synth", str(out), "--speakers", "2", "--utterances", "2", "-q"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: {out}: OUT cannot be created") and problem in result.output, result.output
+
+
+def test_synth_says_one_unseen_speaker_and_one_impostor_in_the_singular(tmp_path):
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "out"), "--speakers", "2", "--utterances", "2",
+                                      "--unseen", "1", "--impostors", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"wrote 2 training and 2 test utterances of 2 speakers, plus 1 unseen speaker and "
+                             f"1 impostor, to {tmp_path / 'out'}\n")

@@ -196,7 +196,8 @@ def create_config(preset: str) -> TrainConfig:
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise file_error(path, "config file not found")
+        raise file_error(path, "config file not found" if not path.exists()
+                         else "expected a config file, found a folder")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

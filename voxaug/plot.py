@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,12 @@ def run_labels(run_dirs: list[str | Path]) -> list[str]:
     return [f"{Path(r).parent.name}/{Path(r).name}" for r in run_dirs]
 
 
+def drawable(label: str) -> str:
+    """``label`` with the undecodable bytes of a file name (``os.fsdecode``'s surrogates) shown as U+FFFD: matplotlib
+    refuses to draw a string that holds them."""
+    return os.fsencode(label).decode("utf-8", errors="replace")
+
+
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
@@ -83,7 +90,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     if labels is not None and len(labels) != len(run_dirs):
         raise VoxaugError(f"--labels: got {len(labels)} labels for {len(run_dirs)} runs")
     image_format = figure_format(out)
-    labels = labels or run_labels(run_dirs)
+    labels = [drawable(label) for label in labels or run_labels(run_dirs)]
     runs = [read_metrics(run_dir) for run_dir in run_dirs]  # before a figure is opened: a bad log leaves none open
     for run_dir, rows in zip(run_dirs, runs):
         if not rows:  # an empty figure, or one missing this run, would be written with exit 0
