@@ -16,9 +16,20 @@ app = typer.Typer(
 )
 
 
+def print_version(asked: bool) -> None:
+    """``voxaug --version``: the installed version, for bug reports and for pinning."""
+    if asked:
+        from voxaug import __version__
+
+        typer.echo(f"voxaug {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors "
-                                                          "(or set VOXAUG_DEBUG=1).")) -> None:
+                                                          "(or set VOXAUG_DEBUG=1)."),
+         version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
+                                      help="Print the installed version and exit.")) -> None:
     set_debug(debug)
 
 

@@ -163,3 +163,11 @@ def test_plot_draws_a_run_whose_folder_name_is_not_utf8(tmp_path):
         (tmp_path / "curves.png").unlink(missing_ok=True)
         assert plot_runs([run], tmp_path / "curves.png", labels)[0][0]["step"] == 10
         assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_version_prints_the_installed_release():
+    """`voxaug --version` answers what a bug report and a pin need: the release the package metadata records."""
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"voxaug {version('voxaug')}\n", result.output
