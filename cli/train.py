@@ -169,7 +169,7 @@ def train(
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the lock and temp files are gone by now, last.pt is whole
         if trainer is None or not context.is_main:
             raise
-        raise type(exc)(_interrupted(trainer.step, trainer.saved_step, data, out, context.world_size)) from None
+        raise type(exc)(_interrupted(trainer.step, data, out, context.world_size)) from None
     finally:
         shutdown(context, clean)
     if not context.is_main:
@@ -188,14 +188,19 @@ def train(
     )
 
 
-def _interrupted(step: int, saved_step: int | None, data: Path, out: Path, world_size: int) -> str:
-    """Where an interrupted training stopped and how to continue it from what its last.pt holds."""
+def _interrupted(step: int, data: Path, out: Path, world_size: int) -> str:
+    """Where an interrupted training stopped and how to continue it from what its last.pt holds (read from the file:
+    the signal may have landed between its rename and any note of it)."""
+    from voxaug.checkpoint import load_checkpoint
     from voxaug.train import train_command
 
     last = out / "last.pt"
-    if saved_step is None and not last.exists():
+    if not last.is_file():
         return f"interrupted at step {step}, before the first checkpoint: nothing to resume; start the run again"
-    kept = "" if saved_step is None else f" (step {saved_step})"
+    try:
+        kept = f" (step {int(load_checkpoint(last)['step'])})"
+    except (VoxaugError, KeyError, TypeError, ValueError):
+        kept = ""
     return (f"interrupted at step {step}; {last}{kept} is kept: continue with "
             f"{train_command(world_size)} {shlex.quote(str(data))} --out {shlex.quote(str(out))} --resume")
 

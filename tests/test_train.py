@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -578,3 +579,47 @@ def test_conformer_settings_of_a_config_file_on_the_baseline_are_named_by_their_
         assert result.exit_code == 2 and result.output.startswith(f"error: {named}: the transformer-mean baseline"), \
             result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_new_runs_weights_do_not_depend_on_random_draws_between_construction_and_fit(tiny_synth, tmp_path):
+    """Dropout draws from torch's global generator, which the constructor seeds: a Trainer built, then another built
+    (or any torch.rand) before its fit, must still train to the weights of a Trainer fitted at once."""
+    def config():
+        return tiny_config(train={"steps": 4, "eval_every": 4, "warmup": 1})
+
+    Trainer(config(), tiny_synth, tmp_path / "alone", progress=False).fit()
+    delayed = Trainer(config(), tiny_synth, tmp_path / "delayed", progress=False)
+    torch.rand(1000)
+    delayed.fit()
+    alone, after = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("alone", "delayed"))
+    for name, tensor in alone.items():
+        assert torch.equal(tensor, after[name]), name
+
+
+def test_a_resumed_run_counts_non_finite_steps_in_a_row_as_the_uninterrupted_run(tiny_synth, tmp_path, monkeypatch):
+    """Non-finite losses at steps 2 to 4 with max_bad_steps 3 stop the run at step 4; stopped after step 3 and resumed
+    from the checkpoint of step 2 (one bad step already in a row), it must stop there too, not train on."""
+    real_loss, current = training.total_loss, {"step": 0}
+
+    def loss(model, logits, batch):
+        return real_loss(model, logits, batch) * (float("nan") if current["step"] in (1, 2, 3) else 1.0)
+
+    original_step = Trainer.train_step
+
+    def step(self):
+        current["step"] = self.step
+        if self.step == 3 and self.run_dir.name == "interrupted" and not self.resuming:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(training, "total_loss", loss)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    config = tiny_config(train={"steps": 8, "eval_every": 2, "warmup": 1, "max_bad_steps": 3})
+    with pytest.raises(VoxaugError, match="stopped at step 3: the loss was NaN/Inf for 3 steps in a row"):
+        Trainer(copy.deepcopy(config), tiny_synth, tmp_path / "straight", progress=False).fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(copy.deepcopy(config), tiny_synth, tmp_path / "interrupted", progress=False).fit()
+    resumed = Trainer(Trainer.config_from_run(tmp_path / "interrupted"), tiny_synth, tmp_path / "interrupted",
+                      progress=False, resume=True)
+    with pytest.raises(VoxaugError, match="stopped at step 3: the loss was NaN/Inf for 3 steps in a row"):
+        resumed.fit()

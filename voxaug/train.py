@@ -200,9 +200,10 @@ class Trainer:
         self.elapsed_before = 0.0
         self.bad_in_row = 0
         self.skipped_steps = 0
-        self.saved_step: int | None = None
-        """The step that RUN/last.pt holds, once this trainer has written or loaded it."""
         self.forward_model: nn.Module = self.model  # its DDP wrapper during fit
+        # the dropout stream a new run starts from: fit restores it, so that random draws made between construction
+        # and fit (another Trainer built, any torch.rand) do not change this run's weights
+        self.start_rng = rng_state()
 
     def _open_store(self, source: DatasetSource, cache_dir: str | Path | None, workers: int | None,
                     strict: bool) -> tuple[PackedStore, list[dict]]:
@@ -230,6 +231,7 @@ class Trainer:
             "best_step": self.best_step,
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.started),
             "skipped_steps": self.skipped_steps,
+            "bad_in_row": self.bad_in_row,  # a resume counts towards max_bad_steps as the uninterrupted run would
             "data": str(self.data),
             "clips": self.clips,
         }
@@ -280,7 +282,7 @@ class Trainer:
         self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
         self.elapsed_before = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.saved_step = self.step
+        self.bad_in_row = int(state.get("bad_in_row", 0))  # absent from checkpoints before it was saved
 
     def _refuse_other_data(self, state: dict, path: Path) -> None:
         """The split and the saved sampler order are by store position, so resuming on another clip list would
@@ -395,7 +397,6 @@ class Trainer:
             # before last.pt: a resume from an older last.pt drops the row and logs it again
             append_text(self.run_dir / "metrics.jsonl", json.dumps(row) + "\n")
             save_checkpoint(self.run_dir / "last.pt", self.state(ranks=ranks))
-            self.saved_step = self.step
             plot_runs([self.run_dir], self.run_dir / "curves.png")
 
         main_only(self.dist, save)  # the other ranks wait for it: none runs ahead of what is saved
@@ -502,6 +503,8 @@ class Trainer:
     def _train(self, resume: bool, held: contextlib.ExitStack) -> TrainSummary:
         self.started = time.perf_counter()
         main_first(self.dist, lambda: self._open_run(resume, held))  # every rank loads the same last.pt
+        if not resume:
+            set_rng_state(self.start_rng)
         main_only(self.dist, lambda: self._start_log(resume))
         losses: list[float] = []
         row: dict = {}
