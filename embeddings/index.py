@@ -60,6 +60,12 @@ PENDING_SUFFIX = ".pending"
 LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep committing
 
 
+def same_name(name: object) -> object:
+    """``name`` in Unicode NFC, under which two spellings of one name (é as one code point, or e and a combining
+    accent) compare equal; anything but text as it is (check_speaker_name refuses it)."""
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+
+
 def sidecar_path(path: str | Path) -> Path:
     """FILE.json beside the index file itself: through a symbolic link, beside the file it points to."""
     return Path(f"{real_path(path)}.json")
@@ -193,11 +199,10 @@ class SpeakerIndex:
     def spellings(self, names: Iterable[str]) -> dict[str, str]:
         """Each of ``names`` as the index spells that speaker: names that differ only in Unicode normalisation (é as
         one code point, or e and a combining accent, as macOS writes folder names) look alike and are one speaker;
-        a name not enrolled comes back in NFC."""
-        enrolled = {unicodedata.normalize("NFC", label): label for label in self.counts}
-        return {name: name if not isinstance(name, str) or name in self.counts
-                else enrolled.get(unicodedata.normalize("NFC", name), unicodedata.normalize("NFC", name))
-                for name in names}
+        a name not enrolled comes back as given, so that identify answers a speaker by the spelling its folder (the
+        one evaluate's --test and --impostors folders are compared with) has on disk."""
+        enrolled = {same_name(label): label for label in self.counts}
+        return {name: name if name in self.counts else enrolled.get(same_name(name), name) for name in names}
 
     def to_space(self, embeddings: np.ndarray, what: str = "embeddings") -> np.ndarray:
         """The network's embeddings (N, dim) as unit rows in the back end's space (N, space_dim)."""

@@ -4,6 +4,7 @@ the process on the spot, running no ``finally``, so locks and temp files stayed 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator
@@ -21,7 +22,28 @@ class Terminated(KeyboardInterrupt):
 def _raise_terminated(signum: int, frame: object) -> None:
     global _requested
     _requested = True
+    if hasattr(signal, "SIGCHLD"):
+        # `timeout` and SLURM signal the whole process group, so the data workers (DataLoader) stop too: their deaths
+        # are this stop, not a failure for torch's SIGCHLD handler to raise over it (a RuntimeError traceback after
+        # the one-line error). Left so: the command is ending, and its workers may die after the block has ended.
+        signal.signal(signal.SIGCHLD, _worker_stopped)
     raise Terminated()
+
+
+def _worker_stopped(signum: int, frame: object) -> None:
+    """SIGCHLD after SIGTERM: a child stopped with this process. A handler, not SIG_DFL: one already pending would
+    be reported as 'Signal 17 ignored due to race condition'."""
+
+
+def _default_in_child() -> None:
+    """A process forked inside the block (a data worker) dies of SIGTERM as before, instead of raising this
+    process's exception in the child before torch installs its own handlers there."""
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_in_child)
 
 
 @contextlib.contextmanager
@@ -37,7 +59,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: not set from Python
         _requested = False
 
 

@@ -18,7 +18,7 @@ from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
 from voxaug.embeddings.index import SpeakerIndex as IndexData
-from voxaug.embeddings.index import check_lock_timeout, index_lock, sidecar_path
+from voxaug.embeddings.index import check_lock_timeout, index_lock, same_name, sidecar_path
 from voxaug.errors import VoxaugError, file_error
 
 ModelInput = SpeakerModel | str | Path | None
@@ -150,8 +150,9 @@ class SpeakerIndex:
                               f"{type(speakers).__name__}")
         given = {name: clip_list(clips) for name, clips in speakers.items()}
         spelled = self.data.spellings(given)
-        if len(set(spelled.values())) < len(spelled):
-            twins = sorted(name for name in given if list(spelled.values()).count(spelled[name]) > 1)
+        alike = [same_name(name) for name in spelled.values()]
+        if len(set(alike)) < len(alike):
+            twins = sorted(name for name, key in zip(spelled, alike) if alike.count(key) > 1)
             raise VoxaugError(f"speakers {', '.join(map(repr, twins))} are one name in different Unicode spellings; "
                               "give each speaker once (nothing was written)")
         speakers = {spelled[name]: clips for name, clips in given.items()}
