@@ -123,7 +123,9 @@ class AMSoftmaxHead(nn.Module):
         self.scale, self.margin = scale, margin
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        cosine = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+        # float32 even under CUDA's AMP: a float16 cosine is off by about 1e-3, which the scale multiplies
+        with torch.autocast(embeddings.device.type, enabled=False):
+            cosine = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
         return self.scale * cosine  # (B, C)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -140,7 +142,8 @@ class SoftmaxHead(nn.Module):
         self.linear = nn.Linear(embedding_dim, num_classes)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.linear(embeddings).float()
+        with torch.autocast(embeddings.device.type, enabled=False):  # float32 logits under AMP, as AM-Softmax's
+            return self.linear(embeddings.float())
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, reduction="none")
