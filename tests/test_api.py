@@ -759,3 +759,63 @@ def test_a_feature_clip_given_to_an_export_that_takes_audio_is_refused_naming_th
     model = voxaug.SpeakerModel.load(models["audio"])
     with pytest.raises(VoxaugError, match=r"^clip: holds log-mel features, and this model takes raw 16 kHz audio"):
         model.embed(np.zeros((50, 40), dtype=np.float32))
+
+
+def test_bfloat16_tensors_are_embedded_like_their_float32_values(models, tiny_synth, tmp_path):
+    """numpy has no bfloat16, so a bfloat16 tensor (from CUDA AMP, say) was a bare TypeError from ``.numpy()``."""
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    waveform = torch.from_numpy(soundfile.read(clip, dtype="float32")[0]).bfloat16()
+    features = torch.load(clip.with_suffix(".pt"), weights_only=True).bfloat16()
+    for kind in ("onnx", "ckpt"):
+        model = voxaug.SpeakerModel.load(models[kind])
+        assert np.array_equal(model.embed(waveform, sample_rate=16000), model.embed(waveform.float(), sample_rate=16000))
+        assert np.array_equal(model.embed(features), model.embed(features.float().numpy()))
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    assert index.enroll("a", [waveform], sample_rate=16000) == 1
+    assert index.identify(waveform, sample_rate=16000)["decision"] == "a"
+    with pytest.raises(VoxaugError, match="dtype int16"):
+        model.embed(torch.zeros(50, 40, dtype=torch.int16))
+
+
+def test_a_thread_count_that_is_not_a_positive_whole_number_is_refused_when_the_model_loads(models, tiny_synth,
+                                                                                             tmp_path):
+    """``threads=0`` loaded a checkpoint, then every embed was a RuntimeError from torch.set_num_threads; a text
+    count was a multi-line TypeError from ONNX Runtime's session options."""
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    for kind in ("ckpt", "onnx"):
+        for threads in (0, -1, 2.5, "2", True):
+            with pytest.raises(VoxaugError, match=f"^threads must be a positive whole number .*got {threads!r}$"):
+                voxaug.SpeakerModel.load(models[kind], threads=threads).embed(clip)
+        assert voxaug.SpeakerModel.load(models[kind], threads=np.int64(1)).embed(clip).shape == (32,)
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    with pytest.raises(VoxaugError, match="^threads must be a positive whole number"):
+        voxaug.SpeakerIndex.open(tmp_path / "spk.faiss", threads=0)
+
+
+def test_a_speaker_name_that_is_not_text_is_refused_by_enroll_and_remove_in_one_line(models, tiny_synth, tmp_path):
+    """``enroll(["a"], clips)`` and ``remove(["a"])`` were bare ``unhashable type: 'list'`` TypeErrors."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    before = index.path.read_bytes(), sidecar_path(index.path).read_bytes()
+    for name in (["a"], {"a": 1}, 5, None):
+        with pytest.raises(VoxaugError, match=re.escape(f"speaker name {name!r} must be non-empty text")):
+            index.enroll(name, wavs(tiny_synth, "enroll", "new001"))
+        with pytest.raises(VoxaugError, match=re.escape(f"speaker name {name!r} must be non-empty text")):
+            index.remove(name)
+    assert (index.path.read_bytes(), sidecar_path(index.path).read_bytes()) == before and index.speakers == ["a"]
+
+
+def test_yes_no_options_that_are_not_bools_are_refused_rather_than_read_as_true(models, tiny_synth, tmp_path):
+    """``create(..., hnsw="no")`` built an HNSW index and ``enroll(..., append="no")`` appended to an enrolled
+    speaker: any non-empty text is truthy."""
+    with pytest.raises(VoxaugError, match="^hnsw: expected True or False, got str 'no'$"):
+        voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"], hnsw="no")
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"], hnsw=np.bool_(False))
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    before = index.path.read_bytes(), sidecar_path(index.path).read_bytes()
+    for append in ("no", 0, None):
+        with pytest.raises(VoxaugError, match=f"^append: expected True or False, got {type(append).__name__}"):
+            index.enroll("a", wavs(tiny_synth, "enroll", "new001"), append=append)
+    assert (index.path.read_bytes(), sidecar_path(index.path).read_bytes()) == before
+    assert json.loads(sidecar_path(index.path).read_text())["faiss"] == "IndexFlatIP"

@@ -58,6 +58,13 @@ def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
         seen[key] = path
 
 
+def check_flag(value: object, name: str) -> bool:
+    """A yes/no option as a bool: any other value (``"no"`` is truthy) would silently turn the option on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise VoxaugError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def remove_speaker(path: Path, name: str, lock_timeout: float = 60.0,
                    read: Callable[[], IndexData] | None = None) -> IndexData:
     """Take ``name`` out of the index at ``path`` under its lock (no model needed: nothing is embedded) and
@@ -115,7 +122,7 @@ class SpeakerIndex:
     def create(cls, path: str | Path, model: SpeakerModel | str | Path, per: str = "speaker", hnsw: bool = False,
                device: str = "cpu") -> "SpeakerIndex":
         """A new, empty index for ``model``'s embeddings; the file is written by the first :meth:`enroll`."""
-        path = Path(path)
+        path, hnsw = Path(path), check_flag(hnsw, "hnsw")
         if path.exists() or sidecar_path(path).exists():
             raise file_error(path, "index already exists; open it instead of creating it")
         if not isinstance(model, SpeakerModel):
@@ -133,6 +140,8 @@ class SpeakerIndex:
                sample_rate: int | None = None) -> int:
         """Add ``name`` from clips (paths, feature arrays, or waveforms at ``sample_rate``); ``append`` adds clips
         to an enrolled speaker. Returns how many clips the speaker now has."""
+        if not isinstance(name, str):  # a list would be a bare "unhashable type" TypeError as a dict key
+            check_speaker_name(name)
         return self.enroll_many({name: clip_list(clips)}, append, lock_timeout, sample_rate=sample_rate)[name]
 
     def enroll_many(self, speakers: dict[str, ClipInput | list[ClipInput]], append: bool = False, lock_timeout: float = 60.0,
@@ -145,6 +154,7 @@ class SpeakerIndex:
         from tqdm import tqdm
 
         check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
+        append = check_flag(append, "append")
         if not isinstance(speakers, Mapping):
             raise VoxaugError(f"speakers: expected a mapping of speaker name to clips (a dict), got "
                               f"{type(speakers).__name__}")
@@ -252,6 +262,8 @@ class SpeakerIndex:
 
     def remove(self, name: str, lock_timeout: float = 60.0) -> None:
         """Take ``name`` out of the index (and its file)."""
+        if not isinstance(name, str):  # a list would be a bare "unhashable type" TypeError from the lookup
+            check_speaker_name(name)
         self.data = remove_speaker(self.path, name, lock_timeout, self._reread)
 
     def _reread(self) -> IndexData:

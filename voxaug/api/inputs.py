@@ -88,7 +88,10 @@ def as_numpy(values: Any, name: str = "clip") -> np.ndarray:
     """A numpy float32 copy of a floating-point array-like or (CPU or CUDA) torch tensor. Other dtypes are
     refused: integer PCM would be read unscaled, and booleans, complex numbers or text are no signal."""
     if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        if values.is_floating_point():  # numpy has no bfloat16: widen floats here, as astype below would
+            values = values.float()
+        values = values.numpy()
     try:
         array = np.asarray(values)
     except (TypeError, ValueError) as exc:

@@ -38,6 +38,10 @@ class SpeakerModel:
         """A checkpoint runs on ``device`` (auto, cpu or cuda; needs torch), an ONNX file on ONNX Runtime's CPU
         (``cuda`` is refused for it rather than ignored). ``threads`` caps the CPU threads of this model's own work;
         torch's process-wide count is put back after each call."""
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads <= 0):  # else a bare error from torch or ONNX Runtime on first use
+            raise VoxaugError(f"threads must be a positive whole number (or None for the runtime's default), "
+                              f"got {threads!r}")
         path = Path(path)
         kind = MODEL_SUFFIXES.get(path.suffix.lower())
         if kind is None:
