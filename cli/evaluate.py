@@ -12,8 +12,8 @@ import numpy as np
 import typer
 
 from voxaug.cli.common import (
-    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, existing_file,
-    output_folder, warn_calibration_outdated,
+    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, counted,
+    existing_file, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, check_lock_timeout, index_lock
@@ -106,6 +106,8 @@ def evaluate(
                                 "--index (and --calibrate) need at least two: a clip's impostor score is its best "
                                 "score against another enrolled speaker")
     check_speaker_folders(speaker_index, index, enroll, test, impostors)  # before anything is embedded
+    if test is not None:
+        warn_enrolment_clips_tested(test, enroll, speaker_index, index)
     source = open_source_for_model(data, embedder.frontend)
     check_training_speakers(data, source.speakers, embedder.speakers,
                             "evaluate scores the run's own validation split of its dataset")  # before featurising
@@ -222,6 +224,24 @@ def check_speaker_folders(index: SpeakerIndex | None, index_path: Path | None, e
     if enrolled:
         raise file_error(impostors, f"--impostors: speakers {enrolled[:5]} are enrolled in {index_path}, so they are "
                                     "not impostors")
+
+
+def warn_enrolment_clips_tested(test: Path, enroll: Path, index: SpeakerIndex | None, index_path: Path | None) -> None:
+    """One stderr line when --test holds clips (by content, under any name) of --enroll or that the index was enrolled
+    from: their scores are not held out, so the unseen accuracy and a threshold picked on them read too well."""
+    from voxaug.api.inputs import clip_digest, enrolled_twin_digest
+    from voxaug.data.sources import ClipFolderSource
+
+    given = {clip_digest(utterance.path) for utterance in ClipFolderSource(enroll).utterances}
+    recorded = index.clip_owners() if index is not None else {}
+    tested = [utterance.path for utterance in ClipFolderSource(test).utterances]
+    leaked = [path for path in tested if (digest := clip_digest(path)) in given
+              or enrolled_twin_digest(path, digest, recorded) in recorded]
+    if leaked:
+        where = f"{enroll}" + (f" or {index_path}" if index_path is not None else "")
+        typer.echo(f"warning: {test}: {len(leaked)} of {counted(len(tested), 'test clip')} (e.g. {leaked[0]}) are "
+                   f"enrolment clips too (in {where}): their scores are not held out, so the unseen-speaker accuracy "
+                   + ("and the open-set figures read" if index is not None else "reads") + " too well", err=True)
 
 
 def among_enrolled(index: SpeakerIndex, tested: LabelledEmbeddings, score_norm: str) -> dict:

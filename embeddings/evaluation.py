@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from voxaug.clips import FEATURE_SUFFIX  # noqa: E402
 from voxaug.data.audio_store import open_dataset_store  # noqa: E402
 from voxaug.data.sources import ClipFolderSource, load_clip, refuse_features_for, resolve_inside  # noqa: E402
 from voxaug.data.split import stratified_split  # noqa: E402
@@ -24,6 +25,7 @@ from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
+from voxaug.runtime.frontend import AUDIO_SUFFIXES  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
 
 
@@ -89,16 +91,26 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
     except UnicodeDecodeError as exc:
         raise file_error(path, f"not UTF-8 text (byte {exc.start}); a trials file is lines 'LABEL CLIP1 CLIP2'") from None
     trials = []
+    seen: dict[frozenset[Path], tuple[int, str]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) != 3 or parts[0] not in ("0", "1"):
             raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got {line!r}")
-        clips = [resolve_inside(root, part, path, "clip") for part in parts[1:]]
+        clips = [resolve_inside(root, part, path, f"line {number}: clip") for part in parts[1:]]
         for part, clip in zip(parts[1:], clips):
             if not clip.is_file():
                 raise file_error(path, f"line {number}: clip {part!r} not found in {root}")
+            if clip.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:  # found now, not after the embedding
+                raise file_error(path, f"line {number}: clip {part!r} is not a clip; accepted: .pt, "
+                                       f"{', '.join(AUDIO_SUFFIXES)}")
+        pair = frozenset(clips)  # either order: a pair listed twice would count twice, or with two labels, both ways
+        if pair in seen:
+            earlier, label = seen[pair]
+            clash = "" if label == parts[0] else f", which labels it {label} and this line {parts[0]}"
+            raise file_error(path, f"line {number}: the same pair of clips as line {earlier}{clash}; list each trial once")
+        seen[pair] = (number, parts[0])
         trials.append((parts[0] == "1", clips[0], clips[1]))
     if not trials:
         raise file_error(path, "holds no trials")

@@ -273,3 +273,42 @@ def test_remove_counts_the_speakers_left_in_words(trained_run, tiny_synth, tmp_p
     for name, left in (("new000", "1 speaker remains"), ("new001", "0 speakers remain")):
         result = invoke("enroll", "--index", index, "--remove", name)
         assert result.exit_code == 0 and result.output == f"removed {name}; {left} in {index}\n", result.output
+
+
+def test_a_trials_line_naming_no_clip_is_refused_with_its_line_before_anything_is_embedded(tmp_path):
+    """A trial naming a file that is not a clip (mapping.json) was refused only after the closed-set embedding, by a
+    message naming that file but not the trials file; a path outside DATA or absolute did not say which line."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.pt", "b.pt", "mapping.json"):
+        (data / name).write_text("x")
+    trials = tmp_path / "trials.txt"
+    for bad, problem in (("mapping.json", "line 2: clip 'mapping.json' is not a clip; accepted: .pt, .wav, .flac"),
+                         ("../trials.txt", "line 2: clip '../trials.txt' points outside the dataset folder"),
+                         (str(data / "a.pt"), f"line 2: clip {str(data / 'a.pt')!r} is absolute")):
+        trials.write_text(f"1 a.pt b.pt\n0 a.pt {bad}\n")
+        with pytest.raises(VoxaugError) as refused:
+            read_trials(trials, data)
+        assert str(refused.value).startswith(f"{trials}: {problem}"), str(refused.value)
+
+
+def test_a_trial_listed_twice_is_refused_naming_both_lines(tmp_path):
+    """The same pair of clips on two lines (in either order) was scored twice, and labelled 1 on one line and 0 on
+    the other it counted as a same-speaker and a different-speaker trial at once."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.pt", "b.pt", "c.pt"):
+        (data / name).write_text("x")
+    trials = tmp_path / "trials.txt"
+    for repeat, problem in (("0 b.pt a.pt", "line 3: the same pair of clips as line 1, which labels it 1 and this line 0"),
+                            ("1 a.pt b.pt", "line 3: the same pair of clips as line 1; list each trial once")):
+        trials.write_text(f"1 a.pt b.pt\n0 a.pt c.pt\n{repeat}\n")
+        with pytest.raises(VoxaugError) as refused:
+            read_trials(trials, data)
+        assert str(refused.value).startswith(f"{trials}: {problem}"), str(refused.value)
+    trials.write_text("1 a.pt b.pt\n0 a.pt c.pt\n0 b.pt c.pt\n")
+    assert len(read_trials(trials, data)) == 3

@@ -848,3 +848,28 @@ def test_a_back_end_projection_of_zeros_is_refused_naming_the_sidecar_not_the_qu
     sidecar_path(path).write_text(json.dumps(meta))
     with pytest.raises(VoxaugError, match=f"^{re.escape(str(sidecar_path(path)))}: back end projection is all zeros"):
         SpeakerIndex.load(path)
+
+
+def test_test_clips_that_are_enrolment_clips_are_warned_of(calibrated, trained_run, tiny_synth, tmp_path):
+    """A --test clip that --enroll holds, or that the index was enrolled from (by content, under another name), was
+    scored as held out: unseen accuracy 1.0 and a calibrated threshold far below the held-out one, without a word."""
+    folder, index, output = calibrated
+    assert "enrolment clips too" not in output
+    unseen = tiny_synth / "unseen"
+    tests, enrolment = tmp_path / "test", tmp_path / "enroll"
+    shutil.copytree(unseen / "test", tests)
+    shutil.copytree(unseen / "enroll", enrolment)
+    leaked = sorted((enrolment / "new000").glob("*.pt"))[0]
+    shutil.copy(leaked, tests / "new000" / "extra.pt")
+    copy = copy_index(index, tmp_path / "copy.faiss")
+    args = ("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index", copy,
+            "--test", tests, "-q")
+    for given in (enrolment, None):  # the clip in --enroll, then only among the index's enrolled clips
+        if given is None:
+            leaked.unlink()
+            given = enrolment
+        result = invoke(*args, "--enroll", given)
+        assert result.exit_code == 0, result.output
+        assert result.stderr == (f"warning: {tests}: 1 of 7 test clips (e.g. {tests / 'new000' / 'extra.pt'}) are "
+                                 f"enrolment clips too (in {enrolment} or {copy}): their scores are not held out, so "
+                                 "the unseen-speaker accuracy and the open-set figures read too well\n")
