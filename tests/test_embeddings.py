@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,16 +276,21 @@ def test_remove_counts_the_speakers_left_in_words(trained_run, tiny_synth, tmp_p
         assert result.exit_code == 0 and result.output == f"removed {name}; {left} in {index}\n", result.output
 
 
+def _files_and_trials(tmp_path: Path, *names: str) -> tuple[Path, Path]:
+    """A DATA folder holding ``names`` (read_trials checks only that they exist), and where its trials file goes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in names:
+        (data / name).write_text("x")
+    return data, tmp_path / "trials.txt"
+
+
 def test_a_trials_line_naming_no_clip_is_refused_with_its_line_before_anything_is_embedded(tmp_path):
     """A trial naming a file that is not a clip (mapping.json) was refused only after the closed-set embedding, by a
     message naming that file but not the trials file; a path outside DATA or absolute did not say which line."""
     from voxaug.embeddings.evaluation import read_trials
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("a.pt", "b.pt", "mapping.json"):
-        (data / name).write_text("x")
-    trials = tmp_path / "trials.txt"
+    data, trials = _files_and_trials(tmp_path, "a.pt", "b.pt", "mapping.json")
     for bad, problem in (("mapping.json", "line 2: clip 'mapping.json' is not a clip; accepted: .pt, .wav, .flac"),
                          ("../trials.txt", "line 2: clip '../trials.txt' points outside the dataset folder"),
                          (str(data / "a.pt"), f"line 2: clip {str(data / 'a.pt')!r} is absolute")):
@@ -299,11 +305,7 @@ def test_a_trial_listed_twice_is_refused_naming_both_lines(tmp_path):
     the other it counted as a same-speaker and a different-speaker trial at once."""
     from voxaug.embeddings.evaluation import read_trials
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("a.pt", "b.pt", "c.pt"):
-        (data / name).write_text("x")
-    trials = tmp_path / "trials.txt"
+    data, trials = _files_and_trials(tmp_path, "a.pt", "b.pt", "c.pt")
     for repeat, problem in (("0 b.pt a.pt", "line 3: the same pair of clips as line 1, which labels it 1 and this line 0"),
                             ("1 a.pt b.pt", "line 3: the same pair of clips as line 1; list each trial once")):
         trials.write_text(f"1 a.pt b.pt\n0 a.pt c.pt\n{repeat}\n")
