@@ -15,7 +15,7 @@ from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_text
 
 if TYPE_CHECKING:
-    from voxaug.data.sources import HW4Source
+    from voxaug.data.sources import HW4Source, Utterance
 
 
 @clean_errors
@@ -41,18 +41,17 @@ def predict(
     loaded = load_model(ckpt, torch_device)
     source = open_source_for_model(data, loaded.frontend, split="test")
     dataset_files = [*getattr(source, "index_files", []), *(u.path for u in source.utterances)]
+    trained = source.training_utterances() if isinstance(source, HW4Source) else []  # metadata.json's, read once
     if isinstance(source, HW4Source):
         dataset_files.append(data / "metadata.json")  # not read for the test split, but the dataset's all the same
-        if out.exists():  # so are its training clips; read only when there is a file to lose
-            dataset_files += [u.path for u in source.training_utterances()]
-    refuse_overwriting_an_input(out, dataset_files)
+    refuse_overwriting_an_input(out, dataset_files + [u.path for u in trained])  # so are its training clips
     if isinstance(source, HW4Source) and set(source.speakers) != set(loaded.speakers):  # names, in any order
         strangers = sorted(set(loaded.speakers) - set(source.speakers))
         raise file_error(data / "mapping.json", f"lists {len(source.speakers)} speakers, not the {len(loaded.speakers)} "
                                                 f"the model names (e.g. {(strangers or sorted(source.speakers))[0]!r}); "
                                                 "predict's categories would be speakers this dataset does not have")
     if isinstance(source, HW4Source):
-        warn_of_training_clips(source)
+        warn_of_training_clips(source, trained)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
                                   strict_because="predict writes a row for every clip")
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)
@@ -66,11 +65,11 @@ def predict(
     typer.echo(f"wrote {len(predicted)} predictions to {out}")
 
 
-def warn_of_training_clips(source: HW4Source) -> None:
-    """A test clip that metadata.json lists too was trained on (a train/test leak): its prediction says nothing of
-    how the model does on unseen clips. Said, not refused: predicting on training clips can be meant."""
-    trained = {u.path for u in source.training_utterances()}
-    leaked = [u.key for u in source.utterances if u.path in trained]
+def warn_of_training_clips(source: HW4Source, trained: list[Utterance]) -> None:
+    """A test clip that metadata.json lists too (``trained``) was trained on (a train/test leak): its prediction says
+    nothing of how the model does on unseen clips. Said, not refused: predicting on training clips can be meant."""
+    trained_paths = {u.path for u in trained}
+    leaked = [u.key for u in source.utterances if u.path in trained_paths]
     if leaked:
         typer.echo(f"warning: {source.root / 'testdata.json'}: {len(leaked)} of its {len(source.utterances)} clips "
                    f"{'is a training clip' if len(leaked) == 1 else 'are training clips'} in metadata.json too "
