@@ -39,7 +39,7 @@ RECALL_TARGET, SPEEDUP_TARGET = 0.95, 20.0
 def real_shape(embeddings_dir: Path, index: Path | None) -> dict:
     """Between- and within-speaker covariances of a model's real embeddings (in the index's space)."""
     vectors = np.load(embeddings_dir / "embeddings.npy")
-    with open(embeddings_dir / "items.csv", encoding="utf-8") as handle:
+    with open(embeddings_dir / "items.csv", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         speakers = np.array([row["speaker"] for row in csv.DictReader(handle)])
     keep = speakers != ""
     vectors, speakers = vectors[keep], speakers[keep]

@@ -21,7 +21,7 @@ from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.safeio import atomic_write_text, ensure_folder
 
 if TYPE_CHECKING:
-    from voxaug.embeddings.evaluation import LabelledEmbeddings
+    from voxaug.embeddings.evaluation import LabelledEmbeddings, Trial
 
 
 @clean_errors
@@ -111,6 +111,10 @@ def evaluate(
     source = open_source_for_model(data, embedder.frontend)
     check_training_speakers(data, source.speakers, embedder.speakers,
                             "evaluate scores the run's own validation split of its dataset")  # before featurising
+    speakers = {utterance.path.resolve(): utterance.speaker for utterance in source.utterances
+                if utterance.speaker} if parsed_trials else {}
+    if parsed_trials:
+        warn_contradicted_trials(trials, parsed_trials, speakers)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     report, reference, held_out = closed_set(embedder, store, progress=not quiet)
     groups = {"validation": held_out}
@@ -127,8 +131,6 @@ def evaluate(
         if speaker_index is not None:
             report["unseen"].update(among_enrolled(speaker_index, tested, score_norm))
     seed = embedder.split.seed
-    speakers = {utterance.path.resolve(): utterance.speaker for utterance in source.utterances
-                if utterance.speaker} if parsed_trials else {}
 
     def verification(scorer: TrialScorer) -> dict:
         return score_trials(embedder, parsed_trials, scorer, speakers) if parsed_trials \
@@ -224,6 +226,23 @@ def check_speaker_folders(index: SpeakerIndex | None, index_path: Path | None, e
     if enrolled:
         raise file_error(impostors, f"--impostors: speakers {enrolled[:5]} are enrolled in {index_path}, so they are "
                                     "not impostors")
+
+
+def warn_contradicted_trials(path: Path, trials: list[Trial], speakers: dict[Path, str]) -> None:
+    """One stderr line when trials' labels contradict DATA's own speakers (1 for clips of two speakers, 0 for one's):
+    a wrong label moves the EER. Said, not refused: the trials file is the user's stated truth (a published list
+    scored on a dataset whose labels may be the noisy side), and it is scored as labelled."""
+    from voxaug.embeddings.evaluation import contradicted_trials
+
+    wrong = contradicted_trials(trials, speakers)
+    if wrong:
+        first = wrong[0]
+        owners = (f"one speaker, {speakers[first.first]!r}" if not first.same
+                  else f"{speakers[first.first]!r} and {speakers[first.second]!r}")
+        typer.echo(f"warning: {path}: {len(wrong)} of {counted(len(trials), 'trial')} "
+                   f"{'contradicts' if len(wrong) == 1 else 'contradict'} DATA's speaker labels "
+                   f"(first: line {first.line}, labelled {int(first.same)}, pairs clips of {owners}); they are scored "
+                   "as the trials file labels them", err=True)
 
 
 def warn_enrolment_clips_tested(test: Path, enroll: Path, index: SpeakerIndex | None, index_path: Path | None) -> None:

@@ -67,9 +67,12 @@ def predict(
 
 def warn_of_training_clips(source: HW4Source, trained: list[Utterance]) -> None:
     """A test clip that metadata.json lists too (``trained``) was trained on (a train/test leak): its prediction says
-    nothing of how the model does on unseen clips. Said, not refused: predicting on training clips can be meant."""
-    trained_paths = {u.path for u in trained}
-    leaked = [u.key for u in source.utterances if u.path in trained_paths]
+    nothing of how the model does on unseen clips. Said, not refused: predicting on training clips can be meant.
+    Compared as files (device and inode), so a link to a training clip under another name is one too."""
+    from voxaug.data.sources import file_identity
+
+    trained_files = {file_identity(u.path) for u in trained}
+    leaked = [u.key for u in source.utterances if file_identity(u.path) in trained_files]
     if leaked:
         typer.echo(f"warning: {source.root / 'testdata.json'}: {len(leaked)} of its {len(source.utterances)} clips "
                    f"{'is a training clip' if len(leaked) == 1 else 'are training clips'} in metadata.json too "

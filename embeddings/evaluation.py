@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -16,7 +17,9 @@ from sklearn.manifold import TSNE  # noqa: E402
 
 from voxaug.clips import FEATURE_SUFFIX  # noqa: E402
 from voxaug.data.audio_store import open_dataset_store  # noqa: E402
-from voxaug.data.sources import ClipFolderSource, load_clip, refuse_features_for, resolve_inside  # noqa: E402
+from voxaug.data.sources import (  # noqa: E402
+    ClipFolderSource, file_identity, load_clip, refuse_features_for, resolve_inside,
+)
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
@@ -81,7 +84,16 @@ def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progr
     return LabelledEmbeddings(embedded.embeddings, np.array([store.speakers[i] for i in store.labels]))
 
 
-def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
+class Trial(NamedTuple):
+    """One line of a trials file: its label (same speaker), its two clips (resolved) and where it is."""
+
+    same: bool
+    first: Path
+    second: Path
+    line: int
+
+
+def read_trials(path: Path, root: Path) -> list[Trial]:
     """Trial lines ``LABEL CLIP1 CLIP2`` (LABEL 1 = same speaker, 0 = different; paths relative to DATA)."""
     if not path.is_file():
         raise file_error(path, "trials file not found" if not path.exists()
@@ -91,7 +103,7 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
     except UnicodeDecodeError as exc:
         raise file_error(path, f"not UTF-8 text (byte {exc.start}); a trials file is lines 'LABEL CLIP1 CLIP2'") from None
     trials = []
-    seen: dict[frozenset[Path], tuple[int, str]] = {}
+    seen: dict[frozenset[tuple[int, int] | Path], tuple[int, str]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -105,16 +117,22 @@ def read_trials(path: Path, root: Path) -> list[tuple[bool, Path, Path]]:
             if clip.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:  # found now, not after the embedding
                 raise file_error(path, f"line {number}: clip {part!r} is not a clip; accepted: .pt, "
                                        f"{', '.join(AUDIO_SUFFIXES)}")
-        pair = frozenset(clips)  # either order: a pair listed twice would count twice, or with two labels, both ways
+        if file_identity(clips[0]) == file_identity(clips[1]):  # by name or through a link: a trivially perfect trial
+            raise file_error(path, f"line {number}: pairs clip {parts[1]!r} with itself"
+                                   + ("" if parts[1] == parts[2] else f" (as {parts[2]!r})")
+                                   + "; a trial compares two different clips")
+        # either order, and by file (a hard link under another name is the same clip): a pair listed twice would
+        # count twice, or with two labels, both ways
+        pair = frozenset(file_identity(clip) for clip in clips)
         if pair in seen:
             earlier, label = seen[pair]
             clash = "" if label == parts[0] else f", which labels it {label} and this line {parts[0]}"
             raise file_error(path, f"line {number}: the same pair of clips as line {earlier}{clash}; list each trial once")
         seen[pair] = (number, parts[0])
-        trials.append((parts[0] == "1", clips[0], clips[1]))
+        trials.append(Trial(parts[0] == "1", clips[0], clips[1], number))
     if not trials:
         raise file_error(path, "holds no trials")
-    if len({same for same, _, _ in trials}) < 2:
+    if len({trial.same for trial in trials}) < 2:
         raise file_error(path, f"every trial is labelled {int(trials[0][0])}; verification needs both same-speaker "
                                "(1) and different-speaker (0) trials")
     return trials
@@ -148,24 +166,31 @@ class TrialScorer:
                                target_far=self.target_far)
 
 
-def refuse_trial_features(frontend: FrontendConfig, trials: list[tuple[bool, Path, Path]]) -> None:
+def refuse_trial_features(frontend: FrontendConfig, trials: list[Trial]) -> None:
     """Before any clip is embedded: a `.pt` trial clip for a model whose front end makes other features."""
-    for clip in sorted({p for _, a, b in trials for p in (a, b)}):
+    for clip in sorted({p for trial in trials for p in (trial.first, trial.second)}):
         if clip.suffix.lower() == ".pt":
             frontend.refuse_feature_file(clip)
 
 
-def score_trials(embedder: Embedder, trials: list[tuple[bool, Path, Path]], scorer: TrialScorer | None = None,
+def contradicted_trials(trials: list[Trial], speakers: dict[Path, str]) -> list[Trial]:
+    """The trials whose label DATA's own speakers (``speakers``, by resolved path) contradict: 1 for clips of two
+    speakers, 0 for two clips of one. A clip DATA does not list (``unseen/...``) has no speaker to check against."""
+    return [trial for trial in trials if trial.first in speakers and trial.second in speakers
+            and (speakers[trial.first] == speakers[trial.second]) != trial.same]
+
+
+def score_trials(embedder: Embedder, trials: list[Trial], scorer: TrialScorer | None = None,
                  speakers: dict[Path, str] | None = None) -> dict:
     """EER and minDCF of a trials file's pairs. ``speakers`` names the speaker of each dataset clip (resolved
     path): AS-norm leaves those speakers out of the cohort, which may hold the very clips; a clip it does not
     name is a voice of its own."""
-    clips = sorted({p for _, a, b in trials for p in (a, b)})
+    clips = sorted({p for trial in trials for p in (trial.first, trial.second)})
     embeddings = embedder.embed_features([load_clip(c, embedder.frontend) for c in clips])
     row = {clip: i for i, clip in enumerate(clips)}
-    first = np.array([row[a] for _, a, _ in trials])
-    second = np.array([row[b] for _, _, b in trials])
-    same = np.array([same for same, _, _ in trials])
+    first = np.array([row[trial.first] for trial in trials])
+    second = np.array([row[trial.second] for trial in trials])
+    same = np.array([trial.same for trial in trials])
     names = np.array([(speakers or {}).get(clip, f"clip {i}") for i, clip in enumerate(clips)], dtype=object)
     return (scorer or TrialScorer())(LabelledEmbeddings(embeddings[first], names[first]),
                                      LabelledEmbeddings(embeddings[second], names[second]), same)

@@ -426,6 +426,8 @@ class SpeakerIndex:
         }
         if sidecar_path(path).is_dir():
             raise file_error(sidecar_path(path), "is a folder; the index's sidecar goes there")
+        if path.is_dir():  # found now, before the sidecar is replaced, not by the last rename
+            raise file_error(path, "is a folder; expected a file name for the speaker index")
         pending = pending_path(path, digest)
         staged_before = pending.exists()  # then the sidecar on disk may name it: it stays, as it was
         atomic_write_bytes(pending, data)
@@ -435,7 +437,11 @@ class SpeakerIndex:
             if not staged_before:
                 pending.unlink(missing_ok=True)
             raise
-        os.replace(pending, path)
+        try:
+            os.replace(pending, path)
+        except OSError as exc:  # the OSError names the staged file; the user asked for FILE
+            raise file_error(path, f"cannot write: {exc.strerror or exc} (the new index is committed: it loads from "
+                                   f"the staged copy {pending.name} beside it)") from exc
         _remove_interrupted_writes(path)
         fsync_dir(path.parent)
 

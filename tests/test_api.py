@@ -704,8 +704,8 @@ def test_a_model_trained_from_audio_at_other_settings_refuses_pt_features_it_wou
     with pytest.raises(VoxaugError, match=rf"^{re.escape(str(feature_clip))}: log-mel features \(\.pt\)"):
         model.embed(feature_clip)
     assert model.embed(feature_clip.with_suffix(".wav")).shape == (model.embedding_dim,)
-    first, second = sorted(tiny_synth.glob("uttr-*.pt"))[:2]
-    (tmp_path / "trials.txt").write_text(f"1 {first.name} {first.name}\n0 {first.name} {second.name}\n")
+    first, second, third = sorted(tiny_synth.glob("uttr-*.pt"))[:3]
+    (tmp_path / "trials.txt").write_text(f"1 {first.name} {second.name}\n0 {first.name} {third.name}\n")
     code, output = invoke("evaluate", tiny_synth, "--ckpt", tmp_path / "8k.pt", "--out", tmp_path / "report",
                           "--trials", tmp_path / "trials.txt", "-q")
     one_line_error(code, output, f"{first}: log-mel features (.pt) are made with the default front end")

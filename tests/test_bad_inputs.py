@@ -147,9 +147,9 @@ def noise_of_80_bands(w: World) -> Path:
     return folder
 
 
-def first_feature(root: Path) -> Path:
+def first_feature(root: Path, position: int = 0) -> Path:
     metadata = json.loads((root / "metadata.json").read_text())
-    return root / next(iter(metadata["speakers"].values()))[0]["feature_path"]
+    return root / next(iter(metadata["speakers"].values()))[position]["feature_path"]
 
 
 def set_first_feature_path(root: Path, value: str) -> None:
@@ -465,8 +465,8 @@ CASES: dict[str, Case] = {
         lambda w: evaluate(w, "--trials", write(w.bad / "t4.txt", b"# caf\xe9\n1 a.pt b.pt\n")),
         ("t4.txt", "not UTF-8 text")),
     "evaluate: trials of one label only": (
-        lambda w: evaluate(w, "--trials", write(w.bad / "t5.txt", "\ufeff1 {0} {0}\n".format(
-            first_feature(w.data).relative_to(w.data)))),
+        lambda w: evaluate(w, "--trials", write(w.bad / "t5.txt", "\ufeff1 {0} {1}\n".format(
+            *(first_feature(w.data, position).relative_to(w.data) for position in (0, 1))))),
         ("t5.txt", "every trial is labelled 1")),
     "evaluate: truncated checkpoint": (lambda w: evaluate(w, ckpt=write(w.bad / "cut2.pt", w.ckpt.read_bytes()[:3000])),
                                        ("cut2.pt", "truncated or corrupt")),

@@ -538,3 +538,17 @@ def test_gpu_check_embed_identify_stage_replaces_the_index_it_wrote_before(train
     result = gpu_check.embed_and_identify(tiny_synth, trained_run / "best.pt", tmp_path)
     assert result["ok"] and result["min_cosine_gpu_vs_cpu"] > 0.99
     assert result["same_decision_gpu_vs_cpu"] == result["clips"] > 0
+
+
+def test_hnsw_benchmark_reads_items_csv_as_embed_writes_it(tmp_path):
+    """`voxaug embed` writes a clip name's own bytes (not UTF-8 on some file systems) into items.csv; the benchmark
+    read it as strict UTF-8 (and without newline="", which the csv module needs) and failed with UnicodeDecodeError."""
+    import hnsw_speakers
+
+    rng = np.random.default_rng(0)
+    vectors = np.repeat(np.eye(4), 3, axis=0) + 0.1 * rng.standard_normal((12, 4))
+    np.save(tmp_path / "embeddings.npy", (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32))
+    rows = "".join(f'{i},"caf\xe9 {i}\r\nclip.wav",s{i // 3}\n' for i in range(12))
+    (tmp_path / "items.csv").write_bytes(b"row,path,speaker\n" + rows.encode("latin-1"))
+    shape = hnsw_speakers.real_shape(tmp_path, None)
+    assert shape["speakers"] == 4 and shape["utterances"] == 12

@@ -314,3 +314,58 @@ def test_a_trial_listed_twice_is_refused_naming_both_lines(tmp_path):
         assert str(refused.value).startswith(f"{trials}: {problem}"), str(refused.value)
     trials.write_text("1 a.pt b.pt\n0 a.pt c.pt\n0 b.pt c.pt\n")
     assert len(read_trials(trials, data)) == 3
+
+
+def test_a_trial_pairing_a_clip_with_itself_is_refused_with_its_line(tmp_path):
+    """``1 a.pt a.pt`` (or a.pt and a hard link to it) scored a trivially perfect same-speaker trial and flattered
+    the EER."""
+    import os
+
+    from voxaug.embeddings.evaluation import read_trials
+
+    data, trials = _files_and_trials(tmp_path, "a.pt", "b.pt")
+    os.link(data / "a.pt", data / "a_link.pt")
+    for line, problem in (("1 a.pt a.pt", "line 2: pairs clip 'a.pt' with itself; a trial compares two different"),
+                          ("1 a.pt ./a.pt", "line 2: pairs clip 'a.pt' with itself (as './a.pt')"),
+                          ("1 a_link.pt a.pt", "line 2: pairs clip 'a_link.pt' with itself (as 'a.pt')")):
+        trials.write_text(f"0 a.pt b.pt\n{line}\n")
+        with pytest.raises(VoxaugError) as refused:
+            read_trials(trials, data)
+        assert str(refused.value).startswith(f"{trials}: {problem}"), str(refused.value)
+
+
+def test_evaluate_warns_of_trials_whose_labels_contradict_the_datasets_speakers(trained_run, tiny_synth, tmp_path):
+    """A trial labelled 1 for clips of two speakers of DATA (or 0 for one speaker's) was scored as given, without a
+    word: a wrong label moves the EER. Its count and first line are said; the trials are still scored as labelled."""
+    metadata = json.loads((tiny_synth / "metadata.json").read_text())["speakers"]
+    (a1, a2), (b1, b2) = ([entry["feature_path"] for entry in entries[:2]] for entries in list(metadata.values())[:2])
+    trials = tmp_path / "trials.txt"
+    trials.write_text(f"1 {a1} {a2}\n# a comment\n1 {a1} {b1}\n0 {b1} {b2}\n0 {a2} {b2}\n")
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--trials", trials, "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    speakers = list(metadata)[:2]
+    assert (f"warning: {trials}: 2 of 4 trials contradict DATA's speaker labels (first: line 3, labelled 1, pairs "
+            f"clips of {speakers[0]!r} and {speakers[1]!r}); they are scored as the trials file labels them") \
+        in " ".join(result.output.split()), result.output
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["verification"]["trials"] == 4
+    trials.write_text(f"1 {a1} {a2}\n0 {a1} {b1}\n")
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--trials", trials, "--device", "cpu", "-q")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+def test_a_trial_listed_again_through_a_hard_link_is_refused_naming_both_lines(tmp_path):
+    """The repeated-pair check compared paths: ``a.pt b.pt`` labelled 1 and a hard link to a.pt with b.pt labelled 0
+    counted one pair as a same-speaker and a different-speaker trial at once."""
+    import os
+
+    from voxaug.embeddings.evaluation import read_trials
+
+    data, trials = _files_and_trials(tmp_path, "a.pt", "b.pt", "c.pt")
+    os.link(data / "a.pt", data / "a_copy.pt")
+    trials.write_text("1 a.pt b.pt\n0 a.pt c.pt\n0 b.pt a_copy.pt\n")
+    with pytest.raises(VoxaugError) as refused:
+        read_trials(trials, data)
+    assert str(refused.value).startswith(f"{trials}: line 3: the same pair of clips as line 1, which labels it 1 and "
+                                         "this line 0"), str(refused.value)

@@ -245,3 +245,28 @@ def test_float64_features_beyond_float32_range_are_refused_for_their_size_not_as
     with pytest.raises(VoxaugError, match="NaN or Inf"):
         check_features(torch.full((5, 40), float("inf"), dtype=torch.float64), tmp_path / "x.pt", 40)
     assert check_features(torch.ones(5, 40, dtype=torch.float64), tmp_path / "x.pt", 40).dtype == torch.float32
+
+
+def test_an_entry_without_a_usable_feature_path_is_named_by_its_speaker_and_position(tmp_path):
+    """An entry with no feature_path (or not an object) said only "feature_path must be a non-empty string, got
+    None", leaving the user to search a metadata.json of thousands of entries for it."""
+    def drop(entry):
+        entry["path"] = entry.pop("feature_path")
+
+    cases = ((lambda m: drop(m["speakers"]["id10001"][2]),
+              "metadata.json: speaker 'id10001', utterance 3 of 4: no 'feature_path' (keys: ['mel_len', 'path'])"),
+             (lambda m: m["speakers"]["id10002"].__setitem__(0, "uttr-0200.pt"),
+              "metadata.json: speaker 'id10002', utterance 1 of 4: expected an object with a 'feature_path', got "
+              "'uttr-0200.pt'"),
+             (lambda m: m["speakers"]["id10000"][1].update(feature_path="/etc/passwd"),
+              "metadata.json: speaker 'id10000', utterance 2 of 4: feature_path '/etc/passwd' is absolute"))
+    for number, (edit, problem) in enumerate(cases):
+        message = _bad(tmp_path / str(number), lambda root: rewrite_metadata(root, edit))
+        assert problem in message, message
+    root = make_hw4(tmp_path / "test")
+    testdata = json.loads((root / "testdata.json").read_text())
+    testdata["utterances"][1] = {"path": "x.pt"}
+    (root / "testdata.json").write_text(json.dumps(testdata))
+    with pytest.raises(VoxaugError, match=rf"testdata.json: utterance 2 of {len(testdata['utterances'])}: no "
+                                          r"'feature_path' \(keys: \['path'\]\)"):
+        HW4Source(root, "test")

@@ -526,3 +526,30 @@ def test_a_process_forked_while_sigterm_is_an_interrupt_dies_of_sigterm_as_befor
             os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)
         _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_index_that_cannot_be_renamed_into_place_is_named_not_its_staged_copy(tmp_path, monkeypatch):
+    """The last rename's OSError named `.spk.faiss.<sha256>.pending`, a file the user never asked for; a folder
+    where the index goes was found only there, after its sidecar had been replaced."""
+    folder = tmp_path / "taken" / "spk.faiss"
+    (folder / "inside").mkdir(parents=True)
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(folder))}: is a folder; expected a file name"):
+        index.save(folder)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["spk.faiss"]
+    path = tmp_path / "spk.faiss"
+    real_replace = os.replace
+
+    def busy(source, target):
+        if str(source).endswith(PENDING_SUFFIX):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(source), None, str(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: cannot write: Device or resource busy \(the "
+                                          r"new index is committed: it loads from the staged copy "
+                                          r"\.spk\.faiss\.[0-9a-f]{64}\.pending beside it\)$"):
+        index.save(path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert SpeakerIndex.load(path).speakers == ["alice"]

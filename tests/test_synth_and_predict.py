@@ -197,3 +197,23 @@ def test_synth_says_one_unseen_speaker_and_one_impostor_in_the_singular(tmp_path
     assert result.exit_code == 0, result.output
     assert result.output == (f"wrote 2 training and 2 test utterances of 2 speakers, plus 1 unseen speaker and "
                              f"1 impostor, to {tmp_path / 'out'}\n")
+
+
+def test_predict_warns_of_a_test_clip_that_links_to_a_training_clip_under_another_name(tiny_synth, trained_run,
+                                                                                        tmp_path):
+    """The leak check compared paths: a hard link to a training clip, listed in testdata.json under another name,
+    was predicted without the warning (the duplicate-clip check already compares files)."""
+    import os
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data, ignore=shutil.ignore_patterns("unseen"))
+    trained = next(iter(json.loads((data / "metadata.json").read_text())["speakers"].values()))[0]["feature_path"]
+    os.link(data / trained, data / "uttr-linked.pt")
+    testdata = json.loads((data / "testdata.json").read_text())
+    testdata["utterances"].append({"feature_path": "uttr-linked.pt"})
+    (data / "testdata.json").write_text(json.dumps(testdata))
+    result = runner.invoke(app, ["predict", str(data), "--ckpt", str(trained_run / "best.pt"), "--out",
+                                 str(tmp_path / "p.csv"), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {data / 'testdata.json'}: 1 of its {len(testdata['utterances'])} clips is a training clip in "
+            "metadata.json too (e.g. 'uttr-linked.pt')") in result.output, result.output

@@ -623,3 +623,25 @@ def test_a_resumed_run_counts_non_finite_steps_in_a_row_as_the_uninterrupted_run
                       progress=False, resume=True)
     with pytest.raises(VoxaugError, match="stopped at step 3: the loss was NaN/Inf for 3 steps in a row"):
         resumed.fit()
+
+
+def test_an_append_that_cannot_open_its_file_does_not_say_a_previous_file_is_kept(tmp_path, monkeypatch):
+    """A folder where the log goes, or a log that may not be opened, was reported as "(the previous file is
+    kept)": there is no previous file, or nothing was written to it at all."""
+    from voxaug.safeio import append_text
+
+    folder = tmp_path / "metrics.jsonl"
+    folder.mkdir()
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(folder))}: cannot write: Is a directory$"):
+        append_text(folder, '{"step": 1}\n')
+    log = tmp_path / "trace.jsonl"
+    log.write_text('{"step": 1}\n')
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(log))
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(log))}: cannot write: Permission denied "
+                                          r"\(nothing was appended\)$"):
+        append_text(log, '{"step": 2}\n')
+    assert log.read_text() == '{"step": 1}\n'

@@ -124,9 +124,10 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     fsync_dir(path.parent)
 
 
-def write_error(path: Path, error: Exception) -> VoxaugError:
+def write_error(path: Path, error: Exception, kept: str | None = None) -> VoxaugError:
     """Writing ``path`` failed (the previous file, if any, is intact): say why, naming the file, not its temp file.
-    A full disk often reports itself only as a short write, without an errno: then the room left there is given."""
+    A full disk often reports itself only as a short write, without an errno: then the room left there is given.
+    ``kept`` says what became of the file where "the previous file is kept" would not (empty: nothing to say)."""
     reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
     free = ""
     if getattr(error, "errno", None) in (None, errno.ENOSPC, errno.EDQUOT):
@@ -135,8 +136,9 @@ def write_error(path: Path, error: Exception) -> VoxaugError:
             free = f"; {room.f_bavail * room.f_frsize / 2**20:.1f} MiB free there"
         except OSError:
             pass
-    kept = " (the previous file is kept)" if path.exists() else ""
-    return file_error(path, f"cannot write: {reason}{free}{kept}")
+    if kept is None:
+        kept = "the previous file is kept" if path.is_file() else ""
+    return file_error(path, f"cannot write: {reason}{free}" + (f" ({kept})" if kept else ""))
 
 
 def fsync_dir(folder: Path) -> None:
@@ -174,8 +176,8 @@ def append_text(path: str | Path, text: str) -> None:
     data = text.encode("utf-8")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise write_error(path, exc) from exc
+    except OSError as exc:  # not opened: the file, if there is one, was not touched
+        raise write_error(path, exc, "nothing was appended" if path.is_file() else "") from exc
     try:
         start = os.fstat(fd).st_size
         try:

@@ -79,7 +79,7 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
     return resolved
 
 
-def _file_identity(path: Path) -> tuple[int, int] | Path:
+def file_identity(path: Path) -> tuple[int, int] | Path:
     """A file by device and inode, so a hard link under another name is the same clip; the path where it cannot be
     read (loading it later says why)."""
     try:
@@ -94,11 +94,20 @@ def refuse_repeated_clips(utterances: list["Utterance"], listed_in: Path) -> Non
     of them in validation) or two rows of one prediction file."""
     first: dict[tuple[int, int] | Path, Utterance] = {}
     for utterance in utterances:
-        earlier = first.setdefault(_file_identity(utterance.path), utterance)
+        earlier = first.setdefault(file_identity(utterance.path), utterance)
         if earlier is not utterance:
             where = f" (under {earlier.speaker!r} and {utterance.speaker!r})" if utterance.speaker else ""
             twice = "listed twice" if earlier.key == utterance.key else f"the same file as {earlier.key!r} through a link"
             raise file_error(listed_in, f"clip {utterance.key!r} is {twice}{where}; each clip may appear once")
+
+
+def _feature_path(entry: object, listed_in: Path, where: str) -> object:
+    """An HW4 utterance entry's ``feature_path`` (checked by :func:`resolve_inside`), or an error naming the entry."""
+    if not isinstance(entry, dict):
+        raise file_error(listed_in, f"{where}: expected an object with a 'feature_path', got {entry!r:.60}")
+    if "feature_path" not in entry:
+        raise file_error(listed_in, f"{where}: no 'feature_path' (keys: {sorted(entry)})")
+    return entry["feature_path"]
 
 
 class HW4Source:
@@ -146,9 +155,10 @@ class HW4Source:
                 raise file_error(path, f"speaker {speaker!r} is not in mapping.json")
             if not isinstance(entries, list):
                 raise file_error(path, f"speaker {speaker!r}: expected a list of utterances")
-            for entry in entries:
-                feature_path = entry.get("feature_path") if isinstance(entry, dict) else None
-                resolved = resolve_inside(self.root, feature_path, path)
+            for position, entry in enumerate(entries, start=1):
+                where = f"speaker {speaker!r}, utterance {position} of {len(entries)}"
+                feature_path = _feature_path(entry, path, where)
+                resolved = resolve_inside(self.root, feature_path, path, f"{where}: feature_path")
                 utterances.append(Utterance(feature_path, resolved, speaker))
         refuse_repeated_clips(utterances, path)
         if not utterances:
@@ -163,9 +173,11 @@ class HW4Source:
             raise file_error(path, "expected an object with 'n_mels' and an 'utterances' list")
         n_mels = self._read_n_mels(testdata, path)
         utterances = []
-        for entry in testdata["utterances"]:
-            feature_path = entry.get("feature_path") if isinstance(entry, dict) else None
-            utterances.append(Utterance(feature_path, resolve_inside(self.root, feature_path, path), None))
+        for position, entry in enumerate(testdata["utterances"], start=1):
+            where = f"utterance {position} of {len(testdata['utterances'])}"
+            feature_path = _feature_path(entry, path, where)
+            utterances.append(Utterance(feature_path, resolve_inside(self.root, feature_path, path,
+                                                                     f"{where}: feature_path"), None))
         refuse_repeated_clips(utterances, path)
         if not utterances:
             raise file_error(path, "lists no utterances")
