@@ -47,9 +47,11 @@ def predict(
     refuse_overwriting_an_input(out, dataset_files + [u.path for u in trained])  # so are its training clips
     if isinstance(source, HW4Source) and set(source.speakers) != set(loaded.speakers):  # names, in any order
         strangers = sorted(set(loaded.speakers) - set(source.speakers))
+        unknown = sorted(set(source.speakers) - set(loaded.speakers))
+        why = (f"(e.g. {strangers[0]!r}); predict's categories would be speakers this dataset does not have" if strangers
+               else f"(this dataset's {unknown[0]!r} is not one of them); the model can never predict such a speaker")
         raise file_error(data / "mapping.json", f"lists {len(source.speakers)} speakers, not the {len(loaded.speakers)} "
-                                                f"the model names (e.g. {(strangers or sorted(source.speakers))[0]!r}); "
-                                                "predict's categories would be speakers this dataset does not have")
+                                                f"the model names {why}")
     if isinstance(source, HW4Source):
         warn_of_training_clips(source, trained)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,

@@ -270,3 +270,11 @@ def test_an_entry_without_a_usable_feature_path_is_named_by_its_speaker_and_posi
     with pytest.raises(VoxaugError, match=rf"testdata.json: utterance 2 of {len(testdata['utterances'])}: no "
                                           r"'feature_path' \(keys: \['path'\]\)"):
         HW4Source(root, "test")
+
+
+def test_a_listing_whose_n_mels_differs_from_every_tensor_is_named_in_the_refusal(tmp_path):
+    """metadata.json saying n_mels 80 over 40-bin tensors blamed only the first tensor, which was fine: the refusal
+    must name the listing whose n_mels it checked against, so the student knows which file to look at."""
+    message = _bad(tmp_path, lambda r: rewrite_metadata(r, lambda m: m.update(n_mels=80)))
+    assert "\n" not in message and "uttr-0000.pt: expected 80 mel bins, found 40" in message
+    assert f"{tmp_path / 'd' / 'metadata.json'} says n_mels 80" in message, message

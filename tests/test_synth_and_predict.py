@@ -217,3 +217,20 @@ def test_predict_warns_of_a_test_clip_that_links_to_a_training_clip_under_anothe
     assert result.exit_code == 0, result.output
     assert (f"warning: {data / 'testdata.json'}: 1 of its {len(testdata['utterances'])} clips is a training clip in "
             "metadata.json too (e.g. 'uttr-linked.pt')") in result.output, result.output
+
+
+def test_predict_names_the_extra_speaker_of_a_mapping_that_adds_one_to_the_model_s(tiny_synth, trained_run, tmp_path):
+    """A mapping.json of the model's speakers plus one named a speaker both have, and said the model's categories
+    were speakers the dataset does not have: it is the dataset's extra speaker that the model cannot predict."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data, ignore=shutil.ignore_patterns("unseen"))
+    mapping = json.loads((data / "mapping.json").read_text())
+    mapping["speaker2id"]["zz-newcomer"] = len(mapping["speaker2id"])
+    (data / "mapping.json").write_text(json.dumps(mapping))
+    result = runner.invoke(app, ["predict", str(data), "--ckpt", str(trained_run / "best.pt"),
+                                 "--out", str(tmp_path / "p.csv"), "--device", "cpu", "-q"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {data / 'mapping.json'}: "), result.output
+    assert "'zz-newcomer'" in lines[0] and "does not have" not in lines[0], lines[0]
+    assert not (tmp_path / "p.csv").exists()

@@ -11,8 +11,11 @@ from voxaug.runtime.frontend import feature_values_problem
 from voxaug.safeio import safe_torch_load
 
 
-def check_features(features: object, path: str | Path, n_mels: int) -> torch.Tensor:
-    """Return ``features`` as a float32 (frames, n_mels) tensor or raise naming ``path`` and the problem."""
+def check_features(features: object, path: str | Path, n_mels: int, n_mels_from: str | Path | None = None) -> torch.Tensor:
+    """Return ``features`` as a float32 (frames, n_mels) tensor or raise naming ``path`` and the problem.
+
+    ``n_mels_from``: the file that set ``n_mels`` (an HW4 listing), named when the bins differ, since it may be the
+    one that is wrong."""
     if not isinstance(features, torch.Tensor):
         raise file_error(path, f"expected one float tensor of shape (frames, {n_mels}), found {type(features).__name__}")
     if features.layout != torch.strided or features.is_nested:
@@ -26,6 +29,7 @@ def check_features(features: object, path: str | Path, n_mels: int) -> torch.Ten
         raise file_error(path, f"expected a 2-D tensor (frames, {n_mels}), found shape {tuple(features.shape)}")
     if features.shape[1] != n_mels:
         hint = "; transposed? features are (frames, n_mels)" if features.shape[0] == n_mels else ""
+        hint += f"; {n_mels_from} says n_mels {n_mels}" if n_mels_from is not None else ""
         raise file_error(path, f"expected {n_mels} mel bins, found {features.shape[1]} (shape {tuple(features.shape)}{hint})")
     if features.shape[0] == 0:
         raise file_error(path, "feature tensor is empty (0 frames)")
@@ -37,6 +41,6 @@ def check_features(features: object, path: str | Path, n_mels: int) -> torch.Ten
     return features.to(torch.float32).contiguous()
 
 
-def load_feature_file(path: str | Path, n_mels: int) -> torch.Tensor:
-    """Load one `.pt` feature tensor safely (weights_only) and validate it."""
-    return check_features(safe_torch_load(path, "feature file"), path, n_mels)
+def load_feature_file(path: str | Path, n_mels: int, n_mels_from: str | Path | None = None) -> torch.Tensor:
+    """Load one `.pt` feature tensor safely (weights_only) and validate it (``n_mels_from``: see check_features)."""
+    return check_features(safe_torch_load(path, "feature file"), path, n_mels, n_mels_from)
