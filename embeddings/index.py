@@ -569,6 +569,13 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
         raise file_error(side, f"sidecar field 'per' is {meta['per']!r}; accepted: {', '.join(MODES)}")
     if not all(isinstance(label, str) for label in meta["labels"]) or set(meta["labels"]) != set(meta["counts"]):
         raise file_error(side, "sidecar 'labels' and 'counts' name different speakers")
+    from voxaug.embeddings.identify import check_speaker_name  # here: that module imports this one
+
+    for name in meta["counts"]:  # names enroll refuses: a newline in one would forge lines of identify's output
+        try:
+            check_speaker_name(name)
+        except VoxaugError as exc:
+            raise file_error(side, f"sidecar {exc}") from None
     if meta["per"] == "speaker" and len(set(meta["labels"])) != len(meta["labels"]):
         repeated = sorted(label for label, times in Counter(meta["labels"]).items() if times > 1)
         raise file_error(side, f"sidecar 'labels' name {repeated[:3]} more than once; an index of one vector per "

@@ -435,3 +435,21 @@ def test_a_clip_quieter_than_any_recorder_step_is_refused_as_silent(tmp_path, pe
     one_step = tmp_path / "one_step.wav"  # the quietest sound 16-bit audio holds is still sound
     soundfile.write(one_step, np.tile(np.array([1, -1, 0, 0], dtype=np.int16), 2000), 16000, subtype="PCM_16")
     assert load_clip(one_step, FrontendConfig()).shape[1] == 40
+
+
+def test_a_flac_whose_header_claims_2_to_the_36_samples_is_one_error_not_a_huge_allocation(tmp_path):
+    """STREAMINFO's 36-bit sample count is only a claim: a 40 kB FLAC declaring 2**36 - 1 samples of 8 channels had
+    soundfile allocate 2 TiB for it up front, and the command ended in `unexpected MemoryError` (status 3)."""
+    from voxaug.runtime.frontend import read_audio as read_audio_numpy
+
+    flac = tmp_path / "huge.flac"
+    samples = np.random.default_rng(0).uniform(-0.1, 0.1, (16000, 8)).astype(np.float32)
+    soundfile.write(flac, samples, 16000, subtype="PCM_16")
+    data = bytearray(flac.read_bytes())
+    fields = int.from_bytes(data[18:26], "big")  # STREAMINFO: ... 3 bits channels - 1, 5 bits depth - 1, 36 bits samples
+    data[18:26] = (fields | (1 << 36) - 1).to_bytes(8, "big")
+    flac.write_bytes(bytes(data))
+    assert soundfile.info(flac).frames == (1 << 36) - 1
+    for read in (lambda: load_clip(flac, FrontendConfig()), lambda: read_audio_numpy(flac, 16000)):
+        with pytest.raises(VoxaugError, match=rf"^{re.escape(str(flac))}: not a readable audio file"):
+            read()

@@ -171,3 +171,18 @@ def test_version_prints_the_installed_release():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output == f"voxaug {version('voxaug')}\n", result.output
+
+
+@pytest.mark.parametrize("line", ['{"step": 1, "train_acc": 1' + "0" * 400 + ', "val_acc": null}',
+                                  '{"step": 1' + "1" * 5000 + ', "train_acc": 0.5, "val_acc": null}',
+                                  "[" * 100_000 + "]" * 100_000],
+                         ids=["too-large-for-a-float", "over-4300-digits", "nested-100000-deep"])
+def test_plot_refuses_a_metrics_line_of_huge_numbers_or_deep_nesting_in_one_line(tmp_path, line):
+    """JSON integers have no limit and arrays no depth: such a line ended plot in `unexpected OverflowError`,
+    `ValueError` or `RecursionError` (status 3) instead of an error naming the log and the line."""
+    run = _fake_run(tmp_path / "run", [{"step": 0, "train_acc": 0.1, "val_acc": None}])
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write(line + "\n")
+    refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
+    assert refused.exit_code == 2 and f"{run / 'metrics.jsonl'}: line 2" in output_of(refused), output_of(refused)
+    assert not (tmp_path / "curves.png").exists()

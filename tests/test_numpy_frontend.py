@@ -66,6 +66,8 @@ def test_settings_mirror_the_checkpoint_front_end():
     ({"n_mels": True}, "n_mels must be an integer, got True"),
     ({"hop_ms": "10"}, "hop_ms must be a finite number, got '10'"),
     ({"hop_ms": 0.01}, "hop_ms 0.01 is under one sample at 16000 Hz"),
+    ({"sample_rate": 10**400}, "sample_rate is an integer beyond a float's range"),
+    ({"win_ms": 10**400}, "win_ms is an integer beyond a float's range"),
 ])
 def test_settings_of_the_wrong_type_or_under_one_sample_are_refused(setting, message):
     """Settings read from a TOML file or a checkpoint may be of any type; a hop under one sample rounds to 0."""

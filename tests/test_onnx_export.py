@@ -335,3 +335,17 @@ def test_embed_with_the_export_takes_the_short_utterances_the_checkpoint_takes(e
         assert result.exit_code == 0, result.output
         outputs[option] = np.load(out / "embeddings.npy")
     np.testing.assert_allclose(outputs["--model"], outputs["--ckpt"], atol=1e-4)
+
+
+def test_metadata_edited_to_nest_the_speakers_deep_is_refused_in_one_line(exported, tmp_path):
+    """A re-signed export whose speakers JSON nests arrays 100000 deep ended in `unexpected RecursionError` (status 3)."""
+    model = onnx.load(str(exported["features"]))
+    for entry in model.metadata_props:
+        if entry.key == "speakers":
+            entry.value = "[" * 100_000 + "]" * 100_000
+        if entry.key == CONTENT_DIGEST_KEY:
+            entry.value = "0" * 64
+    data = model.SerializeToString()
+    marker = CONTENT_DIGEST_KEY.encode() + b"\x12\x40"
+    (tmp_path / "deep.onnx").write_bytes(data.replace(marker + b"0" * 64, marker + content_digest(data).encode()))
+    one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "deep.onnx"), "deep.onnx:", "metadata is unusable")

@@ -553,3 +553,45 @@ def test_an_index_that_cannot_be_renamed_into_place_is_named_not_its_staged_copy
         index.save(path)
     monkeypatch.setattr(os, "replace", real_replace)
     assert SpeakerIndex.load(path).speakers == ["alice"]
+
+
+@pytest.mark.parametrize("name", ["alice\nforged.wav\tbob 0.99", "unknown", " alice"])
+def test_a_sidecar_speaker_name_that_enroll_refuses_is_refused_on_load(tmp_path, name):
+    """Labels are not covered by the index's hash: a downloaded sidecar naming a speaker ``alice\\nforged.wav\\tbob``
+    printed a forged row in identify's table, and one named ``unknown`` looked like no answer at all."""
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.add("bob", np.eye(4)[1:2])
+    index.save(path)
+    sidecar = tmp_path / "spk.faiss.json"
+    meta = json.loads(sidecar.read_text())
+    meta["labels"] = [name if label == "alice" else label for label in meta["labels"]]
+    for field in ("counts", "mean_norms"):
+        meta[field] = {name if label == "alice" else label: value for label, value in meta[field].items()}
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(sidecar))}: sidecar speaker name {re.escape(repr(name))}"):
+        SpeakerIndex.load(path)
+
+
+def test_a_checkpoint_whose_config_names_a_huge_model_is_refused_before_it_is_built(tmp_path):
+    """A model is built from the checkpoint's config, then given its weights: a 100 kB file whose config named
+    d_model 8192 took 23 GB and was killed, and one of 10**12 classes ended in `unexpected RuntimeError` (status 3).
+    The config's shapes are checked against the weights the file holds before any memory is taken for them."""
+    from conftest import tiny_config
+
+    from voxaug.checkpoint import load_model, save_checkpoint
+    from voxaug.features import FrontendConfig
+    from voxaug.model import build_model
+
+    config = tiny_config()
+    config.model.num_classes = 3
+    state = {"config": config.to_dict(), "frontend": FrontendConfig().to_dict(), "speakers": ["a", "b", "c"],
+             "model": build_model(config.model).state_dict(), "step": 0}
+    save_checkpoint(tmp_path / "small.pt", state)
+    assert load_model(tmp_path / "small.pt").speakers == ["a", "b", "c"]
+    state["config"]["model"]["num_classes"] = 10**12  # 128 TB of classifier weights
+    save_checkpoint(tmp_path / "huge.pt", state)
+    with pytest.raises(VoxaugError, match=r"huge\.pt: checkpoint weights do not match its own configuration "
+                                          r"\(shape head\.weight \(3, 32\) vs \(1000000000000, 32\)\)"):
+        load_model(tmp_path / "huge.pt")

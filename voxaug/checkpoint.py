@@ -97,12 +97,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     try:
         config = TrainConfig.from_saved(state["config"])
         frontend = FrontendConfig.from_dict(state["frontend"])
-        model = build_model(config.model)
+        with torch.device("meta"):  # shapes only: a config naming a huge model must not take its memory first
+            expected = build_model(config.model).state_dict()
     except (VoxaugError, TypeError, KeyError, ValueError, AttributeError) as exc:
         raise file_error(path, f"checkpoint holds an unusable configuration ({str(exc).splitlines()[0]})") from exc
-    mismatch = weight_mismatch(model.state_dict(), state["model"])
+    mismatch = weight_mismatch(expected, state["model"])
     if mismatch:
         raise file_error(path, f"checkpoint weights do not match its own configuration ({mismatch})")
+    model = build_model(config.model)  # as large as the weights the file holds, now checked
     model.load_state_dict(state["model"])
     if len(state["speakers"]) != config.model.speakers:
         raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.speakers} classes")

@@ -36,6 +36,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
                 print(f"warning: {path}: line {number} is cut short (a killed run); left out", file=sys.stderr)
                 break
             raise file_error(path, f"line {number} is not JSON ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; arrays nested thousands deep
+            raise file_error(path, f"line {number} is not usable JSON ({str(exc).split(';')[0]})") from None
         if not (isinstance(row, dict) and all(_is_number(row.get(key)) for key in ("step", "train_acc"))
                 and (row.get("val_acc") is None or _is_number(row["val_acc"]))):
             raise file_error(path, f"line {number}: not a metrics row (a JSON object with a step, train_acc and "
@@ -54,7 +56,12 @@ def read_log_text(path: Path) -> str:
 
 def _is_number(value: object) -> bool:
     """A finite number: JSON's NaN and Infinity, which no training logs, would be drawn as nothing or off the axes."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON integers have no limit)
+        return False
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:

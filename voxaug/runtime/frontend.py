@@ -31,6 +31,15 @@ def feature_values_problem(largest: float) -> str | None:
     return None
 
 
+def _within_float_range(value: int | float) -> bool:
+    """Finite, and small enough for float arithmetic: a checkpoint or an export may hold a 400-digit integer, on
+    which the settings' own arithmetic (``hop_length``, ``sample_rate / 2``) raises OverflowError."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 @dataclass(frozen=True)
 class FrontendSettings:
     """Log-mel settings, the same fields as ``voxaug.features.FrontendConfig`` (which travels in checkpoints)."""
@@ -51,6 +60,8 @@ class FrontendSettings:
                     or isinstance(value, float) and not math.isfinite(value)):
                 raise VoxaugError(f"front end: {setting.name} must be {'an integer' if whole else 'a finite number'}, "
                                   f"got {value!r}")
+            if not _within_float_range(value):  # not shown: a 5000-digit integer cannot even be printed
+                raise VoxaugError(f"front end: {setting.name} is an integer beyond a float's range")
         if self.sample_rate <= 0 or self.n_mels <= 0:
             raise VoxaugError(f"front end: sample_rate and n_mels must be positive, got {self.sample_rate}, {self.n_mels}")
         if not 0 < self.hop_ms <= self.win_ms:
@@ -249,6 +260,22 @@ def wav_shortfall(path: Path) -> tuple[int, int] | None:
     return None
 
 
+READ_BLOCK_FRAMES = 1 << 16
+"""Frames decoded at a time. A header's frame count is only a claim: a FLAC of a few kB can declare 2**36
+samples, and reading it in one go would allocate that much (hundreds of GB) before decoding a sample."""
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """An audio file's samples (frames, channels) as float32 and its sample rate, read a block at a time, so
+    memory follows what the file holds, not what its header declares."""
+    with soundfile.SoundFile(path) as audio:
+        blocks = []
+        while len(block := audio.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+            blocks.append(block)
+        empty = np.zeros((0, audio.channels), dtype=np.float32)
+        return (np.concatenate(blocks) if blocks else empty), audio.samplerate
+
+
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """An audio file's samples averaged to mono float32, and its sample rate; bad files refused naming them."""
     path = Path(path)
@@ -259,7 +286,7 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     if path.stat().st_size == 0:
         raise file_error(path, "audio file is empty (0 bytes)")
     try:
-        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        data, file_rate = _decode(path)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
         raise file_error(path, f"not a readable audio file ({str(exc).strip()[:200]})") from exc
     if data.shape[0] == 0:

@@ -127,7 +127,7 @@ class OnnxSpeakerModel:
             self.n_mels = int(metadata["n_mels"])
             self.min_frames = int(metadata["min_frames"])
             self.takes_audio = {"true": True, "false": False}[metadata["takes_audio"]]
-        except (ValueError, TypeError, KeyError, VoxaugError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError, VoxaugError) as exc:  # RecursionError: JSON nested deep
             raise file_error(path, f"voxaug model metadata is unusable ({str(exc).splitlines()[0]})") from exc
         self.source_checkpoint_sha256 = metadata["source_checkpoint_sha256"]
         self.training_split = _training_split(path, metadata)
