@@ -18,7 +18,7 @@ from voxaug.cli.common import (
     existing_file, output_file, output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
-from voxaug.embeddings.index import MODES, SpeakerIndex, index_lock, sidecar_path
+from voxaug.embeddings.index import MODES, SpeakerIndex, check_asnorm_mode, index_lock, sidecar_path
 from voxaug.embeddings.speaker_index import (
     DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, IndexPlan, ScoringOptions, build_speaker_index,
     plan_speaker_index,
@@ -106,6 +106,8 @@ def embed(
     scoring = ScoringOptions(backend, lda_dim, score_norm, cohort_size, cohort_top_k).validate()
     output_folder(out, "--out")
     if index is not None:
+        if scoring.score_norm == "asnorm":  # before the dataset is read and embedded, not once the index is built
+            check_asnorm_mode(per)
         output_file(index, "--index")
         output_file(sidecar_path(index), "--index's sidecar")
         refuse_existing_index(index, replace)

@@ -21,6 +21,7 @@ themselves left out). It rescales every speaker's scores by how close impostors 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,8 +103,16 @@ class ScoringBackend:
         dim = min(lda_dim, speakers - 1, embeddings.shape[1])
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dim)
         try:
-            lda.fit(embeddings - mean, labels)
+            with warnings.catch_warnings():  # a speaker of one clip adds no within-speaker scatter, and that is all
+                warnings.filterwarnings("ignore", message="Only one sample available", category=UserWarning)
+                lda.fit(embeddings - mean, labels)
         except np.linalg.LinAlgError as exc:  # a singular within-speaker scatter: nothing to whiten by
+            most = int(np.unique(np.asarray(labels), return_counts=True)[1].max())
+            if most < 3:  # Ledoit-Wolf does not shrink the covariance of two clips: each adds one direction only
+                raise VoxaugError(f"--backend {kind}: no speaker has more than {most} utterances in the training "
+                                  f"split, too few to estimate within-speaker variation in {embeddings.shape[1]} "
+                                  "dimensions; it needs some speaker with at least 3; pass --backend center or none"
+                                  ) from exc
             raise VoxaugError(f"--backend {kind}: the training embeddings vary too little within speakers to fit "
                               f"it (are the clips duplicates?); pass --backend center or none") from exc
         fitted = cls("lda", mean.astype(np.float32), np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32))

@@ -71,6 +71,12 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(f"{real_path(path)}.json")
 
 
+def check_asnorm_mode(mode: str) -> None:
+    """AS-norm statistics are stored per speaker, so an index of every utterance cannot use them."""
+    if mode != "speaker":
+        raise VoxaugError("--score-norm asnorm works on speaker indexes (--per speaker), not --per utterance")
+
+
 def unit_rows(vectors: np.ndarray, what: str = "embeddings") -> np.ndarray:
     """float32 rows scaled to unit length; zero or non-finite rows are refused."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -148,8 +154,7 @@ class SpeakerIndex:
 
     def check_asnorm(self) -> None:
         """AS-norm needs a cohort and one vector per speaker (its statistics are stored per speaker)."""
-        if self.mode != "speaker":
-            raise VoxaugError("--score-norm asnorm works on speaker indexes (--per speaker), not --per utterance")
+        check_asnorm_mode(self.mode)
         if self.cohort is None:
             raise VoxaugError("--score-norm asnorm: the index has no AS-norm cohort; rebuild it with "
                               "`voxaug embed ... --index FILE --score-norm asnorm`")

@@ -873,3 +873,72 @@ def test_test_clips_that_are_enrolment_clips_are_warned_of(calibrated, trained_r
         assert result.stderr == (f"warning: {tests}: 1 of 7 test clips (e.g. {tests / 'new000' / 'extra.pt'}) are "
                                  f"enrolment clips too (in {enrolment} or {copy}): their scores are not held out, so "
                                  "the unseen-speaker accuracy and the open-set figures read too well\n")
+
+
+@pytest.mark.parametrize("kind", ["lda", "plda"])
+def test_speakers_of_two_training_clips_each_are_refused_naming_the_clips_short_not_as_duplicates(kind):
+    """Ledoit-Wolf leaves the covariance of a speaker's two clips unshrunk (one direction), so LDA over speakers of
+    two clips each fails in more dimensions than speakers: that is too few clips, not duplicate ones."""
+    vectors, labels = clustered(speakers=3, per=2, dim=16)
+    short = rf"--backend {kind}: no speaker has more than 2 utterances in the training split.* at least 3; pass"
+    with pytest.raises(VoxaugError, match=short) as refused:
+        ScoringBackend.fit(kind, vectors, np.array(labels))
+    assert "duplicates" not in str(refused.value)
+    more, more_labels = clustered(speakers=3, per=3, dim=16)
+    grown = ScoringBackend.fit(kind, np.concatenate([vectors, more[:1]]), np.array(labels + more_labels[:1]))
+    assert np.isfinite(grown.apply(vectors)).all()
+
+
+def test_a_cohort_too_small_for_two_speakers_skips_the_asnorm_verification_not_the_whole_report(trained_run, tiny_synth,
+                                                                                                tmp_path):
+    """embed keeps a cohort that leaves each speaker two entries of others, enough for identify; a verification
+    trial leaves out both its speakers, fewer than two, and evaluate lost its whole report to that one figure."""
+    index = tmp_path / "spk.faiss"
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--index", index,
+                    "--backend", "center", "-q")
+    assert result.exit_code == 0, result.output
+    built = SpeakerIndex.load(index)
+    keep = [built.cohort.labels.index(name) for name in sorted(set(built.cohort.labels))[:3]]  # one clip of three
+    built.cohort = Cohort(built.cohort.vectors[keep], [built.cohort.labels[i] for i in keep], 2, built.cohort.source)
+    for row, name in enumerate(built.labels):
+        mean, std = built.cohort.stats(built.vectors[row : row + 1], exclude=[name])
+        built.cohort_stats[name] = [float(mean[0]), float(std[0])]
+    built.save(index)
+    embeddings = np.load(tmp_path / "emb" / "embeddings.npy")
+    assert SpeakerIndex.load(index).search(embeddings[:1], 1, score_norm="asnorm")  # enough for identify
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index",
+                    index, "-q")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {index}: no AS-norm verification figures: the AS-norm cohort has too few entries from other "
+            "speakers (need at least 2) once a trial's two speakers are left out") in result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "verification_asnorm" not in report and {"eer", "min_dcf"} <= set(report["verification_backend"])
+
+
+def test_asnorm_on_an_utterance_index_is_refused_by_embed_before_anything_is_read(tiny_synth, tmp_path, monkeypatch):
+    """embed read and embedded the whole dataset, then refused the --per utterance index it was asked to build."""
+    import voxaug.checkpoint as checkpoint
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("embed loaded the model before refusing --score-norm asnorm --per utterance")
+
+    monkeypatch.setattr(checkpoint, "load_model", loaded)
+    result = invoke("embed", tiny_synth, "--ckpt", tiny_synth / "mapping.json", "--out", tmp_path / "emb", "--index",
+                    tmp_path / "utt.faiss", "--per", "utterance", "--score-norm", "asnorm", "-q")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --score-norm asnorm works on speaker indexes (--per speaker), not --per utterance"
+    assert not (tmp_path / "emb").exists() and not (tmp_path / "utt.faiss").exists()
+
+
+@pytest.mark.parametrize("kind", ["lda", "plda"])
+def test_a_speaker_of_one_training_clip_fits_without_scikit_learns_warnings(kind):
+    """scikit-learn warned 'Only one sample available. You may want to reshape your data array' on stderr for each
+    speaker of one clip in the training split: advice about an array the user never made."""
+    import warnings
+
+    vectors, labels = clustered(speakers=5, per=4)
+    lone, _ = clustered(speakers=1, per=1, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = ScoringBackend.fit(kind, np.concatenate([vectors, lone]), np.array(labels + ["lone"]))
+    assert np.isfinite(backend.apply(lone)).all()
