@@ -181,6 +181,21 @@ def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:
     return clips
 
 
+def check_clip_files(paths: list[Path]) -> None:
+    """Refuse, before any work, a clip argument that is neither a folder nor a clip file (.pt, .wav, .flac) that
+    exists: a command that answers clip by clip would otherwise stop at it after answering the clips before it."""
+    from voxaug.clips import FEATURE_SUFFIX
+    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+
+    for path in paths:
+        if path.is_dir():
+            continue
+        if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
+            raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+        if not path.is_file():
+            raise file_error(path, "clip not found")
+
+
 ModelOption = typer.Option(None, "--model", help="ONNX model from `voxaug export` (instead of --ckpt; needs no torch).")
 
 

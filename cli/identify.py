@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import (DeviceOption, ModelOption, chosen_model, clean_errors, counted, expand_clips,
-                               warn_calibration_outdated)
+from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, counted,
+                               expand_clips, warn_calibration_outdated)
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_threshold
+from voxaug.embeddings.index import check_search_top_k
+
+
+def shown(name: str) -> str:
+    """A name as the table prints it: quoted where printing it bare could mislead, so a speaker name (from a
+    downloaded sidecar or model, or one an older voxaug took) holding a newline cannot forge a row, and one called
+    ``unknown`` or padded with spaces cannot pass for the decision or another name."""
+    odd = name != name.strip() or name == UNKNOWN or any(unicodedata.category(c) == "Cc" for c in name)
+    return repr(name) if odd else name
 
 
 def format_row(result: Identification) -> str:
-    top = "  ".join(f"{speaker} {score:.3f}" for speaker, score in result.top)
+    top = "  ".join(f"{shown(speaker)} {score:.3f}" for speaker, score in result.top)
     score = {"asnorm": "AS-norm", "plda": "PLDA"}.get(result.score, result.score)
     source = result.threshold_source + (", outdated: the enrolled speakers changed since" if result.threshold_outdated else "")
-    return (f"{result.clip}\n  decision: {result.decision} (threshold {result.threshold:.3f}, {source})\n"
+    accepted = bool(result.top) and result.top[0][1] >= result.threshold  # as the decision was made
+    decision = shown(result.decision) if accepted else result.decision
+    return (f"{shown(str(result.clip))}\n  decision: {decision} (threshold {result.threshold:.3f}, {source})\n"
             f"  {score} top-{len(result.top)}: {top}\n"
-            f"  softmax: {result.softmax_speaker} (p={result.softmax_prob:.3f})")
+            f"  softmax: {shown(result.softmax_speaker)} (p={result.softmax_prob:.3f})")
 
 
 @clean_errors
@@ -39,6 +51,7 @@ def identify(
 ) -> None:
     """Identify each clip by its nearest enrolled speaker (cosine after the index's back end, PLDA with a plda
     back end, or AS-norm), with the classifier's own answer beside it."""
+    check_search_top_k(top_k)
     if score_norm is not None:
         check_choice("--score-norm", score_norm, SCORE_NORMS)
     if cohort_top_k is not None:
@@ -49,6 +62,7 @@ def identify(
     model_path = chosen_model(ckpt, model)
     speaker_index = SpeakerIndex.open(index, model_path, device, threads=1, score_norm=score_norm,
                                       cohort_top_k=cohort_top_k, threshold=threshold)
+    check_clip_files(clips)  # before answering any: not after the clips before a missing one
     results = []
     for clip in expand_clips(clips, speaker_index.model.prefers_audio):
         result = speaker_index.identify_record(clip, top_k)

@@ -92,6 +92,14 @@ UTTERANCE_VOTERS = 10
 """In utterance mode, ``identify`` ranks speakers by votes among at least this many nearest utterances."""
 
 
+def check_search_top_k(top_k: object) -> int:
+    """How many speakers a search lists, as a Python int (FAISS takes no numpy integer); checked by the callers
+    before any clip is embedded, and by ``search`` itself."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
+        raise VoxaugError(f"--top-k must be a positive whole number, got {top_k!r}")
+    return int(top_k)
+
+
 def voters(top_k: int) -> int:
     """How many nearest utterances vote when ``top_k`` speakers are asked for."""
     return max(top_k, UTTERANCE_VOTERS)
@@ -307,9 +315,7 @@ class SpeakerIndex:
         AS-norm. In utterance mode speakers are ranked by votes among the ``max(top_k, 10)`` nearest
         utterances (``voters``), ties broken by their best score. ``query_speakers`` (calibration) names each query's
         speaker, whose cohort entries (the query itself, when the cohort is its split) AS-norm leaves out."""
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
-            raise VoxaugError(f"--top-k must be a positive whole number, got {top_k!r}")
-        top_k = int(top_k)  # a numpy integer passes the check above, and FAISS's search takes only a Python int
+        top_k = check_search_top_k(top_k)
         if not self.labels:
             raise VoxaugError("the index has no enrolled speakers")
         score_norm = check_choice("--score-norm", score_norm or self.score_norm, SCORE_NORMS)
@@ -574,13 +580,6 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
         raise file_error(side, f"sidecar field 'per' is {meta['per']!r}; accepted: {', '.join(MODES)}")
     if not all(isinstance(label, str) for label in meta["labels"]) or set(meta["labels"]) != set(meta["counts"]):
         raise file_error(side, "sidecar 'labels' and 'counts' name different speakers")
-    from voxaug.embeddings.identify import check_speaker_name  # here: that module imports this one
-
-    for name in meta["counts"]:  # names enroll refuses: a newline in one would forge lines of identify's output
-        try:
-            check_speaker_name(name)
-        except VoxaugError as exc:
-            raise file_error(side, f"sidecar {exc}") from None
     if meta["per"] == "speaker" and len(set(meta["labels"])) != len(meta["labels"]):
         repeated = sorted(label for label, times in Counter(meta["labels"]).items() if times > 1)
         raise file_error(side, f"sidecar 'labels' name {repeated[:3]} more than once; an index of one vector per "

@@ -820,3 +820,136 @@ def test_yes_no_options_that_are_not_bools_are_refused_rather_than_read_as_true(
             index.enroll("a", wavs(tiny_synth, "enroll", "new001"), append=append)
     assert (index.path.read_bytes(), sidecar_path(index.path).read_bytes()) == before
     assert json.loads(sidecar_path(index.path).read_text())["faiss"] == "IndexFlatIP"
+
+
+def test_a_bad_top_k_is_refused_before_the_index_is_opened_or_any_clip_embedded(models, tiny_synth, tmp_path,
+                                                                                 monkeypatch):
+    """``identify --top-k 0`` loaded the model and embedded the first clip before FAISS's search refused it."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("a clip was embedded before --top-k was checked")
+
+    monkeypatch.setattr(voxaug.SpeakerModel, "embed_with_probabilities", embedded)
+    monkeypatch.setattr(voxaug.SpeakerIndex, "open", embedded)
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    for top_k in ("0", "-3"):
+        one_line_error(*invoke("identify", "--index", index.path, "--top-k", top_k, clip),
+                       f"--top-k must be a positive whole number, got {top_k}")
+    for top_k in (0, -3, 2.0, True):
+        with pytest.raises(VoxaugError, match=re.escape(f"--top-k must be a positive whole number, got {top_k!r}")):
+            index.identify(clip, top_k=top_k)
+
+
+def test_a_score_norm_is_refused_where_it_is_given_not_at_the_first_identify(models, tiny_synth, tmp_path):
+    """``SpeakerIndex.open(path, score_norm="bogus")``, or ``"asnorm"`` for an index without a cohort, opened, and
+    only the first ``identify`` refused it."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    for score_norm in ("bogus", "", "ASNORM"):
+        with pytest.raises(VoxaugError, match=re.escape(f"--score-norm {score_norm!r} is not known; accepted: none, "
+                                                        "asnorm")):
+            voxaug.SpeakerIndex.open(index.path, score_norm=score_norm)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(index.path))}: --score-norm asnorm: the index has no "
+                                          "AS-norm cohort"):
+        voxaug.SpeakerIndex.open(index.path, score_norm="asnorm")
+    opened = voxaug.SpeakerIndex.open(index.path, score_norm="none")
+    assert opened.identify(wavs(tiny_synth, "test", "new000")[0])["score"] == "cosine"
+
+
+def test_a_sample_rate_given_with_clip_files_alone_is_refused_not_ignored(models, tiny_synth, tmp_path):
+    """``model.embed("x.wav", sample_rate=8000)`` read the 16 kHz file at 16 kHz and said nothing: ``sample_rate``
+    is for waveform arrays, and files are read at their own rate."""
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    for call in (lambda: model.embed(clip, sample_rate=8000), lambda: model.classify(str(clip), sample_rate=16000),
+                 lambda: model.embed(clip.with_suffix(".pt"), sample_rate=16000)):
+        with pytest.raises(VoxaugError, match=r"^sample_rate=\d+ is for waveform arrays, and .* is a clip file"):
+            call()
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    with pytest.raises(VoxaugError, match=rf"^sample_rate=8000 is for waveform arrays, and {re.escape(str(clip))} is"):
+        index.enroll("a", [clip], sample_rate=8000)
+    assert not index.path.exists()
+    waveform, rate = soundfile.read(wavs(tiny_synth, "enroll", "new000")[0], dtype="float32")
+    assert index.enroll("a", [wavs(tiny_synth, "enroll", "new000")[1], waveform], sample_rate=rate) == 2
+    with pytest.raises(VoxaugError, match="^sample_rate=8000 is for waveform arrays"):
+        index.identify(clip, sample_rate=8000)
+    assert index.identify(waveform, sample_rate=rate)["decision"] == "a"
+
+
+def test_a_bytes_clip_is_refused_as_bytes_not_read_as_numbers(models, tiny_synth, tmp_path):
+    """A bytes path was an array of one string (``dtype |S57``), and ``enroll(name, b"...")`` took each byte as a
+    clip and refused the first as integer PCM."""
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    for value in (os.fsencode(clip), bytearray(clip.read_bytes())):
+        with pytest.raises(VoxaugError, match=f"^clip: got {type(value).__name__}; give a clip file's path as text"):
+            model.embed(value)
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    for clips in (os.fsencode(clip), [os.fsencode(clip)]):
+        with pytest.raises(VoxaugError, match="^a clip 0: got bytes; give a clip file's path as text"):
+            index.enroll("a", clips)
+    assert not index.path.exists()
+    assert index.enroll("a", os.fsdecode(os.fsencode(clip))) == 1
+
+
+def test_a_model_or_index_path_that_is_not_a_path_is_refused_in_one_line(models, tmp_path):
+    """``SpeakerModel.load(None)`` (and ``SpeakerIndex.create(path, None)``, ``SpeakerIndex.open(None)``) was
+    pathlib's bare ``expected str, bytes or os.PathLike object, not NoneType``."""
+    for value in (None, 5, os.fsencode(models["onnx"])):
+        shown = re.escape(f"got {type(value).__name__} {value!r}")
+        with pytest.raises(VoxaugError, match=rf"^model: expected the path of a checkpoint \(\.pt\) or an ONNX export "
+                                              rf"\(\.onnx\) as text or a path object, {shown}$"):
+            voxaug.SpeakerModel.load(value)
+        with pytest.raises(VoxaugError, match=rf"^model: expected the path of .*{shown}$"):
+            voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", value)
+        for call in (lambda: voxaug.SpeakerIndex.open(value), lambda: voxaug.SpeakerIndex.create(value, models["onnx"])):
+            with pytest.raises(VoxaugError, match=rf"^path: expected the path of a speaker index file .*{shown}$"):
+                call()
+    assert voxaug.SpeakerModel.load(str(models["onnx"])).kind == "onnx"
+
+
+def test_a_cohort_top_k_for_scores_that_are_not_as_norm_is_refused_not_ignored(models, tiny_synth, tmp_path):
+    """``identify --cohort-top-k 5`` on an index that scores cosines answered cosines, as if it had not been given."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    expected = f"{index.path}: --cohort-top-k 5 sets AS-norm's cohort, and this index scores cosine; add --score-norm asnorm"
+    with pytest.raises(VoxaugError, match=f"^{re.escape(expected)}$"):
+        voxaug.SpeakerIndex.open(index.path, cohort_top_k=5)
+    with pytest.raises(VoxaugError, match=re.escape(expected)):
+        voxaug.SpeakerIndex.open(index.path, cohort_top_k=5, score_norm="none")
+    one_line_error(*invoke("identify", "--index", index.path, "--cohort-top-k", "5", wavs(tiny_synth, "test", "new000")[0]),
+                   expected)
+
+
+def test_a_device_or_thread_count_beside_a_loaded_model_is_refused_not_ignored(models, tiny_synth, tmp_path):
+    """``SpeakerIndex.open(path, model=loaded, device="cuda", threads=2)`` ran on the CPU with the model's own
+    threads and said nothing: a loaded SpeakerModel keeps the device and threads it was loaded with."""
+    model = voxaug.SpeakerModel.load(models["ckpt"])
+    with pytest.raises(VoxaugError, match=r"^device='cpu': a SpeakerModel runs as it was loaded; pass these to "
+                                          r"SpeakerModel\.load instead$"):
+        voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model, device="cpu")
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    for extra, shown in (({"device": "cuda"}, "device='cuda'"), ({"threads": 2}, "threads=2"),
+                         ({"device": "auto", "threads": 1}, "device='auto', threads=1")):
+        with pytest.raises(VoxaugError, match=f"^{re.escape(shown)}: a SpeakerModel runs as it was loaded"):
+            voxaug.SpeakerIndex.open(index.path, model=model, **extra)
+    assert voxaug.SpeakerIndex.open(index.path, model=model).model is model
+    assert voxaug.SpeakerIndex.open(index.path, threads=1).model.engine.threads == 1
+    assert voxaug.SpeakerIndex.open(index.path, model=models["ckpt"], device="cpu").model.engine.device.type == "cpu"
+
+
+def test_identify_refuses_a_missing_or_unsupported_clip_argument_before_answering_any(models, tiny_synth, tmp_path):
+    """``identify good.wav nope.wav`` printed good.wav's answer, then stopped at nope.wav with exit status 2."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    good = wavs(tiny_synth, "test", "new000")[0]
+    (tmp_path / "notes.txt").write_text("hi")
+    for bad, problem in ((tmp_path / "nope.wav", "clip not found"),
+                         (tmp_path / "notes.txt", "unsupported clip type '.txt'; accepted: .pt, .wav, .flac")):
+        for args in ([good, bad], [good, "--json", bad]):
+            one_line_error(*invoke("identify", "--index", index.path, *args), f"error: {bad}: {problem}")
+    code, output = invoke("identify", "--index", index.path, "--json", good, good.parent)
+    assert code == 0 and len(output.splitlines()) == 1 + len(list(good.parent.glob("*.pt"))), output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -278,3 +279,16 @@ def test_a_listing_whose_n_mels_differs_from_every_tensor_is_named_in_the_refusa
     message = _bad(tmp_path, lambda r: rewrite_metadata(r, lambda m: m.update(n_mels=80)))
     assert "\n" not in message and "uttr-0000.pt: expected 80 mel bins, found 40" in message
     assert f"{tmp_path / 'd' / 'metadata.json'} says n_mels 80" in message, message
+
+
+@pytest.mark.parametrize("ids", [[False, True], [0, True], [0, 1.0], [0, "1"]])
+def test_speaker_ids_that_are_not_whole_numbers_are_refused_naming_the_speaker_and_the_id(tmp_path, ids):
+    """JSON's ``false``/``true`` passed as ids 0 and 1 (a bool is an int to Python) where any other non-integer id
+    was refused."""
+    root = make_hw4(tmp_path / "d", speakers=2)
+    names = sorted(json.loads((root / "mapping.json").read_text())["speaker2id"])
+    (root / "mapping.json").write_text(json.dumps({"speaker2id": dict(zip(names, ids))}))
+    bad = next(i for i in ids if type(i) is not int)
+    with pytest.raises(VoxaugError, match=f"mapping.json: 'speaker2id' gives '{names[ids.index(bad)]}' the id "
+                                          f"{re.escape(json.dumps(bad))}; ids are whole numbers 0..N-1$"):
+        open_source(root)

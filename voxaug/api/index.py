@@ -13,12 +13,13 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from voxaug.api.inputs import ClipInput, clip_digest, clip_list, enrolled_twin_digest
+from voxaug.api.inputs import (ClipInput, clip_digest, clip_list, enrolled_twin_digest, path_argument,
+                                refuse_unused_sample_rate)
 from voxaug.api.model import SpeakerModel
-from voxaug.embeddings.backend import check_top_k
+from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
 from voxaug.embeddings.index import SpeakerIndex as IndexData
-from voxaug.embeddings.index import check_lock_timeout, index_lock, same_name, sidecar_path
+from voxaug.embeddings.index import check_lock_timeout, check_search_top_k, index_lock, same_name, sidecar_path
 from voxaug.errors import VoxaugError, file_error
 
 ModelInput = SpeakerModel | str | Path | None
@@ -31,6 +32,18 @@ def sidecar_model(data: IndexData, index_path: Path, device: str, threads: int |
         raise file_error(named, f"model not found (the sidecar {sidecar_path(index_path)} names it; "
                                 "pass --model or --ckpt to point elsewhere)")
     return SpeakerModel.load(named, device, threads)
+
+
+def loaded_model(model: SpeakerModel | str | Path, device: str | None, threads: int | None) -> SpeakerModel:
+    """``model`` loaded from its path on ``device`` (default cpu); a SpeakerModel given already runs as it was
+    loaded, so ``device`` or ``threads`` beside it are refused rather than silently ignored."""
+    if not isinstance(model, SpeakerModel):
+        return SpeakerModel.load(model, device or "cpu", threads)
+    given = ", ".join(f"{name}={value!r}" for name, value in (("device", device), ("threads", threads))
+                      if value is not None)
+    if given:
+        raise VoxaugError(f"{given}: a SpeakerModel runs as it was loaded; pass these to SpeakerModel.load instead")
+    return model
 
 
 def clip_name(speaker: str, clips: list[ClipInput], position: int) -> str:
@@ -90,6 +103,8 @@ class SpeakerIndex:
         self.path = path
         self.data = data
         self.model = model
+        if score_norm is not None:  # here, not at the first identify
+            check_choice("--score-norm", score_norm, SCORE_NORMS)
         self.score_norm = score_norm
         self.cohort_top_k = cohort_top_k
         self.threshold_option = check_threshold(threshold, data.score_name(score_norm or data.score_norm))
@@ -102,31 +117,36 @@ class SpeakerIndex:
         self._outdated = False
         if cohort_top_k is not None:
             check_top_k(cohort_top_k)
+            if (score_norm or data.score_norm) != "asnorm":  # else it would be silently ignored
+                raise file_error(path, f"--cohort-top-k {cohort_top_k} sets AS-norm's cohort, and this index scores "
+                                       f"{data.score_name(score_norm or data.score_norm)}; add --score-norm asnorm")
+        if score_norm == "asnorm":
+            self._check_asnorm(data)
 
     @classmethod
-    def open(cls, path: str | Path, model: ModelInput = None, device: str = "cpu", threads: int | None = None,
+    def open(cls, path: str | Path, model: ModelInput = None, device: str | None = None, threads: int | None = None,
              score_norm: str | None = None, cohort_top_k: int | None = None,
              threshold: float | None = None) -> "SpeakerIndex":
         """An existing index; ``model`` defaults to the one its sidecar names, and another model is refused.
-        ``score_norm``, ``cohort_top_k`` and ``threshold`` override what the sidecar holds."""
-        path = Path(path)
+        ``score_norm``, ``cohort_top_k`` and ``threshold`` override what the sidecar holds; ``device`` (default cpu)
+        and ``threads`` are for a model loaded here, from the sidecar or a path."""
+        path = path_argument(path, "a speaker index file", "path")
         data = IndexData.load(path)
         if model is None:
-            model = sidecar_model(data, path, device, threads)
-        elif not isinstance(model, SpeakerModel):
-            model = SpeakerModel.load(model, device, threads)
+            model = sidecar_model(data, path, device or "cpu", threads)
+        else:
+            model = loaded_model(model, device, threads)
         check_model(data, path, model.path, model.sha256, model.embedding_dim, model.source_sha256)
         return cls(path, data, model, score_norm, cohort_top_k, threshold)
 
     @classmethod
     def create(cls, path: str | Path, model: SpeakerModel | str | Path, per: str = "speaker", hnsw: bool = False,
-               device: str = "cpu") -> "SpeakerIndex":
+               device: str | None = None) -> "SpeakerIndex":
         """A new, empty index for ``model``'s embeddings; the file is written by the first :meth:`enroll`."""
-        path, hnsw = Path(path), check_flag(hnsw, "hnsw")
+        path, hnsw = path_argument(path, "a speaker index file", "path"), check_flag(hnsw, "hnsw")
         if path.exists() or sidecar_path(path).exists():
             raise file_error(path, "index already exists; open it instead of creating it")
-        if not isinstance(model, SpeakerModel):
-            model = SpeakerModel.load(model, device)
+        model = loaded_model(model, device, None)
         data = IndexData(dim=model.embedding_dim, mode=per, hnsw=hnsw, checkpoint=model.record(), frontend=model.frontend)
         created = cls(path, data, model)
         created.creating = True
@@ -159,6 +179,7 @@ class SpeakerIndex:
             raise VoxaugError(f"speakers: expected a mapping of speaker name to clips (a dict), got "
                               f"{type(speakers).__name__}")
         given = {name: clip_list(clips) for name, clips in speakers.items()}
+        refuse_unused_sample_rate([clip for clips in given.values() for clip in clips], sample_rate)
         spelled = self.data.spellings(given)
         alike = [same_name(name) for name in spelled.values()]
         if len(set(alike)) < len(alike):
@@ -278,14 +299,12 @@ class SpeakerIndex:
     def identify_record(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None,
                         name: str | None = None) -> Identification:
         """Nearest enrolled speakers of one clip, the decision at the threshold, and the classifier's answer."""
+        top_k = check_search_top_k(top_k)  # before the clip is embedded
         if not self.data.labels:  # before the clip is embedded
             raise file_error(self.path, "the index has no enrolled speakers; enrol some first (voxaug enroll)")
         score_norm = self.score_norm or self.data.score_norm
         if score_norm == "asnorm":
-            try:
-                self.data.check_asnorm()
-            except VoxaugError as exc:
-                raise file_error(self.path, str(exc)) from None
+            self._check_asnorm(self.data)
         threshold, source = self.data.threshold(score_norm, self.threshold_option, self.cohort_top_k)
         if name is not None and not isinstance(name, (str, os.PathLike)):  # the record's "clip" is text, for JSON
             raise VoxaugError(f"name: expected text naming the clip, got {type(name).__name__} {name!r}")
@@ -297,6 +316,13 @@ class SpeakerIndex:
         return Identification(label, top, self.model.speakers[best], float(probabilities[best]), decision,
                               self.data.score_name(score_norm), threshold, source,
                               source == "calibrated" and self._calibration_outdated())
+
+    def _check_asnorm(self, data: IndexData) -> None:
+        """AS-norm needs the index to hold a cohort and one vector per speaker; the error names the index."""
+        try:
+            data.check_asnorm()
+        except VoxaugError as exc:
+            raise file_error(self.path, str(exc)) from None
 
     def _calibration_outdated(self) -> bool:
         """``IndexData.calibration_outdated``, hashed once per reading of the index rather than once per clip

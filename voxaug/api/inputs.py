@@ -23,16 +23,33 @@ from voxaug.runtime.frontend import (
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
 
 
+def path_argument(value: object, what: str, argument: str) -> Path:
+    """``value`` as a Path, refused in one line unless it is text or a path object (``Path(None)`` is a bare
+    TypeError from deep inside pathlib)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise VoxaugError(f"{argument}: expected the path of {what} as text or a path object, got "
+                          f"{type(value).__name__} {value!r}")
+    return Path(value)
+
+
 def clip_list(clips: ClipInput | Iterable[ClipInput]) -> list[ClipInput]:
     """Clips as a list: one path, waveform or feature array is one clip, not an iterable of characters or rows."""
     one_array = hasattr(clips, "detach") or (isinstance(clips, np.ndarray) and clips.dtype != object)
-    if isinstance(clips, (str, os.PathLike)) or one_array:
+    if isinstance(clips, (str, bytes, bytearray, os.PathLike)) or one_array:  # bytes: one clip, refused by as_numpy
         return [clips]
     try:
         return list(clips)
     except TypeError:  # None, a number: neither a clip nor a collection of clips
         raise VoxaugError(f"clips: expected a clip (a path, a waveform or a feature array) or a list of clips, "
                           f"got {type(clips).__name__}") from None
+
+
+def refuse_unused_sample_rate(clips: list[ClipInput], sample_rate: int | None) -> None:
+    """``sample_rate`` describes waveform arrays; a clip file is read at its own rate, so where every clip is a file
+    the argument would be silently ignored."""
+    if sample_rate is not None and clips and all(isinstance(clip, (str, os.PathLike)) for clip in clips):
+        raise VoxaugError(f"sample_rate={sample_rate!r} is for waveform arrays, and {os.fsdecode(clips[0])} is a "
+                          "clip file, read at its own rate; leave sample_rate out")
 
 
 def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip") -> str:
@@ -87,6 +104,9 @@ class Clip:
 def as_numpy(values: Any, name: str = "clip") -> np.ndarray:
     """A numpy float32 copy of a floating-point array-like or (CPU or CUDA) torch tensor. Other dtypes are
     refused: integer PCM would be read unscaled, and booleans, complex numbers or text are no signal."""
+    if isinstance(values, (bytes, bytearray)):  # numpy reads them as one string or as uint8, neither a signal
+        raise VoxaugError(f"{name}: got {type(values).__name__}; give a clip file's path as text or a path object "
+                          "(os.fsdecode turns a bytes path into one), or audio as a float waveform with its sample_rate")
     if hasattr(values, "detach"):
         values = values.detach().cpu()
         if values.is_floating_point():  # numpy has no bfloat16: widen floats here, as astype below would

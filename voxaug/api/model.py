@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from voxaug.api.engines import OnnxEngine, TorchEngine
-from voxaug.api.inputs import ClipInput, to_clip
+from voxaug.api.inputs import ClipInput, path_argument, refuse_unused_sample_rate, to_clip
 from voxaug.errors import VoxaugError, file_error
 from voxaug.runtime.training_split import TrainingSplit
 
@@ -42,7 +42,7 @@ class SpeakerModel:
                                     or threads <= 0):  # else a bare error from torch or ONNX Runtime on first use
             raise VoxaugError(f"threads must be a positive whole number (or None for the runtime's default), "
                               f"got {threads!r}")
-        path = Path(path)
+        path = path_argument(path, "a checkpoint (.pt) or an ONNX export (.onnx)", "model")
         kind = MODEL_SUFFIXES.get(path.suffix.lower())
         if kind is None:
             raise file_error(path, f"unsupported model type {path.suffix!r}; accepted: a checkpoint (.pt) or an "
@@ -109,6 +109,7 @@ class SpeakerModel:
                                  min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Unit embedding (D,) and softmax probabilities over ``speakers`` (S,) of one clip. Feature clips shorter
         than ``min_frames`` (default: 10, the shortest clip worth identifying) are refused."""
+        refuse_unused_sample_rate([x], sample_rate)
         clip = to_clip(x, sample_rate, self.engine.frontend, name)
         return self.engine.run(clip, min_frames)
 

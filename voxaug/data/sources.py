@@ -4,6 +4,7 @@ and every command build on that, so a new source only has to implement this inte
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,11 @@ class HW4Source:
         speaker2id = mapping.get("speaker2id") if isinstance(mapping, dict) else None
         if not isinstance(speaker2id, dict) or not speaker2id:
             raise file_error(mapping_path, "expected an object with a non-empty 'speaker2id' table")
-        ids = sorted(speaker2id.values()) if all(isinstance(v, int) for v in speaker2id.values()) else None
+        for speaker, index in speaker2id.items():  # a bool is an int to Python: JSON's true would be id 1
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise file_error(mapping_path, f"'speaker2id' gives {speaker!r} the id {json.dumps(index)}; ids are "
+                                               "whole numbers 0..N-1")
+        ids = sorted(speaker2id.values())
         if ids != list(range(len(speaker2id))):
             raise file_error(mapping_path, "'speaker2id' must map each speaker to a distinct id 0..N-1")
         self.speakers = [""] * len(speaker2id)
