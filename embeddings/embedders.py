@@ -81,7 +81,8 @@ class ExportEmbedder:
         return embed_store_with_model(self.model, store, progress=progress, indices=indices, with_probabilities=True)
 
     def embed_features(self, clips: list[torch.Tensor]) -> np.ndarray:
-        return self.model.embed_many([clip.numpy() for clip in clips])
+        """Unit embeddings (N, E) of (T, n_mels) feature tensors of any length, as the checkpoint embeds trial clips."""
+        return np.stack([self.model.embed_with_probabilities(clip.numpy(), min_frames=1)[0] for clip in clips])
 
 
 Embedder = CheckpointEmbedder | ExportEmbedder

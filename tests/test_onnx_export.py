@@ -349,3 +349,58 @@ def test_metadata_edited_to_nest_the_speakers_deep_is_refused_in_one_line(export
     marker = CONTENT_DIGEST_KEY.encode() + b"\x12\x40"
     (tmp_path / "deep.onnx").write_bytes(data.replace(marker + b"0" * 64, marker + content_digest(data).encode()))
     one_line_refusal(lambda: OnnxSpeakerModel.load(tmp_path / "deep.onnx"), "deep.onnx:", "metadata is unusable")
+
+
+def test_evaluate_with_the_export_scores_the_short_trial_clips_the_checkpoint_scores(exported, tiny_synth, tmp_path):
+    """A trials file may pair a clip shorter than the 10 frames a clip to identify needs: `evaluate --ckpt` scores
+    it, so `evaluate --model` must score it too, not stop at it (naming it `clip 0`, not its file)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    test = data / "unseen" / "test"
+    torch.save(torch.load(test / "new000" / "003.pt", weights_only=True)[: MIN_FRAMES // 2].clone(),
+               test / "new000" / "short.pt")
+    pairs = [("1", "new000/short", "new000/004"), ("0", "new000/short", "new001/003"),
+             ("1", "new001/003", "new001/004"), ("0", "new000/004", "new001/004")]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("".join(f"{same} unseen/test/{a}.pt unseen/test/{b}.pt\n" for same, a, b in pairs))
+    reports = {}
+    for option, model in (("--ckpt", exported["ckpt"]), ("--model", exported["features"])):
+        out = tmp_path / option.strip("-")
+        result = runner.invoke(app, ["evaluate", option, str(model), str(data), "--out", str(out), "--trials",
+                                     str(trials), "-q"])
+        assert result.exit_code == 0, result.output
+        reports[option] = json.loads((out / "report.json").read_text())["verification"]
+    assert reports["--model"]["trials"] == reports["--ckpt"]["trials"] == len(pairs)
+    assert reports["--model"]["eer"] == pytest.approx(reports["--ckpt"]["eer"])
+
+
+def test_an_export_embeds_clips_of_up_to_two_minutes_as_documented(exported, monkeypatch):
+    """120 s at 16 kHz is 1 + 1,920,000 // 160 = 12,001 centred frames: taken (the graph is not run here, its
+    attention would take gigabytes); one hop more is refused, naming the limit in seconds and frames."""
+    for kind in ("features", "audio"):
+        model = OnnxSpeakerModel.load(exported[kind])
+        monkeypatch.setattr(model, "_run", lambda inputs: "ran")
+        samples, hop = 120 * model.frontend.sample_rate, model.frontend.hop_length
+        for extra, frames in ((0, samples // hop + 1), (hop, samples // hop + 2)):
+            if kind == "audio":
+                length = samples + extra
+                action = lambda: model.run_audio(np.zeros((1, length), np.float32), np.array([length]))
+            else:
+                action = lambda: model.run_features(np.zeros((1, frames, model.n_mels), np.float32), np.array([frames]))
+            if extra:
+                one_line_refusal(action, f"({frames} frames)", "an ONNX export embeds at most 120 s (12001 frames)")
+            else:
+                assert action() == "ran", kind
+
+
+def test_a_features_export_refuses_a_waveform_too_long_before_making_its_log_mel(exported, monkeypatch):
+    """The log-mel of a clip past the limit is refused anyway, and its float64 spectrum takes memory first (470 MB
+    for 10 minutes, gigabytes for an hour): the length is checked before, as the audio export checks it."""
+    import voxaug.runtime.onnx_model as onnx_model
+
+    model = OnnxSpeakerModel.load(exported["features"])
+    monkeypatch.setattr(onnx_model, "log_mel", lambda *args: pytest.fail("log-mel made for a clip it then refused"))
+    one_line_refusal(lambda: model.embed_waveform(np.zeros(121 * model.frontend.sample_rate, np.float32)),
+                     "an ONNX export embeds at most")

@@ -236,7 +236,8 @@ def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     padded = np.pad(waveform.astype(np.float64), (width, width + orig))
     windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig]  # (frames, taps)
     resampled = (windows @ kernel.T).reshape(-1)  # output sample n * new + phase
-    return resampled[: math.ceil(new * waveform.shape[0] / orig)].astype(np.float32)
+    # torchaudio takes the ceiling of the length in float32: the exact one is a sample longer for some long clips
+    return resampled[: math.ceil(np.float32(new * waveform.shape[0] / orig))].astype(np.float32)
 
 
 def wav_shortfall(path: Path) -> tuple[int, int] | None:

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime
 
 from voxaug.errors import VoxaugError, file_error
-from voxaug.runtime.frontend import FrontendSettings, feature_values_problem, log_mel
+from voxaug.runtime.frontend import FrontendSettings, feature_values_problem, frames_for, log_mel
 from voxaug.runtime.training_split import TrainingSplit
 from voxaug.safeio import loads_unique
 
@@ -25,10 +25,11 @@ DIGEST_PLACEHOLDER = "0" * 64
 FEATURE_INPUTS = ("features", "lengths")
 AUDIO_INPUTS = ("waveform", "num_samples")
 OUTPUTS = ("embedding", "logits")
-MAX_FRAMES = 12000
-"""Longest clip an export embeds (2 minutes at a 10 ms hop). The exported attention holds a frames x frames
-matrix per head, so memory grows with the square of the length (about 5 GB at this length with the cpu preset)
-where the checkpoint's fused attention stays under 1 GB; beyond it a clip is refused, not run out of memory."""
+MAX_FRAMES = 12001
+"""Longest clip an export embeds: 2 minutes at a 10 ms hop, whose centred frames number 1 + 120 s / 10 ms. The exported
+attention holds a frames x frames matrix per head, so memory grows with the square of the length (about 5 GB at this
+length with the cpu preset) where the checkpoint's fused attention stays under 1 GB; beyond it a clip is refused, not
+run out of memory."""
 REQUIRED_METADATA = ("voxaug_format", "voxaug_format_version", "frontend", "speakers", "embedding_dim", "n_mels",
                      "min_frames", "takes_audio", "source_checkpoint_sha256", CONTENT_DIGEST_KEY)
 
@@ -182,9 +183,10 @@ class OnnxSpeakerModel:
     def _refuse_too_long(self, frames: int) -> None:
         if frames > MAX_FRAMES:
             seconds = self.frontend.hop_ms / 1000
-            raise VoxaugError(f"clip is {frames * seconds:.0f} s long ({frames} frames); an ONNX export embeds at most "
-                              f"{MAX_FRAMES * seconds:.0f} s, since its attention needs memory that grows with the square "
-                              "of the length: cut the clip, or embed it with the checkpoint (--ckpt)")
+            raise VoxaugError(f"clip is {(frames - 1) * seconds:.0f} s long ({frames} frames); an ONNX export "
+                              f"embeds at most {(MAX_FRAMES - 1) * seconds:.0f} s ({MAX_FRAMES} frames), since its "
+                              "attention needs memory that grows with the square of the length: cut the clip, or "
+                              "embed it with the checkpoint (--ckpt)")
 
     def _run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The graph on ``inputs``; an ONNX Runtime failure (out of memory, say) is one line naming the model."""
@@ -229,4 +231,5 @@ class OnnxSpeakerModel:
         if self.takes_audio:
             embeddings, logits = self.run_audio(waveform[None], np.array([waveform.shape[0]], dtype=np.int64))
             return embeddings[0], logits[0]
+        self._refuse_too_long(frames_for(waveform.shape[0], self.frontend))  # before its log-mel's memory
         return self.embed_features(log_mel(waveform, self.frontend))
