@@ -197,9 +197,10 @@ def evaluate(
                          f"{v['trials']} trials")
     if "open_set" in report:
         o = report["open_set"]
-        lines.append(f"open set ({speaker_index.score_name(o['score_norm'])}): threshold {o['value']:.3f} at FAR {o['target_far']:g} -> DIR "
-                     f"{o['dir']:.3f}, enrolled clips accepted {o['acceptance']:.3f}, top-1 {o['top1']:.3f}; EER "
-                     f"threshold {o['eer_threshold']:.3f}" + (" (written to the index)" if calibrate else ""))
+        written = " (written to the index)" if calibrate else ""  # the FAR threshold is what identify then uses
+        lines.append(f"open set ({speaker_index.score_name(o['score_norm'])}): threshold {o['value']:.3f} at FAR "
+                     f"{o['target_far']:g}{written} -> DIR {o['dir']:.3f}, enrolled clips accepted {o['acceptance']:.3f}, "
+                     f"top-1 {o['top1']:.3f}; EER threshold {o['eer_threshold']:.3f}")
         if "impostors" in o:
             lines.append(f"impostors (never enrolled): {o['impostors']['unknown']:.3f} answered unknown of "
                          f"{o['impostors']['clips']} clips")

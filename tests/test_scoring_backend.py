@@ -600,7 +600,8 @@ def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(c
     assert 0 <= report["unseen"]["among_enrolled"] <= 1 and report["unseen"]["enrolled"] == 7
     for key in ("verification", "verification_backend", "verification_asnorm"):
         assert {"eer", "min_dcf", "far_threshold", "eer_threshold"} <= set(report[key])
-    assert "written to the index" in output and "impostors (never enrolled)" in output
+    written = f"threshold {calibration['value']:.3f} at FAR {report['open_set']['target_far']:g} (written to the index)"
+    assert written in " ".join(output.split()) and "impostors (never enrolled)" in output, output
 
 
 def test_calibrate_waits_lock_timeout_for_an_enrol_then_says_the_index_was_not_calibrated(calibrated, trained_run,
