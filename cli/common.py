@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -138,21 +138,29 @@ def output_folder(path: Path, option: str) -> Path:
     link to nothing."""
     if path.exists() and not path.is_dir():
         raise VoxaugError(f"{path}: {option} is an existing file; expected a folder")
-    for place in (path, *path.absolute().parents):
+    _refuse_blocked_folders(path, option, (path, *path.absolute().parents))
+    return path
+
+
+def output_file(path: Path, option: str) -> Path:
+    """Refuse, before any work, an output file that is an existing folder, or whose folder cannot be created (it
+    lies under a file or under a symbolic link to nothing)."""
+    if path.is_dir():
+        raise VoxaugError(f"{path}: {option} is an existing folder; expected a file name")
+    _refuse_blocked_folders(path, option, path.absolute().parents)
+    return path
+
+
+def _refuse_blocked_folders(path: Path, option: str, places: Iterable[Path]) -> None:
+    """The first of ``places`` (a folder, then the folders above it) that exists must be a folder, and none before it
+    a symbolic link to nothing: else the folder ``path`` is written in cannot be created."""
+    for place in places:
         if place.is_symlink() and not place.exists():
             raise VoxaugError(f"{path}: {option} cannot be created: {place} is a symbolic link to nothing")
         if place.exists():
             if not place.is_dir():
                 raise VoxaugError(f"{path}: {option} cannot be created: {place} is a file, not a folder")
-            break
-    return path
-
-
-def output_file(path: Path, option: str) -> Path:
-    """Refuse, before any work, an output file that is an existing folder."""
-    if path.is_dir():
-        raise VoxaugError(f"{path}: {option} is an existing folder; expected a file name")
-    return path
+            return
 
 
 def check_training_speakers(data: Path, dataset_speakers: list[str], model_speakers: list[str], purpose: str) -> None:

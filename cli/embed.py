@@ -102,8 +102,9 @@ def embed(
         raise VoxaugError("--hop is the step between --window windows; give --window too")
     if per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
-    score_norm = score_norm or DEFAULT_SCORE_NORM
-    scoring = ScoringOptions(backend, lda_dim, score_norm, cohort_size, cohort_top_k).validate()
+    scoring = ScoringOptions(backend, lda_dim, score_norm or DEFAULT_SCORE_NORM, cohort_size, cohort_top_k).validate()
+    if index is None:
+        refuse_index_options(per, hnsw, replace, score_norm, scoring)
     output_folder(out, "--out")
     if index is not None:
         if scoring.score_norm == "asnorm":  # before the dataset is read and embedded, not once the index is built
@@ -178,6 +179,20 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
                                                scoring, store.speakers, split_version),
                    "windows" if window else "utterances")
+
+
+def refuse_index_options(per: str, hnsw: bool, replace: bool, score_norm: str | None, scoring: ScoringOptions) -> None:
+    """Without --index, the options that shape the index would silently do nothing: refuse those set away from their
+    defaults (as evaluate refuses --calibrate without one)."""
+    defaults = ScoringOptions()
+    given = [option for option, value, default in (
+        ("--per", per, "speaker"), ("--hnsw", hnsw, False), ("--backend", scoring.backend, defaults.backend),
+        ("--lda-dim", scoring.lda_dim, defaults.lda_dim), ("--score-norm", score_norm, None),
+        ("--cohort-size", scoring.cohort_size, defaults.cohort_size),
+        ("--cohort-top-k", scoring.cohort_top_k, defaults.cohort_top_k), ("--replace", replace, False)) if value != default]
+    if given:
+        raise VoxaugError(f"{', '.join(given)}: options of the speaker index, and no --index was given; pass "
+                          "--index FILE, or leave them out")
 
 
 def warn_without_cohort(plan: IndexPlan, per: str) -> None:

@@ -30,7 +30,9 @@ def predict(
     """Classify every utterance of testdata.json, in its order, on whole utterances."""
     from voxaug.checkpoint import load_model
     from voxaug.data.audio_store import open_dataset_store
-    from voxaug.data.sources import HW4Source, open_source_for_model
+    from voxaug.data.sources import (
+        HW4Source, open_source_for_model, speakers_without_utterances, untrained_classes_warning,
+    )
     from voxaug.device import resolve_device
     from voxaug.inference import run_model
 
@@ -54,6 +56,9 @@ def predict(
                                                 f"the model names {why}")
     if isinstance(source, HW4Source):
         warn_of_training_clips(source, trained)
+        silent = speakers_without_utterances(source.speakers, trained) if trained else []  # unknown without metadata
+        if silent:
+            typer.echo(untrained_classes_warning(data / "metadata.json", silent, len(source.speakers)), err=True)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
                                   strict_because="predict writes a row for every clip")
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)

@@ -953,3 +953,22 @@ def test_identify_refuses_a_missing_or_unsupported_clip_argument_before_answerin
             one_line_error(*invoke("identify", "--index", index.path, *args), f"error: {bad}: {problem}")
     code, output = invoke("identify", "--index", index.path, "--json", good, good.parent)
     assert code == 0 and len(output.splitlines()) == 1 + len(list(good.parent.glob("*.pt"))), output
+
+
+def test_mismatched_positions_a_progress_that_is_not_a_bool_and_an_empty_clip_name_are_refused(models, tiny_synth,
+                                                                                               tmp_path):
+    """``embed_many(3 clips, positions=[0, 1])`` returned 2 embeddings (zip cut the list short), ``progress="no"``
+    drew a progress bar (the string is truthy), and ``identify(x, name="")`` answered under the clip's own path."""
+    clips = wavs(tiny_synth, "enroll", "new000")[:3]
+    model = voxaug.SpeakerModel.load(models["ckpt"])
+    with pytest.raises(VoxaugError, match=r"^positions: 2 given for 3 clips; give one per clip$"):
+        model.embed_many(clips, positions=[0, 1])
+    assert model.embed_many(clips, positions=(4, 5, 6)).shape == (3, model.embedding_dim)
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    with pytest.raises(VoxaugError, match=r"^progress: expected True or False, got str 'no'$"):
+        index.enroll_many({"a": clips}, progress="no")
+    assert not index.path.exists()
+    index.enroll_many({"a": clips})
+    with pytest.raises(VoxaugError, match=r"^name: empty; give text naming the clip"):
+        index.identify(clips[0], name="")
+    assert index.identify(clips[0], name="mine")["clip"] == "mine"

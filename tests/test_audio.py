@@ -451,5 +451,23 @@ def test_a_flac_whose_header_claims_2_to_the_36_samples_is_one_error_not_a_huge_
     flac.write_bytes(bytes(data))
     assert soundfile.info(flac).frames == (1 << 36) - 1
     for read in (lambda: load_clip(flac, FrontendConfig()), lambda: read_audio_numpy(flac, 16000)):
-        with pytest.raises(VoxaugError, match=rf"^{re.escape(str(flac))}: not a readable audio file"):
+        with pytest.raises(VoxaugError, match=rf"^{re.escape(str(flac))}: truncated FLAC file: its header declares "
+                                              rf"{(1 << 36) - 1} samples and 16000 are present$"):
             read()
+
+
+def test_a_flac_whose_header_leaves_its_length_unknown_is_read_to_its_end(tmp_path):
+    """Streaming encoders write STREAMINFO's sample count as 0 (unknown): the file was refused as `not a readable audio
+    file (Internal psf_fseek() failed.)`, though libsndfile decodes it whole."""
+    from voxaug.runtime.frontend import read_audio as read_audio_numpy
+
+    samples = np.random.default_rng(0).uniform(-0.1, 0.1, 16000).astype(np.float32)
+    known, streamed = tmp_path / "known.flac", tmp_path / "streamed.flac"
+    soundfile.write(known, samples, 16000, subtype="PCM_16")
+    data = bytearray(known.read_bytes())
+    fields = int.from_bytes(data[18:26], "big")  # STREAMINFO: ... 3 bits channels - 1, 5 bits depth - 1, 36 bits samples
+    data[18:26] = (fields & ~((1 << 36) - 1)).to_bytes(8, "big")
+    streamed.write_bytes(bytes(data))
+    assert soundfile.info(streamed).frames != 16000  # libsndfile's "unknown"
+    assert np.array_equal(read_audio_numpy(streamed, 16000), read_audio_numpy(known, 16000))
+    assert torch.equal(load_clip(streamed, FrontendConfig()), load_clip(known, FrontendConfig()))

@@ -369,3 +369,21 @@ def test_a_trial_listed_again_through_a_hard_link_is_refused_naming_both_lines(t
         read_trials(trials, data)
     assert str(refused.value).startswith(f"{trials}: line 3: the same pair of clips as line 1, which labels it 1 and "
                                          "this line 0"), str(refused.value)
+
+
+def test_an_output_file_whose_folder_cannot_be_made_is_refused_before_any_work(trained_run, tiny_synth, tmp_path):
+    """predict --out, export --out and embed --index under a file (or a link to nothing) were refused only when
+    written, after every clip had been featurised and run through the model."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    cache = ("--cache-dir", tmp_path / "cache", "--device", "cpu", "-q")
+    for folder, problem in (("a_file", "a_file is a file, not a folder"), ("gone", "gone is a symbolic link to nothing")):
+        inside = tmp_path / folder / "deeper"
+        for option, out, command in (
+                ("--out", inside / "p.csv", ("predict", tiny_synth, "--ckpt", trained_run / "best.pt", *cache)),
+                ("--out", inside / "m.onnx", ("export", "--ckpt", trained_run / "last.pt")),
+                ("--index", inside / "i.faiss", ("embed", tiny_synth, "--ckpt", trained_run / "last.pt", "--out",
+                                                 tmp_path / "emb", *cache))):
+            result = invoke(*command, option, out)
+            assert result.exit_code == 2 and result.output.startswith(f"error: {out}: {option} cannot be created: ")
+            assert problem in result.output and not (tmp_path / "cache").exists() and not (tmp_path / "emb").exists()

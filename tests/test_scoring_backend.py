@@ -943,3 +943,23 @@ def test_a_speaker_of_one_training_clip_fits_without_scikit_learns_warnings(kind
         warnings.simplefilter("error")
         backend = ScoringBackend.fit(kind, np.concatenate([vectors, lone]), np.array(labels + ["lone"]))
     assert np.isfinite(backend.apply(lone)).all()
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--backend", "lda", "--score-norm", "asnorm", "--hnsw"], "--hnsw, --backend, --score-norm"),
+    (["--per", "utterance"], "--per"), (["--lda-dim", "16"], "--lda-dim"), (["--cohort-size", "500"], "--cohort-size"),
+    (["--cohort-top-k", "5"], "--cohort-top-k"), (["--replace"], "--replace"), (["--score-norm", "none"], "--score-norm"),
+])
+def test_embed_refuses_index_options_without_an_index(trained_run, tiny_synth, tmp_path, options, named):
+    """They shape the index --index writes: without one, embed wrote its embeddings and silently ignored them."""
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb",
+                    "--cache-dir", tmp_path / "cache", "--device", "cpu", "-q", *options)
+    assert result.exit_code == 2 and result.output == (f"error: {named}: options of the speaker index, and no --index "
+                                                       "was given; pass --index FILE, or leave them out\n")
+    assert not (tmp_path / "emb").exists() and not (tmp_path / "cache").exists()
+
+
+def test_embed_without_an_index_takes_the_index_options_at_their_defaults(trained_run, tiny_synth, tmp_path):
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--per",
+                    "speaker", "--backend", "plda", "--device", "cpu", "-q")
+    assert result.exit_code == 0 and (tmp_path / "emb" / "embeddings.npy").is_file(), result.output

@@ -40,3 +40,24 @@ def test_a_clip_folder_of_one_speaker_is_one_error_line(tmp_path):
     assert result.output.strip().splitlines()[-1] == (f"error: {tmp_path / 'clips'}: holds utterances of 1 speaker "
                                                       "('alice'); training a speaker classifier needs at least 2")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("silence", ["empty list", "left out"])
+def test_a_mapped_speaker_without_utterances_is_a_warning_in_train_and_predict(tmp_path, silence):
+    """A speaker that mapping.json lists and metadata.json gives no utterances was trained silently as a class that
+    never saw an example, and predict could answer it all the same."""
+    root = make_hw4(tmp_path / "d", speakers=3)
+    rewrite_metadata(root, lambda m: m["speakers"].update(id10002=[]) if silence == "empty list"
+                     else m["speakers"].pop("id10002"))
+    warning = (f"warning: {root / 'metadata.json'}: 1 of the 3 speakers of mapping.json has no utterances ('id10002'); "
+               "its class is never trained, yet the classifier can still answer it")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--steps", "2", "--eval-every", "2",
+                                 "--warmup", "1", "--d-model", "32", "--layers", "1", "--heads", "2", "--device", "cpu",
+                                 "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stderr.strip().splitlines() == [warning]
+    result = runner.invoke(app, ["predict", str(root), "--ckpt", str(tmp_path / "run" / "best.pt"), "--out",
+                                 str(tmp_path / "p.csv"), "-q", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stderr.strip().splitlines() == [warning]

@@ -331,3 +331,19 @@ def test_the_chain_leaves_the_callers_global_generators_as_they_were():
     first = WaveAugmentation(snr_p=1.0, gain_p=1.0).apply(waveform, 16000, seed=7)
     assert (np.random.rand(), random.random()) == expected
     assert np.array_equal(first, WaveAugmentation(snr_p=1.0, gain_p=1.0).apply(waveform, 16000, seed=7))
+
+
+def test_a_toml_files_noise_folder_under_the_home_folder_is_recorded_with_its_tilde_expanded(corpus, tmp_path,
+                                                                                             monkeypatch):
+    """``noise_dir = "~/noise"`` was read against the TOML file's folder, as ``CONFIG_FOLDER/~/noise``: not found."""
+    from voxaug.config import resolve_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "noise").symlink_to(corpus / "noise")
+    (tmp_path / "home" / "rir").symlink_to(corpus / "rir")
+    toml = tmp_path / "configs" / "run.toml"
+    toml.parent.mkdir()
+    toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "~/noise"\nrir_dir = "~/rir"\n')
+    wave = resolve_config(toml_path=toml).augment["wave"]
+    assert wave["noise_dir"] == str((corpus / "noise").resolve()) and wave["rir_dir"] == str((corpus / "rir").resolve())

@@ -265,12 +265,13 @@ def resolve_config(
 
 def absolute_folders(augment: dict, folder: Path) -> None:
     """Relative noise and RIR folders of an ``augment`` table made absolute against ``folder`` (a TOML file's own
-    folder): the run records them, and a --resume with the same file from elsewhere must find the same folders."""
+    folder), ``~`` first expanded to the home folder as a shell would: the run records them, and a --resume with the
+    same file from elsewhere must find the same folders."""
     for table in augment.values():
         if isinstance(table, dict):
             for key in ("noise_dir", "rir_dir"):
                 if isinstance(table.get(key), str) and table[key]:
-                    table[key] = str((folder / table[key]).resolve())
+                    table[key] = str((folder / Path(table[key]).expanduser()).resolve())
 
 
 def check_values(config: TrainConfig) -> None:

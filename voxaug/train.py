@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
 from voxaug.config import TrainConfig, absolute_folders
 from voxaug.data.audio_store import default_workers, is_audio, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
-from voxaug.data.sources import DatasetSource, HW4Source, open_source
+from voxaug.data.sources import (
+    DatasetSource, HW4Source, open_source, speakers_without_utterances, untrained_classes_warning,
+)
 from voxaug.data.store import PackedStore
 from voxaug.data.split import stratified_split
 from voxaug.data.wave_batches import WaveBatchSource
@@ -161,6 +164,9 @@ class Trainer:
         if wave is not None:
             require_audio(source)  # before any featurising: `wave` needs waveforms
         refuse_fewer_than_two_speakers(source)  # before any featurising too
+        silent = speakers_without_utterances(source.speakers, source.utterances)
+        if silent and self.dist.is_main:
+            print(untrained_classes_warning(source.root / "metadata.json", silent, len(source.speakers)), file=sys.stderr)
         self.store, self.skipped_files = main_first(  # rank 0 packs the store; the others then open it
             self.dist, lambda: self._open_store(source, cache_dir, workers, strict))
         self.speakers = self.store.speakers

@@ -174,7 +174,7 @@ class SpeakerIndex:
         from tqdm import tqdm
 
         check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
-        append = check_flag(append, "append")
+        append, progress = check_flag(append, "append"), check_flag(progress, "progress")
         if not isinstance(speakers, Mapping):
             raise VoxaugError(f"speakers: expected a mapping of speaker name to clips (a dict), got "
                               f"{type(speakers).__name__}")
@@ -308,7 +308,10 @@ class SpeakerIndex:
         threshold, source = self.data.threshold(score_norm, self.threshold_option, self.cohort_top_k)
         if name is not None and not isinstance(name, (str, os.PathLike)):  # the record's "clip" is text, for JSON
             raise VoxaugError(f"name: expected text naming the clip, got {type(name).__name__} {name!r}")
-        label = os.fsdecode(name) if name else (os.fsdecode(x) if isinstance(x, (str, os.PathLike)) else "clip")
+        if name is not None and not os.fsdecode(name):  # else the answer would silently carry the clip's own label
+            raise VoxaugError("name: empty; give text naming the clip, or leave name out (a clip file is named by "
+                              "its path)")
+        label = os.fsdecode(name) if name is not None else (os.fsdecode(x) if isinstance(x, (str, os.PathLike)) else "clip")
         embedding, probabilities = self.model.embed_with_probabilities(x, sample_rate, label)
         top = self.data.search(embedding[None], top_k, self.data.faiss_index(), score_norm, self.cohort_top_k)[0]
         best = int(np.argmax(probabilities))

@@ -118,7 +118,9 @@ class SpeakerModel:
         """Unit-norm float32 embeddings (N, D) of several clip files, feature arrays or waveforms (arrays are
         waveforms at ``sample_rate`` when it is given), batched where it helps. Errors label arrays ``<name> <i>``,
         ``i`` their position in ``clips`` or, given, in ``positions`` (the caller's numbering)."""
-        positions = list(range(len(clips))) if positions is None else positions
+        positions = list(range(len(clips))) if positions is None else list(positions)
+        if len(positions) != len(clips):  # zip would embed only as many clips as there are positions
+            raise VoxaugError(f"positions: {len(positions)} given for {len(clips)} clips; give one per clip")
         return self.engine.run_many([to_clip(x, sample_rate, self.engine.frontend, f"{name} {i}")
                                      for i, x in zip(positions, clips)])
 

@@ -102,6 +102,21 @@ def refuse_repeated_clips(utterances: list["Utterance"], listed_in: Path) -> Non
             raise file_error(listed_in, f"clip {utterance.key!r} is {twice}{where}; each clip may appear once")
 
 
+def speakers_without_utterances(speakers: list[str], utterances: list[Utterance]) -> list[str]:
+    """The ``speakers``, in class order, that no utterance belongs to: mapping.json may list a speaker that
+    metadata.json gives no utterances (an empty list, or none), a class that training never shows an example of."""
+    heard = {utterance.speaker for utterance in utterances}
+    return [speaker for speaker in speakers if speaker not in heard]
+
+
+def untrained_classes_warning(where: Path, silent: list[str], speakers: int) -> str:
+    """The one warning line for ``silent`` (:func:`speakers_without_utterances`): counted, the first named."""
+    one = len(silent) == 1
+    return (f"warning: {where}: {len(silent)} of the {speakers} speakers of mapping.json {'has' if one else 'have'} "
+            f"no utterances ({'' if one else 'first '}{silent[0]!r}); {'its class is' if one else 'their classes are'} "
+            f"never trained, yet the classifier can still answer {'it' if one else 'them'}")
+
+
 def _feature_path(entry: object, listed_in: Path, where: str) -> object:
     """An HW4 utterance entry's ``feature_path`` (checked by :func:`resolve_inside`), or an error naming the entry."""
     if not isinstance(entry, dict):

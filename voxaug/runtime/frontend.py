@@ -266,15 +266,29 @@ READ_BLOCK_FRAMES = 1 << 16
 samples, and reading it in one go would allocate that much (hundreds of GB) before decoding a sample."""
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """An audio file's samples (frames, channels) as float32 and its sample rate, read a block at a time, so
-    memory follows what the file holds, not what its header declares."""
-    with soundfile.SoundFile(path) as audio:
+UNKNOWN_FRAMES = 2**63 - 1
+"""libsndfile's frame count for a file whose header leaves it unknown (a FLAC declaring 0 samples, as streaming
+encoders write)."""
+
+
+class _SequentialSoundFile(soundfile.SoundFile):
+    """Read front to back, without the seek soundfile makes after every read to keep its own position: libsndfile
+    cannot seek to the end of a FLAC whose header leaves its length unknown (or overstates it), so that seek failed
+    (``Internal psf_fseek() failed``) once the last samples were decoded."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int, int]:
+    """An audio file's samples (frames, channels) as float32, its sample rate and the frame count its header declares,
+    read a block at a time until the end, so memory follows what the file holds, not what its header declares."""
+    with _SequentialSoundFile(path) as audio:
         blocks = []
         while len(block := audio.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)):
             blocks.append(block)
         empty = np.zeros((0, audio.channels), dtype=np.float32)
-        return (np.concatenate(blocks) if blocks else empty), audio.samplerate
+        return (np.concatenate(blocks) if blocks else empty), audio.samplerate, audio.frames
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
@@ -287,7 +301,7 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     if path.stat().st_size == 0:
         raise file_error(path, "audio file is empty (0 bytes)")
     try:
-        data, file_rate = _decode(path)
+        data, file_rate, declared = _decode(path)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
         raise file_error(path, f"not a readable audio file ({str(exc).strip()[:200]})") from exc
     if data.shape[0] == 0:
@@ -296,6 +310,9 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     if shortfall is not None:
         raise file_error(path, f"truncated WAV file: its header declares {shortfall[0]} bytes of samples and "
                                f"{shortfall[1]} are present")
+    if path.suffix.lower() == ".flac" and data.shape[0] < declared != UNKNOWN_FRAMES:
+        raise file_error(path, f"truncated FLAC file: its header declares {declared} samples and {data.shape[0]} "
+                               "are present")
     if not np.isfinite(data).all():
         raise file_error(path, "audio holds NaN or Inf samples")
     check_audio_rate(file_rate, str(path))
