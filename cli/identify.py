@@ -27,8 +27,7 @@ def format_row(result: Identification) -> str:
     top = "  ".join(f"{shown(speaker)} {score:.3f}" for speaker, score in result.top)
     score = {"asnorm": "AS-norm", "plda": "PLDA"}.get(result.score, result.score)
     source = result.threshold_source + (", outdated: the enrolled speakers changed since" if result.threshold_outdated else "")
-    accepted = bool(result.top) and result.top[0][1] >= result.threshold  # as the decision was made
-    decision = shown(result.decision) if accepted else result.decision
+    decision = shown(result.decision) if result.accepted else result.decision
     return (f"{shown(str(result.clip))}\n  decision: {decision} (threshold {result.threshold:.3f}, {source})\n"
             f"  {score} top-{len(result.top)}: {top}\n"
             f"  softmax: {shown(result.softmax_speaker)} (p={result.softmax_prob:.3f})")
@@ -76,5 +75,5 @@ def identify(
 
 def summary_line(results: list[Identification]) -> str:
     """The closing line of the table: how many clips, and how many of them were answered unknown."""
-    unknown = sum(result.decision == UNKNOWN for result in results)
+    unknown = sum(not result.accepted for result in results)
     return f"{counted(len(results), 'clip')}: {len(results) - unknown} identified, {unknown} unknown"

@@ -46,8 +46,9 @@ class CheckpointEmbedder:
         """Unit embeddings and softmax probabilities of ``indices`` of ``store``, in that order."""
         return embed_store(self.loaded.model, store, indices, self.device, progress=progress)
 
-    def embed_features(self, clips: list[torch.Tensor]) -> np.ndarray:
-        """Unit embeddings (N, E) of (T, n_mels) feature tensors."""
+    def embed_features(self, clips: list[torch.Tensor], names: list[str] | None = None) -> np.ndarray:
+        """Unit embeddings (N, E) of (T, n_mels) feature tensors (``names`` as the export's takes them: a checkpoint
+        refuses no clip it was given, whatever its length)."""
         return embed_tensors(self.loaded.model, clips, self.device).embeddings
 
 
@@ -80,9 +81,12 @@ class ExportEmbedder:
     def embed_store(self, store: PackedStore, indices: np.ndarray, progress: bool) -> Embedded:
         return embed_store_with_model(self.model, store, progress=progress, indices=indices, with_probabilities=True)
 
-    def embed_features(self, clips: list[torch.Tensor]) -> np.ndarray:
-        """Unit embeddings (N, E) of (T, n_mels) feature tensors of any length, as the checkpoint embeds trial clips."""
-        return np.stack([self.model.embed_with_probabilities(clip.numpy(), min_frames=1)[0] for clip in clips])
+    def embed_features(self, clips: list[torch.Tensor], names: list[str] | None = None) -> np.ndarray:
+        """Unit embeddings (N, E) of (T, n_mels) feature tensors of any length, as the checkpoint embeds trial clips.
+        ``names`` (their files) name a clip the export refuses: one past its length limit, say."""
+        names = names or [f"clip {i}" for i in range(len(clips))]
+        return np.stack([self.model.embed_with_probabilities(clip.numpy(), name=name, min_frames=1)[0]
+                         for clip, name in zip(clips, names)])
 
 
 Embedder = CheckpointEmbedder | ExportEmbedder

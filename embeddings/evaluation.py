@@ -117,7 +117,8 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
             if clip.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:  # found now, not after the embedding
                 raise file_error(path, f"line {number}: clip {part!r} is not a clip; accepted: .pt, "
                                        f"{', '.join(AUDIO_SUFFIXES)}")
-        if file_identity(clips[0]) == file_identity(clips[1]):  # by name or through a link: a trivially perfect trial
+        twins = clips[0].with_suffix("") == clips[1].with_suffix("")  # x.pt and x.wav: one clip, as folders count it
+        if twins or file_identity(clips[0]) == file_identity(clips[1]):  # or through a link: a trivially perfect trial
             raise file_error(path, f"line {number}: pairs clip {parts[1]!r} with itself"
                                    + ("" if parts[1] == parts[2] else f" (as {parts[2]!r})")
                                    + "; a trial compares two different clips")
@@ -186,7 +187,7 @@ def score_trials(embedder: Embedder, trials: list[Trial], scorer: TrialScorer | 
     path): AS-norm leaves those speakers out of the cohort, which may hold the very clips; a clip it does not
     name is a voice of its own."""
     clips = sorted({p for trial in trials for p in (trial.first, trial.second)})
-    embeddings = embedder.embed_features([load_clip(c, embedder.frontend) for c in clips])
+    embeddings = embedder.embed_features([load_clip(c, embedder.frontend) for c in clips], [str(c) for c in clips])
     row = {clip: i for i, clip in enumerate(clips)}
     first = np.array([row[trial.first] for trial in trials])
     second = np.array([row[trial.second] for trial in trials])

@@ -73,6 +73,12 @@ class Identification:
     threshold_outdated: bool = False
     """A calibrated threshold picked before the enrolled speakers last changed (``IndexData.calibration_outdated``)."""
 
+    @property
+    def accepted(self) -> bool:
+        """Whether the best score reached the threshold, so that ``decision`` names an enrolled speaker: one an
+        older voxaug enrolled as ``unknown`` is then an answer, not the lack of one."""
+        return bool(self.top) and self.top[0][1] >= self.threshold
+
     def to_json(self) -> dict:
         return {
             "clip": self.clip,

@@ -927,13 +927,13 @@ def test_a_device_or_thread_count_beside_a_loaded_model_is_refused_not_ignored(m
     """``SpeakerIndex.open(path, model=loaded, device="cuda", threads=2)`` ran on the CPU with the model's own
     threads and said nothing: a loaded SpeakerModel keeps the device and threads it was loaded with."""
     model = voxaug.SpeakerModel.load(models["ckpt"])
-    with pytest.raises(VoxaugError, match=r"^device='cpu': a SpeakerModel runs as it was loaded; pass these to "
+    with pytest.raises(VoxaugError, match=r"^device='cuda': a SpeakerModel runs as it was loaded; pass these to "
                                           r"SpeakerModel\.load instead$"):
-        voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model, device="cpu")
+        voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model, device="cuda")
     index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
     index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
     for extra, shown in (({"device": "cuda"}, "device='cuda'"), ({"threads": 2}, "threads=2"),
-                         ({"device": "auto", "threads": 1}, "device='auto', threads=1")):
+                         ({"device": "cuda", "threads": 1}, "device='cuda', threads=1")):
         with pytest.raises(VoxaugError, match=f"^{re.escape(shown)}: a SpeakerModel runs as it was loaded"):
             voxaug.SpeakerIndex.open(index.path, model=model, **extra)
     assert voxaug.SpeakerIndex.open(index.path, model=model).model is model
@@ -972,3 +972,14 @@ def test_mismatched_positions_a_progress_that_is_not_a_bool_and_an_empty_clip_na
     with pytest.raises(VoxaugError, match=r"^name: empty; give text naming the clip"):
         index.identify(clips[0], name="")
     assert index.identify(clips[0], name="mine")["clip"] == "mine"
+
+
+def test_a_loaded_model_is_taken_beside_the_device_it_already_runs_on(models, tiny_synth, tmp_path):
+    """``SpeakerIndex.open(path, model=loaded, device="cpu")`` (``"cpu"`` was the default of ``device``, so code may
+    spell it out) was refused for a model loaded on the CPU, where nothing is contradicted or ignored."""
+    for kind in ("ckpt", "onnx"):
+        model = voxaug.SpeakerModel.load(models[kind])
+        index = voxaug.SpeakerIndex.create(tmp_path / f"{kind}.faiss", model, device="cpu")
+        assert index.model is model
+        index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+        assert voxaug.SpeakerIndex.open(index.path, model=model, device="cpu").model is model

@@ -387,3 +387,16 @@ def test_an_output_file_whose_folder_cannot_be_made_is_refused_before_any_work(t
             result = invoke(*command, option, out)
             assert result.exit_code == 2 and result.output.startswith(f"error: {out}: {option} cannot be created: ")
             assert problem in result.output and not (tmp_path / "cache").exists() and not (tmp_path / "emb").exists()
+
+
+def test_a_trial_pairing_a_clip_with_its_own_audio_twin_is_refused_with_its_line(tmp_path):
+    """``1 x.pt x.wav``: `voxaug synth` writes each clip's features beside its audio, and folders count the two as one
+    clip; the trial scored a cosine of 1.0 between a clip and itself and flattered the EER."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    data, trials = _files_and_trials(tmp_path, "a.pt", "a.wav", "b.pt")
+    trials.write_text("0 a.pt b.pt\n1 a.pt a.wav\n")
+    with pytest.raises(VoxaugError) as refused:
+        read_trials(trials, data)
+    assert str(refused.value).startswith(f"{trials}: line 2: pairs clip 'a.pt' with itself (as 'a.wav')"), \
+        str(refused.value)

@@ -404,3 +404,19 @@ def test_a_features_export_refuses_a_waveform_too_long_before_making_its_log_mel
     monkeypatch.setattr(onnx_model, "log_mel", lambda *args: pytest.fail("log-mel made for a clip it then refused"))
     one_line_refusal(lambda: model.embed_waveform(np.zeros(121 * model.frontend.sample_rate, np.float32)),
                      "an ONNX export embeds at most")
+
+
+def test_a_trial_clip_too_long_for_the_export_is_named_by_its_file(exported, tmp_path):
+    """`evaluate --model` with a trial clip past the export's 2 minutes said only "clip is 121 s long ...": neither
+    the clip's file nor the trials file, in a list of thousands of trials."""
+    from voxaug.embeddings.embedders import ExportEmbedder
+    from voxaug.embeddings.evaluation import read_trials, score_trials
+
+    embedder = ExportEmbedder.load(exported["features"])
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, frames in (("long.pt", 12100), ("a.pt", 50), ("b.pt", 50)):
+        torch.save(torch.randn(frames, embedder.frontend.n_mels), data / name)
+    (tmp_path / "trials.txt").write_text("1 a.pt long.pt\n0 a.pt b.pt\n")
+    one_line_refusal(lambda: score_trials(embedder, read_trials(tmp_path / "trials.txt", data)),
+                     f"{data / 'long.pt'}: clip is 121 s long (12100 frames)")

@@ -595,3 +595,14 @@ def test_a_checkpoint_whose_config_names_a_huge_model_is_refused_before_it_is_bu
     with pytest.raises(VoxaugError, match=r"huge\.pt: checkpoint weights do not match its own configuration "
                                           r"\(shape head\.weight \(3, 32\) vs \(1000000000000, 32\)\)"):
         load_model(tmp_path / "huge.pt")
+
+
+def test_identify_counts_a_speaker_named_unknown_it_accepted_as_identified():
+    """An older sidecar may name a speaker ``unknown`` (it still loads): a clip accepted as that speaker was printed
+    as ``decision: 'unknown'`` and then counted among the clips answered unknown in the closing line."""
+    from voxaug.cli.identify import summary_line
+    from voxaug.embeddings.identify import Identification
+
+    accepted = Identification("a.wav", [("unknown", 0.9)], softmax_speaker="bob", softmax_prob=0.8, decision="unknown")
+    rejected = Identification("b.wav", [("unknown", 0.2)], softmax_speaker="bob", softmax_prob=0.8, decision="unknown")
+    assert summary_line([accepted, rejected]) == "2 clips: 1 identified, 1 unknown"

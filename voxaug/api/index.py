@@ -34,11 +34,26 @@ def sidecar_model(data: IndexData, index_path: Path, device: str, threads: int |
     return SpeakerModel.load(named, device, threads)
 
 
+def runs_on(model: SpeakerModel, device: str) -> bool:
+    """Whether ``device`` names where ``model`` already runs (an ONNX export: ONNX Runtime's CPU), so that saying
+    it again, as ``device="cpu"`` (the old default) beside a model loaded on the CPU, is no contradiction."""
+    if model.kind == "onnx":
+        return device in ("auto", "cpu")
+    from voxaug.device import resolve_device  # torch: a checkpoint's engine has loaded it already
+
+    try:
+        return resolve_device(device) == model.engine.device
+    except VoxaugError:  # an unknown device, or CUDA where there is none: not where the model runs
+        return False
+
+
 def loaded_model(model: SpeakerModel | str | Path, device: str | None, threads: int | None) -> SpeakerModel:
     """``model`` loaded from its path on ``device`` (default cpu); a SpeakerModel given already runs as it was
-    loaded, so ``device`` or ``threads`` beside it are refused rather than silently ignored."""
+    loaded, so a ``device`` other than its own, or ``threads``, beside it are refused rather than silently ignored."""
     if not isinstance(model, SpeakerModel):
         return SpeakerModel.load(model, device or "cpu", threads)
+    if device is not None and runs_on(model, device):
+        device = None
     given = ", ".join(f"{name}={value!r}" for name, value in (("device", device), ("threads", threads))
                       if value is not None)
     if given:
