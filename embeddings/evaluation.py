@@ -134,7 +134,7 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
     if not trials:
         raise file_error(path, "holds no trials")
     if len({trial.same for trial in trials}) < 2:
-        raise file_error(path, f"every trial is labelled {int(trials[0][0])}; verification needs both same-speaker "
+        raise file_error(path, f"every trial is labelled {int(trials[0].same)}; verification needs both same-speaker "
                                "(1) and different-speaker (0) trials")
     return trials
 
