@@ -88,7 +88,7 @@ def embed(
     from voxaug.data.audio_store import open_dataset_store
     from voxaug.data.sources import open_source_for_model
     from voxaug.distributed import RankFailed, init_distributed, main_first, main_only, shutdown
-    from voxaug.embeddings.extract import embed_store
+    from voxaug.embeddings.extract import check_window, embed_store
     from voxaug.embeddings.identify import checkpoint_record
 
     model_path = chosen_model(ckpt, model)
@@ -100,6 +100,7 @@ def embed(
             raise VoxaugError(f"{option} must be a positive number of {'utterances' if option == '--batch' else 'frames'}, got {value}")
     if hop is not None and window is None:
         raise VoxaugError("--hop is the step between --window windows; give --window too")
+    check_window(window)
     if per not in MODES:
         raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
     scoring = ScoringOptions(backend, lda_dim, score_norm or DEFAULT_SCORE_NORM, cohort_size, cohort_top_k).validate()
@@ -127,7 +128,8 @@ def embed(
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         if index is not None:  # its labels and cohort are checked before anything is embedded
             plan = plan_speaker_index(speakers, store.groups, per, loaded.config.seed, loaded.config.val_fraction,
-                                      scoring, store.speakers, loaded.config.split_version)
+                                      scoring, store.speakers, loaded.config.split_version,
+                                      loaded.config.model.embedding_dim)
             if context.is_main:
                 warn_without_cohort(plan, per)
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
@@ -172,7 +174,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     if index is not None:  # its labels and cohort are checked before anything is embedded
         warn_without_cohort(plan_speaker_index(speakers, store.groups, per, seed, val_fraction, scoring, store.speakers,
-                                               split_version), per)
+                                               split_version, speaker_model.embedding_dim), per)
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index, replace,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,

@@ -22,6 +22,7 @@ from voxaug.safeio import atomic_write_text, ensure_folder
 
 if TYPE_CHECKING:
     from voxaug.embeddings.evaluation import LabelledEmbeddings, Trial
+    from voxaug.features import FrontendConfig
 
 
 @clean_errors
@@ -58,7 +59,7 @@ def evaluate(
     from voxaug.embeddings.calibration import check_far, open_set_scores
     from voxaug.embeddings.evaluation import (
         MAP_METHODS, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
-        read_trials, refuse_trial_features, score_pairs, score_trials,
+        read_trials, refuse_trial_features, score_pairs, score_trials, validation_split,
     )
     from voxaug.embeddings.embedders import CheckpointEmbedder, ExportEmbedder
     from voxaug.embeddings.identify import check_model
@@ -106,6 +107,7 @@ def evaluate(
                                 "--index (and --calibrate) need at least two: a clip's impostor score is its best "
                                 "score against another enrolled speaker")
     check_speaker_folders(speaker_index, index, enroll, test, impostors)  # before anything is embedded
+    refuse_folder_features(embedder.frontend, enroll, test, impostors)
     if test is not None:
         warn_enrolment_clips_tested(test, enroll, speaker_index, index)
     source = open_source_for_model(data, embedder.frontend)
@@ -116,6 +118,9 @@ def evaluate(
     if parsed_trials:
         warn_contradicted_trials(trials, parsed_trials, speakers)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
+    if speaker_index is not None and test is None:  # the open-set figures score the validation split: checked now
+        validation = np.array(store.speakers)[store.labels[validation_split(embedder, store)[1]]]
+        refuse_unenrolled(speaker_index, index, validation.tolist(), validation_source(data, len(validation)))
     report, reference, held_out = closed_set(embedder, store, progress=not quiet)
     groups = {"validation": held_out}
     if enroll is not None:
@@ -208,6 +213,32 @@ def evaluate(
     typer.echo("\n".join(lines))
 
 
+def refuse_unenrolled(index: SpeakerIndex, index_path: Path, labels: list[str], source: str) -> None:
+    """Before anything is embedded: the clips the open-set figures score (``source`` says which) must be of
+    speakers the index holds, or they have no genuine score."""
+    from voxaug.embeddings.calibration import check_enrolled
+
+    try:
+        check_enrolled(index, labels)
+    except VoxaugError as exc:
+        raise file_error(index_path, f"{exc}; the open-set figures score {source} against this index") from None
+
+
+def validation_source(data: Path, clips: int) -> str:
+    """How the messages name the run's validation split of DATA, the clips scored when no --test is given."""
+    return f"{data} (the run's validation split, {clips} clips)"
+
+
+def refuse_folder_features(frontend: FrontendConfig, *folders: Path | None) -> None:
+    """Before anything is embedded: `.pt` clips in a speaker folder that the model's front end did not make
+    (embed_folder refuses them too, but only once the validation split is embedded)."""
+    from voxaug.data.sources import ClipFolderSource, refuse_features_for
+
+    for folder in folders:
+        if folder is not None:
+            refuse_features_for(frontend, ClipFolderSource(folder, frontend))
+
+
 def check_speaker_folders(index: SpeakerIndex | None, index_path: Path | None, enroll: Path | None,
                           test: Path | None, impostors: Path | None) -> None:
     """Refuse speaker folders that cannot be scored as asked, from their folder names alone, so that the
@@ -293,4 +324,4 @@ def calibration_clips(index: SpeakerIndex, validation: LabelledEmbeddings, unsee
     if unseen_test is not None and set(unseen_test.labels.tolist()) <= set(index.speakers):
         return unseen_test, (f"evaluate --calibrate on the enrolled unseen speakers' clips in {test} "
                              f"({len(unseen_test.labels)} clips of {len(set(unseen_test.labels.tolist()))} speakers)")
-    return validation, f"evaluate --calibrate on {data} (the run's validation split, {len(validation.labels)} clips)"
+    return validation, f"evaluate --calibrate on {validation_source(data, len(validation.labels))}"

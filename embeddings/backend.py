@@ -93,12 +93,7 @@ class ScoringBackend:
             return cls("center", mean.astype(np.float32))
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-        speakers = len(set(np.asarray(labels).tolist()))
-        if speakers < 3:
-            raise VoxaugError(f"--backend {kind} needs at least 3 training speakers, the data has {speakers}")
-        if len(embeddings) <= speakers:
-            raise VoxaugError(f"--backend {kind} needs more training utterances than speakers (some speaker with two), "
-                              f"got {len(embeddings)} of {speakers}; pass --backend center or none")
+        speakers = check_fit_labels(kind, labels, embeddings.shape[1])
         check_lda_dim(lda_dim)
         dim = min(lda_dim, speakers - 1, embeddings.shape[1])
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=dim)
@@ -108,11 +103,8 @@ class ScoringBackend:
                 lda.fit(embeddings - mean, labels)
         except np.linalg.LinAlgError as exc:  # a singular within-speaker scatter: nothing to whiten by
             most = int(np.unique(np.asarray(labels), return_counts=True)[1].max())
-            if most < 3:  # Ledoit-Wolf does not shrink the covariance of two clips: each adds one direction only
-                raise VoxaugError(f"--backend {kind}: no speaker has more than {most} utterances in the training "
-                                  f"split, too few to estimate within-speaker variation in {embeddings.shape[1]} "
-                                  "dimensions; it needs some speaker with at least 3; pass --backend center or none"
-                                  ) from exc
+            if most < 3:
+                raise too_few_clips(kind, most, embeddings.shape[1]) from exc
             raise VoxaugError(f"--backend {kind}: the training embeddings vary too little within speakers to fit "
                               f"it (are the clips duplicates?); pass --backend center or none") from exc
         fitted = cls("lda", mean.astype(np.float32), np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32))
@@ -212,6 +204,31 @@ class Cohort:
         if not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
             raise VoxaugError(f"{where}: cohort vectors must be unit length")
         return cls(vectors, labels, top_k, str(values.get("source", "")))
+
+
+def check_fit_labels(kind: str, labels: np.ndarray, dim: int | None = None) -> int:
+    """The refusals of ``fit`` that the training split's speaker labels (and the embedding dimension ``dim``, when
+    known) decide alone, so that ``embed --index`` makes them before anything is embedded; the number of speakers."""
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    speakers = len(counts)
+    if kind not in ("lda", "plda"):
+        return speakers
+    if speakers < 3:
+        raise VoxaugError(f"--backend {kind} needs at least 3 training speakers, the data has {speakers}")
+    if counts.sum() <= speakers:
+        raise VoxaugError(f"--backend {kind} needs more training utterances than speakers (some speaker with two), "
+                          f"got {counts.sum()} of {speakers}; pass --backend center or none")
+    # Ledoit-Wolf does not shrink the covariance of two clips: each speaker of two adds one direction only, so
+    # fewer of them than dimensions leave the within-speaker scatter singular
+    if dim is not None and counts.max() < 3 and (counts == 2).sum() < dim:
+        raise too_few_clips(kind, int(counts.max()), dim)
+    return speakers
+
+
+def too_few_clips(kind: str, most: int, dim: int) -> VoxaugError:
+    return VoxaugError(f"--backend {kind}: no speaker has more than {most} utterances in the training split, too few "
+                       f"to estimate within-speaker variation in {dim} dimensions; it needs some speaker with at "
+                       "least 3; pass --backend center or none")
 
 
 def check_lda_dim(lda_dim: object) -> int:

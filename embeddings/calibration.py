@@ -34,10 +34,7 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
 
     Clips whose speaker is not enrolled are refused: they have no genuine score.
     """
-    missing = sorted(set(labels) - set(index.speakers))
-    if missing:
-        raise VoxaugError(f"speakers {missing[:5]}{' ...' if len(missing) > 5 else ''} have clips but are not "
-                          "enrolled in the index")
+    check_enrolled(index, labels)
     if len(index.speakers) < 2:
         raise VoxaugError(f"calibration needs at least two enrolled speakers, and the index holds "
                           f"{len(index.speakers)}: with no other speaker, no clip has an impostor score")
@@ -58,6 +55,14 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
         correct.append(ranked[0][0] == label)
     return {"genuine": np.array(genuine), "impostor": np.array(impostor), "top": np.array(top),
             "correct": np.array(correct)}
+
+
+def check_enrolled(index: SpeakerIndex, labels: list[str]) -> None:
+    """Refuses clips of speakers the index does not hold: they have no genuine score."""
+    missing = sorted(set(labels) - set(index.speakers))
+    if missing:
+        raise VoxaugError(f"speakers {missing[:5]}{' ...' if len(missing) > 5 else ''} have clips but are not "
+                          "enrolled in the index")
 
 
 def _utterance_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:

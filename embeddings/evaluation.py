@@ -240,11 +240,16 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
     plt.close(figure)
 
 
+def validation_split(embedder: Embedder, store: PackedStore) -> tuple[np.ndarray, np.ndarray]:
+    """The run's own (training, validation) rows of ``store``: its split, rebuilt from the labels alone."""
+    split = embedder.split
+    return stratified_split(store.labels, split.val_fraction, split.seed, store.groups, split.version)
+
+
 def closed_set(embedder: Embedder, store: PackedStore, progress: bool
                ) -> tuple[dict, LabelledEmbeddings, LabelledEmbeddings]:
     """Accuracy on the run's own validation split, with the training split as the cosine reference."""
-    split = embedder.split
-    train, val = stratified_split(store.labels, split.val_fraction, split.seed, store.groups, split.version)
+    train, val = validation_split(embedder, store)
     if len(val) == 0:
         raise VoxaugError("no validation utterances: the run was trained with --val-fraction 0")
     names = np.array(store.speakers)

@@ -21,8 +21,8 @@ import numpy as np
 
 from voxaug.data.split import SPLIT_VERSION, speaker_codes, stratified_split
 from voxaug.embeddings.backend import (
-    BACKENDS, DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, SCORE_NORMS, Cohort, ScoringBackend, check_choice, check_lda_dim,
-    check_top_k,
+    BACKENDS, DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, SCORE_NORMS, Cohort, ScoringBackend, check_choice,
+    check_fit_labels, check_lda_dim, check_top_k,
 )
 from voxaug.embeddings.identify import check_speaker_name
 from voxaug.embeddings.index import SpeakerIndex
@@ -80,13 +80,15 @@ class IndexPlan:
 
 def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | None, per: str, seed: int,
                        val_fraction: float, options: ScoringOptions, speaker_order: list[str] | None = None,
-                       split_version: int = SPLIT_VERSION) -> IndexPlan:
-    """The run's split and the cohort's utterances, refusing labels or a cohort the index could not use."""
+                       split_version: int = SPLIT_VERSION, embedding_dim: int | None = None) -> IndexPlan:
+    """The run's split and the cohort's utterances, refusing labels, a back end (of ``embedding_dim`` inputs, when
+    given) or a cohort the index could not use."""
     if any(s is None for s in speakers):
         raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
     check_index_speakers(speakers, "--index")
     names = np.array(speakers)
     train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
+    check_fit_labels(options.backend, names[train], embedding_dim)
     if options.score_norm != "asnorm" and per != "speaker":
         return IndexPlan(names, train, held_out, None, "")
     sources = [(held_out, "validation split")] if len(held_out) >= options.cohort_top_k else []
@@ -116,7 +118,8 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     ``seed``, ``val_fraction``, ``speaker_order`` (the dataset's speakers as training numbered them; default
     sorted) and ``split_version`` are the run's, so the split is the one it trained with.
     """
-    plan = plan_speaker_index(speakers, groups, per, seed, val_fraction, options, speaker_order, split_version)
+    plan = plan_speaker_index(speakers, groups, per, seed, val_fraction, options, speaker_order, split_version,
+                              embeddings.shape[1])
     names, train = plan.names, plan.train
     backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)
     index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,

@@ -400,3 +400,16 @@ def test_a_trial_pairing_a_clip_with_its_own_audio_twin_is_refused_with_its_line
         read_trials(trials, data)
     assert str(refused.value).startswith(f"{trials}: line 2: pairs clip 'a.pt' with itself (as 'a.wav')"), \
         str(refused.value)
+
+
+def test_a_window_shorter_than_a_clip_can_be_is_refused_by_embed_before_anything_is_read(tiny_synth, tmp_path,
+                                                                                        monkeypatch):
+    """embed loaded the model and read (for audio, featurised) the whole dataset, then refused --window 5."""
+    import voxaug.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    result = runner.invoke(app, ["embed", str(tiny_synth), "--ckpt", str(tiny_synth / "mapping.json"), "--out",
+                            str(tmp_path / "emb"), "--window", "5", "-q"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --window must be at least 10 frames, got 5"
+    assert not (tmp_path / "emb").exists()

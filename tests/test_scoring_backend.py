@@ -547,7 +547,7 @@ def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embe
                                           r"2 utterances leave speaker 'a' fewer than 2"):
         plan_speaker_index(four, None, "speaker", 0, 0.5, ScoringOptions("none", score_norm="asnorm", cohort_top_k=2))
     lopsided = ["big"] * 500 + ["small"] * 4  # a subsampled cohort of the big speaker alone: built without one
-    assert plan_speaker_index(lopsided, None, "speaker", 0, 0.1, ScoringOptions(cohort_size=20)).cohort_rows is None
+    assert plan_speaker_index(lopsided, None, "speaker", 0, 0.1, ScoringOptions("none", cohort_size=20)).cohort_rows is None
     import voxaug.embeddings.extract as extract
 
     def embedded(*args, **kwargs):
@@ -963,3 +963,95 @@ def test_embed_without_an_index_takes_the_index_options_at_their_defaults(traine
     result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--per",
                     "speaker", "--backend", "plda", "--device", "cpu", "-q")
     assert result.exit_code == 0 and (tmp_path / "emb" / "embeddings.npy").is_file(), result.output
+
+
+@pytest.fixture(scope="module")
+def few_clip_runs(tmp_path_factory):
+    """Runs trained (2 steps) on datasets whose training split an lda/plda back end cannot be fitted on."""
+    from conftest import tiny_config
+    from hw4_factory import make_hw4
+    from voxaug.train import Trainer
+
+    root = tmp_path_factory.mktemp("few_clips")
+    runs = {}
+    for name, speakers, per_speaker in (("two_speakers", 2, 4), ("one_clip_each", 3, 2), ("two_clips_each", 3, 3)):
+        data = make_hw4(root / name, speakers=speakers, per_speaker=per_speaker)
+        Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), data, root / f"run_{name}",
+                progress=False).fit()
+        runs[name] = (data, root / f"run_{name}" / "last.pt")
+    return runs
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("two_speakers", "error: --backend plda needs at least 3 training speakers, the data has 2"),
+    ("one_clip_each", "error: --backend plda needs more training utterances than speakers (some speaker with two), "
+                      "got 3 of 3; pass --backend center or none"),
+    ("two_clips_each", "error: --backend plda: no speaker has more than 2 utterances in the training split, too few to "
+                       "estimate within-speaker variation in 32 dimensions; it needs some speaker with at least 3; pass "
+                       "--backend center or none"),
+])
+def test_a_back_end_the_training_labels_cannot_fit_is_refused_before_anything_is_embedded(few_clip_runs, tmp_path,
+                                                                                         monkeypatch, name, needle):
+    """embed --index embedded the whole dataset, then ScoringBackend.fit refused what the split's labels decide."""
+    import voxaug.embeddings.extract as extract
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before the back end's labels were checked")
+
+    monkeypatch.setattr(extract, "embed_store", embedded)
+    data, ckpt = few_clip_runs[name]
+    result = invoke("embed", data, "--ckpt", ckpt, "--out", tmp_path / "emb", "--index", tmp_path / "spk.faiss", "-q")
+    assert result.exit_code == 2 and result.output.strip() == needle, result.output
+    assert not (tmp_path / "emb").exists() and not (tmp_path / "spk.faiss").exists()
+
+
+def test_speakers_of_two_clips_fit_when_they_span_the_embedding_space():
+    """Each speaker of two clips adds one within-speaker direction: as many of them as dimensions are enough."""
+    from voxaug.embeddings.backend import check_fit_labels
+
+    labels = np.repeat([f"s{i}" for i in range(16)], 2)
+    assert check_fit_labels("lda", labels, 16) == 16
+    with pytest.raises(VoxaugError, match="no speaker has more than 2 utterances .* in 17 dimensions"):
+        check_fit_labels("plda", labels, 17)
+    assert check_fit_labels("center", labels[:4], 17) == 2  # only lda and plda fit on speakers
+    vectors, _ = clustered(speakers=16, per=2, dim=16)
+    assert np.isfinite(ScoringBackend.fit("lda", vectors, labels, 8).apply(vectors)).all()
+
+
+def test_an_index_without_a_validation_speaker_is_refused_before_anything_is_embedded(calibrated, trained_run,
+                                                                                      tiny_synth, tmp_path,
+                                                                                      nothing_embedded):
+    """Without --test the open-set figures score the validation split against the index, and an index that lacks one
+    of its speakers (removed, or an index `enroll` built of other speakers) was refused once everything was embedded."""
+    folder, index, _ = calibrated
+    copy = copy_index(index, tmp_path / "spk.faiss")
+    removed = sorted(name for name in SpeakerIndex.load(copy).speakers if not name.startswith("new"))[0]
+    assert invoke("enroll", "--index", copy, "--remove", removed).exit_code == 0
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index",
+                    copy, "-q")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {copy}: speakers [{removed!r}] have clips but are not enrolled in the "
+                                    f"index; the open-set figures score {tiny_synth} (the run's validation split, "), \
+        result.output
+
+
+def test_feature_clips_an_audio_model_cannot_read_in_a_speaker_folder_are_refused_before_anything_is_embedded(
+        tiny_synth, tmp_path, nothing_embedded):
+    """evaluate embedded the whole validation split, then refused --enroll's `.pt` clips (made with the default front
+    end) for a model trained from audio at other settings: the folder's listing decides it."""
+    from conftest import tiny_config
+    from voxaug.train import Trainer
+
+    data = tmp_path / "data"  # audio with `.pt` twins: an 8 kHz model reads the audio
+    shutil.copytree(tiny_synth / "unseen" / "enroll", data)
+    config = tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1})
+    config.frontend = {**config.frontend, "sample_rate": 8000, "f_max": 3800.0}
+    Trainer(config, data, tmp_path / "run", progress=False).fit()
+    features = tmp_path / "features"
+    shutil.copytree(tiny_synth / "unseen" / "test", features, ignore=shutil.ignore_patterns("*.wav"))
+    result = invoke("evaluate", data, "--ckpt", tmp_path / "run" / "last.pt", "--out", tmp_path / "report", "--enroll",
+                    features, "--test", tiny_synth / "unseen" / "test", "-q")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {features / 'new000' / '003.pt'} (and 5 more .pt clips): log-mel features "
+                                    "(.pt) are made with the default front end"), result.output
+    assert not (tmp_path / "report").exists()
