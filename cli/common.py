@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from voxaug.errors import VoxaugError, export_as_checkpoint, file_error
 from voxaug.interrupt import SIGTERM_EXIT, Terminated, sigterm_as_interrupt
+from voxaug.safeio import real_path
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
@@ -144,10 +145,11 @@ def output_folder(path: Path, option: str) -> Path:
 
 def output_file(path: Path, option: str) -> Path:
     """Refuse, before any work, an output file that is an existing folder, or whose folder cannot be created (it
-    lies under a file or under a symbolic link to nothing)."""
+    lies under a file). The folders checked are those the writers write in: links resolved (``real_path``), so a link
+    to a folder not made yet is taken, as they create it."""
     if path.is_dir():
         raise VoxaugError(f"{path}: {option} is an existing folder; expected a file name")
-    _refuse_blocked_folders(path, option, path.absolute().parents)
+    _refuse_blocked_folders(path, option, real_path(path).parents)
     return path
 
 

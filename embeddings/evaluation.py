@@ -122,14 +122,16 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
             raise file_error(path, f"line {number}: pairs clip {parts[1]!r} with itself"
                                    + ("" if parts[1] == parts[2] else f" (as {parts[2]!r})")
                                    + "; a trial compares two different clips")
-        # either order, and by file (a hard link under another name is the same clip): a pair listed twice would
-        # count twice, or with two labels, both ways
-        pair = frozenset(file_identity(clip) for clip in clips)
-        if pair in seen:
-            earlier, label = seen[pair]
-            clash = "" if label == parts[0] else f", which labels it {label} and this line {parts[0]}"
-            raise file_error(path, f"line {number}: the same pair of clips as line {earlier}{clash}; list each trial once")
-        seen[pair] = (number, parts[0])
+        # either order, by file (a hard link under another name is the same clip) and by name less its suffix (x.pt
+        # and x.wav, twins as above): a pair listed twice would count twice, or with two labels, both ways
+        pairs = (frozenset(file_identity(clip) for clip in clips), frozenset(clip.with_suffix("") for clip in clips))
+        for pair in pairs:
+            if pair in seen:
+                earlier, label = seen[pair]
+                clash = "" if label == parts[0] else f", which labels it {label} and this line {parts[0]}"
+                raise file_error(path, f"line {number}: the same pair of clips as line {earlier}{clash}; list each "
+                                       "trial once")
+        seen.update(dict.fromkeys(pairs, (number, parts[0])))
         trials.append(Trial(parts[0] == "1", clips[0], clips[1], number))
     if not trials:
         raise file_error(path, "holds no trials")

@@ -375,9 +375,9 @@ def test_an_output_file_whose_folder_cannot_be_made_is_refused_before_any_work(t
     """predict --out, export --out and embed --index under a file (or a link to nothing) were refused only when
     written, after every clip had been featurised and run through the model."""
     (tmp_path / "a_file").write_text("x")
-    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "gone").symlink_to(tmp_path / "a_file" / "nowhere")  # written through: under the file too
     cache = ("--cache-dir", tmp_path / "cache", "--device", "cpu", "-q")
-    for folder, problem in (("a_file", "a_file is a file, not a folder"), ("gone", "gone is a symbolic link to nothing")):
+    for folder, problem in (("a_file", "a_file is a file, not a folder"), ("gone", "a_file is a file, not a folder")):
         inside = tmp_path / folder / "deeper"
         for option, out, command in (
                 ("--out", inside / "p.csv", ("predict", tiny_synth, "--ckpt", trained_run / "best.pt", *cache)),
@@ -413,3 +413,32 @@ def test_a_window_shorter_than_a_clip_can_be_is_refused_by_embed_before_anything
     assert result.exit_code == 2
     assert result.output.strip() == "error: --window must be at least 10 frames, got 5"
     assert not (tmp_path / "emb").exists()
+
+
+def test_an_output_file_under_a_link_to_a_folder_not_made_yet_is_written_there(trained_run, tmp_path):
+    """The writers resolve links and create the folders they write in, so `export --out results/m.onnx` with
+    `results` a link to a folder not made yet wrote the file there; output_file refused it as a link to nothing."""
+    from voxaug.cli.common import output_file
+
+    (tmp_path / "results").symlink_to(tmp_path / "scratch" / "results")
+    out = tmp_path / "results" / "deeper" / "m.onnx"
+    assert output_file(out, "--out") == out
+    result = invoke("export", "--ckpt", trained_run / "last.pt", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "scratch" / "results" / "deeper" / "m.onnx").is_file()
+
+
+def test_a_trial_listed_again_with_the_audio_twins_of_its_clips_is_refused_naming_both_lines(tmp_path):
+    """``1 a.pt b.pt`` then ``0 a.wav b.wav``: the same two clips as folders (and the self-pair rule) count them, yet
+    both lines were taken, so the pair was scored twice, once under each label."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    data, trials = _files_and_trials(tmp_path, "a.pt", "a.wav", "b.pt", "b.wav")
+    trials.write_text("1 a.pt b.pt\n0 a.wav b.wav\n")
+    with pytest.raises(VoxaugError) as refused:
+        read_trials(trials, data)
+    assert str(refused.value) == (f"{trials}: line 2: the same pair of clips as line 1, which labels it 1 and this "
+                                  "line 0; list each trial once")
+    trials.write_text("1 a.pt b.pt\n0 a.wav b.pt\n")  # not the same pair as written, but the same clips
+    with pytest.raises(VoxaugError, match="line 2: the same pair of clips as line 1"):
+        read_trials(trials, data)

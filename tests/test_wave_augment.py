@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -347,3 +348,35 @@ def test_a_toml_files_noise_folder_under_the_home_folder_is_recorded_with_its_ti
     toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "~/noise"\nrir_dir = "~/rir"\n')
     wave = resolve_config(toml_path=toml).augment["wave"]
     assert wave["noise_dir"] == str((corpus / "noise").resolve()) and wave["rir_dir"] == str((corpus / "rir").resolve())
+
+
+def test_a_toml_files_noise_folder_under_an_unknown_users_home_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    """``noise_dir = "~nosuchuser/noise"``: expanding ``~`` raised RuntimeError, so `train --config` ended in
+    ``unexpected RuntimeError: Could not determine home directory.`` (exit 3) naming neither the file nor the key."""
+    from voxaug.config import resolve_config
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[augment]\nnames = ["wave"]\n[augment.wave]\nnoise_dir = "~voxaug_no_such_user/noise"\n')
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(toml))}: \[augment\.wave\] noise_dir "
+                                          r"'~voxaug_no_such_user/noise': the home folder of '~voxaug_no_such_user' "
+                                          r"cannot be found$"):
+        resolve_config(toml_path=toml)
+
+
+@pytest.mark.parametrize("declared, problem", [
+    (0, r"its header leaves its length unknown \(a streamed FLAC\), and noise and RIR files are read by that length"),
+    (32000, r"not a readable audio file \(Internal psf_fseek\(\) failed\.\)"),
+])
+def test_a_noise_flac_whose_header_hides_or_overstates_its_length_is_refused_naming_it(tmp_path, declared, problem):
+    """Such a FLAC (STREAMINFO's sample count 0, as streaming encoders write, or more samples than it holds) ended
+    `train --noise-dir` in ``unexpected LibsndfileError: Internal psf_fseek() failed.`` (exit 3), naming no file."""
+    (tmp_path / "noise").mkdir()
+    flac = tmp_path / "noise" / "n.flac"
+    soundfile.write(flac, np.random.default_rng(0).uniform(-0.1, 0.1, 16000).astype(np.float32), 16000,
+                    subtype="PCM_16")
+    data = bytearray(flac.read_bytes())
+    fields = int.from_bytes(data[18:26], "big")  # STREAMINFO: ... 36 bits of sample count
+    data[18:26] = ((fields & ~((1 << 36) - 1)) | declared).to_bytes(8, "big")
+    flac.write_bytes(bytes(data))
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(flac))}: --noise-dir: {problem}"):
+        WaveAugmentation(noise_dir=str(tmp_path / "noise"))

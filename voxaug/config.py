@@ -229,7 +229,10 @@ def resolve_config(
     base_values = base.to_dict() if base else create_config(preset).to_dict()
     base_tables = {table: base_values.pop(table) for table in ("model", "augment", "frontend")}
     file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}
-    absolute_folders(file_tables["augment"], Path(toml_path).parent if toml_path else Path.cwd())
+    try:
+        absolute_folders(file_tables["augment"], Path(toml_path).parent if toml_path else Path.cwd())
+    except VoxaugError as exc:  # only a file's tables are expanded here: name it
+        raise file_error(toml_path, str(exc)) from None
     model_values = {**base_tables["model"], **file_tables["model"], **(model_overrides or {})}
     augment_values = _merge_tables(base_tables["augment"], file_tables["augment"], augment_overrides or {})
     frontend_values = with_rate_implications(base_tables["frontend"], file_tables["frontend"], frontend_overrides or {})
@@ -267,11 +270,16 @@ def absolute_folders(augment: dict, folder: Path) -> None:
     """Relative noise and RIR folders of an ``augment`` table made absolute against ``folder`` (a TOML file's own
     folder), ``~`` first expanded to the home folder as a shell would: the run records them, and a --resume with the
     same file from elsewhere must find the same folders."""
-    for table in augment.values():
+    for name, table in augment.items():
         if isinstance(table, dict):
             for key in ("noise_dir", "rir_dir"):
                 if isinstance(table.get(key), str) and table[key]:
-                    table[key] = str((folder / Path(table[key]).expanduser()).resolve())
+                    try:
+                        expanded = Path(table[key]).expanduser()
+                    except RuntimeError:  # ~user of no such user (or no home folder): a one-line error, not a crash
+                        raise VoxaugError(f"[augment.{name}] {key} {table[key]!r}: the home folder of "
+                                          f"{Path(table[key]).parts[0]!r} cannot be found") from None
+                    table[key] = str((folder / expanded).resolve())
 
 
 def check_values(config: TrainConfig) -> None:

@@ -22,6 +22,7 @@ from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
 from voxaug.clips import files_under
 from voxaug.errors import VoxaugError, file_error, not_a_folder
+from voxaug.runtime.frontend import UNKNOWN_FRAMES
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
 """audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
@@ -40,10 +41,13 @@ def check_samples(path: Path, option: str) -> None:
     if key in _USABLE:
         return
     peak = 0.0
-    for block in soundfile.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
-        if not np.isfinite(block).all():
-            raise file_error(path, f"{option}: audio holds NaN or Inf samples")
-        peak = max(peak, float(np.abs(block).max(initial=0.0)))
+    try:
+        for block in soundfile.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise file_error(path, f"{option}: audio holds NaN or Inf samples")
+            peak = max(peak, float(np.abs(block).max(initial=0.0)))
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:  # a FLAC shorter than its header says
+        raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
     if peak == 0.0:
         raise file_error(path, f"{option}: audio is silent (every sample is zero)")
     _USABLE.add(key)
@@ -65,6 +69,9 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
             raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
         if frames <= 0:
             raise file_error(path, f"{option}: audio file holds no samples")
+        if frames == UNKNOWN_FRAMES:  # audiomentations reads a file whole, by the length its header declares
+            raise file_error(path, f"{option}: its header leaves its length unknown (a streamed FLAC), and noise and "
+                                   "RIR files are read by that length; re-encode it (flac or sox writes the length)")
         check_samples(path, option)
     return files
 
