@@ -91,6 +91,9 @@ def evaluate(
     output_folder(out, "--out")
     parsed_trials = read_trials(trials, data) if trials else None
     embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model, device)
+    if embedder.split.val_fraction == 0:  # closed_set scores the validation split on every run, --test or --trials too
+        raise file_error(model_path, "no validation utterances: the run was trained with --val-fraction 0, and "
+                                     "evaluate scores the run's own validation split")
     if parsed_trials:
         refuse_trial_features(embedder.frontend, parsed_trials)
     if speaker_index is not None:

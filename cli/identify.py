@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from pathlib import Path
 
 import typer
@@ -11,15 +10,15 @@ import typer
 from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, counted,
                                expand_clips, warn_calibration_outdated)
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
-from voxaug.embeddings.identify import UNKNOWN, Identification, check_threshold
+from voxaug.embeddings.identify import UNKNOWN, Identification, breaks_lines, check_threshold
 from voxaug.embeddings.index import check_search_top_k
 
 
 def shown(name: str) -> str:
     """A name as the table prints it: quoted where printing it bare could mislead, so a speaker name (from a
-    downloaded sidecar or model, or one an older voxaug took) holding a newline cannot forge a row, and one called
-    ``unknown`` or padded with spaces cannot pass for the decision or another name."""
-    odd = name != name.strip() or name == UNKNOWN or any(unicodedata.category(c) == "Cc" for c in name)
+    downloaded sidecar or model, or one an older voxaug took) holding a newline or line separator cannot forge a
+    row, and one called ``unknown`` or padded with spaces cannot pass for the decision or another name."""
+    odd = name != name.strip() or name == UNKNOWN or breaks_lines(name)
     return repr(name) if odd else name
 
 
@@ -56,12 +55,13 @@ def identify(
     if cohort_top_k is not None:
         check_top_k(cohort_top_k)
     check_threshold(threshold, None)  # finite here; its range depends on the index's score, checked once it is open
-    from voxaug.api.index import SpeakerIndex  # torch, FAISS and ONNX Runtime load only when the command runs
+    from voxaug.api.index import IndexData, SpeakerIndex  # torch, FAISS and ONNX Runtime load when the command runs
 
     model_path = chosen_model(ckpt, model)
-    speaker_index = SpeakerIndex.open(index, model_path, device, threads=1, score_norm=score_norm,
-                                      cohort_top_k=cohort_top_k, threshold=threshold)
-    check_clip_files(clips)  # before answering any: not after the clips before a missing one
+    data = IndexData.load(index)  # the index's own errors first, as they always came
+    check_clip_files(clips)  # before the model loads and before answering any: not after the clips before a missing one
+    speaker_index = SpeakerIndex.from_data(index, data, model_path, device, threads=1, score_norm=score_norm,
+                                           cohort_top_k=cohort_top_k, threshold=threshold)
     results = []
     for clip in expand_clips(clips, speaker_index.model.prefers_audio):
         result = speaker_index.identify_record(clip, top_k)

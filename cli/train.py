@@ -336,7 +336,7 @@ def _noise_folder_overrides(names: list[str] | None, preset: str | None, config:
                           "[augment.wave] in a --config TOML file instead")
     if "noise" not in chosen:
         return {}
-    values = {"noise_dir": str(noise_dir.resolve()) if noise_dir else None, "p": noise_p}
+    values = {"noise_dir": absolute_folder(noise_dir), "p": noise_p}
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -349,9 +349,15 @@ def _wave_overrides(
     gain_p: float | None,
 ) -> dict:
     """The ``augment.wave`` table the command line sets; folders are stored absolute, for --resume."""
-    values = {"noise_dir": str(noise_dir.resolve()) if noise_dir else None, "noise_p": noise_p,
-              "rir_dir": str(rir_dir.resolve()) if rir_dir else None, "rir_p": rir_p, "snr_p": snr_p, "gain_p": gain_p}
+    values = {"noise_dir": absolute_folder(noise_dir), "noise_p": noise_p, "rir_dir": absolute_folder(rir_dir),
+              "rir_p": rir_p, "snr_p": snr_p, "gain_p": gain_p}
     return {key: value for key, value in values.items() if value is not None}
+
+
+def absolute_folder(folder: Path | None) -> str | None:
+    """A noise or RIR folder as the run records it: absolute, for --resume, and ``~`` expanded to the home folder,
+    which bash leaves as it is in ``--noise-dir=~/x`` (as ``absolute_folders`` does for a TOML file's)."""
+    return str(folder.expanduser().resolve()) if folder else None
 
 
 def _frontend_overrides(n_mels: int | None, sample_rate: int | None) -> dict:

@@ -16,15 +16,24 @@ from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import sha256_file
 
 UNKNOWN = "unknown"
+LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+"""Unicode categories a speaker name may not hold: control characters, and the line and paragraph separators
+(U+2028, U+2029) that ``str.splitlines()`` and many a log reader also end a line at."""
+
+
+def breaks_lines(text: str) -> bool:
+    """Whether ``text`` holds a character that could end or reshape a printed line (see ``LINE_BREAKING``)."""
+    return any(unicodedata.category(character) in LINE_BREAKING for character in text)
 
 
 def check_speaker_name(name: object) -> str:
-    """An enrolled speaker's name: not blank, no surrounding spaces, no control characters (a newline would split
-    identify's lines), and not the answer for no one."""
+    """An enrolled speaker's name: not blank, no surrounding spaces, no control characters or line separators (a
+    newline would split identify's lines), and not the answer for no one."""
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise VoxaugError(f"speaker name {name!r} must be non-empty text without leading or trailing spaces")
-    if any(unicodedata.category(character) == "Cc" for character in name):
-        raise VoxaugError(f"speaker name {name!r} holds a control character (a newline, tab or the like)")
+    if breaks_lines(name):
+        raise VoxaugError(f"speaker name {name!r} holds a control character (a newline, tab, line separator or "
+                          "the like)")
     if name == UNKNOWN:
         raise VoxaugError(f"speaker name {name!r} is what identify answers below the threshold; choose another")
     return name

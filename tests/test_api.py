@@ -983,3 +983,21 @@ def test_a_loaded_model_is_taken_beside_the_device_it_already_runs_on(models, ti
         assert index.model is model
         index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
         assert voxaug.SpeakerIndex.open(index.path, model=model, device="cpu").model is model
+
+
+def test_identify_refuses_a_missing_clip_before_the_model_loads_and_after_the_index_is_read(trained_run, tiny_synth,
+                                                                                            tmp_path, monkeypatch):
+    """``identify --index spk.faiss nope.wav`` loaded the index's model (seconds, a CUDA context with
+    ``--device cuda``) before it said the clip is not there. The index's own errors still come first."""
+    from voxaug.api.model import SpeakerModel
+
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", trained_run / "best.pt")
+    index.enroll("a", sorted((tiny_synth / "unseen" / "enroll" / "new000").glob("*.pt")))
+    monkeypatch.setattr(SpeakerModel, "load", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    good, missing = sorted((tiny_synth / "unseen" / "test" / "new000").glob("*.pt"))[0], tmp_path / "nope.wav"
+    for model in ([], ["--ckpt", trained_run / "best.pt"]):
+        one_line_error(*invoke("identify", "--index", index.path, *model, good, missing),
+                       f"error: {missing}: clip not found")
+    (tmp_path / "folder.faiss").mkdir()
+    one_line_error(*invoke("identify", "--index", tmp_path / "folder.faiss", missing),
+                   f"error: {tmp_path / 'folder.faiss'}: expected a speaker index file, found a folder")

@@ -442,3 +442,20 @@ def test_a_trial_listed_again_with_the_audio_twins_of_its_clips_is_refused_namin
     trials.write_text("1 a.pt b.pt\n0 a.wav b.pt\n")  # not the same pair as written, but the same clips
     with pytest.raises(VoxaugError, match="line 2: the same pair of clips as line 1"):
         read_trials(trials, data)
+
+
+def test_evaluate_refuses_a_model_trained_without_a_validation_split_before_reading_the_dataset(trained_run,
+                                                                                               tiny_synth, tmp_path):
+    """A run trained with ``--val-fraction 0`` has no validation split, which evaluate always scores (with --test
+    and --trials too): it was said only after the whole dataset was featurised and packed."""
+    from voxaug.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(trained_run / "best.pt")
+    state["config"]["val_fraction"] = 0.0
+    save_checkpoint(tmp_path / "no-val.pt", state)
+    result = invoke("evaluate", tiny_synth, "--ckpt", tmp_path / "no-val.pt", "--out", tmp_path / "report", "--device",
+                    "cpu", "--cache-dir", tmp_path / "cache", "-q")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: {tmp_path / 'no-val.pt'}: no validation utterances: the run was trained "
+                                    "with --val-fraction 0"), result.output
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "report").exists()

@@ -606,3 +606,20 @@ def test_identify_counts_a_speaker_named_unknown_it_accepted_as_identified():
     accepted = Identification("a.wav", [("unknown", 0.9)], softmax_speaker="bob", softmax_prob=0.8, decision="unknown")
     rejected = Identification("b.wav", [("unknown", 0.2)], softmax_speaker="bob", softmax_prob=0.8, decision="unknown")
     assert summary_line([accepted, rejected]) == "2 clips: 1 identified, 1 unknown"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_speaker_name_holding_a_line_separator_is_refused_and_printed_quoted(separator):
+    """``str.splitlines()`` (and many a log reader) ends a line at U+2028 and U+2029 too, which are not control
+    characters: a name holding one was enrolled, and printed bare it split identify's row in two."""
+    from voxaug.cli.identify import format_row
+    from voxaug.embeddings.identify import Identification, check_speaker_name
+    from voxaug.embeddings.speaker_index import check_index_speakers
+
+    name = f"alice{separator}forged.wav"
+    with pytest.raises(VoxaugError, match="holds a control character"):
+        check_speaker_name(name)
+    with pytest.raises(VoxaugError, match=r"^train\.csv: speaker name .* holds a control character"):
+        check_index_speakers(["bob", name], "train.csv")
+    row = format_row(Identification("clip.wav", [(name, 0.9)], softmax_speaker=name, softmax_prob=0.8, decision=name))
+    assert len(row.splitlines()) == 4 and f"decision: {name!r} (threshold" in row, row

@@ -139,3 +139,13 @@ def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_packed_again(tmp_p
     store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
     assert store.rebuilt
     assert torch.equal(store.utterance(store.keys.index("uttr-0001.pt")), changed)
+
+
+def test_a_cache_folder_named_with_a_tilde_in_the_environment_is_under_the_home_folder(tmp_path, monkeypatch):
+    """``VOXAUG_CACHE="~/cache"`` (quoted, or from a service's environment file: no shell expands it) packed into a
+    folder named ``~`` in the working directory."""
+    from voxaug.data.store import default_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VOXAUG_CACHE", "~/cache")
+    assert default_cache_dir() == tmp_path / "home" / "cache"

@@ -380,3 +380,17 @@ def test_a_noise_flac_whose_header_hides_or_overstates_its_length_is_refused_nam
     flac.write_bytes(bytes(data))
     with pytest.raises(VoxaugError, match=rf"^{re.escape(str(flac))}: --noise-dir: {problem}"):
         WaveAugmentation(noise_dir=str(tmp_path / "noise"))
+
+
+@pytest.mark.parametrize("arguments", [["--augment", "wave", "--noise-dir=~/noise"],
+                                       ["--augment", "wave", "--rir-dir=~/rir"],
+                                       ["--augment", "noise", "--noise-dir=~/noise"]])
+def test_a_noise_or_rir_folder_given_as_tilde_after_an_equals_sign_is_under_the_home_folder(tmp_path, monkeypatch,
+                                                                                           arguments):
+    """bash leaves ``~`` as it is in ``--noise-dir=~/noise``: the folder was taken as ``./~/noise`` and refused as
+    not found, where a TOML file's ``noise_dir = "~/noise"`` is under the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"), *arguments])
+    folder = arguments[-1].split("=~/")[1]
+    assert result.exit_code == 2 and result.output.startswith(f"error: {tmp_path / 'home' / folder}: "), result.output

@@ -146,7 +146,14 @@ class SpeakerIndex:
         ``score_norm``, ``cohort_top_k`` and ``threshold`` override what the sidecar holds; ``device`` (default cpu)
         and ``threads`` are for a model loaded here, from the sidecar or a path."""
         path = path_argument(path, "a speaker index file", "path")
-        data = IndexData.load(path)
+        return cls.from_data(path, IndexData.load(path), model, device, threads, score_norm, cohort_top_k, threshold)
+
+    @classmethod
+    def from_data(cls, path: Path, data: IndexData, model: ModelInput = None, device: str | None = None,
+                  threads: int | None = None, score_norm: str | None = None, cohort_top_k: int | None = None,
+                  threshold: float | None = None) -> "SpeakerIndex":
+        """:meth:`open` for an index already read (``IndexData.load(path)``): a command checks its other arguments
+        between reading the index and loading the model, which takes seconds."""
         if model is None:
             model = sidecar_model(data, path, device or "cpu", threads)
         else:

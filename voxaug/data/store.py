@@ -28,8 +28,9 @@ LOCK_FILE = ".lock"
 
 
 def default_cache_dir() -> Path:
-    """``$VOXAUG_CACHE`` if set, else ``~/.cache/voxaug``."""
-    return Path(os.environ.get("VOXAUG_CACHE") or Path.home() / ".cache" / "voxaug")
+    """``$VOXAUG_CACHE`` if set, else ``~/.cache/voxaug``; a ``~`` in the variable (quoted, or set by a service
+    file, no shell expands it) is the home folder, not a folder named ``~`` in the working directory."""
+    return Path(os.environ.get("VOXAUG_CACHE") or Path.home() / ".cache" / "voxaug").expanduser()
 
 
 @dataclass
