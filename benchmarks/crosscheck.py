@@ -44,7 +44,7 @@ from voxaug.audio import write_audio
 from voxaug.augment.pipeline import DEFAULT_AUGMENT
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.safeio import atomic_write_json
-from report import json_output
+from report import at_least, json_output
 
 ACCENTS = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
@@ -225,17 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("build", help="write the set")
     make.add_argument("out", type=Path)
-    make.add_argument("--speakers", type=int, default=60)
-    make.add_argument("--newcomers", type=int, default=30)
-    make.add_argument("--impostors", type=int, default=20)
+    make.add_argument("--speakers", type=at_least(2), default=60)
+    make.add_argument("--newcomers", type=at_least(0), default=30)
+    make.add_argument("--impostors", type=at_least(0), default=20)
     make.add_argument("--seed", type=int, default=0)
     train = commands.add_parser("train", help="train arms on a built set; validation and test accuracy")
     train.add_argument("data", type=Path)
     train.add_argument("--arms", default="none;DEFAULT")
-    train.add_argument("--steps", type=int, default=3000)
-    train.add_argument("--seeds", type=int, default=3)
+    train.add_argument("--steps", type=at_least(1), default=3000)
+    train.add_argument("--seeds", type=at_least(1), default=3)
     train.add_argument("--first-seed", type=int, default=0)
-    train.add_argument("--jobs", type=int, default=2)
+    train.add_argument("--jobs", type=at_least(1), default=2)
     train.add_argument("--workdir", type=Path, default=None)
     train.add_argument("--json", type=json_output)
     train.add_argument("--train-options", default="", help="more `voxaug train` options for every arm, e.g. "

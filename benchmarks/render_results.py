@@ -354,6 +354,12 @@ def gpu_footer(result: dict) -> str:
             f"commit {(env['commit'] or 'unknown')[:7]}")
 
 
+def solo_utt_per_s(run: dict) -> float:
+    """Utterances per second of a training run that had the card alone: as the first gpu_check runs recorded it,
+    else (gpu_check records no speed of its own since runs share the card) from its steps, batch and loop time."""
+    return run["utt_per_s"] if "utt_per_s" in run else run["steps"] * run["batch"] / run["train_s"]
+
+
 def gpu_check_table(result: dict, compact: bool = False) -> str:
     """``benchmarks/gpu_check.py``'s stages: training speed and accuracy with and without AMP, the step
     against the homework loop, and the cross-device checks (``compact``: the README's boss rows). A run
@@ -379,10 +385,11 @@ def gpu_check_table(result: dict, compact: bool = False) -> str:
         run = rows[True][0]
         setting = (f"`{preset}`, {run['steps']} steps (warm-up {run['warmup']}), batch {run['batch']}, "
                    f"{len(rows[True])} seeds ({', '.join(str(r['seed']) for r in rows[True])})")
-        if shared == 1:  # one run at a time (the first runs): their own speeds
-            speed = {amp: statistics.fmean(r["utt_per_s"] for r in rows[amp]) for amp in rows}
+        if shared == 1:  # one run at a time (the first runs, or --jobs 1): their own speeds
+            speed = {amp: statistics.fmean(solo_utt_per_s(r) for r in rows[amp]) for amp in rows}
+            amp_speedup = verdict.get("amp_speedup", speed[True] / speed[False])
             lines.append(f"| {setting}: AMP / float32 | {speed[True]:.0f} / {speed[False]:.0f} utt/s, "
-                         f"peak {memory[True]} / {memory[False]} MiB | AMP {verdict['amp_speedup']:.2f}x float32's speed |")
+                         f"peak {memory[True]} / {memory[False]} MiB | AMP {amp_speedup:.2f}x float32's speed |")
         else:
             lines.append(f"| {setting}, {shared} runs sharing the card: AMP / float32 | peak {memory[True]} / "
                          f"{memory[False]} MiB per run | speed: `train_bench`, alone on the card |")

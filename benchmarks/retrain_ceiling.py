@@ -40,7 +40,7 @@ from voxaug.data.sources import ClipFolderSource
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 from voxaug.safeio import atomic_write_json
-from report import json_output
+from report import at_least, json_output
 
 
 def with_newcomers_as_classes(data: Path, out: Path) -> int:
@@ -94,8 +94,8 @@ def ceiling(ckpt: Path, data: Path, newcomers_test: Path, cache: Path | None) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a voxaug synth folder (HW4 layout with unseen/{enroll,test})")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--steps", type=at_least(1), default=2000)
+    parser.add_argument("--seeds", type=at_least(1), default=2)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--compare", type=Path, nargs="*", default=[],

@@ -552,3 +552,50 @@ def test_hnsw_benchmark_reads_items_csv_as_embed_writes_it(tmp_path):
     (tmp_path / "items.csv").write_bytes(b"row,path,speaker\n" + rows.encode("latin-1"))
     shape = hnsw_speakers.real_shape(tmp_path, None)
     assert shape["speakers"] == 4 and shape["utterances"] == 12
+
+
+@pytest.mark.parametrize("argv", [["train", "DATA", "--seeds", "0"], ["train", "DATA", "--jobs", "0"],
+                                  ["train", "DATA", "--steps", "0"],
+                                  ["build", "OUT", "--speakers", "0", "--newcomers", "0", "--impostors", "0"]])
+def test_crosscheck_counts_that_would_end_in_a_traceback_or_an_empty_set_are_refused_in_one_line(argv, tmp_path,
+                                                                                                  capsys):
+    """--seeds 0 ended in StatisticsError and --jobs 0 in ValueError after the parse, --steps 0 in a
+    CalledProcessError from `voxaug train`, and build --speakers 0 wrote a set with no training speaker."""
+    import crosscheck
+
+    with pytest.raises(SystemExit) as exit_info:
+        workdir = ["--workdir", str(tmp_path)] if argv[0] == "train" else []
+        crosscheck.main([argv[0], str(tmp_path / argv[1]), *argv[2:], *workdir])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f": error: argument {argv[2]}: must be at least " in err
+
+
+def test_gpu_check_table_renders_a_run_of_one_training_at_a_time_as_gpu_check_records_it_now():
+    """`gpu_check.py --jobs 1` (or a 1-CPU machine) records concurrent_runs 1 but, since the runs share the card,
+    neither utt_per_s nor amp_speedup: the table's solo branch failed with KeyError 'utt_per_s'."""
+    import render_results
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    result = json.loads((results / "gpu_check_2026-11-28_h200.json").read_text())
+    training = result["stages"]["training"]
+    training["concurrent_runs"] = 1
+    assert not any("utt_per_s" in run for run in training["runs"]) and "amp_speedup" not in training["amp_vs_fp32"]["boss"]
+    table = render_results.gpu_check_table(result)
+    speed = {amp: np.mean([r["steps"] * r["batch"] / r["train_s"] for r in training["runs"]
+                           if r["preset"] == "boss" and r["amp"] is amp]) for amp in (True, False)}
+    assert f"| {speed[True]:.0f} / {speed[False]:.0f} utt/s, peak " in table and "sharing the card" not in table
+    assert f"AMP {speed[True] / speed[False]:.2f}x float32's speed" in table
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--seeds", "0"]])
+def test_retrain_ceiling_refuses_a_count_below_one_before_copying_the_data(argv, tiny_synth, tmp_path, capsys):
+    """--steps 0 copied the data and then ended in a CalledProcessError from `voxaug train`; --seeds 0 trained
+    nothing and wrote an empty table."""
+    import retrain_ceiling
+
+    with pytest.raises(SystemExit) as exit_info:
+        retrain_ceiling.main([str(tiny_synth), "--workdir", str(tmp_path / "work"), *argv])
+    assert exit_info.value.code == 2
+    assert f": error: argument {argv[0]}: must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "work").exists()
