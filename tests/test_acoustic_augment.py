@@ -324,3 +324,61 @@ def test_speed_keeps_an_all_padding_row_empty_instead_of_giving_it_a_negative_le
     assert out.labels[1:].ge(10).any(), "some empty rows were slowed"
     assert out.lengths.tolist() == [int(out.lengths[0])] + [0] * 15
     assert torch.all(out.features[1:] == 0)
+
+
+@pytest.mark.parametrize("snr_db", [5.0, -10.0])
+def test_a_quiet_stretch_of_a_wide_range_noise_file_still_adds_noise_at_the_drawn_snr(tmp_path, snr_db):
+    """Noise power was taken relative to the whole file's peak: a stretch 120 dB below it (a pause in dB-like
+    features) underflowed to zero power, so no noise was added at 5 dB, and at -10 dB the zero was scaled to inf and
+    every noisy cell came out NaN."""
+    folder = tmp_path / "noises"
+    folder.mkdir()
+    features = torch.full((400, 40), -120.0)
+    features[:20] = 0.0
+    atomic_torch_save(folder / "n0.pt", features)
+    batch = speech_like([50] * 16, seed=19)
+    out = AdditiveNoise(p=1.0, min_snr_db=snr_db, max_snr_db=snr_db, noise_dir=str(folder))(batch, gen(20))
+    assert torch.isfinite(out.features).all()
+    added = (power(out) - power(batch)).sum(dim=(1, 2)) / power(batch).sum(dim=(1, 2))
+    assert torch.allclose(added, torch.full_like(added, 10 ** (-snr_db / 10)), rtol=1e-3)
+
+
+def test_a_noise_feature_file_with_no_mel_bands_is_refused_naming_it(tmp_path):
+    """A (frames, 0) tensor passed the shape check and then failed in ``max()`` with torch's own RuntimeError, which
+    the CLI reported as unexpected (exit 3)."""
+    folder = tmp_path / "noises"
+    folder.mkdir()
+    atomic_torch_save(folder / "n0.pt", torch.zeros(50, 0))
+    with pytest.raises(VoxaugError, match=r"n0\.pt: --noise-dir: expected a float tensor of log-mel features"):
+        AdditiveNoise(noise_dir=str(folder))
+
+
+def test_noise_feature_files_are_found_whatever_the_case_of_their_suffix(tmp_path):
+    """Clip folders and the wave augmentation's noise folders take any case of a suffix; `noise` took only ``.pt``:
+    a folder of ``.PT`` files was refused as holding none, and a ``.PT`` beside ``.pt`` files was silently left out."""
+    folder = tmp_path / "noises"
+    folder.mkdir()
+    atomic_torch_save(folder / "a.pt", torch.randn(50, 40))
+    atomic_torch_save(folder / "B.PT", torch.randn(30, 40))
+    assert sorted(int(n.shape[0]) for n in AdditiveNoise(noise_dir=str(folder))._noises) == [30, 50]
+
+
+def test_a_symbolic_link_to_nothing_in_a_noise_feature_folder_is_refused_naming_it(tmp_path):
+    """It was left out without a word (a clip's is refused), so its noise was silently never added."""
+    folder = tmp_path / "noises"
+    folder.mkdir()
+    atomic_torch_save(folder / "a.pt", torch.randn(50, 40))
+    (folder / "gone.pt").symlink_to(tmp_path / "unmounted" / "gone.pt")
+    with pytest.raises(VoxaugError, match=r"gone\.pt: --noise-dir: a symbolic link that points to nothing"):
+        AdditiveNoise(noise_dir=str(folder))
+
+
+def test_reverb_with_an_rt60_far_below_the_frame_hop_stays_finite():
+    """With hop_ms 100 and an RT60 of 10 ms, exp(-13.8 * 0.1 / 0.01) underflowed every tail tap to 0 and normalising
+    them was 0/0: every reverberant cell came out NaN (training stopped: the loss was NaN for 20 steps in a row)."""
+    batch = speech_like([30, 20], seed=21)
+    out = Reverb(p=1.0, min_rt60=0.01, max_rt60=0.01, min_drr_db=0.0, max_drr_db=0.0, hop_ms=100.0)(batch, gen(22))
+    assert torch.isfinite(out.features).all()
+    real = real_frames(batch.lengths, 30).unsqueeze(2)
+    later = power(out)[:, 1:] - (power(batch)[:, 1:] + power(batch)[:, :-1]) / 2  # half direct, half one frame late
+    assert torch.allclose(later * real[:, 1:], torch.zeros_like(later), atol=1e-6 * float(power(batch).max()))

@@ -394,3 +394,39 @@ def test_a_noise_or_rir_folder_given_as_tilde_after_an_equals_sign_is_under_the_
     result = runner.invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"), *arguments])
     folder = arguments[-1].split("=~/")[1]
     assert result.exit_code == 2 and result.output.startswith(f"error: {tmp_path / 'home' / folder}: "), result.output
+
+
+def test_a_noise_file_below_one_step_of_24_bit_audio_is_refused_as_silent_as_a_clip_is(tmp_path):
+    """Only an all-zero file was refused: a noise whose loudest sample is 1e-9 passed, then audiomentations found
+    every stretch of it too quiet to scale and returned the example without noise (with a raw UserWarning)."""
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    samples = np.zeros(16000, dtype=np.float32)
+    samples[5] = 1e-9
+    soundfile.write(folder / "hiss.wav", samples, 16000, subtype="FLOAT")
+    with pytest.raises(VoxaugError, match=r"hiss\.wav: --noise-dir: audio is silent \(its loudest sample, 1\.0e-09"):
+        WaveAugmentation(noise_dir=str(folder))
+
+
+@pytest.mark.parametrize("option", ["noise_dir", "rir_dir"])
+def test_a_symbolic_link_to_nothing_in_a_noise_or_rir_folder_is_refused_naming_it(corpus, tmp_path, option):
+    """It was left out without a word (a clip's is refused): a folder linked from an unmounted drive lost those
+    noises silently, or was refused as holding no audio files at all."""
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    (folder / "room.wav").write_bytes((corpus / "rir" / "room.wav").read_bytes())
+    (folder / "gone.wav").symlink_to(tmp_path / "unmounted" / "gone.wav")
+    label = "--noise-dir" if option == "noise_dir" else "--rir-dir"
+    with pytest.raises(VoxaugError, match=rf"gone\.wav: {label}: a symbolic link that points to nothing"):
+        WaveAugmentation(**{option: str(folder)})
+
+
+def test_a_stereo_rir_whose_channels_cancel_in_the_mono_mix_is_refused_as_silent(tmp_path):
+    """The silence check took the loudest sample of either channel, but the chain mixes a file to mono first: a RIR
+    with one channel the other's negative passed, and every example it was applied to came out all zeros."""
+    folder = tmp_path / "rir"
+    folder.mkdir()
+    decay = np.exp(-np.arange(800) / 120.0).astype(np.float32)
+    soundfile.write(folder / "room.wav", np.stack([decay, -decay], axis=1), 16000, subtype="FLOAT")
+    with pytest.raises(VoxaugError, match=r"room\.wav: --rir-dir: audio is silent"):
+        WaveAugmentation(rir_dir=str(folder))

@@ -11,6 +11,7 @@ Adding power never lowers any cell, and lifts none by more than the noise power 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -27,24 +28,28 @@ FEATURE_SUFFIX = ".pt"
 
 
 def load_noise_features(folder: str | Path) -> list[torch.Tensor]:
-    """Every ``.pt`` log-mel tensor (frames, n_mels) under ``folder``, as float32 power relative to the file's loudest
-    cell (the SNR sets the level, so any log scale, dB-like included, stays finite); errors name the file."""
+    """Every ``.pt`` log-mel tensor (frames, n_mels) under ``folder``, as float32 log power relative to the file's
+    loudest cell (the SNR sets the level, so any log scale, dB-like included, stays finite); errors name the file."""
     from voxaug.safeio import safe_torch_load
 
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"--noise-dir: {not_a_folder(folder)}")
-    files = sorted(p for p in files_under(folder) if p.suffix == FEATURE_SUFFIX and p.is_file())
+    named = sorted(p for p in files_under(folder) if p.suffix.lower() == FEATURE_SUFFIX)
+    for path in named:
+        if path.is_symlink() and not path.exists():  # left out, it would silently leave its noise out
+            raise file_error(path, f"--noise-dir: a symbolic link that points to nothing ({os.readlink(path)})")
+    files = [p for p in named if p.is_file()]
     if not files:
         raise file_error(folder, f"--noise-dir: holds no noise feature files ({FEATURE_SUFFIX}) for the 'noise' augmentation")
     noises = []
     for path in files:
         tensor = safe_torch_load(path, "noise feature file")
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or tensor.shape[0] < 1 or not tensor.is_floating_point():
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or min(tensor.shape) < 1 or not tensor.is_floating_point():
             raise file_error(path, "--noise-dir: expected a float tensor of log-mel features (frames, n_mels)")
         if not torch.isfinite(tensor).all():
             raise file_error(path, "--noise-dir: noise features hold NaN or Inf values")
-        noises.append(torch.exp(tensor.float() - tensor.float().max()))
+        noises.append(tensor.float() - tensor.float().max())
     bands = {int(t.shape[1]) for t in noises}
     if len(bands) > 1:
         raise file_error(folder, f"--noise-dir: noise files disagree on n_mels ({sorted(bands)})")
@@ -89,9 +94,12 @@ class AdditiveNoise(BatchAugmentation):
             raise VoxaugError(f"{self.noise_dir}: noise features have {self._noises[0].shape[1]} mel bands, "
                               f"the training features {n_mels}")
 
-    def _recorded(self, size: int, frames: int, bands: int, generator: torch.Generator,
-                  device: torch.device) -> torch.Tensor:
-        """(B, T, F) noise power from random files at random offsets (looped when shorter)."""
+    def _recorded(self, real: torch.Tensor, bands: int, generator: torch.Generator) -> torch.Tensor:
+        """(B, T, F) noise power from random files at random offsets (looped when shorter), relative to each
+        stretch's loudest real cell: a stretch far below its file's peak (a pause in a recording on a dB scale)
+        would underflow to no power, and an SNR below about -6 dB then scaled that zero to inf and gave NaN."""
+        size, frames = real.shape
+        device = real.device
         self.check_bands(bands)
         picks = (uniform((size,), generator, device) * len(self._noises)).long().clamp(max=len(self._noises) - 1)
         starts = uniform((size,), generator, device)
@@ -101,7 +109,8 @@ class AdditiveNoise(BatchAugmentation):
             offset = int(start * noise.shape[0])
             index = (torch.arange(frames) + offset) % noise.shape[0]
             rows.append(noise[index])
-        return torch.stack(rows).to(device)  # (B, T, F)
+        logs = torch.stack(rows).to(device)  # (B, T, F)
+        return torch.exp((logs - log_power_peak(logs, real)).clamp(max=0.0))  # padding may be louder: capped
 
     def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
         features, lengths = batch.features, batch.lengths  # (B, T, F), (B,)
@@ -109,8 +118,9 @@ class AdditiveNoise(BatchAugmentation):
         device = features.device
         snr_db = self.min_snr_db + (self.max_snr_db - self.min_snr_db) * uniform((size,), generator, device)  # (B,)
         chosen = uniform((size,), generator, device) < self.p  # (B,)
-        noise = (self._recorded if self._noises else self._stationary)(size, frames, bands, generator, device)
         real = real_frames(lengths, frames)  # (B, T)
+        noise = (self._recorded(real, bands, generator) if self._noises
+                 else self._stationary(size, frames, bands, generator, device))
         peak = log_power_peak(features, real)  # (B, 1, 1)
         power = torch.exp(features.float() - peak) * real.unsqueeze(2)  # (B, T, F), relative to the peak
         cells = lengths.clamp(min=1) * bands  # (B,) real cells

@@ -29,8 +29,13 @@ DECAY_60_DB = 6.0 * math.log(10.0)
 def decay_kernels(rt60_s: torch.Tensor, drr_db: torch.Tensor, taps: int, hop_s: float) -> torch.Tensor:
     """(B, taps) energy kernels summing to 1: the direct path at tap 0, then an exponential tail."""
     delay = torch.arange(1, taps, device=rt60_s.device, dtype=torch.float32).unsqueeze(0) * hop_s  # (1, taps-1)
-    tail = torch.exp(-DECAY_60_DB * delay / rt60_s.unsqueeze(1))  # (B, taps-1)
-    tail = tail / tail.sum(dim=1, keepdim=True) * 10 ** (-drr_db.unsqueeze(1) / 10)  # tail energy = direct / DRR
+    decay = -DECAY_60_DB * delay / rt60_s.unsqueeze(1)  # (B, taps-1) log energy
+    tail = torch.exp(decay)
+    total = tail.sum(dim=1, keepdim=True)
+    # normalised to sum 1; where an RT60 far below the hop underflows every tap (0 / 0), by softmax, which is the
+    # same sum-1 decay computed stably (not used throughout: its rounding would move every trained figure)
+    tail = torch.where(total >= torch.finfo(tail.dtype).tiny, tail / total, torch.softmax(decay, dim=1))
+    tail = tail * 10 ** (-drr_db.unsqueeze(1) / 10)  # tail energy = direct / DRR
     kernel = torch.cat([torch.ones_like(rt60_s).unsqueeze(1), tail], dim=1)  # (B, taps)
     return kernel / kernel.sum(dim=1, keepdim=True)
 

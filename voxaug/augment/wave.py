@@ -11,6 +11,7 @@ change the voice itself, because for speaker identification they change who is s
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
 from voxaug.clips import files_under
 from voxaug.errors import VoxaugError, file_error, not_a_folder
-from voxaug.runtime.frontend import UNKNOWN_FRAMES
+from voxaug.runtime.frontend import UNKNOWN_FRAMES, silence_problem
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
 """audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
@@ -34,22 +35,25 @@ the pipeline more than once reads each file once."""
 
 
 def check_samples(path: Path, option: str) -> None:
-    """Refuse a file whose samples hold NaN or Inf (they would poison every mix) or are all zero (a silent RIR
-    silences every example it is applied to); read in blocks, so a long noise file is never held whole."""
+    """Refuse a file whose samples hold NaN or Inf (they would poison every mix) or are silent as a clip is (a silent
+    RIR silences every example it is applied to; audiomentations skips a noise too quiet to scale, so it would never
+    be added); read in blocks, so a long noise file is never held whole."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _USABLE:
         return
-    peak = 0.0
+    peak, channels = 0.0, 1
     try:
         for block in soundfile.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
             if not np.isfinite(block).all():
                 raise file_error(path, f"{option}: audio holds NaN or Inf samples")
-            peak = max(peak, float(np.abs(block).max(initial=0.0)))
+            # of the mono mix, as the chain loads it: a stereo file whose channels cancel is silent there
+            peak, channels = max(peak, float(np.abs(block.mean(axis=1)).max(initial=0.0))), block.shape[1]
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:  # a FLAC shorter than its header says
         raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
-    if peak == 0.0:
-        raise file_error(path, f"{option}: audio is silent (every sample is zero)")
+    problem = silence_problem(peak)
+    if problem:
+        raise file_error(path, f"{option}: audio {problem}" + (" in its mono mix" if channels > 1 else ""))
     _USABLE.add(key)
 
 
@@ -59,7 +63,11 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"{option}: {not_a_folder(folder)}")
-    files = sorted(p for p in files_under(folder) if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    named = sorted(p for p in files_under(folder) if p.suffix.lower() in AUDIO_SUFFIXES)
+    for path in named:
+        if path.is_symlink() and not path.exists():  # left out, it would silently leave its noise out
+            raise file_error(path, f"{option}: a symbolic link that points to nothing ({os.readlink(path)})")
+    files = [p for p in named if p.is_file()]
     if not files:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
     for path in files:
