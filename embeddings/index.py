@@ -34,8 +34,8 @@ from voxaug.embeddings.backend import SCORE_NORMS, Cohort, ScoringBackend, as_no
 from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import (
-    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock, fsync_dir,
-    read_json, real_path,
+    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock,
+    finite_number, fsync_dir, read_json, real_path,
 )
 
 if TYPE_CHECKING:
@@ -590,7 +590,7 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
     if norms is not None and not isinstance(norms, dict):
         raise file_error(side, f"sidecar field 'mean_norms' must be of type dict, found {type(norms).__name__}")
     if meta["per"] == "speaker" and (not isinstance(norms, dict) or set(norms) != set(meta["counts"]) or not all(
-            _finite_number(norm) and 0 < norm <= 1 + 1e-5 for norm in norms.values())):
+            finite_number(norm) and 0 < norm <= 1 + 1e-5 for norm in norms.values())):
         raise file_error(side, "sidecar field 'mean_norms' must map each speaker to a number in (0, 1], the length "
                                "of a mean of unit vectors")
     for key in ("path", "sha256", "source_sha256"):
@@ -600,15 +600,6 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
 
 MAX_CLIPS = 2**53
 """Most clips a speaker's count may record: beyond it a float no longer counts one by one."""
-
-
-def _finite_number(value: object) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float (JSON integers have no limit)
-        return False
 
 
 def _whole_number(value: object) -> bool:
@@ -632,14 +623,14 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
                                f"space is {backend.output_dim(dim)}-dimensional")
     stats = meta.get("cohort_stats", {})
     if not isinstance(stats, dict) or not all(
-            isinstance(v, list) and len(v) == 2 and all(_finite_number(x) for x in v) and v[1] > 0 for v in stats.values()):
+            isinstance(v, list) and len(v) == 2 and all(finite_number(x) for x in v) and v[1] > 0 for v in stats.values()):
         raise file_error(side, "sidecar field 'cohort_stats' must map speakers to [mean, std], finite, std > 0")
     if cohort is not None and meta.get("per") == "speaker" and set(stats) != set(meta["labels"]):
         raise file_error(side, "sidecar 'cohort_stats' and 'labels' name different speakers")
     calibration = meta.get("calibration", {})
     if not isinstance(calibration, dict):
         raise file_error(side, "sidecar field 'calibration' must be an object")
-    if "value" in calibration and not _finite_number(calibration["value"]):
+    if "value" in calibration and not finite_number(calibration["value"]):
         raise file_error(side, f"sidecar calibration 'value' must be a finite number, got {calibration['value']!r}")
     enrolled = calibration.get("enrolled", {"speakers": 0, "clips": 0, "sha256": "0" * 64})
     if not (isinstance(enrolled, dict) and all(_whole_number(enrolled.get(key)) for key in ("speakers", "clips"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from voxaug.errors import VoxaugError, file_error  # noqa: E402
-from voxaug.safeio import atomic_output  # noqa: E402
+from voxaug.safeio import atomic_output, finite_number  # noqa: E402
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -38,8 +37,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             raise file_error(path, f"line {number} is not JSON ({exc.msg})") from exc
         except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; arrays nested thousands deep
             raise file_error(path, f"line {number} is not usable JSON ({str(exc).split(';')[0]})") from None
-        if not (isinstance(row, dict) and all(_is_number(row.get(key)) for key in ("step", "train_acc"))
-                and (row.get("val_acc") is None or _is_number(row["val_acc"]))):
+        if not (isinstance(row, dict) and all(finite_number(row.get(key)) for key in ("step", "train_acc"))
+                and (row.get("val_acc") is None or finite_number(row["val_acc"]))):
             raise file_error(path, f"line {number}: not a metrics row (a JSON object with a step, train_acc and "
                                    "val_acc or null, finite numbers)")
         rows.append(row)
@@ -52,16 +51,6 @@ def read_log_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise file_error(path, f"not a metrics log: byte {exc.start} is not UTF-8 text") from None
-
-
-def _is_number(value: object) -> bool:
-    """A finite number: JSON's NaN and Infinity, which no training logs, would be drawn as nothing or off the axes."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float (JSON integers have no limit)
-        return False
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:

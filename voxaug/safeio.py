@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -284,6 +285,17 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 class RepeatedKeyError(ValueError):
     """A JSON object names one key twice."""
+
+
+def finite_number(value: object) -> bool:
+    """A JSON value that is a number (not a bool) and finite as a float: JSON integers have no limit, and one too
+    large for a float makes ``math.isfinite`` raise OverflowError."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def loads_unique(text: str) -> Any:
