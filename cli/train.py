@@ -336,7 +336,7 @@ def _noise_folder_overrides(names: list[str] | None, preset: str | None, config:
                           "[augment.wave] in a --config TOML file instead")
     if "noise" not in chosen:
         return {}
-    values = {"noise_dir": absolute_folder(noise_dir), "p": noise_p}
+    values = {"noise_dir": absolute_folder(noise_dir, "--noise-dir"), "p": noise_p}
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -349,15 +349,18 @@ def _wave_overrides(
     gain_p: float | None,
 ) -> dict:
     """The ``augment.wave`` table the command line sets; folders are stored absolute, for --resume."""
-    values = {"noise_dir": absolute_folder(noise_dir), "noise_p": noise_p, "rir_dir": absolute_folder(rir_dir),
+    values = {"noise_dir": absolute_folder(noise_dir, "--noise-dir"), "noise_p": noise_p,
+              "rir_dir": absolute_folder(rir_dir, "--rir-dir"),
               "rir_p": rir_p, "snr_p": snr_p, "gain_p": gain_p}
     return {key: value for key, value in values.items() if value is not None}
 
 
-def absolute_folder(folder: Path | None) -> str | None:
+def absolute_folder(folder: Path | None, option: str) -> str | None:
     """A noise or RIR folder as the run records it: absolute, for --resume, and ``~`` expanded to the home folder,
     which bash leaves as it is in ``--noise-dir=~/x`` (as ``absolute_folders`` does for a TOML file's)."""
-    return str(folder.expanduser().resolve()) if folder else None
+    from voxaug.safeio import home_expanded
+
+    return str(home_expanded(folder, option).resolve()) if folder else None
 
 
 def _frontend_overrides(n_mels: int | None, sample_rate: int | None) -> dict:

@@ -6,12 +6,14 @@ import os
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from hw4_factory import make_hw4
 from voxaug.data.batching import SegmentSampler, whole_batches
 from voxaug.data.sources import HW4Source
 from voxaug.data.store import PackedStore
+from voxaug.errors import VoxaugError
 
 
 def test_reuse_then_rebuild_on_change(tmp_path):
@@ -149,3 +151,13 @@ def test_a_cache_folder_named_with_a_tilde_in_the_environment_is_under_the_home_
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("VOXAUG_CACHE", "~/cache")
     assert default_cache_dir() == tmp_path / "home" / "cache"
+
+
+def test_a_cache_folder_under_an_unknown_users_home_is_one_error_naming_the_variable(monkeypatch):
+    """``VOXAUG_CACHE=~nosuchuser/cache`` raised a bare RuntimeError from pathlib (exit 3 from a command)."""
+    from voxaug.data.store import default_cache_dir
+
+    monkeypatch.setenv("VOXAUG_CACHE", "~voxaug_no_such_user/cache")
+    with pytest.raises(VoxaugError, match=r"^VOXAUG_CACHE '~voxaug_no_such_user/cache': the home folder of "
+                                          r"'~voxaug_no_such_user' cannot be found$"):
+        default_cache_dir()

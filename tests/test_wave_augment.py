@@ -430,3 +430,14 @@ def test_a_stereo_rir_whose_channels_cancel_in_the_mono_mix_is_refused_as_silent
     soundfile.write(folder / "room.wav", np.stack([decay, -decay], axis=1), 16000, subtype="FLOAT")
     with pytest.raises(VoxaugError, match=r"room\.wav: --rir-dir: audio is silent"):
         WaveAugmentation(rir_dir=str(folder))
+
+
+@pytest.mark.parametrize("option", ["--noise-dir", "--rir-dir"])
+def test_a_folder_under_an_unknown_users_home_given_on_the_command_line_is_one_error(tmp_path, option):
+    """``--noise-dir=~nosuchuser/x`` ended in "unexpected RuntimeError: Could not determine home directory" (exit 3),
+    naming neither the option nor the folder."""
+    result = runner.invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"),
+                                 "--augment", "wave", f"{option}=~voxaug_no_such_user/x"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: {option} '~voxaug_no_such_user/x': the home folder of "
+                                     "'~voxaug_no_such_user' cannot be found"), result.output

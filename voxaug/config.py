@@ -18,6 +18,7 @@ from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 from voxaug.runtime.training_split import TrainingSplit
+from voxaug.safeio import home_expanded
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -274,11 +275,7 @@ def absolute_folders(augment: dict, folder: Path) -> None:
         if isinstance(table, dict):
             for key in ("noise_dir", "rir_dir"):
                 if isinstance(table.get(key), str) and table[key]:
-                    try:
-                        expanded = Path(table[key]).expanduser()
-                    except RuntimeError:  # ~user of no such user (or no home folder): a one-line error, not a crash
-                        raise VoxaugError(f"[augment.{name}] {key} {table[key]!r}: the home folder of "
-                                          f"{Path(table[key]).parts[0]!r} cannot be found") from None
+                    expanded = home_expanded(table[key], f"[augment.{name}] {key}")
                     table[key] = str((folder / expanded).resolve())
 
 

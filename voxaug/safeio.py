@@ -92,6 +92,15 @@ def real_path(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def home_expanded(path: str | Path, what: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded as a shell would (bash leaves it in ``--opt=~/x``, and
+    nothing expands an environment variable's or a TOML file's); an unknown user is one error naming ``what``."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home folder at all
+        raise VoxaugError(f"{what} {str(path)!r}: the home folder of {Path(path).parts[0]!r} cannot be found") from None
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.

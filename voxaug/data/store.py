@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from voxaug.data.sources import DatasetSource
 from voxaug.errors import VoxaugError
-from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder, read_json
+from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder, home_expanded, read_json
 
 STORE_VERSION = 1
 FEATURES_FILE = "features.f32"
@@ -30,7 +30,7 @@ LOCK_FILE = ".lock"
 def default_cache_dir() -> Path:
     """``$VOXAUG_CACHE`` if set, else ``~/.cache/voxaug``; a ``~`` in the variable (quoted, or set by a service
     file, no shell expands it) is the home folder, not a folder named ``~`` in the working directory."""
-    return Path(os.environ.get("VOXAUG_CACHE") or Path.home() / ".cache" / "voxaug").expanduser()
+    return home_expanded(os.environ.get("VOXAUG_CACHE") or Path.home() / ".cache" / "voxaug", "VOXAUG_CACHE")
 
 
 @dataclass
