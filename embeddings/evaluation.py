@@ -117,14 +117,15 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
             if clip.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:  # found now, not after the embedding
                 raise file_error(path, f"line {number}: clip {part!r} is not a clip; accepted: .pt, "
                                        f"{', '.join(AUDIO_SUFFIXES)}")
-        twins = clips[0].with_suffix("") == clips[1].with_suffix("")  # x.pt and x.wav: one clip, as folders count it
-        if twins or file_identity(clips[0]) == file_identity(clips[1]):  # or through a link: a trivially perfect trial
+        files = [file_identity(clip) for clip in clips]  # a hard link under another name is the same clip
+        names = [clip.with_suffix("") for clip in clips]  # x.pt and x.wav: one clip, as folders count it
+        if files[0] == files[1] or names[0] == names[1]:  # a trivially perfect trial
             raise file_error(path, f"line {number}: pairs clip {parts[1]!r} with itself"
                                    + ("" if parts[1] == parts[2] else f" (as {parts[2]!r})")
                                    + "; a trial compares two different clips")
-        # either order, by file (a hard link under another name is the same clip) and by name less its suffix (x.pt
-        # and x.wav, twins as above): a pair listed twice would count twice, or with two labels, both ways
-        pairs = (frozenset(file_identity(clip) for clip in clips), frozenset(clip.with_suffix("") for clip in clips))
+        # either order, by file and by name less its suffix: a pair listed twice would count twice, or with two
+        # labels, both ways
+        pairs = (frozenset(files), frozenset(names))
         for pair in pairs:
             if pair in seen:
                 earlier, label = seen[pair]

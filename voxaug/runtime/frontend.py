@@ -14,6 +14,7 @@ import numpy as np
 import soundfile
 
 from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
+from voxaug.safeio import finite_number
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 MAX_FEATURE_MAGNITUDE = 1e4
@@ -29,15 +30,6 @@ def feature_values_problem(largest: float) -> str | None:
         return (f"features hold values as large as {largest:.3g}; log-mel features are logarithms, far below "
                 f"{MAX_FEATURE_MAGNITUDE:g}: is this a log-mel tensor?")
     return None
-
-
-def _within_float_range(value: int | float) -> bool:
-    """Finite, and small enough for float arithmetic: a checkpoint or an export may hold a 400-digit integer, on
-    which the settings' own arithmetic (``hop_length``, ``sample_rate / 2``) raises OverflowError."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,7 @@ class FrontendSettings:
                     or isinstance(value, float) and not math.isfinite(value)):
                 raise VoxaugError(f"front end: {setting.name} must be {'an integer' if whole else 'a finite number'}, "
                                   f"got {value!r}")
-            if not _within_float_range(value):  # not shown: a 5000-digit integer cannot even be printed
+            if not finite_number(value):  # an int too large for float arithmetic (5000 digits cannot be printed)
                 raise VoxaugError(f"front end: {setting.name} is an integer beyond a float's range")
         if self.sample_rate <= 0 or self.n_mels <= 0:
             raise VoxaugError(f"front end: sample_rate and n_mels must be positive, got {self.sample_rate}, {self.n_mels}")
