@@ -382,3 +382,26 @@ def test_reverb_with_an_rt60_far_below_the_frame_hop_stays_finite():
     real = real_frames(batch.lengths, 30).unsqueeze(2)
     later = power(out)[:, 1:] - (power(batch)[:, 1:] + power(batch)[:, :-1]) / 2  # half direct, half one frame late
     assert torch.allclose(later * real[:, 1:], torch.zeros_like(later), atol=1e-6 * float(power(batch).max()))
+
+
+def test_reverb_counts_its_rt60_in_the_training_front_ends_hop(tmp_path):
+    """With a [frontend] hop_ms of 20 the kernel still took frames as 10 ms apart: every RT60 rang twice as long."""
+    from voxaug.synth import SynthConfig, generate
+
+    data = tmp_path / "data"
+    generate(data, SynthConfig(speakers=2, utterances=4, unseen=0, min_seconds=0.5, max_seconds=0.6, seed=1,
+                               write_training_audio=True), progress=False)
+    config = tiny_config(augment={"names": ["reverb"], "reverb": {"p": 1.0, "min_rt60": 0.5, "max_rt60": 0.5,
+                                                                   "min_drr_db": 0.0, "max_drr_db": 0.0}})
+    config.frontend = {"hop_ms": 20.0}
+    reverb = Trainer(config, data / "wav", tmp_path / "run", progress=False).pipeline.augmentations[0]
+    assert reverb.hop_ms == 20.0
+    features = torch.full((1, 100, 4), -20.0)
+    features[0, 10] = 0.0
+    out = reverb(TrainBatch.from_labels(features, torch.tensor([100]), torch.tensor([0])), gen())
+    tail = out.features[0, 11:60, 0]
+    drop_db = float(tail[0] - tail[20]) / DB_TO_LOG_POWER  # 20 frames of 20 ms = 0.4 s
+    assert drop_db == pytest.approx(60 * 0.4 / 0.5, abs=1.0)
+    given = Reverb(hop_ms=12.5)
+    given.bind_hop(20.0)
+    assert given.hop_ms == 12.5, "a hop given for features the front end does not describe is kept"

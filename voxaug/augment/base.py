@@ -56,6 +56,9 @@ class BatchAugmentation(ABC):
     def check_bands(self, n_mels: int) -> None:
         """Told the data's mel-band count before any data is read, to refuse what cannot apply to it."""
 
+    def bind_hop(self, hop_ms: float) -> None:
+        """Told the front end's frame hop in ms before the first batch; only augmentations timed in seconds use it."""
+
     @abstractmethod
     def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
         """Return the augmented batch; shapes of features and lengths are kept unless documented."""

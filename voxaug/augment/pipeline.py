@@ -42,6 +42,11 @@ class AugmentPipeline:
         for augmentation in self.augmentations:
             augmentation.bind(speakers)
 
+    def bind_hop(self, hop_ms: float) -> None:
+        """Tell every augmentation the front end's frame hop (``reverb`` turns its RT60 into frames by it)."""
+        for augmentation in self.augmentations:
+            augmentation.bind_hop(hop_ms)
+
     def check_bands(self, n_mels: int) -> None:
         """Let every augmentation refuse data of ``n_mels`` bands before it is read (noise files of other bands)."""
         for augmentation in self.augmentations:

@@ -21,6 +21,7 @@ from voxaug.augment.base import (
     uniform,
 )
 from voxaug.errors import VoxaugError
+from voxaug.runtime.frontend import FrontendSettings
 
 DECAY_60_DB = 6.0 * math.log(10.0)
 """ln(10⁶) ≈ 13.8: the energy decay exponent over one RT60."""
@@ -44,7 +45,8 @@ def decay_kernels(rt60_s: torch.Tensor, drr_db: torch.Tensor, taps: int, hop_s: 
 class Reverb(BatchAugmentation):
     """With probability ``p`` per example, smear its mel power along time with an exponential decay of
     RT60 in [``min_rt60``, ``max_rt60``] s and a DRR in [``min_drr_db``, ``max_drr_db``] dB, then
-    take the log again. Padding is untouched; ``hop_ms`` is the front end's frame hop.
+    take the log again. Padding is untouched; ``hop_ms`` is the front end's frame hop: unless given, the
+    trainer's front end's (``bind_hop``), the default front end's before it is told.
 
     Why: the same speaker sounds different in a dry booth and a reverberant hall, and each training
     speaker is heard in only a few rooms.
@@ -54,16 +56,23 @@ class Reverb(BatchAugmentation):
     order = 12
 
     def __init__(self, p: float = 0.5, min_rt60: float = 0.2, max_rt60: float = 0.8, min_drr_db: float = -3.0,
-                 max_drr_db: float = 12.0, hop_ms: float = 10.0) -> None:
+                 max_drr_db: float = 12.0, hop_ms: float | None = None) -> None:
         check_probability("--reverb-p (reverb p)", p)
         check_range("reverb min_rt60/max_rt60 (seconds)", min_rt60, max_rt60, 0.01, 5.0)
         check_range("reverb min_drr_db/max_drr_db", min_drr_db, max_drr_db, -40.0, 60.0)
-        if isinstance(hop_ms, bool) or not isinstance(hop_ms, (int, float)) or not 0 < hop_ms <= 100:
+        if hop_ms is not None and (isinstance(hop_ms, bool) or not isinstance(hop_ms, (int, float))
+                                   or not 0 < hop_ms <= 100):
             raise VoxaugError(f"reverb hop_ms must be a frame hop in (0, 100] ms, got {hop_ms!r}")
         self.p = float(p)
         self.min_rt60, self.max_rt60 = float(min_rt60), float(max_rt60)
         self.min_drr_db, self.max_drr_db = float(min_drr_db), float(max_drr_db)
-        self.hop_ms = float(hop_ms)
+        self.hop_ms = FrontendSettings.hop_ms if hop_ms is None else float(hop_ms)
+        self._hop_given = hop_ms is not None
+
+    def bind_hop(self, hop_ms: float) -> None:
+        """Take the front end's hop, unless ``hop_ms`` was given (features of a hop the front end does not know)."""
+        if not self._hop_given:
+            self.hop_ms = float(hop_ms)
 
     @property
     def taps(self) -> int:
