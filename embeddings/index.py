@@ -265,8 +265,10 @@ class SpeakerIndex:
             self._drop_rows([row])
         mean = total / count
         norm = float(np.linalg.norm(mean))
-        self.built = self.plda_models = None
+        self.plda_models = None
         centroid = (mean / norm).astype(np.float32)[None]
+        if self.built is not None:  # a new speaker grows the index in place; an append dropped its row, so it rebuilds
+            self.built.add(centroid)
         self.vectors = np.concatenate([self.vectors, centroid])
         self.labels.append(speaker)
         self.counts[speaker], self.mean_norms[speaker] = count, norm
@@ -489,6 +491,8 @@ class SpeakerIndex:
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:  # an HNSW header does not say its metric; L2 ranks otherwise
             metric = {faiss.METRIC_L2: "L2 distances"}.get(index.metric_type, f"FAISS metric {index.metric_type}")
             raise file_error(path, f"{kind} of {metric}, not of inner products (the cosines a speaker index scores by)")
+        if kind == "IndexHNSWFlat":  # the file keeps the efSearch it was written with: FAISS's 16 before 2026-11-25
+            index.hnsw.efSearch = HNSW_EF_SEARCH
         dim, labels = meta["dimension"], meta["labels"]
         backend = scoring["backend"]
         if backend.mean is not None and backend.mean.shape[0] != dim:
@@ -497,7 +501,7 @@ class SpeakerIndex:
         space_dim = backend.output_dim(dim)
         if index.d != space_dim or index.ntotal != len(labels):
             raise file_error(side, f"sidecar says {len(labels)} vectors of dimension {space_dim}, "
-                                   f"the index holds {index.ntotal} of dimension {index.d}")
+                                   f"the index {path} holds {index.ntotal} of dimension {index.d}")
         vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, space_dim), dtype=np.float32)
         if not np.isfinite(vectors).all():
             raise file_error(path, "index vectors hold NaN or Inf values")
@@ -567,7 +571,8 @@ def _committed_bytes(path: Path, digest: object) -> bytes:
             return data
     if not path.is_file():
         raise file_error(path, "speaker index not found (its sidecar is there)")
-    raise file_error(path, "index does not match its sidecar (modified, corrupt or from another write)")
+    raise file_error(path, f"index does not match its sidecar {sidecar_path(path)} (either modified, corrupt or from "
+                           "another write)")
 
 
 def _check_sidecar_types(meta: dict, side: Path) -> None:

@@ -1001,3 +1001,22 @@ def test_identify_refuses_a_missing_clip_before_the_model_loads_and_after_the_in
     (tmp_path / "folder.faiss").mkdir()
     one_line_error(*invoke("identify", "--index", tmp_path / "folder.faiss", missing),
                    f"error: {tmp_path / 'folder.faiss'}: expected a speaker index file, found a folder")
+
+
+def test_a_name_another_process_enrolled_meanwhile_in_another_unicode_spelling_is_that_speaker(trained_run, tiny_synth,
+                                                                                                tmp_path):
+    """An object that read the index before another process enrolled 'José' (é as one code point) matched 'José'
+    (e and a combining accent) against the index as it had read it, not as it is under the lock: it enrolled a second
+    José beside the first, and --append started that second one instead of adding to the first."""
+    index_path = tmp_path / "spk.faiss"
+    clips = sorted((tiny_synth / "unseen" / "enroll" / "new000").glob("*.pt"))
+    others = sorted((tiny_synth / "unseen" / "enroll" / "new001").glob("*.pt"))
+    nfc, nfd = "Jos\u00e9", "Jose\u0301"
+    voxaug.SpeakerIndex.create(index_path, trained_run / "best.pt").enroll("a", clips[:1])
+    stale, other = voxaug.SpeakerIndex.open(index_path), voxaug.SpeakerIndex.open(index_path)
+    other.enroll(nfc, clips[1:])
+    with pytest.raises(VoxaugError, match=f"already enrolled: {nfc};"):
+        stale.enroll(nfd, others)
+    both = len(clips) - 1 + len(others)
+    assert stale.enroll(nfd, others, append=True) == both and stale.skipped == {nfd: 0}
+    assert voxaug.SpeakerIndex.open(index_path).data.counts == {"a": 1, nfc: both}

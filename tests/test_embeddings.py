@@ -459,3 +459,47 @@ def test_evaluate_refuses_a_model_trained_without_a_validation_split_before_read
     assert result.output.startswith(f"error: {tmp_path / 'no-val.pt'}: no validation utterances: the run was trained "
                                     "with --val-fraction 0"), result.output
     assert not (tmp_path / "cache").exists() and not (tmp_path / "report").exists()
+
+
+def test_a_new_speaker_grows_a_loaded_hnsw_speaker_index_in_place_and_an_append_rebuilds_it(tmp_path, monkeypatch):
+    """Enrolling a new speaker into a --per speaker HNSW index rebuilt the whole graph (about 10 s at 20,000
+    speakers, minutes at a million); as docs/scaling.md says, only --remove and appends rebuild."""
+    import faiss
+
+    index = SpeakerIndex(dim=4, hnsw=True)
+    index.add("s1", np.eye(4)[:2])
+    index.add("s2", np.eye(4)[2:])
+    index.save(tmp_path / "i.faiss")
+    real_hnsw = faiss.IndexHNSWFlat
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the HNSW graph was rebuilt for a new speaker")
+
+    monkeypatch.setattr("faiss.IndexHNSWFlat", no_rebuild)
+    loaded = SpeakerIndex.load(tmp_path / "i.faiss")
+    graph = loaded.faiss_index()
+    loaded.add("s3", np.array([[1.0, -1.0, 0.0, 0.0], [1.0, -0.9, 0.0, 0.0]]))
+    assert loaded.faiss_index() is graph and graph.ntotal == 3
+    assert np.allclose(graph.reconstruct_n(0, 3), loaded.vectors)
+    assert loaded.search(np.array([[0.6, -0.8, 0.0, 0.0]]), 1)[0][0][0] == "s3"
+    loaded.save(tmp_path / "i.faiss")
+    assert SpeakerIndex.load(tmp_path / "i.faiss").labels == ["s1", "s2", "s3"]
+
+    monkeypatch.setattr("faiss.IndexHNSWFlat", real_hnsw)
+    loaded.add("s1", np.array([[0.0, 1.0, 0.0, 0.0]]), append=True)  # its centroid moves: the graph is rebuilt
+    assert loaded.faiss_index() is not graph and loaded.faiss_index().ntotal == 3
+    assert np.allclose(loaded.faiss_index().reconstruct_n(0, 3), loaded.vectors)
+
+
+@pytest.mark.parametrize("per", ["speaker", "utterance"])
+def test_an_hnsw_index_saved_with_faiss_s_default_ef_search_is_searched_at_voxaug_s(tmp_path, per):
+    """The first indexes (version-1 sidecars, until 2026-11-25) were saved with FAISS's efSearch of 16, and a loaded
+    graph is searched as saved: those indexes kept searching at 16, not the documented 128, and lost recall."""
+    index = SpeakerIndex(dim=4, mode=per, hnsw=True)
+    index.add("s1", np.eye(4)[:2])
+    index.add("s2", np.eye(4)[2:])
+    index.faiss_index().hnsw.efSearch = 16  # as faiss_index() built it before efSearch was set
+    index.save(tmp_path / "i.faiss")
+    loaded = SpeakerIndex.load(tmp_path / "i.faiss")
+    assert loaded.faiss_index().hnsw.efSearch == 128
+    assert loaded.search(np.eye(4)[2:3], 1)[0][0][0] == "s2"

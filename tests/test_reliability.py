@@ -623,3 +623,28 @@ def test_a_speaker_name_holding_a_line_separator_is_refused_and_printed_quoted(s
         check_index_speakers(["bob", name], "train.csv")
     row = format_row(Identification("clip.wav", [(name, 0.9)], softmax_speaker=name, softmax_prob=0.8, decision=name))
     assert len(row.splitlines()) == 4 and f"decision: {name!r} (threshold" in row, row
+
+
+def test_an_index_and_sidecar_that_disagree_are_refused_in_one_line_naming_both_files(tmp_path):
+    """One of the pair replaced by an older copy, or a sidecar edited to list fewer speakers, was refused naming only
+    one of the two files (the index for a hash mismatch, the sidecar for a row count), though either may be the
+    stale one."""
+    path, side = tmp_path / "spk.faiss", tmp_path / "spk.faiss.json"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:2])
+    index.save(path)
+    old_index, old_side = path.read_bytes(), side.read_text()
+    index.add("bob", np.eye(4)[2:3])
+    index.save(path)
+    new_index, new_side = path.read_bytes(), side.read_text()
+    meta = json.loads(new_side)
+    for field in ("counts", "mean_norms"):
+        del meta[field]["bob"]
+    meta["labels"].remove("bob")
+    for index_bytes, sidecar_text in ((old_index, new_side), (new_index, old_side), (new_index, json.dumps(meta))):
+        path.write_bytes(index_bytes)
+        side.write_text(sidecar_text)
+        with pytest.raises(VoxaugError) as error:
+            SpeakerIndex.load(path)
+        message = str(error.value)
+        assert "\n" not in message and str(path) in message.replace(str(side), "") and str(side) in message, message

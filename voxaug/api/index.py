@@ -233,6 +233,12 @@ class SpeakerIndex:
                                             f"{'HNSW' if data.hnsw else 'exact'} search, and this enrolment was to "
                                             f"create it per {self.data.mode} with "
                                             f"{'HNSW' if self.data.hnsw else 'exact'} search (nothing was written)")
+            now = data.spellings(given)  # another process may have enrolled or removed a name in another spelling
+            if now != spelled:
+                renamed = {spelled[name]: now[name] for name in given}
+                speakers, own, digests, rows = ({renamed[name]: value for name, value in mapping.items()}
+                                                for mapping in (speakers, own, digests, rows))
+                spelled = now
             self._refuse_enrolled(data, speakers, append)  # another process may have enrolled one meanwhile
             owners = data.clip_owners()
             if owners != recorded:  # another process may have enrolled a clip's twin (x.pt for x.wav) meanwhile
