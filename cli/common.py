@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import typer
 from typer.core import TyperGroup
+from typer.models import OptionInfo
 
-from voxaug.errors import VoxaugError, export_as_checkpoint, file_error
+from voxaug.errors import VoxaugError, export_as_checkpoint, file_error, not_a_file
 from voxaug.interrupt import SIGTERM_EXIT, Terminated, sigterm_as_interrupt
-from voxaug.safeio import real_path
+from voxaug.safeio import home_expanded, real_path
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
@@ -44,12 +46,17 @@ SIGPIPE_EXIT = 128 + 13  # the status a shell gives a program that the broken-pi
 
 def clean_errors(function: F) -> F:
     """Turn a VoxaugError into ``error: <message>`` and exit code 2; tracebacks only with --debug. Ctrl-C and SIGTERM
-    stop the command as one line too, with the shell's status for them (130, 143)."""
+    stop the command as one line too, with the shell's status for them (130, 143). Every path option has its
+    ``~`` expanded here (see ``path_options``)."""
+    options = path_options(function)
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             with sigterm_as_interrupt():
+                for name, option in options.items():
+                    if isinstance(kwargs.get(name), Path):
+                        kwargs[name] = home_expanded(kwargs[name], option)
                 return function(*args, **kwargs)
         except VoxaugError as exc:
             if debug_enabled():
@@ -79,6 +86,18 @@ def clean_errors(function: F) -> F:
             raise fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def path_options(function: Callable) -> dict[str, str]:
+    """The options of a command (parameter name -> its ``--name``) whose ``~`` or ``~user`` the command expands, as
+    ``home_expanded`` does for --noise-dir and VOXAUG_CACHE: bash leaves it as it is in ``--out=~/x``, which would
+    make a folder named ``~``. Every option, so that none is left out; arguments are the shell's to expand."""
+    options = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        if isinstance(parameter.default, OptionInfo):
+            long = [decl for decl in parameter.default.param_decls if decl.startswith("--")]
+            options[name] = long[0] if long else "--" + name.replace("_", "-")
+    return options
 
 
 def _is_usage_error(exc: BaseException) -> bool:
@@ -130,7 +149,7 @@ def existing_file(path: Path, what: str) -> Path:
     if not path.exists():
         raise VoxaugError(f"{path}: {what} not found")
     if not path.is_file():
-        raise VoxaugError(f"{path}: expected a {what} file, found a folder")
+        raise file_error(path, not_a_file(path, what))
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import io
 import os
 from pathlib import Path
@@ -185,13 +186,17 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
 
 def refuse_index_options(per: str, hnsw: bool, replace: bool, score_norm: str | None, scoring: ScoringOptions) -> None:
     """Without --index, the options that shape the index would silently do nothing: refuse those set away from their
-    defaults (as evaluate refuses --calibrate without one)."""
+    defaults (as evaluate refuses --calibrate without one). The defaults are the options' own, as ``embed`` declares
+    them, so that changing one there cannot make its default a refused value here."""
     defaults = ScoringOptions()
+    declared = {name: parameter.default.default for name, parameter in inspect.signature(embed).parameters.items()}
     given = [option for option, value, default in (
-        ("--per", per, "speaker"), ("--hnsw", hnsw, False), ("--backend", scoring.backend, defaults.backend),
-        ("--lda-dim", scoring.lda_dim, defaults.lda_dim), ("--score-norm", score_norm, None),
+        ("--per", per, declared["per"]), ("--hnsw", hnsw, declared["hnsw"]),
+        ("--backend", scoring.backend, defaults.backend), ("--lda-dim", scoring.lda_dim, defaults.lda_dim),
+        ("--score-norm", score_norm, declared["score_norm"]),
         ("--cohort-size", scoring.cohort_size, defaults.cohort_size),
-        ("--cohort-top-k", scoring.cohort_top_k, defaults.cohort_top_k), ("--replace", replace, False)) if value != default]
+        ("--cohort-top-k", scoring.cohort_top_k, defaults.cohort_top_k), ("--replace", replace, declared["replace"]))
+        if value != default]
     if given:
         raise VoxaugError(f"{', '.join(given)}: options of the speaker index, and no --index was given; pass "
                           "--index FILE, or leave them out")

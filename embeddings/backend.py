@@ -102,9 +102,7 @@ class ScoringBackend:
                 warnings.filterwarnings("ignore", message="Only one sample available", category=UserWarning)
                 lda.fit(embeddings - mean, labels)
         except np.linalg.LinAlgError as exc:  # a singular within-speaker scatter: nothing to whiten by
-            most = int(np.unique(np.asarray(labels), return_counts=True)[1].max())
-            if most < 3:
-                raise too_few_clips(kind, most, embeddings.shape[1]) from exc
+            refuse_too_few_clips(kind, np.unique(np.asarray(labels), return_counts=True)[1], embeddings.shape[1])
             raise VoxaugError(f"--backend {kind}: the training embeddings vary too little within speakers to fit "
                               f"it (are the clips duplicates?); pass --backend center or none") from exc
         fitted = cls("lda", mean.astype(np.float32), np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32))
@@ -218,17 +216,20 @@ def check_fit_labels(kind: str, labels: np.ndarray, dim: int | None = None) -> i
     if counts.sum() <= speakers:
         raise VoxaugError(f"--backend {kind} needs more training utterances than speakers (some speaker with two), "
                           f"got {counts.sum()} of {speakers}; pass --backend center or none")
-    # Ledoit-Wolf does not shrink the covariance of two clips: each speaker of two adds one direction only, so
-    # fewer of them than dimensions leave the within-speaker scatter singular
-    if dim is not None and counts.max() < 3 and (counts == 2).sum() < dim:
-        raise too_few_clips(kind, int(counts.max()), dim)
+    if dim is not None:
+        refuse_too_few_clips(kind, counts, dim)
     return speakers
 
 
-def too_few_clips(kind: str, most: int, dim: int) -> VoxaugError:
-    return VoxaugError(f"--backend {kind}: no speaker has more than {most} utterances in the training split, too few "
-                       f"to estimate within-speaker variation in {dim} dimensions; it needs some speaker with at "
-                       "least 3; pass --backend center or none")
+def refuse_too_few_clips(kind: str, counts: np.ndarray, dim: int) -> None:
+    """Ledoit-Wolf does not shrink the covariance of two clips: each speaker of two adds one direction only, so with
+    no speaker of three, fewer such speakers than ``dim`` dimensions leave the within-speaker scatter singular."""
+    most, pairs = int(counts.max()), int((counts == 2).sum())
+    if most < 3 and pairs < dim:
+        raise VoxaugError(f"--backend {kind}: no speaker has more than {most} utterances in the training split and "
+                          f"{pairs} speakers have 2, too few to estimate within-speaker variation in {dim} dimensions; "
+                          f"it needs some speaker with at least 3, or at least {dim} speakers with 2; pass --backend "
+                          "center or none")
 
 
 def check_lda_dim(lda_dim: object) -> int:

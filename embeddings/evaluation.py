@@ -26,7 +26,7 @@ from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
-from voxaug.errors import VoxaugError, file_error  # noqa: E402
+from voxaug.errors import VoxaugError, file_error, not_a_file  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
 from voxaug.runtime.frontend import AUDIO_SUFFIXES  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
@@ -96,8 +96,7 @@ class Trial(NamedTuple):
 def read_trials(path: Path, root: Path) -> list[Trial]:
     """Trial lines ``LABEL CLIP1 CLIP2`` (LABEL 1 = same speaker, 0 = different; paths relative to DATA)."""
     if not path.is_file():
-        raise file_error(path, "trials file not found" if not path.exists()
-                         else "expected a trials file, found a folder")
+        raise file_error(path, "trials file not found" if not path.exists() else not_a_file(path, "trials"))
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not a trial
     except UnicodeDecodeError as exc:

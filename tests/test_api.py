@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1020,3 +1021,55 @@ def test_a_name_another_process_enrolled_meanwhile_in_another_unicode_spelling_i
     both = len(clips) - 1 + len(others)
     assert stale.enroll(nfd, others, append=True) == both and stale.skipped == {nfd: 0}
     assert voxaug.SpeakerIndex.open(index_path).data.counts == {"a": 1, nfc: both}
+
+
+@pytest.mark.parametrize("values, sample_rate", [
+    (np.full((50, 40), 1e300), None),
+    (np.full(16000, 1e300), 16000),
+    (torch.full((16000,), 1e300, dtype=torch.float64), 16000),
+])
+def test_float64_values_beyond_float32_are_said_to_overflow_it_not_to_be_nan(values, sample_rate):
+    """A float64 array of 1e300 became Inf in the float32 copy (with numpy's overflow warning) and was refused as
+    holding "NaN or Inf", values it does not hold."""
+    from voxaug.api.inputs import to_clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(VoxaugError) as refused:
+            to_clip(values, sample_rate, FrontendSettings(), "clip")
+    assert str(refused.value) == "clip: values as large as 1e+300 overflow float32, the model's precision (largest 3.4e+38)"
+
+
+def test_features_given_as_mel_bins_by_frames_get_a_transposed_hint():
+    """A (40, T) array where (T, 40) goes was told to pass a sample_rate, as if it were a waveform."""
+    from voxaug.api.inputs import to_clip
+
+    with pytest.raises(VoxaugError) as refused:
+        to_clip(np.zeros((40, 50), dtype=np.float32), None, FrontendSettings(), "clip")
+    assert str(refused.value) == ("clip: features must have shape (frames, 40), got (40, 50) "
+                                  "(transposed? features are (frames, n_mels))")
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--threshold", "5"], "error: --threshold is a cosine score in [-1, 1] (or pass --score-norm asnorm), got 5.0"),
+    (["--cohort-top-k", "5"], "error: {index}: --cohort-top-k 5 sets AS-norm's cohort, and this index scores cosine; "
+                              "add --score-norm asnorm"),
+    (["--score-norm", "asnorm"], "error: {index}: --score-norm asnorm: the index has no AS-norm cohort; rebuild it "
+                                 "with `voxaug embed ... --index FILE --score-norm asnorm`"),
+])
+def test_identify_refuses_scoring_options_the_index_cannot_take_before_loading_the_model(models, tiny_synth, tmp_path,
+                                                                                          monkeypatch, options, expected):
+    """A --threshold out of a cosine index's range, or a --cohort-top-k or --score-norm asnorm it cannot use, was
+    refused only once the model had loaded (seconds), and a missing --ckpt was reported instead of them."""
+    import voxaug.api.index as api_index
+
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(api_index, "loaded_model", loaded)
+    monkeypatch.setattr(api_index, "sidecar_model", loaded)
+    code, output = invoke("identify", "--index", index.path, *options, wavs(tiny_synth, "test", "new000")[0])
+    assert (code, output.strip()) == (2, expected.format(index=index.path))

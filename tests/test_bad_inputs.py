@@ -525,3 +525,45 @@ def test_a_folder_where_a_file_goes_is_called_a_folder_not_missing(tmp_path, opt
     code, output = invoke(command)
     assert code == 2 and output.count("\n") == 1, output
     assert output.startswith(f"error: {folder}") and "found a folder" in output and "not found" not in output, output
+
+
+def test_a_tilde_after_the_equals_sign_of_a_path_option_is_the_home_folder(tmp_path, monkeypatch):
+    """bash leaves ``~`` as it is in ``--out=~/run``: train wrote a folder named ``~`` in the working directory, and
+    ``--config=~/c.toml`` or ``--index=~/spk.faiss`` were not found. Every path option expands it, as --noise-dir does."""
+    from hw4_factory import make_hw4
+
+    home = tmp_path / "home"
+    data = make_hw4(home / "data", speakers=2, per_speaker=3)
+    (home / "c.toml").write_text("[model]\nd_model = 32\nnum_layers = 1\nnum_heads = 2\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    code, output = invoke(["train", data, "--out=~/run", "--config=~/c.toml", "--cache-dir=~/cache", "--steps", "2",
+                           "--eval-every", "2", "--warmup", "1", "--device", "cpu", "-q"])
+    assert code == 0, output
+    assert (home / "run" / "best.pt").is_file() and (home / "cache").is_dir() and not (tmp_path / "~").exists()
+    code, output = invoke(["identify", "--index=~/spk.faiss", data / "uttr-0000.pt"])
+    assert (code, output) == (2, f"error: {home / 'spk.faiss'}: speaker index not found\n")
+
+
+def test_a_tilde_of_no_such_user_in_a_path_option_is_one_error_naming_the_option():
+    code, output = invoke(["identify", "--index=~voxaug_no_such_user/spk.faiss", "clip.pt"])
+    assert (code, output) == (2, "error: --index '~voxaug_no_such_user/spk.faiss': the home folder of "
+                                 "'~voxaug_no_such_user' cannot be found\n")
+
+
+@pytest.mark.parametrize("option", ["train --config", "export --ckpt", "evaluate --trials"])
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_a_device_or_pipe_where_a_file_goes_is_called_what_it_is_not_a_folder(tmp_path, option, special):
+    """``train --config /dev/null`` said "expected a config file, found a folder": /dev/null is no folder."""
+    if special == "fifo":
+        special = tmp_path / "pipe"
+        os.mkfifo(special)
+    found = "a named pipe" if isinstance(special, Path) else "a character device"
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    command, what = {
+        "train --config": (["train", tmp_path / "data", "--out", tmp_path / "run", "--config", special, "-q"], "config"),
+        "export --ckpt": (["export", "--ckpt", special, "--out", tmp_path / "m.onnx"], "checkpoint"),
+        "evaluate --trials": (["evaluate", tmp_path / "data", "--ckpt", tmp_path / "junk.pt", "--out", tmp_path / "report",
+                               "--trials", special, "-q"], "trials"),
+    }[option]
+    assert invoke(command) == (2, f"error: {special}: expected a {what} file, found {found}\n")

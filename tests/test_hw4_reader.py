@@ -292,3 +292,19 @@ def test_speaker_ids_that_are_not_whole_numbers_are_refused_naming_the_speaker_a
     with pytest.raises(VoxaugError, match=f"mapping.json: 'speaker2id' gives '{names[ids.index(bad)]}' the id "
                                           f"{re.escape(json.dumps(bad))}; ids are whole numbers 0..N-1$"):
         open_source(root)
+
+
+@pytest.mark.parametrize("ids, why", [
+    ([0, 1, 3], "no speaker has the id 2 ('id10002' has the id 3)"),
+    ([0, 0, 2], "no speaker has the id 1 ('id10000' and 'id10001' share the id 0)"),
+    ([-1, 1, 2], "no speaker has the id 0 ('id10000' has the id -1)"),
+])
+def test_a_gap_in_the_mapping_ids_names_the_missing_id_and_the_speaker_that_took_its_place(tmp_path, ids, why):
+    """Ids 0, 1, 3 were refused as "must map each speaker to a distinct id 0..N-1", leaving the user to find which
+    of hundreds of ids is missing, and which speaker has the wrong one."""
+    root = make_hw4(tmp_path / "d", speakers=3)
+    names = sorted(json.loads((root / "mapping.json").read_text())["speaker2id"])
+    (root / "mapping.json").write_text(json.dumps({"speaker2id": dict(zip(names, ids))}))
+    with pytest.raises(VoxaugError) as refused:
+        HW4Source(root)
+    assert str(refused.value) == f"{root / 'mapping.json'}: 'speaker2id' must give its speakers the ids 0..2, each once; {why}"

@@ -881,7 +881,7 @@ def test_speakers_of_two_training_clips_each_are_refused_naming_the_clips_short_
     """Ledoit-Wolf leaves the covariance of a speaker's two clips unshrunk (one direction), so LDA over speakers of
     two clips each fails in more dimensions than speakers: that is too few clips, not duplicate ones."""
     vectors, labels = clustered(speakers=3, per=2, dim=16)
-    short = rf"--backend {kind}: no speaker has more than 2 utterances in the training split.* at least 3; pass"
+    short = rf"--backend {kind}: no speaker has more than 2 utterances in the training split.* at least 3, or .*; pass"
     with pytest.raises(VoxaugError, match=short) as refused:
         ScoringBackend.fit(kind, vectors, np.array(labels))
     assert "duplicates" not in str(refused.value)
@@ -986,9 +986,9 @@ def few_clip_runs(tmp_path_factory):
     ("two_speakers", "error: --backend plda needs at least 3 training speakers, the data has 2"),
     ("one_clip_each", "error: --backend plda needs more training utterances than speakers (some speaker with two), "
                       "got 3 of 3; pass --backend center or none"),
-    ("two_clips_each", "error: --backend plda: no speaker has more than 2 utterances in the training split, too few to "
-                       "estimate within-speaker variation in 32 dimensions; it needs some speaker with at least 3; pass "
-                       "--backend center or none"),
+    ("two_clips_each", "error: --backend plda: no speaker has more than 2 utterances in the training split and 3 "
+                       "speakers have 2, too few to estimate within-speaker variation in 32 dimensions; it needs some "
+                       "speaker with at least 3, or at least 32 speakers with 2; pass --backend center or none"),
 ])
 def test_a_back_end_the_training_labels_cannot_fit_is_refused_before_anything_is_embedded(few_clip_runs, tmp_path,
                                                                                          monkeypatch, name, needle):
@@ -1055,3 +1055,30 @@ def test_feature_clips_an_audio_model_cannot_read_in_a_speaker_folder_are_refuse
     assert result.output.startswith(f"error: {features / 'new000' / '003.pt'} (and 5 more .pt clips): log-mel features "
                                     "(.pt) are made with the default front end"), result.output
     assert not (tmp_path / "report").exists()
+
+
+def test_too_few_clips_names_both_ways_to_fit_speakers_of_two_clips_or_one_of_three():
+    """The refusal said a speaker of three clips was needed, though as many speakers of two as dimensions fit too."""
+    from voxaug.embeddings.backend import check_fit_labels
+
+    with pytest.raises(VoxaugError) as refused:
+        check_fit_labels("lda", np.repeat([f"s{i}" for i in range(5)], 2), 16)
+    assert str(refused.value) == ("--backend lda: no speaker has more than 2 utterances in the training split and 5 "
+                                  "speakers have 2, too few to estimate within-speaker variation in 16 dimensions; it "
+                                  "needs some speaker with at least 3, or at least 16 speakers with 2; pass --backend "
+                                  "center or none")
+    assert check_fit_labels("lda", np.repeat([f"s{i}" for i in range(16)], 2), 16) == 16
+
+
+def test_the_index_options_refused_without_an_index_are_judged_against_their_declared_defaults(monkeypatch):
+    """refuse_index_options wrote --per's default out again as "speaker": a new default declared on the option would
+    have been refused whenever embed ran without --index."""
+    import inspect
+
+    from voxaug.cli import embed as embed_cli
+    from voxaug.embeddings.speaker_index import ScoringOptions
+
+    monkeypatch.setattr(inspect.signature(embed_cli.embed).parameters["per"].default, "default", "utterance")
+    embed_cli.refuse_index_options("utterance", False, False, None, ScoringOptions())
+    with pytest.raises(VoxaugError, match=r"^--per: options of the speaker index, and no --index was given"):
+        embed_cli.refuse_index_options("speaker", False, False, None, ScoringOptions())

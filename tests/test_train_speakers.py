@@ -61,3 +61,17 @@ def test_a_mapped_speaker_without_utterances_is_a_warning_in_train_and_predict(t
                                  str(tmp_path / "p.csv"), "-q", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output + result.stderr
     assert result.stderr.strip().splitlines() == [warning]
+
+
+def test_with_speed_the_warning_counts_the_three_classes_of_a_speaker_without_utterances(tmp_path):
+    """With ``speed`` a speaker is three classes (speeds 1, 0.9 and 1.1), all untrained, and the warning said one."""
+    root = make_hw4(tmp_path / "d", speakers=3)
+    rewrite_metadata(root, lambda m: m["speakers"].pop("id10002"))
+    result = CliRunner().invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--augment", "speed",
+                                      "--steps", "2", "--eval-every", "2", "--warmup", "1", "--d-model", "32",
+                                      "--layers", "1", "--heads", "2", "--device", "cpu", "-q",
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {root / 'metadata.json'}: 1 of the 3 speakers of mapping.json has no utterances ('id10002'); its 3 "
+        "classes (one per speed) are never trained, yet the classifier can still answer it"]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from voxaug.augment.base import MAX_WHOLE
 from voxaug.augment.pipeline import build_pipeline, resolve_names
 from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
-from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
+from voxaug.errors import VoxaugError, file_error, not_a_file, refuse_unknown_keys
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 from voxaug.runtime.training_split import TrainingSplit
@@ -197,8 +197,7 @@ def create_config(preset: str) -> TrainConfig:
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise file_error(path, "config file not found" if not path.exists()
-                         else "expected a config file, found a folder")
+        raise file_error(path, "config file not found" if not path.exists() else not_a_file(path, "config"))
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from dataclasses import fields
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def export_as_checkpoint(path: str | Path) -> VoxaugError:
 def not_a_folder(path: str | Path) -> str:
     """Why ``path``, which is not a folder, cannot be read as one: missing, or a file given where a folder goes."""
     return "is a file, not a folder" if Path(path).exists() else "folder not found"
+
+
+def not_a_file(path: str | Path, what: str) -> str:
+    """Why ``path``, which exists but is not a regular file, cannot be read as a ``what`` file: what it is instead
+    (a folder, or a device such as /dev/null, a pipe or a socket, which are not folders either)."""
+    mode = Path(path).stat().st_mode
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+    found = next((kind for test, kind in kinds if test(mode)), "no regular file")
+    return f"expected {'an' if what[:1].lower() in 'aeiou' else 'a'} {what} file, found {found}"
 
 
 def refuse_unknown_keys(values: dict, kind: type, where: str, noun: str = "keys",

@@ -166,7 +166,8 @@ class Trainer:
         refuse_fewer_than_two_speakers(source)  # before any featurising too
         silent = speakers_without_utterances(source.speakers, source.utterances)
         if silent and self.dist.is_main:
-            print(untrained_classes_warning(source.root / "metadata.json", silent, len(source.speakers)), file=sys.stderr)
+            print(untrained_classes_warning(source.root / "metadata.json", silent, len(source.speakers),
+                                            self.pipeline.label_copies), file=sys.stderr)
         self.store, self.skipped_files = main_first(  # rank 0 packs the store; the others then open it
             self.dist, lambda: self._open_store(source, cache_dir, workers, strict))
         self.speakers = self.store.speakers

@@ -118,11 +118,9 @@ class SpeakerIndex:
         self.path = path
         self.data = data
         self.model = model
-        if score_norm is not None:  # here, not at the first identify
-            check_choice("--score-norm", score_norm, SCORE_NORMS)
+        self.threshold_option = self.check_options(path, data, score_norm, cohort_top_k, threshold)
         self.score_norm = score_norm
         self.cohort_top_k = cohort_top_k
-        self.threshold_option = check_threshold(threshold, data.score_name(score_norm or data.score_norm))
         self.skipped: dict[str, int] = {}
         """How many clips of each speaker the last enrolment skipped, already enrolled (``append``)."""
         self.creating = False
@@ -130,13 +128,23 @@ class SpeakerIndex:
         the shape (``per``, ``hnsw``) it was asked to create."""
         self._outdated_for: IndexData | None = None
         self._outdated = False
+
+    @staticmethod
+    def check_options(path: Path, data: IndexData, score_norm: str | None, cohort_top_k: int | None,
+                      threshold: float | None) -> float | None:
+        """Refuse scoring options the index cannot take (here, not at the first identify); they need the index
+        alone, so :meth:`from_data` checks them before loading the model, which takes seconds. Returns the threshold as a float."""
+        if score_norm is not None:
+            check_choice("--score-norm", score_norm, SCORE_NORMS)
+        threshold = check_threshold(threshold, data.score_name(score_norm or data.score_norm))
         if cohort_top_k is not None:
             check_top_k(cohort_top_k)
             if (score_norm or data.score_norm) != "asnorm":  # else it would be silently ignored
                 raise file_error(path, f"--cohort-top-k {cohort_top_k} sets AS-norm's cohort, and this index scores "
                                        f"{data.score_name(score_norm or data.score_norm)}; add --score-norm asnorm")
         if score_norm == "asnorm":
-            self._check_asnorm(data)
+            SpeakerIndex._check_asnorm(path, data)
+        return threshold
 
     @classmethod
     def open(cls, path: str | Path, model: ModelInput = None, device: str | None = None, threads: int | None = None,
@@ -154,6 +162,7 @@ class SpeakerIndex:
                   threshold: float | None = None) -> "SpeakerIndex":
         """:meth:`open` for an index already read (``IndexData.load(path)``): a command checks its other arguments
         between reading the index and loading the model, which takes seconds."""
+        cls.check_options(path, data, score_norm, cohort_top_k, threshold)
         if model is None:
             model = sidecar_model(data, path, device or "cpu", threads)
         else:
@@ -332,7 +341,7 @@ class SpeakerIndex:
             raise file_error(self.path, "the index has no enrolled speakers; enrol some first (voxaug enroll)")
         score_norm = self.score_norm or self.data.score_norm
         if score_norm == "asnorm":
-            self._check_asnorm(self.data)
+            self._check_asnorm(self.path, self.data)
         threshold, source = self.data.threshold(score_norm, self.threshold_option, self.cohort_top_k)
         if name is not None and not isinstance(name, (str, os.PathLike)):  # the record's "clip" is text, for JSON
             raise VoxaugError(f"name: expected text naming the clip, got {type(name).__name__} {name!r}")
@@ -348,12 +357,13 @@ class SpeakerIndex:
                               self.data.score_name(score_norm), threshold, source,
                               source == "calibrated" and self._calibration_outdated())
 
-    def _check_asnorm(self, data: IndexData) -> None:
+    @staticmethod
+    def _check_asnorm(path: Path, data: IndexData) -> None:
         """AS-norm needs the index to hold a cohort and one vector per speaker; the error names the index."""
         try:
             data.check_asnorm()
         except VoxaugError as exc:
-            raise file_error(self.path, str(exc)) from None
+            raise file_error(path, str(exc)) from None
 
     def _calibration_outdated(self) -> bool:
         """``IndexData.calibration_outdated``, hashed once per reading of the index rather than once per clip

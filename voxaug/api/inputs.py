@@ -21,6 +21,7 @@ from voxaug.runtime.frontend import (
 )
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def path_argument(value: object, what: str, argument: str) -> Path:
@@ -103,14 +104,15 @@ class Clip:
 
 def as_numpy(values: Any, name: str = "clip") -> np.ndarray:
     """A numpy float32 copy of a floating-point array-like or (CPU or CUDA) torch tensor. Other dtypes are
-    refused: integer PCM would be read unscaled, and booleans, complex numbers or text are no signal."""
+    refused: integer PCM would be read unscaled, and booleans, complex numbers or text are no signal; so are wider
+    floats beyond float32's range, which the copy would turn into Inf."""
     if isinstance(values, (bytes, bytearray)):  # numpy reads them as one string or as uint8, neither a signal
         raise VoxaugError(f"{name}: got {type(values).__name__}; give a clip file's path as text or a path object "
                           "(os.fsdecode turns a bytes path into one), or audio as a float waveform with its sample_rate")
     if hasattr(values, "detach"):
         values = values.detach().cpu()
-        if values.is_floating_point():  # numpy has no bfloat16: widen floats here, as astype below would
-            values = values.float()
+        if values.is_floating_point() and values.element_size() < 8:  # numpy has no bfloat16: widen it here, as
+            values = values.float()  # astype below would; float64 stays, for the range check below
         values = values.numpy()
     try:
         array = np.asarray(values)
@@ -119,6 +121,11 @@ def as_numpy(values: Any, name: str = "clip") -> np.ndarray:
     if array.dtype.kind != "f":
         raise VoxaugError(f"{name}: expected floating-point values, got dtype {array.dtype}"
                           + (" (scale integer PCM to [-1, 1] first)" if array.dtype.kind in "iu" else ""))
+    if array.dtype.itemsize > 4 and array.size:
+        largest = float(np.max(np.abs(array), initial=0.0, where=np.isfinite(array)))
+        if largest > FLOAT32_MAX:
+            raise VoxaugError(f"{name}: values as large as {largest:.3g} overflow float32, the model's precision "
+                              f"(largest {FLOAT32_MAX:.3g})")
     return array.astype(np.float32)
 
 
@@ -162,8 +169,9 @@ def to_clip(x: ClipInput, sample_rate: int | None, frontend: FrontendSettings, n
             values = resample(values, int(sample_rate), model_rate)
         return Clip(name, waveform=values)
     if values.ndim != 2 or values.shape[1] != n_mels:
-        raise VoxaugError(f"{name}: features must have shape (frames, {n_mels}), got {values.shape} "
-                          "(for a waveform, pass its sample_rate too)")
+        transposed = values.ndim == 2 and values.shape[0] == n_mels
+        hint = "transposed? features are (frames, n_mels)" if transposed else "for a waveform, pass its sample_rate too"
+        raise VoxaugError(f"{name}: features must have shape (frames, {n_mels}), got {values.shape} ({hint})")
     if not len(values):
         raise VoxaugError(f"{name}: features hold no frames (shape {values.shape})")
     problem = feature_values_problem(float(np.abs(values).max()))

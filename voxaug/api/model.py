@@ -10,7 +10,7 @@ import numpy as np
 
 from voxaug.api.engines import OnnxEngine, TorchEngine
 from voxaug.api.inputs import ClipInput, path_argument, refuse_unused_sample_rate, to_clip
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.runtime.training_split import TrainingSplit
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".pt": "checkpoint"}
@@ -48,7 +48,7 @@ class SpeakerModel:
             raise file_error(path, f"unsupported model type {path.suffix!r}; accepted: a checkpoint (.pt) or an "
                                    "ONNX export (.onnx)")
         if not path.is_file():
-            raise file_error(path, "model not found" if not path.exists() else "expected a model file, found a folder")
+            raise file_error(path, "model not found" if not path.exists() else not_a_file(path, "model"))
         if kind == "onnx" and device == "cuda":
             raise file_error(path, "an ONNX export runs on ONNX Runtime's CPU, not --device cuda; for CUDA give "
                                    "its checkpoint (.pt)")

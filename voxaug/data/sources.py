@@ -109,12 +109,15 @@ def speakers_without_utterances(speakers: list[str], utterances: list[Utterance]
     return [speaker for speaker in speakers if speaker not in heard]
 
 
-def untrained_classes_warning(where: Path, silent: list[str], speakers: int) -> str:
-    """The one warning line for ``silent`` (:func:`speakers_without_utterances`): counted, the first named."""
+def untrained_classes_warning(where: Path, silent: list[str], speakers: int, copies: int = 1) -> str:
+    """The one warning line for ``silent`` (:func:`speakers_without_utterances`): counted, the first named.
+    ``copies``: the classes each speaker is in training (3 with the ``speed`` augmentation: one per speed)."""
     one = len(silent) == 1
+    classes = ("its class is" if one else "their classes are") if copies == 1 else \
+        f"{'its' if one else 'their'} {copies} classes{'' if one else ' each'} (one per speed) are"
     return (f"warning: {where}: {len(silent)} of the {speakers} speakers of mapping.json {'has' if one else 'have'} "
-            f"no utterances ({'' if one else 'first '}{silent[0]!r}); {'its class is' if one else 'their classes are'} "
-            f"never trained, yet the classifier can still answer {'it' if one else 'them'}")
+            f"no utterances ({'' if one else 'first '}{silent[0]!r}); {classes} never trained, yet the classifier can "
+            f"still answer {'it' if one else 'them'}")
 
 
 def _feature_path(entry: object, listed_in: Path, where: str) -> object:
@@ -124,6 +127,23 @@ def _feature_path(entry: object, listed_in: Path, where: str) -> object:
     if "feature_path" not in entry:
         raise file_error(listed_in, f"{where}: no 'feature_path' (keys: {sorted(entry)})")
     return entry["feature_path"]
+
+
+def _id_gap(speaker2id: dict[str, int]) -> str:
+    """Why ``speaker2id``'s ids are not 0..N-1 each once: the first id no speaker has, and the speakers that took
+    its place (two sharing an id, or one with an id out of the range)."""
+    count = len(speaker2id)
+    missing = min(set(range(count)) - set(speaker2id.values()))
+    owners: dict[int, list[str]] = {}
+    for speaker, index in speaker2id.items():
+        owners.setdefault(index, []).append(speaker)
+    shared = next((names for names in owners.values() if len(names) > 1), None)
+    if shared:
+        why = f"{shared[0]!r} and {shared[1]!r} share the id {speaker2id[shared[0]]}"
+    else:
+        stray = next(speaker for speaker, index in speaker2id.items() if not 0 <= index < count)
+        why = f"{stray!r} has the id {speaker2id[stray]}"
+    return f"'speaker2id' must give its speakers the ids 0..{count - 1}, each once; no speaker has the id {missing} ({why})"
 
 
 class HW4Source:
@@ -146,7 +166,7 @@ class HW4Source:
                                                "whole numbers 0..N-1")
         ids = sorted(speaker2id.values())
         if ids != list(range(len(speaker2id))):
-            raise file_error(mapping_path, "'speaker2id' must map each speaker to a distinct id 0..N-1")
+            raise file_error(mapping_path, _id_gap(speaker2id))
         self.speakers = [""] * len(speaker2id)
         for speaker, index in speaker2id.items():
             self.speakers[index] = speaker

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.runtime.frontend import FrontendSettings, feature_values_problem, frames_for, log_mel
 from voxaug.runtime.training_split import TrainingSplit
 from voxaug.safeio import loads_unique
@@ -143,7 +143,7 @@ class OnnxSpeakerModel:
         if not path.exists():
             raise file_error(path, "ONNX model not found")
         if not path.is_file():
-            raise file_error(path, "expected an ONNX model file, found a folder")
+            raise file_error(path, not_a_file(path, "ONNX model"))
         data = path.read_bytes()
         if not data:
             raise file_error(path, "ONNX model is empty (0 bytes)")
