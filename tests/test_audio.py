@@ -471,3 +471,23 @@ def test_a_flac_whose_header_leaves_its_length_unknown_is_read_to_its_end(tmp_pa
     assert soundfile.info(streamed).frames != 16000  # libsndfile's "unknown"
     assert np.array_equal(read_audio_numpy(streamed, 16000), read_audio_numpy(known, 16000))
     assert torch.equal(load_clip(streamed, FrontendConfig()), load_clip(known, FrontendConfig()))
+
+
+@pytest.mark.parametrize("damage", ["another dataset's", "deleted"])
+def test_a_list_of_skipped_files_from_another_dataset_or_gone_rebuilds_the_store(wav_synth, tmp_path, damage):
+    """skipped.json replaced by another dataset's (which skipped none) or deleted read as "nothing skipped": embed
+    and train stopped saying a clip was left out, and predict, which refuses a store that lacks clips, wrote a row
+    fewer than the folder holds."""
+    source = open_source(_tree_with_bad_files(wav_synth, tmp_path))
+    store, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, warn=False)
+    assert len(skipped) == 2
+    if damage == "deleted":
+        (store.folder / "skipped.json").unlink()
+    else:
+        clean, none = open_dataset_store(open_source(wav_synth / "wav"), tmp_path / "cache", progress=False, workers=0)
+        assert none == []
+        shutil.copy(clean.folder / "skipped.json", store.folder / "skipped.json")
+    again, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, warn=False)
+    assert again.rebuilt and sorted(s["key"] for s in skipped) == ["spk000/session0/99998.wav", "spk001/99999.flac"]
+    with pytest.raises(VoxaugError, match="99998.wav|99999.flac"):
+        open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)

@@ -235,3 +235,34 @@ def test_sampler_ranks_share_each_epoch_without_overlap(tmp_path):
     assert torch.equal(rank_share(one.order, 0, 1), one.order)
     with pytest.raises(VoxaugError, match="cannot be shared by 20 processes"):
         SegmentSampler(store, indices, 4, 16, seed=3, rank=0, world=20)
+
+
+SLOW_PACKING_SCRIPT = """
+import sys, time
+from datetime import timedelta
+import torch.distributed.distributed_c10d as c10d
+c10d.default_pg_timeout = timedelta(seconds=8)
+from voxaug.data.sources import HW4Source
+load = HW4Source.load
+def slow_load(self, utterance):
+    time.sleep(1.5)
+    return load(self, utterance)
+HW4Source.load = slow_load
+from voxaug.cli.main import app
+app(sys.argv[1:])
+"""
+
+
+def test_the_other_ranks_wait_for_rank_0_to_pack_however_long_it_takes(tmp_path):
+    """Rank 0 packs the store while the other ranks wait in a collective, which the process group times out (30 min
+    with gloo, 10 with NCCL): a corpus that takes longer to pack stopped every other rank with a timeout (exit 3).
+    Here the group's default timeout is cut to 8 s and packing slowed to 18 s."""
+    data = make_hw4(tmp_path / "hw4", speakers=3, per_speaker=4)
+    script = tmp_path / "slow_packing.py"
+    script.write_text(SLOW_PACKING_SCRIPT)
+    command = [*TORCHRUN, "--nproc_per_node=2", script, "train", data, "--out", tmp_path / "run", "--steps", 2,
+               *TINY_DDP, "--cache-dir", tmp_path / "cache", "--quiet"]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "done: 2 steps on 2 processes" in result.stdout

@@ -161,3 +161,36 @@ def test_a_cache_folder_under_an_unknown_users_home_is_one_error_naming_the_vari
     with pytest.raises(VoxaugError, match=r"^VOXAUG_CACHE '~voxaug_no_such_user/cache': the home folder of "
                                           r"'~voxaug_no_such_user' cannot be found$"):
         default_cache_dir()
+
+
+@pytest.mark.parametrize("kind", ["hw4", "audio"])
+def test_a_stale_store_is_rebuilt_on_a_disk_with_room_for_one(tiny_synth, tmp_path, monkeypatch, kind):
+    """A rebuild wrote the new features beside the old ones, which without their index no one can open: a disk
+    with room for one store (a large corpus's cache) failed with "No space left on device", and so every later run."""
+    import errno
+
+    from voxaug.data.audio_store import open_dataset_store
+    from voxaug.data.sources import open_source
+
+    root = make_hw4(tmp_path / "d") if kind == "hw4" else tmp_path / "audio"
+    for wav in (tiny_synth / "unseen" / "test").rglob("*.wav") if kind == "audio" else ():
+        (root / wav.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / wav.parent.name / wav.name).write_bytes(wav.read_bytes())
+    first, _ = open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
+    room = 1.5 * (first.folder / "features.f32").stat().st_size
+    changed = next(u.path for u in open_source(root).utterances)
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # stale now
+    source = open_source(root)
+    load = source.load
+
+    def load_on_a_small_disk(utterance):
+        used = sum(path.stat().st_size for path in first.folder.iterdir() if path.is_file())
+        if used > room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return load(utterance)
+
+    monkeypatch.setattr(source, "load", load_on_a_small_disk)
+    store, _ = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
+    assert store.rebuilt and store.keys == first.keys and all(key.endswith((".pt", ".wav")) for key in store.keys)
+    assert not [path for path in first.folder.iterdir() if path.name.endswith(".tmp")]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,10 @@ from voxaug.errors import VoxaugError
 
 T = TypeVar("T")
 RANK_SEED_STRIDE = 1_000_003  # rank r's generators start at seed + r * stride: apart from the run's seed + 1, + 2
+MAIN_ONLY_TIMEOUT = timedelta(days=7)
+"""How long the other ranks wait for rank 0's work alone (:func:`main_only`): packing a large corpus takes hours, past
+the default group's timeout (30 min with gloo, 10 with NCCL), which is for collectives every rank reaches together.
+A rank 0 that dies closes its connections, so the others stop at once all the same."""
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -41,6 +46,8 @@ class DistContext:
     local_world_size: int = 1
     active: bool = False
     """True under torchrun (any world size): the process group, DDP and collectives are used."""
+    main_only_group: Any = None
+    """A gloo group of every rank with :data:`MAIN_ONLY_TIMEOUT`, on which the others wait for rank 0 alone."""
 
     @property
     def is_main(self) -> bool:
@@ -101,12 +108,12 @@ class DistContext:
             for buffer in module.buffers():
                 dist.broadcast(buffer.data, src=0)
 
-    def broadcast_object(self, value: object) -> object:
-        """Rank 0's ``value`` on every rank."""
+    def broadcast_object(self, value: object, group: Any = None) -> object:
+        """Rank 0's ``value`` on every rank (over ``group``, the default group if None)."""
         if not self.active:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=group)
         return box[0]
 
     def _collective_device(self) -> torch.device:
@@ -137,7 +144,8 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         importlib.import_module("torch._dynamo")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
-                       local_world_size=local_world_size, active=True)
+                       local_world_size=local_world_size, active=True,
+                       main_only_group=dist.new_group(backend="gloo", timeout=MAIN_ONLY_TIMEOUT))
 
 
 def main_only(context: DistContext, action: Callable[[], T]) -> T | None:
@@ -149,11 +157,11 @@ def main_only(context: DistContext, action: Callable[[], T]) -> T | None:
         try:
             result = action()
         except BaseException as exc:
-            context.broadcast_object(str(exc) or type(exc).__name__)
+            context.broadcast_object(str(exc) or type(exc).__name__, context.main_only_group)
             raise
-        context.broadcast_object(None)
+        context.broadcast_object(None, context.main_only_group)
         return result
-    failure = context.broadcast_object(None)
+    failure = context.broadcast_object(None, context.main_only_group)
     if failure is not None:
         raise RankFailed(f"rank {context.rank}: stopping because rank 0 failed: {failure}")
     return None

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.data.sources import DatasetSource, Utterance
-from voxaug.data.store import FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock
+from voxaug.data.store import FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, discard_store
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_output, atomic_write_json, read_json
 
@@ -77,8 +77,7 @@ def build_audio_store(
     Same files as :func:`voxaug.data.store.build_store`, plus ``skipped.json`` listing bad files.
     ``strict_because`` says in the error why a bad file stops the build; ``warn`` names each skipped file.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / INDEX_FILE).unlink(missing_ok=True)
+    discard_store(folder)
     workers = default_workers() if workers is None else workers
     if workers < 0:
         raise VoxaugError(f"--workers must be >= 0, got {workers}")
@@ -124,19 +123,18 @@ def build_audio_store(
 
 
 def skipped_files(store: PackedStore, fingerprint: str) -> list[dict] | None:
-    """The files left out of ``store`` when it was built from the source with ``fingerprint``
-    (``[]`` when none were, or the list is from another build; None when the list is damaged)."""
+    """The files left out of ``store`` when it was built from the source with ``fingerprint`` (``[]`` when none
+    were); None when the list is damaged, missing or of another build (another dataset's, or the source changed
+    since): every audio build writes it, and trusting none there would pass a store that lacks clips as whole."""
     path = store.folder / SKIPPED_FILE
     if not path.exists():
-        return []
+        return None
     try:
         listed = read_json(path, "skipped-file list")
     except VoxaugError:
         return None
-    if not isinstance(listed, dict):
+    if not isinstance(listed, dict) or listed.get("fingerprint") != fingerprint:
         return None
-    if listed.get("fingerprint") != fingerprint:
-        return []
     skipped = listed.get("skipped", [])
     if not (isinstance(skipped, list) and all(isinstance(entry, dict) and isinstance(entry.get("problem"), str)
                                               for entry in skipped)):

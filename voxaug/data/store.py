@@ -147,6 +147,15 @@ def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
     return Path(cache_dir or default_cache_dir()) / f"{readable}-{source.name}-{digest}"
 
 
+def discard_store(folder: Path) -> None:
+    """Remove ``folder``'s old store before a build: its index first (a store without one is never opened), then
+    its features, which no one can open without it; kept while the new ones are written, they would need room for
+    both, and a store as large as the free space could never be rebuilt. A process that maps them still reads them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INDEX_FILE).unlink(missing_ok=True)
+    (folder / FEATURES_FILE).unlink(missing_ok=True)
+
+
 def build_store(
     source: DatasetSource,
     folder: Path,
@@ -158,8 +167,7 @@ def build_store(
 
     The index is written last and atomically: its presence means the store is complete.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / INDEX_FILE).unlink(missing_ok=True)
+    discard_store(folder)
     speaker_ids = {name: i for i, name in enumerate(source.speakers)}
     load = loader or source.load
     lengths, labels = [], []
