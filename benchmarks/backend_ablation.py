@@ -7,7 +7,7 @@ way ``voxaug embed --index`` does, enrols the unseen speakers as ``voxaug enroll
   newcomers alone;
 - trained speakers' test clips (``testdata.json`` with ``test_labels.csv``) among all enrolled;
 - verification EER and minDCF on the run's validation split;
-- open set: the threshold at FAR 1% picked on the newcomers' test clips (as ``evaluate --calibrate``
+- open set: the threshold at ``--target-far`` (1%) picked on the newcomers' test clips (as ``evaluate --calibrate``
   does), the share of those clips accepted at it and the detection-and-identification rate (DIR), and
   the share of impostor clips (speakers never enrolled) answered unknown.
 
@@ -43,7 +43,7 @@ from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 from voxaug.safeio import atomic_write_json
-from report import json_output
+from report import json_output, percent
 
 ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("plda", "none"), ("none", "asnorm"),
         ("center", "asnorm"), ("lda", "asnorm"), ("plda", "asnorm")]
@@ -152,13 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"checkpoint": str(ckpt), "augment": augment, "seed": config.seed, "step": saved["step"],
                      "best_step": saved.get("best_step"), "best_val_acc": saved.get("best_val_acc"), "rows": rows})
         print(f"{ckpt}\n| back end | score | unseen among all {rows[0]['enrolled']} | unseen among newcomers "
-              "| trained test among all | EER | minDCF | DIR at FAR 1% | impostors unknown |\n|---|---|---|---|---|---|---|---|---|")
+              f"| trained test among all | EER | minDCF | DIR at FAR {percent(args.target_far)} | impostors unknown |\n"
+              "|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['backend']} | {r['score_norm']} | {r['unseen_among_all']:.3f} | {r['unseen_among_newcomers']:.3f} | "
                   f"{r['trained_test_among_all']:.3f} | {r['eer']:.3f} | {r['min_dcf']:.3f} | {r['dir']:.3f} | "
                   f"{r.get('impostors_unknown', float('nan')):.3f} |")
     if args.json:
-        record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "data": str(args.data)}
+        record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "data": str(args.data),
+                  "target_far": args.target_far}
         if len(runs) == 1:
             record.update(checkpoint=runs[0]["checkpoint"], rows=runs[0]["rows"])
         else:

@@ -44,7 +44,7 @@ from voxaug.audio import write_audio
 from voxaug.augment.pipeline import DEFAULT_AUGMENT
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.safeio import atomic_write_json
-from report import at_least, json_output
+from report import arm_list, at_least, json_output
 
 ACCENTS = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
@@ -195,6 +195,25 @@ def build(out: Path, speakers: int = 60, utterances: int = 20, newcomers: int = 
     return {"speakers": speakers, "newcomers": newcomers, "impostors": impostors, "test_utterances": len(test_entries)}
 
 
+STDERR_LINES = 5
+"""Last lines of a failed `voxaug` command's stderr that ``train`` shows: its one-line ``error:`` among them."""
+
+
+class ArmFailed(Exception):
+    """A `voxaug` command of an arm failed; the message names it and ends with the last lines of its stderr."""
+
+
+def run_voxaug(arguments: list[str], env: dict | None = None) -> None:
+    """`voxaug ARGUMENTS` in a subprocess. A failure raises ``ArmFailed`` with voxaug's own message: the bare
+    CalledProcessError named the command and its exit status only."""
+    done = subprocess.run([sys.executable, "-m", "voxaug", *arguments], capture_output=True, text=True,
+                          errors="replace", env=env)
+    if done.returncode != 0:
+        last = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()][-STDERR_LINES:]
+        raise ArmFailed(f"`voxaug {' '.join(arguments)}` exited with status {done.returncode}:\n"
+                        + "\n".join(f"  {line}" for line in last or ["(nothing on stderr)"]))
+
+
 def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, options: tuple[str, ...] = ()) -> dict:
     """`voxaug train [options]` then `voxaug predict` as a user runs them, in the caller's environment (training on one
     thread): validation and test accuracy, both of ``last.pt`` (the end of the schedule), so that the 300 held-out
@@ -202,12 +221,11 @@ def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, option
     torch.set_num_threads(1)
     env_cache = ["--cache-dir", str(out.parent / "cache")]
     run = out / "run"
-    subprocess.run([sys.executable, "-m", "voxaug", "train", str(data), "--out", str(run), "--augment", augment,
-                    "--steps", str(steps), "--seed", str(seed), "--device", "cpu", "--quiet", *env_cache, *options],
-                   check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run_voxaug(["train", str(data), "--out", str(run), "--augment", augment, "--steps", str(steps), "--seed", str(seed),
+                "--device", "cpu", "--quiet", *env_cache, *options], env={**os.environ, "OMP_NUM_THREADS": "1"})
     submission = out / "submission.csv"
-    subprocess.run([sys.executable, "-m", "voxaug", "predict", str(data), "--ckpt", str(run / "last.pt"), "--out",
-                    str(submission), "--device", "cpu", "--quiet", *env_cache], check=True, capture_output=True)
+    run_voxaug(["predict", str(data), "--ckpt", str(run / "last.pt"), "--out", str(submission), "--device", "cpu",
+                "--quiet", *env_cache])
     truth = dict(list(csv.reader(open(data / "test_labels.csv")))[1:])
     rows = list(csv.reader(open(submission)))[1:]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -231,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--seed", type=int, default=0)
     train = commands.add_parser("train", help="train arms on a built set; validation and test accuracy")
     train.add_argument("data", type=Path)
-    train.add_argument("--arms", default="none;DEFAULT")
+    train.add_argument("--arms", type=arm_list, default="none;DEFAULT")
     train.add_argument("--steps", type=at_least(1), default=3000)
     train.add_argument("--seeds", type=at_least(1), default=3)
     train.add_argument("--first-seed", type=int, default=0)
@@ -246,16 +264,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(build(args.out, args.speakers, newcomers=args.newcomers, impostors=args.impostors,
                                seed=args.seed)), f"in {time.perf_counter() - started:.0f}s")
         return 0
-    arms = [a.strip().replace("DEFAULT", DEFAULT_AUGMENT) for a in args.arms.split(";") if a.strip()]
+    arms = [arm.replace("DEFAULT", DEFAULT_AUGMENT) for arm in args.arms]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="voxaug-crosscheck-"))
     runs = [(seed, arm) for seed in range(args.first_seed, args.first_seed + args.seeds) for arm in arms]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(train_arm, args.data, work / f"{arm.replace(',', '+')}-seed{seed}", arm, seed, args.steps,
                                tuple(args.train_options.split())) for seed, arm in runs]
         rows = []
-        for future in futures:
-            rows.append(future.result())
-            print(json.dumps(rows[-1]), flush=True)
+        try:
+            for future in futures:
+                rows.append(future.result())
+                print(json.dumps(rows[-1]), flush=True)
+        except ArmFailed as failed:
+            for future in futures:  # those not started yet; the running ones finish before the pool closes
+                future.cancel()
+            print(f"error: {failed}", file=sys.stderr)
+            return 1
     print(f"\n| augment | val acc | test acc | clean train acc |  ({args.seeds} seeds, {args.steps} steps)\n|---|---|---|---|")
     for arm in arms:
         mine = [r for r in rows if r["augment"] == arm]

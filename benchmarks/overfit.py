@@ -34,7 +34,7 @@ from voxaug.plot import read_metrics
 from voxaug.synth import SynthConfig, generate
 from voxaug.train import Trainer
 from voxaug.safeio import atomic_write_json
-from report import at_least, json_output
+from report import arm_list, at_least, json_output
 
 ARMS = f"none;channel;reverb;noise;speed;specaug;mixup;crop;{DEFAULT_AUGMENT}"
 FULL = {"steps": 3000, "seeds": 3, "speakers": 60, "utterances": 20, "eval_every": 250}
@@ -92,7 +92,9 @@ def run_benchmark(steps: int, seeds: int, speakers: int, utterances: int, eval_e
                   extra: dict | None = None, threads: int | None = None, model: dict | None = None,
                   log=print) -> dict:
     """Train every arm for every seed on one synth set; rows, per-arm means and differences from ``none``."""
-    arms = arms or ARMS.split(";")
+    arms = ARMS.split(";") if arms is None else arms
+    if not arms:
+        raise ValueError("arms: an empty list; give the --augment specs to train, or None for every arm")
     for arm in arms:
         parse_names(arm)
     with tempfile.TemporaryDirectory(prefix="voxaug-overfit-") as scratch:
@@ -148,7 +150,7 @@ def saturation_lines(result: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", default=ARMS, help=f"';'-separated --augment specs (default {ARMS!r})")
+    parser.add_argument("--arms", type=arm_list, default=ARMS, help=f"';'-separated --augment specs (default {ARMS!r})")
     parser.add_argument("--steps", type=at_least(1), help=f"training steps per run (default {FULL['steps']})")
     parser.add_argument("--seeds", type=at_least(1), help=f"seeds per arm (default {FULL['seeds']})")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one up (default 0)")
@@ -179,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if "d_model" in model:
         model["ffn_dim"] = 2 * model["d_model"]
     torch.set_num_threads(args.threads)
-    arms = [arm.strip() for arm in args.arms.split(";") if arm.strip()]
-    result = run_benchmark(**sizes, arms=arms, val_fraction=args.val_fraction, workdir=args.workdir, jobs=args.jobs,
+    result = run_benchmark(**sizes, arms=args.arms, val_fraction=args.val_fraction, workdir=args.workdir, jobs=args.jobs,
                            first_seed=args.first_seed, extra=extra, threads=args.threads, model=model)
     result["date"] = time.strftime("%Y-%m-%d")
     print()

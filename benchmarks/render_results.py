@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from report import times
+from report import percent, times
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -114,7 +114,7 @@ TRAINING_ARM = ("lda", "none")
 """The arm the training comparisons (openset_training.json) were scored with: the default when they were measured."""
 BACKEND_COLUMNS = [("unseen_among_all", "unseen among all {n}"), ("unseen_among_newcomers", "unseen among the newcomers"),
                    ("trained_test_among_all", "trained speakers' test clips among all {n}"), ("eer", "EER"),
-                   ("min_dcf", "minDCF"), ("dir", "DIR at FAR 1%"), ("impostors_unknown", "impostors answered unknown")]
+                   ("min_dcf", "minDCF"), ("dir", "DIR at FAR {far}"), ("impostors_unknown", "impostors answered unknown")]
 COMPACT_COLUMNS = ("unseen_among_all", "unseen_among_newcomers", "eer", "min_dcf")
 
 
@@ -132,7 +132,8 @@ def backend_table(result: dict, compact: bool = False) -> str:
     ``compact`` (the README's view) keeps the identification and verification columns only."""
     enrolled = result["rows"][0]["enrolled"]
     columns = [(key, title) for key, title in BACKEND_COLUMNS if not compact or key in COMPACT_COLUMNS]
-    lines = ["| back end | score | " + " | ".join(title.format(n=enrolled) for _, title in columns) + " |",
+    far = percent(result.get("target_far", 0.01))  # results written before it was recorded used the default
+    lines = ["| back end | score | " + " | ".join(title.format(n=enrolled, far=far) for _, title in columns) + " |",
              "|---" * (len(columns) + 2) + "|"]
     for row in result["rows"]:
         cells = [row["backend"], score_label(row)]

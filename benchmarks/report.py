@@ -24,6 +24,11 @@ def times(ratio: float) -> str:
     return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
 
 
+def percent(fraction: float) -> str:
+    """A rate as a percentage: 0.01 as "1%", 0.005 as "0.5%"."""
+    return f"{fraction * 100:g}%"
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """argparse type of a count: an integer no smaller than ``minimum``, refused in one line before any work."""
 
@@ -37,3 +42,12 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return count
+
+
+def arm_list(text: str) -> list[str]:
+    """argparse type of ``--arms``: the ';'-separated ``--augment`` specs, refused in one line when there are none
+    (an empty table, or every arm where none given meant the default)."""
+    arms = [arm.strip() for arm in text.split(";") if arm.strip()]
+    if not arms:
+        raise argparse.ArgumentTypeError(f"no arms in {text!r}; give ';'-separated --augment specs, such as 'none;specaug'")
+    return arms

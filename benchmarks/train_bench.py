@@ -177,17 +177,19 @@ def run(data: Path | None = None, preset: str = "cpu", batch: int = 32, steps: i
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="HW4-layout folder (default: a fresh synth set)")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--batch", type=at_least(1), default=32)
-    parser.add_argument("--steps", type=at_least(1), default=20)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=at_least(1), help="timed training steps per arm (default 20, or 5 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 5 timed steps (unless --steps is given) and 10 batch loads instead of 50")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=json_output)
-    args = parser.parse_args()
-    result = run(args.data, args.preset, args.batch, 5 if args.quick else args.steps, args.quick, args.device)
+    args = parser.parse_args(argv)
+    steps = args.steps if args.steps is not None else 5 if args.quick else 20  # an explicit --steps wins over --quick
+    result = run(args.data, args.preset, args.batch, steps, args.quick, args.device)
     print(f"training step, preset {result['preset']}, batch {result['batch']}, augment {result['augment']}, "
           f"{args.device}, {result['threads']} threads, interleaved")
     print(f"  voxaug     {result['train_step_s'] * 1000:8.1f} ms/step  {result['train_utt_per_s']:8.1f} utt/s")

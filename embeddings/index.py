@@ -52,6 +52,9 @@ DEFAULT_THRESHOLDS = {"cosine": 0.5, "plda": 0.0, "asnorm": 2.0}
 """Decision thresholds used until ``evaluate --calibrate`` writes one, by score: a cosine, a PLDA log-likelihood
 ratio (0: same speaker and a stranger equally likely), or an AS-norm score."""
 MODES = ("speaker", "utterance")
+MIN_MEAN_NORM = 1e-6
+"""Shortest mean of a speaker's unit embeddings that is enrolled: far above float32 rounding, far below the mean of
+any real speaker's clips (even a million random directions average to about 1e-3)."""
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
 """Candidates HNSW keeps while searching (FAISS defaults to 16); benchmarks/embed_bench.py measures recall against it."""
@@ -247,6 +250,8 @@ class SpeakerIndex:
                 raise VoxaugError(f"{speaker}: some of the clips were already enrolled for this speaker and would "
                                   "count twice (nothing was written)")
         embeddings = self.to_space(embeddings)
+        if self.mode == "speaker":
+            mean, count = self._running_mean(speaker, embeddings)  # refused before anything changes
         if digests is not None:
             self.clip_digests[speaker] = self.clip_digests.get(speaker, []) + list(digests)
         if self.mode == "utterance":
@@ -256,14 +261,8 @@ class SpeakerIndex:
             self.labels += [speaker] * len(embeddings)
             self.counts[speaker] = self.counts.get(speaker, 0) + len(embeddings)
             return
-        total = embeddings.astype(np.float64).sum(axis=0)
-        count = len(embeddings)
         if speaker in self.counts:
-            row = self.labels.index(speaker)
-            total += self.vectors[row].astype(np.float64) * self.mean_norms[speaker] * self.counts[speaker]
-            count += self.counts[speaker]
-            self._drop_rows([row])
-        mean = total / count
+            self._drop_rows([self.labels.index(speaker)])
         norm = float(np.linalg.norm(mean))
         self.plda_models = None
         centroid = (mean / norm).astype(np.float32)[None]
@@ -277,6 +276,21 @@ class SpeakerIndex:
                 if self.backend.plda is not None else None  # (1, M)
             cohort_mean, cohort_std = self.cohort.stats(centroid, exclude=[speaker], scores=scores)
             self.cohort_stats[speaker] = [float(cohort_mean[0]), float(cohort_std[0])]
+
+    def _running_mean(self, speaker: str, embeddings: np.ndarray) -> tuple[np.ndarray, int]:
+        """The mean of ``speaker``'s unit rows, enrolled ones included, and their count. A mean of (near) zero
+        length, clips that cancel out, has no direction: its centroid would be NaN, so it is refused."""
+        total = embeddings.astype(np.float64).sum(axis=0)
+        count = len(embeddings)
+        if speaker in self.counts:
+            row = self.labels.index(speaker)
+            total += self.vectors[row].astype(np.float64) * self.mean_norms[speaker] * self.counts[speaker]
+            count += self.counts[speaker]
+        mean = total / count
+        if not np.linalg.norm(mean) > MIN_MEAN_NORM:
+            raise VoxaugError(f"speaker {speaker!r}: the clips' embeddings cancel out (their mean has length "
+                              f"{np.linalg.norm(mean):.1e}), so they give no direction to enrol; enrol from other clips")
+        return mean, count
 
     def remove(self, speaker: str) -> None:
         if speaker not in self.counts:

@@ -108,6 +108,14 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
     return IndexPlan(names, train, held_out, None, problem)
 
 
+def distinct_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``vectors`` with each repeated row kept once, in order, and the positions kept. A clip copied under another
+    name embeds identically: in a cohort its copies tie at the top of a top-K, whose standard deviation, 0, AS-norm
+    divides by (floored to 1e-6: scores of about 1e5)."""
+    kept = np.sort(np.unique(vectors, axis=0, return_index=True)[1])
+    return vectors[kept], kept
+
+
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
                         per: str, hnsw: bool, checkpoint: dict, frontend: dict, seed: int, val_fraction: float,
                         options: ScoringOptions, speaker_order: list[str] | None = None,
@@ -125,8 +133,9 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,
                          backend=backend)
     if plan.cohort_rows is not None:
-        rows = plan.cohort_rows
-        index.cohort = Cohort(index.to_space(embeddings[rows]), names[rows].tolist(), options.cohort_top_k,
+        vectors, kept = distinct_rows(index.to_space(embeddings[plan.cohort_rows]))
+        rows = plan.cohort_rows[kept]
+        index.cohort = Cohort(vectors, names[rows].tolist(), options.cohort_top_k,
                               f"{plan.cohort_source}: {len(rows)} utterances of {len(set(names[rows].tolist()))} "
                               "training speakers")
     index.score_norm = options.score_norm

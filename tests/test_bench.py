@@ -599,3 +599,73 @@ def test_retrain_ceiling_refuses_a_count_below_one_before_copying_the_data(argv,
     assert exit_info.value.code == 2
     assert f": error: argument {argv[0]}: must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "work").exists()
+
+
+def test_backend_ablation_labels_the_dir_column_with_the_target_far_it_was_run_at(trained_run, tiny_synth, tmp_path,
+                                                                                 capsys, monkeypatch):
+    """The DIR column said "at FAR 1%" whatever --target-far was, in the printed table and the rendered one."""
+    import backend_ablation
+    import render_results
+
+    monkeypatch.setattr(backend_ablation, "ARMS", [("none", "none")])
+    assert backend_ablation.main([str(tiny_synth), "--ckpt", str(trained_run / "best.pt"), "--target-far", "0.05",
+                                  "--json", str(tmp_path / "b.json")]) == 0
+    assert "| DIR at FAR 5% |" in capsys.readouterr().out
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["target_far"] == 0.05 and "| DIR at FAR 5% |" in render_results.backend_table(result)
+    del result["target_far"]  # as written before it was recorded, with the default
+    assert "| DIR at FAR 1% |" in render_results.backend_table(result)
+
+
+def test_crosscheck_train_shows_the_failing_voxaug_commands_own_error(tiny_synth, tmp_path, capsys):
+    """A failed `voxaug train` ended crosscheck in a CalledProcessError traceback naming the command and its exit
+    status only: voxaug's own one-line error, captured, was never shown."""
+    import crosscheck
+
+    assert crosscheck.main(["train", str(tiny_synth), "--arms", "none", "--seeds", "1", "--steps", "2", "--jobs", "1",
+                            "--train-options", "--batch -3", "--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: `voxaug train ") and err[0].endswith("--batch -3` exited with status 2:"), err
+    assert err[-1] == "  error: --batch must be a whole number in [1, 2147483647], got -3", err
+
+
+@pytest.mark.parametrize("script", ["overfit", "crosscheck"])
+@pytest.mark.parametrize("arms", ["", " ; "])
+def test_an_empty_arm_list_is_refused_in_one_line(script, arms, tmp_path, capsys, monkeypatch):
+    """``crosscheck.py train --arms ""`` trained nothing and printed an empty table; ``overfit.py --arms ""`` trained
+    every arm, as if no list had been given."""
+    import crosscheck
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an empty arm list went on to training")
+
+    monkeypatch.setattr(overfit, "generate", no_training)
+    with pytest.raises(SystemExit) as exit_info:
+        if script == "overfit":
+            overfit.main(["--arms", arms, "--quick", "--workdir", str(tmp_path)])
+        else:
+            crosscheck.main(["train", str(tmp_path), "--arms", arms, "--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f": error: argument --arms: no arms in {arms!r}; give ';'-separated --augment specs, such as "
+                        "'none;specaug'"), err
+    with pytest.raises(ValueError, match="arms: an empty list"):
+        overfit.run_benchmark(steps=1, seeds=1, speakers=2, utterances=2, eval_every=1, arms=[], workdir=tmp_path)
+
+
+@pytest.mark.parametrize("argv, steps", [(["--quick", "--steps", "40"], 40), (["--steps", "40", "--quick"], 40),
+                                         (["--quick"], 5), ([], 20)])
+def test_train_bench_quick_keeps_an_explicit_steps(argv, steps, monkeypatch):
+    """``--quick`` replaced the timed steps with 5 whatever ``--steps`` said, without a word."""
+    import train_bench
+
+    class Ran(Exception):
+        pass
+
+    def run(data, preset, batch, timed, quick, device):
+        raise Ran(timed, quick)
+
+    monkeypatch.setattr(train_bench, "run", run)
+    with pytest.raises(Ran) as ran:
+        train_bench.main(argv)
+    assert ran.value.args == (steps, "--quick" in argv)

@@ -503,3 +503,19 @@ def test_an_hnsw_index_saved_with_faiss_s_default_ef_search_is_searched_at_voxau
     loaded = SpeakerIndex.load(tmp_path / "i.faiss")
     assert loaded.faiss_index().hnsw.efSearch == 128
     assert loaded.search(np.eye(4)[2:3], 1)[0][0][0] == "s2"
+
+
+def test_enrolling_clips_that_cancel_out_is_refused_and_the_index_is_unchanged(tmp_path):
+    """Opposite embeddings average to zero: the centroid was NaN, stored as is, and its mean norm 0 made the saved
+    index unloadable (its sidecar refused), losing every speaker enrolled before."""
+    index = SpeakerIndex(dim=3)
+    index.add("bob", np.array([[0.0, 1.0, 0.0]], dtype=np.float32), digests=["0" * 16])
+    index.add("alice", np.array([[1.0, 0.0, 0.0]], dtype=np.float32))
+    with pytest.raises(VoxaugError, match="speaker 'carol': the clips' embeddings cancel out"):
+        index.add("carol", np.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=np.float32))
+    with pytest.raises(VoxaugError, match="speaker 'alice': the clips' embeddings cancel out"):
+        index.add("alice", np.array([[-1.0, 0.0, 0.0]], dtype=np.float32), append=True, digests=["1" * 16])
+    assert np.isfinite(index.vectors).all() and index.labels == ["bob", "alice"]
+    assert index.counts == {"bob": 1, "alice": 1} and index.clip_digests == {"bob": ["0" * 16]}
+    index.save(tmp_path / "speakers.faiss")
+    assert SpeakerIndex.load(tmp_path / "speakers.faiss").labels == ["bob", "alice"]

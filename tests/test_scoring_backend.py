@@ -1082,3 +1082,19 @@ def test_the_index_options_refused_without_an_index_are_judged_against_their_dec
     embed_cli.refuse_index_options("utterance", False, False, None, ScoringOptions())
     with pytest.raises(VoxaugError, match=r"^--per: options of the speaker index, and no --index was given"):
         embed_cli.refuse_index_options("speaker", False, False, None, ScoringOptions())
+
+
+def test_a_clip_copied_into_the_cohort_is_kept_once_so_its_copies_do_not_tie_into_a_zero_std():
+    """Two copies of one clip embed identically; with --cohort-top-k 2 a query near them had them as its whole top-K,
+    a standard deviation of 0 (floored to 1e-6), and every AS-norm score came out near -1e5."""
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((12, 8)).astype(np.float32)
+    embeddings[3] = embeddings[2]  # one of b's clips copied under another name
+    names = ["a"] * 2 + ["b"] * 4 + ["c"] * 3 + ["d"] * 3
+    index = build_speaker_index(embeddings, names, None, "speaker", False, {}, {}, 0, 0.0,
+                                ScoringOptions("none", score_norm="asnorm", cohort_size=100, cohort_top_k=2))
+    assert len(index.cohort.labels) == 11 and index.cohort.labels.count("b") == 3
+    assert index.cohort.source.startswith("training split: 11 utterances")
+    query = embeddings[2:3] + 0.3 * rng.standard_normal((1, 8)).astype(np.float32)
+    scores = [score for _, score in index.search(query, 4)[0]]
+    assert all(abs(score) < 100 for score in scores), scores

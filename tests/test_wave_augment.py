@@ -441,3 +441,17 @@ def test_a_folder_under_an_unknown_users_home_given_on_the_command_line_is_one_e
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (f"error: {option} '~voxaug_no_such_user/x': the home folder of "
                                      "'~voxaug_no_such_user' cannot be found"), result.output
+
+
+@pytest.mark.parametrize("option", ["noise_dir", "rir_dir"])
+def test_a_noise_or_rir_file_under_1000_hz_is_refused_naming_it_and_its_rate_as_a_clip_is(tmp_path, option):
+    """A clip under 1 kHz is refused as too low for speech, but a noise or RIR file was taken: resampled to the
+    speech's 16 kHz, an 800 Hz noise adds nothing above 400 Hz and an RIR that narrow low-passes the voice away."""
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    decay = np.exp(-np.arange(400) / 60.0).astype(np.float32) * np.random.default_rng(0).standard_normal(400)
+    soundfile.write(folder / "low.wav", decay.astype(np.float32), 800, subtype="FLOAT")
+    label = "--noise-dir" if option == "noise_dir" else "--rir-dir"
+    with pytest.raises(VoxaugError) as refused:
+        WaveAugmentation(**{option: str(folder)})
+    assert str(refused.value) == f"{folder / 'low.wav'}: {label}: sample rate 800 Hz is under 1000 Hz, too low for speech"

@@ -23,7 +23,7 @@ from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
 from voxaug.clips import files_under
 from voxaug.errors import VoxaugError, file_error, not_a_folder
-from voxaug.runtime.frontend import UNKNOWN_FRAMES, silence_problem
+from voxaug.runtime.frontend import UNKNOWN_FRAMES, check_audio_rate, silence_problem
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
 """audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
@@ -58,8 +58,8 @@ def check_samples(path: Path, option: str) -> None:
 
 
 def audio_files_in(folder: str | Path, option: str) -> list[Path]:
-    """Every readable, non-empty, finite, not silent ``.wav``/``.flac`` under ``folder``; errors name the folder
-    or the file."""
+    """Every readable, non-empty, finite, not silent ``.wav``/``.flac`` of at least 1 kHz under ``folder`` (as a clip
+    must be); errors name the folder or the file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"{option}: {not_a_folder(folder)}")
@@ -72,12 +72,14 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
     for path in files:
         try:
-            frames = soundfile.info(str(path)).frames
+            info = soundfile.info(str(path))
         except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
             raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
-        if frames <= 0:
+        if info.frames <= 0:
             raise file_error(path, f"{option}: audio file holds no samples")
-        if frames == UNKNOWN_FRAMES:  # audiomentations reads a file whole, by the length its header declares
+        # under 1 kHz a file holds nothing above 500 Hz: as noise it misses speech's band, as an RIR it filters it away
+        check_audio_rate(info.samplerate, f"{path}: {option}")
+        if info.frames == UNKNOWN_FRAMES:  # audiomentations reads a file whole, by the length its header declares
             raise file_error(path, f"{option}: its header leaves its length unknown (a streamed FLAC), and noise and "
                                    "RIR files are read by that length; re-encode it (flac or sox writes the length)")
         check_samples(path, option)
