@@ -37,6 +37,8 @@ OPTION_NAMES = {
 }
 """The command-line option behind each nested config setting that has one (a top-level setting's is ``--`` plus
 its name)."""
+FILE_ONLY_SETTINGS = ("grad_clip", "train_eval_utterances", "max_bad_steps", "split_version")
+"""Top-level settings that only a --config file sets: no ``--`` option names them."""
 
 
 @clean_errors
@@ -312,9 +314,12 @@ def _file_key(setting: str) -> str:
 
 
 def _option_name(setting: str) -> str:
-    """The option that sets a config setting (``model.num_layers`` -> ``--layers``), else the setting's dotted name."""
+    """The option that sets a config setting (``model.num_layers`` -> ``--layers``), else the setting's dotted name
+    (a top-level one that only a --config file sets, such as ``grad_clip``, by its key there)."""
     if setting in OPTION_NAMES:
         return OPTION_NAMES[setting]
+    if setting in FILE_ONLY_SETTINGS:
+        return _file_key(setting)
     return setting if "." in setting else "--" + setting.replace("_", "-")
 
 

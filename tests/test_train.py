@@ -645,3 +645,48 @@ def test_an_append_that_cannot_open_its_file_does_not_say_a_previous_file_is_kep
                                           r"\(nothing was appended\)$"):
         append_text(log, '{"step": 2}\n')
     assert log.read_text() == '{"step": 1}\n'
+
+
+def test_a_run_resumed_from_its_last_pt_alone_writes_a_best_pt(tiny_synth, tmp_path):
+    """Only last.pt was copied: the best model it records is not there, so the resume's first evaluation writes
+    best.pt instead of the summary pointing at a file that does not exist."""
+    Trainer(tiny_config(train={"steps": 4, "eval_every": 2}), tiny_synth, tmp_path / "run", progress=False).fit()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "last.pt").write_bytes((tmp_path / "run" / "last.pt").read_bytes())
+    summary = Trainer(Trainer.config_from_run(moved, steps=6), tiny_synth, moved, progress=False).fit(resume=True)
+    best = load_checkpoint(moved / "best.pt")
+    assert best["step"] == best["best_step"] == summary.best_step == 6
+    assert best["best_val_acc"] == summary.best_val_acc
+
+
+@pytest.mark.parametrize("setting, value", [("grad_clip", 0.01), ("eval_every", 1), ("max_bad_steps", 3),
+                                            ("train_eval_utterances", 5), ("amp", False), ("preset", "strong")])
+def test_a_python_api_resume_refuses_every_changed_setting_but_steps_and_device(tiny_synth, tmp_path, setting, value):
+    """As the command line does: a resume that took another gradient clip (or any setting other than steps and
+    device) would train, and record, another recipe than the run's."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    other = Trainer.config_from_run(run, steps=4, device="cpu")
+    setattr(other, setting, value)
+    with pytest.raises(VoxaugError, match=rf"last\.pt: cannot resume with a different {setting};"):
+        Trainer(other, tiny_synth, run, progress=False).fit(resume=True)
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_resume_names_a_changed_setting_that_only_a_config_file_sets_by_its_key(tiny_synth, tmp_path):
+    """grad_clip has no --grad-clip option: a resume refusing a new value must not send the user looking for one."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    run, toml = tmp_path / "run", tmp_path / "run.toml"
+    command = ["train", str(tiny_synth), "--out", str(run), "--steps", "2", "--eval-every", "2", "--batch", "4",
+               "--segment", "32", "--d-model", "16", "--layers", "1", "--heads", "2", "--embedding-dim", "16",
+               "--augment", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert CliRunner().invoke(app, command).exit_code == 0
+    toml.write_text("grad_clip = 1.0\nmax_bad_steps = 5\n")
+    changed = CliRunner().invoke(app, [*command, "--resume", "--config", str(toml)])
+    assert changed.exit_code == 2, changed.output
+    assert f"error: {run / 'config.json'}: --resume cannot change grad_clip, max_bad_steps:" in changed.output

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,8 @@ TRACE_ENV = "VOXAUG_TRACE_BATCHES"
 TRACE_FILE = "batch_trace.jsonl"
 RUN_LOCK = ".train.lock"
 """Held by the training that writes a run folder (rank 0), from its start to its end."""
+RESUMABLE_CHANGES = ("steps", "device", "frontend")
+"""The settings a resume may give otherwise than the run's (the front end is compared as the features it makes)."""
 
 
 @dataclass
@@ -261,11 +263,8 @@ class Trainer:
         given.augment = copy.deepcopy(self.config.augment)
         for config in (saved, given):
             absolute_folders(config.augment, Path.cwd())
-        mismatched = [
-            key for key in ("model", "augment", "batch", "segment", "seed", "lr", "warmup", "val_fraction",
-                            "split_version", "weight_decay", "margin_warmup")
-            if getattr(saved, key) != getattr(given, key)
-        ]
+        mismatched = [key.name for key in fields(TrainConfig) if key.name not in RESUMABLE_CHANGES
+                      and getattr(saved, key.name) != getattr(given, key.name)]
         if "frontend" in state and FrontendConfig.from_dict(state["frontend"]) != self.frontend:
             mismatched.append("front end")  # the same clips would become other features
         if mismatched:
@@ -287,7 +286,8 @@ class Trainer:
         self._restore_augment_generator(mine["augment_generator"], int(state["step"]))
         set_rng_state(mine["rng"])
         self.step = int(state["step"])
-        self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
+        if (self.run_dir / "best.pt").is_file():  # a folder given last.pt alone: the next evaluation writes best.pt
+            self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
         self.elapsed_before = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.bad_in_row = int(state.get("bad_in_row", 0))  # absent from checkpoints before it was saved
