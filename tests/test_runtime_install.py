@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,44 @@ def test_runtime_install_refuses_training_commands_naming_the_train_extra(runtim
     done = run(runtime_venv, "embed", tiny_synth, "--ckpt", tmp_path / "any.pt", "--out", tmp_path / "out")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert 'embed: this needs torch' in done.stderr and 'pip install "voxaug[train]"' in done.stderr
+
+
+def test_the_sdist_carries_every_file_its_tests_read(tmp_path):
+    """An sdist held tests/test_*.py but not tests/conftest.py, tests/hw4_factory.py, docs/, deploy/, benchmarks/ or
+    demo.sh, so its tests stopped at collection (`No module named 'conftest'`, `'hw4_factory'`, `'bench'`)."""
+    import shutil
+    import tarfile
+
+    pytest.importorskip("setuptools", reason="builds the sdist with this interpreter's setuptools (3.12's venv has none)")
+    tree = tmp_path / "tree"  # a copy, so that the build's egg-info is not written into the checkout
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
+                                                              "__pycache__", "*.py[cod]", ".pytest_cache", ".hypothesis",
+                                                              "demo", "runs", ".whl"))
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=tree, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with tarfile.open(tmp_path / done.stdout.split()[-1]) as sdist:
+        shipped = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    needed = {path.relative_to(tree).as_posix() for folder in ("tests", "docs", "deploy", "benchmarks")
+              for path in (tree / folder).rglob("*") if path.is_file()}
+    assert "tests/conftest.py" in needed
+    assert sorted((needed | {"demo.sh"}) - shipped) == []
+
+
+def test_the_declared_typer_floor_runs_the_cli_with_the_click_pip_takes():
+    """`typer>=0.12` let pip keep an installed typer 0.12 to 0.17, which the click pip takes (8.5) breaks: `voxaug
+    --version` raised TypeError under typer 0.12.5, `--help` of evaluate and export under 0.15, and under 0.17 a
+    missing `--out` reached the command as None. 0.18.0 is the first release that runs them (measured with click 8.5.1)."""
+    floor = re.search(r'"typer>=([0-9.]+)"', (REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert floor is not None and tuple(int(part) for part in floor.group(1).split(".")) >= (0, 18)
+
+
+def test_python_m_voxaug_and_the_api_work_in_the_root_of_the_clone_it_was_installed_from(runtime_venv):
+    """`pip install .` from a clone, then `python -m voxaug` or a script in the clone's root: Python imports the clone's
+    voxaug/ ahead of the installed copy, and that lacked voxaug.cli and voxaug.embeddings (cli/ and embeddings/ sit
+    beside it), so both stopped at `No module named 'voxaug.cli'` / `'voxaug.embeddings'`."""
+    python = str(runtime_venv / "bin" / "python")
+    done = subprocess.run([python, "-m", "voxaug", "identify", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and "Usage" in done.stdout, done.stderr
+    done = subprocess.run([python, "-c", "import voxaug; voxaug.SpeakerIndex"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
