@@ -369,3 +369,19 @@ def test_specaug_mean_fill_does_not_overflow_in_half_precision():
     out = SpecAugment(freq_masks=2, time_masks=2)(TrainBatch.from_labels(features, lengths, torch.arange(2)), gen(4))
     assert out.features.dtype == torch.float16
     assert torch.equal(out.features, features), "the mean of a constant utterance is that constant"
+
+
+def test_crop_draws_every_length_from_min_to_max_both_included():
+    batch = padded_batch([90, 90])
+    drawn = {RandomCrop(min_frames=40, max_frames=43)(batch, gen(seed)).features.shape[1] for seed in range(64)}
+    assert drawn == {40, 41, 42, 43}
+
+
+def test_crop_starts_at_every_offset_up_to_the_last():
+    """An example of 30 frames cropped to 20 can start at any of 11 offsets, the last (10) included, or its last
+    frame would never be trained on."""
+    features = torch.arange(1, 31, dtype=torch.float32).view(1, 30, 1).expand(256, 30, 1).clone()  # frame index + 1
+    batch = TrainBatch.from_labels(features, torch.full((256,), 30), torch.arange(256))
+    out = RandomCrop(min_frames=20, max_frames=20)(batch, gen(0))
+    assert out.features.shape[1] == 20
+    assert set(out.features[:, 0, 0].tolist()) == set(range(1, 12))

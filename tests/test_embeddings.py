@@ -519,3 +519,14 @@ def test_enrolling_clips_that_cancel_out_is_refused_and_the_index_is_unchanged(t
     assert index.counts == {"bob": 1, "alice": 1} and index.clip_digests == {"bob": ["0" * 16]}
     index.save(tmp_path / "speakers.faiss")
     assert SpeakerIndex.load(tmp_path / "speakers.faiss").labels == ["bob", "alice"]
+
+
+def test_appending_to_a_speaker_of_an_utterance_index_counts_every_clip(tmp_path):
+    """--append in an utterance index adds rows and must add to the speaker's count, which the sidecar's clip
+    digests, the calibration record and the voting depth rely on."""
+    index = SpeakerIndex(dim=3, mode="utterance")
+    index.add("alice", np.eye(3)[:2])
+    index.add("alice", np.eye(3)[2:], append=True)
+    assert index.labels == ["alice"] * 3 and index.counts == {"alice": 3}
+    index.save(tmp_path / "u.faiss")
+    assert SpeakerIndex.load(tmp_path / "u.faiss").counts == {"alice": 3}

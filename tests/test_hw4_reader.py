@@ -71,6 +71,7 @@ def test_split_keeps_groups_whole():
     groups = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
     train, val = stratified_split(labels, 0.3, seed=0, groups=groups)
     val_groups = {groups[i] for i in val}
+    assert len(val_groups) == 1 and len(val) == 4  # else an empty validation split would pass
     assert not val_groups & {groups[i] for i in train}
 
 
@@ -308,3 +309,28 @@ def test_a_gap_in_the_mapping_ids_names_the_missing_id_and_the_speaker_that_took
     with pytest.raises(VoxaugError) as refused:
         HW4Source(root)
     assert str(refused.value) == f"{root / 'mapping.json'}: 'speaker2id' must give its speakers the ids 0..2, each once; {why}"
+
+
+def test_speakers_are_numbered_in_sorted_order_so_a_split_from_names_is_trainings_split():
+    """``embed --index`` splits from speaker names; training numbered speakers sorted, and the split's seeded draws
+    follow those numbers, so names listed in another order must still get the sorted numbers."""
+    from voxaug.data.split import speaker_codes
+
+    names = np.array(["carol", "alice", "bob"] * 6)
+    assert speaker_codes(names)[:3].tolist() == [2, 0, 1]
+    assert speaker_codes(names, ["bob", "carol", "alice"])[:3].tolist() == [1, 2, 0]
+    numbered = np.array([sorted(set(names.tolist())).index(name) for name in names])
+    for seed in range(4):
+        from_names, from_labels = stratified_split(speaker_codes(names), 0.3, seed), stratified_split(numbered, 0.3, seed)
+        assert all((a == b).all() for a, b in zip(from_names, from_labels)), seed
+
+
+def test_split_takes_a_group_that_fills_the_validation_share_exactly():
+    """10 clips at 0.2 want 2 in validation: a video of exactly 2 clips fits, as do the two single clips together;
+    either way the share is met, not left at one clip."""
+    labels = np.zeros(10, dtype=np.int64)
+    groups = ["a", "b", "c", "c", "d", "d", "e", "e", "f", "f"]
+    for seed in range(8):
+        train, val = stratified_split(labels, 0.2, seed=seed, groups=groups)
+        assert len(val) == 2 and len(train) == 8, seed
+        assert not {groups[i] for i in val} & {groups[i] for i in train}, seed

@@ -648,3 +648,40 @@ def test_an_index_and_sidecar_that_disagree_are_refused_in_one_line_naming_both_
             SpeakerIndex.load(path)
         message = str(error.value)
         assert "\n" not in message and str(path) in message.replace(str(side), "") and str(side) in message, message
+
+
+def test_an_atomic_write_syncs_the_file_before_renaming_it_and_the_folder_after(tmp_path, monkeypatch):
+    """Durability: without the fsync before the rename, a power loss can leave the new name on an empty file."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("replace", os.stat(source).st_ino))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_bytes(tmp_path / "report.json", b"new")
+    written = (tmp_path / "report.json").stat().st_ino
+    renamed = events.index(("replace", written))
+    assert ("fsync", written) in events[:renamed] and ("fsync", tmp_path.stat().st_ino) in events[renamed:]
+
+
+def test_an_atomic_write_keeps_the_files_mode_and_gives_a_new_file_opens_mode(tmp_path):
+    """A new output is readable as open() would make it (not mkstemp's 0o600); rewriting a file the user chmod-ed
+    keeps that mode rather than resetting it."""
+    import stat
+
+    from voxaug.safeio import NEW_FILE_MODE
+
+    target = tmp_path / "spk.faiss.json"
+    atomic_write_bytes(target, b"old")
+    assert stat.S_IMODE(target.stat().st_mode) == NEW_FILE_MODE
+    kept = 0o640 if NEW_FILE_MODE != 0o640 else 0o600
+    target.chmod(kept)
+    atomic_write_bytes(target, b"new")
+    assert stat.S_IMODE(target.stat().st_mode) == kept and target.read_bytes() == b"new"

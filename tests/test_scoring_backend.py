@@ -1098,3 +1098,24 @@ def test_a_clip_copied_into_the_cohort_is_kept_once_so_its_copies_do_not_tie_int
     query = embeddings[2:3] + 0.3 * rng.standard_normal((1, 8)).astype(np.float32)
     scores = [score for _, score in index.search(query, 4)[0]]
     assert all(abs(score) < 100 for score in scores), scores
+
+
+@pytest.mark.parametrize("kind", ["center", "lda"])
+def test_an_offset_every_embedding_shares_cancels_in_the_back_end(kind):
+    """The back end subtracts the training mean: embeddings that all carry one speaker-independent offset (a
+    network's bias) map to the same vectors as without it, so the offset weighs in no score."""
+    vectors, labels = clustered(speakers=6, per=8, dim=8, seed=2)
+    offset = np.full(8, 3.0, dtype=np.float32)
+    plain = ScoringBackend.fit(kind, vectors, np.array(labels), lda_dim=4)
+    shifted = ScoringBackend.fit(kind, vectors + offset, np.array(labels), lda_dim=4)
+    assert np.allclose(shifted.apply(vectors + offset), plain.apply(vectors), atol=1e-4)
+
+
+def test_the_detection_and_identification_rate_counts_only_clips_answered_right():
+    """DIR is the share of clips whose top answer is their own speaker *and* clears the threshold: the third clip's
+    genuine score clears it, but identify answers another speaker (the impostor scores higher), so it is no hit."""
+    scores = {"genuine": np.array([0.9, 0.8, 0.7, 0.6]), "impostor": np.array([0.1, 0.2, 0.95, 0.3]),
+              "top": np.array([0.9, 0.8, 0.95, 0.6]), "correct": np.array([True, True, False, True])}
+    record = calibrate(scores, 0.25, "none", "test")
+    assert 0.3 < record["value"] < 0.6 and record["far"] == 0.25
+    assert record["dir"] == 0.75 and record["top1"] == 0.75 and record["acceptance"] == 1.0
