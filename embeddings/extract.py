@@ -85,8 +85,8 @@ def _run_buckets(model: nn.Module, load: Callable[[int], torch.Tensor], buckets:
             embeddings, logits = model(features.to(device), lengths_tensor.to(device))
         embeddings = F.normalize(embeddings.float(), dim=1).cpu()
         probs = torch.softmax(logits.float(), dim=1).cpu() if with_probabilities else None
-        for row, i in enumerate(bucket):
-            results[i] = (embeddings[row], None if probs is None else probs[row])
+        for row, i in enumerate(bucket):  # copies: a row view pickles its whole batch (gather_to_main under torchrun)
+            results[i] = (embeddings[row].clone(), None if probs is None else probs[row].clone())
     return results
 
 

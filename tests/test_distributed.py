@@ -266,3 +266,33 @@ def test_the_other_ranks_wait_for_rank_0_to_pack_however_long_it_takes(tmp_path)
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "done: 2 steps on 2 processes" in result.stdout
+
+
+def test_what_a_rank_sends_rank_0_of_an_embed_bucket_holds_each_embedding_once():
+    """Under torchrun, embed gathers each rank's bucket results to rank 0 by pickling them (over NCCL, through GPU
+    memory); each row was a view of its batch's tensor, and a pickled view carries its whole storage: a bucket of
+    64 clips sent 64 times its embeddings (3 MB instead of 49 kB at 192 dimensions)."""
+    import pickle
+
+    from voxaug.embeddings.extract import _run_buckets
+    from voxaug.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_mels=40, d_model=32, num_heads=2, ffn_dim=64, num_layers=1, embedding_dim=192,
+                                    num_classes=4))
+    clips = [torch.randn(20, 40) for _ in range(64)]
+    for with_probabilities in (False, True):
+        results = _run_buckets(model, clips.__getitem__, [list(range(64))], torch.device("cpu"), with_probabilities)
+        assert len(pickle.dumps(results)) < 2 * 64 * (192 + 4) * 4  # the values themselves, plus pickling's overhead
+
+
+def test_a_ranks_saved_sampler_order_holds_its_share_alone():
+    """Each rank's sampler order was a strided view of the whole epoch permutation, so every evaluation pickled the
+    whole permutation from every rank to rank 0, and last.pt stored it once per rank (world times its share)."""
+    import io
+
+    permuted = torch.randperm(10_000)
+    for world in (1, 4):
+        buffer = io.BytesIO()
+        torch.save(rank_share(permuted, 0, world), buffer)
+        assert buffer.tell() < 10_000 // world * 8 + 2_000

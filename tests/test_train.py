@@ -378,7 +378,7 @@ def test_accuracy_is_the_exact_ratio_the_distributed_count_gives(monkeypatch):
     not see an unchanged accuracy as a new best."""
     labels = np.arange(10) % 3
     logits = torch.nn.functional.one_hot(torch.as_tensor(np.where(np.arange(10) < 7, labels, (labels + 1) % 3)), 3)
-    monkeypatch.setattr(inference, "run_model", lambda model, store, indices, device: (None, logits.float()))
+    monkeypatch.setattr(inference, "run_model", lambda model, store, indices, device, **_: (None, logits.float()))
     assert inference.accuracy(None, types.SimpleNamespace(labels=labels), np.arange(10), torch.device("cpu")) == 7 / 10
 
 
@@ -690,3 +690,29 @@ def test_resume_names_a_changed_setting_that_only_a_config_file_sets_by_its_key(
     changed = CliRunner().invoke(app, [*command, "--resume", "--config", str(toml)])
     assert changed.exit_code == 2, changed.output
     assert f"error: {run / 'config.json'}: --resume cannot change grad_clip, max_bad_steps:" in changed.output
+
+
+def test_a_run_saved_where_more_gpus_were_visible_restores_its_rng_on_fewer(monkeypatch):
+    """last.pt holds one CUDA generator state per GPU visible when it was saved; resumed where fewer are visible
+    (another node, CUDA_VISIBLE_DEVICES), torch's set_rng_state_all indexed past its generators: IndexError."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # the model is on the GPU: no lazy queue
+    monkeypatch.setattr(torch.cuda, "default_generators", (types.SimpleNamespace(set_state=restored.append),))
+    saved = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]  # two GPUs' Philox states
+    training.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved})
+    assert len(restored) == 1 and torch.equal(restored[0], saved[0])
+
+
+def test_a_no_amp_run_is_evaluated_in_float32_as_it_trains(tiny_synth, tmp_path, monkeypatch):
+    """--no-amp trains in float32 on CUDA, but the evaluations that pick best.pt and fill metrics.jsonl ran the model
+    under float16 autocast all the same (run_model always asked for it). On the CPU autocast is off either way, so
+    what is checked is what every evaluation asks for."""
+    asked = []
+    real = inference.autocast_for
+    monkeypatch.setattr(inference, "autocast_for",
+                        lambda device, enabled=True: asked.append(enabled) or real(device, enabled))
+    Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "amp": False}), tiny_synth, tmp_path / "run",
+            progress=False).fit()
+    assert asked and not any(asked)

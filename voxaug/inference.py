@@ -22,15 +22,17 @@ def run_model(
     indices: np.ndarray,
     device: torch.device,
     max_frames: int | None = None,
+    amp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (N, E) and logits (N, C) for ``indices``, in that order, on the CPU in float32."""
+    """Embeddings (N, E) and logits (N, C) for ``indices``, in that order, on the CPU in float32; ``amp=False``
+    runs the model in float32 on CUDA too (a run trained with --no-amp is evaluated as it trains)."""
     was_training = model.training
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
     position = {int(index): row for row, index in enumerate(indices)}
     embeddings = logits = None
     for batch in whole_batches(store, indices, max_frames=max_frames or frame_budget(device)):
-        with autocast_for(device):
+        with autocast_for(device, amp):
             batch_embeddings, batch_logits = model(batch.features.to(device), batch.lengths.to(device))
         if embeddings is None:
             embeddings = torch.empty(len(indices), batch_embeddings.shape[1])
@@ -42,10 +44,11 @@ def run_model(
     return embeddings, logits
 
 
-def accuracy(model: nn.Module, store: PackedStore, indices: np.ndarray, device: torch.device) -> float | None:
+def accuracy(model: nn.Module, store: PackedStore, indices: np.ndarray, device: torch.device,
+             amp: bool = True) -> float | None:
     """Top-1 accuracy of the classifier on whole utterances (no augmentation); None for no utterances."""
     if len(indices) == 0:
         return None
-    _, logits = run_model(model, store, indices, device)
+    _, logits = run_model(model, store, indices, device, amp=amp)
     labels = torch.as_tensor(store.labels[np.asarray(indices)])
     return int((logits.argmax(dim=1) == labels).sum()) / len(indices)  # exact, as the DDP count is

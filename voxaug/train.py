@@ -96,9 +96,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`; CUDA states of GPUs this machine does not have (a run saved where more were
+    visible) are left out, since torch indexes its generators by GPU and would fail on them."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
@@ -369,13 +371,13 @@ class Trainer:
         """Clean top-1 accuracy on ``indices``; under DDP each rank scores every world-th one and
         the counts are summed, so every rank gets the same number."""
         if not self.dist.active:
-            return accuracy(self.model, self.store, indices, self.device)
+            return accuracy(self.model, self.store, indices, self.device, self.config.amp)
         if len(indices) == 0:
             return None
         share = np.asarray(indices)[self.dist.rank :: self.dist.world_size]
         correct = 0
         if len(share):
-            _, logits = run_model(self.model, self.store, share, self.device)
+            _, logits = run_model(self.model, self.store, share, self.device, amp=self.config.amp)
             correct = int((logits.argmax(dim=1) == torch.as_tensor(self.store.labels[share])).sum())
         correct_all, count = self.dist.sums([correct, len(share)])
         return correct_all / count

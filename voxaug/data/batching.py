@@ -49,9 +49,10 @@ def check_shard(count: int, rank: int, world: int) -> None:
 
 
 def rank_share(permuted: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """Rank ``rank``'s share of an epoch's permutation: every ``world``-th item, all shares equally long."""
+    """Rank ``rank``'s share of an epoch's permutation: every ``world``-th item, all shares equally long. A copy:
+    a view would carry the whole permutation into the sampler state each rank saves and sends to rank 0."""
     share = len(permuted) // world
-    return permuted[rank : share * world : world]
+    return permuted[rank : share * world : world].clone()
 
 
 def pad_batch(tensors: list[torch.Tensor], n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
