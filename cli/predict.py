@@ -57,8 +57,9 @@ def predict(
     if isinstance(source, HW4Source):
         warn_of_training_clips(source, trained)
         silent = speakers_without_utterances(source.speakers, trained) if trained else []  # unknown without metadata
-        if silent:
-            typer.echo(untrained_classes_warning(data / "metadata.json", silent, len(source.speakers)), err=True)
+        if silent:  # a model trained with speed has a class per speed for each speaker, as train's warning counts
+            copies = loaded.config.model.num_classes // loaded.config.model.speakers
+            typer.echo(untrained_classes_warning(data / "metadata.json", silent, len(source.speakers), copies), err=True)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
                                   strict_because="predict writes a row for every clip")
     _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)

@@ -32,7 +32,7 @@ import numpy as np
 
 from voxaug.embeddings.backend import SCORE_NORMS, Cohort, ScoringBackend, as_norm, check_choice
 from voxaug.embeddings.plda import SpeakerModels
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.safeio import (
     TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock,
     finite_number, fsync_dir, read_json, real_path,
@@ -58,6 +58,8 @@ any real speaker's clips (even a million random directions average to about 1e-3
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
 """Candidates HNSW keeps while searching (FAISS defaults to 16); benchmarks/embed_bench.py measures recall against it."""
+HNSW_LEVEL_SEED = 12345
+"""FAISS's own seed for HNSW levels; a graph grown in place draws from it plus its row count (``_grow``)."""
 FAISS_KINDS = (b"IxFI", b"IHNf")  # the FAISS headers of IndexFlatIP and IndexHNSWFlat, the only kinds written
 PENDING_SUFFIX = ".pending"
 LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep committing
@@ -256,7 +258,7 @@ class SpeakerIndex:
             self.clip_digests[speaker] = self.clip_digests.get(speaker, []) + list(digests)
         if self.mode == "utterance":
             if self.built is not None:
-                self.built.add(embeddings)  # HNSW and flat both grow in place: no rebuild for new utterances
+                self._grow(embeddings)  # HNSW and flat both grow in place: no rebuild for new utterances
             self.vectors = np.concatenate([self.vectors, embeddings])
             self.labels += [speaker] * len(embeddings)
             self.counts[speaker] = self.counts.get(speaker, 0) + len(embeddings)
@@ -267,7 +269,7 @@ class SpeakerIndex:
         self.plda_models = None
         centroid = (mean / norm).astype(np.float32)[None]
         if self.built is not None:  # a new speaker grows the index in place; an append dropped its row, so it rebuilds
-            self.built.add(centroid)
+            self._grow(centroid)
         self.vectors = np.concatenate([self.vectors, centroid])
         self.labels.append(speaker)
         self.counts[speaker], self.mean_norms[speaker] = count, norm
@@ -276,6 +278,16 @@ class SpeakerIndex:
                 if self.backend.plda is not None else None  # (1, M)
             cohort_mean, cohort_std = self.cohort.stats(centroid, exclude=[speaker], scores=scores)
             self.cohort_stats[speaker] = [float(cohort_mean[0]), float(cohort_std[0])]
+
+    def _grow(self, rows: np.ndarray) -> None:
+        """Add ``rows`` to the loaded or built FAISS index in place. A loaded HNSW graph draws its nodes' levels
+        from a generator FAISS seeds the same on every load: one speaker per enroll would always take the first
+        draw, level 0, and the graph lose its upper layers; seeded by the row count, each draw is new and repeatable."""
+        if self.hnsw:
+            import faiss
+
+            self.built.hnsw.rng = faiss.RandomGenerator(HNSW_LEVEL_SEED + self.built.ntotal)
+        self.built.add(rows)
 
     def _running_mean(self, speaker: str, embeddings: np.ndarray) -> tuple[np.ndarray, int]:
         """The mean of ``speaker``'s unit rows, enrolled ones included, and their count. A mean of (near) zero
@@ -476,8 +488,8 @@ class SpeakerIndex:
     def load(cls, path: str | Path) -> "SpeakerIndex":
         path = real_path(path)
         side = sidecar_path(path)
-        if path.is_dir():
-            raise file_error(path, "expected a speaker index file, found a folder")
+        if path.exists() and not path.is_file():  # a folder, or a device such as /dev/null: there, yet no index
+            raise file_error(path, not_a_file(path, "speaker index"))
         if not path.is_file() and not side.is_file():
             raise file_error(path, "speaker index not found")
         if not side.is_file():

@@ -80,9 +80,11 @@ class IndexPlan:
 
 def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | None, per: str, seed: int,
                        val_fraction: float, options: ScoringOptions, speaker_order: list[str] | None = None,
-                       split_version: int = SPLIT_VERSION, embedding_dim: int | None = None) -> IndexPlan:
+                       split_version: int = SPLIT_VERSION, embedding_dim: int | None = None,
+                       copies: np.ndarray | None = None) -> IndexPlan:
     """The run's split and the cohort's utterances, refusing labels, a back end (of ``embedding_dim`` inputs, when
-    given) or a cohort the index could not use."""
+    given) or a cohort the index could not use. ``copies`` (an id per utterance, shared by those that embed
+    identically) keeps one of each in the cohort, and its checks count them once."""
     if any(s is None for s in speakers):
         raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
     check_index_speakers(speakers, "--index")
@@ -91,9 +93,11 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
     check_fit_labels(options.backend, names[train], embedding_dim)
     if options.score_norm != "asnorm" and per != "speaker":
         return IndexPlan(names, train, held_out, None, "")
-    sources = [(held_out, "validation split")] if len(held_out) >= options.cohort_top_k else []
+    held_distinct, train_distinct = (rows if copies is None else distinct_rows(copies, rows)
+                                     for rows in (held_out, train))
+    sources = [(held_distinct, "validation split")] if len(held_distinct) >= options.cohort_top_k else []
     problem = ""
-    for rows, source in sources + [(train, "training split")]:  # the training split is the fallback
+    for rows, source in sources + [(train_distinct, "training split")]:  # the training split is the fallback
         subsampled = len(rows) > options.cohort_size
         if subsampled:
             rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
@@ -101,19 +105,19 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
         short = sorted(speaker for speaker in set(speakers) if int((held != speaker).sum()) < 2)
         if not short:  # a speaker's cohort statistics leave its own entries out, and need two
             return IndexPlan(names, train, held_out, rows, source)
-        problem = (f"the {source}'s {len(rows)} utterances leave speaker {short[0]!r} fewer than 2 of other speakers"
+        problem = (f"the {source}'s {len(rows)} {'distinct ' if copies is not None else ''}utterances leave speaker "
+                   f"{short[0]!r} fewer than 2 of other speakers"
                    + (f"; give a larger --cohort-size than {options.cohort_size}" if subsampled else ""))
     if options.score_norm == "asnorm":  # otherwise the cohort was only for a later --score-norm asnorm
         raise VoxaugError(f"--score-norm asnorm: no AS-norm cohort can be built: {problem}")
     return IndexPlan(names, train, held_out, None, problem)
 
 
-def distinct_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``vectors`` with each repeated row kept once, in order, and the positions kept. A clip copied under another
-    name embeds identically: in a cohort its copies tie at the top of a top-K, whose standard deviation, 0, AS-norm
-    divides by (floored to 1e-6: scores of about 1e5)."""
-    kept = np.sort(np.unique(vectors, axis=0, return_index=True)[1])
-    return vectors[kept], kept
+def distinct_rows(copies: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` with those of one ``copies`` id kept once, in order. A clip copied under another name embeds
+    identically: in a cohort its copies tie at the top of a top-K, whose standard deviation, 0, AS-norm divides by
+    (floored to 1e-6: scores of about 1e5)."""
+    return rows[np.sort(np.unique(copies[rows], return_index=True)[1])]
 
 
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
@@ -126,16 +130,16 @@ def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], grou
     ``seed``, ``val_fraction``, ``speaker_order`` (the dataset's speakers as training numbered them; default
     sorted) and ``split_version`` are the run's, so the split is the one it trained with.
     """
+    copies = np.unique(embeddings, axis=0, return_inverse=True)[1].reshape(-1)
     plan = plan_speaker_index(speakers, groups, per, seed, val_fraction, options, speaker_order, split_version,
-                              embeddings.shape[1])
+                              embeddings.shape[1], copies)
     names, train = plan.names, plan.train
     backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)
     index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,
                          backend=backend)
     if plan.cohort_rows is not None:
-        vectors, kept = distinct_rows(index.to_space(embeddings[plan.cohort_rows]))
-        rows = plan.cohort_rows[kept]
-        index.cohort = Cohort(vectors, names[rows].tolist(), options.cohort_top_k,
+        rows = plan.cohort_rows
+        index.cohort = Cohort(index.to_space(embeddings[rows]), names[rows].tolist(), options.cohort_top_k,
                               f"{plan.cohort_source}: {len(rows)} utterances of {len(set(names[rows].tolist()))} "
                               "training speakers")
     index.score_norm = options.score_norm

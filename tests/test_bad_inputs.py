@@ -567,3 +567,17 @@ def test_a_device_or_pipe_where_a_file_goes_is_called_what_it_is_not_a_folder(tm
                                "--trials", special, "-q"], "trials"),
     }[option]
     assert invoke(command) == (2, f"error: {special}: expected a {what} file, found {found}\n")
+
+
+@pytest.mark.parametrize("command", ["identify", "enroll"])
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_a_device_or_pipe_given_as_the_speaker_index_is_called_what_it_is_not_missing(tmp_path, command, special):
+    """``identify --index /dev/null`` said "speaker index not found" of a file that is there: the index loader
+    named a folder only, as the other readers did before they named devices and pipes too."""
+    if special == "fifo":
+        special = tmp_path / "pipe"
+        os.mkfifo(special)
+    found = "a named pipe" if isinstance(special, Path) else "a character device"
+    args = {"identify": ["identify", "--index", special, tmp_path / "x.pt"],
+            "enroll": ["enroll", "--index", special, "--speaker", "a", tmp_path / "x.pt"]}[command]
+    assert invoke(args) == (2, f"error: {special}: expected a speaker index file, found {found}\n")

@@ -530,3 +530,23 @@ def test_appending_to_a_speaker_of_an_utterance_index_counts_every_clip(tmp_path
     assert index.labels == ["alice"] * 3 and index.counts == {"alice": 3}
     index.save(tmp_path / "u.faiss")
     assert SpeakerIndex.load(tmp_path / "u.faiss").counts == {"alice": 3}
+
+
+def test_speakers_enrolled_one_at_a_time_into_an_hnsw_index_still_reach_its_upper_layers(tmp_path):
+    """A loaded graph draws HNSW levels from a generator FAISS seeds afresh on every load, so each speaker enrolled
+    by its own command took the same first draw, level 0: the graph lost its hierarchy (a flat NSW, slower to
+    search than the rebuilt graph it replaced)."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(200, 8))
+    index = SpeakerIndex(dim=8, hnsw=True)
+    index.add("s0", centroids[:1])
+    for i in range(1, len(centroids)):  # each one as a separate enroll: the index saved, then loaded again
+        index.built = faiss.deserialize_index(faiss.serialize_index(index.faiss_index()))
+        index.add(f"s{i}", centroids[i:i + 1])
+    levels = faiss.vector_to_array(index.faiss_index().hnsw.levels) - 1
+    batch = faiss.IndexHNSWFlat(8, 32, faiss.METRIC_INNER_PRODUCT)
+    batch.add(index.vectors)
+    assert index.faiss_index().ntotal == 200 and (levels > 0).sum() > 0, "every speaker stayed on level 0"
+    assert abs((levels > 0).sum() - (faiss.vector_to_array(batch.hnsw.levels) > 1).sum()) <= 8

@@ -137,3 +137,21 @@ def test_python_m_voxaug_and_the_api_work_in_the_root_of_the_clone_it_was_instal
     assert done.returncode == 0 and "Usage" in done.stdout, done.stderr
     done = subprocess.run([python, "-c", "import voxaug; voxaug.SpeakerIndex"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_checkout_adds_voxaug_cli_and_embeddings_and_no_other_folder_of_its_root():
+    """The checkout's root on ``voxaug.__path__`` made every folder there a subpackage: ``import voxaug.tests`` and
+    ``voxaug.docs`` worked, and ``voxaug.voxaug`` imported every module a second time, with classes of their own."""
+    probe = ("import importlib, voxaug, voxaug.cli, voxaug.embeddings\n"
+             "print(voxaug.cli.__file__, voxaug.embeddings.__file__, voxaug.__path__)\n"
+             "for name in ('tests', 'docs', 'benchmarks', 'voxaug'):\n"
+             "    try:\n"
+             "        importlib.import_module('voxaug.' + name)\n"
+             "        print('imported', name)\n"
+             "    except ModuleNotFoundError:\n"
+             "        pass\n")
+    done = subprocess.run([sys.executable, "-S", "-c", probe], cwd=REPO, capture_output=True, text=True)  # no site:
+    assert done.returncode == 0, done.stderr  # the checkout's voxaug alone, as a clone installed elsewhere finds it
+    found = done.stdout.split("\n")
+    assert found[0] == f"{REPO / 'cli' / '__init__.py'} {REPO / 'embeddings' / '__init__.py'} {[str(REPO / 'voxaug')]}"
+    assert found[1:] == [""], done.stdout

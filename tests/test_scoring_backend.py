@@ -1119,3 +1119,20 @@ def test_the_detection_and_identification_rate_counts_only_clips_answered_right(
     record = calibrate(scores, 0.25, "none", "test")
     assert 0.3 < record["value"] < 0.6 and record["far"] == 0.25
     assert record["dir"] == 0.75 and record["top1"] == 0.75 and record["acceptance"] == 1.0
+
+
+def test_a_speaker_whose_cohort_clips_are_copies_of_one_neither_fails_the_index_nor_normalises_by_a_zero_std():
+    """The cohort's copies were merged after its plan checked that every speaker has two entries of others: a
+    speaker whose clips were one clip copied left the other speaker one, and the index failed ("too few entries")
+    after every clip was embedded, even with --score-norm none, where the cohort is only kept for later."""
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((6, 8)).astype(np.float32)
+    embeddings[4] = embeddings[5] = embeddings[3]  # b's three clips are one
+    names = ["a"] * 3 + ["b"] * 3
+    plain = build_speaker_index(embeddings, names, None, "speaker", False, {}, {}, 0, 0.0,
+                                ScoringOptions("none", cohort_size=100, cohort_top_k=2))
+    assert plain.cohort is None and plain.labels == ["a", "b"]
+    with pytest.raises(VoxaugError, match=r"^--score-norm asnorm: no AS-norm cohort can be built: the training "
+                                          r"split's 4 distinct utterances leave speaker 'a' fewer than 2 of other"):
+        build_speaker_index(embeddings, names, None, "speaker", False, {}, {}, 0, 0.0,
+                            ScoringOptions("none", score_norm="asnorm", cohort_size=100, cohort_top_k=2))

@@ -194,3 +194,41 @@ def test_a_stale_store_is_rebuilt_on_a_disk_with_room_for_one(tiny_synth, tmp_pa
     store, _ = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
     assert store.rebuilt and store.keys == first.keys and all(key.endswith((".pt", ".wav")) for key in store.keys)
     assert not [path for path in first.folder.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_store_without_its_skipped_list_is_rebuilt_with_the_old_features_unmapped(tiny_synth, tmp_path, monkeypatch):
+    """A missing skipped.json rebuilds the store, and the rebuild frees the old features first so that a disk with
+    room for one store suffices; but the store opened before the list was checked still mapped them, which keeps
+    them on disk through the rebuild: "No space left on device" on such a disk."""
+    import weakref
+
+    from voxaug.data.audio_store import SKIPPED_FILE, open_dataset_store
+    from voxaug.data.sources import open_source
+
+    root = tmp_path / "audio"
+    for wav in (tiny_synth / "unseen" / "test").rglob("*.wav"):
+        (root / wav.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / wav.parent.name / wav.name).write_bytes(wav.read_bytes())
+    first, _ = open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
+    (first.folder / SKIPPED_FILE).unlink()
+    del first
+    mapped, alive = [], []
+    from_index = PackedStore._from_index.__func__
+
+    def tracked(cls, folder, index, rebuilt):
+        store = from_index(cls, folder, index, rebuilt)
+        mapped.append(weakref.ref(store.features))
+        return store
+
+    source = open_source(root)
+    load = source.load
+
+    def load_and_look(utterance):
+        alive.append(any(ref() is not None for ref in mapped))
+        return load(utterance)
+
+    monkeypatch.setattr(PackedStore, "_from_index", classmethod(tracked))
+    monkeypatch.setattr(source, "load", load_and_look)
+    store, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
+    assert store.rebuilt and skipped == [] and (store.folder / SKIPPED_FILE).is_file()
+    assert len(mapped) == 2 and alive and not any(alive)

@@ -75,3 +75,19 @@ def test_with_speed_the_warning_counts_the_three_classes_of_a_speaker_without_ut
     assert result.stderr.strip().splitlines() == [
         f"warning: {root / 'metadata.json'}: 1 of the 3 speakers of mapping.json has no utterances ('id10002'); its 3 "
         "classes (one per speed) are never trained, yet the classifier can still answer it"]
+
+
+def test_predict_with_a_speed_model_counts_the_three_untrained_classes_as_train_does(tmp_path):
+    """train warned of a silent speaker's 3 classes (one per speed); predict, of the same model, said "its class"."""
+    root = make_hw4(tmp_path / "d", speakers=3)
+    rewrite_metadata(root, lambda m: m["speakers"].pop("id10002"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--augment", "speed", "--steps", "2",
+                                 "--eval-every", "2", "--warmup", "1", "--d-model", "32", "--layers", "1", "--heads", "2",
+                                 "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output + result.stderr
+    warned = result.stderr.strip().splitlines()
+    result = runner.invoke(app, ["predict", str(root), "--ckpt", str(tmp_path / "run" / "best.pt"), "--out",
+                                 str(tmp_path / "p.csv"), "-q", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stderr.strip().splitlines() == warned and "its 3 classes (one per speed)" in warned[0], warned

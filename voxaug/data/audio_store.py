@@ -163,9 +163,11 @@ def open_dataset_store(
     builder = partial(build_audio_store, workers=workers, strict=strict, strict_because=strict_because, warn=warn)
     store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
     skipped = skipped_files(store, source.fingerprint())
-    if skipped is None:  # damaged, as a features file can be: build the store again, which writes it anew
-        with cache_lock(store.folder):
-            (store.folder / INDEX_FILE).unlink(missing_ok=True)
+    if skipped is None:  # damaged, missing or another build's: build the store again, which writes it anew
+        folder = store.folder
+        del store  # its mapping would keep the old features on disk through the rebuild, which frees them first
+        with cache_lock(folder):
+            (folder / INDEX_FILE).unlink(missing_ok=True)
         store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
         skipped = skipped_files(store, source.fingerprint()) or []
     if skipped and strict:
