@@ -150,6 +150,8 @@ class SpeakerIndex:
     """Every row's PLDA predictive distribution, computed on the first PLDA search after the rows last changed."""
     cohort_models: SpeakerModels | None = field(default=None, repr=False, compare=False)
     """Each cohort utterance as a PLDA speaker enrolled from it alone, computed on the first AS-norm query."""
+    _spare: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    """The buffer ``vectors`` is the start of, with room for more rows (see :meth:`_append_vectors`)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -259,19 +261,21 @@ class SpeakerIndex:
         if self.mode == "utterance":
             if self.built is not None:
                 self._grow(embeddings)  # HNSW and flat both grow in place: no rebuild for new utterances
-            self.vectors = np.concatenate([self.vectors, embeddings])
+            self._append_vectors(embeddings)
             self.labels += [speaker] * len(embeddings)
             self.counts[speaker] = self.counts.get(speaker, 0) + len(embeddings)
             return
-        if speaker in self.counts:
-            self._drop_rows([self.labels.index(speaker)])
         norm = float(np.linalg.norm(mean))
         self.plda_models = None
         centroid = (mean / norm).astype(np.float32)[None]
-        if self.built is not None:  # a new speaker grows the index in place; an append dropped its row, so it rebuilds
-            self._grow(centroid)
-        self.vectors = np.concatenate([self.vectors, centroid])
-        self.labels.append(speaker)
+        if speaker in self.counts:  # its row is replaced where it is: dropping and re-adding it copied every row
+            self.vectors[self.labels.index(speaker)] = centroid[0]
+            self.built = None  # FAISS cannot replace a vector: the index is rebuilt on the next search or save
+        else:
+            if self.built is not None:  # a new speaker grows the index in place
+                self._grow(centroid)
+            self._append_vectors(centroid)
+            self.labels.append(speaker)
         self.counts[speaker], self.mean_norms[speaker] = count, norm
         if self.cohort is not None:
             scores = self.backend.plda.speaker_scores(mean[None], np.array([count]), self.cohort.vectors).T \
@@ -288,6 +292,19 @@ class SpeakerIndex:
 
             self.built.hnsw.rng = faiss.RandomGenerator(HNSW_LEVEL_SEED + self.built.ntotal)
         self.built.add(rows)
+
+    def _append_vectors(self, rows: np.ndarray) -> None:
+        """``rows`` after ``vectors``, written into a buffer whose room doubles when full: enrolling N speakers one
+        by one then copies O(N) rows, where a concatenation per speaker copied O(N²) (50,000 took minutes)."""
+        used, needed = len(self.vectors), len(self.vectors) + len(rows)
+        spare = self._spare
+        if (spare is None or self.vectors.base is not spare or self.vectors.ctypes.data != spare.ctypes.data
+                or len(spare) < needed):
+            spare = np.empty((max(needed, 2 * used, 16), self.space_dim), dtype=np.float32)
+            spare[:used] = self.vectors
+            self._spare = spare
+        spare[used:needed] = rows
+        self.vectors = spare[:needed]
 
     def _running_mean(self, speaker: str, embeddings: np.ndarray) -> tuple[np.ndarray, int]:
         """The mean of ``speaker``'s unit rows, enrolled ones included, and their count. A mean of (near) zero

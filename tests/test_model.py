@@ -154,3 +154,22 @@ def test_the_heads_give_float32_logits_under_autocast(head):
         mixed = head(embeddings)
     assert mixed.dtype == torch.float32
     assert torch.allclose(mixed, exact, atol=1e-5)
+
+
+def test_the_baseline_embeds_without_torchs_fused_encoder_kernel(monkeypatch):
+    """torch's fused TransformerEncoderLayer inference kernel holds every (B, heads, T, T) score matrix: one 2-minute
+    clip took 5 GB through the transformer-mean baseline, and a 10-minute one would need about 110 GB. The layers now
+    run unfused (scaled_dot_product_attention), and the process-wide switch is put back."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="transformer-mean", **SMALL)).eval()
+    features, lengths = torch.randn(2, 30, 40), torch.tensor([30, 17])
+
+    def fused(*args, **kwargs):
+        raise AssertionError("the fused encoder kernel ran")
+
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", fused)
+    with torch.no_grad():
+        embeddings, _ = model(features, lengths)
+        alone, _ = model(features[1:, :17], lengths[1:])
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert torch.allclose(embeddings[1], alone[0], atol=1e-5)
