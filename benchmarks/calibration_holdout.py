@@ -27,7 +27,7 @@ from voxaug.embeddings.evaluation import LabelledEmbeddings
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.safeio import atomic_write_json
 from backend_ablation import embed_everything, enrolled_index, machine
-from report import json_output
+from report import far_rate, json_output
 
 
 def folds(clips: LabelledEmbeddings, count: int = 2) -> list[np.ndarray]:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="one model, or several of the same data")
     parser.add_argument("--backend", default="plda", choices=["none", "center", "lda", "plda"])
     parser.add_argument("--score-norm", default="none", choices=["none", "asnorm"])
-    parser.add_argument("--target-far", type=float, default=0.01)
+    parser.add_argument("--target-far", type=far_rate, default=0.01)
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--json", type=json_output)
     args = parser.parse_args(argv)

@@ -44,6 +44,18 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return count
 
 
+def far_rate(text: str) -> float:
+    """argparse type of ``--target-far``: a rate in (0, 1) as ``check_far`` takes it, refused in one line before any
+    embedding rather than in a traceback after it."""
+    from voxaug.embeddings.calibration import check_far
+    from voxaug.errors import VoxaugError
+
+    try:
+        return check_far(float(text))
+    except (ValueError, VoxaugError) as exc:
+        raise argparse.ArgumentTypeError(f"must be a rate in (0, 1), got {text!r}") from exc
+
+
 def arm_list(text: str) -> list[str]:
     """argparse type of ``--arms``: the ';'-separated ``--augment`` specs, refused in one line when there are none
     (an empty table, or every arm where none given meant the default)."""

@@ -140,6 +140,14 @@ DeviceOption = typer.Option("auto", "--device", help="auto (CUDA if present, els
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
+def folder_name(text: str) -> Path:
+    """Parser of a folder option: an empty name is refused, as ``Path("")`` is the working directory, which would be
+    read as the folder (``--noise-dir "$NOISE"`` with the variable unset scanned it for noise)."""
+    if not text:
+        raise typer.BadParameter("an empty folder name; give a folder or leave the option out")
+    return Path(text)
+
+
 def counted(count: int, noun: str) -> str:
     """``1 clip``, ``2 clips``: a count with its noun."""
     return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from voxaug.cli.common import CacheOption, QuietOption, clean_errors, output_folder
+from voxaug.cli.common import CacheOption, QuietOption, clean_errors, folder_name, output_folder
 from voxaug.errors import VoxaugError, file_error
 
 if TYPE_CHECKING:
@@ -62,11 +62,11 @@ def train(
     crop_max: int = typer.Option(None, help="crop: longest crop in frames, capped by --segment (default 300)."),
     channel_db: float = typer.Option(None, help="channel: largest amplitude of each EQ cosine term, in dB (default 3)."),
     reverb_p: float = typer.Option(None, help="reverb: probability per utterance (default 0.5)."),
-    noise_dir: Path = typer.Option(None, "--noise-dir", file_okay=False,
+    noise_dir: Path = typer.Option(None, "--noise-dir", parser=folder_name, metavar="<dir>",
                                    help="noise: folder of log-mel .pt noise recordings; wave: folder of background-noise "
                                         "audio (e.g. MUSAN). Goes to whichever of the two --augment names."),
     noise_p: float = typer.Option(None, help="noise or wave: probability of adding background noise (default 0.5)."),
-    rir_dir: Path = typer.Option(None, "--rir-dir", file_okay=False,
+    rir_dir: Path = typer.Option(None, "--rir-dir", parser=folder_name, metavar="<dir>",
                                  help="wave: folder of room impulse responses to convolve with."),
     rir_p: float = typer.Option(None, help="wave: probability of applying a room impulse response (default 0.5)."),
     wave_snr_p: float = typer.Option(None, help="wave: probability of Gaussian noise at 5-40 dB SNR (default 0.5)."),

@@ -186,3 +186,62 @@ def test_plot_refuses_a_metrics_line_of_huge_numbers_or_deep_nesting_in_one_line
     refused = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "curves.png")])
     assert refused.exit_code == 2 and f"{run / 'metrics.jsonl'}: line 2" in output_of(refused), output_of(refused)
     assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("arguments, option", [
+    (["--augment", "noise", "--noise-dir", ""], "--noise-dir"),
+    (["--augment", "wave", "--noise-dir", ""], "--noise-dir"),
+    (["--augment", "wave", "--rir-dir", ""], "--rir-dir"),
+])
+def test_an_empty_folder_option_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch, arguments, option):
+    """``--noise-dir ""`` (an unset shell variable) was the working directory, scanned as the noise folder."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "no-such-data", "--out", "run", *arguments])
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert text.startswith("error: ") and f"'{option}': an empty folder name" in text, text
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("names, key", [("noise", "noise_dir"), ("wave", "noise_dir"), ("wave", "rir_dir")])
+def test_an_empty_folder_in_a_config_file_is_refused_naming_the_file(tmp_path, monkeypatch, names, key):
+    """``noise_dir = ""`` in a TOML file read the working directory as the noise (or RIR) folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stray.pt").write_bytes(b"")  # what the working directory may hold: a checkpoint, a feature file
+    toml = tmp_path / "empty.toml"
+    toml.write_text(f'[augment]\nnames = ["{names}"]\n[augment.{names}]\n{key} = ""\n')
+    result = runner.invoke(app, ["train", "no-such-data", "--out", "run", "--config", str(toml)])
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert text.startswith(f"error: {toml}: ") and f"{names} {key}" in text and "an empty folder name" in text, text
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("toml, extra, named", [
+    ('[augment]\nnames = ["specaug"]\n[augment.mixup]\nalpha = 0.5\n', [], "(specaug)"),
+    ("[augment.mixup]\nalpha = 0.5\n", [], f"({DEFAULT_AUGMENT.replace(',', ', ')})"),
+    ('[augment]\nnames = ["mixup"]\n[augment.mixup]\nalpha = 0.5\n', ["--augment", "specaug"], "(specaug)"),
+    ('[augment]\nnames = ["specaug"]\n[augment.wave]\nrir_p = 0.2\n', [], "(specaug)"),
+], ids=["file-names", "default-names", "augment-option", "wave"])
+def test_a_config_table_of_an_augmentation_not_named_is_refused_naming_the_file_and_table(tmp_path, toml, extra, named):
+    """``[augment.mixup]`` in a TOML file whose run does not name mixup was accepted and did nothing, while the
+    command line refuses ``--mixup-alpha`` alike (``--augment specaug``)."""
+    config = tmp_path / "aug.toml"
+    config.write_text(toml)
+    table = toml.split("[augment.")[1].split("]")[0]
+    result = runner.invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"),
+                                 "--config", str(config), *extra])
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert text.startswith(f"error: {config}: [augment.{table}]: sets the '{table}' augmentation, which is not among "
+                           f"those named {named}"), text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_table_of_a_named_augmentation_is_taken(tiny_synth, tmp_path):
+    config = tmp_path / "aug.toml"
+    config.write_text('[augment]\nnames = ["mixup"]\n[augment.mixup]\nalpha = 0.5\n')
+    result = runner.invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "run"), "--config", str(config),
+                                 *TINY])
+    assert result.exit_code == 0, output_of(result)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["augment"]["mixup"] == {"alpha": 0.5}

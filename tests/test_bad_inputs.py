@@ -581,3 +581,34 @@ def test_a_device_or_pipe_given_as_the_speaker_index_is_called_what_it_is_not_mi
     args = {"identify": ["identify", "--index", special, tmp_path / "x.pt"],
             "enroll": ["enroll", "--index", special, "--speaker", "a", tmp_path / "x.pt"]}[command]
     assert invoke(args) == (2, f"error: {special}: expected a speaker index file, found {found}\n")
+
+
+@pytest.mark.parametrize("option", ["identify --index", "train --resume"])
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_a_device_or_pipe_as_a_checkpoint_or_index_is_called_what_it_is(tmp_path, option, special):
+    """A checkpoint that is /dev/null or a pipe was "empty (0 bytes)", and such a speaker index "not found"."""
+    if special == "fifo":
+        special = tmp_path / "pipe"
+        os.mkfifo(special)
+    found = "a named pipe" if isinstance(special, Path) else "a character device"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").symlink_to(special)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    command, named, what = {
+        "identify --index": (["identify", "--index", special, tmp_path / "junk.pt"], special, "speaker index"),
+        "train --resume": (["train", tmp_path / "data", "--out", run, "--resume", "-q"], run / "last.pt", "checkpoint"),
+    }[option]
+    assert invoke(command) == (2, f"error: {named}: expected a {what} file, found {found}\n")
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "noise feature file"])
+def test_safe_torch_load_of_a_device_names_it_and_says_file_once(what):
+    from voxaug.errors import VoxaugError
+    from voxaug.safeio import safe_torch_load
+
+    with pytest.raises(VoxaugError, match=rf"^/dev/null: expected a {what}( file)?, found a character device$"):
+        safe_torch_load("/dev/null", what)
+    with pytest.raises(VoxaugError) as error:
+        safe_torch_load("/dev/null", what)
+    assert "file file" not in str(error.value)

@@ -669,3 +669,21 @@ def test_train_bench_quick_keeps_an_explicit_steps(argv, steps, monkeypatch):
     with pytest.raises(Ran) as ran:
         train_bench.main(argv)
     assert ran.value.args == (steps, "--quick" in argv)
+
+
+@pytest.mark.parametrize("script", ["backend_ablation", "calibration_holdout"])
+@pytest.mark.parametrize("rate", ["2", "0", "1", "-0.1", "nan", "abc"])
+def test_a_target_far_outside_zero_to_one_is_refused_before_any_embedding(tmp_path, monkeypatch, capsys, script, rate):
+    """``--target-far 2`` was checked only when calibrating, after every embedding: a traceback minutes in."""
+    import importlib
+
+    module = importlib.import_module(script)
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before --target-far was checked")
+
+    monkeypatch.setattr(module, "embed_everything", embedded)
+    with pytest.raises(SystemExit) as stopped:
+        module.main([str(tmp_path), "--ckpt", str(tmp_path / "best.pt"), "--target-far", rate])
+    assert stopped.value.code == 2
+    assert f"argument --target-far: must be a rate in (0, 1), got {rate!r}" in capsys.readouterr().err

@@ -232,3 +232,41 @@ def test_a_store_without_its_skipped_list_is_rebuilt_with_the_old_features_unmap
     store, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
     assert store.rebuilt and skipped == [] and (store.folder / SKIPPED_FILE).is_file()
     assert len(mapped) == 2 and alive and not any(alive)
+
+
+def _read_only(monkeypatch, folder, function_owner, name):
+    """``function_owner.name`` (os.open, Path.unlink) fails as on a read-only file system for files in ``folder``."""
+    import errno
+    from pathlib import Path
+
+    real = getattr(function_owner, name)
+
+    def refused(path, *args, **kwargs):
+        if Path(path).parent == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(function_owner, name, refused)
+
+
+@pytest.mark.parametrize("cache_state", ["no lock file", "out of date"])
+def test_a_cache_on_a_read_only_file_system_is_one_error_saying_it_is_the_feature_cache(tmp_path, monkeypatch,
+                                                                                        cache_state):
+    """A valid cache lacking its .lock, or an out-of-date one, on a read-only file system failed as ``…/.lock:
+    Read-only file system``, which does not say that the folder is the feature cache nor how to use another."""
+    from pathlib import Path
+
+    root = make_hw4(tmp_path / "d")
+    folder = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False).folder
+    if cache_state == "no lock file":
+        (folder / ".lock").unlink()
+        _read_only(monkeypatch, folder, os, "open")
+        refused = folder / ".lock"
+    else:
+        (folder / "index.json").write_text("{}")
+        _read_only(monkeypatch, folder, Path, "unlink")
+        refused = folder / "index.json"
+    with pytest.raises(VoxaugError) as error:
+        PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert str(error.value) == (f"{refused}: Read-only file system (in the feature cache folder; pass --cache-dir or "
+                                "set VOXAUG_CACHE to use another)")

@@ -716,3 +716,51 @@ def test_a_no_amp_run_is_evaluated_in_float32_as_it_trains(tiny_synth, tmp_path,
     Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "amp": False}), tiny_synth, tmp_path / "run",
             progress=False).fit()
     assert asked and not any(asked)
+
+
+def test_a_finished_run_resumed_from_its_last_pt_alone_has_nothing_to_train_and_says_done(tiny_synth, tmp_path):
+    """Only last.pt of a finished run was copied: ``--resume`` with no step left failed on the missing metrics.jsonl
+    after rewriting config.json. As a finished run in full does, it now ends done (exit 0), evaluating once, so that
+    the folder gets the best.pt and the log row the summary names; and it continues as the full run does."""
+
+
+def test_resume_with_steps_below_the_run_is_refused_before_the_data_is_read(tiny_synth, tmp_path, monkeypatch):
+    """``--resume --steps 2`` on a run at step 4 was refused only when last.pt was loaded, after the data was packed
+    (minutes on a big corpus): the checkpoint's step is checked with the run folder, before any featurising."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    command = ["--eval-every", "2", "--warmup", "1", "--batch", "8", "--segment", "64", "--d-model", "32", "--layers",
+               "1", "--heads", "2", "--embedding-dim", "32", "--augment", "specaug", "--device", "cpu", "--quiet"]
+    full, alone = tmp_path / "full", tmp_path / "alone"
+    assert CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(full), "--steps", "4", *command]).exit_code == 0
+    alone.mkdir()
+    shutil.copy(full / "last.pt", alone / "last.pt")
+    done = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(alone), "--resume"])
+    assert done.exit_code == 0, done.output
+    logged = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"clean train acc {logged['train_acc']:.4f}" in done.output and f"-> {alone / 'best.pt'}" in done.output
+    assert load_checkpoint(alone / "best.pt")["step"] == 4
+    assert [json.loads(line)["step"] for line in (alone / "metrics.jsonl").read_text().splitlines()] == [4]
+    for run in (full, alone):
+        result = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(run), "--steps", "6", "--resume"])
+        assert result.exit_code == 0, result.output
+    continued = [load_checkpoint(run / "last.pt")["model"] for run in (full, alone)]
+    assert all(torch.equal(continued[0][name], continued[1][name]) for name in continued[0])
+
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+
+    def read(*args, **kwargs):
+        raise AssertionError("the data was read before --steps was checked")
+
+    monkeypatch.setattr(Trainer, "_open_store", read)
+    with pytest.raises(VoxaugError, match=r"last\.pt: is at step 4, past --steps 2; pass --steps above 4"):
+        Trainer(Trainer.config_from_run(run, steps=2), tiny_synth, run, progress=False, resume=True)
+    refused = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(run), "--resume", "--steps", "2"])
+    assert refused.exit_code == 2, refused.output
+    assert f"error: {run / 'last.pt'}: is at step 4, past --steps 2" in refused.output
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from voxaug.augment.base import MAX_WHOLE
+from voxaug.augment.base import AUGMENTATIONS, MAX_WHOLE
 from voxaug.augment.pipeline import build_pipeline, resolve_names
 from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
 from voxaug.errors import VoxaugError, file_error, not_a_file, refuse_unknown_keys
@@ -263,7 +263,19 @@ def resolve_config(
             "augment": _merge_tables(base_tables["augment"], file_tables["augment"], {}),
             "frontend": with_rate_implications(base_tables["frontend"], file_tables["frontend"])})
         _name_the_file_in_errors(config, file_only, toml_path)
+        _refuse_tables_of_unnamed(file_tables["augment"], resolve_names(config.augment), toml_path)
     return config
+
+
+def _refuse_tables_of_unnamed(tables: dict, named: list[str], toml_path: str | Path) -> None:
+    """A file's ``[augment.<name>]`` table for an augmentation that will not run would silently do nothing, as a
+    strength option does, which the command line refuses alike."""
+    unnamed = sorted(table for table in tables if table in AUGMENTATIONS and table not in named)
+    if unnamed:
+        table = unnamed[0]
+        raise file_error(toml_path, f"[augment.{table}]: sets the '{table}' augmentation, which is not among those "
+                                    f"named ({', '.join(named) or 'none'}); add {table} to [augment] names or "
+                                    "--augment, or remove the table")
 
 
 def absolute_folders(augment: dict, folder: Path) -> None:

@@ -38,7 +38,8 @@ def not_a_file(path: str | Path, what: str) -> str:
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
              (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
     found = next((kind for test, kind in kinds if test(mode)), "no regular file")
-    return f"expected {'an' if what[:1].lower() in 'aeiou' else 'a'} {what} file, found {found}"
+    noun = what if what.endswith("file") else f"{what} file"  # "noise feature file" is not said twice
+    return f"expected {'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}, found {found}"
 
 
 def refuse_unknown_keys(values: dict, kind: type, where: str, noun: str = "keys",

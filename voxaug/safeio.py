@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_file
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -231,8 +231,8 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
     path = Path(path)
     if not path.exists():
         raise file_error(path, f"{what} not found")
-    if path.is_dir():
-        raise file_error(path, f"expected a {what}, found a folder")
+    if not path.is_file():  # a folder, or a device or pipe (/dev/null), whose size of 0 is no empty file's
+        raise file_error(path, not_a_file(path, what))
     if path.stat().st_size == 0:
         raise file_error(path, f"{what} is empty (0 bytes)")
     with open(path, "rb") as handle:

@@ -271,9 +271,7 @@ class Trainer:
             mismatched.append("front end")  # the same clips would become other features
         if mismatched:
             raise file_error(path, f"cannot resume with a different {', '.join(mismatched)}; use the run's config.json")
-        if self.config.steps < int(state["step"]):
-            raise file_error(path, f"is at step {state['step']}, past --steps {self.config.steps}; "
-                                   f"pass --steps above {state['step']} to train further")
+        refuse_steps_below(path, int(state["step"]), self.config.steps)
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size:
             raise file_error(path, f"was written by a run on {saved_world} process(es), this one has "
@@ -463,6 +461,9 @@ class Trainer:
         featurising: the run folder (when ``resume`` is known), noise of other bands, front-end settings on features."""
         if resume is not None:
             check_run_folder(self.run_dir, resume)
+        if resume:
+            last = self.run_dir / "last.pt"
+            refuse_steps_below(last, int(load_checkpoint(last)["step"]), self.config.steps)
         self.pipeline.check_bands(n_mels)
         if resume is False:
             self._refuse_audio_settings_on_features()
@@ -534,8 +535,9 @@ class Trainer:
                     bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
         if hasattr(self.sampler, "close"):  # stop data workers (audio with `wave`)
             self.sampler.close()
-        if not row:
-            row = read_metrics(self.run_dir)[-1]
+        if not row:  # nothing left to train: the last evaluation logged, else (last.pt alone was copied) one now
+            logged = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").is_file() else []
+            row = logged[-1] if logged else self.evaluate(None)
         return TrainSummary(
             run_dir=self.run_dir, steps=self.step, best_val_acc=self.best_val_acc, best_step=self.best_step,
             train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
@@ -550,6 +552,12 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
         raise file_error(last, "nothing to resume: no last.pt in the run folder")
     if not resume and last.exists():
         raise file_error(run_dir, "already holds a run (last.pt); pass --resume to continue it or choose another --out")
+
+
+def refuse_steps_below(path: Path, step: int, steps: int) -> None:
+    """A resume trains up to ``steps``: refused when the run's checkpoint ``path`` is already at a later ``step``."""
+    if steps < step:
+        raise file_error(path, f"is at step {step}, past --steps {steps}; pass --steps above {step} to train further")
 
 
 def train_command(world_size: int) -> str:

@@ -100,6 +100,16 @@ def check_probability(label: str, value: object) -> None:
         raise VoxaugError(f"{label} must be a probability in [0, 1], got {value!r}")
 
 
+def check_folder(label: str, folder: object) -> None:
+    """Refuse a folder setting that is neither unset (None) nor a path; an empty name too, which would read the
+    working directory as the folder."""
+    if folder == "":
+        raise VoxaugError(f"{label} is an empty folder name, which would read the working directory; "
+                          "give a folder or leave it out")
+    if folder is not None and not isinstance(folder, str):
+        raise VoxaugError(f"{label} must be a folder path, got {folder!r}")
+
+
 def check_number(label: str, value: object, low: float, high: float) -> None:
     """Refuse anything but a finite number in [low, high], naming the option."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \

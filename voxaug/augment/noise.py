@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from voxaug.augment.base import (
-    BatchAugmentation, TrainBatch, check_probability, check_range, log_power_peak, real_frames, register_augmentation,
-    uniform,
+    BatchAugmentation, TrainBatch, check_folder, check_probability, check_range, log_power_peak, real_frames,
+    register_augmentation, uniform,
 )
 from voxaug.augment.channel import DB_TO_LOG_POWER
 from voxaug.clips import files_under
@@ -75,8 +75,7 @@ class AdditiveNoise(BatchAugmentation):
         check_probability("--noise-p (noise p)", p)
         check_range("noise min_snr_db/max_snr_db", min_snr_db, max_snr_db, -30.0, 100.0)
         check_range("noise max_tilt_db", 0.0, max_tilt_db, 0.0, 60.0)
-        if noise_dir is not None and not isinstance(noise_dir, str):
-            raise VoxaugError(f"noise noise_dir must be a folder path, got {noise_dir!r}")
+        check_folder("noise noise_dir", noise_dir)
         self.p, self.min_snr_db, self.max_snr_db = float(p), float(min_snr_db), float(max_snr_db)
         self.max_tilt_db, self.noise_dir = float(max_tilt_db), noise_dir
         self._noises = load_noise_features(noise_dir) if noise_dir is not None else []

@@ -20,9 +20,11 @@ import numpy as np
 import soundfile
 
 from voxaug.audio import AUDIO_SUFFIXES
-from voxaug.augment.base import BatchAugmentation, TrainBatch, check_probability, check_range, register_augmentation
+from voxaug.augment.base import (
+    BatchAugmentation, TrainBatch, check_folder, check_probability, check_range, register_augmentation,
+)
 from voxaug.clips import files_under
-from voxaug.errors import VoxaugError, file_error, not_a_folder
+from voxaug.errors import file_error, not_a_folder
 from voxaug.runtime.frontend import UNKNOWN_FRAMES, check_audio_rate, silence_problem
 
 NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
@@ -126,8 +128,7 @@ class WaveAugmentation(BatchAugmentation):
         check_range("wave min_gain_db/max_gain_db", min_gain_db, max_gain_db, -200.0, 200.0)
         check_range("wave noise_min_snr_db/noise_max_snr_db", noise_min_snr_db, noise_max_snr_db, -200.0, 200.0)
         for label, folder in (("--noise-dir (wave noise_dir)", noise_dir), ("--rir-dir (wave rir_dir)", rir_dir)):
-            if folder is not None and not isinstance(folder, str):
-                raise VoxaugError(f"{label} must be a folder path, got {folder!r}")
+            check_folder(label, folder)
         self.snr_p, self.min_snr_db, self.max_snr_db = snr_p, min_snr_db, max_snr_db
         self.gain_p, self.min_gain_db, self.max_gain_db = gain_p, min_gain_db, max_gain_db
         self.noise_dir, self.noise_p = noise_dir, noise_p

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from voxaug.data.sources import DatasetSource
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder, home_expanded, read_json
 
 STORE_VERSION = 1
@@ -131,7 +131,10 @@ def cache_lock(folder: Path) -> Iterator[None]:
     one index written in turn, and two builders interleaving them would pair one's index with the other's
     features. A mapped features file stays readable after another build replaces it."""
     ensure_folder(folder, "feature cache folder")
-    fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise cache_write_error(exc, folder) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -151,9 +154,19 @@ def discard_store(folder: Path) -> None:
     """Remove ``folder``'s old store before a build: its index first (a store without one is never opened), then
     its features, which no one can open without it; kept while the new ones are written, they would need room for
     both, and a store as large as the free space could never be rebuilt. A process that maps them still reads them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / INDEX_FILE).unlink(missing_ok=True)
-    (folder / FEATURES_FILE).unlink(missing_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / INDEX_FILE).unlink(missing_ok=True)
+        (folder / FEATURES_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        raise cache_write_error(exc, folder) from exc
+
+
+def cache_write_error(error: OSError, folder: Path) -> VoxaugError:
+    """``folder`` of the feature cache cannot be written (a read-only file system or folder): a command that only
+    reads its data writes there, so the error says what the folder is and how to use another."""
+    return file_error(error.filename or folder, f"{error.strerror or error} (in the feature cache folder; pass "
+                                                "--cache-dir or set VOXAUG_CACHE to use another)")
 
 
 def build_store(
