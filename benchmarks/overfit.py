@@ -143,8 +143,12 @@ def table(result: dict) -> str:
 
 
 def saturation_lines(result: dict) -> list[str]:
-    return [f"none, seed {seed}: clean train accuracy 1.0 from step {s['train_acc_1_from']}, validation peaked at step "
-            f"{s['val_peak_step']}, run ended at step {s['last_step']}"
+    """One line per seed of the ``none`` arm: where it saturated, or that clean train accuracy never stayed at 1.0
+    (a run too short to saturate, whose line would otherwise read "from step None")."""
+    return [f"none, seed {seed}: clean train accuracy "
+            + (f"1.0 from step {s['train_acc_1_from']}" if s["train_acc_1_from"] is not None
+               else "below 1.0 at the end")
+            + f", validation peaked at step {s['val_peak_step']}, run ended at step {s['last_step']}"
             for seed, s in result.get("none_saturation", {}).items()]
 
 

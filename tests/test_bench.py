@@ -687,3 +687,14 @@ def test_a_target_far_outside_zero_to_one_is_refused_before_any_embedding(tmp_pa
         module.main([str(tmp_path), "--ckpt", str(tmp_path / "best.pt"), "--target-far", rate])
     assert stopped.value.code == 2
     assert f"argument --target-far: must be a rate in (0, 1), got {rate!r}" in capsys.readouterr().err
+
+
+def test_overfit_saturation_line_of_a_run_that_never_saturated_says_so():
+    """A ``none`` run whose clean train accuracy never stayed at 1.0 printed "1.0 from step None"."""
+    result = {"none_saturation": {0: {"train_acc_1_from": None, "val_peak_step": 4, "last_step": 4},
+                                  1: {"train_acc_1_from": 400, "val_peak_step": 300, "last_step": 500}}}
+    lines = overfit.saturation_lines(result)
+    assert lines[0] == ("none, seed 0: clean train accuracy below 1.0 at the end, validation peaked at step 4, "
+                        "run ended at step 4")
+    assert lines[1] == ("none, seed 1: clean train accuracy 1.0 from step 400, validation peaked at step 300, "
+                        "run ended at step 500")
