@@ -135,17 +135,17 @@ class OneLineUsageErrors(TyperGroup):
             return super().invoke(ctx)
 
 
-CacheOption = typer.Option(None, "--cache-dir", help="Packed feature store folder (default $VOXAUG_CACHE or ~/.cache/voxaug).")
-DeviceOption = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu or cuda.")
-QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-
-
 def folder_name(text: str) -> Path:
     """Parser of a folder option: an empty name is refused, as ``Path("")`` is the working directory, which would be
     read as the folder (``--noise-dir "$NOISE"`` with the variable unset scanned it for noise)."""
     if not text:
         raise typer.BadParameter("an empty folder name; give a folder or leave the option out")
     return Path(text)
+
+
+CacheOption = typer.Option(None, "--cache-dir", parser=folder_name, metavar="<dir>", help="Packed feature store folder (default $VOXAUG_CACHE or ~/.cache/voxaug).")
+DeviceOption = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu or cuda.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
 def counted(count: int, noun: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import (
-    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, counted, expand_clips, output_file,
+    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, counted, expand_clips, folder_name, output_file,
     warn_calibration_outdated,
 )
 from voxaug.embeddings.identify import check_speaker_name
@@ -22,7 +22,7 @@ def enroll(
     speaker: str = typer.Option(None, "--speaker", help="Name to enrol."),
     append: bool = typer.Option(False, "--append", help="Add the clips to an already enrolled speaker (updates its centroid)."),
     remove: str = typer.Option(None, "--remove", help="Take this speaker out of the index."),
-    speakers_dir: Path = typer.Option(None, "--speakers-dir", file_okay=False,
+    speakers_dir: Path = typer.Option(None, "--speakers-dir", parser=folder_name, metavar="<dir>",
                                       help="Enrol every DIR/<speaker>/ folder of clips in one process, one write."),
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the model the index's sidecar names."),
     model: Path = ModelOption,

@@ -245,3 +245,21 @@ def test_a_config_table_of_a_named_augmentation_is_taken(tiny_synth, tmp_path):
                                  *TINY])
     assert result.exit_code == 0, output_of(result)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["augment"]["mixup"] == {"alpha": 0.5}
+
+
+@pytest.mark.parametrize("arguments, option", [
+    (["enroll", "--index", "x.faiss", "--speakers-dir", ""], "--speakers-dir"),
+    (["evaluate", "data", "--ckpt", "c.pt", "--out", "report", "--enroll", "", "--test", "t"], "--enroll"),
+    (["evaluate", "data", "--ckpt", "c.pt", "--out", "report", "--enroll", "e", "--test", ""], "--test"),
+    (["evaluate", "data", "--ckpt", "c.pt", "--out", "report", "--impostors", ""], "--impostors"),
+    (["embed", "data", "--ckpt", "c.pt", "--out", "emb", "--cache-dir", ""], "--cache-dir"),
+])
+def test_every_folder_option_refuses_an_empty_name_as_train_does(tmp_path, monkeypatch, arguments, option):
+    """``--speakers-dir ""`` read the working directory as the speakers' folder, and ``--cache-dir ""`` would have
+    packed features into it: an empty name is refused before any work, as --noise-dir's is."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, arguments)
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert text.startswith("error: ") and f"'{option}': an empty folder name" in text, text
+    assert list(tmp_path.iterdir()) == []
