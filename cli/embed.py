@@ -19,7 +19,9 @@ from voxaug.cli.common import (
     existing_file, output_file, output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
-from voxaug.embeddings.index import MODES, SpeakerIndex, check_asnorm_mode, index_lock, sidecar_path
+from voxaug.embeddings.index import (
+    MODES, SpeakerIndex, check_asnorm_mode, index_lock, not_index_file, sidecar_path,
+)
 from voxaug.embeddings.speaker_index import (
     DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, IndexPlan, ScoringOptions, build_speaker_index,
     plan_speaker_index,
@@ -210,6 +212,12 @@ def warn_without_cohort(plan: IndexPlan, per: str) -> None:
 
 
 def refuse_existing_index(index: Path, replace: bool) -> None:
+    """Refuse an index already at --index unless --replace, and, even with it, a file there (or at its sidecar's
+    place) that is no part of a speaker index: a checkpoint or a dataset's JSON named by mistake would be lost."""
+    foreign = not_index_file(index)
+    if foreign is not None:
+        raise file_error(foreign, "exists and is not a speaker index or its sidecar; embed --index would write over "
+                                  "it: choose another --index (nothing was written)")
     if not replace and (index.exists() or sidecar_path(index).exists()):
         raise file_error(index, "an index is already there, and embed --index would replace it with the training "
                                 "speakers alone (enrolled speakers and calibration lost); enrol into it with "

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -217,8 +216,11 @@ def _augment_overrides(
     channel_db: float | None = None,
     reverb_p: float | None = None,
 ) -> dict:
-    """The ``augment`` table the command line sets: names and any strengths given."""
-    if specaug_time is not None and math.isfinite(specaug_time) and specaug_time >= 1 and specaug_time == int(specaug_time):
+    """The ``augment`` table the command line sets: names and any strengths given. A whole --specaug-time in range is
+    a number of frames; one past the range stays as given, so that its refusal shows it as typed (not 309 digits)."""
+    from voxaug.augment.base import MAX_WHOLE
+
+    if specaug_time is not None and 1 <= specaug_time <= MAX_WHOLE and specaug_time == int(specaug_time):
         specaug_time = int(specaug_time)
     tables = {
         "specaug": {"freq_width": specaug_freq, "time_width": specaug_time},

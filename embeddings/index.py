@@ -76,6 +76,25 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(f"{real_path(path)}.json")
 
 
+def not_index_file(path: str | Path) -> Path | None:
+    """The file at ``path``, or at its sidecar's place, that exists and is plainly no part of a speaker index (an index
+    starts with a FAISS header, a sidecar is JSON of the index format), or None. A damaged sidecar is not named: it
+    may be this index's, which --replace rebuilds."""
+    path, side = Path(path), sidecar_path(path)
+    if path.is_file():
+        with open(path, "rb") as handle:
+            if handle.read(4) not in FAISS_KINDS:
+                return path
+    if side.is_file():
+        try:
+            meta = read_json(side, "index sidecar")
+        except VoxaugError:
+            return None
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+            return side
+    return None
+
+
 def check_asnorm_mode(mode: str) -> None:
     """AS-norm statistics are stored per speaker, so an index of every utterance cannot use them."""
     if mode != "speaker":
@@ -510,7 +529,7 @@ class SpeakerIndex:
         if not path.is_file() and not side.is_file():
             raise file_error(path, "speaker index not found")
         if not side.is_file():
-            raise file_error(side, "the index's sidecar is missing (it records labels, checkpoint and front end)")
+            raise file_error(*_without_sidecar(path, side))
         for attempt in range(LOAD_ATTEMPTS):
             meta = _read_sidecar(side)
             try:
@@ -555,6 +574,19 @@ class SpeakerIndex:
                        frontend=dict(meta["frontend"]), built=index, **scoring)
         except VoxaugError as exc:
             raise file_error(side, str(exc)) from exc
+
+
+def _without_sidecar(path: Path, side: Path) -> tuple[Path, str]:
+    """The file to name, and what is wrong, when ``path`` has no sidecar: a FAISS index has lost it, but a file of
+    another kind (a checkpoint, or the sidecar itself) was given where the index goes, and is named as that."""
+    if path.suffix == ".json" and path.with_suffix("").is_file():
+        return path, f"this is the sidecar of the speaker index {path.with_suffix('')}; give that file instead"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head not in FAISS_KINDS:
+        return path, (f"not a speaker index (starts with {head!r}, not a FAISS header); give the file embed --index "
+                      "or enroll wrote")
+    return side, "the index's sidecar is missing (it records labels, checkpoint and front end)"
 
 
 def pending_path(path: str | Path, digest: str) -> Path:

@@ -263,3 +263,31 @@ def test_every_folder_option_refuses_an_empty_name_as_train_does(tmp_path, monke
     assert result.exit_code == 2, text
     assert text.startswith("error: ") and f"'{option}': an empty folder name" in text, text
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("given", ["the run's metrics.jsonl", "a run whose metrics.jsonl is a folder"])
+def test_plot_says_what_is_there_when_a_run_or_its_log_is_of_the_wrong_kind(tmp_path, given):
+    """`plot RUN/metrics.jsonl` said "RUN/metrics.jsonl/metrics.jsonl: metrics log not found (is this a voxaug run
+    folder?)", a path nobody gave, of a log that is there; a metrics.jsonl that is a folder was called not found."""
+    run = _fake_run(tmp_path / "run", [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}])
+    if given == "the run's metrics.jsonl":
+        argument, expected = run / "metrics.jsonl", "not a folder; expected a run folder (the one holding metrics.jsonl)"
+    else:
+        (run / "metrics.jsonl").unlink()
+        (run / "metrics.jsonl").mkdir()
+        argument, expected = run, "expected a metrics log file, found a folder"
+    refused = runner.invoke(app, ["plot", str(argument), "--out", str(tmp_path / "curves.png")])
+    named = argument if argument.name == "metrics.jsonl" else argument / "metrics.jsonl"
+    assert (refused.exit_code, refused.output) == (2, f"error: {named}: {expected}\n")
+    assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("given, shown", [("1e308", "1e+308"), ("3e9", "3000000000.0")])
+def test_a_specaug_time_past_the_range_is_refused_as_typed_not_in_hundreds_of_digits(tmp_path, given, shown):
+    """`--specaug-time 1e308` was made a whole number of frames before it was checked: its refusal printed all 309
+    digits of int(1e308), over four lines."""
+    result = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--augment", "specaug",
+                                 "--specaug-time", given])
+    assert (result.exit_code, result.output) == (2, "error: --specaug-time (specaug time_width) must be a fraction in "
+                                                    "[0, 1) of the length or a whole number of frames up to 2147483647, "
+                                                    f"got {shown}\n")

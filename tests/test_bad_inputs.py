@@ -8,6 +8,7 @@ byte for byte as it was.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -612,3 +613,61 @@ def test_safe_torch_load_of_a_device_names_it_and_says_file_once(what):
     with pytest.raises(VoxaugError) as error:
         safe_torch_load("/dev/null", what)
     assert "file file" not in str(error.value)
+
+
+@pytest.mark.parametrize("replace", [(), ("--replace",)])
+@pytest.mark.parametrize("target", ["the checkpoint", "a dataset's JSON at the sidecar's place"])
+def test_embed_never_writes_its_index_over_a_file_that_is_no_index(world, tmp_path, target, replace):
+    """`embed --index run/last.pt --replace` wrote the index over the checkpoint it embedded with, and
+    `--index DATA/mapping --replace` over DATA/mapping.json; without --replace either was called "an index"."""
+    ckpt = tmp_path / "last.pt"
+    shutil.copy(world.ckpt, ckpt)
+    if target == "the checkpoint":
+        index, kept = ckpt, ckpt
+    else:
+        index, kept = tmp_path / "mapping", write(tmp_path / "mapping.json", '{"speaker2id": {"a": 0}}')
+    before = kept.read_bytes()
+    code, output = invoke(["embed", "--ckpt", ckpt, world.data, "--out", tmp_path / "emb", "--index", index, *replace,
+                           "--device", "cpu", "-q"])
+    assert code == 2 and output.count("\n") == 1, output
+    assert output.startswith("error: ") and kept.name in output and "is not a speaker index" in output, output
+    assert kept.read_bytes() == before
+
+
+@pytest.mark.parametrize("given", ["a checkpoint", "the index's sidecar"])
+def test_a_file_of_another_kind_given_as_the_index_is_named_as_that(world, given):
+    """`identify --index run/best.pt` (or `--index spk.faiss.json`) blamed a missing sidecar, best.pt.json, a file
+    the user never named, instead of saying that the file given is no speaker index."""
+    index, problem = {"a checkpoint": (world.ckpt, "not a speaker index"),
+                      "the index's sidecar": (Path(f"{world.index}.json"), f"this is the sidecar of the speaker "
+                                                                             f"index {world.index}")}[given]
+    code, output = invoke(identify(world, clip(world), index=index))
+    assert code == 2 and output.startswith(f"error: {index}: {problem}") and output.count("\n") == 1, output
+    assert ".json.json" not in output and "sidecar is missing" not in output
+
+
+def _onnx_model_bytes() -> bytes:
+    onnx = pytest.importorskip("onnx")
+    tensor_info = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    identity = onnx.helper.make_node("Identity", ["x"], ["y"])
+    graph = onnx.helper.make_graph([identity], "g", tensor_info[:1], tensor_info[1:])
+    return onnx.helper.make_model(graph).SerializeToString()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind, content, named", [
+    ("onnx", _onnx_model_bytes, "an ONNX model, not a torch file (an ONNX export is given as --model FILE.onnx)"),
+    ("faiss", lambda: b"IxFI" + bytes(60), "a FAISS speaker index, not a torch file"),
+    ("npy", lambda: _npy_bytes(np.zeros((3, 40), dtype=np.float32)), "a NumPy array (.npy), not a torch file"),
+])
+def test_a_known_file_of_another_kind_named_pt_is_named_by_its_kind(tmp_path, kind, content, named):
+    """An ONNX export (or a FAISS index, an .npy array) renamed .pt and given as --ckpt was refused with its first
+    bytes escaped, 'starts with '\\x08\\x08\\x12\\x07pytorch...'', over two lines for a FAISS header, not by what it is."""
+    given = write(tmp_path / f"{kind}.pt", content())
+    code, output = invoke(["export", "--ckpt", given, "--out", tmp_path / "m.onnx"])
+    assert (code, output) == (2, f"error: {given}: not a readable checkpoint: this is {named}\n")

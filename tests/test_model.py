@@ -173,3 +173,18 @@ def test_the_baseline_embeds_without_torchs_fused_encoder_kernel(monkeypatch):
         alone, _ = model(features[1:, :17], lengths[1:])
     assert torch.backends.mha.get_fastpath_enabled()
     assert torch.allclose(embeddings[1], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("setting", [{"num_layers": 10**20}, {"d_model": 65536, "num_heads": 2},
+                                     {"embedding_dim": 2**31 - 1}, {"kind": "transformer-mean", "num_layers": 10**11}])
+def test_a_model_too_large_for_the_memory_is_refused_before_it_is_built(monkeypatch, setting):
+    """`train --layers 99999999999999999999` built layer after layer until the kernel killed it, and `--d-model 65536`
+    ended in `unexpected RuntimeError: ... can't allocate memory` (status 3): sizes are checked against the memory."""
+    import voxaug.model as model_module
+
+    monkeypatch.setattr(model_module, "physical_memory", lambda: 8 * 10**9, raising=False)
+    with pytest.raises(VoxaugError, match=r"^model: about \S+ weights \(\S+ GB as float32\) do not fit in this "
+                                          r"machine's 8 GB of memory; lower --d-model, --layers or --embedding-dim"):
+        ModelConfig(**setting, num_classes=5).validate()
+    for preset in PRESETS:  # the largest preset needs about 0.07 GB
+        create_config(preset).model.validate()

@@ -764,3 +764,16 @@ def test_resume_with_steps_below_the_run_is_refused_before_the_data_is_read(tiny
     assert refused.exit_code == 2, refused.output
     assert f"error: {run / 'last.pt'}: is at step 4, past --steps 2" in refused.output
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"weight_decay": -1.0}, "--weight-decay must be >= 0, got -1.0"),
+    ({"weight_decay": float("nan")}, "--weight-decay must be a finite number, got nan"),
+    ({"grad_clip": 0.0}, "grad_clip must be > 0, got 0.0"),
+])
+def test_a_bad_weight_decay_is_named_by_its_option_and_alone(overrides, message):
+    """`train --weight-decay -1` said "need weight_decay >= 0 and grad_clip > 0, got -1.0, 5.0": a key where the
+    option was given, and beside it a setting the user never touched."""
+    with pytest.raises(VoxaugError) as refused:
+        resolve_config("cpu", overrides=overrides).validate()
+    assert str(refused.value) == message

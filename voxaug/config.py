@@ -77,14 +77,16 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= MAX_WHOLE:
                 raise VoxaugError(f"--{name.replace('_', '-')} must be a whole number in [0, {MAX_WHOLE}], "
                                   f"got {getattr(self, name)}")
-        for name, value in (("--lr", self.lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip),
+        for name, value in (("--lr", self.lr), ("--weight-decay", self.weight_decay), ("grad_clip", self.grad_clip),
                             ("--scale", self.model.scale), ("--margin", self.model.margin)):
             if not math.isfinite(value):
                 raise VoxaugError(f"{name} must be a finite number, got {value}")
         if not self.lr > 0:
             raise VoxaugError(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip <= 0:
-            raise VoxaugError(f"need weight_decay >= 0 and grad_clip > 0, got {self.weight_decay}, {self.grad_clip}")
+        if self.weight_decay < 0:
+            raise VoxaugError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip <= 0:  # set only in a --config file, so named by its key there
+            raise VoxaugError(f"grad_clip must be > 0, got {self.grad_clip}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise VoxaugError(f"--seed must be a whole number in [0, {MAX_SEED}], got {self.seed}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -4,6 +4,7 @@ their loss, so the trainer, mixup and the embedding exporter treat them alike.""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterator
@@ -17,6 +18,14 @@ from voxaug.errors import VoxaugError, refuse_unknown_keys
 
 MODEL_KINDS = ("conformer", "transformer-mean")
 INPUT_NORMS = ("mean", "none")
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no os.sysconf (Windows), or a name this system lacks
+        return None
 
 
 @dataclass
@@ -59,6 +68,18 @@ class ModelConfig:
             raise VoxaugError(f"--input-norm {self.input_norm!r} is not known; accepted: {', '.join(INPUT_NORMS)}")
         if self.scale <= 0 or not 0.0 <= self.margin < 1.0:
             raise VoxaugError(f"model: need scale > 0 and 0 <= margin < 1, got scale {self.scale}, margin {self.margin}")
+        memory = physical_memory()
+        if memory is not None and 4 * self.weight_count() > memory:
+            raise VoxaugError(f"model: about {self.weight_count():.2g} weights ({4 * self.weight_count() / 1e9:.3g} GB "
+                              f"as float32) do not fit in this machine's {memory / 1e9:.3g} GB of memory; lower "
+                              "--d-model, --layers or --embedding-dim (or [model] ffn_dim)")
+
+    def weight_count(self) -> int:
+        """About how many weights the network has (its matrices; biases and norms aside), known before it is built:
+        a size typed with a few zeros too many is refused, where building it would exhaust the memory."""
+        d, f, k = self.d_model, self.ffn_dim, self.kernel_size
+        per_layer = 4 * d * f + 7 * d * d + d * k if self.kind == "conformer" else 2 * d * f + 4 * d * d
+        return self.num_layers * per_layer + (self.n_mels + d) * d + self.embedding_dim * (d + max(self.num_classes, 1))
 
     @property
     def speakers(self) -> int:

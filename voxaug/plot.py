@@ -12,16 +12,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from voxaug.errors import VoxaugError, file_error  # noqa: E402
+from voxaug.errors import VoxaugError, file_error, not_a_file  # noqa: E402
 from voxaug.safeio import atomic_output, finite_number  # noqa: E402
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The evaluations logged in ``RUN/metrics.jsonl``, one dict per line. A last line cut short (a training killed
     while appending it, which ``--resume`` drops) is left out with a warning."""
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():  # RUN/metrics.jsonl given for RUN, say
+        raise file_error(run_dir, "not a folder; expected a run folder (the one holding metrics.jsonl)")
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise file_error(path, "metrics log not found (is this a voxaug run folder?)")
+        raise file_error(path, not_a_file(path, "metrics log") if path.exists()
+                         else "metrics log not found (is this a voxaug run folder?)")
     text = read_log_text(path)
     lines = text.splitlines()
     rows = []

@@ -226,6 +226,23 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
         raise write_error(real_path(path), exc) from exc
 
 
+OTHER_KINDS = ((b"IxFI", "a FAISS speaker index"), (b"IHNf", "a FAISS speaker index"),
+               (b"\x93NUMPY", "a NumPy array (.npy)"), (b"RIFF", "a WAV audio file"), (b"fLaC", "a FLAC audio file"))
+"""Headers of the files besides torch ones that the toolkit reads or writes: one given where a torch file goes is
+named by its kind, not by its first bytes."""
+ONNX_SECOND_FIELDS = tuple(bytes([tag]) for tag in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42))
+"""An ONNX model is a protobuf that starts with its ir_version (tag 0x08, a small number), then the tag of the next
+field it sets: producer name or version, domain, model version, doc string, graph or opset imports."""
+
+
+def other_kind(start: bytes) -> str | None:
+    """What a file that starts with ``start`` is, when it is a known kind of file that is no torch file."""
+    if start[:1] == b"\x08" and start[1:2] < b"\x80" and start[2:3] in ONNX_SECOND_FIELDS:
+        return "an ONNX model, not a torch file (an ONNX export is given as --model FILE.onnx)"
+    kind = next((kind for header, kind in OTHER_KINDS if start.startswith(header)), None)
+    return f"{kind}, not a torch file" if kind else None
+
+
 def safe_torch_load(path: str | Path, what: str = "file") -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into one line naming the file."""
     path = Path(path)
@@ -238,6 +255,8 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
     with open(path, "rb") as handle:
         start = handle.read(64)
     if not start.startswith((b"PK", b"\x80")):  # every torch file is a zip archive or (legacy) a binary pickle
+        if kind := other_kind(start):
+            raise file_error(path, f"not a readable {what}: this is {kind}")
         shown = start.decode("utf-8", errors="replace").split("\n")[0][:24]
         raise file_error(path, f"not a readable {what} (corrupt or not a torch file: a torch file is a zip archive "
                                f"or a binary pickle, and this one starts with {shown!r})")
