@@ -265,7 +265,7 @@ def test_acoustic_augmentations_resume_exactly(tiny_synth, tmp_path, monkeypatch
         (["--augment", "noise", "--noise-dir", "/no/such/noise"], "/no/such/noise"),
         (["--augment", "noise,wave", "--noise-dir", "/tmp"], "both 'noise' and 'wave'"),
         (["--margin-warmup", "-5"], "margin-warmup"),
-        (["--weight-decay", "-0.1"], "weight_decay"),
+        (["--weight-decay", "-0.1"], "--weight-decay"),
     ],
 )
 def test_bad_values_are_refused_in_one_line_before_data_is_read(tmp_path, arguments, needle):

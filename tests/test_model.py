@@ -185,6 +185,6 @@ def test_a_model_too_large_for_the_memory_is_refused_before_it_is_built(monkeypa
     monkeypatch.setattr(model_module, "physical_memory", lambda: 8 * 10**9, raising=False)
     with pytest.raises(VoxaugError, match=r"^model: about \S+ weights \(\S+ GB as float32\) do not fit in this "
                                           r"machine's 8 GB of memory; lower --d-model, --layers or --embedding-dim"):
-        ModelConfig(**setting, num_classes=5).validate()
+        ModelConfig(**setting, num_classes=5).check_fits_memory()
     for preset in PRESETS:  # the largest preset needs about 0.07 GB
-        create_config(preset).model.validate()
+        create_config(preset).validate()

@@ -61,6 +61,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.model.validate()
+        self.model.check_fits_memory()
         if not isinstance(self.frontend, dict):
             raise VoxaugError(f"[frontend] must be a table of front-end settings, got {self.frontend!r}")
         frontend = FrontendConfig.from_dict(self.frontend)  # refuses unknown keys and bad values

@@ -68,6 +68,10 @@ class ModelConfig:
             raise VoxaugError(f"--input-norm {self.input_norm!r} is not known; accepted: {', '.join(INPUT_NORMS)}")
         if self.scale <= 0 or not 0.0 <= self.margin < 1.0:
             raise VoxaugError(f"model: need scale > 0 and 0 <= margin < 1, got scale {self.scale}, margin {self.margin}")
+
+    def check_fits_memory(self) -> None:
+        """Refuse a network to be trained whose float32 weights alone exceed this machine's memory (a checkpoint's
+        own shapes are checked against the weights it holds when it is loaded, in ``load_model``)."""
         memory = physical_memory()
         if memory is not None and 4 * self.weight_count() > memory:
             raise VoxaugError(f"model: about {self.weight_count():.2g} weights ({4 * self.weight_count() / 1e9:.3g} GB "
