@@ -20,7 +20,7 @@ from voxaug.cli.common import (
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
 from voxaug.embeddings.index import (
-    MODES, SpeakerIndex, check_asnorm_mode, index_lock, not_index_file, sidecar_path,
+    MODES, SpeakerIndex, check_asnorm_mode, index_lock, index_of_sidecar, not_index_file, sidecar_path,
 )
 from voxaug.embeddings.speaker_index import (
     DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, IndexPlan, ScoringOptions, build_speaker_index,
@@ -215,6 +215,9 @@ def refuse_existing_index(index: Path, replace: bool) -> None:
     """Refuse an index already at --index unless --replace, and, even with it, a file there (or at its sidecar's
     place) that is no part of a speaker index: a checkpoint or a dataset's JSON named by mistake would be lost."""
     foreign = not_index_file(index)
+    if foreign == index and (owner := index_of_sidecar(index)):  # spk.faiss.json given for spk.faiss
+        raise file_error(index, f"this is the sidecar of the speaker index {owner}; give that file as --index "
+                                "(nothing was written)")
     if foreign is not None:
         raise file_error(foreign, "exists and is not a speaker index or its sidecar; embed --index would write over "
                                   "it: choose another --index (nothing was written)")

@@ -78,9 +78,13 @@ def sidecar_path(path: str | Path) -> Path:
 
 def not_index_file(path: str | Path) -> Path | None:
     """The file at ``path``, or at its sidecar's place, that exists and is plainly no part of a speaker index (an index
-    starts with a FAISS header, a sidecar is JSON of the index format), or None. A damaged sidecar is not named: it
-    may be this index's, which --replace rebuilds."""
+    starts with a FAISS header, a sidecar is JSON of the index format), or None. A damaged sidecar beside an index is
+    not named: it may be this index's, which --replace rebuilds; alone, it is some other file (a sidecar is written
+    whole, before the index, so no write of one cut short leaves it damaged)."""
     path, side = Path(path), sidecar_path(path)
+    for place in (path, side):  # a pipe or a device such as /dev/null: the index's rename would put a file there
+        if place.exists() and not place.is_file() and not place.is_dir():
+            return place
     if path.is_file():
         with open(path, "rb") as handle:
             if handle.read(4) not in FAISS_KINDS:
@@ -89,7 +93,7 @@ def not_index_file(path: str | Path) -> Path | None:
         try:
             meta = read_json(side, "index sidecar")
         except VoxaugError:
-            return None
+            return None if path.is_file() else side
         if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             return side
     return None
@@ -314,12 +318,15 @@ class SpeakerIndex:
 
     def _append_vectors(self, rows: np.ndarray) -> None:
         """``rows`` after ``vectors``, written into a buffer whose room doubles when full: enrolling N speakers one
-        by one then copies O(N) rows, where a concatenation per speaker copied O(N²) (50,000 took minutes)."""
+        by one then copies O(N) rows, where a concatenation per speaker copied O(N²) (50,000 took minutes). Vectors
+        not yet in the buffer (a loaded index) get an eighth more room, not double: one enrolment into a large index
+        would otherwise hold twice its vectors' memory."""
         used, needed = len(self.vectors), len(self.vectors) + len(rows)
         spare = self._spare
-        if (spare is None or self.vectors.base is not spare or self.vectors.ctypes.data != spare.ctypes.data
-                or len(spare) < needed):
-            spare = np.empty((max(needed, 2 * used, 16), self.space_dim), dtype=np.float32)
+        owned = spare is not None and self.vectors.base is spare and self.vectors.ctypes.data == spare.ctypes.data
+        if not owned or len(spare) < needed:
+            room = 2 * used if owned else used + used // 8
+            spare = np.empty((max(needed, room, 16), self.space_dim), dtype=np.float32)
             spare[:used] = self.vectors
             self._spare = spare
         spare[used:needed] = rows
@@ -579,14 +586,21 @@ class SpeakerIndex:
 def _without_sidecar(path: Path, side: Path) -> tuple[Path, str]:
     """The file to name, and what is wrong, when ``path`` has no sidecar: a FAISS index has lost it, but a file of
     another kind (a checkpoint, or the sidecar itself) was given where the index goes, and is named as that."""
-    if path.suffix == ".json" and path.with_suffix("").is_file():
-        return path, f"this is the sidecar of the speaker index {path.with_suffix('')}; give that file instead"
+    if owner := index_of_sidecar(path):
+        return path, f"this is the sidecar of the speaker index {owner}; give that file instead"
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head not in FAISS_KINDS:
         return path, (f"not a speaker index (starts with {head!r}, not a FAISS header); give the file embed --index "
                       "or enroll wrote")
+    if side.exists():  # a folder, say: there, yet no sidecar to read
+        return side, not_a_file(side, "index sidecar")
     return side, "the index's sidecar is missing (it records labels, checkpoint and front end)"
+
+
+def index_of_sidecar(path: Path) -> Path | None:
+    """The speaker index whose sidecar ``path`` is, by its name (FILE for FILE.json, where FILE is there), or None."""
+    return path.with_suffix("") if path.suffix == ".json" and path.with_suffix("").is_file() else None
 
 
 def pending_path(path: str | Path, digest: str) -> Path:

@@ -671,3 +671,73 @@ def test_a_known_file_of_another_kind_named_pt_is_named_by_its_kind(tmp_path, ki
     given = write(tmp_path / f"{kind}.pt", content())
     code, output = invoke(["export", "--ckpt", given, "--out", tmp_path / "m.onnx"])
     assert (code, output) == (2, f"error: {given}: not a readable checkpoint: this is {named}\n")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+@pytest.mark.parametrize("place", ["index", "sidecar"])
+def test_embed_never_replaces_a_pipe_or_device_given_as_its_index(world, tmp_path, place):
+    """`embed --index /dev/null --replace` (or a named pipe) was taken for "an index already there", and with
+    --replace the index was renamed over it: run as root, /dev/null became a regular file."""
+    index = tmp_path / "spk.faiss"
+    pipe = index if place == "index" else Path(f"{index}.json")
+    os.mkfifo(pipe)
+    for replace in ((), ("--replace",)):
+        code, output = invoke(["embed", "--ckpt", world.ckpt, world.data, "--out", tmp_path / "emb", "--index", index,
+                               *replace, "--device", "cpu", "-q"])
+        assert code == 2 and output.count("\n") == 1, output
+        assert output.startswith(f"error: {pipe}: exists and is not a speaker index"), output
+        assert pipe.is_fifo() and not (tmp_path / "emb").exists()
+
+
+@pytest.mark.parametrize("beside", ["nothing", "a FAISS index"])
+def test_embed_replace_rebuilds_a_damaged_sidecar_only_beside_an_index(world, tmp_path, beside):
+    """`embed --index notes --replace` wrote the sidecar over notes.json, a JSON Lines file (not JSON, so taken for a
+    damaged sidecar): only an index beside it makes a damaged FILE.json this index's, which --replace rebuilds."""
+    index, side = tmp_path / "notes", write(tmp_path / "notes.json", '{"a": 1}\n{"a": 2}\n')
+    if beside == "a FAISS index":
+        shutil.copy(world.index, index)
+    before = side.read_bytes()
+    code, output = invoke(["embed", "--ckpt", world.ckpt, world.data, "--out", tmp_path / "emb", "--index", index,
+                           "--replace", "--device", "cpu", "-q"])
+    if beside == "a FAISS index":
+        assert code == 0 and json.loads(side.read_text())["format"] == "voxaug-speaker-index", output
+    else:
+        assert (code, output) == (2, f"error: {side}: exists and is not a speaker index or its sidecar; embed --index "
+                                     "would write over it: choose another --index (nothing was written)\n")
+        assert side.read_bytes() == before and not index.exists()
+
+
+def test_embed_given_an_index_sidecar_as_its_index_names_it_as_that(world, tmp_path):
+    """`embed --index spk.faiss.json` said the sidecar "exists and is not a speaker index or its sidecar"."""
+    index = tmp_path / "spk.faiss"
+    shutil.copy(world.index, index)
+    side = Path(shutil.copy(f"{world.index}.json", f"{index}.json"))
+    before = side.read_bytes()
+    code, output = invoke(["embed", "--ckpt", world.ckpt, world.data, "--out", tmp_path / "emb", "--index", side,
+                           "--replace", "--device", "cpu", "-q"])
+    assert (code, output) == (2, f"error: {side}: this is the sidecar of the speaker index {index}; give that file as "
+                                 "--index (nothing was written)\n")
+    assert side.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["webp", "wav"])
+def test_only_a_riff_file_that_says_wave_is_named_a_wav_file(tmp_path, kind):
+    """A WebP image (or an AVI video: RIFF files too) named .pt and given as --ckpt was called "a WAV audio file"."""
+    if kind == "wav":
+        buffer = io.BytesIO()
+        sf.write(buffer, np.zeros(160, dtype=np.float32), 16000, format="WAV")
+        content, named = buffer.getvalue(), "this is a WAV audio file, not a torch file"
+    else:
+        content, named = b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(24), "corrupt or not a torch file"
+    given = write(tmp_path / f"{kind}.pt", content)
+    code, output = invoke(["export", "--ckpt", given, "--out", tmp_path / "m.onnx"])
+    assert code == 2 and output.startswith(f"error: {given}: not a readable checkpoint") and named in output, output
+
+
+def test_an_index_whose_sidecar_place_is_a_folder_is_not_said_to_miss_it(world, tmp_path):
+    """`identify --index spk.faiss` with a folder spk.faiss.json said "the index's sidecar is missing"."""
+    index = Path(shutil.copy(world.index, tmp_path / "spk.faiss"))
+    side = Path(f"{index}.json")
+    side.mkdir()
+    code, output = invoke(identify(world, clip(world), index=index))
+    assert (code, output) == (2, f"error: {side}: expected an index sidecar file, found a folder\n")

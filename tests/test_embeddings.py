@@ -593,3 +593,25 @@ def test_appending_to_a_speaker_replaces_its_row_in_place():
     assert index.counts["s3"] == 5 and index.mean_norms["s3"] == pytest.approx(np.linalg.norm(mean), abs=1e-6)
     assert index.search(mean[None], 1)[0][0] == ("s3", pytest.approx(1.0, abs=1e-5))
     assert index.faiss_index().ntotal == 6
+
+
+def test_one_enrolment_into_a_loaded_index_does_not_double_the_memory_of_its_vectors(tmp_path):
+    """The growing buffer doubled whatever it grew from: one utterance enrolled into a loaded index of N vectors
+    allocated room for 2N (for a million 192-D vectors, 1.5 GB where the index's copy is 0.77 GB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    index = SpeakerIndex(dim=64, mode="utterance")
+    index.add("a", rng.standard_normal((20000, 64)).astype(np.float32))
+    index.save(tmp_path / "big.faiss")
+    loaded = SpeakerIndex.load(tmp_path / "big.faiss")
+    more = rng.standard_normal((3, 64)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        loaded.add("b", more)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * loaded.vectors.nbytes, f"{peak / loaded.vectors.nbytes:.2f}x the vectors' memory"
+    np.testing.assert_allclose(loaded.vectors[-3:], more / np.linalg.norm(more, axis=1, keepdims=True), atol=1e-6)
+    assert len(loaded.labels) == 20003 and loaded.faiss_index().ntotal == 20003

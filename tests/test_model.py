@@ -188,3 +188,39 @@ def test_a_model_too_large_for_the_memory_is_refused_before_it_is_built(monkeypa
         ModelConfig(**setting, num_classes=5).check_fits_memory()
     for preset in PRESETS:  # the largest preset needs about 0.07 GB
         create_config(preset).validate()
+
+
+def test_the_fast_path_switch_stays_off_while_a_thread_embeds_and_is_put_back_after_overlapping_threads():
+    """Two threads embedding with the baseline at once: the first to finish restored the fast path while the
+    second still ran (the fused kernel, the memory the switch avoids), and the second then restored "off" for the
+    whole process, so every MultiheadAttention ran unfused from then on."""
+    import threading
+
+    from voxaug.model import unfused_encoder_layers
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first() -> None:
+        with unfused_encoder_layers():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with unfused_encoder_layers():
+            second_in.set()
+            first_out.wait(10)
+            seen["inside"] = torch.backends.mha.get_fastpath_enabled()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert seen == {"inside": False}, "the fast path came back on while a thread was still embedding"
+        assert torch.backends.mha.get_fastpath_enabled(), "the fast path was left off for the whole process"
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)

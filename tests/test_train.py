@@ -722,11 +722,6 @@ def test_a_finished_run_resumed_from_its_last_pt_alone_has_nothing_to_train_and_
     """Only last.pt of a finished run was copied: ``--resume`` with no step left failed on the missing metrics.jsonl
     after rewriting config.json. As a finished run in full does, it now ends done (exit 0), evaluating once, so that
     the folder gets the best.pt and the log row the summary names; and it continues as the full run does."""
-
-
-def test_resume_with_steps_below_the_run_is_refused_before_the_data_is_read(tiny_synth, tmp_path, monkeypatch):
-    """``--resume --steps 2`` on a run at step 4 was refused only when last.pt was loaded, after the data was packed
-    (minutes on a big corpus): the checkpoint's step is checked with the run folder, before any featurising."""
     from typer.testing import CliRunner
 
     from voxaug.cli.main import app
@@ -749,6 +744,13 @@ def test_resume_with_steps_below_the_run_is_refused_before_the_data_is_read(tiny
     continued = [load_checkpoint(run / "last.pt")["model"] for run in (full, alone)]
     assert all(torch.equal(continued[0][name], continued[1][name]) for name in continued[0])
 
+
+def test_resume_with_steps_below_the_run_is_refused_before_the_data_is_read(tiny_synth, tmp_path, monkeypatch):
+    """``--resume --steps 2`` on a run at step 4 was refused only when last.pt was loaded, after the data was packed
+    (minutes on a big corpus): the checkpoint's step is checked with the run folder, before any featurising."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
 
     run = tmp_path / "run"
     Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()

@@ -5,6 +5,7 @@ their loss, so the trainer, mixup and the embedding exporter treat them alike.""
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterator
@@ -316,6 +317,35 @@ class ConformerSpeakerNet(nn.Module):
         return self.head.loss(logits, labels)
 
 
+class _FastPathSwitch:
+    """torch's process-wide MHA fast-path switch, held off while any thread is inside :func:`unfused_encoder_layers`.
+
+    Each user saving and restoring the switch alone is not enough across threads: one that leaves while another is
+    inside turns the fused kernel back on under it, and the last to leave then restores "off" for good. So the first
+    user in saves it and the last one out puts it back."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.before = True
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.before = torch.backends.mha.get_fastpath_enabled()
+                torch.backends.mha.set_fastpath_enabled(False)
+            self.users += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                torch.backends.mha.set_fastpath_enabled(self.before)
+
+
+_FAST_PATH = _FastPathSwitch()
+
+
 @contextmanager
 def unfused_encoder_layers() -> Iterator[None]:
     """Turn off torch's fused ``TransformerEncoderLayer`` inference kernel (its MHA "fast path") for a while.
@@ -323,14 +353,13 @@ def unfused_encoder_layers() -> Iterator[None]:
     That kernel holds every (B, heads, T, T) score matrix: the baseline took 5 GB for one 2-minute clip and would
     need hundreds of GB for an hour. Unfused, the layers attend through ``scaled_dot_product_attention``, whose
     memory grows with T only, to the same outputs (and 6x faster on a 1-minute clip). The switch is process-wide,
-    so it is put back afterwards.
+    so it is put back when the last thread using it leaves (see :class:`_FastPathSwitch`).
     """
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    _FAST_PATH.enter()
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(before)
+        _FAST_PATH.leave()
 
 
 class TransformerMeanNet(nn.Module):

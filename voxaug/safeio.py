@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import tempfile
 import time
 import warnings
@@ -226,10 +227,12 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
         raise write_error(real_path(path), exc) from exc
 
 
-OTHER_KINDS = ((b"IxFI", "a FAISS speaker index"), (b"IHNf", "a FAISS speaker index"),
-               (b"\x93NUMPY", "a NumPy array (.npy)"), (b"RIFF", "a WAV audio file"), (b"fLaC", "a FLAC audio file"))
-"""Headers of the files besides torch ones that the toolkit reads or writes: one given where a torch file goes is
-named by its kind, not by its first bytes."""
+OTHER_KINDS = ((rb"IxFI", "a FAISS speaker index"), (rb"IHNf", "a FAISS speaker index"),
+               (rb"\x93NUMPY", "a NumPy array (.npy)"), (rb"RIFF.{4}WAVE", "a WAV audio file"),
+               (rb"fLaC", "a FLAC audio file"))
+"""Headers (patterns of their first bytes) of the files besides torch ones that the toolkit reads or writes: one given
+where a torch file goes is named by its kind, not by its first bytes. A RIFF file is a WAV one only if it says WAVE
+(WebP images and AVI videos are RIFF files too)."""
 ONNX_SECOND_FIELDS = tuple(bytes([tag]) for tag in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42))
 """An ONNX model is a protobuf that starts with its ir_version (tag 0x08, a small number), then the tag of the next
 field it sets: producer name or version, domain, model version, doc string, graph or opset imports."""
@@ -239,7 +242,7 @@ def other_kind(start: bytes) -> str | None:
     """What a file that starts with ``start`` is, when it is a known kind of file that is no torch file."""
     if start[:1] == b"\x08" and start[1:2] < b"\x80" and start[2:3] in ONNX_SECOND_FIELDS:
         return "an ONNX model, not a torch file (an ONNX export is given as --model FILE.onnx)"
-    kind = next((kind for header, kind in OTHER_KINDS if start.startswith(header)), None)
+    kind = next((kind for header, kind in OTHER_KINDS if re.match(header, start, re.DOTALL)), None)
     return f"{kind}, not a torch file" if kind else None
 
 
