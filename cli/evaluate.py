@@ -3,6 +3,7 @@ JSON and one PNG."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,6 +84,9 @@ def evaluate(
         check_choice("--score-norm", score_norm, SCORE_NORMS)
     if index is None and (calibrate or impostors is not None or score_norm is not None):
         raise VoxaugError("--calibrate, --impostors and --score-norm score against an index: pass --index")
+    if not calibrate and lock_timeout != inspect.signature(evaluate).parameters["lock_timeout"].default.default:
+        raise VoxaugError(f"--lock-timeout {lock_timeout:g}: only --calibrate waits for the index's lock (to write its "
+                          "threshold); pass --calibrate, or leave it out")
     if impostors is not None and not impostors.is_dir():
         raise VoxaugError(f"{impostors}: --impostors {not_a_folder(impostors)}")
     speaker_index = SpeakerIndex.load(index) if index is not None else None

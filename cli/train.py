@@ -72,7 +72,7 @@ def train(
     wave_gain_p: float = typer.Option(None, help="wave: probability of a -6..+6 dB gain (default 0.5)."),
     steps: int = typer.Option(None, help="Optimizer steps."),
     batch: int = typer.Option(None, help="Batch size."),
-    lr: float = typer.Option(None, help="Peak learning rate (AdamW)."),
+    lr: float = typer.Option(None, help="Peak learning rate (AdamW), at most 1e37."),
     warmup: int = typer.Option(None, help="Linear warm-up steps before cosine decay."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay (decoupled)."),
     margin_warmup: int = typer.Option(None, "--margin-warmup", help="Steps over which the AM-Softmax margin grows from 0 (0: full margin from the start)."),

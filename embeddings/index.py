@@ -751,7 +751,7 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
 def check_lock_timeout(timeout_s: object) -> float:
     if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
                                            and timeout_s >= 0):
-        raise VoxaugError(f"--lock-timeout must be a number of seconds >= 0, got {timeout_s}")
+        raise VoxaugError(f"--lock-timeout must be a finite number of seconds >= 0, got {timeout_s}")
     return float(timeout_s)
 
 

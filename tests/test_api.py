@@ -622,11 +622,11 @@ def test_a_bad_lock_timeout_is_refused_before_any_clip_is_embedded(models, tiny_
     clips = wavs(tiny_synth, "enroll", "new000")
     index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["ckpt"])
     for bad in (-1, float("nan"), True):
-        with pytest.raises(VoxaugError, match="--lock-timeout must be a number of seconds >= 0"):
+        with pytest.raises(VoxaugError, match="--lock-timeout must be a finite number of seconds >= 0"):
             index.enroll("new000", clips, lock_timeout=bad)
     code, output = invoke("enroll", "--index", tmp_path / "spk.faiss", "--ckpt", models["ckpt"], "--speaker", "new000",
                           "--lock-timeout", "-1", *clips)
-    one_line_error(code, output, "--lock-timeout must be a number of seconds >= 0, got -1")
+    one_line_error(code, output, "--lock-timeout must be a finite number of seconds >= 0, got -1")
     assert not (tmp_path / "spk.faiss").exists()
 
 

@@ -291,3 +291,17 @@ def test_a_specaug_time_past_the_range_is_refused_as_typed_not_in_hundreds_of_di
     assert (result.exit_code, result.output) == (2, "error: --specaug-time (specaug time_width) must be a fraction in "
                                                     "[0, 1) of the length or a whole number of frames up to 2147483647, "
                                                     f"got {shown}\n")
+
+
+@pytest.mark.parametrize("runs, labels, error", [
+    (1, "a,b", "error: --labels: got 2 labels for 1 run"),
+    (2, "a,", "error: --labels 'a,': name 2 is empty; give one name per run"),
+    (2, " ,b", "error: --labels ' ,b': name 1 is empty; give one name per run"),
+])
+def test_plot_labels_are_counted_in_words_and_none_may_be_empty(tmp_path, runs, labels, error):
+    """'got 2 labels for 1 runs' miscounted its noun, and --labels 'a,' drew a curve the legend did not name."""
+    folders = [str(_fake_run(tmp_path / f"run{n}", [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}]))
+               for n in range(runs)]
+    result = runner.invoke(app, ["plot", *folders, "--labels", labels, "--out", str(tmp_path / "c.png")])
+    assert (result.exit_code, result.output) == (2, error + "\n")
+    assert not (tmp_path / "c.png").exists()

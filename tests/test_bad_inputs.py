@@ -741,3 +741,24 @@ def test_an_index_whose_sidecar_place_is_a_folder_is_not_said_to_miss_it(world, 
     side.mkdir()
     code, output = invoke(identify(world, clip(world), index=index))
     assert (code, output) == (2, f"error: {side}: expected an index sidecar file, found a folder\n")
+
+
+@pytest.mark.parametrize("extra", [(), ("--index", "spk.faiss")])
+def test_evaluate_refuses_a_lock_timeout_without_calibrate(tmp_path, extra):
+    """Only --calibrate takes the index's lock: --lock-timeout without it was accepted and did nothing."""
+    fake = write(tmp_path / "last.pt", "x")
+    args = ["evaluate", tmp_path, "--ckpt", fake, "--out", tmp_path / "report", *extra]
+    code, output = invoke([*args, "--lock-timeout", "5"])
+    assert (code, output) == (2, "error: --lock-timeout 5: only --calibrate waits for the index's lock (to write its "
+                                 "threshold); pass --calibrate, or leave it out\n")
+    code, output = invoke([*args, "--lock-timeout", "60"])  # its default, given: nothing to refuse
+    assert code == 2 and "--lock-timeout" not in output, output
+
+
+@pytest.mark.parametrize("value, shown", [("inf", "inf"), ("-1", "-1.0")])
+def test_a_lock_timeout_out_of_range_is_refused_without_contradicting_itself(tmp_path, value, shown):
+    """--lock-timeout inf was refused as 'must be a number of seconds >= 0, got inf', which it is: say finite."""
+    clip_file = write(tmp_path / "c.pt", "x")
+    code, output = invoke(["enroll", "--index", tmp_path / "spk.faiss", "--speaker", "a", "--lock-timeout", value,
+                           clip_file])
+    assert (code, output) == (2, f"error: --lock-timeout must be a finite number of seconds >= 0, got {shown}\n")

@@ -1136,3 +1136,48 @@ def test_a_speaker_whose_cohort_clips_are_copies_of_one_neither_fails_the_index_
                                           r"split's 4 distinct utterances leave speaker 'a' fewer than 2 of other"):
         build_speaker_index(embeddings, names, None, "speaker", False, {}, {}, 0, 0.0,
                             ScoringOptions("none", score_norm="asnorm", cohort_size=100, cohort_top_k=2))
+
+
+class _CountedNames(np.ndarray):
+    """Speaker names that count their comparisons with one name: the per-speaker mask ``names == speaker``."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            _CountedNames.compared += 1
+        return super().__eq__(other)
+
+
+@pytest.mark.parametrize("per", ["speaker", "utterance"])
+def test_the_index_groups_its_speakers_rows_in_one_sort_to_the_same_index(per, monkeypatch):
+    """Each speaker's rows were picked by a mask over every row (O(rows x speakers): 18 s for 8,000 speakers of 20
+    clips); grouped by one stable sort instead, the rows keep their order, so the index is the same to the bit."""
+    import voxaug.embeddings.speaker_index as speaker_index
+
+    rng = np.random.default_rng(0)
+    order = rng.permutation(12 * 6)  # each speaker's rows spread through the list, not one block
+    labels = [f"s{i % 12:02d}" for i in order]
+    vectors = rng.standard_normal((len(labels), 8)).astype(np.float32)
+    plan = speaker_index.plan_speaker_index
+
+    def counted_plan(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        return dataclasses.replace(planned, names=planned.names.view(_CountedNames))
+
+    monkeypatch.setattr(speaker_index, "plan_speaker_index", counted_plan)
+
+    def build():
+        return build_speaker_index(vectors, labels, None, per, False, {}, {}, 0, 0.25, ScoringOptions("none"))
+
+    _CountedNames.compared = 0
+    grouped = build()
+    assert _CountedNames.compared == 0, "a mask over every row per speaker"
+    monkeypatch.setattr(speaker_index, "speaker_rows", lambda names: [
+        (speaker, np.flatnonzero(names == speaker)) for speaker in sorted(set(labels))])  # the old way
+    masked = build()
+    assert _CountedNames.compared == 12
+    assert grouped.labels == masked.labels and grouped.counts == masked.counts
+    assert grouped.mean_norms == masked.mean_norms
+    assert grouped.vectors.tobytes() == masked.vectors.tobytes()
+    assert all(type(name) is str for name in grouped.labels)

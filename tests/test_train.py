@@ -779,3 +779,79 @@ def test_a_bad_weight_decay_is_named_by_its_option_and_alone(overrides, message)
     with pytest.raises(VoxaugError) as refused:
         resolve_config("cpu", overrides=overrides).validate()
     assert str(refused.value) == message
+
+
+def _nan_loss_at(monkeypatch, bad_steps):
+    """The loss made NaN at the given (0-based) steps, as an absurd --lr or --scale makes it."""
+    real_loss, current = training.total_loss, {"step": 0}
+
+    def loss(model, logits, batch):
+        return real_loss(model, logits, batch) * (float("nan") if current["step"] in bad_steps else 1.0)
+
+    original_step = Trainer.train_step
+
+    def step(self):
+        current["step"] = self.step
+        return original_step(self)
+
+    monkeypatch.setattr(training, "total_loss", loss)
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def test_a_run_shorter_than_max_bad_steps_with_every_step_skipped_fails(tiny_synth, tmp_path):
+    """--scale 1e308 makes every loss Inf: a run of fewer than max_bad_steps steps skipped them all and said done."""
+    trainer = Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}, scale=1e308), tiny_synth,
+                      tmp_path / "run", progress=False)
+    with pytest.raises(VoxaugError, match=r"training failed: the loss was NaN/Inf at all 4 steps, each skipped"):
+        trainer.fit()
+
+
+def test_a_short_run_ending_with_most_steps_skipped_fails(tiny_synth, tmp_path, monkeypatch):
+    """A first step that leaves weights no later step can use (--lr 1e30) skips the rest; the run said done."""
+    _nan_loss_at(monkeypatch, {1, 2, 3})
+    trainer = Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, tmp_path / "run",
+                      progress=False)
+    with pytest.raises(VoxaugError, match=r"NaN/Inf at the last 3 of its 4 steps, each skipped"):
+        trainer.fit()
+
+
+def test_a_run_ending_with_nan_weights_fails_and_one_late_skip_does_not(tiny_synth, tmp_path, monkeypatch):
+    """One skipped last step of a run that trained is a bad batch, not a failed run; weights left NaN/Inf are."""
+    _nan_loss_at(monkeypatch, {3})
+    summary = Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, tmp_path / "ok",
+                      progress=False).fit()
+    assert summary.steps == 4 and summary.skipped_steps == 1
+    original_evaluate = Trainer.evaluate
+
+    def evaluate(self, mean_loss):  # a step that made the weights NaN, as --weight-decay 1e308 does
+        if self.step == 2:
+            self.model.input_proj.weight.data.fill_(float("nan"))
+        return original_evaluate(self, mean_loss)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    with pytest.raises(VoxaugError, match=r"model's weights are NaN/Inf \(the loss was NaN/Inf at the last 2 of its 4"):
+        Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, tmp_path / "nan",
+                progress=False).fit()
+
+
+def test_resuming_from_a_last_pt_overwritten_by_best_pt_says_what_it_holds(tiny_synth, tmp_path):
+    """A last.pt that is a copy of best.pt was refused with 'resume from last.pt', though it is last.pt."""
+    run = tmp_path / "run"
+    config = tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1})
+    Trainer(copy.deepcopy(config), tiny_synth, run, progress=False).fit()
+    shutil.copy(run / "best.pt", run / "last.pt")
+    config.steps = 4
+    with pytest.raises(VoxaugError) as refused:
+        Trainer(config, tiny_synth, run, progress=False, resume=True).fit()
+    assert str(refused.value) == (f"{run / 'last.pt'}: holds no optimizer state (a copy of best.pt, which keeps only "
+                                  "the model?), so the run cannot continue from it: put back the last.pt that "
+                                  "training wrote, or start a new run with another --out")
+
+
+def test_a_learning_rate_that_overflows_adamws_float32_step_is_refused_up_front():
+    """--lr 1e308 passed the finite check and crashed at the first step: 'unexpected RuntimeError: value cannot be
+    converted to type float without overflow', exit 3."""
+    with pytest.raises(VoxaugError) as refused:
+        resolve_config("cpu", overrides={"lr": 1e308}).validate()
+    assert str(refused.value) == "--lr must be at most 1e+37 (AdamW steps in float32), got 1e+308"
+    resolve_config("cpu", overrides={"lr": 1e37}).validate()

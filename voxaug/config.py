@@ -28,6 +28,9 @@ else:  # the same parser, published as tomli before Python 3.11 took it in as to
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1
 """numpy refuses negative seeds and its global ``np.random.seed`` (the wave augmentation's) takes 32 bits."""
+MAX_LR = 1e37
+"""Largest --lr: AdamW's first steps move each weight by up to 10 times the rate, a float32 number (at most 3.4e38);
+a larger one crashed at the first step instead of being refused up front."""
 DERIVED_MODEL_KEYS = ("n_mels", "num_classes", "num_speakers")
 """Model settings a run takes from its data (and a checkpoint records), which a config may not set."""
 
@@ -84,6 +87,8 @@ class TrainConfig:
                 raise VoxaugError(f"{name} must be a finite number, got {value}")
         if not self.lr > 0:
             raise VoxaugError(f"--lr must be positive, got {self.lr}")
+        if self.lr > MAX_LR:
+            raise VoxaugError(f"--lr must be at most {MAX_LR:g} (AdamW steps in float32), got {self.lr:g}")
         if self.weight_decay < 0:
             raise VoxaugError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip <= 0:  # set only in a --config file, so named by its key there

@@ -256,7 +256,9 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path)
         if "optimizer" not in state:
-            raise file_error(path, "checkpoint has no optimizer state; resume from last.pt")
+            raise file_error(path, "holds no optimizer state (a copy of best.pt, which keeps only the model?), so the "
+                                   "run cannot continue from it: put back the last.pt that training wrote, or start "
+                                   "a new run with another --out")
         self._refuse_other_data(state, path)
         saved = TrainConfig.from_saved(state["config"])
         # a run made before folders were recorded absolute, as the CLI reads it; and the config given here (the Python
@@ -535,6 +537,7 @@ class Trainer:
                     bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
         if hasattr(self.sampler, "close"):  # stop data workers (audio with `wave`)
             self.sampler.close()
+        self._refuse_untrained_end()
         if not row:  # nothing left to train: the last evaluation logged, else (last.pt alone was copied) one now
             logged = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").is_file() else []
             row = logged[-1] if logged else self.evaluate(None)
@@ -543,6 +546,20 @@ class Trainer:
             train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
             elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
         )
+
+    def _refuse_untrained_end(self) -> None:
+        """A run too short to reach ``max_bad_steps`` in a row can end with most of its steps skipped (--scale 1e308
+        makes every loss Inf; a first step can leave weights too large for any later one): the model is not trained,
+        so the run fails rather than says done. So do weights left NaN/Inf by a step before a skipped one."""
+        if self.bad_in_row == 0:
+            return
+        which = f"all {self.step}" if self.bad_in_row >= self.step else f"the last {self.bad_in_row} of its {self.step}"
+        if 2 * self.bad_in_row > self.step:
+            raise VoxaugError(f"training failed: the loss was NaN/Inf at {which} steps, each skipped, so the model is "
+                              "not trained (lower --lr, --scale or --weight-decay; check the data for extreme values)")
+        if not all(bool(torch.isfinite(weight).all()) for weight in self.model.parameters()):
+            raise VoxaugError(f"training failed: the model's weights are NaN/Inf (the loss was NaN/Inf at {which} "
+                              "steps, each skipped; lower --lr, --weight-decay or --scale)")
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:
