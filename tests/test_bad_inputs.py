@@ -552,14 +552,19 @@ def test_a_tilde_of_no_such_user_in_a_path_option_is_one_error_naming_the_option
                                  "'~voxaug_no_such_user' cannot be found\n")
 
 
+@pytest.fixture(params=["/dev/null", "fifo"])
+def special_file(request, tmp_path) -> tuple[Path, str]:
+    """A character device or a named pipe where a file goes, and what an error calls it."""
+    if request.param == "fifo":
+        os.mkfifo(tmp_path / "pipe")
+        return tmp_path / "pipe", "a named pipe"
+    return Path(request.param), "a character device"
+
+
 @pytest.mark.parametrize("option", ["train --config", "export --ckpt", "evaluate --trials"])
-@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
-def test_a_device_or_pipe_where_a_file_goes_is_called_what_it_is_not_a_folder(tmp_path, option, special):
+def test_a_device_or_pipe_where_a_file_goes_is_called_what_it_is_not_a_folder(tmp_path, option, special_file):
     """``train --config /dev/null`` said "expected a config file, found a folder": /dev/null is no folder."""
-    if special == "fifo":
-        special = tmp_path / "pipe"
-        os.mkfifo(special)
-    found = "a named pipe" if isinstance(special, Path) else "a character device"
+    special, found = special_file
     (tmp_path / "junk.pt").write_bytes(b"junk")
     command, what = {
         "train --config": (["train", tmp_path / "data", "--out", tmp_path / "run", "--config", special, "-q"], "config"),
@@ -571,36 +576,23 @@ def test_a_device_or_pipe_where_a_file_goes_is_called_what_it_is_not_a_folder(tm
 
 
 @pytest.mark.parametrize("command", ["identify", "enroll"])
-@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
-def test_a_device_or_pipe_given_as_the_speaker_index_is_called_what_it_is_not_missing(tmp_path, command, special):
+def test_a_device_or_pipe_given_as_the_speaker_index_is_called_what_it_is_not_missing(tmp_path, command, special_file):
     """``identify --index /dev/null`` said "speaker index not found" of a file that is there: the index loader
     named a folder only, as the other readers did before they named devices and pipes too."""
-    if special == "fifo":
-        special = tmp_path / "pipe"
-        os.mkfifo(special)
-    found = "a named pipe" if isinstance(special, Path) else "a character device"
+    special, found = special_file
     args = {"identify": ["identify", "--index", special, tmp_path / "x.pt"],
             "enroll": ["enroll", "--index", special, "--speaker", "a", tmp_path / "x.pt"]}[command]
     assert invoke(args) == (2, f"error: {special}: expected a speaker index file, found {found}\n")
 
 
-@pytest.mark.parametrize("option", ["identify --index", "train --resume"])
-@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
-def test_a_device_or_pipe_as_a_checkpoint_or_index_is_called_what_it_is(tmp_path, option, special):
-    """A checkpoint that is /dev/null or a pipe was "empty (0 bytes)", and such a speaker index "not found"."""
-    if special == "fifo":
-        special = tmp_path / "pipe"
-        os.mkfifo(special)
-    found = "a named pipe" if isinstance(special, Path) else "a character device"
+def test_a_device_or_pipe_as_the_checkpoint_to_resume_is_called_what_it_is(tmp_path, special_file):
+    """A checkpoint that is /dev/null or a pipe was "empty (0 bytes)" (the speaker index's case is the test above)."""
+    special, found = special_file
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.pt").symlink_to(special)
-    (tmp_path / "junk.pt").write_bytes(b"junk")
-    command, named, what = {
-        "identify --index": (["identify", "--index", special, tmp_path / "junk.pt"], special, "speaker index"),
-        "train --resume": (["train", tmp_path / "data", "--out", run, "--resume", "-q"], run / "last.pt", "checkpoint"),
-    }[option]
-    assert invoke(command) == (2, f"error: {named}: expected a {what} file, found {found}\n")
+    code, output = invoke(["train", tmp_path / "data", "--out", run, "--resume", "-q"])
+    assert (code, output) == (2, f"error: {run / 'last.pt'}: expected a checkpoint file, found {found}\n")
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "noise feature file"])
