@@ -100,6 +100,13 @@ def path_options(function: Callable) -> dict[str, str]:
     return options
 
 
+def declared_defaults(command: Callable) -> dict[str, Any]:
+    """Each option's default as ``command`` declares it: a check of whether an option was given away from its default
+    reads it here, so that changing a default in the declaration cannot make it a refused value."""
+    return {name: parameter.default.default for name, parameter in inspect.signature(command).parameters.items()
+            if isinstance(parameter.default, OptionInfo)}
+
+
 def _is_usage_error(exc: BaseException) -> bool:
     """Click's UsageError (an unknown option, a value of the wrong type, a missing argument), but not the
     request for help that a bare ``voxaug`` raises. By name: Typer vendors Click in its newer releases."""

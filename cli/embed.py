@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import io
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import typer
 
 from voxaug.cli.common import (
-    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors,
+    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
     existing_file, output_file, output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
@@ -191,7 +190,7 @@ def refuse_index_options(per: str, hnsw: bool, replace: bool, score_norm: str | 
     defaults (as evaluate refuses --calibrate without one). The defaults are the options' own, as ``embed`` declares
     them, so that changing one there cannot make its default a refused value here."""
     defaults = ScoringOptions()
-    declared = {name: parameter.default.default for name, parameter in inspect.signature(embed).parameters.items()}
+    declared = declared_defaults(embed)
     given = [option for option, value, default in (
         ("--per", per, declared["per"]), ("--hnsw", hnsw, declared["hnsw"]),
         ("--backend", scoring.backend, defaults.backend), ("--lda-dim", scoring.lda_dim, defaults.lda_dim),

@@ -3,7 +3,6 @@ JSON and one PNG."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, counted,
-    existing_file, folder_name, output_folder, warn_calibration_outdated,
+    declared_defaults, existing_file, folder_name, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, check_lock_timeout, index_lock
@@ -84,7 +83,7 @@ def evaluate(
         check_choice("--score-norm", score_norm, SCORE_NORMS)
     if index is None and (calibrate or impostors is not None or score_norm is not None):
         raise VoxaugError("--calibrate, --impostors and --score-norm score against an index: pass --index")
-    if not calibrate and lock_timeout != inspect.signature(evaluate).parameters["lock_timeout"].default.default:
+    if not calibrate and lock_timeout != declared_defaults(evaluate)["lock_timeout"]:
         raise VoxaugError(f"--lock-timeout {lock_timeout:g}: only --calibrate waits for the index's lock (to write its "
                           "threshold); pass --calibrate, or leave it out")
     if impostors is not None and not impostors.is_dir():
