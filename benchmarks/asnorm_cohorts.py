@@ -48,7 +48,7 @@ from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_write_json
-from report import json_output
+from report import folder_name, json_output
 
 TOP_KS = (10, 20, 50, 100, 300)
 BACKENDS = ("none", "lda", "plda")
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="a folder with unseen/{enroll,test} (voxaug synth or crosscheck.py build)")
     parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="one model, or several of the same data")
     parser.add_argument("--trials", nargs="+", choices=TRIAL_SETS, default=["unseen"])
-    parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--cache-dir", type=folder_name)
     parser.add_argument("--external-cohort", type=Path, help="speakers the network never trained on, as two more "
                                                                "cohort sources (see above)")
     parser.add_argument("--set", help="the data's name in the JSON and its table (default: the folder's name)")

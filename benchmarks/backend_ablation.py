@@ -43,7 +43,7 @@ from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 from voxaug.safeio import atomic_write_json
-from report import far_rate, json_output, percent
+from report import far_rate, folder_name, json_output, percent
 
 ARMS = [("none", "none"), ("center", "none"), ("lda", "none"), ("plda", "none"), ("none", "asnorm"),
         ("center", "asnorm"), ("lda", "asnorm"), ("plda", "asnorm")]
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a voxaug synth folder (or any HW4 folder with unseen/{enroll,test})")
     parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="one model, or several of the same data")
-    parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--cache-dir", type=folder_name)
     parser.add_argument("--target-far", type=far_rate, default=0.01)
     parser.add_argument("--json", type=json_output)
     args = parser.parse_args(argv)

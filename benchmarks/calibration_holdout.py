@@ -27,7 +27,7 @@ from voxaug.embeddings.evaluation import LabelledEmbeddings
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.safeio import atomic_write_json
 from backend_ablation import embed_everything, enrolled_index, machine
-from report import far_rate, json_output
+from report import far_rate, folder_name, json_output
 
 
 def folds(clips: LabelledEmbeddings, count: int = 2) -> list[np.ndarray]:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="plda", choices=["none", "center", "lda", "plda"])
     parser.add_argument("--score-norm", default="none", choices=["none", "asnorm"])
     parser.add_argument("--target-far", type=far_rate, default=0.01)
-    parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--cache-dir", type=folder_name)
     parser.add_argument("--json", type=json_output)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)

@@ -19,6 +19,14 @@ def json_output(text: str) -> Path:
     return path
 
 
+def folder_name(text: str) -> Path:
+    """argparse type of a folder option (``--cache-dir``): an empty name is refused, as ``Path("")`` is the working
+    directory, which would fill with cache folders."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty folder name; give a folder or leave the option out")
+    return Path(text)
+
+
 def times(ratio: float) -> str:
     """A speed ratio as "12x", or with one decimal below 10 ("0.8x", not "1x" or "0x")."""
     return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"

@@ -155,11 +155,6 @@ DeviceOption = typer.Option("auto", "--device", help="auto (CUDA if present, els
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
-def counted(count: int, noun: str) -> str:
-    """``1 clip``, ``2 clips``: a count with its noun."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def existing_file(path: Path, what: str) -> Path:
     if not path.exists():
         raise VoxaugError(f"{path}: {what} not found")

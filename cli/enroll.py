@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import (
-    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, counted, expand_clips, folder_name, output_file,
+    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, folder_name, output_file,
     warn_calibration_outdated,
 )
 from voxaug.embeddings.identify import check_speaker_name
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, counted, file_error
 
 
 @clean_errors

@@ -12,12 +12,12 @@ import numpy as np
 import typer
 
 from voxaug.cli.common import (
-    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, counted,
-    declared_defaults, existing_file, folder_name, output_folder, warn_calibration_outdated,
+    CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
+    existing_file, folder_name, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, check_lock_timeout, index_lock
-from voxaug.errors import VoxaugError, file_error, not_a_folder
+from voxaug.errors import VoxaugError, counted, file_error, not_a_folder
 from voxaug.safeio import atomic_write_text, ensure_folder
 
 if TYPE_CHECKING:

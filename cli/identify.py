@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, counted,
-                               expand_clips, warn_calibration_outdated)
+from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, expand_clips,
+                               warn_calibration_outdated)
+from voxaug.errors import counted
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, breaks_lines, check_threshold
 from voxaug.embeddings.index import check_search_top_k

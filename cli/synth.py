@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import QuietOption, clean_errors, counted, output_folder
+from voxaug.cli.common import QuietOption, clean_errors, output_folder
+from voxaug.errors import counted
 from voxaug.synth_config import SynthConfig
 
 

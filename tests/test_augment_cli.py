@@ -305,3 +305,15 @@ def test_plot_labels_are_counted_in_words_and_none_may_be_empty(tmp_path, runs, 
     result = runner.invoke(app, ["plot", *folders, "--labels", labels, "--out", str(tmp_path / "c.png")])
     assert (result.exit_code, result.output) == (2, error + "\n")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_runs_counts_labels_and_runs_in_words_as_the_cli_does(tmp_path):
+    """The Python API's plot_runs said 'got 2 labels for 1 runs' where `voxaug plot` says '1 run'."""
+    from voxaug.errors import VoxaugError
+    from voxaug.plot import plot_runs
+
+    run = _fake_run(tmp_path / "run", [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}])
+    with pytest.raises(VoxaugError) as refused:
+        plot_runs([run], tmp_path / "c.png", ["a", "b"])
+    assert str(refused.value) == "--labels: got 2 labels for 1 run"
+    assert not (tmp_path / "c.png").exists()

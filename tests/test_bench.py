@@ -698,3 +698,21 @@ def test_overfit_saturation_line_of_a_run_that_never_saturated_says_so():
                         "run ended at step 4")
     assert lines[1] == ("none, seed 1: clean train accuracy 1.0 from step 400, validation peaked at step 300, "
                         "run ended at step 500")
+
+
+@pytest.mark.parametrize("script", ["asnorm_cohorts", "backend_ablation", "calibration_holdout"])
+def test_an_empty_cache_dir_is_refused_before_any_embedding(tmp_path, monkeypatch, capsys, script):
+    """``--cache-dir ""`` (a variable unset) was ``Path("")``, the working directory, which the run filled with
+    cache folders; `voxaug --cache-dir ""` refuses it."""
+    import importlib
+
+    module = importlib.import_module(script)
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before --cache-dir was checked")
+
+    monkeypatch.setattr(module, "embed_everything", embedded)
+    with pytest.raises(SystemExit) as stopped:
+        module.main([str(tmp_path), "--ckpt", str(tmp_path / "best.pt"), "--cache-dir", ""])
+    assert stopped.value.code == 2
+    assert "argument --cache-dir: an empty folder name; give a folder or leave the option out" in capsys.readouterr().err

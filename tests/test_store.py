@@ -270,3 +270,34 @@ def test_a_cache_on_a_read_only_file_system_is_one_error_saying_it_is_the_featur
         PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
     assert str(error.value) == (f"{refused}: Read-only file system (in the feature cache folder; pass --cache-dir or "
                                 "set VOXAUG_CACHE to use another)")
+
+
+@pytest.mark.parametrize("refused_at", ["cache folder", "index of a store without its skipped list"])
+def test_a_read_only_cache_says_how_to_use_another_when_its_folder_or_index_cannot_be_written(
+        tiny_synth, tmp_path, monkeypatch, refused_at):
+    """A cache folder that could not be created said only ``cannot create the feature cache folder (Read-only file
+    system)``, and removing the index of an audio store missing its skipped list raised a bare OSError: neither
+    said to pass --cache-dir or set VOXAUG_CACHE, as every other write to the cache does."""
+    from pathlib import Path
+
+    from voxaug.data.audio_store import SKIPPED_FILE, open_dataset_store
+    from voxaug.data.sources import open_source
+    from voxaug.data.store import store_folder
+
+    root = tmp_path / "audio"
+    for wav in (tiny_synth / "unseen" / "test").rglob("*.wav"):
+        (root / wav.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / wav.parent.name / wav.name).write_bytes(wav.read_bytes())
+    if refused_at == "cache folder":
+        refused = store_folder(open_source(root), tmp_path / "cache")
+        _read_only(monkeypatch, refused.parent, Path, "mkdir")
+    else:
+        first, _ = open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
+        refused = first.folder / "index.json"
+        (first.folder / SKIPPED_FILE).unlink()
+        del first
+        _read_only(monkeypatch, refused.parent, Path, "unlink")
+    with pytest.raises(VoxaugError) as error:
+        open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
+    assert str(error.value) == (f"{refused}: Read-only file system (in the feature cache folder; pass --cache-dir or "
+                                "set VOXAUG_CACHE to use another)")

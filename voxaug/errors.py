@@ -14,6 +14,11 @@ class VoxaugError(Exception):
     """
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 clip``, ``2 clips``: a count with its noun."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def file_error(path: str | Path, problem: str) -> VoxaugError:
     """An error that names the file first, so every message reads ``<file>: <problem>``."""
     return VoxaugError(f"{path}: {problem}")

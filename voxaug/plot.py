@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from voxaug.errors import VoxaugError, file_error, not_a_file  # noqa: E402
+from voxaug.errors import VoxaugError, counted, file_error, not_a_file  # noqa: E402
 from voxaug.safeio import atomic_output, finite_number  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     Right: the gap (train - validation) of each run, the overfitting that augmentation should shrink.
     Returns each run's metrics rows, as plotted."""
     if labels is not None and len(labels) != len(run_dirs):
-        raise VoxaugError(f"--labels: got {len(labels)} labels for {len(run_dirs)} runs")
+        raise VoxaugError(f"--labels: got {counted(len(labels), 'label')} for {counted(len(run_dirs), 'run')}")
     image_format = figure_format(out)
     labels = [drawable(label) for label in labels or run_labels(run_dirs)]
     runs = [read_metrics(run_dir) for run_dir in run_dirs]  # before a figure is opened: a bad log leaves none open

@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.data.sources import DatasetSource, Utterance
-from voxaug.data.store import FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, discard_store
+from voxaug.data.store import (
+    FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, cache_write_error, discard_store,
+)
 from voxaug.errors import VoxaugError
 from voxaug.safeio import atomic_output, atomic_write_json, read_json
 
@@ -167,7 +169,10 @@ def open_dataset_store(
         folder = store.folder
         del store  # its mapping would keep the old features on disk through the rebuild, which frees them first
         with cache_lock(folder):
-            (folder / INDEX_FILE).unlink(missing_ok=True)
+            try:
+                (folder / INDEX_FILE).unlink(missing_ok=True)
+            except OSError as exc:
+                raise cache_write_error(exc, folder) from exc
         store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
         skipped = skipped_files(store, source.fingerprint()) or []
     if skipped and strict:

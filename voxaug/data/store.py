@@ -130,7 +130,12 @@ def cache_lock(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s lock while its store is checked, built and mapped: a store is one features file and
     one index written in turn, and two builders interleaving them would pair one's index with the other's
     features. A mapped features file stays readable after another build replaces it."""
-    ensure_folder(folder, "feature cache folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        ensure_folder(folder, "feature cache folder")  # a file has the folder's name: it says so
+    except OSError as exc:
+        raise cache_write_error(exc, folder) from exc
     try:
         fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError as exc:
