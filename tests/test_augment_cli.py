@@ -317,3 +317,45 @@ def test_plot_runs_counts_labels_and_runs_in_words_as_the_cli_does(tmp_path):
         plot_runs([run], tmp_path / "c.png", ["a", "b"])
     assert str(refused.value) == "--labels: got 2 labels for 1 run"
     assert not (tmp_path / "c.png").exists()
+
+
+def _legend_texts(monkeypatch) -> list[list[str]]:
+    """The legend entries of each axis of every figure plot_runs saves."""
+    from matplotlib.figure import Figure
+
+    seen, save = [], Figure.savefig
+
+    def savefig(figure, *args, **kwargs):
+        seen.extend([text.get_text() for text in axis.get_legend().get_texts()] if axis.get_legend() else []
+                    for axis in figure.axes)
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+@pytest.mark.parametrize("labels", [["_base", "aug"], None])
+def test_plot_names_a_run_whose_label_starts_with_an_underscore_in_the_legend(tmp_path, monkeypatch, labels):
+    """matplotlib leaves out of the legend any curve whose label starts with '_': `--labels _base,aug` (or a run
+    folder named _base) drew that run's curves unnamed, as the refused empty label did."""
+    from voxaug.plot import plot_runs
+
+    rows = [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}]
+    runs = [_fake_run(tmp_path / name, rows) for name in ("_base", "aug")]
+    seen = _legend_texts(monkeypatch)
+    plot_runs(runs, tmp_path / "c.png", labels)
+    accuracy, gap = seen
+    assert len(accuracy) == 4 and len(gap) == 2
+    assert any("_base train" in text for text in accuracy) and any("_base (" in text for text in gap)
+
+
+def test_plot_and_training_draw_a_dollar_sign_in_a_label_or_run_folder_as_itself(tmp_path):
+    """A label with two '$' was parsed as TeX math: `--labels 'a$\\foo$,b'` and `train --out 'r$\\foo$'` (its
+    curves.png, after last.pt was written) failed with 'unexpected ParseFatalException', exit 3."""
+    rows = [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}]
+    run = _fake_run(tmp_path / "r$\\foo$", rows)
+    other = _fake_run(tmp_path / "b", rows)
+    for labels in ([], ["--labels", "a$\\foo$,cost $5$"]):
+        result = runner.invoke(app, ["plot", str(run), str(other), *labels, "--out", str(tmp_path / "c.png")])
+        assert result.exit_code == 0, output_of(result)
+        assert (tmp_path / "c.png").stat().st_size > 0

@@ -66,8 +66,11 @@ def run_labels(run_dirs: list[str | Path]) -> list[str]:
 
 def drawable(label: str) -> str:
     """``label`` with the undecodable bytes of a file name (``os.fsdecode``'s surrogates) shown as U+FFFD: matplotlib
-    refuses to draw a string that holds them."""
-    return os.fsencode(label).decode("utf-8", errors="replace")
+    refuses to draw a string that holds them. One that starts with ``_`` gets a leading space: matplotlib leaves such
+    a label's curve out of the legend. A ``$`` is escaped: two would make the text between them TeX math, which a run
+    folder's name or a label is not (and ``$\\foo$`` failed to draw)."""
+    text = os.fsencode(label).decode("utf-8", errors="replace").replace("$", r"\$")
+    return f" {text}" if text.startswith("_") else text
 
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
