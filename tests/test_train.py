@@ -855,3 +855,22 @@ def test_a_learning_rate_that_overflows_adamws_float32_step_is_refused_up_front(
         resolve_config("cpu", overrides={"lr": 1e308}).validate()
     assert str(refused.value) == "--lr must be at most 1e+37 (AdamW steps in float32), got 1e+308"
     resolve_config("cpu", overrides={"lr": 1e37}).validate()
+
+
+def test_best_pt_never_takes_weights_a_step_left_nan(tiny_synth, tmp_path, monkeypatch):
+    """Without a validation split best.pt follows the latest model: NaN weights at the last evaluation replaced the
+    good best.pt of the one before, so a failed run lost its last usable model."""
+    original_evaluate = Trainer.evaluate
+
+    def evaluate(self, mean_loss):  # a last step that made the weights NaN, as --weight-decay 1e308 does
+        if self.step == 4:
+            self.model.input_proj.weight.data.fill_(float("nan"))
+        return original_evaluate(self, mean_loss)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1, "val_fraction": 0.0}), tiny_synth, run,
+            progress=False).fit()
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["step"] == 2
+    assert all(bool(torch.isfinite(weight).all()) for weight in best["model"].values() if weight.is_floating_point())

@@ -396,7 +396,8 @@ class Trainer:
             "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.started, 3),
         }
         improved = val_acc is not None and (self.best_val_acc is None or val_acc > self.best_val_acc)
-        save_best = improved or val_acc is None  # without a validation split, best.pt follows the latest model
+        # without a validation split, best.pt follows the latest model; never one whose weights a step left NaN/Inf
+        save_best = (improved or val_acc is None) and self._weights_finite()
         if save_best:
             self.best_val_acc, self.best_step = val_acc, self.step
         ranks = self.dist.gather_to_main(self.rank_state()) if self.dist.active else None
@@ -547,6 +548,9 @@ class Trainer:
             elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
         )
 
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(weight).all()) for weight in self.model.parameters())
+
     def _refuse_untrained_end(self) -> None:
         """A run too short to reach ``max_bad_steps`` in a row can end with most of its steps skipped (--scale 1e308
         makes every loss Inf; a first step can leave weights too large for any later one): the model is not trained,
@@ -557,7 +561,7 @@ class Trainer:
         if 2 * self.bad_in_row > self.step:
             raise VoxaugError(f"training failed: the loss was NaN/Inf at {which} steps, each skipped, so the model is "
                               "not trained (lower --lr, --scale or --weight-decay; check the data for extreme values)")
-        if not all(bool(torch.isfinite(weight).all()) for weight in self.model.parameters()):
+        if not self._weights_finite():
             raise VoxaugError(f"training failed: the model's weights are NaN/Inf (the loss was NaN/Inf at {which} "
                               "steps, each skipped; lower --lr, --weight-decay or --scale)")
 
