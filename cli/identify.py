@@ -18,8 +18,11 @@ from voxaug.embeddings.index import check_search_top_k
 def shown(name: str) -> str:
     """A name as the table prints it: quoted where printing it bare could mislead, so a speaker name (from a
     downloaded sidecar or model, or one an older voxaug took) holding a newline or line separator cannot forge a
-    row, and one called ``unknown`` or padded with spaces cannot pass for the decision or another name."""
-    odd = name != name.strip() or name == UNKNOWN or breaks_lines(name)
+    row, and one called ``unknown`` or padded with spaces cannot pass for the decision or another name. So is one
+    holding surrogates (a file name's undecodable bytes, as ``os.fsdecode`` gives them), which a UTF-8 stdout with
+    strict errors (en_US.UTF-8 and the like; C.UTF-8 escapes them) cannot write: ``repr`` escapes them."""
+    undecodable = any("\ud800" <= character <= "\udfff" for character in name)
+    odd = name != name.strip() or name == UNKNOWN or breaks_lines(name) or undecodable
     return repr(name) if odd else name
 
 

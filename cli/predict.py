@@ -12,7 +12,7 @@ import typer
 
 from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
 from voxaug.errors import VoxaugError, file_error
-from voxaug.safeio import atomic_write_text
+from voxaug.safeio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from voxaug.data.sources import HW4Source, Utterance
@@ -69,7 +69,7 @@ def predict(
     writer.writerow(["Id", "Category"])
     for key, label in zip(store.keys, predicted):
         writer.writerow([key, loaded.speakers[label]])
-    atomic_write_text(out, buffer.getvalue())
+    atomic_write_bytes(out, buffer.getvalue().encode("utf-8", errors="surrogateescape"))  # a file name's own bytes
     typer.echo(f"wrote {len(predicted)} predictions to {out}")
 
 

@@ -53,3 +53,27 @@ def test_predict_refuses_an_out_that_is_a_training_clip_of_the_dataset(hw4_and_c
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith(f"error: {out}: --out is ") and "uttr-0000.pt" in result.output
     assert out.read_bytes() == before
+
+
+def test_predict_writes_a_clip_name_s_own_bytes_and_every_id_round_trips(hw4_and_ckpt, tmp_path):
+    """A clip folder's file name that is not UTF-8 (``os.fsdecode``'s surrogates) stopped predict with an unexpected
+    UnicodeEncodeError (exit 3) after the whole run, writing no CSV; embed's items.csv writes such a name's bytes."""
+    import csv
+    import os
+    import shutil
+
+    data, ckpt = hw4_and_ckpt
+    names = [os.fsdecode(b"caf\xe9.pt"), '=1+1,"q".pt', "a\nb.pt"]
+    speaker = tmp_path / "clips" / "id10000"
+    speaker.mkdir(parents=True)
+    for number, name in enumerate(names):
+        shutil.copy(data / f"uttr-00{number:02d}.pt", speaker / name)
+    out = tmp_path / "submission.csv"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "clips"), "--ckpt", str(ckpt), "--out", str(out), "-q",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with open(out, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["Id", "Category"]
+    assert sorted(row[0] for row in rows[1:]) == sorted(f"id10000/{name}" for name in names)
+    assert b"id10000/caf\xe9.pt," in out.read_bytes()

@@ -685,3 +685,16 @@ def test_an_atomic_write_keeps_the_files_mode_and_gives_a_new_file_opens_mode(tm
     target.chmod(kept)
     atomic_write_bytes(target, b"new")
     assert stat.S_IMODE(target.stat().st_mode) == kept and target.read_bytes() == b"new"
+
+
+def test_identify_prints_a_name_with_undecodable_bytes_quoted_so_a_strict_utf8_stdout_can_take_it():
+    """A clip file (or a ``--speakers-dir`` folder) whose name is not UTF-8 reaches the table as ``os.fsdecode``'s
+    surrogates: under a UTF-8 locale such as en_US.UTF-8 (stdout's errors strict), identify stopped at that clip with
+    an unexpected UnicodeEncodeError (exit 3) after printing the clips before it. Such names are printed quoted."""
+    from voxaug.cli.identify import format_row
+    from voxaug.embeddings.identify import Identification
+
+    clip, name = os.fsdecode(b"clips/caf\xe9.wav"), os.fsdecode(b"ren\xe9e")
+    row = format_row(Identification(clip, [(name, 0.9)], softmax_speaker=name, softmax_prob=0.8, decision=name))
+    row.encode("utf-8")  # what a strict UTF-8 stdout does with it
+    assert row.splitlines()[0] == repr(clip) and f"decision: {name!r} (threshold" in row, row
