@@ -1073,3 +1073,91 @@ def test_identify_refuses_scoring_options_the_index_cannot_take_before_loading_t
     monkeypatch.setattr(api_index, "sidecar_model", loaded)
     code, output = invoke("identify", "--index", index.path, *options, wavs(tiny_synth, "test", "new000")[0])
     assert (code, output.strip()) == (2, expected.format(index=index.path))
+
+
+def test_overlapping_calls_of_a_thread_capped_checkpoint_put_the_process_count_back(models, tiny_synth, monkeypatch):
+    """Two threads embedding with a ``threads=1`` model at once: the second one in saved the first's cap as the count
+    to restore and, leaving last, left torch at one thread for the whole process."""
+    import threading
+
+    import voxaug.embeddings.extract as extract
+
+    real, seen = extract.embed_tensors, {}
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def overlapping(*args, **kwargs):  # "first" holds its cap until "second" is in; "second" leaves after "first"
+        name = threading.current_thread().name
+        if name == "first":
+            first_in.set()
+            second_in.wait(60)
+        else:
+            second_in.set()
+            first_out.wait(60)
+        seen[name] = torch.get_num_threads()
+        return real(*args, **kwargs)
+
+    def embed(model, clip):
+        model.embed(clip)
+        if threading.current_thread().name == "first":
+            first_out.set()
+
+    monkeypatch.setattr(extract, "embed_tensors", overlapping)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = voxaug.SpeakerModel.load(models["ckpt"], threads=1)
+        clip = wavs(tiny_synth, "test", "new000")[0]
+        first = threading.Thread(target=embed, args=(model, clip), name="first")
+        first.start()
+        assert first_in.wait(60)
+        second = threading.Thread(target=embed, args=(model, clip), name="second")
+        second.start()
+        first.join(60), second.join(60)
+        later = []
+        fresh = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        fresh.start(), fresh.join(60)
+        assert seen == {"first": 1, "second": 1} and torch.get_num_threads() == 2 and later == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("second", ["enroll", "remove"])
+def test_an_index_object_shared_by_threads_keeps_the_last_write_not_the_last_to_return(models, tiny_synth, tmp_path,
+                                                                                        monkeypatch, second):
+    """A thread that let go of the index lock before setting the object's view could set it after another thread
+    of the process had written again: the object then identified from the older index, without ``c`` (or with
+    ``a`` removed), though both writes were made through it and the file held them."""
+    import contextlib
+    import threading
+
+    import voxaug.api.index as api_index
+
+    real, first_written, second_done = api_index.index_lock, threading.Event(), threading.Event()
+
+    @contextlib.contextmanager
+    def lock_then_pause_the_first(*args, **kwargs):
+        with real(*args, **kwargs):
+            yield
+        if threading.current_thread().name == "first":
+            first_written.set()
+            second_done.wait(60)
+
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000")[:1])
+    monkeypatch.setattr(api_index, "index_lock", lock_then_pause_the_first)
+
+    def then():
+        if second == "enroll":
+            index.enroll("c", wavs(tiny_synth, "enroll", "new001"))
+        else:
+            index.remove("a")
+        second_done.set()
+
+    first = threading.Thread(target=index.enroll, args=("b", wavs(tiny_synth, "enroll", "new000")[1:]), name="first")
+    first.start()
+    assert first_written.wait(60)
+    later = threading.Thread(target=then)
+    later.start()
+    first.join(60), later.join(60)
+    expected = ["a", "b", "c"] if second == "enroll" else ["b"]
+    assert voxaug.SpeakerIndex.open(index.path).speakers == expected and index.speakers == expected

@@ -5,6 +5,7 @@ Each engine turns one :class:`~voxaug.api.inputs.Clip` into a unit embedding and
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -61,6 +62,38 @@ class OnnxEngine:
         return np.stack([self.run(clip)[0] for clip in clips])
 
 
+class _TorchThreads:
+    """torch's thread count, shared by every thread of the process, held at a model's cap during its calls.
+
+    Each call saving and restoring the count alone is not enough across threads: one that starts while another
+    holds a cap saves the cap as "before", and, leaving last, keeps it for the whole process. So the first call
+    in saves the count and every call puts that back as it leaves (a thread's own work keeps its own cap)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.before = 1
+
+    def enter(self, threads: int) -> None:
+        import torch
+
+        with self.lock:
+            if self.users == 0:
+                self.before = torch.get_num_threads()
+            self.users += 1
+            torch.set_num_threads(threads)
+
+    def leave(self) -> None:
+        import torch
+
+        with self.lock:
+            self.users -= 1
+            torch.set_num_threads(self.before)
+
+
+_TORCH_THREADS = _TorchThreads()
+
+
 class TorchEngine:
     """A checkpoint through torch (needs the train extra); waveforms go through voxaug's torchaudio front end."""
 
@@ -109,18 +142,16 @@ class TorchEngine:
 
     @contextmanager
     def own_threads(self) -> Iterator[None]:
-        """torch's thread count is process-wide: hold ``threads`` for this model's work only, then put it back."""
-        import torch
-
+        """torch's thread count is process-wide: hold ``threads`` for this model's work only, then put it back
+        (see :class:`_TorchThreads`)."""
         if self.threads is None:
             yield
             return
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        _TORCH_THREADS.enter(self.threads)
         try:
             yield
         finally:
-            torch.set_num_threads(before)
+            _TORCH_THREADS.leave()
 
     def run(self, clip: Clip, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         from voxaug.embeddings.extract import embed_tensors

@@ -94,9 +94,11 @@ def check_flag(value: object, name: str) -> bool:
 
 
 def remove_speaker(path: Path, name: str, lock_timeout: float = 60.0,
-                   read: Callable[[], IndexData] | None = None) -> IndexData:
+                   read: Callable[[], IndexData] | None = None,
+                   saved: Callable[[IndexData], None] | None = None) -> IndexData:
     """Take ``name`` out of the index at ``path`` under its lock (no model needed: nothing is embedded) and
-    return the index as written; ``read`` rereads it under the lock (default: load the file as it is)."""
+    return the index as written; ``read`` rereads it under the lock (default: load the file as it is), and
+    ``saved`` is given it once written, still under the lock, so that writes are seen in the order they were made."""
     if not path.exists() and not sidecar_path(path).exists():  # before the lock makes its folder
         raise file_error(path, "speaker index not found; nothing to remove")
     with index_lock(path, lock_timeout):
@@ -106,6 +108,8 @@ def remove_speaker(path: Path, name: str, lock_timeout: float = 60.0,
         except VoxaugError as exc:
             raise file_error(path, str(exc)) from None
         data.save(path)
+        if saved is not None:
+            saved(data)
     return data
 
 
@@ -269,7 +273,7 @@ class SpeakerIndex:
             added = {name: len(fresh[name]) for name in speakers}
             if any(added.values()):
                 data.save(self.path)
-        self.data = data
+            self._written(data)
         self.skipped = {name: len(clips) - added[spelled[name]] for name, clips in given.items()}
         return {name: data.counts[spelled[name]] for name in given}
 
@@ -322,7 +326,12 @@ class SpeakerIndex:
         """Take ``name`` out of the index (and its file)."""
         if not isinstance(name, str):  # a list would be a bare "unhashable type" TypeError from the lookup
             check_speaker_name(name)
-        self.data = remove_speaker(self.path, name, lock_timeout, self._reread)
+        remove_speaker(self.path, name, lock_timeout, self._reread, self._written)
+
+    def _written(self, data: IndexData) -> None:
+        """Take ``data``, just written under the index lock, as this object's view (there, not after the lock is
+        let go: a thread of this process that writes next must not have its view replaced by this older one)."""
+        self.data = data
 
     def _reread(self) -> IndexData:
         """The index as it is on disk now (another process may have enrolled), checked against this model."""
