@@ -44,7 +44,7 @@ from voxaug.audio import write_audio
 from voxaug.augment.pipeline import DEFAULT_AUGMENT
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.safeio import atomic_write_json
-from report import arm_list, at_least, json_output
+from report import arm_list, at_least, folder_name, json_output
 
 ACCENTS = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seeds", type=at_least(1), default=3)
     train.add_argument("--first-seed", type=int, default=0)
     train.add_argument("--jobs", type=at_least(1), default=2)
-    train.add_argument("--workdir", type=Path, default=None)
+    train.add_argument("--workdir", type=folder_name, default=None)
     train.add_argument("--json", type=json_output)
     train.add_argument("--train-options", default="", help="more `voxaug train` options for every arm, e.g. "
                                                            "\"--input-norm mean\"")

@@ -52,6 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import folder_name  # noqa: E402
 from train_bench import make_trainer, synchronize, voxaug_step  # noqa: E402
 from train_bench import run as train_bench_run  # noqa: E402
 from voxaug.config import create_config  # noqa: E402
@@ -315,7 +316,7 @@ def stage(results: dict, name: str, action: Callable[[], dict], json_path: Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("gpu_work"))
+    parser.add_argument("--workdir", type=folder_name, default=Path("gpu_work"))
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
     parser.add_argument("--steps", type=int, default=600, help="steps of each strong/boss training run")
     parser.add_argument("--bench-reps", type=int, default=30, help="timed steps of each train_bench arm")

@@ -34,7 +34,7 @@ from voxaug.plot import read_metrics
 from voxaug.synth import SynthConfig, generate
 from voxaug.train import Trainer
 from voxaug.safeio import atomic_write_json
-from report import arm_list, at_least, json_output
+from report import arm_list, at_least, folder_name, json_output
 
 ARMS = f"none;channel;reverb;noise;speed;specaug;mixup;crop;{DEFAULT_AUGMENT}"
 FULL = {"steps": 3000, "seeds": 3, "speakers": 60, "utterances": 20, "eval_every": 250}
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="held-out share of each speaker's utterances (default 0.2: a steadier validation accuracy)")
-    parser.add_argument("--workdir", type=Path, help="keep the synth set and run folders here (default: a temp folder)")
+    parser.add_argument("--workdir", type=folder_name, help="keep the synth set and run folders here (default: a temp folder)")
     parser.add_argument("--jobs", type=at_least(1), default=2, help="runs at a time, one torch thread each (default 2)")
     parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads when --jobs is 1 (default 2)")
     parser.add_argument("--json", type=json_output, help="also write the results as JSON")

@@ -20,8 +20,8 @@ def json_output(text: str) -> Path:
 
 
 def folder_name(text: str) -> Path:
-    """argparse type of a folder option (``--cache-dir``): an empty name is refused, as ``Path("")`` is the working
-    directory, which would fill with cache folders."""
+    """argparse type of a folder option (``--cache-dir``, ``--workdir``): an empty name is refused, as ``Path("")`` is
+    the working directory, which would fill with cache and run folders (gpu_check's workdir has its runs/ removed)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty folder name; give a folder or leave the option out")
     return Path(text)

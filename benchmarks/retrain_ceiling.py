@@ -40,7 +40,7 @@ from voxaug.data.sources import ClipFolderSource
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
 from voxaug.safeio import atomic_write_json
-from report import at_least, json_output
+from report import at_least, folder_name, json_output
 
 
 def with_newcomers_as_classes(data: Path, out: Path) -> int:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=at_least(1), default=2000)
     parser.add_argument("--seeds", type=at_least(1), default=2)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--workdir", type=folder_name, required=True)
     parser.add_argument("--compare", type=Path, nargs="*", default=[],
                         help="best.pt of models trained on DATA itself, one per seed in order")
     parser.add_argument("--json", type=json_output)

@@ -716,3 +716,29 @@ def test_an_empty_cache_dir_is_refused_before_any_embedding(tmp_path, monkeypatc
         module.main([str(tmp_path), "--ckpt", str(tmp_path / "best.pt"), "--cache-dir", ""])
     assert stopped.value.code == 2
     assert "argument --cache-dir: an empty folder name; give a folder or leave the option out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,argv,first_work", [
+    ("gpu_check", ["--device", "cpu"], "environment"), ("overfit", [], "run_benchmark"),
+    ("retrain_ceiling", ["data"], "with_newcomers_as_classes"), ("crosscheck", ["train", "data"], "ProcessPoolExecutor")])
+def test_an_empty_workdir_is_refused_before_anything_in_the_working_directory_is_touched(
+        tmp_path, monkeypatch, capsys, script, argv, first_work):
+    """``--workdir ""`` (a variable unset) was ``Path("")``, the working directory: gpu_check removed its runs/
+    folder (``rm -r runs`` before its first stage), and the others filled it with data and run folders."""
+    import importlib
+
+    module = importlib.import_module(script)
+
+    def worked(*args, **kwargs):
+        raise AssertionError("went on to work before --workdir was checked")
+
+    monkeypatch.setattr(module, first_work, worked)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    argv = [*argv, "--workdir", ""]
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as stopped:
+        module.main() if script == "gpu_check" else module.main(argv)
+    assert stopped.value.code == 2
+    assert "argument --workdir: an empty folder name" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"] and (tmp_path / "runs" / "mine").is_dir()

@@ -869,8 +869,29 @@ def test_best_pt_never_takes_weights_a_step_left_nan(tiny_synth, tmp_path, monke
 
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
     run = tmp_path / "run"
-    Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1, "val_fraction": 0.0}), tiny_synth, run,
-            progress=False).fit()
+    with pytest.raises(VoxaugError, match="model's weights are NaN/Inf"):
+        Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1, "val_fraction": 0.0}), tiny_synth, run,
+                progress=False).fit()
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["step"] == 2
     assert all(bool(torch.isfinite(weight).all()) for weight in best["model"].values() if weight.is_floating_point())
+
+
+def test_a_run_whose_last_step_leaves_nan_weights_fails_instead_of_naming_a_missing_best_pt(tiny_synth, tmp_path,
+                                                                                           monkeypatch):
+    """A last step with a finite loss that left the weights NaN (``--steps 1 --lr 1 --weight-decay 1e300``) ended
+    'done', exit 0, naming RUN/best.pt (predict) though best.pt refuses such weights and none was written."""
+    original_evaluate = Trainer.evaluate
+
+    def evaluate(self, mean_loss):  # the last step made the weights NaN, as --weight-decay 1e300 does
+        if self.step == 2:
+            self.model.input_proj.weight.data.fill_(float("nan"))
+        return original_evaluate(self, mean_loss)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    run = tmp_path / "run"
+    with pytest.raises(VoxaugError) as refused:
+        Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    assert str(refused.value) == ("training failed: the model's weights are NaN/Inf (after its last step; lower --lr, "
+                                  "--weight-decay or --scale)")
+    assert not (run / "best.pt").exists()

@@ -554,16 +554,16 @@ class Trainer:
     def _refuse_untrained_end(self) -> None:
         """A run too short to reach ``max_bad_steps`` in a row can end with most of its steps skipped (--scale 1e308
         makes every loss Inf; a first step can leave weights too large for any later one): the model is not trained,
-        so the run fails rather than says done. So do weights left NaN/Inf by a step before a skipped one."""
-        if self.bad_in_row == 0:
-            return
+        so the run fails rather than says done. So do weights left NaN/Inf, by a step before a skipped one or by the
+        last step (its loss was finite): best.pt never takes them, so "done" would name an older best.pt, or none."""
         which = f"all {self.step}" if self.bad_in_row >= self.step else f"the last {self.bad_in_row} of its {self.step}"
         if 2 * self.bad_in_row > self.step:
             raise VoxaugError(f"training failed: the loss was NaN/Inf at {which} steps, each skipped, so the model is "
                               "not trained (lower --lr, --scale or --weight-decay; check the data for extreme values)")
         if not self._weights_finite():
-            raise VoxaugError(f"training failed: the model's weights are NaN/Inf (the loss was NaN/Inf at {which} "
-                              "steps, each skipped; lower --lr, --weight-decay or --scale)")
+            cause = f"the loss was NaN/Inf at {which} steps, each skipped" if self.bad_in_row else "after its last step"
+            raise VoxaugError(f"training failed: the model's weights are NaN/Inf ({cause}; lower --lr, --weight-decay "
+                              "or --scale)")
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:
