@@ -781,6 +781,18 @@ def test_a_bad_weight_decay_is_named_by_its_option_and_alone(overrides, message)
     assert str(refused.value) == message
 
 
+def _nan_weights_at(monkeypatch, step):
+    """The weights made NaN before the evaluation at ``step``, as a step with an absurd --weight-decay leaves them."""
+    original_evaluate = Trainer.evaluate
+
+    def evaluate(self, mean_loss):
+        if self.step == step:
+            self.model.input_proj.weight.data.fill_(float("nan"))
+        return original_evaluate(self, mean_loss)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
 def _nan_loss_at(monkeypatch, bad_steps):
     """The loss made NaN at the given (0-based) steps, as an absurd --lr or --scale makes it."""
     real_loss, current = training.total_loss, {"step": 0}
@@ -821,14 +833,7 @@ def test_a_run_ending_with_nan_weights_fails_and_one_late_skip_does_not(tiny_syn
     summary = Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, tmp_path / "ok",
                       progress=False).fit()
     assert summary.steps == 4 and summary.skipped_steps == 1
-    original_evaluate = Trainer.evaluate
-
-    def evaluate(self, mean_loss):  # a step that made the weights NaN, as --weight-decay 1e308 does
-        if self.step == 2:
-            self.model.input_proj.weight.data.fill_(float("nan"))
-        return original_evaluate(self, mean_loss)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    _nan_weights_at(monkeypatch, 2)
     with pytest.raises(VoxaugError, match=r"model's weights are NaN/Inf \(the loss was NaN/Inf at the last 2 of its 4"):
         Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, tmp_path / "nan",
                 progress=False).fit()
@@ -860,14 +865,7 @@ def test_a_learning_rate_that_overflows_adamws_float32_step_is_refused_up_front(
 def test_best_pt_never_takes_weights_a_step_left_nan(tiny_synth, tmp_path, monkeypatch):
     """Without a validation split best.pt follows the latest model: NaN weights at the last evaluation replaced the
     good best.pt of the one before, so a failed run lost its last usable model."""
-    original_evaluate = Trainer.evaluate
-
-    def evaluate(self, mean_loss):  # a last step that made the weights NaN, as --weight-decay 1e308 does
-        if self.step == 4:
-            self.model.input_proj.weight.data.fill_(float("nan"))
-        return original_evaluate(self, mean_loss)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    _nan_weights_at(monkeypatch, 4)
     run = tmp_path / "run"
     with pytest.raises(VoxaugError, match="model's weights are NaN/Inf"):
         Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1, "val_fraction": 0.0}), tiny_synth, run,
@@ -881,14 +879,7 @@ def test_a_run_whose_last_step_leaves_nan_weights_fails_instead_of_naming_a_miss
                                                                                            monkeypatch):
     """A last step with a finite loss that left the weights NaN (``--steps 1 --lr 1 --weight-decay 1e300``) ended
     'done', exit 0, naming RUN/best.pt (predict) though best.pt refuses such weights and none was written."""
-    original_evaluate = Trainer.evaluate
-
-    def evaluate(self, mean_loss):  # the last step made the weights NaN, as --weight-decay 1e300 does
-        if self.step == 2:
-            self.model.input_proj.weight.data.fill_(float("nan"))
-        return original_evaluate(self, mean_loss)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    _nan_weights_at(monkeypatch, 2)
     run = tmp_path / "run"
     with pytest.raises(VoxaugError) as refused:
         Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
