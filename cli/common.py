@@ -150,7 +150,8 @@ def folder_name(text: str) -> Path:
     return Path(text)
 
 
-CacheOption = typer.Option(None, "--cache-dir", parser=folder_name, metavar="<dir>", help="Packed feature store folder (default $VOXAUG_CACHE or ~/.cache/voxaug).")
+CacheOption = typer.Option(None, "--cache-dir", parser=folder_name, metavar="<dir>",
+                           help="Packed feature store folder (default $VOXAUG_CACHE or ~/.cache/voxaug).")
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu or cuda.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 

@@ -32,8 +32,10 @@ def evaluate(
     model: Path = typer.Option(None, "--model", help="ONNX model from `voxaug export` instead of --ckpt (the model "
                                "an index built with `embed --model` records)."),
     out: Path = typer.Option(..., "--out", help="Report folder: report.json and embeddings_map.png."),
-    enroll: Path = typer.Option(None, "--enroll", parser=folder_name, metavar="<dir>", help="<speaker>/ clip folders of speakers never trained on, to enrol."),
-    test: Path = typer.Option(None, "--test", parser=folder_name, metavar="<dir>", help="<speaker>/ clip folders of the same speakers, to identify."),
+    enroll: Path = typer.Option(None, "--enroll", parser=folder_name, metavar="<dir>",
+                                help="<speaker>/ clip folders of speakers never trained on, to enrol."),
+    test: Path = typer.Option(None, "--test", parser=folder_name, metavar="<dir>",
+                              help="<speaker>/ clip folders of the same speakers, to identify."),
     trials: Path = typer.Option(None, "--trials", help="Verification trials: lines 'LABEL CLIP1 CLIP2' (1 = same speaker), paths relative to DATA."),
     max_pairs: int = typer.Option(20000, "--max-pairs", help="Verification pairs sampled from the validation set when no --trials."),
     map_method: str = typer.Option("pca", "--map", help="2-D map: pca or tsne."),
@@ -43,7 +45,8 @@ def evaluate(
                                    "identify then uses it by default."),
     target_far: float = typer.Option(0.01, "--target-far", help="False-alarm rate the threshold allows (default 0.01)."),
     score_norm: str = typer.Option(None, "--score-norm", help="none or asnorm for the open-set scores (default: the index's)."),
-    impostors: Path = typer.Option(None, "--impostors", parser=folder_name, metavar="<dir>", help="<speaker>/ clip folders of speakers never enrolled: the share "
+    impostors: Path = typer.Option(None, "--impostors", parser=folder_name, metavar="<dir>",
+                                   help="<speaker>/ clip folders of speakers never enrolled: the share "
                                    "answered 'unknown' at the threshold."),
     lock_timeout: float = typer.Option(60.0, "--lock-timeout", help="Seconds --calibrate waits for an enrol on the same "
                                        "index to finish."),

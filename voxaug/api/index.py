@@ -137,7 +137,8 @@ class SpeakerIndex:
     def check_options(path: Path, data: IndexData, score_norm: str | None, cohort_top_k: int | None,
                       threshold: float | None) -> float | None:
         """Refuse scoring options the index cannot take (here, not at the first identify); they need the index
-        alone, so :meth:`from_data` checks them before loading the model, which takes seconds. Returns the threshold as a float."""
+        alone, so :meth:`from_data` checks them before loading the model, which takes seconds. Returns the threshold
+        as a float."""
         if score_norm is not None:
             check_choice("--score-norm", score_norm, SCORE_NORMS)
         threshold = check_threshold(threshold, data.score_name(score_norm or data.score_norm))

@@ -143,7 +143,8 @@ def _id_gap(speaker2id: dict[str, int]) -> str:
     else:
         stray = next(speaker for speaker, index in speaker2id.items() if not 0 <= index < count)
         why = f"{stray!r} has the id {speaker2id[stray]}"
-    return f"'speaker2id' must give its speakers the ids 0..{count - 1}, each once; no speaker has the id {missing} ({why})"
+    return (f"'speaker2id' must give its speakers the ids 0..{count - 1}, each once; no speaker has the id {missing} "
+            f"({why})")
 
 
 class HW4Source:
