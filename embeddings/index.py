@@ -85,10 +85,8 @@ def not_index_file(path: str | Path) -> Path | None:
     for place in (path, side):  # a pipe or a device such as /dev/null: the index's rename would put a file there
         if place.exists() and not place.is_file() and not place.is_dir():
             return place
-    if path.is_file():
-        with open(path, "rb") as handle:
-            if handle.read(4) not in FAISS_KINDS:
-                return path
+    if path.is_file() and file_header(path) not in FAISS_KINDS:
+        return path
     if side.is_file():
         try:
             meta = read_json(side, "index sidecar")
@@ -97,6 +95,12 @@ def not_index_file(path: str | Path) -> Path | None:
         if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             return side
     return None
+
+
+def file_header(path: Path) -> bytes:
+    """The first 4 bytes of ``path``: the FAISS header of an index file (:data:`FAISS_KINDS`)."""
+    with open(path, "rb") as handle:
+        return handle.read(4)
 
 
 def check_asnorm_mode(mode: str) -> None:
@@ -588,8 +592,7 @@ def _without_sidecar(path: Path, side: Path) -> tuple[Path, str]:
     another kind (a checkpoint, or the sidecar itself) was given where the index goes, and is named as that."""
     if owner := index_of_sidecar(path):
         return path, f"this is the sidecar of the speaker index {owner}; give that file instead"
-    with open(path, "rb") as handle:
-        head = handle.read(4)
+    head = file_header(path)
     if head not in FAISS_KINDS:
         return path, (f"not a speaker index (starts with {head!r}, not a FAISS header); give the file embed --index "
                       "or enroll wrote")
