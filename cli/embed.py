@@ -17,7 +17,7 @@ from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
     existing_file, output_file, output_folder,
 )
-from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM
+from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, check_choice
 from voxaug.embeddings.index import (
     MODES, SpeakerIndex, check_asnorm_mode, index_lock, index_of_sidecar, not_index_file, sidecar_path,
 )
@@ -103,8 +103,7 @@ def embed(
     if hop is not None and window is None:
         raise VoxaugError("--hop is the step between --window windows; give --window too")
     check_window(window)
-    if per not in MODES:
-        raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
+    check_choice("--per", per, MODES)
     scoring = ScoringOptions(backend, lda_dim, score_norm or DEFAULT_SCORE_NORM, cohort_size, cohort_top_k).validate()
     if index is None:
         refuse_index_options(per, hnsw, replace, score_norm, scoring)

@@ -44,11 +44,12 @@ def enroll(
                           "--per, --hnsw and --append are for enrolling")
     output_file(index, "--index")
     from voxaug.api.index import SpeakerIndex, remove_speaker  # torch, FAISS and ONNX Runtime load only when it runs
+    from voxaug.embeddings.backend import check_choice
     from voxaug.embeddings.index import MODES, check_lock_timeout, sidecar_path
 
     check_lock_timeout(lock_timeout)
-    if per is not None and per not in MODES:
-        raise VoxaugError(f"--per {per!r} is not known; accepted: {', '.join(MODES)}")
+    if per is not None:
+        check_choice("--per", per, MODES)
     model_path = chosen_model(ckpt, model)
     if remove is not None:
         remaining = remove_speaker(index, remove, lock_timeout)

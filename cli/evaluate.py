@@ -92,8 +92,7 @@ def evaluate(
     if impostors is not None and not impostors.is_dir():
         raise VoxaugError(f"{impostors}: --impostors {not_a_folder(impostors)}")
     speaker_index = SpeakerIndex.load(index) if index is not None else None
-    if map_method not in MAP_METHODS:
-        raise VoxaugError(f"--map {map_method!r} is not known; accepted: {', '.join(MAP_METHODS)}")
+    check_choice("--map", map_method, MAP_METHODS)
     output_folder(out, "--out")
     parsed_trials = read_trials(trials, data) if trials else None
     embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model, device)

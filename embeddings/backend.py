@@ -54,8 +54,7 @@ class ScoringBackend:
     plda: Plda | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in BACKENDS:
-            raise VoxaugError(f"--backend {self.kind!r} is not known; accepted: {', '.join(BACKENDS)}")
+        check_choice("--backend", self.kind, BACKENDS)
 
     @property
     def score_name(self) -> str:

@@ -22,7 +22,7 @@ from voxaug.data.sources import (  # noqa: E402
 )
 from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
-from voxaug.embeddings.backend import pair_as_norm  # noqa: E402
+from voxaug.embeddings.backend import check_choice, pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
@@ -218,14 +218,13 @@ def subset(data: LabelledEmbeddings, rows: np.ndarray) -> LabelledEmbeddings:
 
 def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str, seed: int) -> None:
     """Scatter of embeddings in 2-D (PCA or t-SNE), coloured by speaker, marker by group."""
+    check_choice("--map", method, MAP_METHODS)
     stacked = np.concatenate([g.embeddings for g in groups.values()])
     if method == "tsne":
         points = TSNE(n_components=2, init="pca", random_state=seed,
                       perplexity=min(30.0, max(1.0, (len(stacked) - 1) / 3))).fit_transform(stacked)
-    elif method == "pca":
-        points = PCA(n_components=2, random_state=seed).fit_transform(stacked)
     else:
-        raise VoxaugError(f"--map {method!r} is not known; accepted: {', '.join(MAP_METHODS)}")
+        points = PCA(n_components=2, random_state=seed).fit_transform(stacked)
     figure, axis = plt.subplots(figsize=(7, 6))
     start = 0
     for marker, (name, group) in zip("o^sD", groups.items()):

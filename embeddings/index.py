@@ -181,8 +181,7 @@ class SpeakerIndex:
     """The buffer ``vectors`` is the start of, with room for more rows (see :meth:`_append_vectors`)."""
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise VoxaugError(f"--per {self.mode!r} is not known; accepted: {', '.join(MODES)}")
+        check_choice("--per", self.mode, MODES)
         check_choice("--score-norm", self.score_norm, SCORE_NORMS)
         if self.score_norm == "asnorm":
             self.check_asnorm()
@@ -567,11 +566,7 @@ class SpeakerIndex:
         if kind == "IndexHNSWFlat":  # the file keeps the efSearch it was written with: FAISS's 16 before 2026-11-25
             index.hnsw.efSearch = HNSW_EF_SEARCH
         dim, labels = meta["dimension"], meta["labels"]
-        backend = scoring["backend"]
-        if backend.mean is not None and backend.mean.shape[0] != dim:
-            raise file_error(side, f"the back end expects embeddings of dimension {backend.mean.shape[0]}, "
-                                   f"the sidecar says {dim}")
-        space_dim = backend.output_dim(dim)
+        space_dim = scoring["backend"].output_dim(dim)  # _scoring_fields refused a back end of another dimension
         if index.d != space_dim or index.ntotal != len(labels):
             raise file_error(side, f"sidecar says {len(labels)} vectors of dimension {space_dim}, "
                                    f"the index {path} holds {index.ntotal} of dimension {index.d}")

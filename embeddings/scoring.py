@@ -30,7 +30,8 @@ def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01
 
 
 def all_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j): all of them, or ``max_pairs`` sampled with all same-speaker pairs kept first."""
+    """Index pairs (i < j): all of them, or ``max_pairs`` sampled as ``sample_ranks`` keeps them (up to half
+    same-speaker pairs, either kind filling what the other lacks)."""
     return labelled_pairs(labels, labels, max_pairs, np.random.default_rng(seed), upper=True)
 
 

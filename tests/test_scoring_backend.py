@@ -1181,3 +1181,16 @@ def test_the_index_groups_its_speakers_rows_in_one_sort_to_the_same_index(per, m
     assert grouped.mean_norms == masked.mean_norms
     assert grouped.vectors.tobytes() == masked.vectors.tobytes()
     assert all(type(name) is str for name in grouped.labels)
+
+
+def test_a_sidecar_whose_back_end_is_of_another_dimension_is_refused_by_name(tmp_path):
+    vectors, labels = clustered()
+    index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.25, ScoringOptions("center"))
+    path = tmp_path / "spk.faiss"
+    index.save(path)
+    meta = json.loads(sidecar_path(path).read_text())
+    meta["backend"]["mean"] = meta["backend"]["mean"][:-1]
+    sidecar_path(path).write_text(json.dumps(meta))
+    with pytest.raises(VoxaugError, match="back end is 15-dimensional and the index 16-dimensional") as error:
+        SpeakerIndex.load(path)
+    assert str(error.value).startswith(str(sidecar_path(path)))

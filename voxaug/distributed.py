@@ -85,14 +85,6 @@ class DistContext:
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
-    def gather_objects(self, value: object) -> list[object]:
-        """Every rank's ``value``, in rank order (on every rank)."""
-        if not self.active:
-            return [value]
-        gathered: list[object] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
-
     def gather_to_main(self, value: object) -> list[object] | None:
         """Every rank's ``value`` in rank order on rank 0 (None elsewhere): results only rank 0 writes."""
         if not self.active:

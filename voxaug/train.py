@@ -587,8 +587,9 @@ def train_command(world_size: int) -> str:
 
 
 def audio_settings(frontend: FrontendConfig, n_mels: int) -> list[str]:
-    """Front-end settings other than n_mels that differ from the defaults: they shape audio into features, so on a
-    set of features they would change nothing in training and still be recorded as the model's."""
+    """Front-end settings other than n_mels that differ from the defaults, and n_mels where it is not the features'
+    own ``n_mels``: they shape audio into features, so on a set of features they would change nothing in training
+    and still be recorded as the model's."""
     return sorted(frontend.audio_settings() + (["n_mels"] if frontend.n_mels != n_mels else []))
 
 

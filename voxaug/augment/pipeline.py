@@ -34,7 +34,7 @@ class AugmentPipeline:
 
     @property
     def label_copies(self) -> int:
-        """Classes per training speaker: 1, or 3 with ``speed`` (each speed its own class)."""
+        """Classes per training speaker: 1, or 1 + len(factors) with ``speed`` (each speed its own class)."""
         return math.prod(a.label_copies for a in self.augmentations)
 
     def bind(self, speakers: int) -> None:

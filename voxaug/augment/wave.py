@@ -27,10 +27,6 @@ from voxaug.clips import files_under
 from voxaug.errors import file_error, not_a_folder
 from voxaug.runtime.frontend import UNKNOWN_FRAMES, check_audio_rate, silence_problem
 
-NOT_IN_DEFAULT_CHAIN = ("PitchShift", "TimeStretch")
-"""audiomentations transforms that alter the speaker's voice: never added by ``wave``."""
-
-
 _USABLE: set[tuple[str, int, int]] = set()
 """(path, size, mtime) of noise and RIR files whose samples were read and found usable, so a process that builds
 the pipeline more than once reads each file once."""

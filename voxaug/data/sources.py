@@ -111,7 +111,8 @@ def speakers_without_utterances(speakers: list[str], utterances: list[Utterance]
 
 def untrained_classes_warning(where: Path, silent: list[str], speakers: int, copies: int = 1) -> str:
     """The one warning line for ``silent`` (:func:`speakers_without_utterances`): counted, the first named.
-    ``copies``: the classes each speaker is in training (3 with the ``speed`` augmentation: one per speed)."""
+    ``copies``: the classes each speaker is in training (1 + len(factors) with the ``speed``
+    augmentation: one per speed)."""
     one = len(silent) == 1
     classes = ("its class is" if one else "their classes are") if copies == 1 else \
         f"{'its' if one else 'their'} {copies} classes{'' if one else ' each'} (one per speed) are"
