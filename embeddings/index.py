@@ -515,11 +515,12 @@ class SpeakerIndex:
             raise file_error(path, "is a folder; expected a file name for the speaker index")
         pending = pending_path(path, digest)
         staged_before = pending.exists()  # then the sidecar on disk may name it: it stays, as it was
-        atomic_write_bytes(pending, data)
+        text = json.dumps(sidecar, indent=1) + "\n"
         try:
-            atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
-        except VoxaugError:  # not committed (a full disk): the staged bytes would only hold space
-            if not staged_before:
+            atomic_write_bytes(pending, data)
+            atomic_write_text(sidecar_path(path), text)
+        except BaseException:  # a full disk, Ctrl-C, SIGTERM: unless committed, the staged bytes would only hold space
+            if not staged_before and _read_if_there(sidecar_path(path)) != text.encode("utf-8"):
                 pending.unlink(missing_ok=True)
             raise
         try:

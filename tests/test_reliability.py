@@ -698,3 +698,33 @@ def test_identify_prints_a_name_with_undecodable_bytes_quoted_so_a_strict_utf8_s
     row = format_row(Identification(clip, [(name, 0.9)], softmax_speaker=name, softmax_prob=0.8, decision=name))
     row.encode("utf-8")  # what a strict UTF-8 stdout does with it
     assert row.splitlines()[0] == repr(clip) and f"decision: {name!r} (threshold" in row, row
+
+
+@pytest.mark.parametrize("moment", ["staged", "sidecar", "committed"])
+def test_an_index_save_interrupted_before_its_commit_leaves_no_staged_copy(tmp_path, monkeypatch, moment):
+    """Ctrl-C or SIGTERM once the index bytes were staged, or while the sidecar was written, left the staged
+    `.spk.faiss.<sha256>.pending` copy of the index behind, as large as the index, until the next save; only once the
+    sidecar names it (committed) does a load need it."""
+    import voxaug.embeddings.index as index_module
+
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    writer = "atomic_write_bytes" if moment == "staged" else "atomic_write_text"
+    real_write = getattr(index_module, writer)
+
+    def interrupted(target, content):
+        if moment != "sidecar":
+            real_write(target, content)
+        raise KeyboardInterrupt
+
+    index.add("bob", np.eye(4)[1:2])
+    monkeypatch.setattr(index_module, writer, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        index.save(path)
+    monkeypatch.setattr(index_module, writer, real_write)
+    committed = moment == "committed"
+    assert SpeakerIndex.load(path).speakers == (["alice", "bob"] if committed else ["alice"])
+    staged = [p.name for p in tmp_path.iterdir() if p.name.endswith(PENDING_SUFFIX)]
+    assert len(staged) == committed, staged
