@@ -11,8 +11,10 @@ from voxaug.cli.common import (
     DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, folder_name, output_file,
     warn_calibration_outdated,
 )
+from voxaug.cli.identify import shown
 from voxaug.embeddings.identify import check_speaker_name
 from voxaug.errors import VoxaugError, counted, file_error
+from voxaug.safeio import utf8_name
 
 
 @clean_errors
@@ -33,6 +35,8 @@ def enroll(
     quiet: bool = QuietOption,
 ) -> None:
     """Enrol a speaker from clips into the FAISS index (or every speaker folder of --speakers-dir), or remove one."""
+    # the locale's undecoded bytes as UTF-8, as the names of --speakers-dir's and train's folders are
+    speaker, remove = (utf8_name(name) if name is not None else None for name in (speaker, remove))
     if sum(x is not None for x in (speaker, remove, speakers_dir)) != 1:
         raise VoxaugError("give one of --speaker NAME with clips, --speakers-dir DIR, or --remove NAME")
     if speakers_dir is not None and clips:
@@ -54,7 +58,8 @@ def enroll(
     if remove is not None:
         remaining = remove_speaker(index, remove, lock_timeout)
         left = len(remaining.speakers)
-        typer.echo(f"removed {remove}; {counted(left, 'speaker')} {'remains' if left == 1 else 'remain'} in {index}")
+        typer.echo(f"removed {shown(remove)}; {counted(left, 'speaker')} {'remains' if left == 1 else 'remain'} "
+                   f"in {index}")
         warn_calibration_outdated(index, remaining.calibration_outdated())
         return
     if index.exists() or sidecar_path(index).exists():  # a first write cut short leaves the sidecar alone
@@ -84,8 +89,8 @@ def enroll(
     enrolment = expand_clips(clips, audio_first)
     count = speaker_index.enroll(speaker, enrolment, append, lock_timeout)
     skipped = speaker_index.skipped[speaker]
-    typer.echo(f"enrolled {speaker} from {counted(len(enrolment) - skipped, 'clip')} ({count} in all){skipped_note(skipped)}; "
-               f"{counted(len(speaker_index.speakers), 'speaker')} in {index}")
+    typer.echo(f"enrolled {shown(speaker)} from {counted(len(enrolment) - skipped, 'clip')} ({count} in all)"
+               f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}")
     if append and count == len(enrolment) - skipped:  # all its clips are these: it was not enrolled before
         typer.echo(f"warning: {speaker} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
                    f"name? remove it with --remove {speaker!r})", err=True)
@@ -96,8 +101,8 @@ def new_names_note(names: list[str]) -> str:
     """Which folders --append enrolled as speakers the index did not hold, so that a misspelt folder name shows."""
     if not names:
         return ""
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return f" ({len(names)} new: {shown})"
+    listed = ", ".join(shown(name) for name in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f" ({len(names)} new: {listed})"
 
 
 def skipped_note(skipped: int) -> str:
@@ -112,8 +117,8 @@ def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[P
     stray = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if stray:
         raise VoxaugError(f"{folder}: --speakers-dir holds files ({', '.join(stray[:3])}); clips go in DIR/<speaker>/")
-    speakers = {sub.name: expand_clips([sub], audio_first) for sub in sorted(folder.iterdir()) if sub.is_dir()
-                and not sub.name.startswith(".")}
+    speakers = {utf8_name(sub.name): expand_clips([sub], audio_first) for sub in sorted(folder.iterdir())
+                if sub.is_dir() and not sub.name.startswith(".")}
     if not speakers:
         raise VoxaugError(f"{folder}: no <speaker>/ folders to enrol")
     for name in speakers:

@@ -491,3 +491,26 @@ def test_a_list_of_skipped_files_from_another_dataset_or_gone_rebuilds_the_store
     assert again.rebuilt and sorted(s["key"] for s in skipped) == ["spk000/session0/99998.wav", "spk001/99999.flac"]
     with pytest.raises(VoxaugError, match="99998.wav|99999.flac"):
         open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
+
+
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+"""The C locale with UTF-8 mode turned off (Python turns it on for the C locale unless ``PYTHONUTF8=0``): file names
+decode as ASCII, so every byte of ``José`` past the ``s`` comes back as one of ``os.fsdecode``'s surrogates."""
+
+
+def test_audio_whose_name_is_not_ascii_or_not_utf8_is_read_under_any_locale(tmp_path):
+    """soundfile encodes a ``str`` file name strictly in the file system encoding, so every clip under a folder such as
+    ``José/`` was skipped as "not a readable audio file ('ascii' codec can't encode ...)" under ``LC_ALL=C`` (train
+    stopped: every file unreadable), and a Latin-1 name (not UTF-8) was skipped so under a UTF-8 locale too."""
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9") / "1.wav"
+    latin1.parent.mkdir()
+    soundfile.write(os.fsencode(latin1), tone(), 16000)
+    assert read_audio(latin1, 16000).shape == (16000,)
+    accented = tmp_path / "José 中文" / "1.wav"
+    accented.parent.mkdir()
+    soundfile.write(accented, tone(), 16000)
+    script = ("import sys; from voxaug.runtime.frontend import read_mono; "
+              "print(read_mono(sys.argv[1])[0].shape[0])")
+    result = subprocess.run([sys.executable, "-c", script, str(accented)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **ASCII_LOCALE})
+    assert result.returncode == 0 and result.stdout.strip() == "16000", result.stderr

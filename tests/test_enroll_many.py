@@ -286,3 +286,38 @@ def test_a_speaker_folder_in_decomposed_unicode_keeps_its_spelling_so_evaluate_m
     clips = sorted(sorted((tiny_synth / "unseen" / "enroll").iterdir())[0].glob("*.pt"))
     with pytest.raises(VoxaugError, match="one name in different Unicode spellings"):
         api.enroll_many({"ren\u00e9": clips[:1], "rene\u0301": clips[1:2]})
+
+
+def test_a_non_ascii_speaker_name_is_the_same_speaker_under_an_ascii_locale(trained_run, tiny_synth, tmp_path):
+    """Under ``LC_ALL=C`` with ``PYTHONUTF8=0`` (else Python turns UTF-8 mode on) the folder or word ``José`` is
+    ``Jos\\udcc3\\udca9``: train and embed named a class so, enroll a speaker so, and the model and index kept
+    that name, so evaluate under a UTF-8 locale refused the same folders as other speakers, identify answered
+    the escaped name, and ``enroll --speaker José --append`` enrolled the speaker a second time."""
+    import os
+    import subprocess
+    import sys
+
+    from voxaug.data.sources import ClipFolderSource
+    from voxaug.embeddings.index import SpeakerIndex as IndexData
+
+    ascii_locale = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    name = "José 中文"
+    first, second = sorted(p for p in (tiny_synth / "unseen" / "enroll").iterdir() if p.is_dir())[:2]
+    shutil.copytree(first, tmp_path / "people" / name / "video")
+    shutil.copytree(second, tmp_path / "people" / "Zoë" / "video")
+    script = ("import sys; from voxaug.data.sources import ClipFolderSource; "
+              "print(ascii(ClipFolderSource(sys.argv[1]).speakers))")
+    listed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "people")], capture_output=True,
+                            text=True, timeout=120, env=ascii_locale)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == ascii(ClipFolderSource(tmp_path / "people").speakers) == ascii([name, "Zoë"])
+    index = tmp_path / "spk.faiss"
+    command = [sys.executable, "-m", "voxaug", "enroll", "--index", index, "--ckpt", trained_run / "best.pt",
+               "--speakers-dir", tmp_path / "people", "--device", "cpu", "-q"]
+    enrolled = subprocess.run([str(a) for a in command], capture_output=True, text=True, timeout=120, env=ascii_locale)
+    assert enrolled.returncode == 0, enrolled.stderr
+    clip = tiny_synth / "unseen" / "test" / first.name
+    typed = os.fsencode(name).decode("ascii", "surrogateescape")  # the --speaker word as the C locale decodes it
+    appended = invoke("enroll", "--index", index, "--speaker", typed, "--append", sorted(clip.glob("*.pt"))[0])
+    assert appended.exit_code == 0 and "warning" not in appended.output, appended.output
+    assert sorted(IndexData.load(index).counts) == [name, "Zoë"]

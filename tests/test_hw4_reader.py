@@ -334,3 +334,30 @@ def test_split_takes_a_group_that_fills_the_validation_share_exactly():
         train, val = stratified_split(labels, 0.2, seed=seed, groups=groups)
         assert len(val) == 2 and len(train) == 8, seed
         assert not {groups[i] for i in val} & {groups[i] for i in train}, seed
+
+
+def test_a_listed_file_name_that_is_not_ascii_is_found_under_an_ascii_locale(tmp_path):
+    """metadata.json, testdata.json and a trials file are UTF-8 text: under ``LC_ALL=C`` with ``PYTHONUTF8=0`` (else
+    Python turns UTF-8 mode on) a listed ``uttré.pt`` was refused as "not a usable path ('ascii' codec can't encode ...)",
+    though the file is there, because Python names that file's bytes ``uttr\\udcc3\\udca9.pt`` under that locale."""
+    import subprocess
+    import sys
+
+    root = make_hw4(tmp_path / "data", speakers=2, per_speaker=2)
+    renamed = {"uttr-0000.pt": "uttré-0000.pt", "uttr-0001.pt": "中文-0001.pt"}
+    for old, new in renamed.items():
+        (root / old).rename(root / new)
+
+    def rename_entries(metadata: dict) -> None:
+        for entry in (entry for entries in metadata["speakers"].values() for entry in entries):
+            entry["feature_path"] = renamed.get(entry["feature_path"], entry["feature_path"])
+
+    rewrite_metadata(root, rename_entries)
+    (root / "trials.txt").write_text("1 uttré-0000.pt 中文-0001.pt\n0 uttré-0000.pt uttr-0100.pt\n", encoding="utf-8")
+    script = ("import sys; from pathlib import Path; from voxaug.data.sources import HW4Source; "
+              "from voxaug.embeddings.evaluation import read_trials; root = Path(sys.argv[1]); "
+              "source = HW4Source(root, 'train'); source.fingerprint(); "
+              "print(len(source.utterances), len(read_trials(root / 'trials.txt', root)))")
+    result = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
+    assert result.returncode == 0 and result.stdout.split() == ["4", "2"], result.stderr

@@ -728,3 +728,29 @@ def test_an_index_save_interrupted_before_its_commit_leaves_no_staged_copy(tmp_p
     assert SpeakerIndex.load(path).speakers == (["alice", "bob"] if committed else ["alice"])
     staged = [p.name for p in tmp_path.iterdir() if p.name.endswith(PENDING_SUFFIX)]
     assert len(staged) == committed, staged
+
+
+def test_enroll_prints_a_name_with_undecodable_bytes_quoted_so_a_strict_utf8_stdout_can_take_it(trained_run, tiny_synth,
+                                                                                                 tmp_path):
+    """A speaker name that is not UTF-8 (a Latin-1 folder under --speakers-dir, or such a --speaker word) holds
+    ``os.fsdecode``'s surrogates: under en_US.UTF-8 or PYTHONIOENCODING=utf-8 (stdout's errors strict) enroll wrote
+    the index, then stopped with an unexpected UnicodeEncodeError (exit 3) printing what it had done, so a script
+    took the enrolment for failed. The names are printed quoted, as identify's table prints them."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    def enroll(*args: object) -> str:
+        result = CliRunner().invoke(app, ["enroll", "--index", str(tmp_path / "spk.faiss"), *map(str, args)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    first, second = sorted(p for p in (tiny_synth / "unseen" / "enroll").iterdir() if p.is_dir())[:2]
+    carl, dave = os.fsdecode(b"carl\xe9"), os.fsdecode(b"dav\xe9")
+    output = enroll("--ckpt", trained_run / "best.pt", "--speaker", carl, *sorted(first.glob("*.pt")))
+    assert output.startswith(f"enrolled {carl!r} from "), output
+    shutil.copytree(second, tmp_path / "people" / dave)
+    assert f"(1 new: {dave!r})" in enroll("--speakers-dir", tmp_path / "people", "--append")
+    assert enroll("--remove", carl).startswith(f"removed {carl!r}; 1 speaker remains")

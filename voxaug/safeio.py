@@ -102,6 +102,20 @@ def home_expanded(path: str | Path, what: str) -> Path:
         raise VoxaugError(f"{what} {str(path)!r}: the home folder of {Path(path).parts[0]!r} cannot be found") from None
 
 
+def utf8_name(name: str) -> str:
+    """A file or folder name, or a command-line word, that the locale could not decode (``os.fsdecode``'s surrogates
+    for its bytes) as the UTF-8 text those bytes spell: under ``LC_ALL=C`` without UTF-8 mode the folder ``José/``
+    gives ``Jos\\udcc3\\udca9``, and a speaker named from it kept that name in the model and the index, another
+    speaker than the ``José`` of a UTF-8 locale. Bytes that are not UTF-8 stay surrogates, as a UTF-8 locale has them;
+    a name the locale did decode (all of it, or under Latin-1) is kept as it is."""
+    if not any("\udc80" <= character <= "\udcff" for character in name):
+        return name
+    try:
+        return os.fsencode(name).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # text as well as surrogates: not a name the file system gave
+        return name
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.

@@ -17,7 +17,7 @@ from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
-from voxaug.safeio import read_json
+from voxaug.safeio import read_json, utf8_name
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,12 @@ def _stat_fingerprint(files: list[tuple[str, Path]], extra: str = "") -> str:
         try:
             stat = path.stat()
         except OSError:
-            digest.update(os.fsencode(f"{name}|missing\n"))
+            digest.update(f"{name}|missing\n".encode("utf-8", "surrogateescape"))
             continue
         # the inode and its change time too: a file replaced or rewritten with the same size and mtime (`cp -p`,
         # `rsync -a`, `touch -r`, a re-extracted archive) would otherwise keep its stale features; no tool can set ctime
-        digest.update(os.fsencode(f"{name}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}\n"))
+        line = f"{name}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))  # a name as a listing's UTF-8 text or a file's bytes
     return digest.hexdigest()
 
 
@@ -70,8 +71,9 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
         raise file_error(listed_in, f"{field} must be a non-empty string, got {relative!r}")
     if os.path.isabs(relative):
         raise file_error(listed_in, f"{field} {relative!r} is absolute; paths must be relative to the dataset folder")
-    try:
-        resolved = (root / relative).resolve()
+    try:  # as the locale spells the file's name: the listing is UTF-8 text, and under LC_ALL=C Python names the
+        # bytes of "é" in a file name \udcc3\udca9 (a path holding "é" itself cannot even be looked up)
+        resolved = (root / os.fsdecode(relative.encode("utf-8", "surrogateescape"))).resolve()
     except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop (RuntimeError < 3.13)
         raise file_error(listed_in, f"{field} {relative!r} is not a usable path ({exc})") from None
     root_resolved = root.resolve()
@@ -270,7 +272,7 @@ class ClipFolderSource:
                                            "speaker, once")
                 relative = path.relative_to(self.root)
                 group = relative.parts[1] if len(relative.parts) > 2 else None
-                utterances.append(Utterance(relative.as_posix(), path, speaker_dir.name, group))
+                utterances.append(Utterance(relative.as_posix(), path, utf8_name(speaker_dir.name), group))
         if not utterances:
             raise file_error(self.root, f"no clips found: expected ROOT/<speaker>/**/*{{{','.join(suffixes)}}}")
         self.utterances = utterances

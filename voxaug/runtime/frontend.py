@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -274,8 +275,10 @@ class _SequentialSoundFile(soundfile.SoundFile):
 
 def _decode(path: Path) -> tuple[np.ndarray, int, int]:
     """An audio file's samples (frames, channels) as float32, its sample rate and the frame count its header declares,
-    read a block at a time until the end, so memory follows what the file holds, not what its header declares."""
-    with _SequentialSoundFile(path) as audio:
+    read a block at a time until the end, so memory follows what the file holds, not what its header declares.
+    Opened by its bytes name: soundfile encodes a str name strictly in the file system encoding, so a name such as
+    ``José/1.wav`` failed under an ASCII locale (``LC_ALL=C``), as did one that is not UTF-8 under a UTF-8 one."""
+    with _SequentialSoundFile(os.fsencode(path)) as audio:
         blocks = []
         while len(block := audio.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)):
             blocks.append(block)
