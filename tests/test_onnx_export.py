@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from voxaug.checkpoint import load_checkpoint, load_model, save_checkpoint
 from voxaug.cli.main import app
 from voxaug.embeddings.extract import MIN_FRAMES
 from voxaug.errors import VoxaugError
+from voxaug.export import export_onnx
 from voxaug.features import log_mel
 from voxaug.model import ModelConfig, build_model
 from voxaug.runtime.onnx_model import CONTENT_DIGEST_KEY, OnnxSpeakerModel, content_digest
@@ -420,3 +422,21 @@ def test_a_trial_clip_too_long_for_the_export_is_named_by_its_file(exported, tmp
     (tmp_path / "trials.txt").write_text("1 a.pt long.pt\n0 a.pt b.pt\n")
     one_line_refusal(lambda: score_trials(embedder, read_trials(tmp_path / "trials.txt", data)),
                      f"{data / 'long.pt'}: clip is 121 s long (12100 frames)")
+
+
+def test_export_silences_only_its_expected_warnings_so_a_new_deprecation_still_shows(trained_run, tmp_path,
+                                                                                      monkeypatch):
+    """The tracer's and the legacy exporter's known notes stay quiet, even under -W error; a warning of another kind
+    raised while exporting (a deprecated argument, say) reaches the caller instead of being swallowed."""
+    real_export = torch.onnx.export
+
+    def export_with_a_new_deprecation(*args, **kwargs):
+        warnings.warn("dynamic_axes is deprecated", FutureWarning, stacklevel=2)
+        return real_export(*args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_onnx(trained_run / "last.pt", tmp_path / "quiet.onnx")
+    monkeypatch.setattr(torch.onnx, "export", export_with_a_new_deprecation)
+    with pytest.warns(FutureWarning, match="dynamic_axes is deprecated"):
+        export_onnx(trained_run / "last.pt", tmp_path / "noted.onnx")

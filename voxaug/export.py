@@ -158,7 +158,13 @@ def _trace(network: ExportableSpeakerNet, example: tuple[torch.Tensor, torch.Ten
     dynamic = {inputs[0]: {0: "batch", 1: "time"}, inputs[1]: {0: "batch"}, OUTPUTS[0]: {0: "batch"},
                OUTPUTS[1]: {0: "batch"}}
     with tempfile.TemporaryDirectory() as folder, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes on constant-size loops (q, k, v): expected, not the user's concern
+        # only the expected notes are silenced, so a new deprecation of how export is called still shows: the
+        # tracer's on constant-size loops (q, k, v), the legacy exporter's (dynamo's needs onnxscript, not a dependency)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning,
+                                module=r"torch\.onnx\.")
         target = Path(folder) / "model.onnx"
         torch.onnx.export(network, example, str(target), dynamo=False, input_names=list(inputs),
                           output_names=list(OUTPUTS), dynamic_axes=dynamic, opset_version=opset)
