@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -301,3 +302,21 @@ def test_a_read_only_cache_says_how_to_use_another_when_its_folder_or_index_cann
         open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
     assert str(error.value) == (f"{refused}: Read-only file system (in the feature cache folder; pass --cache-dir or "
                                 "set VOXAUG_CACHE to use another)")
+
+
+@pytest.mark.parametrize("field", ["lengths", "labels", "n_mels"])
+def test_a_store_index_with_a_number_too_large_for_int64_is_rebuilt(tmp_path, field):
+    """A damaged index.json is rebuilt from the source; a number past int64 in it (or an n_mels of Infinity) raised
+    OverflowError, which is no ValueError: every command reading the dataset ended 'unexpected OverflowError', exit 3."""
+    root = make_hw4(tmp_path / "d")
+    first = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    index_path = first.folder / "index.json"
+    index = json.loads(index_path.read_text())
+    if field == "n_mels":
+        index[field] = float("inf")
+    else:
+        index[field][0] = 10**30
+    index_path.write_text(json.dumps(index))
+    del first
+    again = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert again.rebuilt and json.loads(index_path.read_text())[field] != index[field]

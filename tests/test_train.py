@@ -9,10 +9,13 @@ import os
 import re
 import shutil
 import types
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import Result
 
 import voxaug.inference as inference
 import voxaug.train as training
@@ -507,8 +510,8 @@ def test_resume_accepts_an_augmentation_strength_given_at_its_default_value(tiny
     assert other.exit_code == 2 and "--resume cannot change --reverb-p" in other.output, other.output
 
 
-def test_a_metrics_log_that_is_not_utf8_is_refused_by_name_by_resume_and_plot(tiny_synth, tmp_path):
-    """Damage to metrics.jsonl is bad input (exit 2, the file named), not a bug (exit 3), and changes nothing."""
+def two_step_run(tiny_synth: Path, tmp_path: Path) -> tuple[Path, Callable[[], Result]]:
+    """A tiny run trained for 2 steps, and a call that resumes it to 4 through the CLI (the damaged-run tests)."""
     from typer.testing import CliRunner
 
     from voxaug.cli.main import app
@@ -518,11 +521,20 @@ def test_a_metrics_log_that_is_not_utf8_is_refused_by_name_by_resume_and_plot(ti
                "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--augment", "none",
                "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     assert CliRunner().invoke(app, [*command, "--steps", "2"]).exit_code == 0
+    return run, lambda: CliRunner().invoke(app, [*command, "--steps", "4", "--resume"])
+
+
+def test_a_metrics_log_that_is_not_utf8_is_refused_by_name_by_resume_and_plot(tiny_synth, tmp_path):
+    """Damage to metrics.jsonl is bad input (exit 2, the file named), not a bug (exit 3), and changes nothing."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
     metrics = run / "metrics.jsonl"
     metrics.write_bytes(metrics.read_bytes() + b"\xff\xfe\n")
     before = {path.name: path.read_bytes() for path in run.iterdir()}
-    for args in ([*command, "--steps", "4", "--resume"], ["plot", str(run), "--out", str(tmp_path / "c.png")]):
-        result = CliRunner().invoke(app, args)
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    for result in (resume(), CliRunner().invoke(app, ["plot", str(run), "--out", str(tmp_path / "c.png")])):
         assert result.exit_code == 2, result.output
         assert f"error: {metrics}: not a metrics log" in result.output, result.output
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
@@ -886,3 +898,61 @@ def test_a_run_whose_last_step_leaves_nan_weights_fails_instead_of_naming_a_miss
     assert str(refused.value) == ("training failed: the model's weights are NaN/Inf (after its last step; lower --lr, "
                                   "--weight-decay or --scale)")
     assert not (run / "best.pt").exists()
+
+
+@pytest.mark.parametrize("line", ["[" * 100000, '{"step": ' + "9" * 5000 + "}"], ids=["nested", "long-number"])
+def test_a_metrics_line_json_cannot_parse_is_refused_by_name_by_resume(tiny_synth, tmp_path, line):
+    """A line nested thousands deep or with a number of over 4300 digits made json raise RecursionError or
+    ValueError, not JSONDecodeError: resume ended 'unexpected RecursionError', exit 3, instead of naming the log."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(line + "\n" + metrics.read_text())
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = resume()
+    assert result.exit_code == 2, result.output
+    assert f"error: {metrics}: line 1: not a metrics row" in result.output, result.output
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+@pytest.mark.parametrize("value", ["[" * 10000 + "]" * 10000, "9" * 5000], ids=["nested", "long-number"])
+def test_a_config_file_tomllib_cannot_parse_is_refused_by_name(tmp_path, value):
+    """Arrays nested thousands deep, or an integer of over 4300 digits, made tomllib raise RecursionError or a plain
+    ValueError, not TOMLDecodeError: train --config ended 'unexpected RecursionError', exit 3."""
+    toml = tmp_path / "run.toml"
+    toml.write_text(f"steps = {value}\n")
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(toml))}: unreadable TOML \("):
+        resolve_config("cpu", toml)
+
+
+def test_a_damaged_run_config_is_refused_by_resume_naming_the_file(tiny_synth, tmp_path):
+    """A bad value in RUN/config.json was refused as if an option were wrong ('config: warmup must be an int',
+    '--lr must be positive', naming no file), and an [augment] that is no table ended 'unexpected AttributeError',
+    exit 3."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    settings = run / "config.json"
+    saved = json.loads(settings.read_text())
+    for key, value, problem in (("warmup", "", "config: warmup must be an int, got ''"),
+                                ("lr", -1.0, "--lr must be positive, got -1.0"),
+                                ("augment", 1.5, "[augment] must be a table of augmentation settings, got 1.5")):
+        settings.write_text(json.dumps({**saved, key: value}))
+        before = {path.name: path.read_bytes() for path in run.iterdir()}
+        result = resume()
+        assert result.exit_code == 2, result.output
+        assert f"error: {settings}: {problem}\n" in result.output, result.output
+        assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_a_last_pt_whose_weight_names_were_damaged_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+    """A flipped byte in a weight's name inside last.pt (torch checks no CRC) ended the resume with load_state_dict's
+    'unexpected RuntimeError: Error(s) in loading state_dict', exit 3."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    state = load_checkpoint(run / "last.pt")
+    name = next(iter(state["model"]))
+    state["model"]["x" + name[1:]] = state["model"].pop(name)
+    save_checkpoint(run / "last.pt", {key: value for key, value in state.items() if key not in ("format", "version")})
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = resume()
+    assert result.exit_code == 2, result.output
+    assert f"error: {run / 'last.pt'}: checkpoint weights do not match its own configuration (missing {name}" \
+        in result.output, result.output
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before

@@ -67,6 +67,8 @@ class TrainConfig:
         self.model.check_fits_memory()
         if not isinstance(self.frontend, dict):
             raise VoxaugError(f"[frontend] must be a table of front-end settings, got {self.frontend!r}")
+        if not isinstance(self.augment, dict):
+            raise VoxaugError(f"[augment] must be a table of augmentation settings, got {self.augment!r}")
         frontend = FrontendConfig.from_dict(self.frontend)  # refuses unknown keys and bad values
         if frontend.log_floor <= 0:  # log(mel + floor): silence would be -inf or NaN, and its clip skipped as unreadable
             raise VoxaugError(f"front end: log_floor must be > 0 to train, got {frontend.log_floor}")
@@ -210,6 +212,8 @@ def load_toml(path: str | Path) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise file_error(path, f"malformed TOML ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; arrays nested thousands deep
+        raise file_error(path, f"unreadable TOML ({str(exc).split(';')[0]})") from None
 
 
 def resolve_config(

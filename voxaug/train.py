@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
-from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint
+from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint, weight_mismatch
 from voxaug.config import TrainConfig, absolute_folders
 from voxaug.data.audio_store import default_workers, is_audio, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
@@ -280,6 +280,9 @@ class Trainer:
                                    f"{self.dist.world_size}; each rank's data share and random streams are saved "
                                    f"per rank, so resume with the same count ({train_command(saved_world)} ... --resume)")
         mine = state["ranks"][self.dist.rank] if self.dist.active and "ranks" in state else state  # world 1: same
+        mismatch = weight_mismatch(self.model.state_dict(), state["model"])
+        if mismatch:  # a damaged file: load_state_dict would fail with its own multi-line RuntimeError
+            raise file_error(path, f"checkpoint weights do not match its own configuration ({mismatch})")
         self.model.load_state_dict(state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
         if state["scaler"] and self.scaler.is_enabled():  # empty when saved without AMP (on the CPU, or --no-amp)
@@ -427,14 +430,20 @@ class Trainer:
         """The config a run was started with, for --resume: its config.json, or, when that was not copied with
         it, the one last.pt records. Only steps and device may change."""
         run_dir = Path(run_dir)
-        if (run_dir / "config.json").exists() or not (run_dir / "last.pt").exists():
-            values = read_json(run_dir / "config.json", "run config")
+        source = run_dir / "config.json"
+        if source.exists() or not (run_dir / "last.pt").exists():
+            values = read_json(source, "run config")
             if not isinstance(values, dict):
-                raise file_error(run_dir / "config.json", "expected a JSON object")
+                raise file_error(source, "expected a JSON object")
         else:
-            values = dict(load_checkpoint(run_dir / "last.pt")["config"])
+            source = run_dir / "last.pt"
+            values = dict(load_checkpoint(source)["config"])
         values.pop("run", None)
-        config = TrainConfig.from_saved(values)
+        try:  # the run's own settings: what is wrong with them is the file's, not an option the user gave
+            config = TrainConfig.from_saved(values)
+            config.validate()
+        except VoxaugError as exc:
+            raise file_error(source, str(exc)) from None
         config.steps = steps or config.steps
         config.device = device or config.device
         return config
@@ -607,7 +616,7 @@ def _metrics_step(line: str) -> int | None:
     """The step of one metrics.jsonl row, or None when the line is not a row."""
     try:
         row = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON; a number of over 4300 digits; arrays nested thousands deep
         return None
     step = row.get("step") if isinstance(row, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None

@@ -94,7 +94,7 @@ class PackedStore:
                         and index.get("version") == STORE_VERSION):
                     try:
                         return cls._from_index(folder, index, rebuilt=False)
-                    except (KeyError, TypeError, ValueError, OSError):
+                    except (KeyError, TypeError, ValueError, OverflowError, OSError):  # OverflowError: past int64
                         pass  # a damaged cache (features file truncated or replaced): rebuild it from the source
             if builder is not None:
                 index = builder(source, folder, fingerprint, progress)
