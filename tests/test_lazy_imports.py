@@ -50,3 +50,22 @@ def test_train_help_names_equal_the_registries():
     assert train_cli.AUGMENTATION_NAMES == tuple(sorted(AUGMENTATIONS))
     assert train_cli.AUGMENTATION_ORDER == tuple(sorted(AUGMENTATIONS, key=lambda name: AUGMENTATIONS[name].order))
     assert train_cli.DEFAULT_AUGMENT_NAMES == DEFAULT_AUGMENT
+
+
+def test_a_ctrl_c_while_the_cli_imports_ends_as_one_line_with_status_130():
+    """The console script imported the whole CLI before any command's error handling was in force, so Ctrl-C in its
+    first second or so printed a traceback through the imports; it now ends as a running command's Ctrl-C does."""
+    from importlib.metadata import entry_points
+
+    assert [script.value for script in entry_points(group="console_scripts", name="voxaug")] == ["voxaug.__main__:main"]
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def interrupted(name, *args, **kwargs):\n"
+            "    if name == 'voxaug.cli.main':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *args, **kwargs)\n"
+            "builtins.__import__ = interrupted\n"
+            "from voxaug.__main__ import main\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr, result.stdout) == (130, "error: interrupted\n", "")
