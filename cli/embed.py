@@ -104,7 +104,8 @@ def embed(
         raise VoxaugError("--hop is the step between --window windows; give --window too")
     check_window(window)
     check_choice("--per", per, MODES)
-    scoring = ScoringOptions(backend, lda_dim, score_norm or DEFAULT_SCORE_NORM, cohort_size, cohort_top_k).validate()
+    scoring = ScoringOptions(backend, lda_dim, DEFAULT_SCORE_NORM if score_norm is None else score_norm, cohort_size,
+                             cohort_top_k).validate()
     if index is None:
         refuse_index_options(per, hnsw, replace, score_norm, scoring)
     output_folder(out, "--out")

@@ -1161,3 +1161,16 @@ def test_an_index_object_shared_by_threads_keeps_the_last_write_not_the_last_to_
     first.join(60), later.join(60)
     expected = ["a", "b", "c"] if second == "enroll" else ["b"]
     assert voxaug.SpeakerIndex.open(index.path).speakers == expected and index.speakers == expected
+
+
+def test_an_empty_device_is_refused_by_identify_and_enroll_as_by_the_other_commands(models, tiny_synth, tmp_path):
+    """``identify --device ""`` and ``enroll --device ""`` (an unset ``$DEVICE``) ran on the CPU, where train,
+    predict, embed and evaluate refuse the empty name: ``device or "cpu"`` took it for no device given."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    expected = "error: --device '' is not known; accepted: auto, cpu, cuda"
+    one_line_error(*invoke("identify", "--index", index.path, "--device", "", clip), expected)
+    one_line_error(*invoke("enroll", "--index", index.path, "--speaker", "b", "--device", "", clip), expected)
+    with pytest.raises(VoxaugError, match=r"^--device '' is not known"):
+        voxaug.SpeakerIndex.open(index.path, device="")

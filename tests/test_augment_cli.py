@@ -359,3 +359,20 @@ def test_plot_and_training_draw_a_dollar_sign_in_a_label_or_run_folder_as_itself
         result = runner.invoke(app, ["plot", str(run), str(other), *labels, "--out", str(tmp_path / "c.png")])
         assert result.exit_code == 0, output_of(result)
         assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_mixup_alpha_whose_beta_draws_are_nan_is_refused_before_reading_data(tmp_path):
+    """`--mixup-alpha 1e-320` passed the (0, 10] check; every λ was then NaN, so was every loss, and the run stopped
+    after max_bad_steps steps saying 'lower --lr'."""
+    result = runner.invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"),
+                                 "--augment", "mixup", "--mixup-alpha", "1e-320"])
+    assert result.exit_code == 2, output_of(result)
+    assert result.output == "error: --mixup-alpha (mixup alpha) must be a number in [1e-300, 10], got 1e-320\n"
+
+
+def test_an_empty_preset_is_refused_before_reading_data(tmp_path):
+    """`train --preset ""` (an unset ``$PRESET``) trained the cpu preset, where every other empty name is refused."""
+    result = runner.invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"),
+                                 "--preset", ""])
+    assert result.exit_code == 2, result.output
+    assert result.output == "error: --preset '' is not known; accepted: cpu, strong, boss, baseline\n"

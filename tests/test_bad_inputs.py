@@ -754,3 +754,13 @@ def test_a_lock_timeout_out_of_range_is_refused_without_contradicting_itself(tmp
     code, output = invoke(["enroll", "--index", tmp_path / "spk.faiss", "--speaker", "a", "--lock-timeout", value,
                            clip_file])
     assert (code, output) == (2, f"error: --lock-timeout must be a finite number of seconds >= 0, got {shown}\n")
+
+
+def test_embed_refuses_an_empty_score_norm_as_identify_and_evaluate_do(tmp_path):
+    """``embed --index FILE --score-norm ""`` (an unset ``$NORM``) built an index scoring ``none``, where identify
+    and evaluate refuse the empty name: ``score_norm or "none"`` took it for the option left out."""
+    ckpt = write(tmp_path / "last.pt", b"not read: the option is checked first")
+    code, output = invoke(["embed", "--ckpt", ckpt, tmp_path / "no-such-data", "--out", tmp_path / "emb",
+                           "--index", tmp_path / "spk.faiss", "--score-norm", ""])
+    assert (code, output) == (2, "error: --score-norm '' is not known; accepted: none, asnorm\n")
+    assert not (tmp_path / "emb").exists()

@@ -822,9 +822,11 @@ def _nan_loss_at(monkeypatch, bad_steps):
     monkeypatch.setattr(Trainer, "train_step", step)
 
 
-def test_a_run_shorter_than_max_bad_steps_with_every_step_skipped_fails(tiny_synth, tmp_path):
-    """--scale 1e308 makes every loss Inf: a run of fewer than max_bad_steps steps skipped them all and said done."""
-    trainer = Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}, scale=1e308), tiny_synth,
+def test_a_run_shorter_than_max_bad_steps_with_every_step_skipped_fails(tiny_synth, tmp_path, monkeypatch):
+    """Every loss Inf (as --scale 1e308 made it before it was refused): a run of fewer than max_bad_steps steps
+    skipped them all and said done."""
+    _nan_loss_at(monkeypatch, {0, 1, 2, 3})
+    trainer = Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth,
                       tmp_path / "run", progress=False)
     with pytest.raises(VoxaugError, match=r"training failed: the loss was NaN/Inf at all 4 steps, each skipped"):
         trainer.fit()
@@ -871,7 +873,7 @@ def test_a_learning_rate_that_overflows_adamws_float32_step_is_refused_up_front(
     with pytest.raises(VoxaugError) as refused:
         resolve_config("cpu", overrides={"lr": 1e308}).validate()
     assert str(refused.value) == "--lr must be at most 1e+37 (AdamW steps in float32), got 1e+308"
-    resolve_config("cpu", overrides={"lr": 1e37}).validate()
+    resolve_config("cpu", overrides={"lr": 1e37, "weight_decay": 0.0}).validate()
 
 
 def test_best_pt_never_takes_weights_a_step_left_nan(tiny_synth, tmp_path, monkeypatch):
@@ -956,3 +958,27 @@ def test_a_last_pt_whose_weight_names_were_damaged_is_refused_by_resume_naming_i
     assert f"error: {run / 'last.pt'}: checkpoint weights do not match its own configuration (missing {name}" \
         in result.output, result.output
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_a_scale_that_overflows_the_float32_logits_is_refused_up_front(tmp_path):
+    """`train --scale 1e308` passed the finite check; every loss was then Inf and the run stopped after
+    max_bad_steps steps (minutes in), saying 'lower --lr'."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"),
+                                      "--scale", "1e308"])
+    assert result.exit_code == 2, result.output
+    assert result.output == "error: --scale must be at most 1e+37 (the logits are float32), got 1e+308\n"
+    resolve_config("cpu", model_overrides={"scale": 1e37}).validate()
+
+
+@pytest.mark.parametrize("weight_decay", [600.0, 1e308])
+def test_a_weight_decay_that_zeroes_or_flips_the_weights_is_refused_up_front(weight_decay):
+    """AdamW multiplies each weight by 1 - lr x weight decay: `--weight-decay 600` (lr 2e-3) zeroed or flipped them
+    every step and the run ended 'done' at chance accuracy; 1e308 made them NaN and stopped the run after
+    max_bad_steps steps, saying 'lower --lr'."""
+    with pytest.raises(VoxaugError, match=r"^--weight-decay \S+ times --lr 0.002 must be below 1"):
+        resolve_config("cpu", overrides={"weight_decay": weight_decay}).validate()
+    resolve_config("cpu", overrides={"weight_decay": 499.0}).validate()

@@ -31,6 +31,9 @@ MAX_SEED = 2**32 - 1
 MAX_LR = 1e37
 """Largest --lr: AdamW's first steps move each weight by up to 10 times the rate, a float32 number (at most 3.4e38);
 a larger one crashed at the first step instead of being refused up front."""
+MAX_SCALE = 1e37
+"""Largest AM-Softmax --scale: the logits are scale times a cosine in float32 (at most 3.4e38); a larger one made
+every loss Inf, and the run stopped after max_bad_steps steps instead of being refused up front."""
 DERIVED_MODEL_KEYS = ("n_mels", "num_classes", "num_speakers")
 """Model settings a run takes from its data (and a checkpoint records), which a config may not set."""
 
@@ -91,8 +94,14 @@ class TrainConfig:
             raise VoxaugError(f"--lr must be positive, got {self.lr}")
         if self.lr > MAX_LR:
             raise VoxaugError(f"--lr must be at most {MAX_LR:g} (AdamW steps in float32), got {self.lr:g}")
+        if self.model.scale > MAX_SCALE:
+            raise VoxaugError(f"--scale must be at most {MAX_SCALE:g} (the logits are float32), got {self.model.scale:g}")
         if self.weight_decay < 0:
             raise VoxaugError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:  # AdamW's decay step: weight *= 1 - lr * weight_decay
+            raise VoxaugError(f"--weight-decay {self.weight_decay:g} times --lr {self.lr:g} must be below 1 (AdamW "
+                              "multiplies every weight by 1 - lr x weight decay each step), got "
+                              f"{self.lr * self.weight_decay:g}")
         if self.grad_clip <= 0:  # set only in a --config file, so named by its key there
             raise VoxaugError(f"grad_clip must be > 0, got {self.grad_clip}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -237,7 +246,8 @@ def resolve_config(
     file_preset = file_values.get("preset")
     if file_preset is not None and (not isinstance(file_preset, str) or file_preset not in PRESETS):
         raise file_error(toml_path, f"preset {file_preset!r} is not known; accepted: {', '.join(PRESETS)}")
-    preset = preset or file_preset or (base.preset if base else "cpu")
+    if preset is None:  # an empty --preset is a name, refused below, not the option left out
+        preset = file_preset or (base.preset if base else "cpu")
     base_values = base.to_dict() if base else create_config(preset).to_dict()
     base_tables = {table: base_values.pop(table) for table in ("model", "augment", "frontend")}
     file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}

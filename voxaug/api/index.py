@@ -51,7 +51,7 @@ def loaded_model(model: SpeakerModel | str | Path, device: str | None, threads: 
     """``model`` loaded from its path on ``device`` (default cpu); a SpeakerModel given already runs as it was
     loaded, so a ``device`` other than its own, or ``threads``, beside it are refused rather than silently ignored."""
     if not isinstance(model, SpeakerModel):
-        return SpeakerModel.load(model, device or "cpu", threads)
+        return SpeakerModel.load(model, "cpu" if device is None else device, threads)
     if device is not None and runs_on(model, device):
         device = None
     given = ", ".join(f"{name}={value!r}" for name, value in (("device", device), ("threads", threads))
@@ -169,7 +169,7 @@ class SpeakerIndex:
         between reading the index and loading the model, which takes seconds."""
         cls.check_options(path, data, score_norm, cohort_top_k, threshold)
         if model is None:
-            model = sidecar_model(data, path, device or "cpu", threads)
+            model = sidecar_model(data, path, "cpu" if device is None else device, threads)
         else:
             model = loaded_model(model, device, threads)
         check_model(data, path, model.path, model.sha256, model.embedding_dim, model.source_sha256)

@@ -10,6 +10,9 @@ from voxaug.augment.base import BatchAugmentation, TrainBatch, real_frames, regi
 from voxaug.errors import VoxaugError
 
 CANDIDATES = 4
+MIN_ALPHA = 1e-300
+"""Smallest --mixup-alpha: under about 4e-306 the boost ``log(U) / alpha`` of ``log_gamma_sample`` overflows float64,
+both Gamma draws are -inf and every λ is NaN (Beta(α, α) is already a coin flip between 0 and 1 long before)."""
 
 
 def log_gamma_sample(shape: float, count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -61,8 +64,8 @@ class Mixup(BatchAugmentation):
     order = 30
 
     def __init__(self, alpha: float = 0.3) -> None:
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 10:
-            raise VoxaugError(f"--mixup-alpha (mixup alpha) must be a number in (0, 10], got {alpha!r}")
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not MIN_ALPHA <= alpha <= 10:
+            raise VoxaugError(f"--mixup-alpha (mixup alpha) must be a number in [{MIN_ALPHA:g}, 10], got {alpha!r}")
         self.alpha = float(alpha)
 
     def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
