@@ -7,19 +7,28 @@ from pathlib import Path
 import pytest
 import torch
 
+from voxaug.cli.common import DEBUG_ENV
 from voxaug.config import resolve_config
 from voxaug.synth import SynthConfig, generate
-from voxaug.train import Trainer
+from voxaug.train import TRACE_ENV, Trainer
 
 TINY_SYNTH = SynthConfig(speakers=5, utterances=20, unseen=2, enroll_per_unseen=3, test_per_unseen=3,
                          min_seconds=0.8, max_seconds=1.4, seed=7)
 TINY_MODEL = {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 1, "kernel_size": 7, "embedding_dim": 32}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Every test, and every module or session fixture (which run before a test's own fixtures), packs into a
+    private cache, not ~/.cache/voxaug or the developer's $VOXAUG_CACHE."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VOXAUG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test packs into a private cache and runs single-threaded for determinism and speed."""
-    monkeypatch.setenv("VOXAUG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _single_thread():
+    """Every test runs single-threaded for determinism and speed."""
     torch.set_num_threads(1)
 
 
@@ -68,3 +77,13 @@ def straight_and_resumed(make_config, data: Path, root: Path, monkeypatch, stop_
     assert load_checkpoint(root / "resumed" / "last.pt")["step"] < stop_at, "the interrupted run saved before the stop"
     Trainer(Trainer.config_from_run(root / "resumed"), data, root / "resumed", progress=False).fit(resume=True)
     return load_checkpoint(root / "straight" / "last.pt"), load_checkpoint(root / "resumed" / "last.pt")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _without_the_developer_s_settings():
+    """A developer's VOXAUG_DEBUG turned the one-line errors tests assert into tracebacks, and VOXAUG_TRACE_BATCHES
+    wrote a trace into every run (or, not a number, stopped every Trainer); tests that need them set them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (DEBUG_ENV, TRACE_ENV):
+            patch.delenv(name, raising=False)
+        yield

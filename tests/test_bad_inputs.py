@@ -764,3 +764,15 @@ def test_embed_refuses_an_empty_score_norm_as_identify_and_evaluate_do(tmp_path)
                            "--index", tmp_path / "spk.faiss", "--score-norm", ""])
     assert (code, output) == (2, "error: --score-norm '' is not known; accepted: none, asnorm\n")
     assert not (tmp_path / "emb").exists()
+
+
+def test_the_suite_ignores_a_developer_s_voxaug_debug_and_trace_batches(tmp_path):
+    """With ``VOXAUG_DEBUG=1`` exported (the README's way to see tracebacks) the CLI tests got tracebacks where they
+    assert one-line errors (46 failures in test_augment_cli and test_predict_out; here one cheap such test), and
+    ``VOXAUG_TRACE_BATCHES`` set to a word stopped every Trainer."""
+    test = "test_bad_inputs.py::test_a_tilde_of_no_such_user_in_a_path_option_is_one_error_naming_the_option"
+    env = {**os.environ, "VOXAUG_DEBUG": "1", "VOXAUG_TRACE_BATCHES": "some", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                           str(tmp_path / "base"), f"{Path(__file__).parent}/{test}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]

@@ -24,14 +24,32 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
 
 
+def checkout_copy(tree: Path) -> Path:
+    """The checkout's files, without git's, build outputs or caches: a build writes its build/ and egg-info there,
+    not into the checkout, and no stale build/lib of an earlier one ships."""
+    import shutil
+
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
+                                                              "__pycache__", "*.py[cod]", ".pytest_cache", ".hypothesis",
+                                                              "demo", "runs", ".whl"))
+    return tree
+
+
 @pytest.fixture(scope="module")
-def runtime_venv(tmp_path_factory) -> Path:
+def checkout_entries() -> list[str]:
+    return sorted(path.name for path in REPO.iterdir())
+
+
+@pytest.fixture(scope="module")
+def runtime_venv(tmp_path_factory, checkout_entries) -> Path:
     """A venv without pip of its own (so only voxaug's install is measured), filled by this interpreter's pip
     with the deployment constraints that docs/deployment.md gives for a size-sensitive install."""
-    venv = tmp_path_factory.mktemp("runtime") / "venv"
+    root = tmp_path_factory.mktemp("runtime")
+    venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-compile", "-c", str(CONSTRAINTS), str(REPO)], check=True, capture_output=True)
+                    "--no-compile", "-c", str(CONSTRAINTS), str(checkout_copy(root / "tree"))], check=True,
+                   capture_output=True)
     return venv
 
 
@@ -101,14 +119,10 @@ def test_runtime_install_refuses_training_commands_naming_the_train_extra(runtim
 def test_the_sdist_carries_every_file_its_tests_read(tmp_path):
     """An sdist held tests/test_*.py but not tests/conftest.py, tests/hw4_factory.py, docs/, deploy/, benchmarks/ or
     demo.sh, so its tests stopped at collection (`No module named 'conftest'`, `'hw4_factory'`, `'bench'`)."""
-    import shutil
     import tarfile
 
     pytest.importorskip("setuptools", reason="builds the sdist with this interpreter's setuptools (3.12's venv has none)")
-    tree = tmp_path / "tree"  # a copy, so that the build's egg-info is not written into the checkout
-    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
-                                                              "__pycache__", "*.py[cod]", ".pytest_cache", ".hypothesis",
-                                                              "demo", "runs", ".whl"))
+    tree = checkout_copy(tmp_path / "tree")
     build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
     done = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=tree, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -155,3 +169,9 @@ def test_a_checkout_adds_voxaug_cli_and_embeddings_and_no_other_folder_of_its_ro
     found = done.stdout.split("\n")
     assert found[0] == f"{REPO / 'cli' / '__init__.py'} {REPO / 'embeddings' / '__init__.py'} {[str(REPO / 'voxaug')]}"
     assert found[1:] == [""], done.stdout
+
+
+def test_the_runtime_install_writes_nothing_into_the_checkout(runtime_venv, checkout_entries):
+    """pip built the checkout itself: every run left build/ in it (ignored by git, so unseen), whose build/lib the
+    next build shipped too, a module deleted from voxaug/ included; and two runs at once built in one folder."""
+    assert sorted(path.name for path in REPO.iterdir()) == checkout_entries

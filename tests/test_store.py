@@ -320,3 +320,16 @@ def test_a_store_index_with_a_number_too_large_for_int64_is_rebuilt(tmp_path, fi
     del first
     again = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
     assert again.rebuilt and json.loads(index_path.read_text())[field] != index[field]
+
+
+@pytest.fixture(scope="module")
+def cache_of_a_module_fixture():
+    from voxaug.data.store import default_cache_dir
+
+    return default_cache_dir()
+
+
+def test_module_fixtures_pack_into_the_session_s_private_cache(cache_of_a_module_fixture, tmp_path_factory):
+    """conftest set VOXAUG_CACHE for each test only, after module and session fixtures had run: those (a Trainer,
+    `voxaug embed`) packed into ~/.cache/voxaug, or the developer's own cache, a new store on every run."""
+    assert cache_of_a_module_fixture == tmp_path_factory.getbasetemp() / "cache"
