@@ -35,7 +35,7 @@ from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.safeio import (
     TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock,
-    finite_number, fsync_dir, read_json, real_path,
+    finite_number, fsync_dir, read_json, real_path, write_error,
 )
 
 if TYPE_CHECKING:
@@ -517,7 +517,7 @@ class SpeakerIndex:
         staged_before = pending.exists()  # then the sidecar on disk may name it: it stays, as it was
         text = json.dumps(sidecar, indent=1) + "\n"
         try:
-            atomic_write_bytes(pending, data)
+            _stage(pending, data, path)
             atomic_write_text(sidecar_path(path), text)
         except BaseException:  # a full disk, Ctrl-C, SIGTERM: unless committed, the staged bytes would only hold space
             if not staged_before and _read_if_there(sidecar_path(path)) != text.encode("utf-8"):
@@ -639,6 +639,17 @@ def _read_sidecar(side: Path) -> dict:
                                f"{', '.join(map(str, READABLE_VERSIONS))})")
     _check_sidecar_types(meta, side)
     return meta
+
+
+def _stage(pending: Path, data: bytes, path: Path) -> None:
+    """The index bytes written to their staged copy; a refusal (a full disk) names FILE, which the user asked for and
+    which is as it was, not the hidden staged file."""
+    try:
+        atomic_write_bytes(pending, data)
+    except VoxaugError as exc:
+        if isinstance(exc.__cause__, OSError):
+            raise write_error(path, exc.__cause__) from exc.__cause__
+        raise
 
 
 def _read_if_there(path: Path) -> bytes | None:

@@ -440,3 +440,25 @@ def test_export_silences_only_its_expected_warnings_so_a_new_deprecation_still_s
     monkeypatch.setattr(torch.onnx, "export", export_with_a_new_deprecation)
     with pytest.warns(FutureWarning, match="dynamic_axes is deprecated"):
         export_onnx(trained_run / "last.pt", tmp_path / "noted.onnx")
+
+
+def test_a_full_temporary_folder_is_named_not_blamed_on_the_checkpoint(trained_run, tmp_path, monkeypatch):
+    """The exporter traces into a temporary folder first: when that disk was full the error read
+    "last.pt: ONNX export failed at opset 17 ([Errno 28] No space left on device)", sending the user to the
+    checkpoint, which was fine. The temporary file is named now, with what to do; --out is kept."""
+    import errno
+    import re
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the previous export")
+
+    def no_room(network, example, target, **options):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", no_room)
+    result = runner.invoke(app, ["export", "--ckpt", str(trained_run / "last.pt"), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(r"error: \S+/model\.onnx: cannot write: No space left on device; [0-9.]+ MiB free there "
+                        r"\(the export's temporary file; set TMPDIR to a folder with room\)\n", result.output), \
+        result.output
+    assert out.read_bytes() == b"the previous export"

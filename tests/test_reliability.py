@@ -755,3 +755,54 @@ def test_enroll_prints_a_name_with_undecodable_bytes_quoted_so_a_strict_utf8_std
     shutil.copytree(second, tmp_path / "people" / dave)
     assert f"(1 new: {dave!r})" in enroll("--speakers-dir", tmp_path / "people", "--append")
     assert enroll("--remove", carl).startswith(f"removed {carl!r}; 1 speaker remains")
+
+
+def test_a_checkpoint_write_cut_short_says_why_the_disk_refused_it_not_torchs_assertion(tmp_path):
+    """torch's zip writer turns the OSError of a write refused part-way into "[enforce fail at inline_container.cc]
+    unexpected pos ..." and the free space was added as for a full disk: under a file size limit or a quota the
+    error read as a torch bug beside gigabytes free. The write's own OSError, kept as the RuntimeError's context,
+    now gives the reason."""
+    import resource
+
+    checkpoint = tmp_path / "last.pt"
+    atomic_write_bytes(checkpoint, b"old")
+    code = ("import sys, torch\nfrom voxaug.errors import VoxaugError\nfrom voxaug.safeio import atomic_torch_save\n"
+            "try:\n    atomic_torch_save(sys.argv[1], {'weights': torch.zeros(100_000)})\n"
+            "except VoxaugError as exc:\n    print(exc)")
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))  # Python ignores SIGXFSZ: EFBIG
+
+    result = subprocess.run([sys.executable, "-c", code, str(checkpoint)], preexec_fn=small_files,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout == f"{checkpoint}: cannot write: File too large (the previous file is kept)\n", result
+    assert checkpoint.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_index_bytes_the_disk_refuses_to_stage_name_the_index_not_its_staged_copy(tmp_path, monkeypatch):
+    """The FAISS bytes are staged first, as `.spk.faiss.<sha256>.pending`: a full disk there (an enrol, a --remove)
+    was reported under that name, a file the user never asked for, and without saying the index was kept."""
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    real_mkstemp = tempfile.mkstemp
+
+    def no_room_for_the_staged_bytes(*args, **kwargs):
+        if kwargs.get("prefix", "").endswith(PENDING_SUFFIX + f".{os.getpid()}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_room_for_the_staged_bytes)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: cannot write: No space left on device; "
+                                          r"[0-9.]+ MiB free there$"):
+        index.save(path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+    index.save(path)
+    before = {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()}
+    index.add("bob", np.eye(4)[1:2])
+    monkeypatch.setattr(tempfile, "mkstemp", no_room_for_the_staged_bytes)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: cannot write: No space left on device; "
+                                          r"[0-9.]+ MiB free there \(the previous file is kept\)$"):
+        index.save(path)
+    assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -234,3 +235,23 @@ def test_predict_names_the_extra_speaker_of_a_mapping_that_adds_one_to_the_model
     assert len(lines) == 1 and lines[0].startswith(f"error: {data / 'mapping.json'}: "), result.output
     assert "'zz-newcomer'" in lines[0] and "does not have" not in lines[0], lines[0]
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_synth_cut_short_by_a_file_size_limit_names_the_clip_it_was_writing(tmp_path):
+    """torch's zip writer turns a write refused part-way (a full disk, a file size limit) into a RuntimeError: synth's
+    feature files let it through as an unexpected error (exit 3) naming no file; now they are written as checkpoints
+    are."""
+    import resource
+    import subprocess
+    import sys
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))  # Python ignores SIGXFSZ: EFBIG
+
+    out = tmp_path / "corpus"
+    result = subprocess.run([sys.executable, "-m", "voxaug", "synth", str(out), "--speakers", "2", "--utterances",
+                             "2", "--unseen", "1", "--impostors", "1", "-q"], preexec_fn=small_files,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(rf"error: {re.escape(str(out))}/uttr-[0-9a-f]{{24}}\.pt: cannot write: .*\n", result.stderr)
+    assert list(out.iterdir()) == []  # the clip's temp file is gone

@@ -30,7 +30,7 @@ from voxaug.model import (ConformerSpeakerNet, TransformerMeanNet, _self_attenti
 from voxaug.runtime.onnx_model import (AUDIO_INPUTS, CONTENT_DIGEST_KEY, DIGEST_PLACEHOLDER, FEATURE_INPUTS,
                                        ONNX_FORMAT, ONNX_FORMAT_VERSION, OUTPUTS, content_digest,
                                        digest_marker)
-from voxaug.safeio import atomic_write_bytes, sha256_file
+from voxaug.safeio import atomic_write_bytes, sha256_file, write_error
 
 DEFAULT_OPSET = 17
 LOWEST_OPSET = 14  # scaled_dot_product_attention's ONNX translation needs 14
@@ -166,8 +166,11 @@ def _trace(network: ExportableSpeakerNet, example: tuple[torch.Tensor, torch.Ten
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning,
                                 module=r"torch\.onnx\.")
         target = Path(folder) / "model.onnx"
-        torch.onnx.export(network, example, str(target), dynamo=False, input_names=list(inputs),
-                          output_names=list(OUTPUTS), dynamic_axes=dynamic, opset_version=opset)
+        try:
+            torch.onnx.export(network, example, str(target), dynamo=False, input_names=list(inputs),
+                              output_names=list(OUTPUTS), dynamic_axes=dynamic, opset_version=opset)
+        except OSError as exc:  # the temporary folder's disk is full: the checkpoint is not to blame
+            raise write_error(target, exc, "the export's temporary file; set TMPDIR to a folder with room") from exc
         return onnx.load(str(target))
 
 
@@ -180,6 +183,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, with_frontend: bool = False, 
     network = ExportableSpeakerNet(loaded, with_frontend).eval()
     try:
         proto = _trace(network, _example_inputs(loaded, with_frontend), with_frontend, opset)
+    except VoxaugError:
+        raise
     except Exception as exc:  # the exporter raises many types; one line names the checkpoint
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise file_error(ckpt, f"ONNX export failed at opset {opset} ({first[:200]})") from exc

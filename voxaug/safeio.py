@@ -238,7 +238,9 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
         with atomic_output(path, "wb") as handle:
             torch.save(obj, handle)
     except RuntimeError as exc:  # torch's zip writer reports a short write (a full disk) without an errno
-        raise write_error(real_path(path), exc) from exc
+        refused = exc.__context__  # the OSError the write raised inside torch (ENOSPC, EDQUOT, EFBIG), if any
+        cause = refused if isinstance(refused, OSError) and refused.errno is not None else exc
+        raise write_error(real_path(path), cause) from exc
 
 
 OTHER_KINDS = ((rb"IxFI", "a FAISS speaker index"), (rb"IHNf", "a FAISS speaker index"),

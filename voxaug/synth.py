@@ -24,7 +24,7 @@ from tqdm import tqdm
 from voxaug.audio import write_audio
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.errors import file_error
-from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder
+from voxaug.safeio import atomic_output, atomic_torch_save, atomic_write_json, ensure_folder
 from voxaug.synth_config import SynthConfig
 
 # Average adult formants (F1, F2, F3) in Hz for eight vowels.
@@ -173,8 +173,8 @@ def synthesise(voice: Voice, session: Session, seconds: float, g: torch.Generato
 
 
 def _save_features(path: Path, features: torch.Tensor) -> None:
-    with atomic_output(path, "wb") as handle:
-        torch.save(features.clone(), handle)
+    """Written as checkpoints are: a write cut short (a full disk) is one error naming the clip, not torch's own."""
+    atomic_torch_save(path, features.clone())
 
 
 def check_room(out: Path, config: SynthConfig, frontend: FrontendConfig) -> None:
