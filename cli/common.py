@@ -152,6 +152,7 @@ def folder_name(text: str) -> Path:
 
 CacheOption = typer.Option(None, "--cache-dir", parser=folder_name, metavar="<dir>",
                            help="Packed feature store folder (default $VOXAUG_CACHE or ~/.cache/voxaug).")
+DEVICES = ("auto", "cpu", "cuda")  # voxaug.config.DEVICES, not imported so that torch loads only when a command runs
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu or cuda.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 

@@ -15,7 +15,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
-    existing_file, output_file, output_folder,
+    existing_file, folder_name, output_file, output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, check_choice
 from voxaug.embeddings.index import (
@@ -59,7 +59,8 @@ def embed(
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint: RUN/last.pt, the end of training (best.pt is picked for closed-set accuracy)."),
     model: Path = typer.Option(None, "--model", help="ONNX model from `voxaug export` instead of --ckpt (the dataset "
                                "is still read with the train extra; the index it writes then needs no torch)."),
-    out: Path = typer.Option(..., "--out", help="Folder for embeddings.npy and items.csv."),
+    out: Path = typer.Option(..., "--out", parser=folder_name, metavar="<dir>",
+                             help="Folder for embeddings.npy and items.csv."),
     index: Path = typer.Option(None, "--index", help="Also write a FAISS speaker index here (+ FILE.json sidecar)."),
     per: str = typer.Option("speaker", "--per", help="Index one centroid per speaker, or every utterance."),
     hnsw: bool = typer.Option(False, "--hnsw", help="HNSW index instead of exact search (large utterance indexes)."),

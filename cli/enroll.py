@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import (
-    DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, folder_name, output_file,
+    DEVICES, DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, folder_name, output_file,
     warn_calibration_outdated,
 )
 from voxaug.cli.identify import shown
@@ -52,6 +52,7 @@ def enroll(
     from voxaug.embeddings.index import MODES, check_lock_timeout, sidecar_path
 
     check_lock_timeout(lock_timeout)
+    check_choice("--device", device, DEVICES)  # --remove never reads it: checked here so that it is refused there too
     if per is not None:
         check_choice("--per", per, MODES)
     model_path = chosen_model(ckpt, model)

@@ -31,7 +31,8 @@ def evaluate(
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint (RUN/last.pt, the model the index was built with)."),
     model: Path = typer.Option(None, "--model", help="ONNX model from `voxaug export` instead of --ckpt (the model "
                                "an index built with `embed --model` records)."),
-    out: Path = typer.Option(..., "--out", help="Report folder: report.json and embeddings_map.png."),
+    out: Path = typer.Option(..., "--out", parser=folder_name, metavar="<dir>",
+                             help="Report folder: report.json and embeddings_map.png."),
     enroll: Path = typer.Option(None, "--enroll", parser=folder_name, metavar="<dir>",
                                 help="<speaker>/ clip folders of speakers never trained on, to enrol."),
     test: Path = typer.Option(None, "--test", parser=folder_name, metavar="<dir>",
@@ -80,6 +81,9 @@ def evaluate(
     if max_pairs < 2:
         raise VoxaugError(f"--max-pairs must be at least 2 (a same-speaker and a different-speaker pair), "
                           f"got {max_pairs}")
+    if trials is not None and max_pairs != declared_defaults(evaluate)["max_pairs"]:
+        raise VoxaugError(f"--max-pairs {max_pairs}: only the pairs sampled from the validation split are capped, and "
+                          "--trials scores every trial of its file; leave one of them out")
     check_far(target_far)
     check_lock_timeout(lock_timeout)
     if score_norm is not None:

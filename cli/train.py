@@ -43,7 +43,8 @@ FILE_ONLY_SETTINGS = ("grad_clip", "train_eval_utterances", "max_bad_steps", "sp
 @clean_errors
 def train(
     data: Path = typer.Argument(..., help="Dataset: HW4 folder (mapping.json, metadata.json, uttr-*.pt) or <speaker>/ clip folders."),
-    out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.jsonl, best.pt, last.pt, curves.png."),
+    out: Path = typer.Option(..., "--out", parser=folder_name, metavar="<dir>",
+                             help="Run folder: config.json, metrics.jsonl, best.pt, last.pt, curves.png."),
     preset: str = typer.Option(None, help=f"Size preset: {', '.join(PRESET_NAMES)} (default: the --config file's "
                                "preset, else cpu)."),
     config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields (\\[model], \\[augment] and \\[frontend] tables)."),

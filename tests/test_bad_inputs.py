@@ -776,3 +776,46 @@ def test_the_suite_ignores_a_developer_s_voxaug_debug_and_trace_batches(tmp_path
                            str(tmp_path / "base"), f"{Path(__file__).parent}/{test}"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "embed", "train"])
+def test_an_empty_out_folder_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch, command):
+    """``evaluate --out "$REPORT"`` with the variable unset wrote report.json (embed: embeddings.npy, train: a whole
+    run) into the working directory: ``Path("")`` is ``.``, an existing folder, so output_folder took it."""
+    ckpt = write(tmp_path / "last.pt", b"not read: the option is refused first")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model = [] if command == "train" else ["--ckpt", ckpt]
+    code, output = invoke([command, tmp_path / "no-such-data", *model, "--out", "", "--device", "cpu"])
+    assert code == 2 and output.startswith("error: ") and "'--out': an empty folder name" in output, output
+    assert list(work.iterdir()) == []
+
+
+def test_evaluate_refuses_max_pairs_with_trials(tmp_path):
+    """--max-pairs caps the pairs sampled when no --trials is given: with --trials it was accepted and did nothing
+    (every trial of the file was scored), as --lock-timeout without --calibrate was."""
+    fake = write(tmp_path / "last.pt", "x")
+    trials = write(tmp_path / "trials.txt", "1 a.pt b.pt\n0 a.pt c.pt\n")
+    args = ["evaluate", tmp_path, "--ckpt", fake, "--out", tmp_path / "report", "--trials", trials]
+    code, output = invoke([*args, "--max-pairs", "5"])
+    assert (code, output) == (2, "error: --max-pairs 5: only the pairs sampled from the validation split are capped, "
+                                 "and --trials scores every trial of its file; leave one of them out\n")
+    code, output = invoke([*args, "--max-pairs", "20000"])  # its default, given: nothing to refuse
+    assert code == 2 and "--max-pairs" not in output, output
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("device", ["", "gpu"])
+def test_enroll_remove_refuses_an_unknown_device_as_enrolling_does(world, tmp_path, device):
+    """``enroll --remove NAME --device ""`` (an unset ``$DEVICE``) or ``--device gpu`` removed the speaker, where
+    enrolling, and every other command, refuses such a device: removing embeds nothing, so it went unchecked."""
+    index = Path(shutil.copy(world.two_speaker_index, tmp_path / "two.faiss"))
+    shutil.copy(f"{world.two_speaker_index}.json", f"{index}.json")
+    before = index.read_bytes(), Path(f"{index}.json").read_bytes()
+    speaker = sorted((world.data / "unseen" / "enroll").iterdir())[0].name
+    code, output = invoke(["enroll", "--index", index, "--remove", speaker, "--device", device])
+    assert (code, output) == (2, f"error: --device {device!r} is not known; accepted: auto, cpu, cuda\n")
+    assert (index.read_bytes(), Path(f"{index}.json").read_bytes()) == before
+    code, output = invoke(["enroll", "--index", index, "--remove", speaker, "--device", "cpu"])
+    assert code == 0 and output.startswith(f"removed {speaker}; 1 speaker remains"), output
