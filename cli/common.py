@@ -146,7 +146,7 @@ def folder_name(text: str) -> Path:
     """Parser of a folder option: an empty name is refused, as ``Path("")`` is the working directory, which would be
     read as the folder (``--noise-dir "$NOISE"`` with the variable unset scanned it for noise)."""
     if not text:
-        raise typer.BadParameter("an empty folder name; give a folder or leave the option out")
+        raise typer.BadParameter("an empty folder name (it would mean the working directory); give a folder")
     return Path(text)
 
 

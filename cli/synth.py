@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import QuietOption, clean_errors, output_folder
+from voxaug.cli.common import QuietOption, clean_errors, folder_name, output_folder
 from voxaug.errors import counted
 from voxaug.synth_config import SynthConfig
 
 
 @clean_errors
 def synth(
-    out: Path = typer.Argument(..., help="Output folder (HW4 layout plus unseen/{enroll,test,impostors}/<speaker>/)."),
+    out: Path = typer.Argument(..., parser=folder_name,
+                               help="Output folder (HW4 layout plus unseen/{enroll,test,impostors}/<speaker>/)."),
     speakers: int = typer.Option(SynthConfig.speakers, help="Training speakers."),
     utterances: int = typer.Option(SynthConfig.utterances, help="Utterances per training speaker (a tenth, at least one, go to testdata.json)."),
     unseen: int = typer.Option(SynthConfig.unseen, help="Speakers kept out of training, for enrolment."),

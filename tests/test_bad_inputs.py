@@ -819,3 +819,11 @@ def test_enroll_remove_refuses_an_unknown_device_as_enrolling_does(world, tmp_pa
     assert (index.read_bytes(), Path(f"{index}.json").read_bytes()) == before
     code, output = invoke(["enroll", "--index", index, "--remove", speaker, "--device", "cpu"])
     assert code == 0 and output.startswith(f"removed {speaker}; 1 speaker remains"), output
+
+
+def test_synth_refuses_an_empty_output_folder_instead_of_writing_into_the_working_directory(tmp_path, monkeypatch):
+    """`voxaug synth "$OUT"` with the variable unset wrote the whole corpus into an empty working directory."""
+    monkeypatch.chdir(tmp_path)
+    code, output = invoke(["synth", "", "--speakers", "2", "--utterances", "2"])
+    assert code == 2 and "'out': an empty folder name (it would mean the working directory)" in output, output
+    assert list(tmp_path.iterdir()) == []
