@@ -520,7 +520,8 @@ class SpeakerIndex:
             _stage(pending, data, path)
             atomic_write_text(sidecar_path(path), text)
         except BaseException:  # a full disk, Ctrl-C, SIGTERM: unless committed, the staged bytes would only hold space
-            if not staged_before and _read_if_there(sidecar_path(path)) != text.encode("utf-8"):
+            committed = _read_if_there(sidecar_path(path)) == text.encode("utf-8")  # or an earlier save's same text
+            if (not staged_before and not committed) or _read_if_there(path) == data:  # FILE holds them: not needed
                 pending.unlink(missing_ok=True)
             raise
         try:

@@ -514,3 +514,15 @@ def test_audio_whose_name_is_not_ascii_or_not_utf8_is_read_under_any_locale(tmp_
     result = subprocess.run([sys.executable, "-c", script, str(accented)], capture_output=True, text=True, timeout=60,
                             env={**os.environ, **ASCII_LOCALE})
     assert result.returncode == 0 and result.stdout.strip() == "16000", result.stderr
+
+
+def test_an_unreadable_audio_file_is_named_once_as_text_not_again_as_python_bytes(tmp_path):
+    """Opened by its bytes name, soundfile's error repeated the path as a bytes literal after the file already
+    named: "x.wav: not a readable audio file (Error opening b'/.../Jos\\xc3\\xa9/x.wav': Error in WAV file ...)"."""
+    bad = tmp_path / "José" / "x.wav"
+    bad.parent.mkdir()
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+    with pytest.raises(VoxaugError) as refused:
+        read_audio(bad, 16000)
+    assert re.fullmatch(rf"{re.escape(str(bad))}: not a readable audio file \([^/]+\)", str(refused.value)), \
+        str(refused.value)

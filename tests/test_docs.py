@@ -182,3 +182,23 @@ def test_the_demo_checks_its_arguments_before_it_runs_anything(tmp_path, argumen
                             text=True, timeout=60)
     assert result.returncode == code and says in result.stdout + result.stderr, result
     assert not (tmp_path / "calls").exists() and not (tmp_path / "out").exists()
+
+
+TRAINING_VALUE = re.compile(r"(--scale|--lr|--weight-decay|--mixup-alpha)[ =]([-+]?[0-9][0-9.]*(?:e[-+]?[0-9]+)?)\b")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_training_value_the_docs_give_is_one_train_accepts(page):
+    """docs/safety.md gave `--scale 1e308` as a run that skips all its steps and fails, after that value was refused
+    up front; a value a page gives for these options must pass train's checks, or the page is out of date."""
+    from voxaug.augment.mixup import Mixup
+    from voxaug.config import resolve_config
+
+    for option, value in TRAINING_VALUE.findall(page.read_text(encoding="utf-8")):
+        number = float(value)
+        if option == "--mixup-alpha":
+            Mixup(number)
+        elif option == "--scale":
+            resolve_config("cpu", model_overrides={"scale": number}).validate()
+        else:
+            resolve_config("cpu", overrides={option[2:].replace("-", "_"): number}).validate()

@@ -806,3 +806,31 @@ def test_index_bytes_the_disk_refuses_to_stage_name_the_index_not_its_staged_cop
                                           r"[0-9.]+ MiB free there \(the previous file is kept\)$"):
         index.save(path)
     assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("moment", ["staged", "sidecar", "committed"])
+def test_an_interrupted_save_of_an_unchanged_index_leaves_no_staged_copy(tmp_path, monkeypatch, moment):
+    """Saving an index again as it is (a re-run calibration that finds the same threshold) gives the sidecar text
+    already on disk: cut short before its commit, the save took that old text for its own commit and kept the staged
+    `.spk.faiss.<sha256>.pending` copy, as large as the index, though spk.faiss holds those very bytes."""
+    import voxaug.embeddings.index as index_module
+
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    before = {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()}
+    writer = "atomic_write_bytes" if moment == "staged" else "atomic_write_text"
+    real_write = getattr(index_module, writer)
+
+    def interrupted(target, content):
+        if moment != "sidecar":
+            real_write(target, content)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_module, writer, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        index.save(path)
+    monkeypatch.setattr(index_module, writer, real_write)
+    assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == before
+    assert SpeakerIndex.load(path).speakers == ["alice"]

@@ -31,7 +31,7 @@ def checkout_copy(tree: Path) -> Path:
 
     shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
                                                               "__pycache__", "*.py[cod]", ".pytest_cache", ".hypothesis",
-                                                              "demo", "runs", ".whl"))
+                                                              "demo", "runs", "*.whl"))
     return tree
 
 

@@ -297,7 +297,9 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
         raise file_error(path, "audio file is empty (0 bytes)")
     try:
         data, file_rate, declared = _decode(path)
-    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+    except soundfile.LibsndfileError as exc:  # its prefix names the file again, as the bytes _decode opened it by
+        raise file_error(path, f"not a readable audio file ({exc.error_string.strip()[:200]})") from exc
+    except (RuntimeError, OSError, ValueError, TypeError) as exc:
         raise file_error(path, f"not a readable audio file ({str(exc).strip()[:200]})") from exc
     if data.shape[0] == 0:
         raise file_error(path, "audio file holds no samples")
