@@ -834,3 +834,25 @@ def test_an_interrupted_save_of_an_unchanged_index_leaves_no_staged_copy(tmp_pat
     monkeypatch.setattr(index_module, writer, real_write)
     assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == before
     assert SpeakerIndex.load(path).speakers == ["alice"]
+
+
+def test_a_lock_whose_release_is_interrupted_is_still_released(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) landing while the holder removed the lock file skipped closing its descriptor, so a
+    process that lives on (the Python API, a notebook) kept the flock: every later enrol waited, then failed."""
+    import pathlib
+
+    lock = tmp_path / "spk.faiss.lock"
+    real_unlink = pathlib.Path.unlink
+
+    def interrupted(self, missing_ok=False):
+        if self == lock:
+            raise KeyboardInterrupt
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
+            pass
+    monkeypatch.setattr(pathlib.Path, "unlink", real_unlink)
+    with exclusive_lock(lock, 0.0, lambda: AssertionError("the interrupted holder still holds the lock")):
+        pass

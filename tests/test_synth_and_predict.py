@@ -255,3 +255,29 @@ def test_synth_cut_short_by_a_file_size_limit_names_the_clip_it_was_writing(tmp_
     assert result.returncode == 2, result.stderr
     assert re.fullmatch(rf"error: {re.escape(str(out))}/uttr-[0-9a-f]{{24}}\.pt: cannot write: .*\n", result.stderr)
     assert list(out.iterdir()) == []  # the clip's temp file is gone
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_an_interrupted_synth_leaves_the_folder_as_it_was_so_the_same_command_runs_again(tmp_path, monkeypatch,
+                                                                                        existed):
+    """Ctrl-C or SIGTERM part-way left the clips written so far, and the rerun refused the folder as not empty."""
+    import voxaug.synth as synth_module
+
+    config = SynthConfig(speakers=2, utterances=2, unseen=1, impostors=1, enroll_per_unseen=1, test_per_unseen=1,
+                         min_seconds=0.5, max_seconds=0.6, seed=5)
+    generate(tmp_path / "clean", config, progress=False)
+    out = tmp_path / "cut" / "corpus"
+    if existed:
+        out.mkdir(parents=True)
+    real_write = synth_module.write_audio
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth_module, "write_audio", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, config, progress=False)
+    assert out.is_dir() == existed and (not existed or not any(out.iterdir()))
+    monkeypatch.setattr(synth_module, "write_audio", real_write)
+    generate(out, config, progress=False)
+    assert _digest(out) == _digest(tmp_path / "clean")

@@ -422,7 +422,8 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
                 lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
             except OSError:  # e.g. a file system turned read-only: an error here would hide the one that matters,
                 pass         # and a file left behind holds no lock
-            os.close(fd)
+            finally:  # even when Ctrl-C lands here: an open fd would hold the lock as long as the process lives
+                os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:

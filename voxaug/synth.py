@@ -11,6 +11,7 @@ log-mel front end that audio datasets use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import shutil
@@ -207,7 +208,30 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
                               "deletes nothing")
     frontend = FrontendConfig()
     check_room(out, config, frontend)
+    created = not out.exists()
     ensure_folder(out)
+    try:
+        return _write_corpus(out, config, frontend, progress)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: a partial corpus would make the rerun refuse the folder
+        _remove_partial_corpus(out, created)
+        raise
+
+
+def _remove_partial_corpus(out: Path, created: bool) -> None:
+    """Empty ``out`` (empty or absent before this run wrote in it) and remove it if this run created it, so that
+    the same command can simply be run again. Best effort: the error that stopped the run is the one to report."""
+    with contextlib.suppress(OSError):
+        for entry in out.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if created:
+            out.rmdir()
+
+
+def _write_corpus(out: Path, config: SynthConfig, frontend: FrontendConfig, progress: bool) -> dict:
+    """The body of :func:`generate`, writing into the existing folder ``out``."""
     speakers = [f"spk{index:03d}" for index in range(config.speakers)]
     unseen = [f"new{index:03d}" for index in range(config.unseen)]
     impostors = [f"imp{index:03d}" for index in range(config.impostors)]
