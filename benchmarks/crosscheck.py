@@ -226,10 +226,10 @@ def train_arm(data: Path, out: Path, augment: str, seed: int, steps: int, option
     submission = out / "submission.csv"
     run_voxaug(["predict", str(data), "--ckpt", str(run / "last.pt"), "--out", str(submission), "--device", "cpu",
                 "--quiet", *env_cache])
-    truth = dict(list(csv.reader(open(data / "test_labels.csv")))[1:])
-    rows = list(csv.reader(open(submission)))[1:]
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    config = json.loads((run / "config.json").read_text())
+    truth = dict(list(csv.reader((data / "test_labels.csv").read_text(encoding="utf-8").splitlines()))[1:])
+    rows = list(csv.reader(submission.read_text(encoding="utf-8").splitlines()))[1:]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     return {"augment": augment, **({"options": " ".join(options)} if options else {}), "seed": seed, "steps": steps,
             "input_norm": config["model"]["input_norm"], "segment": config["segment"], "batch": config["batch"],
             "val_acc": metrics[-1]["val_acc"],

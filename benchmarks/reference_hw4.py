@@ -70,8 +70,8 @@ class HW4Dataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str | Path, segment_len: int = 128) -> None:
         self.data_dir, self.segment_len = Path(data_dir), segment_len
-        mapping = json.loads((self.data_dir / "mapping.json").read_text())["speaker2id"]
-        metadata = json.loads((self.data_dir / "metadata.json").read_text())["speakers"]
+        mapping = json.loads((self.data_dir / "mapping.json").read_text(encoding="utf-8"))["speaker2id"]
+        metadata = json.loads((self.data_dir / "metadata.json").read_text(encoding="utf-8"))["speakers"]
         self.data = [(u["feature_path"], mapping[s]) for s, utts in metadata.items() for u in utts]
 
     def __len__(self) -> int:

@@ -26,7 +26,7 @@ from voxaug.embeddings.backend import check_choice, pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
 from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
-from voxaug.errors import VoxaugError, file_error, not_a_file  # noqa: E402
+from voxaug.errors import VoxaugError, abridged, file_error, not_a_file  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
 from voxaug.runtime.frontend import AUDIO_SUFFIXES  # noqa: E402
 from voxaug.safeio import atomic_output  # noqa: E402
@@ -108,19 +108,25 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
             continue
         parts = line.split()
         if len(parts) != 3 or parts[0] not in ("0", "1"):
-            raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got {line!r}")
+            raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, "
+                                   f"got {abridged(line)}")
         clips = [resolve_inside(root, part, path, f"line {number}: clip") for part in parts[1:]]
         for part, clip in zip(parts[1:], clips):
-            if not clip.is_file():
-                raise file_error(path, f"line {number}: clip {part!r} not found in {root}")
+            try:
+                found = clip.is_file()
+            except OSError as exc:  # a name longer than the file system allows: not a missing clip, and no traceback
+                raise file_error(path, f"line {number}: clip {abridged(part)} is not a usable path "
+                                       f"({exc.strerror})") from None
+            if not found:
+                raise file_error(path, f"line {number}: clip {abridged(part)} not found in {root}")
             if clip.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:  # found now, not after the embedding
-                raise file_error(path, f"line {number}: clip {part!r} is not a clip; accepted: .pt, "
+                raise file_error(path, f"line {number}: clip {abridged(part)} is not a clip; accepted: .pt, "
                                        f"{', '.join(AUDIO_SUFFIXES)}")
         files = [file_identity(clip) for clip in clips]  # a hard link under another name is the same clip
         names = [clip.with_suffix("") for clip in clips]  # x.pt and x.wav: one clip, as folders count it
         if files[0] == files[1] or names[0] == names[1]:  # a trivially perfect trial
-            raise file_error(path, f"line {number}: pairs clip {parts[1]!r} with itself"
-                                   + ("" if parts[1] == parts[2] else f" (as {parts[2]!r})")
+            raise file_error(path, f"line {number}: pairs clip {abridged(parts[1])} with itself"
+                                   + ("" if parts[1] == parts[2] else f" (as {abridged(parts[2])})")
                                    + "; a trial compares two different clips")
         # either order, by file and by name less its suffix: a pair listed twice would count twice, or with two
         # labels, both ways

@@ -615,3 +615,32 @@ def test_one_enrolment_into_a_loaded_index_does_not_double_the_memory_of_its_vec
     assert peak < 1.5 * loaded.vectors.nbytes, f"{peak / loaded.vectors.nbytes:.2f}x the vectors' memory"
     np.testing.assert_allclose(loaded.vectors[-3:], more / np.linalg.norm(more, axis=1, keepdims=True), atol=1e-6)
     assert len(loaded.labels) == 20003 and loaded.faiss_index().ntotal == 20003
+
+
+def test_a_long_malformed_trials_line_is_echoed_cut_short(tmp_path):
+    """A trials line that does not parse was echoed whole: a line of 10,000 characters gave an error of 10,000; the
+    echo is cut to 80 characters with an ellipsis, the file and line still named."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    data, trials = _files_and_trials(tmp_path, "a.pt", "b.pt")
+    for bad, problem in ((f"0 a.pt {'x' * 10000} extra", "expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got '0 a.pt x"),
+                         (f"0 a.pt {'y' * 200}.pt", "clip 'yyy")):
+        trials.write_text(f"1 a.pt b.pt\n{bad}\n")
+        with pytest.raises(VoxaugError) as refused:
+            read_trials(trials, data)
+        message = str(refused.value)
+        assert message.startswith(f"{trials}: line 2: {problem}") and "…" in message and len(message) < 300, message
+
+
+def test_a_trial_clip_name_too_long_for_the_file_system_is_refused_with_its_line(tmp_path):
+    """A clip name of 10,000 characters made ``is_file`` raise ENAMETOOLONG: the error named the 10,000-character
+    path but neither the trials file nor the line."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    data, trials = _files_and_trials(tmp_path, "a.pt", "b.pt")
+    trials.write_text(f"1 a.pt b.pt\n0 a.pt {'y' * 10000}.pt\n")
+    with pytest.raises(VoxaugError) as refused:
+        read_trials(trials, data)
+    message = str(refused.value)
+    assert message.startswith(f"{trials}: line 2: clip 'yyy") and "is not a usable path (File name too long)" in message
+    assert len(message) < 300, message

@@ -224,3 +224,15 @@ def test_the_fast_path_switch_stays_off_while_a_thread_embeds_and_is_put_back_af
         assert torch.backends.mha.get_fastpath_enabled(), "the fast path was left off for the whole process"
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
+
+
+def test_a_long_value_in_a_toml_file_is_echoed_cut_short(tmp_path):
+    """A wrong-typed TOML value or table was echoed whole in the error, all 10,000 characters of it."""
+    toml = tmp_path / "run.toml"
+    for text, problem in ((f'seed = "{"x" * 10000}"\n', "seed must be an int, got 'xxx"),
+                          (f'model = "{"x" * 10000}"\n', "[model] must be a table, got 'xxx")):
+        toml.write_text(text)
+        with pytest.raises(VoxaugError) as info:
+            resolve_config(None, toml)
+        message = str(info.value)
+        assert message.startswith(f"{toml}: {problem}") and message.endswith("…") and len(message) < 300, message

@@ -982,3 +982,53 @@ def test_a_weight_decay_that_zeroes_or_flips_the_weights_is_refused_up_front(wei
     with pytest.raises(VoxaugError, match=r"^--weight-decay \S+ times --lr 0.002 must be below 1"):
         resolve_config("cpu", overrides={"weight_decay": weight_decay}).validate()
     resolve_config("cpu", overrides={"weight_decay": 499.0}).validate()
+
+
+def test_a_run_config_with_bad_augmentations_or_preset_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+    """config.json's augmentations were checked only when the pipeline was built ('[augment] names must be ...',
+    '--reverb-p ... got 7', naming no file), and an unknown preset was blamed on last.pt ('cannot resume with a
+    different preset')."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    settings = run / "config.json"
+    saved = json.loads(settings.read_text())
+    for key, value, problem in (("augment", {"names": 5}, "[augment] names must be a list of augmentation names"),
+                                ("augment", {"names": [], "reverb": {"p": 7}}, "--reverb-p (reverb p) must be a "
+                                                                               "probability in [0, 1], got 7"),
+                                ("preset", "nope", "preset 'nope' is not known; accepted: cpu")):
+        settings.write_text(json.dumps({**saved, key: value}))
+        before = {path.name: path.read_bytes() for path in run.iterdir()}
+        result = resume()
+        assert result.exit_code == 2, result.output
+        assert f"error: {settings}: {problem}" in " ".join(result.output.split()), result.output
+        assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_a_last_pt_whose_training_state_was_damaged_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+    """An optimizer, sampler, RNG or step entry of the wrong type or shape in last.pt ended the resume 'unexpected
+    TypeError/RuntimeError', exit 3 (a moment tensor of another shape only at the first step, after config.json was
+    rewritten); it is refused by name, exit 2, and the run folder is left as it was."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    original = load_checkpoint(run / "last.pt")
+
+    def first_moment(state, value):
+        next(iter(state["optimizer"]["state"].values()))["exp_avg"] = value
+
+    damaged = "training state is damaged ("
+    damages = [(damaged, lambda state: state.__setitem__("optimizer", "x")),
+               (f"{damaged}ValueError: exp_avg is (3,)", lambda state: first_moment(state, torch.zeros(3))),
+               (f"{damaged}TypeError: lr, betas", lambda state: state["optimizer"]["param_groups"][0]
+                .__setitem__("betas", "x")),
+               (damaged, lambda state: state["sampler"].__setitem__("generator", torch.zeros(3, dtype=torch.uint8))),
+               (damaged, lambda state: state.__setitem__("augment_generator", "x")),
+               (damaged, lambda state: state["rng"].__setitem__("torch", torch.zeros(5056))),
+               ("step count", lambda state: state.__setitem__("step", "x")),
+               (damaged, lambda state: state.__setitem__("elapsed_s", "x"))]
+    for part, damage in damages:
+        state = copy.deepcopy(original)
+        damage(state)
+        save_checkpoint(run / "last.pt", {key: value for key, value in state.items() if key not in ("format", "version")})
+        before = {path.name: path.read_bytes() for path in run.iterdir()}
+        result = resume()
+        assert result.exit_code == 2, result.output
+        assert f"error: {run / 'last.pt'}: its {part}" in " ".join(result.output.split()), result.output
+        assert {path.name: path.read_bytes() for path in run.iterdir()} == before

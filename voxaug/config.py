@@ -14,7 +14,7 @@ from typing import Any, Callable
 from voxaug.augment.base import AUGMENTATIONS, MAX_WHOLE
 from voxaug.augment.pipeline import build_pipeline, resolve_names
 from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
-from voxaug.errors import VoxaugError, file_error, not_a_file, refuse_unknown_keys
+from voxaug.errors import VoxaugError, abridged, file_error, not_a_file, refuse_unknown_keys
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 from voxaug.runtime.training_split import TrainingSplit
@@ -156,7 +156,7 @@ def check_types(values: dict, kind: type, where: str) -> None:
             continue
         if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
             raise VoxaugError(f"{where}: {key} must be {'a' if accepted[-1] is not int else 'an'} "
-                              f"{accepted[-1].__name__}, got {value!r}")
+                              f"{accepted[-1].__name__}, got {abridged(value)}")
 
 
 def _merge_tables(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -242,7 +242,7 @@ def resolve_config(
     file_values = load_toml(toml_path) if toml_path else {}
     for table in ("model", "augment", "frontend"):
         if not isinstance(file_values.get(table, {}), dict):
-            raise file_error(toml_path, f"[{table}] must be a table, got {file_values[table]!r}")
+            raise file_error(toml_path, f"[{table}] must be a table, got {abridged(file_values[table])}")
     file_preset = file_values.get("preset")
     if file_preset is not None and (not isinstance(file_preset, str) or file_preset not in PRESETS):
         raise file_error(toml_path, f"preset {file_preset!r} is not known; accepted: {', '.join(PRESETS)}")

@@ -19,6 +19,13 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def abridged(value: object, limit: int = 80) -> str:
+    """``value`` as ``repr`` writes it, cut to ``limit`` characters with an ellipsis: an error echoes a file's line
+    or value so that it can be found, and a line of 10,000 characters would bury the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def file_error(path: str | Path, problem: str) -> VoxaugError:
     """An error that names the file first, so every message reads ``<file>: <problem>``."""
     return VoxaugError(f"{path}: {problem}")

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
 from voxaug.checkpoint import class_speakers, load_checkpoint, save_checkpoint, weight_mismatch
-from voxaug.config import TrainConfig, absolute_folders
+from voxaug.config import PRESETS, TrainConfig, absolute_folders, check_values
 from voxaug.data.audio_store import default_workers, is_audio, open_dataset_store, require_audio
 from voxaug.data.batching import SegmentSampler
 from voxaug.data.sources import (
@@ -109,6 +110,33 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     its inf flags to the step, and the unfused kernel refuses them (found on an H200)."""
     fused = optimizer.param_groups[0].get("fused")
     optimizer.load_state_dict({**saved, "param_groups": [{**group, "fused": fused} for group in saved["param_groups"]]})
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """A loaded optimizer state that would fail only at the first step: torch takes moment tensors of another
+    shape or type, and hyperparameters of any type, as they come."""
+    for group in optimizer.param_groups:
+        numbers = [group.get(key) for key in ("lr", "eps", "weight_decay")] + list(group.get("betas") or ())
+        if len(numbers) != 5 or not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+            raise TypeError("lr, betas, eps and weight_decay must be numbers")
+        for weight in group["params"]:
+            for key, value in optimizer.state.get(weight, {}).items():
+                if not isinstance(value, torch.Tensor) or (value.dim() and value.shape != weight.shape):
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise ValueError(f"{key} is {shape} for a weight of shape {tuple(weight.shape)}")
+
+
+@contextlib.contextmanager
+def damaged_state(path: Path, part: str) -> Iterator[None]:
+    """What torch or the sampler raise on a saved ``part`` of the wrong type or shape, as one line naming ``path``:
+    a damaged file, not a bug."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise file_error(path, f"its {part} is damaged ({type(exc).__name__}: {detail}), so the run cannot continue "
+                               "from it: put back the last.pt that training wrote, or start a new run with another "
+                               "--out") from None
 
 
 def refuse_fewer_than_two_speakers(source: DatasetSource) -> None:
@@ -273,18 +301,24 @@ class Trainer:
             mismatched.append("front end")  # the same clips would become other features
         if mismatched:
             raise file_error(path, f"cannot resume with a different {', '.join(mismatched)}; use the run's config.json")
-        refuse_steps_below(path, int(state["step"]), self.config.steps)
+        refuse_steps_below(path, int(state["step"]), self.config.steps)  # the step's type: _refuse_before_reading
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size:
             raise file_error(path, f"was written by a run on {saved_world} process(es), this one has "
                                    f"{self.dist.world_size}; each rank's data share and random streams are saved "
                                    f"per rank, so resume with the same count ({train_command(saved_world)} ... --resume)")
-        mine = state["ranks"][self.dist.rank] if self.dist.active and "ranks" in state else state  # world 1: same
         mismatch = weight_mismatch(self.model.state_dict(), state["model"])
         if mismatch:  # a damaged file: load_state_dict would fail with its own multi-line RuntimeError
             raise file_error(path, f"checkpoint weights do not match its own configuration ({mismatch})")
         self.model.load_state_dict(state["model"])
+        with damaged_state(path, "training state"):
+            self._restore_training_state(state)
+
+    def _restore_training_state(self, state: dict) -> None:
+        """Optimizer, scaler, sampler, random streams and progress from a checkpoint: this rank's share of them."""
+        mine = state["ranks"][self.dist.rank] if self.dist.active and "ranks" in state else state  # world 1: same
         load_optimizer_state(self.optimizer, state["optimizer"])
+        check_optimizer_state(self.optimizer)
         if state["scaler"] and self.scaler.is_enabled():  # empty when saved without AMP (on the CPU, or --no-amp)
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(mine["sampler"])
@@ -441,7 +475,9 @@ class Trainer:
         values.pop("run", None)
         try:  # the run's own settings: what is wrong with them is the file's, not an option the user gave
             config = TrainConfig.from_saved(values)
-            config.validate()
+            if config.preset not in PRESETS:
+                raise VoxaugError(f"preset {config.preset!r} is not known; accepted: {', '.join(PRESETS)}")
+            check_values(config)  # the augmentations' strengths too, else checked only once the pipeline is built
         except VoxaugError as exc:
             raise file_error(source, str(exc)) from None
         config.steps = steps or config.steps
@@ -475,7 +511,8 @@ class Trainer:
             check_run_folder(self.run_dir, resume)
         if resume:
             last = self.run_dir / "last.pt"
-            refuse_steps_below(last, int(load_checkpoint(last)["step"]), self.config.steps)
+            with damaged_state(last, "step count"):
+                refuse_steps_below(last, int(load_checkpoint(last)["step"]), self.config.steps)
         self.pipeline.check_bands(n_mels)
         if resume is False:
             self._refuse_audio_settings_on_features()
