@@ -202,3 +202,46 @@ def test_every_training_value_the_docs_give_is_one_train_accepts(page):
             resolve_config("cpu", model_overrides={"scale": number}).validate()
         else:
             resolve_config("cpu", overrides={option[2:].replace("-", "_"): number}).validate()
+
+
+@pytest.mark.parametrize("name", ["safety.md", "training.md"])
+def test_the_training_limits_the_docs_give_are_the_codes(name):
+    """docs/training.md listed no limit for --scale, --lr or --weight-decay after train began to refuse values past
+    them up front; the pages that state them must give the numbers train checks."""
+    from voxaug.augment.mixup import MIN_ALPHA
+    from voxaug.config import MAX_LR, MAX_SCALE
+
+    page = (ROOT / "docs" / name).read_text(encoding="utf-8")
+    text = " ".join(page.split())
+    bound = re.search(r"`--lr` or `--scale` above ([0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?)", text)
+    assert bound and float(bound.group(1)) == MAX_LR == MAX_SCALE, name
+    assert "`--weight-decay` times `--lr` of 1 or more" in text, name
+    alpha = re.search(r"`--mixup-alpha` below ([0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?)", text)
+    assert alpha is None or float(alpha.group(1)) == MIN_ALPHA, name
+
+
+SCRATCH_OPTIONS = {"--pooled-layers"}  # identification-experiments.md: a prototype's option, said to be no voxaug one
+
+
+def documented_options(page: Path) -> list[tuple[str, str]]:
+    """(command, option) for every ``--option`` a page writes after ``voxaug COMMAND`` on the same line."""
+    found = []
+    for line in page.read_text(encoding="utf-8").splitlines():
+        for command, rest in re.findall(r"voxaug (?:--debug )?([a-z]+)((?:[^`\n]|\\\|)*)", line):
+            found += [(command, option) for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest)]
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_option_a_page_gives_a_command_is_one_it_takes(page):
+    """A command written in the docs must still run as written: each option a page gives `voxaug COMMAND` is one
+    of that command's (a renamed or removed option would leave the page telling users to type an error)."""
+    import typer.main
+
+    from voxaug.cli.main import app
+
+    commands = {name: {option for param in command.params for option in param.opts + param.secondary_opts}
+                for name, command in typer.main.get_command(app).commands.items()}
+    unknown = [(command, option) for command, option in documented_options(page)
+               if command in commands and option not in commands[command] | {"--help"} | SCRATCH_OPTIONS]
+    assert not unknown, f"{page.name}: {unknown}"

@@ -236,3 +236,28 @@ def test_a_long_value_in_a_toml_file_is_echoed_cut_short(tmp_path):
             resolve_config(None, toml)
         message = str(info.value)
         assert message.startswith(f"{toml}: {problem}") and message.endswith("…") and len(message) < 300, message
+
+
+def test_a_long_preset_or_device_in_a_toml_file_or_run_config_is_echoed_cut_short(tmp_path):
+    """A TOML file's or a run's config.json preset (or device) that is not known was echoed whole, all 10,000
+    characters of it, where the file's other values are cut to 80."""
+    import json
+
+    from voxaug.train import Trainer
+
+    long = "x" * 10000
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'preset = "{long}"\n')
+    with pytest.raises(VoxaugError) as info:
+        resolve_config(None, toml)
+    messages = [str(info.value)]
+    for key in ("preset", "device"):
+        run = tmp_path / key
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({**create_config("cpu").to_dict(), key: long}))
+        with pytest.raises(VoxaugError) as info:
+            Trainer.config_from_run(run)
+        messages.append(str(info.value))
+    for message, (where, key) in zip(messages, ((toml, "preset"), (tmp_path / "preset" / "config.json", "preset"),
+                                               (tmp_path / "device" / "config.json", "--device"))):
+        assert message.startswith(f"{where}: {key} 'xxx") and "…" in message and len(message) < 300, message

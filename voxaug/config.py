@@ -111,7 +111,7 @@ class TrainConfig:
         if self.split_version not in SPLIT_VERSIONS:
             raise VoxaugError(f"split_version must be one of {', '.join(map(str, SPLIT_VERSIONS))}, got {self.split_version}")
         if self.device not in DEVICES:
-            raise VoxaugError(f"--device {self.device!r} is not known; accepted: {', '.join(DEVICES)}")
+            raise VoxaugError(f"--device {abridged(self.device)} is not known; accepted: {', '.join(DEVICES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,7 +245,7 @@ def resolve_config(
             raise file_error(toml_path, f"[{table}] must be a table, got {abridged(file_values[table])}")
     file_preset = file_values.get("preset")
     if file_preset is not None and (not isinstance(file_preset, str) or file_preset not in PRESETS):
-        raise file_error(toml_path, f"preset {file_preset!r} is not known; accepted: {', '.join(PRESETS)}")
+        raise file_error(toml_path, f"preset {abridged(file_preset)} is not known; accepted: {', '.join(PRESETS)}")
     if preset is None:  # an empty --preset is a name, refused below, not the option left out
         preset = file_preset or (base.preset if base else "cpu")
     base_values = base.to_dict() if base else create_config(preset).to_dict()

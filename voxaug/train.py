@@ -38,7 +38,7 @@ from voxaug.data.split import stratified_split
 from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.device import resolve_device
 from voxaug.distributed import DistContext, main_first, main_only, rank_seed
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, abridged, file_error
 from voxaug.features import FrontendConfig
 from voxaug.inference import accuracy, autocast_for, run_model
 from voxaug.interrupt import stop_if_terminated
@@ -476,7 +476,7 @@ class Trainer:
         try:  # the run's own settings: what is wrong with them is the file's, not an option the user gave
             config = TrainConfig.from_saved(values)
             if config.preset not in PRESETS:
-                raise VoxaugError(f"preset {config.preset!r} is not known; accepted: {', '.join(PRESETS)}")
+                raise VoxaugError(f"preset {abridged(config.preset)} is not known; accepted: {', '.join(PRESETS)}")
             check_values(config)  # the augmentations' strengths too, else checked only once the pipeline is built
         except VoxaugError as exc:
             raise file_error(source, str(exc)) from None
