@@ -16,7 +16,7 @@ from voxaug.cli.common import (
     existing_file, folder_name, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
-from voxaug.embeddings.index import SpeakerIndex, check_lock_timeout, index_lock
+from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock
 from voxaug.errors import VoxaugError, counted, file_error, not_a_folder
 from voxaug.safeio import atomic_write_text, ensure_folder
 
@@ -96,6 +96,8 @@ def evaluate(
     if impostors is not None and not impostors.is_dir():
         raise VoxaugError(f"{impostors}: --impostors {not_a_folder(impostors)}")
     speaker_index = SpeakerIndex.load(index) if index is not None else None
+    if calibrate:  # before minutes of embedding, not at the end on the lock file
+        check_index_writable(index, "--calibrate")
     check_choice("--map", map_method, MAP_METHODS)
     output_folder(out, "--out")
     parsed_trials = read_trials(trials, data) if trials else None
@@ -186,8 +188,9 @@ def evaluate(
                 latest = SpeakerIndex.load(index)  # an enrol may have run since it was read
                 latest.calibration = report["open_set"]
                 latest.save(index)
-        except VoxaugError as exc:
-            raise VoxaugError(f"{exc}; the index was not calibrated (the report's figures are in "
+        except (VoxaugError, OSError) as exc:  # OSError: the lock file was refused (the folder turned read-only)
+            reason = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else exc
+            raise VoxaugError(f"{reason}; the index was not calibrated (the report's figures are in "
                               f"{out / 'report.json'})") from None
         warn_calibration_outdated(index, latest.calibration_outdated())  # enrolled or removed while it scored
         if score_norm != latest.score_norm:  # the sidecar keeps one threshold: the one identify uses is gone

@@ -35,7 +35,7 @@ from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.safeio import (
     TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock,
-    finite_number, fsync_dir, read_json, real_path, write_error,
+    finite_number, fsync_dir, probe_writable, read_json, real_path, write_error,
 )
 
 if TYPE_CHECKING:
@@ -764,6 +764,17 @@ def check_lock_timeout(timeout_s: object) -> float:
                                            and timeout_s >= 0):
         raise VoxaugError(f"--lock-timeout must be a finite number of seconds >= 0, got {timeout_s}")
     return float(timeout_s)
+
+
+def check_index_writable(path: str | Path, purpose: str) -> None:
+    """Before work whose result goes into the index (``purpose`` says which): its folder must take new files (the
+    lock file, the staged index, the sidecar's temp file), or the work is lost at the end, on the lock file."""
+    folder = real_path(path).parent
+    try:
+        probe_writable(folder, real_path(path).name)
+    except OSError as exc:
+        raise file_error(path, f"{purpose} cannot write the index: its folder {folder} takes no new files "
+                               f"({exc.strerror or exc})") from None
 
 
 @contextmanager

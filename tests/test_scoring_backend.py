@@ -1194,3 +1194,61 @@ def test_a_sidecar_whose_back_end_is_of_another_dimension_is_refused_by_name(tmp
     with pytest.raises(VoxaugError, match="back end is 15-dimensional and the index 16-dimensional") as error:
         SpeakerIndex.load(path)
     assert str(error.value).startswith(str(sidecar_path(path)))
+
+
+def read_only_index_folder(monkeypatch, folder, names=lambda path: True):
+    """Files created in ``folder`` (those whose path ``names`` picks) fail as on a read-only file system: as root,
+    chmod does not stop writes."""
+    import errno
+    import os
+
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and os.path.dirname(os.path.realpath(path)) == str(folder) and names(str(path)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+
+
+def copied_index(index, folder):
+    copy = folder / "copy.faiss"
+    shutil.copy(index, copy)
+    shutil.copy(sidecar_path(index), sidecar_path(copy))
+    return copy
+
+
+def test_calibrate_refuses_a_read_only_index_folder_before_anything_is_embedded(calibrated, trained_run, tiny_synth,
+                                                                                tmp_path, monkeypatch,
+                                                                                nothing_embedded):
+    """--calibrate in a folder that takes no new files failed only at the very end, on the lock file, as a bare
+    ``spk.faiss.lock: Read-only file system``, after all the embedding."""
+    folder = (tmp_path / "index").resolve()
+    folder.mkdir()
+    index = copied_index(calibrated[1], folder)
+    before = sidecar_path(index).read_bytes()
+    read_only_index_folder(monkeypatch, folder)
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index",
+                    index, "--calibrate", "-q")
+    assert result.exit_code == 2
+    assert result.output == (f"error: {index}: --calibrate cannot write the index: its folder {folder} takes no new "
+                             "files (Read-only file system)\n")
+    assert sidecar_path(index).read_bytes() == before and not (tmp_path / "report").exists()
+
+
+def test_calibrate_whose_lock_file_is_refused_says_the_index_was_not_calibrated(calibrated, trained_run, tiny_synth,
+                                                                               tmp_path, monkeypatch):
+    """The folder turned read-only while it scored (the check up front passed): the lock file's OSError was the
+    whole message, without saying that the index was left as it was and where the figures are."""
+    folder = (tmp_path / "index").resolve()
+    folder.mkdir()
+    index = copied_index(calibrated[1], folder)
+    before = sidecar_path(index).read_bytes()
+    read_only_index_folder(monkeypatch, folder, lambda path: path.endswith(".lock"))
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index",
+                    index, "--calibrate", "-q")
+    assert result.exit_code == 2
+    assert result.output == (f"error: {index}.lock: Read-only file system; the index was not calibrated (the report's "
+                             f"figures are in {tmp_path / 'report' / 'report.json'})\n")
+    assert sidecar_path(index).read_bytes() == before and (tmp_path / "report" / "report.json").is_file()

@@ -39,6 +39,15 @@ def ensure_folder(folder: str | Path, what: str = "output folder") -> Path:
     return folder
 
 
+def probe_writable(folder: str | Path, name: str) -> None:
+    """Create and remove a temp file of ``name`` in ``folder``: its OSError when the folder takes no new files (a
+    read-only file system, no write permission), which ``os.access`` misjudges for root and on network file systems.
+    The temp name is one ``clean_stale_temps`` removes, should a kill leave it behind."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
