@@ -150,6 +150,23 @@ def folder_name(text: str) -> Path:
     return Path(text)
 
 
+def file_name(text: str) -> Path:
+    """Parser of a file option or argument: an empty name is refused by name, not as ``.`` (``Path("")``), which the
+    messages would call a folder (``--ckpt "$CKPT"`` with the variable unset: ``.: expected a checkpoint file``)."""
+    if not text:
+        raise typer.BadParameter("an empty file name; give a file")
+    return Path(text)
+
+
+def clip_name(text: str) -> Path:
+    """Parser of a clip argument (a clip file or a folder of them): an empty name is refused, as ``Path("")`` is the
+    working directory, every clip under which would be identified or enrolled."""
+    if not text:
+        raise typer.BadParameter("an empty name (it would mean every clip under the working directory); give a clip "
+                                 "file or folder")
+    return Path(text)
+
+
 CacheOption = typer.Option(None, "--cache-dir", parser=folder_name, metavar="<dir>",
                            help="Packed feature store folder (default $VOXAUG_CACHE or ~/.cache/voxaug).")
 DEVICES = ("auto", "cpu", "cuda")  # voxaug.config.DEVICES, not imported so that torch loads only when a command runs
@@ -237,7 +254,8 @@ def check_clip_files(paths: list[Path]) -> None:
             raise file_error(path, "clip not found")
 
 
-ModelOption = typer.Option(None, "--model", help="ONNX model from `voxaug export` (instead of --ckpt; needs no torch).")
+ModelOption = typer.Option(None, "--model", parser=file_name, metavar="<file>",
+                           help="ONNX model from `voxaug export` (instead of --ckpt; needs no torch).")
 
 
 def chosen_model(ckpt: Path | None, model: Path | None) -> Path | None:

@@ -15,7 +15,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
-    existing_file, folder_name, output_file, output_folder,
+    existing_file, file_name, folder_name, output_file, output_folder,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, check_choice
 from voxaug.embeddings.index import (
@@ -55,13 +55,17 @@ def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speaker
 
 @clean_errors
 def embed(
-    data: Path = typer.Argument(..., help="Dataset: HW4 folder or <speaker>/ clip folders (.pt or audio)."),
-    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint: RUN/last.pt, the end of training (best.pt is picked for closed-set accuracy)."),
-    model: Path = typer.Option(None, "--model", help="ONNX model from `voxaug export` instead of --ckpt (the dataset "
+    data: Path = typer.Argument(..., parser=folder_name,
+                                help="Dataset: HW4 folder or <speaker>/ clip folders (.pt or audio)."),
+    ckpt: Path = typer.Option(None, "--ckpt", parser=file_name, metavar="<file>",
+                              help="Checkpoint: RUN/last.pt, the end of training (best.pt is picked for closed-set accuracy)."),
+    model: Path = typer.Option(None, "--model", parser=file_name, metavar="<file>",
+                               help="ONNX model from `voxaug export` instead of --ckpt (the dataset "
                                "is still read with the train extra; the index it writes then needs no torch)."),
     out: Path = typer.Option(..., "--out", parser=folder_name, metavar="<dir>",
                              help="Folder for embeddings.npy and items.csv."),
-    index: Path = typer.Option(None, "--index", help="Also write a FAISS speaker index here (+ FILE.json sidecar)."),
+    index: Path = typer.Option(None, "--index", parser=file_name, metavar="<file>",
+                               help="Also write a FAISS speaker index here (+ FILE.json sidecar)."),
     per: str = typer.Option("speaker", "--per", help="Index one centroid per speaker, or every utterance."),
     hnsw: bool = typer.Option(False, "--hnsw", help="HNSW index instead of exact search (large utterance indexes)."),
     batch: int = typer.Option(64, "--batch", help="Most utterances per forward pass (batches are also capped in frames)."),

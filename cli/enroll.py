@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import (
-    DEVICES, DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, expand_clips, folder_name, output_file,
-    warn_calibration_outdated,
+    DEVICES, DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, clip_name, expand_clips, file_name,
+    folder_name, output_file, warn_calibration_outdated,
 )
 from voxaug.cli.identify import shown
 from voxaug.embeddings.identify import check_speaker_name
@@ -19,14 +19,17 @@ from voxaug.safeio import utf8_name
 
 @clean_errors
 def enroll(
-    clips: list[Path] = typer.Argument(None, help="Enrolment clips (.pt features or wav/flac audio, or folders of them)."),
-    index: Path = typer.Option(..., "--index", help="Speaker index (created when missing, then --ckpt or --model is required)."),
+    clips: list[Path] = typer.Argument(None, parser=clip_name,
+                                       help="Enrolment clips (.pt features or wav/flac audio, or folders of them)."),
+    index: Path = typer.Option(..., "--index", parser=file_name, metavar="<file>",
+                               help="Speaker index (created when missing, then --ckpt or --model is required)."),
     speaker: str = typer.Option(None, "--speaker", help="Name to enrol."),
     append: bool = typer.Option(False, "--append", help="Add the clips to an already enrolled speaker (updates its centroid)."),
     remove: str = typer.Option(None, "--remove", help="Take this speaker out of the index."),
     speakers_dir: Path = typer.Option(None, "--speakers-dir", parser=folder_name, metavar="<dir>",
                                       help="Enrol every DIR/<speaker>/ folder of clips in one process, one write."),
-    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the model the index's sidecar names."),
+    ckpt: Path = typer.Option(None, "--ckpt", parser=file_name, metavar="<file>",
+                              help="Checkpoint; defaults to the model the index's sidecar names."),
     model: Path = ModelOption,
     per: str = typer.Option(None, "--per", help="For a new index: one centroid per speaker (the default), or every utterance."),
     hnsw: bool = typer.Option(False, "--hnsw", help="For a new index: HNSW instead of exact search."),

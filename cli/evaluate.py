@@ -13,7 +13,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
-    existing_file, folder_name, output_folder, warn_calibration_outdated,
+    existing_file, file_name, folder_name, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock
@@ -27,9 +27,12 @@ if TYPE_CHECKING:
 
 @clean_errors
 def evaluate(
-    data: Path = typer.Argument(..., help="The training dataset; its validation split (the run's own) is evaluated."),
-    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint (RUN/last.pt, the model the index was built with)."),
-    model: Path = typer.Option(None, "--model", help="ONNX model from `voxaug export` instead of --ckpt (the model "
+    data: Path = typer.Argument(..., parser=folder_name,
+                                help="The training dataset; its validation split (the run's own) is evaluated."),
+    ckpt: Path = typer.Option(None, "--ckpt", parser=file_name, metavar="<file>",
+                              help="Checkpoint (RUN/last.pt, the model the index was built with)."),
+    model: Path = typer.Option(None, "--model", parser=file_name, metavar="<file>",
+                               help="ONNX model from `voxaug export` instead of --ckpt (the model "
                                "an index built with `embed --model` records)."),
     out: Path = typer.Option(..., "--out", parser=folder_name, metavar="<dir>",
                              help="Report folder: report.json and embeddings_map.png."),
@@ -37,10 +40,12 @@ def evaluate(
                                 help="<speaker>/ clip folders of speakers never trained on, to enrol."),
     test: Path = typer.Option(None, "--test", parser=folder_name, metavar="<dir>",
                               help="<speaker>/ clip folders of the same speakers, to identify."),
-    trials: Path = typer.Option(None, "--trials", help="Verification trials: lines 'LABEL CLIP1 CLIP2' (1 = same speaker), paths relative to DATA."),
+    trials: Path = typer.Option(None, "--trials", parser=file_name, metavar="<file>",
+                                help="Verification trials: lines 'LABEL CLIP1 CLIP2' (1 = same speaker), paths relative to DATA."),
     max_pairs: int = typer.Option(20000, "--max-pairs", help="Verification pairs sampled from the validation set when no --trials."),
     map_method: str = typer.Option("pca", "--map", help="2-D map: pca or tsne."),
-    index: Path = typer.Option(None, "--index", help="Speaker index (from embed/enroll): score open-set identification "
+    index: Path = typer.Option(None, "--index", parser=file_name, metavar="<file>",
+                               help="Speaker index (from embed/enroll): score open-set identification "
                                "and AS-norm trials with its back end and cohort."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Write the threshold at --target-far into the index's sidecar; "
                                    "identify then uses it by default."),

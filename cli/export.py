@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import clean_errors, existing_file, output_file
+from voxaug.cli.common import clean_errors, existing_file, file_name, output_file
 from voxaug.errors import file_error
 
 DEFAULT_OPSET = 17  # voxaug.export.DEFAULT_OPSET, not imported so that torch loads only when export runs
@@ -14,8 +14,9 @@ DEFAULT_OPSET = 17  # voxaug.export.DEFAULT_OPSET, not imported so that torch lo
 
 @clean_errors
 def export(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint to export (RUN/last.pt for embeddings)."),
-    out: Path = typer.Option(..., "--out", help="ONNX file to write (atomically)."),
+    ckpt: Path = typer.Option(..., "--ckpt", parser=file_name, metavar="<file>",
+                              help="Checkpoint to export (RUN/last.pt for embeddings)."),
+    out: Path = typer.Option(..., "--out", parser=file_name, metavar="<file>", help="ONNX file to write (atomically)."),
     with_frontend: bool = typer.Option(False, "--with-frontend", help="Put the log-mel front end inside the graph: "
                                                                        "the model then takes waveforms at the "
                                                                        "checkpoint's sample rate."),

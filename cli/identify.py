@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, expand_clips,
-                               warn_calibration_outdated)
+from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, clip_name,
+                               expand_clips, file_name, warn_calibration_outdated)
 from voxaug.errors import counted
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, breaks_lines, check_threshold
@@ -38,9 +38,12 @@ def format_row(result: Identification) -> str:
 
 @clean_errors
 def identify(
-    clips: list[Path] = typer.Argument(..., help="Clips: .pt feature tensors or wav/flac audio (or folders of them)."),
-    index: Path = typer.Option(..., "--index", help="Speaker index written by embed or enroll."),
-    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint; defaults to the model the index's sidecar names."),
+    clips: list[Path] = typer.Argument(..., parser=clip_name,
+                                       help="Clips: .pt feature tensors or wav/flac audio (or folders of them)."),
+    index: Path = typer.Option(..., "--index", parser=file_name, metavar="<file>",
+                               help="Speaker index written by embed or enroll."),
+    ckpt: Path = typer.Option(None, "--ckpt", parser=file_name, metavar="<file>",
+                              help="Checkpoint; defaults to the model the index's sidecar names."),
     model: Path = ModelOption,
     top_k: int = typer.Option(5, "--top-k", help="Most speakers to list (a per-utterance index lists those among the max(k, 10) nearest utterances)."),
     threshold: float = typer.Option(None, "--threshold", help="Score under which the decision is 'unknown' (default: "

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from voxaug.cli.common import clean_errors
+from voxaug.cli.common import clean_errors, file_name, folder_name
 from voxaug.errors import VoxaugError
 
 
 @clean_errors
 def plot(
-    runs: list[Path] = typer.Argument(..., help="Run folders (each with metrics.jsonl)."),
-    out: Path = typer.Option(..., "--out", help="Figure to write: .png, .pdf or .svg."),
+    runs: list[Path] = typer.Argument(..., parser=folder_name, help="Run folders (each with metrics.jsonl)."),
+    out: Path = typer.Option(..., "--out", parser=file_name, metavar="<file>",
+                             help="Figure to write: .png, .pdf or .svg."),
     labels: str = typer.Option(None, "--labels", help="Comma list of legend names, one per run (default: folder names)."),
 ) -> None:
     """Overlay runs: clean train accuracy (solid) against validation accuracy (dashed), and the gap between them."""

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import typer
 
-from voxaug.cli.common import CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, output_file
+from voxaug.cli.common import (
+    CacheOption, DeviceOption, QuietOption, clean_errors, existing_file, file_name, folder_name, output_file,
+)
 from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_write_bytes
 
@@ -20,9 +22,10 @@ if TYPE_CHECKING:
 
 @clean_errors
 def predict(
-    data: Path = typer.Argument(..., help="HW4 folder with testdata.json (or <speaker>/ clip folders)."),
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (RUN/best.pt)."),
-    out: Path = typer.Option(..., "--out", help="CSV to write: Id,Category."),
+    data: Path = typer.Argument(..., parser=folder_name,
+                                help="HW4 folder with testdata.json (or <speaker>/ clip folders)."),
+    ckpt: Path = typer.Option(..., "--ckpt", parser=file_name, metavar="<file>", help="Checkpoint (RUN/best.pt)."),
+    out: Path = typer.Option(..., "--out", parser=file_name, metavar="<file>", help="CSV to write: Id,Category."),
     device: str = DeviceOption,
     cache_dir: Path = CacheOption,
     quiet: bool = QuietOption,

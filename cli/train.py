@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from voxaug.cli.common import CacheOption, QuietOption, clean_errors, folder_name, output_folder
+from voxaug.cli.common import CacheOption, QuietOption, clean_errors, file_name, folder_name, output_folder
 from voxaug.errors import VoxaugError, file_error
 
 if TYPE_CHECKING:
@@ -42,12 +42,14 @@ FILE_ONLY_SETTINGS = ("grad_clip", "train_eval_utterances", "max_bad_steps", "sp
 
 @clean_errors
 def train(
-    data: Path = typer.Argument(..., help="Dataset: HW4 folder (mapping.json, metadata.json, uttr-*.pt) or <speaker>/ clip folders."),
+    data: Path = typer.Argument(..., parser=folder_name,
+                                help="Dataset: HW4 folder (mapping.json, metadata.json, uttr-*.pt) or <speaker>/ clip folders."),
     out: Path = typer.Option(..., "--out", parser=folder_name, metavar="<dir>",
                              help="Run folder: config.json, metrics.jsonl, best.pt, last.pt, curves.png."),
     preset: str = typer.Option(None, help=f"Size preset: {', '.join(PRESET_NAMES)} (default: the --config file's "
                                "preset, else cpu)."),
-    config: Path = typer.Option(None, "--config", help="TOML file overriding preset fields (\\[model], \\[augment] and \\[frontend] tables)."),
+    config: Path = typer.Option(None, "--config", parser=file_name, metavar="<file>",
+                                help="TOML file overriding preset fields (\\[model], \\[augment] and \\[frontend] tables)."),
     augment: str = typer.Option(
         None,
         help=f"Comma list of {', '.join(AUGMENTATION_NAMES)}, or 'none'; applied in the fixed order "

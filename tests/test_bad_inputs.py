@@ -827,3 +827,39 @@ def test_synth_refuses_an_empty_output_folder_instead_of_writing_into_the_workin
     code, output = invoke(["synth", "", "--speakers", "2", "--utterances", "2"])
     assert code == 2 and "'out': an empty folder name (it would mean the working directory)" in output, output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, name, kind", [
+    (["predict", "", "--ckpt", "c.pt", "--out", "p.csv"], "data", "folder"),
+    (["predict", "d", "--ckpt", "", "--out", "p.csv"], "--ckpt", "file"),
+    (["predict", "d", "--ckpt", "c.pt", "--out", ""], "--out", "file"),
+    (["train", "", "--out", "run"], "data", "folder"),
+    (["train", "d", "--out", "run", "--config", ""], "--config", "file"),
+    (["embed", "", "--ckpt", "c.pt", "--out", "emb"], "data", "folder"),
+    (["embed", "d", "--ckpt", "", "--out", "emb"], "--ckpt", "file"),
+    (["embed", "d", "--model", "", "--out", "emb"], "--model", "file"),
+    (["embed", "d", "--ckpt", "c.pt", "--out", "emb", "--index", ""], "--index", "file"),
+    (["evaluate", "", "--ckpt", "c.pt", "--out", "report"], "data", "folder"),
+    (["evaluate", "d", "--ckpt", "c.pt", "--out", "report", "--trials", ""], "--trials", "file"),
+    (["evaluate", "d", "--ckpt", "c.pt", "--out", "report", "--index", ""], "--index", "file"),
+    (["plot", "", "--out", "x.png"], "runs", "folder"),
+    (["plot", "run", "--out", ""], "--out", "file"),
+    (["export", "--ckpt", "", "--out", "m.onnx"], "--ckpt", "file"),
+    (["export", "--ckpt", "c.pt", "--out", ""], "--out", "file"),
+    (["identify", "--index", "", "a.pt"], "--index", "file"),
+    (["identify", "--index", "i.faiss", "--ckpt", "", "a.pt"], "--ckpt", "file"),
+    (["identify", "--index", "i.faiss", "a.pt", ""], "clips", "clip"),
+    (["enroll", "--index", "i.faiss", "--speaker", "x", ""], "clips", "clip"),
+    (["enroll", "--index", "", "--speaker", "x", "a.pt"], "--index", "file"),
+])
+def test_an_empty_path_is_refused_as_empty_not_named_as_the_working_directory(tmp_path, monkeypatch, args, name, kind):
+    """``Path("")`` is ``.``: ``predict --ckpt ""`` said ``.: expected a checkpoint file, found a folder``, ``plot ""``
+    looked for ``metrics.jsonl``, and an empty DATA or clip argument (an unset variable) read the working directory:
+    ``train ""`` packed it as a dataset, ``enroll --speaker x ""`` enrolled every clip under it."""
+    monkeypatch.chdir(tmp_path)
+    tensor(tmp_path / "stray.pt", torch.zeros(50, 40))
+    code, output = invoke(args)
+    empty = {"folder": "an empty folder name", "file": "an empty file name",
+             "clip": "an empty name (it would mean every clip under the working directory)"}[kind]
+    assert code == 2 and f"Invalid value for '{name}': {empty}" in output, output
+    assert len(output.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["stray.pt"]
