@@ -21,9 +21,13 @@ def json_output(text: str) -> Path:
 
 def folder_name(text: str) -> Path:
     """argparse type of a folder option (``--cache-dir``, ``--workdir``): an empty name is refused, as ``Path("")`` is
-    the working directory, which would fill with cache and run folders (gpu_check's workdir has its runs/ removed)."""
+    the working directory, which would fill with cache and run folders (gpu_check's workdir has its runs/ removed);
+    so is a name of only whitespace, as the voxaug commands refuse it."""
     if not text:
         raise argparse.ArgumentTypeError("an empty folder name; give a folder or leave the option out")
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"a folder name of only whitespace ({text!r}); give a folder or leave the "
+                                         "option out")
     return Path(text)
 
 

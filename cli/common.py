@@ -144,17 +144,22 @@ class OneLineUsageErrors(TyperGroup):
 
 def folder_name(text: str) -> Path:
     """Parser of a folder option: an empty name is refused, as ``Path("")`` is the working directory, which would be
-    read as the folder (``--noise-dir "$NOISE"`` with the variable unset scanned it for noise)."""
+    read as the folder (``--noise-dir "$NOISE"`` with the variable unset scanned it for noise). So is a name of only
+    whitespace (``"$DIR "`` unset), a folder that every message would print as nothing (``-> /best.pt``)."""
     if not text:
         raise typer.BadParameter("an empty folder name (it would mean the working directory); give a folder")
+    if not text.strip():
+        raise typer.BadParameter(f"a folder name of only whitespace ({text!r}); give a folder")
     return Path(text)
 
 
 def file_name(text: str) -> Path:
     """Parser of a file option or argument: an empty name is refused by name, not as ``.`` (``Path("")``), which the
-    messages would call a folder (``--ckpt "$CKPT"`` with the variable unset: ``.: expected a checkpoint file``)."""
-    if not text:
-        raise typer.BadParameter("an empty file name; give a file")
+    messages would call a folder (``--ckpt "$CKPT"`` with the variable unset: ``.: expected a checkpoint file``); so
+    is one of only whitespace, as :func:`folder_name` refuses it."""
+    if not text.strip():
+        raise typer.BadParameter("an empty file name; give a file" if not text else
+                                 f"a file name of only whitespace ({text!r}); give a file")
     return Path(text)
 
 
@@ -164,6 +169,8 @@ def clip_name(text: str) -> Path:
     if not text:
         raise typer.BadParameter("an empty name (it would mean every clip under the working directory); give a clip "
                                  "file or folder")
+    if not text.strip():
+        raise typer.BadParameter(f"a name of only whitespace ({text!r}); give a clip file or folder")
     return Path(text)
 
 

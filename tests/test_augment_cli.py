@@ -376,3 +376,38 @@ def test_an_empty_preset_is_refused_before_reading_data(tmp_path):
                                  "--preset", ""])
     assert result.exit_code == 2, result.output
     assert result.output == "error: --preset '' is not known; accepted: cpu, strong, boss, baseline\n"
+
+
+@pytest.mark.parametrize("arguments, option", [
+    (["train", "data", "--out", " "], "--out"),
+    (["train", "data", "--out", "run", "--noise-dir", "  "], "--noise-dir"),
+    (["train", "data", "--out", "run", "--rir-dir", "\t"], "--rir-dir"),
+    (["predict", "data", "--ckpt", "c.pt", "--out", "p.csv", "--cache-dir", " "], "--cache-dir"),
+    (["enroll", "--index", "x.faiss", "--speakers-dir", " "], "--speakers-dir"),
+    (["evaluate", "data", "--ckpt", "c.pt", "--out", " "], "--out"),
+    (["evaluate", "data", "--ckpt", "c.pt", "--out", "report", "--impostors", " "], "--impostors"),
+    (["synth", " ", "--speakers", "2", "--utterances", "2"], "out"),
+])
+def test_every_folder_option_refuses_a_name_of_only_whitespace(tmp_path, monkeypatch, arguments, option):
+    """``--cache-dir " "`` (``"$CACHE "`` with the variable unset) made a folder named by a space, and ``train --out " "``
+    a run folder whose messages read ``-> /best.pt``: a name no one means, which every message prints as nothing."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, arguments)
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert text.startswith("error: ") and f"'{option}': a folder name of only whitespace" in text, text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("names, key", [("noise", "noise_dir"), ("wave", "rir_dir")])
+def test_a_folder_of_only_whitespace_in_a_config_file_is_refused_as_the_option_is(tmp_path, monkeypatch, names, key):
+    """``noise_dir = " "`` in a TOML file was made absolute against the file's folder and looked for there."""
+    monkeypatch.chdir(tmp_path)
+    toml = tmp_path / "blank.toml"
+    toml.write_text(f'[augment]\nnames = ["{names}"]\n[augment.{names}]\n{key} = " "\n')
+    result = runner.invoke(app, ["train", "no-such-data", "--out", "run", "--config", str(toml)])
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert text.startswith(f"error: {toml}: ") and f"{names} {key}" in text \
+        and "' ' is a folder name of only whitespace" in text, text
+    assert not (tmp_path / "run").exists()

@@ -863,3 +863,10 @@ def test_an_empty_path_is_refused_as_empty_not_named_as_the_working_directory(tm
              "clip": "an empty name (it would mean every clip under the working directory)"}[kind]
     assert code == 2 and f"Invalid value for '{name}': {empty}" in output, output
     assert len(output.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["stray.pt"]
+
+
+@pytest.mark.parametrize("args", [["predict", "data", "--ckpt", " ", "--out", "p.csv"],
+                                  ["identify", "--index", "spk.faiss", "  "]])
+def test_a_file_or_clip_name_of_only_whitespace_is_refused_as_folder_names_are(args):
+    code, output = invoke(args)
+    assert code == 2 and "name of only whitespace" in output, output

@@ -742,3 +742,14 @@ def test_an_empty_workdir_is_refused_before_anything_in_the_working_directory_is
     assert stopped.value.code == 2
     assert "argument --workdir: an empty folder name" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"] and (tmp_path / "runs" / "mine").is_dir()
+
+
+def test_a_benchmark_folder_option_refuses_a_name_of_only_whitespace_as_the_commands_do():
+    """``--cache-dir " "`` or ``--workdir " "`` made a folder named by a space."""
+    import argparse
+
+    from report import folder_name
+
+    with pytest.raises(argparse.ArgumentTypeError, match=r"a folder name of only whitespace \(' '\)"):
+        folder_name(" ")
+    assert folder_name(" x") == Path(" x")  # whitespace around a name is the user's to give

@@ -307,7 +307,7 @@ def absolute_folders(augment: dict, folder: Path) -> None:
     for name, table in augment.items():
         if isinstance(table, dict):
             for key in ("noise_dir", "rir_dir"):
-                if isinstance(table.get(key), str) and table[key]:
+                if isinstance(table.get(key), str) and table[key].strip():  # check_folder refuses a blank one
                     expanded = home_expanded(table[key], f"[augment.{name}] {key}")
                     table[key] = str((folder / expanded).resolve())
 

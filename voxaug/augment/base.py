@@ -102,10 +102,12 @@ def check_probability(label: str, value: object) -> None:
 
 def check_folder(label: str, folder: object) -> None:
     """Refuse a folder setting that is neither unset (None) nor a path; an empty name too, which would read the
-    working directory as the folder."""
+    working directory as the folder, and one of only whitespace, as ``--noise-dir`` refuses them."""
     if folder == "":
         raise VoxaugError(f"{label} is an empty folder name, which would read the working directory; "
                           "give a folder or leave it out")
+    if isinstance(folder, str) and not folder.strip():
+        raise VoxaugError(f"{label} {folder!r} is a folder name of only whitespace; give a folder or leave it out")
     if folder is not None and not isinstance(folder, str):
         raise VoxaugError(f"{label} must be a folder path, got {folder!r}")
 
