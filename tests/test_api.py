@@ -1174,3 +1174,69 @@ def test_an_empty_device_is_refused_by_identify_and_enroll_as_by_the_other_comma
     one_line_error(*invoke("enroll", "--index", index.path, "--speaker", "b", "--device", "", clip), expected)
     with pytest.raises(VoxaugError, match=r"^--device '' is not known"):
         voxaug.SpeakerIndex.open(index.path, device="")
+
+
+def test_a_model_and_index_from_an_export_go_to_a_process_pool_and_a_changed_file_is_refused(models, tiny_synth,
+                                                                                            tmp_path):
+    """Pickling (how a process pool, fork or spawn, sends arguments) failed with ONNX Runtime's bare "cannot pickle
+    'InferenceSession'" TypeError: a copy now reopens the export, and refuses one changed since it was loaded."""
+    import pickle
+
+    export = tmp_path / "model.onnx"
+    shutil.copy(models["onnx"], export)
+    model = voxaug.SpeakerModel.load(export, threads=1)
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    copy = pickle.loads(pickle.dumps(model))
+    assert np.array_equal(copy.embed(clip), model.embed(clip))
+    assert pickle.loads(pickle.dumps(index)).identify(clip) == index.identify(clip)
+    sent = pickle.dumps(model)
+    shutil.copy(models["other_onnx"], export)
+    with pytest.raises(VoxaugError, match=r"model\.onnx: ONNX model changed since it was loaded"):
+        pickle.loads(sent)
+
+
+def _embed_in_child(model, clip, answers) -> None:
+    answers.put(model.embed(clip))
+
+
+def test_a_checkpoint_embeds_in_a_forked_child_after_the_parent_ran_it_on_several_threads(models, tiny_synth):
+    """A process pool forks (Linux's default): torch's OpenMP threads, started by the parent's call, are gone in
+    the child, and its first call on more than one thread waited for them forever."""
+    import multiprocessing
+
+    model = voxaug.SpeakerModel.load(models["ckpt"], threads=2)
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    expected = model.embed(clip)
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_embed_in_child, args=(model, clip, answers))
+    child.start()
+    child.join(60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung and child.exitcode == 0, "the forked child hung embedding the clip"
+    assert np.allclose(answers.get(timeout=10), expected, atol=1e-5)
+
+
+def test_sparse_feature_tensors_are_embedded_and_a_meta_tensor_is_refused_in_one_line(models, tiny_synth):
+    """A sparse tensor was a bare TypeError ("can't convert Sparse layout tensor to numpy") and a meta tensor a
+    bare NotImplementedError ("Cannot copy out of meta tensor")."""
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    features = torch.load(wavs(tiny_synth, "test", "new000")[0].with_suffix(".pt"), weights_only=True)
+    expected = model.embed(features)
+    assert np.array_equal(model.embed(features.to_sparse()), expected)
+    with pytest.raises(VoxaugError, match=r"^clip: a tensor on the meta device holds no values$"):
+        model.embed(torch.empty(features.shape, device="meta"))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "ckpt"])
+def test_embedding_no_clips_gives_no_rows_not_a_bare_stacking_error(models, kind):
+    """``embed_many([])`` (an empty batch) was numpy's "need at least one array to stack" for an export and torch's
+    "stack expects a non-empty TensorList" for a checkpoint."""
+    model = voxaug.SpeakerModel.load(models[kind])
+    embeddings = model.embed_many([])
+    assert embeddings.shape == (0, model.embedding_dim) and embeddings.dtype == np.float32

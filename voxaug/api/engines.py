@@ -5,6 +5,7 @@ Each engine turns one :class:`~voxaug.api.inputs.Clip` into a unit embedding and
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,12 +68,20 @@ class _TorchThreads:
 
     Each call saving and restoring the count alone is not enough across threads: one that starts while another
     holds a cap saves the cap as "before", and, leaving last, keeps it for the whole process. So the first call
-    in saves the count and every call puts that back as it leaves (a thread's own work keeps its own cap)."""
+    in saves the count and every call puts that back as it leaves (a thread's own work keeps its own cap).
+
+    In a forked child torch's OpenMP threads are gone, yet OpenMP waits for them: a call on more than one thread
+    hangs for good, so there every call runs on one (as torch's DataLoader workers do)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
         self.before = 1
+        self.forked = False
+
+    def after_fork(self) -> None:
+        """In the child: one thread per call, and a fresh lock (a parent's thread may have held it at the fork)."""
+        self.lock, self.users, self.forked = threading.Lock(), 0, True
 
     def enter(self, threads: int) -> None:
         import torch
@@ -92,6 +101,7 @@ class _TorchThreads:
 
 
 _TORCH_THREADS = _TorchThreads()
+os.register_at_fork(after_in_child=_TORCH_THREADS.after_fork)
 
 
 class TorchEngine:
@@ -144,10 +154,11 @@ class TorchEngine:
     def own_threads(self) -> Iterator[None]:
         """torch's thread count is process-wide: hold ``threads`` for this model's work only, then put it back
         (see :class:`_TorchThreads`)."""
-        if self.threads is None:
+        threads = 1 if _TORCH_THREADS.forked and self.device.type == "cpu" else self.threads
+        if threads is None:
             yield
             return
-        _TORCH_THREADS.enter(self.threads)
+        _TORCH_THREADS.enter(threads)
         try:
             yield
         finally:

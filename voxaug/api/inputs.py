@@ -110,7 +110,12 @@ def as_numpy(values: Any, name: str = "clip") -> np.ndarray:
         raise VoxaugError(f"{name}: got {type(values).__name__}; give a clip file's path as text or a path object "
                           "(os.fsdecode turns a bytes path into one), or audio as a float waveform with its sample_rate")
     if hasattr(values, "detach"):
-        values = values.detach().cpu()
+        values = values.detach()
+        if values.is_meta:  # else a bare NotImplementedError from .cpu()
+            raise VoxaugError(f"{name}: a tensor on the meta device holds no values")
+        values = values.cpu()
+        if str(values.layout) != "torch.strided":  # a sparse tensor: .numpy() takes dense ones only
+            values = values.to_dense()
         if values.is_floating_point() and values.element_size() < 8:  # numpy has no bfloat16: widen it here, as
             values = values.float()  # astype below would; float64 stays, for the range check below
         values = values.numpy()

@@ -121,6 +121,8 @@ class SpeakerModel:
         positions = list(range(len(clips))) if positions is None else list(positions)
         if len(positions) != len(clips):  # zip would embed only as many clips as there are positions
             raise VoxaugError(f"positions: {len(positions)} given for {len(clips)} clips; give one per clip")
+        if not clips:  # else a bare error from stacking nothing (numpy's ValueError, torch's RuntimeError)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
         return self.engine.run_many([to_clip(x, sample_rate, self.engine.frontend, f"{name} {i}")
                                      for i, x in zip(positions, clips)])
 

@@ -153,7 +153,24 @@ class OnnxSpeakerModel:
             raise file_error(path, "ONNX model does not match its own checksum (tampered with or corrupted)")
         model = cls(path, hashlib.sha256(data).hexdigest(), session, metadata)
         _check_signature(path, session, model.takes_audio)
+        model.threads = threads
         return model
+
+    def __getstate__(self) -> dict:
+        """All but the ONNX Runtime session, which cannot be pickled: a copy sent to another process (a process
+        pool, with fork or spawn) opens the file again."""
+        state = {key: value for key, value in self.__dict__.items() if key != "session"}
+        state["path"] = self.path.absolute()  # the other process may run in another folder
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """The session reopened from the file, refused in one line if the file is no longer the one loaded."""
+        self.__dict__.update(state)
+        reopened = OnnxSpeakerModel.load(self.path, state.get("threads"))
+        if reopened.sha256 != self.sha256:
+            raise file_error(self.path, "ONNX model changed since it was loaded, and a copy sent to another process "
+                                        "opens it again; load the model again")
+        self.session = reopened.session
 
     def _refuse_audio_model(self) -> None:
         if self.takes_audio:
