@@ -870,3 +870,11 @@ def test_an_empty_path_is_refused_as_empty_not_named_as_the_working_directory(tm
 def test_a_file_or_clip_name_of_only_whitespace_is_refused_as_folder_names_are(args):
     code, output = invoke(args)
     assert code == 2 and "name of only whitespace" in output, output
+
+
+def test_the_command_lines_device_names_are_the_configs():
+    """cli/common.py repeats voxaug.config's device names so that `enroll` loads no torch: they must stay the same."""
+    from voxaug.cli.common import DEVICES as COMMAND_LINE_DEVICES
+    from voxaug.config import DEVICES
+
+    assert COMMAND_LINE_DEVICES == DEVICES

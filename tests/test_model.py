@@ -261,3 +261,26 @@ def test_a_long_preset_or_device_in_a_toml_file_or_run_config_is_echoed_cut_shor
     for message, (where, key) in zip(messages, ((toml, "preset"), (tmp_path / "preset" / "config.json", "preset"),
                                                (tmp_path / "device" / "config.json", "--device"))):
         assert message.startswith(f"{where}: {key} 'xxx") and "…" in message and len(message) < 300, message
+
+
+
+LONG = "x" * 10000
+
+
+@pytest.mark.parametrize("text, problem", [
+    (f'[model]\nkind = "{LONG}"\n', "--model 'xxx"),
+    (f'[model]\ninput_norm = "{LONG}"\n', "--input-norm 'xxx"),
+    (f'[augment]\nnames = ["{LONG}"]\n', "--augment: unknown augmentation 'xxx"),
+    (f'[augment]\nnames = {{ k = "{LONG}" }}\n', "[augment] names must be a list of augmentation names, got {'k'"),
+    (f'[augment]\n{LONG} = 1\n', "[augment] 'xxx"),
+    (f'split_version = {"9" * 4000}\n', "split_version must be one of 1, 2, got 999"),
+])
+def test_every_long_value_of_a_toml_file_is_echoed_cut_short(tmp_path, text, problem):
+    """A TOML file's unknown [model] kind or input_norm, augmentation name or key, or split_version was echoed whole
+    (10,000 characters), where its preset, device and wrong-typed values are cut to 80."""
+    toml = tmp_path / "run.toml"
+    toml.write_text(text)
+    with pytest.raises(VoxaugError) as info:
+        resolve_config(None, toml)
+    message = str(info.value)
+    assert message.startswith(f"{toml}: {problem}") and "…" in message and len(message) < 400, message[:400]

@@ -281,3 +281,24 @@ def test_an_interrupted_synth_leaves_the_folder_as_it_was_so_the_same_command_ru
     monkeypatch.setattr(synth_module, "write_audio", real_write)
     generate(out, config, progress=False)
     assert _digest(out) == _digest(tmp_path / "clean")
+
+
+def test_an_interrupted_synth_removes_only_what_it_wrote_not_files_that_appeared_beside_them(tmp_path, monkeypatch):
+    """The clean-up of an interrupted synth emptied the whole folder: a file another writer (a second synth started
+    on the same empty folder, the user) put there while it ran was deleted with the partial corpus."""
+    import voxaug.synth as synth_module
+
+    config = SynthConfig(speakers=2, utterances=2, unseen=1, impostors=1, enroll_per_unseen=1, test_per_unseen=1,
+                         min_seconds=0.5, max_seconds=0.6, seed=5)
+    out = tmp_path / "corpus"
+    out.mkdir()
+
+    def interrupted(*args, **kwargs):
+        (out / "notes.txt").write_text("not synth's")  # appears while the corpus is written
+        (out / "other").mkdir(exist_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth_module, "write_audio", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, config, progress=False)
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "other"]

@@ -1032,3 +1032,49 @@ def test_a_last_pt_whose_training_state_was_damaged_is_refused_by_resume_naming_
         assert result.exit_code == 2, result.output
         assert f"error: {run / 'last.pt'}: its {part}" in " ".join(result.output.split()), result.output
         assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_resume_out_of_memory_is_not_reported_as_a_damaged_last_pt(tiny_synth, tmp_path, monkeypatch):
+    """damaged_state took every RuntimeError while the training state was restored for damage: a CUDA out-of-memory
+    on loading the optimizer state said 'its training state is damaged ... put back the last.pt that training wrote,
+    or start a new run', of a sound file; and under --debug the traceback lost where the error came from."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(torch.optim.AdamW, "load_state_dict", out_of_memory)
+    result = resume()
+    assert result.exit_code == 3 and "damaged" not in result.output, result.output
+    assert "error: unexpected OutOfMemoryError: CUDA out of memory" in result.output, result.output
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_a_damaged_training_state_keeps_the_error_it_comes_from_for_debug(tiny_synth, tmp_path, monkeypatch):
+    """The damaged-state error was raised ``from None``: with --debug its traceback ended in damaged_state, without
+    the line that failed (a bug in the sampler read as damage could not be found)."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    state = load_checkpoint(run / "last.pt")
+    state["elapsed_s"] = "x"
+    save_checkpoint(run / "last.pt", {key: value for key, value in state.items() if key not in ("format", "version")})
+    monkeypatch.setenv("VOXAUG_DEBUG", "1")
+    result = resume()
+    assert isinstance(result.exception, VoxaugError) and "damaged" in str(result.exception), result.output
+    assert isinstance(result.exception.__cause__, ValueError), result.exception.__cause__
+
+
+def test_a_moment_tensor_of_shape_scalar_in_last_pt_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+    """check_optimizer_state let any 0-dimensional state tensor pass (only ``step`` is one): an ``exp_avg`` of shape
+    () was loaded, and the resume failed only at its first step: 'unexpected RuntimeError: output with shape []
+    doesn't match the broadcast shape', exit 3."""
+    run, resume = two_step_run(tiny_synth, tmp_path)
+    state = load_checkpoint(run / "last.pt")
+    next(iter(state["optimizer"]["state"].values()))["exp_avg"] = torch.tensor(0.0)
+    save_checkpoint(run / "last.pt", {key: value for key, value in state.items() if key not in ("format", "version")})
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = resume()
+    assert result.exit_code == 2, result.output
+    assert f"error: {run / 'last.pt'}: its training state is damaged (ValueError: exp_avg is () for a weight" in \
+        " ".join(result.output.split()), result.output
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before

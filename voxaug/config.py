@@ -109,7 +109,7 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise VoxaugError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.split_version not in SPLIT_VERSIONS:
-            raise VoxaugError(f"split_version must be one of {', '.join(map(str, SPLIT_VERSIONS))}, got {self.split_version}")
+            raise VoxaugError(f"split_version must be one of {', '.join(map(str, SPLIT_VERSIONS))}, got {abridged(self.split_version)}")
         if self.device not in DEVICES:
             raise VoxaugError(f"--device {abridged(self.device)} is not known; accepted: {', '.join(DEVICES)}")
 

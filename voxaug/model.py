@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchaudio.models import Conformer
 
-from voxaug.errors import VoxaugError, refuse_unknown_keys
+from voxaug.errors import VoxaugError, abridged, refuse_unknown_keys
 
 MODEL_KINDS = ("conformer", "transformer-mean")
 INPUT_NORMS = ("mean", "none")
@@ -53,7 +53,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise VoxaugError(f"--model {self.kind!r} is not known; accepted: {', '.join(MODEL_KINDS)}")
+            raise VoxaugError(f"--model {abridged(self.kind)} is not known; accepted: {', '.join(MODEL_KINDS)}")
         for name in ("n_mels", "d_model", "num_heads", "ffn_dim", "num_layers", "embedding_dim"):
             if getattr(self, name) <= 0:
                 raise VoxaugError(f"model: {name} must be positive, got {getattr(self, name)}")
@@ -66,7 +66,7 @@ class ModelConfig:
         if not 0 <= self.num_speakers <= max(self.num_classes, 0):
             raise VoxaugError(f"model: num_speakers {self.num_speakers} must be in [0, num_classes {self.num_classes}]")
         if self.input_norm not in INPUT_NORMS:
-            raise VoxaugError(f"--input-norm {self.input_norm!r} is not known; accepted: {', '.join(INPUT_NORMS)}")
+            raise VoxaugError(f"--input-norm {abridged(self.input_norm)} is not known; accepted: {', '.join(INPUT_NORMS)}")
         if self.scale <= 0 or not 0.0 <= self.margin < 1.0:
             raise VoxaugError(f"model: need scale > 0 and 0 <= margin < 1, got scale {self.scale}, margin {self.margin}")
 

@@ -213,15 +213,30 @@ def generate(out: str | Path, config: SynthConfig = SynthConfig(), progress: boo
     try:
         return _write_corpus(out, config, frontend, progress)
     except BaseException:  # Ctrl-C, SIGTERM, a full disk: a partial corpus would make the rerun refuse the folder
-        _remove_partial_corpus(out, created)
+        _remove_partial_corpus(out, config, created)
         raise
 
 
-def _remove_partial_corpus(out: Path, created: bool) -> None:
-    """Empty ``out`` (empty or absent before this run wrote in it) and remove it if this run created it, so that
-    the same command can simply be run again. Best effort: the error that stopped the run is the one to report."""
+def _feature_name(seed: int, speaker: str, index: int) -> str:
+    return "uttr-" + hashlib.sha1(f"{seed}|{speaker}|{index}".encode()).hexdigest()[:24] + ".pt"
+
+
+def _corpus_entries(config: SynthConfig) -> set[str]:
+    """The names synth writes at the top of its folder: what an interrupted run removes, and nothing else."""
+    features = {_feature_name(config.seed, f"spk{speaker:03d}", index)
+                for speaker in range(config.speakers) for index in range(config.utterances)}
+    return features | {"wav", "unseen", "mapping.json", "metadata.json", "testdata.json", "test_labels.csv"}
+
+
+def _remove_partial_corpus(out: Path, config: SynthConfig, created: bool) -> None:
+    """Remove what this run wrote in ``out`` (empty or absent before it), and ``out`` if this run created it and
+    nothing else is there, so that the same command can simply be run again; a file another writer put there
+    meanwhile stays. Best effort: the error that stopped the run is the one to report."""
+    ours = _corpus_entries(config)
     with contextlib.suppress(OSError):
         for entry in out.iterdir():
+            if entry.name not in ours:
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -255,7 +270,7 @@ def _write_corpus(out: Path, config: SynthConfig, frontend: FrontendConfig, prog
         n_test = max(1, int(round(config.test_fraction * config.utterances))) if config.test_fraction > 0 else 0
         for index in range(config.utterances):
             wave, features, session_id = make(speaker, voice, sessions, index)
-            name = "uttr-" + hashlib.sha1(f"{config.seed}|{speaker}|{index}".encode()).hexdigest()[:24] + ".pt"
+            name = _feature_name(config.seed, speaker, index)
             _save_features(out / name, features)
             entry = {"feature_path": name, "mel_len": int(features.shape[0])}
             if index < n_test:

@@ -121,7 +121,8 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
             raise TypeError("lr, betas, eps and weight_decay must be numbers")
         for weight in group["params"]:
             for key, value in optimizer.state.get(weight, {}).items():
-                if not isinstance(value, torch.Tensor) or (value.dim() and value.shape != weight.shape):
+                expected = () if key == "step" else weight.shape  # torch's step count is one number, shape ()
+                if not isinstance(value, torch.Tensor) or value.shape != expected:
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise ValueError(f"{key} is {shape} for a weight of shape {tuple(weight.shape)}")
 
@@ -132,11 +133,13 @@ def damaged_state(path: Path, part: str) -> Iterator[None]:
     a damaged file, not a bug."""
     try:
         yield
+    except torch.OutOfMemoryError:  # a device that is full, not a file that is damaged
+        raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
         detail = (str(exc).splitlines() or [""])[0][:200]
         raise file_error(path, f"its {part} is damaged ({type(exc).__name__}: {detail}), so the run cannot continue "
                                "from it: put back the last.pt that training wrote, or start a new run with another "
-                               "--out") from None
+                               "--out") from exc  # kept for --debug: a bug read as damage can still be found
 
 
 def refuse_fewer_than_two_speakers(source: DatasetSource) -> None:

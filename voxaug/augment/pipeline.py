@@ -18,7 +18,7 @@ import torch
 
 from voxaug.augment import channel, crop, mixup, noise, reverb, specaug, speed, wave  # noqa: F401  (importing registers them)
 from voxaug.augment.base import AUGMENTATIONS, BatchAugmentation, TrainBatch
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, abridged
 
 
 class AugmentPipeline:
@@ -64,7 +64,7 @@ def parse_names(spec: str | list[str]) -> list[str]:
     """``"specaug,mixup"`` -> ``["specaug", "mixup"]``; ``"none"`` or a TOML ``[]`` -> ``[]``; unknown names and
     empty ones (``""``, ``"a,,b"``: an unset shell variable is not a choice of no augmentation) refused."""
     if not isinstance(spec, (str, list)) or not all(isinstance(name, str) for name in spec):
-        raise VoxaugError(f"[augment] names must be a list of augmentation names, got {spec!r}")
+        raise VoxaugError(f"[augment] names must be a list of augmentation names, got {abridged(spec)}")
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
     if not all(names):
         raise VoxaugError(f"--augment (or [augment] names): {spec!r} has an empty name; write names separated by "
@@ -76,7 +76,7 @@ def parse_names(spec: str | list[str]) -> list[str]:
         if name == "none":
             raise VoxaugError(f"--augment: 'none' cannot be combined with other names ({','.join(names)})")
         if name not in AUGMENTATIONS:
-            raise VoxaugError(f"--augment: unknown augmentation {name!r}; accepted: {', '.join(accepted)}")
+            raise VoxaugError(f"--augment: unknown augmentation {abridged(name)}; accepted: {', '.join(accepted)}")
     if len(set(names)) != len(names):
         raise VoxaugError(f"--augment: {','.join(names)} names an augmentation twice")
     return names
@@ -95,7 +95,7 @@ def check_params(params: dict[str, Any]) -> None:
         if key == "names":
             continue
         if key not in AUGMENTATIONS:
-            raise VoxaugError(f"[augment] {key!r} is not an augmentation; accepted keys: names, {', '.join(sorted(AUGMENTATIONS))}")
+            raise VoxaugError(f"[augment] {abridged(key)} is not an augmentation; accepted keys: names, {', '.join(sorted(AUGMENTATIONS))}")
         if not isinstance(values, dict):
             raise VoxaugError(f"[augment.{key}] must be a table of parameters, got {values!r}")
         accepted = list(inspect.signature(AUGMENTATIONS[key].__init__).parameters)[1:]
