@@ -247,6 +247,15 @@ def test_a_config_table_of_a_named_augmentation_is_taken(tiny_synth, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["augment"]["mixup"] == {"alpha": 0.5}
 
 
+def refused_in_an_empty_folder(tmp_path, monkeypatch, arguments: list[str], problem: str) -> None:
+    """The command, run in the empty ``tmp_path``, exits 2 with one error holding ``problem`` and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, arguments)
+    text = output_of(result)
+    assert result.exit_code == 2, text
+    assert text.startswith("error: ") and problem in text, text
+    assert list(tmp_path.iterdir()) == []
+
 @pytest.mark.parametrize("arguments, option", [
     (["enroll", "--index", "x.faiss", "--speakers-dir", ""], "--speakers-dir"),
     (["evaluate", "data", "--ckpt", "c.pt", "--out", "report", "--enroll", "", "--test", "t"], "--enroll"),
@@ -257,12 +266,7 @@ def test_a_config_table_of_a_named_augmentation_is_taken(tiny_synth, tmp_path):
 def test_every_folder_option_refuses_an_empty_name_as_train_does(tmp_path, monkeypatch, arguments, option):
     """``--speakers-dir ""`` read the working directory as the speakers' folder, and ``--cache-dir ""`` would have
     packed features into it: an empty name is refused before any work, as --noise-dir's is."""
-    monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, arguments)
-    text = output_of(result)
-    assert result.exit_code == 2, text
-    assert text.startswith("error: ") and f"'{option}': an empty folder name" in text, text
-    assert list(tmp_path.iterdir()) == []
+    refused_in_an_empty_folder(tmp_path, monkeypatch, arguments, f"'{option}': an empty folder name")
 
 
 @pytest.mark.parametrize("given", ["the run's metrics.jsonl", "a run whose metrics.jsonl is a folder"])
@@ -391,12 +395,7 @@ def test_an_empty_preset_is_refused_before_reading_data(tmp_path):
 def test_every_folder_option_refuses_a_name_of_only_whitespace(tmp_path, monkeypatch, arguments, option):
     """``--cache-dir " "`` (``"$CACHE "`` with the variable unset) made a folder named by a space, and ``train --out " "``
     a run folder whose messages read ``-> /best.pt``: a name no one means, which every message prints as nothing."""
-    monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, arguments)
-    text = output_of(result)
-    assert result.exit_code == 2, text
-    assert text.startswith("error: ") and f"'{option}': a folder name of only whitespace" in text, text
-    assert list(tmp_path.iterdir()) == []
+    refused_in_an_empty_folder(tmp_path, monkeypatch, arguments, f"'{option}': a folder name of only whitespace")
 
 
 @pytest.mark.parametrize("names, key", [("noise", "noise_dir"), ("wave", "rir_dir")])

@@ -701,17 +701,11 @@ def test_identify_prints_a_name_with_undecodable_bytes_quoted_so_a_strict_utf8_s
     assert row.splitlines()[0] == repr(clip) and f"decision: {name!r} (threshold" in row, row
 
 
-@pytest.mark.parametrize("moment", ["staged", "sidecar", "committed"])
-def test_an_index_save_interrupted_before_its_commit_leaves_no_staged_copy(tmp_path, monkeypatch, moment):
-    """Ctrl-C or SIGTERM once the index bytes were staged, or while the sidecar was written, left the staged
-    `.spk.faiss.<sha256>.pending` copy of the index behind, as large as the index, until the next save; only once the
-    sidecar names it (committed) does a load need it."""
+def save_interrupted(index: SpeakerIndex, path: os.PathLike, moment: str, monkeypatch) -> None:
+    """``index.save(path)`` cut short by Ctrl-C at ``moment``: once the index bytes are staged ("staged"), while the
+    sidecar is written ("sidecar"), or once it is ("committed")."""
     import voxaug.embeddings.index as index_module
 
-    path = tmp_path / "spk.faiss"
-    index = SpeakerIndex(dim=4)
-    index.add("alice", np.eye(4)[:1])
-    index.save(path)
     writer = "atomic_write_bytes" if moment == "staged" else "atomic_write_text"
     real_write = getattr(index_module, writer)
 
@@ -720,11 +714,23 @@ def test_an_index_save_interrupted_before_its_commit_leaves_no_staged_copy(tmp_p
             real_write(target, content)
         raise KeyboardInterrupt
 
+    with monkeypatch.context() as patch:
+        patch.setattr(index_module, writer, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            index.save(path)
+
+
+@pytest.mark.parametrize("moment", ["staged", "sidecar", "committed"])
+def test_an_index_save_interrupted_before_its_commit_leaves_no_staged_copy(tmp_path, monkeypatch, moment):
+    """Ctrl-C or SIGTERM once the index bytes were staged, or while the sidecar was written, left the staged
+    `.spk.faiss.<sha256>.pending` copy of the index behind, as large as the index, until the next save; only once the
+    sidecar names it (committed) does a load need it."""
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
     index.add("bob", np.eye(4)[1:2])
-    monkeypatch.setattr(index_module, writer, interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        index.save(path)
-    monkeypatch.setattr(index_module, writer, real_write)
+    save_interrupted(index, path, moment, monkeypatch)
     committed = moment == "committed"
     assert SpeakerIndex.load(path).speakers == (["alice", "bob"] if committed else ["alice"])
     staged = [p.name for p in tmp_path.iterdir() if p.name.endswith(PENDING_SUFFIX)]
@@ -813,25 +819,12 @@ def test_an_interrupted_save_of_an_unchanged_index_leaves_no_staged_copy(tmp_pat
     """Saving an index again as it is (a re-run calibration that finds the same threshold) gives the sidecar text
     already on disk: cut short before its commit, the save took that old text for its own commit and kept the staged
     `.spk.faiss.<sha256>.pending` copy, as large as the index, though spk.faiss holds those very bytes."""
-    import voxaug.embeddings.index as index_module
-
     path = tmp_path / "spk.faiss"
     index = SpeakerIndex(dim=4)
     index.add("alice", np.eye(4)[:1])
     index.save(path)
     before = {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()}
-    writer = "atomic_write_bytes" if moment == "staged" else "atomic_write_text"
-    real_write = getattr(index_module, writer)
-
-    def interrupted(target, content):
-        if moment != "sidecar":
-            real_write(target, content)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(index_module, writer, interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        index.save(path)
-    monkeypatch.setattr(index_module, writer, real_write)
+    save_interrupted(index, path, moment, monkeypatch)
     assert {entry.name: entry.read_bytes() for entry in tmp_path.iterdir()} == before
     assert SpeakerIndex.load(path).speakers == ["alice"]
 
