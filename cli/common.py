@@ -258,7 +258,7 @@ def check_clip_files(paths: list[Path]) -> None:
         if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
             raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
         if not path.is_file():
-            raise file_error(path, "clip not found")
+            raise file_error(path, "clip not found" if not path.exists() else not_a_file(path, "clip"))
 
 
 ModelOption = typer.Option(None, "--model", parser=file_name, metavar="<file>",

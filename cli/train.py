@@ -12,6 +12,7 @@ import typer
 
 from voxaug.cli.common import CacheOption, QuietOption, clean_errors, file_name, folder_name, output_folder
 from voxaug.errors import VoxaugError, file_error
+from voxaug.safeio import real_path
 
 if TYPE_CHECKING:
     from voxaug.config import TrainConfig
@@ -117,6 +118,7 @@ def train(
     if workers is not None and workers < 0:  # on a set of features no worker starts, but the value is still wrong
         raise VoxaugError(f"--workers must be >= 0, got {workers}")
     output_folder(out, "--out")  # before minutes of featurising
+    refuse_run_in_clip_folders(out, data)
     augment_names = parse_names(augment) if augment is not None else None
     overrides = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
                      margin_warmup=margin_warmup, segment=segment, eval_every=eval_every,
@@ -190,6 +192,18 @@ def train(
         + (f"\n  skipped {len(trainer.skipped_files)} unreadable audio files (listed above; --strict makes them an error)"
            if trainer.skipped_files else "")
     )
+
+
+def refuse_run_in_clip_folders(out: Path, data: Path) -> None:
+    """Refuse --out inside a clip-folder DATA, whose first-level folders are speakers: every later read of DATA (a
+    resume, embed, evaluate, another train) would take the run's checkpoints for the clips of a speaker named after
+    the run. An HW4 DATA reads only the files its listings name, so a run may live there."""
+    data_real, out_real = real_path(data), real_path(out)
+    if data_real not in out_real.parents or (data_real / "mapping.json").exists():
+        return
+    speaker = out_real.relative_to(data_real).parts[0]
+    raise file_error(out, f"--out lies inside DATA {data}, whose folders are speakers: the run's checkpoints would be "
+                          f"read as clips of a speaker {speaker!r}; put the run outside DATA")
 
 
 def _interrupted(step: int, data: Path, out: Path, world_size: int) -> str:

@@ -118,7 +118,8 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
                 raise file_error(path, f"line {number}: clip {abridged(part)} is not a usable path "
                                        f"({exc.strerror})") from None
             if not found:
-                raise file_error(path, f"line {number}: clip {abridged(part)} not found in {root}")
+                raise file_error(path, f"line {number}: clip {abridged(part)} not found in {root}" if not clip.exists()
+                                 else f"line {number}: clip {abridged(part)}: {not_a_file(clip, 'clip')}")
             if clip.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:  # found now, not after the embedding
                 raise file_error(path, f"line {number}: clip {abridged(part)} is not a clip; accepted: .pt, "
                                        f"{', '.join(AUDIO_SUFFIXES)}")

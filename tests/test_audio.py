@@ -526,3 +526,70 @@ def test_an_unreadable_audio_file_is_named_once_as_text_not_again_as_python_byte
         read_audio(bad, 16000)
     assert re.fullmatch(rf"{re.escape(str(bad))}: not a readable audio file \([^/]+\)", str(refused.value)), \
         str(refused.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+@pytest.mark.parametrize("scan", ["clip folder", "--noise-dir", "--rir-dir"])
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_a_pipe_or_device_under_a_clip_name_in_a_scanned_folder_is_refused_not_left_out(tmp_path, scan, special):
+    """A named pipe (or a link to /dev/zero) named x.wav in a speaker, noise or RIR folder was silently left out,
+    as a link to nothing no longer is: the folder's clips were one fewer than the user put there, without a word."""
+    from voxaug.augment.noise import load_noise_features
+    from voxaug.augment.wave import audio_files_in
+
+    folder = tmp_path / "spk000"
+    folder.mkdir()
+    soundfile.write(folder / "a.wav", tone(), 16000)
+    torch.save(torch.randn(50, 40), folder / "b.pt")
+    odd = folder / ("x.pt" if scan == "--noise-dir" else "x.wav")
+    if special == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(special)
+    found = "a named pipe" if special == "fifo" else "a character device"
+    scanners = {"clip folder": (lambda: ClipFolderSource(tmp_path), f"expected a clip file, found {found}"),
+                "--noise-dir": (lambda: load_noise_features(folder),
+                                f"--noise-dir: expected a noise feature file, found {found}"),
+                "--rir-dir": (lambda: audio_files_in(folder, "--rir-dir"), f"--rir-dir: expected an audio file, found {found}")}
+    read, problem = scanners[scan]
+    with pytest.raises(VoxaugError, match=f"^{re.escape(f'{odd}: {problem}')}$"):
+        read()
+
+
+def test_a_clip_directly_in_a_clip_folder_dataset_is_refused_as_enroll_speakers_dir_refuses_it(tmp_path):
+    """`evaluate --enroll D` (and train, embed, --test, --impostors) silently left out D/x.wav, a clip of no speaker,
+    where `enroll --speakers-dir D` refused the same folder: the two enrolled different clips from it."""
+    root = tmp_path / "enroll"
+    (root / "spk000").mkdir(parents=True)
+    soundfile.write(root / "spk000" / "a.wav", tone(), 16000)
+    soundfile.write(root / "x.WAV", tone(), 16000)
+    (root / "notes.txt").write_text("not a clip")  # other files are the folder's own business
+    (root / "._y.wav").write_bytes(b"\x00\x05\x16\x07")  # nor are hidden files clips
+    with pytest.raises(VoxaugError, match=f"^{re.escape(str(root))}: holds clips of no speaker \\(x\\.WAV\\); clips go in "
+                                          r"ROOT/<speaker>/$"):
+        open_source(root)
+    (root / "x.WAV").unlink()
+    assert [u.key for u in open_source(root).utterances] == ["spk000/a.wav"]
+
+
+def test_folders_nested_past_the_recursion_limit_are_one_error_naming_the_folder_not_a_crash(tmp_path):
+    """A clip folder nested about a thousand levels deep made every scan a RecursionError (os.walk recursed once per
+    level before Python 3.12), which the CLI called "unexpected" with exit 3; the limit is lowered here to keep the
+    tree small."""
+    root = tmp_path / "spk000"
+    deepest = root.joinpath(*["a"] * 150)
+    deepest.mkdir(parents=True)
+    soundfile.write(deepest / "x.wav", tone(0.1), 16000)
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 100)
+    try:
+        found = one_file_per_clip(root, (".wav",))
+    except VoxaugError as exc:
+        assert str(exc) == f"{root}: folders nested too deep to list (past Python's recursion limit)"
+    else:  # an os.walk that does not recurse lists it
+        assert found == [deepest / "x.wav"]
+    finally:
+        sys.setrecursionlimit(limit)

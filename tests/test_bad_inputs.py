@@ -878,3 +878,50 @@ def test_the_command_lines_device_names_are_the_configs():
     from voxaug.config import DEVICES
 
     assert COMMAND_LINE_DEVICES == DEVICES
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+@pytest.mark.parametrize("kind, name, found", [("fifo", "x.wav", "a named pipe"), ("/dev/zero", "x.wav", "a character device"),
+                                               ("/dev/urandom", "x.pt", "a character device")])
+def test_enroll_refuses_a_pipe_or_device_given_as_a_clip_instead_of_reading_it_forever(world, tmp_path, kind, name,
+                                                                                       found):
+    """`enroll --speaker a x.wav` with x.wav a named pipe hung forever (the clip's digest opened it for reading, which
+    waits for a writer), and with x.wav a link to /dev/zero read on without end: identify refused both up front."""
+    clip_path = tmp_path / name
+    if kind == "fifo":
+        os.mkfifo(clip_path)
+    else:
+        clip_path.symlink_to(kind)
+    args = ["enroll", "--index", tmp_path / "spk.faiss", "--speaker", "a", "--ckpt", world.ckpt, clip_path,
+            "--device", "cpu", "-q"]
+    done = subprocess.run([sys.executable, "-m", "voxaug", *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (2, f"error: {clip_path}: expected a clip file, found {found}\n")
+    assert not (tmp_path / "spk.faiss").exists()
+
+
+@pytest.mark.parametrize("reader", ["identify", "evaluate --trials", "read_mono"])
+def test_a_device_or_pipe_named_as_a_clip_is_called_what_it_is_not_missing_or_empty(world, tmp_path, reader,
+                                                                                    special_file):
+    """`identify x.wav` with x.wav a named pipe (or a link to /dev/null) said "clip not found" of a file that is
+    there, a --trials line naming one said "not found in DATA", and the audio reader called it "empty (0 bytes)"."""
+    from voxaug.embeddings.evaluation import read_trials
+    from voxaug.errors import VoxaugError
+    from voxaug.runtime.frontend import read_mono
+
+    special, found = special_file
+    if reader == "evaluate --trials" and not special.is_relative_to(tmp_path):
+        pytest.skip("a trial clip linked out of DATA is refused as such")
+    data = tmp_path  # the pipe lies in it: a trial's clip must
+    clip_path = data / "x.wav"
+    clip_path.symlink_to(special)
+    if reader == "identify":
+        assert invoke(identify(world, clip_path)) == (2, f"error: {clip_path}: expected a clip file, found {found}\n")
+        return
+    with pytest.raises(VoxaugError) as refused:
+        if reader == "evaluate --trials":
+            read_trials(write(tmp_path / "trials.txt", "1 x.wav y.pt\n0 y.pt z.pt\n"), data)
+        else:
+            read_mono(clip_path)
+    expected = (f"{tmp_path / 'trials.txt'}: line 1: clip 'x.wav': expected a clip file" if reader == "evaluate --trials"
+                else f"{clip_path}: expected an audio file")
+    assert str(refused.value) == f"{expected}, found {found}"

@@ -91,3 +91,22 @@ def test_predict_with_a_speed_model_counts_the_three_untrained_classes_as_train_
                                  str(tmp_path / "p.csv"), "-q", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output + result.stderr
     assert result.stderr.strip().splitlines() == warned and "its 3 classes (one per speed)" in warned[0], warned
+
+
+def test_a_run_folder_inside_a_clip_folder_dataset_is_refused_before_it_becomes_a_speaker(tmp_path):
+    """`train DATA --out DATA/run` trained, and from then on DATA had a speaker 'run' whose clips were best.pt and
+    last.pt: `--resume` failed with "cannot resume with a different model", and another train or embed of DATA took
+    'run' for a class. An HW4 DATA reads only what its listings name, so a run may live inside it."""
+    hw4 = make_hw4(tmp_path / "hw4", speakers=2)
+    clips = tmp_path / "clips"
+    for speaker, prefix in (("alice", "uttr-00"), ("bob", "uttr-01")):
+        (clips / speaker).mkdir(parents=True)
+        for clip in sorted(hw4.glob(f"{prefix}*.pt")):
+            shutil.copy(clip, clips / speaker / clip.name)
+    run = clips / "run"
+    result = CliRunner().invoke(app, ["train", str(clips), "--out", str(run), "--steps", "2", "--device", "cpu", "-q",
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert (result.exit_code, result.output) == (2, f"error: {run}: --out lies inside DATA {clips}, whose folders are "
+                                                    "speakers: the run's checkpoints would be read as clips of a speaker "
+                                                    "'run'; put the run outside DATA\n")
+    assert not run.exists()

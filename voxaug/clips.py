@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, file_error, not_a_file
 
 FEATURE_SUFFIX = ".pt"
 
@@ -17,15 +17,18 @@ def files_under(folder: Path) -> Iterator[Path]:
     folders (``.x``, such as the ``._x.wav`` metadata files macOS leaves on shared drives) are left out. A folder
     that cannot be listed is refused: skipping it would leave its clips out without a word."""
     seen: set[str] = set()
-    for top, folders, files in os.walk(folder, onerror=_unlistable, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            folders.clear()
-            continue
-        seen.add(real)
-        # sorted: which of a folder and a link to it is entered must not depend on the file system's listing order
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        yield from (Path(top) / name for name in files if not name.startswith("."))
+    try:
+        for top, folders, files in os.walk(folder, onerror=_unlistable, followlinks=True):
+            real = os.path.realpath(top)
+            if real in seen:
+                folders.clear()
+                continue
+            seen.add(real)
+            # sorted: which of a folder and a link to it is entered must not depend on the file system's listing order
+            folders[:] = sorted(name for name in folders if not name.startswith("."))
+            yield from (Path(top) / name for name in files if not name.startswith("."))
+    except RecursionError:  # os.walk recurses once per level (before Python 3.12): about a thousand levels down
+        raise VoxaugError(f"{folder}: folders nested too deep to list (past Python's recursion limit)") from None
 
 
 def _unlistable(error: OSError) -> None:
@@ -44,8 +47,8 @@ def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool
             continue
         if path.is_symlink() and not path.exists():
             raise VoxaugError(f"{path}: a clip's symbolic link points to nothing ({os.readlink(path)})")
-        if not path.is_file():
-            continue
+        if not path.is_file():  # a named pipe or a device: left out, its clip would be missing without a word
+            raise file_error(path, not_a_file(path, "clip"))
         stem = path.with_suffix("")
         kind = features if path.suffix.lower() == FEATURE_SUFFIX else audio
         if stem in kind:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from voxaug.clips import FEATURE_SUFFIX
-from voxaug.errors import VoxaugError, file_error
+from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.runtime.frontend import (
     AUDIO_SUFFIXES, FrontendSettings, check_audio_rate, check_resampling, feature_values_problem, read_audio, resample,
     silence_problem,
@@ -58,6 +58,9 @@ def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip"
     and sample rate): the same clip under another name, or given to a later command, has the same digest."""
     digest = hashlib.sha256()
     if isinstance(x, (str, os.PathLike)):
+        path = Path(os.fsdecode(x))
+        if path.exists() and not path.is_file():  # a named pipe would block the read forever, /dev/zero never end it
+            raise file_error(path, not_a_file(path, "clip"))
         try:
             with open(x, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):

@@ -22,7 +22,7 @@ from voxaug.augment.base import (
 )
 from voxaug.augment.channel import DB_TO_LOG_POWER
 from voxaug.clips import files_under
-from voxaug.errors import VoxaugError, file_error, not_a_folder
+from voxaug.errors import VoxaugError, file_error, not_a_file, not_a_folder
 
 FEATURE_SUFFIX = ".pt"
 
@@ -35,11 +35,12 @@ def load_noise_features(folder: str | Path) -> list[torch.Tensor]:
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"--noise-dir: {not_a_folder(folder)}")
-    named = sorted(p for p in files_under(folder) if p.suffix.lower() == FEATURE_SUFFIX)
-    for path in named:
+    files = sorted(p for p in files_under(folder) if p.suffix.lower() == FEATURE_SUFFIX)
+    for path in files:
         if path.is_symlink() and not path.exists():  # left out, it would silently leave its noise out
             raise file_error(path, f"--noise-dir: a symbolic link that points to nothing ({os.readlink(path)})")
-    files = [p for p in named if p.is_file()]
+        if not path.is_file():  # a named pipe or a device, likewise
+            raise file_error(path, f"--noise-dir: {not_a_file(path, 'noise feature file')}")
     if not files:
         raise file_error(folder, f"--noise-dir: holds no noise feature files ({FEATURE_SUFFIX}) for the 'noise' augmentation")
     noises = []

@@ -24,7 +24,7 @@ from voxaug.augment.base import (
     BatchAugmentation, TrainBatch, check_folder, check_probability, check_range, register_augmentation,
 )
 from voxaug.clips import files_under
-from voxaug.errors import file_error, not_a_folder
+from voxaug.errors import file_error, not_a_file, not_a_folder
 from voxaug.runtime.frontend import UNKNOWN_FRAMES, check_audio_rate, silence_problem
 
 _USABLE: set[tuple[str, int, int]] = set()
@@ -61,11 +61,12 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"{option}: {not_a_folder(folder)}")
-    named = sorted(p for p in files_under(folder) if p.suffix.lower() in AUDIO_SUFFIXES)
-    for path in named:
+    files = sorted(p for p in files_under(folder) if p.suffix.lower() in AUDIO_SUFFIXES)
+    for path in files:
         if path.is_symlink() and not path.exists():  # left out, it would silently leave its noise out
             raise file_error(path, f"{option}: a symbolic link that points to nothing ({os.readlink(path)})")
-    files = [p for p in named if p.is_file()]
+        if not path.is_file():  # a named pipe or a device, likewise
+            raise file_error(path, f"{option}: {not_a_file(path, 'audio file')}")
     if not files:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
     for path in files:

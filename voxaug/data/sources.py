@@ -261,6 +261,13 @@ class ClipFolderSource:
         if not self.root.is_dir():
             raise file_error(self.root, f"dataset {not_a_folder(self.root)}")
         suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
+        # left out, they would be missing without a word (enroll --speakers-dir refuses them too)
+        stray = sorted(p.name for p in self.root.iterdir()
+                       if p.suffix.lower() in suffixes and not p.name.startswith(".") and not p.is_dir())
+        if stray:
+            raise file_error(self.root, f"holds clips of no speaker ({', '.join(stray[:3])}"
+                                        f"{f' and {len(stray) - 3} more' if len(stray) > 3 else ''}); clips go in "
+                                        "ROOT/<speaker>/")
         utterances = []
         first_seen: dict[tuple[int, int], Path] = {}  # a clip's file by device and inode: a link can list it twice
         for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):

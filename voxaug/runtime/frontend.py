@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from voxaug.errors import VoxaugError, file_error, refuse_unknown_keys
+from voxaug.errors import VoxaugError, file_error, not_a_file, refuse_unknown_keys
 from voxaug.safeio import finite_number
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -291,6 +291,8 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.exists():
         raise file_error(path, "audio file not found")
+    if not path.is_file():  # a pipe or a device: its size of 0 is no empty file's
+        raise file_error(path, not_a_file(path, "audio"))
     if path.suffix.lower() not in AUDIO_SUFFIXES:
         raise file_error(path, f"unsupported audio format {path.suffix!r}; accepted: {', '.join(AUDIO_SUFFIXES)}")
     if path.stat().st_size == 0:
