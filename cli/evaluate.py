@@ -194,7 +194,8 @@ def evaluate(
                 latest.calibration = report["open_set"]
                 latest.save(index)
         except (VoxaugError, OSError) as exc:  # OSError: the lock file was refused (the folder turned read-only)
-            reason = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else exc
+            # flock's own OSError (ENOLCK: NFS without locks) names no file: then the index is named
+            reason = f"{exc.filename or index}: {exc.strerror or exc}" if isinstance(exc, OSError) else exc
             raise VoxaugError(f"{reason}; the index was not calibrated (the report's figures are in "
                               f"{out / 'report.json'})") from None
         warn_calibration_outdated(index, latest.calibration_outdated())  # enrolled or removed while it scored

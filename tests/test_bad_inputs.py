@@ -925,3 +925,14 @@ def test_a_device_or_pipe_named_as_a_clip_is_called_what_it_is_not_missing_or_em
     expected = (f"{tmp_path / 'trials.txt'}: line 1: clip 'x.wav': expected a clip file" if reader == "evaluate --trials"
                 else f"{clip_path}: expected an audio file")
     assert str(refused.value) == f"{expected}, found {found}"
+
+
+def test_a_voxaug_cache_of_only_whitespace_is_refused_as_cache_dir_is(trained_run, tiny_synth, tmp_path, monkeypatch):
+    """``VOXAUG_CACHE=" "`` (``"$CACHE "`` with the variable unset) packed features into a folder named by a space in
+    the working directory, where ``--cache-dir " "`` is refused."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VOXAUG_CACHE", " ")
+    code, output = invoke(["predict", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", "p.csv", "-q"])
+    assert code == 2 and output == ("error: VOXAUG_CACHE ' ' is a folder name of only whitespace; give a folder, or "
+                                    "unset it for ~/.cache/voxaug\n"), output
+    assert list(tmp_path.iterdir()) == []

@@ -1252,3 +1252,32 @@ def test_calibrate_whose_lock_file_is_refused_says_the_index_was_not_calibrated(
     assert result.output == (f"error: {index}.lock: Read-only file system; the index was not calibrated (the report's "
                              f"figures are in {tmp_path / 'report' / 'report.json'})\n")
     assert sidecar_path(index).read_bytes() == before and (tmp_path / "report" / "report.json").is_file()
+
+
+def test_calibrate_whose_lock_fails_with_no_file_name_names_the_index(calibrated, trained_run, tiny_synth, tmp_path,
+                                                                      monkeypatch):
+    """``flock``'s OSError carries no file name (ENOLCK: an NFS mount without locks): the message was a bare
+    ``[Errno 37] No locks available`` that named no file."""
+    import errno
+    import fcntl
+    import os
+
+    folder = (tmp_path / "index").resolve()
+    folder.mkdir()
+    index = copied_index(calibrated[1], folder)
+    before = sidecar_path(index).read_bytes()
+    real_flock = fcntl.flock
+
+    def refusing_flock(fd, operation):
+        lock = f"{index}.lock"
+        if os.path.exists(lock) and os.path.samestat(os.fstat(fd), os.stat(lock)):
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", refusing_flock)
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index",
+                    index, "--calibrate", "-q")
+    assert result.exit_code == 2
+    assert result.output == (f"error: {index}: {os.strerror(errno.ENOLCK)}; the index was not calibrated (the report's "
+                             f"figures are in {tmp_path / 'report' / 'report.json'})\n")
+    assert sidecar_path(index).read_bytes() == before

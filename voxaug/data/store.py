@@ -29,8 +29,13 @@ LOCK_FILE = ".lock"
 
 def default_cache_dir() -> Path:
     """``$VOXAUG_CACHE`` if set, else ``~/.cache/voxaug``; a ``~`` in the variable (quoted, or set by a service
-    file, no shell expands it) is the home folder, not a folder named ``~`` in the working directory."""
-    return home_expanded(os.environ.get("VOXAUG_CACHE") or Path.home() / ".cache" / "voxaug", "VOXAUG_CACHE")
+    file, no shell expands it) is the home folder, not a folder named ``~`` in the working directory. A name of only
+    whitespace is refused, as ``--cache-dir`` refuses it."""
+    name = os.environ.get("VOXAUG_CACHE")
+    if name and not name.strip():
+        raise VoxaugError(f"VOXAUG_CACHE {name!r} is a folder name of only whitespace; give a folder, or unset it for "
+                          "~/.cache/voxaug")
+    return home_expanded(name or Path.home() / ".cache" / "voxaug", "VOXAUG_CACHE")
 
 
 @dataclass
