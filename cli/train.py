@@ -195,15 +195,21 @@ def train(
 
 
 def refuse_run_in_clip_folders(out: Path, data: Path) -> None:
-    """Refuse --out inside a clip-folder DATA, whose first-level folders are speakers: every later read of DATA (a
-    resume, embed, evaluate, another train) would take the run's checkpoints for the clips of a speaker named after
-    the run. An HW4 DATA reads only the files its listings name, so a run may live there."""
+    """Refuse --out inside (or equal to) a clip-folder DATA, whose first-level folders are speakers: every later read
+    of DATA (a resume, embed, evaluate, another train) would take the run's checkpoints for the clips of a speaker
+    named after the run, or of no speaker. An HW4 DATA reads only the files its listings name, and a clip folder no
+    hidden folder (``.x``), so a run may live there."""
     data_real, out_real = real_path(data), real_path(out)
-    if data_real not in out_real.parents or (data_real / "mapping.json").exists():
+    if (data_real != out_real and data_real not in out_real.parents) or (data_real / "mapping.json").exists():
         return
-    speaker = out_real.relative_to(data_real).parts[0]
+    if data_real == out_real:  # the checkpoints at DATA's top: clips of no speaker, refused by every later read
+        raise file_error(out, f"--out is DATA {data} itself, whose folders are speakers: the run's checkpoints would "
+                              "be read as clips of no speaker, and DATA refused from then on; put the run outside DATA")
+    parts = out_real.relative_to(data_real).parts
+    if any(part.startswith(".") for part in parts):  # a hidden folder's files are no clips (see files_under)
+        return
     raise file_error(out, f"--out lies inside DATA {data}, whose folders are speakers: the run's checkpoints would be "
-                          f"read as clips of a speaker {speaker!r}; put the run outside DATA")
+                          f"read as clips of a speaker {parts[0]!r}; put the run outside DATA")
 
 
 def _interrupted(step: int, data: Path, out: Path, world_size: int) -> str:

@@ -1240,3 +1240,27 @@ def test_embedding_no_clips_gives_no_rows_not_a_bare_stacking_error(models, kind
     model = voxaug.SpeakerModel.load(models[kind])
     embeddings = model.embed_many([])
     assert embeddings.shape == (0, model.embedding_dim) and embeddings.dtype == np.float32
+
+
+def test_an_export_loaded_by_a_relative_name_goes_to_a_process_pool_after_the_working_folder_changed(
+        models, tiny_synth, tmp_path, monkeypatch):
+    """A copy's file name was made absolute when pickled, against the working folder of that moment: loaded as
+    ``model.onnx`` and pickled after a chdir, the copy looked for the model in the new folder ("not found")."""
+    import pickle
+
+    shutil.copy(models["onnx"], tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    model = voxaug.SpeakerModel.load("model.onnx", threads=1)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    clip = wavs(tiny_synth, "test", "new000")[0]
+    assert np.array_equal(pickle.loads(pickle.dumps(model)).embed(clip), model.embed(clip))
+
+
+def test_enrolling_a_clip_name_too_long_for_the_file_system_is_one_line(models, tmp_path):
+    """The check for a pipe or a device named as a clip ran before the read's OSError handling: a name longer than
+    the file system allows escaped ``SpeakerIndex.enroll`` as a bare OSError ("File name too long")."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", voxaug.SpeakerModel.load(models["onnx"]))
+    long = tmp_path / ("a" * 300 + ".wav")
+    with pytest.raises(VoxaugError, match=r"\.wav: cannot read the clip \(File name too long\)$"):
+        index.enroll("a", [long])

@@ -273,6 +273,8 @@ LONG = "x" * 10000
     (f'[augment]\nnames = ["{LONG}"]\n', "--augment: unknown augmentation 'xxx"),
     (f'[augment]\nnames = {{ k = "{LONG}" }}\n', "[augment] names must be a list of augmentation names, got {'k'"),
     (f'[augment]\n{LONG} = 1\n', "[augment] 'xxx"),
+    (f'[augment]\nspecaug = "{LONG}"\n', "[augment.specaug] must be a table of parameters, got 'xxx"),
+    (f'[augment]\nnames = ["specaug", "", "{LONG}"]\n', "--augment (or [augment] names): ['specaug', '', 'xxx"),
     (f'split_version = {"9" * 4000}\n', "split_version must be one of 1, 2, got 999"),
 ])
 def test_every_long_value_of_a_toml_file_is_echoed_cut_short(tmp_path, text, problem):

@@ -110,3 +110,39 @@ def test_a_run_folder_inside_a_clip_folder_dataset_is_refused_before_it_becomes_
                                                     "speakers: the run's checkpoints would be read as clips of a speaker "
                                                     "'run'; put the run outside DATA\n")
     assert not run.exists()
+
+
+def test_a_clip_folder_dataset_as_its_own_run_folder_is_refused(tmp_path):
+    """`train DATA --out DATA` trained and wrote best.pt and last.pt at DATA's top, where clips of no speaker are
+    refused: the run's own `--resume`, and every later read of DATA, failed with "holds clips of no speaker"."""
+    hw4 = make_hw4(tmp_path / "hw4", speakers=2)
+    clips = tmp_path / "clips"
+    for speaker, prefix in (("alice", "uttr-00"), ("bob", "uttr-01")):
+        (clips / speaker).mkdir(parents=True)
+        for clip in sorted(hw4.glob(f"{prefix}*.pt")):
+            shutil.copy(clip, clips / speaker / clip.name)
+    result = CliRunner().invoke(app, ["train", str(clips), "--out", str(clips), "--steps", "1", "--d-model", "16",
+                                      "--layers", "1", "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert (result.exit_code, result.output) == (2, f"error: {clips}: --out is DATA {clips} itself, whose folders are "
+                                                    "speakers: the run's checkpoints would be read as clips of no "
+                                                    "speaker, and DATA refused from then on; put the run outside "
+                                                    "DATA\n")
+    assert sorted(p.name for p in clips.iterdir()) == ["alice", "bob"]
+
+
+def test_a_run_folder_in_a_hidden_folder_of_a_clip_folder_dataset_is_accepted(tmp_path):
+    """`train DATA --out DATA/.runs/r1` was refused as a run read as the clips of a speaker '.runs', yet hidden
+    folders are never read as speakers or clips: the run trains there and DATA keeps its two speakers."""
+    hw4 = make_hw4(tmp_path / "hw4", speakers=2)
+    clips = tmp_path / "clips"
+    for speaker, prefix in (("alice", "uttr-00"), ("bob", "uttr-01")):
+        (clips / speaker).mkdir(parents=True)
+        for clip in sorted(hw4.glob(f"{prefix}*.pt")):
+            shutil.copy(clip, clips / speaker / clip.name)
+    run = clips / ".runs" / "r1"
+    result = CliRunner().invoke(app, ["train", str(clips), "--out", str(run), "--steps", "1", "--d-model", "16",
+                                      "--layers", "1", "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert (run / "last.pt").is_file()
+    from voxaug.data.sources import ClipFolderSource
+    assert ClipFolderSource(clips).speakers == ["alice", "bob"]

@@ -59,9 +59,9 @@ def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip"
     digest = hashlib.sha256()
     if isinstance(x, (str, os.PathLike)):
         path = Path(os.fsdecode(x))
-        if path.exists() and not path.is_file():  # a named pipe would block the read forever, /dev/zero never end it
-            raise file_error(path, not_a_file(path, "clip"))
-        try:
+        try:  # exists() too raises OSError: a name too long, a folder that cannot be searched
+            if path.exists() and not path.is_file():  # a pipe would block the read forever, /dev/zero never end it
+                raise file_error(path, not_a_file(path, "clip"))
             with open(x, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)

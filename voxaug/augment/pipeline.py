@@ -67,7 +67,7 @@ def parse_names(spec: str | list[str]) -> list[str]:
         raise VoxaugError(f"[augment] names must be a list of augmentation names, got {abridged(spec)}")
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
     if not all(names):
-        raise VoxaugError(f"--augment (or [augment] names): {spec!r} has an empty name; write names separated by "
+        raise VoxaugError(f"--augment (or [augment] names): {abridged(spec)} has an empty name; write names separated by "
                           "single commas, or 'none'")
     if names == ["none"]:
         return []
@@ -97,7 +97,7 @@ def check_params(params: dict[str, Any]) -> None:
         if key not in AUGMENTATIONS:
             raise VoxaugError(f"[augment] {abridged(key)} is not an augmentation; accepted keys: names, {', '.join(sorted(AUGMENTATIONS))}")
         if not isinstance(values, dict):
-            raise VoxaugError(f"[augment.{key}] must be a table of parameters, got {values!r}")
+            raise VoxaugError(f"[augment.{key}] must be a table of parameters, got {abridged(values)}")
         accepted = list(inspect.signature(AUGMENTATIONS[key].__init__).parameters)[1:]
         unknown = sorted(set(values) - set(accepted))
         if unknown:

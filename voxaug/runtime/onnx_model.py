@@ -121,6 +121,7 @@ class OnnxSpeakerModel:
 
     def __init__(self, path: Path, sha256: str, session: onnxruntime.InferenceSession, metadata: dict[str, str]) -> None:
         self.path, self.sha256, self.session = path, sha256, session
+        self.absolute_path = path.absolute()  # now: a relative name means the working folder of the load
         try:
             self.speakers: list[str] = loads_unique(metadata["speakers"])
             self.frontend = FrontendSettings.from_dict(loads_unique(metadata["frontend"]))
@@ -160,7 +161,7 @@ class OnnxSpeakerModel:
         """All but the ONNX Runtime session, which cannot be pickled: a copy sent to another process (a process
         pool, with fork or spawn) opens the file again."""
         state = {key: value for key, value in self.__dict__.items() if key != "session"}
-        state["path"] = self.path.absolute()  # the other process may run in another folder
+        state["path"] = self.absolute_path  # the other process, or this one later, may run in another folder
         return state
 
     def __setstate__(self, state: dict) -> None:
