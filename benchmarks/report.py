@@ -10,7 +10,11 @@ from typing import Callable
 
 
 def json_output(text: str) -> Path:
-    """argparse type of ``--json FILE``: refuses a folder, or a file whose folder does not exist, before any work."""
+    """argparse type of ``--json FILE``: refuses a folder, or a file whose folder does not exist, before any work;
+    so is a name of only whitespace, as :func:`folder_name` refuses it (it wrote a file named by a space)."""
+    if text and not text.strip():
+        raise argparse.ArgumentTypeError(f"a file name of only whitespace ({text!r}); give a file for the JSON "
+                                         "results or leave the option out")
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name for the JSON results")

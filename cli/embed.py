@@ -19,7 +19,8 @@ from voxaug.cli.common import (
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, check_choice
 from voxaug.embeddings.index import (
-    MODES, SpeakerIndex, check_asnorm_mode, index_lock, index_of_sidecar, not_index_file, sidecar_path,
+    MODES, SpeakerIndex, check_asnorm_mode, check_index_writable, index_lock, index_of_sidecar, not_index_file,
+    sidecar_path,
 )
 from voxaug.embeddings.speaker_index import (
     DEFAULT_BACKEND, DEFAULT_COHORT_SIZE, DEFAULT_SCORE_NORM, IndexPlan, ScoringOptions, build_speaker_index,
@@ -120,6 +121,7 @@ def embed(
         output_file(index, "--index")
         output_file(sidecar_path(index), "--index's sidecar")
         refuse_existing_index(index, replace)
+        check_index_writable(index, "embed --index")  # before the embedding, not at the end on the lock file
     if model is not None:
         _embed_with_model(model, data, out, index, replace, per, hnsw, scoring, window, hop, device, cache_dir, quiet)
         return
@@ -127,7 +129,7 @@ def embed(
     clean = False
     try:
         loaded = load_model(ckpt, context.device)
-        source = open_source_for_model(data, loaded.frontend)
+        source = open_source_for_model(data, loaded.frontend, warn=context.is_main)
         if index is not None:
             check_training_speakers(data, source.speakers, loaded.speakers, OWN_SPEAKERS_ONLY)
         store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main,

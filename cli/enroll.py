@@ -96,7 +96,7 @@ def enroll(
     typer.echo(f"enrolled {shown(speaker)} from {counted(len(enrolment) - skipped, 'clip')} ({count} in all)"
                f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}")
     if append and count == len(enrolment) - skipped:  # all its clips are these: it was not enrolled before
-        typer.echo(f"warning: {speaker} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
+        typer.echo(f"warning: {shown(speaker)} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
                    f"name? remove it with --remove {speaker!r})", err=True)
     warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
 

@@ -143,8 +143,8 @@ def evaluate(
     report, reference, held_out = closed_set(embedder, store, progress=not quiet)
     groups = {"validation": held_out}
     if enroll is not None:
-        enrolled = embed_folder(embedder, enroll, cache_dir, not quiet)
-        tested = embed_folder(embedder, test, cache_dir, not quiet)
+        enrolled = embed_folder(embedder, enroll, cache_dir, not quiet, warn=False)
+        tested = embed_folder(embedder, test, cache_dir, not quiet, warn=False)
         report["unseen"] = {
             "speakers": len(set(enrolled.labels.tolist())),
             "test_clips": int(len(tested.labels)),
@@ -180,7 +180,7 @@ def evaluate(
                                                  speaker_index.cohort.top_k if speaker_index.cohort else None,
                                                  speaker_index.enrolled_record())
         if impostors is not None:
-            strangers = embed_folder(embedder, impostors, cache_dir, not quiet)
+            strangers = embed_folder(embedder, impostors, cache_dir, not quiet, warn=False)
             report["open_set"]["impostors"] = impostor_rejection(speaker_index, strangers, score_norm,
                                                                  report["open_set"]["value"])
     ensure_folder(out, "report folder")
@@ -257,7 +257,8 @@ def refuse_folder_features(frontend: FrontendConfig, *folders: Path | None) -> N
 
     for folder in folders:
         if folder is not None:
-            refuse_features_for(frontend, ClipFolderSource(folder, frontend))
+            # check_speaker_folders has said which speaker folders hold no clips
+            refuse_features_for(frontend, ClipFolderSource(folder, frontend, warn=False))
 
 
 def check_speaker_folders(index: SpeakerIndex | None, index_path: Path | None, enroll: Path | None,
@@ -308,9 +309,9 @@ def warn_enrolment_clips_tested(test: Path, enroll: Path, index: SpeakerIndex | 
     from voxaug.api.inputs import clip_digest, enrolled_twin_digest
     from voxaug.data.sources import ClipFolderSource
 
-    given = {clip_digest(utterance.path) for utterance in ClipFolderSource(enroll).utterances}
+    given = {clip_digest(utterance.path) for utterance in ClipFolderSource(enroll, warn=False).utterances}
     recorded = index.clip_owners() if index is not None else {}
-    tested = [utterance.path for utterance in ClipFolderSource(test).utterances]
+    tested = [utterance.path for utterance in ClipFolderSource(test, warn=False).utterances]
     leaked = [path for path in tested if (digest := clip_digest(path)) in given
               or enrolled_twin_digest(path, digest, recorded) in recorded]
     if leaked:

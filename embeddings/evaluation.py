@@ -76,8 +76,9 @@ def knn_accuracy(reference: LabelledEmbeddings, test: LabelledEmbeddings, k: int
     return float(correct / len(test.labels))
 
 
-def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progress: bool) -> LabelledEmbeddings:
-    source = ClipFolderSource(folder, embedder.frontend)
+def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progress: bool,
+                 warn: bool = True) -> LabelledEmbeddings:
+    source = ClipFolderSource(folder, embedder.frontend, warn=warn)
     refuse_features_for(embedder.frontend, source)
     store, _ = open_dataset_store(source, cache_dir, progress=progress)
     embedded = embedder.embed_store(store, np.arange(len(store)), progress)

@@ -768,8 +768,9 @@ def check_lock_timeout(timeout_s: object) -> float:
 
 def check_index_writable(path: str | Path, purpose: str) -> None:
     """Before work whose result goes into the index (``purpose`` says which): its folder must take new files (the
-    lock file, the staged index, the sidecar's temp file), or the work is lost at the end, on the lock file."""
-    folder = real_path(path).parent
+    lock file, the staged index, the sidecar's temp file), or the work is lost at the end, on the lock file. A folder
+    not made yet is made in the first one above it that exists: that one is checked."""
+    folder = next(place for place in real_path(path).parents if place.is_dir())
     try:
         probe_writable(folder, real_path(path).name)
     except OSError as exc:

@@ -593,3 +593,22 @@ def test_folders_nested_past_the_recursion_limit_are_one_error_naming_the_folder
         assert found == [deepest / "x.wav"]
     finally:
         sys.setrecursionlimit(limit)
+
+
+def test_speaker_folders_without_clips_are_left_out_with_one_warning_line(tmp_path, capsys):
+    """A speaker folder holding no clips (only .m4a files, as VoxCeleb2 ships them, or none) was left out of train,
+    embed and evaluate without a word, where `enroll --speakers-dir` refused it; it is still no speaker."""
+    root = tmp_path / "tree"
+    for speaker in ("spk000", "spk001"):
+        (root / speaker).mkdir(parents=True)
+        soundfile.write(root / speaker / "a.wav", tone(), 16000)
+    (root / "spk002" / "video0").mkdir(parents=True)
+    (root / "spk002" / "video0" / "00001.m4a").write_bytes(b"not read")
+    assert open_source(root).speakers == ["spk000", "spk001"]
+    assert capsys.readouterr().err == (f"warning: {root}: 1 of the 3 speaker folders holds no clips ('spk002'), so it "
+                                       "is left out (clips are .pt, .wav, .flac)\n")
+    (root / "empty").mkdir()
+    assert open_source(root).speakers == ["spk000", "spk001"]
+    assert capsys.readouterr().err == (f"warning: {root}: 2 of the 4 speaker folders hold no clips (first 'empty'), so "
+                                       "they are left out (clips are .pt, .wav, .flac)\n")
+    assert ClipFolderSource(root, warn=False).speakers == ["spk000", "spk001"] and capsys.readouterr().err == ""

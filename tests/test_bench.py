@@ -753,3 +753,15 @@ def test_a_benchmark_folder_option_refuses_a_name_of_only_whitespace_as_the_comm
     with pytest.raises(argparse.ArgumentTypeError, match=r"a folder name of only whitespace \(' '\)"):
         folder_name(" ")
     assert folder_name(" x") == Path(" x")  # whitespace around a name is the user's to give
+
+
+def test_json_output_refuses_a_name_of_only_whitespace_as_folder_name_does():
+    """``--json " "`` wrote the results to a file named by a space (``wrote  ``)."""
+    import argparse
+
+    from report import json_output
+
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^a file name of only whitespace \(' '\); give a file for the "
+                                                         r"JSON results or leave the option out$"):
+        json_output(" ")
+    assert json_output(" x.json") == Path(" x.json")  # whitespace around a name is the user's to give

@@ -644,3 +644,19 @@ def test_a_trial_clip_name_too_long_for_the_file_system_is_refused_with_its_line
     message = str(refused.value)
     assert message.startswith(f"{trials}: line 2: clip 'yyy") and "is not a usable path (File name too long)" in message
     assert len(message) < 300, message
+
+
+def test_evaluate_says_once_per_folder_which_speaker_folders_hold_no_clips(trained_run, tiny_synth, tmp_path):
+    """evaluate reads --enroll and --test several times (checks, then embedding): a speaker folder without clips
+    was left out silently, and is now one warning line per folder, not one per reading."""
+    enroll, test = tmp_path / "enroll", tmp_path / "test"
+    shutil.copytree(tiny_synth / "unseen" / "enroll", enroll)
+    shutil.copytree(tiny_synth / "unseen" / "test", test)
+    for folder in (enroll, test):
+        (folder / "zed").mkdir()
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--enroll", enroll, "--test", test, "-q")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "hold" in line] == [
+        f"warning: {folder}: 1 of the 3 speaker folders holds no clips ('zed'), so it is left out (clips are .pt, "
+        ".wav, .flac)" for folder in (enroll, test)]

@@ -321,3 +321,16 @@ def test_a_non_ascii_speaker_name_is_the_same_speaker_under_an_ascii_locale(trai
     appended = invoke("enroll", "--index", index, "--speaker", typed, "--append", sorted(clip.glob("*.pt"))[0])
     assert appended.exit_code == 0 and "warning" not in appended.output, appended.output
     assert sorted(IndexData.load(index).counts) == [name, "Zoë"]
+
+
+def test_the_append_warning_shows_an_odd_name_as_the_enrolled_line_does(trained_run, tiny_synth, tmp_path):
+    """A name holding a file name's undecodable byte (a surrogate) was quoted in the `enrolled` line, through
+    ``shown``, but printed bare in the --append warning below it: ``enrolled 'b\\udcffb' …`` then
+    ``warning: b\\udcffb was not enrolled``."""
+    index = tmp_path / "spk.faiss"
+    first, second = sorted((tiny_synth / "unseen" / "enroll").iterdir())[:2]
+    assert invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "ann", first).exit_code == 0
+    odd = invoke("enroll", "--index", index, "--speaker", "b\udcffb", "--append", second)
+    assert odd.exit_code == 0, odd.output
+    assert odd.stdout.startswith("enrolled 'b\\udcffb' from 3 clips"), odd.stdout
+    assert odd.stderr.startswith("warning: 'b\\udcffb' was not enrolled, so --append enrolled it"), odd.stderr

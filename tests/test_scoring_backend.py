@@ -1281,3 +1281,47 @@ def test_calibrate_whose_lock_fails_with_no_file_name_names_the_index(calibrated
     assert result.output == (f"error: {index}: {os.strerror(errno.ENOLCK)}; the index was not calibrated (the report's "
                              f"figures are in {tmp_path / 'report' / 'report.json'})\n")
     assert sidecar_path(index).read_bytes() == before
+
+
+def test_embed_index_refuses_a_read_only_index_folder_before_anything_is_embedded(trained_run, tiny_synth, tmp_path,
+                                                                                 monkeypatch):
+    """embed --index into a folder that takes no new files embedded the whole dataset, then failed on the lock file
+    with a bare ``spk.faiss.lock: Read-only file system`` (embeddings.npy lost with it)."""
+    import voxaug.embeddings.extract as extract
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embed embedded the dataset before refusing its index folder")
+
+    monkeypatch.setattr(extract, "embed_store", embedded)
+    folder = (tmp_path / "index").resolve()
+    folder.mkdir()
+    read_only_index_folder(monkeypatch, folder)
+    index = folder / "spk.faiss"
+    result = invoke("embed", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "emb", "--index", index,
+                    "-q")
+    assert result.exit_code == 2
+    assert result.output == (f"error: {index}: embed --index cannot write the index: its folder {folder} takes no new "
+                             "files (Read-only file system)\n")
+    assert not any(folder.iterdir()) and not (tmp_path / "emb").exists()
+
+
+def test_enroll_refuses_a_read_only_index_folder_before_anything_is_embedded(calibrated, tiny_synth, tmp_path,
+                                                                            monkeypatch):
+    """enroll into an index whose folder takes no new files embedded every clip, then failed on the lock file with a
+    bare ``spk.faiss.lock: Read-only file system``."""
+    from voxaug.api.model import SpeakerModel
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("enroll embedded clips before refusing the index folder")
+
+    monkeypatch.setattr(SpeakerModel, "embed_many", embedded)
+    folder = (tmp_path / "index").resolve()
+    folder.mkdir()
+    index = copied_index(calibrated[1], folder)
+    before = index.read_bytes(), sidecar_path(index).read_bytes()
+    read_only_index_folder(monkeypatch, folder)
+    result = invoke("enroll", "--index", index, "--speaker", "newcomer", tiny_synth / "unseen" / "impostors" / "imp000")
+    assert result.exit_code == 2
+    assert result.output == (f"error: {index}: enroll cannot write the index: its folder {folder} takes no new "
+                             "files (Read-only file system)\n")
+    assert (index.read_bytes(), sidecar_path(index).read_bytes()) == before

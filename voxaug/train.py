@@ -191,7 +191,8 @@ class Trainer:
         self.resuming = resume
         frontend = frontend or (FrontendConfig.from_dict(config.frontend) if config.frontend else None)
         wave = next((a for a in self.pipeline.augmentations if a.name == "wave"), None)
-        source = open_source(self.data, frontend, prefer_audio=wave is not None)  # `wave` augments the audio twins
+        source = open_source(self.data, frontend, prefer_audio=wave is not None,  # `wave` augments the audio twins
+                             warn=self.dist.is_main)
         features = frontend is not None and not all(map(is_audio, source.utterances))  # a .pt without an audio twin
         self.audio_settings_on_features = audio_settings(frontend, source.n_mels) if features else []
         main_only(self.dist, lambda: self._refuse_before_reading(source.n_mels, resume))  # rank 0 says why

@@ -19,7 +19,8 @@ from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
 from voxaug.embeddings.index import SpeakerIndex as IndexData
-from voxaug.embeddings.index import check_lock_timeout, check_search_top_k, index_lock, same_name, sidecar_path
+from voxaug.embeddings.index import (check_index_writable, check_lock_timeout, check_search_top_k, index_lock,
+                                     same_name, sidecar_path)
 from voxaug.errors import VoxaugError, file_error
 
 ModelInput = SpeakerModel | str | Path | None
@@ -210,6 +211,7 @@ class SpeakerIndex:
         from tqdm import tqdm
 
         check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
+        check_index_writable(self.path, "enroll")
         append, progress = check_flag(append, "append"), check_flag(progress, "progress")
         if not isinstance(speakers, Mapping):
             raise VoxaugError(f"speakers: expected a mapping of speaker name to clips (a dict), got "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -121,6 +122,15 @@ def untrained_classes_warning(where: Path, silent: list[str], speakers: int, cop
     return (f"warning: {where}: {len(silent)} of the {speakers} speakers of mapping.json {'has' if one else 'have'} "
             f"no utterances ({'' if one else 'first '}{silent[0]!r}); {classes} never trained, yet the classifier can "
             f"still answer {'it' if one else 'them'}")
+
+
+def empty_speaker_folders_warning(root: Path, empty: list[str], folders: int, suffixes: tuple[str, ...]) -> str:
+    """The one warning line for the speaker folders of a clip-folder dataset that hold no clips (only .m4a files,
+    as VoxCeleb2 ships them, or none): counted, the first named."""
+    one = len(empty) == 1
+    return (f"warning: {root}: {len(empty)} of the {folders} speaker folders {'holds' if one else 'hold'} no clips "
+            f"({'' if one else 'first '}{empty[0]!r}), so {'it is' if one else 'they are'} left out (clips are "
+            f"{', '.join(suffixes)})")
 
 
 def _feature_path(entry: object, listed_in: Path, where: str) -> object:
@@ -253,7 +263,10 @@ class ClipFolderSource:
     the default one, which made the `.pt`.
     """
 
-    def __init__(self, root: str | Path, frontend: FrontendConfig = FrontendConfig(), prefer_audio: bool = False) -> None:
+    def __init__(self, root: str | Path, frontend: FrontendConfig = FrontendConfig(), prefer_audio: bool = False,
+                 warn: bool = True) -> None:
+        """``warn``: say on stderr which speaker folders hold no clips and are left out (false where the folder was
+        read before, or on all but one of torchrun's processes, so that it is said once)."""
         self.root = Path(root)
         self.frontend = frontend
         self.n_mels = frontend.n_mels
@@ -270,8 +283,13 @@ class ClipFolderSource:
                                         "ROOT/<speaker>/")
         utterances = []
         first_seen: dict[tuple[int, int], Path] = {}  # a clip's file by device and inode: a link can list it twice
-        for speaker_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in one_file_per_clip(speaker_dir, suffixes, audio_first=prefer_audio or not frontend.is_default):
+        speaker_dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        empty = []  # an empty folder is no speaker, but not without a word (enroll --speakers-dir refuses it)
+        for speaker_dir in speaker_dirs:
+            clips = one_file_per_clip(speaker_dir, suffixes, audio_first=prefer_audio or not frontend.is_default)
+            if not clips:
+                empty.append(utf8_name(speaker_dir.name))
+            for path in clips:
                 info = path.stat()
                 earlier = first_seen.setdefault((info.st_dev, info.st_ino), path)
                 if earlier != path:
@@ -284,6 +302,8 @@ class ClipFolderSource:
             raise file_error(self.root, f"no clips found: expected ROOT/<speaker>/**/*{{{','.join(suffixes)}}}")
         self.utterances = utterances
         self.speakers = sorted({u.speaker for u in utterances})
+        if empty and warn:
+            print(empty_speaker_folders_warning(self.root, empty, len(speaker_dirs), suffixes), file=sys.stderr)
 
     def load(self, utterance: Utterance) -> torch.Tensor:
         return load_clip(utterance.path, self.frontend)
@@ -315,16 +335,18 @@ def refuse_features_for(frontend: FrontendConfig, source: DatasetSource) -> None
                                      else f"{features[0]} (and {len(features) - 1} more .pt clips)")
 
 
-def open_source_for_model(path: str | Path, frontend: FrontendConfig, split: str = "train") -> DatasetSource:
+def open_source_for_model(path: str | Path, frontend: FrontendConfig, split: str = "train",
+                          warn: bool = True) -> DatasetSource:
     """:func:`open_source` for a trained model's inference (not its training, which refuses such data itself)."""
-    source = open_source(path, frontend, split)
+    source = open_source(path, frontend, split, warn=warn)
     refuse_features_for(frontend, source)
     return source
 
 
 def open_source(path: str | Path, frontend: FrontendConfig | None = None, split: str = "train",
-                prefer_audio: bool = False) -> DatasetSource:
-    """Pick the source for ``path``: the HW4 layout when it has mapping.json, else a clip folder.
+                prefer_audio: bool = False, warn: bool = True) -> DatasetSource:
+    """Pick the source for ``path``: the HW4 layout when it has mapping.json, else a clip folder (``warn``: see
+    :class:`ClipFolderSource`).
 
     ``frontend`` is the checkpoint's when there is one; an HW4 set must then have the same n_mels.
     """
@@ -344,4 +366,4 @@ def open_source(path: str | Path, frontend: FrontendConfig | None = None, split:
         if (path / listing).exists():
             raise file_error(path / "mapping.json", f"not found, but {listing} is there: the HW4 layout needs "
                                                     "mapping.json for its speaker ids")
-    return ClipFolderSource(path, frontend or FrontendConfig(), prefer_audio)
+    return ClipFolderSource(path, frontend or FrontendConfig(), prefer_audio, warn)
