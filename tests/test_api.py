@@ -1264,3 +1264,24 @@ def test_enrolling_a_clip_name_too_long_for_the_file_system_is_one_line(models, 
     long = tmp_path / ("a" * 300 + ".wav")
     with pytest.raises(VoxaugError, match=r"\.wav: cannot read the clip \(File name too long\)$"):
         index.enroll("a", [long])
+
+
+def test_an_index_created_after_the_working_folder_changed_names_the_model_where_it_was_loaded(tmp_path, monkeypatch):
+    """A model loaded by a relative name had its path made absolute when the sidecar was written, against the
+    working folder of that moment: loaded as ``last.pt`` and given to ``SpeakerIndex.create`` after a chdir, the
+    sidecar named a file in the new folder, and ``SpeakerIndex.open`` without a model said "model not found"."""
+    from hw4_factory import make_hw4
+
+    data = make_hw4(tmp_path / "hw4", speakers=2)
+    trained = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--steps", "1", "--d-model", "16",
+                                  "--layers", "1", "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "cache")])
+    assert trained.exit_code == 0, trained.output
+    monkeypatch.chdir(tmp_path / "run")
+    model = voxaug.SpeakerModel.load("last.pt")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    index.enroll("alice", sorted(data.glob("uttr-00*.pt")))
+    assert json.loads(sidecar_path(tmp_path / "spk.faiss").read_text())["checkpoint"]["path"] == str(
+        (tmp_path / "run" / "last.pt").resolve())
+    assert voxaug.SpeakerIndex.open(tmp_path / "spk.faiss").speakers == ["alice"]

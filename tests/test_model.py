@@ -286,3 +286,18 @@ def test_every_long_value_of_a_toml_file_is_echoed_cut_short(tmp_path, text, pro
         resolve_config(None, toml)
     message = str(info.value)
     assert message.startswith(f"{toml}: {problem}") and "…" in message and len(message) < 400, message[:400]
+
+
+@pytest.mark.parametrize("text, problem", [
+    (f'[augment]\nnames = ["none", "{LONG}"]\n', "--augment: 'none' cannot be combined with other names ('none,xxx"),
+    ("[augment]\nnames = [" + ", ".join(['"specaug"'] * 2000) + "]\n", "--augment: 'specaug,specaug,"),
+])
+def test_augment_names_with_none_or_a_repeat_are_echoed_cut_short(tmp_path, text, problem):
+    """'none' among other names, or a name given twice, echoed the whole list (10,000 characters and more), where
+    the other [augment] names errors cut it to 80."""
+    toml = tmp_path / "run.toml"
+    toml.write_text(text)
+    with pytest.raises(VoxaugError) as info:
+        resolve_config(None, toml)
+    message = str(info.value)
+    assert message.startswith(f"{toml}: {problem}") and "…" in message and len(message) < 400, message[:400]

@@ -30,6 +30,7 @@ class SpeakerModel:
 
     def __init__(self, path: Path, kind: str, engine: OnnxEngine | TorchEngine) -> None:
         self.path = path
+        self.resolved_path = path.resolve()  # now: a relative name means the working folder of the load
         self.kind = kind
         self.engine = engine
 
@@ -100,7 +101,7 @@ class SpeakerModel:
 
     def record(self) -> dict:
         """What an index's sidecar remembers of the model that made its embeddings."""
-        record = {"path": str(self.path.resolve()), "sha256": self.sha256, "kind": self.kind}
+        record = {"path": str(self.resolved_path), "sha256": self.sha256, "kind": self.kind}
         if self.source_sha256:
             record["source_sha256"] = self.source_sha256
         return record

@@ -74,11 +74,11 @@ def parse_names(spec: str | list[str]) -> list[str]:
     accepted = sorted(AUGMENTATIONS) + ["none"]
     for name in names:
         if name == "none":
-            raise VoxaugError(f"--augment: 'none' cannot be combined with other names ({','.join(names)})")
+            raise VoxaugError(f"--augment: 'none' cannot be combined with other names ({abridged(','.join(names))})")
         if name not in AUGMENTATIONS:
             raise VoxaugError(f"--augment: unknown augmentation {abridged(name)}; accepted: {', '.join(accepted)}")
     if len(set(names)) != len(names):
-        raise VoxaugError(f"--augment: {','.join(names)} names an augmentation twice")
+        raise VoxaugError(f"--augment: {abridged(','.join(names))} names an augmentation twice")
     return names
 
 
