@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -93,16 +94,22 @@ def test_predict_with_a_speed_model_counts_the_three_untrained_classes_as_train_
     assert result.stderr.strip().splitlines() == warned and "its 3 classes (one per speed)" in warned[0], warned
 
 
-def test_a_run_folder_inside_a_clip_folder_dataset_is_refused_before_it_becomes_a_speaker(tmp_path):
-    """`train DATA --out DATA/run` trained, and from then on DATA had a speaker 'run' whose clips were best.pt and
-    last.pt: `--resume` failed with "cannot resume with a different model", and another train or embed of DATA took
-    'run' for a class. An HW4 DATA reads only what its listings name, so a run may live inside it."""
+def two_speaker_clips(tmp_path: Path) -> Path:
+    """A clip-folder dataset of two speakers, alice and bob (an HW4 set's features, one folder per speaker)."""
     hw4 = make_hw4(tmp_path / "hw4", speakers=2)
     clips = tmp_path / "clips"
     for speaker, prefix in (("alice", "uttr-00"), ("bob", "uttr-01")):
         (clips / speaker).mkdir(parents=True)
         for clip in sorted(hw4.glob(f"{prefix}*.pt")):
             shutil.copy(clip, clips / speaker / clip.name)
+    return clips
+
+
+def test_a_run_folder_inside_a_clip_folder_dataset_is_refused_before_it_becomes_a_speaker(tmp_path):
+    """`train DATA --out DATA/run` trained, and from then on DATA had a speaker 'run' whose clips were best.pt and
+    last.pt: `--resume` failed with "cannot resume with a different model", and another train or embed of DATA took
+    'run' for a class. An HW4 DATA reads only what its listings name, so a run may live inside it."""
+    clips = two_speaker_clips(tmp_path)
     run = clips / "run"
     result = CliRunner().invoke(app, ["train", str(clips), "--out", str(run), "--steps", "2", "--device", "cpu", "-q",
                                       "--cache-dir", str(tmp_path / "cache")])
@@ -115,12 +122,7 @@ def test_a_run_folder_inside_a_clip_folder_dataset_is_refused_before_it_becomes_
 def test_a_clip_folder_dataset_as_its_own_run_folder_is_refused(tmp_path):
     """`train DATA --out DATA` trained and wrote best.pt and last.pt at DATA's top, where clips of no speaker are
     refused: the run's own `--resume`, and every later read of DATA, failed with "holds clips of no speaker"."""
-    hw4 = make_hw4(tmp_path / "hw4", speakers=2)
-    clips = tmp_path / "clips"
-    for speaker, prefix in (("alice", "uttr-00"), ("bob", "uttr-01")):
-        (clips / speaker).mkdir(parents=True)
-        for clip in sorted(hw4.glob(f"{prefix}*.pt")):
-            shutil.copy(clip, clips / speaker / clip.name)
+    clips = two_speaker_clips(tmp_path)
     result = CliRunner().invoke(app, ["train", str(clips), "--out", str(clips), "--steps", "1", "--d-model", "16",
                                       "--layers", "1", "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "cache")])
     assert (result.exit_code, result.output) == (2, f"error: {clips}: --out is DATA {clips} itself, whose folders are "
@@ -133,12 +135,7 @@ def test_a_clip_folder_dataset_as_its_own_run_folder_is_refused(tmp_path):
 def test_a_run_folder_in_a_hidden_folder_of_a_clip_folder_dataset_is_accepted(tmp_path):
     """`train DATA --out DATA/.runs/r1` was refused as a run read as the clips of a speaker '.runs', yet hidden
     folders are never read as speakers or clips: the run trains there and DATA keeps its two speakers."""
-    hw4 = make_hw4(tmp_path / "hw4", speakers=2)
-    clips = tmp_path / "clips"
-    for speaker, prefix in (("alice", "uttr-00"), ("bob", "uttr-01")):
-        (clips / speaker).mkdir(parents=True)
-        for clip in sorted(hw4.glob(f"{prefix}*.pt")):
-            shutil.copy(clip, clips / speaker / clip.name)
+    clips = two_speaker_clips(tmp_path)
     run = clips / ".runs" / "r1"
     result = CliRunner().invoke(app, ["train", str(clips), "--out", str(run), "--steps", "1", "--d-model", "16",
                                       "--layers", "1", "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "cache")])
