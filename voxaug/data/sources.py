@@ -286,9 +286,10 @@ class ClipFolderSource:
         speaker_dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         empty = []  # an empty folder is no speaker, but not without a word (enroll --speakers-dir refuses it)
         for speaker_dir in speaker_dirs:
+            speaker = utf8_name(speaker_dir.name)
             clips = one_file_per_clip(speaker_dir, suffixes, audio_first=prefer_audio or not frontend.is_default)
             if not clips:
-                empty.append(utf8_name(speaker_dir.name))
+                empty.append(speaker)
             for path in clips:
                 info = path.stat()
                 earlier = first_seen.setdefault((info.st_dev, info.st_ino), path)
@@ -297,7 +298,7 @@ class ClipFolderSource:
                                            "speaker, once")
                 relative = path.relative_to(self.root)
                 group = relative.parts[1] if len(relative.parts) > 2 else None
-                utterances.append(Utterance(relative.as_posix(), path, utf8_name(speaker_dir.name), group))
+                utterances.append(Utterance(relative.as_posix(), path, speaker, group))
         if not utterances:
             raise file_error(self.root, f"no clips found: expected ROOT/<speaker>/**/*{{{','.join(suffixes)}}}")
         self.utterances = utterances
