@@ -8,8 +8,9 @@ enrolment and every query and the score stays a cosine in the new space:
 - ``center``: minus the training mean (speaker-independent offsets cancel in the cosine);
 - ``lda``: centred, then projected by linear discriminant analysis (scikit-learn, Ledoit-Wolf
   shrinkage) onto the directions that separate speakers, scaled so that the within-speaker
-  covariance is about the identity (WCCN whitening; the shrinkage leaves it a little above):
-  session and content variation weigh less;
+  covariance as scikit-learn estimates it is the identity (WCCN whitening): session and content
+  variation weigh less. That estimate shrinks each speaker's covariance on its own, from its few
+  clips, towards its diagonal, so correlated within-speaker variation is only partly whitened;
 - ``plda``: the ``lda`` space, scored by a two-covariance PLDA fitted there (``voxaug.embeddings.plda``):
   a log-likelihood ratio that knows how many clips each speaker was enrolled from, instead of a cosine.
 

@@ -71,6 +71,35 @@ def test_fit_recovers_the_model_it_was_drawn_from():
     assert np.cov(offsets, rowvar=False) * 20 / 19 == pytest.approx(np.eye(3), abs=0.05)  # W became the identity
 
 
+def test_scores_and_fit_match_the_two_covariance_model_with_correlated_covariances():
+    """Oracle beyond one axis-aligned dimension: data drawn from a PLDA model with full between- and within-speaker
+    covariances and uneven clip counts. The fit recovers B and W (as its mean, transform and psi imply them), and its
+    scores are the joint Gaussian log-likelihood ratio of (enrolment mean of n clips, query) under those matrices."""
+    rng = np.random.default_rng(0)
+    dim, speakers = 4, 3000
+    a, c = rng.normal(size=(dim, dim)), rng.normal(size=(dim, dim))
+    between, within, centre = a @ a.T + 0.5 * np.eye(dim), 0.3 * c @ c.T + 0.2 * np.eye(dim), rng.normal(size=dim)
+    counts = rng.integers(2, 12, speakers)
+    labels = np.repeat(np.arange(speakers), counts)
+    vectors = rng.multivariate_normal(centre, between, speakers)[labels] \
+        + rng.multivariate_normal(np.zeros(dim), within, len(labels))
+    plda = Plda.fit(vectors, labels)
+    inverse = np.linalg.inv(plda.transform.astype(np.float64))
+    fitted_between, fitted_within = inverse @ np.diag(plda.psi.astype(np.float64)) @ inverse.T, inverse @ inverse.T
+    assert np.linalg.norm(fitted_between - between) < 0.1 * np.linalg.norm(between)
+    assert np.linalg.norm(fitted_within - within) < 0.05 * np.linalg.norm(within)
+    means, clips = rng.normal(size=(4, dim)) + centre, np.array([1, 3, 16, 100])
+    queries = rng.multivariate_normal(centre, between + within, 5)
+    b, w, zero = fitted_between, fitted_within, np.zeros((dim, dim))
+    for speaker, (mean, n) in enumerate(zip(means, clips)):
+        marginal = [[b + w / n, zero], [zero, b + w]]
+        joint = [[b + w / n, b], [b, b + w]]
+        for query, score in zip(queries, plda.speaker_scores(means, clips, queries)[:, speaker]):
+            z = np.r_[mean, query] - np.r_[plda.mean, plda.mean]
+            assert score == pytest.approx(log_gaussian(z, np.block(joint)) - log_gaussian(z, np.block(marginal)),
+                                          abs=1e-6)
+
+
 def test_fit_refuses_too_little_data():
     with pytest.raises(VoxaugError, match="at least 2 speakers"):
         Plda.fit(np.ones((3, 2)), np.array(["a", "a", "a"]))

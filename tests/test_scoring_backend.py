@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from typer.testing import CliRunner
 
 from voxaug.cli.main import app
@@ -51,6 +52,25 @@ def test_as_norm_gives_the_textbook_value_on_a_hand_built_cohort():
     raw = float(enrol[0] @ query[0])  # 0.0
     normed = as_norm(np.array([[raw]]), query_stats, enrol_stats)[0, 0]
     assert normed == pytest.approx(0.5 * ((0.0 - 0.7) / 0.1 + (0.0 - 0.7) / 0.1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 40), st.booleans())
+def test_cohort_statistics_are_each_rows_own_top_k_mean_and_population_std(seed, top_k, tied):
+    """Oracle: per row, drop the excluded speakers' entries, sort, keep the K highest (all of them when K is larger
+    than what is left), and take their mean and standard deviation (ddof 0), duplicates and ties counted as entries."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(6, 30))
+    vectors = rng.normal(size=(size, 4)).astype(np.float32)
+    vectors[1:3] = vectors[0]  # duplicate cohort clips
+    cohort = Cohort(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), [f"s{i % 4}" for i in range(size)], top_k)
+    scores = rng.integers(0, 3, (5, size)).astype(float) if tied else rng.normal(size=(5, size))
+    exclude, also = [f"s{i}" for i in rng.integers(0, 5, 5)], [f"s{i}" for i in rng.integers(0, 5, 5)]
+    mean, std = cohort.stats(np.zeros((5, 4)), exclude=exclude, also_exclude=also, scores=scores)
+    for row in range(5):
+        kept = [j for j, name in enumerate(cohort.labels) if name not in (exclude[row], also[row])]
+        top = np.sort(scores[row, kept])[::-1][:top_k]
+        assert mean[row] == pytest.approx(top.mean()) and std[row] == pytest.approx(max(top.std(), 1e-6))
 
 
 def test_cohort_leaves_out_the_enrolled_speakers_own_entries():
@@ -318,6 +338,34 @@ def test_eer_min_dcf_and_far_threshold_match_a_sweep_over_every_threshold(seed):
     within = far <= 0.05
     assert result["far_threshold"] == pytest.approx(thresholds[within][-1])  # the lowest threshold within the FAR
     assert result["miss_at_far"] == pytest.approx(miss[within].min())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.01, 0.1, 1 / 3, 0.58, 0.9]), st.integers(-8, 8))
+def test_metrics_and_the_calibrated_threshold_match_a_sweep_on_ties_one_target_and_any_scale(seed, target_far, power):
+    """Oracle on adversarial trials: a handful of them, one same-speaker trial or one different-speaker one, scores
+    tied or all equal, at any scale. minDCF is the textbook minimum over every threshold, the FAR threshold the lowest
+    within the target, and ``threshold_at_far`` (what calibration writes) accepts exactly the same trials."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(2, 30))
+    same = np.zeros(size, bool)
+    same[rng.choice(size, int(rng.integers(1, size)), replace=False)] = True
+    scores = rng.integers(0, int(rng.integers(1, 5)), size).astype(float) * 10.0**power
+    if seed % 2:
+        scores = rng.normal(size=size) * 10.0**power + same
+    result = eer_and_min_dcf(scores, same, target_far=target_far)
+    thresholds, far, miss = every_threshold(scores, same)
+    assert result["min_dcf"] == pytest.approx((0.01 * miss + 0.99 * far).min() / 0.01)
+    within = far <= target_far
+    lowest = thresholds[within][-1]
+    assert (scores >= result["far_threshold"]).sum() == (scores >= lowest).sum()
+    assert result["miss_at_far"] == pytest.approx(miss[within][-1])
+    calibrated = threshold_at_far(scores[~same], target_far, scores[same])
+    assert (scores >= calibrated).sum() == (scores >= lowest).sum()
+    at_eer = result["eer_threshold"]
+    eer_far, eer_miss = (scores[~same] >= at_eer).mean(), (scores[same] < at_eer).mean()
+    assert abs(eer_far - eer_miss) == pytest.approx(np.abs(far - miss).min())
+    assert result["eer"] == pytest.approx((eer_far + eer_miss) / 2)
 
 
 def test_sampled_pairs_hold_both_kinds_whatever_their_shares():
