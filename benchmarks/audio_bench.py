@@ -25,7 +25,7 @@ from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.wave import WaveAugmentation
 from voxaug.config import create_config
 from voxaug.data.audio_store import build_audio_store
-from voxaug.data.sources import open_source
+from voxaug.data.sources import DatasetSource, open_source
 from voxaug.data.store import PackedStore
 from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.features import FrontendConfig
@@ -57,9 +57,8 @@ def write_noise(folder: Path, count: int = 4, seconds: float = 3.0, rate: int = 
     return folder
 
 
-def featurise_rate(root: Path, workdir: Path, workers: int) -> dict:
+def featurise_rate(source: DatasetSource, workdir: Path, workers: int) -> dict:
     """Build the packed store from scratch with ``workers`` processes: utterances/s and x real time."""
-    source = open_source(root, prefer_audio=True)  # a synth unseen/ folder holds x.pt beside x.wav
     seconds = sum(soundfile.info(str(u.path)).duration for u in source.utterances)
     folder = workdir / f"store-w{workers}"
     start = time.perf_counter()
@@ -129,8 +128,10 @@ def run_audio_bench(data: Path | None = None, quick: bool = False, workers: tupl
         workdir = Path(tmp)
         root = ensure_audio(data, workdir, quick)
         wave = WaveAugmentation(noise_dir=str(write_noise(workdir / "noise")), noise_p=0.5)
-        featurise = [featurise_rate(root, workdir, w) for w in workers]
-        store = PackedStore.open(open_source(root, prefer_audio=True), workdir / "cache", progress=False,
+        # opened once: each opening of a clip folder warns again of its speaker folders without clips
+        source = open_source(root, prefer_audio=True)  # a synth unseen/ folder holds x.pt beside x.wav
+        featurise = [featurise_rate(source, workdir, w) for w in workers]
+        store = PackedStore.open(source, workdir / "cache", progress=False,
                                  builder=lambda s, f, fp, p: build_audio_store(s, f, fp, p, workers=max(workers)))
         augment = [wave_rate(store, root, wave, w, batch, segment, batches) for w in workers]
         consume = step_consumption(store, root, None, 0, batch, segment, steps)

@@ -55,7 +55,8 @@ def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:
     store, _ = open_dataset_store(open_source(data, loaded.frontend), cache, progress=False)  # as `embed` opens DATA
     train = embed_store(loaded.model, store, np.arange(len(store)), device, progress=False)
     names = np.array(store.speakers)[store.labels]
-    test, _ = open_dataset_store(open_source(data, loaded.frontend, split="test"), cache, progress=False, strict=True)
+    test_source = open_source(data, loaded.frontend, split="test", warn=False)  # its clip folders warned above
+    test, _ = open_dataset_store(test_source, cache, progress=False, strict=True)
     truth = dict(list(csv.reader(open(data / "test_labels.csv", encoding="utf-8")))[1:])
     tested = embed_store(loaded.model, test, np.arange(len(test)), device, progress=False)
     found = {"model": loaded, "train": LabelledEmbeddings(train.embeddings, names), "groups": store.groups,

@@ -3,6 +3,7 @@ retraining."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -19,6 +20,7 @@ from voxaug.safeio import utf8_name
 
 @clean_errors
 def enroll(
+    context: typer.Context,
     clips: list[Path] = typer.Argument(None, parser=clip_name,
                                        help="Enrolment clips (.pt features or wav/flac audio, or folders of them)."),
     index: Path = typer.Option(..., "--index", parser=file_name, metavar="<file>",
@@ -40,6 +42,7 @@ def enroll(
     """Enrol a speaker from clips into the FAISS index (or every speaker folder of --speakers-dir), or remove one."""
     # the locale's undecoded bytes as UTF-8, as the names of --speakers-dir's and train's folders are
     speaker, remove = (utf8_name(name) if name is not None else None for name in (speaker, remove))
+    refuse_option_names(context, {"--speaker": speaker, "--remove": remove})
     if sum(x is not None for x in (speaker, remove, speakers_dir)) != 1:
         raise VoxaugError("give one of --speaker NAME with clips, --speakers-dir DIR, or --remove NAME")
     if speakers_dir is not None and clips:
@@ -97,8 +100,34 @@ def enroll(
                f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}")
     if append and count == len(enrolment) - skipped:  # all its clips are these: it was not enrolled before
         typer.echo(f"warning: {shown(speaker)} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
-                   f"name? remove it with --remove {speaker!r})", err=True)
+                   f"name? remove it with --remove {shell_word(speaker)})", err=True)
     warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
+
+
+def refuse_option_names(context: typer.Context, names: dict[str, str | None]) -> None:
+    """Refuse a speaker name that is one of this command's options: Click takes the word after ``--remove`` as its
+    value whatever it is, so ``enroll --remove --help`` looked for a speaker named ``--help`` instead of showing help.
+    Other names that start with ``-`` (a folder can be named so) are kept."""
+    options = {name for parameter in context.command.get_params(context)
+               for name in parameter.opts + parameter.secondary_opts}
+    for option, name in names.items():
+        if name in options:
+            raise VoxaugError(f"{option} {name}: {name} is an option of enroll, not a speaker name; give the name "
+                              f"right after {option} (for help: voxaug enroll --help)")
+
+
+def shell_word(name: str) -> str:
+    """``name`` as a shell word that reads back as the same speaker: ``shlex.quote`` of text, and for a name holding
+    bytes that are not UTF-8 (``os.fsdecode``'s surrogates, which ``repr`` shows as ``\\udcff`` and no one can type)
+    bash's ``$'...'`` with those bytes as ``\\xff``, the bytes the word was given in."""
+    if not any("\udc80" <= character <= "\udcff" for character in name):
+        return shlex.quote(name)
+    try:
+        given = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # other surrogates too: no bytes spell it, so no shell can give it back
+        return repr(name)
+    return "$'" + "".join(chr(byte) if 0x20 <= byte < 0x7F and chr(byte) not in "'\\" else f"\\x{byte:02x}"
+                          for byte in given) + "'"
 
 
 def new_names_note(names: list[str]) -> str:

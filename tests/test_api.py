@@ -1242,6 +1242,19 @@ def test_embedding_no_clips_gives_no_rows_not_a_bare_stacking_error(models, kind
     assert embeddings.shape == (0, model.embedding_dim) and embeddings.dtype == np.float32
 
 
+def test_embed_many_takes_any_iterable_of_clips_as_enroll_does(models, tiny_synth):
+    """``embed_many`` called ``len`` on its clips: a generator was a bare "object of type 'generator' has no len()",
+    while ``SpeakerIndex.enroll`` takes any iterable; ``None`` now gets the same one line as there."""
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    clips = wavs(tiny_synth, "enroll", "new000")[:2]
+    expected = model.embed_many(clips)
+    assert np.array_equal(model.embed_many(clip for clip in clips), expected)
+    assert np.array_equal(model.embed_many(iter(clips), positions=iter([3, 4])), expected)
+    assert np.array_equal(model.embed_many(str(clips[0])), expected[:1])
+    with pytest.raises(VoxaugError, match=r"^clips: expected a clip .* or a list of clips, got NoneType$"):
+        model.embed_many(None)
+
+
 def test_an_export_loaded_by_a_relative_name_goes_to_a_process_pool_after_the_working_folder_changed(
         models, tiny_synth, tmp_path, monkeypatch):
     """A copy's file name was made absolute when pickled, against the working folder of that moment: loaded as
@@ -1264,6 +1277,17 @@ def test_enrolling_a_clip_name_too_long_for_the_file_system_is_one_line(models, 
     long = tmp_path / ("a" * 300 + ".wav")
     with pytest.raises(VoxaugError, match=r"\.wav: cannot read the clip \(File name too long\)$"):
         index.enroll("a", [long])
+
+
+@pytest.mark.parametrize("kind, suffix", [("onnx", ".wav"), ("ckpt", ".flac"), ("ckpt", ".pt")])
+def test_embedding_a_clip_name_too_long_for_the_file_system_is_one_line(models, tmp_path, kind, suffix):
+    """The readers' own checks (``exists``) raised before any OSError handling: ``SpeakerModel.embed``,
+    ``embed_many`` and ``classify`` of a name longer than the file system allows gave a bare OSError."""
+    model = voxaug.SpeakerModel.load(models[kind])
+    long = tmp_path / ("a" * 300 + suffix)
+    for call in (model.embed, model.classify, lambda clip: model.embed_many([clip])):
+        with pytest.raises(VoxaugError, match=rf"a{re.escape(suffix)}: cannot read the clip \(File name too long\)$"):
+            call(long)
 
 
 def test_an_index_created_after_the_working_folder_changed_names_the_model_where_it_was_loaded(tmp_path, monkeypatch):

@@ -4,7 +4,9 @@ the identify table's summary line; shell completion."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -334,3 +336,36 @@ def test_the_append_warning_shows_an_odd_name_as_the_enrolled_line_does(trained_
     assert odd.exit_code == 0, odd.output
     assert odd.stdout.startswith("enrolled 'b\\udcffb' from 3 clips"), odd.stdout
     assert odd.stderr.startswith("warning: 'b\\udcffb' was not enrolled, so --append enrolled it"), odd.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash reads the $'...' word back")
+def test_the_append_warning_s_remove_hint_types_back_as_the_speaker_it_enrolled(trained_run, tiny_synth, tmp_path):
+    """The hint was ``--remove 'Jos\\xe9\\udcff'`` (``repr``) for a name given in bytes that are not all UTF-8:
+    typed into a shell, ``\\udcff`` is six characters, another name, and --remove answered "not enrolled". It is
+    now bash's ``$'Jos\\xc3\\xa9\\xff'``, which gives back the bytes the name was given in."""
+    index = tmp_path / "spk.faiss"
+    clip = sorted((tiny_synth / "unseen" / "enroll").iterdir())[0]
+    odd = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speaker", "José\udcff", "--append",
+                 clip)
+    assert odd.exit_code == 0, odd.output
+    hint = odd.stderr.strip().rsplit("--remove ", 1)[1].removesuffix(")")
+    assert hint == "$'Jos\\xc3\\xa9\\xff'", odd.stderr
+    typed = subprocess.run(["bash", "-c", f"printf %s {hint}"], capture_output=True, check=True).stdout
+    removed = invoke("enroll", "--index", index, "--remove", os.fsdecode(typed))
+    assert removed.exit_code == 0 and removed.stdout.startswith("removed 'José\\udcff'; 0 speakers remain"), \
+        removed.output
+
+
+@pytest.mark.parametrize("option, value", [("--remove", "--help"), ("--remove", "--index"), ("--speaker", "--append")])
+def test_a_speaker_name_that_is_an_option_of_enroll_is_refused_with_a_hint(tmp_path, option, value):
+    """Click takes the word after ``--remove`` as its value whatever it is: ``enroll --remove --help`` looked for a
+    speaker named ``--help`` ("not enrolled") instead of showing help, and ``--speaker --append CLIP`` would have
+    enrolled one named ``--append``. A name that only starts with ``-`` is still looked for."""
+    index = tmp_path / "spk.faiss"
+    clips = [tmp_path / "clip.wav"] if option == "--speaker" else []
+    done = invoke("enroll", "--index", index, option, value, *clips)
+    assert done.exit_code == 2 and done.output.strip() == (
+        f"error: {option} {value}: {value} is an option of enroll, not a speaker name; give the name right after "
+        f"{option} (for help: voxaug enroll --help)"), done.output
+    dashed = invoke("enroll", "--index", index, "--remove", "-x")
+    assert dashed.exit_code == 2 and dashed.output.strip() == f"error: {index}: speaker index not found; nothing to remove"

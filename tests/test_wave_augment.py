@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,31 @@ def test_noise_folders_leave_out_hidden_files_as_clip_folders_do(corpus, tmp_pat
     (rir / "room.wav").write_bytes((corpus / "rir" / "room.wav").read_bytes())
     (rir / "._room.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     assert WaveAugmentation(rir_dir=str(rir), rir_p=1.0)._rir_files == [rir / "room.wav"]
+
+
+def test_a_noise_file_whose_name_the_locale_cannot_spell_is_refused_saying_why(tmp_path):
+    """soundfile, which audiomentations opens noise and RIR files with, encodes a ``str`` name strictly in the file
+    system encoding: ``José.wav`` under ``LC_ALL=C`` (and Latin-1 bytes under any locale) was refused as "not a
+    readable audio file ('ascii' codec can't encode ...)", naming no cause the user could act on."""
+    from test_audio import ASCII_LOCALE
+
+    samples = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+    latin1 = tmp_path / "latin1" / os.fsdecode(b"caf\xe9.wav")
+    accented = tmp_path / "accented" / "José.wav"
+    for path in (latin1, accented):
+        path.parent.mkdir()
+        soundfile.write(os.fsencode(path), samples, 16000, format="WAV")
+    why = r": --rir-dir: audiomentations opens noise and RIR files by a name in the file system's encoding \(.+\)"
+    with pytest.raises(VoxaugError, match=why + ", which cannot spell this one; rename it"):
+        WaveAugmentation(rir_dir=str(latin1.parent))
+    script = ("import sys; from voxaug.augment.wave import WaveAugmentation; from voxaug.errors import VoxaugError\n"
+              "try: WaveAugmentation(rir_dir=sys.argv[1])\nexcept VoxaugError as exc: print(exc)")
+    result = subprocess.run([sys.executable, "-c", script, str(accented.parent)], capture_output=True, timeout=120,
+                            env={**os.environ, **ASCII_LOCALE})
+    shown = result.stdout.decode("utf-8").strip()
+    assert shown.startswith(str(accented)) and shown.endswith(
+        "--rir-dir: audiomentations opens noise and RIR files by a name in the file system's encoding (ascii), which "
+        "cannot spell this one; rename it, or run under a UTF-8 locale"), (shown, result.stderr)
 
 
 def test_the_chain_is_reproducible_per_example_seed_and_changes_the_waveform(corpus):

@@ -33,9 +33,11 @@ def path_argument(value: object, what: str, argument: str) -> Path:
     return Path(value)
 
 
-def clip_list(clips: ClipInput | Iterable[ClipInput]) -> list[ClipInput]:
-    """Clips as a list: one path, waveform or feature array is one clip, not an iterable of characters or rows."""
-    one_array = hasattr(clips, "detach") or (isinstance(clips, np.ndarray) and clips.dtype != object)
+def clip_list(clips: ClipInput | Iterable[ClipInput], rows_are_clips: bool = False) -> list[ClipInput]:
+    """Clips as a list, from any iterable (a generator too): one path, waveform or feature array is one clip, not an
+    iterable of characters or rows, unless ``rows_are_clips`` (an array or tensor holding a batch of clips)."""
+    one_array = not rows_are_clips and (hasattr(clips, "detach") or (isinstance(clips, np.ndarray)
+                                                                     and clips.dtype != object))
     if isinstance(clips, (str, bytes, bytearray, os.PathLike)) or one_array:  # bytes: one clip, refused by as_numpy
         return [clips]
     try:
@@ -53,6 +55,12 @@ def refuse_unused_sample_rate(clips: list[ClipInput], sample_rate: int | None) -
                           "clip file, read at its own rate; leave sample_rate out")
 
 
+def unreadable_clip(path: Path, exc: OSError) -> VoxaugError:
+    """A clip file that the system refused to look at or read (a name too long for the file system, a folder that
+    cannot be searched), in one line naming it rather than a bare OSError."""
+    return file_error(path, f"cannot read the clip ({exc.strerror or exc})")
+
+
 def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip") -> str:
     """The first 16 hex digits of the SHA-256 of a clip's content (a file's bytes; an array's float32 values, shape
     and sample rate): the same clip under another name, or given to a later command, has the same digest."""
@@ -66,7 +74,7 @@ def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip"
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
         except OSError as exc:
-            raise file_error(Path(x), f"cannot read the clip ({exc.strerror or exc})") from None
+            raise unreadable_clip(Path(x), exc) from None
     else:
         values = np.ascontiguousarray(as_numpy(x, name))
         digest.update(f"{values.shape}|{sample_rate}|".encode())
@@ -147,18 +155,26 @@ def read_feature_file(path: Path, n_mels: int) -> np.ndarray:
     return load_feature_file(path, n_mels).numpy()
 
 
+def read_clip_file(path: Path, frontend: FrontendSettings) -> Clip:
+    """A clip file by its suffix: audio read with the numpy reader at the model's rate, or `.pt` features."""
+    suffix = path.suffix.lower()
+    if suffix in AUDIO_SUFFIXES:
+        return Clip(str(path), waveform=read_audio(path, frontend.sample_rate))
+    if suffix == FEATURE_SUFFIX:
+        frontend.refuse_feature_file(path)
+        return Clip(str(path), features=read_feature_file(path, frontend.n_mels))
+    raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+
+
 def to_clip(x: ClipInput, sample_rate: int | None, frontend: FrontendSettings, name: str | None = None) -> Clip:
     """Sort ``x`` into a waveform or features; a file is read (audio with the numpy reader, at the model's rate)."""
     model_rate, n_mels = frontend.sample_rate, frontend.n_mels
     if isinstance(x, (str, os.PathLike)):  # a Path, a PurePath, an os.DirEntry from os.scandir
         path = Path(os.fsdecode(x))
-        suffix = path.suffix.lower()
-        if suffix in AUDIO_SUFFIXES:
-            return Clip(str(path), waveform=read_audio(path, model_rate))
-        if suffix == FEATURE_SUFFIX:
-            frontend.refuse_feature_file(path)
-            return Clip(str(path), features=read_feature_file(path, n_mels))
-        raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+        try:  # the readers' own checks (exists, is_file) raise OSError for a name too long for the file system
+            return read_clip_file(path, frontend)
+        except OSError as exc:
+            raise unreadable_clip(path, exc) from None
     name = name or "clip"
     values = as_numpy(x, name)
     if sample_rate is not None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from voxaug.api.engines import OnnxEngine, TorchEngine
-from voxaug.api.inputs import ClipInput, path_argument, refuse_unused_sample_rate, to_clip
+from voxaug.api.inputs import ClipInput, clip_list, path_argument, refuse_unused_sample_rate, to_clip
 from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.runtime.training_split import TrainingSplit
 
@@ -114,11 +115,13 @@ class SpeakerModel:
         clip = to_clip(x, sample_rate, self.engine.frontend, name)
         return self.engine.run(clip, min_frames)
 
-    def embed_many(self, clips: list[ClipInput], sample_rate: int | None = None, name: str = "clip",
-                   positions: list[int] | None = None) -> np.ndarray:
+    def embed_many(self, clips: Iterable[ClipInput], sample_rate: int | None = None, name: str = "clip",
+                   positions: Iterable[int] | None = None) -> np.ndarray:
         """Unit-norm float32 embeddings (N, D) of several clip files, feature arrays or waveforms (arrays are
-        waveforms at ``sample_rate`` when it is given), batched where it helps. Errors label arrays ``<name> <i>``,
-        ``i`` their position in ``clips`` or, given, in ``positions`` (the caller's numbering)."""
+        waveforms at ``sample_rate`` when it is given), batched where it helps; ``clips`` is any iterable (a list, a
+        generator, the rows of a batch array) or one clip path. Errors label arrays ``<name> <i>``, ``i`` their
+        position in ``clips`` or, given, in ``positions`` (the caller's numbering)."""
+        clips = clip_list(clips, rows_are_clips=True)  # a generator has no len(), and is read once
         positions = list(range(len(clips))) if positions is None else list(positions)
         if len(positions) != len(clips):  # zip would embed only as many clips as there are positions
             raise VoxaugError(f"positions: {len(positions)} given for {len(clips)} clips; give one per clip")

@@ -11,8 +11,10 @@ change the voice itself, because for speaker identification they change who is s
 
 from __future__ import annotations
 
+import codecs
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,19 @@ def check_samples(path: Path, option: str) -> None:
     _USABLE.add(key)
 
 
+def refuse_unencodable_name(path: Path, option: str) -> None:
+    """audiomentations opens noise and RIR files by their ``str`` path, which soundfile encodes strictly in the file
+    system encoding: a path it cannot spell (``José.wav`` under ``LC_ALL=C``, Latin-1 bytes under UTF-8) was refused
+    with a codec error ("'ascii' codec can't encode ..."); this says why and what to do instead."""
+    encoding = sys.getfilesystemencoding()
+    try:
+        str(path).encode(encoding)
+    except UnicodeEncodeError:
+        remedy = "rename it" if codecs.lookup(encoding).name == "utf-8" else "rename it, or run under a UTF-8 locale"
+        raise file_error(path, f"{option}: audiomentations opens noise and RIR files by a name in the file system's "
+                               f"encoding ({encoding}), which cannot spell this one; {remedy}") from None
+
+
 def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     """Every readable, non-empty, finite, not silent ``.wav``/``.flac`` of at least 1 kHz under ``folder`` (as a clip
     must be); errors name the folder or the file."""
@@ -70,6 +85,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     if not files:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
     for path in files:
+        refuse_unencodable_name(path, option)
         try:
             info = soundfile.info(str(path))
         except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
