@@ -8,15 +8,17 @@ byte for byte as it was.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -880,6 +882,22 @@ def test_the_command_lines_device_names_are_the_configs():
     assert COMMAND_LINE_DEVICES == DEVICES
 
 
+@contextlib.contextmanager
+def _fails_instead_of_hanging(seconds: int) -> Iterator[None]:
+    """An in-process command that hangs (opening a pipe no one writes, reading a device without end) fails the test
+    after ``seconds``, as a subprocess's timeout did, without paying a process's torch import."""
+    def hung(signum, frame):
+        raise AssertionError(f"still running after {seconds} s: the clip was read instead of refused")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 @pytest.mark.parametrize("kind, name, found", [("fifo", "x.wav", "a named pipe"), ("/dev/zero", "x.wav", "a character device"),
                                                ("/dev/urandom", "x.pt", "a character device")])
@@ -894,8 +912,9 @@ def test_enroll_refuses_a_pipe_or_device_given_as_a_clip_instead_of_reading_it_f
         clip_path.symlink_to(kind)
     args = ["enroll", "--index", tmp_path / "spk.faiss", "--speaker", "a", "--ckpt", world.ckpt, clip_path,
             "--device", "cpu", "-q"]
-    done = subprocess.run([sys.executable, "-m", "voxaug", *map(str, args)], capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stderr) == (2, f"error: {clip_path}: expected a clip file, found {found}\n")
+    with _fails_instead_of_hanging(120):
+        done = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert (done.exit_code, done.stderr) == (2, f"error: {clip_path}: expected a clip file, found {found}\n")
     assert not (tmp_path / "spk.faiss").exists()
 
 

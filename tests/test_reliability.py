@@ -19,8 +19,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from voxaug.checkpoint import load_checkpoint
+from voxaug.cli.main import app
 from voxaug.data.validate import check_features
 from voxaug.errors import VoxaugError
 from voxaug.embeddings.index import PENDING_SUFFIX, SpeakerIndex, index_lock
@@ -50,9 +52,9 @@ def test_sigkill_mid_run_then_resume(tiny_synth, tmp_path):
     state = load_checkpoint(run / "last.pt")
     assert state["step"] >= 30
     finish = state["step"] + 20
-    result = subprocess.run([sys.executable, "-m", "voxaug", "train", str(tiny_synth), "--out", str(run), "--resume",
-                             "--steps", str(finish), "-q"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = CliRunner(env={"VOXAUG_CACHE": env["VOXAUG_CACHE"]}).invoke(  # only the killed run needs a process
+        app, ["train", str(tiny_synth), "--out", str(run), "--resume", "--steps", str(finish), "-q"])
+    assert result.exit_code == 0, result.output
     assert load_checkpoint(run / "last.pt")["step"] == finish
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == finish
@@ -361,9 +363,9 @@ def test_concurrent_enrolments_wait_for_the_lock_and_both_land(trained_run, tiny
     index = tmp_path / "spk.faiss"
     folders = sorted((tiny_synth / "unseen" / "enroll").iterdir())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(_enroll_command(index, "first", [folders[0]]) + ["--ckpt", str(trained_run / "best.pt")],
-                           env=env, capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
+    first_args = _enroll_command(index, "first", [folders[0]])[3:] + ["--ckpt", str(trained_run / "best.pt")]
+    first = CliRunner().invoke(app, first_args)
+    assert first.exit_code == 0, first.output  # in-process: only the racers need processes of their own
     with index_lock(index):
         other = sorted((tiny_synth / "unseen" / "test").iterdir())[0]  # a clip belongs to one speaker
         racers = [subprocess.Popen(_enroll_command(index, name, [clips]), env=env, stdout=subprocess.PIPE,
