@@ -107,8 +107,9 @@ def enroll(
 def refuse_option_names(context: typer.Context, names: dict[str, str | None]) -> None:
     """Refuse a speaker name that is one of this command's options: Click takes the word after ``--remove`` as its
     value whatever it is, so ``enroll --remove --help`` looked for a speaker named ``--help`` instead of showing help.
-    Other names that start with ``-`` (a folder can be named so) are kept."""
-    options = {name for parameter in context.command.get_params(context)
+    Other names that start with ``-`` (a folder can be named so) are kept, and so are the names of its arguments
+    (``clips``), which are never typed."""
+    options = {name for parameter in context.command.get_params(context) if parameter.param_type_name == "option"
                for name in parameter.opts + parameter.secondary_opts}
     for option, name in names.items():
         if name in options:

@@ -1255,6 +1255,23 @@ def test_embed_many_takes_any_iterable_of_clips_as_enroll_does(models, tiny_synt
         model.embed_many(None)
 
 
+def test_a_type_error_raised_inside_a_clip_generator_is_not_reported_as_a_wrong_type_of_clips(
+        models, tiny_synth, tmp_path):
+    """``clip_list`` turned every TypeError of ``list(clips)`` into "clips: expected a clip ... got generator": a
+    generator is an accepted iterable, and one that failed midway (the caller's own bug) was blamed on its type."""
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    clip = wavs(tiny_synth, "enroll", "new000")[0]
+
+    def failing():
+        yield clip
+        raise TypeError("the caller's own bug")
+
+    for call in (model.embed_many, lambda clips: index.enroll("a", clips)):
+        with pytest.raises(TypeError, match="^the caller's own bug$"):
+            call(failing())
+
+
 def test_an_export_loaded_by_a_relative_name_goes_to_a_process_pool_after_the_working_folder_changed(
         models, tiny_synth, tmp_path, monkeypatch):
     """A copy's file name was made absolute when pickled, against the working folder of that moment: loaded as

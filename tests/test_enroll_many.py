@@ -369,3 +369,12 @@ def test_a_speaker_name_that_is_an_option_of_enroll_is_refused_with_a_hint(tmp_p
         f"{option} (for help: voxaug enroll --help)"), done.output
     dashed = invoke("enroll", "--index", index, "--remove", "-x")
     assert dashed.exit_code == 2 and dashed.output.strip() == f"error: {index}: speaker index not found; nothing to remove"
+
+
+def test_a_speaker_named_like_one_of_enroll_s_arguments_is_not_refused_as_an_option(tmp_path):
+    """The refusal of option names took every parameter's names, the ``clips`` argument's too, which is never
+    typed: ``enroll --remove clips`` was "clips is an option of enroll, not a speaker name"."""
+    index = tmp_path / "spk.faiss"
+    done = invoke("enroll", "--index", index, "--remove", "clips")
+    assert done.exit_code == 2 and done.output.strip() == f"error: {index}: speaker index not found; nothing to remove", \
+        done.output

@@ -41,10 +41,11 @@ def clip_list(clips: ClipInput | Iterable[ClipInput], rows_are_clips: bool = Fal
     if isinstance(clips, (str, bytes, bytearray, os.PathLike)) or one_array:  # bytes: one clip, refused by as_numpy
         return [clips]
     try:
-        return list(clips)
+        iterator = iter(clips)
     except TypeError:  # None, a number: neither a clip nor a collection of clips
         raise VoxaugError(f"clips: expected a clip (a path, a waveform or a feature array) or a list of clips, "
                           f"got {type(clips).__name__}") from None
+    return list(iterator)  # outside the try: a TypeError a generator raises midway is its own, not a wrong type
 
 
 def refuse_unused_sample_rate(clips: list[ClipInput], sample_rate: int | None) -> None:
