@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import os
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -69,6 +70,8 @@ def clean_errors(function: F) -> F:
             raise fail(f"{function.__name__}: this needs {root}, which the runtime-only install leaves out; "
                        'install the train extra: pip install "voxaug[train]"') from None
         except KeyboardInterrupt as exc:
+            if exc.__cause__ is not None and debug_enabled():  # the error it stood for (see interrupt_prevails)
+                typer.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
             raise fail(str(exc) or "interrupted", SIGTERM_EXIT if isinstance(exc, Terminated) else 130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise

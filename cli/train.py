@@ -12,6 +12,7 @@ import typer
 
 from voxaug.cli.common import CacheOption, QuietOption, clean_errors, file_name, folder_name, output_folder
 from voxaug.errors import VoxaugError, file_error
+from voxaug.interrupt import interrupt_prevails
 from voxaug.safeio import real_path
 
 if TYPE_CHECKING:
@@ -166,16 +167,17 @@ def train(
         if context.active and context.is_main:
             typer.echo(f"DDP: world_size {context.world_size} ({context.backend}, {context.device.type}); "
                        f"--batch {resolved.batch} per process, {resolved.batch * context.world_size} per step")
-        trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet, workers=workers, strict=strict,
-                          context=context, resume=resume)
-        summary = trainer.fit()
+        with interrupt_prevails():  # an error after the signal came (a lazy import it broke) is still the interrupt
+            trainer = Trainer(resolved, data, out, cache_dir=cache_dir, progress=not quiet, workers=workers,
+                              strict=strict, context=context, resume=resume)
+            summary = trainer.fit()
         clean = True
     except RankFailed:
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the lock and temp files are gone by now, last.pt is whole
         if trainer is None or not context.is_main:
             raise
-        raise type(exc)(_interrupted(trainer.step, data, out, context.world_size)) from None
+        raise type(exc)(_interrupted(trainer.step, data, out, context.world_size)) from exc.__cause__
     finally:
         shutdown(context, clean)
     if not context.is_main:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import json
@@ -529,6 +530,82 @@ def test_a_process_forked_while_sigterm_is_an_interrupt_dies_of_sigterm_as_befor
         _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
+
+def break_import_with_signal(monkeypatch, module: str, signum: int | None) -> None:
+    """The first import of ``module`` fails as a C extension's initialisation does when a signal lands in it (or fails
+    so with no signal): CPython makes the interrupt an ``ImportError``, here without its cause, as numpy's C API
+    import does."""
+    real_import = builtins.__import__
+
+    def import_interrupted(name, *args, **kwargs):
+        if name != module:
+            return real_import(name, *args, **kwargs)
+        monkeypatch.setattr(builtins, "__import__", real_import)
+        try:
+            if signum is not None:
+                signal.raise_signal(signum)
+                time.sleep(5)  # not reached: the handler raises
+        except KeyboardInterrupt:
+            pass
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(builtins, "__import__", import_interrupted)
+
+
+@pytest.mark.parametrize("signum, code, line", [
+    (signal.SIGTERM, 143, "error: interrupted"),
+    (signal.SIGINT, 130, "error: interrupted"),
+    (None, 3, "error: unexpected ImportError: initialization failed (run with --debug for the traceback)"),
+])
+def test_an_interrupt_that_lands_in_a_lazy_import_ends_as_the_interrupt_not_an_unexpected_error(
+        tmp_path, monkeypatch, signum, code, line):
+    """SIGTERM or Ctrl-C landing while a command imported a C extension (torch, faiss, onnxruntime...) came out as
+    'unexpected ImportError: initialization failed' and exit 3; an ImportError with no signal still reports so."""
+    break_import_with_signal(monkeypatch, "voxaug.augment.pipeline", signum)  # the train command's first lazy import
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert (result.exit_code, result.output) == (code, line + "\n")
+
+
+def test_a_sigterm_that_breaks_an_import_inside_training_says_where_the_run_stopped(tmp_path, monkeypatch):
+    """Training's own interrupt message (the step, how to resume) is kept when the signal comes out as another error;
+    with --debug the error it broke is shown above it."""
+    import voxaug.train
+
+    class TrainerStoppedInAnImport:
+        def __init__(self, *args, **kwargs):
+            self.step = 7
+
+        def fit(self):
+            import voxaug.checkpoint  # noqa: F401  (broken below, as a lazy import during a step)
+
+    monkeypatch.setattr(voxaug.train, "Trainer", TrainerStoppedInAnImport)
+    break_import_with_signal(monkeypatch, "voxaug.checkpoint", signal.SIGTERM)
+    result = CliRunner().invoke(app, ["--debug", "train", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 143, result.output
+    assert result.output.splitlines()[-1] == ("error: interrupted at step 7, before the first checkpoint: nothing to "
+                                              "resume; start the run again"), result.output
+    assert "ImportError: initialization failed" in result.output and result.output.count("error:") == 1, result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_an_interrupt_received_before_a_fork_is_not_the_childs():
+    """The record of a received signal is per process: a worker forked during the clean-up does not stop as if it had
+    been interrupted, and its Ctrl-C is Python's own again."""
+    from voxaug.interrupt import Terminated, sigterm_as_interrupt, stop_if_terminated
+
+    with sigterm_as_interrupt():
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # not reached
+        child = os.fork()
+        if child == 0:
+            try:
+                stop_if_terminated()
+            except BaseException:
+                os._exit(1)
+            os._exit(0 if signal.getsignal(signal.SIGINT) is signal.default_int_handler else 2)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 def test_an_index_that_cannot_be_renamed_into_place_is_named_not_its_staged_copy(tmp_path, monkeypatch):
     """The last rename's OSError named `.spk.faiss.<sha256>.pending`, a file the user never asked for; a folder
