@@ -177,6 +177,18 @@ def test_a_feature_path_that_is_a_symlink_loop_is_one_clear_line(tmp_path):
     assert "\n" not in message and "metadata.json" in message and "'loop1.pt' is not a usable path" in message
 
 
+def test_a_feature_path_through_a_folder_symlink_loop_is_one_clear_line(tmp_path):
+    """Python 3.13's Path.resolve returns a path through a symlink loop as it is, where earlier versions raised: the
+    clip was then reported as "feature file not found", without naming metadata.json."""
+    def breaker(root):
+        os.symlink("b", root / "a")
+        os.symlink("a", root / "b")
+        rewrite_metadata(root, lambda m: m["speakers"]["id10000"][0].update(feature_path="a/x.pt"))
+
+    message = _bad(tmp_path, breaker)
+    assert "\n" not in message and "metadata.json" in message and "'a/x.pt' is not a usable path" in message
+
+
 def test_pickled_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
 

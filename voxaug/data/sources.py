@@ -3,6 +3,7 @@ and every command build on that, so a new source only has to implement this inte
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -66,6 +67,18 @@ def _stat_fingerprint(files: list[tuple[str, Path]], extra: str = "") -> str:
     return digest.hexdigest()
 
 
+def resolved_without_loop(path: Path) -> Path:
+    """``path.resolve()``, raising on a symlink loop on every Python: resolve raises RuntimeError there before 3.13,
+    while 3.13 returns the looping path unchanged, and the clip was then reported as not found."""
+    resolved = path.resolve()
+    try:
+        resolved.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise
+    return resolved
+
+
 def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "feature_path") -> Path:
     """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and symlinks that escape it."""
     if not isinstance(relative, str) or not relative:
@@ -74,8 +87,8 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
         raise file_error(listed_in, f"{field} {relative!r} is absolute; paths must be relative to the dataset folder")
     try:  # as the locale spells the file's name: the listing is UTF-8 text, and under LC_ALL=C Python names the
         # bytes of "é" in a file name \udcc3\udca9 (a path holding "é" itself cannot even be looked up)
-        resolved = (root / os.fsdecode(relative.encode("utf-8", "surrogateescape"))).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop (RuntimeError < 3.13)
+        resolved = resolved_without_loop(root / os.fsdecode(relative.encode("utf-8", "surrogateescape")))
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop
         raise file_error(listed_in, f"{field} {relative!r} is not a usable path ({exc})") from None
     root_resolved = root.resolve()
     if resolved != root_resolved and root_resolved not in resolved.parents:
