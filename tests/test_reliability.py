@@ -607,6 +607,23 @@ def test_an_interrupt_received_before_a_fork_is_not_the_childs():
         _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
+
+def test_a_ctrl_c_the_process_ignores_stays_ignored_inside_and_after_the_block():
+    """`trap '' INT` and a background job (`&`) of a script start the command with SIGINT ignored: Ctrl-C neither
+    stops it nor is noted as an interrupt that a later error would be reported as."""
+    from voxaug.interrupt import sigterm_as_interrupt, stop_if_terminated
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            stop_if_terminated()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_an_index_that_cannot_be_renamed_into_place_is_named_not_its_staged_copy(tmp_path, monkeypatch):
     """The last rename's OSError named `.spk.faiss.<sha256>.pending`, a file the user never asked for; a folder
     where the index goes was found only there, after its sidecar had been replaced."""
