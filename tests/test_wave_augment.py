@@ -4,6 +4,7 @@ of workers and across a resume, refused on precomputed features, never applied o
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -220,6 +221,24 @@ def test_resumed_wave_run_matches_an_uninterrupted_one(corpus, tmp_path):
     resumed = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, msg=name)
+
+
+def test_a_failed_fit_stops_its_data_workers(corpus, tmp_path, monkeypatch):
+    """A trainer kept after a failed fit (a notebook, a service) kept its `wave` data worker processes alive."""
+    config = tiny_config(train={"steps": 6, "eval_every": 3, "batch": 8, "segment": 48}, augment={"names": ["wave"]})
+    trainer = Trainer(config, corpus / "wav", tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, workers=2)
+    before = {child.pid for child in multiprocessing.active_children()}
+    original_step = Trainer.train_step
+
+    def failing_step(self):
+        if self.step == 2:  # workers are running and prefetching by now
+            raise RuntimeError("a step failed")
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="a step failed"):
+        trainer.fit()
+    assert {child.pid for child in multiprocessing.active_children()} == before
 
 
 def test_train_cli_from_an_audio_tree_with_wave_and_noise(corpus, tmp_path):

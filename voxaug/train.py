@@ -573,7 +573,7 @@ class Trainer:
         losses: list[float] = []
         row: dict = {}
         bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
-        with bar:  # closed on an error too, so that the error's line does not share the bar's
+        with bar, self._data_workers_stopped():  # bar closed on an error too, so the error's line does not share it
             while self.step < self.config.steps:
                 stop_if_terminated()
                 result = self.train_step()
@@ -586,8 +586,6 @@ class Trainer:
                     row = self.evaluate(float(np.mean(losses)) if losses else None)
                     losses = []
                     bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
-        if hasattr(self.sampler, "close"):  # stop data workers (audio with `wave`)
-            self.sampler.close()
         self._refuse_untrained_end()
         if not row:  # nothing left to train: the last evaluation logged, else (last.pt alone was copied) one now
             logged = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").is_file() else []
@@ -597,6 +595,16 @@ class Trainer:
             train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
             elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
         )
+
+    @contextlib.contextmanager
+    def _data_workers_stopped(self) -> Iterator[None]:
+        """Stop the data workers (audio with `wave`) when the training loop ends, failed or interrupted too: a
+        trainer kept after a failed :meth:`fit` (a notebook, a service) would otherwise keep its worker processes."""
+        try:
+            yield
+        finally:
+            if hasattr(self.sampler, "close"):
+                self.sampler.close()
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(weight).all()) for weight in self.model.parameters())
