@@ -531,6 +531,15 @@ def test_a_process_forked_while_sigterm_is_an_interrupt_dies_of_sigterm_as_befor
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """SIGINT at Python's own handler, as a command started from a terminal has it: pytest run as a background job of
+    a script (`cmd &` without job control) starts with SIGINT ignored, which the interrupt block rightly leaves so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def break_import_with_signal(monkeypatch, module: str, signum: int | None) -> None:
     """The first import of ``module`` fails as a C extension's initialisation does when a signal lands in it (or fails
     so with no signal): CPython makes the interrupt an ``ImportError``, here without its cause, as numpy's C API
@@ -558,7 +567,7 @@ def break_import_with_signal(monkeypatch, module: str, signum: int | None) -> No
     (None, 3, "error: unexpected ImportError: initialization failed (run with --debug for the traceback)"),
 ])
 def test_an_interrupt_that_lands_in_a_lazy_import_ends_as_the_interrupt_not_an_unexpected_error(
-        tmp_path, monkeypatch, signum, code, line):
+        tmp_path, monkeypatch, ctrl_c_as_in_a_terminal, signum, code, line):
     """SIGTERM or Ctrl-C landing while a command imported a C extension (torch, faiss, onnxruntime...) came out as
     'unexpected ImportError: initialization failed' and exit 3; an ImportError with no signal still reports so."""
     break_import_with_signal(monkeypatch, "voxaug.augment.pipeline", signum)  # the train command's first lazy import
@@ -588,7 +597,7 @@ def test_a_sigterm_that_breaks_an_import_inside_training_says_where_the_run_stop
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_an_interrupt_received_before_a_fork_is_not_the_childs():
+def test_an_interrupt_received_before_a_fork_is_not_the_childs(ctrl_c_as_in_a_terminal):
     """The record of a received signal is per process: a worker forked during the clean-up does not stop as if it had
     been interrupted, and its Ctrl-C is Python's own again."""
     from voxaug.interrupt import Terminated, sigterm_as_interrupt, stop_if_terminated
