@@ -166,27 +166,18 @@ def test_symlink_out_of_folder_is_refused(tmp_path):
     assert "outside the dataset folder" in _bad(tmp_path, breaker)
 
 
-def test_a_feature_path_that_is_a_symlink_loop_is_one_clear_line(tmp_path):
-    """Path.resolve raises RuntimeError (not OSError) on a loop before Python 3.13: `voxaug` exited 3, "unexpected"."""
+@pytest.mark.parametrize("first, second, feature_path", [("loop1.pt", "loop2.pt", "loop1.pt"), ("a", "b", "a/x.pt")])
+def test_a_feature_path_through_a_symlink_loop_is_one_clear_line(tmp_path, first, second, feature_path):
+    """Path.resolve raises RuntimeError (not OSError) on a loop before Python 3.13: `voxaug` exited 3, "unexpected".
+    Python 3.13's returns a path through a loop of folders as it is: the clip was then reported as "feature file not
+    found", without naming metadata.json."""
     def breaker(root):
-        os.symlink("loop2.pt", root / "loop1.pt")
-        os.symlink("loop1.pt", root / "loop2.pt")
-        rewrite_metadata(root, lambda m: m["speakers"]["id10000"][0].update(feature_path="loop1.pt"))
+        os.symlink(second, root / first)
+        os.symlink(first, root / second)
+        rewrite_metadata(root, lambda m: m["speakers"]["id10000"][0].update(feature_path=feature_path))
 
     message = _bad(tmp_path, breaker)
-    assert "\n" not in message and "metadata.json" in message and "'loop1.pt' is not a usable path" in message
-
-
-def test_a_feature_path_through_a_folder_symlink_loop_is_one_clear_line(tmp_path):
-    """Python 3.13's Path.resolve returns a path through a symlink loop as it is, where earlier versions raised: the
-    clip was then reported as "feature file not found", without naming metadata.json."""
-    def breaker(root):
-        os.symlink("b", root / "a")
-        os.symlink("a", root / "b")
-        rewrite_metadata(root, lambda m: m["speakers"]["id10000"][0].update(feature_path="a/x.pt"))
-
-    message = _bad(tmp_path, breaker)
-    assert "\n" not in message and "metadata.json" in message and "'a/x.pt' is not a usable path" in message
+    assert "\n" not in message and "metadata.json" in message and f"{feature_path!r} is not a usable path" in message
 
 
 def test_pickled_code_is_refused_and_not_run(tmp_path):
