@@ -390,9 +390,9 @@ def _wave_overrides(
 def absolute_folder(folder: Path | None, option: str) -> str | None:
     """A noise or RIR folder as the run records it: absolute, for --resume, and ``~`` expanded to the home folder,
     which bash leaves as it is in ``--noise-dir=~/x`` (as ``absolute_folders`` does for a TOML file's)."""
-    from voxaug.safeio import home_expanded
+    from voxaug.safeio import home_expanded, resolved_without_loop
 
-    return str(home_expanded(folder, option).resolve()) if folder else None
+    return str(resolved_without_loop(home_expanded(folder, option), option)) if folder else None
 
 
 def _frontend_overrides(n_mels: int | None, sample_rate: int | None) -> dict:

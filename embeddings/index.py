@@ -225,8 +225,8 @@ class SpeakerIndex:
 
     def calibration_outdated(self) -> str | None:
         """How the enrolled speakers changed since the calibration was picked, or None if they did not (or the
-        calibration predates the record). The best wrong-speaker score, and so the false-alarm rate at the
-        threshold, depends on who else is enrolled."""
+        calibration predates the record and the index has not changed since: see :meth:`_stamp_calibration`). The
+        best wrong-speaker score, and so the false-alarm rate at the threshold, depends on who else is enrolled."""
         then = self.calibration.get("enrolled")
         if "value" not in self.calibration or then is None:
             return None
@@ -236,6 +236,13 @@ class SpeakerIndex:
         return (f"the enrolled speakers changed since evaluate --calibrate picked its threshold ({then['speakers']} "
                 f"speakers, {then['clips']} clips then; {now['speakers']} speakers, {now['clips']} clips now): "
                 "its predicted rates may not hold; run evaluate --calibrate again")
+
+    def _stamp_calibration(self) -> None:
+        """Before the enrolled speakers change: a calibration written before 2026-11-29 has no ``enrolled`` record,
+        so no change would ever call it outdated; it gets the record of the speakers as they are now, the ones its
+        threshold was picked against as far as anyone can tell, and is compared with it from then on."""
+        if "value" in self.calibration and "enrolled" not in self.calibration:
+            self.calibration["enrolled"] = self.enrolled_record()
 
     # ---- building --------------------------------------------------------------------------
     @property
@@ -282,6 +289,7 @@ class SpeakerIndex:
         embeddings = self.to_space(embeddings)
         if self.mode == "speaker":
             mean, count = self._running_mean(speaker, embeddings)  # refused before anything changes
+        self._stamp_calibration()
         if digests is not None:
             self.clip_digests[speaker] = self.clip_digests.get(speaker, []) + list(digests)
         if self.mode == "utterance":
@@ -354,6 +362,7 @@ class SpeakerIndex:
         if speaker not in self.counts:
             shown = ", ".join(self.speakers[:10]) + (f", … ({len(self.speakers)} in all)" if len(self.speakers) > 10 else "")
             raise VoxaugError(f"speaker {speaker!r} is not enrolled; enrolled: {shown or 'none'}")
+        self._stamp_calibration()
         self._drop_rows([i for i, label in enumerate(self.labels) if label == speaker])
         del self.counts[speaker]
         self.mean_norms.pop(speaker, None)

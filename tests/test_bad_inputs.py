@@ -100,6 +100,15 @@ def write(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def symlink_loop(w: World, name: str) -> Path:
+    """``name`` and ``name.back`` in the bad folder, two symbolic links that point at each other."""
+    path, back = w.bad / name, w.bad / f"{name}.back"
+    if not path.is_symlink():
+        path.symlink_to(back)
+        back.symlink_to(path)
+    return path
+
+
 def tensor(path: Path, value: object) -> Path:
     torch.save(value, path)
     return path
@@ -313,6 +322,13 @@ CASES: dict[str, Case] = {
     "train: TOML log_floor of 0": (
         lambda w: train(w, w.data, "--config", write(w.bad / "floor.toml", "[frontend]\nlog_floor = 0.0\n")),
         ("floor.toml", "log_floor must be > 0")),
+    "train: --noise-dir a symlink loop": (
+        lambda w: train(w, w.data, "--augment", "noise", "--noise-dir", symlink_loop(w, "noise-loop")),
+        ("noise-loop", "--noise-dir: symlink loop")),
+    "train: TOML noise_dir a symlink loop": (
+        lambda w: train(w, w.data, "--config", write(w.bad / "loop.toml", '[augment]\nnames = ["noise"]\n'
+                                                     f'[augment.noise]\nnoise_dir = "{symlink_loop(w, "toml-loop")}"\n')),
+        ("toml-loop", "[augment.noise] noise_dir: symlink loop")),
     "train: --noise-dir of 80-band features": (
         lambda w: train(w, w.data, "--augment", "noise", "--noise-dir", noise_of_80_bands(w)),
         ("noise80", "noise features have 80 mel bands, the training features 40")),
@@ -383,6 +399,8 @@ CASES: dict[str, Case] = {
                                          ("spk.faiss", "already enrolled")),
     "enroll: Inf clip": (lambda w: enroll(w, "--speaker", "newbie", tensor(w.bad / "inf.pt", torch.full((50, 40), float("inf")))),
                          ("inf.pt", "NaN or Inf")),
+    "enroll: clip a symlink loop": (lambda w: enroll(w, "--speaker", "newbie", symlink_loop(w, "loop.pt")),
+                                    ("loop.pt", "clip: symlink loop")),
     "enroll: clip of finite values too large for the network": (
         lambda w: enroll(w, "--speaker", "newbie", tensor(w.bad / "huge.pt", torch.full((50, 40), 1e20))),
         ("huge.pt", "as large as 1e+20; log-mel")),

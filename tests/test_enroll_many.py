@@ -378,3 +378,21 @@ def test_a_speaker_named_like_one_of_enroll_s_arguments_is_not_refused_as_an_opt
     done = invoke("enroll", "--index", index, "--remove", "clips")
     assert done.exit_code == 2 and done.output.strip() == f"error: {index}: speaker index not found; nothing to remove", \
         done.output
+
+
+def test_enroll_many_without_progress_starts_no_tqdm_monitor_thread(trained_run, tiny_synth, tmp_path, monkeypatch):
+    """A service enrolling through the API with progress off got a ``tqdm_monitor`` daemon thread for the life of
+    its process: tqdm starts it when a bar is built, even a disabled one."""
+    import threading
+
+    import tqdm
+
+    if tqdm.tqdm.monitor is not None:  # started by an earlier test's bar
+        tqdm.tqdm.monitor.exit()
+    monkeypatch.setattr(tqdm.tqdm, "monitor", None)
+    folder = tiny_synth / "unseen" / "enroll"
+    speaker = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    index = SpeakerIndex.create(tmp_path / "spk.faiss", trained_run / "best.pt")
+    index.enroll_many({speaker.name: sorted(speaker.glob("*.pt"))}, progress=False)
+    assert index.speakers == [speaker.name]
+    assert "tqdm_monitor" not in [thread.name for thread in threading.enumerate()]

@@ -116,6 +116,20 @@ def test_an_append_in_two_steps_equals_one_enrolment_of_both_sets():
 
 
 @pytest.mark.parametrize("per", ["speaker", "utterance"])
+def test_a_removal_records_the_speakers_a_calibration_without_a_record_was_picked_against(per):
+    """A calibration written before 2026-11-29 has no ``enrolled`` record: the first change records the speakers as
+    they were before it, so the change is seen; an index without a calibrated threshold gets no record."""
+    calibrated, plain = trained_index(per=per), trained_index(per=per)
+    calibrated.calibration = {"value": 1.0, "score_norm": "none"}
+    before = calibrated.enrolled_record()
+    assert calibrated.calibration_outdated() is None
+    for index in (calibrated, plain):
+        index.remove(index.speakers[0])
+    assert calibrated.calibration["enrolled"] == before and calibrated.calibration_outdated() is not None
+    assert plain.calibration == {}
+
+
+@pytest.mark.parametrize("per", ["speaker", "utterance"])
 def test_enrol_then_remove_leaves_the_index_as_if_never_enrolled(tmp_path, per):
     """Vectors, counts, back end, cohort statistics and the calibration's enrolled record all come back."""
     never = trained_index(per=per)

@@ -719,6 +719,31 @@ def test_identify_flags_a_calibration_made_before_the_enrolled_speakers_changed(
     assert answer()[0]["threshold"].get("outdated") is True, "one more clip moves the speaker's mean"
 
 
+def test_a_calibration_older_than_its_enrolled_record_is_flagged_after_the_next_enrol(calibrated, tiny_synth,
+                                                                                      tmp_path):
+    """A calibration written before 2026-11-29 has no ``enrolled`` record: unchanged, the index scores with it as
+    before and nothing is called outdated; the first enrolment records the speakers it was picked against, so
+    that enrolment, and any later change, is called outdated."""
+    _, calibrated_index, _ = calibrated
+    index = tmp_path / "old.faiss"
+    shutil.copy(calibrated_index, index)
+    meta = json.loads(sidecar_path(calibrated_index).read_text())
+    picked_against = meta["calibration"].pop("enrolled")  # as evaluate --calibrate wrote it before 2026-11-29
+    sidecar_path(index).write_text(json.dumps(meta, indent=1) + "\n")
+    clip = next((tiny_synth / "unseen" / "test").rglob("*.pt"))
+    old = invoke("identify", "--index", index, "--json", clip)
+    assert old.exit_code == 0 and old.stderr == "", old.output
+    assert json.loads(old.stdout)["threshold"] == {"value": round(meta["calibration"]["value"], 6),
+                                                   "source": "calibrated"}
+    assert json.loads(sidecar_path(index).read_text()) == meta, "an unchanged index gets no invented record"
+    enrolled = invoke("enroll", "--index", index, "--speaker", "newcomer", clip)
+    assert enrolled.exit_code == 0 and "its predicted rates may not hold" in enrolled.stderr, enrolled.output
+    assert json.loads(sidecar_path(index).read_text())["calibration"]["enrolled"] == picked_against
+    result = invoke("identify", "--index", index, "--json", clip)
+    assert result.exit_code == 0 and f"{index}: the enrolled speakers changed" in result.stderr, result.output
+    assert json.loads(result.stdout)["threshold"].get("outdated") is True
+
+
 @pytest.mark.parametrize("command, needle", [
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--backend", "ivector"], "--backend 'ivector'"),
     (["embed", "DATA", "--ckpt", "CKPT", "--out", "OUT", "--score-norm", "znorm"], "--score-norm 'znorm'"),

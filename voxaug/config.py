@@ -18,7 +18,7 @@ from voxaug.errors import VoxaugError, abridged, file_error, not_a_file, refuse_
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 from voxaug.runtime.training_split import TrainingSplit
-from voxaug.safeio import home_expanded
+from voxaug.safeio import home_expanded, resolved_without_loop
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -309,7 +309,7 @@ def absolute_folders(augment: dict, folder: Path) -> None:
             for key in ("noise_dir", "rir_dir"):
                 if isinstance(table.get(key), str) and table[key].strip():  # check_folder refuses a blank one
                     expanded = home_expanded(table[key], f"[augment.{name}] {key}")
-                    table[key] = str((folder / expanded).resolve())
+                    table[key] = str(resolved_without_loop(folder / expanded, f"[augment.{name}] {key}"))
 
 
 def check_values(config: TrainConfig) -> None:

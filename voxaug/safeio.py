@@ -102,6 +102,23 @@ def real_path(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def resolved_without_loop(path: str | Path, what: str = "") -> Path:
+    """``Path(path).resolve()``, with a symlink loop refused alike on every Python in one line naming ``path`` (and
+    ``what`` it is): resolve raises RuntimeError on one before Python 3.13 (``voxaug`` exited 3, "unexpected"), while
+    3.13 returns the looping path unchanged, which was then reported as not found."""
+    loop = file_error(path, f"{what + ': ' if what else ''}symlink loop (symbolic links that lead back to each other)")
+    try:
+        resolved = Path(path).resolve()
+    except RuntimeError:  # pathlib's "Symlink loop from ..." before Python 3.13
+        raise loop from None
+    try:
+        resolved.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise loop from None
+    return resolved
+
+
 def home_expanded(path: str | Path, what: str) -> Path:
     """``path`` with a leading ``~`` or ``~user`` expanded as a shell would (bash leaves it in ``--opt=~/x``, and
     nothing expands an environment variable's or a TOML file's); an unknown user is one error naming ``what``."""

@@ -22,6 +22,7 @@ from voxaug.embeddings.index import SpeakerIndex as IndexData
 from voxaug.embeddings.index import (check_index_writable, check_lock_timeout, check_search_top_k, index_lock,
                                      same_name, sidecar_path)
 from voxaug.errors import VoxaugError, file_error
+from voxaug.safeio import resolved_without_loop
 
 ModelInput = SpeakerModel | str | Path | None
 
@@ -79,7 +80,7 @@ def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
         if not isinstance(clip, (str, os.PathLike)):
             continue
         path = Path(clip)
-        resolved = path.resolve()
+        resolved = resolved_without_loop(path, "clip")
         key = resolved.with_suffix("") if path.suffix.lower() in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES else resolved
         if key in seen:
             raise VoxaugError(f"{name}: clip {path} is given twice (also as {seen[key]}); each clip counts once in "
@@ -239,9 +240,10 @@ class SpeakerIndex:
         self._refuse_same_content(speakers, digests)
         self._refuse_other_speakers_clips(self.data, speakers, digests)
         new = {name: self.data.new_clips(name, digests[name]) for name in speakers}  # as this object last read it
-        rows = {name: self._embed(name, speakers[name], new[name], sample_rate)
-                for name in tqdm([name for name in speakers if new[name]], desc=f"enrol {self.path.name}",
-                                 unit="speaker", disable=not progress, leave=False)}
+        to_embed = [name for name in speakers if new[name]]
+        if progress:  # not built at all otherwise: even a disabled bar starts tqdm's monitor thread for good
+            to_embed = tqdm(to_embed, desc=f"enrol {self.path.name}", unit="speaker", leave=False)
+        rows = {name: self._embed(name, speakers[name], new[name], sample_rate) for name in to_embed}
         with index_lock(self.path, lock_timeout):
             data = self._reread()
             if self.creating and (data.mode, data.hnsw) != (self.data.mode, self.data.hnsw):

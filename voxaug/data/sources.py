@@ -3,7 +3,6 @@ and every command build on that, so a new source only has to implement this inte
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
-from voxaug.safeio import read_json, utf8_name
+from voxaug.safeio import read_json, resolved_without_loop, utf8_name
 
 
 @dataclass(frozen=True)
@@ -67,18 +66,6 @@ def _stat_fingerprint(files: list[tuple[str, Path]], extra: str = "") -> str:
     return digest.hexdigest()
 
 
-def resolved_without_loop(path: Path) -> Path:
-    """``path.resolve()``, raising on a symlink loop on every Python: resolve raises RuntimeError there before 3.13,
-    while 3.13 returns the looping path unchanged, and the clip was then reported as not found."""
-    resolved = path.resolve()
-    try:
-        resolved.stat()
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise
-    return resolved
-
-
 def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "feature_path") -> Path:
     """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and symlinks that escape it."""
     if not isinstance(relative, str) or not relative:
@@ -88,7 +75,7 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
     try:  # as the locale spells the file's name: the listing is UTF-8 text, and under LC_ALL=C Python names the
         # bytes of "é" in a file name \udcc3\udca9 (a path holding "é" itself cannot even be looked up)
         resolved = resolved_without_loop(root / os.fsdecode(relative.encode("utf-8", "surrogateescape")))
-    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop
+    except (OSError, ValueError, VoxaugError) as exc:  # a NUL byte, a name too long, a symlink loop
         raise file_error(listed_in, f"{field} {relative!r} is not a usable path ({exc})") from None
     root_resolved = root.resolve()
     if resolved != root_resolved and root_resolved not in resolved.parents:
