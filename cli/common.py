@@ -207,7 +207,10 @@ def output_file(path: Path, option: str) -> Path:
     to a folder not made yet is taken, as they create it."""
     if path.is_dir():
         raise VoxaugError(f"{path}: {option} is an existing folder; expected a file name")
-    _refuse_blocked_folders(path, option, real_path(path).parents)
+    real = real_path(path)
+    if real.is_symlink():  # realpath leaves a symlink loop as it is, and the writers would replace the link
+        raise VoxaugError(f"{path}: {option} cannot be created: {real} is a symbolic link to nothing")
+    _refuse_blocked_folders(path, option, real.parents)
     return path
 
 

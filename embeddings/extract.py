@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from voxaug.data.batching import frame_budget, length_buckets, pad_batch
 from voxaug.data.store import PackedStore
 from voxaug.distributed import DistContext
 from voxaug.errors import VoxaugError, file_error
 from voxaug.inference import autocast_for
+from voxaug.progress import progress_bar
 
 if TYPE_CHECKING:
     from voxaug.api.model import SpeakerModel
@@ -164,7 +164,7 @@ def embed_store(
     embeddings = probabilities = None
     per_rank = [0] * context.world_size
     dealt = 0  # buckets dealt so far: the next one goes to rank dealt % world
-    bar = tqdm(total=len(indices), desc="embed", unit="utt", disable=not (progress and context.is_main), leave=False)
+    bar = progress_bar(enabled=progress and context.is_main, total=len(indices), desc="embed", unit="utt", leave=False)
     for start in range(0, len(order), chunk):
         rows = order[start : start + chunk]
         pieces = _pieces([int(store.lengths[indices[r]]) for r in rows], window, hop)
@@ -200,7 +200,7 @@ def embed_store_with_model(model: "SpeakerModel", store: PackedStore, window: in
     if len(indices) == 0:
         raise VoxaugError("nothing to embed: the dataset has no utterances")
     rows, probabilities = [], []
-    for index in tqdm(indices.tolist(), desc="embed", unit="utt", disable=not progress, leave=False):
+    for index in progress_bar(indices.tolist(), enabled=progress, desc="embed", unit="utt", leave=False):
         # min_frames=1: a dataset's utterances are embedded whatever their length, as embed_store does with a checkpoint
         pieces = [model.embed_with_probabilities(store.segment(index, start, frames).numpy(), name=store.keys[index],
                                                  min_frames=1)

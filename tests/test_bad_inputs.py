@@ -401,6 +401,12 @@ CASES: dict[str, Case] = {
                          ("inf.pt", "NaN or Inf")),
     "enroll: clip a symlink loop": (lambda w: enroll(w, "--speaker", "newbie", symlink_loop(w, "loop.pt")),
                                     ("loop.pt", "clip: symlink loop")),
+    "enroll: --index a symlink loop": (
+        lambda w: ["enroll", "--index", symlink_loop(w, "loop.faiss"), "--ckpt", w.ckpt, "--speaker", "newbie",
+                   tensor(w.bad / "fine.pt", torch.randn(50, 40)), "--device", "cpu"],
+        ("loop.faiss", "is a symbolic link to nothing")),
+    "embed: --index a symlink loop": (lambda w: embed(w, "--index", symlink_loop(w, "embed-loop.faiss")),
+                                      ("embed-loop.faiss", "is a symbolic link to nothing")),
     "enroll: clip of finite values too large for the network": (
         lambda w: enroll(w, "--speaker", "newbie", tensor(w.bad / "huge.pt", torch.full((50, 40), 1e20))),
         ("huge.pt", "as large as 1e+20; log-mel")),

@@ -1078,3 +1078,23 @@ def test_a_moment_tensor_of_shape_scalar_in_last_pt_is_refused_by_resume_naming_
     assert f"error: {run / 'last.pt'}: its training state is damaged (ValueError: exp_avg is () for a weight" in \
         " ".join(result.output.split()), result.output
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_synth_and_fit_without_progress_start_no_tqdm_monitor_thread(tmp_path, monkeypatch):
+    """A notebook or service that generates data and trains with progress off got a ``tqdm_monitor`` thread for the
+    life of its process: tqdm starts it when any bar is built, even a disabled one (synth, packing, the train bar)."""
+    import threading
+
+    import tqdm
+
+    from conftest import TINY_SYNTH
+    from voxaug.synth import generate
+
+    if tqdm.tqdm.monitor is not None:  # started by an earlier test's bar
+        tqdm.tqdm.monitor.exit()
+    monkeypatch.setattr(tqdm.tqdm, "monitor", None)
+    data = tmp_path / "data"
+    generate(data, TINY_SYNTH, progress=False)
+    Trainer(tiny_config(train={"steps": 2, "eval_every": 2}), data, tmp_path / "run", cache_dir=tmp_path / "cache",
+            progress=False).fit()
+    assert "tqdm_monitor" not in [thread.name for thread in threading.enumerate()]

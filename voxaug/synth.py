@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 import torchaudio
-from tqdm import tqdm
 
 from voxaug.audio import write_audio
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.errors import file_error
+from voxaug.progress import progress_bar
 from voxaug.safeio import atomic_output, atomic_torch_save, atomic_write_json, ensure_folder
 from voxaug.synth_config import SynthConfig
 
@@ -253,7 +253,7 @@ def _write_corpus(out: Path, config: SynthConfig, frontend: FrontendConfig, prog
     metadata: dict[str, list] = {s: [] for s in speakers}
     test_entries, test_labels = [], []
     total = config.trained_clips + config.held_out_clips
-    bar = tqdm(total=total, desc=f"synth {out}", unit="utt", disable=not progress, leave=False)
+    bar = progress_bar(enabled=progress, total=total, desc=f"synth {out}", unit="utt", leave=False)
 
     def make(speaker: str, voice: Voice, sessions: list[Session], index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         g = _generator(config.seed, speaker, index)

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from voxaug.augment import TrainBatch, build_pipeline, total_loss
 from voxaug.augment.pipeline import resolve_names
@@ -44,6 +43,7 @@ from voxaug.inference import accuracy, autocast_for, run_model
 from voxaug.interrupt import stop_if_terminated
 from voxaug.model import build_model
 from voxaug.plot import plot_runs, read_log_text, read_metrics
+from voxaug.progress import progress_bar
 from voxaug.safeio import append_text, atomic_write_json, atomic_write_text, exclusive_lock, read_json
 
 TRACE_ENV = "VOXAUG_TRACE_BATCHES"
@@ -572,7 +572,7 @@ class Trainer:
         main_only(self.dist, lambda: self._start_log(resume))
         losses: list[float] = []
         row: dict = {}
-        bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        bar = progress_bar(enabled=self.progress, total=self.config.steps, initial=self.step, desc="train", unit="step")
         with bar, self._data_workers_stopped():  # bar closed on an error too, so the error's line does not share it
             while self.step < self.config.steps:
                 stop_if_terminated()

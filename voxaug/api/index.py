@@ -22,6 +22,7 @@ from voxaug.embeddings.index import SpeakerIndex as IndexData
 from voxaug.embeddings.index import (check_index_writable, check_lock_timeout, check_search_top_k, index_lock,
                                      same_name, sidecar_path)
 from voxaug.errors import VoxaugError, file_error
+from voxaug.progress import progress_bar
 from voxaug.safeio import resolved_without_loop
 
 ModelInput = SpeakerModel | str | Path | None
@@ -209,8 +210,6 @@ class SpeakerIndex:
         clips the speaker was already enrolled from (the same content, by ``enroll``) are skipped, not counted
         twice. Arrays are waveforms at ``sample_rate`` when it is given, else log-mel features.
         Returns how many clips each speaker now has."""
-        from tqdm import tqdm
-
         check_lock_timeout(lock_timeout)  # before minutes of embedding, not after
         check_index_writable(self.path, "enroll")
         append, progress = check_flag(append, "append"), check_flag(progress, "progress")
@@ -240,9 +239,8 @@ class SpeakerIndex:
         self._refuse_same_content(speakers, digests)
         self._refuse_other_speakers_clips(self.data, speakers, digests)
         new = {name: self.data.new_clips(name, digests[name]) for name in speakers}  # as this object last read it
-        to_embed = [name for name in speakers if new[name]]
-        if progress:  # not built at all otherwise: even a disabled bar starts tqdm's monitor thread for good
-            to_embed = tqdm(to_embed, desc=f"enrol {self.path.name}", unit="speaker", leave=False)
+        to_embed = progress_bar([name for name in speakers if new[name]], enabled=progress,
+                                desc=f"enrol {self.path.name}", unit="speaker", leave=False)
         rows = {name: self._embed(name, speakers[name], new[name], sample_rate) for name in to_embed}
         with index_lock(self.path, lock_timeout):
             data = self._reread()

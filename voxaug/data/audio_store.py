@@ -20,6 +20,7 @@ from voxaug.data.store import (
     FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, cache_write_error, discard_store,
 )
 from voxaug.errors import VoxaugError
+from voxaug.progress import progress_bar
 from voxaug.safeio import atomic_output, atomic_write_json, read_json
 
 SKIPPED_FILE = "skipped.json"
@@ -89,8 +90,8 @@ def build_audio_store(
                         generator=torch.Generator())  # its own, so the global RNG (model init) is untouched
     kept: list[Utterance] = []
     lengths, labels, skipped = [], [], []
-    bar = tqdm(loader, total=len(source.utterances), desc=f"featurising {source.root} ({workers} workers)",
-               unit="utt", disable=not progress, leave=False)
+    bar = progress_bar(loader, enabled=progress, total=len(source.utterances),
+                       desc=f"featurising {source.root} ({workers} workers)", unit="utt", leave=False)
     with atomic_output(folder / FEATURES_FILE, "wb") as handle:
         for index, features, problem in bar:
             utterance = source.utterances[index]

@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from voxaug.data.sources import DatasetSource
 from voxaug.errors import VoxaugError, file_error
+from voxaug.progress import progress_bar
 from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder, home_expanded, read_json
 
 STORE_VERSION = 1
@@ -194,7 +194,7 @@ def build_store(
     speaker_ids = {name: i for i, name in enumerate(source.speakers)}
     load = loader or source.load
     lengths, labels = [], []
-    bar = tqdm(source.utterances, desc=f"packing {source.root}", unit="utt", disable=not progress, leave=False)
+    bar = progress_bar(source.utterances, enabled=progress, desc=f"packing {source.root}", unit="utt", leave=False)
     with atomic_output(folder / FEATURES_FILE, "wb") as handle:
         for utterance in bar:
             features = load(utterance).numpy().astype(np.float32, copy=False)
