@@ -1326,3 +1326,92 @@ def test_an_index_created_after_the_working_folder_changed_names_the_model_where
     assert json.loads(sidecar_path(tmp_path / "spk.faiss").read_text())["checkpoint"]["path"] == str(
         (tmp_path / "run" / "last.pt").resolve())
     assert voxaug.SpeakerIndex.open(tmp_path / "spk.faiss").speakers == ["alice"]
+
+
+def test_identify_answers_from_one_view_of_the_index_while_another_thread_removes_a_speaker(models, tiny_synth,
+                                                                                            tmp_path):
+    """``identify`` read the object's view of the index afresh at each step, and a thread's ``remove`` replaces that
+    view: one landing between two reads searched the new FAISS index and named its rows by the old labels, so a
+    clip of ``b`` was answered ``a``, a speaker whose vectors were gone. Whichever of the reads the removal follows,
+    the answer is the index's before it or after it, never a mix."""
+    import threading
+
+    clips = {"a": wavs(tiny_synth, "enroll", "new000"), "b": wavs(tiny_synth, "enroll", "new001")}
+    query = wavs(tiny_synth, "test", "new001")[0]
+
+    class Watched(voxaug.SpeakerIndex):
+        """Runs ``on_read`` whenever the view is read, as a thread switch there would."""
+
+        @property
+        def data(self):
+            self.on_read()
+            return self.__dict__["data"]
+
+        @data.setter
+        def data(self, value):
+            self.__dict__["data"] = value
+
+        def on_read(self) -> None:
+            pass
+
+    def answers(at_read: int) -> tuple[dict, bool]:
+        folder = tmp_path / str(at_read)
+        folder.mkdir()
+        index = voxaug.SpeakerIndex.create(folder / "spk.faiss", models["onnx"], per="utterance")
+        index.enroll_many(clips)
+        index.__class__ = Watched
+        reader, reads, removed = threading.current_thread(), [0], threading.Event()
+
+        def remove_a_on_that_read() -> None:
+            if threading.current_thread() is not reader or removed.is_set():
+                return
+            reads[0] += 1
+            if reads[0] == at_read:
+                writer = threading.Thread(target=index.remove, args=("a",))
+                writer.start()
+                writer.join(60)
+                assert not writer.is_alive()
+                removed.set()
+
+        index.on_read = remove_a_on_that_read
+        return index.identify(query, top_k=2), removed.is_set()
+
+    before, _ = answers(0)
+    voxaug.SpeakerIndex.open(tmp_path / "0" / "spk.faiss").remove("a")
+    after = voxaug.SpeakerIndex.open(tmp_path / "0" / "spk.faiss").identify(query, top_k=2)
+    assert [hit["speaker"] for hit in after["top"]] == ["b"]
+    for at_read in range(1, 12):
+        answer, removed = answers(at_read)
+        assert answer in (before, after), f"removal at read {at_read}: {answer}"
+        if not removed:
+            break
+
+
+@pytest.mark.parametrize("objects", ["one", "two"])
+def test_threads_enrolling_at_once_through_one_or_two_objects_of_a_file_lose_no_speaker(models, tiny_synth, tmp_path,
+                                                                                        objects):
+    """What the docs promise a web server's threads: the index lock holds between threads of one process (each
+    takes its own ``flock``), and every write rereads the file under it, so no thread's speakers are lost."""
+    import threading
+
+    clips = wavs(tiny_synth, "enroll", "new000") + wavs(tiny_synth, "enroll", "new001")
+    first = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    first.enroll("seed", clips[-1:])
+    indexes = [first, first if objects == "one" else voxaug.SpeakerIndex.open(first.path, model=first.model)]
+    barrier, errors = threading.Barrier(2), []
+
+    def enroll(thread: int) -> None:
+        barrier.wait(60)
+        try:
+            for turn in range(2):
+                indexes[thread].enroll(f"s{thread}{turn}", clips[2 * thread + turn : 2 * thread + turn + 1])
+        except Exception as exc:  # reported by the assertion below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enroll, args=(thread,)) for thread in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert voxaug.SpeakerIndex.open(first.path).speakers == ["s00", "s01", "s10", "s11", "seed"]

@@ -133,8 +133,7 @@ class SpeakerIndex:
         self.creating = False
         """Made by :meth:`create`: the index it finds under the lock, written meanwhile by another process, must have
         the shape (``per``, ``hnsw``) it was asked to create."""
-        self._outdated_for: IndexData | None = None
-        self._outdated = False
+        self._outdated: tuple[IndexData | None, bool] = (None, False)
 
     @staticmethod
     def check_options(path: Path, data: IndexData, score_norm: str | None, cohort_top_k: int | None,
@@ -347,14 +346,17 @@ class SpeakerIndex:
 
     def identify_record(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None,
                         name: str | None = None) -> Identification:
-        """Nearest enrolled speakers of one clip, the decision at the threshold, and the classifier's answer."""
+        """Nearest enrolled speakers of one clip, the decision at the threshold, and the classifier's answer. The
+        answer comes from one view of the index, read once: another thread's enrol or remove replaces the view (it is
+        never changed in place), and one read between two steps of a search would name new rows by old labels."""
+        data = self.data
         top_k = check_search_top_k(top_k)  # before the clip is embedded
-        if not self.data.labels:  # before the clip is embedded
+        if not data.labels:  # before the clip is embedded
             raise file_error(self.path, "the index has no enrolled speakers; enrol some first (voxaug enroll)")
-        score_norm = self.score_norm or self.data.score_norm
+        score_norm = self.score_norm or data.score_norm
         if score_norm == "asnorm":
-            self._check_asnorm(self.path, self.data)
-        threshold, source = self.data.threshold(score_norm, self.threshold_option, self.cohort_top_k)
+            self._check_asnorm(self.path, data)
+        threshold, source = data.threshold(score_norm, self.threshold_option, self.cohort_top_k)
         if name is not None and not isinstance(name, (str, os.PathLike)):  # the record's "clip" is text, for JSON
             raise VoxaugError(f"name: expected text naming the clip, got {type(name).__name__} {name!r}")
         if name is not None and not os.fsdecode(name):  # else the answer would silently carry the clip's own label
@@ -362,12 +364,12 @@ class SpeakerIndex:
                               "its path)")
         label = os.fsdecode(name) if name is not None else (os.fsdecode(x) if isinstance(x, (str, os.PathLike)) else "clip")
         embedding, probabilities = self.model.embed_with_probabilities(x, sample_rate, label)
-        top = self.data.search(embedding[None], top_k, self.data.faiss_index(), score_norm, self.cohort_top_k)[0]
+        top = data.search(embedding[None], top_k, data.faiss_index(), score_norm, self.cohort_top_k)[0]
         best = int(np.argmax(probabilities))
         decision = top[0][0] if top and top[0][1] >= threshold else UNKNOWN
         return Identification(label, top, self.model.speakers[best], float(probabilities[best]), decision,
-                              self.data.score_name(score_norm), threshold, source,
-                              source == "calibrated" and self._calibration_outdated())
+                              data.score_name(score_norm), threshold, source,
+                              source == "calibrated" and self._calibration_outdated(data))
 
     @staticmethod
     def _check_asnorm(path: Path, data: IndexData) -> None:
@@ -377,12 +379,15 @@ class SpeakerIndex:
         except VoxaugError as exc:
             raise file_error(path, str(exc)) from None
 
-    def _calibration_outdated(self) -> bool:
-        """``IndexData.calibration_outdated``, hashed once per reading of the index rather than once per clip
-        (2.8 ms at 6,000 speakers): every enrolment and removal replaces ``self.data``."""
-        if self._outdated_for is not self.data:
-            self._outdated_for, self._outdated = self.data, self.data.calibration_outdated() is not None
-        return self._outdated
+    def _calibration_outdated(self, data: IndexData) -> bool:
+        """``data.calibration_outdated()``, hashed once per reading of the index rather than once per clip
+        (2.8 ms at 6,000 speakers): every enrolment and removal replaces ``self.data``. The view and its answer are
+        kept as one pair, so that a thread never takes one view's answer for another's."""
+        seen, outdated = self._outdated
+        if seen is not data:
+            outdated = data.calibration_outdated() is not None
+            self._outdated = (data, outdated)
+        return outdated
 
     def identify(self, x: ClipInput, top_k: int = 5, sample_rate: int | None = None, name: str | None = None) -> dict:
         """:meth:`identify_record` as the JSON object ``voxaug identify --json`` prints."""
