@@ -106,16 +106,18 @@ def resolved_without_loop(path: str | Path, what: str = "") -> Path:
     """``Path(path).resolve()``, with a symlink loop refused alike on every Python in one line naming ``path`` (and
     ``what`` it is): resolve raises RuntimeError on one before Python 3.13 (``voxaug`` exited 3, "unexpected"), while
     3.13 returns the looping path unchanged, which was then reported as not found."""
-    loop = file_error(path, f"{what + ': ' if what else ''}symlink loop (symbolic links that lead back to each other)")
+    def loop() -> VoxaugError:
+        return file_error(path, f"{what + ': ' if what else ''}symlink loop (symbolic links that lead back to each other)")
+
     try:
         resolved = Path(path).resolve()
     except RuntimeError:  # pathlib's "Symlink loop from ..." before Python 3.13
-        raise loop from None
+        raise loop() from None
     try:
         resolved.stat()
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise loop from None
+            raise loop() from None
     return resolved
 
 
