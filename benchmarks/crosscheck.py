@@ -59,7 +59,6 @@ WORDS = ("time person year way day thing man world life hand part child eye woma
          "music morning river garden window paper market letter doctor table family friend animal summer winter "
          "travel answer bring carry follow listen remember wonder speak teach write build change open begin "
          "today tomorrow quickly slowly never always often again together almost enough later maybe perhaps").split()
-RATE = 22050
 
 
 def _rng(*parts: object) -> np.random.Generator:
