@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from voxaug.cli.common import (
     DEVICES, DeviceOption, ModelOption, QuietOption, chosen_model, clean_errors, clip_name, expand_clips, file_name,
@@ -100,21 +101,50 @@ def enroll(
                f"{skipped_note(skipped)}; {counted(len(speaker_index.speakers), 'speaker')} in {index}")
     if append and count == len(enrolment) - skipped:  # all its clips are these: it was not enrolled before
         typer.echo(f"warning: {shown(speaker)} was not enrolled, so --append enrolled it as a new speaker (a misspelt "
-                   f"name? remove it with --remove {shell_word(speaker)})", err=True)
+                   f"name? remove it with {option_given('--remove', speaker)})", err=True)
     warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
+
+
+ATTACHED_WORDS = "voxaug.enroll.attached"
+"""``context.meta`` key of the ``--option=value`` words enroll was given (:class:`EnrollCommand`)."""
+
+
+class EnrollCommand(TyperCommand):
+    """enroll's command: notes the words that attach a value to an option with ``=`` before Click parses them, as
+    ``--remove=--index`` is the one spelling in which an option's name given as a speaker's is surely meant as one
+    (:func:`refuse_option_names`); once parsed, it cannot be told from ``--remove --index``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta[ATTACHED_WORDS] = attached_words(args)
+        return super().parse_args(ctx, args)
+
+
+def attached_words(args: list[str]) -> set[str]:
+    """The ``--option=value`` words of ``args`` before ``--``, after which every word is a clip."""
+    options = args[:args.index("--")] if "--" in args else args
+    return {word for word in options if word.startswith("--") and "=" in word}
 
 
 def refuse_option_names(context: typer.Context, names: dict[str, str | None]) -> None:
     """Refuse a speaker name that is one of this command's options: Click takes the word after ``--remove`` as its
     value whatever it is, so ``enroll --remove --help`` looked for a speaker named ``--help`` instead of showing help.
-    Other names that start with ``-`` (a folder can be named so) are kept, and so are the names of its arguments
-    (``clips``), which are never typed."""
+    A name attached to its option (``--remove=--index``) is kept, so that a speaker enrolled from a folder named like
+    an option can still be removed; so are other names that start with ``-`` (a folder can be named so), and the
+    names of its arguments (``clips``), which are never typed."""
     options = {name for parameter in context.command.get_params(context) if parameter.param_type_name == "option"
                for name in parameter.opts + parameter.secondary_opts}
+    attached = context.meta.get(ATTACHED_WORDS, set())
     for option, name in names.items():
-        if name in options:
+        if name in options and f"{option}={name}" not in attached:
             raise VoxaugError(f"{option} {name}: {name} is an option of enroll, not a speaker name; give the name "
-                              f"right after {option} (for help: voxaug enroll --help)")
+                              f"right after {option} (for help: voxaug enroll --help); for a speaker of that name, "
+                              f"attach it: {option_given(option, name)}")
+
+
+def option_given(option: str, name: str) -> str:
+    """``option`` with the speaker ``name`` as shell words that read back as that name: attached with ``=`` when the
+    name starts with ``-``, as one named like an option of enroll is taken only so (:func:`refuse_option_names`)."""
+    return f"{option}={shell_word(name)}" if name.startswith("-") else f"{option} {shell_word(name)}"
 
 
 def shell_word(name: str) -> str:

@@ -408,6 +408,17 @@ def test_a_failed_first_write_changes_neither_the_object_nor_the_cli_s_view_of_t
     assert voxaug.SpeakerIndex.open(fresh).speakers == ["new000", "new001"]
 
 
+def test_create_refuses_a_symlink_loop_as_enroll_does(trained_run, tmp_path):
+    """``voxaug enroll --index LOOP`` is refused, but ``SpeakerIndex.create(LOOP)`` was not (``exists`` is False on a
+    loop), and its first enrol replaced the link with the index."""
+    loop = tmp_path / "loop.faiss"
+    os.symlink(loop.name, loop)
+    with pytest.raises(VoxaugError) as refused:
+        voxaug.SpeakerIndex.create(loop, trained_run / "best.pt")
+    assert str(refused.value) == f"{loop}: speaker index: symlink loop (symbolic links that lead back to each other)"
+    assert loop.is_symlink() and os.readlink(loop) == loop.name
+
+
 def test_enroll_takes_one_clip_as_one_clip(models, tiny_synth, tmp_path):
     """A single path or feature array is one clip, not an iterable of characters or of frames."""
     index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["ckpt"])

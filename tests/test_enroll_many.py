@@ -366,9 +366,35 @@ def test_a_speaker_name_that_is_an_option_of_enroll_is_refused_with_a_hint(tmp_p
     done = invoke("enroll", "--index", index, option, value, *clips)
     assert done.exit_code == 2 and done.output.strip() == (
         f"error: {option} {value}: {value} is an option of enroll, not a speaker name; give the name right after "
-        f"{option} (for help: voxaug enroll --help)"), done.output
+        f"{option} (for help: voxaug enroll --help); for a speaker of that name, attach it: {option}={value}"), \
+        done.output
     dashed = invoke("enroll", "--index", index, "--remove", "-x")
     assert dashed.exit_code == 2 and dashed.output.strip() == f"error: {index}: speaker index not found; nothing to remove"
+
+
+def test_a_speaker_enrolled_from_a_folder_named_like_an_option_can_be_removed_as_the_refusal_says(
+        trained_run, tiny_synth, tmp_path):
+    """A --speakers-dir folder named ``--index`` enrolled a speaker ``--index`` that no command could remove:
+    ``--remove --index`` was refused as an option, and so was ``--remove=--index``, which Click parses alike (and
+    ``--remove -- --index`` takes ``--`` as the name). The refusal now gives the attached spelling, which removes it;
+    the --append warning's hint gives it too."""
+    index, people = tmp_path / "spk.faiss", tmp_path / "people"
+    source = sorted(p for p in (tiny_synth / "unseen" / "enroll").iterdir() if p.is_dir())[0]
+    shutil.copytree(source, people / "--index")
+    enrolled = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speakers-dir", people)
+    assert enrolled.exit_code == 0, enrolled.output
+
+    refused = invoke("enroll", "--index", index, "--remove", "--index")
+    assert refused.exit_code == 2, refused.output
+    hint = refused.output.strip().rsplit("attach it: ", 1)[-1]
+    assert hint == "--remove=--index", refused.output
+    removed = invoke("enroll", "--index", index, hint)
+    assert removed.exit_code == 0 and removed.stdout.startswith("removed --index; 0 speakers remain"), removed.output
+
+    appended = invoke("enroll", "--index", index, "--speaker=--append", "--append", sorted(source.glob("*.pt"))[0])
+    assert appended.exit_code == 0, appended.output
+    assert appended.stderr.strip().endswith("remove it with --remove=--append)"), appended.stderr
+    assert invoke("enroll", "--index", index, "--remove=--append").exit_code == 0
 
 
 def test_a_speaker_named_like_one_of_enroll_s_arguments_is_not_refused_as_an_option(tmp_path):

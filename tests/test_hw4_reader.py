@@ -180,6 +180,20 @@ def test_a_feature_path_through_a_symlink_loop_is_one_clear_line(tmp_path, first
     assert "\n" not in message and "metadata.json" in message and f"{feature_path!r} is not a usable path" in message
 
 
+def test_a_feature_path_through_a_looping_folder_is_named_once(tmp_path):
+    """The error of a listed path through a loop (``loop -> loop``) held resolved_without_loop's, which named the
+    path again, joined to the dataset folder: "feature_path 'loop/uttr-1.pt' is not a usable path
+    (.../d/loop/uttr-1.pt: symlink loop ...)"."""
+    def breaker(root):
+        os.symlink("loop", root / "loop")
+        rewrite_metadata(root, lambda m: m["speakers"]["id10000"][0].update(feature_path="loop/uttr-1.pt"))
+
+    message = _bad(tmp_path, breaker)
+    assert message.startswith(f"{tmp_path / 'd' / 'metadata.json'}: ") and message.count("uttr-1.pt") == 1, message
+    assert message.endswith("feature_path 'loop/uttr-1.pt' is not a usable path: symlink loop (symbolic links that "
+                            "lead back to each other)"), message
+
+
 def test_pickled_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
 

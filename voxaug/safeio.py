@@ -102,12 +102,17 @@ def real_path(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+SYMLINK_LOOP = "symlink loop (symbolic links that lead back to each other)"
+"""What is wrong with a path :func:`resolved_without_loop` refuses, for a message that names the path its own way."""
+
+
 def resolved_without_loop(path: str | Path, what: str = "") -> Path:
     """``Path(path).resolve()``, with a symlink loop refused alike on every Python in one line naming ``path`` (and
     ``what`` it is): resolve raises RuntimeError on one before Python 3.13 (``voxaug`` exited 3, "unexpected"), while
-    3.13 returns the looping path unchanged, which was then reported as not found."""
+    3.13 returns the looping path unchanged, which was then reported as not found. The loop is the only
+    VoxaugError it raises."""
     def loop() -> VoxaugError:
-        return file_error(path, f"{what + ': ' if what else ''}symlink loop (symbolic links that lead back to each other)")
+        return file_error(path, f"{what + ': ' if what else ''}{SYMLINK_LOOP}")
 
     try:
         resolved = Path(path).resolve()

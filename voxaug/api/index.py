@@ -180,8 +180,10 @@ class SpeakerIndex:
     @classmethod
     def create(cls, path: str | Path, model: SpeakerModel | str | Path, per: str = "speaker", hnsw: bool = False,
                device: str | None = None) -> "SpeakerIndex":
-        """A new, empty index for ``model``'s embeddings; the file is written by the first :meth:`enroll`."""
+        """A new, empty index for ``model``'s embeddings; the file is written by the first :meth:`enroll`. A path that
+        is a symlink loop is refused, as ``voxaug enroll`` refuses it: the first write would replace the link."""
         path, hnsw = path_argument(path, "a speaker index file", "path"), check_flag(hnsw, "hnsw")
+        resolved_without_loop(path, "speaker index")
         if path.exists() or sidecar_path(path).exists():
             raise file_error(path, "index already exists; open it instead of creating it")
         model = loaded_model(model, device, None)

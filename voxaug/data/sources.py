@@ -18,7 +18,7 @@ from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
-from voxaug.safeio import read_json, resolved_without_loop, utf8_name
+from voxaug.safeio import SYMLINK_LOOP, read_json, resolved_without_loop, utf8_name
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,10 @@ def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "
     try:  # as the locale spells the file's name: the listing is UTF-8 text, and under LC_ALL=C Python names the
         # bytes of "é" in a file name \udcc3\udca9 (a path holding "é" itself cannot even be looked up)
         resolved = resolved_without_loop(root / os.fsdecode(relative.encode("utf-8", "surrogateescape")))
-    except (OSError, ValueError, VoxaugError) as exc:  # a NUL byte, a name too long, a symlink loop
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long
         raise file_error(listed_in, f"{field} {relative!r} is not a usable path ({exc})") from None
+    except VoxaugError:  # a symlink loop, in an error naming the joined path, which the listing names already
+        raise file_error(listed_in, f"{field} {relative!r} is not a usable path: {SYMLINK_LOOP}") from None
     root_resolved = root.resolve()
     if resolved != root_resolved and root_resolved not in resolved.parents:
         raise file_error(listed_in, f"{field} {relative!r} points outside the dataset folder {root}")
