@@ -378,3 +378,12 @@ def test_a_listed_file_name_that_is_not_ascii_is_found_under_an_ascii_locale(tmp
     result = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
     assert result.returncode == 0 and result.stdout.split() == ["4", "2"], result.stderr
+
+
+def test_the_folder_around_an_hw4_folder_is_refused_naming_it(tmp_path):
+    """Read as clip folders, the outer folder made Dataset/ one speaker of every train and test clip."""
+    make_hw4(tmp_path / "download" / "Dataset")
+    with pytest.raises(VoxaugError) as refused:
+        open_source(tmp_path / "download")
+    assert str(refused.value) == (f"{tmp_path / 'download'}: no mapping.json here, but "
+                                  f"{tmp_path / 'download' / 'Dataset'} has one: give that HW4 folder as DATA")

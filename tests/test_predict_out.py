@@ -77,3 +77,21 @@ def test_predict_writes_a_clip_name_s_own_bytes_and_every_id_round_trips(hw4_and
     assert rows[0] == ["Id", "Category"]
     assert sorted(row[0] for row in rows[1:]) == sorted(f"id10000/{name}" for name in names)
     assert b"id10000/caf\xe9.pt," in out.read_bytes()
+
+
+def test_predict_refuses_the_folder_around_the_hw4_folder_and_writes_no_csv(hw4_and_ckpt, tmp_path):
+    """The homework unzips to Dataset/ (the sample code's data_dir): given the folder around it, predict read Dataset
+    as one speaker's clip folder and wrote a row for every training and test clip, Ids 'Dataset/uttr-….pt' that the
+    competition rejects."""
+    import shutil
+
+    data, ckpt = hw4_and_ckpt
+    download = tmp_path / "ml2022spring-hw4"
+    shutil.copytree(data, download / "Dataset")
+    out = tmp_path / "submission.csv"
+    result = CliRunner().invoke(app, ["predict", str(download), "--ckpt", str(ckpt), "--out", str(out), "-q",
+                                      "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: {download}: no mapping.json here, but {download / 'Dataset'} has one: "
+                                     "give that HW4 folder as DATA")
+    assert not out.exists()

@@ -369,4 +369,18 @@ def open_source(path: str | Path, frontend: FrontendConfig | None = None, split:
         if (path / listing).exists():
             raise file_error(path / "mapping.json", f"not found, but {listing} is there: the HW4 layout needs "
                                                     "mapping.json for its speaker ids")
+    refuse_hw4_folder_inside(path)
     return ClipFolderSource(path, frontend or FrontendConfig(), prefer_audio, warn)
+
+
+def refuse_hw4_folder_inside(path: Path) -> None:
+    """Refuse the folder around the homework's folder (the sample code's ``Dataset/``): read as clip folders,
+    ``Dataset`` would be one speaker of every train and test clip, and predict's rows would be all of them, named
+    ``Dataset/uttr-….pt``, Ids the competition does not know."""
+    try:
+        nested = sorted(child for child in path.iterdir()
+                        if not child.name.startswith(".") and (child / "mapping.json").is_file())
+    except OSError:  # an unlistable folder or speaker folder: the clip-folder reader says which
+        return
+    if nested:
+        raise file_error(path, f"no mapping.json here, but {nested[0]} has one: give that HW4 folder as DATA")
