@@ -302,3 +302,40 @@ def test_an_interrupted_synth_removes_only_what_it_wrote_not_files_that_appeared
     with pytest.raises(KeyboardInterrupt):
         generate(out, config, progress=False)
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "other"]
+
+
+def test_progress_into_a_log_file_or_a_pipe_is_whole_lines_not_carriage_returns(tmp_path):
+    """`voxaug synth OUT 2> log` (a job's output, a pipe) kept tqdm's every redraw as one long line of ``\\r``s: a
+    stderr that is no terminal gets the bar's last state as a plain line instead."""
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--speakers", "2", "--utterances", "2", "--unseen",
+                                 "0", "--impostors", "0"])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr and f"synth {tmp_path / 'out'}: 4/4 utt\n" in result.stderr, repr(result.stderr)
+    assert result.stdout.startswith("wrote 2 training and 2 test utterances")
+
+
+def _run_with_closed(descriptor: int, *args: str):
+    """``python -m voxaug ARGS`` started with ``descriptor`` closed, as ``>&-`` (1) or ``2>&-`` (2) start it."""
+    import os
+    import subprocess
+    import sys
+
+    kept = {1: {"stderr": subprocess.PIPE}, 2: {"stdout": subprocess.PIPE}}[descriptor]
+    return subprocess.run([sys.executable, "-m", "voxaug", *args], preexec_fn=lambda: os.close(descriptor),
+                          text=True, timeout=300, **kept)
+
+
+def test_a_closed_stdout_is_refused_before_any_work_not_a_silent_success(tmp_path):
+    """`voxaug identify … >&-` answered nothing and exited 0: Python drops every write to a closed stdout."""
+    closed = _run_with_closed(1, "synth", str(tmp_path / "out"), "--speakers", "2", "--utterances", "2", "-q")
+    assert closed.returncode == 2 and closed.stderr.startswith("error: standard output is closed"), closed.stderr
+    assert len(closed.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_closed_stderr_does_not_stop_a_command_that_draws_progress(tmp_path):
+    """`voxaug synth OUT 2>&-` failed as an unexpected error (status 3) and removed the corpus: the progress bar wrote
+    to a stderr that Python had set to None."""
+    closed = _run_with_closed(2, "synth", str(tmp_path / "out"), "--speakers", "2", "--utterances", "2", "--unseen",
+                              "0", "--impostors", "0")
+    assert closed.returncode == 0 and closed.stdout.startswith("wrote 2 training"), closed.stdout
+    assert len(list((tmp_path / "out").glob("uttr-*.pt"))) == 4
