@@ -228,6 +228,30 @@ def test_any_path_like_names_a_clip_file(models, tiny_synth):
         assert np.allclose(model.embed(name), expected)
 
 
+def test_a_path_object_of_bytes_is_a_clip_or_model_path_as_a_text_one_is(models, tiny_synth, tmp_path):
+    """``os.scandir`` of a bytes folder gives path objects whose path is bytes: ``embed`` took them, while
+    ``SpeakerModel.load``, ``enroll`` (its repeated-clip check) and an unreadable clip's error raised pathlib's bare
+    TypeError; and a clip of the same content as another was named ``<DirEntry 'x.wav'>``, not by its path."""
+    def entry(path: Path, as_bytes: bool = True) -> os.DirEntry:
+        folder = os.fsencode(path.parent) if as_bytes else str(path.parent)
+        return next(e for e in os.scandir(folder) if os.fsdecode(e.name) == path.name)
+
+    model = voxaug.SpeakerModel.load(entry(models["onnx"]))
+    assert model.path == models["onnx"]
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    clips = wavs(tiny_synth, "enroll", "new000")[:2]
+    assert index.enroll("a", [entry(clip) for clip in clips]) == 2
+    gone = tmp_path / "gone.wav"
+    shutil.copy(wavs(tiny_synth, "enroll", "new001")[0], gone)
+    vanished = entry(gone)
+    gone.unlink()
+    with pytest.raises(VoxaugError, match=f"^{re.escape(str(gone))}: cannot read the clip"):
+        index.enroll("b", [vanished])
+    twin = shutil.copy(wavs(tiny_synth, "enroll", "new001")[1], tmp_path / "twin.wav")
+    with pytest.raises(VoxaugError, match=f"clips {re.escape(str(twin))} \\(c\\) and"):
+        index.enroll_many({"c": [entry(twin, as_bytes=False)], "d": [wavs(tiny_synth, "enroll", "new001")[1]]})
+
+
 def test_feature_files_without_torch_are_refused_naming_the_train_extra(models, tiny_synth):
     clip = wavs(tiny_synth, "enroll", "new000")[0]
     code = (f"import sys\nsys.modules['torch'] = None\nimport voxaug\nfrom voxaug.errors import VoxaugError\n"

@@ -67,7 +67,7 @@ def loaded_model(model: SpeakerModel | str | Path, device: str | None, threads: 
 def clip_name(speaker: str, clips: list[ClipInput], position: int) -> str:
     """A clip as errors name it: its path, or ``<speaker> clip <position>`` for an array (as embedding errors do)."""
     clip = clips[position]
-    return str(clip) if isinstance(clip, (str, os.PathLike)) else f"{speaker} clip {position}"
+    return os.fsdecode(clip) if isinstance(clip, (str, os.PathLike)) else f"{speaker} clip {position}"
 
 
 def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
@@ -80,7 +80,7 @@ def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
     for clip in clips:
         if not isinstance(clip, (str, os.PathLike)):
             continue
-        path = Path(clip)
+        path = Path(os.fsdecode(clip))  # a path object of bytes too, as to_clip reads it
         resolved = resolved_without_loop(path, "clip")
         key = resolved.with_suffix("") if path.suffix.lower() in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES else resolved
         if key in seen:

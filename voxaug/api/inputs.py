@@ -26,11 +26,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 def path_argument(value: object, what: str, argument: str) -> Path:
     """``value`` as a Path, refused in one line unless it is text or a path object (``Path(None)`` is a bare
-    TypeError from deep inside pathlib)."""
+    TypeError from deep inside pathlib); a path object of bytes (``os.scandir`` of a bytes folder) is decoded."""
     if not isinstance(value, (str, os.PathLike)):
         raise VoxaugError(f"{argument}: expected the path of {what} as text or a path object, got "
                           f"{type(value).__name__} {value!r}")
-    return Path(value)
+    return Path(os.fsdecode(value))
 
 
 def clip_list(clips: ClipInput | Iterable[ClipInput], rows_are_clips: bool = False) -> list[ClipInput]:
@@ -75,7 +75,7 @@ def clip_digest(x: ClipInput, sample_rate: int | None = None, name: str = "clip"
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
         except OSError as exc:
-            raise unreadable_clip(Path(x), exc) from None
+            raise unreadable_clip(path, exc) from None
     else:
         values = np.ascontiguousarray(as_numpy(x, name))
         digest.update(f"{values.shape}|{sample_rate}|".encode())
