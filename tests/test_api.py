@@ -914,6 +914,20 @@ def test_a_sample_rate_given_with_clip_files_alone_is_refused_not_ignored(models
     assert index.identify(waveform, sample_rate=rate)["decision"] == "a"
 
 
+def test_embed_many_refuses_a_sample_rate_given_with_clip_files_alone(models, tiny_synth, tmp_path):
+    """``embed_many(files, sample_rate=8000)`` read the files at their own rate and said nothing, where ``embed`` and
+    ``enroll`` refuse it; ``enroll_many`` still passes its rate on when only some speakers' clips are arrays."""
+    clips = wavs(tiny_synth, "enroll", "new000")
+    model = voxaug.SpeakerModel.load(models["onnx"])
+    with pytest.raises(VoxaugError, match=rf"^sample_rate=8000 is for waveform arrays, and {re.escape(str(clips[0]))}"):
+        model.embed_many(clips, sample_rate=8000)
+    waveform, rate = soundfile.read(wavs(tiny_synth, "enroll", "new001")[0], dtype="float32")
+    assert np.array_equal(model.embed_many([waveform], sample_rate=rate)[0], model.embed(waveform, sample_rate=rate))
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+    assert index.enroll_many({"a": clips[:2], "b": [waveform]}, sample_rate=rate) == {"a": 2, "b": 1}
+    assert index.enroll("b", [waveform, clips[2]], append=True, sample_rate=rate) == 2
+
+
 def test_a_bytes_clip_is_refused_as_bytes_not_read_as_numbers(models, tiny_synth, tmp_path):
     """A bytes path was an array of one string (``dtype |S57``), and ``enroll(name, b"...")`` took each byte as a
     clip and refused the first as integer PCM."""

@@ -13,8 +13,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from voxaug.api.inputs import (ClipInput, clip_digest, clip_list, enrolled_twin_digest, path_argument,
-                                refuse_unused_sample_rate)
+from voxaug.api.inputs import (ClipInput, all_clip_files, clip_digest, clip_list, enrolled_twin_digest,
+                                path_argument, refuse_unused_sample_rate)
 from voxaug.api.model import SpeakerModel
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
@@ -284,7 +284,9 @@ class SpeakerIndex:
     def _embed(self, name: str, clips: list[ClipInput], positions: list[int], sample_rate: int | None
                ) -> dict[int, np.ndarray]:
         """The embeddings of ``clips[i]`` for each ``i`` in ``positions``, by position (errors name it so)."""
-        chosen = self.model.embed_many([clips[i] for i in positions], sample_rate, f"{name} clip", positions)
+        chosen_clips = [clips[i] for i in positions]
+        rate = None if all_clip_files(chosen_clips) else sample_rate  # enroll_many checked it against all clips
+        chosen = self.model.embed_many(chosen_clips, rate, f"{name} clip", positions)
         return dict(zip(positions, chosen))
 
     def _refuse_same_content(self, speakers: dict[str, list[ClipInput]], digests: dict[str, list[str]]) -> None:

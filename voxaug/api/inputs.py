@@ -48,10 +48,15 @@ def clip_list(clips: ClipInput | Iterable[ClipInput], rows_are_clips: bool = Fal
     return list(iterator)  # outside the try: a TypeError a generator raises midway is its own, not a wrong type
 
 
+def all_clip_files(clips: list[ClipInput]) -> bool:
+    """Whether ``clips`` is non-empty and every clip is a file path (read at its own rate), none an array."""
+    return bool(clips) and all(isinstance(clip, (str, os.PathLike)) for clip in clips)
+
+
 def refuse_unused_sample_rate(clips: list[ClipInput], sample_rate: int | None) -> None:
     """``sample_rate`` describes waveform arrays; a clip file is read at its own rate, so where every clip is a file
     the argument would be silently ignored."""
-    if sample_rate is not None and clips and all(isinstance(clip, (str, os.PathLike)) for clip in clips):
+    if sample_rate is not None and all_clip_files(clips):
         raise VoxaugError(f"sample_rate={sample_rate!r} is for waveform arrays, and {os.fsdecode(clips[0])} is a "
                           "clip file, read at its own rate; leave sample_rate out")
 

@@ -127,6 +127,7 @@ class SpeakerModel:
             raise VoxaugError(f"positions: {len(positions)} given for {len(clips)} clips; give one per clip")
         if not clips:  # else a bare error from stacking nothing (numpy's ValueError, torch's RuntimeError)
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        refuse_unused_sample_rate(clips, sample_rate)
         return self.engine.run_many([to_clip(x, sample_rate, self.engine.frontend, f"{name} {i}")
                                      for i, x in zip(positions, clips)])
 
