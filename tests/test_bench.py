@@ -4,6 +4,7 @@ overfit.py's arms, seeds, differences and saturation; the HNSW and scoring back-
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -529,12 +530,27 @@ def test_onnx_parity_reads_the_wav_files_at_the_checkpoints_sample_rate(trained_
     assert all(r["worst_cosine"] > 0.9999 and r["argmax_same"] == r["pairs"] for r in rows if r["pairs"])
 
 
+def voxaug_in_process(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
+    """gpu_check's ``voxaug`` helper run through CliRunner: a stage's commands and files are under test, not the process
+    each started (six torch imports); a non-zero exit raises as gpu_check.command does."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    arguments = [str(a) for a in args]
+    result = CliRunner().invoke(app, arguments)
+    if result.exit_code != 0:
+        raise RuntimeError(f"voxaug {' '.join(arguments[:5])} ... exited {result.exit_code}: {result.output[-1500:]}")
+    return subprocess.CompletedProcess(arguments, result.exit_code, result.stdout, result.stderr)
+
+
 def test_gpu_check_embed_identify_stage_replaces_the_index_it_wrote_before(trained_run, tiny_synth, tmp_path,
                                                                            monkeypatch):
     """`--device cpu` writes spk-cpu.faiss twice (as a rerun on a card reuses --workdir's spk-cuda.faiss)."""
     import gpu_check
 
     monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_check, "voxaug", voxaug_in_process)
     result = gpu_check.embed_and_identify(tiny_synth, trained_run / "best.pt", tmp_path)
     assert result["ok"] and result["min_cosine_gpu_vs_cpu"] > 0.99
     assert result["same_decision_gpu_vs_cpu"] == result["clips"] > 0

@@ -510,23 +510,41 @@ def test_resume_accepts_an_augmentation_strength_given_at_its_default_value(tiny
     assert other.exit_code == 2 and "--resume cannot change --reverb-p" in other.output, other.output
 
 
-def two_step_run(tiny_synth: Path, tmp_path: Path) -> tuple[Path, Callable[[], Result]]:
-    """A tiny run trained for 2 steps, and a call that resumes it to 4 through the CLI (the damaged-run tests)."""
+def two_step_command(tiny_synth: Path, run: Path, cache: Path) -> list[str]:
+    """The damaged-run tests' ``train`` command line, without its --steps."""
+    return ["train", str(tiny_synth), "--out", str(run), "--eval-every", "2", "--batch", "8", "--segment", "32",
+            "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--augment", "none",
+            "--device", "cpu", "--cache-dir", str(cache), "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def two_step_original(tiny_synth: Path, tmp_path_factory) -> Path:
+    """A tiny run trained for 2 steps through the CLI, once per module: every damaged-run test damages its own copy."""
     from typer.testing import CliRunner
 
     from voxaug.cli.main import app
 
-    run = tmp_path / "run"
-    command = ["train", str(tiny_synth), "--out", str(run), "--eval-every", "2", "--batch", "8", "--segment", "32",
-               "--d-model", "32", "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--augment", "none",
-               "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    root = tmp_path_factory.mktemp("two-step")
+    command = two_step_command(tiny_synth, root / "run", root / "cache")
     assert CliRunner().invoke(app, [*command, "--steps", "2"]).exit_code == 0
+    return root
+
+
+@pytest.fixture
+def two_step_run(two_step_original: Path, tiny_synth: Path, tmp_path: Path) -> tuple[Path, Callable[[], Result]]:
+    """This test's copy of the 2-step run, and a call that resumes it to 4 through the CLI (the damaged-run tests)."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    run = Path(shutil.copytree(two_step_original / "run", tmp_path / "run"))
+    command = two_step_command(tiny_synth, run, two_step_original / "cache")
     return run, lambda: CliRunner().invoke(app, [*command, "--steps", "4", "--resume"])
 
 
-def test_a_metrics_log_that_is_not_utf8_is_refused_by_name_by_resume_and_plot(tiny_synth, tmp_path):
+def test_a_metrics_log_that_is_not_utf8_is_refused_by_name_by_resume_and_plot(two_step_run, tmp_path):
     """Damage to metrics.jsonl is bad input (exit 2, the file named), not a bug (exit 3), and changes nothing."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     metrics = run / "metrics.jsonl"
     metrics.write_bytes(metrics.read_bytes() + b"\xff\xfe\n")
     before = {path.name: path.read_bytes() for path in run.iterdir()}
@@ -672,13 +690,21 @@ def test_a_run_resumed_from_its_last_pt_alone_writes_a_best_pt(tiny_synth, tmp_p
     assert best["best_val_acc"] == summary.best_val_acc
 
 
+@pytest.fixture(scope="module")
+def python_two_step_run(tiny_synth: Path, tmp_path_factory) -> Path:
+    """A tiny run trained for 2 steps through the Python API, once per module: each test resumes its own copy."""
+    run = tmp_path_factory.mktemp("python-two-step") / "run"
+    Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    return run
+
+
 @pytest.mark.parametrize("setting, value", [("grad_clip", 0.01), ("eval_every", 1), ("max_bad_steps", 3),
                                             ("train_eval_utterances", 5), ("amp", False), ("preset", "strong")])
-def test_a_python_api_resume_refuses_every_changed_setting_but_steps_and_device(tiny_synth, tmp_path, setting, value):
+def test_a_python_api_resume_refuses_every_changed_setting_but_steps_and_device(python_two_step_run, tiny_synth,
+                                                                                tmp_path, setting, value):
     """As the command line does: a resume that took another gradient clip (or any setting other than steps and
     device) would train, and record, another recipe than the run's."""
-    run = tmp_path / "run"
-    Trainer(tiny_config(train={"steps": 2, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    run = Path(shutil.copytree(python_two_step_run, tmp_path / "run"))
     before = {path.name: path.read_bytes() for path in run.iterdir()}
     other = Trainer.config_from_run(run, steps=4, device="cpu")
     setattr(other, setting, value)
@@ -903,10 +929,10 @@ def test_a_run_whose_last_step_leaves_nan_weights_fails_instead_of_naming_a_miss
 
 
 @pytest.mark.parametrize("line", ["[" * 100000, '{"step": ' + "9" * 5000 + "}"], ids=["nested", "long-number"])
-def test_a_metrics_line_json_cannot_parse_is_refused_by_name_by_resume(tiny_synth, tmp_path, line):
+def test_a_metrics_line_json_cannot_parse_is_refused_by_name_by_resume(two_step_run, line):
     """A line nested thousands deep or with a number of over 4300 digits made json raise RecursionError or
     ValueError, not JSONDecodeError: resume ended 'unexpected RecursionError', exit 3, instead of naming the log."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     metrics = run / "metrics.jsonl"
     metrics.write_text(line + "\n" + metrics.read_text())
     before = {path.name: path.read_bytes() for path in run.iterdir()}
@@ -926,11 +952,11 @@ def test_a_config_file_tomllib_cannot_parse_is_refused_by_name(tmp_path, value):
         resolve_config("cpu", toml)
 
 
-def test_a_damaged_run_config_is_refused_by_resume_naming_the_file(tiny_synth, tmp_path):
+def test_a_damaged_run_config_is_refused_by_resume_naming_the_file(two_step_run):
     """A bad value in RUN/config.json was refused as if an option were wrong ('config: warmup must be an int',
     '--lr must be positive', naming no file), and an [augment] that is no table ended 'unexpected AttributeError',
     exit 3."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     settings = run / "config.json"
     saved = json.loads(settings.read_text())
     for key, value, problem in (("warmup", "", "config: warmup must be an int, got ''"),
@@ -944,10 +970,10 @@ def test_a_damaged_run_config_is_refused_by_resume_naming_the_file(tiny_synth, t
         assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
-def test_a_last_pt_whose_weight_names_were_damaged_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+def test_a_last_pt_whose_weight_names_were_damaged_is_refused_by_resume_naming_it(two_step_run):
     """A flipped byte in a weight's name inside last.pt (torch checks no CRC) ended the resume with load_state_dict's
     'unexpected RuntimeError: Error(s) in loading state_dict', exit 3."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     state = load_checkpoint(run / "last.pt")
     name = next(iter(state["model"]))
     state["model"]["x" + name[1:]] = state["model"].pop(name)
@@ -984,11 +1010,11 @@ def test_a_weight_decay_that_zeroes_or_flips_the_weights_is_refused_up_front(wei
     resolve_config("cpu", overrides={"weight_decay": 499.0}).validate()
 
 
-def test_a_run_config_with_bad_augmentations_or_preset_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+def test_a_run_config_with_bad_augmentations_or_preset_is_refused_by_resume_naming_it(two_step_run):
     """config.json's augmentations were checked only when the pipeline was built ('[augment] names must be ...',
     '--reverb-p ... got 7', naming no file), and an unknown preset was blamed on last.pt ('cannot resume with a
     different preset')."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     settings = run / "config.json"
     saved = json.loads(settings.read_text())
     for key, value, problem in (("augment", {"names": 5}, "[augment] names must be a list of augmentation names"),
@@ -1003,11 +1029,11 @@ def test_a_run_config_with_bad_augmentations_or_preset_is_refused_by_resume_nami
         assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
-def test_a_last_pt_whose_training_state_was_damaged_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+def test_a_last_pt_whose_training_state_was_damaged_is_refused_by_resume_naming_it(two_step_run):
     """An optimizer, sampler, RNG or step entry of the wrong type or shape in last.pt ended the resume 'unexpected
     TypeError/RuntimeError', exit 3 (a moment tensor of another shape only at the first step, after config.json was
     rewritten); it is refused by name, exit 2, and the run folder is left as it was."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     original = load_checkpoint(run / "last.pt")
 
     def first_moment(state, value):
@@ -1034,11 +1060,11 @@ def test_a_last_pt_whose_training_state_was_damaged_is_refused_by_resume_naming_
         assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
-def test_resume_out_of_memory_is_not_reported_as_a_damaged_last_pt(tiny_synth, tmp_path, monkeypatch):
+def test_resume_out_of_memory_is_not_reported_as_a_damaged_last_pt(two_step_run, monkeypatch):
     """damaged_state took every RuntimeError while the training state was restored for damage: a CUDA out-of-memory
     on loading the optimizer state said 'its training state is damaged ... put back the last.pt that training wrote,
     or start a new run', of a sound file; and under --debug the traceback lost where the error came from."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     before = {path.name: path.read_bytes() for path in run.iterdir()}
 
     def out_of_memory(*args, **kwargs):
@@ -1051,10 +1077,10 @@ def test_resume_out_of_memory_is_not_reported_as_a_damaged_last_pt(tiny_synth, t
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
-def test_a_damaged_training_state_keeps_the_error_it_comes_from_for_debug(tiny_synth, tmp_path, monkeypatch):
+def test_a_damaged_training_state_keeps_the_error_it_comes_from_for_debug(two_step_run, monkeypatch):
     """The damaged-state error was raised ``from None``: with --debug its traceback ended in damaged_state, without
     the line that failed (a bug in the sampler read as damage could not be found)."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     state = load_checkpoint(run / "last.pt")
     state["elapsed_s"] = "x"
     save_checkpoint(run / "last.pt", {key: value for key, value in state.items() if key not in ("format", "version")})
@@ -1064,11 +1090,11 @@ def test_a_damaged_training_state_keeps_the_error_it_comes_from_for_debug(tiny_s
     assert isinstance(result.exception.__cause__, ValueError), result.exception.__cause__
 
 
-def test_a_moment_tensor_of_shape_scalar_in_last_pt_is_refused_by_resume_naming_it(tiny_synth, tmp_path):
+def test_a_moment_tensor_of_shape_scalar_in_last_pt_is_refused_by_resume_naming_it(two_step_run):
     """check_optimizer_state let any 0-dimensional state tensor pass (only ``step`` is one): an ``exp_avg`` of shape
     () was loaded, and the resume failed only at its first step: 'unexpected RuntimeError: output with shape []
     doesn't match the broadcast shape', exit 3."""
-    run, resume = two_step_run(tiny_synth, tmp_path)
+    run, resume = two_step_run
     state = load_checkpoint(run / "last.pt")
     next(iter(state["optimizer"]["state"].values()))["exp_avg"] = torch.tensor(0.0)
     save_checkpoint(run / "last.pt", {key: value for key, value in state.items() if key not in ("format", "version")})
