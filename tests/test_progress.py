@@ -30,3 +30,34 @@ def test_a_notebook_keeps_tqdm_s_live_bar(monkeypatch):
         assert type(bar).__module__.startswith("tqdm")
         bar.update(2)
     assert "\r" in notebook_stream.getvalue()
+
+
+def test_a_stderr_without_isatty_gets_whole_lines_not_an_attribute_error(monkeypatch):
+    """A writer put in stderr's place (the common one that sends it to a logger: ``write`` and ``flush``) has no
+    ``isatty``: tqdm drew on it, while the check for a terminal raised AttributeError, which stopped a Trainer's fit."""
+    class ToLogger:
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        def write(self, text: str) -> None:
+            self.written.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    logger = ToLogger()
+    monkeypatch.setattr(sys, "stderr", logger)
+    with progress_bar(enabled=True, total=2, desc="train", unit="step") as bar:
+        bar.update(2)
+    assert "".join(logger.written) == "train: 2/2 step\n"
+
+
+def test_a_closed_stderr_drops_the_lines_as_tqdm_drops_its_bar(monkeypatch):
+    """The check for a terminal took a closed stderr for a log file, whose first line then raised "I/O operation on
+    closed file" out of the bar (tqdm stops drawing on it instead)."""
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    with progress_bar(enabled=True, total=2, desc="train", unit="step") as bar:
+        bar.update(2)
+    assert bar.count == 2

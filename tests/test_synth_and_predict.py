@@ -339,3 +339,30 @@ def test_a_closed_stderr_does_not_stop_a_command_that_draws_progress(tmp_path):
                               "0", "--impostors", "0")
     assert closed.returncode == 0 and closed.stdout.startswith("wrote 2 training"), closed.stdout
     assert len(list((tmp_path / "out").glob("uttr-*.pt"))) == 4
+
+
+def test_with_stderr_closed_a_c_library_s_warning_does_not_land_in_an_output_file(tmp_path):
+    """`voxaug synth OUT 2>&-`: the first file the command opened took descriptor 2, so what a C library prints to
+    stderr (ONNX Runtime, gloo, FAISS: here a write to descriptor 2 after each clip's torch.save) went into the clip
+    file being written."""
+    import os
+    import subprocess
+    import sys
+
+    warns_on_stderr = ("import os, sys, torch\n"
+                       "saved = torch.save\n"
+                       "def save_and_warn(obj, handle):\n"
+                       "    saved(obj, handle)\n"
+                       "    handle.flush()\n"
+                       "    os.write(2, b'[W] a C library warning\\n')\n"
+                       "torch.save = save_and_warn\n"
+                       "sys.argv = ['voxaug', *sys.argv[1:]]\n"
+                       "from voxaug.__main__ import main\n"
+                       "main()\n")
+    out = tmp_path / "out"
+    closed = subprocess.run([sys.executable, "-c", warns_on_stderr, "synth", str(out), "--speakers", "2",
+                             "--utterances", "2", "--unseen", "0", "--impostors", "0", "-q"],
+                            preexec_fn=lambda: os.close(2), stdout=subprocess.PIPE, text=True, timeout=300)
+    assert closed.returncode == 0 and closed.stdout.startswith("wrote 2 training"), closed.stdout
+    written = sorted(path for path in out.rglob("*") if path.is_file())
+    assert len(written) > 4 and not [path for path in written if b"C library warning" in path.read_bytes()]

@@ -81,20 +81,33 @@ class _LineBar(_NoBar):
         self.last_line = time.monotonic()
         done = f"{self.count}" + (f"/{self.total}" if self.total is not None else "")
         line = f"{self.desc}: {done} {self.unit}" + (f", {self.postfix}" if self.postfix else "")
-        if sys.stderr is not None and line != self.written:
-            print(line, file=sys.stderr, flush=True)
+        if line != self.written:
+            _write_to_stderr(line)
         self.written = line
+
+
+def _write_to_stderr(line: str) -> None:
+    """``line`` on stderr, dropped where there is none (closed when the command started) or it was closed since,
+    as tqdm drops its bar then: progress is no reason to stop a command or a fit."""
+    if sys.stderr is None:
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except ValueError:  # closed
+        pass
 
 
 def _stderr_is_terminal() -> bool:
     """Whether stderr, where the bars go, can redraw a bar in place: a terminal, or a Jupyter notebook's stream
-    (no tty, but the notebook draws carriage returns in place, so tqdm's live bar stays there)."""
+    (no tty, but the notebook draws carriage returns in place, so tqdm's live bar stays there). A stream without
+    ``isatty`` is no terminal."""
     if sys.stderr is None:
         return False
     if type(sys.stderr).__module__.startswith("ipykernel."):
         return True
+    isatty = getattr(sys.stderr, "isatty", None)  # a writer put in its place (to a logger) may have none
     try:
-        return sys.stderr.isatty()
+        return bool(isatty and isatty())
     except ValueError:  # closed
         return False
 
