@@ -783,6 +783,29 @@ def test_a_finished_run_resumed_from_its_last_pt_alone_has_nothing_to_train_and_
     assert all(torch.equal(continued[0][name], continued[1][name]) for name in continued[0])
 
 
+def test_a_finished_run_resumed_without_its_best_pt_writes_the_best_pt_it_names(tiny_synth, tmp_path):
+    """A finished run kept or copied without best.pt (its metrics.jsonl with it), resumed with no step left, said done
+    with "best val acc n/a -> RUN/best.pt (predict)" and wrote no best.pt, so that predict failed. It now writes it from
+    the model its last logged row scored, as the next evaluation would, and logs no second row for that step."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(train={"steps": 4, "eval_every": 2, "warmup": 1}), tiny_synth, run, progress=False).fit()
+    rows = (run / "metrics.jsonl").read_text()
+    (run / "best.pt").unlink()
+    summary = Trainer(Trainer.config_from_run(run), tiny_synth, run, progress=False).fit(resume=True)
+    assert (run / "metrics.jsonl").read_text() == rows
+    assert summary.best_val_acc == summary.val_acc == json.loads(rows.splitlines()[-1])["val_acc"]
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert best["step"] == summary.best_step == 4 and "optimizer" not in best
+    assert all(torch.equal(best["model"][name], last["model"][name]) for name in last["model"])
+    predicted = CliRunner().invoke(app, ["predict", str(tiny_synth), "--ckpt", str(run / "best.pt"), "--out",
+                                         str(tmp_path / "p.csv"), "-q"])
+    assert predicted.exit_code == 0, predicted.output
+
+
 def test_resume_with_steps_below_the_run_is_refused_before_the_data_is_read(tiny_synth, tmp_path, monkeypatch):
     """``--resume --steps 2`` on a run at step 4 was refused only when last.pt was loaded, after the data was packed
     (minutes on a big corpus): the checkpoint's step is checked with the run folder, before any featurising."""

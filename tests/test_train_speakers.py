@@ -143,3 +143,24 @@ def test_a_run_folder_in_a_hidden_folder_of_a_clip_folder_dataset_is_accepted(tm
     assert (run / "last.pt").is_file()
     from voxaug.data.sources import ClipFolderSource
     assert ClipFolderSource(clips).speakers == ["alice", "bob"]
+
+
+def test_speakers_the_validation_split_leaves_out_are_a_warning(tmp_path, capsys):
+    """A speaker with a single utterance stays in training, so validation accuracy silently said nothing about it; with
+    every speaker so, --val-fraction 0.2 silently became 0 (no validation accuracy, best.pt the latest model)."""
+    root = make_hw4(tmp_path / "d", speakers=3, per_speaker=5)
+    rewrite_metadata(root, lambda m: m["speakers"].update(id10002=m["speakers"]["id10002"][:1]))
+    trainer = Trainer(tiny_config(train={"steps": 2}), root, tmp_path / "run", cache_dir=tmp_path / "cache",
+                      progress=False)
+    assert trainer.store.labels[trainer.val_indices].tolist().count(2) == 0
+    assert capsys.readouterr().err == ("warning: 1 of the 3 speakers has no validation utterance ('id10002': a single "
+                                       "utterance, or no recording small enough to hold out); validation accuracy "
+                                       "leaves it out\n")
+    rewrite_metadata(root, lambda m: m.update(speakers={name: clips[:1] for name, clips in m["speakers"].items()}))
+    Trainer(tiny_config(train={"steps": 2}), root, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == ("warning: none of the 3 speakers has a validation utterance (a single "
+                                       "utterance, or no recording small enough to hold out): there is no validation "
+                                       "accuracy, and best.pt follows the latest model, as with --val-fraction 0\n")
+    Trainer(tiny_config(train={"steps": 2, "val_fraction": 0.0}), root, tmp_path / "run", cache_dir=tmp_path / "cache",
+            progress=False)
+    assert capsys.readouterr().err == ""

@@ -33,7 +33,7 @@ from voxaug.data.sources import (
     DatasetSource, HW4Source, open_source, speakers_without_utterances, untrained_classes_warning,
 )
 from voxaug.data.store import PackedStore
-from voxaug.data.split import stratified_split
+from voxaug.data.split import speakers_without_validation, stratified_split, unvalidated_speakers_warning
 from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.device import resolve_device
 from voxaug.distributed import DistContext, main_first, main_only, rank_seed
@@ -211,6 +211,7 @@ class Trainer:
         self.train_indices, self.val_indices = stratified_split(
             self.store.labels, config.val_fraction, config.seed, self.store.groups, config.split_version
         )
+        self._warn_of_unvalidated_speakers()
         eval_rng = np.random.default_rng(config.seed + 1)
         count = min(config.train_eval_utterances, len(self.train_indices))
         self.train_eval_indices = np.sort(eval_rng.choice(self.train_indices, size=count, replace=False))
@@ -241,6 +242,7 @@ class Trainer:
         self.step = 0
         self.best_val_acc: float | None = None
         self.best_step = 0
+        self.best_missing = False  # resumed in a folder without best.pt
         self.elapsed_before = 0.0
         self.bad_in_row = 0
         self.skipped_steps = 0
@@ -255,6 +257,16 @@ class Trainer:
         stay quiet about skipped files (rank 0 has said it)."""
         return open_dataset_store(source, cache_dir, self.progress and self.dist.is_main, workers, strict,
                                   warn=self.dist.is_main)
+
+    def _warn_of_unvalidated_speakers(self) -> None:
+        """Rank 0 says which speakers the validation split left without an utterance, which --val-fraction alone
+        does not show (with --val-fraction 0 none is asked for)."""
+        if self.config.val_fraction == 0 or not self.dist.is_main:
+            return
+        unvalidated = speakers_without_validation(self.store.labels, self.val_indices)
+        if unvalidated:
+            names = [self.speakers[label] for label in unvalidated]
+            print(unvalidated_speakers_warning(names, len(set(self.store.labels.tolist()))), file=sys.stderr)
 
     # ---- state -------------------------------------------------------------------------------
     def rank_state(self) -> dict:
@@ -329,7 +341,8 @@ class Trainer:
         self._restore_augment_generator(mine["augment_generator"], int(state["step"]))
         set_rng_state(mine["rng"])
         self.step = int(state["step"])
-        if (self.run_dir / "best.pt").is_file():  # a folder given last.pt alone: the next evaluation writes best.pt
+        self.best_missing = not (self.run_dir / "best.pt").is_file()  # a folder copied without it: written again
+        if not self.best_missing:
             self.best_val_acc, self.best_step = state["best_val_acc"], int(state["best_step"])
         self.elapsed_before = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -587,14 +600,26 @@ class Trainer:
                     losses = []
                     bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=_fmt(row["val_acc"]), refresh=False)
         self._refuse_untrained_end()
-        if not row:  # nothing left to train: the last evaluation logged, else (last.pt alone was copied) one now
-            logged = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").is_file() else []
-            row = logged[-1] if logged else self.evaluate(None)
+        if not row:
+            row = self._evaluation_at_the_end()
         return TrainSummary(
             run_dir=self.run_dir, steps=self.step, best_val_acc=self.best_val_acc, best_step=self.best_step,
             train_acc=row["train_acc"], val_acc=row["val_acc"], skipped_steps=self.skipped_steps,
             elapsed_s=self.elapsed_before + time.perf_counter() - self.started,
         )
+
+    def _evaluation_at_the_end(self) -> dict:
+        """For a resume with no step left: the last evaluation logged, else (last.pt alone was copied) one now. A folder
+        copied without best.pt gets it from this model, which that row scored, as the next evaluation would write it:
+        the summary names best.pt for predict."""
+        logged = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").is_file() else []
+        if not logged:
+            return self.evaluate(None)
+        row = logged[-1]
+        if self.best_missing:
+            self.best_val_acc, self.best_step = row["val_acc"], self.step
+            main_only(self.dist, lambda: save_checkpoint(self.run_dir / "best.pt", self.state(include_optimizer=False)))
+        return row
 
     @contextlib.contextmanager
     def _data_workers_stopped(self) -> Iterator[None]:

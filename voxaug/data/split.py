@@ -106,3 +106,21 @@ def _choose_val_version1(members: list[int], want: int, rng: np.random.Generator
             chosen.update(by_group[group])
         return chosen
     return {members[i] for i in rng.permutation(len(members))[:want].tolist()}
+
+
+def speakers_without_validation(labels: np.ndarray, val: np.ndarray) -> list[int]:
+    """The speakers (labels) with utterances but none in validation ``val``: a single utterance, or no recording group
+    small enough to hold out. Validation accuracy says nothing about them."""
+    return sorted(set(labels.tolist()) - set(np.asarray(labels)[val].tolist()))
+
+
+def unvalidated_speakers_warning(unvalidated: list[str], speakers: int) -> str:
+    """The one warning line for :func:`speakers_without_validation`: counted, the first named."""
+    why = "a single utterance, or no recording small enough to hold out"
+    if len(unvalidated) == speakers:
+        return (f"warning: none of the {speakers} speakers has a validation utterance ({why}): there is no validation "
+                "accuracy, and best.pt follows the latest model, as with --val-fraction 0")
+    one = len(unvalidated) == 1
+    return (f"warning: {len(unvalidated)} of the {speakers} speakers {'has' if one else 'have'} no validation utterance "
+            f"({'' if one else 'first '}{unvalidated[0]!r}: {why}); validation accuracy leaves "
+            f"{'it' if one else 'them'} out")
