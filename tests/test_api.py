@@ -554,6 +554,21 @@ def test_a_twin_is_found_whatever_the_case_of_its_suffix_and_read_only_when_some
     assert inputs.enrolled_twin_digest(tmp_path / "x.pt", features, {}) == features
 
 
+def test_a_twin_whose_suffix_mixes_cases_is_found_as_one_file_per_clip_pairs_it(tmp_path):
+    """one_file_per_clip pairs x.pt with x.Flac (it compares suffixes in lower case), but the twin look-up tried only
+    .flac and .FLAC: a clip enrolled from its x.Flac by an export that takes audio was enrolled again, as new, from
+    its x.pt by `enroll --append` with the checkpoint, and counted twice in the speaker's mean."""
+    from voxaug.api import inputs
+    from voxaug.clips import one_file_per_clip
+
+    (tmp_path / "x.pt").write_bytes(b"features")
+    (tmp_path / "x.Flac").write_bytes(b"audio")
+    assert [p.name for p in one_file_per_clip(tmp_path, (".pt", ".wav", ".flac"), audio_first=True)] == ["x.Flac"]
+    features, audio = (inputs.clip_digest(tmp_path / name) for name in ("x.pt", "x.Flac"))
+    assert inputs.enrolled_twin_digest(tmp_path / "x.pt", features, {audio: "alice"}) == audio
+    assert inputs.enrolled_twin_digest(tmp_path / "x.Flac", audio, {features: "alice"}) == features
+
+
 def test_append_works_out_new_clips_against_the_index_as_it_is_under_the_lock(models, tiny_synth, tmp_path):
     """An object opened before another process removed and re-enrolled the speaker must not skip a clip the index
     no longer holds; and an error about an array names its place in the caller's list, skipped clips counted."""

@@ -612,3 +612,35 @@ def test_speaker_folders_without_clips_are_left_out_with_one_warning_line(tmp_pa
     assert capsys.readouterr().err == (f"warning: {root}: 2 of the 4 speaker folders hold no clips (first 'empty'), so "
                                        "they are left out (clips are .pt, .wav, .flac)\n")
     assert ClipFolderSource(root, warn=False).speakers == ["spk000", "spk001"] and capsys.readouterr().err == ""
+
+
+def _tree_with_ogg_and_mp3(tmp_path: Path) -> Path:
+    """Two speakers of .wav clips; spk000 also has an .ogg and an .mp3 (real, readable by libsndfile), and a
+    .mp3 kept beside the .wav it was converted to."""
+    root = tmp_path / "tree"
+    for speaker in ("spk000", "spk001"):
+        (root / speaker / "video0").mkdir(parents=True)
+        for n in range(2):
+            soundfile.write(root / speaker / "video0" / f"{n}.wav", tone(freq=300.0 + 100 * n), 16000)
+    soundfile.write(root / "spk000" / "video0" / "2.ogg", tone(), 16000, format="OGG", subtype="VORBIS")
+    (root / "spk000" / "video0" / "3.mp3").write_bytes(b"ID3 fake mp3")
+    (root / "spk001" / "video0" / "0.mp3").write_bytes(b"ID3 the original of 0.wav")
+    return root
+
+
+def test_audio_of_an_unread_format_in_a_corpus_is_skipped_and_named_not_left_out_without_a_word(tmp_path, capsys):
+    """docs/training-from-audio.md: an unsupported file is reported on one line (`warning: skipped <file>: ...`) and
+    skipped, with a count. An .ogg or .mp3 clip beside .wav ones was left out of train, embed and evaluate without a
+    word (and `--strict` let it pass); a format's original beside the .wav made from it is still no clip of its own."""
+    from voxaug.data.audio_store import require_audio
+
+    root = _tree_with_ogg_and_mp3(tmp_path)
+    source = open_source(root)
+    require_audio(source)  # an .ogg clip is audio, not precomputed features: `--augment wave` takes the tree
+    store, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
+    assert len(store) == 4
+    assert sorted(s["key"] for s in skipped) == ["spk000/video0/2.ogg", "spk000/video0/3.mp3"]
+    err = capsys.readouterr().err
+    assert "warning: skipped" in err and "2.ogg: unsupported clip type '.ogg'" in err and "skipped 2 of 6" in err
+    with pytest.raises(VoxaugError, match="2.ogg"):
+        open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)

@@ -501,3 +501,21 @@ def test_a_noise_or_rir_file_under_1000_hz_is_refused_naming_it_and_its_rate_as_
     with pytest.raises(VoxaugError) as refused:
         WaveAugmentation(**{option: str(folder)})
     assert str(refused.value) == f"{folder / 'low.wav'}: {label}: sample rate 800 Hz is under 1000 Hz, too low for speech"
+
+
+@pytest.mark.parametrize("option", ["noise_dir", "rir_dir"])
+def test_an_ogg_noise_or_rir_file_is_refused_naming_it_not_left_out_without_a_word(tmp_path, option):
+    """An .ogg (or .mp3) beside .wav noises was left out of the chain without a word, as a clip's used to be; the
+    original of a .wav converted from it, beside it, is no file of its own."""
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    decay = np.exp(-np.arange(800) / 120.0).astype(np.float32) * np.random.default_rng(0).standard_normal(800)
+    soundfile.write(folder / "room.wav", decay.astype(np.float32), 16000, subtype="FLOAT")
+    (folder / "room.mp3").write_bytes(b"ID3 the original of room.wav")
+    assert WaveAugmentation(**{option: str(folder)})
+    soundfile.write(folder / "hall.ogg", decay.astype(np.float32), 16000, format="OGG", subtype="VORBIS")
+    label = "--noise-dir" if option == "noise_dir" else "--rir-dir"
+    with pytest.raises(VoxaugError) as refused:
+        WaveAugmentation(**{option: str(folder)})
+    assert str(refused.value) == (f"{folder / 'hall.ogg'}: {label}: unsupported audio format '.ogg'; accepted: "
+                                  ".wav, .flac")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterable, Iterator
 
 from voxaug.errors import VoxaugError, file_error, not_a_file
 
 FEATURE_SUFFIX = ".pt"
+UNREAD_AUDIO_SUFFIXES = (".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma")
+"""Audio formats that are no clip (clips are .pt, .wav, .flac): listed from a folder that holds clips, so the reader
+names each and it is skipped or refused, rather than left out without a word."""
 
 
 def files_under(folder: Path) -> Iterator[Path]:
@@ -39,10 +42,16 @@ def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool
     """Clip files under ``folder``; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth` writes
     them), the `.pt` features are used (the audio with ``audio_first``: for a model that takes only audio, or
     whose front end is not the one the `.pt` was made with), so each clip counts once. Two audio files of one
-    clip (``x.wav`` and ``x.flac``) are refused: which one is the clip is the user's call."""
+    clip (``x.wav`` and ``x.flac``) are refused: which one is the clip is the user's call. Audio of a format that
+    is no clip (``x.ogg``) is listed too, where the folder holds clips and ``x`` has no clip file (``x.mp3`` beside
+    the ``x.wav`` made from it is left out), so that its reader names it."""
     features: dict[Path, Path] = {}
     audio: dict[Path, Path] = {}
+    unread: list[Path] = []
     for path in sorted(files_under(folder)):
+        if path.suffix.lower() in UNREAD_AUDIO_SUFFIXES:
+            unread.append(path)
+            continue
         if path.suffix.lower() not in suffixes:
             continue
         if path.is_symlink() and not path.exists():
@@ -55,4 +64,13 @@ def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool
             raise VoxaugError(f"{kind[stem]} and {path.name}: two files of one clip; keep one")
         kind[stem] = path
     first, second = (audio, features) if audio_first else (features, audio)
-    return [first.get(stem) or second[stem] for stem in sorted(features.keys() | audio.keys())]
+    clips = {stem: first.get(stem) or second[stem] for stem in features.keys() | audio.keys()}
+    if clips:
+        clips.update((path, path) for path in unread_audio(unread, clips.keys()))
+    return [clips[key] for key in sorted(clips)]
+
+
+def unread_audio(paths: Iterable[Path], stems: Collection[Path]) -> list[Path]:
+    """The files of ``paths`` holding audio of a format that is no clip (``x.ogg``), less those whose stem is in
+    ``stems``: ``x.mp3`` beside the ``x.wav`` made from it is that file's original, not a sound of its own."""
+    return sorted(p for p in paths if p.suffix.lower() in UNREAD_AUDIO_SUFFIXES and p.with_suffix("") not in stems)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -97,17 +98,27 @@ def enrolled_twin_digest(x: ClipInput, digest: str, recorded: dict[str, str]) ->
     path = Path(os.fsdecode(x))
     if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
         return digest
+    for twin in twin_files(path):
+        twin_digest = clip_digest(twin)
+        if twin_digest in recorded:
+            return twin_digest
+    return digest
+
+
+def twin_files(path: Path) -> list[Path]:
+    """The clip files beside ``path`` of its stem and another clip suffix in any case (``x.WAV``, ``x.Flac``: as
+    ``one_file_per_clip`` pairs them), `.pt` first, one per suffix (a case-insensitive file system finds one file
+    under every spelling). Each spelling is looked up, a few stats, rather than the folder listed: a flat folder of
+    10,000 clips would be listed once per clip."""
+    twins = []
     for suffix in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
         if suffix == path.suffix.lower():
             continue
-        for spelling in dict.fromkeys((suffix, suffix.upper())):  # x.WAV is x.pt's twin, as in one_file_per_clip
-            twin = path.with_suffix(spelling)
-            if twin.is_file():
-                twin_digest = clip_digest(twin)
-                if twin_digest in recorded:
-                    return twin_digest
-                break  # a case-insensitive file system finds one file under both spellings
-    return digest
+        spellings = ("".join(letters) for letters in product(*(dict.fromkeys((c.lower(), c.upper())) for c in suffix)))
+        found = next((twin for twin in map(path.with_suffix, spellings) if twin.is_file()), None)
+        if found is not None:
+            twins.append(found)
+    return twins
 
 
 @dataclass

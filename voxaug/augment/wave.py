@@ -25,7 +25,7 @@ from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import (
     BatchAugmentation, TrainBatch, check_folder, check_probability, check_range, register_augmentation,
 )
-from voxaug.clips import files_under
+from voxaug.clips import files_under, unread_audio
 from voxaug.errors import file_error, not_a_file, not_a_folder
 from voxaug.runtime.frontend import UNKNOWN_FRAMES, check_audio_rate, silence_problem
 
@@ -70,13 +70,22 @@ def refuse_unencodable_name(path: Path, option: str) -> None:
                                f"encoding ({encoding}), which cannot spell this one; {remedy}") from None
 
 
+def refuse_unread_formats(listed: list[Path], files: list[Path], option: str) -> None:
+    """Refuse audio of a format the chain does not take (``x.ogg``), which would be left out without a word."""
+    unread = unread_audio(listed, {file.with_suffix("") for file in files})
+    if unread:
+        raise file_error(unread[0], f"{option}: unsupported audio format {unread[0].suffix!r}; accepted: "
+                                    f"{', '.join(AUDIO_SUFFIXES)}")
+
+
 def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     """Every readable, non-empty, finite, not silent ``.wav``/``.flac`` of at least 1 kHz under ``folder`` (as a clip
     must be); errors name the folder or the file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"{option}: {not_a_folder(folder)}")
-    files = sorted(p for p in files_under(folder) if p.suffix.lower() in AUDIO_SUFFIXES)
+    listed = list(files_under(folder))
+    files = sorted(p for p in listed if p.suffix.lower() in AUDIO_SUFFIXES)
     for path in files:
         if path.is_symlink() and not path.exists():  # left out, it would silently leave its noise out
             raise file_error(path, f"{option}: a symbolic link that points to nothing ({os.readlink(path)})")
@@ -84,6 +93,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
             raise file_error(path, f"{option}: {not_a_file(path, 'audio file')}")
     if not files:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    refuse_unread_formats(listed, files, option)
     for path in files:
         refuse_unencodable_name(path, option)
         try:

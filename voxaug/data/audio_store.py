@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from voxaug.audio import AUDIO_SUFFIXES
+from voxaug.clips import FEATURE_SUFFIX
 from voxaug.data.sources import DatasetSource, Utterance
 from voxaug.data.store import (
     FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, cache_write_error, discard_store,
@@ -32,7 +32,8 @@ def default_workers() -> int:
 
 
 def is_audio(utterance: Utterance) -> bool:
-    return utterance.path.suffix.lower() in AUDIO_SUFFIXES
+    """Whether a clip is audio rather than `.pt` features: an .ogg clip too, which is skipped when it is read."""
+    return utterance.path.suffix.lower() != FEATURE_SUFFIX
 
 
 def has_audio(source: DatasetSource) -> bool:
