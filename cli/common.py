@@ -16,7 +16,7 @@ from typer.models import OptionInfo
 
 from voxaug.errors import VoxaugError, export_as_checkpoint, file_error, not_a_file
 from voxaug.interrupt import SIGTERM_EXIT, Terminated, sigterm_as_interrupt
-from voxaug.safeio import home_expanded, real_path
+from voxaug.safeio import SYMLINK_LOOP, home_expanded, is_symlink_loop, real_path
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
@@ -209,21 +209,26 @@ def output_file(path: Path, option: str) -> Path:
         raise VoxaugError(f"{path}: {option} is an existing folder; expected a file name")
     real = real_path(path)
     if real.is_symlink():  # realpath leaves a symlink loop as it is, and the writers would replace the link
-        raise VoxaugError(f"{path}: {option} cannot be created: {real} is a symbolic link to nothing")
+        raise VoxaugError(f"{path}: {option} cannot be created: {_broken_link(real)}")
     _refuse_blocked_folders(path, option, real.parents)
     return path
 
 
 def _refuse_blocked_folders(path: Path, option: str, places: Iterable[Path]) -> None:
     """The first of ``places`` (a folder, then the folders above it) that exists must be a folder, and none before it
-    a symbolic link to nothing: else the folder ``path`` is written in cannot be created."""
+    a symbolic link to nothing (or a loop): else the folder ``path`` is written in cannot be created."""
     for place in places:
         if place.is_symlink() and not place.exists():
-            raise VoxaugError(f"{path}: {option} cannot be created: {place} is a symbolic link to nothing")
+            raise VoxaugError(f"{path}: {option} cannot be created: {_broken_link(place)}")
         if place.exists():
             if not place.is_dir():
                 raise VoxaugError(f"{path}: {option} cannot be created: {place} is a file, not a folder")
             return
+
+
+def _broken_link(link: Path) -> str:
+    """What is wrong with a symbolic link that leads to no file: a loop (as the API says it), or a missing target."""
+    return f"{link} is a {SYMLINK_LOOP}" if is_symlink_loop(link) else f"{link} is a symbolic link to nothing"
 
 
 def check_training_speakers(data: Path, dataset_speakers: list[str], model_speakers: list[str], purpose: str) -> None:

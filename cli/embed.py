@@ -183,12 +183,13 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     if index is not None:  # its labels and cohort are checked before anything is embedded
         warn_without_cohort(plan_speaker_index(speakers, store.groups, per, seed, val_fraction, scoring, store.speakers,
-                                               split_version, speaker_model.embedding_dim), per)
+                                               split_version, speaker_model.embedding_dim,
+                                               split_known=split is not None), per)
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index, replace,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
-                                               scoring, store.speakers, split_version),
+                                               scoring, store.speakers, split_version, split is not None),
                    "windows" if window else "utterances")
 
 

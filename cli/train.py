@@ -157,10 +157,10 @@ def train(
         given = {f"model.{key}" for key in model_overrides} | {key for key, value in overrides.items()
                                                                if value is not None}
         _refuse_conformer_options_on_the_baseline(resolved, config, given)
-    if resolved.warmup >= resolved.steps:
+    context = init_distributed(resolved.device)
+    if resolved.warmup >= resolved.steps and context.is_main:  # said once under torchrun, before any data is read
         typer.echo(f"warning: --warmup {resolved.warmup} is not below --steps {resolved.steps}: the learning rate "
                    "never reaches its cosine decay (lower --warmup)", err=True)
-    context = init_distributed(resolved.device)
     clean = False
     trainer = None
     try:

@@ -31,6 +31,9 @@ from voxaug.errors import VoxaugError
 DEFAULT_BACKEND = "plda"
 DEFAULT_SCORE_NORM = "none"
 DEFAULT_COHORT_SIZE = 2000
+WHOLE_DATASET = "whole dataset"
+"""The cohort's source when the model records no training split (an old export, indexed with ``--backend none``):
+no split is known, so the cohort is drawn from every utterance."""
 
 
 @dataclass
@@ -81,10 +84,12 @@ class IndexPlan:
 def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | None, per: str, seed: int,
                        val_fraction: float, options: ScoringOptions, speaker_order: list[str] | None = None,
                        split_version: int = SPLIT_VERSION, embedding_dim: int | None = None,
-                       copies: np.ndarray | None = None) -> IndexPlan:
+                       copies: np.ndarray | None = None, split_known: bool = True) -> IndexPlan:
     """The run's split and the cohort's utterances, refusing labels, a back end (of ``embedding_dim`` inputs, when
     given) or a cohort the index could not use. ``copies`` (an id per utterance, shared by those that embed
-    identically) keeps one of each in the cohort, and its checks count them once."""
+    identically) keeps one of each in the cohort, and its checks count them once. Without ``split_known`` (the model
+    records no split; ``val_fraction`` 0 then puts every utterance in the training one) the cohort's source is named
+    :data:`WHOLE_DATASET`."""
     if any(s is None for s in speakers):
         raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
     check_index_speakers(speakers, "--index")
@@ -97,7 +102,8 @@ def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | No
                                      for rows in (held_out, train))
     sources = [(held_distinct, "validation split")] if len(held_distinct) >= options.cohort_top_k else []
     problem = ""
-    for rows, source in sources + [(train_distinct, "training split")]:  # the training split is the fallback
+    fallback = "training split" if split_known else WHOLE_DATASET  # all of it when no split is known
+    for rows, source in sources + [(train_distinct, fallback)]:  # the training split is the fallback
         subsampled = len(rows) > options.cohort_size
         if subsampled:
             rows = np.sort(np.random.default_rng(seed).choice(rows, options.cohort_size, replace=False))
@@ -123,16 +129,17 @@ def distinct_rows(copies: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
                         per: str, hnsw: bool, checkpoint: dict, frontend: dict, seed: int, val_fraction: float,
                         options: ScoringOptions, speaker_order: list[str] | None = None,
-                        split_version: int = SPLIT_VERSION) -> SpeakerIndex:
+                        split_version: int = SPLIT_VERSION, split_known: bool = True) -> SpeakerIndex:
     """The index of every labelled speaker, enrolled from the training split, with the back end and cohort
     ``options`` ask for.
 
     ``seed``, ``val_fraction``, ``speaker_order`` (the dataset's speakers as training numbered them; default
-    sorted) and ``split_version`` are the run's, so the split is the one it trained with.
+    sorted) and ``split_version`` are the run's, so the split is the one it trained with; ``split_known`` is false
+    when the model records none (see :func:`plan_speaker_index`).
     """
     copies = np.unique(embeddings, axis=0, return_inverse=True)[1].reshape(-1)
     plan = plan_speaker_index(speakers, groups, per, seed, val_fraction, options, speaker_order, split_version,
-                              embeddings.shape[1], copies)
+                              embeddings.shape[1], copies, split_known)
     names, train = plan.names, plan.train
     backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)
     index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,

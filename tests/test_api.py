@@ -332,6 +332,26 @@ def test_embed_refuses_a_back_end_for_an_export_that_lacks_the_training_split(mo
     assert code == 0, output
 
 
+def test_an_index_from_an_export_without_its_split_says_its_cohort_is_the_whole_dataset(models, tiny_synth, tmp_path,
+                                                                                         monkeypatch):
+    """`embed --model old.onnx --backend none`, with an export that records no training split, described the cohort as
+    'training split: N utterances' while it held every utterance of DATA: no split is known to draw it from."""
+    import voxaug.export
+
+    full = voxaug.export._metadata
+    monkeypatch.setattr(voxaug.export, "_metadata", lambda *args: {key: value for key, value in full(*args).items()
+                                                                    if key not in ("training_seed", "validation_fraction")})
+    old = tmp_path / "old.onnx"
+    voxaug.export.export_onnx(models["ckpt"], old)
+    code, output = invoke("embed", tiny_synth, "--model", old, "--out", tmp_path / "out", "--quiet", "--index",
+                          tmp_path / "plain.faiss", "--backend", "none")
+    assert code == 0, output
+    utterances = len(np.load(tmp_path / "out" / "embeddings.npy"))
+    described = f"whole dataset: {utterances} utterances of "
+    assert f"AS-norm cohort: {described}" in output and "training split" not in output, output
+    assert json.loads((tmp_path / "plain.faiss.json").read_text())["cohort"]["source"].startswith(described)
+
+
 def test_evaluate_calibrates_an_index_built_with_an_onnx_model_for_identify_with_that_model(models, tiny_synth,
                                                                                           tmp_path):
     clips = {speaker: [f"unseen/test/{speaker}/{clip.stem}.pt" for clip in wavs(tiny_synth, "test", speaker)]

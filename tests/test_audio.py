@@ -280,6 +280,16 @@ def test_bad_files_in_a_corpus_are_skipped_and_counted(wav_synth, tmp_path, caps
         open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
 
 
+def test_skip_warnings_are_never_written_to_stdout(wav_synth, tmp_path, capsys, monkeypatch):
+    """Each skipped file was said with ``tqdm.write``, and the count with ``print``, which both write to stdout when
+    the process has no stderr (started with ``2>&-``): among the command's output (identify's JSON lines, say)."""
+    source = open_source(_tree_with_bad_files(wav_synth, tmp_path))
+    monkeypatch.setattr(sys, "stderr", None)
+    store, skipped = open_dataset_store(source, tmp_path / "cache", progress=True, workers=0)
+    assert len(skipped) == 2 and len(store) == len(source.utterances) - 2
+    assert capsys.readouterr().out == ""
+
+
 def test_strict_stops_at_the_first_bad_file(wav_synth, tmp_path):
     source = open_source(_tree_with_bad_files(wav_synth, tmp_path))
     with pytest.raises(VoxaugError, match=r"99998\.wav: not a readable audio file.*--strict"):

@@ -410,3 +410,20 @@ def test_a_folder_of_only_whitespace_in_a_config_file_is_refused_as_the_option_i
     assert text.startswith(f"error: {toml}: ") and f"{names} {key}" in text \
         and "' ' is a folder name of only whitespace" in text, text
     assert not (tmp_path / "run").exists()
+
+
+def test_with_stderr_closed_a_warning_is_not_written_among_the_output(tmp_path):
+    """`voxaug plot ... 2>&-`: Python's sys.stderr is None then, and print(..., file=None) writes to stdout, so the
+    cut-short warning landed among what the command prints for scripts."""
+    import subprocess
+    import sys
+
+    run = _fake_run(tmp_path / "run", [{"step": s, "train_acc": 0.5, "val_acc": 0.4} for s in (10, 20)])
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"step": 30, "train_a')
+    done = subprocess.run([sys.executable, "-c", "import os, sys; os.close(2); sys.stderr = None; "
+                           "from voxaug.__main__ import main; sys.argv[0] = 'voxaug'; main()",
+                           "plot", str(run), "--out", str(tmp_path / "curves.png")],
+                          stdout=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "curves.png").stat().st_size > 0
+    assert "warning" not in done.stdout and "cut short" not in done.stdout, done.stdout

@@ -404,9 +404,9 @@ CASES: dict[str, Case] = {
     "enroll: --index a symlink loop": (
         lambda w: ["enroll", "--index", symlink_loop(w, "loop.faiss"), "--ckpt", w.ckpt, "--speaker", "newbie",
                    tensor(w.bad / "fine.pt", torch.randn(50, 40)), "--device", "cpu"],
-        ("loop.faiss", "is a symbolic link to nothing")),
+        ("loop.faiss", "loop.faiss is a symlink loop (symbolic links that lead back to each other)")),
     "embed: --index a symlink loop": (lambda w: embed(w, "--index", symlink_loop(w, "embed-loop.faiss")),
-                                      ("embed-loop.faiss", "is a symbolic link to nothing")),
+                                      ("embed-loop.faiss", "embed-loop.faiss is a symlink loop (symbolic links")),
     "enroll: clip of finite values too large for the network": (
         lambda w: enroll(w, "--speaker", "newbie", tensor(w.bad / "huge.pt", torch.full((50, 40), 1e20))),
         ("huge.pt", "as large as 1e+20; log-mel")),

@@ -6,7 +6,7 @@ import io
 import sys
 
 import voxaug.progress as progress
-from voxaug.progress import progress_bar
+from voxaug.progress import print_warning, progress_bar
 
 
 def test_a_bar_on_a_log_file_writes_a_line_per_interval_and_one_when_closed(capsys, monkeypatch):
@@ -61,3 +61,17 @@ def test_a_closed_stderr_drops_the_lines_as_tqdm_drops_its_bar(monkeypatch):
     with progress_bar(enabled=True, total=2, desc="train", unit="step") as bar:
         bar.update(2)
     assert bar.count == 2
+
+
+def test_a_warning_during_a_live_bar_is_printed_above_it_and_one_without_a_terminal_is_a_plain_line(monkeypatch,
+                                                                                                    capsys):
+    terminal = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})()
+    monkeypatch.setattr(sys, "stderr", terminal)  # a stream tqdm draws a live bar on
+    with progress_bar(enabled=True, total=2, desc="featurising", unit="utt") as bar:
+        bar.update(1)
+        print_warning("warning: skipped x.wav", bar)
+    assert "\rwarning: skipped x.wav\n" in terminal.getvalue()  # the bar cleared first, then drawn again below
+    monkeypatch.undo()
+    with progress_bar(enabled=True, total=2, desc="featurising", unit="utt") as bar:
+        print_warning("warning: skipped y.wav", bar)
+    assert capsys.readouterr().err.startswith("warning: skipped y.wav\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -159,6 +160,7 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly_with_its_work_done(
     assert len(list((tmp_path / "out").glob("uttr-*.pt"))) == 4
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
 def test_predict_warns_of_test_clips_that_metadata_json_lists_for_training(tiny_synth, trained_run, tmp_path):
     """A train/test leak went unsaid: the predictions of clips the model trained on look better than they are."""
     data = tmp_path / "data"
@@ -181,6 +183,8 @@ def test_predict_warns_of_test_clips_that_metadata_json_lists_for_training(tiny_
 @pytest.mark.parametrize("make, problem", [
     (lambda root: (root / "out").symlink_to(root / "nowhere"), "is a symbolic link to nothing"),
     (lambda root: (root / "file").write_text("x"), "is a file, not a folder"),
+    (lambda root: ((root / "out").symlink_to(root / "back"), (root / "back").symlink_to(root / "out")),
+     "out is a symlink loop (symbolic links that lead back to each other)"),
 ])
 def test_synth_names_why_its_output_folder_cannot_be_created(tmp_path, make, problem):
     """A dangling link was refused as 'cannot create the output folder (File exists)', a path under a file as

@@ -331,6 +331,33 @@ def test_a_batch_of_one_is_refused_for_the_conformer_and_a_warmup_past_the_steps
     assert "warning: --warmup 10 is not below --steps 5" in result.output
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_the_warmup_warning_is_rank_0_s_and_comes_before_the_data_is_read(tiny_synth, tmp_path,
+                                                                                         monkeypatch, rank):
+    """Every process of a torchrun printed the --warmup warning, where the other DDP lines are rank 0's alone. Here
+    the process group is faked (rank ``rank`` of 2) and the trainer, which reads the data, only says it started."""
+    import typer
+    from typer.testing import CliRunner
+
+    import voxaug.distributed
+    from voxaug.cli.main import app
+    from voxaug.distributed import DistContext, RankFailed
+
+    def reading_trainer(*args, **kwargs):
+        typer.echo("reading the data", err=True)
+        raise RankFailed("stopped before training")
+
+    monkeypatch.setattr(voxaug.distributed, "init_distributed", lambda device: DistContext(rank=rank, world_size=2))
+    monkeypatch.setattr(training, "Trainer", reading_trainer)
+    result = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "run"), "--steps", "5",
+                                      "--warmup", "10", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    warning = "warning: --warmup 10 is not below --steps 5"
+    assert result.output.count(warning) == (1 if rank == 0 else 0), result.output
+    if rank == 0:
+        assert result.output.index(warning) < result.output.index("reading the data"), result.output
+
+
 def test_a_crash_right_after_last_pt_is_saved_loses_no_metrics_row(tiny_synth, tmp_path, monkeypatch):
     """An evaluation appends its metrics row before it writes last.pt, so the resumed run logs the rows of an
     uninterrupted one (a crash between the two leaves a row past last.pt, which the resume drops and logs again)."""

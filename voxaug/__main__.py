@@ -32,7 +32,8 @@ def refuse_closed_stdout() -> None:
 def keep_stderr_descriptor_out_of_files() -> None:
     """Give a command started with its stderr closed (``2>&-``) /dev/null as descriptor 2: else the first file it
     opens takes that number, and what a C library prints to stderr (ONNX Runtime, gloo, FAISS) lands inside an
-    output file or the run's log. ``sys.stderr`` stays None, as Python set it."""
+    output file or the run's log. ``sys.stderr`` (None then) writes there too: ``print(..., file=None)`` would put
+    the warnings on stdout, among the answers."""
     try:
         os.fstat(2)
     except OSError:  # closed
@@ -41,6 +42,7 @@ def keep_stderr_descriptor_out_of_files() -> None:
             os.dup2(null, 2)
             os.close(null)
         os.set_inheritable(2, True)  # as the shell's descriptor 2 is, for the processes the command starts
+        sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,16 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+def print_warning(line: str, bar: Any = None) -> None:
+    """``line`` on stderr, above ``bar`` when that is tqdm's live bar (``tqdm.write`` clears and redraws it), and
+    nowhere when the process has no stderr (started with ``2>&-``): ``print`` and ``tqdm.write`` would then put it
+    on stdout, among the command's output."""
+    if bar is None or isinstance(bar, _NoBar) or sys.stderr is None:
+        _write_to_stderr(line)
+    else:
+        bar.write(line, file=sys.stderr)
+
+
 def progress_bar(iterable: Iterable | None = None, *, enabled: bool, **options: Any) -> Any:
     """A tqdm bar over ``iterable`` with ``options`` when ``enabled`` and stderr is a terminal, plain lines when it is
     not, else one that does nothing and starts no thread (``disable=True`` would still start tqdm's monitor)."""

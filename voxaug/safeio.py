@@ -106,6 +106,15 @@ SYMLINK_LOOP = "symlink loop (symbolic links that lead back to each other)"
 """What is wrong with a path :func:`resolved_without_loop` refuses, for a message that names the path its own way."""
 
 
+def is_symlink_loop(path: str | Path) -> bool:
+    """Whether ``path`` leads through symbolic links back to one of them (ELOOP), rather than to a file or nowhere."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def resolved_without_loop(path: str | Path, what: str = "") -> Path:
     """``Path(path).resolve()``, with a symlink loop refused alike on every Python in one line naming ``path`` (and
     ``what`` it is): resolve raises RuntimeError on one before Python 3.13 (``voxaug`` exited 3, "unexpected"), while

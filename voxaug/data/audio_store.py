@@ -5,14 +5,12 @@ so one corrupt clip does not kill a long run."""
 from __future__ import annotations
 
 import os
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from voxaug.clips import FEATURE_SUFFIX
 from voxaug.data.sources import DatasetSource, Utterance
@@ -20,7 +18,7 @@ from voxaug.data.store import (
     FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, cache_write_error, discard_store,
 )
 from voxaug.errors import VoxaugError
-from voxaug.progress import progress_bar
+from voxaug.progress import print_warning, progress_bar
 from voxaug.safeio import atomic_output, atomic_write_json, read_json
 
 SKIPPED_FILE = "skipped.json"
@@ -101,7 +99,7 @@ def build_audio_store(
                     raise VoxaugError(f"{problem} ({strict_because}: stopping at the first bad file)")
                 skipped.append({"key": utterance.key, "problem": problem})
                 if warn:
-                    tqdm.write(f"warning: skipped {problem}", file=sys.stderr)
+                    print_warning(f"warning: skipped {problem}", bar)
                 continue
             array = features.numpy().astype(np.float32, copy=False)
             handle.write(np.ascontiguousarray(array).tobytes())
@@ -180,8 +178,8 @@ def open_dataset_store(
     if skipped and strict:
         raise VoxaugError(f"{skipped[0]['problem']} ({strict_because}; {len(skipped)} bad files in {source.root})")
     if skipped and warn:
-        print(f"warning: skipped {len(skipped)} of {len(skipped) + len(store)} files in {source.root} "
-              "(unreadable, empty or silent)", file=sys.stderr)
+        print_warning(f"warning: skipped {len(skipped)} of {len(skipped) + len(store)} files in {source.root} "
+                      "(unreadable, empty or silent)")
     return store, skipped
 
 
