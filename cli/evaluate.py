@@ -13,7 +13,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
-    existing_file, file_name, folder_name, output_folder, warn_calibration_outdated,
+    existing_file, file_name, folder_name, output_file, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock
@@ -105,6 +105,8 @@ def evaluate(
         check_index_writable(index, "--calibrate")
     check_choice("--map", map_method, MAP_METHODS)
     output_folder(out, "--out")
+    for name, what in (("report.json", "report"), ("embeddings_map.png", "map")):  # found now, not after the embedding
+        output_file(out / name, f"--out's {what}")
     parsed_trials = read_trials(trials, data) if trials else None
     embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model, device)
     if embedder.split.val_fraction == 0:  # closed_set scores the validation split on every run, --test or --trials too
@@ -186,6 +188,8 @@ def evaluate(
     ensure_folder(out, "report folder")
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
     report["checkpoint"] = str(model_path)
+    report["inputs"] = (report_inputs(model_path, "checkpoint" if model is None else "onnx", embedder.sha256, data,
+                                      trials, max_pairs) | index_inputs(speaker_index, index, score_norm, calibrate))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     if calibrate:  # last, so that a report that cannot be written leaves the index as it was
         try:
@@ -232,6 +236,23 @@ def evaluate(
                          f"{o['impostors']['clips']} clips")
     lines.append(f"wrote {out / 'report.json'} and {out / 'embeddings_map.png'}")
     typer.echo("\n".join(lines))
+
+
+def report_inputs(model_path: Path, model_kind: str, model_sha256: str, data: Path, trials: Path | None,
+                  max_pairs: int) -> dict:
+    """The model (by content too: RUN/last.pt changes while its run trains on), the dataset and the verification
+    trials the report's figures were scored with, so that the file alone says which."""
+    return {"model": str(model_path), "model_kind": model_kind, "model_sha256": model_sha256, "data": str(data),
+            "trials": str(trials) if trials is not None else None,
+            "max_pairs": None if trials is not None else max_pairs}
+
+
+def index_inputs(index: SpeakerIndex | None, index_path: Path | None, score_norm: str | None, calibrate: bool) -> dict:
+    """The index the open-set and back-end figures were scored against, its back end and score normalisation (the
+    printed lines name them; the figures alone do not), and whether the threshold was to be written into it."""
+    if index is None:
+        return {"index": None, "backend": None, "score_norm": None, "calibrate": False}
+    return {"index": str(index_path), "backend": index.backend.kind, "score_norm": score_norm, "calibrate": calibrate}
 
 
 def refuse_unenrolled(index: SpeakerIndex, index_path: Path, labels: list[str], source: str) -> None:

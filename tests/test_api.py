@@ -376,6 +376,10 @@ def test_evaluate_calibrates_an_index_built_with_an_onnx_model_for_identify_with
         reports[name] = json.loads((tmp_path / f"report-{name}" / "report.json").read_text())
     torch_report, onnx_report = reports["torch"], reports["onnx"]
     assert onnx_report["checkpoint"] == str(models["onnx"])
+    assert {key: onnx_report["inputs"][key] for key in ("model", "model_kind", "model_sha256", "trials", "max_pairs")} \
+        == {"model": str(models["onnx"]), "model_kind": "onnx", "model_sha256": sha256_file(models["onnx"]),
+            "trials": str(trials), "max_pairs": None}
+    assert torch_report["inputs"]["model_kind"] == "checkpoint"
     one_clip = 1 / onnx_report["val_utterances"]
     for key in ("softmax_accuracy", "cosine_centroid_accuracy", "cosine_knn_accuracy"):  # one model, two runtimes
         assert abs(onnx_report[key] - torch_report[key]) <= one_clip + 1e-9, key

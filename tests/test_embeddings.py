@@ -16,6 +16,7 @@ from voxaug.cli.main import app
 from voxaug.embeddings.extract import embed_tensors, windows
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.errors import VoxaugError
+from voxaug.safeio import sha256_file
 
 runner = CliRunner()
 
@@ -195,6 +196,39 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(trained
                         "--cache-dir", tmp_path / "cache", "-q")
         assert result.exit_code == 2 and f"{out}: --out cannot be created: " in result.output, result.output
         assert problem in result.output and not (tmp_path / "cache").exists()
+
+
+def test_evaluate_report_names_the_model_data_index_and_scoring_it_used(built_index, trained_run, tiny_synth, tmp_path):
+    """The printed lines name the back end and score each figure is of; report.json alone said neither, nor which
+    dataset and index it scored, and called an ONNX model a checkpoint."""
+    index = tmp_path / "spk.faiss"
+    shutil.copy(built_index / "spk.faiss", index)
+    shutil.copy(built_index / "spk.faiss.json", f"{index}.json")
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--index", index, "--calibrate",
+                    "--max-pairs", 50, "--out", tmp_path / "report", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "report" / "report.json").read_text()
+    report = json.loads(text, parse_constant=lambda name: pytest.fail(f"report.json holds a bare {name}"))
+    backend = SpeakerIndex.load(index).backend.kind
+    assert report["inputs"] == {
+        "model": str(trained_run / "best.pt"), "model_kind": "checkpoint",
+        "model_sha256": sha256_file(trained_run / "best.pt"), "data": str(tiny_synth), "trials": None,
+        "max_pairs": 50, "index": str(index), "backend": backend, "score_norm": "none", "calibrate": True}
+    assert f"verification ({backend} back end): EER {report['verification_backend']['eer']:.3f}" in result.output
+
+
+def test_a_report_file_that_is_a_folder_is_refused_before_any_work(trained_run, tiny_synth, tmp_path):
+    """Found only when written, after all the embedding, and with the earlier map already replaced by one that the
+    report kept no longer matches."""
+    out = tmp_path / "report"
+    (out / "report.json").mkdir(parents=True)
+    (out / "embeddings_map.png").write_bytes(b"earlier map")
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", out, "--device", "cpu",
+                    "--cache-dir", tmp_path / "cache", "-q")
+    assert (out / "embeddings_map.png").read_bytes() == b"earlier map" and not (tmp_path / "cache").exists()
+    assert result.exit_code == 2, result.output
+    expected = f"error: {out / 'report.json'}: --out's report is an existing folder; expected a file name\n"
+    assert result.output == expected
 
 
 @pytest.mark.parametrize("calibrate", [[], ["--calibrate"]])
