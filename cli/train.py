@@ -51,7 +51,8 @@ def train(
     preset: str = typer.Option(None, help=f"Size preset: {', '.join(PRESET_NAMES)} (default: the --config file's "
                                "preset, else cpu)."),
     config: Path = typer.Option(None, "--config", parser=file_name, metavar="<file>",
-                                help="TOML file overriding preset fields (\\[model], \\[augment] and \\[frontend] tables)."),
+                                help="TOML file overriding preset fields (\\[model], \\[augment] and \\[frontend] tables), "
+                                "or a run's config.json, to train that run again."),
     augment: str = typer.Option(
         None,
         help=f"Comma list of {', '.join(AUGMENTATION_NAMES)}, or 'none'; applied in the fixed order "

@@ -1174,3 +1174,47 @@ def test_synth_and_fit_without_progress_start_no_tqdm_monitor_thread(tmp_path, m
     Trainer(tiny_config(train={"steps": 2, "eval_every": 2}), data, tmp_path / "run", cache_dir=tmp_path / "cache",
             progress=False).fit()
     assert "tqdm_monitor" not in [thread.name for thread in threading.enumerate()]
+
+
+def test_a_run_s_config_json_given_back_as_config_trains_the_same_weights(two_step_original, tiny_synth, tmp_path):
+    """The run folder's record reproduces the run: ``--config RUN/config.json`` (with DATA and --out only) trained
+    the same weights, and resumes with it. It was refused as malformed TOML, so the record could not be fed back."""
+    from typer.testing import CliRunner
+
+    from voxaug.cli.main import app
+
+    cache = ["--cache-dir", str(two_step_original / "cache"), "--quiet"]
+    first = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "first"), "--steps", "3",
+                                     "--eval-every", "3", "--batch", "8", "--segment", "32", "--d-model", "32",
+                                     "--layers", "1", "--heads", "2", "--embedding-dim", "32", "--lr", "0.004",
+                                     "--margin", "0.3", "--val-fraction", "0.25", "--seed", "5", "--augment",
+                                     "specaug,mixup", "--mixup-alpha", "0.5", "--specaug-freq", "3", "--device", "cpu",
+                                     *cache])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "again"), "--config",
+                                     str(tmp_path / "first" / "config.json"), *cache])
+    assert again.exit_code == 0, again.output
+    recorded, retrained = (load_checkpoint(tmp_path / run / "last.pt") for run in ("first", "again"))
+    assert retrained["config"] == recorded["config"]
+    assert all(torch.equal(recorded["model"][key], retrained["model"][key]) for key in recorded["model"])
+    resumed = CliRunner().invoke(app, ["train", str(tiny_synth), "--out", str(tmp_path / "again"), "--config",
+                                       str(tmp_path / "again" / "config.json"), "--steps", "4", "--resume", *cache])
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_run_config_saved_before_versioned_settings_is_read_back_as_it_was_trained(tmp_path, monkeypatch):
+    """A config.json written before split_version and input_norm existed, given as --config, is the split and raw
+    features it was trained with (as --resume reads it), not today's defaults; its relative noise folder is the
+    working directory's, as --resume reads it, not the run folder's."""
+    from voxaug.config import TrainConfig
+
+    record = TrainConfig(augment={"names": ["noise"], "noise": {"noise_dir": "noises"}}).to_dict()
+    del record["split_version"], record["model"]["input_norm"]
+    (tmp_path / "noises").mkdir()
+    torch.save(torch.zeros(20, 40), tmp_path / "noises" / "fan.pt")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**record, "run": {"speakers": 6}}))
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config(None, tmp_path / "run" / "config.json")
+    assert (config.split_version, config.model.input_norm) == (1, "none")
+    assert config.augment["noise"]["noise_dir"] == str(tmp_path / "noises")

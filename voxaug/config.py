@@ -18,7 +18,7 @@ from voxaug.errors import VoxaugError, abridged, file_error, not_a_file, refuse_
 from voxaug.features import FrontendConfig
 from voxaug.model import ModelConfig
 from voxaug.runtime.training_split import TrainingSplit
-from voxaug.safeio import home_expanded, resolved_without_loop
+from voxaug.safeio import home_expanded, read_json, resolved_without_loop
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -137,11 +137,20 @@ class TrainConfig:
 
     @classmethod
     def from_saved(cls, values: dict, where: str = "config") -> "TrainConfig":
-        """A run's own config (config.json, a checkpoint): one saved before the split was versioned was split
-        by version 1."""
-        if isinstance(values, dict) and "split_version" not in values:
-            values = {**values, "split_version": 1}
-        return cls.from_dict(values, where)
+        """A run's own config (config.json, a checkpoint), read with what it was trained with where it was saved
+        before a setting existed (``with_versioned_defaults``)."""
+        return cls.from_dict(with_versioned_defaults(values), where)
+
+
+def with_versioned_defaults(values: Any) -> Any:
+    """A run's saved settings plus the values a run saved before a setting existed was trained with: split version 1
+    and raw features (``input_norm`` none), not today's defaults."""
+    if not isinstance(values, dict):
+        return values
+    values = {"split_version": 1, **values}
+    if isinstance(values.get("model"), dict):
+        values["model"] = {"input_norm": "none", **values["model"]}
+    return values
 
 
 SCALAR_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
@@ -225,6 +234,36 @@ def load_toml(path: str | Path) -> dict:
         raise file_error(path, f"unreadable TOML ({str(exc).split(';')[0]})") from None
 
 
+def load_config_file(path: str | Path) -> dict:
+    """A --config file's settings: a TOML file, or a run's ``config.json`` (``*.json``), read back as its run's."""
+    if not is_run_record(path):
+        return load_toml(path)
+    values = read_json(path, "run config")
+    if not isinstance(values, dict):
+        raise file_error(path, "expected a JSON object of settings (a run's config.json)")
+    return run_record_settings(values)
+
+
+def is_run_record(path: str | Path) -> bool:
+    """A --config file that is a run's ``config.json`` (JSON), not a TOML file."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def _folders_relative_to(config_path: str | Path | None) -> Path:
+    """What a config file's relative noise and RIR folders are read against: a TOML file's own folder; for a run's
+    ``config.json`` (saved before folders were recorded absolute) the working directory, as --resume reads it."""
+    return Path(config_path).parent if config_path and not is_run_record(config_path) else Path.cwd()
+
+
+def run_record_settings(record: dict) -> dict:
+    """The settings a run's ``config.json`` records, as a config file gives them: without what the run derived
+    (``run``, and the ``[model]`` sizes its data set), and with the values of settings it predates."""
+    values = with_versioned_defaults({key: value for key, value in record.items() if key != "run"})
+    if isinstance(values.get("model"), dict):
+        values["model"] = {key: value for key, value in values["model"].items() if key not in DERIVED_MODEL_KEYS}
+    return values
+
+
 def resolve_config(
     preset: str | None = None,
     toml_path: str | Path | None = None,
@@ -239,7 +278,7 @@ def resolve_config(
     ``preset`` is the command line's (None when not given): it beats the TOML's, and ``cpu`` is the default.
     ``base`` (a run's saved config, for --resume) replaces the preset's values, so that what the user gives
     lands on the run's own settings."""
-    file_values = load_toml(toml_path) if toml_path else {}
+    file_values = load_config_file(toml_path) if toml_path else {}
     for table in ("model", "augment", "frontend"):
         if not isinstance(file_values.get(table, {}), dict):
             raise file_error(toml_path, f"[{table}] must be a table, got {abridged(file_values[table])}")
@@ -252,7 +291,7 @@ def resolve_config(
     base_tables = {table: base_values.pop(table) for table in ("model", "augment", "frontend")}
     file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}
     try:
-        absolute_folders(file_tables["augment"], Path(toml_path).parent if toml_path else Path.cwd())
+        absolute_folders(file_tables["augment"], _folders_relative_to(toml_path))
     except VoxaugError as exc:  # only a file's tables are expanded here: name it
         raise file_error(toml_path, str(exc)) from None
     model_values = {**base_tables["model"], **file_tables["model"], **(model_overrides or {})}
