@@ -241,7 +241,8 @@ def check_training_speakers(data: Path, dataset_speakers: list[str], model_speak
 
 def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:
     """Clip arguments as files: a folder stands for every clip under it (one file per clip, its audio rather
-    than its `.pt` twin with ``audio_first``: for an export that takes audio)."""
+    than its `.pt` twin with ``audio_first``: for an export that takes audio). A folder's audio of a format that is
+    no clip (``x.ogg``, listed so that it is named) is refused here, before any clip is answered or embedded."""
     from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
     from voxaug.runtime.frontend import AUDIO_SUFFIXES
 
@@ -251,23 +252,30 @@ def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:
             found = one_file_per_clip(path, (FEATURE_SUFFIX,) + AUDIO_SUFFIXES, audio_first)
             if not found:
                 raise VoxaugError(f"{path}: folder holds no clips (.pt, .wav, .flac)")
+            for clip in found:
+                refuse_unsupported_clip_type(clip)
             clips += found
         else:
             clips.append(path)
     return clips
 
 
-def check_clip_files(paths: list[Path]) -> None:
-    """Refuse, before any work, a clip argument that is neither a folder nor a clip file (.pt, .wav, .flac) that
-    exists: a command that answers clip by clip would otherwise stop at it after answering the clips before it."""
+def refuse_unsupported_clip_type(path: Path) -> None:
+    """Refuse a clip file that is not .pt, .wav or .flac, naming it."""
     from voxaug.clips import FEATURE_SUFFIX
     from voxaug.runtime.frontend import AUDIO_SUFFIXES
 
+    if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
+        raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+
+
+def check_clip_files(paths: list[Path]) -> None:
+    """Refuse, before any work, a clip argument that is neither a folder nor a clip file (.pt, .wav, .flac) that
+    exists: a command that answers clip by clip would otherwise stop at it after answering the clips before it."""
     for path in paths:
         if path.is_dir():
             continue
-        if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
-            raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+        refuse_unsupported_clip_type(path)
         if not path.is_file():
             raise file_error(path, "clip not found" if not path.exists() else not_a_file(path, "clip"))
 

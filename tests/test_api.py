@@ -1503,3 +1503,20 @@ def test_threads_enrolling_at_once_through_one_or_two_objects_of_a_file_lose_no_
         thread.join(60)
     assert not errors and not any(thread.is_alive() for thread in threads)
     assert voxaug.SpeakerIndex.open(first.path).speakers == ["s00", "s01", "s10", "s11", "seed"]
+
+
+def test_identify_refuses_an_unread_audio_file_in_a_clip_folder_before_answering_any(models, tiny_synth, tmp_path):
+    """A folder's .ogg is listed as a clip so that it is named, not left out: identify printed the answers of the
+    clips before it, then stopped at it (exit 2), as it no longer does for a bad clip argument."""
+    index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
+    index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
+    folder = tmp_path / "clips"
+    shutil.copytree(tiny_synth / "unseen" / "test" / "new000", folder)
+    (folder / "zz-extra.ogg").write_bytes(b"OggS not read")
+    sorted(folder.glob("*.wav"))[0].with_suffix(".mp3").write_bytes(b"ID3 the original of this .wav")
+    for args in ([folder], ["--json", folder]):
+        one_line_error(*invoke("identify", "--index", index.path, *args),
+                       f"error: {folder / 'zz-extra.ogg'}: unsupported clip type '.ogg'")
+    (folder / "zz-extra.ogg").unlink()
+    code, output = invoke("identify", "--index", index.path, "--json", folder)
+    assert code == 0 and len(output.splitlines()) == len(list(folder.glob("*.pt"))), output

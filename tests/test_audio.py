@@ -654,3 +654,42 @@ def test_audio_of_an_unread_format_in_a_corpus_is_skipped_and_named_not_left_out
     assert "warning: skipped" in err and "2.ogg: unsupported clip type '.ogg'" in err and "skipped 2 of 6" in err
     with pytest.raises(VoxaugError, match="2.ogg"):
         open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
+
+
+def test_hw4_features_of_another_suffix_are_features_not_audio(tmp_path):
+    """HW4's metadata.json may name its feature files as it likes (``uttr-1.pth``); only audio of a format that is
+    no clip is audio to be skipped: such features were taken for audio, so `--augment wave` was not refused up front
+    and a damaged feature file was skipped with a warning, not refused by name as a `.pt` one is."""
+    from hw4_factory import make_hw4, rewrite_metadata
+    from voxaug.data.audio_store import has_audio, require_audio
+
+    root = make_hw4(tmp_path / "hw4")
+    for path in root.glob("uttr-*.pt"):
+        path.rename(path.with_suffix(".pth"))
+
+    def renamed(metadata: dict) -> None:
+        for entries in metadata["speakers"].values():
+            for entry in entries:
+                entry["feature_path"] = entry["feature_path"].replace(".pt", ".pth")
+
+    rewrite_metadata(root, renamed)
+    source = open_source(root)
+    assert not has_audio(source)
+    with pytest.raises(VoxaugError, match="--augment wave needs an audio source"):
+        require_audio(source)
+    source.utterances[0].path.write_bytes(b"damaged")
+    with pytest.raises(VoxaugError, match=re.escape(source.utterances[0].path.name)):
+        open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
+
+
+def test_an_original_beside_the_wav_named_after_its_whole_name_is_no_clip_of_its_own(tmp_path):
+    """A folder converted with ``ffmpeg -i x.mp3 x.mp3.wav`` keeps each original beside its clip: x.mp3 was listed as
+    a clip of its own, in the place of x.mp3.wav (both keyed ``x.mp3``), so the clip was lost, its original skipped
+    with a warning by train, and the folder refused by enroll --speakers-dir, identify DIR and --noise-dir."""
+    folder = tmp_path / "spk000"
+    folder.mkdir()
+    for name in ("a", "b"):
+        soundfile.write(folder / f"{name}.mp3.wav", tone(), 16000)
+        (folder / f"{name}.mp3").write_bytes(b"ID3 the original")
+    (folder / "c.ogg").write_bytes(b"OggS a sound of its own")
+    assert [p.name for p in one_file_per_clip(folder, (".pt", ".wav", ".flac"))] == ["a.mp3.wav", "b.mp3.wav", "c.ogg"]

@@ -72,5 +72,7 @@ def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool
 
 def unread_audio(paths: Iterable[Path], stems: Collection[Path]) -> list[Path]:
     """The files of ``paths`` holding audio of a format that is no clip (``x.ogg``), less those whose stem is in
-    ``stems``: ``x.mp3`` beside the ``x.wav`` made from it is that file's original, not a sound of its own."""
-    return sorted(p for p in paths if p.suffix.lower() in UNREAD_AUDIO_SUFFIXES and p.with_suffix("") not in stems)
+    ``stems``: ``x.mp3`` beside the ``x.wav`` made from it is that file's original, not a sound of its own, as it is
+    beside an ``x.mp3.wav`` (``ffmpeg -i "$f" "$f.wav"``, whose stem is the original's whole name)."""
+    return sorted(p for p in paths if p.suffix.lower() in UNREAD_AUDIO_SUFFIXES
+                  and p.with_suffix("") not in stems and p not in stems)

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from voxaug.clips import FEATURE_SUFFIX
+from voxaug.audio import AUDIO_SUFFIXES
+from voxaug.clips import UNREAD_AUDIO_SUFFIXES
 from voxaug.data.sources import DatasetSource, Utterance
 from voxaug.data.store import (
     FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, cache_write_error, discard_store,
@@ -30,8 +31,9 @@ def default_workers() -> int:
 
 
 def is_audio(utterance: Utterance) -> bool:
-    """Whether a clip is audio rather than `.pt` features: an .ogg clip too, which is skipped when it is read."""
-    return utterance.path.suffix.lower() != FEATURE_SUFFIX
+    """Whether a clip is audio rather than features: an .ogg clip too, which is skipped when it is read; an HW4
+    feature file named otherwise than `.pt` (metadata.json names it) stays features."""
+    return utterance.path.suffix.lower() in AUDIO_SUFFIXES + UNREAD_AUDIO_SUFFIXES
 
 
 def has_audio(source: DatasetSource) -> bool:
