@@ -65,7 +65,7 @@ def predict(
             typer.echo(untrained_classes_warning(data / "metadata.json", silent, len(source.speakers), copies), err=True)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet, strict=True,
                                   strict_because="predict writes a row for every clip")
-    _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device)
+    _, logits = run_model(loaded.model, store, np.arange(len(store)), torch_device, progress=not quiet)
     predicted = logits.argmax(dim=1).tolist()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

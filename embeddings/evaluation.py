@@ -29,7 +29,7 @@ from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs
 from voxaug.errors import VoxaugError, abridged, file_error, not_a_file  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
 from voxaug.runtime.frontend import AUDIO_SUFFIXES  # noqa: E402
-from voxaug.safeio import atomic_output  # noqa: E402
+from voxaug.safeio import atomic_output, resolved_without_loop  # noqa: E402
 
 
 MAP_METHODS = ("pca", "tsne")
@@ -103,6 +103,7 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
     except UnicodeDecodeError as exc:
         raise file_error(path, f"not UTF-8 text (byte {exc.start}); a trials file is lines 'LABEL CLIP1 CLIP2'") from None
     trials = []
+    inside = resolved_without_loop(root, "dataset folder")
     seen: dict[frozenset[tuple[int, int] | Path], tuple[int, str]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
@@ -111,7 +112,7 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
         if len(parts) != 3 or parts[0] not in ("0", "1"):
             raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, "
                                    f"got {abridged(line)}")
-        clips = [resolve_inside(root, part, path, f"line {number}: clip") for part in parts[1:]]
+        clips = [resolve_inside(root, part, path, f"line {number}: clip", inside) for part in parts[1:]]
         for part, clip in zip(parts[1:], clips):
             try:
                 found = clip.is_file()

@@ -87,6 +87,19 @@ def test_predict_writes_ids_in_testdata_order(tiny_synth, trained_run, tmp_path)
     assert correct / len(order) > 2 / TINY_SYNTH.speakers
 
 
+def test_predict_counts_the_clips_it_has_classified_unless_quiet(tiny_synth, trained_run, tmp_path):
+    """After packing, predict classified every test clip without a word: minutes for the homework's 4,000 clips on a
+    CPU, which read as a hang."""
+    clips = len(json.loads((tiny_synth / "testdata.json").read_text())["utterances"])
+    command = ["predict", str(tiny_synth), "--ckpt", str(trained_run / "best.pt"), "--out", str(tmp_path / "s.csv"),
+               "--device", "cpu"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert f"classify: {clips}/{clips} utt" in result.stderr.splitlines(), result.stderr
+    quiet = runner.invoke(app, [*command, "-q"])
+    assert quiet.exit_code == 0 and "classify" not in quiet.stderr, quiet.stderr
+
+
 def test_predict_refuses_a_mapping_of_other_speakers_than_the_model_s(tiny_synth, trained_run, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_synth, data, ignore=shutil.ignore_patterns("unseen"))
