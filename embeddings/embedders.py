@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 class CheckpointEmbedder:
     """A checkpoint (.pt) on a torch device: utterances batched by length."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, sha256: str) -> None:
         self.loaded, self.device = loaded, device
         self.path: Path = loaded.path
+        self.sha256 = sha256
         self.frontend: FrontendConfig = loaded.frontend
         self.speakers: list[str] = list(loaded.speakers)
         self.split: TrainingSplit = loaded.config.training_split
@@ -36,11 +37,10 @@ class CheckpointEmbedder:
 
     @classmethod
     def load(cls, path: Path, device: torch.device) -> "CheckpointEmbedder":
-        return cls(load_model(path, device), device)
-
-    @property
-    def sha256(self) -> str:
-        return sha256_file(self.path)
+        """The checkpoint with the digest of the file as loaded: RUN/last.pt is replaced while its run trains on, and
+        a digest taken after the embedding would name weights that were not scored."""
+        loaded = load_model(path, device)
+        return cls(loaded, device, sha256_file(path))
 
     def embed_store(self, store: PackedStore, indices: np.ndarray, progress: bool) -> Embedded:
         """Unit embeddings and softmax probabilities of ``indices`` of ``store``, in that order."""

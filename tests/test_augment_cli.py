@@ -427,3 +427,18 @@ def test_with_stderr_closed_a_warning_is_not_written_among_the_output(tmp_path):
                           stdout=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "curves.png").stat().st_size > 0
     assert "warning" not in done.stdout and "cut short" not in done.stdout, done.stdout
+
+
+def test_a_cut_short_log_line_read_without_stderr_is_not_written_to_stdout(tmp_path, capsys, monkeypatch):
+    """``read_metrics`` in a program without stderr (started with ``2>&-``, not through ``voxaug``): its
+    ``print(..., file=sys.stderr)`` wrote the warning to stdout, among the program's output."""
+    import sys
+
+    from voxaug.plot import read_metrics
+
+    run = _fake_run(tmp_path / "run", [{"step": 10, "train_acc": 0.5, "val_acc": 0.4}])
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"step": 20, "train_a')
+    monkeypatch.setattr(sys, "stderr", None)
+    assert [row["step"] for row in read_metrics(run)] == [10]
+    assert capsys.readouterr().out == ""

@@ -217,6 +217,28 @@ def test_evaluate_report_names_the_model_data_index_and_scoring_it_used(built_in
     assert f"verification ({backend} back end): EER {report['verification_backend']['eer']:.3f}" in result.output
 
 
+def test_evaluate_report_digest_is_of_the_checkpoint_it_scored(trained_run, tiny_synth, tmp_path, monkeypatch):
+    """A training run replaces RUN/last.pt while evaluate embeds with it: the digest was taken after the embedding,
+    so report.json named the new file's content beside figures scored with the old weights."""
+    from voxaug.embeddings.embedders import CheckpointEmbedder
+
+    model = tmp_path / "last.pt"
+    shutil.copy(trained_run / "best.pt", model)
+    scored = sha256_file(model)
+    embed_store = CheckpointEmbedder.embed_store
+
+    def embed_while_the_run_saves(self, *args, **kwargs):
+        model.write_bytes(b"the run's next checkpoint")
+        return embed_store(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointEmbedder, "embed_store", embed_while_the_run_saves)
+    result = invoke("evaluate", tiny_synth, "--ckpt", model, "--max-pairs", 50, "--out", tmp_path / "report",
+                    "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["inputs"]["model_sha256"] == scored
+
+
 def test_a_report_file_that_is_a_folder_is_refused_before_any_work(trained_run, tiny_synth, tmp_path):
     """Found only when written, after all the embedding, and with the earlier map already replaced by one that the
     report kept no longer matches."""

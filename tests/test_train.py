@@ -1218,3 +1218,44 @@ def test_a_run_config_saved_before_versioned_settings_is_read_back_as_it_was_tra
     config = resolve_config(None, tmp_path / "run" / "config.json")
     assert (config.split_version, config.model.input_norm) == (1, "none")
     assert config.augment["noise"]["noise_dir"] == str(tmp_path / "noises")
+
+
+def test_a_json_config_that_is_no_run_s_record_is_refused_not_read_as_an_old_run(tmp_path):
+    """Every run's config.json has a ``run`` table; a hand-written JSON without one was read as a run saved before
+    split_version and input_norm existed: silently split by version 1, and raw features when it set ``[model]``."""
+    config = tmp_path / "mine.json"
+    config.write_text(json.dumps({"steps": 50, "model": {"d_model": 64}}))
+    with pytest.raises(VoxaugError) as refused:
+        resolve_config(None, config)
+    assert str(refused.value) == (f"{config}: not a run's config.json (it has no \"run\" table, which every run "
+                                  "records); give hand-written settings as a TOML file")
+
+
+def test_a_run_s_config_json_with_fewer_augmentations_named_on_the_command_line(tmp_path):
+    """``--config RUN/config.json --augment specaug`` (the run again, less one augmentation) was refused for the
+    record's own table of the augmentation left out, which only editing the record could remove: the command line
+    beats the file, and the left-out augmentation's settings go with it."""
+    from voxaug.config import TrainConfig
+
+    record = TrainConfig(augment={"names": ["specaug", "mixup"], "specaug": {"freq_width": 3},
+                                  "mixup": {"alpha": 0.5}}).to_dict()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**record, "run": {"speakers": 6}}))
+    fewer = resolve_config(None, tmp_path / "run" / "config.json", augment_overrides={"names": ["specaug"]})
+    assert fewer.augment == {"names": ["specaug"], "specaug": {"freq_width": 3}}
+    none = resolve_config(None, tmp_path / "run" / "config.json", augment_overrides={"names": []})
+    assert none.augment == {"names": []}
+    assert resolve_config(None, tmp_path / "run" / "config.json").augment == record["augment"]
+
+
+def test_a_run_s_record_with_another_preset_named_is_refused_not_run_under_that_name(tmp_path):
+    """A record sets every value a preset gives, so `--config RUN/config.json --preset strong` trained the recorded cpu
+    run under the name strong."""
+    from voxaug.config import create_config
+
+    record = tmp_path / "config.json"
+    record.write_text(json.dumps({**create_config("cpu").to_dict(), "run": {}}))
+    with pytest.raises(VoxaugError, match=r"^--preset strong: .*config\.json is the record of a cpu run"):
+        resolve_config(preset="strong", toml_path=record)
+    assert resolve_config(preset="cpu", toml_path=record).preset == "cpu"
+    assert resolve_config(toml_path=record) == resolve_config(preset="cpu", toml_path=record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,29 @@ def test_speakers_the_validation_split_leaves_out_are_a_warning(tmp_path, capsys
     Trainer(tiny_config(train={"steps": 2, "val_fraction": 0.0}), root, tmp_path / "run", cache_dir=tmp_path / "cache",
             progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_training_and_clip_folder_warnings_are_never_written_to_stdout(tmp_path, capsys, monkeypatch):
+    """A class never trained, a speaker left out of validation and an empty speaker folder were said with
+    ``print(..., file=sys.stderr)``, which writes to stdout in a program without stderr (started with ``2>&-``, not
+    through ``voxaug``): among its output. As the store's skip warnings, they are dropped there."""
+    from voxaug.data.sources import ClipFolderSource
+
+    root = make_hw4(tmp_path / "d", speakers=4, per_speaker=5)
+    rewrite_metadata(root, lambda m: m["speakers"].update(id10002=m["speakers"]["id10002"][:1], id10003=[]))
+    (tmp_path / "clips" / "alice").mkdir(parents=True)
+    (tmp_path / "clips" / "bob").mkdir()
+    (tmp_path / "clips" / "carol").mkdir()  # an empty speaker folder
+    for speaker in ("alice", "bob"):
+        shutil.copy(next(root.glob("uttr-*.pt")), tmp_path / "clips" / speaker / "one.pt")
+
+    def warn_all() -> None:
+        Trainer(tiny_config(train={"steps": 2}), root, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+        ClipFolderSource(tmp_path / "clips")
+
+    warn_all()
+    said = capsys.readouterr()
+    assert said.out == "" and len(said.err.strip().splitlines()) == 3, said.err
+    monkeypatch.setattr(sys, "stderr", None)
+    warn_all()
+    assert capsys.readouterr().out == ""

@@ -241,6 +241,9 @@ def load_config_file(path: str | Path) -> dict:
     values = read_json(path, "run config")
     if not isinstance(values, dict):
         raise file_error(path, "expected a JSON object of settings (a run's config.json)")
+    if not isinstance(values.get("run"), dict):  # else read as a run saved before today's settings existed
+        raise file_error(path, "not a run's config.json (it has no \"run\" table, which every run records); "
+                               "give hand-written settings as a TOML file")
     return run_record_settings(values)
 
 
@@ -264,6 +267,16 @@ def run_record_settings(record: dict) -> dict:
     return values
 
 
+def _without_dropped_augmentations(record_augment: dict, names: list[str] | None) -> dict:
+    """A run record's ``[augment]`` tables less those of augmentations that ``names`` (the command line's --augment)
+    leaves out: they are the run's settings of what no longer runs, not settings the user wrote, so they go with it
+    (a TOML file's are refused by :func:`_refuse_tables_of_unnamed`)."""
+    if names is None:
+        return record_augment
+    kept = resolve_names({"names": names})
+    return {key: value for key, value in record_augment.items() if key not in AUGMENTATIONS or key in kept}
+
+
 def resolve_config(
     preset: str | None = None,
     toml_path: str | Path | None = None,
@@ -285,11 +298,18 @@ def resolve_config(
     file_preset = file_values.get("preset")
     if file_preset is not None and (not isinstance(file_preset, str) or file_preset not in PRESETS):
         raise file_error(toml_path, f"preset {abridged(file_preset)} is not known; accepted: {', '.join(PRESETS)}")
+    if preset is not None and file_preset is not None and preset != file_preset and is_run_record(toml_path):
+        raise VoxaugError(f"--preset {preset}: {toml_path} is the record of a {file_preset} run, which sets every value "
+                          f"a preset gives, so the run would be named {preset} without being one; leave --preset out "
+                          "and give what should change as options")
     if preset is None:  # an empty --preset is a name, refused below, not the option left out
         preset = file_preset or (base.preset if base else "cpu")
     base_values = base.to_dict() if base else create_config(preset).to_dict()
     base_tables = {table: base_values.pop(table) for table in ("model", "augment", "frontend")}
     file_tables = {table: file_values.pop(table, {}) for table in ("model", "augment", "frontend")}
+    if toml_path and is_run_record(toml_path):
+        file_tables["augment"] = _without_dropped_augmentations(file_tables["augment"],
+                                                                (augment_overrides or {}).get("names"))
     try:
         absolute_folders(file_tables["augment"], _folders_relative_to(toml_path))
     except VoxaugError as exc:  # only a file's tables are expanded here: name it

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from voxaug.errors import VoxaugError, counted, file_error, not_a_file  # noqa: E402
+from voxaug.progress import print_warning  # noqa: E402
 from voxaug.safeio import atomic_output, finite_number  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines) and not text.endswith("\n"):
-                print(f"warning: {path}: line {number} is cut short (a killed run); left out", file=sys.stderr)
+                print_warning(f"warning: {path}: line {number} is cut short (a killed run); left out")
                 break
             raise file_error(path, f"line {number} is not JSON ({exc.msg})") from exc
         except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; arrays nested thousands deep

@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -43,7 +42,7 @@ from voxaug.inference import accuracy, autocast_for, run_model
 from voxaug.interrupt import stop_if_terminated
 from voxaug.model import build_model
 from voxaug.plot import plot_runs, read_log_text, read_metrics
-from voxaug.progress import progress_bar
+from voxaug.progress import print_warning, progress_bar
 from voxaug.safeio import append_text, atomic_write_json, atomic_write_text, exclusive_lock, read_json
 
 TRACE_ENV = "VOXAUG_TRACE_BATCHES"
@@ -202,8 +201,8 @@ class Trainer:
         refuse_fewer_than_two_speakers(source)  # before any featurising too
         silent = speakers_without_utterances(source.speakers, source.utterances)
         if silent and self.dist.is_main:
-            print(untrained_classes_warning(source.root / "metadata.json", silent, len(source.speakers),
-                                            self.pipeline.label_copies), file=sys.stderr)
+            print_warning(untrained_classes_warning(source.root / "metadata.json", silent, len(source.speakers),
+                                                    self.pipeline.label_copies))
         self.store, self.skipped_files = main_first(  # rank 0 packs the store; the others then open it
             self.dist, lambda: self._open_store(source, cache_dir, workers, strict))
         self.speakers = self.store.speakers
@@ -266,7 +265,7 @@ class Trainer:
         unvalidated = speakers_without_validation(self.store.labels, self.val_indices)
         if unvalidated:
             names = [self.speakers[label] for label in unvalidated]
-            print(unvalidated_speakers_warning(names, len(set(self.store.labels.tolist()))), file=sys.stderr)
+            print_warning(unvalidated_speakers_warning(names, len(set(self.store.labels.tolist()))))
 
     # ---- state -------------------------------------------------------------------------------
     def rank_state(self) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +17,7 @@ from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
+from voxaug.progress import print_warning
 from voxaug.safeio import SYMLINK_LOOP, read_json, resolved_without_loop, utf8_name
 
 
@@ -311,7 +311,7 @@ class ClipFolderSource:
         self.utterances = utterances
         self.speakers = sorted({u.speaker for u in utterances})
         if empty and warn:
-            print(empty_speaker_folders_warning(self.root, empty, len(speaker_dirs), suffixes), file=sys.stderr)
+            print_warning(empty_speaker_folders_warning(self.root, empty, len(speaker_dirs), suffixes))
 
     def load(self, utterance: Utterance) -> torch.Tensor:
         return load_clip(utterance.path, self.frontend)
