@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 class CheckpointEmbedder:
     """A checkpoint (.pt) on a torch device: utterances batched by length."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, sha256: str) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, sha256: str | None = None) -> None:
         self.loaded, self.device = loaded, device
         self.path: Path = loaded.path
-        self.sha256 = sha256
+        self.sha256 = sha256 if sha256 is not None else sha256_file(self.path)  # the file's now, when not given
         self.frontend: FrontendConfig = loaded.frontend
         self.speakers: list[str] = list(loaded.speakers)
         self.split: TrainingSplit = loaded.config.training_split
