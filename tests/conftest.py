@@ -87,3 +87,21 @@ def _without_the_developer_s_settings():
         for name in (DEBUG_ENV, TRACE_ENV):
             patch.delenv(name, raising=False)
         yield
+
+
+@pytest.fixture
+def resolutions_of(monkeypatch):
+    """``resolutions_of(path)``: a list that grows by one at each ``Path.resolve`` of ``path`` from then on, for tests
+    that a listing resolves its folder once, not once per entry."""
+    def count(path: Path) -> list[Path]:
+        calls: list[Path] = []
+        resolve = Path.resolve
+
+        def counting_resolve(self, *args, **kwargs):
+            if self == path:
+                calls.append(self)
+            return resolve(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "resolve", counting_resolve)
+        return calls
+    return count

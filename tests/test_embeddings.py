@@ -341,22 +341,14 @@ def _files_and_trials(tmp_path: Path, *names: str) -> tuple[Path, Path]:
     return data, tmp_path / "trials.txt"
 
 
-def test_a_trials_file_resolves_the_dataset_folder_once_not_for_every_clip(tmp_path, monkeypatch):
+def test_a_trials_file_resolves_the_dataset_folder_once_not_for_every_clip(tmp_path, resolutions_of):
     """Each trial's two clips are resolved and checked to stay inside DATA, whose own resolution was redone for every
     clip: twice per line of a trials file tens of thousands of lines long."""
     from voxaug.embeddings.evaluation import read_trials
 
     data, trials = _files_and_trials(tmp_path, *(f"c{i}.pt" for i in range(6)))
     trials.write_text("".join(f"{int(i % 2 == 0)} c{i}.pt c{i + 1}.pt\n" for i in range(5)))
-    resolve = Path.resolve
-    resolved_roots = []
-
-    def counting_resolve(self, *args, **kwargs):
-        if self == data:
-            resolved_roots.append(self)
-        return resolve(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "resolve", counting_resolve)
+    resolved_roots = resolutions_of(data)
     read = read_trials(trials, data)
     assert [(t.first.name, t.second.name) for t in read] == [(f"c{i}.pt", f"c{i + 1}.pt") for i in range(5)]
     assert len(resolved_roots) == 1

@@ -390,21 +390,11 @@ def test_the_folder_around_an_hw4_folder_is_refused_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_the_dataset_folder_is_resolved_once_per_listing_not_once_per_clip(tmp_path, monkeypatch, split):
+def test_the_dataset_folder_is_resolved_once_per_listing_not_once_per_clip(tmp_path, resolutions_of, split):
     """Each feature_path is resolved and checked to stay inside DATA, whose own resolution was redone for every one:
     half the time of reading the homework's 56,666-clip listing, in every command that reads it."""
-    from pathlib import Path
-
     root = make_hw4(tmp_path / "d", speakers=3, per_speaker=6)
-    resolve = Path.resolve
-    resolved_roots = []
-
-    def counting_resolve(self, *args, **kwargs):
-        if self == root:
-            resolved_roots.append(self)
-        return resolve(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "resolve", counting_resolve)
+    resolved_roots = resolutions_of(root)
     source = HW4Source(root, split)
     assert len(source.utterances) == (18 if split == "train" else 3)
     assert len(resolved_roots) == 1
