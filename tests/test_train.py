@@ -1259,3 +1259,16 @@ def test_a_run_s_record_with_another_preset_named_is_refused_not_run_under_that_
         resolve_config(preset="strong", toml_path=record)
     assert resolve_config(preset="cpu", toml_path=record).preset == "cpu"
     assert resolve_config(toml_path=record) == resolve_config(preset="cpu", toml_path=record)
+
+
+@pytest.mark.parametrize("preset", ["", "strnog"])
+def test_an_unknown_preset_with_a_run_s_record_is_refused_as_unknown(tmp_path, preset):
+    """`--config RUN/config.json --preset ""` (an unset ``$PRESET``) or a misspelt name was refused as another preset
+    than the record's ("the run would be named  without being one"), not as the unknown name it is."""
+    from voxaug.config import create_config
+
+    record = tmp_path / "config.json"
+    record.write_text(json.dumps({**create_config("cpu").to_dict(), "run": {}}))
+    with pytest.raises(VoxaugError) as refused:
+        resolve_config(preset=preset, toml_path=record)
+    assert str(refused.value) == f"--preset {preset!r} is not known; accepted: cpu, strong, boss, baseline"

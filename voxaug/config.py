@@ -298,7 +298,7 @@ def resolve_config(
     file_preset = file_values.get("preset")
     if file_preset is not None and (not isinstance(file_preset, str) or file_preset not in PRESETS):
         raise file_error(toml_path, f"preset {abridged(file_preset)} is not known; accepted: {', '.join(PRESETS)}")
-    if preset is not None and file_preset is not None and preset != file_preset and is_run_record(toml_path):
+    if preset in PRESETS and file_preset is not None and preset != file_preset and is_run_record(toml_path):
         raise VoxaugError(f"--preset {preset}: {toml_path} is the record of a {file_preset} run, which sets every value "
                           f"a preset gives, so the run would be named {preset} without being one; leave --preset out "
                           "and give what should change as options")
