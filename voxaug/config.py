@@ -16,7 +16,7 @@ from voxaug.augment.pipeline import build_pipeline, resolve_names
 from voxaug.data.split import SPLIT_VERSION, SPLIT_VERSIONS
 from voxaug.errors import VoxaugError, abridged, file_error, not_a_file, refuse_unknown_keys
 from voxaug.features import FrontendConfig
-from voxaug.model import ModelConfig
+from voxaug.model import INPUT_NORM_BEFORE_IT_EXISTED, ModelConfig
 from voxaug.runtime.training_split import TrainingSplit
 from voxaug.safeio import home_expanded, read_json, resolved_without_loop
 
@@ -149,7 +149,7 @@ def with_versioned_defaults(values: Any) -> Any:
         return values
     values = {"split_version": 1, **values}
     if isinstance(values.get("model"), dict):
-        values["model"] = {"input_norm": "none", **values["model"]}
+        values["model"] = {"input_norm": INPUT_NORM_BEFORE_IT_EXISTED, **values["model"]}
     return values
 
 

@@ -29,6 +29,10 @@ def physical_memory() -> int | None:
         return None
 
 
+INPUT_NORM_BEFORE_IT_EXISTED = "none"
+"""What a run saved before ``input_norm`` existed was trained with: raw features."""
+
+
 @dataclass
 class ModelConfig:
     """Architecture settings; a preset fills them, the command line or a TOML config overrides them."""
@@ -97,7 +101,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
         refuse_unknown_keys(values, cls, "model config")
-        return cls(**{"input_norm": "none", **values})  # saved before input_norm existed: raw features
+        return cls(**{"input_norm": INPUT_NORM_BEFORE_IT_EXISTED, **values})
 
 
 def utterance_mean_normalise(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
