@@ -86,9 +86,15 @@ def clean_errors(function: F) -> F:
         except Exception as exc:  # a bug, not bad input: still one line unless --debug
             if debug_enabled():
                 raise
-            raise fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 3) from None
+            raise fail(f"unexpected {type(exc).__name__}: {exc} ({debug_hint(function.__name__)})", 3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def debug_hint(command: str) -> str:
+    """How to see the traceback of ``command``'s unexpected error: --debug is the app's option, taken before the
+    command's name (``voxaug train … --debug`` is refused as an unknown option of train), or the variable."""
+    return f"for the traceback, run it again as `voxaug --debug {command} …` or with {DEBUG_ENV}=1"
 
 
 def path_options(function: Callable) -> dict[str, str]:
@@ -131,12 +137,38 @@ def _usage_errors_in_one_line() -> Iterator[None]:
         raise fail(f"{context.command_path}: {message} (see {context.command_path} --help)") from None
 
 
+SCRIPT_NAME = "voxaug"
+"""The console script (pyproject.toml's ``[project.scripts]``): what shell completion completes."""
+COMPLETION_OPTIONS = ("install_completion", "show_completion")
+
+
+def completion_for_the_script(callback: Callable) -> Callable:
+    """Typer's --install-completion or --show-completion callback, writing the script for ``voxaug`` however the CLI
+    was started. It names the program as the usage line does, so under ``python -m voxaug`` it wrote a script that
+    registered completion for ``python`` and ``-m`` and ran ``env _PYTHON _M VOXAUG_COMPLETE=...``, which fails."""
+    if getattr(callback, "for_the_script", False):
+        return callback
+
+    @functools.wraps(callback)
+    def for_the_script(context: Any, parameter: Any, value: Any) -> Any:
+        if value and not context.resilient_parsing:
+            context.find_root().info_name = SCRIPT_NAME
+        return callback(context, parameter, value)
+
+    for_the_script.for_the_script = True  # type: ignore[attr-defined]
+    return for_the_script
+
+
 class OneLineUsageErrors(TyperGroup):
     """The app's command group: a usage error is one ``error:`` line and exit 2, as every other bad input is,
     instead of Typer's boxed usage text. Parsing happens in ``make_context`` (the group's options) and in
-    ``invoke`` (the command's), so both are covered."""
+    ``invoke`` (the command's), so both are covered. Shell completion is for the ``voxaug`` script, also when
+    asked for under ``python -m voxaug`` (Typer adds its options after the group is made, so they are set here)."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        for parameter in self.params:
+            if parameter.name in COMPLETION_OPTIONS and parameter.callback is not None:
+                parameter.callback = completion_for_the_script(parameter.callback)
         with _usage_errors_in_one_line():
             return super().make_context(info_name, args, parent, **extra)
 

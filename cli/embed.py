@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import os
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -33,8 +34,12 @@ if TYPE_CHECKING:
     from voxaug.embeddings.extract import Embedded
 
 
-OWN_SPEAKERS_ONLY = ("embed --index indexes the run's own training speakers (its back end is fitted on their training "
-                     "split); enrol others with `voxaug enroll --index FILE --speakers-dir DIR`")
+def own_speakers_only(index: Path, model_option: str, model_path: Path) -> str:
+    """Why embed --index refuses a dataset of other speakers, and the enroll command that indexes them: with the
+    model named, as enroll needs it to create the index (this refusal leaves none) and takes it for an existing one."""
+    return ("embed --index indexes the run's own training speakers (its back end is fitted on their training split); "
+            f"enrol others with `voxaug enroll --index {shlex.quote(str(index))} {model_option} "
+            f"{shlex.quote(str(model_path))} --speakers-dir DIR`")
 
 
 def write_embeddings(out: Path, embeddings: np.ndarray, keys: list[str], speakers: list[str | None]) -> None:
@@ -131,7 +136,7 @@ def embed(
         loaded = load_model(ckpt, context.device)
         source = open_source_for_model(data, loaded.frontend, warn=context.is_main)
         if index is not None:
-            check_training_speakers(data, source.speakers, loaded.speakers, OWN_SPEAKERS_ONLY)
+            check_training_speakers(data, source.speakers, loaded.speakers, own_speakers_only(index, "--ckpt", ckpt))
         store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main,
                                                                   warn=context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
@@ -178,7 +183,8 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     seed, val_fraction, split_version = split or (0, 0.0, SPLIT_VERSION)
     source = open_source_for_model(data, FrontendConfig.from_dict(speaker_model.frontend))
     if index is not None:
-        check_training_speakers(data, source.speakers, speaker_model.speakers, OWN_SPEAKERS_ONLY)
+        check_training_speakers(data, source.speakers, speaker_model.speakers,
+                                own_speakers_only(index, "--model", model_path))
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     if index is not None:  # its labels and cohort are checked before anything is embedded

@@ -49,7 +49,7 @@ def evaluate(
                                "and AS-norm trials with its back end and cohort."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Write the threshold at --target-far into the index's sidecar; "
                                    "identify then uses it by default."),
-    target_far: float = typer.Option(0.01, "--target-far", help="False-alarm rate the threshold allows (default 0.01)."),
+    target_far: float = typer.Option(0.01, "--target-far", help="False-alarm rate the threshold allows."),
     score_norm: str = typer.Option(None, "--score-norm", help="none or asnorm for the open-set scores (default: the index's)."),
     impostors: Path = typer.Option(None, "--impostors", parser=folder_name, metavar="<dir>",
                                    help="<speaker>/ clip folders of speakers never enrolled: the share "

@@ -245,3 +245,17 @@ def test_every_option_a_page_gives_a_command_is_one_it_takes(page):
     unknown = [(command, option) for command, option in documented_options(page)
                if command in commands and option not in commands[command] | {"--help"} | SCRATCH_OPTIONS]
     assert not unknown, f"{page.name}: {unknown}"
+
+
+def test_no_option_s_help_states_its_shown_default_again():
+    """`evaluate --help` read 'False-alarm rate the threshold allows (default 0.01). [default: 0.01]': a default that
+    Typer shows from the declaration is not written in the words too, where a changed default would leave them wrong."""
+    import typer.main
+
+    from voxaug.cli.main import app
+
+    twice = [(name, param.opts[0]) for name, command in typer.main.get_command(app).commands.items()
+             for param in command.params
+             if param.default not in (None, False) and param.show_default is not False
+             and re.search(r"\(default[ :]", getattr(param, "help", None) or "")]
+    assert not twice, twice

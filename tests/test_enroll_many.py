@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 
@@ -99,9 +101,45 @@ def test_identify_ends_with_a_summary_line(trained_run, tiny_synth, tmp_path):
     assert len(as_json.output.strip().splitlines()) == len(clips)
 
 
+def test_embed_s_hint_for_other_speakers_enrols_them_as_written(trained_run, tiny_synth, tmp_path):
+    """embed --index on speakers the run never trained on is refused, naming the enroll command that indexes them;
+    that command, as written, failed: the refusal leaves no index, and enroll creates one only with --ckpt."""
+    index, folder = tmp_path / "new.faiss", tiny_synth / "unseen" / "enroll"
+    refused = invoke("embed", "--ckpt", trained_run / "last.pt", folder, "--out", tmp_path / "emb", "--index", index,
+                     "--device", "cpu", "-q")
+    assert refused.exit_code == 2 and not index.exists(), refused.output
+    hint = re.search(r"`voxaug (enroll [^`]*)`", refused.output)
+    assert hint, refused.output
+    done = invoke(*shlex.split(hint.group(1).replace("DIR", shlex.quote(str(folder)))), "--device", "cpu", "-q")
+    speakers = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert done.exit_code == 0, done.output
+    assert f"; {len(speakers)} speakers in {index}" in done.output
+
+
 def test_help_offers_shell_completion():
     done = invoke("--help")
     assert done.exit_code == 0 and "--install-completion" in done.output
+
+
+def test_shell_completion_asked_under_python_m_is_for_the_voxaug_script(tmp_path):
+    """`python -m voxaug --install-completion` wrote `~/.bash_completions/python -m voxaug.sh`, which registered
+    completion for `python` and `-m` and ran `env _PYTHON _M VOXAUG_COMPLETE=complete_bash`, an error at every
+    Tab; the script it writes must be the one `voxaug --install-completion` writes."""
+    import sys
+
+    def completion(*command, option):
+        environment = {**os.environ, "HOME": str(tmp_path), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+        done = subprocess.run([*command, option, "bash"], env=environment, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    script = shutil.which("voxaug", path=os.path.dirname(sys.executable)) or "voxaug"
+    shown = completion(sys.executable, "-m", "voxaug", option="--show-completion")
+    assert shown == completion(script, option="--show-completion")
+    assert "complete -o default -F _voxaug_completion voxaug\n" in shown and "_VOXAUG_COMPLETE=complete_bash" in shown
+    completion(sys.executable, "-m", "voxaug", option="--install-completion")
+    assert [p.name for p in (tmp_path / ".bash_completions").iterdir()] == ["voxaug.sh"]
+    assert (tmp_path / ".bash_completions" / "voxaug.sh").read_text().strip() == shown.strip()
 
 
 def test_a_blank_name_or_the_word_unknown_is_refused_as_a_speaker_and_nothing_is_written(trained_run, tiny_synth,

@@ -564,7 +564,8 @@ def break_import_with_signal(monkeypatch, module: str, signum: int | None) -> No
 @pytest.mark.parametrize("signum, code, line", [
     (signal.SIGTERM, 143, "error: interrupted"),
     (signal.SIGINT, 130, "error: interrupted"),
-    (None, 3, "error: unexpected ImportError: initialization failed (run with --debug for the traceback)"),
+    (None, 3, "error: unexpected ImportError: initialization failed (for the traceback, run it again as "
+              "`voxaug --debug train …` or with VOXAUG_DEBUG=1)"),
 ])
 def test_an_interrupt_that_lands_in_a_lazy_import_ends_as_the_interrupt_not_an_unexpected_error(
         tmp_path, monkeypatch, ctrl_c_as_in_a_terminal, signum, code, line):

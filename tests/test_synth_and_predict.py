@@ -135,6 +135,27 @@ def test_a_bare_voxaug_still_shows_the_commands():
     assert "Usage: voxaug" in result.output and "identify" in result.output and "error:" not in result.output
 
 
+def test_the_hint_of_an_unexpected_error_shows_its_traceback_when_followed(tmp_path, monkeypatch):
+    """An unexpected error (a bug) said 'run with --debug for the traceback', and `voxaug plot RUN --out x.png --debug`
+    is refused as an unknown option of plot: --debug is the app's, given before the command's name."""
+    import voxaug.plot
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(voxaug.plot, "plot_runs", broken)
+    monkeypatch.delenv("VOXAUG_DEBUG", raising=False)
+    arguments = ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "x.png")]
+    first = runner.invoke(app, arguments)
+    assert first.exit_code == 3 and "RuntimeError: a bug" in first.output, first.output
+    hint = re.search(r"`voxaug (.+) …`", first.output)
+    assert hint, first.output
+    again = runner.invoke(app, hint.group(1).split() + arguments[1:])
+    assert isinstance(again.exception, RuntimeError), again.output
+    monkeypatch.setenv("VOXAUG_DEBUG", "1")
+    assert "VOXAUG_DEBUG=1" in first.output and isinstance(runner.invoke(app, arguments).exception, RuntimeError)
+
+
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "-q"])
     assert result.exit_code == 2
