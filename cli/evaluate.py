@@ -16,7 +16,7 @@ from voxaug.cli.common import (
     existing_file, file_name, folder_name, output_file, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
-from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock
+from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock, same_name
 from voxaug.errors import VoxaugError, counted, file_error, not_a_folder
 from voxaug.safeio import atomic_write_text, ensure_folder
 
@@ -288,20 +288,20 @@ def check_speaker_folders(index: SpeakerIndex | None, index_path: Path | None, e
     mistake costs a directory listing rather than the minutes of embedding before the figure that needs them."""
     from voxaug.data.sources import ClipFolderSource
 
-    speakers = {folder: set(ClipFolderSource(folder).speakers) for folder in (enroll, test, impostors)
-                if folder is not None}
+    speakers = {folder: {same_name(name) for name in ClipFolderSource(folder).speakers}  # one spelling of é
+                for folder in (enroll, test, impostors) if folder is not None}
     if test is not None:
         unknown = sorted(speakers[test] - speakers[enroll])
         if unknown:
             raise VoxaugError(f"{test}: speakers {unknown} have test clips but no enrolment clips in {enroll}")
     if index is None:
         return
-    missing = sorted(speakers[test] - set(index.speakers)) if test is not None else []
+    missing = sorted(set(index.spelled(speakers[test])) - set(index.speakers)) if test is not None else []
     if missing:
         raise file_error(index_path, f"speakers {missing[:5]} have test clips in {test} but are not enrolled in this "
                                      f"index; enrol them first (voxaug enroll --index {index_path} --speakers-dir DIR "
                                      "--append)")
-    enrolled = sorted(speakers[impostors] & set(index.speakers)) if impostors is not None else []
+    enrolled = sorted(set(index.spelled(speakers[impostors])) & set(index.speakers)) if impostors is not None else []
     if enrolled:
         raise file_error(impostors, f"--impostors: speakers {enrolled[:5]} are enrolled in {index_path}, so they are "
                                     "not impostors")
@@ -345,7 +345,8 @@ def warn_enrolment_clips_tested(test: Path, enroll: Path, index: SpeakerIndex | 
 def among_enrolled(index: SpeakerIndex, tested: LabelledEmbeddings, score_norm: str) -> dict:
     """Top-1 of the unseen speakers' test clips among everyone the index holds (trained speakers too)."""
     answers = [ranked[0][0] for ranked in index.search(tested.embeddings, 1, score_norm=score_norm)]
-    return {"among_enrolled": float(np.mean(np.array(answers) == tested.labels)), "enrolled": len(index.speakers),
+    expected = np.array(index.spelled(tested.labels.tolist()))
+    return {"among_enrolled": float(np.mean(np.array(answers) == expected)), "enrolled": len(index.speakers),
             "score": index.score_name(score_norm)}
 
 
@@ -364,7 +365,7 @@ def calibration_clips(index: SpeakerIndex, validation: LabelledEmbeddings, unsee
     reject. A trained speaker's clip is pulled towards its own class and away from the others, so
     leaving its own speaker out (the validation split, the fallback) underestimates impostor scores.
     """
-    if unseen_test is not None and set(unseen_test.labels.tolist()) <= set(index.speakers):
+    if unseen_test is not None and set(index.spelled(unseen_test.labels.tolist())) <= set(index.speakers):
         return unseen_test, (f"evaluate --calibrate on the enrolled unseen speakers' clips in {test} "
                              f"({len(unseen_test.labels)} clips of {len(set(unseen_test.labels.tolist()))} speakers)")
     return validation, f"evaluate --calibrate on {validation_source(data, len(validation.labels))}"

@@ -15,6 +15,11 @@ from voxaug.embeddings.identify import UNKNOWN, Identification, breaks_lines, ch
 from voxaug.embeddings.index import check_search_top_k
 
 
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Unicode's bidirectional embeddings, overrides and isolates: printed bare, U+202E shows the rest of the line right to
+left, so that a speaker named ``\\u202eecilA`` reads as ``Alice`` and the scores after it come out reversed."""
+
+
 def shown(name: str) -> str:
     """A name as the table prints it: quoted where printing it bare could mislead, so a speaker name (from a
     downloaded sidecar or model, or one an older voxaug took) holding a newline or line separator cannot forge a
@@ -22,7 +27,8 @@ def shown(name: str) -> str:
     holding surrogates (a file name's undecodable bytes, as ``os.fsdecode`` gives them), which a UTF-8 stdout with
     strict errors (en_US.UTF-8 and the like; C.UTF-8 escapes them) cannot write: ``repr`` escapes them."""
     undecodable = any("\ud800" <= character <= "\udfff" for character in name)
-    odd = name != name.strip() or name == UNKNOWN or breaks_lines(name) or undecodable
+    reorders = not BIDI_CONTROLS.isdisjoint(name)  # right-to-left letters (שלום) are printed as they are
+    odd = name != name.strip() or name == UNKNOWN or breaks_lines(name) or undecodable or reorders
     return repr(name) if odd else name
 
 

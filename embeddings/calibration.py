@@ -35,6 +35,7 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
     Clips whose speaker is not enrolled are refused: they have no genuine score.
     """
     check_enrolled(index, labels)
+    labels = index.spelled(labels)  # a folder's José, e and a combining accent, is the José the index spells as one
     if len(index.speakers) < 2:
         raise VoxaugError(f"calibration needs at least two enrolled speakers, and the index holds "
                           f"{len(index.speakers)}: with no other speaker, no clip has an impostor score")
@@ -59,7 +60,7 @@ def open_set_scores(index: SpeakerIndex, embeddings: np.ndarray, labels: list[st
 
 def check_enrolled(index: SpeakerIndex, labels: list[str]) -> None:
     """Refuses clips of speakers the index does not hold: they have no genuine score."""
-    missing = sorted(set(labels) - set(index.speakers))
+    missing = sorted(set(index.spelled(labels)) - set(index.speakers))
     if missing:
         raise VoxaugError(f"speakers {missing[:5]}{' ...' if len(missing) > 5 else ''} have clips but are not "
                           "enrolled in the index")

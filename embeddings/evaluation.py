@@ -3,6 +3,7 @@ trained on, verification EER/minDCF, and a 2-D map of the embedding space."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +25,7 @@ from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.backend import check_choice, pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
-from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
+from voxaug.embeddings.index import SpeakerIndex, same_name  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
 from voxaug.errors import VoxaugError, abridged, file_error, not_a_file  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
@@ -82,7 +83,8 @@ def embed_folder(embedder: Embedder, folder: Path, cache_dir: Path | None, progr
     refuse_features_for(embedder.frontend, source)
     store, _ = open_dataset_store(source, cache_dir, progress=progress)
     embedded = embedder.embed_store(store, np.arange(len(store)), progress)
-    return LabelledEmbeddings(embedded.embeddings, np.array([store.speakers[i] for i in store.labels]))
+    # in NFC: --enroll's folders made on macOS (NFD) and --test's typed elsewhere name one speaker alike
+    return LabelledEmbeddings(embedded.embeddings, np.array([same_name(store.speakers[i]) for i in store.labels]))
 
 
 class Trial(NamedTuple):
@@ -92,6 +94,18 @@ class Trial(NamedTuple):
     first: Path
     second: Path
     line: int
+
+
+def trial_fields(line: str) -> list[str]:
+    """A trials line's words: split at whitespace, as VoxCeleb's lists are, or, where that gives other than three
+    (a clip path holding spaces, as a speaker folder's name may), as a shell splits it: ``1 "Ann Lee/a.wav" b.wav``."""
+    parts = line.split()
+    if len(parts) == 3:  # every line read before quoting was read reads as it did (an apostrophe in O'Brien too)
+        return parts
+    try:
+        return shlex.split(line)
+    except ValueError:  # an unclosed quote: the line is refused as it is
+        return parts
 
 
 def read_trials(path: Path, root: Path) -> list[Trial]:
@@ -108,10 +122,10 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
-        parts = line.split()
+        parts = trial_fields(line)
         if len(parts) != 3 or parts[0] not in ("0", "1"):
             raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, "
-                                   f"got {abridged(line)}")
+                                   f"got {abridged(line)} (quote a clip path that holds spaces)")
         clips = [resolve_inside(root, part, path, f"line {number}: clip", inside) for part in parts[1:]]
         for part, clip in zip(parts[1:], clips):
             try:

@@ -257,6 +257,13 @@ class SpeakerIndex:
         enrolled = {same_name(label): label for label in self.counts}
         return {name: name if name in self.counts else enrolled.get(same_name(name), name) for name in names}
 
+    def spelled(self, names: Iterable[str]) -> list[str]:
+        """``names`` in order, each as the index spells that speaker (:meth:`spellings`): labels of clips from speaker
+        folders (evaluate's --test, --impostors, a dataset's validation split) compared with the index's labels."""
+        names = list(names)
+        spelling = self.spellings(set(names))
+        return [spelling[name] for name in names]
+
     def to_space(self, embeddings: np.ndarray, what: str = "embeddings") -> np.ndarray:
         """The network's embeddings (N, dim) as unit rows in the back end's space (N, space_dim)."""
         embeddings = unit_rows(embeddings, what)

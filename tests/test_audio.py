@@ -233,6 +233,20 @@ def test_symlinked_video_folders_are_read_once_and_a_broken_clip_link_is_refused
         one_file_per_clip(root / "spk000", (".wav",))
 
 
+def test_speaker_folders_spelling_one_name_in_two_unicode_forms_are_refused(wav_synth, tmp_path):
+    """Zoë/ made on Linux (NFC) beside Zoë/ copied from macOS (NFD) would train and index two speakers that print
+    alike, and `enroll --remove Zoë` would pick one of them by how the name was typed."""
+    root = tmp_path / "tree"
+    typed, from_mac = "Zo\u00eb", "Zoe\u0308"
+    shutil.copytree(wav_synth / "wav" / "spk000", root / typed)
+    assert ClipFolderSource(root).speakers == [typed]
+    shutil.copytree(wav_synth / "wav" / "spk001", root / from_mac)
+    with pytest.raises(VoxaugError) as refused:
+        ClipFolderSource(root)
+    assert str(refused.value) == (f"{root}: speaker folders 'Zoe\\u0308', 'Zo\\xeb' are one name in different "
+                                  "Unicode spellings (one of them made on macOS?); merge them into one folder")
+
+
 def test_a_front_end_other_than_the_one_pt_twins_are_made_with_reads_the_audio_twin(wav_synth, tmp_path):
     root = tmp_path / "tree"
     shutil.copytree(wav_synth / "wav" / "spk000", root / "spk000")

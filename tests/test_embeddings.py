@@ -369,6 +369,28 @@ def test_a_trials_line_naming_no_clip_is_refused_with_its_line_before_anything_i
         assert str(refused.value).startswith(f"{trials}: {problem}"), str(refused.value)
 
 
+def test_a_trials_line_may_quote_clip_paths_that_hold_spaces(tmp_path):
+    """A speaker folder named ``Ann Lee`` (or a clip ``take 1.wav``) could not be named in a trials file: its line split
+    into four words and was refused. Quoted as a shell quotes it, it is read; unquoted lines read as before."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    for folder in ("Ann Lee", "bob", "O'Brien"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    data, trials = tmp_path / "data", tmp_path / "trials.txt"
+    for name in ("Ann Lee/a.pt", "Ann Lee/b.pt", "bob/c.pt", "O'Brien/d.pt"):
+        (data / name).write_text("x")  # read_trials checks only that they exist
+    trials.write_text("1 \"Ann Lee/a.pt\" 'Ann Lee/b.pt'\n0 \"Ann Lee/a.pt\" bob/c.pt\n0 bob/c.pt O'Brien/d.pt\n")
+    read = read_trials(trials, data)
+    named = [(trial.same, *(clip.relative_to(data.resolve()).as_posix() for clip in (trial.first, trial.second)))
+             for trial in read]
+    assert named == [(True, "Ann Lee/a.pt", "Ann Lee/b.pt"), (False, "Ann Lee/a.pt", "bob/c.pt"),
+                     (False, "bob/c.pt", "O'Brien/d.pt")]
+    trials.write_text("1 bob/c.pt O'Brien/d.pt\n0 Ann Lee/a.pt bob/c.pt\n")
+    with pytest.raises(VoxaugError, match=r"line 2: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got "
+                                          r"'0 Ann Lee/a\.pt bob/c\.pt' \(quote a clip path that holds spaces\)$"):
+        read_trials(trials, data)
+
+
 def test_a_trial_listed_twice_is_refused_naming_both_lines(tmp_path):
     """The same pair of clips on two lines (in either order) was scored twice, and labelled 1 on one line and 0 on
     the other it counted as a same-speaker and a different-speaker trial at once."""

@@ -794,6 +794,21 @@ def test_an_atomic_write_keeps_the_files_mode_and_gives_a_new_file_opens_mode(tm
     assert stat.S_IMODE(target.stat().st_mode) == kept and target.read_bytes() == b"new"
 
 
+@pytest.mark.parametrize("name", ["\u202eecilA", "bob\u2067 0.999  eve", "\u202bx\u202c"])
+def test_identify_prints_a_name_holding_a_bidirectional_override_quoted_so_it_cannot_reorder_its_row(name):
+    """A speaker (or clip) name holding U+202E or another bidirectional control reorders the line it is printed in:
+    ``\\u202eecilA`` showed as ``Alice`` in identify's table. Quoted, ``repr`` shows the control as an escape;
+    right-to-left letters, which need no control, are printed as they are."""
+    from voxaug.cli.identify import format_row
+    from voxaug.embeddings.identify import Identification
+
+    row = format_row(Identification(name, [(name, 0.9), ("שלום", 0.1)], softmax_speaker=name, softmax_prob=0.8,
+                                     decision=name))
+    assert row.splitlines()[0] == repr(name) and f"decision: {name!r} (threshold" in row, row
+    assert f"top-2: {name!r} 0.900  שלום 0.100" in row and f"softmax: {name!r} (p=0.800)" in row, row
+    assert all(character.isprintable() for character in row.replace("\n", "")), row
+
+
 def test_identify_prints_a_name_with_undecodable_bytes_quoted_so_a_strict_utf8_stdout_can_take_it():
     """A clip file (or a ``--speakers-dir`` folder) whose name is not UTF-8 reaches the table as ``os.fsdecode``'s
     surrogates: under a UTF-8 locale such as en_US.UTF-8 (stdout's errors strict), identify stopped at that clip with

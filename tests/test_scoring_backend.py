@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import shutil
+import unicodedata
 
 import numpy as np
 import pytest
@@ -463,6 +464,23 @@ def test_utterance_index_calibration_predicts_what_identify_answers(kind):
         assert record["top1"] == pytest.approx(scores["correct"].mean())
 
 
+def test_open_set_scores_take_a_speaker_name_in_either_unicode_spelling():
+    """A clip's label from a folder made on macOS spells é as e and a combining accent (NFD); the index enrolled the
+    speaker as typed (NFC). They are one speaker: its clips are scored, not refused as of a speaker never enrolled."""
+    vectors, labels = clustered(speakers=4, per=8)
+    typed = [f"José {label}" for label in labels]
+    index = SpeakerIndex(dim=16)
+    for speaker in sorted(set(typed)):
+        index.add(speaker, vectors[[i for i, name in enumerate(typed) if name == speaker][:4]])
+    from_folders = [unicodedata.normalize("NFD", name) for name in typed]
+    assert from_folders != typed
+    expected = open_set_scores(index, vectors, typed, "none")
+    scores = open_set_scores(index, vectors, from_folders, "none")
+    assert expected["correct"].mean() > 0.9
+    for key in ("genuine", "impostor", "top", "correct"):
+        assert np.array_equal(scores[key], expected[key]), key
+
+
 def test_calibration_refuses_an_index_of_one_speaker():
     """With nobody else enrolled there is no impostor score, so no threshold can be picked."""
     vectors, labels = clustered(speakers=1, per=6)
@@ -563,6 +581,32 @@ def test_test_speakers_without_enrolment_or_not_in_the_index_are_refused_before_
     assert result.output.strip() == (f"error: {index}: speakers ['stranger'] have test clips in {stranger.parent} but "
                                      f"are not enrolled in this index; enrol them first (voxaug enroll --index {index} "
                                      "--speakers-dir DIR --append)")
+
+
+def test_evaluate_takes_one_speaker_in_nfd_and_nfc_folders_and_index_as_one(calibrated, trained_run, tiny_synth,
+                                                                             tmp_path):
+    """--enroll's folders made on macOS (NFD), --test's typed on Linux (NFC), the index's names typed at enroll (NFC):
+    one José in each. evaluate refused the test speakers as never enrolled, and the advice it gave (enroll
+    --speakers-dir --append) enrols into the index's own spelling, so it could never pass; renamed so, the unseen
+    speakers score exactly as under their plain names."""
+    folder, original, _ = calibrated
+    unseen = tiny_synth / "unseen"
+    index = tmp_path / "spk.faiss"
+    shutil.copy(original, index)
+    shutil.copy(sidecar_path(original), sidecar_path(index))
+    for old, name in (("new000", "José"), ("new001", "Zoë")):
+        assert invoke("enroll", "--index", index, "--remove", old).exit_code == 0
+        assert invoke("enroll", "--index", index, "--speaker", name, unseen / "enroll" / old).exit_code == 0
+        shutil.copytree(unseen / "enroll" / old, tmp_path / "enroll" / unicodedata.normalize("NFD", name))
+        shutil.copytree(unseen / "test" / old, tmp_path / "test" / name)
+    result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index",
+                    index, "--enroll", tmp_path / "enroll", "--test", tmp_path / "test", "--impostors",
+                    unseen / "impostors", "-q")
+    assert result.exit_code == 0, result.output
+    renamed = json.loads((tmp_path / "report" / "report.json").read_text())
+    plain = json.loads((folder / "report" / "report.json").read_text())
+    assert renamed["unseen"] == plain["unseen"]
+    assert renamed["open_set"]["top1"] == plain["open_set"]["top1"]
 
 
 def test_a_cohort_too_small_for_every_speaker_is_refused_before_anything_is_embedded(trained_run, tiny_synth, tmp_path,

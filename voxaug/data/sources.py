@@ -310,6 +310,7 @@ class ClipFolderSource:
             raise file_error(self.root, f"no clips found: expected ROOT/<speaker>/**/*{{{','.join(suffixes)}}}")
         self.utterances = utterances
         self.speakers = sorted({u.speaker for u in utterances})
+        refuse_unicode_twins(self.root, self.speakers)
         if empty and warn:
             print_warning(empty_speaker_folders_warning(self.root, empty, len(speaker_dirs), suffixes))
 
@@ -318,6 +319,21 @@ class ClipFolderSource:
 
     def fingerprint(self) -> str:
         return _stat_fingerprint([(u.key, u.path) for u in self.utterances], f"{self.name}|{self.frontend}")
+
+
+def refuse_unicode_twins(root: Path, speakers: list[str]) -> None:
+    """Two speaker folders whose names differ only in Unicode normalisation (é as one code point, or e and a
+    combining accent, as macOS writes folder names) print alike in every output and are one name to enroll, remove
+    and evaluate: refused, rather than trained and indexed as two speakers no one can tell apart."""
+    from voxaug.embeddings.index import same_name
+
+    spellings: dict[object, list[str]] = {}
+    for speaker in speakers:
+        spellings.setdefault(same_name(speaker), []).append(speaker)
+    twins = next((names for names in spellings.values() if len(names) > 1), None)
+    if twins:
+        raise file_error(root, f"speaker folders {', '.join(map(ascii, twins))} are one name in different Unicode "
+                               "spellings (one of them made on macOS?); merge them into one folder")
 
 
 def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
