@@ -175,10 +175,14 @@ def skipped_note(skipped: int) -> str:
 
 
 def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[Path]]:
-    """DIR/<speaker>/ folders and their clips, by speaker name; files directly in DIR are refused."""
+    """DIR/<speaker>/ folders and their clips, by speaker name; clip files directly in DIR are refused (other files,
+    such as VCTK's ``log.txt``, are left alone, as a dataset's clip folders leave them)."""
     if not folder.is_dir():
         raise VoxaugError(f"{folder}: --speakers-dir must be a folder of <speaker>/ clip folders")
-    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    from voxaug.clips import FEATURE_SUFFIX, loose_clips
+    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+
+    stray = loose_clips(folder, (FEATURE_SUFFIX,) + AUDIO_SUFFIXES)
     if stray:
         raise VoxaugError(f"{folder}: --speakers-dir holds files ({', '.join(stray[:3])}); clips go in DIR/<speaker>/")
     speakers = {utf8_name(sub.name): expand_clips([sub], audio_first) for sub in sorted(folder.iterdir())

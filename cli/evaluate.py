@@ -41,7 +41,11 @@ def evaluate(
     test: Path = typer.Option(None, "--test", parser=folder_name, metavar="<dir>",
                               help="<speaker>/ clip folders of the same speakers, to identify."),
     trials: Path = typer.Option(None, "--trials", parser=file_name, metavar="<file>",
-                                help="Verification trials: lines 'LABEL CLIP1 CLIP2' (1 = same speaker), paths relative to DATA."),
+                                help="Verification trials: lines 'LABEL CLIP1 CLIP2' (1 = same speaker), paths "
+                                "relative to DATA or --trials-root."),
+    trials_root: Path = typer.Option(None, "--trials-root", parser=folder_name, metavar="<dir>",
+                                     help="Folder the --trials paths are relative to (default DATA): a test set's, "
+                                     "such as VoxCeleb1's wav/ for veri_test2.txt."),
     max_pairs: int = typer.Option(20000, "--max-pairs", help="Verification pairs sampled from the validation set when no --trials."),
     map_method: str = typer.Option("pca", "--map", help="2-D map: pca or tsne."),
     index: Path = typer.Option(None, "--index", parser=file_name, metavar="<file>",
@@ -89,6 +93,7 @@ def evaluate(
     if trials is not None and max_pairs != declared_defaults(evaluate)["max_pairs"]:
         raise VoxaugError(f"--max-pairs {max_pairs}: only the pairs sampled from the validation split are capped, and "
                           "--trials scores every trial of its file; leave one of them out")
+    trials_root = check_trials_root(trials_root, trials)
     check_far(target_far)
     check_lock_timeout(lock_timeout)
     if score_norm is not None:
@@ -107,7 +112,7 @@ def evaluate(
     output_folder(out, "--out")
     for name, what in (("report.json", "report"), ("embeddings_map.png", "map")):  # found now, not after the embedding
         output_file(out / name, f"--out's {what}")
-    parsed_trials = read_trials(trials, data) if trials else None
+    parsed_trials = read_trials(trials, trials_root or data) if trials else None
     embedder = CheckpointEmbedder.load(ckpt, resolve_device(device)) if model is None else ExportEmbedder.load(model, device)
     if embedder.split.val_fraction == 0:  # closed_set scores the validation split on every run, --test or --trials too
         raise file_error(model_path, "no validation utterances: the run was trained with --val-fraction 0, and "
@@ -189,7 +194,7 @@ def evaluate(
     embedding_map(groups, out / "embeddings_map.png", map_method, seed)
     report["checkpoint"] = str(model_path)
     report["inputs"] = (report_inputs(model_path, "checkpoint" if model is None else "onnx", embedder.sha256, data,
-                                      trials, max_pairs) | index_inputs(speaker_index, index, score_norm, calibrate))
+                                      trials, max_pairs, trials_root) | index_inputs(speaker_index, index, score_norm, calibrate))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     if calibrate:  # last, so that a report that cannot be written leaves the index as it was
         try:
@@ -239,12 +244,27 @@ def evaluate(
 
 
 def report_inputs(model_path: Path, model_kind: str, model_sha256: str, data: Path, trials: Path | None,
-                  max_pairs: int) -> dict:
+                  max_pairs: int, trials_root: Path | None = None) -> dict:
     """The model (by content too: RUN/last.pt changes while its run trains on), the dataset and the verification
-    trials the report's figures were scored with, so that the file alone says which."""
+    trials the report's figures were scored with (and the folder their clips were found in), so that the file alone
+    says which."""
     return {"model": str(model_path), "model_kind": model_kind, "model_sha256": model_sha256, "data": str(data),
             "trials": str(trials) if trials is not None else None,
+            "trials_root": str(trials_root or data) if trials is not None else None,
             "max_pairs": None if trials is not None else max_pairs}
+
+
+def check_trials_root(trials_root: Path | None, trials: Path | None) -> Path | None:
+    """``--trials-root`` as given, refused without ``--trials`` (it would change nothing) or where it is no folder:
+    the published lists (VoxCeleb's ``veri_test2.txt``) name clips under a test set's folder, not the training DATA."""
+    if trials_root is None:
+        return None
+    if trials is None:
+        raise VoxaugError(f"--trials-root {trials_root}: only the clips of a --trials file are found there; pass "
+                          "--trials")
+    if not trials_root.is_dir():
+        raise file_error(trials_root, f"--trials-root {not_a_folder(trials_root)}")
+    return trials_root
 
 
 def index_inputs(index: SpeakerIndex | None, index_path: Path | None, score_norm: str | None, calibrate: bool) -> dict:

@@ -638,6 +638,29 @@ def test_speaker_folders_without_clips_are_left_out_with_one_warning_line(tmp_pa
     assert ClipFolderSource(root, warn=False).speakers == ["spk000", "spk001"] and capsys.readouterr().err == ""
 
 
+def test_librispeech_given_above_its_subsets_warns_that_the_subsets_were_read_as_speakers(tmp_path, capsys):
+    """LibriSpeech unpacks every subset into LibriSpeech/<subset>/<speaker>/<chapter>/: given that folder, train ran
+    without a word on two "speakers", train-clean-100 and dev-clean. Given a subset, its speakers and chapters
+    (sessions) are read, and the text files beside them are no clips."""
+    root = tmp_path / "LibriSpeech"
+    for subset, speaker, chapter in (("train-clean-100", "19", "198"), ("train-clean-100", "26", "495"),
+                                     ("dev-clean", "84", "121123")):
+        folder = root / subset / speaker / chapter
+        folder.mkdir(parents=True)
+        soundfile.write(folder / f"{speaker}-{chapter}-0000.flac", tone(), 16000, format="FLAC")
+        (folder / f"{speaker}-{chapter}.trans.txt").write_text(f"{speaker}-{chapter}-0000 HELLO\n")
+    for name in ("SPEAKERS.TXT", "README.TXT"):
+        (root / name).write_text("x\n")
+    assert open_source(root).speakers == ["dev-clean", "train-clean-100"]
+    assert capsys.readouterr().err == (
+        f"warning: {root}: 2 of the 2 speakers hold every clip three or more folders down (first 'dev-clean': "
+        "dev-clean/84/121123/84-121123-0000.flac); a speaker is DATA's first folder level, so if the folders below "
+        f"them are the speakers, give {root / 'dev-clean'} as DATA\n")
+    subset = open_source(root / "train-clean-100")
+    assert capsys.readouterr().err == ""
+    assert [(u.speaker, u.group) for u in subset.utterances] == [("19", "198"), ("26", "495")]
+
+
 def _tree_with_ogg_and_mp3(tmp_path: Path) -> Path:
     """Two speakers of .wav clips; spk000 also has an .ogg and an .mp3 (real, readable by libsndfile), and a
     .mp3 kept beside the .wav it was converted to."""

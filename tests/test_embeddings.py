@@ -213,7 +213,8 @@ def test_evaluate_report_names_the_model_data_index_and_scoring_it_used(built_in
     assert report["inputs"] == {
         "model": str(trained_run / "best.pt"), "model_kind": "checkpoint",
         "model_sha256": sha256_file(trained_run / "best.pt"), "data": str(tiny_synth), "trials": None,
-        "max_pairs": 50, "index": str(index), "backend": backend, "score_norm": "none", "calibrate": True}
+        "trials_root": None, "max_pairs": 50, "index": str(index), "backend": backend, "score_norm": "none",
+        "calibrate": True}
     assert f"verification ({backend} back end): EER {report['verification_backend']['eer']:.3f}" in result.output
 
 
@@ -751,3 +752,25 @@ def test_evaluate_says_once_per_folder_which_speaker_folders_hold_no_clips(train
     assert [line for line in result.stderr.splitlines() if "hold" in line] == [
         f"warning: {folder}: 1 of the 3 speaker folders holds no clips ('zed'), so it is left out (clips are .pt, "
         ".wav, .flac)" for folder in (enroll, test)]
+
+
+def test_evaluate_reads_voxceleb_trials_relative_to_the_test_sets_folder(trained_run, tiny_synth, tmp_path):
+    """VoxCeleb1's veri_test2.txt names its clips under the test set's wav/ (``1 id10270/x6uYqmx31kE/00001.wav …``),
+    whose speakers are not the training DATA's: relative to DATA it could not be scored at all."""
+    wav = tmp_path / "vox1_test" / "wav"
+    shutil.copytree(tiny_synth / "unseen" / "test", wav)
+    clips = sorted(p.relative_to(wav).as_posix() for p in wav.glob("*/*.wav"))[:2] \
+        + sorted(p.relative_to(wav).as_posix() for p in wav.glob("new001/*.wav"))[:2]
+    trials = tmp_path / "veri_test2.txt"
+    trials.write_text(f"1 {clips[0]} {clips[1]}\n0 {clips[0]} {clips[2]}\n1 {clips[2]} {clips[3]}\n"
+                      f"0 {clips[1]} {clips[3]}\n")
+    args = ["evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--trials", trials, "-q"]
+    missing = invoke(*args, "--out", tmp_path / "r0")
+    assert missing.exit_code != 0 and f"line 1: clip '{clips[0]}' not found in {tiny_synth}" in missing.output
+    done = invoke(*args, "--trials-root", wav, "--out", tmp_path / "report")
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verification"]["trials"] == 4 and report["inputs"]["trials_root"] == str(wav)
+    alone = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--trials-root", wav,
+                   "--out", tmp_path / "r1")
+    assert alone.exit_code != 0 and "pass --trials" in alone.output

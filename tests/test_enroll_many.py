@@ -87,6 +87,20 @@ def test_speakers_dir_refuses_bad_folders_in_one_line(trained_run, tiny_synth, t
     assert not (tmp_path / "spk.faiss").exists()
 
 
+def test_speakers_dir_leaves_a_corpus_files_that_are_no_clips_alone(trained_run, tiny_synth, tmp_path):
+    """VCTK 0.92's wav48_silence_trimmed/ holds log.txt beside its speaker folders; Windows leaves Thumbs.db: neither
+    is a clip of no speaker, as training on the same folder agrees."""
+    corpus = tmp_path / "wav48_silence_trimmed"
+    shutil.copytree(tiny_synth / "unseen" / "enroll", corpus)
+    for name in ("log.txt", "Thumbs.db", "README.TXT"):
+        (corpus / name).write_text("not audio\n")
+    speakers = sorted(p.name for p in corpus.iterdir() if p.is_dir())
+    index = tmp_path / "spk.faiss"
+    done = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speakers-dir", corpus)
+    assert done.exit_code == 0, done.output
+    assert sorted(json.loads(sidecar_path(index).read_text())["counts"]) == speakers
+
+
 def test_identify_ends_with_a_summary_line(trained_run, tiny_synth, tmp_path):
     index = tmp_path / "spk.faiss"
     ckpt = trained_run / "best.pt"

@@ -34,6 +34,13 @@ def files_under(folder: Path) -> Iterator[Path]:
         raise VoxaugError(f"{folder}: folders nested too deep to list (past Python's recursion limit)") from None
 
 
+def loose_clips(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Names of the clip files directly in a folder of ``<speaker>/`` folders: clips of no speaker. Hidden files and
+    files that are no clip (a corpus's ``README.TXT``, VCTK's ``log.txt``, ``Thumbs.db``) are not among them."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.suffix.lower() in suffixes and not p.name.startswith(".") and not p.is_dir())
+
+
 def _unlistable(error: OSError) -> None:
     raise VoxaugError(f"{error.filename}: cannot list this folder ({error.strerror or error})") from error
 
