@@ -274,16 +274,16 @@ def check_training_speakers(data: Path, dataset_speakers: list[str], model_speak
 def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:
     """Clip arguments as files: a folder stands for every clip under it (one file per clip, its audio rather
     than its `.pt` twin with ``audio_first``: for an export that takes audio). A folder's audio of a format that is
-    no clip (``x.ogg``, listed so that it is named) is refused here, before any clip is answered or embedded."""
+    no clip (``x.m4a``, listed so that it is named) is refused here, before any clip is answered or embedded."""
     from voxaug.clips import FEATURE_SUFFIX, one_file_per_clip
-    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+    from voxaug.runtime.frontend import audio_suffixes
 
     clips: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = one_file_per_clip(path, (FEATURE_SUFFIX,) + AUDIO_SUFFIXES, audio_first)
+            found = one_file_per_clip(path, (FEATURE_SUFFIX,) + audio_suffixes(), audio_first)
             if not found:
-                raise VoxaugError(f"{path}: folder holds no clips (.pt, .wav, .flac)")
+                raise VoxaugError(f"{path}: folder holds no clips ({', '.join((FEATURE_SUFFIX,) + audio_suffixes())})")
             for clip in found:
                 refuse_unsupported_clip_type(clip)
             clips += found
@@ -293,16 +293,17 @@ def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:
 
 
 def refuse_unsupported_clip_type(path: Path) -> None:
-    """Refuse a clip file that is not .pt, .wav or .flac, naming it."""
+    """Refuse a clip file that is neither `.pt` features nor audio read here, naming it."""
     from voxaug.clips import FEATURE_SUFFIX
-    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+    from voxaug.runtime.frontend import audio_suffixes, unsupported_format
 
-    if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
-        raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+    accepted = (FEATURE_SUFFIX,) + audio_suffixes()
+    if path.suffix.lower() not in accepted:
+        raise file_error(path, unsupported_format(path, "clip type", accepted))
 
 
 def check_clip_files(paths: list[Path]) -> None:
-    """Refuse, before any work, a clip argument that is neither a folder nor a clip file (.pt, .wav, .flac) that
+    """Refuse, before any work, a clip argument that is neither a folder nor a clip file (.pt or audio) that
     exists: a command that answers clip by clip would otherwise stop at it after answering the clips before it."""
     for path in paths:
         if path.is_dir():

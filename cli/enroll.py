@@ -23,7 +23,8 @@ from voxaug.safeio import utf8_name
 def enroll(
     context: typer.Context,
     clips: list[Path] = typer.Argument(None, parser=clip_name,
-                                       help="Enrolment clips (.pt features or wav/flac audio, or folders of them)."),
+                                       help="Enrolment clips (.pt features or audio: wav, flac, mp3, ogg, opus, aiff; "
+                                            "or folders of them)."),
     index: Path = typer.Option(..., "--index", parser=file_name, metavar="<file>",
                                help="Speaker index (created when missing, then --ckpt or --model is required)."),
     speaker: str = typer.Option(None, "--speaker", help="Name to enrol."),
@@ -180,9 +181,9 @@ def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[P
     if not folder.is_dir():
         raise VoxaugError(f"{folder}: --speakers-dir must be a folder of <speaker>/ clip folders")
     from voxaug.clips import FEATURE_SUFFIX, loose_clips
-    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+    from voxaug.runtime.frontend import audio_suffixes
 
-    stray = loose_clips(folder, (FEATURE_SUFFIX,) + AUDIO_SUFFIXES)
+    stray = loose_clips(folder, (FEATURE_SUFFIX,) + audio_suffixes())
     if stray:
         raise VoxaugError(f"{folder}: --speakers-dir holds files ({', '.join(stray[:3])}); clips go in DIR/<speaker>/")
     speakers = {utf8_name(sub.name): expand_clips([sub], audio_first) for sub in sorted(folder.iterdir())

@@ -45,7 +45,8 @@ def format_row(result: Identification) -> str:
 @clean_errors
 def identify(
     clips: list[Path] = typer.Argument(..., parser=clip_name,
-                                       help="Clips: .pt feature tensors or wav/flac audio (or folders of them)."),
+                                       help="Clips: .pt feature tensors or audio: wav, flac, mp3, ogg, opus, aiff "
+                                            "(or folders of them)."),
     index: Path = typer.Option(..., "--index", parser=file_name, metavar="<file>",
                                help="Speaker index written by embed or enroll."),
     ckpt: Path = typer.Option(None, "--ckpt", parser=file_name, metavar="<file>",

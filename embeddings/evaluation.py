@@ -29,7 +29,7 @@ from voxaug.embeddings.index import SpeakerIndex, same_name  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
 from voxaug.errors import VoxaugError, abridged, file_error, not_a_file  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
-from voxaug.runtime.frontend import AUDIO_SUFFIXES  # noqa: E402
+from voxaug.runtime.frontend import audio_suffixes  # noqa: E402
 from voxaug.safeio import atomic_output, resolved_without_loop  # noqa: E402
 
 
@@ -136,9 +136,9 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
             if not found:
                 raise file_error(path, f"line {number}: clip {abridged(part)} not found in {root}" if not clip.exists()
                                  else f"line {number}: clip {abridged(part)}: {not_a_file(clip, 'clip')}")
-            if clip.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:  # found now, not after the embedding
+            if clip.suffix.lower() not in (FEATURE_SUFFIX,) + audio_suffixes():  # found now, not after the embedding
                 raise file_error(path, f"line {number}: clip {abridged(part)} is not a clip; accepted: .pt, "
-                                       f"{', '.join(AUDIO_SUFFIXES)}")
+                                       f"{', '.join(audio_suffixes())}")
         files = [file_identity(clip) for clip in clips]  # a hard link under another name is the same clip
         names = [clip.with_suffix("") for clip in clips]  # x.pt and x.wav: one clip, as folders count it
         if files[0] == files[1] or names[0] == names[1]:  # a trivially perfect trial

@@ -25,11 +25,12 @@ from voxaug.cli.main import app
 from voxaug.embeddings.index import sidecar_path
 from voxaug.errors import VoxaugError
 from voxaug.export import export_onnx
-from voxaug.runtime.frontend import FrontendSettings
+from voxaug.runtime.frontend import FrontendSettings, audio_suffixes
 from voxaug.safeio import sha256_file
 
 runner = CliRunner()
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+AUDIO = ", ".join(audio_suffixes())  # .mp3, .ogg, ... too where libsndfile reads them
 
 
 @pytest.fixture(scope="module")
@@ -1037,7 +1038,7 @@ def test_identify_refuses_a_missing_or_unsupported_clip_argument_before_answerin
     good = wavs(tiny_synth, "test", "new000")[0]
     (tmp_path / "notes.txt").write_text("hi")
     for bad, problem in ((tmp_path / "nope.wav", "clip not found"),
-                         (tmp_path / "notes.txt", "unsupported clip type '.txt'; accepted: .pt, .wav, .flac")):
+                         (tmp_path / "notes.txt", f"unsupported clip type '.txt'; accepted: .pt, {AUDIO}")):
         for args in ([good, bad], [good, "--json", bad]):
             one_line_error(*invoke("identify", "--index", index.path, *args), f"error: {bad}: {problem}")
     code, output = invoke("identify", "--index", index.path, "--json", good, good.parent)
@@ -1506,17 +1507,17 @@ def test_threads_enrolling_at_once_through_one_or_two_objects_of_a_file_lose_no_
 
 
 def test_identify_refuses_an_unread_audio_file_in_a_clip_folder_before_answering_any(models, tiny_synth, tmp_path):
-    """A folder's .ogg is listed as a clip so that it is named, not left out: identify printed the answers of the
+    """A folder's .m4a is listed as a clip so that it is named, not left out: identify printed the answers of the
     clips before it, then stopped at it (exit 2), as it no longer does for a bad clip argument."""
     index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", models["onnx"])
     index.enroll("a", wavs(tiny_synth, "enroll", "new000"))
     folder = tmp_path / "clips"
     shutil.copytree(tiny_synth / "unseen" / "test" / "new000", folder)
-    (folder / "zz-extra.ogg").write_bytes(b"OggS not read")
+    (folder / "zz-extra.m4a").write_bytes(b"not read")
     sorted(folder.glob("*.wav"))[0].with_suffix(".mp3").write_bytes(b"ID3 the original of this .wav")
     for args in ([folder], ["--json", folder]):
         one_line_error(*invoke("identify", "--index", index.path, *args),
-                       f"error: {folder / 'zz-extra.ogg'}: unsupported clip type '.ogg'")
-    (folder / "zz-extra.ogg").unlink()
+                       f"error: {folder / 'zz-extra.m4a'}: unsupported clip type '.m4a'")
+    (folder / "zz-extra.m4a").unlink()
     code, output = invoke("identify", "--index", index.path, "--json", folder)
     assert code == 0 and len(output.splitlines()) == len(list(folder.glob("*.pt"))), output

@@ -20,7 +20,7 @@ import soundfile
 import torch
 import torchaudio
 
-from voxaug.audio import read_audio, write_audio
+from voxaug.audio import audio_suffixes, read_audio, write_audio
 from voxaug.clips import one_file_per_clip
 from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import ClipFolderSource, load_clip, open_source
@@ -120,13 +120,13 @@ def _bad_files(folder: Path) -> dict[str, Path]:
         "empty": folder / "empty.wav",
         "zero-length": folder / "zero.wav",
         "silent": folder / "silent.flac",
-        "unsupported": folder / "clip.mp3",
+        "unsupported": folder / "clip.m4a",
     }
     files["corrupt"].write_bytes(b"RIFF\x24\x00\x00\x00WAVEnot really audio" + bytes(range(256)))
     files["empty"].write_bytes(b"")
     soundfile.write(files["zero-length"], np.zeros(0, dtype=np.float32), 16000)
     soundfile.write(files["silent"], np.zeros(8000, dtype=np.float32), 16000)
-    files["unsupported"].write_bytes(b"ID3 fake mp3")
+    files["unsupported"].write_bytes(b"not read by libsndfile")
     return files
 
 
@@ -629,12 +629,13 @@ def test_speaker_folders_without_clips_are_left_out_with_one_warning_line(tmp_pa
     (root / "spk002" / "video0").mkdir(parents=True)
     (root / "spk002" / "video0" / "00001.m4a").write_bytes(b"not read")
     assert open_source(root).speakers == ["spk000", "spk001"]
+    clips = ", ".join((".pt",) + audio_suffixes())  # .mp3, .ogg, ... too where libsndfile reads them
     assert capsys.readouterr().err == (f"warning: {root}: 1 of the 3 speaker folders holds no clips ('spk002'), so it "
-                                       "is left out (clips are .pt, .wav, .flac)\n")
+                                       f"is left out (clips are {clips})\n")
     (root / "empty").mkdir()
     assert open_source(root).speakers == ["spk000", "spk001"]
     assert capsys.readouterr().err == (f"warning: {root}: 2 of the 4 speaker folders hold no clips (first 'empty'), so "
-                                       "they are left out (clips are .pt, .wav, .flac)\n")
+                                       f"they are left out (clips are {clips})\n")
     assert ClipFolderSource(root, warn=False).speakers == ["spk000", "spk001"] and capsys.readouterr().err == ""
 
 
@@ -662,8 +663,8 @@ def test_librispeech_given_above_its_subsets_warns_that_the_subsets_were_read_as
 
 
 def _tree_with_ogg_and_mp3(tmp_path: Path) -> Path:
-    """Two speakers of .wav clips; spk000 also has an .ogg and an .mp3 (real, readable by libsndfile), and a
-    .mp3 kept beside the .wav it was converted to."""
+    """Two speakers of .wav clips; spk000 also has an .ogg (real, read), a damaged .mp3 and an .m4a (no format
+    libsndfile reads), and spk001 a .mp3 kept beside the .wav it was converted to."""
     root = tmp_path / "tree"
     for speaker in ("spk000", "spk001"):
         (root / speaker / "video0").mkdir(parents=True)
@@ -671,6 +672,7 @@ def _tree_with_ogg_and_mp3(tmp_path: Path) -> Path:
             soundfile.write(root / speaker / "video0" / f"{n}.wav", tone(freq=300.0 + 100 * n), 16000)
     soundfile.write(root / "spk000" / "video0" / "2.ogg", tone(), 16000, format="OGG", subtype="VORBIS")
     (root / "spk000" / "video0" / "3.mp3").write_bytes(b"ID3 fake mp3")
+    (root / "spk000" / "video0" / "4.m4a").write_bytes(b"not read")
     (root / "spk001" / "video0" / "0.mp3").write_bytes(b"ID3 the original of 0.wav")
     return root
 
@@ -685,11 +687,12 @@ def test_audio_of_an_unread_format_in_a_corpus_is_skipped_and_named_not_left_out
     source = open_source(root)
     require_audio(source)  # an .ogg clip is audio, not precomputed features: `--augment wave` takes the tree
     store, skipped = open_dataset_store(source, tmp_path / "cache", progress=False, workers=0)
-    assert len(store) == 4
-    assert sorted(s["key"] for s in skipped) == ["spk000/video0/2.ogg", "spk000/video0/3.mp3"]
+    assert len(store) == 5 and "spk000/video0/2.ogg" in store.keys
+    assert sorted(s["key"] for s in skipped) == ["spk000/video0/3.mp3", "spk000/video0/4.m4a"]
     err = capsys.readouterr().err
-    assert "warning: skipped" in err and "2.ogg: unsupported clip type '.ogg'" in err and "skipped 2 of 6" in err
-    with pytest.raises(VoxaugError, match="2.ogg"):
+    assert "warning: skipped" in err and "4.m4a: unsupported clip type '.m4a'" in err and "skipped 2 of 7" in err
+    assert "3.mp3: not a readable audio file" in err
+    with pytest.raises(VoxaugError, match="3.mp3"):
         open_dataset_store(source, tmp_path / "cache", progress=False, workers=0, strict=True)
 
 

@@ -16,6 +16,7 @@ from voxaug.cli.main import app
 from voxaug.embeddings.extract import embed_tensors, windows
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.errors import VoxaugError
+from voxaug.runtime.frontend import audio_suffixes
 from voxaug.safeio import sha256_file
 
 runner = CliRunner()
@@ -361,7 +362,8 @@ def test_a_trials_line_naming_no_clip_is_refused_with_its_line_before_anything_i
     from voxaug.embeddings.evaluation import read_trials
 
     data, trials = _files_and_trials(tmp_path, "a.pt", "b.pt", "mapping.json")
-    for bad, problem in (("mapping.json", "line 2: clip 'mapping.json' is not a clip; accepted: .pt, .wav, .flac"),
+    accepted = ", ".join((".pt",) + audio_suffixes())
+    for bad, problem in (("mapping.json", f"line 2: clip 'mapping.json' is not a clip; accepted: {accepted}"),
                          ("../trials.txt", "line 2: clip '../trials.txt' points outside the dataset folder"),
                          (str(data / "a.pt"), f"line 2: clip {str(data / 'a.pt')!r} is absolute")):
         trials.write_text(f"1 a.pt b.pt\n0 a.pt {bad}\n")
@@ -749,9 +751,10 @@ def test_evaluate_says_once_per_folder_which_speaker_folders_hold_no_clips(train
     result = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
                     "--enroll", enroll, "--test", test, "-q")
     assert result.exit_code == 0, result.output
+    clips = ", ".join((".pt",) + audio_suffixes())
     assert [line for line in result.stderr.splitlines() if "hold" in line] == [
-        f"warning: {folder}: 1 of the 3 speaker folders holds no clips ('zed'), so it is left out (clips are .pt, "
-        ".wav, .flac)" for folder in (enroll, test)]
+        f"warning: {folder}: 1 of the 3 speaker folders holds no clips ('zed'), so it is left out (clips are {clips})"
+        for folder in (enroll, test)]
 
 
 def test_evaluate_reads_voxceleb_trials_relative_to_the_test_sets_folder(trained_run, tiny_synth, tmp_path):

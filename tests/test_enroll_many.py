@@ -476,11 +476,11 @@ def test_enroll_many_without_progress_starts_no_tqdm_monitor_thread(trained_run,
     assert "tqdm_monitor" not in [thread.name for thread in threading.enumerate()]
 
 
-def test_a_speaker_folder_with_an_ogg_clip_is_refused_naming_it_not_enrolled_without_it(trained_run, tiny_synth,
+def test_a_speaker_folder_with_an_m4a_clip_is_refused_naming_it_not_enrolled_without_it(trained_run, tiny_synth,
                                                                                          tmp_path):
-    """An .ogg clip in a speaker's folder was left out without a word, and the speaker enrolled from the other clips,
-    though the same file named on the command line is refused as an unsupported clip type; an .mp3 kept beside the
-    clip it was converted to is no clip of its own."""
+    """An .m4a clip (.ogg before libsndfile's Ogg was read) in a speaker's folder was left out without a word, and the
+    speaker enrolled from the other clips, though the same file named on the command line is refused as an unsupported
+    clip type; an .mp3 kept beside the clip it was converted to is no clip of its own."""
     index = tmp_path / "spk.faiss"
     folder = tmp_path / "people"
     source = tiny_synth / "unseen" / "enroll"
@@ -488,12 +488,12 @@ def test_a_speaker_folder_with_an_ogg_clip_is_refused_naming_it_not_enrolled_wit
     shutil.copytree(source / speaker, folder / speaker)
     converted = sorted((folder / speaker).glob("*.pt"))[0]
     converted.with_suffix(".mp3").write_bytes(b"ID3 the original")
-    (folder / speaker / "extra.ogg").write_bytes(b"OggS not read")
+    (folder / speaker / "extra.m4a").write_bytes(b"not read")
 
     refused = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speakers-dir", folder)
     assert refused.exit_code != 0
-    assert len(refused.output.strip().splitlines()) == 1 and "extra.ogg: unsupported" in refused.output, refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and "extra.m4a: unsupported" in refused.output, refused.output
     assert not index.exists()
-    (folder / speaker / "extra.ogg").unlink()
+    (folder / speaker / "extra.m4a").unlink()
     done = invoke("enroll", "--index", index, "--ckpt", trained_run / "best.pt", "--speakers-dir", folder)
     assert done.exit_code == 0, done.output

@@ -102,10 +102,10 @@ def test_read_audio_refuses_bad_files_in_one_line_naming_them(tmp_path, wavs):
     empty.write_bytes(b"")
     garbage = tmp_path / "garbage.flac"
     garbage.write_bytes(b"not audio at all")
-    mp3 = tmp_path / "clip.mp3"
-    mp3.write_bytes(b"ID3")
+    m4a = tmp_path / "clip.m4a"
+    m4a.write_bytes(b"not read by libsndfile")
     cases = {silent: "silent", empty: "empty", garbage: "not a readable audio file",
-             tmp_path / "missing.wav": "not found", mp3: "unsupported audio format"}
+             tmp_path / "missing.wav": "not found", m4a: "unsupported audio format"}
     for path, problem in cases.items():
         with pytest.raises(VoxaugError) as caught:
             read_audio(path, 16000)

@@ -504,9 +504,12 @@ def test_a_noise_or_rir_file_under_1000_hz_is_refused_naming_it_and_its_rate_as_
 
 
 @pytest.mark.parametrize("option", ["noise_dir", "rir_dir"])
-def test_an_ogg_noise_or_rir_file_is_refused_naming_it_not_left_out_without_a_word(tmp_path, option):
-    """An .ogg (or .mp3) beside .wav noises was left out of the chain without a word, as a clip's used to be; the
-    original of a .wav converted from it, beside it, is no file of its own."""
+def test_an_m4a_noise_or_rir_file_is_refused_naming_it_not_left_out_without_a_word(tmp_path, option):
+    """An .m4a (an .ogg, before libsndfile's Ogg was read) beside .wav noises was left out of the chain without a
+    word, as a clip's used to be; the original of a .wav converted from it, beside it, is no file of its own, and an
+    .ogg is a noise of its own."""
+    from voxaug.runtime.frontend import audio_suffixes
+
     folder = tmp_path / "sounds"
     folder.mkdir()
     decay = np.exp(-np.arange(800) / 120.0).astype(np.float32) * np.random.default_rng(0).standard_normal(800)
@@ -514,8 +517,11 @@ def test_an_ogg_noise_or_rir_file_is_refused_naming_it_not_left_out_without_a_wo
     (folder / "room.mp3").write_bytes(b"ID3 the original of room.wav")
     assert WaveAugmentation(**{option: str(folder)})
     soundfile.write(folder / "hall.ogg", decay.astype(np.float32), 16000, format="OGG", subtype="VORBIS")
+    assert getattr(WaveAugmentation(**{option: str(folder)}), f"_{option[:-4]}_files") == [folder / "hall.ogg",
+                                                                                          folder / "room.wav"]
+    (folder / "cellar.m4a").write_bytes(b"not read")
     label = "--noise-dir" if option == "noise_dir" else "--rir-dir"
     with pytest.raises(VoxaugError) as refused:
         WaveAugmentation(**{option: str(folder)})
-    assert str(refused.value) == (f"{folder / 'hall.ogg'}: {label}: unsupported audio format '.ogg'; accepted: "
-                                  ".wav, .flac")
+    assert str(refused.value) == (f"{folder / 'cellar.m4a'}: {label}: unsupported audio format '.m4a'; accepted: "
+                                  f"{', '.join(audio_suffixes())}")

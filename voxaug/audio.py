@@ -9,10 +9,10 @@ import torch
 import torchaudio
 from scipy.io import wavfile
 
-from voxaug.runtime.frontend import AUDIO_SUFFIXES, check_resampling, read_mono, refuse_silence
+from voxaug.runtime.frontend import audio_suffixes, check_resampling, read_mono, refuse_silence
 from voxaug.safeio import atomic_output
 
-__all__ = ["AUDIO_SUFFIXES", "read_audio", "write_audio"]
+__all__ = ["audio_suffixes", "read_audio", "write_audio"]
 
 
 def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:

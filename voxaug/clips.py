@@ -9,9 +9,16 @@ from typing import Collection, Iterable, Iterator
 from voxaug.errors import VoxaugError, file_error, not_a_file
 
 FEATURE_SUFFIX = ".pt"
-UNREAD_AUDIO_SUFFIXES = (".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma")
-"""Audio formats that are no clip (clips are .pt, .wav, .flac): listed from a folder that holds clips, so the reader
-names each and it is skipped or refused, rather than left out without a word."""
+CLIP_AUDIO_SUFFIXES = (".wav", ".flac")
+"""Audio read as a clip by every libsndfile."""
+DECODED_AUDIO_SUFFIXES = (".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff")
+"""Audio read as a clip where the installed libsndfile decodes its format (``voxaug.runtime.frontend.audio_suffixes``).
+Beside a ``.wav``/``.flac`` of its stem it is the original that file was converted from, not a clip of its own."""
+UNREAD_AUDIO_SUFFIXES = (".m4a", ".aac", ".wma")
+"""Audio libsndfile cannot read. Listed from a folder that holds clips, as a decoded format the installed libsndfile
+lacks is, so the reader names each and it is skipped or refused, rather than left out without a word."""
+AUDIO_FILE_SUFFIXES = CLIP_AUDIO_SUFFIXES + DECODED_AUDIO_SUFFIXES + UNREAD_AUDIO_SUFFIXES
+"""Every suffix of audio, read or not: such a file is audio, never features."""
 
 
 def files_under(folder: Path) -> Iterator[Path]:
@@ -46,40 +53,57 @@ def _unlistable(error: OSError) -> None:
 
 
 def one_file_per_clip(folder: Path, suffixes: tuple[str, ...], audio_first: bool = False) -> list[Path]:
-    """Clip files under ``folder``; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth` writes
-    them), the `.pt` features are used (the audio with ``audio_first``: for a model that takes only audio, or
+    """Clip files under ``folder`` of the ``suffixes`` read; where ``x.pt`` and ``x.wav`` both exist (as `voxaug synth`
+    writes them), the `.pt` features are used (the audio with ``audio_first``: for a model that takes only audio, or
     whose front end is not the one the `.pt` was made with), so each clip counts once. Two audio files of one
-    clip (``x.wav`` and ``x.flac``) are refused: which one is the clip is the user's call. Audio of a format that
-    is no clip (``x.ogg``) is listed too, where the folder holds clips and ``x`` has no clip file (``x.mp3`` beside
-    the ``x.wav`` made from it is left out), so that its reader names it."""
+    clip (``x.wav`` and ``x.flac``, or ``x.mp3`` and ``x.ogg``) are refused: which one is the clip is the user's call,
+    but ``x.mp3`` beside the ``x.wav`` made from it is that file's original (:func:`is_original`), left out. Audio of a
+    format not read (``x.m4a``) is listed too, where the folder holds clips and ``x`` has no clip file, so that its
+    reader names it."""
     features: dict[Path, Path] = {}
     audio: dict[Path, Path] = {}
+    decoded: dict[Path, Path] = {}
     unread: list[Path] = []
     for path in sorted(files_under(folder)):
-        if path.suffix.lower() in UNREAD_AUDIO_SUFFIXES:
+        suffix = path.suffix.lower()
+        if suffix in AUDIO_FILE_SUFFIXES and suffix not in suffixes:
             unread.append(path)
             continue
-        if path.suffix.lower() not in suffixes:
+        if suffix not in suffixes:
             continue
         if path.is_symlink() and not path.exists():
             raise VoxaugError(f"{path}: a clip's symbolic link points to nothing ({os.readlink(path)})")
         if not path.is_file():  # a named pipe or a device: left out, its clip would be missing without a word
             raise file_error(path, not_a_file(path, "clip"))
         stem = path.with_suffix("")
-        kind = features if path.suffix.lower() == FEATURE_SUFFIX else audio
+        kind = features if suffix == FEATURE_SUFFIX else audio if suffix in CLIP_AUDIO_SUFFIXES else decoded
         if stem in kind:
             raise VoxaugError(f"{kind[stem]} and {path.name}: two files of one clip; keep one")
         kind[stem] = path
+    audio.update([(stem, path) for stem, path in decoded.items()  # x.mp3 beside x.mp3.ogg is the original too
+                  if not is_original(path, audio.keys()) and path not in features and path not in decoded])
     first, second = (audio, features) if audio_first else (features, audio)
     clips = {stem: first.get(stem) or second[stem] for stem in features.keys() | audio.keys()}
     if clips:
-        clips.update((path, path) for path in unread_audio(unread, clips.keys()))
+        clips.update((path, path) for path in unread_audio(unread, clips.keys(), suffixes))
     return [clips[key] for key in sorted(clips)]
 
 
-def unread_audio(paths: Iterable[Path], stems: Collection[Path]) -> list[Path]:
-    """The files of ``paths`` holding audio of a format that is no clip (``x.ogg``), less those whose stem is in
-    ``stems``: ``x.mp3`` beside the ``x.wav`` made from it is that file's original, not a sound of its own, as it is
-    beside an ``x.mp3.wav`` (``ffmpeg -i "$f" "$f.wav"``, whose stem is the original's whole name)."""
-    return sorted(p for p in paths if p.suffix.lower() in UNREAD_AUDIO_SUFFIXES
-                  and p.with_suffix("") not in stems and p not in stems)
+def is_original(path: Path, stems: Collection[Path]) -> bool:
+    """Whether ``path`` is the original of a clip file converted from it, whose stem is in ``stems``: ``x.mp3``
+    beside ``x.wav``, or beside ``x.mp3.wav`` (``ffmpeg -i "$f" "$f.wav"``, whose stem is the original's whole name),
+    not a sound of its own."""
+    return path.with_suffix("") in stems or path in stems
+
+
+def without_originals(paths: list[Path]) -> list[Path]:
+    """``paths`` less each audio file of a decoded format that is the original of a ``.wav``/``.flac`` among them."""
+    converted = {p.with_suffix("") for p in paths if p.suffix.lower() in CLIP_AUDIO_SUFFIXES}
+    return [p for p in paths if p.suffix.lower() in CLIP_AUDIO_SUFFIXES or not is_original(p, converted)]
+
+
+def unread_audio(paths: Iterable[Path], stems: Collection[Path], read: Collection[str]) -> list[Path]:
+    """The files of ``paths`` holding audio of a format whose suffix is not in ``read`` (``x.m4a``), less the
+    originals of files whose stem is in ``stems``."""
+    return sorted(p for p in paths if p.suffix.lower() in AUDIO_FILE_SUFFIXES and p.suffix.lower() not in read
+                  and not is_original(p, stems))

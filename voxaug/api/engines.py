@@ -46,7 +46,7 @@ class OnnxEngine:
         if clip.features is not None and self.model.takes_audio:  # the clip is at fault: name it, not the model too
             raise file_error(clip.name, f"holds log-mel features, and this model takes raw "
                                         f"{self.frontend.sample_rate / 1000:g} kHz audio (exported with --with-frontend); "
-                                        "give its audio (.wav or .flac, or a waveform with its sample_rate)")
+                                        "give its audio (an audio file, or a waveform with its sample_rate)")
         try:
             if clip.waveform is not None:
                 embedding, logits = self.model.embed_waveform(clip.waveform)

@@ -74,7 +74,7 @@ def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
     """One clip given twice (the same file, or its `.pt` and audio twins) would count twice in the speaker's mean
     and clip count, which PLDA scores by."""
     from voxaug.clips import FEATURE_SUFFIX
-    from voxaug.runtime.frontend import AUDIO_SUFFIXES
+    from voxaug.runtime.frontend import audio_suffixes
 
     seen: dict[Path, Path] = {}
     for clip in clips:
@@ -82,7 +82,7 @@ def refuse_repeated_clips(name: str, clips: list[ClipInput]) -> None:
             continue
         path = Path(os.fsdecode(clip))  # a path object of bytes too, as to_clip reads it
         resolved = resolved_without_loop(path, "clip")
-        key = resolved.with_suffix("") if path.suffix.lower() in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES else resolved
+        key = resolved.with_suffix("") if path.suffix.lower() in (FEATURE_SUFFIX,) + audio_suffixes() else resolved
         if key in seen:
             raise VoxaugError(f"{name}: clip {path} is given twice (also as {seen[key]}); each clip counts once in "
                               "the speaker's mean and clip count (nothing was written)")

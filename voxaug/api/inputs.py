@@ -17,8 +17,8 @@ import numpy as np
 from voxaug.clips import FEATURE_SUFFIX
 from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.runtime.frontend import (
-    AUDIO_SUFFIXES, FrontendSettings, check_audio_rate, check_resampling, feature_values_problem, read_audio, resample,
-    silence_problem,
+    FrontendSettings, audio_suffixes, check_audio_rate, check_resampling, feature_values_problem, read_audio, resample,
+    silence_problem, unsupported_format,
 )
 
 ClipInput = Any  # str | Path | np.ndarray | torch.Tensor
@@ -96,7 +96,7 @@ def enrolled_twin_digest(x: ClipInput, digest: str, recorded: dict[str, str]) ->
     if not recorded or digest in recorded or not isinstance(x, (str, os.PathLike)):  # nothing to match: no twin read
         return digest
     path = Path(os.fsdecode(x))
-    if path.suffix.lower() not in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
+    if path.suffix.lower() not in (FEATURE_SUFFIX,) + audio_suffixes():
         return digest
     for twin in twin_files(path):
         twin_digest = clip_digest(twin)
@@ -111,7 +111,7 @@ def twin_files(path: Path) -> list[Path]:
     under every spelling). Each spelling is looked up, a few stats, rather than the folder listed: a flat folder of
     10,000 clips would be listed once per clip."""
     twins = []
-    for suffix in (FEATURE_SUFFIX,) + AUDIO_SUFFIXES:
+    for suffix in (FEATURE_SUFFIX,) + audio_suffixes():
         if suffix == path.suffix.lower():
             continue
         spellings = ("".join(letters) for letters in product(*(dict.fromkeys((c.lower(), c.upper())) for c in suffix)))
@@ -175,12 +175,12 @@ def read_feature_file(path: Path, n_mels: int) -> np.ndarray:
 def read_clip_file(path: Path, frontend: FrontendSettings) -> Clip:
     """A clip file by its suffix: audio read with the numpy reader at the model's rate, or `.pt` features."""
     suffix = path.suffix.lower()
-    if suffix in AUDIO_SUFFIXES:
+    if suffix in audio_suffixes():
         return Clip(str(path), waveform=read_audio(path, frontend.sample_rate))
     if suffix == FEATURE_SUFFIX:
         frontend.refuse_feature_file(path)
         return Clip(str(path), features=read_feature_file(path, frontend.n_mels))
-    raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+    raise file_error(path, unsupported_format(path, "clip type", (FEATURE_SUFFIX,) + audio_suffixes()))
 
 
 def to_clip(x: ClipInput, sample_rate: int | None, frontend: FrontendSettings, name: str | None = None) -> Clip:

@@ -26,7 +26,7 @@ class Classification:
 
 
 class SpeakerModel:
-    """A trained speaker model. ``x`` is a clip path (.pt features, .wav/.flac audio), a waveform with its
+    """A trained speaker model. ``x`` is a clip path (.pt features, or audio such as .wav or .mp3), a waveform with its
     ``sample_rate``, or a (frames, n_mels) feature array or tensor."""
 
     def __init__(self, path: Path, kind: str, engine: OnnxEngine | TorchEngine) -> None:
@@ -75,7 +75,7 @@ class SpeakerModel:
 
     @property
     def prefers_audio(self) -> bool:
-        """Whether a folder's `.wav`/`.flac` twin is read rather than its `.pt`: for an export that takes audio,
+        """Whether a folder's audio twin is read rather than its `.pt`: for an export that takes audio,
         for a model whose front end is not the one `.pt` twins are made with, and for any export where torch,
         which reads `.pt` files, is not installed."""
         return (self.takes_audio_only or not self.engine.frontend.is_default

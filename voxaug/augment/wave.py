@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from voxaug.audio import AUDIO_SUFFIXES
 from voxaug.augment.base import (
     BatchAugmentation, TrainBatch, check_folder, check_probability, check_range, register_augmentation,
 )
-from voxaug.clips import files_under, unread_audio
+from voxaug.clips import files_under, unread_audio, without_originals
 from voxaug.errors import file_error, not_a_file, not_a_folder
-from voxaug.runtime.frontend import UNKNOWN_FRAMES, check_audio_rate, silence_problem
+from voxaug.runtime.frontend import (
+    UNKNOWN_FRAMES, audio_suffixes, check_audio_rate, silence_problem, unsupported_format,
+)
 
 _USABLE: set[tuple[str, int, int]] = set()
 """(path, size, mtime) of noise and RIR files whose samples were read and found usable, so a process that builds
@@ -71,28 +72,27 @@ def refuse_unencodable_name(path: Path, option: str) -> None:
 
 
 def refuse_unread_formats(listed: list[Path], files: list[Path], option: str) -> None:
-    """Refuse audio of a format the chain does not take (``x.ogg``), which would be left out without a word."""
-    unread = unread_audio(listed, {file.with_suffix("") for file in files})
+    """Refuse audio of a format the chain does not take (``x.m4a``), which would be left out without a word."""
+    unread = unread_audio(listed, {file.with_suffix("") for file in files}, audio_suffixes())
     if unread:
-        raise file_error(unread[0], f"{option}: unsupported audio format {unread[0].suffix!r}; accepted: "
-                                    f"{', '.join(AUDIO_SUFFIXES)}")
+        raise file_error(unread[0], f"{option}: {unsupported_format(unread[0], 'audio format', audio_suffixes())}")
 
 
 def audio_files_in(folder: str | Path, option: str) -> list[Path]:
-    """Every readable, non-empty, finite, not silent ``.wav``/``.flac`` of at least 1 kHz under ``folder`` (as a clip
-    must be); errors name the folder or the file."""
+    """Every readable, non-empty, finite, not silent audio file of at least 1 kHz under ``folder`` (as a clip must be),
+    less the originals of files converted from them (``x.mp3`` beside ``x.wav``); errors name the folder or the file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise file_error(folder, f"{option}: {not_a_folder(folder)}")
     listed = list(files_under(folder))
-    files = sorted(p for p in listed if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = without_originals(sorted(p for p in listed if p.suffix.lower() in audio_suffixes()))
     for path in files:
         if path.is_symlink() and not path.exists():  # left out, it would silently leave its noise out
             raise file_error(path, f"{option}: a symbolic link that points to nothing ({os.readlink(path)})")
         if not path.is_file():  # a named pipe or a device, likewise
             raise file_error(path, f"{option}: {not_a_file(path, 'audio file')}")
     if not files:
-        raise file_error(folder, f"{option}: holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        raise file_error(folder, f"{option}: holds no audio files ({', '.join(audio_suffixes())})")
     refuse_unread_formats(listed, files, option)
     for path in files:
         refuse_unencodable_name(path, option)

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from voxaug.audio import AUDIO_SUFFIXES
-from voxaug.clips import UNREAD_AUDIO_SUFFIXES
+from voxaug.clips import AUDIO_FILE_SUFFIXES
 from voxaug.data.sources import DatasetSource, Utterance
 from voxaug.data.store import (
     FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, cache_write_error, discard_store,
@@ -31,9 +30,9 @@ def default_workers() -> int:
 
 
 def is_audio(utterance: Utterance) -> bool:
-    """Whether a clip is audio rather than features: an .ogg clip too, which is skipped when it is read; an HW4
+    """Whether a clip is audio rather than features: an .m4a clip too, which is skipped when it is read; an HW4
     feature file named otherwise than `.pt` (metadata.json names it) stays features."""
-    return utterance.path.suffix.lower() in AUDIO_SUFFIXES + UNREAD_AUDIO_SUFFIXES
+    return utterance.path.suffix.lower() in AUDIO_FILE_SUFFIXES
 
 
 def has_audio(source: DatasetSource) -> bool:
@@ -190,7 +189,7 @@ def require_audio(source: DatasetSource) -> None:
     features = [u for u in source.utterances if not is_audio(u)]
     if features:
         raise VoxaugError(
-            f"--augment wave needs an audio source (ROOT/<speaker>/**/*.wav or .flac), but {source.root} holds precomputed "
-            f"features ({len(features)} of {len(source.utterances)} clips, e.g. {features[0].path}); "
+            f"--augment wave needs an audio source (ROOT/<speaker>/**/*.wav, .flac, .mp3, ...), but {source.root} "
+            f"holds precomputed features ({len(features)} of {len(source.utterances)} clips, e.g. {features[0].path}); "
             "drop 'wave' or train from the audio folder"
         )

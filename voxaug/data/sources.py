@@ -12,12 +12,13 @@ from typing import Protocol
 
 import torch
 
-from voxaug.audio import AUDIO_SUFFIXES, read_audio
+from voxaug.audio import audio_suffixes, read_audio
 from voxaug.clips import FEATURE_SUFFIX, loose_clips, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.progress import print_warning
+from voxaug.runtime.frontend import unsupported_format
 from voxaug.safeio import SYMLINK_LOOP, read_json, resolved_without_loop, utf8_name
 
 
@@ -275,7 +276,7 @@ class HW4Source:
 
 
 class ClipFolderSource:
-    """``ROOT/<speaker>/**/*.{pt,wav,flac}``: feature tensors or audio, featurised by ``frontend``.
+    """``ROOT/<speaker>/**/*.{pt,wav,flac,mp3,ogg,...}``: feature tensors or audio, featurised by ``frontend``.
 
     The speaker is the first folder level and the group (video) the second, as in VoxCeleb. Of a clip's `.pt` and
     audio twins the audio is read with ``prefer_audio`` (for the ``wave`` augmentation) or a front end other than
@@ -292,7 +293,7 @@ class ClipFolderSource:
         self.name = "folder"
         if not self.root.is_dir():
             raise file_error(self.root, f"dataset {not_a_folder(self.root)}")
-        suffixes = (FEATURE_SUFFIX,) + AUDIO_SUFFIXES
+        suffixes = (FEATURE_SUFFIX,) + audio_suffixes()
         # left out, they would be missing without a word (enroll --speakers-dir refuses them too)
         stray = loose_clips(self.root, suffixes)
         if stray:
@@ -332,7 +333,10 @@ class ClipFolderSource:
         return load_clip(utterance.path, self.frontend)
 
     def fingerprint(self) -> str:
-        return _stat_fingerprint([(u.key, u.path) for u in self.utterances], f"{self.name}|{self.frontend}")
+        """Of the clips, the front end and the audio formats read: a store packed while libsndfile lacked MP3 (or
+        before .mp3 was read) skipped the .mp3 clips, and is not reused once they can be read."""
+        formats = ",".join(audio_suffixes())
+        return _stat_fingerprint([(u.key, u.path) for u in self.utterances], f"{self.name}|{self.frontend}|{formats}")
 
 
 def refuse_unicode_twins(root: Path, speakers: list[str]) -> None:
@@ -364,7 +368,7 @@ def deepest_speakers(utterances: list[Utterance]) -> list[str]:
 def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
     """A clip as features: a `.pt` tensor is validated, an audio file is read and featurised."""
     path = Path(path)
-    if path.suffix.lower() in AUDIO_SUFFIXES:
+    if path.suffix.lower() in audio_suffixes():
         waveform = read_audio(path, frontend.sample_rate)
         if waveform.numel() <= frontend.n_fft // 2:
             raise file_error(path, f"audio is {waveform.numel()} samples long; more than {frontend.n_fft // 2} "
@@ -372,7 +376,7 @@ def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
         return check_features(log_mel(waveform, frontend), path, frontend.n_mels)
     if path.suffix.lower() == FEATURE_SUFFIX:
         return load_feature_file(path, frontend.n_mels)
-    raise file_error(path, f"unsupported clip type {path.suffix!r}; accepted: .pt, {', '.join(AUDIO_SUFFIXES)}")
+    raise file_error(path, unsupported_format(path, "clip type", (FEATURE_SUFFIX,) + audio_suffixes()))
 
 
 def refuse_features_for(frontend: FrontendConfig, source: DatasetSource) -> None:

@@ -14,10 +14,37 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from voxaug.clips import CLIP_AUDIO_SUFFIXES, DECODED_AUDIO_SUFFIXES
 from voxaug.errors import VoxaugError, file_error, not_a_file, refuse_unknown_keys
 from voxaug.safeio import finite_number
 
-AUDIO_SUFFIXES = (".wav", ".flac")
+LIBSNDFILE_CODECS = {".mp3": ("MP3", None), ".ogg": ("OGG", None), ".oga": ("OGG", None), ".opus": ("OGG", "OPUS"),
+                     ".aif": ("AIFF", None), ".aiff": ("AIFF", None)}
+"""(libsndfile format, subtype it must decode too) of each suffix in ``DECODED_AUDIO_SUFFIXES``: MP3 came with
+libsndfile 1.1.0 and Opus with 1.0.29, and a build may leave either out."""
+
+
+@lru_cache(maxsize=1)
+def audio_suffixes() -> tuple[str, ...]:
+    """The suffixes of audio read as clips: .wav, .flac and each decoded format the installed libsndfile reports
+    (asked at run time: under a libsndfile without MP3, an .mp3 is named and refused as a format not read)."""
+    formats = soundfile.available_formats()
+    return CLIP_AUDIO_SUFFIXES + tuple(suffix for suffix in DECODED_AUDIO_SUFFIXES
+                                       if _decodes(formats, *LIBSNDFILE_CODECS[suffix]))
+
+
+def _decodes(formats: dict, major: str, subtype: str | None) -> bool:
+    return major in formats and (subtype is None or subtype in soundfile.available_subtypes(major))
+
+
+def unsupported_format(path: Path, kind: str, accepted: tuple[str, ...]) -> str:
+    """Why ``path``, of a suffix not in ``accepted``, is refused as a ``kind`` ("clip type", "audio format"); for a
+    format that libsndfile decodes where built with its codec, that the installed one was not."""
+    lacking = path.suffix.lower() in DECODED_AUDIO_SUFFIXES
+    why = f" (the installed libsndfile {soundfile.__libsndfile_version__} cannot decode it)" if lacking else ""
+    return f"unsupported {kind} {path.suffix!r}{why}; accepted: {', '.join(accepted)}"
+
+
 MAX_FEATURE_MAGNITUDE = 1e4
 """Log-mel features are logarithms, tens at most. The network's embeddings stop being finite past about 1e19 in
 float32 and 1e5 in the float16 of CUDA inference."""
@@ -79,7 +106,7 @@ class FrontendSettings:
         if self.audio_settings():
             raise file_error(path, f"log-mel features (.pt) are made with the default front end, and this model was "
                                    f"trained from audio with other settings ({', '.join(self.audio_settings())}); "
-                                   "give the clip's audio (.wav or .flac)")
+                                   "give the clip's audio file")
 
     @property
     def is_default(self) -> bool:
@@ -254,6 +281,57 @@ def wav_shortfall(path: Path) -> tuple[int, int] | None:
     return None
 
 
+def mp3_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes its Xing/Info header declares, bytes present) of an MP3 file cut short, else None (an MP3 without that
+    header states no length). mpg123 decodes a truncated MP3 as a shorter recording, with notes on stderr."""
+    with open(path, "rb") as handle:
+        head = handle.read(10)
+        start = 0
+        if len(head) == 10 and head[:3] == b"ID3":  # an ID3v2 tag first: its size is 4 bytes of 7 bits, a footer 10
+            start = 10 + _synchsafe(head[6:10]) + (10 if head[5] & 0x10 else 0)
+        handle.seek(start)
+        frame = handle.read(64)
+    tag = max(frame.find(b"Xing"), frame.find(b"Info"))  # after the first frame's header and side information
+    if tag < 0 or len(frame) < tag + 16 or not frame[tag + 7] & 0x02:  # flag 2: the stream's byte count is given
+        return None
+    at = tag + 8 + (4 if frame[tag + 7] & 0x01 else 0)  # flag 1: a frame count comes first
+    declared, present = int.from_bytes(frame[at:at + 4], "big"), path.stat().st_size - start
+    return (declared, present) if present < declared else None
+
+
+def _synchsafe(size: bytes) -> int:
+    """An ID3v2 size: big-endian bytes of 7 bits each."""
+    return sum((byte & 0x7F) << (7 * (len(size) - 1 - i)) for i, byte in enumerate(size))
+
+
+OGG_SUFFIXES = (".ogg", ".oga", ".opus")
+OGG_MAX_PAGE = 27 + 255 + 255 * 255
+"""An Ogg page's largest size in bytes: header, segment table, body."""
+
+
+def ogg_unfinished(path: Path) -> bool:
+    """Whether an Ogg file stops before its stream ends: no page ends at the end of the file, or the one that does
+    lacks the end-of-stream flag. libsndfile reads a truncated Ogg as a shorter recording, without a word."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - OGG_MAX_PAGE))
+        tail = handle.read()
+    page = tail.rfind(b"OggS")
+    while page >= 0:
+        if _ogg_page_end(tail, page) == len(tail):
+            return not tail[page + 5] & 0x04
+        page = tail.rfind(b"OggS", 0, page)
+    return True
+
+
+def _ogg_page_end(data: bytes, page: int) -> int:
+    """Where the Ogg page starting at ``page`` ends, by its segment table (past ``data`` when the page is cut)."""
+    if page + 27 > len(data):
+        return len(data) + 1
+    segments = data[page + 27:page + 27 + data[page + 26]]
+    return page + 27 + data[page + 26] + sum(segments)
+
+
 READ_BLOCK_FRAMES = 1 << 16
 """Frames decoded at a time. A header's frame count is only a claim: a FLAC of a few kB can declare 2**36
 samples, and reading it in one go would allocate that much (hundreds of GB) before decoding a sample."""
@@ -286,6 +364,28 @@ def _decode(path: Path) -> tuple[np.ndarray, int, int]:
         return (np.concatenate(blocks) if blocks else empty), audio.samplerate, audio.frames
 
 
+def truncation_problem(path: Path, present: int, declared: int) -> str | None:
+    """What is missing from a WAV, FLAC or Ogg file cut short, which libsndfile decoded without a word, else None.
+    ``present``: the frames decoded; ``declared``: the frames its header declares. Checked after decoding, so that
+    libsndfile's reason names a file damaged otherwise."""
+    suffix = path.suffix.lower()
+    shortfall = wav_shortfall(path) if suffix == ".wav" else None
+    if shortfall is not None:
+        return f"truncated WAV file: its header declares {shortfall[0]} bytes of samples and {shortfall[1]} are present"
+    if suffix == ".flac" and present < declared != UNKNOWN_FRAMES:
+        return f"truncated FLAC file: its header declares {declared} samples and {present} are present"
+    if suffix in OGG_SUFFIXES and ogg_unfinished(path):
+        return "truncated Ogg file: it stops before the end of its stream"
+    return None
+
+
+def libsndfile_reason(error: soundfile.LibsndfileError) -> str:
+    """libsndfile's reason for refusing a file, but for the one it gives an MP3 that holds no MPEG audio ("File does
+    not exist or is not a regular file"), which the checks before it have ruled out."""
+    reason = error.error_string.strip()[:200]
+    return "no audio stream found in it" if reason.startswith("File does not exist or is not a regular file") else reason
+
+
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """An audio file's samples averaged to mono float32, and its sample rate; bad files refused naming them."""
     path = Path(path)
@@ -293,25 +393,25 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
         raise file_error(path, "audio file not found")
     if not path.is_file():  # a pipe or a device: its size of 0 is no empty file's
         raise file_error(path, not_a_file(path, "audio"))
-    if path.suffix.lower() not in AUDIO_SUFFIXES:
-        raise file_error(path, f"unsupported audio format {path.suffix!r}; accepted: {', '.join(AUDIO_SUFFIXES)}")
+    if path.suffix.lower() not in audio_suffixes():
+        raise file_error(path, unsupported_format(path, "audio format", audio_suffixes()))
     if path.stat().st_size == 0:
         raise file_error(path, "audio file is empty (0 bytes)")
+    mp3_short = mp3_shortfall(path) if path.suffix.lower() == ".mp3" else None  # before mpg123's notes on stderr
+    if mp3_short is not None:
+        raise file_error(path, f"truncated MP3 file: its header declares {mp3_short[0]} bytes of audio and "
+                               f"{mp3_short[1]} are present")
     try:
         data, file_rate, declared = _decode(path)
     except soundfile.LibsndfileError as exc:  # its prefix names the file again, as the bytes _decode opened it by
-        raise file_error(path, f"not a readable audio file ({exc.error_string.strip()[:200]})") from exc
+        raise file_error(path, f"not a readable audio file ({libsndfile_reason(exc)})") from exc
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
         raise file_error(path, f"not a readable audio file ({str(exc).strip()[:200]})") from exc
     if data.shape[0] == 0:
         raise file_error(path, "audio file holds no samples")
-    shortfall = wav_shortfall(path) if path.suffix.lower() == ".wav" else None
-    if shortfall is not None:
-        raise file_error(path, f"truncated WAV file: its header declares {shortfall[0]} bytes of samples and "
-                               f"{shortfall[1]} are present")
-    if path.suffix.lower() == ".flac" and data.shape[0] < declared != UNKNOWN_FRAMES:
-        raise file_error(path, f"truncated FLAC file: its header declares {declared} samples and {data.shape[0]} "
-                               "are present")
+    truncated = truncation_problem(path, data.shape[0], declared)
+    if truncated is not None:
+        raise file_error(path, truncated)
     if not np.isfinite(data).all():
         raise file_error(path, "audio holds NaN or Inf samples")
     check_audio_rate(file_rate, str(path))
