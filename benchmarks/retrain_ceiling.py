@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from backend_ablation import embed_everything, run_arm
+from crosscheck import ArmFailed, run_voxaug
 from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import ClipFolderSource
 from voxaug.embeddings.extract import embed_store
@@ -113,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"seed": seed}
         if not (args.reuse and (run / "best.pt").is_file()):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "voxaug", "train", str(copy), "--out", str(run), "--steps",
-                            str(args.steps), "--eval-every", "200", "--seed", str(seed), "--device", "cpu", "--quiet",
-                            "--cache-dir", str(args.workdir / "cache")], check=True)
+            try:
+                run_voxaug(["train", str(copy), "--out", str(run), "--steps", str(args.steps), "--eval-every", "200",
+                            "--seed", str(seed), "--device", "cpu", "--quiet",
+                            "--cache-dir", str(args.workdir / "cache")])
+            except ArmFailed as failed:  # voxaug's own one-line error, as crosscheck.py shows it, not a traceback
+                print(f"error: {failed}", file=sys.stderr)
+                return 1
             row["train_s"] = round(time.perf_counter() - started)
         row.update(ceiling(run / "best.pt", copy, args.data / "unseen" / "test", args.workdir / "cache"))
         if offset < len(args.compare):

@@ -617,6 +617,20 @@ def test_retrain_ceiling_refuses_a_count_below_one_before_copying_the_data(argv,
     assert not (tmp_path / "work").exists()
 
 
+def test_retrain_ceiling_shows_the_failing_voxaug_trains_own_error_in_one_line(tiny_synth, tmp_path, capsys):
+    """Run again on a workdir that holds a run, without --reuse, it ended in a CalledProcessError traceback after
+    `voxaug train`'s own refusal; it now ends with that refusal, as crosscheck.py shows a failed command."""
+    import retrain_ceiling
+
+    work = tmp_path / "work"
+    (work / "run-seed0").mkdir(parents=True)
+    (work / "run-seed0" / "last.pt").write_bytes(b"")
+    assert retrain_ceiling.main([str(tiny_synth), "--workdir", str(work), "--steps", "2", "--seeds", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: `voxaug train ") and err[0].endswith("exited with status 2:"), err
+    assert "already holds a run" in err[-1] and "Traceback" not in "\n".join(err), err
+
+
 def test_backend_ablation_labels_the_dir_column_with_the_target_far_it_was_run_at(trained_run, tiny_synth, tmp_path,
                                                                                  capsys, monkeypatch):
     """The DIR column said "at FAR 1%" whatever --target-far was, in the printed table and the rendered one."""
