@@ -104,6 +104,62 @@ def test_readme_gives_the_exported_models_audio_rate_as_its_checkpoints():
     assert "16 kHz" not in row and "checkpoint's rate" in row
 
 
+COUNTS = "zero one two three four five six seven eight nine ten".split()
+
+
+def committed(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text(encoding="utf-8"))
+
+
+def plain_among_all(run: dict, backend: str) -> float:
+    """A scored model's newcomers among all enrolled, with `backend` and no score normalisation."""
+    return next(row["unseen_among_all"] for row in run["rows"] if row["backend"] == backend and row["score_norm"] == "none")
+
+
+def span(values: list[float]) -> str:
+    return f"{min(values):.3f}–{max(values):.3f}"
+
+
+def held_out_mean(rows: list[dict], augment: str) -> float:
+    """Mean over seeds of crosscheck's 300 held-out clips (validation + test, weighted by count) for one arm."""
+    val_n, test_n = 120, 180
+    scores = [(val_n * row["val_acc"] + test_n * row["test_acc"]) / (val_n + test_n) for row in rows
+              if row["augment"] == augment and row["options"] == "--input-norm mean"]
+    return sum(scores) / len(scores)
+
+
+def readme_headline_figures() -> list[str]:
+    """The README's quality claims as its prose states them, each recomputed from the committed results."""
+    demo = plain_among_all(committed("backend_ablation.json"), "plda")
+    seeds = [plain_among_all(run, "plda") for run in committed("backend_ablation_demo_seeds.json")["runs"]]
+    demo_set = next(s for s in committed("segment_batch.json")["sets"] if s["name"].startswith("demo"))
+    short_crops = [plain_among_all(run, "plda") for run in demo_set["runs"] if "segment 64 x batch 64" in run["training"]]
+    espeak = committed("backend_ablation_crosscheck_rebuilt.json")["runs"]
+    crosscheck = committed("crosscheck.json")["rows"]
+    default, none = held_out_mean(crosscheck, "reverb,noise"), held_out_mean(crosscheck, "none")
+    return [
+        f"**{demo:.3f}, {0.70 - demo:.3f} short of the 0.70 bar**",
+        f"({COUNTS[len(seeds)]} seeds: {span(seeds)}, mean {sum(seeds) / len(seeds):.3f};",
+        f"{sum(short_crops) / len(short_crops):.3f} with `--segment 64 --batch 64`",
+        f"among all 90 at {span([plain_among_all(run, 'plda') for run in espeak])} over {len(espeak)} seeds "
+        f"(LDA {span([plain_among_all(run, 'lda') for run in espeak])};",
+        f"scores {default:.3f} held-out accuracy, +{default - none:.3f} over `--augment none`",
+    ]
+
+
+def missing_headline_figures(readme: str) -> list[str]:
+    flat = " ".join(readme.split())
+    return [figure for figure in readme_headline_figures() if figure not in flat]
+
+
+def test_the_readme_s_headline_figures_are_the_committed_results():
+    """The prose around the README's tables repeats figures by hand; each must still be what its JSON says."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert missing_headline_figures(readme) == []
+    assert missing_headline_figures(readme.replace("mean 0.633", "mean 0.663")) == [
+        "(seven seeds: 0.550–0.717, mean 0.633;"]
+
+
 DEMO_STUB = '''
 import json, os, sys
 from pathlib import Path
