@@ -24,12 +24,22 @@ TRAIN_EXTRA_MODULES = ("torch", "torchaudio", "sklearn", "scipy", "audiomentatio
 
 
 _debug_flag = False
+_command_line = ("voxaug", "COMMAND")
+"""The program as this invocation was started and its command's name (see :func:`note_command_line`)."""
 
 
 def set_debug(enabled: bool) -> None:
     """Set by ``voxaug --debug`` for this invocation only (a test runner may invoke many in one process)."""
     global _debug_flag
     _debug_flag = enabled
+
+
+def note_command_line(program: str, command: str | None) -> None:
+    """Set by the app's callback for each invocation: the program as it was started (``voxaug``, or ``python -m
+    voxaug`` where the script is not on PATH, as the usage line names it) and the command's name, not its function's,
+    so that :func:`debug_hint` names a command line that can be typed as it is."""
+    global _command_line
+    _command_line = (program, command or "COMMAND")
 
 
 def debug_enabled() -> bool:
@@ -86,15 +96,16 @@ def clean_errors(function: F) -> F:
         except Exception as exc:  # a bug, not bad input: still one line unless --debug
             if debug_enabled():
                 raise
-            raise fail(f"unexpected {type(exc).__name__}: {exc} ({debug_hint(function.__name__)})", 3) from None
+            raise fail(f"unexpected {type(exc).__name__}: {exc} ({debug_hint()})", 3) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def debug_hint(command: str) -> str:
-    """How to see the traceback of ``command``'s unexpected error: --debug is the app's option, taken before the
+def debug_hint() -> str:
+    """How to see the traceback of this invocation's unexpected error: --debug is the app's option, taken before the
     command's name (``voxaug train … --debug`` is refused as an unknown option of train), or the variable."""
-    return f"for the traceback, run it again as `voxaug --debug {command} …` or with {DEBUG_ENV}=1"
+    program, command = _command_line
+    return f"for the traceback, run it again as `{program} --debug {command} …` or with {DEBUG_ENV}=1"
 
 
 def path_options(function: Callable) -> dict[str, str]:

@@ -177,10 +177,12 @@ def skipped_note(skipped: int) -> str:
 
 def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[Path]]:
     """DIR/<speaker>/ folders and their clips, by speaker name; clip files directly in DIR are refused (other files,
-    such as VCTK's ``log.txt``, are left alone, as a dataset's clip folders leave them)."""
+    such as VCTK's ``log.txt``, are left alone, as a dataset's clip folders leave them), and speakers whose every clip
+    lies three or more folders down are warned of, as a dataset's are (DIR is likely the folder above the speakers)."""
     if not folder.is_dir():
         raise VoxaugError(f"{folder}: --speakers-dir must be a folder of <speaker>/ clip folders")
-    from voxaug.clips import FEATURE_SUFFIX, loose_clips
+    from voxaug.clips import FEATURE_SUFFIX, deepest_speakers, loose_clips, nested_speakers_warning
+    from voxaug.progress import print_warning
     from voxaug.runtime.frontend import audio_suffixes
 
     stray = loose_clips(folder, (FEATURE_SUFFIX,) + audio_suffixes())
@@ -195,4 +197,8 @@ def speaker_folders(folder: Path, audio_first: bool = False) -> dict[str, list[P
             check_speaker_name(name)
         except VoxaugError as exc:
             raise file_error(folder / name, f"{exc} (the folder's name is the speaker's)") from None
+    nested = deepest_speakers([(name, clip.relative_to(folder).as_posix()) for name, clips in speakers.items()
+                               for clip in clips])
+    if nested:  # `--speakers-dir LibriSpeech/` enrolled its subsets as two speakers without a word
+        print_warning(nested_speakers_warning(folder, nested, len(speakers), "--speakers-dir"))
     return speakers

@@ -16,9 +16,9 @@ from voxaug.cli.common import (
     existing_file, file_name, folder_name, output_file, output_folder, warn_calibration_outdated,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
-from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock, same_name
+from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock
 from voxaug.errors import VoxaugError, counted, file_error, not_a_folder
-from voxaug.safeio import atomic_write_text, ensure_folder
+from voxaug.safeio import atomic_write_text, ensure_folder, same_name
 
 if TYPE_CHECKING:
     from voxaug.embeddings.evaluation import LabelledEmbeddings, Trial

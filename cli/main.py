@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from voxaug.cli import embed, enroll, evaluate, export, identify, plot, predict, synth, train
-from voxaug.cli.common import OneLineUsageErrors, set_debug
+from voxaug.cli.common import OneLineUsageErrors, note_command_line, set_debug
 
 app = typer.Typer(
     cls=OneLineUsageErrors,
@@ -26,11 +26,13 @@ def print_version(asked: bool) -> None:
 
 
 @app.callback()
-def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors "
+def root(context: typer.Context,
+         debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors "
                                                           "(or set VOXAUG_DEBUG=1)."),
          version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
                                       help="Print the installed version and exit.")) -> None:
     set_debug(debug)
+    note_command_line(context.command_path, context.invoked_subcommand)
 
 
 app.command("synth")(synth.synth)

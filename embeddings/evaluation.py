@@ -25,12 +25,12 @@ from voxaug.data.split import stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.backend import check_choice, pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
-from voxaug.embeddings.index import SpeakerIndex, same_name  # noqa: E402
+from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
 from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
 from voxaug.errors import VoxaugError, abridged, file_error, not_a_file  # noqa: E402
 from voxaug.features import FrontendConfig  # noqa: E402
 from voxaug.runtime.frontend import audio_suffixes  # noqa: E402
-from voxaug.safeio import atomic_output, resolved_without_loop  # noqa: E402
+from voxaug.safeio import atomic_output, resolved_without_loop, same_name  # noqa: E402
 
 
 MAP_METHODS = ("pca", "tsne")
@@ -109,7 +109,8 @@ def trial_fields(line: str) -> list[str]:
 
 
 def read_trials(path: Path, root: Path) -> list[Trial]:
-    """Trial lines ``LABEL CLIP1 CLIP2`` (LABEL 1 = same speaker, 0 = different; paths relative to DATA)."""
+    """Trial lines ``LABEL CLIP1 CLIP2`` (LABEL 1 = same speaker, 0 = different; paths relative to ``root``: DATA, or
+    evaluate's --trials-root)."""
     if not path.is_file():
         raise file_error(path, "trials file not found" if not path.exists() else not_a_file(path, "trials"))
     try:
@@ -124,8 +125,9 @@ def read_trials(path: Path, root: Path) -> list[Trial]:
             continue
         parts = trial_fields(line)
         if len(parts) != 3 or parts[0] not in ("0", "1"):
+            spaces = " (quote a clip path that holds spaces)" if len(parts) > 3 else ""
             raise file_error(path, f"line {number}: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, "
-                                   f"got {abridged(line)} (quote a clip path that holds spaces)")
+                                   f"got {abridged(line)}{spaces}")
         clips = [resolve_inside(root, part, path, f"line {number}: clip", inside) for part in parts[1:]]
         for part, clip in zip(parts[1:], clips):
             try:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import unicodedata
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.safeio import (
     TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock,
-    finite_number, fsync_dir, probe_writable, read_json, real_path, write_error,
+    finite_number, fsync_dir, probe_writable, read_json, real_path, same_name, write_error,
 )
 
 if TYPE_CHECKING:
@@ -63,12 +62,6 @@ HNSW_LEVEL_SEED = 12345
 FAISS_KINDS = (b"IxFI", b"IHNf")  # the FAISS headers of IndexFlatIP and IndexHNSWFlat, the only kinds written
 PENDING_SUFFIX = ".pending"
 LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep committing
-
-
-def same_name(name: object) -> object:
-    """``name`` in Unicode NFC, under which two spellings of one name (é as one code point, or e and a combining
-    accent) compare equal; anything but text as it is (check_speaker_name refuses it)."""
-    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -394,6 +394,22 @@ def test_a_trials_line_may_quote_clip_paths_that_hold_spaces(tmp_path):
         read_trials(trials, data)
 
 
+@pytest.mark.parametrize("line, spaces", [("2 bob/c.pt bob/d.pt", False), ("1 bob/c.pt", False),
+                                          ("1 bob/c.pt bob/d.pt bob/e.pt", True), ("0 Ann Lee/a.pt bob/c.pt", True)])
+def test_a_trials_line_is_told_to_quote_paths_only_where_it_has_too_many_words(tmp_path, line, spaces):
+    """Every refused line was told to quote a clip path that holds spaces, a label of 2 or a missing clip too: the hint
+    belongs to a line that splits into more than three words."""
+    from voxaug.embeddings.evaluation import read_trials
+
+    (tmp_path / "data" / "bob").mkdir(parents=True)
+    trials = tmp_path / "trials.txt"
+    trials.write_text(line + "\n")
+    with pytest.raises(VoxaugError) as refused:
+        read_trials(trials, tmp_path / "data")
+    assert str(refused.value).startswith(f"{trials}: line 1: expected 'LABEL CLIP1 CLIP2' with LABEL 0 or 1, got ")
+    assert str(refused.value).endswith(" (quote a clip path that holds spaces)") == spaces, str(refused.value)
+
+
 def test_a_trial_listed_twice_is_refused_naming_both_lines(tmp_path):
     """The same pair of clips on two lines (in either order) was scored twice, and labelled 1 on one line and 0 on
     the other it counted as a same-speaker and a different-speaker trial at once."""

@@ -101,6 +101,25 @@ def test_speakers_dir_leaves_a_corpus_files_that_are_no_clips_alone(trained_run,
     assert sorted(json.loads(sidecar_path(index).read_text())["counts"]) == speakers
 
 
+def test_speakers_dir_above_the_speakers_folders_warns_as_a_dataset_does(trained_run, tiny_synth, tmp_path):
+    """`enroll --speakers-dir LibriSpeech/` enrolled its subsets as speakers (LibriSpeech/<subset>/<speaker>/<chapter>/)
+    without a word, where train and evaluate given that folder warn and name the folder to give instead."""
+    corpus = tmp_path / "LibriSpeech"
+    for subset, speaker in (("train-clean-100", "new000"), ("dev-clean", "new001")):
+        shutil.copytree(tiny_synth / "unseen" / "enroll" / speaker, corpus / subset / speaker / "121")
+    first = sorted(p.name for p in (corpus / "dev-clean" / "new001" / "121").iterdir())[0]
+    done = invoke("enroll", "--index", tmp_path / "spk.faiss", "--ckpt", trained_run / "best.pt", "--speakers-dir",
+                  corpus, "-q")
+    assert done.exit_code == 0, done.output
+    assert done.stderr == (
+        f"warning: {corpus}: 2 of the 2 speakers hold every clip three or more folders down (first 'dev-clean': "
+        f"dev-clean/new001/121/{first}); a speaker is --speakers-dir's first folder level, so if the folders below "
+        f"them are the speakers, give {corpus / 'dev-clean'} as --speakers-dir\n")
+    shallow = invoke("enroll", "--index", tmp_path / "other.faiss", "--ckpt", trained_run / "best.pt",
+                     "--speakers-dir", corpus / "dev-clean", "-q")
+    assert shallow.exit_code == 0 and shallow.stderr == "", shallow.output
+
+
 def test_identify_ends_with_a_summary_line(trained_run, tiny_synth, tmp_path):
     index = tmp_path / "spk.faiss"
     ckpt = trained_run / "best.pt"

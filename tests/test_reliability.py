@@ -572,7 +572,8 @@ def test_an_interrupt_that_lands_in_a_lazy_import_ends_as_the_interrupt_not_an_u
     """SIGTERM or Ctrl-C landing while a command imported a C extension (torch, faiss, onnxruntime...) came out as
     'unexpected ImportError: initialization failed' and exit 3; an ImportError with no signal still reports so."""
     break_import_with_signal(monkeypatch, "voxaug.augment.pipeline", signum)  # the train command's first lazy import
-    result = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                                prog_name="voxaug")
     assert (result.exit_code, result.output) == (code, line + "\n")
 
 

@@ -146,7 +146,7 @@ def test_the_hint_of_an_unexpected_error_shows_its_traceback_when_followed(tmp_p
     monkeypatch.setattr(voxaug.plot, "plot_runs", broken)
     monkeypatch.delenv("VOXAUG_DEBUG", raising=False)
     arguments = ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "x.png")]
-    first = runner.invoke(app, arguments)
+    first = runner.invoke(app, arguments, prog_name="voxaug")
     assert first.exit_code == 3 and "RuntimeError: a bug" in first.output, first.output
     hint = re.search(r"`voxaug (.+) …`", first.output)
     assert hint, first.output
@@ -154,6 +154,23 @@ def test_the_hint_of_an_unexpected_error_shows_its_traceback_when_followed(tmp_p
     assert isinstance(again.exception, RuntimeError), again.output
     monkeypatch.setenv("VOXAUG_DEBUG", "1")
     assert "VOXAUG_DEBUG=1" in first.output and isinstance(runner.invoke(app, arguments).exception, RuntimeError)
+
+
+@pytest.mark.parametrize("program", ["voxaug", "python -m voxaug"])
+def test_the_debug_hint_names_the_program_as_it_was_started(tmp_path, monkeypatch, program):
+    """Under `python -m voxaug` (a virtual environment not activated, torchrun) the hint said `voxaug --debug plot …`,
+    which the shell may not find: it names the program as the usage line does, then the command's name."""
+    import voxaug.plot
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(voxaug.plot, "plot_runs", broken)
+    monkeypatch.delenv("VOXAUG_DEBUG", raising=False)
+    done = runner.invoke(app, ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "x.png")], prog_name=program)
+    assert done.exit_code == 3, done.output
+    assert done.output == ("error: unexpected RuntimeError: a bug (for the traceback, run it again as "
+                           f"`{program} --debug plot …` or with VOXAUG_DEBUG=1)\n")
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Collection, Iterable, Iterator
 
 from voxaug.errors import VoxaugError, file_error, not_a_file
@@ -46,6 +46,30 @@ def loose_clips(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
     files that are no clip (a corpus's ``README.TXT``, VCTK's ``log.txt``, ``Thumbs.db``) are not among them."""
     return sorted(p.name for p in folder.iterdir()
                   if p.suffix.lower() in suffixes and not p.name.startswith(".") and not p.is_dir())
+
+
+def deepest_speakers(clips: list[tuple[str, str]]) -> list[str]:
+    """Of ``clips`` (speaker, key: the clip's path below the folder of speakers), for each speaker whose every clip lies
+    three or more folders below its folder (``speaker/a/b/clip``, one level deeper than VoxCeleb's video and
+    LibriSpeech's chapter), its first clip's key."""
+    shallow = {speaker for speaker, key in clips if len(PurePosixPath(key).parts) < 4}
+    first: dict[str, str] = {}
+    for speaker, key in clips:
+        if speaker not in shallow:
+            first.setdefault(speaker, key)
+    return list(first.values())
+
+
+def nested_speakers_warning(root: Path, nested: list[str], speakers: int, given_as: str = "DATA") -> str:
+    """The one warning line for speaker folders whose every clip lies three or more folders down (``nested``: each
+    such clip key, the first of its speaker): the folder ``given_as`` (DATA, or enroll's --speakers-dir) is likely the
+    one above the speakers' (``LibriSpeech/`` around ``train-clean-100/19/198/``), whose subsets would be speakers."""
+    one = len(nested) == 1
+    first = nested[0]
+    return (f"warning: {root}: {len(nested)} of the {speakers} speakers {'holds' if one else 'hold'} every clip three "
+            f"or more folders down ({'' if one else 'first '}{first.split('/')[0]!r}: {first}); a speaker is "
+            f"{given_as}'s first folder level, so if the folders below {'it' if one else 'them'} are the speakers, "
+            f"give {root / first.split('/')[0]} as {given_as}")
 
 
 def _unlistable(error: OSError) -> None:

@@ -11,11 +11,12 @@ import pickle
 import re
 import tempfile
 import time
+import unicodedata
 import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from voxaug.errors import VoxaugError, file_error, not_a_file
 
@@ -156,6 +157,20 @@ def utf8_name(name: str) -> str:
         return os.fsencode(name).decode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # text as well as surrogates: not a name the file system gave
         return name
+
+
+def same_name(name: object) -> object:
+    """``name`` in Unicode NFC, under which two spellings of one name (é as one code point, or e and a combining
+    accent) compare equal; anything but text as it is (check_speaker_name refuses it)."""
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+
+
+def unicode_twins(names: Iterable[str]) -> list[str]:
+    """The names of ``names``, sorted, that another of them spells alike (:func:`same_name`): one speaker given twice,
+    as a folder made on macOS (NFD) beside one typed elsewhere (NFC), which print alike."""
+    names = list(names)
+    alike = [same_name(name) for name in names]
+    return sorted(name for name, key in zip(names, alike) if alike.count(key) > 1)
 
 
 @contextmanager

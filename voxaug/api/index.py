@@ -20,10 +20,10 @@ from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, check_model, check_speaker_name, check_threshold
 from voxaug.embeddings.index import SpeakerIndex as IndexData
 from voxaug.embeddings.index import (check_index_writable, check_lock_timeout, check_search_top_k, index_lock,
-                                     same_name, sidecar_path)
+                                     sidecar_path)
 from voxaug.errors import VoxaugError, file_error
 from voxaug.progress import progress_bar
-from voxaug.safeio import resolved_without_loop
+from voxaug.safeio import resolved_without_loop, unicode_twins
 
 ModelInput = SpeakerModel | str | Path | None
 
@@ -220,10 +220,9 @@ class SpeakerIndex:
         given = {name: clip_list(clips) for name, clips in speakers.items()}
         refuse_unused_sample_rate([clip for clips in given.values() for clip in clips], sample_rate)
         spelled = self.data.spellings(given)
-        alike = [same_name(name) for name in spelled.values()]
-        if len(set(alike)) < len(alike):
-            twins = sorted(name for name, key in zip(spelled, alike) if alike.count(key) > 1)
-            raise VoxaugError(f"speakers {', '.join(map(repr, twins))} are one name in different Unicode spellings; "
+        twins = unicode_twins(given)
+        if twins:
+            raise VoxaugError(f"speakers {', '.join(map(ascii, twins))} are one name in different Unicode spellings; "
                               "give each speaker once (nothing was written)")
         speakers = {spelled[name]: clips for name, clips in given.items()}
         self._refuse_enrolled(self.data, speakers, append)

@@ -7,19 +7,19 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from voxaug.audio import audio_suffixes, read_audio
-from voxaug.clips import FEATURE_SUFFIX, loose_clips, one_file_per_clip
+from voxaug.clips import FEATURE_SUFFIX, deepest_speakers, loose_clips, nested_speakers_warning, one_file_per_clip
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
 from voxaug.progress import print_warning
 from voxaug.runtime.frontend import unsupported_format
-from voxaug.safeio import SYMLINK_LOOP, read_json, resolved_without_loop, utf8_name
+from voxaug.safeio import SYMLINK_LOOP, read_json, resolved_without_loop, unicode_twins, utf8_name
 
 
 @dataclass(frozen=True)
@@ -137,18 +137,6 @@ def empty_speaker_folders_warning(root: Path, empty: list[str], folders: int, su
     return (f"warning: {root}: {len(empty)} of the {folders} speaker folders {'holds' if one else 'hold'} no clips "
             f"({'' if one else 'first '}{empty[0]!r}), so {'it is' if one else 'they are'} left out (clips are "
             f"{', '.join(suffixes)})")
-
-
-def nested_speakers_warning(root: Path, nested: list[str], speakers: int) -> str:
-    """The one warning line for speaker folders whose every clip lies three or more folders down (``nested``: each
-    such clip key, the first of its speaker): DATA is likely the folder above the speakers' (``LibriSpeech/`` around
-    ``train-clean-100/19/198/``), which would train its subsets as speakers."""
-    one = len(nested) == 1
-    first = nested[0]
-    return (f"warning: {root}: {len(nested)} of the {speakers} speakers {'holds' if one else 'hold'} every clip three "
-            f"or more folders down ({'' if one else 'first '}{first.split('/')[0]!r}: {first}); a speaker is DATA's "
-            f"first folder level, so if the folders below {'it' if one else 'them'} are the speakers, give "
-            f"{root / first.split('/')[0]} as DATA")
 
 
 def _feature_path(entry: object, listed_in: Path, where: str) -> object:
@@ -325,7 +313,7 @@ class ClipFolderSource:
         refuse_unicode_twins(self.root, self.speakers)
         if empty and warn:
             print_warning(empty_speaker_folders_warning(self.root, empty, len(speaker_dirs), suffixes))
-        nested = deepest_speakers(utterances)
+        nested = deepest_speakers([(u.speaker, u.key) for u in utterances])
         if nested and warn:
             print_warning(nested_speakers_warning(self.root, nested, len(self.speakers)))
 
@@ -343,26 +331,10 @@ def refuse_unicode_twins(root: Path, speakers: list[str]) -> None:
     """Two speaker folders whose names differ only in Unicode normalisation (é as one code point, or e and a
     combining accent, as macOS writes folder names) print alike in every output and are one name to enroll, remove
     and evaluate: refused, rather than trained and indexed as two speakers no one can tell apart."""
-    from voxaug.embeddings.index import same_name
-
-    spellings: dict[object, list[str]] = {}
-    for speaker in speakers:
-        spellings.setdefault(same_name(speaker), []).append(speaker)
-    twins = next((names for names in spellings.values() if len(names) > 1), None)
+    twins = unicode_twins(speakers)
     if twins:
         raise file_error(root, f"speaker folders {', '.join(map(ascii, twins))} are one name in different Unicode "
                                "spellings (one of them made on macOS?); merge them into one folder")
-
-
-def deepest_speakers(utterances: list[Utterance]) -> list[str]:
-    """For each speaker whose every clip lies three or more folders below its folder (``speaker/a/b/clip``, one level
-    deeper than VoxCeleb's video and LibriSpeech's chapter), its first clip's key."""
-    shallow = {u.speaker for u in utterances if len(PurePosixPath(u.key).parts) < 4}
-    first: dict[str | None, str] = {}
-    for utterance in utterances:
-        if utterance.speaker not in shallow:
-            first.setdefault(utterance.speaker, utterance.key)
-    return list(first.values())
 
 
 def load_clip(path: str | Path, frontend: FrontendConfig) -> torch.Tensor:
