@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -467,15 +468,66 @@ def test_a_symbolic_link_to_nothing_in_a_noise_or_rir_folder_is_refused_naming_i
         WaveAugmentation(**{option: str(folder)})
 
 
-def test_a_stereo_rir_whose_channels_cancel_in_the_mono_mix_is_refused_as_silent(tmp_path):
-    """The silence check took the loudest sample of either channel, but the chain mixes a file to mono first: a RIR
-    with one channel the other's negative passed, and every example it was applied to came out all zeros."""
-    folder = tmp_path / "rir"
+@pytest.mark.parametrize("option, channels, used", [("noise_dir", "cancel", "mono mix"),
+                                                    ("rir_dir", "first silent", "first channel")])
+def test_a_stereo_file_silent_in_the_channels_the_chain_uses_is_refused_as_silent(tmp_path, option, channels, used):
+    """The silence check took the loudest sample of either channel, but the chain mixes a noise to mono first: a
+    noise with one channel the other's negative passed, and was never added. A RIR is applied by its first
+    channel: a silent one would silence every example it is applied to."""
+    folder = tmp_path / "sounds"
     folder.mkdir()
     decay = np.exp(-np.arange(800) / 120.0).astype(np.float32)
-    soundfile.write(folder / "room.wav", np.stack([decay, -decay], axis=1), 16000, subtype="FLOAT")
-    with pytest.raises(VoxaugError, match=r"room\.wav: --rir-dir: audio is silent"):
-        WaveAugmentation(rir_dir=str(folder))
+    pair = [decay, -decay] if channels == "cancel" else [np.zeros_like(decay), decay]
+    soundfile.write(folder / "room.wav", np.stack(pair, axis=1), 16000, subtype="FLOAT")
+    if option == "rir_dir":  # the same file as a noise, used by its mono mix, is not silent (nor taken as checked)
+        assert WaveAugmentation(noise_dir=str(folder))
+    label = "--noise-dir" if option == "noise_dir" else "--rir-dir"
+    with pytest.raises(VoxaugError, match=rf"room\.wav: {label}: audio is silent .* in its {used}$"):
+        WaveAugmentation(**{option: str(folder)})
+
+
+def reverberated_by_audiomentations(tmp_path: Path, ir: np.ndarray, rate: int, waveform: np.ndarray) -> np.ndarray:
+    """audiomentations' own ApplyImpulseResponse on a mono RIR file, for comparison."""
+    from audiomentations import ApplyImpulseResponse
+
+    path = tmp_path / "mono" / "ir.wav"
+    path.parent.mkdir(exist_ok=True)
+    soundfile.write(path, ir, rate, subtype="FLOAT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ApplyImpulseResponse(ir_path=str(path), p=1.0)(samples=waveform, sample_rate=16000)
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_a_multichannel_rir_is_applied_by_its_first_channel_not_its_mono_mix(tmp_path, rate):
+    """RIRS_NOISES' real RIRs are array (8-channel) and binaural (2-channel) recordings. audiomentations convolved
+    a mono waveform with the mean of the channels, a response no microphone recorded (the direct sounds comb-filter,
+    the tails partly cancel); Kaldi's wav-reverberate and lhotse take the first channel, and so does the chain."""
+    rng = np.random.default_rng(3)
+    tails = np.exp(-np.arange(1200) / 200.0)[:, None] * rng.standard_normal((1200, 4))
+    tails[[0, 3, 7, 11], [0, 1, 2, 3]] = 1.0  # the direct sound reaches each microphone at its own delay
+    folder = tmp_path / "rir"
+    folder.mkdir()
+    soundfile.write(folder / "array.wav", tails.astype(np.float32), rate, subtype="FLOAT")
+    waveform = rng.normal(0, 0.1, 16000).astype(np.float32)
+    wave = WaveAugmentation(snr_p=0.0, gain_p=0.0, rir_dir=str(folder), rir_p=1.0)
+    expected = reverberated_by_audiomentations(tmp_path, tails[:, 0].astype(np.float32), rate, waveform)
+    np.testing.assert_allclose(wave.apply(waveform, 16000, seed=1), expected, atol=1e-6)
+
+
+def test_a_rir_at_another_rate_is_resampled_without_a_warning_per_file_and_worker(tmp_path):
+    """A RIR at 44.1 kHz or 8 kHz (RIRS_NOISES has both) printed audiomentations' "had to be resampled ... This hurt
+    execution time" once per file in every worker; it is resampled once per file per process, and quietly."""
+    folder = tmp_path / "rir"
+    folder.mkdir()
+    decay = np.exp(-np.arange(4410) / 600.0) * np.random.default_rng(4).standard_normal(4410)
+    soundfile.write(folder / "hall.wav", decay.astype(np.float32), 44100, subtype="FLOAT")
+    wave = WaveAugmentation(snr_p=0.0, gain_p=0.0, rir_dir=str(folder), rir_p=1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed in range(3):
+            wave.apply(np.ones(1600, dtype=np.float32), 16000, seed)
+    assert [str(warning.message) for warning in caught] == []
 
 
 @pytest.mark.parametrize("option", ["--noise-dir", "--rir-dir"])
@@ -525,3 +577,28 @@ def test_an_m4a_noise_or_rir_file_is_refused_naming_it_not_left_out_without_a_wo
         WaveAugmentation(**{option: str(folder)})
     assert str(refused.value) == (f"{folder / 'cellar.m4a'}: {label}: unsupported audio format '.m4a'; accepted: "
                                   f"{', '.join(audio_suffixes())}")
+
+
+def test_a_noise_that_rirs_noises_noise_list_names_is_refused_as_an_rir_naming_it(tmp_path):
+    """RIRS_NOISES/real_rirs_isotropic_noises holds isotropic noises beside its RIRs, told apart only by its
+    ``rir_list`` and ``noise_list``: ``--rir-dir`` on it convolved every example with minutes of noise as if a room,
+    smearing it into noise at a hundred times a real RIR's cost."""
+    folder = tmp_path / "RIRS_NOISES" / "real_rirs_isotropic_noises"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(6)
+    decay = (np.exp(-np.arange(800) / 120.0) * rng.standard_normal(800)).astype(np.float32)
+    rir = folder / "RVB2014_type1_rir_largeroom1_far_angla.wav"
+    soundfile.write(rir, decay, 16000, subtype="FLOAT")
+    corpus_folder = "RIRS_NOISES/real_rirs_isotropic_noises"
+    (folder / "rir_list").write_text(f"--rir-id large --room-id room1 {corpus_folder}/{rir.name}\n")
+    assert WaveAugmentation(rir_dir=str(folder))
+    noise = folder / "RVB2014_type1_noise_largeroom1_1.wav"
+    soundfile.write(noise, rng.normal(0, 0.1, 32000).astype(np.float32), 16000, subtype="FLOAT")
+    (folder / "noise_list").write_text("--noise-id 1 --noise-type isotropic --bg-fg-type background "
+                                       f"--room-linkage large {corpus_folder}/{noise.name}\n")
+    assert WaveAugmentation(noise_dir=str(folder))
+    with pytest.raises(VoxaugError) as refused:
+        WaveAugmentation(rir_dir=str(folder.parent))
+    assert str(refused.value) == (f"{noise}: --rir-dir: {folder / 'noise_list'} names it a noise, not an "
+                                  "impulse response; give --rir-dir a folder of RIRs only (such as "
+                                  "RIRS_NOISES/simulated_rirs)")

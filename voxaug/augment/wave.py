@@ -30,17 +30,19 @@ from voxaug.runtime.frontend import (
     UNKNOWN_FRAMES, audio_suffixes, check_audio_rate, silence_problem, unsupported_format,
 )
 
-_USABLE: set[tuple[str, int, int]] = set()
-"""(path, size, mtime) of noise and RIR files whose samples were read and found usable, so a process that builds
-the pipeline more than once reads each file once."""
+RIR_OPTION = "--rir-dir"
+
+_USABLE: set[tuple[str, str, int, int]] = set()
+"""(option, path, size, mtime) of noise and RIR files whose samples were read and found usable, so a process that
+builds the pipeline more than once reads each file once (per option: a RIR is used by its first channel only)."""
 
 
 def check_samples(path: Path, option: str) -> None:
     """Refuse a file whose samples hold NaN or Inf (they would poison every mix) or are silent as a clip is (a silent
     RIR silences every example it is applied to; audiomentations skips a noise too quiet to scale, so it would never
-    be added); read in blocks, so a long noise file is never held whole."""
+    be added), in the channels the chain uses; read in blocks, so a long noise file is never held whole."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (option, str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _USABLE:
         return
     peak, channels = 0.0, 1
@@ -48,14 +50,20 @@ def check_samples(path: Path, option: str) -> None:
         for block in soundfile.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
             if not np.isfinite(block).all():
                 raise file_error(path, f"{option}: audio holds NaN or Inf samples")
-            # of the mono mix, as the chain loads it: a stereo file whose channels cancel is silent there
-            peak, channels = max(peak, float(np.abs(block.mean(axis=1)).max(initial=0.0))), block.shape[1]
+            peak, channels = max(peak, float(np.abs(used_channel(block, option)).max(initial=0.0))), block.shape[1]
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:  # a FLAC shorter than its header says
         raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
     problem = silence_problem(peak)
     if problem:
-        raise file_error(path, f"{option}: audio {problem}" + (" in its mono mix" if channels > 1 else ""))
+        where = (" in its first channel" if option == RIR_OPTION else " in its mono mix") if channels > 1 else ""
+        raise file_error(path, f"{option}: audio {problem}{where}")
     _USABLE.add(key)
+
+
+def used_channel(block: np.ndarray, option: str) -> np.ndarray:
+    """The samples the chain uses of a (frames, channels) block: a RIR's first channel (see
+    ``voxaug.augment.impulse``), a noise's mono mix (a stereo noise whose channels cancel is silent there)."""
+    return block[:, 0] if option == RIR_OPTION else block.mean(axis=1)
 
 
 def refuse_unencodable_name(path: Path, option: str) -> None:
@@ -78,6 +86,29 @@ def refuse_unread_formats(listed: list[Path], files: list[Path], option: str) ->
         raise file_error(unread[0], f"{option}: {unsupported_format(unread[0], 'audio format', audio_suffixes())}")
 
 
+def listed_noises(noise_list: Path) -> set[str]:
+    """The audio file names a RIRS_NOISES ``noise_list`` names (``--noise-id ... RIRS_NOISES/<folder>/<name>.wav``)."""
+    try:
+        text = noise_list.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise file_error(noise_list, f"{RIR_OPTION}: cannot be read ({exc.strerror})") from exc
+    return {Path(token).name for token in text.split() if token.lower().endswith(audio_suffixes())}
+
+
+def refuse_listed_noises(files: list[Path]) -> None:
+    """Refuse, as an RIR, a file its folder's ``noise_list`` names a noise: RIRS_NOISES keeps its isotropic noises
+    beside its real RIRs (``real_rirs_isotropic_noises``), and a minute of noise convolved as a room smears every
+    example into noise, a hundred times slower than a real RIR."""
+    noises: dict[Path, set[str]] = {}
+    for path in files:
+        noise_list = path.parent / "noise_list"
+        if path.parent not in noises:
+            noises[path.parent] = listed_noises(noise_list) if noise_list.is_file() else set()
+        if path.name in noises[path.parent]:
+            raise file_error(path, f"{RIR_OPTION}: {noise_list} names it a noise, not an impulse response; give "
+                                   f"{RIR_OPTION} a folder of RIRs only (such as RIRS_NOISES/simulated_rirs)")
+
+
 def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     """Every readable, non-empty, finite, not silent audio file of at least 1 kHz under ``folder`` (as a clip must be),
     less the originals of files converted from them (``x.mp3`` beside ``x.wav``); errors name the folder or the file."""
@@ -94,6 +125,8 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     if not files:
         raise file_error(folder, f"{option}: holds no audio files ({', '.join(audio_suffixes())})")
     refuse_unread_formats(listed, files, option)
+    if option == RIR_OPTION:
+        refuse_listed_noises(files)
     for path in files:
         refuse_unencodable_name(path, option)
         try:
@@ -123,7 +156,7 @@ class WaveAugmentation(BatchAugmentation):
 
     ``snr_*``: AddGaussianSNR; ``gain_*``: Gain (dB); ``noise_*``: AddBackgroundNoise from
     ``noise_dir`` at an SNR in [noise_min_snr_db, noise_max_snr_db]; ``rir_*``: ApplyImpulseResponse
-    from ``rir_dir``. A folder left unset drops its transform.
+    from ``rir_dir``, by each RIR's first channel. A folder left unset drops its transform.
     """
 
     name = "wave"
@@ -158,7 +191,7 @@ class WaveAugmentation(BatchAugmentation):
         self.noise_min_snr_db, self.noise_max_snr_db = noise_min_snr_db, noise_max_snr_db
         self.rir_dir, self.rir_p = rir_dir, rir_p
         self._noise_files = audio_files_in(noise_dir, "--noise-dir") if noise_dir is not None else []
-        self._rir_files = audio_files_in(rir_dir, "--rir-dir") if rir_dir is not None else []
+        self._rir_files = audio_files_in(rir_dir, RIR_OPTION) if rir_dir is not None else []
         self._chain: Any = None
 
     def __call__(self, batch: TrainBatch, generator: Any) -> TrainBatch:
@@ -168,7 +201,9 @@ class WaveAugmentation(BatchAugmentation):
     def chain(self) -> Any:
         """The audiomentations ``Compose`` (built once per process, on first use)."""
         if self._chain is None:
-            from audiomentations import AddBackgroundNoise, AddGaussianSNR, ApplyImpulseResponse, Compose, Gain
+            from audiomentations import AddBackgroundNoise, AddGaussianSNR, Compose, Gain
+
+            from voxaug.augment.impulse import FirstChannelImpulseResponse
 
             transforms = [
                 AddGaussianSNR(min_snr_db=self.min_snr_db, max_snr_db=self.max_snr_db, p=self.snr_p),
@@ -180,7 +215,7 @@ class WaveAugmentation(BatchAugmentation):
                     max_snr_db=self.noise_max_snr_db, p=self.noise_p,
                 ))
             if self._rir_files:
-                transforms.append(ApplyImpulseResponse(ir_path=[str(p) for p in self._rir_files], p=self.rir_p))
+                transforms.append(FirstChannelImpulseResponse(ir_path=[str(p) for p in self._rir_files], p=self.rir_p))
             self._chain = Compose(transforms, p=1.0, shuffle=False)
         return self._chain
 
