@@ -405,3 +405,36 @@ def test_reverb_counts_its_rt60_in_the_training_front_ends_hop(tmp_path):
     given = Reverb(hop_ms=12.5)
     given.bind_hop(20.0)
     assert given.hop_ms == 12.5, "a hop given for features the front end does not describe is kept"
+
+
+def test_speed_warps_the_mel_axis_of_the_training_front_ends_range(tmp_path):
+    """At --sample-rate 8000 (mel bands up to 4 kHz) the warp took band centres from the default 20-7600 Hz range:
+    a 1 kHz tone at speed 1.1 landed 0.33 bands short of where a 1.1 kHz tone lies (80% of the shift)."""
+    import math
+
+    from voxaug.features import log_mel
+    from voxaug.synth import SynthConfig, generate
+
+    data = tmp_path / "data"
+    generate(data, SynthConfig(speakers=2, utterances=4, unseen=0, min_seconds=0.5, max_seconds=0.6, seed=1,
+                               write_training_audio=True), progress=False)
+    config = tiny_config(augment={"names": ["speed"], "speed": {"factors": [1.1]}})
+    config.frontend = {"sample_rate": 8000, "f_max": 4000.0}
+    trainer = Trainer(config, data / "wav", tmp_path / "run", progress=False)
+    speed = trainer.pipeline.augmentations[0]
+    seconds = torch.arange(8000) / 8000
+
+    def tone(hz: float) -> torch.Tensor:
+        return log_mel(0.3 * torch.sin(2 * math.pi * hz * seconds), trainer.frontend)
+
+    def centre_band(features: torch.Tensor) -> float:
+        weights = torch.exp(features).mean(dim=0)
+        return float((weights / weights.sum() * torch.arange(features.shape[1])).sum())
+
+    original = tone(1000.0)
+    batch = TrainBatch.from_labels(original.expand(8, -1, -1).clone(), torch.full((8,), original.shape[0]),
+                                   torch.zeros(8, dtype=torch.long))
+    out = speed(batch, gen(3))
+    faster = int((out.labels[:, 0] != 0).nonzero()[0])  # relabelled: played at 1.1
+    warped = out.features[faster, : int(out.lengths[faster])]
+    assert centre_band(warped) == pytest.approx(centre_band(tone(1100.0)), abs=0.1)

@@ -218,6 +218,7 @@ class Trainer:
         config.model.n_mels = self.store.n_mels
         self.pipeline.bind(len(self.speakers))
         self.pipeline.bind_hop(self.frontend.hop_ms)
+        self.pipeline.bind_mel_range(self.frontend.f_min, self.frontend.f_max)
         config.model.num_classes = len(self.speakers) * self.pipeline.label_copies
         config.model.num_speakers = len(self.speakers) if self.pipeline.label_copies > 1 else 0
         self.model = build_model(config.model).to(self.device)

@@ -59,6 +59,9 @@ class BatchAugmentation(ABC):
     def bind_hop(self, hop_ms: float) -> None:
         """Told the front end's frame hop in ms before the first batch; only augmentations timed in seconds use it."""
 
+    def bind_mel_range(self, f_min_hz: float, f_max_hz: float) -> None:
+        """Told the front end's mel range in Hz before the first batch; only augmentations that warp frequency use it."""
+
     @abstractmethod
     def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
         """Return the augmented batch; shapes of features and lengths are kept unless documented."""

@@ -47,6 +47,11 @@ class AugmentPipeline:
         for augmentation in self.augmentations:
             augmentation.bind_hop(hop_ms)
 
+    def bind_mel_range(self, f_min_hz: float, f_max_hz: float) -> None:
+        """Tell every augmentation the front end's mel range (``speed`` warps the band centres it spans)."""
+        for augmentation in self.augmentations:
+            augmentation.bind_mel_range(f_min_hz, f_max_hz)
+
     def check_bands(self, n_mels: int) -> None:
         """Let every augmentation refuse data of ``n_mels`` bands before it is read (noise files of other bands)."""
         for augmentation in self.augmentations:

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from voxaug.augment.base import BatchAugmentation, TrainBatch, real_frames, register_augmentation, uniform
 from voxaug.errors import VoxaugError
+from voxaug.runtime.frontend import FrontendSettings
 
-F_MIN_HZ, F_MAX_HZ = 20.0, 7600.0
-"""The front end's default mel range (the homework's features); the warp only needs it roughly."""
+F_MIN_HZ, F_MAX_HZ = FrontendSettings.f_min, FrontendSettings.f_max
+"""The default front end's mel range (the homework's features), until the trainer binds its own (``bind_mel_range``)."""
 
 
 def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
@@ -35,11 +36,12 @@ def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=16)
-def band_positions(bands: int, factor: float) -> torch.Tensor:
-    """(bands,) fractional input band read by each output band at speed ``factor`` (clamped to the edges)."""
+def band_positions(bands: int, factor: float, f_min_hz: float = F_MIN_HZ, f_max_hz: float = F_MAX_HZ) -> torch.Tensor:
+    """(bands,) fractional input band read by each output band at speed ``factor`` (clamped to the edges), for
+    mel bands spanning [``f_min_hz``, ``f_max_hz``] as the front end's filterbank does."""
     if bands < 2:
         return torch.zeros(bands)
-    mels = torch.linspace(float(hz_to_mel(torch.tensor(F_MIN_HZ))), float(hz_to_mel(torch.tensor(F_MAX_HZ))), bands + 2)
+    mels = torch.linspace(float(hz_to_mel(torch.tensor(f_min_hz))), float(hz_to_mel(torch.tensor(f_max_hz))), bands + 2)
     centres = mel_to_hz(mels[1:-1].double())  # (F,) Hz
     wanted = (centres / factor).clamp(float(centres[0]), float(centres[-1]))
     upper = torch.searchsorted(centres, wanted).clamp(1, bands - 1)
@@ -71,6 +73,7 @@ class SpeedPerturb(BatchAugmentation):
             raise VoxaugError(f"speed factors name a speed twice: {list(factors)}")
         self.factors = [float(f) for f in factors]
         self._speakers: int | None = None
+        self._mel_range = (F_MIN_HZ, F_MAX_HZ)
 
     @property
     def label_copies(self) -> int:
@@ -78,6 +81,11 @@ class SpeedPerturb(BatchAugmentation):
 
     def bind(self, speakers: int) -> None:
         self._speakers = speakers
+
+    def bind_mel_range(self, f_min_hz: float, f_max_hz: float) -> None:
+        """Warp band centres of the front end's range: from the default one, a narrowband front end (8 kHz audio,
+        bands up to 4 kHz) was warped by about 80% of each factor."""
+        self._mel_range = (float(f_min_hz), float(f_max_hz))
 
     def __call__(self, batch: TrainBatch, generator: torch.Generator) -> TrainBatch:
         if self._speakers is None:
@@ -87,8 +95,8 @@ class SpeedPerturb(BatchAugmentation):
         device = features.device
         choice = (uniform((size,), generator, device) * self.label_copies).long().clamp(max=self.label_copies - 1)
         speeds = torch.tensor([1.0] + self.factors, device=device)[choice]  # (B,)
-        rows = torch.stack([torch.arange(bands, dtype=torch.float32)]
-                           + [band_positions(bands, f) for f in self.factors]).to(device)[choice]  # (B, F)
+        warps = [band_positions(bands, f, *self._mel_range) for f in self.factors]
+        rows = torch.stack([torch.arange(bands, dtype=torch.float32)] + warps).to(device)[choice]  # (B, F)
         read_at = torch.arange(frames, device=device).unsqueeze(0) * speeds.unsqueeze(1)  # (B, T) input frame
         grid_x = (2 * read_at / max(frames - 1, 1) - 1).unsqueeze(1).expand(size, bands, frames)  # (B, F, T)
         grid_y = (2 * rows / max(bands - 1, 1) - 1).unsqueeze(2).expand(size, bands, frames)  # (B, F, T)
