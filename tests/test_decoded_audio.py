@@ -233,3 +233,45 @@ def test_a_store_packed_while_mp3_was_not_read_is_not_reused_once_it_is(tmp_path
     audio_suffixes.cache_clear()
     store, skipped = open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
     assert len(store) == 4 and skipped == []
+
+
+@pytest.mark.parametrize("suffix", [".ogg", ".opus"])
+def test_an_ogg_with_bytes_after_its_last_page_is_read_whole_not_refused_as_truncated(tmp_path, suffix):
+    """An ID3v1 tag a tool appended, or bytes that begin as a page header does but are no page (their CRC wrong),
+    follow the last page: libsndfile reads the whole stream, and the check wanted a page ending at the file's end."""
+    original = encode(tmp_path / f"clip{suffix}", voice(16000), 16000)
+    expected = read_audio(original, 16000)
+    for name, trailing in (("tagged", b"TAG" + bytes(125)), ("page-like", b"OggS" + bytes(23))):
+        clip = tmp_path / f"{name}{suffix}"
+        clip.write_bytes(original.read_bytes() + trailing)
+        assert np.array_equal(read_audio(clip, 16000), expected), name
+
+
+def test_a_wav_corpus_keeps_its_packed_store_whatever_formats_libsndfile_decodes(tmp_path, monkeypatch, without_mp3):
+    """The formats read were in every clip folder's fingerprint: each WAV or FLAC corpus, which holds no clip they
+    decide, was packed again (hours for a VoxCeleb2-sized one) once, and again whenever libsndfile changed."""
+    root = tmp_path / "corpus"
+    for speaker in ("spk000", "spk001"):
+        (root / speaker).mkdir(parents=True)
+        for n in range(2):
+            soundfile.write(root / speaker / f"{n}.wav", voice(16000, seed=n), 16000)
+    store, _ = open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
+    assert store.rebuilt
+    monkeypatch.undo()  # libsndfile with MP3 again
+    audio_suffixes.cache_clear()
+    store, skipped = open_dataset_store(open_source(root), tmp_path / "cache", progress=False, workers=0)
+    assert not store.rebuilt and len(store) == 4 and skipped == []
+
+
+def test_a_noise_folder_leaves_out_the_original_of_a_file_converted_into_another_decoded_format(tmp_path):
+    """x.mp3 beside x.mp3.ogg (``ffmpeg -i "$f" "$f.ogg"``) is that file's original in a clip folder; a noise folder,
+    read the same way, drew both, so that one noise came twice as often as the others."""
+    from voxaug.augment.wave import audio_files_in
+
+    noises = tmp_path / "noises"
+    noises.mkdir()
+    encode(noises / "babble.mp3", voice(16000, seed=1), 16000)
+    encode(noises / "babble.mp3.ogg", voice(16000, seed=1), 16000)
+    encode(noises / "street.ogg", voice(16000, seed=2), 16000)
+    assert [p.name for p in one_file_per_clip(noises, (".pt",) + audio_suffixes())] == ["babble.mp3.ogg", "street.ogg"]
+    assert [p.name for p in audio_files_in(noises, "--noise-dir")] == ["babble.mp3.ogg", "street.ogg"]

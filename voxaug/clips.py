@@ -121,9 +121,13 @@ def is_original(path: Path, stems: Collection[Path]) -> bool:
 
 
 def without_originals(paths: list[Path]) -> list[Path]:
-    """``paths`` less each audio file of a decoded format that is the original of a ``.wav``/``.flac`` among them."""
+    """``paths`` less each audio file of a decoded format that is the original of another among them, as
+    :func:`one_file_per_clip` leaves it out: of a ``.wav``/``.flac``, or of any file named after its whole name
+    (``x.mp3`` beside ``x.mp3.ogg``)."""
     converted = {p.with_suffix("") for p in paths if p.suffix.lower() in CLIP_AUDIO_SUFFIXES}
-    return [p for p in paths if p.suffix.lower() in CLIP_AUDIO_SUFFIXES or not is_original(p, converted)]
+    stems = {p.with_suffix("") for p in paths}
+    return [p for p in paths
+            if p.suffix.lower() in CLIP_AUDIO_SUFFIXES or not (is_original(p, converted) or p in stems)]
 
 
 def unread_audio(paths: Iterable[Path], stems: Collection[Path], read: Collection[str]) -> list[Path]:

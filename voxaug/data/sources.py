@@ -13,7 +13,8 @@ from typing import Protocol
 import torch
 
 from voxaug.audio import audio_suffixes, read_audio
-from voxaug.clips import FEATURE_SUFFIX, deepest_speakers, loose_clips, nested_speakers_warning, one_file_per_clip
+from voxaug.clips import (DECODED_AUDIO_SUFFIXES, FEATURE_SUFFIX, deepest_speakers, loose_clips, nested_speakers_warning,
+                          one_file_per_clip)
 from voxaug.data.validate import check_features, load_feature_file
 from voxaug.errors import VoxaugError, file_error, not_a_folder
 from voxaug.features import FrontendConfig, log_mel
@@ -321,10 +322,13 @@ class ClipFolderSource:
         return load_clip(utterance.path, self.frontend)
 
     def fingerprint(self) -> str:
-        """Of the clips, the front end and the audio formats read: a store packed while libsndfile lacked MP3 (or
-        before .mp3 was read) skipped the .mp3 clips, and is not reused once they can be read."""
-        formats = ",".join(audio_suffixes())
-        return _stat_fingerprint([(u.key, u.path) for u in self.utterances], f"{self.name}|{self.frontend}|{formats}")
+        """Of the clips, the front end and, where a clip is of a format libsndfile may lack, the audio formats read: a
+        store packed while libsndfile lacked MP3 (or before .mp3 was read) skipped the .mp3 clips, and is not reused
+        once they can be read; a WAV or FLAC corpus keeps the store it was packed into before then."""
+        extra = f"{self.name}|{self.frontend}"
+        if any(u.path.suffix.lower() in DECODED_AUDIO_SUFFIXES for u in self.utterances):
+            extra += f"|{','.join(audio_suffixes())}"
+        return _stat_fingerprint([(u.key, u.path) for u in self.utterances], extra)
 
 
 def refuse_unicode_twins(root: Path, speakers: list[str]) -> None:

@@ -310,26 +310,52 @@ OGG_MAX_PAGE = 27 + 255 + 255 * 255
 
 
 def ogg_unfinished(path: Path) -> bool:
-    """Whether an Ogg file stops before its stream ends: no page ends at the end of the file, or the one that does
-    lacks the end-of-stream flag. libsndfile reads a truncated Ogg as a shorter recording, without a word."""
+    """Whether an Ogg file stops before its stream ends: its last whole page (its checksum right) lacks the
+    end-of-stream flag. Bytes after that page (a tag a tool appended) are passed over, as libsndfile passes them;
+    where the last two pages' span holds no whole page, nothing says the file is cut. libsndfile reads a truncated
+    Ogg as a shorter recording, without a word."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
-        handle.seek(max(0, size - OGG_MAX_PAGE))
+        handle.seek(max(0, size - 2 * OGG_MAX_PAGE))  # a cut page, and the whole one before it
         tail = handle.read()
     page = tail.rfind(b"OggS")
     while page >= 0:
-        if _ogg_page_end(tail, page) == len(tail):
+        if _is_whole_ogg_page(tail, page):
             return not tail[page + 5] & 0x04
         page = tail.rfind(b"OggS", 0, page)
-    return True
+    return False
 
 
-def _ogg_page_end(data: bytes, page: int) -> int:
-    """Where the Ogg page starting at ``page`` ends, by its segment table (past ``data`` when the page is cut)."""
+def _is_whole_ogg_page(data: bytes, page: int) -> bool:
+    """Whether an Ogg page starts at ``page`` and ends within ``data``: its segment table and body fit, and its CRC
+    (of the page with the CRC field zeroed) matches, as ``OggS`` met by chance in a page's audio all but never does."""
     if page + 27 > len(data):
-        return len(data) + 1
-    segments = data[page + 27:page + 27 + data[page + 26]]
-    return page + 27 + data[page + 26] + sum(segments)
+        return False
+    body = page + 27 + data[page + 26]
+    end = body + sum(data[page + 27:body])  # past data too where the segment table is cut
+    if end > len(data):
+        return False
+    stored = int.from_bytes(data[page + 22:page + 26], "little")
+    return _ogg_crc(data[page:page + 22] + bytes(4) + data[page + 26:end]) == stored
+
+
+def _ogg_crc_entry(index: int) -> int:
+    """The CRC of the byte ``index``: a row of the table :func:`_ogg_crc` looks bytes up in."""
+    crc = index << 24
+    for _ in range(8):
+        crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+_OGG_CRC_TABLE = tuple(_ogg_crc_entry(index) for index in range(256))
+
+
+def _ogg_crc(data: bytes) -> int:
+    """Ogg's CRC-32: polynomial 0x04C11DB7, most significant bit first, no initial or final inversion."""
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC_TABLE[(crc >> 24) ^ byte]
+    return crc
 
 
 READ_BLOCK_FRAMES = 1 << 16
