@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -105,10 +106,12 @@ def test_readme_gives_the_exported_models_audio_rate_as_its_checkpoints():
 
 
 COUNTS = "zero one two three four five six seven eight nine ten".split()
+RESULTS = ROOT / "benchmarks" / "results"
+RESULTS_TABLE = re.compile(r"<!-- results:.*?<!-- /results -->", re.S)
 
 
-def committed(name: str) -> dict:
-    return json.loads((ROOT / "benchmarks" / "results" / name).read_text(encoding="utf-8"))
+def committed(name: str, results: Path = RESULTS) -> dict:
+    return json.loads((results / name).read_text(encoding="utf-8"))
 
 
 def plain_among_all(run: dict, backend: str) -> float:
@@ -116,8 +119,18 @@ def plain_among_all(run: dict, backend: str) -> float:
     return next(row["unseen_among_all"] for row in run["rows"] if row["backend"] == backend and row["score_norm"] == "none")
 
 
-def span(values: list[float]) -> str:
-    return f"{min(values):.3f}–{max(values):.3f}"
+def figure(value: float) -> str:
+    """A pattern of a figure as the prose states it, to three decimals."""
+    return re.escape(f"{value:.3f}")
+
+
+def span(values: list[float]) -> list[str]:
+    return [figure(min(values)), figure(max(values))]
+
+
+def count(n: int) -> str:
+    """A pattern of a count as prose may state it, in words up to ten or in digits."""
+    return f"(?:{COUNTS[n]}|{n})" if n < len(COUNTS) else str(n)
 
 
 def held_out_mean(rows: list[dict], augment: str) -> float:
@@ -128,37 +141,81 @@ def held_out_mean(rows: list[dict], augment: str) -> float:
     return sum(scores) / len(scores)
 
 
-def readme_headline_figures() -> list[str]:
-    """The README's quality claims as its prose states them, each recomputed from the committed results."""
-    demo = plain_among_all(committed("backend_ablation.json"), "plda")
-    seeds = [plain_among_all(run, "plda") for run in committed("backend_ablation_demo_seeds.json")["runs"]]
-    demo_set = next(s for s in committed("segment_batch.json")["sets"] if s["name"].startswith("demo"))
+def readme_headline_claims(results: Path = RESULTS) -> list[list[str]]:
+    """The README's quality claims, each as the patterns of the figures one paragraph of its prose states,
+    recomputed from the committed results."""
+    demo = plain_among_all(committed("backend_ablation.json", results), "plda")
+    seeds = [plain_among_all(run, "plda") for run in committed("backend_ablation_demo_seeds.json", results)["runs"]]
+    demo_set = next(s for s in committed("segment_batch.json", results)["sets"] if s["name"].startswith("demo"))
     short_crops = [plain_among_all(run, "plda") for run in demo_set["runs"] if "segment 64 x batch 64" in run["training"]]
-    espeak = committed("backend_ablation_crosscheck_rebuilt.json")["runs"]
-    crosscheck = committed("crosscheck.json")["rows"]
+    espeak = committed("backend_ablation_crosscheck_rebuilt.json", results)["runs"]
+    crosscheck = committed("crosscheck.json", results)["rows"]
     default, none = held_out_mean(crosscheck, "reverb,noise"), held_out_mean(crosscheck, "none")
     return [
-        f"**{demo:.3f}, {0.70 - demo:.3f} short of the 0.70 bar**",
-        f"({COUNTS[len(seeds)]} seeds: {span(seeds)}, mean {sum(seeds) / len(seeds):.3f};",
-        f"{sum(short_crops) / len(short_crops):.3f} with `--segment 64 --batch 64`",
-        f"among all 90 at {span([plain_among_all(run, 'plda') for run in espeak])} over {len(espeak)} seeds "
-        f"(LDA {span([plain_among_all(run, 'lda') for run in espeak])};",
-        f"scores {default:.3f} held-out accuracy, +{default - none:.3f} over `--augment none`",
+        [figure(demo), figure(0.70 - demo), count(len(seeds)), *span(seeds), figure(sum(seeds) / len(seeds)),
+         figure(sum(short_crops) / len(short_crops))],
+        [*span([plain_among_all(run, "plda") for run in espeak]), count(len(espeak)),
+         *span([plain_among_all(run, "lda") for run in espeak]), figure(default), figure(default - none)],
     ]
 
 
-def missing_headline_figures(readme: str) -> list[str]:
-    flat = " ".join(readme.split())
-    return [figure for figure in readme_headline_figures() if figure not in flat]
+def prose_paragraphs(readme: str) -> list[str]:
+    """The README's paragraphs of prose: code blocks and generated results tables left out."""
+    prose = RESULTS_TABLE.sub("", FENCE.sub("", readme))
+    return [" ".join(block.split()) for block in re.split(r"\n\s*\n", prose)]
+
+
+def states(paragraph: str, pattern: str) -> bool:
+    """Whether ``paragraph`` states the figure, not as a part of a longer number or word."""
+    return re.search(rf"(?<![\w.]){pattern}(?![\w])", paragraph) is not None
+
+
+def missing_headline_figures(readme: str, results: Path = RESULTS) -> list[list[str]]:
+    """The claims no single paragraph of the README's prose states with all their figures."""
+    paragraphs = prose_paragraphs(readme)
+    return [claim for claim in readme_headline_claims(results)
+            if not any(all(states(paragraph, pattern) for pattern in claim) for paragraph in paragraphs)]
+
+
+def check_readme_headline_figures(root: Path) -> None:
+    """The figures the README's prose repeats by hand are its committed results; and a wrong figure of any claim
+    would be noticed (each claim checked with one figure changed everywhere in the README)."""
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    results = root / "benchmarks" / "results"
+    assert missing_headline_figures(readme, results) == []
+    for claim in readme_headline_claims(results):
+        changed = re.sub(rf"(?<![\w.]){claim[-1]}(?![\w])", lambda found: found.group(0) + "1", readme)
+        assert claim in missing_headline_figures(changed, results), claim[-1]
 
 
 def test_the_readme_s_headline_figures_are_the_committed_results():
     """The prose around the README's tables repeats figures by hand; each must still be what its JSON says."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert missing_headline_figures(readme) == []
-    assert missing_headline_figures(readme.replace("mean 0.633", "mean 0.663")) == [
-        "(seven seeds: 0.550–0.717, mean 0.633;"]
+    check_readme_headline_figures(ROOT)
 
+
+
+def test_the_headline_check_follows_a_rerun_and_a_reworded_readme(tmp_path, monkeypatch):
+    """It sought each figure in its exact sentence, bold and all, and its self-check replaced "mean 0.633" by hand: a
+    demo rerun with one seed fewer, the README's figures updated to match, failed it; so did the same figures restated
+    in other words (the seeds counted in digits, no bold)."""
+    root = tmp_path / "repo"
+    shutil.copytree(RESULTS, root / "benchmarks" / "results")
+    seeds_file = root / "benchmarks" / "results" / "backend_ablation_demo_seeds.json"
+    seeds = json.loads(seeds_file.read_text(encoding="utf-8"))
+    before = [plain_among_all(run, "plda") for run in seeds["runs"]]
+    seeds["runs"] = seeds["runs"][:-1]
+    seeds_file.write_text(json.dumps(seeds), encoding="utf-8")
+    after = before[:-1]
+    old_mean, new_mean = f"{sum(before) / len(before):.3f}", f"{sum(after) / len(after):.3f}"
+    assert old_mean != new_mean
+    paragraphs = (ROOT / "README.md").read_text(encoding="utf-8").split("\n\n")
+    for at, paragraph in enumerate(paragraphs):
+        if f"{COUNTS[len(before)]} seeds" in paragraph and old_mean in paragraph:
+            paragraphs[at] = (paragraph.replace(f"{COUNTS[len(before)]} seeds", f"{len(after)} seeds")
+                              .replace(old_mean, new_mean).replace("**", ""))
+    (root / "README.md").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", root)
+    test_the_readme_s_headline_figures_are_the_committed_results()
 
 DEMO_STUB = '''
 import json, os, sys

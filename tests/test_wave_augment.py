@@ -486,7 +486,8 @@ def test_a_stereo_file_silent_in_the_channels_the_chain_uses_is_refused_as_silen
         WaveAugmentation(**{option: str(folder)})
 
 
-def reverberated_by_audiomentations(tmp_path: Path, ir: np.ndarray, rate: int, waveform: np.ndarray) -> np.ndarray:
+def reverberated_by_audiomentations(tmp_path: Path, ir: np.ndarray, rate: int, waveform: np.ndarray,
+                                    leave_length_unchanged: bool = True) -> np.ndarray:
     """audiomentations' own ApplyImpulseResponse on a mono RIR file, for comparison."""
     from audiomentations import ApplyImpulseResponse
 
@@ -495,7 +496,8 @@ def reverberated_by_audiomentations(tmp_path: Path, ir: np.ndarray, rate: int, w
     soundfile.write(path, ir, rate, subtype="FLOAT")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ApplyImpulseResponse(ir_path=str(path), p=1.0)(samples=waveform, sample_rate=16000)
+        return ApplyImpulseResponse(ir_path=str(path), p=1.0, leave_length_unchanged=leave_length_unchanged)(
+            samples=waveform, sample_rate=16000)
 
 
 @pytest.mark.parametrize("rate", [16000, 8000])
@@ -602,3 +604,33 @@ def test_a_noise_that_rirs_noises_noise_list_names_is_refused_as_an_rir_naming_i
     assert str(refused.value) == (f"{noise}: --rir-dir: {folder / 'noise_list'} names it a noise, not an "
                                   "impulse response; give --rir-dir a folder of RIRs only (such as "
                                   "RIRS_NOISES/simulated_rirs)")
+
+
+def test_the_first_channel_impulse_response_keeps_the_tail_when_asked_as_audiomentations_does(tmp_path):
+    """``FirstChannelImpulseResponse`` re-implements ``ApplyImpulseResponse.apply`` and cut every output to the
+    input's length even when built with ``leave_length_unchanged=False``, an option it inherits and accepts."""
+    from voxaug.augment.impulse import FirstChannelImpulseResponse
+
+    rng = np.random.default_rng(8)
+    ir = (np.exp(-np.arange(900) / 150.0) * rng.standard_normal(900)).astype(np.float32)
+    waveform = rng.normal(0, 0.1, 4000).astype(np.float32)
+    expected = reverberated_by_audiomentations(tmp_path, ir, 16000, waveform, leave_length_unchanged=False)
+    ours = FirstChannelImpulseResponse(ir_path=str(tmp_path / "mono" / "ir.wav"), p=1.0, leave_length_unchanged=False)
+    out = ours(samples=waveform, sample_rate=16000)
+    assert out.shape == (4000 + 900 - 1,)
+    assert out.tobytes() == expected.tobytes()
+
+
+def test_a_rir_rewritten_in_place_is_read_again_by_the_next_chain(tmp_path):
+    """The first channels are cached per process, beyond one chain (audiomentations' cache was the chain's own): a
+    RIR folder regenerated between two trainings in one process was checked anew but convolved as it was before."""
+    folder = tmp_path / "rir"
+    folder.mkdir()
+    rng = np.random.default_rng(9)
+    waveform = rng.normal(0, 0.1, 8000).astype(np.float32)
+    for taps in (400, 1200):
+        ir = (np.exp(-np.arange(taps) / 100.0) * rng.standard_normal(taps)).astype(np.float32)
+        soundfile.write(folder / "room.wav", ir, 16000, subtype="FLOAT")
+        wave = WaveAugmentation(snr_p=0.0, gain_p=0.0, rir_dir=str(folder), rir_p=1.0)
+        expected = reverberated_by_audiomentations(tmp_path, ir, 16000, waveform)
+        assert wave.apply(waveform, 16000, seed=1).tobytes() == expected.tobytes()

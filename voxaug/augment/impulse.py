@@ -10,6 +10,7 @@ lhotse use the first channel; so does this. Imported only when the chain is buil
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import numpy as np
@@ -19,11 +20,19 @@ from numpy.typing import NDArray
 from scipy.signal import convolve
 
 
-@functools.lru_cache(maxsize=128)
 def first_channel(path: str, sample_rate: int) -> NDArray[np.float32]:
+    """A RIR file's first channel at ``sample_rate``, cached by the file's size and modification time as well as its
+    path: the cache outlives the chain, so a RIR rewritten in place is read again by the next chain built."""
+    stat = os.stat(path)
+    return cached_first_channel(path, stat.st_size, stat.st_mtime_ns, sample_rate)
+
+
+@functools.lru_cache(maxsize=128)
+def cached_first_channel(path: str, size: int, mtime_ns: int, sample_rate: int) -> NDArray[np.float32]:
     """A RIR file's first channel at ``sample_rate``: read and resampled once per file per process (the cache has
-    audiomentations' size), where audiomentations warned once per file and per worker that resampling is slow. Read by audiomentations' own loader (librosa, resampled with soxr), so
-    that a mono RIR is the one audiomentations convolved with."""
+    audiomentations' size), where audiomentations warned once per file and per worker that resampling is slow. Read
+    by audiomentations' own loader (librosa, resampled with soxr), so that a mono RIR is the one audiomentations
+    convolved with."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*had to be resampled")
         samples, _ = load_sound_file(path, sample_rate, mono=False)
@@ -32,11 +41,12 @@ def first_channel(path: str, sample_rate: int) -> NDArray[np.float32]:
 
 class FirstChannelImpulseResponse(ApplyImpulseResponse):
     """``ApplyImpulseResponse`` (random RIR, output scaled to a peak of 0.5 over the whole convolution, cut to the
-    input's length) that convolves a mono waveform with each RIR's first channel rather than its mono mix."""
+    input's length unless ``leave_length_unchanged`` is False) that convolves a mono waveform with each RIR's first
+    channel rather than its mono mix."""
 
     def apply(self, samples: NDArray[np.float32], sample_rate: int) -> NDArray[np.float32]:
         reverberant = convolve(samples, first_channel(self.parameters["ir_file_path"], sample_rate)).astype(np.float32)
         peak = float(np.abs(reverberant).max(initial=0.0))
         if peak > 0.0:
             reverberant *= 0.5 / peak
-        return reverberant[: len(samples)]
+        return reverberant[: len(samples)] if self.leave_length_unchanged else reverberant
