@@ -175,6 +175,26 @@ def test_an_error_inside_a_lock_is_not_hidden_by_a_lock_file_that_cannot_be_remo
             raise ValueError("the error that matters")
 
 
+def test_an_index_or_run_lock_on_nfs_is_taken(tmp_path, monkeypatch):
+    """NFS emulates flock with fcntl locks, which refuse an exclusive lock on a file opened read-only (EBADF): the
+    index's and the run folder's lock files were opened read-only, so enroll, embed --index, evaluate --calibrate
+    and train on a cluster's NFS disk failed with a bare 'Bad file descriptor'."""
+    import fcntl
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, operation):
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    lock = tmp_path / "spk.faiss.lock"
+    with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
+        assert lock.exists()
+    assert not lock.exists()
+
+
 def test_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     target = tmp_path / "embeddings.npy"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

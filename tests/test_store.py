@@ -333,3 +333,130 @@ def test_module_fixtures_pack_into_the_session_s_private_cache(cache_of_a_module
     """conftest set VOXAUG_CACHE for each test only, after module and session fixtures had run: those (a Trainer,
     `voxaug embed`) packed into ~/.cache/voxaug, or the developer's own cache, a new store on every run."""
     assert cache_of_a_module_fixture == tmp_path_factory.getbasetemp() / "cache"
+
+
+def test_a_store_packed_while_another_front_end_repacks_the_cache_reports_its_own_skipped_files(
+        tiny_synth, tmp_path, monkeypatch):
+    """Two runs on one audio folder with different front ends share one cache folder. The skipped list was read
+    after the store's lock was released, so the other run's build, waiting for that lock, could replace it first:
+    this run then rebuilt its store for nothing and, raced again, reported none of its skipped files. The other run
+    is forced in each time this one releases the lock."""
+    from contextlib import contextmanager
+
+    import voxaug.data.store as store_module
+    from voxaug.data import audio_store
+    from voxaug.data.sources import open_source
+    from voxaug.features import FrontendConfig
+
+    root = tmp_path / "audio"
+    for wav in (tiny_synth / "unseen" / "test").rglob("*.wav"):
+        (root / wav.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / wav.parent.name / wav.name).write_bytes(wav.read_bytes())
+    bad = next(root.iterdir()) / "bad.wav"
+    bad.write_bytes(b"not audio")
+    cache = tmp_path / "cache"
+    real_lock, real_build = store_module.cache_lock, audio_store.build_audio_store
+    other_runs, builds, in_other_run = [3], [], []
+
+    def other_run() -> None:
+        in_other_run.append(True)
+        other_source = open_source(root, FrontendConfig(n_mels=32), warn=False)
+        other, other_skipped = audio_store.open_dataset_store(other_source, cache, progress=False, workers=0,
+                                                              warn=False)
+        assert other.n_mels == 32 and len(other_skipped) == 1
+        in_other_run.pop()
+
+    @contextmanager
+    def lock_then_other_run(folder):
+        with real_lock(folder):
+            yield
+        if other_runs[0] > 0 and not in_other_run:  # the other run, waiting for the lock, takes it once it is free
+            other_runs[0] -= 1
+            other_run()
+
+    def counted_build(source, *args, **kwargs):
+        builds.append(source.n_mels)
+        return real_build(source, *args, **kwargs)
+
+    other_run()  # the cache holds the other front end's store
+    monkeypatch.setattr(store_module, "cache_lock", lock_then_other_run)
+    monkeypatch.setattr(audio_store, "build_audio_store", counted_build)
+    store, skipped = audio_store.open_dataset_store(open_source(root, warn=False), cache, progress=False, workers=0,
+                                                    warn=False)
+    assert store.n_mels == 40 and len(store) + len(skipped) == len(list(root.rglob("*.wav")))
+    assert [entry["key"] for entry in skipped] == [f"{bad.parent.name}/bad.wav"]
+    assert builds.count(40) == 1
+
+
+def test_a_cache_on_nfs_where_flock_needs_a_file_open_for_writing_is_locked_and_opened(tmp_path, monkeypatch):
+    """NFS (a cluster's shared cache) emulates flock with fcntl locks, which refuse an exclusive lock on a file
+    opened read-only (EBADF, as util-linux's flock(1) notes): the lock file was opened read-only, so every command
+    reading a dataset through a cache on NFS ended in a bare 'Bad file descriptor'."""
+    import errno
+    import fcntl
+
+    import voxaug.data.store as store_module
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, operation):
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(store_module.fcntl, "flock", nfs_flock)
+    root = make_hw4(tmp_path / "d")
+    first = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    again = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert first.rebuilt and not again.rebuilt and again.keys == first.keys
+
+
+def test_a_valid_cache_whose_lock_file_cannot_be_opened_for_writing_is_still_read(tmp_path, monkeypatch):
+    """The lock file is opened for writing (for NFS), and read-only where that is refused: a read-only file system
+    or another user's lock file still serves a valid store, as it did before."""
+    import errno
+
+    root = make_hw4(tmp_path / "d")
+    folder = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False).folder
+    real_open, refused = os.open, []
+
+    def read_only(path, flags, *args, **kwargs):
+        if os.path.dirname(path) == str(folder) and flags & os.O_ACCMODE != os.O_RDONLY:
+            refused.append(path)
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert not store.rebuilt and len(store) > 0 and refused == [folder / ".lock"]
+
+
+def test_a_process_forked_while_a_store_is_packed_does_not_keep_the_cache_locked(tmp_path):
+    """Packing audio forks data-loader workers while the cache lock is held; they shared its descriptor, and with it
+    the flock, so a worker outliving the pack (its run killed, or a failed pack's loader not yet collected) kept
+    every other command on that dataset waiting. The lock is dropped in a forked child, as a run folder's is."""
+    import fcntl
+    import signal
+
+    from voxaug.data.store import LOCK_FILE, cache_lock
+
+    folder = tmp_path / "cache" / "store"
+    started, ready = os.pipe()
+    with cache_lock(folder):
+        child = os.fork()
+        if child == 0:  # a worker that outlives the pack
+            os.write(ready, b"x")
+            time.sleep(60)
+            os._exit(0)
+    try:
+        os.read(started, 1)  # the child runs (what a fork does to the lock is done by then)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the child holds it
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(started)
+        os.close(ready)

@@ -448,6 +448,33 @@ os.register_at_fork(after_in_child=_drop_held_locks_in_child)
 
 
 @contextmanager
+def held_in_this_process(fd: int) -> Iterator[None]:
+    """Keep ``fd``, whose ``flock`` the caller took, to this process: a child forked meanwhile (a data-loader
+    worker) closes its copy, so it cannot hold the lock after this process lets go; only this process closes ``fd``."""
+    holder = os.getpid()
+    _HELD_LOCKS.add(fd)
+    try:
+        yield
+    finally:
+        if os.getpid() == holder:
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)
+
+
+def open_lock_file(path: Path) -> int:
+    """A lock file, created writable by the group and others as the umask allows (another account can share it), and
+    opened for writing where it can be: NFS (a cluster's shared disk) emulates ``flock`` with ``fcntl`` locks, and
+    refuses an exclusive one on a file opened read-only (EBADF). Read-only where it cannot be opened for writing (a
+    read-only file system, another account's lock file), where a local disk's ``flock`` locks it all the same."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    return os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+
+
+@contextmanager
 def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Exception]) -> Iterator[None]:
     """``flock`` on ``lock_path``, waiting up to ``timeout_s`` (then ``busy()`` is raised); the holder removes the
     file on release. A waiter that wins the lock on a file already removed (or replaced) tries again on the
@@ -455,8 +482,8 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
     import fcntl
 
     deadline = time.monotonic() + timeout_s
-    while True:  # read-only, writable by the group and others as the umask allows: another account can share it
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
+    while True:
+        fd = open_lock_file(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

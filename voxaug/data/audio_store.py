@@ -14,9 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from voxaug.clips import AUDIO_FILE_SUFFIXES
 from voxaug.data.sources import DatasetSource, Utterance
-from voxaug.data.store import (
-    FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, cache_lock, cache_write_error, discard_store,
-)
+from voxaug.data.store import FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, discard_store
 from voxaug.errors import VoxaugError
 from voxaug.progress import print_warning, progress_bar
 from voxaug.safeio import atomic_output, atomic_write_json, read_json
@@ -125,11 +123,11 @@ def build_audio_store(
     return index
 
 
-def skipped_files(store: PackedStore, fingerprint: str) -> list[dict] | None:
-    """The files left out of ``store`` when it was built from the source with ``fingerprint`` (``[]`` when none
-    were); None when the list is damaged, missing or of another build (another dataset's, or the source changed
-    since): every audio build writes it, and trusting none there would pass a store that lacks clips as whole."""
-    path = store.folder / SKIPPED_FILE
+def skipped_files(folder: Path, fingerprint: str) -> list[dict] | None:
+    """The files left out of the store in ``folder`` when it was built from the source with ``fingerprint`` (``[]``
+    when none were); None when the list is damaged, missing or of another build (another dataset's, or the source
+    changed since): every audio build writes it, and trusting none there would pass a store lacking clips as whole."""
+    path = folder / SKIPPED_FILE
     if not path.exists():
         return None
     try:
@@ -164,18 +162,10 @@ def open_dataset_store(
     if not has_audio(source):
         return PackedStore.open(source, cache_dir, progress=progress), []
     builder = partial(build_audio_store, workers=workers, strict=strict, strict_because=strict_because, warn=warn)
-    store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
-    skipped = skipped_files(store, source.fingerprint())
-    if skipped is None:  # damaged, missing or another build's: build the store again, which writes it anew
-        folder = store.folder
-        del store  # its mapping would keep the old features on disk through the rebuild, which frees them first
-        with cache_lock(folder):
-            try:
-                (folder / INDEX_FILE).unlink(missing_ok=True)
-            except OSError as exc:
-                raise cache_write_error(exc, folder) from exc
-        store = PackedStore.open(source, cache_dir, progress=progress, builder=builder)
-        skipped = skipped_files(store, source.fingerprint()) or []
+    # the skipped list is read under the store's lock: read after it, another process's build (another front end)
+    # could have replaced it, and this store's skips were reported as none or the store was built again for nothing
+    store = PackedStore.open(source, cache_dir, progress=progress, builder=builder, read_sidecar=skipped_files)
+    skipped = store.sidecar or []
     if skipped and strict:
         raise VoxaugError(f"{skipped[0]['problem']} ({strict_because}; {len(skipped)} bad files in {source.root})")
     if skipped and warn:

@@ -19,7 +19,9 @@ import torch
 from voxaug.data.sources import DatasetSource
 from voxaug.errors import VoxaugError, file_error
 from voxaug.progress import progress_bar
-from voxaug.safeio import atomic_output, atomic_write_json, ensure_folder, home_expanded, read_json
+from voxaug.safeio import (
+    atomic_output, atomic_write_json, ensure_folder, held_in_this_process, home_expanded, open_lock_file, read_json,
+)
 
 STORE_VERSION = 1
 FEATURES_FILE = "features.f32"
@@ -52,6 +54,7 @@ class PackedStore:
     groups: list[str | None]
     n_mels: int
     rebuilt: bool = False
+    sidecar: object = None  # what ``open``'s ``read_sidecar`` read beside the index, under the same lock
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -80,32 +83,53 @@ class PackedStore:
         progress: bool = True,
         loader: Callable | None = None,
         builder: Callable[..., dict] | None = None,
+        read_sidecar: Callable[[Path, str], object] | None = None,
     ) -> "PackedStore":
         """Open the store for ``source``, building it first when missing or stale.
 
         ``builder(source, folder, fingerprint, progress)`` replaces :func:`build_store` (e.g. the
         parallel audio featuriser in ``voxaug.data.audio_store``) and returns the index it wrote.
+        ``read_sidecar(folder, fingerprint)`` reads a file the builder writes beside the index (the audio builder's
+        skipped files) while the lock is held, so another process's build cannot replace it between the two reads;
+        None (missing, damaged or of another build) rebuilds the store. Its value is the store's ``sidecar``.
         """
         folder = store_folder(source, cache_dir)
         fingerprint = source.fingerprint()
-        index_path = folder / INDEX_FILE
         with cache_lock(folder):  # another process may be packing the same dataset, perhaps with another front end
-            if index_path.exists():
-                try:
-                    index = read_json(index_path, "store index")
-                except VoxaugError:
-                    index = None
-                if (isinstance(index, dict) and index.get("fingerprint") == fingerprint
-                        and index.get("version") == STORE_VERSION):
-                    try:
-                        return cls._from_index(folder, index, rebuilt=False)
-                    except (KeyError, TypeError, ValueError, OverflowError, OSError):  # OverflowError: past int64
-                        pass  # a damaged cache (features file truncated or replaced): rebuild it from the source
+            store = cls._reusable(folder, fingerprint)
+            if store is not None and read_sidecar is not None:
+                store.sidecar = read_sidecar(folder, fingerprint)
+                if store.sidecar is None:
+                    store = None  # unmapped before the rebuild, which frees the old features first
+            if store is not None:
+                return store
             if builder is not None:
                 index = builder(source, folder, fingerprint, progress)
             else:
                 index = build_store(source, folder, fingerprint, progress=progress, loader=loader)
-            return cls._from_index(folder, index, rebuilt=True)
+            store = cls._from_index(folder, index, rebuilt=True)
+            if read_sidecar is not None:
+                store.sidecar = read_sidecar(folder, fingerprint)
+            return store
+
+    @classmethod
+    def _reusable(cls, folder: Path, fingerprint: str) -> "PackedStore | None":
+        """The store in ``folder`` when its index is whole, of this ``fingerprint`` and version, and matches its
+        features file; None when it must be built (the caller holds the lock)."""
+        index_path = folder / INDEX_FILE
+        if not index_path.exists():
+            return None
+        try:
+            index = read_json(index_path, "store index")
+        except VoxaugError:
+            return None
+        if not (isinstance(index, dict) and index.get("fingerprint") == fingerprint
+                and index.get("version") == STORE_VERSION):
+            return None
+        try:
+            return cls._from_index(folder, index, rebuilt=False)
+        except (KeyError, TypeError, ValueError, OverflowError, OSError):  # OverflowError: past int64
+            return None  # a damaged cache (features file truncated or replaced): rebuild it from the source
 
     @classmethod
     def _from_index(cls, folder: Path, index: dict, rebuilt: bool) -> "PackedStore":
@@ -142,14 +166,16 @@ def cache_lock(folder: Path) -> Iterator[None]:
     except OSError as exc:
         raise cache_write_error(exc, folder) from exc
     try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
+        fd = open_lock_file(folder / LOCK_FILE)
     except OSError as exc:
         raise cache_write_error(exc, folder) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
+    except OSError as exc:
         os.close(fd)
+        raise cache_write_error(exc, folder / LOCK_FILE) from exc
+    with held_in_this_process(fd):  # packing forks data-loader workers, which must not keep the lock
+        yield
 
 
 def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
