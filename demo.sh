@@ -17,6 +17,11 @@ if ! [[ $STEPS =~ ^[0-9]+$ ]] || (( 10#$STEPS == 0 )); then  # now, not in `voxa
     echo "error: STEPS must be a positive whole number, got '$STEPS'" >&2
     exit 2
 fi
+# synth checks OUT/data only: `bash demo.sh .` wrote its run, index and embeddings/ into the checkout
+if [ -e "$OUT" ] && [ -n "$(ls -A -- "$OUT" 2>/dev/null)" ]; then
+    echo "error: $OUT: not a new or empty folder (an earlier or interrupted demo run?); remove it or name another; $usage" >&2
+    exit 2
+fi
 export VOXAUG_CACHE=${VOXAUG_CACHE:-$OUT/cache}
 
 echo "== 1. synthesise a corpus (training speakers + unseen speakers + impostors)"

@@ -297,6 +297,40 @@ def test_the_demo_checks_its_arguments_before_it_runs_anything(tmp_path, argumen
     assert not (tmp_path / "calls").exists() and not (tmp_path / "out").exists()
 
 
+def run_demo_with_a_logging_stub(tmp_path: Path, out: str):
+    """demo.sh run in ``tmp_path`` into ``out`` with a `voxaug` that only logs its arguments to ``tmp_path/calls``."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "voxaug").write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls"\n')
+    (bin_dir / "voxaug").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(ROOT / "demo.sh"), out], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("earlier", ["a folder holding files", "a file"])
+def test_the_demo_refuses_an_output_that_is_not_a_new_or_empty_folder(tmp_path, earlier):
+    """Its usage promises OUT is a new or empty folder, but only synth's OUT/data was checked: `bash demo.sh .` in the
+    checkout wrote its corpus, run, index and embeddings/ (a package of the checkout) beside the code."""
+    if earlier == "a file":
+        (tmp_path / "out").write_text("notes\n")
+    else:
+        (tmp_path / "out" / "embeddings").mkdir(parents=True)
+    result = run_demo_with_a_logging_stub(tmp_path, "out")
+    assert result.returncode == 2 and "error: out: not a new or empty folder" in result.stderr, result
+    assert result.stdout == "" and not (tmp_path / "calls").exists()
+
+
+def test_the_demo_takes_an_empty_output_folder(tmp_path):
+    """An empty folder, what an interrupted synth leaves, is new enough: the demo goes on to synth."""
+    (tmp_path / "out").mkdir()
+    result = run_demo_with_a_logging_stub(tmp_path, "out")
+    assert (tmp_path / "calls").read_text().startswith("synth out/data --seed 0\n"), result
+
+
 TRAINING_VALUE = re.compile(r"(--scale|--lr|--weight-decay|--mixup-alpha)[ =]([-+]?[0-9][0-9.]*(?:e[-+]?[0-9]+)?)\b")
 
 
