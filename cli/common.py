@@ -8,7 +8,7 @@ import inspect
 import os
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -17,6 +17,9 @@ from typer.models import OptionInfo
 from voxaug.errors import VoxaugError, export_as_checkpoint, file_error, not_a_file
 from voxaug.interrupt import SIGTERM_EXIT, Terminated, sigterm_as_interrupt
 from voxaug.safeio import SYMLINK_LOOP, home_expanded, is_symlink_loop, real_path
+
+if TYPE_CHECKING:
+    from voxaug.data.split import RecordedSplit
 
 F = TypeVar("F", bound=Callable)
 DEBUG_ENV = "VOXAUG_DEBUG"
@@ -280,6 +283,24 @@ def check_training_speakers(data: Path, dataset_speakers: list[str], model_speak
     if list(dataset_speakers) != list(model_speakers):
         raise file_error(data, f"its {len(dataset_speakers)} speakers are not the {len(model_speakers)} the model was "
                                f"trained on, in its order; {purpose}")
+
+
+def warn_of_changed_clips(data: Path, keys: list[str], record: dict | None, trained_count: int | None,
+                          outcome: Callable[[RecordedSplit], str], warn: bool = True) -> RecordedSplit | None:
+    """The run's split as its record of its clips finds it in DATA now (``voxaug.data.split.RecordedSplit``), with one
+    stderr line where clips were added or removed since training (``outcome`` of that split says what the command
+    does about it). None for a run without the record: then a line only where its clip count changed. ``warn``:
+    false on all but one of torchrun's processes."""
+    from voxaug.data.split import changed_clips_warning, changed_count_warning, recorded_split
+
+    if record is None:
+        if warn and trained_count is not None and trained_count != len(keys):
+            typer.echo(changed_count_warning(data, len(keys), trained_count), err=True)
+        return None
+    found = recorded_split(keys, record)
+    if warn and (found.added or found.removed):
+        typer.echo(changed_clips_warning(data, found, outcome(found)), err=True)
+    return found
 
 
 def expand_clips(paths: list[Path], audio_first: bool = False) -> list[Path]:

@@ -16,7 +16,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
-    existing_file, file_name, folder_name, output_file, output_folder,
+    existing_file, file_name, folder_name, output_file, output_folder, warn_of_changed_clips,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, check_choice
 from voxaug.embeddings.index import (
@@ -31,6 +31,7 @@ from voxaug.errors import VoxaugError, file_error
 from voxaug.safeio import atomic_output
 
 if TYPE_CHECKING:
+    from voxaug.data.split import RecordedSplit
     from voxaug.embeddings.extract import Embedded
 
 
@@ -140,10 +141,12 @@ def embed(
         store, _ = main_first(context, lambda: open_dataset_store(source, cache_dir, progress=not quiet and context.is_main,
                                                                   warn=context.is_main))
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
+        rows = None
         if index is not None:  # its labels and cohort are checked before anything is embedded
+            rows = indexed_split(data, store.keys, loaded.split_clips, loaded.clip_count, context.is_main)
             plan = plan_speaker_index(speakers, store.groups, per, loaded.config.seed, loaded.config.val_fraction,
                                       scoring, store.speakers, loaded.config.split_version,
-                                      loaded.config.model.embedding_dim)
+                                      loaded.config.model.embedding_dim, rows=rows)
             if context.is_main:
                 warn_without_cohort(plan, per)
         embedded = embed_store(loaded.model, store, np.arange(len(store)), context.device, window, hop, max_batch=batch,
@@ -152,13 +155,28 @@ def embed(
             embedded, store.keys, speakers, out, index, replace,
             lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw, checkpoint_record(ckpt),
                                         loaded.frontend.to_dict(), loaded.config.seed, loaded.config.val_fraction,
-                                        scoring, store.speakers, loaded.config.split_version),
+                                        scoring, store.speakers, loaded.config.split_version, rows=rows),
             "windows" if window else "utterances"))
         clean = True
     except RankFailed:
         return  # rank 0 prints the error, and its exit status is the run's (torchrun names it the root cause)
     finally:
         shutdown(context, clean)
+
+
+def indexed_split(data: Path, keys: list[str], record: dict | None, trained_count: int | None,
+                  say: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's (training, validation) rows of DATA as its record of its clips finds them, said in one line (where
+    ``say``: rank 0) when clips were added or removed since training; None for a run without that record (its split
+    is then rebuilt from the labels)."""
+    found = warn_of_changed_clips(data, keys, record, trained_count, indexed_clips, warn=say)
+    return None if found is None else (found.train, found.val)
+
+
+def indexed_clips(found: RecordedSplit) -> str:
+    """What embed --index does when DATA's clips changed since training."""
+    return (f"the index is built on the run's own split ({len(found.train)} training and {len(found.val)} validation "
+            "clips still there); the added clips are embedded, but left out of the index")
 
 
 def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | None, replace: bool, per: str, hnsw: bool,

@@ -13,7 +13,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
-    existing_file, file_name, folder_name, output_file, output_folder, warn_calibration_outdated,
+    existing_file, file_name, folder_name, output_file, output_folder, warn_calibration_outdated, warn_of_changed_clips,
 )
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice
 from voxaug.embeddings.index import SpeakerIndex, check_index_writable, check_lock_timeout, index_lock
@@ -21,6 +21,9 @@ from voxaug.errors import VoxaugError, counted, file_error, not_a_folder
 from voxaug.safeio import atomic_write_text, ensure_folder, same_name
 
 if TYPE_CHECKING:
+    from voxaug.data.split import RecordedSplit
+    from voxaug.data.store import PackedStore
+    from voxaug.embeddings.embedders import Embedder
     from voxaug.embeddings.evaluation import LabelledEmbeddings, Trial
     from voxaug.features import FrontendConfig
 
@@ -72,7 +75,7 @@ def evaluate(
     from voxaug.embeddings.calibration import check_far, open_set_scores
     from voxaug.embeddings.evaluation import (
         MAP_METHODS, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
-        read_trials, refuse_trial_features, score_pairs, score_trials, validation_split,
+        read_trials, refuse_trial_features, score_pairs, score_trials,
     )
     from voxaug.embeddings.embedders import CheckpointEmbedder, ExportEmbedder
     from voxaug.embeddings.identify import check_model
@@ -144,10 +147,11 @@ def evaluate(
     if parsed_trials:
         warn_contradicted_trials(trials, parsed_trials, speakers)
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
+    rows = run_split(data, embedder, store)
     if speaker_index is not None and test is None:  # the open-set figures score the validation split: checked now
-        validation = np.array(store.speakers)[store.labels[validation_split(embedder, store)[1]]]
+        validation = np.array(store.speakers)[store.labels[rows[1]]]
         refuse_unenrolled(speaker_index, index, validation.tolist(), validation_source(data, len(validation)))
-    report, reference, held_out = closed_set(embedder, store, progress=not quiet)
+    report, reference, held_out = closed_set(embedder, store, not quiet, rows)
     groups = {"validation": held_out}
     if enroll is not None:
         enrolled = embed_folder(embedder, enroll, cache_dir, not quiet, warn=False)
@@ -252,6 +256,26 @@ def report_inputs(model_path: Path, model_kind: str, model_sha256: str, data: Pa
             "trials": str(trials) if trials is not None else None,
             "trials_root": str(trials_root or data) if trials is not None else None,
             "max_pairs": None if trials is not None else max_pairs}
+
+
+def run_split(data: Path, embedder: Embedder, store: PackedStore) -> tuple[np.ndarray, np.ndarray]:
+    """The run's own (training, validation) rows of DATA as it is now, said in one line where its clips changed since
+    training, and refused where none of the clips the run held out is left to score."""
+    from voxaug.embeddings.evaluation import validation_split
+
+    found = warn_of_changed_clips(data, store.keys, embedder.split_clips, embedder.clip_count, scored_validation)
+    if found is None:
+        return validation_split(embedder, store)
+    if len(found.val) == 0 and found.recorded_val:
+        raise file_error(data, f"none of the run's {counted(found.recorded_val, 'validation clip')} is there any more "
+                               "(removed or renamed since training); evaluate scores the run's own validation split")
+    return found.train, found.val
+
+
+def scored_validation(found: RecordedSplit) -> str:
+    """What evaluate does when DATA's clips changed since training."""
+    return (f"evaluate scores the {len(found.val)} of the run's {found.recorded_val} validation clips still there, and "
+            "leaves the added ones out of its figures")
 
 
 def check_trials_root(trials_root: Path | None, trials: Path | None) -> Path | None:

@@ -32,6 +32,8 @@ class CheckpointEmbedder:
         self.frontend: FrontendConfig = loaded.frontend
         self.speakers: list[str] = list(loaded.speakers)
         self.split: TrainingSplit = loaded.config.training_split
+        self.split_clips: dict[str, np.ndarray] | None = loaded.split_clips  # which clips the run held out
+        self.clip_count: int | None = loaded.clip_count
         self.embedding_dim: int = loaded.config.model.embedding_dim
         self.source_sha256: str | None = None
 
@@ -68,6 +70,9 @@ class ExportEmbedder:
         self.frontend = FrontendConfig.from_dict(model.frontend)
         self.speakers: list[str] = list(model.speakers)
         self.split: TrainingSplit = model.training_split
+        self.split_clips: dict[str, np.ndarray] | None = None  # an export records how its split was drawn, not which
+        # clips it holds: its split is rebuilt from the labels
+        self.clip_count: int | None = None
         self.embedding_dim: int = model.embedding_dim
         self.sha256: str = model.sha256
         self.source_sha256: str | None = model.source_sha256

@@ -21,7 +21,7 @@ from voxaug.data.audio_store import open_dataset_store  # noqa: E402
 from voxaug.data.sources import (  # noqa: E402
     ClipFolderSource, file_identity, load_clip, refuse_features_for, resolve_inside,
 )
-from voxaug.data.split import stratified_split  # noqa: E402
+from voxaug.data.split import recorded_split, stratified_split  # noqa: E402
 from voxaug.data.store import PackedStore  # noqa: E402
 from voxaug.embeddings.backend import check_choice, pair_as_norm  # noqa: E402
 from voxaug.embeddings.embedders import Embedder  # noqa: E402
@@ -267,15 +267,20 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
 
 
 def validation_split(embedder: Embedder, store: PackedStore) -> tuple[np.ndarray, np.ndarray]:
-    """The run's own (training, validation) rows of ``store``: its split, rebuilt from the labels alone."""
+    """The run's own (training, validation) rows of ``store``: the clips its record names (a clip added since training
+    is in neither), or, for a model without that record, its split rebuilt from the labels alone."""
+    if embedder.split_clips is not None:
+        found = recorded_split(store.keys, embedder.split_clips)
+        return found.train, found.val
     split = embedder.split
     return stratified_split(store.labels, split.val_fraction, split.seed, store.groups, split.version)
 
 
-def closed_set(embedder: Embedder, store: PackedStore, progress: bool
+def closed_set(embedder: Embedder, store: PackedStore, progress: bool, rows: tuple[np.ndarray, np.ndarray] | None = None
                ) -> tuple[dict, LabelledEmbeddings, LabelledEmbeddings]:
-    """Accuracy on the run's own validation split, with the training split as the cosine reference."""
-    train, val = validation_split(embedder, store)
+    """Accuracy on the run's own validation split (``rows``, else :func:`validation_split`), with the training split
+    as the cosine reference."""
+    train, val = rows if rows is not None else validation_split(embedder, store)
     if len(val) == 0:
         raise VoxaugError("no validation utterances: the run was trained with --val-fraction 0")
     names = np.array(store.speakers)

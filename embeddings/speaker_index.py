@@ -84,17 +84,20 @@ class IndexPlan:
 def plan_speaker_index(speakers: list[str | None], groups: list[str | None] | None, per: str, seed: int,
                        val_fraction: float, options: ScoringOptions, speaker_order: list[str] | None = None,
                        split_version: int = SPLIT_VERSION, embedding_dim: int | None = None,
-                       copies: np.ndarray | None = None, split_known: bool = True) -> IndexPlan:
+                       copies: np.ndarray | None = None, split_known: bool = True,
+                       rows: tuple[np.ndarray, np.ndarray] | None = None) -> IndexPlan:
     """The run's split and the cohort's utterances, refusing labels, a back end (of ``embedding_dim`` inputs, when
     given) or a cohort the index could not use. ``copies`` (an id per utterance, shared by those that embed
     identically) keeps one of each in the cohort, and its checks count them once. Without ``split_known`` (the model
     records no split; ``val_fraction`` 0 then puts every utterance in the training one) the cohort's source is named
-    :data:`WHOLE_DATASET`."""
+    :data:`WHOLE_DATASET`. ``rows``: the run's (training, validation) rows as its record of their clips finds them
+    (``voxaug.data.split.recorded_split``: a clip added since training is in neither); else rebuilt from the labels."""
     if any(s is None for s in speakers):
         raise VoxaugError("--index needs speaker labels; this dataset has unlabelled utterances (testdata.json?)")
     check_index_speakers(speakers, "--index")
     names = np.array(speakers)
-    train, held_out = stratified_split(speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
+    train, held_out = rows if rows is not None else stratified_split(
+        speaker_codes(names, speaker_order), val_fraction, seed, groups, split_version)
     check_fit_labels(options.backend, names[train], embedding_dim)
     if options.score_norm != "asnorm" and per != "speaker":
         return IndexPlan(names, train, held_out, None, "")
@@ -129,17 +132,18 @@ def distinct_rows(copies: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def build_speaker_index(embeddings: np.ndarray, speakers: list[str | None], groups: list[str | None] | None,
                         per: str, hnsw: bool, checkpoint: dict, frontend: dict, seed: int, val_fraction: float,
                         options: ScoringOptions, speaker_order: list[str] | None = None,
-                        split_version: int = SPLIT_VERSION, split_known: bool = True) -> SpeakerIndex:
+                        split_version: int = SPLIT_VERSION, split_known: bool = True,
+                        rows: tuple[np.ndarray, np.ndarray] | None = None) -> SpeakerIndex:
     """The index of every labelled speaker, enrolled from the training split, with the back end and cohort
     ``options`` ask for.
 
     ``seed``, ``val_fraction``, ``speaker_order`` (the dataset's speakers as training numbered them; default
     sorted) and ``split_version`` are the run's, so the split is the one it trained with; ``split_known`` is false
-    when the model records none (see :func:`plan_speaker_index`).
+    when the model records none, and ``rows`` the split as the run's record finds it (see :func:`plan_speaker_index`).
     """
     copies = np.unique(embeddings, axis=0, return_inverse=True)[1].reshape(-1)
     plan = plan_speaker_index(speakers, groups, per, seed, val_fraction, options, speaker_order, split_version,
-                              embeddings.shape[1], copies, split_known)
+                              embeddings.shape[1], copies, split_known, rows)
     names, train = plan.names, plan.train
     backend = ScoringBackend.fit(options.backend, embeddings[train], names[train], options.lda_dim)
     index = SpeakerIndex(dim=embeddings.shape[1], mode=per, hnsw=hnsw, checkpoint=checkpoint, frontend=frontend,

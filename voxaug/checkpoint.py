@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -49,6 +50,11 @@ class LoadedModel:
     frontend: FrontendConfig
     speakers: list[str]
     path: Path
+    split_clips: dict[str, np.ndarray] | None = None
+    """Digests of the run's training and validation clips (``voxaug.data.split.split_record``); None for a run
+    saved before they were recorded."""
+    clip_count: int | None = None
+    """How many clips the run trained on; None for a run saved before it was recorded."""
 
 
 def _check_model_fields(state: dict[str, Any], path: str | Path) -> None:
@@ -77,6 +83,26 @@ def _check_class_speakers(mapping: object, num_classes: int, speakers: int, path
     if not isinstance(mapping, list) or mapping != class_speakers(num_classes, speakers):
         raise file_error(path, f"checkpoint field 'class_speakers' must map its {num_classes} classes onto its "
                                f"{speakers} speakers in order (class c is speaker c mod {speakers})")
+
+
+def recorded_split_clips(state: dict[str, Any], path: str | Path) -> dict[str, np.ndarray] | None:
+    """The checkpoint's digests of its run's training and validation clips, where it keeps them."""
+    record = state.get("split_clips")
+    if record is None:
+        return None
+    if not isinstance(record, dict) or sorted(record) != ["train", "val"] or not all(
+            isinstance(digests, torch.Tensor) and digests.dtype == torch.int64 and digests.dim() == 1
+            for digests in record.values()):
+        raise file_error(path, "checkpoint field 'split_clips' must hold the 'train' and 'val' clip digests "
+                               "(1-D int64 tensors)")
+    return {part: digests.cpu().numpy() for part, digests in record.items()}
+
+
+def recorded_clip_count(state: dict[str, Any]) -> int | None:
+    """How many clips the checkpoint's run trained on (its ``clips`` identity), where it says."""
+    clips = state.get("clips")
+    count = clips.get("count") if isinstance(clips, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def weight_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
@@ -110,4 +136,5 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.speakers} classes")
     _check_class_speakers(state.get("class_speakers"), config.model.num_classes, config.model.speakers, path)
     model.to(device).eval()
-    return LoadedModel(model, config, frontend, list(state["speakers"]), Path(path))
+    return LoadedModel(model, config, frontend, list(state["speakers"]), Path(path),
+                       recorded_split_clips(state, path), recorded_clip_count(state))

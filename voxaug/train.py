@@ -32,7 +32,9 @@ from voxaug.data.sources import (
     DatasetSource, HW4Source, open_source, speakers_without_utterances, untrained_classes_warning,
 )
 from voxaug.data.store import PackedStore
-from voxaug.data.split import speakers_without_validation, stratified_split, unvalidated_speakers_warning
+from voxaug.data.split import (
+    speakers_without_validation, split_record, stratified_split, unvalidated_speakers_warning,
+)
 from voxaug.data.wave_batches import WaveBatchSource
 from voxaug.device import resolve_device
 from voxaug.distributed import DistContext, main_first, main_only, rank_seed
@@ -210,6 +212,7 @@ class Trainer:
         self.train_indices, self.val_indices = stratified_split(
             self.store.labels, config.val_fraction, config.seed, self.store.groups, config.split_version
         )
+        self.split_clips = split_record(self.store.keys, self.train_indices, self.val_indices)  # for embed, evaluate
         self._warn_of_unvalidated_speakers()
         eval_rng = np.random.default_rng(config.seed + 1)
         count = min(config.train_eval_utterances, len(self.train_indices))
@@ -290,6 +293,7 @@ class Trainer:
             "bad_in_row": self.bad_in_row,  # a resume counts towards max_bad_steps as the uninterrupted run would
             "data": str(self.data),
             "clips": self.clips,
+            "split_clips": {part: torch.from_numpy(digests) for part, digests in self.split_clips.items()},
         }
         if include_optimizer:
             state.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), **self.rank_state())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from pathlib import PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
-from voxaug.errors import VoxaugError
+from voxaug.errors import VoxaugError, counted
 
 
 def speaker_codes(names: np.ndarray | list[str], speaker_order: list[str] | None = None) -> np.ndarray:
@@ -124,3 +127,52 @@ def unvalidated_speakers_warning(unvalidated: list[str], speakers: int) -> str:
     return (f"warning: {len(unvalidated)} of the {speakers} speakers {'has' if one else 'have'} no validation utterance "
             f"({'' if one else 'first '}{unvalidated[0]!r}: {why}); validation accuracy leaves "
             f"{'it' if one else 'them'} out")
+
+
+def clip_digests(keys: list[str]) -> np.ndarray:
+    """Each clip key as a 64-bit number, its suffix left out: a run trained from ``x.wav`` while ``x.pt`` exists is
+    embedded from ``x.pt``, the same clip (a folder lists one file per stem)."""
+    stems = (str(PurePosixPath(key).with_suffix("")) if PurePosixPath(key).suffix else key for key in keys)
+    return np.array([int.from_bytes(hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                                    "little", signed=True) for stem in stems], dtype=np.int64)
+
+
+def split_record(keys: list[str], train: np.ndarray, val: np.ndarray) -> dict[str, np.ndarray]:
+    """What a run keeps of its split: the digests of its training and of its validation clips, so that embed and
+    evaluate find the very clips it held out in a dataset that has changed since."""
+    digests = clip_digests(keys)
+    return {"train": digests[train], "val": digests[val]}
+
+
+class RecordedSplit(NamedTuple):
+    """A run's split found in the dataset as it is now: the rows it trained on and held out (a clip added since is
+    in neither), and how many clips were added and removed since training."""
+
+    train: np.ndarray
+    val: np.ndarray
+    added: int
+    removed: int
+    recorded_val: int
+
+
+def recorded_split(keys: list[str], record: dict[str, np.ndarray]) -> RecordedSplit:
+    """The rows of ``keys`` that :func:`split_record` recorded as training and as validation clips."""
+    digests = clip_digests(keys)
+    train = np.flatnonzero(np.isin(digests, record["train"]))
+    val = np.flatnonzero(np.isin(digests, record["val"]))
+    found = len(train) + len(val)
+    return RecordedSplit(train, val, len(keys) - found, len(record["train"]) + len(record["val"]) - found,
+                         len(record["val"]))
+
+
+def changed_clips_warning(data: object, split: RecordedSplit, outcome: str) -> str:
+    """The one warning line when the dataset's clips changed since training: counted, then what the command does."""
+    return f"warning: {data}: {counted(split.added, 'clip')} added since training, {split.removed} removed; {outcome}"
+
+
+def changed_count_warning(data: object, now: int, trained: int) -> str:
+    """The one warning line for a run that keeps only its clip count (saved before runs recorded their split's
+    clips), when the dataset now holds another number of clips."""
+    return (f"warning: {data}: holds {counted(now, 'clip')}, the run trained on {trained}: its split is rebuilt from "
+            "the clips there now (the run does not record which it held out), so clips it trained on may be scored "
+            "as held out")

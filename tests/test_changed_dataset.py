@@ -1,0 +1,160 @@
+"""embed and evaluate on a dataset whose clips changed since training: the run's own split, said in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from voxaug.checkpoint import load_checkpoint, save_checkpoint
+from voxaug.cli.main import app
+from voxaug.data.audio_store import open_dataset_store
+from voxaug.data.sources import open_source_for_model
+from voxaug.data.split import stratified_split
+from voxaug.data.store import PackedStore
+from voxaug.embeddings.embedders import CheckpointEmbedder
+from voxaug.embeddings.evaluation import validation_split
+from voxaug.embeddings.index import SpeakerIndex
+from voxaug.features import FrontendConfig
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def store_of(data: Path, frontend: FrontendConfig) -> PackedStore:
+    return open_dataset_store(open_source_for_model(data, frontend, warn=False), None, progress=False)[0]
+
+
+def trained_split_keys(ckpt: Path, data: Path) -> tuple[set[str], set[str]]:
+    """The (training, validation) clip keys the run drew from ``data`` as it was when it trained."""
+    embedder = CheckpointEmbedder.load(ckpt, torch.device("cpu"))
+    store = store_of(data, embedder.frontend)
+    split = embedder.split
+    train, val = stratified_split(store.labels, split.val_fraction, split.seed, store.groups, split.version)
+    return {store.keys[i] for i in train}, {store.keys[i] for i in val}
+
+
+def changed_copy(data: Path, out: Path, added: int, dropped: set[str]) -> Path:
+    """A copy of the HW4 set ``data`` with ``added`` new clips of its first speaker and the ``dropped`` clips gone."""
+    shutil.copytree(data, out)
+    metadata = json.loads((out / "metadata.json").read_text())
+    speakers = metadata["speakers"]
+    for name, entries in speakers.items():
+        speakers[name] = [entry for entry in entries if entry["feature_path"] not in dropped]
+    first = next(iter(speakers.values()))
+    for number in range(added):
+        entry = dict(first[number])
+        entry["feature_path"] = f"added-{number}.pt"
+        shutil.copy(out / first[number]["feature_path"], out / entry["feature_path"])
+        first.append(entry)
+    (out / "metadata.json").write_text(json.dumps(metadata))
+    return out
+
+
+def test_evaluate_scores_the_runs_own_validation_clips_after_clips_were_added_and_removed(trained_run, tiny_synth,
+                                                                                          tmp_path):
+    """The validation split was rebuilt from DATA as it is now: after clips were added to a speaker and others
+    removed, clips the model trained on were scored as validation, without a word. The run's record of its held-out
+    clips is used instead, and one line says what changed."""
+    train_keys, val_keys = trained_split_keys(trained_run / "best.pt", tiny_synth)
+    dropped = {sorted(train_keys)[0], sorted(val_keys)[0]}
+    changed = changed_copy(tiny_synth, tmp_path / "data", 3, dropped)
+    embedder = CheckpointEmbedder.load(trained_run / "best.pt", torch.device("cpu"))
+    store = store_of(changed, embedder.frontend)
+    train, val = validation_split(embedder, store)
+    assert {store.keys[i] for i in val} == val_keys - dropped
+    assert {store.keys[i] for i in train} == train_keys - dropped
+    result = invoke("evaluate", changed, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {changed}: 3 clips added since training, 2 removed; evaluate scores the {len(val_keys) - 1} of "
+            f"the run's {len(val_keys)} validation clips still there, and leaves the added ones out of its figures"
+            ) in " ".join(result.output.split()), result.output
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["val_utterances"] == len(val_keys) - 1
+
+
+def test_evaluate_refuses_a_dataset_that_holds_none_of_the_runs_validation_clips(trained_run, tiny_synth, tmp_path):
+    """With every validation clip removed, evaluate said the run was trained with --val-fraction 0 (or, before the
+    record, scored training clips as validation)."""
+    _, val_keys = trained_split_keys(trained_run / "best.pt", tiny_synth)
+    changed = changed_copy(tiny_synth, tmp_path / "data", 0, val_keys)
+    result = invoke("evaluate", changed, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
+                    "--device", "cpu", "-q")
+    assert result.exit_code == 2, result.output
+    assert (f"error: {changed}: none of the run's {len(val_keys)} validation clips is there any more (removed or "
+            "renamed since training); evaluate scores the run's own validation split") in " ".join(result.output.split())
+    assert not (tmp_path / "report").exists()
+
+
+def test_embed_index_of_a_grown_dataset_is_fitted_and_enrolled_on_the_runs_own_split(trained_run, tiny_synth,
+                                                                                     tmp_path):
+    """embed --index fitted the back end, drew the cohort and enrolled the speakers on a split rebuilt from DATA
+    now: added clips moved clips the model trained on into the cohort and validation clips into the entries. With
+    clips added and a validation clip removed, the index is the one the unchanged dataset gives."""
+    _, val_keys = trained_split_keys(trained_run / "last.pt", tiny_synth)
+    changed = changed_copy(tiny_synth, tmp_path / "data", 3, {sorted(val_keys)[0]})
+    outputs = {}
+    for name, data in (("before", tiny_synth), ("after", changed)):
+        result = invoke("embed", data, "--ckpt", trained_run / "last.pt", "--out", tmp_path / name, "--index",
+                        tmp_path / name / "spk.faiss", "--backend", "lda", "--lda-dim", "3", "--device", "cpu", "-q")
+        assert result.exit_code == 0, result.output
+        outputs[name] = " ".join(result.output.split())
+    assert "warning" not in outputs["before"], outputs["before"]
+    assert (f"warning: {changed}: 3 clips added since training, 1 removed; the index is built on the run's own split"
+            ) in outputs["after"], outputs["after"]
+    queries = np.load(tmp_path / "before" / "embeddings.npy")
+    before, after = (SpeakerIndex.load(tmp_path / name / "spk.faiss").search(queries, 3) for name in ("before", "after"))
+    assert [[name for name, _ in ranked] for ranked in before] == [[name for name, _ in ranked] for ranked in after]
+    assert np.allclose([[score for _, score in ranked] for ranked in before],
+                       [[score for _, score in ranked] for ranked in after], atol=1e-4)
+
+
+def test_a_clip_read_from_its_twin_of_another_suffix_is_the_same_clip():
+    """A run trained from ``x.wav`` (``--augment wave``) while ``x.pt`` exists is embedded from ``x.pt``."""
+    from voxaug.data.split import recorded_split, split_record
+
+    keys = ["a/x.wav", "a/y.wav", "b/z.wav", "b/w.wav"]
+    record = split_record(keys, np.array([0, 2]), np.array([1, 3]))
+    found = recorded_split([key.replace(".wav", ".pt") for key in keys], record)
+    assert (found.train.tolist(), found.val.tolist(), found.added, found.removed) == ([0, 2], [1, 3], 0, 0)
+    renamed = recorded_split(["a/x.wav", "a/renamed.wav", "b/z.wav", "b/w.wav"], record)
+    assert (renamed.train.tolist(), renamed.val.tolist(), renamed.added, renamed.removed) == ([0, 2], [3], 1, 1)
+
+
+def test_a_run_saved_before_it_recorded_its_split_clips_still_evaluates_and_says_the_count_changed(
+        trained_run, tiny_synth, tmp_path):
+    """Old runs keep working as before; where the dataset's clip count changed, one line says the split is rebuilt."""
+    state = load_checkpoint(trained_run / "best.pt")
+    state.pop("split_clips", None)
+    save_checkpoint(tmp_path / "old.pt", state)
+    changed = changed_copy(tiny_synth, tmp_path / "data", 2, set())
+    result = invoke("evaluate", changed, "--ckpt", tmp_path / "old.pt", "--out", tmp_path / "report", "--device", "cpu",
+                    "-q")
+    assert result.exit_code == 0, result.output
+    count = state["clips"]["count"]
+    assert (f"warning: {changed}: holds {count + 2} clips, the run trained on {count}: its split is rebuilt from the "
+            "clips there now") in " ".join(result.output.split()), result.output
+    result = invoke("evaluate", tiny_synth, "--ckpt", tmp_path / "old.pt", "--out", tmp_path / "report2", "--device",
+                    "cpu", "-q")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+def test_a_checkpoint_whose_split_clips_are_damaged_is_refused_in_one_line(trained_run, tmp_path):
+    """The record decides which clips evaluate scores: one of another shape is a damaged file, not a split."""
+    from voxaug.checkpoint import load_model
+    from voxaug.errors import VoxaugError
+
+    state = load_checkpoint(trained_run / "best.pt")
+    state["split_clips"] = {"train": [1, 2], "val": torch.zeros(2, dtype=torch.int64)}
+    save_checkpoint(tmp_path / "damaged.pt", state)
+    with pytest.raises(VoxaugError, match=r"damaged\.pt: checkpoint field 'split_clips' must hold the 'train' and "
+                                          r"'val' clip digests \(1-D int64 tensors\)"):
+        load_model(tmp_path / "damaged.pt")
