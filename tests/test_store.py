@@ -395,8 +395,6 @@ def test_a_cache_on_nfs_where_flock_needs_a_file_open_for_writing_is_locked_and_
     import errno
     import fcntl
 
-    import voxaug.data.store as store_module
-
     real_flock = fcntl.flock
 
     def nfs_flock(fd, operation):
@@ -404,7 +402,7 @@ def test_a_cache_on_nfs_where_flock_needs_a_file_open_for_writing_is_locked_and_
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         return real_flock(fd, operation)
 
-    monkeypatch.setattr(store_module.fcntl, "flock", nfs_flock)
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
     root = make_hw4(tmp_path / "d")
     first = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
     again = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)

@@ -9,6 +9,8 @@ import math
 import os
 import pickle
 import re
+import shutil
+import sys
 import tempfile
 import time
 import unicodedata
@@ -59,11 +61,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_gone(pid: int, temp: Path) -> bool:
+    """Whether process ``pid``, which wrote ``temp``, has ended. Windows has no such probe: ``os.kill(pid, 0)``
+    sends Ctrl-C there (signal 0 is CTRL_C_EVENT), so there a temp is taken as a dead writer's by its age alone."""
+    if sys.platform == "win32":
+        return _untouched_for_long(temp)
+    return not _pid_alive(pid)
+
+
+def _untouched_for_long(temp: Path) -> bool:
+    """Whether ``temp`` was last written over ``STALE_UNOWNED_S`` ago."""
+    return time.time() - temp.stat().st_mtime > STALE_UNOWNED_S
+
+
 def clean_stale_temps(path: str | Path) -> list[Path]:
     """Remove temp files of ``path`` left by writers that died (SIGKILL, power loss); return them.
 
     Temp names are ``.NAME.PID.RANDOM.tmp``: one whose PID is no longer running is stale. One from
-    a live process (a concurrent writer) is left alone; one with no readable PID only after an hour.
+    a live process (a concurrent writer) is left alone; one with no readable PID (or on Windows, which cannot tell
+    whether its writer runs) only after an hour.
     """
     path = Path(path)
     removed = []
@@ -76,9 +92,9 @@ def clean_stale_temps(path: str | Path) -> list[Path]:
         parts = candidate.name[len(prefix) : -len(TMP_SUFFIX)].split(".")
         try:
             if len(parts) == 2 and parts[0].isdigit():
-                stale = int(parts[0]) != os.getpid() and not _pid_alive(int(parts[0]))
+                stale = int(parts[0]) != os.getpid() and _writer_gone(int(parts[0]), candidate)
             elif len(parts) == 1:  # an older ``.NAME.RANDOM.tmp`` with no PID
-                stale = time.time() - candidate.stat().st_mtime > STALE_UNOWNED_S
+                stale = _untouched_for_long(candidate)
             else:  # another file's temp (``.NAME.json.PID.RANDOM.tmp``)
                 continue
             if stale:
@@ -214,8 +230,7 @@ def write_error(path: Path, error: Exception, kept: str | None = None) -> Voxaug
     free = ""
     if getattr(error, "errno", None) in (None, errno.ENOSPC, errno.EDQUOT):
         try:
-            room = os.statvfs(path.parent)
-            free = f"; {room.f_bavail * room.f_frsize / 2**20:.1f} MiB free there"
+            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"  # os.statvfs: not on Windows
         except OSError:
             pass
     if kept is None:
@@ -444,7 +459,36 @@ def _drop_held_locks_in_child() -> None:
     _HELD_LOCKS.clear()
 
 
-os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
+def lock_descriptor(fd: int, wait: bool) -> None:
+    """Take the exclusive lock on the open file ``fd``, held until it is closed; ``wait=False`` raises
+    BlockingIOError if another holder has it. ``flock`` where there is one; Windows has no fcntl, so there its
+    first byte is locked with ``msvcrt.locking`` (polled, as its own wait gives up after 10 s)."""
+    try:
+        import fcntl
+    except ImportError:
+        _lock_first_byte(fd, wait)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _lock_first_byte(fd: int, wait: bool) -> None:
+    """Windows: lock byte 0 of ``fd`` (the file may be empty: a range past its end can be locked)."""
+    import msvcrt
+
+    while True:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EDEADLOCK):  # not a lock that another process holds
+                raise
+            if not wait:
+                raise BlockingIOError(*exc.args) from exc
+        time.sleep(LOCK_POLL_S)
 
 
 @contextmanager
@@ -479,13 +523,11 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
     """``flock`` on ``lock_path``, waiting up to ``timeout_s`` (then ``busy()`` is raised); the holder removes the
     file on release. A waiter that wins the lock on a file already removed (or replaced) tries again on the
     current one, so two processes never both hold it. A lock file left by a killed process holds no lock."""
-    import fcntl
-
     deadline = time.monotonic() + timeout_s
     while True:
         fd = open_lock_file(lock_path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_descriptor(fd, wait=False)
         except BlockingIOError:
             os.close(fd)
             if time.monotonic() >= deadline:

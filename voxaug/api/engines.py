@@ -101,7 +101,8 @@ class _TorchThreads:
 
 
 _TORCH_THREADS = _TorchThreads()
-os.register_at_fork(after_in_child=_TORCH_THREADS.after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_TORCH_THREADS.after_fork)
 
 
 class TorchEngine:

@@ -4,7 +4,6 @@ so training slices batches from memory instead of calling `torch.load` per utter
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +19,8 @@ from voxaug.data.sources import DatasetSource
 from voxaug.errors import VoxaugError, file_error
 from voxaug.progress import progress_bar
 from voxaug.safeio import (
-    atomic_output, atomic_write_json, ensure_folder, held_in_this_process, home_expanded, open_lock_file, read_json,
+    atomic_output, atomic_write_json, ensure_folder, held_in_this_process, home_expanded, lock_descriptor, open_lock_file,
+    read_json,
 )
 
 STORE_VERSION = 1
@@ -170,7 +170,7 @@ def cache_lock(folder: Path) -> Iterator[None]:
     except OSError as exc:
         raise cache_write_error(exc, folder) from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock_descriptor(fd, wait=True)
     except OSError as exc:
         os.close(fd)
         raise cache_write_error(exc, folder / LOCK_FILE) from exc
