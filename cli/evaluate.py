@@ -72,7 +72,7 @@ def evaluate(
     from voxaug.data.sources import open_source_for_model
     from voxaug.device import resolve_device
     from voxaug.embeddings.calibration import calibrate as calibrate_threshold
-    from voxaug.embeddings.calibration import check_far, open_set_scores
+    from voxaug.embeddings.calibration import check_far, open_set_scores, unresolved_far
     from voxaug.embeddings.evaluation import (
         MAP_METHODS, TrialScorer, centroid_accuracy, closed_set, embed_folder, embedding_map,
         read_trials, refuse_trial_features, score_pairs, score_trials,
@@ -217,6 +217,8 @@ def evaluate(
                        f"and identify scores {latest.score_name(latest.score_norm)} by default (the index's): give it "
                        f"--score-norm {score_norm} to use this threshold, or calibrate again without --score-norm",
                        err=True)
+    if "open_set" in report and (unresolved := unresolved_far(report["open_set"])):  # with the figures it qualifies
+        typer.echo(f"warning: {index}: {unresolved}", err=True)
     lines = [f"closed set ({report['val_utterances']} validation utterances): softmax {report['softmax_accuracy']:.3f}, "
              f"cosine centroid {report['cosine_centroid_accuracy']:.3f}, cosine 5-NN {report['cosine_knn_accuracy']:.3f}, "
              f"softmax/cosine agreement {report['softmax_cosine_agreement']:.3f}"]

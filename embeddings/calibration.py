@@ -9,6 +9,7 @@ of clips whose top answer is right *and* clears it.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -95,11 +96,7 @@ def threshold_at_far(impostor: np.ndarray, target_far: float, *others: np.ndarra
     among the impostor and ``others`` (the genuine and top scores) if that is smaller, so that every count on
     these scores is that of the lowest such threshold."""
     ordered = np.sort(np.asarray(impostor, dtype=np.float64))[::-1]
-    allowed = int(np.floor(target_far * len(ordered)))  # the largest k with k / n <= target, as FAR is computed:
-    if (allowed + 1) / len(ordered) <= target_far:  # 0.58 * 50 is 28.999999999999996 in floating point
-        allowed += 1
-    elif allowed / len(ordered) > target_far:  # and the product can round up past a target just below k / n
-        allowed -= 1
+    allowed = allowed_false_alarms(len(ordered), target_far)
     if allowed >= len(ordered):
         return float(ordered[-1])
     rejected = ordered[allowed]
@@ -111,6 +108,35 @@ def threshold_at_far(impostor: np.ndarray, target_far: float, *others: np.ndarra
     if above.size:
         margin = min(margin, (above.min() - rejected) / 2)
     return float(max(rejected + margin, np.nextafter(rejected, np.inf)))
+
+
+def allowed_false_alarms(impostors: int, target_far: float) -> int:
+    """The most of ``impostors`` scores a threshold at ``target_far`` may accept: the largest k with k / n <= target,
+    as FAR is computed."""
+    if impostors < 1:
+        raise VoxaugError("a threshold at a false-alarm rate needs at least one impostor score, got none")
+    allowed = int(np.floor(target_far * impostors))
+    if (allowed + 1) / impostors <= target_far:  # 0.58 * 50 is 28.999999999999996 in floating point
+        allowed += 1
+    elif allowed / impostors > target_far:  # and the product can round up past a target just below k / n
+        allowed -= 1
+    return allowed
+
+
+def unresolved_far(record: dict) -> str | None:
+    """Why a calibration's threshold measures no false-alarm rate, or None: from fewer impostor scores (one per clip)
+    than the target FAR needs to allow a single false alarm, the threshold merely clears the highest of them, as for any
+    lower target, so its rate on new voices is unknown; the figures say "at FAR 0.01" all the same."""
+    clips, target_far = record["clips"], record["target_far"]
+    if allowed_false_alarms(clips, target_far) >= 1:
+        return None
+    needed = max(clips + 1, math.floor(1 / target_far))
+    while allowed_false_alarms(needed, target_far) < 1:
+        needed += 1
+    return (f"the threshold at FAR {target_far:g} is picked from {clips} impostor scores (one per held-out clip), "
+            f"fewer than the {needed} that FAR needs to allow one false alarm: it only clears the highest of them "
+            f"(0 of {clips} accepted), so its false-alarm rate is unmeasured; calibrate on more held-out clips or at a "
+            "higher --target-far")
 
 
 def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str, source: str,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from voxaug.cli.main import app
 from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.backend import Cohort, ScoringBackend, as_norm
-from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far
+from voxaug.embeddings.calibration import calibrate, open_set_scores, threshold_at_far, unresolved_far
 from voxaug.embeddings.index import SpeakerIndex, index_lock, sidecar_path
 from voxaug.embeddings.evaluation import LabelledEmbeddings, score_pairs
 from voxaug.embeddings.scoring import eer_and_min_dcf, sample_pairs
@@ -417,6 +417,26 @@ def test_the_threshold_clears_the_rejected_impostor_by_more_than_float_noise_and
             assert (scores >= threshold_at_far(scores, target)).mean() <= target
 
 
+@pytest.mark.parametrize("clips, target_far, unresolved", [(5, 0.01, True), (60, 0.01, True), (99, 0.01, True),
+                                                            (100, 0.01, False), (19, 0.05, True), (20, 0.05, False),
+                                                            (2, 0.5, False)])
+def test_a_target_far_too_small_for_the_impostor_scores_is_said_with_their_count(clips, target_far, unresolved):
+    """Below 1 / FAR impostor scores the target allows no false alarm: the threshold just clears the highest of them
+    (as the demo's 60 clips at FAR 0.01 do), and that is said in one line rather than reported as a rate."""
+    impostor = np.linspace(-1.0, 1.0, clips)
+    genuine = impostor + 1.5
+    record = calibrate({"genuine": genuine, "impostor": impostor, "top": genuine, "correct": np.ones(clips, bool)},
+                       target_far, "none", "test")
+    message = unresolved_far(record)
+    assert (message is not None) == unresolved and record["clips"] == clips
+    if unresolved:
+        assert record["far"] == 0 and record["value"] > impostor.max() and "\n" not in message
+        assert f"FAR {target_far:g} is picked from {clips} impostor scores" in message
+        assert f"fewer than the {round(1 / target_far)} that FAR needs to allow one false alarm" in message
+    with pytest.raises(VoxaugError, match="at least one impostor score"):
+        threshold_at_far(np.zeros(0), target_far)
+
+
 def test_open_set_scores_and_calibration_record():
     vectors, labels = clustered(speakers=6, per=10, spread=0.3)
     index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.3,
@@ -696,6 +716,23 @@ def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(c
     assert written in " ".join(output.split()) and "impostors (never enrolled)" in output, output
 
 
+def test_a_threshold_from_too_few_clips_for_its_far_is_warned_of_and_identify_accepts_as_predicted(calibrated,
+                                                                                                   tiny_synth):
+    """The fixture calibrates at FAR 0.05 on 6 held-out clips, which allow no false alarm (that needs 20): evaluate
+    says so in one line naming the index, and identify accepts exactly the share of those clips it predicted."""
+    _, index, output = calibrated
+    record = json.loads(sidecar_path(index).read_text())["calibration"]
+    assert record["clips"] == 6 and record["far"] == 0
+    warned = [line for line in output.splitlines() if "impostor scores" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: {index}: the threshold at FAR 0.05 is picked from 6 "
+                                                     "impostor scores"), output
+    clips = sorted((tiny_synth / "unseen" / "test").rglob("*.pt"))
+    result = invoke("identify", "--index", index, "--json", *clips)
+    assert result.exit_code == 0, result.output
+    decisions = [json.loads(line)["decision"] for line in result.stdout.splitlines()]
+    assert len(decisions) == 6 and sum(d != "unknown" for d in decisions) / 6 == pytest.approx(record["acceptance"])
+
+
 def test_calibrate_waits_lock_timeout_for_an_enrol_then_says_the_index_was_not_calibrated(calibrated, trained_run,
                                                                                            tiny_synth, tmp_path):
     _, calibrated_index, _ = calibrated
@@ -864,7 +901,7 @@ def test_calibrating_another_score_than_the_index_s_own_says_identify_will_not_u
     assert f"warning: {copy}: the threshold is calibrated for" in result.output
     assert "identify scores asnorm by default (the index's): give it --score-norm none" in result.output
     quiet = invoke("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
-                   "--index", copy, "--calibrate", "-q")
+                   "--index", copy, "--calibrate", "--target-far", "0.05", "-q")  # 20 validation clips resolve 0.05
     assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output
 
 
@@ -981,7 +1018,7 @@ def test_test_clips_that_are_enrolment_clips_are_warned_of(calibrated, trained_r
     shutil.copy(leaked, tests / "new000" / "extra.pt")
     copy = copy_index(index, tmp_path / "copy.faiss")
     args = ("evaluate", tiny_synth, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report", "--index", copy,
-            "--test", tests, "-q")
+            "--test", tests, "--target-far", "0.2", "-q")  # 7 clips resolve FAR 0.2, so no warning of that
     for given in (enrolment, None):  # the clip in --enroll, then only among the index's enrolled clips
         if given is None:
             leaked.unlink()
