@@ -7,7 +7,8 @@
 #
 # Install: the README's command (a fresh .venv, `pip install -e ".[train,test]"`). On a machine
 # with no package registry, set VOXAUG_WHEELS=DIR: the project is then installed into the
-# python3 that already holds torch, its other requirements taken from the wheels in DIR only.
+# python3 that already holds torch, its other requirements and its build backend (setuptools>=77 and wheel)
+# taken from the wheels in DIR only.
 set -euo pipefail
 case "${1:-}" in
     -h | --help)
@@ -24,7 +25,9 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # RESULT.json given (an option sta
 fi
 if [ -n "${VOXAUG_WHEELS:-}" ]; then
     python=python3
-    $python -m pip install -q --no-index --find-links "$VOXAUG_WHEELS" --no-build-isolation -e ".[train,test]"
+    # built as pyproject.toml says, with its backend from DIR: this python's own may be too old (`license = "MIT"`
+    # needs setuptools 77; 3.11's venv holds 65.5), and replacing it could break torch's pin on it
+    $python -m pip install -q --no-index --find-links "$VOXAUG_WHEELS" -e ".[train,test]"
 else
     python3 -m venv .venv && .venv/bin/pip install -q -e ".[train,test]"
     python=.venv/bin/python

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,12 @@ def tiny_synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
     generate(out, TINY_SYNTH, progress=False)
     return out
+
+
+def descriptors_open_on(path: str | os.PathLike) -> list[str]:
+    """This process's file descriptors open on ``path`` (Linux's /proc/self/fd): a lock's must not outlive it."""
+    return [fd for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}") == str(path)]
 
 
 def tiny_config(**overrides):

@@ -517,6 +517,23 @@ def test_gpu_check_sh_takes_a_first_option_as_an_option_not_as_the_result_file(t
         assert done.stdout.splitlines()[-1] == f"ran python3 benchmarks/gpu_check.py {expected}"
 
 
+def test_gpu_check_sh_offline_builds_voxaug_with_the_backend_pyproject_toml_asks_for(tmp_path):
+    """Offline (VOXAUG_WHEELS) voxaug was built by the machine's python3 itself (--no-build-isolation), with whatever
+    setuptools it holds: `license = "MIT"` needs setuptools 77, and an older one (3.11's venv holds 65.5) refused
+    pyproject.toml. The build is isolated, its backend taken from the wheels in DIR as the rest is."""
+    import os
+
+    fake = tmp_path / "python3"  # stands in for the install and the run: logs what it was given
+    fake.write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path}/calls"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "VOXAUG_WHEELS": str(tmp_path)}
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    install = (tmp_path / "calls").read_text().splitlines()[0]
+    assert install == f"-m pip install -q --no-index --find-links {tmp_path} -e .[train,test]"
+
+
 def test_onnx_parity_reads_the_wav_files_at_the_checkpoints_sample_rate(trained_run, tiny_synth, tmp_path):
     import onnx_parity
     from voxaug.checkpoint import load_checkpoint, save_checkpoint

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import descriptors_open_on
 from voxaug.checkpoint import load_checkpoint
 from voxaug.cli.main import app
 from voxaug.data.validate import check_features
@@ -193,6 +194,55 @@ def test_an_index_or_run_lock_on_nfs_is_taken(tmp_path, monkeypatch):
     with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
         assert lock.exists()
     assert not lock.exists()
+
+
+def refuse_writing(monkeypatch, path) -> None:
+    """``path`` opened for writing is refused as another account's 0644 file is to a user who is not root."""
+    real_open = os.open
+
+    def other_accounts_file(name, flags, *args, **kwargs):
+        if str(name) == str(path) and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(name))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", other_accounts_file)
+
+
+def test_an_index_or_run_lock_file_of_another_account_on_a_local_disk_is_taken_read_only(tmp_path, monkeypatch):
+    """The lock file is opened for writing (for NFS); another account's, which refuses that, is opened read-only,
+    where a local disk's flock locks it all the same, so accounts sharing an index folder still share its lock."""
+    import fcntl
+
+    lock = tmp_path / "spk.faiss.lock"
+    refuse_writing(monkeypatch, lock)
+    with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
+        other = os.open(lock, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    assert not lock.exists() and descriptors_open_on(lock) == []
+
+
+def test_an_index_or_run_lock_that_cannot_be_taken_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    """Another account's lock file on NFS is opened read-only, where flock fails (EBADF): its descriptor stayed open
+    for as long as the process lived (an API user's, say), one more each attempt."""
+    import fcntl
+
+    def nfs_flock(fd, operation):
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real_flock(fd, operation)
+
+    real_flock = fcntl.flock
+    lock = tmp_path / "spk.faiss.lock"
+    refuse_writing(monkeypatch, lock)
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
+            pass
+    assert descriptors_open_on(lock) == []
 
 
 def test_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import descriptors_open_on
 from hw4_factory import make_hw4
 from voxaug.data.batching import SegmentSampler, whole_batches
 from voxaug.data.sources import HW4Source
@@ -458,3 +459,19 @@ def test_a_process_forked_while_a_store_is_packed_does_not_keep_the_cache_locked
         os.waitpid(child, 0)
         os.close(started)
         os.close(ready)
+
+
+def test_a_wait_for_the_cache_lock_cut_short_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    """Ctrl-C while another process packs the dataset: the lock file's descriptor stayed open in a process that went
+    on (a notebook), where an interrupt landing as the lock was granted would hold the cache locked for good."""
+    import voxaug.data.store as store_module
+
+    def interrupted(fd, operation):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module.fcntl, "flock", interrupted)
+    folder = tmp_path / "cache" / "store"
+    with pytest.raises(KeyboardInterrupt):
+        with store_module.cache_lock(folder):
+            pass
+    assert descriptors_open_on(folder / store_module.LOCK_FILE) == []

@@ -534,6 +534,9 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
                 raise busy() from None
             time.sleep(LOCK_POLL_S)
             continue
+        except BaseException:  # NFS refusing a read-only lock file, or Ctrl-C: not left open in a process that goes on
+            os.close(fd)
+            raise
         if _same_file(fd, lock_path):
             break
         os.close(fd)

@@ -174,6 +174,9 @@ def cache_lock(folder: Path) -> Iterator[None]:
     except OSError as exc:
         os.close(fd)
         raise cache_write_error(exc, folder / LOCK_FILE) from exc
+    except BaseException:  # Ctrl-C while waiting for another process's pack: not left open in a process that goes on
+        os.close(fd)
+        raise
     with held_in_this_process(fd):  # packing forks data-loader workers, which must not keep the lock
         yield
 
