@@ -466,10 +466,10 @@ def test_a_wait_for_the_cache_lock_cut_short_leaves_no_descriptor_open(tmp_path,
     on (a notebook), where an interrupt landing as the lock was granted would hold the cache locked for good."""
     import voxaug.data.store as store_module
 
-    def interrupted(fd, operation):
+    def interrupted(fd, wait):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store_module.fcntl, "flock", interrupted)
+    monkeypatch.setattr(store_module, "lock_descriptor", interrupted)
     folder = tmp_path / "cache" / "store"
     with pytest.raises(KeyboardInterrupt):
         with store_module.cache_lock(folder):
