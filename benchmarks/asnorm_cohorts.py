@@ -42,7 +42,6 @@ import torch
 from backend_ablation import embed_everything
 from voxaug.checkpoint import LoadedModel
 from voxaug.embeddings.evaluation import LabelledEmbeddings, embed_folder
-from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.embedders import CheckpointEmbedder
 from voxaug.embeddings.backend import Cohort, ScoringBackend, pair_as_norm
 from voxaug.embeddings.scoring import eer_and_min_dcf
@@ -115,10 +114,8 @@ def check_pairs(trials: str, labels: np.ndarray) -> None:
 
 
 def sweep(found: dict, backend_kind: str, trials: str = "unseen", external: LabelledEmbeddings | None = None) -> list[dict]:
-    config = found["model"].config
     labels = np.asarray(found["train"].labels)
-    codes = speaker_codes(labels, found["model"].speakers)
-    train, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"], config.split_version)
+    train, held_out = found["rows"]
     backend = ScoringBackend.fit(backend_kind, found["train"].embeddings[train], labels[train])
     clips, clip_labels = trial_clips(found, trials, held_out)
     check_pairs(trials, clip_labels)

@@ -35,10 +35,9 @@ import torch
 from voxaug.checkpoint import load_checkpoint, load_model
 from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import open_source
-from voxaug.data.split import speaker_codes, stratified_split
 from voxaug.embeddings.calibration import calibrate, open_set_scores
 from voxaug.embeddings.embedders import CheckpointEmbedder
-from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs
+from voxaug.embeddings.evaluation import LabelledEmbeddings, TrialScorer, embed_folder, score_pairs, validation_split
 from voxaug.embeddings.extract import embed_store
 from voxaug.embeddings.index import SpeakerIndex
 from voxaug.embeddings.speaker_index import ScoringOptions, build_speaker_index
@@ -60,6 +59,7 @@ def embed_everything(ckpt: Path, data: Path, cache: Path | None) -> dict:
     truth = dict(list(csv.reader(open(data / "test_labels.csv", encoding="utf-8")))[1:])
     tested = embed_store(loaded.model, test, np.arange(len(test)), device, progress=False)
     found = {"model": loaded, "train": LabelledEmbeddings(train.embeddings, names), "groups": store.groups,
+             "rows": validation_split(CheckpointEmbedder(loaded, device), store),  # the run's own, as evaluate's
              "test": LabelledEmbeddings(tested.embeddings, np.array([truth[k] for k in test.keys]))}
     unseen = data / "unseen"
     for part in ("enroll", "test", "impostors"):
@@ -76,7 +76,7 @@ def enrolled_index(found: dict, backend: str, score_norm: str) -> SpeakerIndex:
     train = found["train"]
     index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
                                 config.seed, config.val_fraction, ScoringOptions(backend, score_norm=score_norm),
-                                found["model"].speakers, config.split_version)
+                                found["model"].speakers, config.split_version, rows=found["rows"])
     enrolled = found["unseen_enroll"]
     for speaker in sorted(set(enrolled.labels.tolist())):
         index.add(speaker, enrolled.embeddings[enrolled.labels == speaker])
@@ -94,8 +94,7 @@ def run_arm(found: dict, backend: str, score_norm: str, target_far: float) -> di
     newcomers = set(enrolled.labels.tolist())
     answers = np.array([hits[0][0] for hits in first])
     tested = np.array([hits[0][0] for hits in index.search(found["test"].embeddings, 1)])
-    codes = speaker_codes(train.labels, found["model"].speakers)
-    kept, held_out = stratified_split(codes, config.val_fraction, config.seed, found["groups"], config.split_version)
+    kept, held_out = found["rows"]
     validation = LabelledEmbeddings(train.embeddings[held_out], train.labels[held_out])
     reference = LabelledEmbeddings(train.embeddings[kept], train.labels[kept])  # evaluate's fallback: one clip a speaker
     row = {"backend": backend, "score_norm": score_norm, "enrolled": len(index.labels),

@@ -80,7 +80,7 @@ def ceiling(ckpt: Path, data: Path, newcomers_test: Path, cache: Path | None) ->
     for backend, key in (("lda", "cosine_lda"), ("plda", "plda")):
         index = build_speaker_index(train.embeddings, train.labels.tolist(), found["groups"], "speaker", False, {}, {},
                                     loaded.config.seed, loaded.config.val_fraction, ScoringOptions(backend),
-                                    loaded.speakers, loaded.config.split_version)
+                                    loaded.speakers, loaded.config.split_version, rows=found["rows"])
         for name in newcomers:  # from all their enrolment clips, as --compare enrols them (the split held one back)
             index.remove(name)
             index.add(name, train.embeddings[train.labels == name])

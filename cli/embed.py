@@ -32,6 +32,7 @@ from voxaug.safeio import atomic_output
 
 if TYPE_CHECKING:
     from voxaug.data.split import RecordedSplit
+    from voxaug.data.store import PackedStore
     from voxaug.embeddings.extract import Embedded
 
 
@@ -143,7 +144,7 @@ def embed(
         speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
         rows = None
         if index is not None:  # its labels and cohort are checked before anything is embedded
-            rows = indexed_split(data, store.keys, loaded.split_clips, loaded.clip_count, context.is_main)
+            rows = indexed_split(data, store, loaded.split_clips, loaded.clip_count, context.is_main)
             plan = plan_speaker_index(speakers, store.groups, per, loaded.config.seed, loaded.config.val_fraction,
                                       scoring, store.speakers, loaded.config.split_version,
                                       loaded.config.model.embedding_dim, rows=rows)
@@ -164,13 +165,22 @@ def embed(
         shutdown(context, clean)
 
 
-def indexed_split(data: Path, keys: list[str], record: dict | None, trained_count: int | None,
+def indexed_split(data: Path, store: PackedStore, record: dict | None, trained_count: int | None,
                   say: bool) -> tuple[np.ndarray, np.ndarray] | None:
     """The run's (training, validation) rows of DATA as its record of its clips finds them, said in one line (where
     ``say``: rank 0) when clips were added or removed since training; None for a run without that record (its split
-    is then rebuilt from the labels)."""
-    found = warn_of_changed_clips(data, keys, record, trained_count, indexed_clips, warn=say)
-    return None if found is None else (found.train, found.val)
+    is then rebuilt from the labels). A speaker none of whose training clips is left is refused: the index would
+    leave it out without a word."""
+    found = warn_of_changed_clips(data, store.keys, record, trained_count, indexed_clips, warn=say)
+    if found is None:
+        return None
+    untrained = sorted(set(store.labels.tolist()) - set(store.labels[found.train].tolist()) - {-1})  # -1: unlabelled
+    if untrained:
+        first = store.speakers[untrained[0]]
+        who = f"speaker {first!r} has" if len(untrained) == 1 else f"{len(untrained)} speakers (first {first!r}) have"
+        raise file_error(data, f"{who} no clip the run trained on (each was removed, renamed or added since "
+                               "training); embed --index enrols each speaker from the run's own training split")
+    return found.train, found.val
 
 
 def indexed_clips(found: RecordedSplit) -> str:
@@ -183,7 +193,8 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
                       scoring: ScoringOptions, window: int | None, hop: int | None, device: str,
                       cache_dir: Path | None, quiet: bool) -> None:
     """`embed --model`: one process, through the Python API's model. The back end and AS-norm cohort are fitted
-    on the run's own training split, which the export records (its seed and validation fraction)."""
+    on the run's own training split: the clips a checkpoint's record names, else the split its seed and validation
+    fraction (which an export records) rebuild."""
     from voxaug.api.model import SpeakerModel
     from voxaug.data.audio_store import open_dataset_store
     from voxaug.data.sources import open_source_for_model
@@ -205,15 +216,17 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
                                 own_speakers_only(index, "--model", model_path))
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
+    rows = None
     if index is not None:  # its labels and cohort are checked before anything is embedded
+        rows = indexed_split(data, store, speaker_model.engine.split_clips, speaker_model.engine.clip_count, True)
         warn_without_cohort(plan_speaker_index(speakers, store.groups, per, seed, val_fraction, scoring, store.speakers,
                                                split_version, speaker_model.embedding_dim,
-                                               split_known=split is not None), per)
+                                               split_known=split is not None, rows=rows), per)
     embedded = embed_store_with_model(speaker_model, store, window, hop, progress=not quiet)
     _write_outputs(embedded, store.keys, speakers, out, index, replace,
                    lambda: build_speaker_index(embedded.embeddings, speakers, store.groups, per, hnsw,
                                                speaker_model.record(), speaker_model.frontend, seed, val_fraction,
-                                               scoring, store.speakers, split_version, split is not None),
+                                               scoring, store.speakers, split_version, split is not None, rows),
                    "windows" if window else "utterances")
 
 

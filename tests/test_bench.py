@@ -459,13 +459,16 @@ def test_asnorm_trial_set_without_a_same_speaker_pair_is_skipped_in_one_line(tra
                                                                            monkeypatch):
     import asnorm_cohorts
 
-    real = asnorm_cohorts.stratified_split
+    real = asnorm_cohorts.embed_everything
 
-    def one_validation_clip_each(codes, *args):
-        train, held_out = real(codes, *args)
-        return train, held_out[np.unique(np.asarray(codes)[held_out], return_index=True)[1]]
+    def one_validation_clip_each(*args):
+        found = real(*args)
+        train, held_out = found["rows"]
+        labels = np.asarray(found["train"].labels)
+        found["rows"] = train, held_out[np.unique(labels[held_out], return_index=True)[1]]
+        return found
 
-    monkeypatch.setattr(asnorm_cohorts, "stratified_split", one_validation_clip_each)
+    monkeypatch.setattr(asnorm_cohorts, "embed_everything", one_validation_clip_each)
     ckpt = str(trained_run / "last.pt")
     assert asnorm_cohorts.main([str(tiny_synth), "--ckpt", ckpt, "--trials", "validation", "unseen",
                                 "--json", str(tmp_path / "a.json")]) == 0

@@ -158,3 +158,83 @@ def test_a_checkpoint_whose_split_clips_are_damaged_is_refused_in_one_line(train
     with pytest.raises(VoxaugError, match=r"damaged\.pt: checkpoint field 'split_clips' must hold the 'train' and "
                                           r"'val' clip digests \(1-D int64 tensors\)"):
         load_model(tmp_path / "damaged.pt")
+
+
+def test_embed_index_through_the_python_api_model_is_fitted_on_the_runs_own_split(trained_run, tiny_synth, tmp_path):
+    """``embed --model`` takes the run's checkpoint through the Python API's SpeakerModel, which rebuilt the split
+    from DATA as it is now, so a grown dataset gave another index than ``--ckpt`` and said nothing."""
+    _, val_keys = trained_split_keys(trained_run / "last.pt", tiny_synth)
+    changed = changed_copy(tiny_synth, tmp_path / "data", 3, {sorted(val_keys)[0]})
+    outputs = {}
+    for name, option in (("ckpt", "--ckpt"), ("model", "--model")):
+        result = invoke("embed", changed, option, trained_run / "last.pt", "--out", tmp_path / name, "--index",
+                        tmp_path / name / "spk.faiss", "--backend", "lda", "--lda-dim", "3", "--device", "cpu", "-q")
+        assert result.exit_code == 0, result.output
+        outputs[name] = " ".join(result.output.split())
+    assert (f"warning: {changed}: 3 clips added since training, 1 removed; the index is built on the run's own split"
+            ) in outputs["model"], outputs["model"]
+    queries = np.load(tmp_path / "ckpt" / "embeddings.npy")
+    by_ckpt, by_model = (SpeakerIndex.load(tmp_path / name / "spk.faiss").search(queries, 3)
+                         for name in ("ckpt", "model"))
+    assert [[name for name, _ in ranked] for ranked in by_ckpt] == [[name for name, _ in ranked] for ranked in by_model]
+    assert np.allclose([[score for _, score in ranked] for ranked in by_ckpt],
+                       [[score for _, score in ranked] for ranked in by_model], atol=1e-4)
+
+
+def test_evaluate_of_a_checkpoint_given_as_model_scores_the_runs_own_validation_clips(trained_run, tiny_synth,
+                                                                                      tmp_path):
+    """``evaluate --model`` loads the run's checkpoint as the Python API's SpeakerModel, whose split was rebuilt from
+    DATA as it is now: clips the model trained on were scored as validation once clips were added, without a word."""
+    _, val_keys = trained_split_keys(trained_run / "best.pt", tiny_synth)
+    changed = changed_copy(tiny_synth, tmp_path / "data", 3, {sorted(val_keys)[0]})
+    reports = {}
+    for name, option in (("ckpt", "--ckpt"), ("model", "--model")):
+        result = invoke("evaluate", changed, option, trained_run / "best.pt", "--out", tmp_path / name,
+                        "--device", "cpu", "-q")
+        assert result.exit_code == 0, result.output
+        assert f"warning: {changed}: 3 clips added since training, 1 removed" in " ".join(result.output.split())
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert reports["model"]["val_utterances"] == reports["ckpt"]["val_utterances"] == len(val_keys) - 1
+    assert reports["model"]["cosine_knn_accuracy"] == pytest.approx(reports["ckpt"]["cosine_knn_accuracy"])
+
+
+def test_benchmarks_score_the_runs_own_split_of_a_changed_dataset(trained_run, tiny_synth, tmp_path, monkeypatch):
+    """backend_ablation's index and validation pairs (and, through them, calibration_holdout's, asnorm_cohorts' and
+    retrain_ceiling's) came from a split rebuilt from DATA as it is now, so on a grown dataset they scored other clips
+    than evaluate does."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import asnorm_cohorts
+    import backend_ablation
+
+    _, val_keys = trained_split_keys(trained_run / "best.pt", tiny_synth)
+    changed = changed_copy(tiny_synth, tmp_path / "data", 3, {sorted(val_keys)[0]})
+    found = {name: backend_ablation.embed_everything(trained_run / "best.pt", data, None)
+             for name, data in (("before", tiny_synth), ("after", changed))}
+    queries = found["before"]["unseen_test"].embeddings
+    before, after = (backend_ablation.enrolled_index(found[name], "lda", "none").search(queries, 3)
+                     for name in ("before", "after"))
+    assert [[name for name, _ in ranked] for ranked in before] == [[name for name, _ in ranked] for ranked in after]
+    assert np.allclose([[score for _, score in ranked] for ranked in before],
+                       [[score for _, score in ranked] for ranked in after], atol=1e-4)
+    held_out = len(val_keys) - 1
+    assert asnorm_cohorts.sweep(found["after"], "none", "validation")[0]["trials"] == held_out * (held_out - 1) // 2
+
+
+def test_embed_index_refuses_a_speaker_none_of_whose_training_clips_is_left(trained_run, tiny_synth, tmp_path):
+    """With every clip a speaker was trained on renamed (features extracted again under new names), embed --index
+    wrote an index without that speaker, or with every clip renamed one of no speakers, and exited 0."""
+    changed = changed_copy(tiny_synth, tmp_path / "data", 0, set())
+    metadata = json.loads((changed / "metadata.json").read_text())
+    first = next(iter(metadata["speakers"]))
+    for entry in metadata["speakers"][first]:
+        renamed = f"again-{entry['feature_path']}"
+        (changed / entry["feature_path"]).rename(changed / renamed)
+        entry["feature_path"] = renamed
+    (changed / "metadata.json").write_text(json.dumps(metadata))
+    result = invoke("embed", changed, "--ckpt", trained_run / "last.pt", "--out", tmp_path / "out", "--index",
+                    tmp_path / "out" / "spk.faiss", "--backend", "none", "--score-norm", "none", "--device", "cpu", "-q")
+    assert result.exit_code == 2, result.output
+    assert (f"error: {changed}: speaker {first!r} has no clip the run trained on (each was removed, renamed or added "
+            "since training); embed --index enrols each speaker from the run's own training split"
+            ) in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out" / "spk.faiss").exists()

@@ -41,6 +41,9 @@ class OnnxEngine:
         self.embedding_dim = self.model.embedding_dim
         self.frontend = self.model.frontend
         self.training_split = self.model.training_split
+        # an export records how its split was drawn, not which clips it holds: its split is rebuilt from the labels
+        self.split_clips: dict[str, np.ndarray] | None = None
+        self.clip_count: int | None = None
 
     def run(self, clip: Clip, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         if clip.features is not None and self.model.takes_audio:  # the clip is at fault: name it, not the model too
@@ -127,6 +130,8 @@ class TorchEngine:
         self.embedding_dim = self.loaded.config.model.embedding_dim
         self.frontend = FrontendSettings.from_dict(self.loaded.frontend.to_dict())
         self.training_split: TrainingSplit | None = self.loaded.config.training_split
+        self.split_clips: dict[str, np.ndarray] | None = self.loaded.split_clips  # which clips the run held out
+        self.clip_count: int | None = self.loaded.clip_count
 
     def features(self, clip: Clip, min_frames: int | None = None) -> "torch.Tensor":
         """The clip as a checked (T, n_mels) tensor: features as given, or a waveform through torchaudio's log-mel.
