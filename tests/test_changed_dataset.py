@@ -75,8 +75,9 @@ def test_evaluate_scores_the_runs_own_validation_clips_after_clips_were_added_an
     result = invoke("evaluate", changed, "--ckpt", trained_run / "best.pt", "--out", tmp_path / "report",
                     "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
-    assert (f"warning: {changed}: 3 clips added since training, 2 removed; evaluate scores the {len(val_keys) - 1} of "
-            f"the run's {len(val_keys)} validation clips still there, and leaves the added ones out of its figures"
+    assert (f"warning: {changed}: 3 clips added and 2 clips removed since training; evaluate scores the "
+            f"{len(val_keys) - 1} of the run's {len(val_keys)} validation clips still there, and leaves the added ones "
+            "out of its figures"
             ) in " ".join(result.output.split()), result.output
     assert json.loads((tmp_path / "report" / "report.json").read_text())["val_utterances"] == len(val_keys) - 1
 
@@ -108,8 +109,8 @@ def test_embed_index_of_a_grown_dataset_is_fitted_and_enrolled_on_the_runs_own_s
         assert result.exit_code == 0, result.output
         outputs[name] = " ".join(result.output.split())
     assert "warning" not in outputs["before"], outputs["before"]
-    assert (f"warning: {changed}: 3 clips added since training, 1 removed; the index is built on the run's own split"
-            ) in outputs["after"], outputs["after"]
+    assert (f"warning: {changed}: 3 clips added and 1 clip removed since training; the index is built on the run's "
+            "own split") in outputs["after"], outputs["after"]
     queries = np.load(tmp_path / "before" / "embeddings.npy")
     before, after = (SpeakerIndex.load(tmp_path / name / "spk.faiss").search(queries, 3) for name in ("before", "after"))
     assert [[name for name, _ in ranked] for ranked in before] == [[name for name, _ in ranked] for ranked in after]
@@ -171,8 +172,8 @@ def test_embed_index_through_the_python_api_model_is_fitted_on_the_runs_own_spli
                         tmp_path / name / "spk.faiss", "--backend", "lda", "--lda-dim", "3", "--device", "cpu", "-q")
         assert result.exit_code == 0, result.output
         outputs[name] = " ".join(result.output.split())
-    assert (f"warning: {changed}: 3 clips added since training, 1 removed; the index is built on the run's own split"
-            ) in outputs["model"], outputs["model"]
+    assert (f"warning: {changed}: 3 clips added and 1 clip removed since training; the index is built on the run's "
+            "own split") in outputs["model"], outputs["model"]
     queries = np.load(tmp_path / "ckpt" / "embeddings.npy")
     by_ckpt, by_model = (SpeakerIndex.load(tmp_path / name / "spk.faiss").search(queries, 3)
                          for name in ("ckpt", "model"))
@@ -192,7 +193,7 @@ def test_evaluate_of_a_checkpoint_given_as_model_scores_the_runs_own_validation_
         result = invoke("evaluate", changed, option, trained_run / "best.pt", "--out", tmp_path / name,
                         "--device", "cpu", "-q")
         assert result.exit_code == 0, result.output
-        assert f"warning: {changed}: 3 clips added since training, 1 removed" in " ".join(result.output.split())
+        assert f"warning: {changed}: 3 clips added and 1 clip removed since training" in " ".join(result.output.split())
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
     assert reports["model"]["val_utterances"] == reports["ckpt"]["val_utterances"] == len(val_keys) - 1
     assert reports["model"]["cosine_knn_accuracy"] == pytest.approx(reports["ckpt"]["cosine_knn_accuracy"])

@@ -167,12 +167,14 @@ def recorded_split(keys: list[str], record: dict[str, np.ndarray]) -> RecordedSp
 
 def changed_clips_warning(data: object, split: RecordedSplit, outcome: str) -> str:
     """The one warning line when the dataset's clips changed since training: counted, then what the command does."""
-    return f"warning: {data}: {counted(split.added, 'clip')} added since training, {split.removed} removed; {outcome}"
+    changes = [f"{counted(count, 'clip')} {what}"
+               for count, what in ((split.added, "added"), (split.removed, "removed")) if count]
+    return f"warning: {data}: {' and '.join(changes)} since training; {outcome}"
 
 
 def changed_count_warning(data: object, now: int, trained: int) -> str:
     """The one warning line for a run that keeps only its clip count (saved before runs recorded their split's
     clips), when the dataset now holds another number of clips."""
     return (f"warning: {data}: holds {counted(now, 'clip')}, the run trained on {trained}: its split is rebuilt from "
-            "the clips there now (the run does not record which it held out), so clips it trained on may be scored "
-            "as held out")
+            "the clips there now (the run does not record which it held out), so it may not be the split the run "
+            "trained with")
