@@ -217,8 +217,6 @@ def evaluate(
                        f"and identify scores {latest.score_name(latest.score_norm)} by default (the index's): give it "
                        f"--score-norm {score_norm} to use this threshold, or calibrate again without --score-norm",
                        err=True)
-    if "open_set" in report and (unresolved := unresolved_far(report["open_set"])):  # with the figures it qualifies
-        typer.echo(f"warning: {index}: {unresolved}", err=True)
     lines = [f"closed set ({report['val_utterances']} validation utterances): softmax {report['softmax_accuracy']:.3f}, "
              f"cosine centroid {report['cosine_centroid_accuracy']:.3f}, cosine 5-NN {report['cosine_knn_accuracy']:.3f}, "
              f"softmax/cosine agreement {report['softmax_cosine_agreement']:.3f}"]
@@ -247,6 +245,8 @@ def evaluate(
                          f"{o['impostors']['clips']} clips")
     lines.append(f"wrote {out / 'report.json'} and {out / 'embeddings_map.png'}")
     typer.echo("\n".join(lines))
+    if "open_set" in report and (unresolved := unresolved_far(report["open_set"])):  # after the figures it qualifies
+        typer.echo(f"warning: {index}: {unresolved}", err=True)
 
 
 def report_inputs(model_path: Path, model_kind: str, model_sha256: str, data: Path, trials: Path | None,

@@ -37,13 +37,18 @@ def test_the_toolkit_imports_where_os_has_no_fork_hooks_and_no_fcntl() -> None:
 
 
 def fake_msvcrt() -> types.ModuleType:
-    """Windows' ``msvcrt.locking`` (non-blocking mode): a held lock raises PermissionError; backed here by flock."""
+    """Windows' ``msvcrt.locking`` (non-blocking mode, and unlocking): a held lock raises PermissionError; backed here
+    by flock. It checks how the toolkit calls msvcrt, not what Windows does."""
     module = types.ModuleType("msvcrt")
-    module.LK_NBLCK = 2
-    module.locked = []  # the descriptors it locked
+    module.LK_UNLCK, module.LK_NBLCK = 0, 2
+    module.locked, module.unlocked = [], []  # the descriptors it locked, and unlocked
 
     def locking(fd: int, mode: int, nbytes: int) -> None:
-        assert (mode, nbytes, os.lseek(fd, 0, os.SEEK_CUR)) == (module.LK_NBLCK, 1, 0)
+        assert mode in (module.LK_UNLCK, module.LK_NBLCK) and (nbytes, os.lseek(fd, 0, os.SEEK_CUR)) == (1, 0)
+        if mode == module.LK_UNLCK:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            module.unlocked.append(fd)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,3 +120,14 @@ def test_stale_temps_are_judged_by_age_on_windows_not_by_signalling_their_writer
     os.utime(old, (hours_ago, hours_ago))
     assert clean_stale_temps(target) == [old]
     assert fresh.exists()
+
+
+def test_the_lock_byte_is_unlocked_before_its_descriptor_is_closed_without_fcntl(
+        tmp_path: Path, windows_locks: types.ModuleType) -> None:
+    """Microsoft's ``_locking`` asks for a region to be unlocked before its file is closed, which frees it only when
+    the system gets to it: the run, index and cache locks were let go of by closing alone."""
+    with exclusive_lock(tmp_path / "run.lock", 0.0, Busy):
+        pass
+    with cache_lock(tmp_path / "cache"):
+        pass
+    assert len(windows_locks.locked) == 2 and windows_locks.unlocked == windows_locks.locked

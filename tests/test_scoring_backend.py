@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import unicodedata
 
 import numpy as np
@@ -437,6 +438,24 @@ def test_a_target_far_too_small_for_the_impostor_scores_is_said_with_their_count
         threshold_at_far(np.zeros(0), target_far)
 
 
+@pytest.mark.parametrize("target_far", [0.01, 0.05, 0.3, 1 / 3, 1e-9, 1e-25, 5e-324])
+def test_the_count_of_impostor_scores_a_far_needs_is_the_fewest_that_allow_one_false_alarm(target_far):
+    """Counting up from 1 / FAR took 283 million steps at FAR 1e-25 (where 1 / FAR is rounded), and 1 / FAR
+    overflowed at 5e-324, a rate --target-far accepts: the warning's count is the fewest n with 1 / n <= FAR."""
+    def hung(signum, frame):
+        raise AssertionError(f"the count for FAR {target_far!r} still not found after 5 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        message = unresolved_far({"clips": 2, "target_far": target_far})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    needed = int(re.search(r"fewer than the (\d+) that FAR needs", message).group(1))
+    assert 1 / needed <= target_far < 1 / (needed - 1)
+
+
 def test_open_set_scores_and_calibration_record():
     vectors, labels = clustered(speakers=6, per=10, spread=0.3)
     index = build_speaker_index(vectors, labels, None, "speaker", False, {}, {}, 0, 0.3,
@@ -719,13 +738,16 @@ def test_evaluate_calibrates_the_index_atomically_and_reports_open_set_figures(c
 def test_a_threshold_from_too_few_clips_for_its_far_is_warned_of_and_identify_accepts_as_predicted(calibrated,
                                                                                                    tiny_synth):
     """The fixture calibrates at FAR 0.05 on 6 held-out clips, which allow no false alarm (that needs 20): evaluate
-    says so in one line naming the index, and identify accepts exactly the share of those clips it predicted."""
+    says so in one line naming the index, after the figures (it was printed above them, qualifying nothing yet), and
+    identify accepts exactly the share of those clips it predicted."""
     _, index, output = calibrated
     record = json.loads(sidecar_path(index).read_text())["calibration"]
     assert record["clips"] == 6 and record["far"] == 0
     warned = [line for line in output.splitlines() if "impostor scores" in line]
     assert len(warned) == 1 and warned[0].startswith(f"warning: {index}: the threshold at FAR 0.05 is picked from 6 "
                                                      "impostor scores"), output
+    figures = output.splitlines().index(next(line for line in output.splitlines() if line.startswith("open set (")))
+    assert output.splitlines().index(warned[0]) > figures, output  # after the figures it qualifies, not above them
     clips = sorted((tiny_synth / "unseen" / "test").rglob("*.pt"))
     result = invoke("identify", "--index", index, "--json", *clips)
     assert result.exit_code == 0, result.output

@@ -464,9 +464,10 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
 
 
 def lock_descriptor(fd: int, wait: bool) -> None:
-    """Take the exclusive lock on the open file ``fd``, held until it is closed; ``wait=False`` raises
+    """Take the exclusive lock on the open file ``fd``, held until :func:`release_lock`; ``wait=False`` raises
     BlockingIOError if another holder has it. ``flock`` where there is one; Windows has no fcntl, so there its
-    first byte is locked with ``msvcrt.locking`` (polled, as its own wait gives up after 10 s)."""
+    first byte is locked with ``msvcrt.locking`` (polled, as its own wait gives up after 10 s). That path is checked
+    only on Linux, against a stand-in for msvcrt (``tests/test_portability.py``), never on Windows itself."""
     try:
         import fcntl
     except ImportError:
@@ -476,7 +477,9 @@ def lock_descriptor(fd: int, wait: bool) -> None:
 
 
 def _lock_first_byte(fd: int, wait: bool) -> None:
-    """Windows: lock byte 0 of ``fd`` (the file may be empty: a range past its end can be locked)."""
+    """Windows: lock byte 0 of ``fd`` (the file may be empty: a range past its end can be locked). ``msvcrt.locking``
+    locks from the current position: a lock file is never read or written, so its descriptor stays at 0. A lock held
+    elsewhere fails with EACCES (EDEADLOCK is for the retrying modes)."""
     import msvcrt
 
     while True:
@@ -491,6 +494,22 @@ def _lock_first_byte(fd: int, wait: bool) -> None:
         time.sleep(LOCK_POLL_S)
 
 
+def release_lock(fd: int) -> None:
+    """Let go of the lock :func:`lock_descriptor` took on ``fd`` and close it. ``flock``'s goes with the descriptor;
+    Windows' byte is unlocked first, as Microsoft's ``_locking`` asks: closing frees it only when the system gets to
+    it, so a lock taken again at once (a run resumed in the same notebook) could find it still held."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # the byte locked: the descriptor is still at 0
+        except OSError:  # the close below frees it all the same, later
+            pass
+    os.close(fd)
+
+
 @contextmanager
 def held_in_this_process(fd: int) -> Iterator[None]:
     """Keep ``fd``, whose ``flock`` the caller took, to this process: a child forked meanwhile (a data-loader
@@ -502,7 +521,7 @@ def held_in_this_process(fd: int) -> Iterator[None]:
     finally:
         if os.getpid() == holder:
             _HELD_LOCKS.discard(fd)
-            os.close(fd)
+            release_lock(fd)
 
 
 def open_lock_file(path: Path) -> int:
@@ -521,8 +540,9 @@ def open_lock_file(path: Path) -> int:
 @contextmanager
 def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Exception]) -> Iterator[None]:
     """``flock`` on ``lock_path``, waiting up to ``timeout_s`` (then ``busy()`` is raised); the holder removes the
-    file on release. A waiter that wins the lock on a file already removed (or replaced) tries again on the
-    current one, so two processes never both hold it. A lock file left by a killed process holds no lock."""
+    file on release (not on Windows, which cannot delete a file Python holds open: there it stays, holding no lock).
+    A waiter that wins the lock on a file already removed (or replaced) tries again on the current one, so two
+    processes never both hold it. A lock file left by a killed process holds no lock."""
     deadline = time.monotonic() + timeout_s
     while True:
         fd = open_lock_file(lock_path)
@@ -552,7 +572,7 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
             except OSError:  # e.g. a file system turned read-only: an error here would hide the one that matters,
                 pass         # and a file left behind holds no lock
             finally:  # even when Ctrl-C lands here: an open fd would hold the lock as long as the process lives
-                os.close(fd)
+                release_lock(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:
