@@ -1,4 +1,4 @@
-"""What Windows lacks, taken away on Linux: ``os.register_at_fork``, ``os.statvfs`` and the ``fcntl`` module (its
+"""What Windows lacks, taken away on Linux: ``os.register_at_fork``, ``os.statvfs``, ``os.fchmod`` and the ``fcntl`` module (its
 ``msvcrt`` stands in for the lock). The toolkit must still import, lock and report a full disk."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from voxaug.data.store import cache_lock
-from voxaug.safeio import exclusive_lock, write_error
+from voxaug.safeio import atomic_write_bytes, exclusive_lock, write_error
 
 WITHOUT_FORK_HOOKS_OR_FCNTL = """
 import os, sys
@@ -131,3 +131,14 @@ def test_the_lock_byte_is_unlocked_before_its_descriptor_is_closed_without_fcntl
     with cache_lock(tmp_path / "cache"):
         pass
     assert len(windows_locks.locked) == 2 and windows_locks.unlocked == windows_locks.locked
+
+
+def test_files_are_written_atomically_where_os_has_no_fchmod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows before Python 3.13 has no ``os.fchmod``: every atomic write (checkpoints, indexes, reports) failed
+    there with AttributeError. The temp file's mode is set by its name instead, and the file keeps its mode."""
+    target = tmp_path / "index.json"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    monkeypatch.delattr(os, "fchmod")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640

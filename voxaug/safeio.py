@@ -208,7 +208,11 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         raise write_error(path, exc) from exc
     try:
         with os.fdopen(fd, mode) as handle:
-            os.fchmod(handle.fileno(), path.stat().st_mode & 0o7777 if path.exists() else NEW_FILE_MODE)
+            file_mode = path.stat().st_mode & 0o7777 if path.exists() else NEW_FILE_MODE
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), file_mode)
+            else:  # Windows before Python 3.13 has no fchmod
+                os.chmod(tmp, file_mode)
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
