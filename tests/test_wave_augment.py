@@ -634,3 +634,26 @@ def test_a_rir_rewritten_in_place_is_read_again_by_the_next_chain(tmp_path):
         wave = WaveAugmentation(snr_p=0.0, gain_p=0.0, rir_dir=str(folder), rir_p=1.0)
         expected = reverberated_by_audiomentations(tmp_path, ir, 16000, waveform)
         assert wave.apply(waveform, 16000, seed=1).tobytes() == expected.tobytes()
+
+
+def test_noise_at_other_rates_is_said_once_not_per_file_and_worker(corpus, tmp_path):
+    """audiomentations resamples a noise file at another rate on every draw and warned once per file in every
+    data-loader worker (6 warnings of 2 lines for these 3 files and 2 workers); training says it in one line instead.
+    Run as the command is, in a process of its own: pytest records the warnings a forked worker would print."""
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    rng = np.random.default_rng(1)
+    for index, rate in enumerate((44100, 44100, 8000, 16000)):
+        soundfile.write(noise / f"n{index}.wav", rng.normal(0, 0.1, rate).astype(np.float32), rate)
+    command = [sys.executable, "-m", "voxaug", "train", str(corpus / "wav"), "--out", str(tmp_path / "run"), "-q",
+               "--augment", "wave", "--noise-dir", str(noise), "--noise-p", "1", "--workers", "2", "--steps", "4",
+               "--eval-every", "4", "--batch", "8", "--segment", "48", "--n-mels", "32", "--d-model", "32",
+               "--layers", "1", "--heads", "2", "--warmup", "0", "--cache-dir", str(tmp_path / "cache")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("had to be resampled") == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "--noise-dir" in line]
+    assert warned == [f"warning: {noise}: --noise-dir: 3 of 4 noise files are not at the audio's 16000 Hz (1 at 8000 "
+                      "Hz, 2 at 44100 Hz); every excerpt drawn from them is resampled, several times the cost of "
+                      "reading it; resample the folder to 16000 Hz once to avoid that"], result.stderr

@@ -236,6 +236,9 @@ class Trainer:
         if wave is not None:
             if workers is None and self.dist.active:  # the machine's cores are shared by its ranks
                 workers = default_workers() // self.dist.local_world_size
+            resampled_noise = wave.resampled_noise_warning(self.frontend.sample_rate)
+            if resampled_noise and self.dist.is_main:
+                print_warning(resampled_noise)
             self.sampler = WaveBatchSource(self.store, source.root, self.train_indices, config.batch, config.segment,
                                            config.seed, self.frontend, wave, workers, rank=rank, world=world)
         else:

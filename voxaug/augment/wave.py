@@ -15,6 +15,7 @@ import codecs
 import os
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from voxaug.augment.base import (
     BatchAugmentation, TrainBatch, check_folder, check_probability, check_range, register_augmentation,
 )
 from voxaug.clips import files_under, unread_audio, without_originals
-from voxaug.errors import file_error, not_a_file, not_a_folder
+from voxaug.errors import counted, file_error, not_a_file, not_a_folder
 from voxaug.runtime.frontend import (
     UNKNOWN_FRAMES, audio_suffixes, check_audio_rate, silence_problem, unsupported_format,
 )
@@ -144,6 +145,11 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
     return files
 
 
+def sample_rates(files: list[Path]) -> dict[str, int]:
+    """Each file's sample rate, by its path as audiomentations names the file it draws."""
+    return {str(path): soundfile.info(str(path)).samplerate for path in files}
+
+
 def example_seed(seed: int, epoch: int, position: int) -> int:
     """One 32-bit seed per training example, from (run seed, epoch, position in the epoch) only,
     so the augmentation an example gets does not depend on the number of workers or on resuming."""
@@ -192,17 +198,31 @@ class WaveAugmentation(BatchAugmentation):
         self.rir_dir, self.rir_p = rir_dir, rir_p
         self._noise_files = audio_files_in(noise_dir, "--noise-dir") if noise_dir is not None else []
         self._rir_files = audio_files_in(rir_dir, RIR_OPTION) if rir_dir is not None else []
+        self._noise_rates = sample_rates(self._noise_files)
         self._chain: Any = None
 
     def __call__(self, batch: TrainBatch, generator: Any) -> TrainBatch:
         """Pass-through: the waveform was already augmented before the front end, in the workers."""
         return batch
 
+    def resampled_noise_warning(self, sample_rate: int) -> str | None:
+        """One line saying how many ``--noise-dir`` files are at another rate than ``sample_rate`` (each excerpt drawn
+        from them is resampled, on every draw) and how to avoid it; None when all are at that rate."""
+        others = Counter(rate for rate in self._noise_rates.values() if rate != sample_rate)
+        if not others:
+            return None
+        rates = ", ".join(f"{count} at {rate} Hz" for rate, count in sorted(others.items()))
+        return (f"warning: {self.noise_dir}: --noise-dir: {sum(others.values())} of "
+                f"{counted(len(self._noise_rates), 'noise file')} are not at the audio's {sample_rate} Hz ({rates}); "
+                f"every excerpt drawn from them is resampled, several times the cost of reading it; resample the "
+                f"folder to {sample_rate} Hz once to avoid that")
+
     def chain(self) -> Any:
         """The audiomentations ``Compose`` (built once per process, on first use)."""
         if self._chain is None:
-            from audiomentations import AddBackgroundNoise, AddGaussianSNR, Compose, Gain
+            from audiomentations import AddGaussianSNR, Compose, Gain
 
+            from voxaug.augment.background import QuietlyResampledBackgroundNoise
             from voxaug.augment.impulse import FirstChannelImpulseResponse
 
             transforms = [
@@ -210,9 +230,9 @@ class WaveAugmentation(BatchAugmentation):
                 Gain(min_gain_db=self.min_gain_db, max_gain_db=self.max_gain_db, p=self.gain_p),
             ]
             if self._noise_files:
-                transforms.append(AddBackgroundNoise(
-                    sounds_path=[str(p) for p in self._noise_files], min_snr_db=self.noise_min_snr_db,
-                    max_snr_db=self.noise_max_snr_db, p=self.noise_p,
+                transforms.append(QuietlyResampledBackgroundNoise(
+                    self._noise_rates, sounds_path=[str(p) for p in self._noise_files],
+                    min_snr_db=self.noise_min_snr_db, max_snr_db=self.noise_max_snr_db, p=self.noise_p,
                 ))
             if self._rir_files:
                 transforms.append(FirstChannelImpulseResponse(ir_path=[str(p) for p in self._rir_files], p=self.rir_p))
