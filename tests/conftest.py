@@ -47,6 +47,23 @@ def descriptors_open_on(path: str | os.PathLike) -> list[str]:
             if os.path.exists(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}") == str(path)]
 
 
+@pytest.fixture
+def nfs_flock(monkeypatch) -> None:
+    """``fcntl.flock`` as NFS emulates it, with ``fcntl`` locks: an exclusive lock on a file opened read-only is
+    refused (EBADF, as util-linux's flock(1) notes)."""
+    import errno
+    import fcntl
+
+    real_flock = fcntl.flock
+
+    def flock(fd, operation):
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
 def tiny_config(**overrides):
     values = {"steps": 60, "batch": 16, "lr": 3e-3, "warmup": 10, "segment": 64, "eval_every": 30,
               "train_eval_utterances": 40, "val_fraction": 0.2, "seed": 0, "device": "cpu"}

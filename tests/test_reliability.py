@@ -176,20 +176,10 @@ def test_an_error_inside_a_lock_is_not_hidden_by_a_lock_file_that_cannot_be_remo
             raise ValueError("the error that matters")
 
 
-def test_an_index_or_run_lock_on_nfs_is_taken(tmp_path, monkeypatch):
+def test_an_index_or_run_lock_on_nfs_is_taken(tmp_path, nfs_flock):
     """NFS emulates flock with fcntl locks, which refuse an exclusive lock on a file opened read-only (EBADF): the
     index's and the run folder's lock files were opened read-only, so enroll, embed --index, evaluate --calibrate
     and train on a cluster's NFS disk failed with a bare 'Bad file descriptor'."""
-    import fcntl
-
-    real_flock = fcntl.flock
-
-    def nfs_flock(fd, operation):
-        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        return real_flock(fd, operation)
-
-    monkeypatch.setattr(fcntl, "flock", nfs_flock)
     lock = tmp_path / "spk.faiss.lock"
     with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
         assert lock.exists()
@@ -225,20 +215,11 @@ def test_an_index_or_run_lock_file_of_another_account_on_a_local_disk_is_taken_r
     assert not lock.exists() and descriptors_open_on(lock) == []
 
 
-def test_an_index_or_run_lock_that_cannot_be_taken_leaves_no_descriptor_open(tmp_path, monkeypatch):
+def test_an_index_or_run_lock_that_cannot_be_taken_leaves_no_descriptor_open(tmp_path, monkeypatch, nfs_flock):
     """Another account's lock file on NFS is opened read-only, where flock fails (EBADF): its descriptor stayed open
     for as long as the process lived (an API user's, say), one more each attempt."""
-    import fcntl
-
-    def nfs_flock(fd, operation):
-        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        return real_flock(fd, operation)
-
-    real_flock = fcntl.flock
     lock = tmp_path / "spk.faiss.lock"
     refuse_writing(monkeypatch, lock)
-    monkeypatch.setattr(fcntl, "flock", nfs_flock)
     with pytest.raises(OSError, match="Bad file descriptor"):
         with exclusive_lock(lock, 0.0, lambda: AssertionError("locked")):
             pass

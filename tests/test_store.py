@@ -389,21 +389,10 @@ def test_a_store_packed_while_another_front_end_repacks_the_cache_reports_its_ow
     assert builds.count(40) == 1
 
 
-def test_a_cache_on_nfs_where_flock_needs_a_file_open_for_writing_is_locked_and_opened(tmp_path, monkeypatch):
+def test_a_cache_on_nfs_where_flock_needs_a_file_open_for_writing_is_locked_and_opened(tmp_path, nfs_flock):
     """NFS (a cluster's shared cache) emulates flock with fcntl locks, which refuse an exclusive lock on a file
     opened read-only (EBADF, as util-linux's flock(1) notes): the lock file was opened read-only, so every command
     reading a dataset through a cache on NFS ended in a bare 'Bad file descriptor'."""
-    import errno
-    import fcntl
-
-    real_flock = fcntl.flock
-
-    def nfs_flock(fd, operation):
-        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        return real_flock(fd, operation)
-
-    monkeypatch.setattr(fcntl, "flock", nfs_flock)
     root = make_hw4(tmp_path / "d")
     first = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
     again = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)

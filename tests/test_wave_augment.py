@@ -581,6 +581,24 @@ def test_an_m4a_noise_or_rir_file_is_refused_naming_it_not_left_out_without_a_wo
                                   f"{', '.join(audio_suffixes())}")
 
 
+@pytest.mark.parametrize("option", ["noise_dir", "rir_dir"])
+def test_a_noise_or_rir_mp3_holding_no_mpeg_audio_is_refused_with_the_reason_a_clip_gets(tmp_path, option):
+    """libsndfile refuses such an MP3 as a file that "does not exist or is not a regular file": a clip is refused with
+    the true reason, and --noise-dir and --rir-dir passed libsndfile's on about a file that is there."""
+    from voxaug.runtime.frontend import audio_suffixes
+
+    if ".mp3" not in audio_suffixes():
+        pytest.skip("the installed libsndfile decodes no MP3")
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    (folder / "junk.mp3").write_bytes(b"not MPEG audio, but named .mp3\n" * 100)
+    label = "--noise-dir" if option == "noise_dir" else "--rir-dir"
+    with pytest.raises(VoxaugError) as refused:
+        WaveAugmentation(**{option: str(folder)})
+    assert str(refused.value) == (f"{folder / 'junk.mp3'}: {label}: not a readable audio file (no audio stream found "
+                                  "in it)")
+
+
 def test_a_noise_that_rirs_noises_noise_list_names_is_refused_as_an_rir_naming_it(tmp_path):
     """RIRS_NOISES/real_rirs_isotropic_noises holds isotropic noises beside its RIRs, told apart only by its
     ``rir_list`` and ``noise_list``: ``--rir-dir`` on it convolved every example with minutes of noise as if a room,

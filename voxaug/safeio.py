@@ -515,17 +515,22 @@ def release_lock(fd: int) -> None:
 
 
 @contextmanager
-def held_in_this_process(fd: int) -> Iterator[None]:
+def held_in_this_process(fd: int, before_release: Callable[[], None] | None = None) -> Iterator[None]:
     """Keep ``fd``, whose ``flock`` the caller took, to this process: a child forked meanwhile (a data-loader
-    worker) closes its copy, so it cannot hold the lock after this process lets go; only this process closes ``fd``."""
+    worker) closes its copy, so it cannot hold the lock after this process lets go; only this process closes ``fd``,
+    after ``before_release`` (run while the lock is still held)."""
     holder = os.getpid()
     _HELD_LOCKS.add(fd)
     try:
         yield
     finally:
-        if os.getpid() == holder:
+        if os.getpid() == holder:  # not in a forked child, which has let go of the lock already
             _HELD_LOCKS.discard(fd)
-            release_lock(fd)
+            try:
+                if before_release is not None:
+                    before_release()
+            finally:  # even when Ctrl-C lands here: an open fd would hold the lock as long as the process lives
+                release_lock(fd)
 
 
 def open_lock_file(path: Path) -> int:
@@ -564,19 +569,18 @@ def exclusive_lock(lock_path: Path, timeout_s: float, busy: Callable[[], Excepti
         if _same_file(fd, lock_path):
             break
         os.close(fd)
-    holder = os.getpid()
-    _HELD_LOCKS.add(fd)
-    try:
+    # the holder removes the file while it still holds the lock, so that no one else's file is removed
+    with held_in_this_process(fd, before_release=lambda: _remove_lock_file(lock_path)):
         yield
-    finally:
-        if os.getpid() == holder:  # not in a forked child, which has let go of the lock already
-            _HELD_LOCKS.discard(fd)
-            try:
-                lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one else's file is removed
-            except OSError:  # e.g. a file system turned read-only: an error here would hide the one that matters,
-                pass         # and a file left behind holds no lock
-            finally:  # even when Ctrl-C lands here: an open fd would hold the lock as long as the process lives
-                release_lock(fd)
+
+
+def _remove_lock_file(lock_path: Path) -> None:
+    """Remove a lock file its holder is releasing; a failure is passed over (a file system turned read-only): an error
+    there would hide the one that matters, and a file left behind holds no lock."""
+    try:
+        lock_path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -26,9 +26,9 @@ from voxaug.augment.base import (
     BatchAugmentation, TrainBatch, check_folder, check_probability, check_range, register_augmentation,
 )
 from voxaug.clips import files_under, unread_audio, without_originals
-from voxaug.errors import counted, file_error, not_a_file, not_a_folder
+from voxaug.errors import VoxaugError, counted, file_error, not_a_file, not_a_folder
 from voxaug.runtime.frontend import (
-    UNKNOWN_FRAMES, audio_suffixes, check_audio_rate, silence_problem, unsupported_format,
+    UNKNOWN_FRAMES, audio_suffixes, check_audio_rate, libsndfile_reason, silence_problem, unsupported_format,
 )
 
 RIR_OPTION = "--rir-dir"
@@ -53,12 +53,19 @@ def check_samples(path: Path, option: str) -> None:
                 raise file_error(path, f"{option}: audio holds NaN or Inf samples")
             peak, channels = max(peak, float(np.abs(used_channel(block, option)).max(initial=0.0))), block.shape[1]
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:  # a FLAC shorter than its header says
-        raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
+        raise unreadable(path, option, exc) from exc
     problem = silence_problem(peak)
     if problem:
         where = (" in its first channel" if option == RIR_OPTION else " in its mono mix") if channels > 1 else ""
         raise file_error(path, f"{option}: audio {problem}{where}")
     _USABLE.add(key)
+
+
+def unreadable(path: Path, option: str, error: Exception) -> VoxaugError:
+    """The refusal of a noise or RIR file that soundfile cannot read, with the reason a clip gets
+    (:func:`libsndfile_reason`: an MP3 holding no MPEG audio is not said to be missing)."""
+    reason = libsndfile_reason(error) if isinstance(error, soundfile.LibsndfileError) else str(error).strip()[:200]
+    return file_error(path, f"{option}: not a readable audio file ({reason})")
 
 
 def used_channel(block: np.ndarray, option: str) -> np.ndarray:
@@ -133,7 +140,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
         try:
             info = soundfile.info(str(path))
         except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-            raise file_error(path, f"{option}: not a readable audio file ({str(exc).strip()[:200]})") from exc
+            raise unreadable(path, option, exc) from exc
         if info.frames <= 0:
             raise file_error(path, f"{option}: audio file holds no samples")
         # under 1 kHz a file holds nothing above 500 Hz: as noise it misses speech's band, as an RIR it filters it away

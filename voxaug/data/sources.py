@@ -274,8 +274,9 @@ class ClipFolderSource:
 
     def __init__(self, root: str | Path, frontend: FrontendConfig = FrontendConfig(), prefer_audio: bool = False,
                  warn: bool = True) -> None:
-        """``warn``: say on stderr which speaker folders hold no clips and are left out (false where the folder was
-        read before, or on all but one of torchrun's processes, so that it is said once)."""
+        """``warn``: say on stderr which speaker folders hold no clips and are left out, and which hold every clip
+        three or more folders down (false where the folder was read before, or on all but one of torchrun's
+        processes, so that it is said once)."""
         self.root = Path(root)
         self.frontend = frontend
         self.n_mels = frontend.n_mels

@@ -304,7 +304,7 @@ def _synchsafe(size: bytes) -> int:
     return sum((byte & 0x7F) << (7 * (len(size) - 1 - i)) for i, byte in enumerate(size))
 
 
-OGG_SUFFIXES = (".ogg", ".oga", ".opus")
+OGG_SUFFIXES = tuple(suffix for suffix, (major, _) in LIBSNDFILE_CODECS.items() if major == "OGG")
 OGG_MAX_PAGE = 27 + 255 + 255 * 255
 """An Ogg page's largest size in bytes: header, segment table, body."""
 
