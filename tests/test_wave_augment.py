@@ -675,3 +675,22 @@ def test_noise_at_other_rates_is_said_once_not_per_file_and_worker(corpus, tmp_p
     assert warned == [f"warning: {noise}: --noise-dir: 3 of 4 noise files are not at the audio's 16000 Hz (1 at 8000 "
                       "Hz, 2 at 44100 Hz); every excerpt drawn from them is resampled, several times the cost of "
                       "reading it; resample the folder to 16000 Hz once to avoid that"], result.stderr
+
+
+def test_a_relative_noise_dir_at_the_audios_rate_leaves_shown_warnings_shown_once(tmp_path, monkeypatch):
+    """audiomentations draws a noise file by its absolute path: rates keyed by a relative ``--noise-dir``'s paths
+    missed every lookup, so every draw, even at the audio's rate, reset which warnings the process had shown and a
+    genuine warning (an excerpt too silent to add) came again on every draw instead of once."""
+    monkeypatch.chdir(tmp_path)
+    Path("noise").mkdir()
+    tail_silent = np.concatenate([np.random.default_rng(0).normal(0, 0.1, 3200), np.zeros(28800)]).astype(np.float32)
+    soundfile.write("noise/quiet_tail.wav", tail_silent, 16000)
+    wave = WaveAugmentation(snr_p=0.0, gain_p=0.0, noise_dir="noise", noise_p=1.0)
+    waveform = np.random.default_rng(1).normal(0, 0.1, 1600).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for seed in range(20):
+            wave.apply(waveform, 16000, seed=seed)
+    assert [str(w.message) for w in caught if "too silent" in str(w.message)] == [
+        f"The file {tmp_path / 'noise' / 'quiet_tail.wav'} is too silent to be added as noise. Returning the input "
+        "unchanged."]

@@ -9,7 +9,9 @@ excerpt costs well under a millisecond more to resample. Imported only when the 
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ class QuietlyResampledBackgroundNoise(AddBackgroundNoise):
 
     def __init__(self, sample_rates: dict[str, int], **options: Any) -> None:
         super().__init__(**options)
-        self.sample_rates = sample_rates
+        self.sample_rates = drawn_path_rates(sample_rates)
 
     def apply(self, samples: NDArray[np.float32], sample_rate: int) -> NDArray[np.float32]:
         if self.sample_rates.get(self.parameters["noise_file_path"]) == sample_rate:
@@ -32,3 +34,9 @@ class QuietlyResampledBackgroundNoise(AddBackgroundNoise):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*had to be resampled")
             return super().apply(samples, sample_rate)
+
+
+def drawn_path_rates(sample_rates: dict[str, int]) -> dict[str, int]:
+    """``sample_rates`` keyed by the absolute path audiomentations draws (``noise_file_path``), not the path as given:
+    a relative ``--noise-dir`` would miss every lookup, and every draw would reset which warnings were shown."""
+    return {str(Path(os.path.abspath(path))): rate for path, rate in sample_rates.items()}

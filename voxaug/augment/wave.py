@@ -153,7 +153,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
 
 
 def sample_rates(files: list[Path]) -> dict[str, int]:
-    """Each file's sample rate, by its path as audiomentations names the file it draws."""
+    """Each file's sample rate, by its path as given (the noise transform keys it by the path it draws)."""
     return {str(path): soundfile.info(str(path)).samplerate for path in files}
 
 
