@@ -129,6 +129,20 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
 
 
+def test_a_text_write_is_utf8_under_an_ascii_locale_and_warns_of_no_default_encoding(tmp_path):
+    """``atomic_output(path, "w")`` (synth's test_labels.csv) opened its file in the locale's encoding: under
+    ``LC_ALL=C`` with ``PYTHONUTF8=0`` a speaker named José could not be written, and ``-X warn_default_encoding -W
+    error`` (a downstream test suite's ``filterwarnings = error``) stopped ``voxaug synth`` on an EncodingWarning."""
+    target = tmp_path / "labels.csv"
+    script = ("import sys; from voxaug.safeio import atomic_output\n"
+              "with atomic_output(sys.argv[1], 'w') as handle:\n    handle.write('Id,Category\\nuttr-1.pt,Jos\\xe9\\n')")
+    result = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-W", "error::EncodingWarning", "-c", script,
+                             str(target)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
+    assert result.returncode == 0, result.stderr
+    assert target.read_text(encoding="utf-8") == "Id,Category\nuttr-1.pt,José\n"
+
+
 def test_a_write_that_the_disk_cuts_short_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     """A full disk often shows only as a short write: numpy says "2112 requested and 2016 written" (no errno, no
     file) and torch's zip writer "unexpected pos" (a RuntimeError, reported as a bug); a read-only folder failed

@@ -165,6 +165,23 @@ def test_a_cache_folder_under_an_unknown_users_home_is_one_error_naming_the_vari
         default_cache_dir()
 
 
+def test_no_home_folder_and_no_cache_variable_is_one_error_naming_the_ways_out(monkeypatch):
+    """HOME unset for a user with no passwd entry (a container run as an arbitrary uid): every command that packs
+    features failed with "unexpected RuntimeError: Could not determine home directory." (exit 3)."""
+    pwd = pytest.importorskip("pwd")  # POSIX: where a user's home folder comes from when HOME is unset
+    from voxaug.data.store import default_cache_dir
+
+    def no_such_user(uid: int) -> None:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("VOXAUG_CACHE", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_such_user)
+    with pytest.raises(VoxaugError, match=r"^no home folder for the default feature cache ~/\.cache/voxaug \(HOME is "
+                                          r"unset and this user has none\); set VOXAUG_CACHE or pass --cache-dir$"):
+        default_cache_dir()
+
+
 @pytest.mark.parametrize("kind", ["hw4", "audio"])
 def test_a_stale_store_is_rebuilt_on_a_disk_with_room_for_one(tiny_synth, tmp_path, monkeypatch, kind):
     """A rebuild wrote the new features beside the old ones, which without their index no one can open: a disk

@@ -195,7 +195,8 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
 
     A crash at any moment leaves either the old file or the new one, never a torn one; temp files
     of writers that were killed are removed on the next write of the same file. A symbolic link is
-    written through: the file it points to is replaced, and the link stays.
+    written through: the file it points to is replaced, and the link stays. A text ``mode`` writes UTF-8, as
+    :func:`atomic_write_text` does, whatever the locale's encoding.
     """
     path = real_path(path)
     ensure_folder(path.parent)
@@ -207,7 +208,7 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     except OSError as exc:
         raise write_error(path, exc) from exc
     try:
-        with os.fdopen(fd, mode) as handle:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             file_mode = path.stat().st_mode & 0o7777 if path.exists() else NEW_FILE_MODE
             if hasattr(os, "fchmod"):
                 os.fchmod(handle.fileno(), file_mode)

@@ -32,12 +32,18 @@ LOCK_FILE = ".lock"
 def default_cache_dir() -> Path:
     """``$VOXAUG_CACHE`` if set, else ``~/.cache/voxaug``; a ``~`` in the variable (quoted, or set by a service
     file, no shell expands it) is the home folder, not a folder named ``~`` in the working directory. A name of only
-    whitespace is refused, as ``--cache-dir`` refuses it."""
+    whitespace is refused, as ``--cache-dir`` refuses it, and so is a user with no home folder and no VOXAUG_CACHE."""
     name = os.environ.get("VOXAUG_CACHE")
     if name and not name.strip():
         raise VoxaugError(f"VOXAUG_CACHE {name!r} is a folder name of only whitespace; give a folder, or unset it for "
                           "~/.cache/voxaug")
-    return home_expanded(name or Path.home() / ".cache" / "voxaug", "VOXAUG_CACHE")
+    if name:
+        return home_expanded(name, "VOXAUG_CACHE")
+    try:
+        return Path.home() / ".cache" / "voxaug"
+    except RuntimeError:  # HOME unset and no home folder for this user (a container's uid without a passwd entry)
+        raise VoxaugError("no home folder for the default feature cache ~/.cache/voxaug (HOME is unset and this user "
+                          "has none); set VOXAUG_CACHE or pass --cache-dir") from None
 
 
 @dataclass
