@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import struct
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,6 +61,13 @@ HNSW_EF_SEARCH = 128
 HNSW_LEVEL_SEED = 12345
 """FAISS's own seed for HNSW levels; a graph grown in place draws from it plus its row count (``_grow``)."""
 FAISS_KINDS = (b"IxFI", b"IHNf")  # the FAISS headers of IndexFlatIP and IndexHNSWFlat, the only kinds written
+FAISS_HEADER = struct.Struct("<4siqqq?i")
+"""What FAISS writes first for every index: its kind, dimension, vector count, two unused counts, whether it is
+trained, and its metric (then a float argument for metrics past L2)."""
+HNSW_GRAPH_ITEMS = (8, 4, 4, 8, 4)
+"""Item sizes of the arrays an HNSW graph is written as (level probabilities, neighbours per level, levels, offsets,
+neighbours), each after its count; five int32 settings and the flat index of its vectors follow."""
+HNSW_SETTINGS_BYTES = 5 * 4
 PENDING_SUFFIX = ".pending"
 LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep committing
 
@@ -565,6 +573,7 @@ class SpeakerIndex:
         kind = "IndexHNSWFlat" if data[:4] == b"IHNf" else "IndexFlatIP"
         if meta.get("faiss", kind) != kind:  # the hash covers the FAISS bytes, not this field: the bytes decide
             raise file_error(side, f"sidecar field 'faiss' is {meta['faiss']!r}, and the index is an {kind}")
+        check_array_sizes(data, path)
         import faiss
 
         try:
@@ -591,6 +600,38 @@ class SpeakerIndex:
                        frontend=dict(meta["frontend"]), built=index, **scoring)
         except VoxaugError as exc:
             raise file_error(side, str(exc)) from exc
+
+
+def check_array_sizes(data: bytes, path: Path) -> None:
+    """Refuse FAISS flat or HNSW bytes with an array longer than the bytes after its count, before FAISS reads them:
+    FAISS allocates (and zeroes) each array at the length the file declares before reading it, so a 125-byte index
+    declaring 2^28 vector values took 1.1 GB (and 2^32 asks for 16 GB). The hash in the sidecar does not help: whoever wrote the file wrote it
+    too. Bytes cut short are left to FAISS, which says so."""
+    try:
+        at = _after_header(data, 0)
+        if data[:4] == b"IHNf":
+            at = _after_header(data, _after_arrays(data, at, HNSW_GRAPH_ITEMS, path) + HNSW_SETTINGS_BYTES)
+        _after_arrays(data, at, (4,), path)  # the float32 vector values
+    except struct.error:
+        pass
+
+
+def _after_header(data: bytes, at: int) -> int:
+    """Where the FAISS index header written at ``at`` ends."""
+    metric = FAISS_HEADER.unpack_from(data, at)[-1]
+    return at + FAISS_HEADER.size + (4 if metric > 1 else 0)
+
+
+def _after_arrays(data: bytes, at: int, item_sizes: tuple[int, ...], path: Path) -> int:
+    """Where the FAISS arrays written from ``at`` end, one per item size; one longer than the bytes left is refused."""
+    for item_size in item_sizes:
+        (count,) = struct.unpack_from("<Q", data, at)
+        at += 8
+        if count * item_size > len(data) - at:
+            raise file_error(path, f"not a readable FAISS index (an array declares {count} items, more than the "
+                                   f"{len(data) - at} bytes after it hold: corrupt, or built to exhaust memory)")
+        at += count * item_size
+    return at
 
 
 def _without_sidecar(path: Path, side: Path) -> tuple[Path, str]:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -82,6 +83,18 @@ def test_a_strange_pickle_header_gives_the_error_alone_without_torchs_warning(tm
         with pytest.raises(VoxaugError, match="odd.pt: refused"):
             safe_torch_load(path, "features")
     assert [str(w.message) for w in caught] == []
+
+
+def test_a_zip_bomb_torch_file_is_refused_before_torch_allocates_what_it_declares(tmp_path):
+    saved, bomb = tmp_path / "saved.pt", tmp_path / "bomb.pt"
+    torch.save(torch.zeros(1 << 22)[:4000].view(100, 40), saved)  # a 100x40 view of a 16 MiB storage of zeros
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as packed:
+        for member in source.infolist():
+            packed.writestr(member.filename, source.read(member))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(VoxaugError, match=r"bomb.pt: refused: the feature file declares 16.0 MiB .*\(a zip bomb"):
+        safe_torch_load(bomb, "feature file")
+    assert safe_torch_load(saved, "feature file").shape == (100, 40)  # the same tensor uncompressed is read
 
 
 @settings(max_examples=60, deadline=None)
@@ -499,6 +512,34 @@ def test_an_hnsw_index_of_l2_distances_is_refused_naming_the_file(tmp_path):
     meta["index_sha256"] = hashlib.sha256(data).hexdigest()  # the sidecar made for these bytes
     sidecar.write_text(json.dumps(meta))
     with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: IndexHNSWFlat of L2 distances, not of inner products"):
+        SpeakerIndex.load(path)
+
+
+@pytest.mark.parametrize("hnsw", [False, True])
+def test_an_index_declaring_an_array_its_bytes_cannot_hold_is_refused_before_faiss_allocates_it(tmp_path, monkeypatch,
+                                                                                                hnsw):
+    """FAISS allocates each array at the length its file declares, then reads it: a tiny file declaring 2^32 values
+    (the flat index's vectors, the HNSW graph's first array) asked for 16 GB, though its sidecar hash matched."""
+    import faiss
+
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4, hnsw=hnsw)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    data = bytearray(path.read_bytes())
+    data[37:45] = (1 << 32).to_bytes(8, "little")  # the count of the first array, after FAISS's 37-byte header
+    path.write_bytes(bytes(data))
+    sidecar = tmp_path / "spk.faiss.json"
+    meta = json.loads(sidecar.read_text())
+    meta["index_sha256"] = hashlib.sha256(data).hexdigest()  # the sidecar made for these bytes
+    sidecar.write_text(json.dumps(meta))
+
+    def allocate(_):
+        raise AssertionError("handed to FAISS, which allocates what the file declares")
+
+    monkeypatch.setattr(faiss, "deserialize_index", allocate)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: not a readable FAISS index \(an array declares "
+                                          rf"{1 << 32} items"):
         SpeakerIndex.load(path)
 
 

@@ -339,6 +339,29 @@ def other_kind(start: bytes) -> str | None:
     return f"{kind}, not a torch file" if kind else None
 
 
+UNPACKED_PER_BYTE = 4
+"""How many bytes a torch archive may unpack to per byte of file (beyond ``UNPACKED_SLACK``). torch writes its
+members uncompressed, so its own files unpack to their size; a compressed member of zeros unpacks to about a
+thousand times its size, and torch allocates what the archive declares before it reads a byte."""
+UNPACKED_SLACK = 1 << 20
+
+
+def unpacked_size_problem(path: Path) -> str | None:
+    """Why the zip archive at ``path`` is refused unread (a zip bomb: members declaring far more bytes than the file
+    holds, which torch would allocate), or None. Only the archive's directory is read; one Python cannot parse is
+    left to torch, which says what is wrong with it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+    size = path.stat().st_size
+    if declared <= UNPACKED_PER_BYTE * size + UNPACKED_SLACK:
+        return None
+    return (f"declares {declared / 2**20:.1f} MiB of contents in a {size / 2**20:.1f} MiB file (a zip bomb: "
+            f"torch writes its files uncompressed)")
+
+
 def safe_torch_load(path: str | Path, what: str = "file") -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into one line naming the file."""
     path = Path(path)
@@ -356,6 +379,8 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
         shown = start.decode("utf-8", errors="replace").split("\n")[0][:24]
         raise file_error(path, f"not a readable {what} (corrupt or not a torch file: a torch file is a zip archive "
                                f"or a binary pickle, and this one starts with {shown!r})")
+    if start.startswith(b"PK") and (bomb := unpacked_size_problem(path)):
+        raise file_error(path, f"refused: the {what} {bomb}")
     torch = import_torch(path, what)
     try:
         with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants():
