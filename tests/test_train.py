@@ -908,6 +908,30 @@ def test_a_run_shorter_than_max_bad_steps_with_every_step_skipped_fails(tiny_syn
         trainer.fit()
 
 
+def test_gradients_too_large_for_their_norm_skip_the_step_and_fail_the_run(tiny_synth, tmp_path):
+    """--scale 1e20 keeps the loss finite, but the gradients' float32 norm overflows to Inf, so clipping scaled every
+    gradient to zero: no step changed the model, none was counted as skipped, and the run said done."""
+    config = tiny_config(scale=1e20, train={"steps": 4, "eval_every": 2, "warmup": 1})
+    trainer = Trainer(config, tiny_synth, tmp_path / "run", progress=False)
+    initial = {name: weight.clone() for name, weight in trainer.model.state_dict().items()}
+    with pytest.raises(VoxaugError, match=r"training failed: the loss was NaN/Inf at all 4 steps, each skipped, so "
+                                          r"the model is not trained \(a NaN/Inf gradient skips a step too"):
+        trainer.fit()
+    assert trainer.skipped_steps == 4
+    assert all(torch.equal(initial[name], weight) for name, weight in trainer.model.state_dict().items())
+
+
+def test_gradients_too_large_for_their_norm_are_skipped_under_a_grad_scaler_too(tiny_synth, tmp_path):
+    """Under AMP the GradScaler skips only gradients that hold Inf; finite ones whose norm overflows were clipped to
+    zero and stepped. The skipped step must end its unscale_, which the next step's would otherwise refuse."""
+    trainer = Trainer(tiny_config(scale=1e20, train={"steps": 4, "warmup": 1}), tiny_synth, tmp_path / "run",
+                      progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)  # the CUDA path's scaler, on the CPU
+    for _ in range(2):
+        assert trainer.train_step() is None
+    assert trainer.skipped_steps == 2
+
+
 def test_a_short_run_ending_with_most_steps_skipped_fails(tiny_synth, tmp_path, monkeypatch):
     """A first step that leaves weights no later step can use (--lr 1e30) skips the rest; the run said done."""
     _nan_loss_at(monkeypatch, {1, 2, 3})

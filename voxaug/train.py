@@ -381,7 +381,7 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float] | None:
-        """One optimizer step; returns (loss, batch accuracy) or None when the loss was not finite."""
+        """One optimizer step; returns (loss, batch accuracy) or None when the loss or its gradients were not finite."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.config)
@@ -396,25 +396,43 @@ class Trainer:
             loss = total_loss(self.model, logits, augmented)
         self.optimizer.zero_grad(set_to_none=True)
         if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank skips, or none: DDP's all-reduce needs all
-            with torch.no_grad():  # a skipped step leaves the model as it was, running statistics included
-                for buffer, before in zip(self.model.buffers(), buffers):
-                    buffer.copy_(before)
-            self.bad_in_row += 1
-            self.skipped_steps += 1
-            if self.bad_in_row >= self.config.max_bad_steps:
-                raise VoxaugError(
-                    f"training stopped at step {self.step}: the loss was NaN/Inf for {self.bad_in_row} steps in a row "
-                    f"(lower --lr, check the data for extreme values; limit: max_bad_steps={self.config.max_bad_steps})"
-                )
-            return None
-        self.bad_in_row = 0
+            return self._skip_step(buffers)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if self._gradient_unusable(norm):  # the gradients are all-reduced already: every rank decides alike
+            if self.scaler.is_enabled():
+                self.scaler.update()  # ends this step's unscale_, which the next step's would otherwise refuse
+            return self._skip_step(buffers)
+        self.bad_in_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         batch_acc = float((logits.argmax(dim=1) == augmented.dominant_labels()).float().mean())
         return float(loss.detach()), batch_acc
+
+    def _gradient_unusable(self, norm: torch.Tensor) -> bool:
+        """A NaN/Inf gradient norm, unless the GradScaler will skip the step itself (float16 overflow, routine under
+        AMP). Gradients finite but too large for their float32 norm (--scale 1e20) made clipping scale them all to
+        zero: every step left the model as it was, and the run said done; Inf gradients on the CPU made it NaN."""
+        if bool(torch.isfinite(norm)):
+            return False
+        return not self.scaler.is_enabled() or all(
+            bool(torch.isfinite(weight.grad).all()) for weight in self.model.parameters() if weight.grad is not None)
+
+    def _skip_step(self, buffers: list[torch.Tensor]) -> None:
+        """Leave the model as it was before the step (the forward updated BatchNorm's running statistics) and count
+        the step; ``max_bad_steps`` in a row stop the run."""
+        with torch.no_grad():
+            for buffer, before in zip(self.model.buffers(), buffers):
+                buffer.copy_(before)
+        self.bad_in_row += 1
+        self.skipped_steps += 1
+        if self.bad_in_row >= self.config.max_bad_steps:
+            raise VoxaugError(
+                f"training stopped at step {self.step}: the loss was NaN/Inf for {self.bad_in_row} steps in a row "
+                f"(or its gradients were; lower --lr or --scale, check the data for extreme values; limit: "
+                f"max_bad_steps={self.config.max_bad_steps})"
+            )
 
     # ---- evaluation and saving -----------------------------------------------------------------
     def _trace(self, indices: torch.Tensor) -> None:
@@ -649,7 +667,8 @@ class Trainer:
         which = f"all {self.step}" if self.bad_in_row >= self.step else f"the last {self.bad_in_row} of its {self.step}"
         if 2 * self.bad_in_row > self.step:
             raise VoxaugError(f"training failed: the loss was NaN/Inf at {which} steps, each skipped, so the model is "
-                              "not trained (lower --lr, --scale or --weight-decay; check the data for extreme values)")
+                              "not trained (a NaN/Inf gradient skips a step too; lower --lr, --scale or --weight-decay; "
+                              "check the data for extreme values)")
         if not self._weights_finite():
             cause = f"the loss was NaN/Inf at {which} steps, each skipped" if self.bad_in_row else "after its last step"
             raise VoxaugError(f"training failed: the model's weights are NaN/Inf ({cause}; lower --lr, --weight-decay "
