@@ -200,7 +200,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
     from voxaug.data.sources import open_source_for_model
     from voxaug.data.split import SPLIT_VERSION
     from voxaug.embeddings.embedders import refuse_audio_only
-    from voxaug.embeddings.extract import embed_store_with_model
+    from voxaug.embeddings.extract import embed_store_with_model, refuse_too_long_for_export
     from voxaug.features import FrontendConfig
 
     speaker_model = SpeakerModel.load(model_path, device)
@@ -215,6 +215,7 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
         check_training_speakers(data, source.speakers, speaker_model.speakers,
                                 own_speakers_only(index, "--model", model_path))
     store, _ = open_dataset_store(source, cache_dir, progress=not quiet)
+    refuse_too_long_for_export(speaker_model, store, window)
     speakers = [store.speakers[label] if label >= 0 else None for label in store.labels]
     rows = None
     if index is not None:  # its labels and cohort are checked before anything is embedded

@@ -189,6 +189,25 @@ def embed_store(
     return Embedded(embeddings, probabilities, per_rank) if context.is_main else None
 
 
+def refuse_too_long_for_export(model: "SpeakerModel", store: PackedStore, window: int | None) -> None:
+    """An export embeds at most ``MAX_FRAMES`` frames at once: a longer utterance of the store (or ``--window``) is
+    refused before any is embedded, in one line naming it and the options that help."""
+    if model.kind != "onnx" or len(store) == 0:
+        return
+    from voxaug.runtime.onnx_model import MAX_FRAMES
+
+    longest = int(np.argmax(store.lengths))
+    frames = int(store.lengths[longest])
+    if window is not None and MAX_FRAMES < window < frames:
+        raise VoxaugError(f"--window {window}: an ONNX export embeds at most {MAX_FRAMES} frames at once, and "
+                          f"{store.keys[longest]} is longer ({frames} frames); give --window {MAX_FRAMES} or less")
+    try:
+        model.engine.model.refuse_too_long(min(frames, window or frames), remedy="average it over windows "
+                                           f"(--window {MAX_FRAMES} or less), or embed with the checkpoint (--ckpt)")
+    except VoxaugError as exc:
+        raise file_error(store.keys[longest], str(exc)) from None
+
+
 def embed_store_with_model(model: "SpeakerModel", store: PackedStore, window: int | None = None, hop: int | None = None,
                            progress: bool = True, indices: np.ndarray | None = None,
                            with_probabilities: bool = False) -> Embedded:

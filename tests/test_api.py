@@ -673,6 +673,33 @@ def test_an_export_refuses_a_clip_too_long_for_its_attention_and_names_runtime_f
         loaded.embed(clip)
 
 
+def test_embed_with_an_export_refuses_a_too_long_utterance_up_front_and_names_window(models, tiny_synth, tmp_path,
+                                                                                     monkeypatch):
+    """A dataset utterance past MAX_FRAMES is refused before any is embedded (not after minutes of the others),
+    naming --window, which `embed` offers for it; windows up to MAX_FRAMES embed it, a longer --window is refused."""
+    import voxaug.runtime.onnx_model as onnx_model
+
+    metadata = json.loads((tiny_synth / "metadata.json").read_text())
+    longest = max(u["mel_len"] for utterances in metadata["speakers"].values() for u in utterances)
+    monkeypatch.setattr(onnx_model, "MAX_FRAMES", longest - 20)
+    runs = []
+    real_run = onnx_model.OnnxSpeakerModel._run
+
+    def counted_run(self, inputs):
+        runs.append(1)
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(onnx_model.OnnxSpeakerModel, "_run", counted_run)
+    command = ["embed", "--model", models["onnx"], tiny_synth, "--out", tmp_path / "emb", "-q"]
+    one_line_error(*invoke(*command), f"clip is 1 s long ({longest} frames)", f"--window {longest - 20} or less")
+    assert not runs and not (tmp_path / "emb").exists()
+    one_line_error(*invoke(*command, "--window", longest - 10), f"--window {longest - 10}: an ONNX export embeds at "
+                   f"most {longest - 20} frames at once", f"give --window {longest - 20} or less")
+    assert not runs
+    code, output = invoke(*command, "--window", longest - 20)
+    assert code == 0 and runs, output
+
+
 def test_an_export_reads_the_audio_twin_of_a_folder_clip_where_torch_is_missing(models, tiny_synth, monkeypatch):
     import voxaug.api.model as api_model
     from voxaug.cli.common import expand_clips

@@ -195,16 +195,17 @@ class OnnxSpeakerModel:
         min_frames = self.min_frames if min_frames is None else min_frames
         if len(lengths) and lengths.min() < min_frames:
             raise VoxaugError(f"clip is {lengths.min()} frames long; at least {min_frames} are needed")
-        self._refuse_too_long(int(lengths.max()) if len(lengths) else 0)
+        self.refuse_too_long(int(lengths.max()) if len(lengths) else 0)
         return self._run({"features": features, "lengths": lengths})
 
-    def _refuse_too_long(self, frames: int) -> None:
+    def refuse_too_long(self, frames: int,
+                        remedy: str = "cut the clip, or embed it with the checkpoint (--ckpt)") -> None:
+        """Refuse a clip of more than ``MAX_FRAMES`` frames, saying what to do instead (``remedy``)."""
         if frames > MAX_FRAMES:
             seconds = self.frontend.hop_ms / 1000
             raise VoxaugError(f"clip is {(frames - 1) * seconds:.0f} s long ({frames} frames); an ONNX export "
                               f"embeds at most {(MAX_FRAMES - 1) * seconds:.0f} s ({MAX_FRAMES} frames), since its "
-                              "attention needs memory that grows with the square of the length: cut the clip, or "
-                              "embed it with the checkpoint (--ckpt)")
+                              f"attention needs memory that grows with the square of the length: {remedy}")
 
     def _run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The graph on ``inputs``; an ONNX Runtime failure (out of memory, say) is one line naming the model."""
@@ -228,7 +229,7 @@ class OnnxSpeakerModel:
         shortest = max(self.frontend.n_fft // 2 + 1, (self.min_frames - 1) * self.frontend.hop_length)
         if len(lengths) and lengths.min() < shortest:
             raise VoxaugError(f"clip is {lengths.min()} samples long; at least {shortest} are needed")
-        self._refuse_too_long(int(lengths.max()) // self.frontend.hop_length + 1 if len(lengths) else 0)
+        self.refuse_too_long(int(lengths.max()) // self.frontend.hop_length + 1 if len(lengths) else 0)
         return self._run({"waveform": waveforms, "num_samples": lengths})
 
     def embed_features(self, features: np.ndarray, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -249,5 +250,5 @@ class OnnxSpeakerModel:
         if self.takes_audio:
             embeddings, logits = self.run_audio(waveform[None], np.array([waveform.shape[0]], dtype=np.int64))
             return embeddings[0], logits[0]
-        self._refuse_too_long(frames_for(waveform.shape[0], self.frontend))  # before its log-mel's memory
+        self.refuse_too_long(frames_for(waveform.shape[0], self.frontend))  # before its log-mel's memory
         return self.embed_features(log_mel(waveform, self.frontend))
