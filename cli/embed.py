@@ -193,8 +193,8 @@ def _embed_with_model(model_path: Path, data: Path, out: Path, index: Path | Non
                       scoring: ScoringOptions, window: int | None, hop: int | None, device: str,
                       cache_dir: Path | None, quiet: bool) -> None:
     """`embed --model`: one process, through the Python API's model. The back end and AS-norm cohort are fitted
-    on the run's own training split: the clips a checkpoint's record names, else the split its seed and validation
-    fraction (which an export records) rebuild."""
+    on the run's own training split: the clips the model's record names (a checkpoint's, or an export's of one that
+    keeps it), else the split its seed and validation fraction rebuild."""
     from voxaug.api.model import SpeakerModel
     from voxaug.data.audio_store import open_dataset_store
     from voxaug.data.sources import open_source_for_model

@@ -81,10 +81,21 @@ def identify(
         result = speaker_index.identify_record(clip, top_k)
         if not results and result.threshold_outdated:
             warn_calibration_outdated(index, speaker_index.data.calibration_outdated())
+        if not results and result.threshold_measured is False and not as_json:  # --json says it in each answer
+            warn_far_unmeasured(index, speaker_index.data.calibration)
         results.append(result)
         typer.echo(json.dumps(result.to_json()) if as_json else format_row(result))
     if not as_json:
         typer.echo(summary_line(results))
+
+
+def warn_far_unmeasured(index: Path, calibration: dict) -> None:
+    """One stderr line when the calibrated threshold's false-alarm rate was never measured: evaluate --calibrate had
+    fewer held-out clips than its target FAR needs (``voxaug.embeddings.calibration.unresolved_far``)."""
+    from voxaug.embeddings.calibration import unresolved_far
+
+    reason = unresolved_far(calibration) or "the calibrated threshold's false-alarm rate is unmeasured"
+    typer.echo(f"warning: {index}: {reason}", err=True)  # the line evaluate --calibrate printed
 
 
 def summary_line(results: list[Identification]) -> str:

@@ -138,12 +138,18 @@ def impostors_for_one_false_alarm(target_far: float) -> int:
     return enough
 
 
+def far_measurable(clips: int, target_far: float) -> bool:
+    """Whether ``clips`` impostor scores (one per held-out clip) are enough for ``target_far`` to allow one false
+    alarm, so that a threshold picked from them measures that rate rather than merely clearing the highest score."""
+    return allowed_false_alarms(clips, target_far) >= 1
+
+
 def unresolved_far(record: dict) -> str | None:
     """Why a calibration's threshold measures no false-alarm rate, or None: from fewer impostor scores (one per clip)
     than the target FAR needs to allow a single false alarm, the threshold merely clears the highest of them, as for any
     lower target, so its rate on new voices is unknown; the figures say "at FAR 0.01" all the same."""
     clips, target_far = record["clips"], record["target_far"]
-    if allowed_false_alarms(clips, target_far) >= 1:
+    if far_measurable(clips, target_far):
         return None
     needed = impostors_for_one_false_alarm(target_far)
     return (f"the threshold at FAR {target_far:g} is picked from {clips} impostor scores (one per held-out clip), "
@@ -176,6 +182,7 @@ def calibrate(scores: dict[str, np.ndarray], target_far: float, score_norm: str,
         "eer": equal_error["eer"],
         "eer_threshold": equal_error["eer_threshold"],
         "clips": int(len(genuine)),
+        "far_measured": far_measurable(len(impostor), target_far),  # identify says when it is not
         "source": source,
         "date": time.strftime("%Y-%m-%d"),
     } | ({"cohort_top_k": cohort_top_k} if score_norm == "asnorm" and cohort_top_k is not None else {}) \

@@ -70,7 +70,7 @@ class ExportEmbedder:
         self.frontend = FrontendConfig.from_dict(model.frontend)
         self.speakers: list[str] = list(model.speakers)
         self.split: TrainingSplit = model.training_split
-        self.split_clips: dict[str, np.ndarray] | None = model.engine.split_clips  # a checkpoint's record, or None
+        self.split_clips: dict[str, np.ndarray] | None = model.engine.split_clips  # the run's record, or None
         self.clip_count: int | None = model.engine.clip_count
         self.embedding_dim: int = model.embedding_dim
         self.sha256: str = model.sha256

@@ -81,6 +81,9 @@ class Identification:
     threshold_source: str = "default"
     threshold_outdated: bool = False
     """A calibrated threshold picked before the enrolled speakers last changed (``IndexData.calibration_outdated``)."""
+    threshold_measured: bool | None = None
+    """Whether a calibrated threshold's false-alarm rate was measured (``IndexData.calibration_measured``); None where
+    the threshold is not calibrated, or its calibration predates the record."""
 
     @property
     def accepted(self) -> bool:
@@ -96,7 +99,8 @@ class Identification:
             "decision": self.decision,
             "score": self.score,
             "threshold": {"value": round(self.threshold, 6), "source": self.threshold_source}
-                         | ({"outdated": True} if self.threshold_outdated else {}),
+                         | ({"outdated": True} if self.threshold_outdated else {})
+                         | ({"measured": self.threshold_measured} if self.threshold_measured is not None else {}),
         }
 
 

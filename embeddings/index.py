@@ -218,6 +218,12 @@ class SpeakerIndex:
             return float(self.calibration["value"]), "calibrated"
         return DEFAULT_THRESHOLDS[self.score_name(score_norm)], "default"
 
+    def calibration_measured(self) -> bool | None:
+        """Whether ``evaluate --calibrate`` had enough held-out clips to measure the false-alarm rate its threshold is
+        for (``voxaug.embeddings.calibration.far_measurable``); None for a calibration written before it was recorded,
+        or none."""
+        return self.calibration.get("far_measured") if "value" in self.calibration else None
+
     def enrolled_record(self) -> dict:
         """Who is enrolled, with how many clips: the population a calibration's threshold was picked against."""
         listing = json.dumps(sorted(self.counts.items()), separators=(",", ":"))
@@ -761,6 +767,13 @@ def _whole_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_CLIPS
 
 
+def _far_record(calibration: dict) -> bool:
+    """Whether a calibration's ``far_measured`` comes with the clip count and target FAR identify's warning names."""
+    far = calibration.get("target_far")
+    return (isinstance(calibration["far_measured"], bool) and _whole_number(calibration.get("clips"))
+            and calibration["clips"] >= 1 and finite_number(far) and 0 < far < 1)
+
+
 def _scoring_fields(meta: dict, side: Path) -> dict:
     """The back end, cohort, statistics, score normalisation and calibration of a sidecar
     (a version-1 sidecar has none of them: plain cosine, as it was scored when written)."""
@@ -792,6 +805,9 @@ def _scoring_fields(meta: dict, side: Path) -> dict:
             and isinstance(enrolled.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", enrolled["sha256"])):
         raise file_error(side, "sidecar calibration 'enrolled' must be {speakers, clips: whole numbers >= 0, "
                                f"sha256: 64 hex digits}}, got {enrolled!r}")
+    if "far_measured" in calibration and not _far_record(calibration):
+        raise file_error(side, "sidecar calibration 'far_measured' must be true or false, beside 'clips' (a whole "
+                               "number >= 1) and 'target_far' (a rate in (0, 1)) it was judged from")
     top_k = calibration.get("cohort_top_k", 2)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 2:
         raise file_error(side, f"sidecar calibration 'cohort_top_k' must be a whole number >= 2, got {top_k!r}")

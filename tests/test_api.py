@@ -340,8 +340,9 @@ def test_an_index_from_an_export_without_its_split_says_its_cohort_is_the_whole_
     import voxaug.export
 
     full = voxaug.export._metadata
+    older = ("training_seed", "validation_fraction", "split_clips", "training_clip_count")  # all recorded later
     monkeypatch.setattr(voxaug.export, "_metadata", lambda *args: {key: value for key, value in full(*args).items()
-                                                                    if key not in ("training_seed", "validation_fraction")})
+                                                                    if key not in older})
     old = tmp_path / "old.onnx"
     voxaug.export.export_onnx(models["ckpt"], old)
     code, output = invoke("embed", tiny_synth, "--model", old, "--out", tmp_path / "out", "--quiet", "--index",
@@ -395,7 +396,8 @@ def test_evaluate_calibrates_an_index_built_with_an_onnx_model_for_identify_with
                           wavs(tiny_synth, "test", "new000")[0])
     assert code == 0, output
     threshold = json.loads(output.splitlines()[0])["threshold"]
-    assert threshold == {"value": round(onnx_report["open_set"]["value"], 6), "source": "calibrated"}
+    assert threshold == {"value": round(onnx_report["open_set"]["value"], 6), "source": "calibrated",
+                         "measured": False}  # 6 held-out clips at FAR 0.01
 
 
 def test_evaluate_refuses_a_model_the_index_was_not_built_with_and_an_export_without_its_split(

@@ -239,3 +239,68 @@ def test_embed_index_refuses_a_speaker_none_of_whose_training_clips_is_left(trai
             "since training); embed --index enrols each speaker from the run's own training split"
             ) in " ".join(result.output.split()), result.output
     assert not (tmp_path / "out" / "spk.faiss").exists()
+
+
+def test_an_export_carries_the_runs_split_so_evaluate_and_embed_with_it_find_the_clips_it_held_out(
+        trained_run, tiny_synth, tmp_path):
+    """An ONNX export recorded the run's seed and validation fraction but not which clips it held out, so evaluate and
+    embed --model on a dataset changed since training rebuilt the split from the clips there now: clips the model
+    trained on were scored as validation, without a word. The export carries the checkpoint's record, used as its."""
+    from voxaug.embeddings.embedders import ExportEmbedder
+    from voxaug.export import export_onnx
+
+    train_keys, val_keys = trained_split_keys(trained_run / "best.pt", tiny_synth)
+    dropped = {sorted(train_keys)[0], sorted(val_keys)[0]}
+    changed = changed_copy(tiny_synth, tmp_path / "data", 3, dropped)
+    onnx_model = export_onnx(trained_run / "best.pt", tmp_path / "model.onnx").path
+    embedder = ExportEmbedder.load(onnx_model)
+    store = store_of(changed, embedder.frontend)
+    train, val = validation_split(embedder, store)
+    assert {store.keys[i] for i in val} == val_keys - dropped
+    assert {store.keys[i] for i in train} == train_keys - dropped
+    result = invoke("evaluate", changed, "--model", onnx_model, "--out", tmp_path / "report", "-q")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {changed}: 3 clips added and 2 clips removed since training; evaluate scores the "
+            f"{len(val_keys) - 1} of the run's {len(val_keys)} validation clips still there"
+            ) in " ".join(result.output.split()), result.output
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["val_utterances"] == len(val_keys) - 1
+    result = invoke("embed", changed, "--model", onnx_model, "--out", tmp_path / "embedded", "--index",
+                    tmp_path / "embedded" / "spk.faiss", "--backend", "lda", "--lda-dim", "3", "-q")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {changed}: 3 clips added and 2 clips removed since training; the index is built on the run's "
+            "own split") in " ".join(result.output.split()), result.output
+
+
+def test_an_export_made_before_exports_carried_the_split_rebuilds_it_from_the_dataset_as_before(
+        trained_run, tiny_synth, tmp_path, monkeypatch):
+    """Old exports hold no record of their clips: the split is rebuilt from the labels, as it always was."""
+    import voxaug.export
+    from voxaug.embeddings.embedders import ExportEmbedder
+    from voxaug.runtime.onnx_model import OnnxSpeakerModel
+
+    full = voxaug.export._metadata
+    monkeypatch.setattr(voxaug.export, "_metadata", lambda *args: {
+        key: value for key, value in full(*args).items() if key not in ("split_clips", "training_clip_count")})
+    old = voxaug.export.export_onnx(trained_run / "best.pt", tmp_path / "old.onnx").path
+    model = OnnxSpeakerModel.load(old)
+    assert model.split_clips is None and model.clip_count is None
+    train_keys, val_keys = trained_split_keys(trained_run / "best.pt", tiny_synth)
+    embedder = ExportEmbedder.load(old)
+    store = store_of(tiny_synth, embedder.frontend)
+    train, val = validation_split(embedder, store)
+    assert ({store.keys[i] for i in train}, {store.keys[i] for i in val}) == (train_keys, val_keys)
+
+
+def test_an_exports_record_of_its_clips_is_the_checkpoints():
+    """The record travels as text in the export's metadata and comes back as the same digests; text that is not
+    one is refused rather than read as some other split."""
+    from voxaug.data.split import split_record
+    from voxaug.runtime.training_split import decode_split_clips, encode_split_clips
+
+    record = split_record(["a/1.pt", "a/2.pt", "b/3.pt"], np.array([0, 2]), np.array([1]))
+    decoded = decode_split_clips(encode_split_clips(record))
+    assert sorted(decoded) == ["train", "val"]
+    assert all(decoded[part].dtype == np.int64 and decoded[part].tolist() == record[part].tolist() for part in decoded)
+    for damaged in ('{"train": "AAAA"}', '{"train": "AAAA", "val": "AA"}', "[]", '{"train": "!!!!", "val": ""}'):
+        with pytest.raises(ValueError):
+            decode_split_clips(damaged)

@@ -781,7 +781,7 @@ def test_identify_uses_the_calibrated_threshold_and_says_so(calibrated, tiny_syn
     assert result.exit_code == 0, result.output
     for line in result.output.splitlines():
         answer = json.loads(line)
-        assert answer["threshold"] == {"value": round(value, 6), "source": "calibrated"}
+        assert answer["threshold"] == {"value": round(value, 6), "source": "calibrated", "measured": False}  # 6 clips
         assert (answer["decision"] == "unknown") == (answer["top"][0]["score"] < value)
     plain = json.loads(invoke("identify", "--index", index, "--json", "--score-norm", "none", clips[0]).output)
     assert plain["threshold"]["source"] == "default" and plain["score"] == "cosine"
@@ -808,7 +808,8 @@ def test_identify_flags_a_calibration_made_before_the_enrolled_speakers_changed(
         return json.loads(result.stdout), result.stderr
 
     current, warning = answer()
-    assert current["threshold"] == {"value": round(calibration["value"], 6), "source": "calibrated"} and warning == ""
+    assert current["threshold"] == {"value": round(calibration["value"], 6), "source": "calibrated",
+                                    "measured": False} and warning == ""
     newcomer = sorted((tiny_synth / "unseen" / "enroll").iterdir())[0]
     removed = invoke("enroll", "--index", index, "--remove", newcomer.name)
     assert removed.exit_code == 0 and "its predicted rates may not hold" in removed.stderr, removed.output
@@ -837,7 +838,7 @@ def test_a_calibration_older_than_its_enrolled_record_is_flagged_after_the_next_
     old = invoke("identify", "--index", index, "--json", clip)
     assert old.exit_code == 0 and old.stderr == "", old.output
     assert json.loads(old.stdout)["threshold"] == {"value": round(meta["calibration"]["value"], 6),
-                                                   "source": "calibrated"}
+                                                   "source": "calibrated", "measured": False}
     assert json.loads(sidecar_path(index).read_text()) == meta, "an unchanged index gets no invented record"
     enrolled = invoke("enroll", "--index", index, "--speaker", "newcomer", clip)
     assert enrolled.exit_code == 0 and "its predicted rates may not hold" in enrolled.stderr, enrolled.output
@@ -1501,3 +1502,62 @@ def test_enroll_refuses_a_read_only_index_folder_before_anything_is_embedded(cal
     assert result.output == (f"error: {index}: enroll cannot write the index: its folder {folder} takes no new "
                              "files (Read-only file system)\n")
     assert (index.read_bytes(), sidecar_path(index).read_bytes()) == before
+
+
+def test_a_threshold_calibrated_on_too_few_clips_is_called_unmeasured_by_the_sidecar_and_identify(calibrated,
+                                                                                                 tiny_synth, tmp_path):
+    """evaluate --calibrate on fewer held-out clips than 1 / FAR warned that the rate was unmeasured, but the sidecar
+    and identify's threshold ("source": "calibrated") did not say so: a program reading --json took it as measured.
+    The sidecar records it, --json's threshold carries it, and the table's output says it in one line."""
+    _, index, _ = calibrated
+    calibration = json.loads(sidecar_path(index).read_text())["calibration"]
+    assert calibration["clips"] * calibration["target_far"] < 1 and calibration["far_measured"] is False
+    clips = sorted((tiny_synth / "unseen" / "test").rglob("*.pt"))[:2]
+    as_json = invoke("identify", "--index", index, "--json", *clips)
+    assert as_json.exit_code == 0 and as_json.stderr == "", as_json.output
+    assert [json.loads(line)["threshold"] for line in as_json.stdout.splitlines()] == [
+        {"value": round(calibration["value"], 6), "source": "calibrated", "measured": False}] * 2
+    table = invoke("identify", "--index", index, *clips)
+    assert table.exit_code == 0, table.output
+    assert table.stderr == f"warning: {index}: {unresolved_far(calibration)}\n", table.stderr
+    assert "so its false-alarm rate is unmeasured" in table.stderr
+    plain = invoke("identify", "--index", index, "--score-norm", "none", clips[0])
+    assert plain.exit_code == 0 and plain.stderr == "", plain.output  # the default threshold: nothing to say
+
+
+def test_a_measured_calibration_says_so_and_one_from_before_the_record_is_scored_as_before(calibrated, tiny_synth,
+                                                                                          tmp_path):
+    """A calibration on enough clips says "measured": true; one written before the sidecar recorded it has no field
+    and identify answers as it always did. A record that is not true or false is a damaged sidecar."""
+    _, calibrated_index, _ = calibrated
+    index = tmp_path / "copy.faiss"
+    shutil.copy(calibrated_index, index)
+    meta = json.loads(sidecar_path(calibrated_index).read_text())
+    clip = next((tiny_synth / "unseen" / "test").rglob("*.pt"))
+
+    def answer_with(calibration: dict):
+        sidecar_path(index).write_text(json.dumps(meta | {"calibration": calibration}))
+        return invoke("identify", "--index", index, "--json", clip), invoke("identify", "--index", index, clip)
+
+    measured = meta["calibration"] | {"far_measured": True, "clips": 100}
+    as_json, table = answer_with(measured)
+    assert json.loads(as_json.stdout)["threshold"]["measured"] is True and table.stderr == "", table.output
+    old = {key: value for key, value in meta["calibration"].items() if key != "far_measured"}
+    as_json, table = answer_with(old)
+    assert json.loads(as_json.stdout)["threshold"] == {"value": round(old["value"], 6), "source": "calibrated"}
+    assert table.exit_code == 0 and table.stderr == "", table.output
+    as_json, _ = answer_with(meta["calibration"] | {"far_measured": "no"})
+    assert as_json.exit_code == 2 and "sidecar calibration 'far_measured' must be true or false" in as_json.output
+    assert len(as_json.output.strip().splitlines()) == 1, as_json.output
+
+
+def test_calibrate_records_whether_its_false_alarm_rate_was_measured():
+    rng = np.random.default_rng(0)
+
+    def record(clips: int) -> dict:
+        scores = {"genuine": rng.normal(1, 0.1, clips), "impostor": rng.normal(0, 0.1, clips),
+                  "top": rng.normal(1, 0.1, clips), "correct": np.ones(clips, bool)}
+        return calibrate(scores, 0.05, "none", "test")
+
+    assert record(19)["far_measured"] is False and unresolved_far(record(19)) is not None
+    assert record(20)["far_measured"] is True and unresolved_far(record(20)) is None

@@ -385,8 +385,8 @@ def test_a_store_packed_while_another_front_end_repacks_the_cache_reports_its_ow
         in_other_run.pop()
 
     @contextmanager
-    def lock_then_other_run(folder):
-        with real_lock(folder):
+    def lock_then_other_run(folder, *data):
+        with real_lock(folder, *data):
             yield
         if other_runs[0] > 0 and not in_other_run:  # the other run, waiting for the lock, takes it once it is free
             other_runs[0] -= 1
@@ -481,3 +481,28 @@ def test_a_wait_for_the_cache_lock_cut_short_leaves_no_descriptor_open(tmp_path,
         with store_module.cache_lock(folder):
             pass
     assert descriptors_open_on(folder / store_module.LOCK_FILE) == []
+
+
+def test_a_wait_for_another_process_packing_the_dataset_is_said_in_one_line(tmp_path, capsys):
+    """Two commands sharing a dataset's cache: the second blocked on the lock for as long as the first packed (minutes
+    on a large set) without a word. One stderr line says what it waits for; none when the lock is free at once."""
+    import fcntl
+    import threading
+
+    from voxaug.data.store import LOCK_FILE, store_folder
+
+    root = make_hw4(tmp_path / "d")
+    PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == ""
+    lock = store_folder(HW4Source(root), tmp_path / "cache") / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process's pack (flock locks an open file, not a process)
+    releaser = threading.Timer(0.5, os.close, (fd,))
+    releaser.start()
+    try:
+        store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    finally:
+        releaser.join()
+    assert not store.rebuilt
+    assert capsys.readouterr().err == (f"waiting for another voxaug process packing {root}'s features "
+                                       f"(lock {lock})\n")

@@ -27,9 +27,10 @@ from voxaug.errors import VoxaugError, file_error
 from voxaug.features import FrontendConfig, _mel_transform
 from voxaug.model import (ConformerSpeakerNet, TransformerMeanNet, _self_attention, conformer_forward,
                           key_padding_bias, network_input, padding_mask, speaker_logits)
-from voxaug.runtime.onnx_model import (AUDIO_INPUTS, CONTENT_DIGEST_KEY, DIGEST_PLACEHOLDER, FEATURE_INPUTS,
-                                       ONNX_FORMAT, ONNX_FORMAT_VERSION, OUTPUTS, content_digest,
-                                       digest_marker)
+from voxaug.runtime.onnx_model import (AUDIO_INPUTS, CLIP_COUNT_KEY, CONTENT_DIGEST_KEY, DIGEST_PLACEHOLDER,
+                                       FEATURE_INPUTS, ONNX_FORMAT, ONNX_FORMAT_VERSION, OUTPUTS, SPLIT_CLIPS_KEY,
+                                       content_digest, digest_marker)
+from voxaug.runtime.training_split import encode_split_clips
 from voxaug.safeio import atomic_write_bytes, sha256_file, write_error
 
 DEFAULT_OPSET = 17
@@ -133,7 +134,7 @@ def _example_inputs(loaded: LoadedModel, with_frontend: bool) -> tuple[torch.Ten
 
 def _metadata(loaded: LoadedModel, ckpt: Path, with_frontend: bool) -> dict[str, str]:
     config = loaded.config.model
-    return {
+    return _split_metadata(loaded) | {
         "voxaug_format": ONNX_FORMAT,
         "voxaug_format_version": str(ONNX_FORMAT_VERSION),
         "frontend": json.dumps(loaded.frontend.to_dict()),
@@ -149,6 +150,17 @@ def _metadata(loaded: LoadedModel, ckpt: Path, with_frontend: bool) -> dict[str,
         "split_version": str(loaded.config.split_version),
         CONTENT_DIGEST_KEY: DIGEST_PLACEHOLDER,
     }
+
+
+def _split_metadata(loaded: LoadedModel) -> dict[str, str]:
+    """The checkpoint's record of its run's clips (which it trained on and held out, and how many), where it keeps
+    one: embed and evaluate with the export then find that split in a dataset changed since, as with the checkpoint."""
+    recorded = {}
+    if loaded.split_clips is not None:
+        recorded[SPLIT_CLIPS_KEY] = encode_split_clips(loaded.split_clips)
+    if loaded.clip_count is not None:
+        recorded[CLIP_COUNT_KEY] = str(loaded.clip_count)
+    return recorded
 
 
 def _trace(network: ExportableSpeakerNet, example: tuple[torch.Tensor, torch.Tensor], with_frontend: bool,

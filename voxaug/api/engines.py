@@ -41,9 +41,8 @@ class OnnxEngine:
         self.embedding_dim = self.model.embedding_dim
         self.frontend = self.model.frontend
         self.training_split = self.model.training_split
-        # an export records how its split was drawn, not which clips it holds: its split is rebuilt from the labels
-        self.split_clips: dict[str, np.ndarray] | None = None
-        self.clip_count: int | None = None
+        self.split_clips: dict[str, np.ndarray] | None = self.model.split_clips  # which clips the run held out
+        self.clip_count: int | None = self.model.clip_count
 
     def run(self, clip: Clip, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         if clip.features is not None and self.model.takes_audio:  # the clip is at fault: name it, not the model too

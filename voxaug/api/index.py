@@ -372,7 +372,8 @@ class SpeakerIndex:
         decision = top[0][0] if top and top[0][1] >= threshold else UNKNOWN
         return Identification(label, top, self.model.speakers[best], float(probabilities[best]), decision,
                               data.score_name(score_norm), threshold, source,
-                              source == "calibrated" and self._calibration_outdated(data))
+                              source == "calibrated" and self._calibration_outdated(data),
+                              data.calibration_measured() if source == "calibrated" else None)
 
     @staticmethod
     def _check_asnorm(path: Path, data: IndexData) -> None:

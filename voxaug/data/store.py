@@ -17,7 +17,7 @@ import torch
 
 from voxaug.data.sources import DatasetSource
 from voxaug.errors import VoxaugError, file_error
-from voxaug.progress import progress_bar
+from voxaug.progress import print_warning, progress_bar
 from voxaug.safeio import (
     atomic_output, atomic_write_json, ensure_folder, held_in_this_process, home_expanded, lock_descriptor, open_lock_file,
     read_json,
@@ -101,7 +101,7 @@ class PackedStore:
         """
         folder = store_folder(source, cache_dir)
         fingerprint = source.fingerprint()
-        with cache_lock(folder):  # another process may be packing the same dataset, perhaps with another front end
+        with cache_lock(folder, source.root):  # another process may be packing it, perhaps with another front end
             store = cls._reusable(folder, fingerprint)
             if store is not None and read_sidecar is not None:
                 store.sidecar = read_sidecar(folder, fingerprint)
@@ -161,10 +161,11 @@ class PackedStore:
 
 
 @contextmanager
-def cache_lock(folder: Path) -> Iterator[None]:
+def cache_lock(folder: Path, data: str | Path | None = None) -> Iterator[None]:
     """Hold ``folder``'s lock while its store is checked, built and mapped: a store is one features file and
     one index written in turn, and two builders interleaving them would pair one's index with the other's
-    features. A mapped features file stays readable after another build replaces it."""
+    features. A mapped features file stays readable after another build replaces it. ``data`` (the dataset's
+    folder) is named in the line said while another process holds the lock."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -176,7 +177,7 @@ def cache_lock(folder: Path) -> Iterator[None]:
     except OSError as exc:
         raise cache_write_error(exc, folder) from exc
     try:
-        lock_descriptor(fd, wait=True)
+        _wait_for_lock(fd, folder / LOCK_FILE, data)
     except OSError as exc:
         os.close(fd)
         raise cache_write_error(exc, folder / LOCK_FILE) from exc
@@ -185,6 +186,17 @@ def cache_lock(folder: Path) -> Iterator[None]:
         raise
     with held_in_this_process(fd):  # packing forks data-loader workers, which must not keep the lock
         yield
+
+
+def _wait_for_lock(fd: int, lock: Path, data: str | Path | None) -> None:
+    """Take the cache lock, saying in one stderr line when another process holds it: packing a large dataset takes
+    minutes, and a command waiting for it silently looks hung."""
+    try:
+        lock_descriptor(fd, wait=False)
+    except BlockingIOError:
+        what = f"{data}'s" if data is not None else "a dataset's"
+        print_warning(f"waiting for another voxaug process packing {what} features (lock {lock})")
+        lock_descriptor(fd, wait=True)
 
 
 def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:

@@ -15,13 +15,17 @@ import onnxruntime
 
 from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.runtime.frontend import FrontendSettings, feature_values_problem, frames_for, log_mel
-from voxaug.runtime.training_split import TrainingSplit
+from voxaug.runtime.training_split import TrainingSplit, decode_split_clips
 from voxaug.safeio import loads_unique
 
 ONNX_FORMAT = "voxaug-onnx-speaker-model"
 ONNX_FORMAT_VERSION = 1
 CONTENT_DIGEST_KEY = "voxaug_content_sha256"
 DIGEST_PLACEHOLDER = "0" * 64
+SPLIT_CLIPS_KEY = "split_clips"
+"""The run's training and validation clip digests (``voxaug.runtime.training_split.encode_split_clips``); absent in
+exports of runs that did not record them, and in exports made before exports carried them."""
+CLIP_COUNT_KEY = "training_clip_count"
 FEATURE_INPUTS = ("features", "lengths")
 AUDIO_INPUTS = ("waveform", "num_samples")
 OUTPUTS = ("embedding", "logits")
@@ -116,6 +120,18 @@ def _training_split(path: Path, metadata: dict[str, str]) -> TrainingSplit | Non
                                "split_version)") from None
 
 
+def _split_clips(path: Path, metadata: dict[str, str]) -> tuple[dict[str, np.ndarray] | None, int | None]:
+    """The run's record of its clips, as a checkpoint keeps it: the digests of its training and validation clips and
+    how many it trained on; None for what the export does not carry."""
+    try:
+        record = decode_split_clips(metadata[SPLIT_CLIPS_KEY]) if SPLIT_CLIPS_KEY in metadata else None
+        count = int(metadata[CLIP_COUNT_KEY]) if CLIP_COUNT_KEY in metadata else None
+    except ValueError as exc:
+        raise file_error(path, f"voxaug model metadata is unusable ({SPLIT_CLIPS_KEY} or {CLIP_COUNT_KEY}: "
+                               f"{str(exc).splitlines()[0][:120]})") from None
+    return record, count
+
+
 class OnnxSpeakerModel:
     """An exported speaker model: unit embeddings and logits over the original speakers."""
 
@@ -133,6 +149,7 @@ class OnnxSpeakerModel:
             raise file_error(path, f"voxaug model metadata is unusable ({str(exc).splitlines()[0]})") from exc
         self.source_checkpoint_sha256 = metadata["source_checkpoint_sha256"]
         self.training_split = _training_split(path, metadata)
+        self.split_clips, self.clip_count = _split_clips(path, metadata)
         if (not isinstance(self.speakers, list) or not all(isinstance(name, str) for name in self.speakers)
                 or self.n_mels != self.frontend.n_mels):
             raise file_error(path, "voxaug model metadata is inconsistent (speaker labels or n_mels)")
