@@ -35,7 +35,7 @@ from voxaug.embeddings.plda import SpeakerModels
 from voxaug.errors import VoxaugError, file_error, not_a_file
 from voxaug.safeio import (
     TMP_SUFFIX, atomic_write_bytes, atomic_write_text, clean_stale_temps, ensure_folder, exclusive_lock,
-    finite_number, fsync_dir, probe_writable, read_json, real_path, same_name, write_error,
+    finite_number, fsync_dir, probe_writable, read_json, real_path, same_name, sha256_file, write_error,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +75,37 @@ LOAD_ATTEMPTS = 5  # reads of the sidecar and index pair while writers keep comm
 def sidecar_path(path: str | Path) -> Path:
     """FILE.json beside the index file itself: through a symbolic link, beside the file it points to."""
     return Path(f"{real_path(path)}.json")
+
+
+def located_model_record(checkpoint: dict, index_path: Path) -> dict:
+    """The sidecar's record of the model with the model's path from the index's folder as well, so that an index moved
+    or unpacked elsewhere together with its model (a renamed folder, a tarball) still finds it. Where the recorded path
+    is gone (both were moved since), or where the one read with the record still leads to a file (a copied project
+    whose original, perhaps trained on since, is still there), that one is kept."""
+    named, kept = checkpoint.get("path"), checkpoint.get("relative_path")
+    if (kept and (index_path.parent / kept).is_file()) or not named or not Path(named).is_file():
+        return checkpoint
+    try:
+        relative = os.path.relpath(named, index_path.parent)
+    except ValueError:  # on another Windows drive: no relative path leads there
+        return {key: value for key, value in checkpoint.items() if key != "relative_path"}
+    return {**checkpoint, "relative_path": Path(relative).as_posix()}
+
+
+def model_places(checkpoint: dict, index_path: str | Path) -> list[Path]:
+    """Where the model an index's sidecar records may be, each place once: its recorded path, its place relative to
+    the index (the two moved together), and a file of its name beside the index (copied beside a deployed model)."""
+    named = checkpoint.get("path") or ""
+    folder = real_path(index_path).parent
+    candidates = [Path(named)] if named else []
+    if checkpoint.get("relative_path"):
+        candidates.append(Path(os.path.normpath(folder / checkpoint["relative_path"])))  # from the real folder: no link
+    if named:
+        candidates.append(folder / Path(named).name)
+    places: dict[str, Path] = {}
+    for place in candidates:
+        places.setdefault(os.path.realpath(place), place)
+    return list(places.values())
 
 
 def not_index_file(path: str | Path) -> Path | None:
@@ -521,7 +552,7 @@ class SpeakerIndex:
             "labels": self.labels,
             "counts": self.counts,
             "mean_norms": self.mean_norms,
-            "checkpoint": self.checkpoint,
+            "checkpoint": located_model_record(self.checkpoint, path),
             "frontend": self.frontend,
             "backend": self.backend.to_json(),
             "space_dimension": self.space_dim,
@@ -651,7 +682,62 @@ def _without_sidecar(path: Path, side: Path) -> tuple[Path, str]:
                       "or enroll wrote")
     if side.exists():  # a folder, say: there, yet no sidecar to read
         return side, not_a_file(side, "index sidecar")
-    return side, "the index's sidecar is missing (it records labels, checkpoint and front end)"
+    renamed = sidecar_recording(path)
+    return side, ("the index's sidecar is missing (it records labels, checkpoint and front end)" + (
+        f"; {renamed} records this index: rename it to {side.name} {MOVE_TOGETHER}" if renamed else ""))
+
+
+MOVE_TOGETHER = "(an index and its sidecar move together)"
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    """``path``'s SHA-256, or None where it cannot be read."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def _recorded_index_hash(side: Path) -> str | None:
+    """The hash of the index bytes the sidecar ``side`` commits to; None for a file that is no readable sidecar."""
+    try:
+        meta = json.loads(side.read_bytes())
+    except (OSError, ValueError):
+        return None
+    recorded = meta.get("index_sha256") if isinstance(meta, dict) and meta.get("format") == INDEX_FORMAT else None
+    return recorded if isinstance(recorded, str) else None
+
+
+def sidecar_recording(path: Path) -> Path | None:
+    """A sidecar of another name beside the index ``path`` that records its very bytes: the index was renamed or
+    copied without it. Looked for only when its own sidecar is missing."""
+    digest = _sha256_or_none(path)
+    if digest is None:
+        return None
+    others = sorted(side for side in path.parent.glob("*.json") if side != sidecar_path(path))
+    return next((side for side in others if _recorded_index_hash(side) == digest), None)
+
+
+def index_recorded_by(side: Path, path: Path) -> Path | None:
+    """A FAISS file of another name beside the sidecar ``side`` that holds the bytes it records: its index was renamed
+    or copied without it. Looked for only when the index ``path`` is missing."""
+    digest = _recorded_index_hash(side)
+    if digest is None:
+        return None
+    try:
+        others = sorted(other for other in side.parent.iterdir()
+                        if other != path and not other.name.startswith(".") and other.is_file())
+    except OSError:
+        return None
+    return next((other for other in others if _faiss_header(other) and _sha256_or_none(other) == digest), None)
+
+
+def _faiss_header(path: Path) -> bool:
+    """Whether ``path`` starts as an index file does (read before a file is hashed whole)."""
+    try:
+        return file_header(path) in FAISS_KINDS
+    except OSError:
+        return False
 
 
 def index_of_sidecar(path: Path) -> Path | None:
@@ -726,9 +812,11 @@ def _committed_bytes(path: Path, digest: object) -> bytes:
         if data is not None and hashlib.sha256(data).hexdigest() == digest:
             return data
     if not path.is_file():
-        raise file_error(path, "speaker index not found (its sidecar is there)")
+        renamed = index_recorded_by(sidecar_path(path), path)
+        raise file_error(path, "speaker index not found (its sidecar is there)" + (
+            f"; {renamed} is the index it records: rename it to {path.name} {MOVE_TOGETHER}" if renamed else ""))
     raise file_error(path, f"index does not match its sidecar {sidecar_path(path)} (either modified, corrupt or from "
-                           "another write)")
+                           "another write; copy an index and its sidecar together)")
 
 
 def _check_sidecar_types(meta: dict, side: Path) -> None:
@@ -754,7 +842,7 @@ def _check_sidecar_types(meta: dict, side: Path) -> None:
             finite_number(norm) and 0 < norm <= 1 + 1e-5 for norm in norms.values())):
         raise file_error(side, "sidecar field 'mean_norms' must map each speaker to a number in (0, 1], the length "
                                "of a mean of unit vectors")
-    for key in ("path", "sha256", "source_sha256"):
+    for key in ("path", "relative_path", "sha256", "source_sha256"):
         if not isinstance(meta["checkpoint"].get(key, ""), str):
             raise file_error(side, f"sidecar field 'checkpoint.{key}' must be a string")
 

@@ -127,6 +127,21 @@ def test_two_builds_of_one_folder_with_different_front_ends_never_pair_one_index
             assert torch.allclose(store.utterance(row), expected), f"{name}: {key}"
 
 
+def test_a_dataset_reached_through_a_link_or_as_dot_keeps_the_cache_of_its_real_folder(tmp_path, monkeypatch):
+    """The cache folder is keyed by the resolved dataset folder, yet was named after the name given: through a link
+    of another name (a dataset moved to a faster disk, linked from its old place), or as ``.`` from inside it, the
+    same dataset was packed again into a second folder, under a lock of its own."""
+    root = make_hw4(tmp_path / "d")
+    (tmp_path / "fast").symlink_to(root, target_is_directory=True)
+    first = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+    through_link = PackedStore.open(HW4Source(tmp_path / "fast"), tmp_path / "cache", progress=False)
+    monkeypatch.chdir(root)
+    as_dot = PackedStore.open(HW4Source("."), tmp_path / "cache", progress=False)
+    assert first.rebuilt and not through_link.rebuilt and not as_dot.rebuilt
+    assert through_link.folder == as_dot.folder == first.folder
+    assert [folder.name for folder in (tmp_path / "cache").iterdir()] == [first.folder.name]
+
+
 def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_packed_again(tmp_path):
     """`cp -p`, `rsync -a` or `touch -r` give a new file the old one's mtime; features of the same shape are the
     same size. The store must still see the change instead of serving the old features."""

@@ -200,10 +200,11 @@ def _wait_for_lock(fd: int, lock: Path, data: str | Path | None) -> None:
 
 
 def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
-    """One cache folder per dataset location and kind, so different sources never collide."""
-    identity = f"{Path(source.root).resolve()}|{source.name}"
-    digest = hashlib.sha1(os.fsencode(identity)).hexdigest()[:16]  # a name's undecodable bytes are kept
-    readable = os.fsencode(Path(source.root).name)[:100].decode(errors="ignore")  # a folder name may be 255 bytes
+    """One cache folder per dataset location and kind, so different sources never collide. Named after the real
+    folder, as the digest is: through a link of another name, or as ``.``, a dataset keeps its one cache and lock."""
+    root = Path(source.root).resolve()
+    digest = hashlib.sha1(os.fsencode(f"{root}|{source.name}")).hexdigest()[:16]  # a name's undecodable bytes are kept
+    readable = os.fsencode(root.name)[:100].decode(errors="ignore")  # a folder name may be 255 bytes
     return Path(cache_dir or default_cache_dir()) / f"{readable}-{source.name}-{digest}"
 
 
