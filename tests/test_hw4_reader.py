@@ -104,9 +104,9 @@ def test_a_run_saved_before_split_versions_is_split_by_version_1():
     saved = TrainConfig().to_dict()
     del saved["split_version"]
     assert TrainConfig.from_saved(saved).split_version == 1
-    assert TrainConfig.from_dict(saved).split_version == TrainConfig().split_version == 2
-    with pytest.raises(VoxaugError, match="split_version must be one of 1, 2"):
-        TrainConfig(split_version=3).validate()
+    assert TrainConfig.from_dict(saved).split_version == TrainConfig().split_version == 3
+    with pytest.raises(VoxaugError, match="split_version must be one of 1, 2, 3"):
+        TrainConfig(split_version=4).validate()
 
 
 def _bad(tmp_path, breaker):

@@ -275,7 +275,7 @@ LONG = "x" * 10000
     (f'[augment]\n{LONG} = 1\n', "[augment] 'xxx"),
     (f'[augment]\nspecaug = "{LONG}"\n', "[augment.specaug] must be a table of parameters, got 'xxx"),
     (f'[augment]\nnames = ["specaug", "", "{LONG}"]\n', "--augment (or [augment] names): ['specaug', '', 'xxx"),
-    (f'split_version = {"9" * 4000}\n', "split_version must be one of 1, 2, got 999"),
+    (f'split_version = {"9" * 4000}\n', "split_version must be one of 1, 2, 3, got 999"),
     (f'[augment]\nnames = ["none", "{LONG}"]\n', "--augment: 'none' cannot be combined with other names ('none,xxx"),
     ("[augment]\nnames = [" + ", ".join(['"specaug"'] * 2000) + "]\n", "--augment: 'specaug,specaug,"),
 ])

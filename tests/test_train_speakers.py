@@ -159,7 +159,8 @@ def test_speakers_the_validation_split_leaves_out_are_a_warning(tmp_path, capsys
                                        "leaves it out\n")
     rewrite_metadata(root, lambda m: m.update(speakers={name: clips[:1] for name, clips in m["speakers"].items()}))
     Trainer(tiny_config(train={"steps": 2}), root, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
-    assert capsys.readouterr().err == ("warning: none of the 3 speakers has a validation utterance (a single "
+    assert capsys.readouterr().err == (f"{root}: feature cache packed again: 8 clips removed since it was packed\n"
+                                       "warning: none of the 3 speakers has a validation utterance (a single "
                                        "utterance, or no recording small enough to hold out): there is no validation "
                                        "accuracy, and best.pt follows the latest model, as with --val-fraction 0\n")
     Trainer(tiny_config(train={"steps": 2, "val_fraction": 0.0}), root, tmp_path / "run", cache_dir=tmp_path / "cache",

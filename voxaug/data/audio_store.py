@@ -14,12 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from voxaug.clips import AUDIO_FILE_SUFFIXES
 from voxaug.data.sources import DatasetSource, Utterance
-from voxaug.data.store import FEATURES_FILE, INDEX_FILE, STORE_VERSION, PackedStore, discard_store
+from voxaug.data.store import FEATURES_FILE, INDEX_FILE, SKIPPED_FILE, PackedStore, discard_store, store_index
 from voxaug.errors import VoxaugError
 from voxaug.progress import print_warning, progress_bar
 from voxaug.safeio import atomic_output, atomic_write_json, read_json
-
-SKIPPED_FILE = "skipped.json"
 
 
 def default_workers() -> int:
@@ -109,16 +107,7 @@ def build_audio_store(
         raise VoxaugError(f"{source.root}: every one of {len(source.utterances)} files is unreadable; first: "
                           f"{skipped[0]['problem']}")
     atomic_write_json(folder / SKIPPED_FILE, {"fingerprint": fingerprint, "skipped": skipped})
-    index = {
-        "version": STORE_VERSION,
-        "fingerprint": fingerprint,
-        "n_mels": source.n_mels,
-        "speakers": list(source.speakers),
-        "keys": [u.key for u in kept],
-        "groups": [u.group for u in kept],
-        "lengths": lengths,
-        "labels": labels,
-    }
+    index = store_index(source, kept, fingerprint, lengths, labels)
     atomic_write_json(folder / INDEX_FILE, index)
     return index
 
@@ -160,11 +149,12 @@ def open_dataset_store(
     ``warn`` says which files were skipped (false on all but one of torchrun's processes, so it is said once).
     """
     if not has_audio(source):
-        return PackedStore.open(source, cache_dir, progress=progress), []
+        return PackedStore.open(source, cache_dir, progress=progress, warn=warn), []
     builder = partial(build_audio_store, workers=workers, strict=strict, strict_because=strict_because, warn=warn)
     # the skipped list is read under the store's lock: read after it, another process's build (another front end)
     # could have replaced it, and this store's skips were reported as none or the store was built again for nothing
-    store = PackedStore.open(source, cache_dir, progress=progress, builder=builder, read_sidecar=skipped_files)
+    store = PackedStore.open(source, cache_dir, progress=progress, builder=builder, read_sidecar=skipped_files,
+                             warn=warn)
     skipped = store.sidecar or []
     if skipped and strict:
         raise VoxaugError(f"{skipped[0]['problem']} ({strict_because}; {len(skipped)} bad files in {source.root})")

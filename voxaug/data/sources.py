@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import torch
@@ -34,6 +35,19 @@ class Utterance:
     path: Path
     speaker: str | None
     group: str | None = None
+
+
+CHANNEL_TAG = re.compile(r"(?<=.)[._-](?:mic|ch|channel)\d+$", re.IGNORECASE)
+"""A clip name's microphone or channel ending: VCTK's ``p225_001_mic1`` and ``_mic2`` are one recording."""
+
+
+def recording_group(key: str) -> str | None:
+    """The recording that a clip directly in its speaker's folder is one channel of, as its path without the channel
+    tag (``p225/p225_001`` for VCTK's ``p225/p225_001_mic1.flac`` and ``_mic2.flac``), so that a split keeps the
+    channels on one side; None for a clip of no such tag. The ``/`` sets it apart from a video folder's name."""
+    stem = PurePosixPath(key).with_suffix("")
+    tag = CHANNEL_TAG.search(stem.name)
+    return str(stem.with_name(stem.name[:tag.start()])) if tag else None
 
 
 class DatasetSource(Protocol):
@@ -267,9 +281,10 @@ class HW4Source:
 class ClipFolderSource:
     """``ROOT/<speaker>/**/*.{pt,wav,flac,mp3,ogg,...}``: feature tensors or audio, featurised by ``frontend``.
 
-    The speaker is the first folder level and the group (video) the second, as in VoxCeleb. Of a clip's `.pt` and
-    audio twins the audio is read with ``prefer_audio`` (for the ``wave`` augmentation) or a front end other than
-    the default one, which made the `.pt`.
+    The speaker is the first folder level and the group (video) the second, as in VoxCeleb; a clip directly in the
+    speaker's folder is grouped with the other channels of its recording (:func:`recording_group`). Of a clip's
+    `.pt` and audio twins the audio is read with ``prefer_audio`` (for the ``wave`` augmentation) or a front end other
+    than the default one, which made the `.pt`.
     """
 
     def __init__(self, root: str | Path, frontend: FrontendConfig = FrontendConfig(), prefer_audio: bool = False,
@@ -306,7 +321,7 @@ class ClipFolderSource:
                     raise file_error(path, f"the same file as {earlier} (through a link); a clip belongs to one "
                                            "speaker, once")
                 relative = path.relative_to(self.root)
-                group = relative.parts[1] if len(relative.parts) > 2 else None
+                group = relative.parts[1] if len(relative.parts) > 2 else recording_group(relative.as_posix())
                 utterances.append(Utterance(relative.as_posix(), path, speaker, group))
         if not utterances:
             raise file_error(self.root, f"no clips found: expected ROOT/<speaker>/**/*{{{','.join(suffixes)}}}")

@@ -25,12 +25,21 @@ def speaker_codes(names: np.ndarray | list[str], speaker_order: list[str] | None
     return np.array([number[name] for name in names.tolist()], dtype=np.int64)
 
 
-SPLIT_VERSION = 2
+SPLIT_VERSION = 3
 """How whole recording groups are chosen. 1 (runs saved before 2026-11-28) moved shuffled groups until the
 target was reached, however far the last one overshot it (19 of a speaker's 20 clips, when a 19-clip video
-came first), and split clips one by one when some had no group; 2 takes groups only while they fit. A run
-records its version, so its split can be rebuilt exactly."""
-SPLIT_VERSIONS = (1, 2)
+came first), and split clips one by one when some had no group; 2 takes groups only while they fit; 3 also keeps
+the channels of one recording together where no video folder does (VCTK's ``_mic1`` and ``_mic2`` clips, see
+``voxaug.data.sources.recording_group``). A run records its version, so its split can be rebuilt exactly."""
+SPLIT_VERSIONS = (1, 2, 3)
+
+
+def groups_of_version(groups: list[str | None] | None, version: int) -> list[str | None] | None:
+    """``groups`` as split ``version`` knew them: before 3, a clip's recording found by its name (a group holding
+    ``/``, which a video folder's name cannot) was no group."""
+    if groups is None or version >= 3:
+        return groups
+    return [None if group is not None and "/" in group else group for group in groups]
 
 
 def stratified_split(
@@ -52,10 +61,11 @@ def stratified_split(
     if version not in SPLIT_VERSIONS:
         raise VoxaugError(f"split version {version!r} is not known; accepted: {', '.join(map(str, SPLIT_VERSIONS))}")
     rng = np.random.default_rng(seed)
+    groups = groups_of_version(groups, version)
     by_speaker: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels.tolist()):
         by_speaker[label].append(index)
-    choose = _choose_val if version == 2 else _choose_val_version1
+    choose = _choose_val if version >= 2 else _choose_val_version1
     train, val = [], []
     for label in sorted(by_speaker):
         members = by_speaker[label]
@@ -132,9 +142,14 @@ def unvalidated_speakers_warning(unvalidated: list[str], speakers: int) -> str:
 def clip_digests(keys: list[str]) -> np.ndarray:
     """Each clip key as a 64-bit number, its suffix left out: a run trained from ``x.wav`` while ``x.pt`` exists is
     embedded from ``x.pt``, the same clip (a folder lists one file per stem)."""
-    stems = (str(PurePosixPath(key).with_suffix("")) if PurePosixPath(key).suffix else key for key in keys)
-    return np.array([int.from_bytes(hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
-                                    "little", signed=True) for stem in stems], dtype=np.int64)
+    return np.array([int.from_bytes(hashlib.blake2b(clip_stem(key).encode("utf-8", "surrogateescape"),
+                                                    digest_size=8).digest(), "little", signed=True) for key in keys],
+                    dtype=np.int64)
+
+
+def clip_stem(key: str) -> str:
+    """A clip's key without its suffix, which names the clip whichever of its files (``x.pt``, ``x.wav``) is read."""
+    return str(PurePosixPath(key).with_suffix("")) if PurePosixPath(key).suffix else key
 
 
 def split_record(keys: list[str], train: np.ndarray, val: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from voxaug.data.sources import DatasetSource
-from voxaug.errors import VoxaugError, file_error
+from voxaug.data.sources import DatasetSource, Utterance
+from voxaug.data.split import clip_stem
+from voxaug.errors import VoxaugError, counted, file_error
 from voxaug.progress import print_warning, progress_bar
 from voxaug.safeio import (
     atomic_output, atomic_write_json, ensure_folder, held_in_this_process, home_expanded, lock_descriptor, open_lock_file,
@@ -27,6 +29,11 @@ STORE_VERSION = 1
 FEATURES_FILE = "features.f32"
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
+SKIPPED_FILE = "skipped.json"
+FRONTENDS_FOLDER = "frontends"
+OTHER_FRONTEND_STORES = 2
+"""A dataset's stores kept for front ends other than the default one (in its folder's ``frontends/``), beside the
+default's: alternating two front ends reuses both, and a third discards the one least recently opened."""
 
 
 def default_cache_dir() -> Path:
@@ -90,6 +97,7 @@ class PackedStore:
         loader: Callable | None = None,
         builder: Callable[..., dict] | None = None,
         read_sidecar: Callable[[Path, str], object] | None = None,
+        warn: bool = True,
     ) -> "PackedStore":
         """Open the store for ``source``, building it first when missing or stale.
 
@@ -98,17 +106,23 @@ class PackedStore:
         ``read_sidecar(folder, fingerprint)`` reads a file the builder writes beside the index (the audio builder's
         skipped files) while the lock is held, so another process's build cannot replace it between the two reads;
         None (missing, damaged or of another build) rebuilds the store. Its value is the store's ``sidecar``.
+        ``warn``: say on stderr why a store packed before is packed again (false on all but one of torchrun's
+        processes).
         """
         folder = store_folder(source, cache_dir)
         fingerprint = source.fingerprint()
-        with cache_lock(folder, source.root):  # another process may be packing it, perhaps with another front end
+        # another process may be packing the same dataset, perhaps with another front end, or discarding this one's
+        with cache_lock(dataset_folder(source, cache_dir), source.root):
             store = cls._reusable(folder, fingerprint)
             if store is not None and read_sidecar is not None:
                 store.sidecar = read_sidecar(folder, fingerprint)
                 if store.sidecar is None:
                     store = None  # unmapped before the rebuild, which frees the old features first
             if store is not None:
-                return store
+                return store.of_source(source)
+            reason = rebuild_reason(folder, source, fingerprint)
+            if reason and warn:
+                print_warning(f"{source.root}: feature cache packed again: {reason}")
             if builder is not None:
                 index = builder(source, folder, fingerprint, progress)
             else:
@@ -116,7 +130,17 @@ class PackedStore:
             store = cls._from_index(folder, index, rebuilt=True)
             if read_sidecar is not None:
                 store.sidecar = read_sidecar(folder, fingerprint)
-            return store
+            discard_other_frontend_stores(folder, source, cache_dir)
+            return store.of_source(source)
+
+    def of_source(self, source: DatasetSource) -> "PackedStore":
+        """This store with each clip's group as ``source`` finds it now: a store packed before clips of one
+        recording were grouped by name (VCTK's ``_mic1`` and ``_mic2``) splits them apart no more, unpacked."""
+        group_of = {utterance.key: utterance.group for utterance in source.utterances}
+        self.groups = [group_of.get(key, group) for key, group in zip(self.keys, self.groups)]
+        if self.folder.parent.name == FRONTENDS_FOLDER:
+            mark_opened(self.folder)
+        return self
 
     @classmethod
     def _reusable(cls, folder: Path, fingerprint: str) -> "PackedStore | None":
@@ -199,13 +223,124 @@ def _wait_for_lock(fd: int, lock: Path, data: str | Path | None) -> None:
         lock_descriptor(fd, wait=True)
 
 
-def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
-    """One cache folder per dataset location and kind, so different sources never collide. Named after the real
-    folder, as the digest is: through a link of another name, or as ``.``, a dataset keeps its one cache and lock."""
+def dataset_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
+    """One cache folder per dataset location and kind, so different sources never collide. It holds the store of
+    the default front end, the lock of all the dataset's stores, and the stores of other front ends. Named after the
+    real folder, as the digest is: through a link of another name, or as ``.``, a dataset keeps its one cache."""
     root = Path(source.root).resolve()
     digest = hashlib.sha1(os.fsencode(f"{root}|{source.name}")).hexdigest()[:16]  # a name's undecodable bytes are kept
     readable = os.fsencode(root.name)[:100].decode(errors="ignore")  # a folder name may be 255 bytes
     return Path(cache_dir or default_cache_dir()) / f"{readable}-{source.name}-{digest}"
+
+
+def store_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
+    """The folder of ``source``'s store: the dataset's folder for the default front end (and a source of no front
+    end, such as the HW4 layout), else one per front end inside it, so that alternating front ends (training at
+    16 and 8 kHz in turn) reuse their stores instead of packing the dataset again at each switch."""
+    folder = dataset_folder(source, cache_dir)
+    frontend = getattr(source, "frontend", None)
+    if frontend is None or frontend.is_default:
+        return folder
+    settings = json.dumps(frontend.to_dict(), sort_keys=True)
+    return folder / FRONTENDS_FOLDER / hashlib.sha1(settings.encode()).hexdigest()[:16]
+
+
+def mark_opened(folder: Path) -> None:
+    """Record that the store in ``folder`` was used now (its index's mtime), so the least recently opened front
+    end's store is the one discarded; a cache that cannot be written keeps its times."""
+    try:
+        os.utime(folder / INDEX_FILE)
+    except OSError:
+        pass
+
+
+def discard_other_frontend_stores(folder: Path, source: DatasetSource, cache_dir: str | Path | None) -> None:
+    """Remove the stores of other front ends beyond :data:`OTHER_FRONTEND_STORES`, the least recently opened first
+    (the caller holds the dataset's lock; a process that maps their features still reads them)."""
+    stores = dataset_folder(source, cache_dir) / FRONTENDS_FOLDER
+    others = [store for store in (stores.iterdir() if stores.is_dir() else ())
+              if store != folder and (store / INDEX_FILE).is_file()]
+    others.sort(key=lambda store: (store / INDEX_FILE).stat().st_mtime_ns, reverse=True)
+    kept = OTHER_FRONTEND_STORES - (folder.parent.name == FRONTENDS_FOLDER)
+    for store in others[max(kept, 0):]:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def clip_stamps(utterances: list[Utterance]) -> list[int]:
+    """Each clip's file as a 32-bit number of its size, mtime, inode and inode change time (as the fingerprint
+    reads them), so that a rebuild can say how many clips changed; 0 for a file that cannot be read."""
+    stamps = []
+    for utterance in utterances:
+        try:
+            info = utterance.path.stat()
+        except OSError:
+            stamps.append(0)
+            continue
+        line = f"{info.st_size}|{info.st_mtime_ns}|{info.st_ino}|{info.st_ctime_ns}"
+        stamps.append(int.from_bytes(hashlib.blake2b(line.encode(), digest_size=4).digest(), "little"))
+    return stamps
+
+
+def source_frontend(source: DatasetSource) -> dict | None:
+    """The front end ``source`` featurises audio with, as its settings; None for a source of features only."""
+    frontend = getattr(source, "frontend", None)
+    return None if frontend is None else frontend.to_dict()
+
+
+def store_index(source: DatasetSource, kept: list[Utterance], fingerprint: str, lengths: list[int],
+                labels: list[int]) -> dict:
+    """The index of a store of ``kept`` clips of ``source``, with what :func:`rebuild_reason` compares later."""
+    return {
+        "version": STORE_VERSION,
+        "fingerprint": fingerprint,
+        "n_mels": source.n_mels,
+        "frontend": source_frontend(source),
+        "speakers": list(source.speakers),
+        "keys": [u.key for u in kept],
+        "stamps": clip_stamps(kept),
+        "groups": [u.group for u in kept],
+        "lengths": lengths,
+        "labels": labels,
+    }
+
+
+def rebuild_reason(folder: Path, source: DatasetSource, fingerprint: str) -> str | None:
+    """What changed since the store in ``folder`` was packed, said when it is packed again: its format version, the
+    front end, or the clips (counted); None for a first build or a damaged store, which nothing changed."""
+    try:
+        index = read_json(folder / INDEX_FILE, "store index")
+        earlier = dict(zip(map(clip_stem, index["keys"]), index.get("stamps") or [None] * len(index["keys"])))
+    except (VoxaugError, KeyError, TypeError):
+        return None
+    if index.get("version") != STORE_VERSION:
+        return f"its format version changed (from {index.get('version')!r} to {STORE_VERSION})"
+    if index.get("fingerprint") == fingerprint:
+        return None
+    frontend = source_frontend(source)
+    if frontend is not None and (index.get("frontend", frontend) != frontend or index.get("n_mels") != source.n_mels):
+        return "the front end changed"
+    earlier.update((clip_stem(key), None) for key in skipped_keys(folder))
+    now = dict(zip((clip_stem(u.key) for u in source.utterances), clip_stamps(source.utterances)))
+    changes = [(count, what) for count, what in (
+        (len(now.keys() - earlier.keys()), "added"), (len(earlier.keys() - now.keys()), "removed"),
+        (sum(1 for key in now.keys() & earlier.keys() if earlier[key] not in (None, now[key])), "changed")) if count]
+    if changes:
+        said = [f"{counted(changes[0][0], 'clip')} {changes[0][1]}"]
+        said += [f"{count} {what}" for count, what in changes[1:]]
+        return f"{', '.join(said[:-1])}{' and ' if len(said) > 1 else ''}{said[-1]} since it was packed"
+    if frontend is not None and "frontend" not in index:  # packed before the front end was recorded
+        return "the clips' files or the front end changed since it was packed"
+    return "the dataset's files changed since it was packed"
+
+
+def skipped_keys(folder: Path) -> list[str]:
+    """The clips the audio build left out of the store in ``folder`` (unreadable, empty or silent): clips of the
+    dataset all the same, not clips added since; none where the list is missing or damaged."""
+    try:
+        listed = read_json(folder / SKIPPED_FILE, "skipped-file list")
+        return [entry["key"] for entry in listed["skipped"]]
+    except (VoxaugError, KeyError, TypeError):
+        return []
 
 
 def discard_store(folder: Path) -> None:
@@ -249,15 +384,6 @@ def build_store(
             handle.write(np.ascontiguousarray(features).tobytes())
             lengths.append(int(features.shape[0]))
             labels.append(speaker_ids[utterance.speaker] if utterance.speaker is not None else -1)
-    index = {
-        "version": STORE_VERSION,
-        "fingerprint": fingerprint,
-        "n_mels": source.n_mels,
-        "speakers": list(source.speakers),
-        "keys": [u.key for u in source.utterances],
-        "groups": [u.group for u in source.utterances],
-        "lengths": lengths,
-        "labels": labels,
-    }
+    index = store_index(source, source.utterances, fingerprint, lengths, labels)
     atomic_write_json(folder / INDEX_FILE, index)
     return index

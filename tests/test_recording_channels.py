@@ -1,0 +1,84 @@
+"""Clips of one recording on several microphones (VCTK 0.92's ``p225_001_mic1.flac`` and ``_mic2.flac``, no
+session folder) stay on one side of the validation split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from voxaug.data.sources import ClipFolderSource
+from voxaug.data.split import stratified_split
+from voxaug.data.store import INDEX_FILE, PackedStore
+
+
+def _two_microphone_corpus(root, speakers: int = 3, recordings: int = 10):
+    """A VCTK-like folder of `.pt` clips: ``pNNN/pNNN_RRR_mic1.pt`` and ``_mic2.pt`` for each recording."""
+    generator = torch.Generator().manual_seed(0)
+    for speaker in range(speakers):
+        folder = root / f"p{225 + speaker}"
+        folder.mkdir(parents=True)
+        for recording in range(1, recordings + 1):
+            for mic in (1, 2):
+                clip = folder / f"{folder.name}_{recording:03d}_mic{mic}.pt"
+                torch.save(torch.randn(20, 40, generator=generator), clip)
+    return root
+
+
+def _recordings_on_both_sides(store: PackedStore, train: np.ndarray, val: np.ndarray) -> list[str]:
+    """The recordings (a key without its ``_micN`` ending) with one microphone in training and the other in val."""
+    def recording(row: int) -> str:
+        return store.keys[row].rsplit("_mic", 1)[0]
+
+    return sorted({recording(row) for row in train} & {recording(row) for row in val})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_microphones_of_one_recording_never_sit_on_both_sides_of_the_split(tmp_path, seed):
+    """Each speaker's _mic1 and _mic2 clips were split one by one, so validation held the other microphone of
+    recordings trained on, and its accuracy was inflated."""
+    root = _two_microphone_corpus(tmp_path / "vctk")
+    store = PackedStore.open(ClipFolderSource(root), tmp_path / "cache", progress=False)
+    train, val = stratified_split(store.labels, 0.2, seed, store.groups)
+    assert len(val) > 0 and _recordings_on_both_sides(store, train, val) == []
+
+
+def test_a_store_packed_before_recordings_were_grouped_keeps_them_together_without_repacking(tmp_path):
+    """A cache packed by an earlier version recorded no group for a clip directly in its speaker's folder: reused
+    as it is (no repack), its clips are grouped by recording all the same."""
+    root = _two_microphone_corpus(tmp_path / "vctk")
+    folder = PackedStore.open(ClipFolderSource(root), tmp_path / "cache", progress=False).folder
+    index = json.loads((folder / INDEX_FILE).read_text())
+    (folder / INDEX_FILE).write_text(json.dumps({**index, "groups": [None] * len(index["keys"])}))
+    store = PackedStore.open(ClipFolderSource(root), tmp_path / "cache", progress=False)
+    train, val = stratified_split(store.labels, 0.2, 0, store.groups)
+    assert not store.rebuilt and _recordings_on_both_sides(store, train, val) == []
+
+
+def test_a_run_split_by_version_2_is_rebuilt_as_it_was_split():
+    """Runs saved with split version 2 did not group clips by recording: `evaluate` and `embed` rebuild their split
+    exactly, as though those clips had no group."""
+    labels = np.repeat(np.arange(2), 8)
+    by_name = [f"p{label}/p{label}_{row // 2:03d}" for row, label in enumerate(labels.tolist())]
+    for seed in range(3):
+        rebuilt = stratified_split(labels, 0.25, seed, by_name, version=2)
+        original = stratified_split(labels, 0.25, seed, [None] * len(labels), version=2)
+        assert all(np.array_equal(a, b) for a, b in zip(rebuilt, original))
+
+
+@pytest.mark.parametrize("key, recording", [
+    ("p225/p225_001_mic1.flac", "p225/p225_001"),
+    ("p225/p225_001_mic2.flac", "p225/p225_001"),
+    ("spk/F01_050C0101_BUS.CH5.wav", "spk/F01_050C0101_BUS"),
+    ("spk/take-ch2.wav", "spk/take"),
+    ("id10001/00001.wav", None),
+    ("spk000/000.pt", None),
+    ("spk/mic1.wav", None),
+    ("spk/michael_2.wav", None),
+])
+def test_a_clip_directly_in_its_speaker_folder_belongs_to_the_recording_its_channel_tag_names(key, recording):
+    from voxaug.data.sources import recording_group
+
+    assert recording_group(key) == recording
