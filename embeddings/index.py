@@ -785,10 +785,10 @@ def _read_sidecar(side: Path) -> dict:
 
 
 def _stage(pending: Path, data: bytes, path: Path) -> None:
-    """The index bytes written to their staged copy; a refusal (a full disk) names FILE, which the user asked for and
-    which is as it was, not the hidden staged file."""
+    """The index bytes written to their staged copy, of FILE's mode, owner and group (it is renamed over FILE); a
+    refusal (a full disk) names FILE, which the user asked for and which is as it was, not the hidden staged file."""
     try:
-        atomic_write_bytes(pending, data)
+        atomic_write_bytes(pending, data, like=path)
     except VoxaugError as exc:
         if isinstance(exc.__cause__, OSError):
             raise write_error(path, exc.__cause__) from exc.__cause__

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -45,6 +49,56 @@ def descriptors_open_on(path: str | os.PathLike) -> list[str]:
     """This process's file descriptors open on ``path`` (Linux's /proc/self/fd): a lock's must not outlive it."""
     return [fd for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}") == str(path)]
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A new folder that every account can enter and list (pytest's are the running account's alone), removed after:
+    for a file that :func:`unreadable_to_this_process` takes away."""
+    with tempfile.TemporaryDirectory() as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+@contextmanager
+def unreadable_to_this_process(path: Path) -> Iterator[None]:
+    """``path`` at mode 000 for the block, where this process cannot read it. Root reads it all the same, so as root
+    the block runs as ``nobody`` (the effective user id only, root's again after); ``path`` must lie in an
+    :func:`open_folder`. Skipped where modes do not stop reads (Windows) or there is no ``nobody`` to run as."""
+    if sys.platform == "win32":
+        pytest.skip("Windows does not refuse a read by the file's mode")
+    import pwd
+
+    mode = path.stat().st_mode
+    as_root = os.geteuid() == 0
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid if as_root else None
+    except KeyError:
+        pytest.skip("running as root, with no `nobody` account to run as")
+    path.chmod(0)
+    try:
+        if nobody is not None:
+            os.seteuid(nobody)
+        try:
+            yield
+        finally:
+            if nobody is not None:
+                os.seteuid(0)
+    finally:
+        path.chmod(mode)
+
+
+def another_owner_and_group() -> tuple[int, int]:
+    """An owner and a group to give a file that are not just this account's own: any as root; else this account and
+    another group it belongs to. Skipped where it belongs to no other (or on Windows, which has no such owners)."""
+    if not hasattr(os, "fchown"):
+        pytest.skip("Windows has no file owner and group to keep")
+    if os.geteuid() == 0:
+        return 54321, 54321
+    groups = [gid for gid in os.getgroups() if gid != os.getegid()]
+    if not groups:
+        pytest.skip("this account belongs to no second group to give a file")
+    return os.geteuid(), groups[0]
 
 
 @pytest.fixture

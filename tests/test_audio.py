@@ -30,6 +30,8 @@ from voxaug.features import FrontendConfig, frames_for, log_mel
 from voxaug.safeio import safe_torch_load
 from voxaug.synth import SynthConfig, generate
 
+from conftest import unreadable_to_this_process
+
 WAV_SYNTH = SynthConfig(speakers=4, utterances=8, unseen=0, min_seconds=0.8, max_seconds=1.2, seed=3,
                         write_training_audio=True)
 
@@ -210,6 +212,16 @@ def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(wav_synth, tmp_pa
     monkeypatch.setattr(os, "scandir", permission_denied)  # the tests run as root, whom chmod does not stop
     with pytest.raises(VoxaugError, match=rf"^{re.escape(str(locked))}: cannot list this folder \(Permission denied\)"):
         one_file_per_clip(root, (".wav",))
+
+
+def test_an_audio_file_the_user_may_not_read_is_refused_as_such_not_as_a_damaged_file(wav_synth, open_folder):
+    """A clip of mode 000 (or another account's) was "not a readable audio file (System error.)", libsndfile's word
+    for a refused open, which reads as a damaged file; the tests run as root, whom modes do not stop."""
+    clip = open_folder / "locked.wav"
+    shutil.copy(next((wav_synth / "wav").rglob("*.wav")), clip)
+    with unreadable_to_this_process(clip), pytest.raises(VoxaugError) as refused:
+        read_audio(clip, 16000)
+    assert str(refused.value) == f"{clip}: audio file cannot be read (Permission denied)"
 
 
 def test_symlinked_video_folders_are_read_once_and_a_broken_clip_link_is_refused(wav_synth, tmp_path):

@@ -5,11 +5,13 @@ statistics, search answers), and HNSW must answer as flat does."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import pytest
 
+from conftest import another_owner_and_group
 from voxaug.embeddings.backend import Cohort, ScoringBackend
 from voxaug.embeddings.index import SpeakerIndex
 
@@ -126,3 +128,20 @@ def test_hnsw_answers_as_flat_after_many_one_at_a_time_enrolments_and_removals(t
         flat.add(f"speaker{i}", vectors[i][None])
     queries = vectors + 0.3 * unit(rng, len(vectors)) / np.sqrt(DIM)
     assert [top[0][0] for top in grown.search(queries, 1)] == [top[0][0] for top in flat.search(queries, 1)]
+
+
+def test_saving_an_index_keeps_the_mode_owner_and_group_of_the_one_it_replaces(tmp_path):
+    """The FAISS file is written as a staged copy under another name, then renamed over it: each enrolment gave it
+    the umask's mode and the writer's group, so a lab's index of group ``lab`` and mode 660 became unreadable to the
+    other members (its sidecar, written in place by name, kept both)."""
+    owner, group = another_owner_and_group()
+    path = tmp_path / "spk.faiss"
+    SpeakerIndex(dim=DIM).save(path)
+    os.chown(path, owner, group)
+    path.chmod(0o640)
+    grown = SpeakerIndex.load(path)
+    grown.add("alice", unit(np.random.default_rng(3), 2))
+    grown.save(path)
+    kept = path.stat()
+    assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o777) == (owner, group, 0o640)
+    assert SpeakerIndex.load(path).labels == ["alice"]

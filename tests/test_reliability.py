@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import descriptors_open_on
+from conftest import another_owner_and_group, descriptors_open_on, unreadable_to_this_process
 from voxaug.checkpoint import load_checkpoint
 from voxaug.cli.main import app
 from voxaug.data.validate import check_features
@@ -901,6 +901,29 @@ def test_an_atomic_write_keeps_the_files_mode_and_gives_a_new_file_opens_mode(tm
     assert stat.S_IMODE(target.stat().st_mode) == kept and target.read_bytes() == b"new"
 
 
+def test_an_atomic_write_keeps_the_owner_and_group_of_the_file_it_replaces(tmp_path):
+    """A lab's index of group ``lab`` and mode 660, enrolled into by one member, became that member's own group's, and
+    the other members (its owner too) could no longer read it. Root keeps the owner as well."""
+    owner, group = another_owner_and_group()
+    target = tmp_path / "spk.faiss.json"
+    atomic_write_bytes(target, b"old")
+    os.chown(target, owner, group)
+    target.chmod(0o660)
+    atomic_write_bytes(target, b"new")
+    kept = target.stat()
+    assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o777) == (owner, group, 0o660) and target.read_bytes() == b"new"
+
+
+def test_a_json_file_the_user_may_not_read_is_named_once_with_the_reason(open_folder):
+    """An index sidecar, run config or HW4 metadata.json of another account was "cannot read index sidecar ([Errno 13]
+    Permission denied: '/the/same/path')": the file named twice, with Python's errno."""
+    path = open_folder / "spk.faiss.json"
+    path.write_text("{}")
+    with unreadable_to_this_process(path), pytest.raises(VoxaugError) as refused:
+        read_json(path, "index sidecar")
+    assert str(refused.value) == f"{path}: cannot read index sidecar (Permission denied)"
+
+
 @pytest.mark.parametrize("name", ["\u202eecilA", "bob\u2067 0.999  eve", "\u202bx\u202c"])
 def test_identify_prints_a_name_holding_a_bidirectional_override_quoted_so_it_cannot_reorder_its_row(name):
     """A speaker (or clip) name holding U+202E or another bidirectional control reorders the line it is printed in:
@@ -937,9 +960,9 @@ def save_interrupted(index: SpeakerIndex, path: os.PathLike, moment: str, monkey
     writer = "atomic_write_bytes" if moment == "staged" else "atomic_write_text"
     real_write = getattr(index_module, writer)
 
-    def interrupted(target, content):
+    def interrupted(target, content, **options):
         if moment != "sidecar":
-            real_write(target, content)
+            real_write(target, content, **options)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:

@@ -32,7 +32,7 @@ from voxaug.features import FrontendConfig
 from voxaug.synth import SynthConfig, generate
 from voxaug.train import Trainer
 
-from conftest import tiny_config
+from conftest import tiny_config, unreadable_to_this_process
 
 runner = CliRunner()
 WAV_SYNTH = SynthConfig(speakers=4, utterances=8, unseen=0, min_seconds=0.8, max_seconds=1.2, seed=5,
@@ -91,6 +91,18 @@ def test_bad_wave_settings_and_folders_are_refused(tmp_path, params, needle):
               for k, v in params.items()}
     with pytest.raises(VoxaugError, match=needle.replace("-", r"\-")):
         WaveAugmentation(**params)
+
+
+def test_a_noise_file_the_user_may_not_read_is_refused_as_such_not_as_a_damaged_file(open_folder):
+    """A noise of mode 000 was "--noise-dir: not a readable audio file (System error.)", libsndfile's word for a
+    refused open."""
+    noise = open_folder / "noise"
+    noise.mkdir()
+    noise.chmod(0o755)
+    soundfile.write(noise / "hum.wav", np.full(1600, 0.1, dtype=np.float32), 16000)
+    with unreadable_to_this_process(noise / "hum.wav"), pytest.raises(VoxaugError) as refused:
+        WaveAugmentation(noise_dir=str(noise), noise_p=1.0)
+    assert str(refused.value) == f"{noise / 'hum.wav'}: --noise-dir: audio file cannot be read (Permission denied)"
 
 
 def test_noise_folders_leave_out_hidden_files_as_clip_folders_do(corpus, tmp_path):

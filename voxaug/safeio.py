@@ -190,15 +190,17 @@ def unicode_twins(names: Iterable[str]) -> list[str]:
 
 
 @contextmanager
-def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+def atomic_output(path: str | Path, mode: str = "wb", like: str | Path | None = None) -> Iterator[Any]:
     """Open a temp file beside ``path``; on success flush, fsync and rename it over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a torn one; temp files
     of writers that were killed are removed on the next write of the same file. A symbolic link is
-    written through: the file it points to is replaced, and the link stays. A text ``mode`` writes UTF-8, as
-    :func:`atomic_write_text` does, whatever the locale's encoding.
+    written through: the file it points to is replaced, and the link stays. The new file takes the mode, owner and
+    group of the one it replaces, or of ``like`` (a file that a staged copy at ``path`` is later renamed over). A
+    text ``mode`` writes UTF-8, as :func:`atomic_write_text` does, whatever the locale's encoding.
     """
     path = real_path(path)
+    model = path if like is None else real_path(like)
     ensure_folder(path.parent)
     if path.is_dir():
         raise file_error(path, "is a folder; expected a file name to write")
@@ -209,7 +211,10 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         raise write_error(path, exc) from exc
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
-            file_mode = path.stat().st_mode & 0o7777 if path.exists() else NEW_FILE_MODE
+            existing = model.stat() if model.exists() else None
+            file_mode = existing.st_mode & 0o7777 if existing is not None else NEW_FILE_MODE
+            if existing is not None:
+                keep_ownership(handle.fileno(), existing)  # before the mode: a change of owner clears setgid
             if hasattr(os, "fchmod"):
                 os.fchmod(handle.fileno(), file_mode)
             else:  # Windows before Python 3.13 has no fchmod
@@ -225,6 +230,20 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             raise write_error(path, exc) from exc
         raise
     fsync_dir(path.parent)
+
+
+def keep_ownership(fd: int, existing: os.stat_result) -> None:
+    """Give the new file of ``fd`` the owner and group of the file it replaces as far as this account may (root both,
+    others a group they belong to): a lab's index of group ``lab`` and mode 660, rewritten by one member, became that
+    member's own group's, which the other members could no longer read."""
+    if not hasattr(os, "fchown"):  # Windows
+        return
+    for owner in (existing.st_uid, -1):
+        try:
+            os.fchown(fd, owner, existing.st_gid)
+            return
+        except OSError:
+            continue
 
 
 def write_error(path: Path, error: Exception, kept: str | None = None) -> VoxaugError:
@@ -257,8 +276,8 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_output(path, "wb") as handle:
+def atomic_write_bytes(path: str | Path, data: bytes, like: str | Path | None = None) -> None:
+    with atomic_output(path, "wb", like) as handle:
         handle.write(data)
 
 
@@ -418,8 +437,8 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise file_error(path, f"{what} not found")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some Windows editors write, is skipped
-    except (OSError, UnicodeDecodeError) as exc:
-        raise file_error(path, f"cannot read {what} ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # an OSError's reason alone: its text names the file again
+        raise file_error(path, f"cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from exc
     if not text.strip():
         raise file_error(path, f"{what} is empty")
     try:

@@ -28,7 +28,8 @@ from voxaug.augment.base import (
 from voxaug.clips import files_under, unread_audio, without_originals
 from voxaug.errors import VoxaugError, counted, file_error, not_a_file, not_a_folder
 from voxaug.runtime.frontend import (
-    UNKNOWN_FRAMES, audio_suffixes, check_audio_rate, libsndfile_reason, silence_problem, unsupported_format,
+    UNKNOWN_FRAMES, audio_suffixes, check_audio_rate, libsndfile_reason, refuse_unreadable, silence_problem,
+    unsupported_format,
 )
 
 RIR_OPTION = "--rir-dir"
@@ -137,6 +138,7 @@ def audio_files_in(folder: str | Path, option: str) -> list[Path]:
         refuse_listed_noises(files)
     for path in files:
         refuse_unencodable_name(path, option)
+        refuse_unreadable(path, f"{option}: audio file")
         try:
             info = soundfile.info(str(path))
         except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:

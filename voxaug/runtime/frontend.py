@@ -412,6 +412,16 @@ def libsndfile_reason(error: soundfile.LibsndfileError) -> str:
     return "no audio stream found in it" if reason.startswith("File does not exist or is not a regular file") else reason
 
 
+def refuse_unreadable(path: Path, what: str) -> None:
+    """Refuse ``path`` when the system will not let it be read (mode 000, another account's file) with the system's
+    reason, naming it as ``what``: libsndfile reports only "System error.", which reads as a damaged file."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise file_error(path, f"{what} cannot be read ({exc.strerror or exc})") from None
+
+
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """An audio file's samples averaged to mono float32, and its sample rate; bad files refused naming them."""
     path = Path(path)
@@ -423,6 +433,7 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
         raise file_error(path, unsupported_format(path, "audio format", audio_suffixes()))
     if path.stat().st_size == 0:
         raise file_error(path, "audio file is empty (0 bytes)")
+    refuse_unreadable(path, "audio file")
     mp3_short = mp3_shortfall(path) if path.suffix.lower() == ".mp3" else None  # before mpg123's notes on stderr
     if mp3_short is not None:
         raise file_error(path, f"truncated MP3 file: its header declares {mp3_short[0]} bytes of audio and "
