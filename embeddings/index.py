@@ -25,7 +25,7 @@ import struct
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
@@ -101,11 +101,18 @@ def model_places(checkpoint: dict, index_path: str | Path) -> list[Path]:
     if checkpoint.get("relative_path"):
         candidates.append(Path(os.path.normpath(folder / checkpoint["relative_path"])))  # from the real folder: no link
     if named:
-        candidates.append(folder / Path(named).name)
+        candidates.append(folder / recorded_file_name(named))
     places: dict[str, Path] = {}
     for place in candidates:
         places.setdefault(os.path.realpath(place), place)
     return list(places.values())
+
+
+def recorded_file_name(named: str) -> str:
+    """The file name of a recorded model path, also of one recorded on Windows (``C:\\runs\\best.pt``, read here on
+    POSIX, where a backslash is no separator): an index built there and copied beside its model still finds it."""
+    windows = PureWindowsPath(named)
+    return windows.name if windows.drive else Path(named).name
 
 
 def not_index_file(path: str | Path) -> Path | None:
@@ -690,7 +697,7 @@ def _without_sidecar(path: Path, side: Path) -> tuple[Path, str]:
 MOVE_TOGETHER = "(an index and its sidecar move together)"
 
 
-def _sha256_or_none(path: Path) -> str | None:
+def sha256_or_none(path: Path) -> str | None:
     """``path``'s SHA-256, or None where it cannot be read."""
     try:
         return sha256_file(path)
@@ -711,7 +718,7 @@ def _recorded_index_hash(side: Path) -> str | None:
 def sidecar_recording(path: Path) -> Path | None:
     """A sidecar of another name beside the index ``path`` that records its very bytes: the index was renamed or
     copied without it. Looked for only when its own sidecar is missing."""
-    digest = _sha256_or_none(path)
+    digest = sha256_or_none(path)
     if digest is None:
         return None
     others = sorted(side for side in path.parent.glob("*.json") if side != sidecar_path(path))
@@ -729,7 +736,7 @@ def index_recorded_by(side: Path, path: Path) -> Path | None:
                         if other != path and not other.name.startswith(".") and other.is_file())
     except OSError:
         return None
-    return next((other for other in others if _faiss_header(other) and _sha256_or_none(other) == digest), None)
+    return next((other for other in others if _faiss_header(other) and sha256_or_none(other) == digest), None)
 
 
 def _faiss_header(path: Path) -> bool:

@@ -83,6 +83,23 @@ def test_an_index_copied_beside_its_model_finds_it_there(project, tmp_path):
     assert voxaug.SpeakerIndex.open(deploy / "spk.faiss").speakers == ["alice"]
 
 
+@pytest.mark.parametrize("recorded", [r"C:\Users\me\runs\last.pt", r"\\server\share\runs\last.pt"])
+def test_an_index_built_on_windows_and_copied_beside_its_model_finds_it_there(project, tmp_path, recorded):
+    """Trained on Windows with the index on another drive (no relative path leads there), then copied to a POSIX
+    server beside the model: the recorded name, backslashes and all, was looked for beside the index as one file
+    name, and the index said "model not found"."""
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    for name in ("spk.faiss", "spk.faiss.json"):
+        shutil.copy2(project / "idx" / name, deploy / name)
+    shutil.copy2(project / "run" / "last.pt", deploy / "last.pt")
+    sidecar = json.loads((deploy / "spk.faiss.json").read_text())
+    sidecar["checkpoint"] = {key: value for key, value in sidecar["checkpoint"].items() if key != "relative_path"}
+    sidecar["checkpoint"]["path"] = recorded
+    (deploy / "spk.faiss.json").write_text(json.dumps(sidecar))
+    assert voxaug.SpeakerIndex.open(deploy / "spk.faiss").model.path == deploy / "last.pt"
+
+
 def test_an_index_enrolled_after_a_move_still_finds_its_model_after_the_next_move(project, tmp_path):
     moved = moved_copy(project, tmp_path / "first")
     forget_where_it_was_made(moved, tmp_path)
@@ -112,6 +129,20 @@ def test_a_moved_index_takes_the_model_of_its_own_weights(project, tmp_path):
     assert index.model.path == moved / "run" / "last.pt"
     index.enroll("bob", sorted((moved / "data").glob("uttr-*.pt"))[2:4])  # written again: still led to its own model
     assert voxaug.SpeakerIndex.open(moved / "idx" / "spk.faiss").model.path == moved / "run" / "last.pt"
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc/self/mem, a file no read gets")
+def test_a_moved_index_passes_over_an_unreadable_file_at_its_recorded_path(project, tmp_path):
+    """The recorded path now leads to a file that cannot be read (another user's, mode 600; here /proc/self/mem,
+    which refuses a read even to root): hashing it to choose between the places stopped identify with a traceback
+    (an OSError) instead of finding the index's own model that moved with it."""
+    moved = moved_copy(project, tmp_path)
+    recorded = forget_where_it_was_made(moved, tmp_path)
+    recorded.parent.mkdir(parents=True)
+    recorded.symlink_to("/proc/self/mem")
+    assert voxaug.SpeakerIndex.open(moved / "idx" / "spk.faiss").model.path == moved / "run" / "last.pt"
+    answered = runner.invoke(app, ["identify", "--index", str(moved / "idx" / "spk.faiss"), str(clip_of(moved))])
+    assert answered.exit_code == 0, answered.output
 
 
 def small_index(folder: Path) -> Path:

@@ -21,10 +21,10 @@ from voxaug.embeddings.identify import (UNKNOWN, Identification, check_model, ch
                                         same_weights)
 from voxaug.embeddings.index import SpeakerIndex as IndexData
 from voxaug.embeddings.index import (check_index_writable, check_lock_timeout, check_search_top_k, index_lock,
-                                     model_places, sidecar_path)
+                                     model_places, sha256_or_none, sidecar_path)
 from voxaug.errors import VoxaugError, file_error
 from voxaug.progress import progress_bar
-from voxaug.safeio import resolved_without_loop, sha256_file, unicode_twins
+from voxaug.safeio import resolved_without_loop, unicode_twins
 
 ModelInput = SpeakerModel | str | Path | None
 
@@ -32,14 +32,15 @@ ModelInput = SpeakerModel | str | Path | None
 def sidecar_model(data: IndexData, index_path: Path, device: str, threads: int | None) -> SpeakerModel:
     """The model the index's sidecar names (a checkpoint or an ONNX export), found where the sidecar records it or,
     the index having been moved, where it lies relative to the index (:func:`model_places`): the first file of the
-    recorded weights, else the first file there (which :func:`check_model` then refuses by its hash)."""
+    recorded weights (an unreadable one passed over, as the load says what is wrong with it), else the first file
+    there (which :func:`check_model` then refuses by its hash)."""
     places = [place for place in model_places(data.checkpoint, index_path) if place.is_file()]
     if not places:
         raise file_error(Path(data.checkpoint.get("path", "")),
                          f"model not found (the sidecar {sidecar_path(index_path)} names it, and it is neither beside "
                          "the index nor where it lay relative to it; pass --model or --ckpt to point elsewhere)")
     own = places[0] if len(places) == 1 else next(
-        (place for place in places if same_weights(data.checkpoint, sha256_file(place))), places[0])
+        (place for place in places if same_weights(data.checkpoint, sha256_or_none(place) or "")), places[0])
     return SpeakerModel.load(own, device, threads)
 
 

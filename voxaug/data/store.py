@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ LOCK_FILE = ".lock"
 SKIPPED_FILE = "skipped.json"
 FRONTENDS_FOLDER = "frontends"
 OTHER_FRONTEND_STORES = 2
+LOCK_WAIT_SAID_AFTER_S = 2.0
+"""How long the cache lock may stay taken before the wait is said: another command only checking its ready store
+holds it for a moment, and saying so each time would cry wolf under parallel jobs."""
 """A dataset's stores kept for front ends other than the default one (in its folder's ``frontends/``), beside the
 default's: alternating two front ends reuses both, and a third discards the one least recently opened."""
 
@@ -213,14 +217,20 @@ def cache_lock(folder: Path, data: str | Path | None = None) -> Iterator[None]:
 
 
 def _wait_for_lock(fd: int, lock: Path, data: str | Path | None) -> None:
-    """Take the cache lock, saying in one stderr line when another process holds it: packing a large dataset takes
-    minutes, and a command waiting for it silently looks hung."""
-    try:
-        lock_descriptor(fd, wait=False)
-    except BlockingIOError:
-        what = f"{data}'s" if data is not None else "a dataset's"
-        print_warning(f"waiting for another voxaug process packing {what} features (lock {lock})")
-        lock_descriptor(fd, wait=True)
+    """Take the cache lock, saying in one stderr line when another process holds it beyond a moment: packing a large
+    dataset takes minutes, and a command waiting for it silently looks hung."""
+    said_after = time.monotonic() + LOCK_WAIT_SAID_AFTER_S
+    while True:
+        try:
+            lock_descriptor(fd, wait=False)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= said_after:
+                break
+            time.sleep(0.05)
+    what = f"{data}'s" if data is not None else "a dataset's"
+    print_warning(f"waiting for another voxaug process packing {what} features (lock {lock})")
+    lock_descriptor(fd, wait=True)
 
 
 def dataset_folder(source: DatasetSource, cache_dir: str | Path | None) -> Path:
