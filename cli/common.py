@@ -45,6 +45,23 @@ def note_command_line(program: str, command: str | None) -> None:
     _command_line = (program, command or "COMMAND")
 
 
+SHARED_WORK_COMMANDS = ("train", "embed")
+"""The commands that share their work among torchrun's processes (``embed`` with ``--ckpt``; see docs/scaling.md)."""
+
+
+def leave_to_rank_0(command: str) -> bool:
+    """Under torchrun with several processes, a command that does not share its work runs on rank 0 alone: True on
+    the other ranks, which stop at once. Each process did all of it, printed everything once per process and wrote
+    the same files (and cache, and index sidecar) together. Read from torchrun's variables: no torch is loaded."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if os.environ.get("RANK", "0") != "0":
+        return True
+    typer.echo(f"note: {command} does not share its work among processes: rank 0 runs it alone and the other ranks "
+               "stop (run it without torchrun)", err=True)
+    return False
+
+
 def debug_enabled() -> bool:
     """``--debug`` on this invocation, or ``VOXAUG_DEBUG`` set to anything but empty or 0."""
     return _debug_flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")

@@ -16,7 +16,7 @@ import typer
 
 from voxaug.cli.common import (
     CacheOption, DeviceOption, QuietOption, check_training_speakers, chosen_model, clean_errors, declared_defaults,
-    existing_file, file_name, folder_name, output_file, output_folder, warn_of_changed_clips,
+    existing_file, file_name, folder_name, leave_to_rank_0, output_file, output_folder, warn_of_changed_clips,
 )
 from voxaug.embeddings.backend import DEFAULT_COHORT_TOP_K, DEFAULT_LDA_DIM, check_choice
 from voxaug.embeddings.index import (
@@ -130,6 +130,8 @@ def embed(
         refuse_existing_index(index, replace)
         check_index_writable(index, "embed --index")  # before the embedding, not at the end on the lock file
     if model is not None:
+        if leave_to_rank_0("embed --model"):
+            return
         _embed_with_model(model, data, out, index, replace, per, hnsw, scoring, window, hop, device, cache_dir, quiet)
         return
     context = init_distributed(device)

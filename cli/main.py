@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from voxaug.cli import embed, enroll, evaluate, export, identify, plot, predict, synth, train
-from voxaug.cli.common import OneLineUsageErrors, note_command_line, set_debug
+from voxaug.cli.common import SHARED_WORK_COMMANDS, OneLineUsageErrors, leave_to_rank_0, note_command_line, set_debug
 
 app = typer.Typer(
     cls=OneLineUsageErrors,
@@ -33,6 +33,9 @@ def root(context: typer.Context,
                                       help="Print the installed version and exit.")) -> None:
     set_debug(debug)
     note_command_line(context.command_path, context.invoked_subcommand)
+    command = context.invoked_subcommand
+    if command and command not in SHARED_WORK_COMMANDS and leave_to_rank_0(command):
+        raise typer.Exit()
 
 
 app.command("synth")(synth.synth)

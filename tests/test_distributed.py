@@ -216,6 +216,41 @@ def test_ddp_embed_writes_the_single_process_output(ddp_run, tiny_synth, tmp_pat
     assert len(np.load(tmp_path / "two" / "embeddings.npy")) == int(counts[1])
 
 
+def test_a_command_that_does_not_share_its_work_runs_on_rank_0_alone(ddp_run, tiny_synth, tmp_path, monkeypatch):
+    """Under torchrun every process ran evaluate (predict, export, synth, embed --model...) in full: each printed the
+    whole report and wrote the same files as the others, and on a fresh cache packed it with them. Rank 0 now runs it
+    alone, saying so once, and the other ranks stop at once (torchrun's variables are set here by hand)."""
+    run, _ = ddp_run
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "one-process-command")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["evaluate", str(tiny_synth), "--ckpt", str(run / "last.pt"), "--max-pairs", "50", "--device", "cpu", "-q"]
+    monkeypatch.setenv("RANK", "1")
+    other = runner.invoke(app, [*args, "--out", str(tmp_path / "rank1")])
+    assert other.exit_code == 0 and other.output == "" and not (tmp_path / "rank1").exists(), other.output
+    monkeypatch.setenv("RANK", "0")
+    main = runner.invoke(app, [*args, "--out", str(tmp_path / "rank0")])
+    assert main.exit_code == 0, main.output
+    assert main.output.count("note: evaluate does not share its work among processes: rank 0 runs it alone") == 1
+    assert sorted(p.name for p in (tmp_path / "rank0").iterdir()) == ["embeddings_map.png", "report.json"]
+
+
+def test_world_size_without_the_rest_of_a_launch_is_refused_in_one_line(tiny_synth, tmp_path, monkeypatch):
+    """WORLD_SIZE left exported in a shell (no torchrun) stopped train as 'unexpected KeyError: RANK' (exit 3), and
+    with RANK too as an env:// rendezvous ValueError from inside torch."""
+    for name in ("TORCHELASTIC_RUN_ID", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["train", tiny_synth, "--out", tmp_path / "run", "--steps", 2, *TINY_DDP, "--cache-dir", tmp_path / "cache",
+            "--quiet"]
+    result = runner.invoke(app, list(map(str, args)))
+    assert result.exit_code == 2, result.output
+    assert "error: WORLD_SIZE=2 is set, but RANK, MASTER_ADDR, MASTER_PORT are not: start the processes with " \
+           "torchrun (torchrun --standalone --nproc_per_node=2 -m voxaug ...), or unset WORLD_SIZE" in result.output
+    monkeypatch.setenv("RANK", "0")
+    result = runner.invoke(app, list(map(str, args)))
+    assert result.exit_code == 2 and "but MASTER_ADDR, MASTER_PORT are not" in result.output, result.output
+
+
 def test_sampler_ranks_share_each_epoch_without_overlap(tmp_path):
     data = make_hw4(tmp_path / "hw4", speakers=3, per_speaker=5)  # 15 utterances: one left out per epoch for 2 ranks
     store = PackedStore.open(open_source(data), tmp_path / "cache", progress=False)

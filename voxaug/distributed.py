@@ -117,12 +117,27 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
 
 
+LAUNCH_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What a process of a group needs besides WORLD_SIZE: torchrun sets them, a launcher of one's own must too."""
+
+
+def refuse_incomplete_launch(world_size: int) -> None:
+    """Refuse WORLD_SIZE without the rest of a launch (a variable left exported in the shell, a hand-made launcher):
+    the group then failed as an unexpected KeyError or ValueError deep inside torch."""
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise VoxaugError(f"WORLD_SIZE={world_size} is set, but {', '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not: start the processes with torchrun "
+                          f"(torchrun --standalone --nproc_per_node={world_size} -m voxaug ...), or unset WORLD_SIZE")
+
+
 def init_distributed(device_name: str = "auto") -> DistContext:
     """A context from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK), or a single-process one."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world_size <= 1 and not launched_by_torchrun():
         return DistContext(device=device)
+    refuse_incomplete_launch(world_size)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     if device.type == "cuda":
