@@ -12,7 +12,8 @@ import torch
 
 from voxaug.checkpoint import LoadedModel, load_model
 from voxaug.data.store import PackedStore
-from voxaug.embeddings.extract import Embedded, embed_store, embed_store_with_model, embed_tensors
+from voxaug.embeddings.extract import (Embedded, embed_store, embed_store_with_model, embed_tensors,
+                                      refuse_too_long_for_export)
 from voxaug.errors import file_error
 from voxaug.features import FrontendConfig
 from voxaug.runtime.training_split import TrainingSplit
@@ -83,6 +84,7 @@ class ExportEmbedder:
         return cls(SpeakerModel.load(path, device))
 
     def embed_store(self, store: PackedStore, indices: np.ndarray, progress: bool) -> Embedded:
+        refuse_too_long_for_export(self.model, store, None, indices, offers_window=False)  # not after the others
         return embed_store_with_model(self.model, store, progress=progress, indices=indices, with_probabilities=True)
 
     def embed_features(self, clips: list[torch.Tensor], names: list[str] | None = None) -> np.ndarray:

@@ -189,21 +189,28 @@ def embed_store(
     return Embedded(embeddings, probabilities, per_rank) if context.is_main else None
 
 
-def refuse_too_long_for_export(model: "SpeakerModel", store: PackedStore, window: int | None) -> None:
-    """An export embeds at most ``MAX_FRAMES`` frames at once: a longer utterance of the store (or ``--window``) is
-    refused before any is embedded, in one line naming it and the options that help."""
-    if model.kind != "onnx" or len(store) == 0:
+def refuse_too_long_for_export(model: "SpeakerModel", store: PackedStore, window: int | None,
+                               indices: np.ndarray | None = None, offers_window: bool = True) -> None:
+    """An export embeds at most ``MAX_FRAMES`` frames at once: a longer utterance among ``indices`` (default: all) of
+    the store (or ``--window``) is refused before any is embedded, in one line naming it and the options that help
+    (``--window`` only where the command ``offers_window``: embed does, evaluate does not)."""
+    rows = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if model.kind != "onnx" or len(rows) == 0:
         return
     from voxaug.runtime.onnx_model import MAX_FRAMES
 
-    longest = int(np.argmax(store.lengths))
+    longest = int(rows[np.argmax(store.lengths[rows])])
     frames = int(store.lengths[longest])
     if window is not None and MAX_FRAMES < window < frames:
         raise VoxaugError(f"--window {window}: an ONNX export embeds at most {MAX_FRAMES} frames at once, and "
                           f"{store.keys[longest]} is longer ({frames} frames); give --window {MAX_FRAMES} or less")
     try:
-        model.engine.model.refuse_too_long(min(frames, window or frames), remedy="average it over windows "
-                                           f"(--window {MAX_FRAMES} or less), or embed with the checkpoint (--ckpt)")
+        if offers_window:
+            model.engine.model.refuse_too_long(min(frames, window or frames), remedy="average it over windows "
+                                               f"(--window {MAX_FRAMES} or less), or embed with the checkpoint "
+                                               "(--ckpt)")
+        else:  # the export's own remedy: cut the clip, or use the checkpoint
+            model.engine.model.refuse_too_long(frames)
     except VoxaugError as exc:
         raise file_error(store.keys[longest], str(exc)) from None
 

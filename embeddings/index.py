@@ -61,6 +61,7 @@ HNSW_EF_SEARCH = 128
 HNSW_LEVEL_SEED = 12345
 """FAISS's own seed for HNSW levels; a graph grown in place draws from it plus its row count (``_grow``)."""
 FAISS_KINDS = (b"IxFI", b"IHNf")  # the FAISS headers of IndexFlatIP and IndexHNSWFlat, the only kinds written
+FAISS_FLAT_KINDS = (b"IxFI", b"IxF2", b"IxFl")  # IndexFlat by metric: the storage of an IndexHNSWFlat's vectors
 FAISS_HEADER = struct.Struct("<4siqqq?i")
 """What FAISS writes first for every index: its kind, dimension, vector count, two unused counts, whether it is
 trained, and its metric (then a float argument for metrics past L2)."""
@@ -649,12 +650,16 @@ class SpeakerIndex:
 def check_array_sizes(data: bytes, path: Path) -> None:
     """Refuse FAISS flat or HNSW bytes with an array longer than the bytes after its count, before FAISS reads them:
     FAISS allocates (and zeroes) each array at the length the file declares before reading it, so a 125-byte index
-    declaring 2^28 vector values took 1.1 GB (and 2^32 asks for 16 GB). The hash in the sidecar does not help: whoever wrote the file wrote it
-    too. Bytes cut short are left to FAISS, which says so."""
+    declaring 2^28 vector values took 1.1 GB (and 2^32 asks for 16 GB). The hash in the sidecar does not help:
+    whoever wrote the file wrote it too. Bytes cut short are left to FAISS, which says so."""
     try:
         at = _after_header(data, 0)
         if data[:4] == b"IHNf":
-            at = _after_header(data, _after_arrays(data, at, HNSW_GRAPH_ITEMS, path) + HNSW_SETTINGS_BYTES)
+            storage = _after_arrays(data, at, HNSW_GRAPH_ITEMS, path) + HNSW_SETTINGS_BYTES
+            at = _after_header(data, storage)
+            if data[storage:storage + 4] not in FAISS_FLAT_KINDS:  # its arrays are not walked: FAISS would allocate
+                raise file_error(path, "not a FAISS flat or HNSW index (its HNSW graph's vectors are held by a "
+                                       f"{data[storage:storage + 4]!r} index, not a flat one)")
         _after_arrays(data, at, (4,), path)  # the float32 vector values
     except struct.error:
         pass

@@ -314,7 +314,9 @@ def test_an_export_from_before_split_versions_is_read_as_version_1(models, tmp_p
                                                                     if key != "split_version"})
     voxaug.export.export_onnx(models["ckpt"], tmp_path / "old.onnx")
     assert voxaug.SpeakerModel.load(tmp_path / "old.onnx").training_split.version == 1
-    assert voxaug.SpeakerModel.load(models["onnx"]).training_split.version == 2
+    from voxaug.data.split import SPLIT_VERSION
+
+    assert voxaug.SpeakerModel.load(models["onnx"]).training_split.version == SPLIT_VERSION
 
 
 def test_embed_refuses_a_back_end_for_an_export_that_lacks_the_training_split(models, tiny_synth, tmp_path,
@@ -700,6 +702,28 @@ def test_embed_with_an_export_refuses_a_too_long_utterance_up_front_and_names_wi
     assert not runs
     code, output = invoke(*command, "--window", longest - 20)
     assert code == 0 and runs, output
+
+
+def test_evaluate_with_an_export_refuses_a_too_long_utterance_before_embedding_any(models, tiny_synth, tmp_path,
+                                                                                   monkeypatch):
+    """evaluate --model embeds the run's clips one at a time, as embed --model does: one past MAX_FRAMES is refused
+    before any is embedded, not after the others, and names the checkpoint (evaluate has no --window to offer)."""
+    import voxaug.runtime.onnx_model as onnx_model
+
+    metadata = json.loads((tiny_synth / "metadata.json").read_text())
+    longest = max(u["mel_len"] for utterances in metadata["speakers"].values() for u in utterances)
+    monkeypatch.setattr(onnx_model, "MAX_FRAMES", longest - 20)
+    runs = []
+    real_run = onnx_model.OnnxSpeakerModel._run
+
+    def counted_run(self, inputs):
+        runs.append(1)
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(onnx_model.OnnxSpeakerModel, "_run", counted_run)
+    code, output = invoke("evaluate", "--model", models["onnx"], tiny_synth, "--out", tmp_path / "report", "-q")
+    one_line_error(code, output, f"({longest} frames)", "embed it with the checkpoint (--ckpt)")
+    assert "--window" not in output and not runs
 
 
 def test_an_export_reads_the_audio_twin_of_a_folder_clip_where_torch_is_missing(models, tiny_synth, monkeypatch):

@@ -15,6 +15,7 @@ import tempfile
 import time
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from voxaug.checkpoint import load_checkpoint
 from voxaug.cli.main import app
 from voxaug.data.validate import check_features
 from voxaug.errors import VoxaugError
-from voxaug.embeddings.index import PENDING_SUFFIX, SpeakerIndex, index_lock
+from voxaug.embeddings.index import PENDING_SUFFIX, SpeakerIndex, index_lock, sidecar_path
 from voxaug.safeio import (TMP_SUFFIX, atomic_output, atomic_torch_save, atomic_write_bytes, exclusive_lock, read_json,
                             safe_torch_load)
 
@@ -92,8 +93,10 @@ def test_a_zip_bomb_torch_file_is_refused_before_torch_allocates_what_it_declare
         for member in source.infolist():
             packed.writestr(member.filename, source.read(member))
     assert bomb.stat().st_size < 1 << 20
-    with pytest.raises(VoxaugError, match=r"bomb.pt: refused: the feature file declares 16.0 MiB .*\(a zip bomb"):
+    with pytest.raises(VoxaugError,
+                       match=r"bomb.pt: refused: the feature file declares 16.0 MiB .*\(a zip bomb") as err:
         safe_torch_load(bomb, "feature file")
+    assert f"in a file of {bomb.stat().st_size:,} bytes" in str(err.value)  # not "in a 0.0 MiB file"
     assert safe_torch_load(saved, "feature file").shape == (100, 40)  # the same tensor uncompressed is read
 
 
@@ -493,6 +496,24 @@ def test_an_index_write_the_disk_refuses_keeps_the_old_index_and_no_staged_bytes
     assert SpeakerIndex.load(path).speakers == ["alice", "bob"]
 
 
+def write_with_its_sidecar(path: Path, data: bytes) -> None:
+    """Replace the index at ``path`` by ``data``, with the sidecar made for these bytes (its hash matches them)."""
+    path.write_bytes(data)
+    meta = json.loads(sidecar_path(path).read_text())
+    meta["index_sha256"] = hashlib.sha256(data).hexdigest()
+    sidecar_path(path).write_text(json.dumps(meta))
+
+
+def refuse_faiss_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the bytes reach FAISS's reader, which allocates every array at the length they declare."""
+    import faiss
+
+    def allocate(_):
+        raise AssertionError("handed to FAISS, which allocates what the file declares")
+
+    monkeypatch.setattr(faiss, "deserialize_index", allocate)
+
+
 def test_an_hnsw_index_of_l2_distances_is_refused_naming_the_file(tmp_path):
     """An IndexHNSWFlat has one header whatever its metric: one of L2 distances (FAISS's default) was searched as if
     its distances were cosines, the exact match scoring 0 and ranked apart from the nearest speakers."""
@@ -506,11 +527,7 @@ def test_an_hnsw_index_of_l2_distances_is_refused_naming_the_file(tmp_path):
     l2 = faiss.IndexHNSWFlat(4, 32)
     l2.add(index.vectors)
     data = faiss.serialize_index(l2).tobytes()
-    path.write_bytes(data)
-    sidecar = tmp_path / "spk.faiss.json"
-    meta = json.loads(sidecar.read_text())
-    meta["index_sha256"] = hashlib.sha256(data).hexdigest()  # the sidecar made for these bytes
-    sidecar.write_text(json.dumps(meta))
+    write_with_its_sidecar(path, data)
     with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: IndexHNSWFlat of L2 distances, not of inner products"):
         SpeakerIndex.load(path)
 
@@ -528,18 +545,32 @@ def test_an_index_declaring_an_array_its_bytes_cannot_hold_is_refused_before_fai
     index.save(path)
     data = bytearray(path.read_bytes())
     data[37:45] = (1 << 32).to_bytes(8, "little")  # the count of the first array, after FAISS's 37-byte header
-    path.write_bytes(bytes(data))
-    sidecar = tmp_path / "spk.faiss.json"
-    meta = json.loads(sidecar.read_text())
-    meta["index_sha256"] = hashlib.sha256(data).hexdigest()  # the sidecar made for these bytes
-    sidecar.write_text(json.dumps(meta))
-
-    def allocate(_):
-        raise AssertionError("handed to FAISS, which allocates what the file declares")
-
-    monkeypatch.setattr(faiss, "deserialize_index", allocate)
+    write_with_its_sidecar(path, bytes(data))
+    refuse_faiss_reads(monkeypatch)
     with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: not a readable FAISS index \(an array declares "
                                           rf"{1 << 32} items"):
+        SpeakerIndex.load(path)
+
+
+def test_an_hnsw_index_whose_vectors_are_not_in_a_flat_index_is_refused_before_faiss_allocates(tmp_path, monkeypatch):
+    """Only a flat storage's arrays are checked against the bytes: an IndexHNSWFlat header over a scalar quantizer
+    whose codes declare 2^32 bytes would reach FAISS, which allocates them, so any storage but a flat one is refused."""
+    import faiss
+
+    path = tmp_path / "spk.faiss"
+    index = SpeakerIndex(dim=4, hnsw=True)
+    index.add("alice", np.eye(4)[:1])
+    index.save(path)
+    written = path.read_bytes()
+    graph = written[:written.rindex(b"IxFI")]  # the header and graph, without the flat index of the vectors
+    quantizer = faiss.IndexScalarQuantizer(4, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    quantizer.add(np.eye(4, dtype=np.float32)[:1])
+    storage = bytearray(faiss.serialize_index(quantizer).tobytes())
+    storage[-16:-8] = (1 << 32).to_bytes(8, "little")  # the count of its codes, the last array (8 bytes of codes)
+    write_with_its_sidecar(path, graph + bytes(storage))
+    refuse_faiss_reads(monkeypatch)
+    with pytest.raises(VoxaugError, match=rf"^{re.escape(str(path))}: not a FAISS flat or HNSW index \(its HNSW "
+                                          r"graph's vectors are held by a b'IxSQ' index"):
         SpeakerIndex.load(path)
 
 

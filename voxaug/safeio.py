@@ -377,7 +377,7 @@ def unpacked_size_problem(path: Path) -> str | None:
     size = path.stat().st_size
     if declared <= UNPACKED_PER_BYTE * size + UNPACKED_SLACK:
         return None
-    return (f"declares {declared / 2**20:.1f} MiB of contents in a {size / 2**20:.1f} MiB file (a zip bomb: "
+    return (f"declares {declared / 2**20:.1f} MiB of contents in a file of {size:,} bytes (a zip bomb: "
             f"torch writes its files uncompressed)")
 
 
