@@ -19,6 +19,7 @@ from voxaug.interrupt import SIGTERM_EXIT, Terminated, sigterm_as_interrupt
 from voxaug.safeio import SYMLINK_LOOP, home_expanded, is_symlink_loop, real_path
 
 if TYPE_CHECKING:
+    from voxaug.api.model import SpeakerModel
     from voxaug.data.split import RecordedSplit
 
 F = TypeVar("F", bound=Callable)
@@ -360,6 +361,19 @@ def check_clip_files(paths: list[Path]) -> None:
         refuse_unsupported_clip_type(path)
         if not path.is_file():
             raise file_error(path, "clip not found" if not path.exists() else not_a_file(path, "clip"))
+
+
+def refuse_features_for_an_audio_model(clips: list[Path], model: SpeakerModel) -> None:
+    """Refuse, before any clip is answered, a `.pt` clip for an export that takes audio only (`--with-frontend`):
+    a command that answers clip by clip would otherwise stop at it after answering the clips before it."""
+    from voxaug.api.engines import features_for_an_audio_model
+    from voxaug.clips import FEATURE_SUFFIX
+
+    if not model.takes_audio_only:
+        return
+    for clip in clips:
+        if clip.suffix.lower() == FEATURE_SUFFIX:
+            raise features_for_an_audio_model(clip, model.engine.frontend.sample_rate)
 
 
 ModelOption = typer.Option(None, "--model", parser=file_name, metavar="<file>",

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, clip_name,
-                               expand_clips, file_name, warn_calibration_outdated)
+                               expand_clips, file_name, refuse_features_for_an_audio_model,
+                               warn_calibration_outdated)
 from voxaug.errors import counted
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
 from voxaug.embeddings.identify import UNKNOWN, Identification, breaks_lines, check_threshold
@@ -76,8 +77,10 @@ def identify(
     check_clip_files(clips)  # before the model loads and before answering any: not after the clips before a missing one
     speaker_index = SpeakerIndex.from_data(index, data, model_path, device, threads=1, score_norm=score_norm,
                                            cohort_top_k=cohort_top_k, threshold=threshold)
+    answered = expand_clips(clips, speaker_index.model.prefers_audio)
+    refuse_features_for_an_audio_model(answered, speaker_index.model)
     results = []
-    for clip in expand_clips(clips, speaker_index.model.prefers_audio):
+    for clip in answered:
         result = speaker_index.identify_record(clip, top_k)
         if not results and result.threshold_outdated:
             warn_calibration_outdated(index, speaker_index.data.calibration_outdated())

@@ -891,6 +891,20 @@ def test_a_feature_clip_given_to_an_export_that_takes_audio_is_refused_naming_th
         model.embed(np.zeros((50, 40), dtype=np.float32))
 
 
+def test_identify_refuses_a_feature_clip_for_an_audio_export_before_answering_the_clips_before_it(models, tiny_synth,
+                                                                                                   tmp_path):
+    """`identify --model audio.onnx a.wav b.pt` printed a.wav's answer, then stopped at b.pt: a program reading the
+    answers got some of them and an error, as a missing clip no longer does."""
+    index = tmp_path / "spk.faiss"
+    code, output = invoke("enroll", "--index", index, "--model", models["audio"], "--speaker", "a",
+                          *wavs(tiny_synth, "enroll", "new000"))
+    assert code == 0, output
+    answered, features = wavs(tiny_synth, "test", "new000")[0], wavs(tiny_synth, "test", "new001")[0].with_suffix(".pt")
+    for extra in ([], ["--json"]):
+        code, output = invoke("identify", "--index", index, "--model", models["audio"], *extra, answered, features)
+        one_line_error(code, output, f"error: {features}: holds log-mel features, and this model takes raw 16 kHz audio")
+
+
 def test_bfloat16_tensors_are_embedded_like_their_float32_values(models, tiny_synth, tmp_path):
     """numpy has no bfloat16, so a bfloat16 tensor (from CUDA AMP, say) was a bare TypeError from ``.numpy()``."""
     clip = wavs(tiny_synth, "test", "new000")[0]

@@ -28,6 +28,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (shifted / shifted.sum()).astype(np.float32)
 
 
+def features_for_an_audio_model(clip: str | Path, sample_rate: int) -> VoxaugError:
+    """The error for log-mel features given to an export with its front end inside (`--with-frontend`), which
+    embeds only waveforms: the clip is at fault, so it is named, not the model."""
+    return file_error(clip, f"holds log-mel features, and this model takes raw {sample_rate / 1000:g} kHz audio "
+                            "(exported with --with-frontend); give its audio (an audio file, or a waveform with its "
+                            "sample_rate)")
+
+
 class OnnxEngine:
     """An exported model through ONNX Runtime; errors about a clip's content are prefixed with the clip's name."""
 
@@ -46,9 +54,7 @@ class OnnxEngine:
 
     def run(self, clip: Clip, min_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         if clip.features is not None and self.model.takes_audio:  # the clip is at fault: name it, not the model too
-            raise file_error(clip.name, f"holds log-mel features, and this model takes raw "
-                                        f"{self.frontend.sample_rate / 1000:g} kHz audio (exported with --with-frontend); "
-                                        "give its audio (an audio file, or a waveform with its sample_rate)")
+            raise features_for_an_audio_model(clip.name, self.frontend.sample_rate)
         try:
             if clip.waveform is not None:
                 embedding, logits = self.model.embed_waveform(clip.waveform)
