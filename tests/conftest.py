@@ -64,7 +64,8 @@ def open_folder() -> Iterator[Path]:
 def unreadable_to_this_process(path: Path) -> Iterator[None]:
     """``path`` at mode 000 for the block, where this process cannot read it. Root reads it all the same, so as root
     the block runs as ``nobody`` (the effective user id only, root's again after); ``path`` must lie in an
-    :func:`open_folder`. Skipped where modes do not stop reads (Windows) or there is no ``nobody`` to run as."""
+    :func:`open_folder`. Skipped where modes do not stop this process's reads (Windows, a capability such as
+    CAP_DAC_OVERRIDE, a file system without modes) or there is no ``nobody`` to run as, rather than failing the test."""
     if sys.platform == "win32":
         pytest.skip("Windows does not refuse a read by the file's mode")
     import pwd
@@ -78,14 +79,31 @@ def unreadable_to_this_process(path: Path) -> Iterator[None]:
     path.chmod(0)
     try:
         if nobody is not None:
-            os.seteuid(nobody)
+            try:
+                os.seteuid(nobody)
+            except PermissionError:
+                pytest.skip("running as root without the right to change the effective user (CAP_SETUID)")
         try:
+            if readable(path):
+                pytest.skip(f"this process reads {path} at mode 000 all the same")
             yield
         finally:
             if nobody is not None:
                 os.seteuid(0)
     finally:
         path.chmod(mode)
+
+
+def readable(path: Path) -> bool:
+    """Whether this process may read ``path`` (list it, if a folder)."""
+    try:
+        if path.is_dir():
+            os.listdir(path)
+        else:
+            path.open("rb").close()
+    except PermissionError:
+        return False
+    return True
 
 
 def another_owner_and_group() -> tuple[int, int]:

@@ -1,5 +1,6 @@
-"""What Windows lacks, taken away on Linux: ``os.register_at_fork``, ``os.statvfs``, ``os.fchmod`` and the ``fcntl`` module (its
-``msvcrt`` stands in for the lock). The toolkit must still import, lock and report a full disk."""
+"""What Windows lacks, taken away on Linux: ``os.register_at_fork``, ``os.statvfs``, ``os.fchmod``, ``os.fchown`` and
+the ``fcntl`` module (its ``msvcrt`` stands in for the lock). The toolkit must still import, lock, write files and
+report a full disk."""
 
 from __future__ import annotations
 
@@ -139,6 +140,18 @@ def test_files_are_written_atomically_where_os_has_no_fchmod(tmp_path: Path, mon
     target = tmp_path / "index.json"
     target.write_bytes(b"old")
     target.chmod(0o640)
+    monkeypatch.delattr(os, "fchmod")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_files_are_written_atomically_where_os_has_no_fchown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows has no ``os.fchown`` (nor, before Python 3.13, ``os.fchmod``): a write over a file, which keeps the
+    owner and group of the one it replaces where there are such, still replaces it and keeps its mode."""
+    target = tmp_path / "index.json"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    monkeypatch.delattr(os, "fchown")
     monkeypatch.delattr(os, "fchmod")
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640

@@ -945,6 +945,23 @@ def test_an_atomic_write_keeps_the_owner_and_group_of_the_file_it_replaces(tmp_p
     assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o777) == (owner, group, 0o660) and target.read_bytes() == b"new"
 
 
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.EINVAL, errno.ENOTSUP, errno.EROFS, errno.EIO])
+def test_an_atomic_write_is_made_where_the_file_system_refuses_to_give_the_file_its_owner(tmp_path, monkeypatch,
+                                                                                          refusal):
+    """NFS under root_squash, FAT/exFAT and CIFS refuse a change of owner or group (EPERM, EINVAL, ENOTSUP): keeping
+    them is a courtesy, and the write goes on with this account's, at the mode of the file it replaces."""
+    target = tmp_path / "spk.faiss.json"
+    atomic_write_bytes(target, b"old")
+    target.chmod(0o640)
+
+    def refuse(fd: int, owner: int, group: int) -> None:
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640
+
+
 def test_a_json_file_the_user_may_not_read_is_named_once_with_the_reason(open_folder):
     """An index sidecar, run config or HW4 metadata.json of another account was "cannot read index sidecar ([Errno 13]
     Permission denied: '/the/same/path')": the file named twice, with Python's errno."""
@@ -953,6 +970,24 @@ def test_a_json_file_the_user_may_not_read_is_named_once_with_the_reason(open_fo
     with unreadable_to_this_process(path), pytest.raises(VoxaugError) as refused:
         read_json(path, "index sidecar")
     assert str(refused.value) == f"{path}: cannot read index sidecar (Permission denied)"
+
+
+def test_a_json_file_behind_a_symlink_loop_a_long_name_or_a_folder_that_cannot_be_searched_is_named_with_why(
+        open_folder):
+    """read_json asked first whether the file exists: a symlink loop was "index sidecar not found", and a name too long
+    for the file system or a run folder of another account (mode 700) a bare OSError instead of one line naming it."""
+    (open_folder / "run").mkdir()
+    config = open_folder / "run" / "config.json"
+    config.write_text("{}")
+    with unreadable_to_this_process(config.parent), pytest.raises(VoxaugError) as refused:
+        read_json(config, "run config")
+    assert str(refused.value) == f"{config}: cannot read run config (Permission denied)"
+    loop = open_folder / "loop.json"
+    loop.symlink_to(loop)
+    with pytest.raises(VoxaugError, match=r"loop\.json: cannot read index sidecar \(symlink loop"):
+        read_json(loop, "index sidecar")
+    with pytest.raises(VoxaugError, match=r"x{300}\.json: cannot read index sidecar \(File name too long\)"):
+        read_json(open_folder / f"{'x' * 300}.json", "index sidecar")
 
 
 @pytest.mark.parametrize("name", ["\u202eecilA", "bob\u2067 0.999  eve", "\u202bx\u202c"])

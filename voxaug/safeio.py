@@ -433,12 +433,13 @@ def safe_torch_load(path: str | Path, what: str = "file") -> Any:
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """Parse a JSON file, naming the file and the position on a syntax error."""
     path = Path(path)
-    if not path.exists():
-        raise file_error(path, f"{what} not found")
-    try:
+    try:  # read at once: exists() raised a bare OSError (a folder that cannot be searched) and called a loop missing
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some Windows editors write, is skipped
+    except (FileNotFoundError, NotADirectoryError):
+        raise file_error(path, f"{what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:  # an OSError's reason alone: its text names the file again
-        raise file_error(path, f"cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from exc
+        reason = SYMLINK_LOOP if getattr(exc, "errno", None) == errno.ELOOP else getattr(exc, "strerror", None) or exc
+        raise file_error(path, f"cannot read {what} ({reason})") from exc
     if not text.strip():
         raise file_error(path, f"{what} is empty")
     try:
