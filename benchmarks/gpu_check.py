@@ -266,7 +266,7 @@ def embed_and_identify(data: Path, ckpt: Path, work: Path) -> dict:
 
 def predictions(data: Path, ckpt: Path, device: str, out: Path) -> list[str]:
     voxaug("predict", data, "--ckpt", ckpt, "--out", out, "--device", device)
-    with open(out, newline="") as handle:
+    with open(out, encoding="utf-8", errors="surrogateescape", newline="") as handle:  # as predict writes it
         return [row["Category"] for row in csv.DictReader(handle)]
 
 

@@ -4,6 +4,7 @@ overfit.py's arms, seeds, differences and saturation; the HNSW and scoring back-
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -441,6 +442,22 @@ def test_gpu_check_amp_verdict_pairs_runs_by_seed_and_gives_the_standard_error()
     assert verdict["per_seed_difference"] == [0.02, -0.01, 0.05] and verdict["val_acc_difference"] == 0.02
     assert verdict["standard_error"] == round(0.03 / 3 ** 0.5, 4)  # sd of the differences (ddof 1) / sqrt(3)
     assert gpu_check.amp_verdict(amp[:1], fp32[:1])["standard_error"] is None
+
+
+def test_gpu_check_reads_predict_csv_as_utf8_under_an_ascii_locale(tmp_path):
+    """predict writes its CSV in UTF-8, but gpu_check read it in the locale's encoding: under ``LC_ALL=C`` with
+    ``PYTHONUTF8=0`` a speaker named José stopped the cross-device check on a UnicodeDecodeError."""
+    out = tmp_path / "predictions.csv"
+    out.write_bytes("Id,Category\nuttr-1.pt,Jos\u00e9\n".encode("utf-8"))
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import gpu_check\n"
+              "gpu_check.voxaug = lambda *args, **kwargs: None\n"
+              "print(ascii(gpu_check.predictions(None, None, 'cpu', gpu_check.Path(sys.argv[2]))))")
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    result = subprocess.run([sys.executable, "-c", script, str(benchmarks), str(out)], capture_output=True, text=True,
+                            timeout=300,
+                            env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ascii(["José"])
 
 
 def test_gpu_check_table_gives_solo_speeds_only_for_runs_that_had_the_card_alone():

@@ -302,7 +302,7 @@ def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(tiny_synth
     trainer = Trainer(tiny_config(train={"steps": 30}), tiny_synth, tmp_path / "run", progress=False)
     before = {name: buffer.clone() for name, buffer in trainer.model.named_buffers()}
     assert any("running_mean" in name for name in before), "the model must hold batch norms for this test to mean much"
-    monkeypatch.setattr(voxaug.train, "total_loss", lambda *args: torch.tensor(float("nan")))
+    monkeypatch.setattr(voxaug.train, "total_loss", lambda model, logits, batch: logits.sum() * float("nan"))
     assert trainer.train_step() is None and trainer.skipped_steps == 1  # the forward ran in training mode, then skipped
     for name, buffer in trainer.model.named_buffers():
         assert torch.equal(buffer, before[name]), name
@@ -682,6 +682,29 @@ def test_a_resumed_run_counts_non_finite_steps_in_a_row_as_the_uninterrupted_run
         resumed.fit()
 
 
+def test_a_resumed_run_names_the_gradient_norm_as_the_uninterrupted_run(tiny_synth, tmp_path, monkeypatch):
+    """The steps a checkpoint counts as bad in a row keep their cause: resumed after two gradient-norm skips (--scale
+    1e20), the run stops at the third naming the gradient norm, as it does uninterrupted, not the loss."""
+    original_step = Trainer.train_step
+
+    def step(self):
+        if self.step == 2 and self.run_dir.name == "interrupted" and not self.resuming:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    config = tiny_config(scale=1e20, train={"steps": 8, "eval_every": 2, "warmup": 1, "max_bad_steps": 3})
+    message = r"^training stopped at step 2: the gradient norm was NaN/Inf for 3 steps in a row \("
+    with pytest.raises(VoxaugError, match=message):
+        Trainer(copy.deepcopy(config), tiny_synth, tmp_path / "straight", progress=False).fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(copy.deepcopy(config), tiny_synth, tmp_path / "interrupted", progress=False).fit()
+    resumed = Trainer(Trainer.config_from_run(tmp_path / "interrupted"), tiny_synth, tmp_path / "interrupted",
+                      progress=False, resume=True)
+    with pytest.raises(VoxaugError, match=message):
+        resumed.fit()
+
+
 def test_an_append_that_cannot_open_its_file_does_not_say_a_previous_file_is_kept(tmp_path, monkeypatch):
     """A folder where the log goes, or a log that may not be opened, was reported as "(the previous file is
     kept)": there is no previous file, or nothing was written to it at all."""
@@ -914,8 +937,8 @@ def test_gradients_too_large_for_their_norm_skip_the_step_and_fail_the_run(tiny_
     config = tiny_config(scale=1e20, train={"steps": 4, "eval_every": 2, "warmup": 1})
     trainer = Trainer(config, tiny_synth, tmp_path / "run", progress=False)
     initial = {name: weight.clone() for name, weight in trainer.model.state_dict().items()}
-    with pytest.raises(VoxaugError, match=r"training failed: the loss was NaN/Inf at all 4 steps, each skipped, so "
-                                          r"the model is not trained \(a NaN/Inf gradient skips a step too"):
+    with pytest.raises(VoxaugError, match=r"training failed: the gradient norm was NaN/Inf at all 4 steps, each "
+                                          r"skipped, so the model is not trained \(lower --lr, --scale"):
         trainer.fit()
     assert trainer.skipped_steps == 4
     assert all(torch.equal(initial[name], weight) for name, weight in trainer.model.state_dict().items())
@@ -930,6 +953,45 @@ def test_gradients_too_large_for_their_norm_are_skipped_under_a_grad_scaler_too(
     for _ in range(2):
         assert trainer.train_step() is None
     assert trainer.skipped_steps == 2
+
+
+@pytest.mark.parametrize(("nan_losses", "cause"), [(set(), "the gradient norm was NaN/Inf"),
+                                                    ({0}, "the loss or its gradient norm was NaN/Inf")])
+def test_steps_stopped_by_their_gradient_norm_are_named_so(tiny_synth, tmp_path, monkeypatch, nan_losses, cause):
+    """--scale 1e20 keeps the loss finite and overflows its gradient norm: the run stopped saying "the loss was
+    NaN/Inf", which sends the user looking for bad data rather than at --scale."""
+    _nan_loss_at(monkeypatch, nan_losses)
+    config = tiny_config(scale=1e20, train={"steps": 4, "warmup": 1, "max_bad_steps": 2})
+    trainer = Trainer(config, tiny_synth, tmp_path / "run", progress=False)
+    with pytest.raises(VoxaugError, match=rf"^training stopped at step 1: {cause} for 2 steps in a row \(lower --lr or "
+                                          r"--scale, check the data for extreme values; limit: max_bad_steps=2\)$"):
+        trainer.fit()
+
+
+def test_a_grad_scaler_overflow_is_skipped_by_the_scaler_alone_and_not_counted(tiny_synth, tmp_path):
+    """Under AMP, Inf gradients (a float16 overflow) are routine: GradScaler skips the step and lowers its scale. The
+    step must not also count towards max_bad_steps, or long AMP runs would stop on the scaler's own calibration."""
+    trainer = Trainer(tiny_config(train={"steps": 4, "warmup": 1, "max_bad_steps": 1}), tiny_synth, tmp_path / "run",
+                      progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=3e38)  # the scaled loss overflows: every gradient Inf/NaN
+    initial = {name: weight.clone() for name, weight in trainer.model.named_parameters()}
+    result = trainer.train_step()
+    assert result is not None and trainer.skipped_steps == trainer.bad_in_row == 0
+    assert trainer.scaler.get_scale() == pytest.approx(1.5e38)  # the scaler's own skip: it backed off
+    assert all(torch.equal(initial[name], weight) for name, weight in trainer.model.named_parameters())
+
+
+def test_a_nan_loss_under_a_grad_scaler_is_counted_and_the_next_step_still_runs(tiny_synth, tmp_path, monkeypatch):
+    """A NaN loss goes through backward too (its check shares the gradient norm's one host sync): the skipped step
+    must end the scaler's unscale_, or the next step's would be refused."""
+    _nan_loss_at(monkeypatch, {0})
+    trainer = Trainer(tiny_config(train={"steps": 4, "warmup": 1}), tiny_synth, tmp_path / "run", progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    initial = {name: weight.clone() for name, weight in trainer.model.named_parameters()}
+    assert trainer.train_step() is None and trainer.skipped_steps == trainer.bad_in_row == 1
+    assert all(torch.equal(initial[name], weight) for name, weight in trainer.model.named_parameters())
+    trainer.step += 1
+    assert trainer.train_step() is not None and trainer.bad_in_row == 0
 
 
 def test_a_short_run_ending_with_most_steps_skipped_fails(tiny_synth, tmp_path, monkeypatch):

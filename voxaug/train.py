@@ -251,6 +251,7 @@ class Trainer:
         self.best_missing = False  # resumed in a folder without best.pt
         self.elapsed_before = 0.0
         self.bad_in_row = 0
+        self.bad_gradients_in_row = 0  # of those, steps whose loss was finite but its gradient norm was not
         self.skipped_steps = 0
         self.forward_model: nn.Module = self.model  # its DDP wrapper during fit
         # the dropout stream a new run starts from: fit restores it, so that random draws made between construction
@@ -294,6 +295,7 @@ class Trainer:
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.started),
             "skipped_steps": self.skipped_steps,
             "bad_in_row": self.bad_in_row,  # a resume counts towards max_bad_steps as the uninterrupted run would
+            "bad_gradients_in_row": self.bad_gradients_in_row,  # and names their cause as it would
             "data": str(self.data),
             "clips": self.clips,
             "split_clips": {part: torch.from_numpy(digests) for part, digests in self.split_clips.items()},
@@ -354,6 +356,7 @@ class Trainer:
         self.elapsed_before = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.bad_in_row = int(state.get("bad_in_row", 0))  # absent from checkpoints before it was saved
+        self.bad_gradients_in_row = int(state.get("bad_gradients_in_row", 0))
 
     def _refuse_other_data(self, state: dict, path: Path) -> None:
         """The split and the saved sampler order are by store position, so resuming on another clip list would
@@ -395,44 +398,53 @@ class Trainer:
             _, logits = self.forward_model(augmented.features, augmented.lengths)
             loss = total_loss(self.model, logits, augmented)
         self.optimizer.zero_grad(set_to_none=True)
-        if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank skips, or none: DDP's all-reduce needs all
-            return self._skip_step(buffers)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # a NaN/Inf loss's too: every rank takes part in DDP's all-reduce
         self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if self._gradient_unusable(norm):  # the gradients are all-reduced already: every rank decides alike
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)  # before clipping
+        loss_finite, norm_finite = torch.isfinite(torch.stack([loss.detach().float(), norm.float()])).tolist()  # 1 sync
+        loss_unusable = not self.dist.all_true(loss_finite)  # every rank skips, or none
+        if loss_unusable or (not norm_finite and self._gradient_unusable()):  # the norm is alike on every rank
             if self.scaler.is_enabled():
                 self.scaler.update()  # ends this step's unscale_, which the next step's would otherwise refuse
-            return self._skip_step(buffers)
-        self.bad_in_row = 0
+            return self._skip_step(buffers, gradient=not loss_unusable)
+        self.bad_in_row = self.bad_gradients_in_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         batch_acc = float((logits.argmax(dim=1) == augmented.dominant_labels()).float().mean())
         return float(loss.detach()), batch_acc
 
-    def _gradient_unusable(self, norm: torch.Tensor) -> bool:
-        """A NaN/Inf gradient norm, unless the GradScaler will skip the step itself (float16 overflow, routine under
-        AMP). Gradients finite but too large for their float32 norm (--scale 1e20) made clipping scale them all to
-        zero: every step left the model as it was, and the run said done; Inf gradients on the CPU made it NaN."""
-        if bool(torch.isfinite(norm)):
-            return False
-        return not self.scaler.is_enabled() or all(
-            bool(torch.isfinite(weight.grad).all()) for weight in self.model.parameters() if weight.grad is not None)
+    def _gradient_unusable(self) -> bool:
+        """For a NaN/Inf gradient norm: true unless the GradScaler skips the step itself, its gradients holding an
+        Inf/NaN (float16 overflow, routine under AMP, so not counted). Finite gradients too large for a float32 norm
+        (--scale 1e20) were otherwise all clipped to zero, and the run said done."""
+        if not self.scaler.is_enabled():
+            return True
+        grads = [weight.grad for weight in self.model.parameters() if weight.grad is not None]
+        return bool(torch.stack([torch.isfinite(grad).all() for grad in grads]).all())  # one sync, not one per tensor
 
-    def _skip_step(self, buffers: list[torch.Tensor]) -> None:
+    def _skip_step(self, buffers: list[torch.Tensor], gradient: bool) -> None:
         """Leave the model as it was before the step (the forward updated BatchNorm's running statistics) and count
-        the step; ``max_bad_steps`` in a row stop the run."""
+        the step, its ``gradient`` norm or its loss NaN/Inf; ``max_bad_steps`` in a row stop the run."""
         with torch.no_grad():
             for buffer, before in zip(self.model.buffers(), buffers):
                 buffer.copy_(before)
         self.bad_in_row += 1
+        self.bad_gradients_in_row += int(gradient)
         self.skipped_steps += 1
         if self.bad_in_row >= self.config.max_bad_steps:
             raise VoxaugError(
-                f"training stopped at step {self.step}: the loss was NaN/Inf for {self.bad_in_row} steps in a row "
-                f"(or its gradients were; lower --lr or --scale, check the data for extreme values; limit: "
+                f"training stopped at step {self.step}: {self._bad_steps_cause()} for {self.bad_in_row} steps in a "
+                f"row (lower --lr or --scale, check the data for extreme values; limit: "
                 f"max_bad_steps={self.config.max_bad_steps})"
             )
+
+    def _bad_steps_cause(self) -> str:
+        """What made the last ``bad_in_row`` steps skip, as the errors that stop the run say it."""
+        if not self.bad_gradients_in_row:
+            return "the loss was NaN/Inf"
+        if self.bad_gradients_in_row == self.bad_in_row:
+            return "the gradient norm was NaN/Inf"
+        return "the loss or its gradient norm was NaN/Inf"
 
     # ---- evaluation and saving -----------------------------------------------------------------
     def _trace(self, indices: torch.Tensor) -> None:
@@ -665,12 +677,12 @@ class Trainer:
         so the run fails rather than says done. So do weights left NaN/Inf, by a step before a skipped one or by the
         last step (its loss was finite): best.pt never takes them, so "done" would name an older best.pt, or none."""
         which = f"all {self.step}" if self.bad_in_row >= self.step else f"the last {self.bad_in_row} of its {self.step}"
+        skipped = f"{self._bad_steps_cause()} at {which} steps, each skipped"
         if 2 * self.bad_in_row > self.step:
-            raise VoxaugError(f"training failed: the loss was NaN/Inf at {which} steps, each skipped, so the model is "
-                              "not trained (a NaN/Inf gradient skips a step too; lower --lr, --scale or --weight-decay; "
-                              "check the data for extreme values)")
+            raise VoxaugError(f"training failed: {skipped}, so the model is not trained (lower --lr, --scale or "
+                              "--weight-decay; check the data for extreme values)")
         if not self._weights_finite():
-            cause = f"the loss was NaN/Inf at {which} steps, each skipped" if self.bad_in_row else "after its last step"
+            cause = skipped if self.bad_in_row else "after its last step"
             raise VoxaugError(f"training failed: the model's weights are NaN/Inf ({cause}; lower --lr, --weight-decay "
                               "or --scale)")
 
