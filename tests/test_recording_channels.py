@@ -82,3 +82,33 @@ def test_a_clip_directly_in_its_speaker_folder_belongs_to_the_recording_its_chan
     from voxaug.data.sources import recording_group
 
     assert recording_group(key) == recording
+
+
+def _chaptered_audiobooks(root, readers: int = 3, books: int = 2, chapters: int = 6):
+    """Each reader's audiobooks as ``readerN/bookB_chCC.pt``: chapters are recordings of their own, not channels."""
+    generator = torch.Generator().manual_seed(0)
+    for reader in range(readers):
+        folder = root / f"reader{reader}"
+        folder.mkdir(parents=True)
+        for book in range(books):
+            for chapter in range(1, chapters + 1):
+                torch.save(torch.randn(20, 40, generator=generator), folder / f"book{book}_ch{chapter:02d}.pt")
+    return root
+
+
+def test_chapters_numbered_like_channels_are_not_grouped_as_one_recording(tmp_path):
+    """``book0_ch01`` to ``_ch06`` were read as six channels of one recording: with two books a reader had two
+    6-clip groups, neither small enough to hold out, and no validation clip at all (version 2 held out two)."""
+    source = ClipFolderSource(_chaptered_audiobooks(tmp_path / "books"))
+    assert [u.group for u in source.utterances] == [None] * len(source.utterances)
+    store = PackedStore.open(source, tmp_path / "cache", progress=False)
+    train, val = stratified_split(store.labels, 0.2, 0, store.groups)
+    assert set(store.labels[val].tolist()) == set(store.labels.tolist())
+
+
+def test_a_speaker_of_one_two_microphone_recording_among_single_clips_keeps_it_together():
+    from voxaug.data.sources import speaker_recording_groups
+
+    keys = ["p225/p225_001_mic1.flac", "p225/p225_001_mic2.flac", "p225/extra.flac"]
+    assert speaker_recording_groups(keys) == ["p225/p225_001", "p225/p225_001", None]
+    assert speaker_recording_groups([f"r/book_ch{n:02d}.flac" for n in range(1, 4)] + ["r/x.flac"]) == [None] * 4

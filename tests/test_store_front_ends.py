@@ -119,3 +119,28 @@ def test_a_default_front_end_store_packed_before_the_upgrade_is_still_valid(audi
     (folder / INDEX_FILE).write_text(json.dumps(index))
     again = _open(audio_folder, tmp_path / "cache")
     assert not again.rebuilt and again.folder == folder
+
+
+def test_a_cache_folder_named_frontends_keeps_two_stores_of_other_front_ends(audio_folder, tmp_path):
+    """The default front end's store in a cache folder named ``frontends`` was taken for another front end's: its
+    build kept one other store, not OTHER_FRONTEND_STORES."""
+    cache = tmp_path / "frontends"
+    front_ends = [FrontendConfig(n_mels=n_mels) for n_mels in (24, 32)]
+    for frontend in front_ends:
+        _open(audio_folder, cache, frontend)
+    assert _open(audio_folder, cache).rebuilt
+    assert not any(_open(audio_folder, cache, frontend).rebuilt for frontend in front_ends)
+
+
+def test_a_front_end_store_left_without_its_index_is_discarded(audio_folder, tmp_path):
+    """A store whose index is gone (a pack killed midway, or a removal that failed on a file still mapped, as on
+    Windows) was never counted, and its features stayed on disk for good."""
+    from voxaug.data.store import FEATURES_FILE, FRONTENDS_FOLDER
+
+    cache = tmp_path / "cache"
+    left = _open(audio_folder, cache).folder / FRONTENDS_FOLDER / "0000000000000000"
+    left.mkdir(parents=True)
+    (left / FEATURES_FILE).write_bytes(bytes(4096))
+    for n_mels in (24, 32):
+        _open(audio_folder, cache, FrontendConfig(n_mels=n_mels))
+    assert not left.exists()

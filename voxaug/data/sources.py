@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -50,6 +51,19 @@ def recording_group(key: str) -> str | None:
     return str(stem.with_name(stem.name[:tag.start()])) if tag else None
 
 
+def speaker_recording_groups(keys: list[str]) -> list[str | None]:
+    """:func:`recording_group` of each clip directly in one speaker's folder, or no group for any of them where a
+    recording would have more channels than the folder has recordings: numbered parts such as an audiobook's
+    chapters (``book_ch01`` to ``book_ch12``) end like channels but are recordings of their own, and taken for one
+    they left the speaker no group small enough to hold out."""
+    groups = [recording_group(key) for key in keys]
+    channels = Counter(group for group in groups if group is not None)
+    recordings = len(channels) + groups.count(None)  # a clip of no channel tag is a recording of its own
+    if channels and max(channels.values()) > recordings:
+        return [None] * len(keys)
+    return groups
+
+
 class DatasetSource(Protocol):
     root: Path
     name: str
@@ -75,11 +89,16 @@ def _stat_fingerprint(files: list[tuple[str, Path]], extra: str = "") -> str:
         except OSError:
             digest.update(f"{name}|missing\n".encode("utf-8", "surrogateescape"))
             continue
-        # the inode and its change time too: a file replaced or rewritten with the same size and mtime (`cp -p`,
-        # `rsync -a`, `touch -r`, a re-extracted archive) would otherwise keep its stale features; no tool can set ctime
-        line = f"{name}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}\n"
+        line = f"{name}|{file_stamp(stat)}\n"
         digest.update(line.encode("utf-8", "surrogateescape"))  # a name as a listing's UTF-8 text or a file's bytes
     return digest.hexdigest()
+
+
+def file_stamp(stat: os.stat_result) -> str:
+    """What tells a file's features stale: its size, mtime, inode and inode change time. The inode and its change
+    time too: a file replaced or rewritten with the same size and mtime (`cp -p`, `rsync -a`, `touch -r`, a
+    re-extracted archive) would otherwise keep its stale features; no tool can set ctime."""
+    return f"{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}"
 
 
 def resolve_inside(root: Path, relative: object, listed_in: Path, field: str = "feature_path",
@@ -282,7 +301,7 @@ class ClipFolderSource:
     """``ROOT/<speaker>/**/*.{pt,wav,flac,mp3,ogg,...}``: feature tensors or audio, featurised by ``frontend``.
 
     The speaker is the first folder level and the group (video) the second, as in VoxCeleb; a clip directly in the
-    speaker's folder is grouped with the other channels of its recording (:func:`recording_group`). Of a clip's
+    speaker's folder is grouped with the other channels of its recording (:func:`speaker_recording_groups`). Of a clip's
     `.pt` and audio twins the audio is read with ``prefer_audio`` (for the ``wave`` augmentation) or a front end other
     than the default one, which made the `.pt`.
     """
@@ -320,9 +339,7 @@ class ClipFolderSource:
                 if earlier != path:
                     raise file_error(path, f"the same file as {earlier} (through a link); a clip belongs to one "
                                            "speaker, once")
-                relative = path.relative_to(self.root)
-                group = relative.parts[1] if len(relative.parts) > 2 else recording_group(relative.as_posix())
-                utterances.append(Utterance(relative.as_posix(), path, speaker, group))
+            utterances += speaker_utterances(self.root, speaker, clips)
         if not utterances:
             raise file_error(self.root, f"no clips found: expected ROOT/<speaker>/**/*{{{','.join(suffixes)}}}")
         self.utterances = utterances
@@ -345,6 +362,16 @@ class ClipFolderSource:
         if any(u.path.suffix.lower() in DECODED_AUDIO_SUFFIXES for u in self.utterances):
             extra += f"|{','.join(audio_suffixes())}"
         return _stat_fingerprint([(u.key, u.path) for u in self.utterances], extra)
+
+
+def speaker_utterances(root: Path, speaker: str, clips: list[Path]) -> list[Utterance]:
+    """One speaker's clips under ``root``, each grouped by its video folder (the second level, as in VoxCeleb) or,
+    directly in the speaker's folder, by the recording it is one channel of (:func:`speaker_recording_groups`)."""
+    keys = [path.relative_to(root).as_posix() for path in clips]
+    direct = [key for key in keys if key.count("/") == 1]
+    recording = dict(zip(direct, speaker_recording_groups(direct)))
+    return [Utterance(key, path, speaker, recording[key] if key in recording else key.split("/")[1])
+            for key, path in zip(keys, clips)]
 
 
 def refuse_unicode_twins(root: Path, speakers: list[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from voxaug.data.sources import DatasetSource, Utterance
+from voxaug.data.sources import DatasetSource, Utterance, file_stamp
 from voxaug.data.split import clip_stem
 from voxaug.errors import VoxaugError, counted, file_error
 from voxaug.progress import print_warning, progress_bar
@@ -113,16 +113,18 @@ class PackedStore:
         ``warn``: say on stderr why a store packed before is packed again (false on all but one of torchrun's
         processes).
         """
-        folder = store_folder(source, cache_dir)
+        folder, dataset = store_folder(source, cache_dir), dataset_folder(source, cache_dir)
         fingerprint = source.fingerprint()
         # another process may be packing the same dataset, perhaps with another front end, or discarding this one's
-        with cache_lock(dataset_folder(source, cache_dir), source.root):
+        with cache_lock(dataset, source.root):
             store = cls._reusable(folder, fingerprint)
             if store is not None and read_sidecar is not None:
                 store.sidecar = read_sidecar(folder, fingerprint)
                 if store.sidecar is None:
                     store = None  # unmapped before the rebuild, which frees the old features first
             if store is not None:
+                if folder != dataset:
+                    mark_opened(folder)
                 return store.of_source(source)
             reason = rebuild_reason(folder, source, fingerprint)
             if reason and warn:
@@ -134,7 +136,7 @@ class PackedStore:
             store = cls._from_index(folder, index, rebuilt=True)
             if read_sidecar is not None:
                 store.sidecar = read_sidecar(folder, fingerprint)
-            discard_other_frontend_stores(folder, source, cache_dir)
+            discard_other_frontend_stores(folder, dataset)
             return store.of_source(source)
 
     def of_source(self, source: DatasetSource) -> "PackedStore":
@@ -142,8 +144,6 @@ class PackedStore:
         recording were grouped by name (VCTK's ``_mic1`` and ``_mic2``) splits them apart no more, unpacked."""
         group_of = {utterance.key: utterance.group for utterance in source.utterances}
         self.groups = [group_of.get(key, group) for key, group in zip(self.keys, self.groups)]
-        if self.folder.parent.name == FRONTENDS_FOLDER:
-            mark_opened(self.folder)
         return self
 
     @classmethod
@@ -264,21 +264,30 @@ def mark_opened(folder: Path) -> None:
         pass
 
 
-def discard_other_frontend_stores(folder: Path, source: DatasetSource, cache_dir: str | Path | None) -> None:
-    """Remove the stores of other front ends beyond :data:`OTHER_FRONTEND_STORES`, the least recently opened first
-    (the caller holds the dataset's lock; a process that maps their features still reads them)."""
-    stores = dataset_folder(source, cache_dir) / FRONTENDS_FOLDER
-    others = [store for store in (stores.iterdir() if stores.is_dir() else ())
-              if store != folder and (store / INDEX_FILE).is_file()]
-    others.sort(key=lambda store: (store / INDEX_FILE).stat().st_mtime_ns, reverse=True)
-    kept = OTHER_FRONTEND_STORES - (folder.parent.name == FRONTENDS_FOLDER)
-    for store in others[max(kept, 0):]:
+def discard_other_frontend_stores(folder: Path, dataset: Path) -> None:
+    """Remove the stores of other front ends in ``dataset``'s cache folder beyond :data:`OTHER_FRONTEND_STORES`
+    besides ``folder``'s, the least recently opened first, and any left without an index (a pack killed midway, or
+    a removal that failed, as on Windows while a process maps the features) whatever their number (the caller holds
+    the dataset's lock; on Linux a process that maps their features still reads them)."""
+    stores = dataset / FRONTENDS_FOLDER
+    others = [store for store in (stores.iterdir() if stores.is_dir() else ()) if store != folder and store.is_dir()]
+    others.sort(key=last_opened, reverse=True)
+    kept = [store for store in others if last_opened(store) >= 0][:OTHER_FRONTEND_STORES - (folder.parent == stores)]
+    for store in set(others) - set(kept):
         shutil.rmtree(store, ignore_errors=True)
 
 
+def last_opened(store: Path) -> int:
+    """When the store in ``store`` was last opened (its index's mtime, :func:`mark_opened`); -1 without an index."""
+    try:
+        return (store / INDEX_FILE).stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
 def clip_stamps(utterances: list[Utterance]) -> list[int]:
-    """Each clip's file as a 32-bit number of its size, mtime, inode and inode change time (as the fingerprint
-    reads them), so that a rebuild can say how many clips changed; 0 for a file that cannot be read."""
+    """Each clip's file as a 32-bit number of its :func:`~voxaug.data.sources.file_stamp` (as the fingerprint reads
+    it), so that a rebuild can say how many clips changed; 0 for a file that cannot be read."""
     stamps = []
     for utterance in utterances:
         try:
@@ -286,8 +295,7 @@ def clip_stamps(utterances: list[Utterance]) -> list[int]:
         except OSError:
             stamps.append(0)
             continue
-        line = f"{info.st_size}|{info.st_mtime_ns}|{info.st_ino}|{info.st_ctime_ns}"
-        stamps.append(int.from_bytes(hashlib.blake2b(line.encode(), digest_size=4).digest(), "little"))
+        stamps.append(int.from_bytes(hashlib.blake2b(file_stamp(info).encode(), digest_size=4).digest(), "little"))
     return stamps
 
 
