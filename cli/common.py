@@ -16,7 +16,7 @@ from typer.models import OptionInfo
 
 from voxaug.errors import VoxaugError, export_as_checkpoint, file_error, not_a_file
 from voxaug.interrupt import SIGTERM_EXIT, Terminated, sigterm_as_interrupt
-from voxaug.safeio import SYMLINK_LOOP, home_expanded, is_symlink_loop, real_path
+from voxaug.safeio import SYMLINK_LOOP, home_expanded, import_torch, is_symlink_loop, real_path
 
 if TYPE_CHECKING:
     from voxaug.api.model import SpeakerModel
@@ -363,17 +363,19 @@ def check_clip_files(paths: list[Path]) -> None:
             raise file_error(path, "clip not found" if not path.exists() else not_a_file(path, "clip"))
 
 
-def refuse_features_for_an_audio_model(clips: list[Path], model: SpeakerModel) -> None:
-    """Refuse, before any clip is answered, a `.pt` clip for an export that takes audio only (`--with-frontend`):
-    a command that answers clip by clip would otherwise stop at it after answering the clips before it."""
+def refuse_feature_clips_the_model_cannot_take(clips: list[Path], model: SpeakerModel) -> None:
+    """Refuse, before any clip is answered, a `.pt` clip that reading it would refuse (a model trained from audio at
+    other front-end settings, no torch to read it, an export that takes audio only), with the error reading gives: a
+    command that answers clip by clip would otherwise stop at it after answering the clips before it."""
     from voxaug.api.engines import features_for_an_audio_model
     from voxaug.clips import FEATURE_SUFFIX
 
-    if not model.takes_audio_only:
-        return
     for clip in clips:
         if clip.suffix.lower() == FEATURE_SUFFIX:
-            raise features_for_an_audio_model(clip, model.engine.frontend.sample_rate)
+            model.engine.frontend.refuse_feature_file(clip)
+            import_torch(clip, "feature file")
+            if model.takes_audio_only:
+                raise features_for_an_audio_model(clip, model.engine.frontend.sample_rate)
 
 
 ModelOption = typer.Option(None, "--model", parser=file_name, metavar="<file>",

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from voxaug.cli.common import (DeviceOption, ModelOption, check_clip_files, chosen_model, clean_errors, clip_name,
-                               expand_clips, file_name, refuse_features_for_an_audio_model,
+                               expand_clips, file_name, refuse_feature_clips_the_model_cannot_take,
                                warn_calibration_outdated)
 from voxaug.errors import counted
 from voxaug.embeddings.backend import SCORE_NORMS, check_choice, check_top_k
@@ -78,7 +78,7 @@ def identify(
     speaker_index = SpeakerIndex.from_data(index, data, model_path, device, threads=1, score_norm=score_norm,
                                            cohort_top_k=cohort_top_k, threshold=threshold)
     answered = expand_clips(clips, speaker_index.model.prefers_audio)
-    refuse_features_for_an_audio_model(answered, speaker_index.model)
+    refuse_feature_clips_the_model_cannot_take(answered, speaker_index.model)
     results = []
     for clip in answered:
         result = speaker_index.identify_record(clip, top_k)

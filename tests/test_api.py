@@ -905,6 +905,38 @@ def test_identify_refuses_a_feature_clip_for_an_audio_export_before_answering_th
         one_line_error(code, output, f"error: {features}: holds log-mel features, and this model takes raw 16 kHz audio")
 
 
+def test_identify_refuses_a_feature_clip_for_a_model_trained_at_other_audio_settings_before_answering_any(
+        models, tiny_synth, tmp_path):
+    """The refusal before answering covered only an export that takes audio: an 8 kHz checkpoint, which refuses `.pt`
+    features too, still printed a.wav's answer and then stopped at b.pt."""
+    state = load_checkpoint(models["ckpt"])
+    state["frontend"].update(sample_rate=8000, f_max=4000.0)  # as `voxaug train --sample-rate 8000` saves it
+    save_checkpoint(tmp_path / "8k.pt", state)
+    index = tmp_path / "spk.faiss"
+    code, output = invoke("enroll", "--index", index, "--ckpt", tmp_path / "8k.pt", "--speaker", "a",
+                          *wavs(tiny_synth, "enroll", "new000"))
+    assert code == 0, output
+    answered, features = wavs(tiny_synth, "test", "new000")[0], wavs(tiny_synth, "test", "new001")[0].with_suffix(".pt")
+    for extra in ([], ["--json"]):
+        code, output = invoke("identify", "--index", index, "--ckpt", tmp_path / "8k.pt", *extra, answered, features)
+        one_line_error(code, output, f"error: {features}: log-mel features (.pt) are made with the default front end")
+
+
+def test_identify_without_torch_refuses_a_feature_clip_before_answering_the_clips_before_it(models, tiny_synth,
+                                                                                             tmp_path):
+    """A runtime-only install (no torch) reads no `.pt` clip: identify printed a.wav's answer, then stopped at b.pt."""
+    index = tmp_path / "spk.faiss"
+    code, output = invoke("enroll", "--index", index, "--model", models["onnx"], "--speaker", "a",
+                          *wavs(tiny_synth, "enroll", "new000"))
+    assert code == 0, output
+    answered, features = wavs(tiny_synth, "test", "new000")[0], wavs(tiny_synth, "test", "new001")[0].with_suffix(".pt")
+    code = ("import sys\nsys.modules['torch'] = None\nsys.argv = ['voxaug', *sys.argv[1:]]\n"
+            "from voxaug.cli.main import main\nmain()\n")
+    args = ["identify", "--index", index, "--model", models["onnx"], answered, features]
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    one_line_error(done.returncode, done.stdout + done.stderr, f"error: {features}: reading a feature file (.pt")
+
+
 def test_bfloat16_tensors_are_embedded_like_their_float32_values(models, tiny_synth, tmp_path):
     """numpy has no bfloat16, so a bfloat16 tensor (from CUDA AMP, say) was a bare TypeError from ``.numpy()``."""
     clip = wavs(tiny_synth, "test", "new000")[0]

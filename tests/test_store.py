@@ -501,9 +501,9 @@ def test_a_wait_for_the_cache_lock_cut_short_leaves_no_descriptor_open(tmp_path,
 def test_a_wait_for_another_process_packing_the_dataset_is_said_in_one_line(tmp_path, capsys, monkeypatch):
     """Two commands sharing a dataset's cache: the second blocked on the lock for as long as the first packed (minutes
     on a large set) without a word. One stderr line says what it waits for; none when the lock is free at once, or
-    taken only for a moment (another command checking its ready store)."""
+    taken only for a moment (another command checking its ready store). The other holder lets go at a step of the
+    waiter's, not after a time: with a 0.5 s timer, a loaded machine reaching the lock late found it free, unsaid."""
     import fcntl
-    import threading
 
     from voxaug.data import store as store_module
     from voxaug.data.store import LOCK_FILE, store_folder
@@ -512,20 +512,43 @@ def test_a_wait_for_another_process_packing_the_dataset_is_said_in_one_line(tmp_
     PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
     assert capsys.readouterr().err == ""
     lock = store_folder(HW4Source(root), tmp_path / "cache") / LOCK_FILE
+    take_lock, say = store_module.lock_descriptor, store_module.print_warning
 
-    def open_while_another_holds_the_lock_for_half_a_second() -> str:
-        fd = os.open(lock, os.O_RDWR)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's pack (flock locks an open file, not a process)
-        releaser = threading.Timer(0.5, os.close, (fd,))
-        releaser.start()
+    def open_while_another_holds_the_lock(released_once: str) -> str:
+        """PackedStore.open while another process's pack holds the lock, let go once the waiter was first refused it
+        (``refused``) or once it said that it waits (``said``)."""
+        held = [os.open(lock, os.O_RDWR)]
+        fcntl.flock(held[0], fcntl.LOCK_EX)  # another process's pack (flock locks an open file, not a process)
+        refusals = []
+
+        def release() -> None:
+            while held:
+                os.close(held.pop())
+
+        def try_lock(fd: int, wait: bool) -> None:
+            try:
+                take_lock(fd, wait)
+            except BlockingIOError:
+                refusals.append(wait)
+                if released_once == "refused":
+                    release()
+                raise
+
+        def said(line: str, bar: object = None) -> None:
+            say(line, bar)
+            if released_once == "said":
+                release()
+
+        monkeypatch.setattr(store_module, "lock_descriptor", try_lock)
+        monkeypatch.setattr(store_module, "print_warning", said)
         try:
             store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
         finally:
-            releaser.join()
-        assert not store.rebuilt
+            release()
+        assert refusals and not store.rebuilt  # it found the lock taken, and waited for it
         return capsys.readouterr().err
 
-    assert open_while_another_holds_the_lock_for_half_a_second() == ""  # a moment: another command's check
+    assert open_while_another_holds_the_lock("refused") == ""  # a moment: another command's check
     monkeypatch.setattr(store_module, "LOCK_WAIT_SAID_AFTER_S", 0.1)
-    assert open_while_another_holds_the_lock_for_half_a_second() == (
+    assert open_while_another_holds_the_lock("said") == (
         f"waiting for another voxaug process packing {root}'s features (lock {lock})\n")

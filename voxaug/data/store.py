@@ -33,11 +33,11 @@ LOCK_FILE = ".lock"
 SKIPPED_FILE = "skipped.json"
 FRONTENDS_FOLDER = "frontends"
 OTHER_FRONTEND_STORES = 2
+"""A dataset's stores kept for front ends other than the default one (in its folder's ``frontends/``), beside the
+default's: alternating two front ends reuses both, and a third discards the one least recently opened."""
 LOCK_WAIT_SAID_AFTER_S = 2.0
 """How long the cache lock may stay taken before the wait is said: another command only checking its ready store
 holds it for a moment, and saying so each time would cry wolf under parallel jobs."""
-"""A dataset's stores kept for front ends other than the default one (in its folder's ``frontends/``), beside the
-default's: alternating two front ends reuses both, and a third discards the one least recently opened."""
 
 
 def default_cache_dir() -> Path:
