@@ -8,29 +8,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-
-from voxaug.clips import FEATURE_SUFFIX  # noqa: E402
-from voxaug.data.audio_store import open_dataset_store  # noqa: E402
-from voxaug.data.sources import (  # noqa: E402
+from voxaug.clips import FEATURE_SUFFIX
+from voxaug.data.audio_store import open_dataset_store
+from voxaug.data.sources import (
     ClipFolderSource, file_identity, load_clip, refuse_features_for, resolve_inside,
 )
-from voxaug.data.split import recorded_split, stratified_split  # noqa: E402
-from voxaug.data.store import PackedStore  # noqa: E402
-from voxaug.embeddings.backend import check_choice, pair_as_norm  # noqa: E402
-from voxaug.embeddings.embedders import Embedder  # noqa: E402
-from voxaug.embeddings.index import SpeakerIndex  # noqa: E402
-from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs  # noqa: E402
-from voxaug.errors import VoxaugError, abridged, file_error, not_a_file  # noqa: E402
-from voxaug.features import FrontendConfig  # noqa: E402
-from voxaug.runtime.frontend import audio_suffixes  # noqa: E402
-from voxaug.safeio import atomic_output, resolved_without_loop, same_name  # noqa: E402
+from voxaug.data.split import recorded_split, stratified_split
+from voxaug.data.store import PackedStore
+from voxaug.embeddings.backend import check_choice, pair_as_norm
+from voxaug.embeddings.embedders import Embedder
+from voxaug.embeddings.index import SpeakerIndex
+from voxaug.embeddings.scoring import all_pairs, eer_and_min_dcf, labelled_pairs
+from voxaug.errors import VoxaugError, abridged, file_error, not_a_file
+from voxaug.features import FrontendConfig
+from voxaug.runtime.frontend import audio_suffixes
+from voxaug.safeio import atomic_output, resolved_without_loop, same_name
 
 
 MAP_METHODS = ("pca", "tsne")
@@ -250,7 +247,8 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
                       perplexity=min(30.0, max(1.0, (len(stacked) - 1) / 3))).fit_transform(stacked)
     else:
         points = PCA(n_components=2, random_state=seed).fit_transform(stacked)
-    figure, axis = plt.subplots(figsize=(7, 6))
+    figure = Figure(figsize=(7, 6))  # not pyplot: its backend and figure list belong to the caller's process
+    axis = figure.subplots()
     start = 0
     for marker, (name, group) in zip("o^sD", groups.items()):
         part = points[start : start + len(group.labels)]
@@ -263,7 +261,6 @@ def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str,
     figure.tight_layout()
     with atomic_output(out, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
 
 
 def validation_split(embedder: Embedder, store: PackedStore) -> tuple[np.ndarray, np.ndarray]:

@@ -91,17 +91,18 @@ def _run_buckets(model: nn.Module, load: Callable[[int], torch.Tensor], buckets:
 
 
 def _average(pieces: Pieces, results: PieceResults, count: int) -> Embedded:
-    """Each owner's pieces averaged (in piece order), embeddings renormalised."""
+    """Each owner's pieces averaged (in piece order), embeddings renormalised; sums in float32 as the pieces are,
+    whatever default dtype the calling process set."""
     owner_index = torch.tensor([owner for owner, _, _ in pieces])
     piece_embeddings = torch.stack([results[i][0] for i in range(len(pieces))])
-    sums = torch.zeros(count, piece_embeddings.shape[1])
-    counts = torch.zeros(count, 1)
+    sums = torch.zeros(count, piece_embeddings.shape[1], dtype=torch.float32)
+    counts = torch.zeros(count, 1, dtype=torch.float32)
     sums.index_add_(0, owner_index, piece_embeddings)
-    counts.index_add_(0, owner_index, torch.ones(len(pieces), 1))
+    counts.index_add_(0, owner_index, torch.ones(len(pieces), 1, dtype=torch.float32))
     probabilities = np.empty((count, 0), dtype=np.float32)
     if results[0][1] is not None:
         piece_probs = torch.stack([results[i][1] for i in range(len(pieces))])
-        prob_sums = torch.zeros(count, piece_probs.shape[1])
+        prob_sums = torch.zeros(count, piece_probs.shape[1], dtype=torch.float32)
         prob_sums.index_add_(0, owner_index, piece_probs)
         probabilities = (prob_sums / counts).numpy()
     return Embedded(F.normalize(sums, dim=1).numpy().astype(np.float32), probabilities)

@@ -1620,3 +1620,37 @@ def test_identify_refuses_an_unread_audio_file_in_a_clip_folder_before_answering
     (folder / "zz-extra.m4a").unlink()
     code, output = invoke("identify", "--index", index.path, "--json", folder)
     assert code == 0 and len(output.splitlines()) == len(list(folder.glob("*.pt"))), output
+
+
+def test_loading_a_checkpoint_leaves_the_callers_random_stream_as_it_was(models, tiny_synth):
+    """The model was built with random weights before the file's replaced them: each load drew from torch's global
+    generator, so a seeded notebook's or test suite's later draws changed with whether it had loaded a model."""
+    clip = wavs(tiny_synth, "enroll", "new000")[0]
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = voxaug.SpeakerModel.load(models["ckpt"])
+    second = voxaug.SpeakerModel.load(models["ckpt"])
+    assert torch.equal(torch.rand(3), expected)
+    assert np.array_equal(first.embed(clip), second.embed(clip))
+    assert all(weight.dtype == torch.float32 for weight in first.engine.loaded.model.state_dict().values()
+               if weight.is_floating_point())
+
+
+def test_a_checkpoint_embeds_and_enrols_where_the_caller_made_float64_torch_s_default(models, tiny_synth, tmp_path):
+    """Scientific code often sets ``torch.set_default_dtype(torch.float64)``: the checkpoint's model was then built in
+    float64, and the padding and averaging of clips made float64 too, so every embed failed with torch's bare
+    'mat1 and mat2 must have the same dtype'."""
+    clip = sorted(tiny_synth.glob("uttr-*.pt"))[0]
+    expected = voxaug.SpeakerModel.load(models["ckpt"]).embed(clip)
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = voxaug.SpeakerModel.load(models["ckpt"])
+        embedding = model.embed(clip)
+        index = voxaug.SpeakerIndex.create(tmp_path / "spk.faiss", model)
+        index.enroll("new000", wavs(tiny_synth, "enroll", "new000"))
+        result = index.identify(clip)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert embedding.dtype == np.float32 and np.array_equal(embedding, expected)
+    assert [entry["speaker"] for entry in result["top"]] == ["new000"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -442,3 +444,26 @@ def test_a_cut_short_log_line_read_without_stderr_is_not_written_to_stdout(tmp_p
     monkeypatch.setattr(sys, "stderr", None)
     assert [row["step"] for row in read_metrics(run)] == [10]
     assert capsys.readouterr().out == ""
+
+
+def test_plots_leave_the_callers_matplotlib_backend_and_open_figures_alone(tmp_path):
+    """A notebook's or a GUI's matplotlib is the caller's: importing the trainer (voxaug.plot) or `evaluate`'s map
+    switched the backend to Agg, which closed every figure the caller had open and stopped ``plt.show`` showing any."""
+    run = _fake_run(tmp_path / "run", [{"step": 10, "loss": 1.0, "train_acc": 0.5, "val_acc": 0.4, "lr": 0.001}])
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+import numpy as np
+plt.figure()
+from voxaug.plot import plot_runs
+from voxaug.embeddings.evaluation import LabelledEmbeddings, embedding_map
+plot_runs([{str(run)!r}], {str(tmp_path / "curves.png")!r})
+points = LabelledEmbeddings(np.eye(4, dtype=np.float32), np.array(["a", "a", "b", "b"]))
+embedding_map({{"train": points}}, {str(tmp_path / "map.png")!r}, "pca", 0)
+print(matplotlib.get_backend(), plt.get_fignums())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["svg", "[1]"]
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "map.png").stat().st_size > 0

@@ -1358,3 +1358,32 @@ def test_an_unknown_preset_with_a_run_s_record_is_refused_as_unknown(tmp_path, p
     with pytest.raises(VoxaugError) as refused:
         resolve_config(preset=preset, toml_path=record)
     assert str(refused.value) == f"--preset {preset!r} is not known; accepted: cpu, strong, boss, baseline"
+
+
+def test_training_runs_with_gradients_where_the_caller_turned_them_off(tiny_synth, tmp_path):
+    """A notebook that ran inference under ``torch.set_grad_enabled(False)`` (or inside ``torch.no_grad()``) and then
+    trained failed on the first step with torch's bare 'element 0 of tensors does not require grad'."""
+    with torch.no_grad():
+        summary = Trainer(tiny_config(train={"steps": 4, "eval_every": 4}), tiny_synth, tmp_path / "run",
+                          progress=False).fit()
+        assert not torch.is_grad_enabled()  # the caller's setting, back after the call
+    assert summary.steps == 4 and summary.skipped_steps == 0
+
+
+def test_training_leaves_the_callers_random_stream_as_it_was_interrupted_or_not(tiny_synth, tmp_path, monkeypatch):
+    """The trainer seeds torch's global generator and draws from it (initial weights, dropout): a notebook's, a
+    service's or a test suite's later draws changed with whether it had trained, and were the run's seed's."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Trainer(tiny_config(train={"steps": 4, "eval_every": 4}), tiny_synth, tmp_path / "run", progress=False).fit()
+    assert torch.equal(torch.rand(3), expected)
+
+    def interrupted_step(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    torch.manual_seed(123)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(train={"steps": 4, "eval_every": 4}), tiny_synth, tmp_path / "stopped", progress=False).fit()
+    assert torch.equal(torch.rand(3), expected)

@@ -124,14 +124,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         config = TrainConfig.from_saved(state["config"])
         frontend = FrontendConfig.from_dict(state["frontend"])
         with torch.device("meta"):  # shapes only: a config naming a huge model must not take its memory first
-            expected = build_model(config.model).state_dict()
+            model = build_model(config.model)
     except (VoxaugError, TypeError, KeyError, ValueError, AttributeError) as exc:
         raise file_error(path, f"checkpoint holds an unusable configuration ({str(exc).splitlines()[0]})") from exc
-    mismatch = weight_mismatch(expected, state["model"])
+    mismatch = weight_mismatch(model.state_dict(), state["model"])
     if mismatch:
         raise file_error(path, f"checkpoint weights do not match its own configuration ({mismatch})")
-    model = build_model(config.model)  # as large as the weights the file holds, now checked
-    model.load_state_dict(state["model"])
+    # the file's weights become the model's: no random initialisation first, which drew from the caller's torch
+    # generator (a seeded notebook's next draws changed with whether it had loaded a model)
+    model.load_state_dict(state["model"], assign=True)
+    model.float()  # float32, as the weights were copied into before, whatever the file stores
     if len(state["speakers"]) != config.model.speakers:
         raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.speakers} classes")
     _check_class_speakers(state.get("class_speakers"), config.model.num_classes, config.model.speakers, path)

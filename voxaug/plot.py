@@ -6,14 +6,11 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from voxaug.errors import VoxaugError, counted, file_error, not_a_file  # noqa: E402
-from voxaug.progress import print_warning  # noqa: E402
-from voxaug.safeio import atomic_output, finite_number  # noqa: E402
+from voxaug.errors import VoxaugError, counted, file_error, not_a_file
+from voxaug.progress import print_warning
+from voxaug.safeio import atomic_output, finite_number
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -98,7 +95,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
         if not rows:  # an empty figure, or one missing this run, would be written with exit 0
             raise file_error(Path(run_dir) / "metrics.jsonl", "holds no metrics rows yet (a run logs one at each "
                                                               "evaluation, every --eval-every steps)")
-    figure, (accuracy_axis, gap_axis) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    figure = Figure(figsize=(11, 4.5))  # not pyplot: its backend and figure list belong to the caller's process
+    accuracy_axis, gap_axis = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for number, rows in enumerate(runs):
         colour = f"C{number % 10}"
         steps = [r["step"] for r in rows]
@@ -125,5 +123,4 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     figure.tight_layout()
     with atomic_output(out, "wb") as handle:
         figure.savefig(handle, format=image_format, dpi=110)
-    plt.close(figure)
     return runs

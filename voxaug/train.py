@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -105,6 +106,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
+Method = TypeVar("Method", bound=Callable)
+
+
+def keeps_callers_rng(method: Method) -> Method:
+    """Run ``method`` with torch's global random stream put back as the caller left it, after a failure too: training
+    seeds and draws from it (initial weights, dropout), and the draws of a notebook, a service or a test suite that
+    trained must be those it would make without training. The run's own stream is kept in ``start_rng`` and last.pt."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        callers = rng_state()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            set_rng_state(callers)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """Load a saved optimizer state but keep this optimizer's choice of the fused kernel. A state saved on the
     CPU says ``fused=False``; loaded as is into a CUDA optimizer built fused, the GradScaler would still hand
@@ -161,6 +180,7 @@ class Trainer:
     step calls: the same module, or under torchrun, during :meth:`fit`, its DistributedDataParallel wrapper.
     """
 
+    @keeps_callers_rng
     def __init__(
         self,
         config: TrainConfig,
@@ -601,15 +621,17 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.write_config()
 
+    @keeps_callers_rng
     def fit(self, resume: bool | None = None) -> TrainSummary:
         """Train to ``config.steps``; ``resume`` (default: as given to the constructor) continues from last.pt.
         Under torchrun the model is wrapped in DDP for this call only, failed or not: the wrapper must go before
-        the process group does (see ``voxaug.distributed.shutdown``), and a traceback would keep it alive."""
+        the process group does (see ``voxaug.distributed.shutdown``), and a traceback would keep it alive. Gradients
+        are on for the call whatever the caller's ``torch.set_grad_enabled`` (a notebook that ran inference before)."""
         if self.dist.active:
             self.forward_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         try:
-            with contextlib.ExitStack() as held:  # the run folder's lock, from when it is opened to the end
+            with contextlib.ExitStack() as held, torch.enable_grad():  # held: the run folder's lock, opened to the end
                 return self._train(bool(self.resuming) if resume is None else resume, held)
         finally:
             self.forward_model = self.model

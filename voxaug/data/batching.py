@@ -56,9 +56,10 @@ def rank_share(permuted: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 def pad_batch(tensors: list[torch.Tensor], n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad a list of (T_i, n_mels) tensors into (B, max T, n_mels) plus lengths (B,)."""
+    """Zero-pad a list of (T_i, n_mels) tensors into (B, max T, n_mels) float32 plus lengths (B,): float32 as the
+    models are, whatever default dtype the calling process set."""
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
-    padded = torch.zeros(len(tensors), int(lengths.max()), n_mels)
+    padded = torch.zeros(len(tensors), int(lengths.max()), n_mels, dtype=torch.float32)
     for row, tensor in enumerate(tensors):
         padded[row, : tensor.shape[0]] = tensor
     return padded, lengths
