@@ -289,3 +289,14 @@ def test_every_long_value_of_a_toml_file_is_echoed_cut_short(tmp_path, text, pro
         resolve_config(None, toml)
     message = str(info.value)
     assert message.startswith(f"{toml}: {problem}") and "…" in message and len(message) < 400, message[:400]
+
+
+@pytest.mark.parametrize("kind", ["conformer", "transformer-mean"])
+def test_every_tensor_of_a_model_is_in_its_state_dict(kind):
+    """``load_model`` gives the model storage without values and copies the checkpoint's state dict in: a buffer
+    left out of it (``persistent=False``) or a plain tensor attribute would keep whatever that memory held."""
+    model = build_model(ModelConfig(kind=kind, **SMALL))
+    unsaved_buffers = [name for name, _ in model.named_buffers() if name not in model.state_dict()]
+    tensor_attributes = [f"{module_name}.{name}" for module_name, module in model.named_modules()
+                         for name, value in vars(module).items() if isinstance(value, torch.Tensor)]
+    assert unsaved_buffers == [] and tensor_attributes == []

@@ -841,6 +841,32 @@ def test_a_checkpoint_whose_config_names_a_huge_model_is_refused_before_it_is_bu
         load_model(tmp_path / "huge.pt")
 
 
+def test_a_checkpoint_s_weights_become_the_model_s_own_float32_tensors(tmp_path):
+    """A checkpoint's weights were assigned to the model as the file stores them: one a script saved as integers
+    failed with torch's multi-line 'Error(s) in loading state_dict', and two saved as one tensor stayed one, so
+    fine-tuning the loaded model changed both. They are copied into the model's own float32 weights, as before."""
+    from conftest import tiny_config
+
+    from voxaug.checkpoint import load_model, save_checkpoint
+    from voxaug.features import FrontendConfig
+    from voxaug.model import build_model
+
+    config = tiny_config()
+    config.model.num_classes = 3
+    weights = build_model(config.model).state_dict()
+    weights["head.weight"] = weights["head.weight"].mul(100).round().long()
+    weights["embedding.1.bias"] = weights["embedding.1.weight"]  # the same shape: saved as one tensor
+    state = {"config": config.to_dict(), "frontend": FrontendConfig().to_dict(), "speakers": ["a", "b", "c"],
+             "model": weights, "step": 0}
+    save_checkpoint(tmp_path / "stored.pt", state)
+    model = load_model(tmp_path / "stored.pt").model
+    assert model.head.weight.dtype == torch.float32
+    assert torch.equal(model.head.weight, weights["head.weight"].float())
+    with torch.no_grad():
+        model.embedding[1].weight.add_(1.0)
+    assert torch.equal(model.embedding[1].bias, weights["embedding.1.weight"])
+
+
 def test_identify_counts_a_speaker_named_unknown_it_accepted_as_identified():
     """An older sidecar may name a speaker ``unknown`` (it still loads): a clip accepted as that speaker was printed
     as ``decision: 'unknown'`` and then counted among the clips answered unknown in the closing line."""

@@ -130,10 +130,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     mismatch = weight_mismatch(model.state_dict(), state["model"])
     if mismatch:
         raise file_error(path, f"checkpoint weights do not match its own configuration ({mismatch})")
-    # the file's weights become the model's: no random initialisation first, which drew from the caller's torch
-    # generator (a seeded notebook's next draws changed with whether it had loaded a model)
-    model.load_state_dict(state["model"], assign=True)
-    model.float()  # float32, as the weights were copied into before, whatever the file stores
+    # storage without initial values: a random initialisation drew from the caller's torch generator (a seeded
+    # notebook's next draws changed with whether it had loaded a model); every tensor the model has is in its state
+    # dict (tests/test_model.py), so none is left unset
+    model = model.float().to_empty(device="cpu")
+    # copied, not assigned: each weight becomes the model's own float32 tensor whatever dtype, layout or sharing the
+    # file stores it with (integers, a bool counter, two weights saved as one tensor)
+    model.load_state_dict(state["model"])
     if len(state["speakers"]) != config.model.speakers:
         raise file_error(path, f"checkpoint names {len(state['speakers'])} speakers for {config.model.speakers} classes")
     _check_class_speakers(state.get("class_speakers"), config.model.num_classes, config.model.speakers, path)
