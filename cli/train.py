@@ -191,7 +191,8 @@ def train(
         f"done: {summary.steps} steps{ranks} in {summary.elapsed_s:.0f}s | augment: {','.join(trainer.pipeline.names) or 'none'}\n"
         f"  clean train acc {summary.train_acc:.4f} | val acc {val} | gap (train - val) {gap}\n"
         f"  best val acc {best} -> {out / 'best.pt'} (predict); embed with {out / 'last.pt'}"
-        + (f"\n  skipped {summary.skipped_steps} steps with a non-finite loss or gradient" if summary.skipped_steps else "")
+        + (f"\n  skipped {summary.skipped_steps} steps with a non-finite loss or gradient"
+           if summary.skipped_steps else "")
         + (f"\n  skipped {len(trainer.skipped_files)} unreadable audio files (listed above; --strict makes them an error)"
            if trainer.skipped_files else "")
     )

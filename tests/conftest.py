@@ -45,6 +45,12 @@ def tiny_synth(tmp_path_factory) -> Path:
     return out
 
 
+def ascii_locale_env() -> dict[str, str]:
+    """This process's environment under the C locale, with Python's UTF-8 mode and locale coercion off: a child
+    process whose default encoding is ASCII, as under a bare container or a cron job."""
+    return {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
 def descriptors_open_on(path: str | os.PathLike) -> list[str]:
     """This process's file descriptors open on ``path`` (Linux's /proc/self/fd): a lock's must not outlive it."""
     return [fd for fd in os.listdir("/proc/self/fd")

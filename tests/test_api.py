@@ -677,16 +677,15 @@ def test_an_export_refuses_a_clip_too_long_for_its_attention_and_names_runtime_f
         loaded.embed(clip)
 
 
-def test_embed_with_an_export_refuses_a_too_long_utterance_up_front_and_names_window(models, tiny_synth, tmp_path,
-                                                                                     monkeypatch):
-    """A dataset utterance past MAX_FRAMES is refused before any is embedded (not after minutes of the others),
-    naming --window, which `embed` offers for it; windows up to MAX_FRAMES embed it, a longer --window is refused."""
+def export_limited_below_the_longest(tiny_synth: Path, monkeypatch) -> tuple[int, list[int]]:
+    """The longest utterance of ``tiny_synth`` in frames, with an export's ``MAX_FRAMES`` set 20 below it, and the list
+    that gains an item at each run of an export's graph (none before a refusal up front)."""
     import voxaug.runtime.onnx_model as onnx_model
 
     metadata = json.loads((tiny_synth / "metadata.json").read_text())
     longest = max(u["mel_len"] for utterances in metadata["speakers"].values() for u in utterances)
     monkeypatch.setattr(onnx_model, "MAX_FRAMES", longest - 20)
-    runs = []
+    runs: list[int] = []
     real_run = onnx_model.OnnxSpeakerModel._run
 
     def counted_run(self, inputs):
@@ -694,6 +693,14 @@ def test_embed_with_an_export_refuses_a_too_long_utterance_up_front_and_names_wi
         return real_run(self, inputs)
 
     monkeypatch.setattr(onnx_model.OnnxSpeakerModel, "_run", counted_run)
+    return longest, runs
+
+
+def test_embed_with_an_export_refuses_a_too_long_utterance_up_front_and_names_window(models, tiny_synth, tmp_path,
+                                                                                     monkeypatch):
+    """A dataset utterance past MAX_FRAMES is refused before any is embedded (not after minutes of the others),
+    naming --window, which `embed` offers for it; windows up to MAX_FRAMES embed it, a longer --window is refused."""
+    longest, runs = export_limited_below_the_longest(tiny_synth, monkeypatch)
     command = ["embed", "--model", models["onnx"], tiny_synth, "--out", tmp_path / "emb", "-q"]
     one_line_error(*invoke(*command), f"clip is 1 s long ({longest} frames)", f"--window {longest - 20} or less")
     assert not runs and not (tmp_path / "emb").exists()
@@ -708,19 +715,7 @@ def test_evaluate_with_an_export_refuses_a_too_long_utterance_before_embedding_a
                                                                                    monkeypatch):
     """evaluate --model embeds the run's clips one at a time, as embed --model does: one past MAX_FRAMES is refused
     before any is embedded, not after the others, and names the checkpoint (evaluate has no --window to offer)."""
-    import voxaug.runtime.onnx_model as onnx_model
-
-    metadata = json.loads((tiny_synth / "metadata.json").read_text())
-    longest = max(u["mel_len"] for utterances in metadata["speakers"].values() for u in utterances)
-    monkeypatch.setattr(onnx_model, "MAX_FRAMES", longest - 20)
-    runs = []
-    real_run = onnx_model.OnnxSpeakerModel._run
-
-    def counted_run(self, inputs):
-        runs.append(1)
-        return real_run(self, inputs)
-
-    monkeypatch.setattr(onnx_model.OnnxSpeakerModel, "_run", counted_run)
+    longest, runs = export_limited_below_the_longest(tiny_synth, monkeypatch)
     code, output = invoke("evaluate", "--model", models["onnx"], tiny_synth, "--out", tmp_path / "report", "-q")
     one_line_error(code, output, f"({longest} frames)", "embed it with the checkpoint (--ckpt)")
     assert "--window" not in output and not runs
@@ -902,7 +897,8 @@ def test_identify_refuses_a_feature_clip_for_an_audio_export_before_answering_th
     answered, features = wavs(tiny_synth, "test", "new000")[0], wavs(tiny_synth, "test", "new001")[0].with_suffix(".pt")
     for extra in ([], ["--json"]):
         code, output = invoke("identify", "--index", index, "--model", models["audio"], *extra, answered, features)
-        one_line_error(code, output, f"error: {features}: holds log-mel features, and this model takes raw 16 kHz audio")
+        one_line_error(code, output,
+                       f"error: {features}: holds log-mel features, and this model takes raw 16 kHz audio")
 
 
 def test_identify_refuses_a_feature_clip_for_a_model_trained_at_other_audio_settings_before_answering_any(

@@ -4,7 +4,6 @@ overfit.py's arms, seeds, differences and saturation; the HNSW and scoring back-
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench  # noqa: E402
 import overfit  # noqa: E402
 from train_bench import interleaved_medians  # noqa: E402
+
+from conftest import ascii_locale_env  # noqa: E402
 
 from voxaug.config import create_config  # noqa: E402
 
@@ -454,8 +455,7 @@ def test_gpu_check_reads_predict_csv_as_utf8_under_an_ascii_locale(tmp_path):
               "print(ascii(gpu_check.predictions(None, None, 'cpu', gpu_check.Path(sys.argv[2]))))")
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     result = subprocess.run([sys.executable, "-c", script, str(benchmarks), str(out)], capture_output=True, text=True,
-                            timeout=300,
-                            env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
+                            timeout=300, env=ascii_locale_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ascii(["José"])
 

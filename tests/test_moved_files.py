@@ -69,25 +69,9 @@ def test_identify_finds_the_model_moved_with_its_index_from_another_folder(proje
     assert voxaug.SpeakerIndex.open(moved / "idx" / "spk.faiss").model.path == moved / "run" / "last.pt"
 
 
-def test_an_index_copied_beside_its_model_finds_it_there(project, tmp_path):
-    """A deployment folder: the index, its sidecar and the model side by side, the run they came from not there."""
-    deploy = tmp_path / "deploy"
-    deploy.mkdir()
-    for name in ("spk.faiss", "spk.faiss.json"):
-        shutil.copy2(project / "idx" / name, deploy / name)
-    shutil.copy2(project / "run" / "last.pt", deploy / "last.pt")
-    sidecar = json.loads((deploy / "spk.faiss.json").read_text())
-    sidecar["checkpoint"] = {key: value for key, value in sidecar["checkpoint"].items() if key != "relative_path"}
-    sidecar["checkpoint"]["path"] = str(tmp_path / "gone" / "last.pt")  # a sidecar written before relative paths
-    (deploy / "spk.faiss.json").write_text(json.dumps(sidecar))
-    assert voxaug.SpeakerIndex.open(deploy / "spk.faiss").speakers == ["alice"]
-
-
-@pytest.mark.parametrize("recorded", [r"C:\Users\me\runs\last.pt", r"\\server\share\runs\last.pt"])
-def test_an_index_built_on_windows_and_copied_beside_its_model_finds_it_there(project, tmp_path, recorded):
-    """Trained on Windows with the index on another drive (no relative path leads there), then copied to a POSIX
-    server beside the model: the recorded name, backslashes and all, was looked for beside the index as one file
-    name, and the index said "model not found"."""
+def deployed_beside_model(project: Path, tmp_path: Path, recorded: str) -> Path:
+    """A deployment folder: the index, its sidecar and the model side by side, the run they came from not there; the
+    sidecar records the model at ``recorded`` and no relative path (as one written before relative paths)."""
     deploy = tmp_path / "deploy"
     deploy.mkdir()
     for name in ("spk.faiss", "spk.faiss.json"):
@@ -97,6 +81,21 @@ def test_an_index_built_on_windows_and_copied_beside_its_model_finds_it_there(pr
     sidecar["checkpoint"] = {key: value for key, value in sidecar["checkpoint"].items() if key != "relative_path"}
     sidecar["checkpoint"]["path"] = recorded
     (deploy / "spk.faiss.json").write_text(json.dumps(sidecar))
+    return deploy
+
+
+def test_an_index_copied_beside_its_model_finds_it_there(project, tmp_path):
+    """A deployment folder: the index, its sidecar and the model side by side, the run they came from not there."""
+    deploy = deployed_beside_model(project, tmp_path, str(tmp_path / "gone" / "last.pt"))
+    assert voxaug.SpeakerIndex.open(deploy / "spk.faiss").speakers == ["alice"]
+
+
+@pytest.mark.parametrize("recorded", [r"C:\Users\me\runs\last.pt", r"\\server\share\runs\last.pt"])
+def test_an_index_built_on_windows_and_copied_beside_its_model_finds_it_there(project, tmp_path, recorded):
+    """Trained on Windows with the index on another drive (no relative path leads there), then copied to a POSIX
+    server beside the model: the recorded name, backslashes and all, was looked for beside the index as one file
+    name, and the index said "model not found"."""
+    deploy = deployed_beside_model(project, tmp_path, recorded)
     assert voxaug.SpeakerIndex.open(deploy / "spk.faiss").model.path == deploy / "last.pt"
 
 

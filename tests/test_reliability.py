@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import another_owner_and_group, descriptors_open_on, unreadable_to_this_process
+from conftest import another_owner_and_group, ascii_locale_env, descriptors_open_on, unreadable_to_this_process
 from voxaug.checkpoint import load_checkpoint
 from voxaug.cli.main import app
 from voxaug.data.validate import check_features
@@ -154,7 +154,7 @@ def test_a_text_write_is_utf8_under_an_ascii_locale_and_warns_of_no_default_enco
               "with atomic_output(sys.argv[1], 'w') as handle:\n    handle.write('Id,Category\\nuttr-1.pt,Jos\\xe9\\n')")
     result = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-W", "error::EncodingWarning", "-c", script,
                              str(target)], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
+                            env=ascii_locale_env())
     assert result.returncode == 0, result.stderr
     assert target.read_text(encoding="utf-8") == "Id,Category\nuttr-1.pt,José\n"
 

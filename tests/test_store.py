@@ -514,9 +514,9 @@ def test_a_wait_for_another_process_packing_the_dataset_is_said_in_one_line(tmp_
     lock = store_folder(HW4Source(root), tmp_path / "cache") / LOCK_FILE
     take_lock, say = store_module.lock_descriptor, store_module.print_warning
 
-    def open_while_another_holds_the_lock(released_once: str) -> str:
-        """PackedStore.open while another process's pack holds the lock, let go once the waiter was first refused it
-        (``refused``) or once it said that it waits (``said``)."""
+    def open_while_another_holds_the_lock(released_once: str, dataset: object = root) -> str:
+        """PackedStore.open of ``dataset`` while another process's pack holds the lock, let go once the waiter was
+        first refused it (``refused``) or once it said that it waits (``said``)."""
         held = [os.open(lock, os.O_RDWR)]
         fcntl.flock(held[0], fcntl.LOCK_EX)  # another process's pack (flock locks an open file, not a process)
         refusals = []
@@ -542,7 +542,7 @@ def test_a_wait_for_another_process_packing_the_dataset_is_said_in_one_line(tmp_
         monkeypatch.setattr(store_module, "lock_descriptor", try_lock)
         monkeypatch.setattr(store_module, "print_warning", said)
         try:
-            store = PackedStore.open(HW4Source(root), tmp_path / "cache", progress=False)
+            store = PackedStore.open(HW4Source(dataset), tmp_path / "cache", progress=False)
         finally:
             release()
         assert refusals and not store.rebuilt  # it found the lock taken, and waited for it
@@ -552,3 +552,6 @@ def test_a_wait_for_another_process_packing_the_dataset_is_said_in_one_line(tmp_
     monkeypatch.setattr(store_module, "LOCK_WAIT_SAID_AFTER_S", 0.1)
     assert open_while_another_holds_the_lock("said") == (
         f"waiting for another voxaug process packing {root}'s features (lock {lock})\n")
+    monkeypatch.chdir(root)  # the dataset given as `.` shares its real folder's cache: the line names that folder
+    assert open_while_another_holds_the_lock("said", ".") == (
+        f"waiting for another voxaug process packing {root.resolve()}'s features (lock {lock})\n")

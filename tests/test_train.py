@@ -1385,5 +1385,6 @@ def test_training_leaves_the_callers_random_stream_as_it_was_interrupted_or_not(
     monkeypatch.setattr(Trainer, "train_step", interrupted_step)
     torch.manual_seed(123)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(train={"steps": 4, "eval_every": 4}), tiny_synth, tmp_path / "stopped", progress=False).fit()
+        Trainer(tiny_config(train={"steps": 4, "eval_every": 4}), tiny_synth, tmp_path / "stopped",
+                progress=False).fit()
     assert torch.equal(torch.rand(3), expected)

@@ -22,8 +22,8 @@ from voxaug.data.split import clip_stem
 from voxaug.errors import VoxaugError, counted, file_error
 from voxaug.progress import print_warning, progress_bar
 from voxaug.safeio import (
-    atomic_output, atomic_write_json, ensure_folder, held_in_this_process, home_expanded, lock_descriptor, open_lock_file,
-    read_json,
+    LOCK_POLL_S, atomic_output, atomic_write_json, ensure_folder, held_in_this_process, home_expanded, lock_descriptor,
+    open_lock_file, read_json,
 )
 
 STORE_VERSION = 1
@@ -115,8 +115,9 @@ class PackedStore:
         """
         folder, dataset = store_folder(source, cache_dir), dataset_folder(source, cache_dir)
         fingerprint = source.fingerprint()
-        # another process may be packing the same dataset, perhaps with another front end, or discarding this one's
-        with cache_lock(dataset, source.root):
+        # another process may be packing the same dataset, perhaps with another front end, or discarding this one's;
+        # the wait names the dataset's real folder, whose cache it is (a dataset given as `.` is no folder to name)
+        with cache_lock(dataset, Path(source.root).resolve()):
             store = cls._reusable(folder, fingerprint)
             if store is not None and read_sidecar is not None:
                 store.sidecar = read_sidecar(folder, fingerprint)
@@ -227,7 +228,7 @@ def _wait_for_lock(fd: int, lock: Path, data: str | Path | None) -> None:
         except BlockingIOError:
             if time.monotonic() >= said_after:
                 break
-            time.sleep(0.05)
+            time.sleep(LOCK_POLL_S)
     what = f"{data}'s" if data is not None else "a dataset's"
     print_warning(f"waiting for another voxaug process packing {what} features (lock {lock})")
     lock_descriptor(fd, wait=True)
