@@ -867,6 +867,29 @@ def test_a_checkpoint_s_weights_become_the_model_s_own_float32_tensors(tmp_path)
     assert torch.equal(model.embedding[1].bias, weights["embedding.1.weight"])
 
 
+def test_loading_a_checkpoint_in_a_fresh_process_imports_no_sympy(tmp_path):
+    """``load_model`` gave the meta-built model its storage with ``Module.to_empty``, whose first call imports sympy
+    through torch's Python reference of ``empty_like``: every `voxaug identify` and ``SpeakerIndex.open`` took 0.5-1.5 s
+    and 35 MB more than before the model was built on the meta device."""
+    from conftest import tiny_config
+
+    from voxaug.checkpoint import save_checkpoint
+    from voxaug.features import FrontendConfig
+    from voxaug.model import build_model
+
+    config = tiny_config()
+    config.model.num_classes = 3
+    state = {"config": config.to_dict(), "frontend": FrontendConfig().to_dict(), "speakers": ["a", "b", "c"],
+             "model": build_model(config.model).state_dict(), "step": 0}
+    save_checkpoint(tmp_path / "model.pt", state)
+    script = ("import sys; from voxaug.checkpoint import load_model; load_model(sys.argv[1]); "
+              "print(sorted(name for name in ('sympy', 'torch.fx.experimental.symbolic_shapes') if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.pt")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_identify_counts_a_speaker_named_unknown_it_accepted_as_identified():
     """An older sidecar may name a speaker ``unknown`` (it still loads): a clip accepted as that speaker was printed
     as ``decision: 'unknown'`` and then counted among the clips answered unknown in the closing line."""
