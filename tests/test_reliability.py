@@ -537,7 +537,6 @@ def test_an_index_declaring_an_array_its_bytes_cannot_hold_is_refused_before_fai
                                                                                                 hnsw):
     """FAISS allocates each array at the length its file declares, then reads it: a tiny file declaring 2^32 values
     (the flat index's vectors, the HNSW graph's first array) asked for 16 GB, though its sidecar hash matched."""
-    import faiss
 
     path = tmp_path / "spk.faiss"
     index = SpeakerIndex(dim=4, hnsw=hnsw)
