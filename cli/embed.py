@@ -115,7 +115,7 @@ def embed(
             raise VoxaugError(f"{option} must be a positive number of {'utterances' if option == '--batch' else 'frames'}, got {value}")
     if hop is not None and window is None:
         raise VoxaugError("--hop is the step between --window windows; give --window too")
-    check_window(window)
+    check_window(window, hop)
     check_choice("--per", per, MODES)
     scoring = ScoringOptions(backend, lda_dim, DEFAULT_SCORE_NORM if score_norm is None else score_norm, cohort_size,
                              cohort_top_k).validate()

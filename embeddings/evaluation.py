@@ -18,7 +18,7 @@ from voxaug.data.audio_store import open_dataset_store
 from voxaug.data.sources import (
     ClipFolderSource, file_identity, load_clip, refuse_features_for, resolve_inside,
 )
-from voxaug.data.split import recorded_split, stratified_split
+from voxaug.data.split import channel_recording, recorded_split, stratified_split
 from voxaug.data.store import PackedStore
 from voxaug.embeddings.backend import check_choice, pair_as_norm
 from voxaug.embeddings.embedders import Embedder
@@ -37,6 +37,7 @@ MAP_METHODS = ("pca", "tsne")
 class LabelledEmbeddings:
     embeddings: np.ndarray  # (N, E) unit rows
     labels: np.ndarray  # (N,) speaker names
+    recordings: np.ndarray | None = None  # (N,) the recording each clip is one channel of, or None (verification pairs)
 
 
 def centroids(data: LabelledEmbeddings) -> tuple[list[str], np.ndarray]:
@@ -224,18 +225,20 @@ def score_trials(embedder: Embedder, trials: list[Trial], scorer: TrialScorer | 
 def score_pairs(data: LabelledEmbeddings, max_pairs: int, seed: int,
                 reference: LabelledEmbeddings | None = None, scorer: TrialScorer | None = None) -> dict:
     """Pairs within ``data``; when they hold no same-speaker pair (one validation utterance per speaker),
-    pairs of ``data`` against ``reference`` (the training split) instead."""
+    pairs of ``data`` against ``reference`` (the training split) instead. Never two channels of one recording."""
     scorer = scorer or TrialScorer()
-    first, second = all_pairs(data.labels, max_pairs, seed)
+    first, second = all_pairs(data.labels, max_pairs, seed, data.recordings)
     if reference is not None and not (data.labels[first] == data.labels[second]).any():
-        first, second = labelled_pairs(data.labels, reference.labels, max_pairs, np.random.default_rng(seed))
+        first, second = labelled_pairs(data.labels, reference.labels, max_pairs, np.random.default_rng(seed),
+                                       row_recordings=data.recordings, column_recordings=reference.recordings)
         result = scorer(subset(data, first), subset(reference, second))
         return {**result, "pairs": "validation x training"}
     return {**scorer(subset(data, first), subset(data, second)), "pairs": "validation x validation"}
 
 
 def subset(data: LabelledEmbeddings, rows: np.ndarray) -> LabelledEmbeddings:
-    return LabelledEmbeddings(data.embeddings[rows], data.labels[rows])
+    return LabelledEmbeddings(data.embeddings[rows], data.labels[rows],
+                              None if data.recordings is None else data.recordings[rows])
 
 
 def embedding_map(groups: dict[str, LabelledEmbeddings], out: Path, method: str, seed: int) -> None:
@@ -273,6 +276,12 @@ def validation_split(embedder: Embedder, store: PackedStore) -> tuple[np.ndarray
     return stratified_split(store.labels, split.val_fraction, split.seed, store.groups, split.version)
 
 
+def channel_recordings(store: PackedStore, rows: np.ndarray) -> np.ndarray:
+    """The recording each of ``rows`` is one channel of (None for a video's clip or one of no group): verification
+    pairs leave out two channels of one recording, yet keep two clips of one video (recordings of their own)."""
+    return np.array([channel_recording(store.groups[row]) for row in rows.tolist()], dtype=object)
+
+
 def closed_set(embedder: Embedder, store: PackedStore, progress: bool, rows: tuple[np.ndarray, np.ndarray] | None = None
                ) -> tuple[dict, LabelledEmbeddings, LabelledEmbeddings]:
     """Accuracy on the run's own validation split (``rows``, else :func:`validation_split`), with the training split
@@ -282,8 +291,10 @@ def closed_set(embedder: Embedder, store: PackedStore, progress: bool, rows: tup
         raise VoxaugError("no validation utterances: the run was trained with --val-fraction 0")
     names = np.array(store.speakers)
     embedded = embedder.embed_store(store, np.concatenate([train, val]), progress)
-    reference = LabelledEmbeddings(embedded.embeddings[: len(train)], names[store.labels[train]])
-    held_out = LabelledEmbeddings(embedded.embeddings[len(train):], names[store.labels[val]])
+    reference = LabelledEmbeddings(embedded.embeddings[: len(train)], names[store.labels[train]],
+                                   channel_recordings(store, train))
+    held_out = LabelledEmbeddings(embedded.embeddings[len(train):], names[store.labels[val]],
+                                  channel_recordings(store, val))
     softmax_pred = names[embedded.probabilities[len(train):].argmax(axis=1)]
     cosine_names, means = centroids(reference)
     cosine_pred = np.array(cosine_names)[(held_out.embeddings @ means.T).argmax(axis=1)]

@@ -58,10 +58,14 @@ def windows(features: torch.Tensor, window: int | None, hop: int | None) -> list
     return [features[s : s + n] for s, n in window_spans(features.shape[0], window, hop)]
 
 
-def check_window(window: int | None) -> None:
-    """A window shorter than the shortest clip the network embeds; checked by `embed` before the dataset is read."""
+def check_window(window: int | None, hop: int | None = None) -> None:
+    """A window shorter than the shortest clip the network embeds, or a hop longer than the window (the frames
+    between two windows would be embedded in none); checked by `embed` before the dataset is read."""
     if window is not None and window < MIN_FRAMES:
         raise VoxaugError(f"--window must be at least {MIN_FRAMES} frames, got {window}")
+    if window is not None and hop is not None and hop > window:
+        raise VoxaugError(f"--hop must be at most --window ({window} frames), got {hop}: a longer hop leaves the "
+                          "frames between windows out of every embedding")
 
 
 Pieces = list[tuple[int, int, int]]  # (owner, start frame, frames): a whole utterance or one window of it
@@ -119,7 +123,7 @@ def embed_tensors(
     max_batch: int = 64,
 ) -> Embedded:
     """Embed each (T, n_mels) tensor; windows of one utterance are averaged, then renormalised."""
-    check_window(window)
+    check_window(window, hop)
     max_frames = max_frames or frame_budget(device)
     model.eval()
     pieces = _pieces([t.shape[0] for t in tensors], window, hop)
@@ -154,7 +158,7 @@ def embed_store(
     0 gathers and averages the results: the same batches as in one process, so the same numbers.
     Rank 0 gets the embeddings, the other ranks None.
     """
-    check_window(window)
+    check_window(window, hop)
     max_frames = max_frames or frame_budget(device)
     context = context or DistContext()
     model.eval()
@@ -222,7 +226,7 @@ def embed_store_with_model(model: "SpeakerModel", store: PackedStore, window: in
     """Utterances ``indices`` (default: all) of a packed store through a :class:`voxaug.SpeakerModel` (an ONNX
     export), one at a time, in that order; windows of one utterance are averaged, then renormalised, as
     :func:`embed_store` does, and so are their softmax probabilities when ``with_probabilities``."""
-    check_window(window)
+    check_window(window, hop)
     indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         raise VoxaugError("nothing to embed: the dataset has no utterances")

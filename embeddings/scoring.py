@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 from sklearn.metrics import roc_curve
 
@@ -29,17 +31,24 @@ def eer_and_min_dcf(scores: np.ndarray, same: np.ndarray, p_target: float = 0.01
             "trials": int(len(same)), "same_trials": int(same.sum())}
 
 
-def all_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def all_pairs(labels: np.ndarray, max_pairs: int, seed: int,
+              recordings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j): all of them, or ``max_pairs`` sampled as ``sample_ranks`` keeps them (up to half
-    same-speaker pairs, either kind filling what the other lacks)."""
-    return labelled_pairs(labels, labels, max_pairs, np.random.default_rng(seed), upper=True)
+    same-speaker pairs, either kind filling what the other lacks); none of two channels of one recording."""
+    return labelled_pairs(labels, labels, max_pairs, np.random.default_rng(seed), upper=True,
+                          row_recordings=recordings, column_recordings=recordings)
 
 
 def labelled_pairs(row_labels: np.ndarray, column_labels: np.ndarray, max_pairs: int, rng: np.random.Generator,
-                   upper: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   upper: bool = False, row_recordings: np.ndarray | None = None,
+                   column_recordings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (row i, column j), or only j > i with ``upper`` (pairs within one set), sampled as ``sample_pairs``
     samples them in row-major order, the very same pairs, without listing them all: N clips make N²/2 pairs,
-    tens of gigabytes of indices and label copies past 20,000 validation clips, for a few thousand kept."""
+    tens of gigabytes of indices and label copies past 20,000 validation clips, for a few thousand kept.
+
+    Pairs of two clips of one recording (``row_recordings[i] == column_recordings[j]``, not None: VCTK's ``_mic1``
+    and ``_mic2`` of one utterance) are left out: the same sound twice, a trial no speaker model can fail. Without
+    such pairs the draws are those of a sampling that never heard of recordings."""
     if len(row_labels) == 0 or len(column_labels) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     _, codes = np.unique(np.concatenate([np.asarray(row_labels), np.asarray(column_labels)]), return_inverse=True)
@@ -49,10 +58,14 @@ def labelled_pairs(row_labels: np.ndarray, column_labels: np.ndarray, max_pairs:
     grouped = columns[order]
     start = np.searchsorted(grouped, np.arange(codes.max() + 2))  # label k's columns: order[start[k]:start[k + 1]]
     first = np.arange(1, len(rows) + 1) if upper else np.zeros(len(rows), dtype=np.int64)  # row i's first column
-    before = np.searchsorted(grouped * (n + 1) + order, rows * (n + 1) + first) - start[rows]  # own label's, left of it
+    label_then_column = grouped * (n + 1) + order  # each label's columns in ascending order, searchable as one
+    before = np.searchsorted(label_then_column, rows * (n + 1) + first) - start[rows]  # own label's, left of it
     same_count = start[rows + 1] - start[rows] - before
     other_count = n - first - same_count
-    same, other = sample_ranks(int(same_count.sum()), int(other_count.sum()), max_pairs, rng)
+    left_out = _one_recording_ranks(row_recordings, column_recordings, upper, rows, columns, before, same_count,
+                                    label_then_column, start)
+    same, other = sample_ranks(int(same_count.sum()) - len(left_out), int(other_count.sum()), max_pairs, rng)
+    same = same + np.searchsorted(left_out - np.arange(len(left_out)), same, side="right")  # step over the left out
     i, k = _row_of(same, same_count)
     same_j = order[start[rows[i]] + before[i] + k]
     oi, ok = _row_of(other, other_count)
@@ -63,6 +76,30 @@ def labelled_pairs(row_labels: np.ndarray, column_labels: np.ndarray, max_pairs:
     pairs = np.concatenate([i, oi]) * n + np.concatenate([same_j, other_j])
     pairs.sort()
     return pairs // n, pairs % n
+
+
+def _one_recording_ranks(row_recordings: np.ndarray | None, column_recordings: np.ndarray | None, upper: bool,
+                         rows: np.ndarray, columns: np.ndarray, before: np.ndarray,
+                         same_count: np.ndarray, label_then_column: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Sorted ranks, among the same-speaker pairs counted row by row, of the pairs of two clips of one recording."""
+    i, j = _one_recording_pairs(row_recordings, column_recordings, upper)
+    keep = rows[i] == columns[j]
+    i, j = i[keep], j[keep]
+    within_row = np.searchsorted(label_then_column, rows[i] * (len(columns) + 1) + j) - start[rows[i]] - before[i]
+    return np.unique((np.cumsum(same_count) - same_count)[i] + within_row)
+
+
+def _one_recording_pairs(row_recordings: np.ndarray | None, column_recordings: np.ndarray | None,
+                         upper: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(row i, column j) of each pair of clips of one recording (j > i with ``upper``)."""
+    columns_of: dict[str, list[int]] = defaultdict(list)
+    for j, recording in enumerate([] if row_recordings is None or column_recordings is None else column_recordings):
+        if recording is not None:
+            columns_of[recording].append(j)
+    pairs = [(i, j) for i, recording in enumerate(row_recordings if columns_of else [])
+             for j in columns_of.get(recording, []) if not upper or j > i]
+    found = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return found[:, 0], found[:, 1]
 
 
 def _row_of(ranks: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

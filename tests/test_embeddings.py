@@ -525,6 +525,20 @@ def test_a_window_shorter_than_a_clip_can_be_is_refused_by_embed_before_anything
     assert not (tmp_path / "emb").exists()
 
 
+def test_a_hop_longer_than_the_window_is_refused_before_anything_is_read(tiny_synth, tmp_path, monkeypatch):
+    """`--window 40 --hop 60` embedded frames 0-40 and 60-100 of a long clip and none of 40-60, without a word."""
+    import voxaug.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    result = runner.invoke(app, ["embed", str(tiny_synth), "--ckpt", str(tiny_synth / "mapping.json"), "--out",
+                            str(tmp_path / "emb"), "--window", "40", "--hop", "60", "-q"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: --hop must be at most --window (40 frames), got 60"), result.output
+    assert not (tmp_path / "emb").exists()
+    with pytest.raises(VoxaugError, match="--hop must be at most --window"):
+        embed_tensors(None, [torch.zeros(200, 40)], torch.device("cpu"), window=40, hop=60)
+
+
 def test_an_output_file_under_a_link_to_a_folder_not_made_yet_is_written_there(trained_run, tmp_path):
     """The writers resolve links and create the folders they write in, so `export --out results/m.onnx` with
     `results` a link to a folder not made yet wrote the file there; output_file refused it as a link to nothing."""

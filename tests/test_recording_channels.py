@@ -112,3 +112,71 @@ def test_a_speaker_of_one_two_microphone_recording_among_single_clips_keeps_it_t
     keys = ["p225/p225_001_mic1.flac", "p225/p225_001_mic2.flac", "p225/extra.flac"]
     assert speaker_recording_groups(keys) == ["p225/p225_001", "p225/p225_001", None]
     assert speaker_recording_groups([f"r/book_ch{n:02d}.flac" for n in range(1, 4)] + ["r/x.flac"]) == [None] * 4
+
+
+def test_verification_pairs_leave_out_two_channels_of_one_recording_and_draw_as_though_listed(tmp_path):
+    """evaluate's trials over the validation clips paired a recording's _mic1 with its _mic2 as a same-speaker trial:
+    the same sound twice, a trial no model fails (a VCTK-like set gave EER 0.000). They are left out, and the pairs
+    kept are those that listing every other pair and sampling keeps; a video's clips stay paired."""
+    from voxaug.embeddings.evaluation import LabelledEmbeddings, channel_recordings, score_pairs
+    from voxaug.embeddings.scoring import all_pairs, labelled_pairs, sample_pairs
+
+    root = _two_microphone_corpus(tmp_path / "vctk", speakers=2, recordings=3)
+    (root / "p225" / "video7").mkdir()
+    for take in (1, 2):
+        torch.save(torch.randn(20, 40), root / "p225" / "video7" / f"{take}.pt")
+    store = PackedStore.open(ClipFolderSource(root), tmp_path / "cache", progress=False)
+    every = np.arange(len(store))
+    recordings = channel_recordings(store, every)
+    assert sorted(set(recordings.tolist()) - {None}) == [f"p{s}/p{s}_{r:03d}" for s in (225, 226) for r in (1, 2, 3)]
+    names = np.array(store.speakers)[store.labels]
+    held_out = LabelledEmbeddings(np.eye(len(store), dtype=np.float32), names, recordings)
+    result = score_pairs(held_out, 1000, 0)
+    first, second = all_pairs(names, 1000, 0, recordings)
+    assert not any(recordings[a] is not None and recordings[a] == recordings[b] for a, b in zip(first, second))
+    videos = [store.keys.index("p225/video7/1.pt"), store.keys.index("p225/video7/2.pt")]
+    assert tuple(sorted(videos)) in set(zip(first.tolist(), second.tolist()))
+    assert len(store) == 14 and (result["trials"], result["same_trials"]) == (91 - 6, 28 + 15 - 6)
+    rng = np.random.default_rng(5)
+    for size, max_pairs in ((40, 300), (40, 40), (60, 25)):
+        labels = rng.integers(0, 4, size)
+        recording = np.array([f"s{label}/r{rng.integers(0, 5)}" if rng.random() < 0.6 else None for label in labels],
+                             dtype=object)
+        rows, columns = np.triu_indices(size, k=1)
+        kept = (recording[rows] == None) | (recording[rows] != recording[columns])  # noqa: E711 (elementwise)
+        rows, columns = rows[kept], columns[kept]
+        chosen = sample_pairs(labels[rows] == labels[columns], max_pairs, np.random.default_rng(7))
+        drawn = all_pairs(labels, max_pairs, 7, recording)
+        assert drawn[0].tolist() == rows[chosen].tolist() and drawn[1].tolist() == columns[chosen].tolist()
+        other = np.array([f"s{label}/r{rng.integers(0, 5)}" for label in labels[::-1]], dtype=object)
+        rows, columns = np.divmod(np.arange(size * size), size)
+        kept = recording[rows] != other[columns]
+        rows, columns = rows[kept], columns[kept]
+        chosen = sample_pairs(labels[rows] == labels[::-1][columns], max_pairs, np.random.default_rng(7))
+        drawn = labelled_pairs(labels, labels[::-1], max_pairs, np.random.default_rng(7), row_recordings=recording,
+                               column_recordings=other)
+        assert drawn[0].tolist() == rows[chosen].tolist() and drawn[1].tolist() == columns[chosen].tolist()
+
+
+def test_evaluate_scores_no_trial_of_two_microphones_of_one_validation_recording(tmp_path):
+    """closed_set's validation clips went to score_pairs without their recordings: with each recording's two
+    microphones embedded alike, every same-speaker trial but the few across recordings was such a pair."""
+    from types import SimpleNamespace
+
+    from voxaug.embeddings.evaluation import closed_set, score_pairs
+
+    root = _two_microphone_corpus(tmp_path / "vctk")
+    store = PackedStore.open(ClipFolderSource(root), tmp_path / "cache", progress=False)
+    rows = stratified_split(store.labels, 0.2, 0, store.groups)
+    recording = [key.rsplit("_mic", 1)[0] for key in store.keys]
+    sound = np.random.default_rng(0).normal(size=(len(set(recording)), 8))
+    vectors = sound[[sorted(set(recording)).index(name) for name in recording]]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def embed_store(_store, order, _progress):
+        return SimpleNamespace(embeddings=vectors[order], probabilities=np.eye(3)[store.labels[order]])
+
+    _, reference, held_out = closed_set(SimpleNamespace(embed_store=embed_store), store, False, rows)
+    result = score_pairs(held_out, 1000, 0, reference)
+    assert len(rows[1]) == 12 and result["pairs"] == "validation x validation"
+    assert (result["trials"], result["same_trials"]) == (66 - 6, 3 * (6 - 2)), result

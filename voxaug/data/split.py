@@ -34,12 +34,18 @@ the channels of one recording together where no video folder does (VCTK's ``_mic
 SPLIT_VERSIONS = (1, 2, 3)
 
 
+def channel_recording(group: str | None) -> str | None:
+    """The recording a clip is one channel of, found by its name (a group holding ``/``, which a video folder's name
+    cannot); None for a video folder's clip or one of no group."""
+    return group if group is not None and "/" in group else None
+
+
 def groups_of_version(groups: list[str | None] | None, version: int) -> list[str | None] | None:
-    """``groups`` as split ``version`` knew them: before 3, a clip's recording found by its name (a group holding
-    ``/``, which a video folder's name cannot) was no group."""
+    """``groups`` as split ``version`` knew them: before 3, a clip's recording found by its name
+    (:func:`channel_recording`) was no group."""
     if groups is None or version >= 3:
         return groups
-    return [None if group is not None and "/" in group else group for group in groups]
+    return [None if channel_recording(group) is not None else group for group in groups]
 
 
 def stratified_split(
