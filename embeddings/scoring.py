@@ -46,9 +46,9 @@ def labelled_pairs(row_labels: np.ndarray, column_labels: np.ndarray, max_pairs:
     samples them in row-major order, the very same pairs, without listing them all: N clips make N²/2 pairs,
     tens of gigabytes of indices and label copies past 20,000 validation clips, for a few thousand kept.
 
-    Pairs of two clips of one recording (``row_recordings[i] == column_recordings[j]``, not None: VCTK's ``_mic1``
-    and ``_mic2`` of one utterance) are left out: the same sound twice, a trial no speaker model can fail. Without
-    such pairs the draws are those of a sampling that never heard of recordings."""
+    Same-speaker pairs of two clips of one recording (``row_recordings[i] == column_recordings[j]``, not None:
+    VCTK's ``_mic1`` and ``_mic2`` of one utterance) are left out: the same sound twice, a trial no speaker model can
+    fail. Without such pairs the draws are those of a sampling that never heard of recordings."""
     if len(row_labels) == 0 or len(column_labels) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     _, codes = np.unique(np.concatenate([np.asarray(row_labels), np.asarray(column_labels)]), return_inverse=True)

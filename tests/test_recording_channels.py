@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from voxaug.data.sources import ClipFolderSource
@@ -180,3 +182,37 @@ def test_evaluate_scores_no_trial_of_two_microphones_of_one_validation_recording
     result = score_pairs(held_out, 1000, 0, reference)
     assert len(rows[1]) == 12 and result["pairs"] == "validation x validation"
     assert (result["trials"], result["same_trials"]) == (66 - 6, 3 * (6 - 2)), result
+
+
+@st.composite
+def _labelled_sides(draw: st.DrawFn) -> tuple:
+    """Row and column labels (some speakers of one clip), their channel groups (mostly none; a recording always of
+    its own speaker, as the folder names them), pairs within one set or across two, and a max_pairs."""
+    upper = draw(st.booleans())
+
+    def side(size: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.array(draw(st.lists(st.integers(0, 4), min_size=size, max_size=size)), dtype=np.int64)
+        groups = [None if draw(st.integers(0, 2)) else f"s{label}/r{draw(st.integers(0, 2))}" for label in labels]
+        return labels, np.array(groups, dtype=object)
+
+    rows = side(draw(st.integers(1, 14)))
+    columns = rows if upper else side(draw(st.integers(1, 14)))
+    return rows, columns, upper, draw(st.integers(1, 120)), draw(st.integers(0, 9))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_labelled_sides())
+def test_pairs_drawn_are_every_allowed_pair_listed_in_row_major_order_then_sampled(case):
+    """Stepping sampled ranks over the left-out pairs holds at its edges: a left-out pair at the first or last rank,
+    runs of them, every same-speaker pair left out, more same-speaker pairs asked for than remain."""
+    from voxaug.embeddings.scoring import labelled_pairs, sample_pairs
+
+    (row_labels, row_groups), (column_labels, column_groups), upper, max_pairs, seed = case
+    rows, columns = np.divmod(np.arange(len(row_labels) * len(column_labels)), len(column_labels))
+    allowed = (columns > rows if upper else True) & np.array(
+        [row_groups[i] is None or row_groups[i] != column_groups[j] for i, j in zip(rows, columns)], dtype=bool)
+    rows, columns = rows[allowed], columns[allowed]
+    chosen = sample_pairs(row_labels[rows] == column_labels[columns], max_pairs, np.random.default_rng(seed))
+    drawn = labelled_pairs(row_labels, column_labels, max_pairs, np.random.default_rng(seed), upper=upper,
+                           row_recordings=row_groups, column_recordings=column_groups)
+    assert drawn[0].tolist() == rows[chosen].tolist() and drawn[1].tolist() == columns[chosen].tolist()
